@@ -1,0 +1,307 @@
+//! Events: everything the engine tells the world.
+//!
+//! The stream is complete: a consumer that starts from an empty state (or
+//! from a snapshot) and reads it in order can rebuild every L2 book, every
+//! user's open orders and every balance without asking the engine.
+//!
+//! * Books: [`EventKind::BookLevel`] gives the new total at a price after
+//!   each change (0 removes the level).
+//! * Orders: [`EventKind::OrderAccepted`] opens an order, [`EventKind::Trade`]
+//!   carries both orders' remaining quantities, [`EventKind::OrderAmended`]
+//!   changes one, [`EventKind::OrderDone`] closes one. An accepted order with
+//!   no `OrderDone` in the same command rests on the book.
+//! * Balances: [`EventKind::Balance`] carries the new available and locked
+//!   amounts of one user in one asset.
+
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{OrderKind, SelfTradePrevention};
+use crate::market::{MarketRules, MarketStatus};
+use crate::units::{
+    AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The sequence number of the command that caused the event.
+    pub seq: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    AssetCreated {
+        asset: AssetId,
+        symbol: Symbol,
+        decimals: u8,
+    },
+    MarketCreated {
+        market: MarketId,
+        rules: MarketRules,
+        status: MarketStatus,
+    },
+    MarketStatusChanged {
+        market: MarketId,
+        status: MarketStatus,
+    },
+    MarketFeesChanged {
+        market: MarketId,
+        maker_fee_ppm: u32,
+        taker_fee_ppm: u32,
+    },
+    UserCreated {
+        user: UserId,
+    },
+    Deposited {
+        user: UserId,
+        asset: AssetId,
+        amount: Units,
+    },
+    Withdrawn {
+        user: UserId,
+        asset: AssetId,
+        amount: Units,
+    },
+    /// The command was refused and changed nothing.
+    Rejected {
+        user: Option<UserId>,
+        client_order_id: Option<ClientOrderId>,
+        reason: RejectReason,
+    },
+    OrderAccepted {
+        order: OrderId,
+        user: UserId,
+        market: MarketId,
+        side: Side,
+        kind: OrderKind,
+        client_order_id: Option<ClientOrderId>,
+        stp: SelfTradePrevention,
+        timestamp_ns: u64,
+    },
+    Trade {
+        trade: TradeId,
+        market: MarketId,
+        /// The resting order's price.
+        price: Ticks,
+        qty: Lots,
+        /// The side of the incoming order.
+        taker_side: Side,
+        maker_order: OrderId,
+        maker_user: UserId,
+        /// What the resting order still has open after this trade.
+        maker_remaining: Lots,
+        taker_order: OrderId,
+        taker_user: UserId,
+        /// What the incoming order still wants after this trade (0 for a
+        /// market buy by quote, which has no quantity).
+        taker_remaining: Lots,
+        /// Charged in what the maker receives (base if it bought, quote if it sold).
+        maker_fee: Units,
+        /// Charged in what the taker receives.
+        taker_fee: Units,
+        timestamp_ns: u64,
+    },
+    /// A resting order changed by an amend. `priority_kept` is false when it
+    /// went to the back of the queue at `price`.
+    OrderAmended {
+        order: OrderId,
+        user: UserId,
+        market: MarketId,
+        side: Side,
+        price: Ticks,
+        remaining: Lots,
+        priority_kept: bool,
+    },
+    /// The order is closed and off the book.
+    OrderDone {
+        order: OrderId,
+        user: UserId,
+        market: MarketId,
+        reason: DoneReason,
+        /// Total traded over the order's life.
+        filled: Lots,
+        /// Open quantity that was cancelled (0 when filled).
+        cancelled: Lots,
+    },
+    /// The outcome of a cancel-all command (each order also gets its own
+    /// `OrderDone`).
+    CancelledAll {
+        user: UserId,
+        market: Option<MarketId>,
+        count: u32,
+    },
+    /// The total open quantity at one price changed; 0 means the level is gone.
+    BookLevel {
+        market: MarketId,
+        side: Side,
+        price: Ticks,
+        qty: Lots,
+    },
+    /// A user's balance in one asset after the command.
+    Balance {
+        user: UserId,
+        asset: AssetId,
+        available: Units,
+        locked: Units,
+    },
+}
+
+/// Why an order left the book or ended without resting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DoneReason {
+    Filled,
+    /// Cancelled by its owner (cancel or cancel-all).
+    Cancelled,
+    /// An IOC, FOK or market order's remainder, or a market order that found
+    /// no more liquidity.
+    Expired,
+    /// Cancelled by self-trade prevention.
+    SelfTrade,
+    /// A market buy by quantity stopped because the user's available quote
+    /// could not pay for the next lot.
+    FundsExhausted,
+}
+
+/// Why a command was refused. Each names the rule and the numbers involved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    UnknownUser(UserId),
+    UnknownAsset(AssetId),
+    UnknownMarket(MarketId),
+    /// No open order of this user matches the reference.
+    UnknownOrder,
+    MarketNotOpen {
+        market: MarketId,
+        status: MarketStatus,
+    },
+    MarketHalted {
+        market: MarketId,
+    },
+    DuplicateAssetSymbol(Symbol),
+    AssetDecimalsTooLarge {
+        decimals: u8,
+        max: u8,
+    },
+    MarketAssetsEqual,
+    DuplicateMarket {
+        existing: MarketId,
+    },
+    ZeroLotSize,
+    ZeroTickSize,
+    FeeRateTooHigh {
+        fee_ppm: u32,
+        max_ppm: u32,
+    },
+    ZeroAmount,
+    ZeroQuantity,
+    ZeroPrice,
+    QuantityBelowMinimum {
+        qty: Lots,
+        min: Lots,
+    },
+    NotionalBelowMinimum {
+        notional: Units,
+        min: Units,
+    },
+    /// The order's value or size does not fit the engine's 64-bit integers.
+    Overflow,
+    /// A deposit would take the asset's total above what the engine can hold.
+    SupplyOverflow {
+        asset: AssetId,
+    },
+    InsufficientFunds {
+        asset: AssetId,
+        needed: Units,
+        available: Units,
+    },
+    DuplicateClientOrderId(ClientOrderId),
+    OpenOrderLimit {
+        limit: u32,
+    },
+    /// The engine holds as many resting orders as it is configured for.
+    EngineOrderCapacity {
+        limit: u32,
+    },
+    EngineCapacity {
+        what: Capacity,
+        limit: u32,
+    },
+    PostOnlyWouldTake,
+    /// Market buys by quote amount exist only on the buy side.
+    MarketByQuoteMustBuy,
+    /// An amend that asks for no change.
+    AmendNoChange,
+}
+
+/// Which table of reference data is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Capacity {
+    Assets,
+    Markets,
+    Users,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use RejectReason::*;
+        match self {
+            UnknownUser(user) => write!(f, "user {user} does not exist"),
+            UnknownAsset(asset) => write!(f, "asset {asset} does not exist"),
+            UnknownMarket(market) => write!(f, "market {market} does not exist"),
+            UnknownOrder => f.write_str("no open order of this user has that id"),
+            MarketNotOpen { market, status } => {
+                write!(f, "market {market} is {status:?}; it accepts no new orders or amends")
+            }
+            MarketHalted { market } => {
+                write!(f, "market {market} is halted; not even cancels are accepted")
+            }
+            DuplicateAssetSymbol(symbol) => write!(f, "an asset named {symbol} exists already"),
+            AssetDecimalsTooLarge { decimals, max } => {
+                write!(f, "an asset may have at most {max} decimals, not {decimals}")
+            }
+            MarketAssetsEqual => f.write_str("a market's base and quote assets must differ"),
+            DuplicateMarket { existing } => {
+                write!(f, "market {existing} already trades this base and quote")
+            }
+            ZeroLotSize => f.write_str("the lot size must be at least one unit of base"),
+            ZeroTickSize => f.write_str("the tick size must be worth at least one unit of quote per lot"),
+            FeeRateTooHigh { fee_ppm, max_ppm } => {
+                write!(f, "fee rate {fee_ppm} ppm is above the maximum {max_ppm} ppm")
+            }
+            ZeroAmount => f.write_str("the amount must be greater than zero"),
+            ZeroQuantity => f.write_str("the quantity must be greater than zero"),
+            ZeroPrice => f.write_str("the price must be greater than zero"),
+            QuantityBelowMinimum { qty, min } => {
+                write!(f, "quantity {qty} lots is below the market's minimum of {min} lots")
+            }
+            NotionalBelowMinimum { notional, min } => {
+                write!(f, "order value {notional} quote units is below the market's minimum of {min}")
+            }
+            Overflow => f.write_str("the order's value or size is too large"),
+            SupplyOverflow { asset } => {
+                write!(f, "the deposit would take asset {asset}'s total supply past the engine's limit")
+            }
+            InsufficientFunds { asset, needed, available } => write!(
+                f,
+                "insufficient balance of asset {asset}: {needed} units needed, {available} available"
+            ),
+            DuplicateClientOrderId(id) => {
+                write!(f, "client order id {id} is already used by an open order")
+            }
+            OpenOrderLimit { limit } => {
+                write!(f, "the user has {limit} open orders, the most allowed")
+            }
+            EngineOrderCapacity { limit } => {
+                write!(f, "the engine holds {limit} open orders, its configured capacity")
+            }
+            EngineCapacity { what, limit } => {
+                write!(f, "the engine holds {limit} {what:?}, its configured capacity")
+            }
+            PostOnlyWouldTake => f.write_str("post-only order would trade at once"),
+            MarketByQuoteMustBuy => f.write_str("a market order by quote amount must be a buy"),
+            AmendNoChange => f.write_str("the amend changes neither price nor quantity"),
+        }
+    }
+}
