@@ -59,6 +59,13 @@ impl std::fmt::Display for SequenceError {
 
 impl std::error::Error for SequenceError {}
 
+/// The best price on each side of a book, with the total quantity there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopOfBook {
+    pub bid: Option<(Ticks, Lots)>,
+    pub ask: Option<(Ticks, Lots)>,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct MarketState {
     pub market: Market,
@@ -183,10 +190,10 @@ impl Engine {
     }
 
     /// The best bid and ask of a market with the total quantity at each.
-    pub fn best_prices(&self, market: MarketId) -> Option<(Option<(Ticks, Lots)>, Option<(Ticks, Lots)>)> {
+    pub fn top_of_book(&self, market: MarketId) -> Option<TopOfBook> {
         let state = self.markets.get(market.index())?;
         let best = |side: &BookSide| side.best().map(|level| (level.price, level.qty));
-        Some((best(&state.book.bids), best(&state.book.asks)))
+        Some(TopOfBook { bid: best(&state.book.bids), ask: best(&state.book.asks) })
     }
 
     /// Up to `depth_max` levels of one side, best first, as (price, total qty).

@@ -86,7 +86,7 @@ pub use accounts::{AssetTotals, Balance};
 pub use command::{
     Amend, Command, NewOrder, OrderKind, OrderRef, SelfTradePrevention, StampedCommand, TimeInForce,
 };
-pub use engine::{Engine, EngineLimits, SequenceError};
+pub use engine::{Engine, EngineLimits, SequenceError, TopOfBook};
 pub use event::{Capacity, DoneReason, Event, EventKind, RejectReason};
 pub use hash::StateHasher;
 pub use invariants::InvariantViolation;
