@@ -1,0 +1,198 @@
+//! The matcher benchmark: feeds a seeded workload to the engine on one
+//! thread and prints throughput and per-command latency percentiles.
+//!
+//! ```text
+//! cargo run --release -p benches --bin matcher                         # 10M commands, single market
+//! cargo run --release -p benches --bin matcher -- --workload many-markets
+//! cargo run --release -p benches --bin matcher -- --from single.workload --runs 5
+//! ```
+//!
+//! Each run is two passes over the same commands on a fresh engine: one
+//! untimed per command, for throughput; one timing every command with the
+//! monotonic clock, for the latency histogram. The clock's own cost (its
+//! p50 is printed) is inside every latency figure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use benches::report::{format_ns, format_rate, latency_histogram, median, percentiles, rate_per_s};
+use benches::workload::{self, Shape, Workload};
+use clap::{Parser, ValueEnum};
+use engine_core::{Engine, Event, EventKind, StampedCommand};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WorkloadArg {
+    SingleMarket,
+    ManyMarkets,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Feeds a seeded workload to the matching engine and prints throughput and latency percentiles"
+)]
+struct Args {
+    /// Which generated workload to run (ignored with --from).
+    #[arg(long, value_enum, default_value = "single-market")]
+    workload: WorkloadArg,
+    /// Measured commands to generate (ignored with --from).
+    #[arg(long, default_value_t = 10_000_000)]
+    commands: usize,
+    /// Seed of the generator (ignored with --from).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Run a workload file written by the `workload` binary instead.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// How many times to run it; the summary gives the median.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Commands run untimed before each pass, to warm caches and the allocator.
+    /// They are taken from the start of the workload and also count in the state.
+    #[arg(long, default_value_t = 100_000)]
+    warmup: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let workload = match &args.from {
+        Some(path) => match workload::read(path) {
+            Ok(workload) => workload,
+            Err(error) => {
+                eprintln!("error: {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            let shape = match args.workload {
+                WorkloadArg::SingleMarket => Shape::SingleMarket,
+                WorkloadArg::ManyMarkets => Shape::ManyMarkets,
+            };
+            let started = Instant::now();
+            let workload = workload::generate(shape, args.commands, args.seed);
+            eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+            workload
+        }
+    };
+    if args.runs == 0 || workload.commands.len() <= args.warmup {
+        eprintln!("error: need at least one run and more commands than --warmup ({})", args.warmup);
+        return ExitCode::FAILURE;
+    }
+    println!("{}", workload.description);
+    println!("machine: {}", machine());
+    println!("clock overhead: p50 {}", format_ns(clock_overhead_ns_p50()));
+
+    let mut throughputs = Vec::new();
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for run in 1..=args.runs {
+        let (per_s, stats) = throughput_pass(&workload, args.warmup);
+        let histogram = latency_pass(&workload, args.warmup);
+        println!(
+            "run {run}: {} commands/s ({} events/s, {} trades, {} orders resting at the end)",
+            format_rate(per_s),
+            format_rate(per_s * stats.events as f64 / stats.commands as f64),
+            stats.trades,
+            stats.resting_end,
+        );
+        println!("       latency per command: {}", percentiles(&histogram));
+        throughputs.push(per_s);
+        p50s.push(histogram.value_at_quantile(0.5) as f64);
+        p99s.push(histogram.value_at_quantile(0.99) as f64);
+    }
+    println!(
+        "median of {} runs: {} commands/s, p50 {}, p99 {}",
+        args.runs,
+        format_rate(median(&mut throughputs)),
+        format_ns(median(&mut p50s) as u64),
+        format_ns(median(&mut p99s) as u64),
+    );
+    ExitCode::SUCCESS
+}
+
+struct PassStats {
+    commands: u64,
+    events: u64,
+    trades: u64,
+    resting_end: u32,
+}
+
+fn engine_after_setup(workload: &Workload, events: &mut Vec<Event>) -> Engine {
+    let mut engine = Engine::new(workload.limits);
+    for (i, command) in workload.setup.iter().enumerate() {
+        events.clear();
+        let stamped = StampedCommand { seq: i as u64 + 1, timestamp_ns: 0, command: *command };
+        // The setup is generated in order: a sequence error is a bug here.
+        engine.apply(&stamped, events).expect("setup commands are numbered in order");
+    }
+    engine
+}
+
+fn stamped(workload: &Workload, index: usize) -> StampedCommand {
+    let seq = (workload.setup.len() + index) as u64 + 1;
+    StampedCommand { seq, timestamp_ns: seq * 100, command: workload.commands[index] }
+}
+
+fn throughput_pass(workload: &Workload, warmup: usize) -> (f64, PassStats) {
+    let mut events = Vec::with_capacity(1024);
+    let mut engine = engine_after_setup(workload, &mut events);
+    for index in 0..warmup {
+        events.clear();
+        let _ = engine.apply(&stamped(workload, index), &mut events);
+    }
+    let mut event_count = 0u64;
+    let mut trades = 0u64;
+    let started = Instant::now();
+    for index in warmup..workload.commands.len() {
+        events.clear();
+        let _ = engine.apply(&stamped(workload, index), &mut events);
+        event_count += events.len() as u64;
+        // Reading the events is what a consumer must do anyway; it keeps the
+        // optimiser from discarding them.
+        trades += events.iter().filter(|e| matches!(e.kind, EventKind::Trade { .. })).count() as u64;
+    }
+    let elapsed = started.elapsed();
+    let commands = (workload.commands.len() - warmup) as u64;
+    let stats = PassStats { commands, events: event_count, trades, resting_end: engine.open_order_count() };
+    (rate_per_s(commands, elapsed), stats)
+}
+
+fn latency_pass(workload: &Workload, warmup: usize) -> hdrhistogram::Histogram<u64> {
+    let mut events = Vec::with_capacity(1024);
+    let mut engine = engine_after_setup(workload, &mut events);
+    let mut histogram = latency_histogram();
+    for index in 0..workload.commands.len() {
+        let command = stamped(workload, index);
+        events.clear();
+        let started = Instant::now();
+        let _ = engine.apply(&command, &mut events);
+        let elapsed_ns = started.elapsed().as_nanos() as u64;
+        if index >= warmup {
+            histogram.saturating_record(elapsed_ns.max(1));
+        }
+    }
+    histogram
+}
+
+fn clock_overhead_ns_p50() -> u64 {
+    let mut histogram = latency_histogram();
+    for _ in 0..100_000 {
+        let started = Instant::now();
+        histogram.saturating_record((started.elapsed().as_nanos() as u64).max(1));
+    }
+    histogram.value_at_quantile(0.5)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cpu}, {cores} cores available")
+}

@@ -1,0 +1,22 @@
+//! Benchmarks of the exchange, and the seeded workloads they run.
+//!
+//! This crate owns the workload generator ([`workload`]) and the latency
+//! report ([`report`]) that every benchmark prints. It must never be a
+//! dependency of the exchange itself.
+//!
+//! Run the matcher benchmark (10 million commands, one thread):
+//!
+//! ```text
+//! cargo run --release -p benches --bin matcher
+//! cargo run --release -p benches --bin matcher -- --workload many-markets
+//! ```
+//!
+//! Write a workload to a file and run exactly that file:
+//!
+//! ```text
+//! cargo run --release -p benches --bin workload -- --out single.workload
+//! cargo run --release -p benches --bin matcher -- --from single.workload
+//! ```
+
+pub mod report;
+pub mod workload;

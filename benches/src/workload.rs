@@ -1,0 +1,369 @@
+//! Seeded workloads for the matcher benchmark.
+//!
+//! Two shapes, both from a seed, so a run can be repeated exactly:
+//!
+//! * **single-market**: BTC/USDT, 1,000 users. The mid price moves by a
+//!   random walk (one tick up or down on a quarter of the commands). The mix
+//!   per command is 70% GTC limit orders within ± 50 ticks of the mid, 25%
+//!   cancels of a resting order picked at random, and 5% market orders by
+//!   quantity; half buys, half sells; quantities 1 to 20 lots. The book is
+//!   steered towards a depth of 5,000 resting orders: below it, limit
+//!   orders go on the passive side of the mid (buys below, sells above);
+//!   above it, half of them go on the aggressive side and trade at once
+//!   (and rest if anything is left). Without the steering this mix eats its
+//!   own book down to a handful of orders, which flatters any engine.
+//! * **many-markets**: the same mix over 32 markets (each its own base asset
+//!   against USDT, each steered towards 1,000 resting orders) and 10,000
+//!   users; each command picks a market at random.
+//!
+//! Every user starts with far more funds than the run can spend, so the mix
+//! is matching work, not rejections. The generator runs an engine alongside
+//! to know which orders rest, so a cancel always names a live order. Fees
+//! are on (maker 0.02%, taker 0.05%), as are balances: this is the whole
+//! engine, not a bare order book.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use engine_core::{
+    AssetId, Command, Engine, EngineLimits, Event, EventKind, Lots, MarketId, MarketRules, MarketStatus,
+    NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Symbol, Ticks,
+    TimeInForce, Units, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    SingleMarket,
+    ManyMarkets,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::SingleMarket => "single-market",
+            Shape::ManyMarkets => "many-markets",
+        }
+    }
+
+    fn markets(self) -> u32 {
+        match self {
+            Shape::SingleMarket => 1,
+            Shape::ManyMarkets => 32,
+        }
+    }
+
+    /// The depth each book is steered towards, in resting orders.
+    fn resting_target(self) -> usize {
+        match self {
+            Shape::SingleMarket => 5_000,
+            Shape::ManyMarkets => 1_000,
+        }
+    }
+
+    fn users(self) -> u32 {
+        match self {
+            Shape::SingleMarket => 1_000,
+            Shape::ManyMarkets => 10_000,
+        }
+    }
+}
+
+/// Reference data and funding (not timed), then the measured commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    pub description: String,
+    pub limits: EngineLimits,
+    pub setup: Vec<Command>,
+    pub commands: Vec<Command>,
+}
+
+const MID_START_TICKS: u64 = 5_000_000;
+const PRICE_SPREAD_TICKS: u64 = 50;
+const QTY_MAX_LOTS: u64 = 20;
+
+/// SplitMix64: small, fast and the same on every platform.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0); the modulo bias is far below what matters here.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Orders known to rest, so that cancels can pick one in O(1).
+#[derive(Default)]
+struct RestingSet {
+    orders: Vec<(OrderId, UserId)>,
+    position: HashMap<OrderId, usize>,
+}
+
+impl RestingSet {
+    fn insert(&mut self, order: OrderId, user: UserId) {
+        self.position.insert(order, self.orders.len());
+        self.orders.push((order, user));
+    }
+
+    fn remove(&mut self, order: OrderId) {
+        if let Some(index) = self.position.remove(&order) {
+            self.orders.swap_remove(index);
+            if let Some(&(moved, _)) = self.orders.get(index) {
+                self.position.insert(moved, index);
+            }
+        }
+    }
+
+    fn follow(&mut self, events: &[Event]) {
+        for event in events {
+            match event.kind {
+                EventKind::OrderAccepted {
+                    order,
+                    user,
+                    kind: OrderKind::Limit { tif: TimeInForce::Gtc | TimeInForce::PostOnly, .. },
+                    ..
+                } => self.insert(order, user),
+                EventKind::OrderDone { order, .. } => self.remove(order),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Generates `count` measured commands of `shape` from `seed`.
+pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
+    let markets = shape.markets();
+    let users = shape.users();
+    let quote = AssetId(markets);
+    let mut setup = Vec::new();
+    for market in 0..markets {
+        let symbol = if shape == Shape::SingleMarket { "BTC".to_string() } else { format!("COIN{market}") };
+        let symbol = Symbol::new(&symbol).expect("generated symbols are valid");
+        setup.push(Command::CreateAsset { symbol, decimals: 8 });
+    }
+    setup.push(Command::CreateAsset { symbol: Symbol::new("USDT").expect("valid"), decimals: 6 });
+    for market in 0..markets {
+        let rules = MarketRules {
+            base: AssetId(market),
+            quote,
+            base_units_per_lot: 10_000, // 0.0001 of the base
+            quote_units_per_tick: 1,    // a tick of 0.01 USDT on one lot
+            min_qty: Lots(1),
+            min_notional: Units(1),
+            maker_fee_ppm: 200,
+            taker_fee_ppm: 500,
+        };
+        setup.push(Command::CreateMarket { rules, status: MarketStatus::Open });
+    }
+    // Enough that nobody runs dry, within every asset's supply limit.
+    let base_each = Units(u64::MAX / 4 / u64::from(users));
+    let quote_each = Units(u64::MAX / 4 / u64::from(users));
+    for user in 0..users {
+        setup.push(Command::CreateUser);
+        for market in 0..markets {
+            setup.push(Command::Deposit { user: UserId(user), asset: AssetId(market), amount: base_each });
+        }
+        setup.push(Command::Deposit { user: UserId(user), asset: quote, amount: quote_each });
+    }
+
+    let limits = EngineLimits::default();
+    let mut engine = Engine::new(limits);
+    let mut events = Vec::new();
+    let mut seq = 0u64;
+    let mut apply = |engine: &mut Engine, command: Command, events: &mut Vec<Event>| {
+        seq += 1;
+        events.clear();
+        engine
+            .apply(&StampedCommand { seq, timestamp_ns: seq, command }, events)
+            .expect("the generator numbers commands in order");
+    };
+    for command in &setup {
+        apply(&mut engine, *command, &mut events);
+    }
+
+    let mut rng = Rng::new(seed);
+    let mut mids = vec![MID_START_TICKS; markets as usize];
+    let mut resting: Vec<RestingSet> = (0..markets).map(|_| RestingSet::default()).collect();
+    let mut commands = Vec::with_capacity(count);
+    for _ in 0..count {
+        let market = rng.below(u64::from(markets)) as usize;
+        let mid = &mut mids[market];
+        match rng.below(8) {
+            0 => *mid += 1,
+            1 => *mid -= 1,
+            _ => {}
+        }
+        let user = UserId(rng.below(u64::from(users)) as u32);
+        let side = if rng.below(2) == 0 { Side::Buy } else { Side::Sell };
+        let qty = Lots(1 + rng.below(QTY_MAX_LOTS));
+        let roll = rng.below(100);
+        let book = &resting[market];
+        let command = if (70..95).contains(&roll) && !book.orders.is_empty() {
+            let (order, owner) = book.orders[rng.below(book.orders.len() as u64) as usize];
+            Command::CancelOrder { user: owner, order: OrderRef::Id(order) }
+        } else {
+            let kind = if roll >= 95 {
+                OrderKind::Market { qty }
+            } else {
+                let offset = rng.below(PRICE_SPREAD_TICKS + 1);
+                // Below its target depth the book is rebuilt by passive
+                // orders; above it, orders land anywhere in the band and
+                // about half of them trade at once.
+                let passive = book.orders.len() < shape.resting_target() || rng.below(2) == 0;
+                let price = match (side, passive) {
+                    (Side::Buy, true) | (Side::Sell, false) => Ticks(*mid - offset),
+                    (Side::Sell, true) | (Side::Buy, false) => Ticks(*mid + offset),
+                };
+                OrderKind::Limit { price, qty, tif: TimeInForce::Gtc }
+            };
+            Command::PlaceOrder(NewOrder {
+                user,
+                market: MarketId(market as u32),
+                side,
+                kind,
+                client_order_id: None,
+                stp: SelfTradePrevention::CancelTaker,
+            })
+        };
+        apply(&mut engine, command, &mut events);
+        resting[market].follow(&events);
+        commands.push(command);
+    }
+
+    Workload {
+        description: format!("{} workload, seed {seed}, {count} commands", shape.name()),
+        limits,
+        setup,
+        commands,
+    }
+}
+
+/// The first bytes of a workload file, with the format version.
+const MAGIC: &[u8; 8] = b"EXWLOAD1";
+/// A workload file may not make the reader allocate more than this.
+const FILE_DECODE_LIMIT_BYTES: usize = 8 << 30;
+
+#[derive(Debug)]
+pub enum WorkloadFileError {
+    Io(io::Error),
+    NotAWorkload,
+    Decode(String),
+}
+
+impl fmt::Display for WorkloadFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkloadFileError::Io(error) => write!(f, "cannot read or write the workload file: {error}"),
+            WorkloadFileError::NotAWorkload => {
+                f.write_str("not a workload file of this version (write one with the `workload` binary)")
+            }
+            WorkloadFileError::Decode(why) => write!(f, "the workload file is damaged: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for WorkloadFileError {}
+
+impl From<io::Error> for WorkloadFileError {
+    fn from(error: io::Error) -> WorkloadFileError {
+        WorkloadFileError::Io(error)
+    }
+}
+
+fn file_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<FILE_DECODE_LIMIT_BYTES>()
+}
+
+pub fn write(workload: &Workload, path: &Path) -> Result<(), WorkloadFileError> {
+    let mut out = BufWriter::new(File::create(path)?);
+    out.write_all(MAGIC)?;
+    bincode::serde::encode_into_std_write(workload, &mut out, file_config())
+        .map_err(|e| WorkloadFileError::Decode(e.to_string()))?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn read(path: &Path) -> Result<Workload, WorkloadFileError> {
+    let mut input = BufReader::new(File::open(path)?);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(|_| WorkloadFileError::NotAWorkload)?;
+    if &magic != MAGIC {
+        return Err(WorkloadFileError::NotAWorkload);
+    }
+    bincode::serde::decode_from_std_read(&mut input, file_config())
+        .map_err(|e| WorkloadFileError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_workload_and_the_mix_is_as_documented() {
+        let a = generate(Shape::SingleMarket, 20_000, 1);
+        assert_eq!(a, generate(Shape::SingleMarket, 20_000, 1));
+        assert_ne!(a.commands, generate(Shape::SingleMarket, 20_000, 2).commands);
+        let (mut limits, mut markets, mut cancels) = (0, 0, 0);
+        for command in &a.commands {
+            match command {
+                Command::PlaceOrder(NewOrder { kind: OrderKind::Limit { .. }, .. }) => limits += 1,
+                Command::PlaceOrder(NewOrder { kind: OrderKind::Market { .. }, .. }) => markets += 1,
+                Command::CancelOrder { .. } => cancels += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let pct = |n: usize| n * 100 / a.commands.len();
+        assert!((68..=73).contains(&pct(limits)), "limits {}%", pct(limits));
+        assert!((23..=26).contains(&pct(cancels)), "cancels {}%", pct(cancels));
+        assert!((4..=6).contains(&pct(markets)), "markets {}%", pct(markets));
+    }
+
+    #[test]
+    fn cancels_name_live_orders_and_nothing_is_rejected() {
+        let workload = generate(Shape::ManyMarkets, 20_000, 3);
+        let mut engine = Engine::new(workload.limits);
+        let mut events = Vec::new();
+        for (i, command) in workload.setup.iter().chain(&workload.commands).enumerate() {
+            events.clear();
+            let stamped = StampedCommand { seq: i as u64 + 1, timestamp_ns: 0, command: *command };
+            engine.apply(&stamped, &mut events).unwrap();
+            assert!(
+                !events.iter().any(|e| matches!(e.kind, EventKind::Rejected { .. })),
+                "command {i} rejected: {events:?}"
+            );
+        }
+        engine.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn workload_files_round_trip_and_damage_is_reported() {
+        let dir = std::env::temp_dir().join(format!("exchange-workload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.workload");
+        let workload = generate(Shape::SingleMarket, 5_000, 9);
+        write(&workload, &path).unwrap();
+        assert_eq!(read(&path).unwrap(), workload);
+
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(read(&path), Err(WorkloadFileError::Decode(_))));
+        std::fs::write(&path, b"something else entirely").unwrap();
+        assert!(matches!(read(&path), Err(WorkloadFileError::NotAWorkload)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
