@@ -21,26 +21,31 @@ use crate::units::{ClientOrderId, Lots, MarketId, OrderId, Side, Ticks, UserId};
 pub(crate) const NIL: u32 = u32::MAX;
 
 /// A resting order.
+///
+/// Laid out by hand, 64-byte aligned: everything matching and queue
+/// maintenance touch sits in the first cache line; the time stamp and the
+/// client order id, read only when an order opens or closes, in the second.
 #[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
 pub(crate) struct Order {
     pub id: OrderId,
-    pub user: UserId,
-    pub market: MarketId,
-    pub side: Side,
     pub price: Ticks,
     /// Open quantity; never 0 while the order rests.
     pub remaining: Lots,
     pub filled: Lots,
-    pub post_only: bool,
-    pub stp: SelfTradePrevention,
-    pub client_order_id: Option<ClientOrderId>,
-    pub timestamp_ns: u64,
     /// Neighbours in the price level's queue (older, newer).
     prev: u32,
     next: u32,
     /// Neighbours in the owner's list of open orders, kept in order id order.
     pub user_prev: u32,
     pub user_next: u32,
+    pub user: UserId,
+    pub market: MarketId,
+    pub side: Side,
+    pub post_only: bool,
+    pub stp: SelfTradePrevention,
+    pub timestamp_ns: u64,
+    pub client_order_id: Option<ClientOrderId>,
 }
 
 impl Order {

@@ -146,7 +146,7 @@ impl Engine {
             markets: Vec::new(),
             accounts: Vec::new(),
             orders: OrderSlab::with_capacity(1 << 16),
-            index: HashMap::with_capacity_and_hasher(1 << 16, BuildHasherDefault::default()),
+            index: HashMap::with_hasher(BuildHasherDefault::default()),
         }
     }
 

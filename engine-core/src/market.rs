@@ -102,6 +102,10 @@ impl MarketRules {
 /// `rate_ppm <= 1,000,000`.
 pub fn fee(received: Units, rate_ppm: u32) -> Units {
     debug_assert!(u128::from(rate_ppm) <= PPM);
+    // The 64-bit path avoids a 128-bit division in the common case.
+    if let Some(product) = received.0.checked_mul(u64::from(rate_ppm)) {
+        return Units(product.div_ceil(PPM as u64));
+    }
     let product = u128::from(received.0) * u128::from(rate_ppm);
     // At most `received`, so it fits in a u64.
     Units(product.div_ceil(PPM) as u64)
@@ -118,6 +122,9 @@ mod tests {
         assert_eq!(fee(Units(0), 1_000), Units(0));
         assert_eq!(fee(Units(999), 1_000), Units(1));
         assert_eq!(fee(Units(u64::MAX), 1_000_000), Units(u64::MAX));
+        // Both paths (64-bit product and 128-bit product) round up alike.
+        assert_eq!(fee(Units(u64::MAX / 2), 3), Units((u128::from(u64::MAX / 2) * 3).div_ceil(1_000_000) as u64));
+        assert_eq!(fee(Units(1_000_001), 3), Units(4));
     }
 
     #[test]
