@@ -903,10 +903,10 @@ fn fee_rates() -> impl Strategy<Value = Vec<(u32, u32)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_the_reference_model(fees in fee_rates(), ops in prop::collection::vec(op(), 1..400)) {
+    fn engine_matches_the_reference_model(fees in fee_rates(), ops in prop::collection::vec(op(), 1..600)) {
         run_stream(&fees, &ops, 12)?;
     }
 
