@@ -123,7 +123,10 @@ mod tests {
         assert_eq!(fee(Units(999), 1_000), Units(1));
         assert_eq!(fee(Units(u64::MAX), 1_000_000), Units(u64::MAX));
         // Both paths (64-bit product and 128-bit product) round up alike.
-        assert_eq!(fee(Units(u64::MAX / 2), 3), Units((u128::from(u64::MAX / 2) * 3).div_ceil(1_000_000) as u64));
+        assert_eq!(
+            fee(Units(u64::MAX / 2), 3),
+            Units((u128::from(u64::MAX / 2) * 3).div_ceil(1_000_000) as u64)
+        );
         assert_eq!(fee(Units(1_000_001), 3), Units(4));
     }
 
