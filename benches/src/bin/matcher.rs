@@ -17,9 +17,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use benches::report::{format_ns, format_rate, latency_histogram, median, percentiles, rate_per_s};
-use benches::workload::{self, Shape, Workload};
 use clap::{Parser, ValueEnum};
 use engine_core::{Engine, Event, EventKind, StampedCommand};
+use workload::{self, Shape, Workload};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum WorkloadArg {

@@ -1,4 +1,8 @@
-//! Seeded workloads for the matcher benchmark.
+//! Seeded workloads: the command streams that the benchmarks, the
+//! journal and recovery tests, and the load generator feed the exchange.
+//!
+//! This crate owns the generator and the workload file format. It must
+//! never be a dependency of the exchange itself.
 //!
 //! Two shapes, both from a seed, so a run can be repeated exactly:
 //!

@@ -2,15 +2,15 @@
 //! (or for any other consumer that reads the same format).
 //!
 //! ```text
-//! cargo run --release -p benches --bin workload -- --out single.workload
-//! cargo run --release -p benches --bin workload -- --shape many-markets --commands 1000000 --out many.workload
+//! cargo run --release -p workload -- --out single.workload
+//! cargo run --release -p workload -- --shape many-markets --commands 1000000 --out many.workload
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use benches::workload::{self, Shape};
 use clap::{Parser, ValueEnum};
+use workload::Shape;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ShapeArg {

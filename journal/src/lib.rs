@@ -1,0 +1,63 @@
+//! The exchange's journal: every command, in order, on disk before anyone
+//! is told its outcome; snapshots of the engine's state; and recovery.
+//!
+//! # What this crate owns
+//!
+//! The files under a data directory ([`DataDir`]): `journal/` holds
+//! memory-mapped, preallocated, checksummed segment files of stamped
+//! commands ([`JournalWriter`], [`JournalReader`]); `snapshots/` holds
+//! atomically written, checksummed engine snapshots ([`write_snapshot`],
+//! [`load_snapshot`]). [`recover`] and [`open_data_dir`] rebuild the engine
+//! from the newest usable snapshot plus the journal after it.
+//!
+//! # What it must never do
+//!
+//! Skip a record, repair corruption silently, or report a record as
+//! durable before it is. A torn tail (the shape a crash during an append
+//! leaves at the very end) is cut off and reported; any other damage is an
+//! error naming the segment, the offset and the sequence number. Every file
+//! is read as hostile input: no panic on any byte.
+//!
+//! # Example
+//!
+//! ```
+//! use engine_core::{Command, StampedCommand};
+//! use journal::{Durability, JournalConfig, JournalReader, JournalWriter, ReadMode};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut config = JournalConfig::new(dir.path());
+//! config.durability = Durability::Batch;
+//! let (mut writer, report) = JournalWriter::open(config).unwrap();
+//! assert_eq!(report.next_seq, 1);
+//! writer.append(&StampedCommand { seq: 1, timestamp_ns: 5, command: Command::CreateUser }).unwrap();
+//! writer.commit_batch().unwrap(); // on disk: now the outcome may be published
+//! assert_eq!(writer.durable_seq(), 1);
+//!
+//! let mut reader = JournalReader::open(dir.path(), 1, ReadMode::Strict).unwrap();
+//! assert_eq!(reader.next().unwrap().map(|c| c.seq), Some(1));
+//! assert_eq!(reader.next().unwrap(), None);
+//! ```
+
+mod error;
+mod inspect;
+mod reader;
+mod recovery;
+mod segment;
+mod snapshots;
+mod writer;
+
+pub use error::JournalError;
+pub use inspect::{inspect, JournalReport, Problem, SegmentReport};
+pub use reader::{JournalReader, ReadMode};
+pub use recovery::{open_data_dir, recover, replay, DataDir, RecoverOptions, Recovery, RecoveryError};
+pub use segment::{
+    list_segments, segment_file_name, Damage, FrameFault, SegmentScan, FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
+pub use snapshots::{
+    list_snapshots, load_snapshot, prune_segments, snapshot_file_name, write_snapshot, SegmentRetention,
+    SnapshotFileError, SnapshotInfo,
+};
+pub use writer::{
+    CutTail, Durability, JournalConfig, JournalWriter, OpenReport, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
+};

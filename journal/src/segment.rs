@@ -1,0 +1,349 @@
+//! The on-disk format of journal segments, and the scanner that reads it.
+//!
+//! A segment is one preallocated file named `<first seq, 20 digits>.seg`:
+//!
+//! ```text
+//! 0      8        12           16         24          32        64
+//! | magic | version | header crc | first seq | capacity | zeros... |
+//!
+//! then records, each 8-byte aligned:
+//! | len u32 | crc u32 | seq u64 | timestamp_ns u64 | payload (len bytes) | pad |
+//! ```
+//!
+//! All integers are little-endian. The record CRC (CRC-32) covers `len`,
+//! `seq`, `timestamp_ns` and the payload, which is the command encoded with
+//! bincode's standard configuration. Unwritten space is zero, so a `len` of
+//! 0 marks the end of the data. The writer stores `len` last: a record whose
+//! `len` is visible is complete (the one store is what makes a record
+//! appear to a concurrent reader).
+
+use std::path::{Path, PathBuf};
+
+use engine_core::{Command, StampedCommand};
+
+pub const SEGMENT_MAGIC: &[u8; 8] = b"EXJOURNL";
+pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_HEADER_BYTES: usize = 64;
+pub const FRAME_HEADER_BYTES: usize = 24;
+/// The largest encoded command accepted. Commands are far smaller (under
+/// 100 bytes); the bound keeps a damaged length from reaching far.
+pub const PAYLOAD_MAX_BYTES: usize = 1024;
+/// The most bytes one record can occupy, padding included.
+pub const FRAME_MAX_BYTES: usize = align8(FRAME_HEADER_BYTES + PAYLOAD_MAX_BYTES);
+const SEGMENT_EXTENSION: &str = "seg";
+
+pub const fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+pub fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<PAYLOAD_MAX_BYTES>()
+}
+
+/// The file name of the segment whose first record has `first_seq`.
+pub fn segment_file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.{SEGMENT_EXTENSION}")
+}
+
+/// The first sequence number encoded in a segment's file name.
+pub fn parse_segment_file_name(path: &Path) -> Option<u64> {
+    if path.extension()? != SEGMENT_EXTENSION {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// The segments in `dir`, sorted by first sequence number.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(first_seq) = parse_segment_file_name(&path) {
+            segments.push((first_seq, path));
+        }
+    }
+    segments.sort_unstable_by_key(|(first_seq, _)| *first_seq);
+    Ok(segments)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub first_seq: u64,
+    pub capacity_bytes: u64,
+}
+
+impl SegmentHeader {
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
+        bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
+        bytes[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
+        bytes[24..32].copy_from_slice(&self.capacity_bytes.to_le_bytes());
+        let crc = header_crc(&bytes);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// Checks and decodes a header; the error says what is wrong with it.
+    pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, &'static str> {
+        if bytes.len() < SEGMENT_HEADER_BYTES {
+            return Err("shorter than a segment header");
+        }
+        if &bytes[0..8] != SEGMENT_MAGIC {
+            return Err("not a journal segment (bad magic)");
+        }
+        if read_u32(bytes, 8) != SEGMENT_FORMAT_VERSION {
+            return Err("unsupported segment format version");
+        }
+        if read_u32(bytes, 12) != header_crc(bytes) {
+            return Err("segment header checksum mismatch");
+        }
+        let header = SegmentHeader { first_seq: read_u64(bytes, 16), capacity_bytes: read_u64(bytes, 24) };
+        if header.first_seq == 0 {
+            return Err("segment header names sequence 0");
+        }
+        Ok(header)
+    }
+}
+
+fn header_crc(bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[0..12]);
+    hasher.update(&bytes[16..SEGMENT_HEADER_BYTES]);
+    hasher.finalize()
+}
+
+pub fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+pub fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+pub fn frame_crc(len: u32, seq: u64, timestamp_ns: u64, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len.to_le_bytes());
+    hasher.update(&seq.to_le_bytes());
+    hasher.update(&timestamp_ns.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Why the bytes at an offset are not a valid record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameFault {
+    LengthTooLarge(u32),
+    PastEndOfSegment,
+    ChecksumMismatch,
+    /// The checksum matched but the payload is not a command this build can read.
+    Undecodable,
+}
+
+impl std::fmt::Display for FrameFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameFault::LengthTooLarge(len) => {
+                write!(f, "record length {len} exceeds the maximum of {PAYLOAD_MAX_BYTES} bytes")
+            }
+            FrameFault::PastEndOfSegment => f.write_str("record runs past the end of the segment"),
+            FrameFault::ChecksumMismatch => f.write_str("record checksum mismatch"),
+            FrameFault::Undecodable => f.write_str("record payload does not decode as a command"),
+        }
+    }
+}
+
+/// What is at one offset of a segment's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A valid record, and the offset where the next one starts.
+    Record {
+        command: StampedCommand,
+        next_offset: usize,
+        payload_bytes: usize,
+    },
+    /// Zero length: nothing has been written here (yet).
+    End,
+    Bad(FrameFault),
+}
+
+/// Reads the frame at `offset` of a whole segment's bytes. Never panics,
+/// whatever the bytes.
+pub fn read_frame(segment: &[u8], offset: usize) -> Frame {
+    if offset + FRAME_HEADER_BYTES > segment.len() {
+        return Frame::End;
+    }
+    let len = read_u32(segment, offset);
+    if len == 0 {
+        return Frame::End;
+    }
+    if len as usize > PAYLOAD_MAX_BYTES {
+        return Frame::Bad(FrameFault::LengthTooLarge(len));
+    }
+    let payload_start = offset + FRAME_HEADER_BYTES;
+    let payload_end = payload_start + len as usize;
+    if payload_end > segment.len() {
+        return Frame::Bad(FrameFault::PastEndOfSegment);
+    }
+    let crc = read_u32(segment, offset + 4);
+    let seq = read_u64(segment, offset + 8);
+    let timestamp_ns = read_u64(segment, offset + 16);
+    let payload = &segment[payload_start..payload_end];
+    if frame_crc(len, seq, timestamp_ns, payload) != crc {
+        return Frame::Bad(FrameFault::ChecksumMismatch);
+    }
+    match bincode::serde::decode_from_slice::<Command, _>(payload, bincode_config()) {
+        Ok((command, used)) if used == payload.len() => Frame::Record {
+            command: StampedCommand { seq, timestamp_ns, command },
+            next_offset: align8(payload_end),
+            payload_bytes: len as usize,
+        },
+        _ => Frame::Bad(FrameFault::Undecodable),
+    }
+}
+
+/// The offset just past the last non-zero byte of `segment` at or after
+/// `from` (or `from` when everything there is zero).
+pub fn written_end(segment: &[u8], from: usize) -> usize {
+    let tail = &segment[from.min(segment.len())..];
+    match tail.iter().rposition(|&byte| byte != 0) {
+        Some(last) => from + last + 1,
+        None => from,
+    }
+}
+
+/// What a full scan of one segment found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SegmentScan {
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub first_timestamp_ns: Option<u64>,
+    pub last_timestamp_ns: Option<u64>,
+    /// Where valid data ends.
+    pub end_offset: usize,
+    pub payload_bytes: u64,
+    /// Set when the scan stopped before the end of the written bytes.
+    pub damage: Option<Damage>,
+}
+
+/// Bytes after the last valid record that are not a valid record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub offset: usize,
+    /// The sequence number the next record should have had.
+    pub expected_seq: u64,
+    /// `None` when the data simply stops (non-zero bytes after a zero length).
+    pub fault: Option<FrameFault>,
+    /// Where the last non-zero byte after `offset` ends.
+    pub written_end: usize,
+    /// Whether the damage is confined to what one record could occupy at the
+    /// very end of the written data: the shape a crash during an append
+    /// leaves. Anything else is corruption.
+    pub torn_tail: bool,
+}
+
+/// Scans every record of a segment, checking checksums and that sequence
+/// numbers run on from `header.first_seq`, and calls `on_record` for each.
+pub fn scan_segment(
+    segment: &[u8],
+    header: &SegmentHeader,
+    mut on_record: impl FnMut(&StampedCommand),
+) -> SegmentScan {
+    let mut scan = SegmentScan::default();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut expected_seq = header.first_seq;
+    loop {
+        let fault = match read_frame(segment, offset) {
+            Frame::Record { command, next_offset, payload_bytes } => {
+                if command.seq != expected_seq {
+                    // A valid frame with the wrong number: not a crash shape.
+                    scan.damage = Some(Damage {
+                        offset,
+                        expected_seq,
+                        fault: None,
+                        written_end: written_end(segment, offset),
+                        torn_tail: false,
+                    });
+                    break;
+                }
+                scan.records += 1;
+                scan.first_seq.get_or_insert(command.seq);
+                scan.last_seq = Some(command.seq);
+                scan.first_timestamp_ns.get_or_insert(command.timestamp_ns);
+                scan.last_timestamp_ns = Some(command.timestamp_ns);
+                scan.payload_bytes += payload_bytes as u64;
+                on_record(&command);
+                expected_seq += 1;
+                offset = next_offset;
+                continue;
+            }
+            Frame::End => None,
+            Frame::Bad(fault) => Some(fault),
+        };
+        let end = written_end(segment, offset);
+        if fault.is_some() || end > offset {
+            scan.damage = Some(Damage {
+                offset,
+                expected_seq,
+                fault,
+                written_end: end,
+                torn_tail: end - offset <= FRAME_MAX_BYTES,
+            });
+        }
+        break;
+    }
+    scan.end_offset = offset;
+    scan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_damage() {
+        let header = SegmentHeader { first_seq: 42, capacity_bytes: 1 << 20 };
+        let bytes = header.encode();
+        assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
+        for at in 0..SEGMENT_HEADER_BYTES {
+            let mut damaged = bytes;
+            damaged[at] ^= 0x10;
+            assert!(SegmentHeader::decode(&damaged).is_err(), "flip at {at} not detected");
+        }
+        assert!(SegmentHeader::decode(&bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn file_names_sort_by_sequence() {
+        assert_eq!(segment_file_name(7), "00000000000000000007.seg");
+        assert_eq!(parse_segment_file_name(Path::new("/x/00000000000000000007.seg")), Some(7));
+        assert_eq!(parse_segment_file_name(Path::new("7.seg")), None);
+        assert_eq!(parse_segment_file_name(Path::new("00000000000000000007.seg.tmp")), None);
+        assert_eq!(parse_segment_file_name(Path::new("0000000000000000000x.seg")), None);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_frame_reader() {
+        let mut state = 1u64;
+        for _ in 0..20_000 {
+            let len = (state % 200) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (state >> 56) as u8
+                })
+                .collect();
+            let _ = read_frame(&bytes, 0);
+            let _ = read_frame(&bytes, len / 2);
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Snapshot files: the engine's state at one sequence number, written
+//! atomically, checksummed, and kept in a bounded number.
+//!
+//! ```text
+//! 0      8        12           16    24           32            40            44
+//! | magic | version | header crc | seq | state hash | payload len | payload crc | zeros to 64 |
+//! then the payload: engine_core::Snapshot encoded with bincode
+//! ```
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use engine_core::{Engine, Snapshot};
+
+use crate::error::JournalError;
+use crate::segment::{read_u32, read_u64};
+use crate::writer::sync_dir;
+
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"EXSNAPSH";
+pub const SNAPSHOT_FILE_VERSION: u32 = 1;
+const SNAPSHOT_HEADER_BYTES: usize = 64;
+/// A snapshot file may not make the loader allocate more than this.
+const SNAPSHOT_DECODE_LIMIT_BYTES: usize = 16 << 30;
+const SNAPSHOT_EXTENSION: &str = "snap";
+
+fn snapshot_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<SNAPSHOT_DECODE_LIMIT_BYTES>()
+}
+
+/// What a snapshot file holds, from its header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub path: PathBuf,
+    pub seq: u64,
+    pub state_hash: u64,
+    pub bytes: u64,
+}
+
+/// Why a snapshot file cannot be used. Recovery falls back to an older one.
+#[derive(Debug)]
+pub enum SnapshotFileError {
+    Io(std::io::Error),
+    BadHeader(&'static str),
+    PayloadChecksum,
+    Decode(String),
+    Invalid(engine_core::SnapshotError),
+    /// The loaded state does not have the hash recorded when it was written.
+    HashMismatch {
+        recorded: u64,
+        loaded: u64,
+    },
+}
+
+impl std::fmt::Display for SnapshotFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotFileError::Io(error) => write!(f, "cannot read it: {error}"),
+            SnapshotFileError::BadHeader(why) => write!(f, "bad header: {why}"),
+            SnapshotFileError::PayloadChecksum => f.write_str("payload checksum mismatch"),
+            SnapshotFileError::Decode(why) => write!(f, "payload does not decode: {why}"),
+            SnapshotFileError::Invalid(error) => write!(f, "inconsistent state: {error}"),
+            SnapshotFileError::HashMismatch { recorded, loaded } => {
+                write!(f, "state hash {loaded:016x} differs from the recorded {recorded:016x}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SnapshotFileError {}
+
+pub fn snapshot_file_name(seq: u64) -> String {
+    format!("{seq:020}.{SNAPSHOT_EXTENSION}")
+}
+
+/// The snapshot files in `dir`, newest (highest sequence) first.
+pub fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let mut snapshots = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(snapshots),
+        Err(error) => return Err(JournalError::io(dir, error)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| JournalError::io(dir, e))?.path();
+        if path.extension().is_none_or(|ext| ext != SNAPSHOT_EXTENSION) {
+            continue;
+        }
+        let Some(seq) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        snapshots.push((seq, path));
+    }
+    snapshots.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    Ok(snapshots)
+}
+
+/// Writes the engine's state to `dir` atomically (temporary file, fsync,
+/// rename, fsync of the directory), then deletes all but the newest `keep`
+/// snapshots.
+pub fn write_snapshot(dir: &Path, engine: &Engine, keep: usize) -> Result<SnapshotInfo, JournalError> {
+    std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+    let snapshot = engine.snapshot();
+    let payload = bincode::serde::encode_to_vec(&snapshot, snapshot_config())
+        .map_err(|e| JournalError::Encode(e.to_string()))?;
+    let seq = engine.last_seq();
+    let state_hash = engine.state_hash();
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    header[0..8].copy_from_slice(SNAPSHOT_MAGIC);
+    header[8..12].copy_from_slice(&SNAPSHOT_FILE_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&seq.to_le_bytes());
+    header[24..32].copy_from_slice(&state_hash.to_le_bytes());
+    header[32..40].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    header[40..44].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    let crc = header_crc(&header);
+    header[12..16].copy_from_slice(&crc.to_le_bytes());
+
+    let path = dir.join(snapshot_file_name(seq));
+    let temp = path.with_extension("snap.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
+        file.write_all(&header)?;
+        file.write_all(&payload)?;
+        file.sync_all()
+    };
+    write().map_err(|e| JournalError::io(&temp, e))?;
+    std::fs::rename(&temp, &path).map_err(|e| JournalError::io(&path, e))?;
+    sync_dir(dir)?;
+
+    for (_, old) in list_snapshots(dir)?.into_iter().skip(keep.max(1)) {
+        std::fs::remove_file(&old).map_err(|e| JournalError::io(&old, e))?;
+    }
+    Ok(SnapshotInfo { path, seq, state_hash, bytes: (SNAPSHOT_HEADER_BYTES + payload.len()) as u64 })
+}
+
+fn header_crc(header: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[0..12]);
+    hasher.update(&header[16..SNAPSHOT_HEADER_BYTES]);
+    hasher.finalize()
+}
+
+/// Reads and checks a snapshot file: header, checksum, decoding, the
+/// engine's own consistency checks, and the recorded state hash.
+pub fn load_snapshot(path: &Path) -> Result<(Engine, SnapshotInfo), SnapshotFileError> {
+    let bytes = std::fs::read(path).map_err(SnapshotFileError::Io)?;
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(SnapshotFileError::BadHeader("file shorter than a snapshot header"));
+    }
+    let header = &bytes[..SNAPSHOT_HEADER_BYTES];
+    if &header[0..8] != SNAPSHOT_MAGIC {
+        return Err(SnapshotFileError::BadHeader("not a snapshot file (bad magic)"));
+    }
+    if read_u32(header, 8) != SNAPSHOT_FILE_VERSION {
+        return Err(SnapshotFileError::BadHeader("unsupported snapshot file version"));
+    }
+    if read_u32(header, 12) != header_crc(header) {
+        return Err(SnapshotFileError::BadHeader("header checksum mismatch"));
+    }
+    let seq = read_u64(header, 16);
+    let state_hash = read_u64(header, 24);
+    let payload_len = read_u64(header, 32);
+    let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if payload.len() as u64 != payload_len {
+        return Err(SnapshotFileError::BadHeader("payload length differs from the file size"));
+    }
+    if crc32fast::hash(payload) != read_u32(header, 40) {
+        return Err(SnapshotFileError::PayloadChecksum);
+    }
+    let (snapshot, used): (Snapshot, usize) = bincode::serde::decode_from_slice(payload, snapshot_config())
+        .map_err(|e| SnapshotFileError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(SnapshotFileError::Decode("trailing bytes after the state".into()));
+    }
+    if snapshot.last_seq != seq {
+        return Err(SnapshotFileError::BadHeader("header sequence differs from the state's"));
+    }
+    let engine = Engine::from_snapshot(snapshot).map_err(SnapshotFileError::Invalid)?;
+    let loaded = engine.state_hash();
+    if loaded != state_hash {
+        return Err(SnapshotFileError::HashMismatch { recorded: state_hash, loaded });
+    }
+    let info = SnapshotInfo { path: path.to_path_buf(), seq, state_hash, bytes: bytes.len() as u64 };
+    Ok((engine, info))
+}
+
+/// What to do with journal segments wholly covered by the oldest kept snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentRetention {
+    Keep,
+    Delete,
+    /// Move them into this directory.
+    Archive(PathBuf),
+}
+
+/// Applies `retention` to the segments of `journal_dir` whose every record
+/// is at or below `covered_seq`. The newest segment is always kept.
+/// Returns the segments removed or moved.
+pub fn prune_segments(
+    journal_dir: &Path,
+    covered_seq: u64,
+    retention: &SegmentRetention,
+) -> Result<Vec<PathBuf>, JournalError> {
+    if *retention == SegmentRetention::Keep {
+        return Ok(Vec::new());
+    }
+    let segments =
+        crate::segment::list_segments(journal_dir).map_err(|e| JournalError::io(journal_dir, e))?;
+    let mut pruned = Vec::new();
+    for pair in segments.windows(2) {
+        let (_, path) = &pair[0];
+        let last_seq = pair[1].0 - 1;
+        if last_seq > covered_seq {
+            break;
+        }
+        match retention {
+            SegmentRetention::Keep => {}
+            SegmentRetention::Delete => std::fs::remove_file(path).map_err(|e| JournalError::io(path, e))?,
+            SegmentRetention::Archive(archive) => {
+                std::fs::create_dir_all(archive).map_err(|e| JournalError::io(archive, e))?;
+                let Some(name) = path.file_name() else { continue };
+                let target = archive.join(name);
+                std::fs::rename(path, &target).map_err(|e| JournalError::io(&target, e))?;
+            }
+        }
+        pruned.push(path.clone());
+    }
+    if !pruned.is_empty() {
+        sync_dir(journal_dir)?;
+    }
+    Ok(pruned)
+}
