@@ -149,7 +149,7 @@ pub fn replay(
             RecoveryError::Journal(JournalError::OutOfOrder { expected: error.expected, got: error.got })
         })?;
         replayed += 1;
-        if replayed % (1 << 20) == 0 {
+        if replayed.is_multiple_of(1 << 20) {
             on_progress(engine.last_seq());
         }
     }

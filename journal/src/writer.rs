@@ -123,11 +123,20 @@ impl JournalWriter {
                 let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(path, e))?;
                 let header = SegmentHeader::decode(&map)
                     .map_err(|why| JournalError::BadSegmentHeader { segment: path.clone(), why })?;
-                if header.first_seq != *first_seq || header.capacity_bytes != map.len() as u64 {
+                if header.first_seq != *first_seq || header.capacity_bytes < map.len() as u64 {
                     return Err(JournalError::BadSegmentHeader {
                         segment: path.clone(),
                         why: "header disagrees with the file's name or size",
                     });
+                }
+                if (map.len() as u64) < header.capacity_bytes {
+                    // The file lost its end (copied or truncated after a
+                    // crash): restore its size; the lost bytes read as zero
+                    // and the scan below treats them like any torn tail.
+                    drop(map);
+                    preallocate(&file, header.capacity_bytes).map_err(|e| JournalError::io(path, e))?;
+                    // Safety: as above.
+                    map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(path, e))?;
                 }
                 let scan = scan_segment(&map, &header, |_| {});
                 if let Some(damage) = scan.damage {
