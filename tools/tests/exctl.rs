@@ -1,0 +1,170 @@
+//! Runs the real `exctl` binary on a real data directory and checks what it
+//! prints and how it exits.
+
+use std::path::Path;
+use std::process::{Command as Process, Output};
+
+use engine_core::{Engine, EngineLimits, StampedCommand};
+use journal::{write_snapshot, DataDir, Durability, JournalConfig, JournalWriter};
+use workload::Shape;
+
+fn exctl(args: &[&str]) -> Output {
+    Process::new(env!("CARGO_BIN_EXE_exctl")).args(args).output().expect("exctl runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A data directory with `count` measured commands, small segments and a
+/// snapshot at `snapshot_at`. Returns the stamped commands and the final
+/// state hash.
+fn data_dir(root: &Path, count: usize, snapshot_at: Option<u64>) -> (Vec<StampedCommand>, u64) {
+    let data = DataDir::new(root);
+    let workload = workload::generate(Shape::SingleMarket, count, 5);
+    let commands: Vec<StampedCommand> = workload
+        .setup
+        .iter()
+        .chain(&workload.commands)
+        .enumerate()
+        .map(|(i, command)| StampedCommand {
+            seq: i as u64 + 1,
+            timestamp_ns: 1_795_608_000_000_000_000 + i as u64,
+            command: *command,
+        })
+        .collect();
+    let config =
+        JournalConfig { dir: data.journal(), segment_bytes: 128 * 1024, durability: Durability::Batch };
+    let (mut writer, _) = JournalWriter::open(config).unwrap();
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut events = Vec::new();
+    for command in &commands {
+        writer.append(command).unwrap();
+        engine.apply(command, &mut events).unwrap();
+        events.clear();
+        if Some(command.seq) == snapshot_at {
+            writer.commit_batch().unwrap();
+            write_snapshot(&data.snapshots(), &engine, 3).unwrap();
+        }
+    }
+    writer.commit_batch().unwrap();
+    (commands, engine.state_hash())
+}
+
+#[test]
+fn inspect_lists_segments_ranges_and_counts() {
+    let root = tempfile::tempdir().unwrap();
+    let (commands, _) = data_dir(root.path(), 10_000, None);
+    let output = exctl(&["journal", "inspect", root.path().to_str().unwrap()]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    let segments = journal::list_segments(&DataDir::new(root.path()).journal()).unwrap();
+    assert!(segments.len() > 2);
+    for (first_seq, path) in &segments {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let line =
+            text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+        assert!(line.split_whitespace().nth(1) == Some(&first_seq.to_string()), "{line}");
+    }
+    let total =
+        format!("{} segments, {} records, last sequence {}", segments.len(), commands.len(), commands.len());
+    assert!(text.contains(&total), "{text}");
+    assert!(text.contains("2026-11-25T12:00:00.000000000Z"), "first timestamp shown:\n{text}");
+    assert!(!text.contains("problem:"), "{text}");
+}
+
+#[test]
+fn dump_prints_text_or_json_lines_from_a_sequence() {
+    let root = tempfile::tempdir().unwrap();
+    let (commands, _) = data_dir(root.path(), 3_000, None);
+    let dir = root.path().to_str().unwrap();
+    let output = exctl(&["journal", "dump", dir, "--from", "2500", "--limit", "7", "--json"]);
+    assert!(output.status.success());
+    let records: Vec<StampedCommand> =
+        stdout(&output).lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect();
+    assert_eq!(records, commands[2_499..2_506]);
+
+    let output = exctl(&["journal", "dump", dir, "--from", "3", "--limit", "2"]);
+    let text = stdout(&output);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.lines().next().unwrap().trim_start().starts_with("3  2026-11-25T"), "{text}");
+    assert!(text.contains("CreateMarket") || text.contains("CreateAsset"), "{text}");
+}
+
+#[test]
+fn verify_exit_status_tells_clean_torn_and_damaged_apart() {
+    let root = tempfile::tempdir().unwrap();
+    data_dir(root.path(), 5_000, None);
+    let dir = root.path().to_str().unwrap();
+    let clean = exctl(&["journal", "verify", dir]);
+    assert_eq!(clean.status.code(), Some(0), "{}", stdout(&clean));
+    assert!(stdout(&clean).starts_with("ok: "), "{}", stdout(&clean));
+
+    let segments = journal::list_segments(&DataDir::new(root.path()).journal()).unwrap();
+    // A torn tail: garbage right after the last record of the newest segment.
+    let (_, newest) = segments.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let end = (end + 7) & !7;
+    bytes[end..end + 30].fill(0xAB);
+    std::fs::write(newest, &bytes).unwrap();
+    let torn = exctl(&["journal", "verify", dir]);
+    assert_eq!(torn.status.code(), Some(1), "{}", stdout(&torn));
+    assert!(stdout(&torn).contains("torn tail"), "{}", stdout(&torn));
+
+    // Damage in an older segment.
+    let (_, older) = &segments[1];
+    let mut bytes = std::fs::read(older).unwrap();
+    bytes[100] ^= 0xFF;
+    std::fs::write(older, &bytes).unwrap();
+    let damaged = exctl(&["journal", "verify", dir]);
+    assert_eq!(damaged.status.code(), Some(2));
+    let text = stdout(&damaged);
+    assert!(text.contains(older.file_name().unwrap().to_str().unwrap()) && text.contains("offset"), "{text}");
+    assert!(text.contains("verdict: the journal is damaged"), "{text}");
+
+    let missing = exctl(&["journal", "verify", "/nonexistent/place"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("is not a directory"));
+}
+
+#[test]
+fn replay_prints_the_sequence_the_hash_and_the_books() {
+    let root = tempfile::tempdir().unwrap();
+    let (commands, hash) = data_dir(root.path(), 8_000, Some(6_000));
+    let dir = root.path().to_str().unwrap();
+    let output = exctl(&["replay", dir]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = stdout(&output);
+    assert!(text.contains(&format!("sequence: {}", commands.len())), "{text}");
+    assert!(text.contains(&format!("state hash: {hash:016x}")), "{text}");
+    assert!(text.contains("(sequence 6000)"), "started from the snapshot:\n{text}");
+    assert!(text.contains(&format!("replayed {} commands", commands.len() - 6_000)), "{text}");
+    assert!(text.contains("market 0 BTC/USDT Open: bid "), "{text}");
+
+    // --to: the state at an earlier sequence, equal to a live engine's there.
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut events = Vec::new();
+    for command in &commands[..4_321] {
+        engine.apply(command, &mut events).unwrap();
+    }
+    let output = exctl(&["replay", dir, "--to", "4321"]);
+    let text = stdout(&output);
+    assert!(text.contains("sequence: 4321"), "{text}");
+    assert!(text.contains(&format!("state hash: {:016x}", engine.state_hash())), "{text}");
+    assert!(text.contains("snapshot: none"), "the snapshot is past --to:\n{text}");
+}
+
+#[test]
+fn snapshot_offline_then_replay_starts_from_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (commands, hash) = data_dir(root.path(), 4_000, None);
+    let dir = root.path().to_str().unwrap();
+    let output = exctl(&["snapshot", dir]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = stdout(&output);
+    assert!(text.contains(&format!("(sequence {}, state hash {hash:016x}", commands.len())), "{text}");
+    let replayed = stdout(&exctl(&["replay", dir]));
+    assert!(replayed.contains("replayed 0 commands"), "{replayed}");
+    assert!(replayed.contains(&format!("state hash: {hash:016x}")), "{replayed}");
+}
