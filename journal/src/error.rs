@@ -40,6 +40,10 @@ pub enum JournalError {
         got: u64,
     },
     Encode(String),
+    /// Another process holds the journal's writer lock.
+    Locked {
+        dir: PathBuf,
+    },
 }
 
 impl JournalError {
@@ -76,6 +80,11 @@ impl fmt::Display for JournalError {
                 write!(f, "append of sequence {got} where {expected} was expected")
             }
             JournalError::Encode(why) => write!(f, "cannot encode a command for the journal: {why}"),
+            JournalError::Locked { dir } => write!(
+                f,
+                "{} is being written by another process (its LOCK is held); stop that process first",
+                dir.display()
+            ),
         }
     }
 }

@@ -77,9 +77,12 @@ struct OpenSegment {
     unsynced_from: usize,
 }
 
-/// The only writer of a journal directory.
+/// The only writer of a journal directory (an exclusive lock on
+/// `journal/LOCK` keeps a second one out; readers need no lock).
 pub struct JournalWriter {
     config: JournalConfig,
+    /// Held for the writer's life; the lock goes with the descriptor.
+    _lock: File,
     segment: OpenSegment,
     next_seq: u64,
     /// Highest sequence number known to be on disk (0 for none).
@@ -102,6 +105,7 @@ impl JournalWriter {
             )));
         }
         std::fs::create_dir_all(&config.dir).map_err(|e| JournalError::io(&config.dir, e))?;
+        let lock = lock_dir(&config.dir)?;
         remove_leftover_temp_files(&config.dir)?;
         let segments = list_segments(&config.dir).map_err(|e| JournalError::io(&config.dir, e))?;
         let mut report = OpenReport { segments: segments.len(), ..OpenReport::default() };
@@ -177,6 +181,7 @@ impl JournalWriter {
         report.next_seq = next_seq;
         let writer = JournalWriter {
             config,
+            _lock: lock,
             segment,
             next_seq,
             durable_seq: next_seq - 1,
@@ -308,6 +313,32 @@ impl Drop for JournalWriter {
             let _ = self.sync();
         }
     }
+}
+
+/// Takes the journal's writer lock, or says who cannot have it.
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| JournalError::io(&path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // Safety: a valid descriptor; flock has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(JournalError::Locked { dir: dir.to_path_buf() });
+            }
+            return Err(JournalError::io(&path, error));
+        }
+    }
+    Ok(file)
 }
 
 fn remove_leftover_temp_files(dir: &Path) -> Result<(), JournalError> {

@@ -467,3 +467,15 @@ fn a_follower_sees_records_as_they_are_appended_across_rotations() {
     assert_eq!(seen, commands);
     assert!(segments(dir.path()).len() > 3);
 }
+
+#[test]
+fn a_second_writer_is_refused_while_the_first_holds_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = JournalWriter::open(config(dir.path(), SEGMENT_BYTES_MIN, Durability::None)).unwrap();
+    match JournalWriter::open(config(dir.path(), SEGMENT_BYTES_MIN, Durability::None)) {
+        Err(error @ JournalError::Locked { .. }) => assert!(error.to_string().contains("another process")),
+        other => panic!("expected the lock to be refused, got {:?}", other.map(|(_, r)| r)),
+    }
+    drop(first);
+    JournalWriter::open(config(dir.path(), SEGMENT_BYTES_MIN, Durability::None)).unwrap();
+}
