@@ -351,12 +351,16 @@ impl Engine {
 
     // ----- funds ------------------------------------------------------------
 
-    fn check_user_asset(&self, user: UserId, asset: AssetId) -> Result<(), RejectReason> {
+    /// The checks a deposit and a withdrawal share.
+    fn check_funds_movement(&self, user: UserId, asset: AssetId, amount: Units) -> Result<(), RejectReason> {
         if user.index() >= self.accounts.len() {
             return Err(RejectReason::UnknownUser(user));
         }
         if asset.index() >= self.assets.len() {
             return Err(RejectReason::UnknownAsset(asset));
+        }
+        if amount.0 == 0 {
+            return Err(RejectReason::ZeroAmount);
         }
         Ok(())
     }
@@ -368,10 +372,7 @@ impl Engine {
         amount: Units,
         emitter: &mut Emitter,
     ) -> Result<(), RejectReason> {
-        self.check_user_asset(user, asset)?;
-        if amount.0 == 0 {
-            return Err(RejectReason::ZeroAmount);
-        }
+        self.check_funds_movement(user, asset, amount)?;
         let totals = &mut self.totals[asset.index()];
         if totals.outstanding() + u128::from(amount.0) > u128::from(u64::MAX) {
             return Err(RejectReason::SupplyOverflow { asset });
@@ -392,10 +393,7 @@ impl Engine {
         amount: Units,
         emitter: &mut Emitter,
     ) -> Result<(), RejectReason> {
-        self.check_user_asset(user, asset)?;
-        if amount.0 == 0 {
-            return Err(RejectReason::ZeroAmount);
-        }
+        self.check_funds_movement(user, asset, amount)?;
         let balance = self.accounts[user.index()].balance_mut(asset);
         if balance.available < amount {
             return Err(RejectReason::InsufficientFunds {
@@ -802,7 +800,7 @@ impl Engine {
     }
 
     /// Appends the order in `slot` to its owner's list of open orders.
-    fn attach_to_user(&mut self, slot: u32) {
+    pub(crate) fn attach_to_user(&mut self, slot: u32) {
         let (user, id, client_order_id) = {
             let order = self.orders.get(slot);
             (order.user, order.id, order.client_order_id)

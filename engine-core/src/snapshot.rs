@@ -296,28 +296,15 @@ impl Engine {
         }
         owned.sort_unstable_by_key(|&(user, id, _)| (user, id));
         for &(user, id, slot) in &owned {
-            let account = &mut engine.accounts[user.index()];
-            let tail = account.orders_tail;
-            account.orders_tail = slot;
-            if tail == NIL {
-                account.orders_head = slot;
-            }
-            account.open_orders += 1;
             if let Some(client_order_id) = engine.orders.get(slot).client_order_id {
-                if account.find_client_id(&client_order_id).is_some() {
+                if engine.accounts[user.index()].find_client_id(&client_order_id).is_some() {
                     return Err(SnapshotError::BadOrder {
                         order: id,
                         why: "client order id used twice by one user",
                     });
                 }
-                account.add_client_id(client_order_id, id);
             }
-            if tail != NIL {
-                engine.orders.get_mut(tail).user_next = slot;
-            }
-            let order = engine.orders.get_mut(slot);
-            order.user_prev = tail;
-            order.user_next = NIL;
+            engine.attach_to_user(slot);
         }
 
         let mut held = vec![0u128; engine.assets.len()];

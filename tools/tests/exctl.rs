@@ -21,18 +21,7 @@ fn stdout(output: &Output) -> String {
 /// state hash.
 fn data_dir(root: &Path, count: usize, snapshot_at: Option<u64>) -> (Vec<StampedCommand>, u64) {
     let data = DataDir::new(root);
-    let workload = workload::generate(Shape::SingleMarket, count, 5);
-    let commands: Vec<StampedCommand> = workload
-        .setup
-        .iter()
-        .chain(&workload.commands)
-        .enumerate()
-        .map(|(i, command)| StampedCommand {
-            seq: i as u64 + 1,
-            timestamp_ns: 1_795_608_000_000_000_000 + i as u64,
-            command: *command,
-        })
-        .collect();
+    let commands = workload::generate(Shape::SingleMarket, count, 5).stamped(1_795_608_000_000_000_000, 1);
     let config =
         JournalConfig { dir: data.journal(), segment_bytes: 128 * 1024, durability: Durability::Batch };
     let (mut writer, _) = JournalWriter::open(config).unwrap();

@@ -85,6 +85,23 @@ pub struct Workload {
     pub commands: Vec<Command>,
 }
 
+impl Workload {
+    /// Setup and measured commands in order, numbered from 1, stamped
+    /// `timestamp_step_ns` apart from `first_timestamp_ns`.
+    pub fn stamped(&self, first_timestamp_ns: u64, timestamp_step_ns: u64) -> Vec<StampedCommand> {
+        self.setup
+            .iter()
+            .chain(&self.commands)
+            .enumerate()
+            .map(|(i, command)| StampedCommand {
+                seq: i as u64 + 1,
+                timestamp_ns: first_timestamp_ns + i as u64 * timestamp_step_ns,
+                command: *command,
+            })
+            .collect()
+    }
+}
+
 const MID_START_TICKS: u64 = 5_000_000;
 const PRICE_SPREAD_TICKS: u64 = 50;
 const QTY_MAX_LOTS: u64 = 20;

@@ -59,18 +59,7 @@ fn main() -> ExitCode {
 }
 
 fn stamped(args: &Args) -> Vec<StampedCommand> {
-    let workload = workload::generate(Shape::SingleMarket, args.commands, args.seed);
-    workload
-        .setup
-        .iter()
-        .chain(&workload.commands)
-        .enumerate()
-        .map(|(i, command)| StampedCommand {
-            seq: i as u64 + 1,
-            timestamp_ns: i as u64 * 100,
-            command: *command,
-        })
-        .collect()
+    workload::generate(Shape::SingleMarket, args.commands, args.seed).stamped(0, 100)
 }
 
 fn journal_bytes(dir: &Path) -> Result<u64, String> {
