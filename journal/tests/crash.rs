@@ -137,3 +137,56 @@ fn sigkill_during_appends_loses_nothing_that_was_reported_written() {
         assert_eq!(report.next_seq, last_present + 1);
     }
 }
+
+#[test]
+fn a_reader_follows_a_journal_that_another_process_is_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Process::new(&exe)
+        .args(["--exact", "child_appender", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR_ENV, dir.path())
+        .env(CHILD_POLICY_ENV, "none")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reports = std::thread::spawn(move || {
+        let mut last = 0u64;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(seq) = line.strip_prefix("written ").and_then(|s| s.parse().ok()) {
+                last = seq;
+            }
+        }
+        last
+    });
+    // Follow while the child writes (across its segment rotations).
+    let mut reader = JournalReader::open(dir.path(), 1, ReadMode::Follow).unwrap();
+    let mut next_expected = 1u64;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(400) {
+        match reader.next().unwrap() {
+            Some(record) => {
+                assert_eq!(record, command_at(next_expected));
+                next_expected += 1;
+            }
+            None => std::thread::yield_now(),
+        }
+    }
+    let seen_while_running = next_expected - 1;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let last_reported = reports.join().unwrap();
+    while let Some(record) = reader.next().unwrap() {
+        assert_eq!(record, command_at(next_expected));
+        next_expected += 1;
+    }
+    assert!(seen_while_running > 0, "the follower saw nothing while the writer ran");
+    assert!(
+        next_expected - 1 >= last_reported,
+        "follower ended at {} < reported {last_reported}",
+        next_expected - 1
+    );
+    assert!(journal::list_segments(dir.path()).unwrap().len() > 1, "the writer rotated at least once");
+}
