@@ -49,6 +49,8 @@ pub(crate) struct Account {
     /// by bisection: a user has few open orders, and a `Vec` needs no hasher
     /// whose iteration order could leak into the output.
     pub client_ids: Vec<(ClientOrderId, OrderId)>,
+    /// How many API keys the user holds.
+    pub api_keys: u32,
 }
 
 impl Account {
@@ -59,6 +61,7 @@ impl Account {
             orders_head: NIL,
             orders_tail: NIL,
             client_ids: Vec::new(),
+            api_keys: 0,
         }
     }
 

@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::market::{MarketRules, MarketStatus};
-use crate::units::{AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, Units, UserId};
+use crate::units::{
+    ApiKey, ApiSecret, AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, Units, UserId,
+};
 
 /// A command with the sequence number and time the matcher stamped on it.
 /// Time comes in from outside: the engine has no clock.
@@ -43,6 +45,16 @@ pub enum Command {
     },
     /// Adds a user with empty balances; its id is the number of users before it.
     CreateUser,
+    /// Gives a user an API key (at least 16 characters, unique across users).
+    CreateApiKey {
+        user: UserId,
+        key: ApiKey,
+        secret: ApiSecret,
+    },
+    RevokeApiKey {
+        user: UserId,
+        key: ApiKey,
+    },
     Deposit {
         user: UserId,
         asset: AssetId,

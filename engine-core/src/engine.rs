@@ -17,7 +17,10 @@ use crate::command::{
 use crate::event::{Capacity, DoneReason, Event, EventKind, RejectReason};
 use crate::hash::OrderIdHasher;
 use crate::market::{fee, Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
-use crate::units::{AssetId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId};
+use crate::units::{
+    ApiKey, ApiSecret, AssetId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId,
+    API_KEY_LEN_MIN,
+};
 
 /// Bounds on everything the engine holds. They are part of the state (a
 /// snapshot carries them) so that replay makes the same decisions.
@@ -29,6 +32,7 @@ pub struct EngineLimits {
     pub assets_max: u32,
     pub markets_max: u32,
     pub users_max: u32,
+    pub api_keys_per_user_max: u32,
 }
 
 impl Default for EngineLimits {
@@ -39,6 +43,7 @@ impl Default for EngineLimits {
             assets_max: 4_096,
             markets_max: 4_096,
             users_max: 100_000_000,
+            api_keys_per_user_max: 10,
         }
     }
 }
@@ -86,6 +91,16 @@ pub struct Engine {
     pub(crate) orders: OrderSlab,
     /// Resting order id -> slab slot. Only looked up, never iterated.
     pub(crate) index: HashMap<OrderId, u32, BuildHasherDefault<OrderIdHasher>>,
+    /// Every API key, sorted by key.
+    pub(crate) api_keys: Vec<ApiKeyEntry>,
+}
+
+/// One API key and whose it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyEntry {
+    pub key: ApiKey,
+    pub secret: ApiSecret,
+    pub user: UserId,
 }
 
 /// An incoming order (new, or re-entering after an amend) while it matches.
@@ -147,6 +162,7 @@ impl Engine {
             accounts: Vec::new(),
             orders: OrderSlab::with_capacity(1 << 16),
             index: HashMap::with_hasher(BuildHasherDefault::default()),
+            api_keys: Vec::new(),
         }
     }
 
@@ -223,6 +239,10 @@ impl Engine {
                 self.set_market_fees(market, maker_fee_ppm, taker_fee_ppm, &mut emitter)
             }
             Command::CreateUser => self.create_user(&mut emitter),
+            Command::CreateApiKey { user, key, secret } => {
+                self.create_api_key(user, key, secret, &mut emitter)
+            }
+            Command::RevokeApiKey { user, key } => self.revoke_api_key(user, key, &mut emitter),
             Command::Deposit { user, asset, amount } => self.deposit(user, asset, amount, &mut emitter),
             Command::Withdraw { user, asset, amount } => self.withdraw(user, asset, amount, &mut emitter),
             Command::PlaceOrder(order) => self.place(&order, ts, &mut emitter),
@@ -234,6 +254,8 @@ impl Engine {
             let (user, client_order_id) = match command.command {
                 Command::Deposit { user, .. }
                 | Command::Withdraw { user, .. }
+                | Command::CreateApiKey { user, .. }
+                | Command::RevokeApiKey { user, .. }
                 | Command::CancelOrder { user, .. }
                 | Command::CancelAll { user, .. } => (Some(user), None),
                 Command::PlaceOrder(order) => (Some(order.user), order.client_order_id),
@@ -337,6 +359,56 @@ impl Engine {
         state.market.rules.taker_fee_ppm = taker_fee_ppm;
         emitter.emit(EventKind::MarketFeesChanged { market, maker_fee_ppm, taker_fee_ppm });
         Ok(())
+    }
+
+    fn create_api_key(
+        &mut self,
+        user: UserId,
+        key: ApiKey,
+        secret: ApiSecret,
+        emitter: &mut Emitter,
+    ) -> Result<(), RejectReason> {
+        let account = self.accounts.get(user.index()).ok_or(RejectReason::UnknownUser(user))?;
+        for len in [key.as_str().len(), secret.expose().len()] {
+            if len < API_KEY_LEN_MIN {
+                return Err(RejectReason::ApiKeyTooShort { len: len as u32, min: API_KEY_LEN_MIN as u32 });
+            }
+        }
+        if account.api_keys >= self.limits.api_keys_per_user_max {
+            return Err(RejectReason::ApiKeyLimit { limit: self.limits.api_keys_per_user_max });
+        }
+        let Err(position) = self.api_keys.binary_search_by(|entry| entry.key.cmp(&key)) else {
+            return Err(RejectReason::DuplicateApiKey);
+        };
+        self.api_keys.insert(position, ApiKeyEntry { key, secret, user });
+        self.accounts[user.index()].api_keys += 1;
+        emitter.emit(EventKind::ApiKeyCreated { user, key });
+        Ok(())
+    }
+
+    fn revoke_api_key(
+        &mut self,
+        user: UserId,
+        key: ApiKey,
+        emitter: &mut Emitter,
+    ) -> Result<(), RejectReason> {
+        if user.index() >= self.accounts.len() {
+            return Err(RejectReason::UnknownUser(user));
+        }
+        let position = match self.api_keys.binary_search_by(|entry| entry.key.cmp(&key)) {
+            Ok(position) if self.api_keys[position].user == user => position,
+            _ => return Err(RejectReason::UnknownApiKey),
+        };
+        self.api_keys.remove(position);
+        self.accounts[user.index()].api_keys -= 1;
+        emitter.emit(EventKind::ApiKeyRevoked { user, key });
+        Ok(())
+    }
+
+    /// Every API key with its owner, sorted by key (to rebuild an
+    /// authentication table after recovery).
+    pub fn api_keys(&self) -> &[ApiKeyEntry] {
+        &self.api_keys
     }
 
     fn create_user(&mut self, emitter: &mut Emitter) -> Result<(), RejectReason> {

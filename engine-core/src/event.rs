@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{OrderKind, SelfTradePrevention};
 use crate::market::{MarketRules, MarketStatus};
 use crate::units::{
-    AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId,
+    ApiKey, AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,16 @@ pub enum EventKind {
     },
     UserCreated {
         user: UserId,
+    },
+    /// The secret is not in the event: events leave the matcher for many
+    /// consumers, and only the journal may hold secrets.
+    ApiKeyCreated {
+        user: UserId,
+        key: ApiKey,
+    },
+    ApiKeyRevoked {
+        user: UserId,
+        key: ApiKey,
     },
     Deposited {
         user: UserId,
@@ -233,6 +243,16 @@ pub enum RejectReason {
     MarketByQuoteMustBuy,
     /// An amend that asks for no change.
     AmendNoChange,
+    DuplicateApiKey,
+    /// No such key belongs to this user.
+    UnknownApiKey,
+    ApiKeyTooShort {
+        len: u32,
+        min: u32,
+    },
+    ApiKeyLimit {
+        limit: u32,
+    },
 }
 
 /// Which table of reference data is full.
@@ -302,6 +322,12 @@ impl fmt::Display for RejectReason {
             PostOnlyWouldTake => f.write_str("post-only order would trade at once"),
             MarketByQuoteMustBuy => f.write_str("a market order by quote amount must be a buy"),
             AmendNoChange => f.write_str("the amend changes neither price nor quantity"),
+            DuplicateApiKey => f.write_str("that API key exists already"),
+            UnknownApiKey => f.write_str("the user has no such API key"),
+            ApiKeyTooShort { len, min } => {
+                write!(f, "API keys and secrets need at least {min} characters, not {len}")
+            }
+            ApiKeyLimit { limit } => write!(f, "the user has {limit} API keys, the most allowed"),
         }
     }
 }

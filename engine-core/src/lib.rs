@@ -86,12 +86,13 @@ pub use accounts::{AssetTotals, Balance};
 pub use command::{
     Amend, Command, NewOrder, OrderKind, OrderRef, SelfTradePrevention, StampedCommand, TimeInForce,
 };
-pub use engine::{Engine, EngineLimits, SequenceError, TopOfBook};
+pub use engine::{ApiKeyEntry, Engine, EngineLimits, SequenceError, TopOfBook};
 pub use event::{Capacity, DoneReason, Event, EventKind, RejectReason};
 pub use hash::StateHasher;
 pub use invariants::InvariantViolation;
 pub use market::{fee, Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
 pub use snapshot::{RestingOrder, Snapshot, SnapshotError, SNAPSHOT_FORMAT_VERSION};
 pub use units::{
-    AssetId, ClientOrderId, Lots, MarketId, NameError, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId,
+    ApiKey, ApiSecret, AssetId, ClientOrderId, Lots, MarketId, NameError, OrderId, Side, Symbol, Ticks,
+    TradeId, Units, UserId, API_KEY_LEN_MIN,
 };

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::{Account, AssetTotals, Balance};
 use crate::book::{BookSide, Order, OrderBook, OrderSlab, NIL};
 use crate::command::SelfTradePrevention;
-use crate::engine::{lock_for, Engine, EngineLimits, MarketState};
+use crate::engine::{lock_for, ApiKeyEntry, Engine, EngineLimits, MarketState};
 use crate::hash::StateHasher;
 use crate::market::{Asset, Market, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
 use crate::units::{AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Ticks, UserId};
@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub balances: Vec<Vec<Balance>>,
     /// Every resting order in walk order (see the module documentation).
     pub orders: Vec<RestingOrder>,
+    /// Every API key, sorted by key. Secrets included: a snapshot file is
+    /// as private as the journal.
+    pub api_keys: Vec<ApiKeyEntry>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +73,7 @@ pub enum SnapshotError {
     BadOrder { order: OrderId, why: &'static str },
     LockedMismatch { user: UserId, asset: AssetId, locked: u64, orders_need: u128 },
     NotConserved { asset: AssetId, held: u128, outstanding: u128 },
+    BadApiKey { position: usize, why: &'static str },
 }
 
 impl fmt::Display for SnapshotError {
@@ -93,6 +97,7 @@ impl fmt::Display for SnapshotError {
                 f,
                 "user {user} has {locked} units of asset {asset} locked but open orders need {orders_need}"
             ),
+            BadApiKey { position, why } => write!(f, "API key at position {position}: {why}"),
             NotConserved { asset, held, outstanding } => write!(
                 f,
                 "asset {asset}: balances and fees hold {held} units but deposits minus withdrawals are {outstanding}"
@@ -110,6 +115,7 @@ trait StateVisitor {
     fn market(&mut self, market: &Market);
     fn balances(&mut self, balances: &[Balance]);
     fn order(&mut self, order: &Order);
+    fn api_key(&mut self, entry: &ApiKeyEntry);
 }
 
 impl Engine {
@@ -136,6 +142,9 @@ impl Engine {
                 }
             }
         }
+        for entry in &self.api_keys {
+            visitor.api_key(entry);
+        }
     }
 
     /// A fingerprint of the whole state. Two engines have the same hash when
@@ -159,6 +168,7 @@ impl Engine {
             markets: Vec::with_capacity(self.markets.len()),
             balances: Vec::with_capacity(self.accounts.len()),
             orders: Vec::with_capacity(self.orders.len() as usize),
+            api_keys: Vec::with_capacity(self.api_keys.len()),
         });
         self.walk(&mut builder);
         builder.0
@@ -307,6 +317,21 @@ impl Engine {
             engine.attach_to_user(slot);
         }
 
+        for (position, entry) in snapshot.api_keys.iter().enumerate() {
+            let bad = |why| SnapshotError::BadApiKey { position, why };
+            if position > 0 && snapshot.api_keys[position - 1].key >= entry.key {
+                return Err(bad("keys not sorted or listed twice"));
+            }
+            let Some(account) = engine.accounts.get_mut(entry.user.index()) else {
+                return Err(bad("unknown user"));
+            };
+            account.api_keys += 1;
+            if account.api_keys > engine.limits.api_keys_per_user_max {
+                return Err(bad("more keys for one user than the limit"));
+            }
+            engine.api_keys.push(*entry);
+        }
+
         let mut held = vec![0u128; engine.assets.len()];
         for (user, account) in engine.accounts.iter().enumerate() {
             let user = UserId(user as u32);
@@ -362,6 +387,9 @@ impl StateVisitor for SnapshotBuilder {
     fn balances(&mut self, balances: &[Balance]) {
         self.0.balances.push(balances.to_vec());
     }
+    fn api_key(&mut self, entry: &ApiKeyEntry) {
+        self.0.api_keys.push(*entry);
+    }
     fn order(&mut self, order: &Order) {
         self.0.orders.push(RestingOrder {
             id: order.id,
@@ -395,6 +423,7 @@ impl StateVisitor for HashVisitor {
             limits.assets_max,
             limits.markets_max,
             limits.users_max,
+            limits.api_keys_per_user_max,
         ] {
             h.word(u64::from(limit));
         }
@@ -402,6 +431,7 @@ impl StateVisitor for HashVisitor {
         h.word(engine.markets.len() as u64);
         h.word(engine.accounts.len() as u64);
         h.word(u64::from(engine.orders.len()));
+        h.word(engine.api_keys.len() as u64);
     }
     fn asset(&mut self, asset: &Asset, totals: &AssetTotals) {
         let h = &mut self.0;
@@ -437,6 +467,12 @@ impl StateVisitor for HashVisitor {
             h.word(balance.available.0);
             h.word(balance.locked.0);
         }
+    }
+    fn api_key(&mut self, entry: &ApiKeyEntry) {
+        let h = &mut self.0;
+        h.bytes(entry.key.as_bytes());
+        h.bytes(entry.secret.as_bytes());
+        h.word(u64::from(entry.user.0));
     }
     fn order(&mut self, order: &Order) {
         let h = &mut self.0;

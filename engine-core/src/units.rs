@@ -227,6 +227,57 @@ ascii_name!(
     |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '-')
 );
 
+ascii_name!(
+    /// The public half of an API key: 16 to 64 letters and digits, sent in
+    /// a request header to say which key signed the request.
+    ApiKey,
+    64,
+    "letters and digits",
+    |c: char| c.is_ascii_alphanumeric()
+);
+
+ascii_name!(
+    /// The text of an API secret; see [`ApiSecret`].
+    SecretText,
+    64,
+    "letters and digits",
+    |c: char| c.is_ascii_alphanumeric()
+);
+
+/// The private half of an API key, shared by the user and the exchange and
+/// used to sign requests (HMAC-SHA256). It is journaled (the journal is the
+/// state) but never printed: `Debug` shows `ApiSecret(***)`.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ApiSecret(SecretText);
+
+impl ApiSecret {
+    /// The longest secret accepted, in bytes.
+    pub const LEN_MAX: usize = SecretText::LEN_MAX;
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    pub fn new(text: &str) -> Result<ApiSecret, NameError> {
+        SecretText::new(text).map(ApiSecret)
+    }
+
+    /// The secret itself, for signing and verifying; never log it.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Debug for ApiSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiSecret(***)")
+    }
+}
+
+/// The shortest API key or secret accepted, in characters.
+pub const API_KEY_LEN_MIN: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +289,14 @@ mod tests {
         assert!(matches!(Symbol::new("btc"), Err(NameError::BadCharacter { character: 'b', .. })));
         assert!(matches!(Symbol::new("ABCDEFGHIJKLM"), Err(NameError::TooLong { len: 13, max: 12 })));
         assert!(matches!(Symbol::new("BTC€"), Err(NameError::BadCharacter { character: '€', .. })));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = ApiSecret::new("s3cretS3cretS3cretS3cret").unwrap();
+        assert_eq!(format!("{secret:?}"), "ApiSecret(***)");
+        assert_eq!(secret.expose(), "s3cretS3cretS3cretS3cret");
+        assert_eq!(serde_json::to_string(&secret).unwrap(), "\"s3cretS3cretS3cretS3cret\"");
     }
 
     #[test]

@@ -632,3 +632,35 @@ fn out_of_order_sequence_numbers_are_refused_without_effect() {
         Err(SequenceError { expected: 2, got: 1 })
     );
 }
+
+#[test]
+fn api_keys_are_state_journaled_with_limits_and_no_secret_in_events() {
+    let limits = EngineLimits { api_keys_per_user_max: 2, ..EngineLimits::default() };
+    let mut h = Harness::with_limits(limits);
+    h.ok(Command::CreateUser);
+    h.ok(Command::CreateUser);
+    let key = |s: &str| ApiKey::new(s).unwrap();
+    let secret = ApiSecret::new("0123456789abcdef0123456789abcdef").unwrap();
+    let create = |user: u32, k: &str| Command::CreateApiKey { user: UserId(user), key: key(k), secret };
+    h.ok(create(0, "keyAAAAAAAAAAAAAAAA"));
+    assert!(matches!(h.events[0].kind, EventKind::ApiKeyCreated { user: UserId(0), .. }));
+    assert!(!format!("{:?}", h.events).contains("0123456789abcdef"), "no secret in events");
+    assert_eq!(h.rejected(create(1, "keyAAAAAAAAAAAAAAAA")), RejectReason::DuplicateApiKey);
+    assert_eq!(h.rejected(create(5, "keyBBBBBBBBBBBBBBBB")), RejectReason::UnknownUser(UserId(5)));
+    assert_eq!(h.rejected(create(0, "short")), RejectReason::ApiKeyTooShort { len: 5, min: 16 });
+    h.ok(create(0, "keyBBBBBBBBBBBBBBBB"));
+    assert_eq!(h.rejected(create(0, "keyCCCCCCCCCCCCCCCC")), RejectReason::ApiKeyLimit { limit: 2 });
+    // Only the owner may revoke.
+    let revoke = |user: u32, k: &str| Command::RevokeApiKey { user: UserId(user), key: key(k) };
+    assert_eq!(h.rejected(revoke(1, "keyAAAAAAAAAAAAAAAA")), RejectReason::UnknownApiKey);
+    h.ok(revoke(0, "keyAAAAAAAAAAAAAAAA"));
+    h.ok(create(0, "keyCCCCCCCCCCCCCCCC"));
+    let keys: Vec<(&str, u32)> = h.engine.api_keys().iter().map(|e| (e.key.as_str(), e.user.0)).collect();
+    assert_eq!(keys, vec![("keyBBBBBBBBBBBBBBBB", 0), ("keyCCCCCCCCCCCCCCCC", 0)]);
+    // Keys survive a snapshot, secrets included, and change the state hash.
+    let restored = Engine::from_snapshot(h.engine.snapshot()).unwrap();
+    assert_eq!(restored.api_keys(), h.engine.api_keys());
+    let before = h.engine.state_hash();
+    h.ok(revoke(0, "keyCCCCCCCCCCCCCCCC"));
+    assert_ne!(h.engine.state_hash(), before);
+}

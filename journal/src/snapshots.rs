@@ -7,7 +7,6 @@
 //! then the payload: engine_core::Snapshot encoded with bincode
 //! ```
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -15,7 +14,7 @@ use engine_core::{Engine, Snapshot};
 
 use crate::error::JournalError;
 use crate::segment::{read_u32, read_u64};
-use crate::writer::sync_dir;
+use crate::writer::{private_file_options, sync_dir};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"EXSNAPSH";
 pub const SNAPSHOT_FILE_VERSION: u32 = 1;
@@ -118,7 +117,7 @@ pub fn write_snapshot(dir: &Path, engine: &Engine, keep: usize) -> Result<Snapsh
     let path = dir.join(snapshot_file_name(seq));
     let temp = path.with_extension("snap.tmp");
     let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&temp)?;
+        let mut file = private_file_options().write(true).create(true).truncate(true).open(&temp)?;
         file.write_all(&header)?;
         file.write_all(&payload)?;
         file.sync_all()

@@ -357,7 +357,7 @@ fn remove_leftover_temp_files(dir: &Path) -> Result<(), JournalError> {
 fn create_segment(config: &JournalConfig, first_seq: u64) -> Result<OpenSegment, JournalError> {
     let path = config.dir.join(segment_file_name(first_seq));
     let temp = path.with_extension("seg.tmp");
-    let file = OpenOptions::new()
+    let file = private_file_options()
         .read(true)
         .write(true)
         .create_new(true)
@@ -398,6 +398,18 @@ fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Options for files the journal creates: readable by their owner only,
+/// since commands carry API secrets.
+pub(crate) fn private_file_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
 }
 
 /// Makes a directory's entries (a created or renamed file) durable.

@@ -14,6 +14,15 @@ fn stream(seed: u64, measured: usize) -> Vec<StampedCommand> {
     let workload = workload::generate(Shape::SingleMarket, measured, seed);
     let cid = ClientOrderId::new("mm-quote:1/a_b.c").unwrap();
     let exotic = [
+        Command::CreateApiKey {
+            user: UserId(2),
+            key: ApiKey::new("Ab3dEfGhIjKlMnOpQrStUvWxYz012345").unwrap(),
+            secret: ApiSecret::new("SeCrEt0123456789SeCrEt0123456789").unwrap(),
+        },
+        Command::RevokeApiKey {
+            user: UserId(2),
+            key: ApiKey::new("Ab3dEfGhIjKlMnOpQrStUvWxYz012345").unwrap(),
+        },
         Command::Withdraw { user: UserId(3), asset: AssetId(1), amount: Units(17) },
         Command::Amend(Amend {
             user: UserId(4),
@@ -478,4 +487,20 @@ fn a_second_writer_is_refused_while_the_first_holds_the_journal() {
     }
     drop(first);
     JournalWriter::open(config(dir.path(), SEGMENT_BYTES_MIN, Durability::None)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn journal_and_snapshot_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let data = DataDir::new(base.path());
+    journal_with_snapshots(&data, &stream(13, 1_000), 1_000, 1);
+    let files = segments(&data.journal())
+        .into_iter()
+        .chain(list_snapshots(&data.snapshots()).unwrap().into_iter().map(|(_, p)| p));
+    for path in files {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
+    }
 }
