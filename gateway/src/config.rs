@@ -1,0 +1,316 @@
+//! The server's configuration: a typed struct with defaults, read from a
+//! TOML file (`--config FILE`) and overridden by `EXCHANGE_*` environment
+//! variables. Every setting is documented in the README.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use engine_core::EngineLimits;
+use journal::{Durability, SegmentRetention};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the REST API.
+    pub listen: SocketAddr,
+    /// Holds `journal/`, `snapshots/` and `archive/`.
+    pub data_dir: PathBuf,
+    /// `none`, `batch` or `interval`.
+    pub durability: DurabilityKind,
+    /// For `interval`: the most time between syncs.
+    pub sync_interval_ms: u64,
+    pub segment_bytes: u64,
+    /// A snapshot after this many commands (0: only at shutdown).
+    pub snapshot_every_commands: u64,
+    pub snapshots_keep: usize,
+    /// What to do with segments older than the oldest kept snapshot:
+    /// `keep`, `delete` or `archive` (to `data_dir/archive`).
+    pub segment_retention: RetentionKind,
+    /// Slots of the ring into the matcher (a power of two).
+    pub inbound_ring_size: usize,
+    /// Slots of the ring of events out of the matcher (a power of two).
+    pub outbound_ring_size: usize,
+    /// `backoff` (spin, then yield, then sleep: the default, kind to a
+    /// laptop) or `busy-spin` (lowest latency; burns a core per thread).
+    pub wait_strategy: WaitKind,
+    /// Pin the matcher thread to this core.
+    pub matcher_core: Option<usize>,
+    /// The token admin requests carry in `X-Admin-Token`. Without one the
+    /// admin API is disabled.
+    pub admin_token: Option<String>,
+    pub request_body_max_bytes: usize,
+    /// How long a request may wait for the matcher's answer.
+    pub request_timeout_ms: u64,
+    /// The largest `recvWindow` a signed request may ask for.
+    pub recv_window_max_ms: u64,
+    /// Signed requests per second per API key (a token bucket).
+    pub rate_limit_per_s: u32,
+    /// How many requests a key may send at once before the rate applies.
+    pub rate_limit_burst: u32,
+    /// Recent trades kept per market for `GET /trade/history`.
+    pub recent_trades_max: usize,
+    /// Closed orders kept per user for `GET /order`.
+    pub closed_orders_kept_per_user: usize,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityKind {
+    None,
+    Batch,
+    Interval,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetentionKind {
+    Keep,
+    Delete,
+    Archive,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaitKind {
+    Backoff,
+    BusySpin,
+}
+
+/// The engine's limits (part of its state: they apply to a new data
+/// directory; an existing one keeps the limits in its snapshot).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub open_orders_per_user_max: u32,
+    pub orders_max: u32,
+    pub assets_max: u32,
+    pub markets_max: u32,
+    pub users_max: u32,
+    pub api_keys_per_user_max: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        let limits = EngineLimits::default();
+        LimitsConfig {
+            open_orders_per_user_max: limits.open_orders_per_user_max,
+            orders_max: limits.orders_max,
+            assets_max: limits.assets_max,
+            markets_max: limits.markets_max,
+            users_max: limits.users_max,
+            api_keys_per_user_max: limits.api_keys_per_user_max,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn engine_limits(&self) -> EngineLimits {
+        EngineLimits {
+            open_orders_per_user_max: self.open_orders_per_user_max,
+            orders_max: self.orders_max,
+            assets_max: self.assets_max,
+            markets_max: self.markets_max,
+            users_max: self.users_max,
+            api_keys_per_user_max: self.api_keys_per_user_max,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            durability: DurabilityKind::Batch,
+            sync_interval_ms: 10,
+            segment_bytes: journal::SEGMENT_BYTES_DEFAULT,
+            snapshot_every_commands: 1_000_000,
+            snapshots_keep: 3,
+            segment_retention: RetentionKind::Keep,
+            inbound_ring_size: 1 << 16,
+            outbound_ring_size: 1 << 18,
+            wait_strategy: WaitKind::Backoff,
+            matcher_core: None,
+            admin_token: None,
+            request_body_max_bytes: 64 * 1024,
+            request_timeout_ms: 5_000,
+            recv_window_max_ms: 60_000,
+            rate_limit_per_s: 200,
+            rate_limit_burst: 400,
+            recent_trades_max: 1_000,
+            closed_orders_kept_per_user: 1_000,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `file` (if given), then applies `EXCHANGE_*` variables from
+    /// `env`, then checks the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+            }
+            None => Config::default(),
+        };
+        for (name, value) in env {
+            let Some(setting) = name.strip_prefix("EXCHANGE_") else { continue };
+            config.set(setting, &value).map_err(|why| ConfigError(format!("{name}={value:?}: {why}")))?;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Applies one environment override, named as in the file but in upper case.
+    fn set(&mut self, setting: &str, value: &str) -> Result<(), String> {
+        fn parse<T: std::str::FromStr>(value: &str) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse::<T>().map_err(|e| e.to_string())
+        }
+        fn kind<T: for<'de> Deserialize<'de>>(value: &str) -> Result<T, String> {
+            T::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value))
+                .map_err(|e| e.to_string())
+        }
+        match setting {
+            "LISTEN" => self.listen = parse(value)?,
+            "DATA_DIR" => self.data_dir = PathBuf::from(value),
+            "DURABILITY" => self.durability = kind(value)?,
+            "SYNC_INTERVAL_MS" => self.sync_interval_ms = parse(value)?,
+            "SEGMENT_BYTES" => self.segment_bytes = parse(value)?,
+            "SNAPSHOT_EVERY_COMMANDS" => self.snapshot_every_commands = parse(value)?,
+            "SNAPSHOTS_KEEP" => self.snapshots_keep = parse(value)?,
+            "SEGMENT_RETENTION" => self.segment_retention = kind(value)?,
+            "INBOUND_RING_SIZE" => self.inbound_ring_size = parse(value)?,
+            "OUTBOUND_RING_SIZE" => self.outbound_ring_size = parse(value)?,
+            "WAIT_STRATEGY" => self.wait_strategy = kind(value)?,
+            "MATCHER_CORE" => self.matcher_core = Some(parse(value)?),
+            "ADMIN_TOKEN" => self.admin_token = Some(value.to_string()),
+            "REQUEST_BODY_MAX_BYTES" => self.request_body_max_bytes = parse(value)?,
+            "REQUEST_TIMEOUT_MS" => self.request_timeout_ms = parse(value)?,
+            "RECV_WINDOW_MAX_MS" => self.recv_window_max_ms = parse(value)?,
+            "RATE_LIMIT_PER_S" => self.rate_limit_per_s = parse(value)?,
+            "RATE_LIMIT_BURST" => self.rate_limit_burst = parse(value)?,
+            "RECENT_TRADES_MAX" => self.recent_trades_max = parse(value)?,
+            "CLOSED_ORDERS_KEPT_PER_USER" => self.closed_orders_kept_per_user = parse(value)?,
+            "OPEN_ORDERS_PER_USER_MAX" => self.limits.open_orders_per_user_max = parse(value)?,
+            _ => return Err("no such setting (see the README's configuration table)".into()),
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        for (name, size) in
+            [("inbound_ring_size", self.inbound_ring_size), ("outbound_ring_size", self.outbound_ring_size)]
+        {
+            if !size.is_power_of_two() || size < 64 {
+                return Err(ConfigError(format!("{name} must be a power of two of at least 64, not {size}")));
+            }
+        }
+        if self.segment_bytes < journal::SEGMENT_BYTES_MIN {
+            return Err(ConfigError(format!(
+                "segment_bytes must be at least {}",
+                journal::SEGMENT_BYTES_MIN
+            )));
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 {
+                return Err(ConfigError("admin_token must have at least 16 characters".into()));
+            }
+        }
+        if self.rate_limit_per_s == 0 || self.rate_limit_burst == 0 {
+            return Err(ConfigError("rate_limit_per_s and rate_limit_burst must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub fn durability(&self) -> Durability {
+        match self.durability {
+            DurabilityKind::None => Durability::None,
+            DurabilityKind::Batch => Durability::Batch,
+            DurabilityKind::Interval => Durability::Interval { interval_ms: self.sync_interval_ms },
+        }
+    }
+
+    pub fn retention(&self) -> SegmentRetention {
+        match self.segment_retention {
+            RetentionKind::Keep => SegmentRetention::Keep,
+            RetentionKind::Delete => SegmentRetention::Delete,
+            RetentionKind::Archive => SegmentRetention::Archive(self.data_dir.join("archive")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let config = Config::load(None, env(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.durability(), Durability::Batch);
+        assert_eq!(config.admin_token, None);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exchange.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ndurability = \"interval\"\n[limits]\nusers_max = 5\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[("EXCHANGE_DURABILITY", "none"), ("EXCHANGE_ADMIN_TOKEN", "0123456789abcdefXYZ")]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.durability, DurabilityKind::None);
+        assert_eq!(config.limits.users_max, 5);
+        assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdefXYZ"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let error = Config::load(None, env(&[("EXCHANGE_DURABILITY", "sometimes")])).unwrap_err();
+        assert!(error.to_string().contains("EXCHANGE_DURABILITY"), "{error}");
+        let error = Config::load(None, env(&[("EXCHANGE_NO_SUCH", "1")])).unwrap_err();
+        assert!(error.to_string().contains("no such setting"), "{error}");
+        let error = Config::load(None, env(&[("EXCHANGE_INBOUND_RING_SIZE", "1000")])).unwrap_err();
+        assert!(error.to_string().contains("power of two"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        let error = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(error.to_string().contains("unknown field"), "{error}");
+    }
+}

@@ -1,0 +1,94 @@
+//! API errors: an HTTP status, a stable machine-readable code and a message
+//! a person can act on. The body is `{"error": {"code": ..., "message": ...}}`.
+
+use engine_core::RejectReason;
+use hyper::StatusCode;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// For 429: when to try again.
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into(), retry_after_s: None }
+    }
+
+    /// A field that does not hold what it must (400).
+    pub fn invalid(field: &'static str, why: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", format!("{field}: {why}"))
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn busy() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the matching engine's queue is full; retry shortly",
+        )
+    }
+
+    pub fn too_many_requests(retry_after_s: u64) -> ApiError {
+        ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests for this API key; retry after {retry_after_s} s"),
+            )
+        }
+    }
+
+    /// The engine refused the command: 409 for conflicts, 404 for unknown
+    /// things, 422 for everything else it rejected.
+    pub fn rejected(reason: RejectReason, message: String) -> ApiError {
+        use RejectReason::*;
+        let (status, code) = match reason {
+            DuplicateClientOrderId(_) => (StatusCode::CONFLICT, "duplicate_client_order_id"),
+            DuplicateAssetSymbol(_) => (StatusCode::CONFLICT, "duplicate_asset"),
+            DuplicateMarket { .. } => (StatusCode::CONFLICT, "duplicate_market"),
+            DuplicateApiKey => (StatusCode::CONFLICT, "duplicate_api_key"),
+            UnknownOrder => (StatusCode::NOT_FOUND, "unknown_order"),
+            UnknownUser(_) => (StatusCode::NOT_FOUND, "unknown_user"),
+            UnknownAsset(_) => (StatusCode::NOT_FOUND, "unknown_asset"),
+            UnknownMarket(_) => (StatusCode::NOT_FOUND, "unknown_market"),
+            UnknownApiKey => (StatusCode::NOT_FOUND, "unknown_api_key"),
+            InsufficientFunds { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"),
+            MarketNotOpen { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "market_not_open"),
+            MarketHalted { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "market_halted"),
+            PostOnlyWouldTake => (StatusCode::UNPROCESSABLE_ENTITY, "post_only_would_take"),
+            QuantityBelowMinimum { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "quantity_below_minimum"),
+            NotionalBelowMinimum { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "notional_below_minimum"),
+            OpenOrderLimit { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "open_order_limit"),
+            EngineOrderCapacity { .. } | EngineCapacity { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "engine_capacity")
+            }
+            Overflow | SupplyOverflow { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too_large"),
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+        };
+        ApiError::new(status, code, message)
+    }
+
+    pub fn body(&self) -> String {
+        serde_json::json!({ "error": { "code": self.code, "message": self.message } }).to_string()
+    }
+}

@@ -1,0 +1,409 @@
+//! The pipeline: an inbound ring (many producers: the request handlers),
+//! one matcher thread that stamps, journals, applies and publishes, and an
+//! outbound ring whose consumers keep the read views and answer requests.
+//!
+//! ```text
+//! handlers --try_publish--> [inbound ring] --> matcher --publish--> [outbound ring] --> views --> responder
+//!                                                 |
+//!                                         journal (commit per batch)
+//! ```
+//!
+//! The matcher publishes a batch's events only after `commit_batch` made
+//! the batch durable under the policy (journal before acknowledgement). The
+//! responder runs after the views consumer, so a client that has its answer
+//! also sees its change in every read endpoint.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use disruptor::wait_strategies::WaitStrategy;
+use disruptor::{
+    build_multi_producer, build_single_producer, BusySpin, MultiProducer, Producer, RingBufferFull,
+    SingleConsumerBarrier, SingleProducer,
+};
+use engine_core::{Command, Engine, Event, StampedCommand};
+use journal::{JournalWriter, SegmentRetention};
+use tokio::sync::oneshot;
+
+use crate::views::Views;
+use crate::wait::Backoff;
+
+/// What travels into the matcher.
+#[derive(Clone, Copy, Debug)]
+pub struct Inbound {
+    /// Which waiting request gets the outcome (0: nobody waits).
+    pub request_id: u64,
+    pub work: Work,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Work {
+    Command(Command),
+    /// Housekeeping: interval syncs and due snapshots when otherwise idle.
+    Tick,
+    /// Sync the journal and write a snapshot; sent once, at shutdown.
+    Shutdown,
+}
+
+/// What travels out of the matcher: one event of one command.
+#[derive(Clone, Copy, Debug)]
+pub struct Outbound {
+    pub request_id: u64,
+    pub event: Option<Event>,
+    /// The last event of its command.
+    pub last: bool,
+    /// The command could not be journaled and was not applied.
+    pub failed: bool,
+}
+
+/// The answer a request handler waits for.
+pub type Reply = Result<Vec<Event>, PipelineFailure>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PipelineFailure {
+    /// The journal refused the command (a full disk, an I/O error): it was
+    /// not applied, and the exchange stops accepting orders.
+    JournalUnavailable,
+}
+
+/// Shared counters for `/health` and the logs.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub last_seq: AtomicU64,
+    pub durable_seq: AtomicU64,
+    pub snapshot_seq: AtomicU64,
+    /// How long the matcher stopped for the last snapshot (cloning the state).
+    pub snapshot_stall_ns: AtomicU64,
+    /// Set when the journal failed: no command is accepted any more.
+    pub journal_failed: AtomicBool,
+}
+
+/// Requests waiting for their outcome.
+#[derive(Default)]
+pub struct Pending {
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+}
+
+impl Pending {
+    pub fn register(&self) -> (u64, oneshot::Receiver<Reply>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (sender, receiver) = oneshot::channel();
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(id, sender);
+        }
+        (id, receiver)
+    }
+
+    pub fn forget(&self, id: u64) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.remove(&id);
+        }
+    }
+
+    fn complete(&self, id: u64, reply: Reply) {
+        let sender = self.waiting.lock().ok().and_then(|mut waiting| waiting.remove(&id));
+        if let Some(sender) = sender {
+            // The handler may have timed out and gone; that is fine.
+            let _ = sender.send(reply);
+        }
+    }
+}
+
+pub struct PipelineConfig {
+    pub inbound_ring_size: usize,
+    pub outbound_ring_size: usize,
+    pub busy_spin: bool,
+    pub matcher_core: Option<usize>,
+    pub snapshot_every_commands: u64,
+    pub snapshots_dir: PathBuf,
+    pub snapshots_keep: usize,
+    pub journal_dir: PathBuf,
+    pub retention: SegmentRetention,
+}
+
+pub type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
+
+/// The running pipeline. Clone `producer` for each publishing thread; the
+/// pipeline stops when every clone is dropped.
+pub struct Pipeline {
+    pub producer: InboundProducer,
+    pub pending: Arc<Pending>,
+    pub health: Arc<Health>,
+}
+
+/// Starts the matcher and the consumers around a recovered engine.
+pub fn start(
+    engine: Engine,
+    journal: JournalWriter,
+    views: Arc<RwLock<Views>>,
+    config: PipelineConfig,
+) -> Pipeline {
+    if config.busy_spin {
+        start_with(engine, journal, views, config, BusySpin)
+    } else {
+        start_with(engine, journal, views, config, Backoff)
+    }
+}
+
+fn start_with<W: WaitStrategy + 'static>(
+    engine: Engine,
+    journal: JournalWriter,
+    views: Arc<RwLock<Views>>,
+    config: PipelineConfig,
+    wait: W,
+) -> Pipeline {
+    let pending = Arc::new(Pending::default());
+    let health = Arc::new(Health::default());
+    health.last_seq.store(engine.last_seq(), Ordering::Relaxed);
+    health.durable_seq.store(journal.durable_seq(), Ordering::Relaxed);
+
+    // Outbound: views first, then the responder.
+    let views_for_consumer = Arc::clone(&views);
+    let pending_for_responder = Arc::clone(&pending);
+    let mut views_batch: Vec<Event> = Vec::new();
+    let outbound = build_single_producer(config.outbound_ring_size, || Outbound::EMPTY, wait)
+        .handle_events_with(move |slot: &Outbound, _seq, end_of_batch| {
+            if let Some(event) = slot.event {
+                views_batch.push(event);
+            }
+            // One write lock per batch, not per event.
+            if end_of_batch && !views_batch.is_empty() {
+                if let Ok(mut views) = views_for_consumer.write() {
+                    for event in views_batch.drain(..) {
+                        views.apply(&event);
+                    }
+                } else {
+                    views_batch.clear();
+                }
+            }
+        })
+        .and_then()
+        .handle_events_and_state_with(
+            move |collected: &mut HashMap<u64, Vec<Event>>, slot: &Outbound, _seq, _end| {
+                if slot.request_id == 0 {
+                    return;
+                }
+                if slot.failed {
+                    collected.remove(&slot.request_id);
+                    pending_for_responder.complete(slot.request_id, Err(PipelineFailure::JournalUnavailable));
+                    return;
+                }
+                let events = collected.entry(slot.request_id).or_default();
+                if let Some(event) = slot.event {
+                    events.push(event);
+                }
+                if slot.last {
+                    let events = collected.remove(&slot.request_id).unwrap_or_default();
+                    pending_for_responder.complete(slot.request_id, Ok(events));
+                }
+            },
+            HashMap::new,
+        )
+        .build();
+
+    let health_for_matcher = Arc::clone(&health);
+    let inbound_ring_size = config.inbound_ring_size;
+    let matcher_core = config.matcher_core;
+    let make_matcher = move || Matcher {
+        engine,
+        journal,
+        outbound,
+        staged: Vec::with_capacity(4096),
+        events: Vec::with_capacity(256),
+        last_timestamp_ns: 0,
+        commands_since_snapshot: 0,
+        health: health_for_matcher,
+        config,
+    };
+    use disruptor::ProcessorSettings;
+    let builder = build_multi_producer(inbound_ring_size, || Inbound::EMPTY, wait).thread_name("matcher");
+    let builder = match matcher_core {
+        Some(core) => builder.pin_at_core(core),
+        None => builder,
+    };
+    let producer = builder
+        .handle_events_and_state_with(
+            |matcher: &mut Matcher, slot: &Inbound, _seq, end_of_batch| matcher.handle(slot, end_of_batch),
+            make_matcher,
+        )
+        .build();
+    Pipeline { producer, pending, health }
+}
+
+impl Inbound {
+    const EMPTY: Inbound = Inbound { request_id: 0, work: Work::Tick };
+}
+
+impl Outbound {
+    const EMPTY: Outbound = Outbound { request_id: 0, event: None, last: false, failed: false };
+}
+
+type OutboundProducer = SingleProducer<Outbound, SingleConsumerBarrier>;
+
+/// The single owner of trading state.
+struct Matcher {
+    engine: Engine,
+    journal: JournalWriter,
+    outbound: OutboundProducer,
+    /// Outcomes of the current batch, published once the batch is durable.
+    staged: Vec<Outbound>,
+    events: Vec<Event>,
+    last_timestamp_ns: u64,
+    commands_since_snapshot: u64,
+    health: Arc<Health>,
+    config: PipelineConfig,
+}
+
+impl Matcher {
+    fn handle(&mut self, slot: &Inbound, end_of_batch: bool) {
+        match slot.work {
+            Work::Command(command) => self.apply(slot.request_id, command),
+            Work::Tick => {
+                if self.journal.poll().is_err() {
+                    self.fail_journal();
+                }
+            }
+            Work::Shutdown => {
+                self.commit();
+                self.snapshot(true);
+                // Tells the waiting shutdown that the snapshot is on disk.
+                self.staged.push(Outbound {
+                    request_id: slot.request_id,
+                    event: None,
+                    last: true,
+                    failed: false,
+                });
+            }
+        }
+        if end_of_batch {
+            self.commit();
+            if self.config.snapshot_every_commands > 0
+                && self.commands_since_snapshot >= self.config.snapshot_every_commands
+            {
+                self.snapshot(false);
+            }
+        }
+    }
+
+    fn apply(&mut self, request_id: u64, command: Command) {
+        if self.health.journal_failed.load(Ordering::Relaxed) {
+            self.staged.push(Outbound { request_id, event: None, last: true, failed: true });
+            return;
+        }
+        // Wall-clock time, never running backwards in the journal.
+        let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        self.last_timestamp_ns = self.last_timestamp_ns.max(now_ns);
+        let stamped =
+            StampedCommand { seq: self.engine.last_seq() + 1, timestamp_ns: self.last_timestamp_ns, command };
+        if self.journal.append(&stamped).is_err() {
+            self.fail_journal();
+            self.staged.push(Outbound { request_id, event: None, last: true, failed: true });
+            return;
+        }
+        self.events.clear();
+        // The sequence number was taken from the engine itself.
+        if self.engine.apply(&stamped, &mut self.events).is_err() {
+            debug_assert!(false, "the matcher numbers commands from the engine");
+            return;
+        }
+        self.commands_since_snapshot += 1;
+        let count = self.events.len();
+        for (index, event) in self.events.iter().enumerate() {
+            self.staged.push(Outbound {
+                request_id,
+                event: Some(*event),
+                last: index + 1 == count,
+                failed: false,
+            });
+        }
+    }
+
+    /// Makes the batch durable, then publishes its outcomes.
+    fn commit(&mut self) {
+        if self.journal.commit_batch().is_err() {
+            self.fail_journal();
+            for outcome in &mut self.staged {
+                // Nothing of a batch that may not be durable is published as done.
+                *outcome = Outbound { request_id: outcome.request_id, event: None, last: true, failed: true };
+            }
+        }
+        self.health.last_seq.store(self.engine.last_seq(), Ordering::Relaxed);
+        self.health.durable_seq.store(self.journal.durable_seq(), Ordering::Relaxed);
+        for outcome in self.staged.drain(..) {
+            self.outbound.publish(|slot| *slot = outcome);
+        }
+    }
+
+    fn fail_journal(&mut self) {
+        if !self.health.journal_failed.swap(true, Ordering::Relaxed) {
+            eprintln!("journal failed: the exchange accepts no more commands; restart after fixing the disk");
+        }
+    }
+
+    /// Writes a snapshot of the current state. The matcher stops only to
+    /// sync the journal and clone the state; a helper thread writes the file.
+    fn snapshot(&mut self, wait_for_it: bool) {
+        self.commands_since_snapshot = 0;
+        if self.health.journal_failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let started = Instant::now();
+        // A snapshot must never be ahead of the durable journal.
+        if self.journal.sync().is_err() {
+            self.fail_journal();
+            return;
+        }
+        let copy = self.engine.clone();
+        self.health.snapshot_stall_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let dir = self.config.snapshots_dir.clone();
+        let keep = self.config.snapshots_keep;
+        let journal_dir = self.config.journal_dir.clone();
+        let retention = self.config.retention.clone();
+        let health = Arc::clone(&self.health);
+        let write = move || match journal::write_snapshot(&dir, &copy, keep) {
+            Ok(info) => {
+                health.snapshot_seq.store(info.seq, Ordering::Relaxed);
+                let oldest = journal::list_snapshots(&dir).ok().and_then(|s| s.last().map(|(seq, _)| *seq));
+                if let Some(oldest) = oldest {
+                    if let Err(error) = journal::prune_segments(&journal_dir, oldest, &retention) {
+                        eprintln!("pruning journal segments failed: {error}");
+                    }
+                }
+            }
+            Err(error) => eprintln!("snapshot at sequence {} failed: {error}", copy.last_seq()),
+        };
+        if wait_for_it {
+            write();
+        } else {
+            std::thread::spawn(write);
+        }
+    }
+}
+
+/// Publishes a tick every `every` until `stop` is set, so that the matcher
+/// does its housekeeping even when no command arrives.
+pub fn start_ticker(
+    mut producer: InboundProducer,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(every);
+            let _ = producer.try_publish(|slot| *slot = Inbound { request_id: 0, work: Work::Tick });
+        }
+    })
+}
+
+/// Publishes one command for `request_id`, or says the ring is full.
+pub fn submit(
+    producer: &mut InboundProducer,
+    request_id: u64,
+    command: Command,
+) -> Result<(), RingBufferFull> {
+    producer.try_publish(|slot| *slot = Inbound { request_id, work: Work::Command(command) }).map(|_| ())
+}

@@ -1,0 +1,1096 @@
+//! The REST API: routing, request parsing at the edge, and answers built
+//! from the engine's events and the read views.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use engine_core::{
+    ApiKey, ApiSecret, AssetId, ClientOrderId, Command, Event, EventKind, Lots, MarketId, MarketRules,
+    MarketStatus, NewOrder, OrderId, OrderKind, OrderRef, RejectReason, SelfTradePrevention, Side, Symbol,
+    TimeInForce, UserId,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::amounts::{self, parse_decimal, Scale};
+use crate::auth::{query_pairs, Authenticator, API_KEY_HEADER};
+use crate::error::ApiError;
+use crate::pipeline::{self, Health, InboundProducer, Pending, PipelineFailure};
+use crate::views::{MarketView, OrderView, Views};
+
+/// Every route: the OpenAPI description must list exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("GET", "/assets"),
+    ("GET", "/markets"),
+    ("GET", "/depth"),
+    ("GET", "/ticker"),
+    ("GET", "/trade/history"),
+    ("POST", "/order"),
+    ("DELETE", "/order"),
+    ("PUT", "/order"),
+    ("GET", "/order"),
+    ("GET", "/orders/open"),
+    ("POST", "/order/cancel_all"),
+    ("GET", "/balance"),
+    ("POST", "/admin/assets"),
+    ("POST", "/admin/markets"),
+    ("POST", "/admin/markets/status"),
+    ("POST", "/admin/markets/fees"),
+    ("POST", "/admin/users"),
+    ("POST", "/admin/api_keys"),
+    ("DELETE", "/admin/api_keys"),
+    ("POST", "/admin/deposit"),
+    ("POST", "/admin/withdraw"),
+];
+
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
+const LIST_LIMIT_DEFAULT: usize = 100;
+const LIST_LIMIT_MAX: usize = 1_000;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub views: Arc<RwLock<Views>>,
+    pub auth: Authenticator,
+    pub pending: Arc<Pending>,
+    pub health: Arc<Health>,
+    pub admin_token: Option<String>,
+    pub body_max_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+type Body = Full<Bytes>;
+
+/// Handles one request; never fails (errors become JSON answers).
+pub async fn handle(
+    state: Arc<AppState>,
+    producer: Arc<Mutex<InboundProducer>>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let response = match route(&state, &producer, request).await {
+        Ok((status, body)) => respond(status, body.to_string()),
+        Err(error) => {
+            let mut response = respond(error.status, error.body());
+            if let Some(seconds) = error.retry_after_s {
+                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                    response.headers_mut().insert(RETRY_AFTER, value);
+                }
+            }
+            response
+        }
+    };
+    Ok(response)
+}
+
+fn respond(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A request with its body read (within the limit).
+struct Incoming2 {
+    method: Method,
+    path: String,
+    query: String,
+    api_key: Option<String>,
+    admin_token: Option<String>,
+    body: Bytes,
+}
+
+async fn read(state: &AppState, request: Request<Incoming>) -> Result<Incoming2, ApiError> {
+    let (parts, body) = request.into_parts();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = Limited::new(body, state.body_max_bytes).collect().await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {} bytes", state.body_max_bytes),
+        )
+    })?;
+    Ok(Incoming2 {
+        method: parts.method,
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        api_key: header(API_KEY_HEADER),
+        admin_token: header(ADMIN_TOKEN_HEADER),
+        body: body.to_bytes(),
+    })
+}
+
+async fn route(
+    state: &AppState,
+    producer: &Mutex<InboundProducer>,
+    request: Request<Incoming>,
+) -> Result<(StatusCode, Value), ApiError> {
+    let request = read(state, request).await?;
+    let ok = |value: Value| Ok((StatusCode::OK, value));
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/health") => ok(health(state)),
+        ("GET", "/openapi.json") => {
+            serde_json::from_str(OPENAPI_JSON).map(|v| (StatusCode::OK, v)).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("openapi.json: {e}"))
+            })
+        }
+        ("GET", "/assets") => ok(assets(state)),
+        ("GET", "/markets") => ok(markets(state)),
+        ("GET", "/depth") => depth(state, &request.query).map(|v| (StatusCode::OK, v)),
+        ("GET", "/ticker") => ticker(state, &request.query).map(|v| (StatusCode::OK, v)),
+        ("GET", "/trade/history") => trade_history(state, &request.query).map(|v| (StatusCode::OK, v)),
+        ("POST", "/order") => {
+            let user = signed(state, &request)?;
+            place_order(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+        }
+        ("DELETE", "/order") => {
+            let user = signed(state, &request)?;
+            cancel_order(state, producer, user, &request.query).await.map(|v| (StatusCode::OK, v))
+        }
+        ("PUT", "/order") => {
+            let user = signed(state, &request)?;
+            amend_order(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+        }
+        ("GET", "/order") => {
+            let user = signed(state, &request)?;
+            query_order(state, user, &request.query).map(|v| (StatusCode::OK, v))
+        }
+        ("GET", "/orders/open") => {
+            let user = signed(state, &request)?;
+            open_orders(state, user, &request.query).map(|v| (StatusCode::OK, v))
+        }
+        ("POST", "/order/cancel_all") => {
+            let user = signed(state, &request)?;
+            cancel_all(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+        }
+        ("GET", "/balance") => {
+            let user = signed(state, &request)?;
+            ok(balance(state, user))
+        }
+        (_, path) if path.starts_with("/admin/") => {
+            admin_check(state, &request)?;
+            admin(state, producer, &request).await
+        }
+        (_, path) if ROUTES.iter().any(|(_, p)| *p == path) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", request.method),
+        )),
+        (_, path) => {
+            Err(ApiError::not_found("no_such_endpoint", format!("no endpoint at {path}; see /openapi.json")))
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn signed(state: &AppState, request: &Incoming2) -> Result<UserId, ApiError> {
+    state.auth.authenticate(request.api_key.as_deref(), &request.query, &request.body, now_ms())
+}
+
+fn admin_check(state: &AppState, request: &Incoming2) -> Result<(), ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError::forbidden("admin_disabled", "the admin API is off: configure admin_token"));
+    };
+    let given = request.admin_token.as_deref().unwrap_or("");
+    // Constant time in the token's content.
+    let same = given.len() == expected.len()
+        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same {
+        return Err(ApiError::forbidden(
+            "invalid_admin_token",
+            "the X-Admin-Token header is missing or wrong",
+        ));
+    }
+    Ok(())
+}
+
+/// Publishes a command and waits for its events.
+async fn execute(
+    state: &AppState,
+    producer: &Mutex<InboundProducer>,
+    command: Command,
+) -> Result<Vec<Event>, ApiError> {
+    if state.health.journal_failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(journal_unavailable());
+    }
+    let (id, reply) = state.pending.register();
+    let published = match producer.lock() {
+        Ok(mut producer) => pipeline::submit(&mut producer, id, command).is_ok(),
+        Err(_) => false,
+    };
+    if !published {
+        state.pending.forget(id);
+        return Err(ApiError::busy());
+    }
+    match tokio::time::timeout(state.request_timeout, reply).await {
+        Ok(Ok(Ok(events))) => Ok(events),
+        Ok(Ok(Err(PipelineFailure::JournalUnavailable))) => Err(journal_unavailable()),
+        Ok(Err(_)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the exchange is stopping"))
+        }
+        Err(_) => {
+            state.pending.forget(id);
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "no answer from the matching engine in time; the command may still be applied: query it",
+            ))
+        }
+    }
+}
+
+fn journal_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "journal_unavailable",
+        "the exchange cannot journal commands (disk full or failing) and accepts none until restarted",
+    )
+}
+
+/// The rejection in `events`, as an API error with amounts in decimals.
+fn rejection(views: &Views, events: &[Event]) -> Option<ApiError> {
+    events.iter().find_map(|event| match event.kind {
+        EventKind::Rejected { reason, .. } => Some(ApiError::rejected(reason, describe(views, reason))),
+        _ => None,
+    })
+}
+
+fn describe(views: &Views, reason: RejectReason) -> String {
+    match reason {
+        RejectReason::InsufficientFunds { asset, needed, available } => {
+            match views.assets.get(asset.0 as usize) {
+                Some(a) => format!(
+                    "insufficient {} balance: {} needed, {} available",
+                    a.symbol,
+                    amounts::units_to_string(needed, a.decimals),
+                    amounts::units_to_string(available, a.decimals)
+                ),
+                None => reason.to_string(),
+            }
+        }
+        _ => reason.to_string(),
+    }
+}
+
+fn views(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Views>, ApiError> {
+    state
+        .views
+        .read()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "views unavailable"))
+}
+
+// ----- query parameters ---------------------------------------------------------
+
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = value.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
+    match query_pairs(query).find(|(n, _)| *n == name) {
+        None => Ok(None),
+        Some((_, value)) => percent_decode(value).map(Some).ok_or_else(|| {
+            ApiError::bad_request("invalid_parameter", format!("{name}: bad percent-encoding"))
+        }),
+    }
+}
+
+fn required(query: &str, name: &'static str) -> Result<String, ApiError> {
+    param(query, name)?
+        .ok_or_else(|| ApiError::bad_request("missing_parameter", format!("{name} is required")))
+}
+
+fn list_limit(query: &str) -> Result<(usize, usize), ApiError> {
+    let number = |name: &'static str, default: usize, max: usize| -> Result<usize, ApiError> {
+        match param(query, name)? {
+            None => Ok(default),
+            Some(text) => {
+                text.parse::<usize>().ok().filter(|n| *n <= max && (name != "limit" || *n > 0)).ok_or_else(
+                    || ApiError::invalid(name, format!("{text:?} must be a whole number up to {max}")),
+                )
+            }
+        }
+    };
+    Ok((number("limit", LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)?, number("offset", 0, usize::MAX)?))
+}
+
+fn market_of<'v>(views: &'v Views, name: &str) -> Result<&'v MarketView, ApiError> {
+    views.market_by_name(name).ok_or_else(|| {
+        ApiError::not_found("unknown_market", format!("no market {name:?}; GET /markets lists them"))
+    })
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
+}
+
+// ----- public endpoints ------------------------------------------------------------
+
+fn health(state: &AppState) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let health = &state.health;
+    let failed = health.journal_failed.load(Relaxed);
+    json!({
+        "status": if failed { "journal_failed" } else { "ok" },
+        "seq": health.last_seq.load(Relaxed),
+        "durable_seq": health.durable_seq.load(Relaxed),
+        "snapshot_seq": health.snapshot_seq.load(Relaxed),
+        "snapshot_stall_us": health.snapshot_stall_ns.load(Relaxed) / 1_000,
+    })
+}
+
+fn assets(state: &AppState) -> Value {
+    let Ok(views) = views(state) else { return json!([]) };
+    Value::Array(
+        views
+            .assets
+            .iter()
+            .map(|a| json!({ "asset_id": a.id.0, "symbol": a.symbol.as_str(), "decimals": a.decimals }))
+            .collect(),
+    )
+}
+
+fn market_json(view: &MarketView) -> Value {
+    let rules = &view.market.rules;
+    let quote_decimals = view.scale.quote_decimals;
+    json!({
+        "market_id": view.market.id.0,
+        "market": view.name,
+        "status": status_name(view.market.status),
+        "tick_size": view.scale.tick_size.to_string(),
+        "lot_size": view.scale.lot_size.to_string(),
+        "min_quantity": view.scale.qty(rules.min_qty),
+        "min_notional": amounts::units_to_string(rules.min_notional, quote_decimals),
+        "maker_fee": amounts::ppm_to_string(rules.maker_fee_ppm),
+        "taker_fee": amounts::ppm_to_string(rules.taker_fee_ppm),
+    })
+}
+
+fn status_name(status: MarketStatus) -> &'static str {
+    match status {
+        MarketStatus::Open => "open",
+        MarketStatus::CancelOnly => "cancel_only",
+        MarketStatus::Halted => "halted",
+    }
+}
+
+fn markets(state: &AppState) -> Value {
+    let Ok(views) = views(state) else { return json!([]) };
+    Value::Array(views.markets.iter().map(market_json).collect())
+}
+
+fn depth(state: &AppState, query: &str) -> Result<Value, ApiError> {
+    let name = required(query, "market")?;
+    let (limit, _) = list_limit(query)?;
+    let views = views(state)?;
+    let market = market_of(&views, &name)?;
+    let level = |(price, qty): (&engine_core::Ticks, &Lots)| {
+        json!([market.scale.price(*price), market.scale.qty(*qty)])
+    };
+    Ok(json!({
+        "market": market.name,
+        "seq": views.last_seq,
+        "bids": market.bids.iter().rev().take(limit).map(level).collect::<Vec<_>>(),
+        "asks": market.asks.iter().take(limit).map(level).collect::<Vec<_>>(),
+    }))
+}
+
+fn ticker(state: &AppState, query: &str) -> Result<Value, ApiError> {
+    let name = required(query, "market")?;
+    let views = views(state)?;
+    let market = market_of(&views, &name)?;
+    let best = |level: Option<(&engine_core::Ticks, &Lots)>| {
+        level.map(|(p, q)| json!({ "price": market.scale.price(*p), "quantity": market.scale.qty(*q) }))
+    };
+    let volume = market.volume_24h();
+    Ok(json!({
+        "market": market.name,
+        "seq": views.last_seq,
+        "best_bid": best(market.bids.iter().next_back()),
+        "best_ask": best(market.asks.iter().next()),
+        "last_price": market.last_price.map(|p| market.scale.price(p)),
+        "volume_24h": market.scale.qty(Lots(u64::try_from(volume).unwrap_or(u64::MAX))),
+    }))
+}
+
+fn trade_history(state: &AppState, query: &str) -> Result<Value, ApiError> {
+    let name = required(query, "market")?;
+    let (limit, offset) = list_limit(query)?;
+    let views = views(state)?;
+    let market = market_of(&views, &name)?;
+    let trades: Vec<Value> = market
+        .trades
+        .iter()
+        .rev()
+        .skip(offset)
+        .take(limit)
+        .map(|t| {
+            json!({
+                "trade_id": t.trade.0,
+                "seq": t.seq,
+                "price": market.scale.price(t.price),
+                "quantity": market.scale.qty(t.qty),
+                "taker_side": side_name(t.taker_side),
+                "timestamp_ns": t.timestamp_ns,
+            })
+        })
+        .collect();
+    Ok(json!({ "market": market.name, "trades": trades }))
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Buy => "buy",
+        Side::Sell => "sell",
+    }
+}
+
+// ----- orders ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceOrderBody {
+    market: String,
+    side: SideField,
+    #[serde(rename = "type")]
+    order_type: TypeField,
+    price: Option<String>,
+    quantity: Option<String>,
+    quote_amount: Option<String>,
+    time_in_force: Option<TifField>,
+    client_order_id: Option<String>,
+    self_trade_prevention: Option<StpField>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum SideField {
+    Buy,
+    Sell,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum TypeField {
+    Limit,
+    Market,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+enum TifField {
+    #[serde(rename = "GTC")]
+    Gtc,
+    #[serde(rename = "IOC")]
+    Ioc,
+    #[serde(rename = "FOK")]
+    Fok,
+    #[serde(rename = "POST_ONLY")]
+    PostOnly,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum StpField {
+    CancelTaker,
+    CancelMaker,
+    CancelBoth,
+    Allow,
+}
+
+fn client_order_id(text: &str) -> Result<ClientOrderId, ApiError> {
+    ClientOrderId::new(text).map_err(|e| ApiError::invalid("client_order_id", e))
+}
+
+async fn place_order(
+    state: &AppState,
+    producer: &Mutex<InboundProducer>,
+    user: UserId,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let body: PlaceOrderBody = json_body(body)?;
+    let command = {
+        let views = views(state)?;
+        let market = market_of(&views, &body.market)?;
+        let scale = market.scale;
+        let side = match body.side {
+            SideField::Buy => Side::Buy,
+            SideField::Sell => Side::Sell,
+        };
+        let decimal =
+            |field: &'static str, text: &Option<String>| -> Result<Option<rust_decimal::Decimal>, ApiError> {
+                text.as_deref().map(|t| parse_decimal(field, t)).transpose()
+            };
+        let price = decimal("price", &body.price)?;
+        let quantity = decimal("quantity", &body.quantity)?;
+        let quote_amount = decimal("quote_amount", &body.quote_amount)?;
+        let kind = match body.order_type {
+            TypeField::Limit => {
+                if quote_amount.is_some() {
+                    return Err(ApiError::invalid("quote_amount", "only market orders take a quote amount"));
+                }
+                let price = price.ok_or_else(|| ApiError::invalid("price", "a limit order needs a price"))?;
+                let qty = quantity
+                    .ok_or_else(|| ApiError::invalid("quantity", "a limit order needs a quantity"))?;
+                let tif = match body.time_in_force.unwrap_or(TifField::Gtc) {
+                    TifField::Gtc => TimeInForce::Gtc,
+                    TifField::Ioc => TimeInForce::Ioc,
+                    TifField::Fok => TimeInForce::Fok,
+                    TifField::PostOnly => TimeInForce::PostOnly,
+                };
+                OrderKind::Limit {
+                    price: scale.to_ticks("price", price)?,
+                    qty: scale.to_lots("quantity", qty)?,
+                    tif,
+                }
+            }
+            TypeField::Market => {
+                if price.is_some() || body.time_in_force.is_some() {
+                    return Err(ApiError::invalid(
+                        "price",
+                        "a market order takes neither price nor time_in_force",
+                    ));
+                }
+                match (quantity, quote_amount) {
+                    (Some(qty), None) => OrderKind::Market { qty: scale.to_lots("quantity", qty)? },
+                    (None, Some(amount)) => OrderKind::MarketByQuote {
+                        amount: amounts::to_units("quote_amount", amount, scale.quote_decimals)?,
+                    },
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "quantity",
+                            "give exactly one of quantity and quote_amount",
+                        ))
+                    }
+                }
+            }
+        };
+        let stp = match body.self_trade_prevention.unwrap_or(StpField::CancelTaker) {
+            StpField::CancelTaker => SelfTradePrevention::CancelTaker,
+            StpField::CancelMaker => SelfTradePrevention::CancelMaker,
+            StpField::CancelBoth => SelfTradePrevention::CancelBoth,
+            StpField::Allow => SelfTradePrevention::Allow,
+        };
+        let client_order_id = body.client_order_id.as_deref().map(client_order_id).transpose()?;
+        Command::PlaceOrder(NewOrder { user, market: market.market.id, side, kind, client_order_id, stp })
+    };
+    let events = execute(state, producer, command).await?;
+    let views = views(state)?;
+    if let Some(error) = rejection(&views, &events) {
+        return Err(error);
+    }
+    let order = events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::OrderAccepted { order, .. } => Some(order),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order in the outcome")
+        })?;
+    order_answer(&views, user, order)
+}
+
+fn order_answer(views: &Views, user: UserId, order: OrderId) -> Result<Value, ApiError> {
+    let found = views
+        .find_order(user, |o| o.order == order)
+        .ok_or_else(|| ApiError::not_found("unknown_order", format!("no order {order} of yours")))?;
+    Ok(order_json(views, found))
+}
+
+fn order_json(views: &Views, order: &OrderView) -> Value {
+    let Some(market) = views.markets.get(order.market.0 as usize) else { return Value::Null };
+    let scale: &Scale = &market.scale;
+    let (order_type, tif, quantity, quote_amount) = match order.kind {
+        Some(OrderKind::Limit { qty, tif, .. }) => ("limit", Some(tif_name(tif)), Some(scale.qty(qty)), None),
+        Some(OrderKind::Market { qty }) => ("market", None, Some(scale.qty(qty)), None),
+        Some(OrderKind::MarketByQuote { amount }) => {
+            ("market", None, None, Some(amounts::units_to_string(amount, scale.quote_decimals)))
+        }
+        None => ("limit", None, Some(scale.qty(Lots(order.remaining.0 + order.filled.0))), None),
+    };
+    let decimals = |asset: AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
+    let symbol =
+        |asset: AssetId| views.assets.get(asset.0 as usize).map_or(String::new(), |a| a.symbol.to_string());
+    let fills: Vec<Value> = order
+        .fills
+        .iter()
+        .map(|f| {
+            json!({
+                "trade_id": f.trade.0,
+                "price": scale.price(f.price),
+                "quantity": scale.qty(f.qty),
+                "fee": amounts::units_to_string(f.fee, decimals(f.fee_asset)),
+                "fee_asset": symbol(f.fee_asset),
+                "maker": f.maker,
+            })
+        })
+        .collect();
+    json!({
+        "order_id": order.order.0,
+        "client_order_id": order.client_order_id.map(|c| c.to_string()),
+        "market": market.name,
+        "side": side_name(order.side),
+        "type": order_type,
+        "time_in_force": tif,
+        "price": order.price.map(|p| scale.price(p)),
+        "quantity": quantity,
+        "quote_amount": quote_amount,
+        "filled_quantity": scale.qty(order.filled),
+        "remaining_quantity": scale.qty(order.remaining),
+        "status": order.status.as_str(),
+        "created_at_ns": order.created_ns,
+        "seq": order.updated_seq,
+        "fills": fills,
+    })
+}
+
+fn tif_name(tif: TimeInForce) -> &'static str {
+    match tif {
+        TimeInForce::Gtc => "GTC",
+        TimeInForce::Ioc => "IOC",
+        TimeInForce::Fok => "FOK",
+        TimeInForce::PostOnly => "POST_ONLY",
+    }
+}
+
+/// `order_id` or `client_order_id` from a query or body.
+fn order_ref(order_id: Option<&str>, client: Option<&str>) -> Result<OrderRef, ApiError> {
+    match (order_id, client) {
+        (Some(id), None) => id
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(|id| OrderRef::Id(OrderId(id)))
+            .ok_or_else(|| ApiError::invalid("order_id", format!("{id:?} is not an order id"))),
+        (None, Some(client)) => Ok(OrderRef::Client(client_order_id(client)?)),
+        _ => Err(ApiError::invalid("order_id", "give exactly one of order_id and client_order_id")),
+    }
+}
+
+fn done_order(events: &[Event]) -> Option<OrderId> {
+    events.iter().find_map(|e| match e.kind {
+        EventKind::OrderDone { order, .. } | EventKind::OrderAmended { order, .. } => Some(order),
+        _ => None,
+    })
+}
+
+async fn cancel_order(
+    state: &AppState,
+    producer: &Mutex<InboundProducer>,
+    user: UserId,
+    query: &str,
+) -> Result<Value, ApiError> {
+    let id = param(query, "order_id")?;
+    let client = param(query, "client_order_id")?;
+    let order = order_ref(id.as_deref(), client.as_deref())?;
+    let events = execute(state, producer, Command::CancelOrder { user, order }).await?;
+    let views = views(state)?;
+    if let Some(error) = rejection(&views, &events) {
+        return Err(error);
+    }
+    let order = done_order(&events)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order"))?;
+    order_answer(&views, user, order)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmendBody {
+    order_id: Option<u64>,
+    client_order_id: Option<String>,
+    quantity: Option<String>,
+    price: Option<String>,
+}
+
+async fn amend_order(
+    state: &AppState,
+    producer: &Mutex<InboundProducer>,
+    user: UserId,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let body: AmendBody = json_body(body)?;
+    let id = body.order_id.map(|id| id.to_string());
+    let order = order_ref(id.as_deref(), body.client_order_id.as_deref())?;
+    let command = {
+        let views = views(state)?;
+        let current = views
+            .find_order(user, |o| match order {
+                OrderRef::Id(id) => o.order == id,
+                OrderRef::Client(c) => o.client_order_id == Some(c),
+            })
+            .filter(|o| views.user(user).is_some_and(|u| u.open.contains_key(&o.order)))
+            .ok_or_else(|| ApiError::not_found("unknown_order", "no open order of yours with that id"))?;
+        let scale = views.markets.get(current.market.0 as usize).map(|m| m.scale).ok_or_else(|| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "order of an unknown market")
+        })?;
+        let new_qty = body
+            .quantity
+            .as_deref()
+            .map(|q| parse_decimal("quantity", q).and_then(|q| scale.to_lots("quantity", q)))
+            .transpose()?;
+        let new_price = body
+            .price
+            .as_deref()
+            .map(|p| parse_decimal("price", p).and_then(|p| scale.to_ticks("price", p)))
+            .transpose()?;
+        if new_qty.is_none() && new_price.is_none() {
+            return Err(ApiError::invalid("quantity", "give a new quantity, a new price, or both"));
+        }
+        Command::Amend(engine_core::Amend { user, order, new_qty, new_price })
+    };
+    let events = execute(state, producer, command).await?;
+    let views = views(state)?;
+    if let Some(error) = rejection(&views, &events) {
+        return Err(error);
+    }
+    let order = done_order(&events)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order"))?;
+    order_answer(&views, user, order)
+}
+
+fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
+    let id = param(query, "order_id")?;
+    let client = param(query, "client_order_id")?;
+    let order = order_ref(id.as_deref(), client.as_deref())?;
+    let views = views(state)?;
+    let found = views
+        .find_order(user, |o| match order {
+            OrderRef::Id(id) => o.order == id,
+            OrderRef::Client(c) => o.client_order_id == Some(c),
+        })
+        .ok_or_else(|| {
+            ApiError::not_found("unknown_order", "no order of yours with that id (or it is too old)")
+        })?;
+    Ok(order_json(&views, found))
+}
+
+fn open_orders(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
+    let market = param(query, "market")?;
+    let (limit, offset) = list_limit(query)?;
+    let views = views(state)?;
+    let market: Option<MarketId> =
+        market.map(|name| market_of(&views, &name).map(|m| m.market.id)).transpose()?;
+    let Some(view) = views.user(user) else { return Ok(json!({ "orders": [] })) };
+    let orders: Vec<Value> = view
+        .open
+        .values()
+        .filter(|o| market.is_none_or(|m| o.market == m))
+        .skip(offset)
+        .take(limit)
+        .map(|o| order_json(&views, o))
+        .collect();
+    Ok(json!({ "orders": orders }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelAllBody {
+    market: Option<String>,
+}
+
+async fn cancel_all(
+    state: &AppState,
+    producer: &Mutex<InboundProducer>,
+    user: UserId,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let body: CancelAllBody = if body.is_empty() { CancelAllBody { market: None } } else { json_body(body)? };
+    let market = match &body.market {
+        Some(name) => Some(market_of(&*views(state)?, name)?.market.id),
+        None => None,
+    };
+    let events = execute(state, producer, Command::CancelAll { user, market }).await?;
+    let views = views(state)?;
+    if let Some(error) = rejection(&views, &events) {
+        return Err(error);
+    }
+    let cancelled: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::OrderDone { order, .. } => Some(order.0),
+            _ => None,
+        })
+        .collect();
+    Ok(json!({ "cancelled": cancelled.len(), "order_ids": cancelled }))
+}
+
+fn balance(state: &AppState, user: UserId) -> Value {
+    let Ok(views) = views(state) else { return json!({ "balances": [] }) };
+    let Some(view) = views.user(user) else { return json!({ "balances": [] }) };
+    let balances: Vec<Value> = view
+        .balances
+        .iter()
+        .filter_map(|(asset, (available, locked))| {
+            let a = views.assets.get(asset.0 as usize)?;
+            Some(json!({
+                "asset": a.symbol.as_str(),
+                "available": amounts::units_to_string(*available, a.decimals),
+                "locked": amounts::units_to_string(*locked, a.decimals),
+            }))
+        })
+        .collect();
+    json!({ "user_id": user.0, "seq": views.last_seq, "balances": balances })
+}
+
+// ----- admin -----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssetBody {
+    symbol: String,
+    decimals: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarketBody {
+    base: String,
+    quote: String,
+    tick_size: String,
+    lot_size: String,
+    min_quantity: Option<String>,
+    min_notional: Option<String>,
+    maker_fee: Option<String>,
+    taker_fee: Option<String>,
+    status: Option<StatusField>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum StatusField {
+    Open,
+    CancelOnly,
+    Halted,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    market: String,
+    status: StatusField,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeesBody {
+    market: String,
+    maker_fee: String,
+    taker_fee: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserKeyBody {
+    user_id: u32,
+    api_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FundsBody {
+    user_id: u32,
+    asset: String,
+    amount: String,
+}
+
+fn market_status(status: StatusField) -> MarketStatus {
+    match status {
+        StatusField::Open => MarketStatus::Open,
+        StatusField::CancelOnly => MarketStatus::CancelOnly,
+        StatusField::Halted => MarketStatus::Halted,
+    }
+}
+
+async fn admin(
+    state: &AppState,
+    producer: &Mutex<InboundProducer>,
+    request: &Incoming2,
+) -> Result<(StatusCode, Value), ApiError> {
+    let body = &request.body;
+    let (command, new_key) = match (request.method.as_str(), request.path.as_str()) {
+        ("POST", "/admin/assets") => {
+            let body: AssetBody = json_body(body)?;
+            let symbol = Symbol::new(&body.symbol).map_err(|e| ApiError::invalid("symbol", e))?;
+            (Command::CreateAsset { symbol, decimals: body.decimals }, None)
+        }
+        ("POST", "/admin/markets") => (create_market(state, json_body(body)?)?, None),
+        ("POST", "/admin/markets/status") => {
+            let body: StatusBody = json_body(body)?;
+            let market = market_of(&*views(state)?, &body.market)?.market.id;
+            (Command::SetMarketStatus { market, status: market_status(body.status) }, None)
+        }
+        ("POST", "/admin/markets/fees") => {
+            let body: FeesBody = json_body(body)?;
+            let market = market_of(&*views(state)?, &body.market)?.market.id;
+            let maker = amounts::fee_ppm("maker_fee", parse_decimal("maker_fee", &body.maker_fee)?)?;
+            let taker = amounts::fee_ppm("taker_fee", parse_decimal("taker_fee", &body.taker_fee)?)?;
+            (Command::SetMarketFees { market, maker_fee_ppm: maker, taker_fee_ppm: taker }, None)
+        }
+        ("POST", "/admin/users") => (Command::CreateUser, None),
+        ("POST", "/admin/api_keys") => {
+            let body: UserKeyBody = json_body(body)?;
+            let key = ApiKey::new(&random_alphanumeric(64)?).map_err(|e| ApiError::invalid("api_key", e))?;
+            let secret =
+                ApiSecret::new(&random_alphanumeric(64)?).map_err(|e| ApiError::invalid("secret", e))?;
+            (Command::CreateApiKey { user: UserId(body.user_id), key, secret }, Some((key, secret)))
+        }
+        ("DELETE", "/admin/api_keys") => {
+            let body: UserKeyBody = json_body(body)?;
+            let text = body.api_key.ok_or_else(|| ApiError::invalid("api_key", "which key to revoke"))?;
+            let key = ApiKey::new(&text).map_err(|e| ApiError::invalid("api_key", e))?;
+            (Command::RevokeApiKey { user: UserId(body.user_id), key }, None)
+        }
+        ("POST", "/admin/deposit") | ("POST", "/admin/withdraw") => {
+            let body: FundsBody = json_body(body)?;
+            let views = views(state)?;
+            let asset = views
+                .asset_by_symbol(&body.asset)
+                .ok_or_else(|| ApiError::not_found("unknown_asset", format!("no asset {:?}", body.asset)))?;
+            let amount = amounts::to_units("amount", parse_decimal("amount", &body.amount)?, asset.decimals)?;
+            let user = UserId(body.user_id);
+            if request.path == "/admin/deposit" {
+                (Command::Deposit { user, asset: asset.id, amount }, None)
+            } else {
+                (Command::Withdraw { user, asset: asset.id, amount }, None)
+            }
+        }
+        (_, path) => {
+            return Err(ApiError::not_found(
+                "no_such_endpoint",
+                format!("no admin endpoint {} {path}", request.method),
+            ))
+        }
+    };
+    let events = execute(state, producer, command).await?;
+    let views = views(state)?;
+    if let Some(error) = rejection(&views, &events) {
+        return Err(error);
+    }
+    let answer = events.iter().find_map(|event| match event.kind {
+        EventKind::AssetCreated { asset, .. } => Some(json!({ "asset_id": asset.0 })),
+        EventKind::MarketCreated { market, .. } => {
+            views.markets.get(market.0 as usize).map(market_json)
+        }
+        EventKind::MarketStatusChanged { market, status } => {
+            Some(json!({ "market_id": market.0, "status": status_name(status) }))
+        }
+        EventKind::MarketFeesChanged { market, .. } => views.markets.get(market.0 as usize).map(market_json),
+        EventKind::UserCreated { user } => Some(json!({ "user_id": user.0 })),
+        EventKind::ApiKeyCreated { user, key } => {
+            let secret = new_key.map(|(_, secret)| secret);
+            if let Some(secret) = secret {
+                state.auth.keys.insert(key, user, secret);
+            }
+            // The only time the secret leaves the exchange.
+            Some(json!({ "user_id": user.0, "api_key": key.as_str(), "secret": secret.map(|s| s.expose().to_string()) }))
+        }
+        EventKind::ApiKeyRevoked { user, key } => {
+            state.auth.keys.remove(&key);
+            Some(json!({ "user_id": user.0, "revoked": key.as_str() }))
+        }
+        EventKind::Balance { user, asset, available, locked } => {
+            let decimals = views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
+            Some(json!({
+                "user_id": user.0,
+                "asset": views.assets.get(asset.0 as usize).map(|a| a.symbol.to_string()),
+                "available": amounts::units_to_string(available, decimals),
+                "locked": amounts::units_to_string(locked, decimals),
+            }))
+        }
+        _ => None,
+    });
+    Ok((StatusCode::OK, answer.unwrap_or(Value::Null)))
+}
+
+fn create_market(state: &AppState, body: MarketBody) -> Result<Command, ApiError> {
+    let views = views(state)?;
+    let asset = |field: &'static str, symbol: &str| {
+        views
+            .asset_by_symbol(symbol)
+            .copied()
+            .ok_or_else(|| ApiError::invalid(field, format!("no asset {symbol:?}")))
+    };
+    let base = asset("base", &body.base)?;
+    let quote = asset("quote", &body.quote)?;
+    let tick_size = parse_decimal("tick_size", &body.tick_size)?;
+    let lot_size = parse_decimal("lot_size", &body.lot_size)?;
+    let (base_units_per_lot, quote_units_per_tick) =
+        amounts::rules_scale(tick_size, lot_size, base.decimals, quote.decimals)?;
+    let mut rules = MarketRules {
+        base: base.id,
+        quote: quote.id,
+        base_units_per_lot,
+        quote_units_per_tick,
+        min_qty: Lots(1),
+        min_notional: engine_core::Units(0),
+        maker_fee_ppm: 0,
+        taker_fee_ppm: 0,
+    };
+    let scale = Scale::for_market(&rules, base.decimals, quote.decimals);
+    if let Some(text) = &body.min_quantity {
+        rules.min_qty = scale.to_lots("min_quantity", parse_decimal("min_quantity", text)?)?;
+    }
+    if let Some(text) = &body.min_notional {
+        rules.min_notional =
+            amounts::to_units("min_notional", parse_decimal("min_notional", text)?, quote.decimals)?;
+    }
+    if let Some(text) = &body.maker_fee {
+        rules.maker_fee_ppm = amounts::fee_ppm("maker_fee", parse_decimal("maker_fee", text)?)?;
+    }
+    if let Some(text) = &body.taker_fee {
+        rules.taker_fee_ppm = amounts::fee_ppm("taker_fee", parse_decimal("taker_fee", text)?)?;
+    }
+    let status = market_status(body.status.unwrap_or(StatusField::Open));
+    Ok(Command::CreateMarket { rules, status })
+}
+
+/// Letters and digits from the operating system's random source.
+fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let unavailable =
+        |_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness available for keys");
+    let mut source = std::fs::File::open("/dev/urandom").map_err(unavailable)?;
+    let mut out = String::with_capacity(len);
+    let mut buffer = [0u8; 128];
+    while out.len() < len {
+        source.read_exact(&mut buffer).map_err(unavailable)?;
+        // 248 = 4 * 62: rejecting larger bytes keeps every character equally likely.
+        for &byte in buffer.iter().filter(|&&b| b < 248) {
+            if out.len() == len {
+                break;
+            }
+            out.push(ALPHABET[usize::from(byte % 62)] as char);
+        }
+    }
+    Ok(out)
+}

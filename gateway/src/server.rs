@@ -1,0 +1,188 @@
+//! Starting and stopping the exchange: recovery, the pipeline, the HTTP
+//! listener, and a graceful shutdown that drains the ring, syncs the
+//! journal and writes a snapshot.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use disruptor::Producer;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use journal::{open_data_dir, DataDir, JournalConfig};
+use tokio::net::TcpListener;
+
+use crate::auth::{Authenticator, KeyTable};
+use crate::config::{Config, WaitKind};
+use crate::pipeline::{self, Inbound, PipelineConfig, Work};
+use crate::rest::{self, AppState};
+use crate::views::Views;
+
+/// Why the exchange could not start or stop cleanly.
+#[derive(Debug)]
+pub struct ServerError(pub String);
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// How long open connections get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the configured address and serves until `shutdown` resolves.
+/// `on_listening` is told the bound address (useful with port 0).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let data = DataDir::new(&config.data_dir);
+    let journal_config = JournalConfig {
+        dir: data.journal(),
+        segment_bytes: config.segment_bytes,
+        durability: config.durability(),
+    };
+    let limits = config.limits.engine_limits();
+    let (writer, report, recovery) =
+        tokio::task::spawn_blocking(move || open_data_dir(&data, journal_config, limits))
+            .await
+            .map_err(|e| ServerError(format!("recovery thread failed: {e}")))?
+            .map_err(|e| ServerError(format!("cannot recover {}: {e}", config.data_dir.display())))?;
+    if let Some(cut) = &report.cut {
+        eprintln!(
+            "journal: cut a torn tail of {} bytes at offset {} of {} (sequence {} was being written)",
+            cut.bytes,
+            cut.offset,
+            cut.segment.display(),
+            cut.seq
+        );
+    }
+    for (path, why) in &recovery.skipped_snapshots {
+        eprintln!("recovery: skipped snapshot {}: {why}", path.display());
+    }
+    eprintln!(
+        "recovered sequence {} in {:.3} s ({} from {}, {} commands replayed)",
+        recovery.engine.last_seq(),
+        recovery.elapsed.as_secs_f64(),
+        recovery.snapshot.as_ref().map_or("nothing".to_string(), |s| format!("snapshot {}", s.seq)),
+        config.data_dir.display(),
+        recovery.replayed
+    );
+
+    let engine = recovery.engine;
+    let views = Arc::new(RwLock::new(Views::from_engine(
+        &engine,
+        config.recent_trades_max,
+        config.closed_orders_kept_per_user,
+    )));
+    let keys = KeyTable::from_engine(&engine);
+    let data = DataDir::new(&config.data_dir);
+    let pipeline = pipeline::start(
+        engine,
+        writer,
+        Arc::clone(&views),
+        PipelineConfig {
+            inbound_ring_size: config.inbound_ring_size,
+            outbound_ring_size: config.outbound_ring_size,
+            busy_spin: config.wait_strategy == WaitKind::BusySpin,
+            matcher_core: config.matcher_core,
+            snapshot_every_commands: config.snapshot_every_commands,
+            snapshots_dir: data.snapshots(),
+            snapshots_keep: config.snapshots_keep,
+            journal_dir: data.journal(),
+            retention: config.retention(),
+        },
+    );
+    let state = Arc::new(AppState {
+        views,
+        auth: Authenticator::new(
+            keys,
+            config.recv_window_max_ms,
+            config.rate_limit_per_s,
+            config.rate_limit_burst,
+        ),
+        pending: Arc::clone(&pipeline.pending),
+        health: Arc::clone(&pipeline.health),
+        admin_token: config.admin_token.clone(),
+        body_max_bytes: config.request_body_max_bytes,
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+    });
+    let stop_ticker = Arc::new(AtomicBool::new(false));
+    let tick_every = Duration::from_millis(config.sync_interval_ms.clamp(1, 100));
+    let ticker = pipeline::start_ticker(pipeline.producer.clone(), tick_every, Arc::clone(&stop_ticker));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let address = listener.local_addr().map_err(|e| ServerError(e.to_string()))?;
+    eprintln!("listening on http://{address} (ready after {:.3} s)", started.elapsed().as_secs_f64());
+    on_listening(address);
+
+    let graceful = GracefulShutdown::new();
+    let accepting = pipeline.producer.clone();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let producer = Arc::new(Mutex::new(accepting.clone()));
+                let state = Arc::clone(&state);
+                let service = service_fn(move |request| {
+                    rest::handle(Arc::clone(&state), Arc::clone(&producer), request)
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+
+    eprintln!("shutting down: no new connections; draining");
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_ok();
+    if !drained {
+        eprintln!("shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    stop_ticker.store(true, Ordering::Relaxed);
+    // The matcher syncs the journal and writes a snapshot, then answers.
+    let (id, done) = state.pending.register();
+    let mut last = accepting;
+    let published = last.try_publish(|slot| *slot = Inbound { request_id: id, work: Work::Shutdown }).is_ok();
+    if published {
+        let _ = tokio::time::timeout(Duration::from_secs(60), done).await;
+    }
+    let health = Arc::clone(&state.health);
+    drop(state);
+    let producer = pipeline.producer;
+    // Dropping the last producers joins the pipeline's threads: not on a runtime thread.
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = ticker.join();
+        drop(last);
+        drop(producer);
+    })
+    .await;
+    if health.journal_failed.load(Ordering::Relaxed) {
+        return Err(ServerError("stopped after a journal failure; the last snapshot was not written".into()));
+    }
+    eprintln!(
+        "stopped at sequence {} (snapshot at {})",
+        health.last_seq.load(Ordering::Relaxed),
+        health.snapshot_seq.load(Ordering::Relaxed)
+    );
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! Read views: what the read endpoints serve, kept up to date from the
+//! outbound events by one consumer thread, never by touching the matcher.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use engine_core::{
+    Asset, AssetId, ClientOrderId, DoneReason, Engine, Event, EventKind, Lots, Market, MarketId,
+    MarketStatus, OrderId, OrderKind, Side, Ticks, TradeId, Units, UserId,
+};
+
+use crate::amounts::Scale;
+
+/// A trade as the market data endpoints show it.
+#[derive(Clone, Copy, Debug)]
+pub struct TradeView {
+    pub trade: TradeId,
+    pub seq: u64,
+    pub price: Ticks,
+    pub qty: Lots,
+    pub taker_side: Side,
+    pub timestamp_ns: u64,
+}
+
+/// One fill of an order, from its owner's point of view.
+#[derive(Clone, Copy, Debug)]
+pub struct FillView {
+    pub trade: TradeId,
+    pub price: Ticks,
+    pub qty: Lots,
+    pub fee: Units,
+    /// The asset the fee was charged in (what the order received).
+    pub fee_asset: AssetId,
+    pub maker: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderStatus {
+    New,
+    PartiallyFilled,
+    Filled,
+    Cancelled,
+    Expired,
+    /// Cancelled by self-trade prevention.
+    ExpiredSelfTrade,
+    /// A market buy stopped by the user's funds.
+    ExpiredFunds,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::New => "new",
+            OrderStatus::PartiallyFilled => "partially_filled",
+            OrderStatus::Filled => "filled",
+            OrderStatus::Cancelled => "cancelled",
+            OrderStatus::Expired => "expired",
+            OrderStatus::ExpiredSelfTrade => "expired_self_trade",
+            OrderStatus::ExpiredFunds => "expired_insufficient_funds",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct OrderView {
+    pub order: OrderId,
+    pub user: UserId,
+    pub market: MarketId,
+    pub side: Side,
+    /// `None` when the order came from before the last restart and its
+    /// original kind is not known (it is a resting limit order then).
+    pub kind: Option<OrderKind>,
+    pub price: Option<Ticks>,
+    pub remaining: Lots,
+    pub filled: Lots,
+    pub client_order_id: Option<ClientOrderId>,
+    pub status: OrderStatus,
+    pub created_ns: u64,
+    pub updated_seq: u64,
+    /// Fills seen since the exchange started (bounded).
+    pub fills: Vec<FillView>,
+}
+
+/// Fills kept per order in the view; an order with more still has its totals.
+const FILLS_KEPT_PER_ORDER: usize = 100;
+const NANOS_PER_MINUTE: u64 = 60_000_000_000;
+const MINUTES_PER_DAY: u64 = 24 * 60;
+
+pub struct MarketView {
+    pub market: Market,
+    pub name: String,
+    pub scale: Scale,
+    pub bids: BTreeMap<Ticks, Lots>,
+    pub asks: BTreeMap<Ticks, Lots>,
+    pub trades: VecDeque<TradeView>,
+    pub last_price: Option<Ticks>,
+    /// Traded quantity per minute over the last day: (minute, lots).
+    pub volume_by_minute: VecDeque<(u64, u128)>,
+}
+
+impl MarketView {
+    /// Base lots traded in the 24 hours before the last trade's minute.
+    pub fn volume_24h(&self) -> u128 {
+        self.volume_by_minute.iter().map(|(_, lots)| *lots).sum()
+    }
+}
+
+#[derive(Default)]
+pub struct UserView {
+    pub balances: BTreeMap<AssetId, (Units, Units)>,
+    pub open: BTreeMap<OrderId, OrderView>,
+    pub closed: VecDeque<OrderView>,
+}
+
+pub struct Views {
+    /// The sequence number of the last command these views reflect.
+    pub last_seq: u64,
+    pub assets: Vec<Asset>,
+    pub markets: Vec<MarketView>,
+    pub market_names: HashMap<String, MarketId>,
+    pub users: Vec<UserView>,
+    recent_trades_max: usize,
+    closed_orders_kept_per_user: usize,
+}
+
+impl Views {
+    /// The views of a recovered engine. Trades and volumes start empty:
+    /// history lives in PostgreSQL (when configured), not in the engine.
+    pub fn from_engine(
+        engine: &Engine,
+        recent_trades_max: usize,
+        closed_orders_kept_per_user: usize,
+    ) -> Views {
+        let mut views = Views {
+            last_seq: engine.last_seq(),
+            assets: engine.assets().to_vec(),
+            markets: Vec::new(),
+            market_names: HashMap::new(),
+            users: Vec::new(),
+            recent_trades_max,
+            closed_orders_kept_per_user,
+        };
+        for market in engine.markets() {
+            views.add_market(*market);
+            let view = &mut views.markets[market.id.0 as usize];
+            for (side, levels) in [(Side::Buy, &mut view.bids), (Side::Sell, &mut view.asks)] {
+                levels.extend(engine.depth(market.id, side, usize::MAX));
+            }
+        }
+        let snapshot = engine.snapshot();
+        for balances in &snapshot.balances {
+            let mut user = UserView::default();
+            for (asset, balance) in balances.iter().enumerate() {
+                if balance.available.0 > 0 || balance.locked.0 > 0 {
+                    user.balances.insert(AssetId(asset as u32), (balance.available, balance.locked));
+                }
+            }
+            views.users.push(user);
+        }
+        for order in &snapshot.orders {
+            if let Some(user) = views.users.get_mut(order.user.0 as usize) {
+                user.open.insert(
+                    order.id,
+                    OrderView {
+                        order: order.id,
+                        user: order.user,
+                        market: order.market,
+                        side: order.side,
+                        kind: None,
+                        price: Some(order.price),
+                        remaining: order.remaining,
+                        filled: order.filled,
+                        client_order_id: order.client_order_id,
+                        status: if order.filled.0 > 0 {
+                            OrderStatus::PartiallyFilled
+                        } else {
+                            OrderStatus::New
+                        },
+                        created_ns: order.timestamp_ns,
+                        updated_seq: engine.last_seq(),
+                        fills: Vec::new(),
+                    },
+                );
+            }
+        }
+        views
+    }
+
+    fn add_market(&mut self, market: Market) {
+        let symbol =
+            |asset: AssetId| self.assets.get(asset.0 as usize).map(|a| (a.symbol.to_string(), a.decimals));
+        let (Some((base, base_decimals)), Some((quote, quote_decimals))) =
+            (symbol(market.rules.base), symbol(market.rules.quote))
+        else {
+            return;
+        };
+        let name = format!("{base}-{quote}");
+        let scale = Scale::for_market(&market.rules, base_decimals, quote_decimals);
+        self.market_names.insert(name.clone(), market.id);
+        self.markets.push(MarketView {
+            market,
+            name,
+            scale,
+            bids: BTreeMap::new(),
+            asks: BTreeMap::new(),
+            trades: VecDeque::new(),
+            last_price: None,
+            volume_by_minute: VecDeque::new(),
+        });
+    }
+
+    pub fn market_by_name(&self, name: &str) -> Option<&MarketView> {
+        self.market_names.get(name).and_then(|id| self.markets.get(id.0 as usize))
+    }
+
+    pub fn asset_by_symbol(&self, symbol: &str) -> Option<&Asset> {
+        self.assets.iter().find(|asset| asset.symbol.as_str() == symbol)
+    }
+
+    pub fn user(&self, user: UserId) -> Option<&UserView> {
+        self.users.get(user.0 as usize)
+    }
+
+    /// Finds one of `user`'s orders, open or recently closed.
+    pub fn find_order(&self, user: UserId, matches: impl Fn(&OrderView) -> bool) -> Option<&OrderView> {
+        let view = self.user(user)?;
+        view.open.values().find(|o| matches(o)).or_else(|| view.closed.iter().rev().find(|o| matches(o)))
+    }
+
+    /// Follows one event.
+    pub fn apply(&mut self, event: &Event) {
+        self.last_seq = self.last_seq.max(event.seq);
+        match event.kind {
+            EventKind::AssetCreated { asset, symbol, decimals } => {
+                self.assets.push(Asset { id: asset, symbol, decimals });
+            }
+            EventKind::MarketCreated { market, rules, status } => {
+                self.add_market(Market { id: market, rules, status });
+            }
+            EventKind::MarketStatusChanged { market, status } => {
+                if let Some(view) = self.markets.get_mut(market.0 as usize) {
+                    view.market.status = status;
+                }
+            }
+            EventKind::MarketFeesChanged { market, maker_fee_ppm, taker_fee_ppm } => {
+                if let Some(view) = self.markets.get_mut(market.0 as usize) {
+                    view.market.rules.maker_fee_ppm = maker_fee_ppm;
+                    view.market.rules.taker_fee_ppm = taker_fee_ppm;
+                }
+            }
+            EventKind::UserCreated { .. } => self.users.push(UserView::default()),
+            EventKind::Balance { user, asset, available, locked } => {
+                if let Some(view) = self.users.get_mut(user.0 as usize) {
+                    view.balances.insert(asset, (available, locked));
+                }
+            }
+            EventKind::BookLevel { market, side, price, qty } => {
+                if let Some(view) = self.markets.get_mut(market.0 as usize) {
+                    let levels = if side == Side::Buy { &mut view.bids } else { &mut view.asks };
+                    if qty.0 == 0 {
+                        levels.remove(&price);
+                    } else {
+                        levels.insert(price, qty);
+                    }
+                }
+            }
+            EventKind::OrderAccepted {
+                order,
+                user,
+                market,
+                side,
+                kind,
+                client_order_id,
+                timestamp_ns,
+                ..
+            } => {
+                let (price, remaining) = match kind {
+                    OrderKind::Limit { price, qty, .. } => (Some(price), qty),
+                    OrderKind::Market { qty } => (None, qty),
+                    OrderKind::MarketByQuote { .. } => (None, Lots(0)),
+                };
+                if let Some(view) = self.users.get_mut(user.0 as usize) {
+                    view.open.insert(
+                        order,
+                        OrderView {
+                            order,
+                            user,
+                            market,
+                            side,
+                            kind: Some(kind),
+                            price,
+                            remaining,
+                            filled: Lots(0),
+                            client_order_id,
+                            status: OrderStatus::New,
+                            created_ns: timestamp_ns,
+                            updated_seq: event.seq,
+                            fills: Vec::new(),
+                        },
+                    );
+                }
+            }
+            EventKind::Trade {
+                trade,
+                market,
+                price,
+                qty,
+                taker_side,
+                maker_order,
+                maker_user,
+                maker_remaining,
+                taker_order,
+                taker_user,
+                taker_remaining,
+                maker_fee,
+                taker_fee,
+                timestamp_ns,
+            } => {
+                let Some(view) = self.markets.get_mut(market.0 as usize) else { return };
+                let rules = view.market.rules;
+                view.last_price = Some(price);
+                view.trades.push_back(TradeView {
+                    trade,
+                    seq: event.seq,
+                    price,
+                    qty,
+                    taker_side,
+                    timestamp_ns,
+                });
+                while view.trades.len() > self.recent_trades_max {
+                    view.trades.pop_front();
+                }
+                let minute = timestamp_ns / NANOS_PER_MINUTE;
+                match view.volume_by_minute.back_mut() {
+                    Some((last, lots)) if *last == minute => *lots += u128::from(qty.0),
+                    _ => view.volume_by_minute.push_back((minute, u128::from(qty.0))),
+                }
+                while view.volume_by_minute.front().is_some_and(|(m, _)| *m + MINUTES_PER_DAY <= minute) {
+                    view.volume_by_minute.pop_front();
+                }
+                let received = |side: Side| if side == Side::Buy { rules.base } else { rules.quote };
+                let maker_side = taker_side.opposite();
+                let sides = [
+                    (maker_user, maker_order, maker_remaining, maker_fee, received(maker_side), true),
+                    (taker_user, taker_order, taker_remaining, taker_fee, received(taker_side), false),
+                ];
+                for (user, order, remaining, fee, fee_asset, maker) in sides {
+                    let Some(user_view) = self.users.get_mut(user.0 as usize) else { continue };
+                    let Some(order_view) = user_view.open.get_mut(&order) else { continue };
+                    order_view.filled.0 += qty.0;
+                    order_view.remaining = remaining;
+                    order_view.status = OrderStatus::PartiallyFilled;
+                    order_view.updated_seq = event.seq;
+                    if order_view.fills.len() < FILLS_KEPT_PER_ORDER {
+                        order_view.fills.push(FillView { trade, price, qty, fee, fee_asset, maker });
+                    }
+                }
+            }
+            EventKind::OrderAmended { order, user, price, remaining, .. } => {
+                if let Some(order_view) =
+                    self.users.get_mut(user.0 as usize).and_then(|view| view.open.get_mut(&order))
+                {
+                    order_view.price = Some(price);
+                    order_view.remaining = remaining;
+                    order_view.updated_seq = event.seq;
+                }
+            }
+            EventKind::OrderDone { order, user, reason, filled, .. } => {
+                let kept = self.closed_orders_kept_per_user;
+                let Some(view) = self.users.get_mut(user.0 as usize) else { return };
+                let Some(mut order_view) = view.open.remove(&order) else { return };
+                order_view.filled = filled;
+                order_view.updated_seq = event.seq;
+                order_view.status = match reason {
+                    DoneReason::Filled => OrderStatus::Filled,
+                    DoneReason::Cancelled => OrderStatus::Cancelled,
+                    DoneReason::Expired => OrderStatus::Expired,
+                    DoneReason::SelfTrade => OrderStatus::ExpiredSelfTrade,
+                    DoneReason::FundsExhausted => OrderStatus::ExpiredFunds,
+                };
+                if reason != DoneReason::Filled {
+                    order_view.remaining = Lots(0);
+                }
+                view.closed.push_back(order_view);
+                while view.closed.len() > kept {
+                    view.closed.pop_front();
+                }
+            }
+            EventKind::Deposited { .. }
+            | EventKind::Withdrawn { .. }
+            | EventKind::ApiKeyCreated { .. }
+            | EventKind::ApiKeyRevoked { .. }
+            | EventKind::Rejected { .. }
+            | EventKind::CancelledAll { .. } => {}
+        }
+    }
+
+    pub fn market_status(&self, market: MarketId) -> Option<MarketStatus> {
+        self.markets.get(market.0 as usize).map(|view| view.market.status)
+    }
+}
