@@ -257,10 +257,10 @@ mod tests {
     const KEY: &str = "key0123456789ABCDEFGH";
     const SECRET: &str = "secret0123456789abcdefghij";
 
-    fn authenticator() -> Authenticator {
+    fn authenticator(burst: u32) -> Authenticator {
         let keys = KeyTable::default();
         keys.insert(ApiKey::new(KEY).unwrap(), UserId(7), ApiSecret::new(SECRET).unwrap());
-        Authenticator::new(keys, 60_000, 10, 3)
+        Authenticator::new(keys, 60_000, 10, burst)
     }
 
     fn signed(query: &str, body: &str) -> String {
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn a_good_signature_names_the_user_once() {
-        let auth = authenticator();
+        let auth = authenticator(100);
         let now = 1_700_000_000_000;
         let query = signed(&format!("market=BTC-USDT&timestamp={now}"), "{\"a\":1}");
         assert_eq!(auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 10), Ok(UserId(7)));
@@ -279,7 +279,7 @@ mod tests {
 
     #[test]
     fn every_failure_has_its_code() {
-        let auth = authenticator();
+        let auth = authenticator(100);
         let now = 1_700_000_000_000;
         let good = signed(&format!("timestamp={now}"), "");
         let code = |key: Option<&str>, query: &str, body: &[u8], at: u64| {
@@ -304,7 +304,7 @@ mod tests {
 
     #[test]
     fn the_rate_limit_refills_over_time() {
-        let auth = authenticator();
+        let auth = authenticator(3);
         let now = 1_700_000_000_000;
         let query = |i: u64| signed(&format!("timestamp={now}&n={i}"), "");
         for i in 0..3 {
