@@ -8,8 +8,9 @@
 //!   the secret, of the exact query string before `&signature=` followed by
 //!   the exact request body.
 //!
-//! A request outside its receive window, or whose signature was already
-//! used, is refused. Signatures are compared in constant time. Each key has
+//! A request outside its receive window is refused, and so is a request
+//! that changes state (any method but GET) whose signature was already
+//! used: a replay. Reads may repeat within their window. Signatures are compared in constant time. Each key has
 //! a token-bucket rate limit. This is the one signing routine every API of
 //! the exchange uses.
 
@@ -116,13 +117,16 @@ impl Authenticator {
         }
     }
 
-    /// Checks a signed request and returns its user.
+    /// Checks a signed request and returns its user. A request that
+    /// `changes_state` is refused when its signature was already used (a
+    /// replay); a read may be repeated within its window.
     pub fn authenticate(
         &self,
         api_key: Option<&str>,
         raw_query: &str,
         body: &[u8],
         now_ms: u64,
+        changes_state: bool,
     ) -> Result<UserId, ApiError> {
         let api_key = api_key.ok_or_else(|| {
             ApiError::unauthorized("missing_api_key", format!("the {API_KEY_HEADER} header is required"))
@@ -193,6 +197,9 @@ impl Authenticator {
         // Constant-time comparison.
         mac.verify_slice(&signature)
             .map_err(|_| ApiError::unauthorized("invalid_signature", "signature does not match"))?;
+        if !changes_state {
+            return Ok(user);
+        }
         let first_use = self
             .replays
             .lock()
@@ -272,8 +279,8 @@ mod tests {
         let auth = authenticator(100);
         let now = 1_700_000_000_000;
         let query = signed(&format!("market=BTC-USDT&timestamp={now}"), "{\"a\":1}");
-        assert_eq!(auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 10), Ok(UserId(7)));
-        let replay = auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 20).unwrap_err();
+        assert_eq!(auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 10, true), Ok(UserId(7)));
+        let replay = auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 20, true).unwrap_err();
         assert_eq!(replay.code, "replayed_signature");
     }
 
@@ -283,7 +290,7 @@ mod tests {
         let now = 1_700_000_000_000;
         let good = signed(&format!("timestamp={now}"), "");
         let code = |key: Option<&str>, query: &str, body: &[u8], at: u64| {
-            auth.authenticate(key, query, body, at).map(|_| "ok").unwrap_or_else(|e| e.code)
+            auth.authenticate(key, query, body, at, true).map(|_| "ok").unwrap_or_else(|e| e.code)
         };
         assert_eq!(code(None, &good, b"", now), "missing_api_key");
         assert_eq!(code(Some("nobody0123456789ABCD"), &good, b"", now), "invalid_api_key");
@@ -308,10 +315,10 @@ mod tests {
         let now = 1_700_000_000_000;
         let query = |i: u64| signed(&format!("timestamp={now}&n={i}"), "");
         for i in 0..3 {
-            assert!(auth.authenticate(Some(KEY), &query(i), b"", now).is_ok());
+            assert!(auth.authenticate(Some(KEY), &query(i), b"", now, true).is_ok());
         }
-        let limited = auth.authenticate(Some(KEY), &query(3), b"", now).unwrap_err();
+        let limited = auth.authenticate(Some(KEY), &query(3), b"", now, true).unwrap_err();
         assert_eq!((limited.code, limited.retry_after_s), ("rate_limited", Some(1)));
-        assert!(auth.authenticate(Some(KEY), &query(4), b"", now + 200).is_ok());
+        assert!(auth.authenticate(Some(KEY), &query(4), b"", now + 200, true).is_ok());
     }
 }

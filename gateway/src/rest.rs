@@ -193,7 +193,14 @@ fn now_ms() -> u64 {
 }
 
 fn signed(state: &AppState, request: &Incoming2) -> Result<UserId, ApiError> {
-    state.auth.authenticate(request.api_key.as_deref(), &request.query, &request.body, now_ms())
+    let changes_state = request.method != Method::GET;
+    state.auth.authenticate(
+        request.api_key.as_deref(),
+        &request.query,
+        &request.body,
+        now_ms(),
+        changes_state,
+    )
 }
 
 fn admin_check(state: &AppState, request: &Incoming2) -> Result<(), ApiError> {

@@ -1,0 +1,246 @@
+//! Starts the real `exchange` binary on a free port and talks to it over
+//! real sockets, as a client would.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct Exchange {
+    child: Child,
+    pub address: SocketAddr,
+    pub data_dir: PathBuf,
+    extra_env: Vec<(String, String)>,
+    pub stderr_path: PathBuf,
+    /// The last timestamp signed: each request gets a later one, so that no
+    /// two requests are identical (the server refuses replays).
+    last_timestamp_ms: std::cell::Cell<u128>,
+}
+
+/// An API key and its secret, as the admin API returns them.
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub user_id: u64,
+    pub api_key: String,
+    pub secret: String,
+}
+
+impl Exchange {
+    pub fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Exchange {
+        let extra_env: Vec<(String, String)> =
+            extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let stderr_path = data_dir.with_extension(format!(
+            "stderr-{}",
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_exchange"))
+            .env("EXCHANGE_DATA_DIR", data_dir)
+            .env("EXCHANGE_LISTEN", "127.0.0.1:0")
+            .env("EXCHANGE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .envs(extra_env.iter().cloned())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("the exchange binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; stderr: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                )
+            })
+            .parse()
+            .unwrap();
+        Exchange {
+            child,
+            address,
+            data_dir: data_dir.to_path_buf(),
+            extra_env,
+            stderr_path,
+            last_timestamp_ms: std::cell::Cell::new(0),
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Kills the process with SIGKILL (a crash) and starts it again.
+    pub fn crash_and_restart(mut self) -> Exchange {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let env: Vec<(String, String)> = self.extra_env.clone();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Exchange::start(&self.data_dir, &env)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // Safety: sending a signal to our own child process.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the exchange did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One HTTP/1.1 request on a fresh connection; returns status, headers and JSON body.
+    pub fn raw(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Value) {
+        let mut stream = TcpStream::connect(self.address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut request =
+            format!("{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.address);
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+        (status, head.to_string(), value)
+    }
+
+    pub fn get(&self, target: &str) -> (u16, Value) {
+        let (status, _, body) = self.raw("GET", target, &[], b"");
+        (status, body)
+    }
+
+    pub fn admin(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let body = body.to_string();
+        let (status, _, value) = self.raw(method, path, &[("X-Admin-Token", ADMIN_TOKEN)], body.as_bytes());
+        (status, value)
+    }
+
+    /// Admin call that must succeed.
+    pub fn admin_ok(&self, method: &str, path: &str, body: Value) -> Value {
+        let (status, value) = self.admin(method, path, body.clone());
+        assert_eq!(status, 200, "{method} {path} {body}: {value}");
+        value
+    }
+
+    /// A signed request: `query` without timestamp/signature; they are added.
+    pub fn signed(
+        &self,
+        key: &Key,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+        let timestamp = now.max(self.last_timestamp_ms.get() + 1);
+        self.last_timestamp_ms.set(timestamp);
+        let query = if query.is_empty() {
+            format!("timestamp={timestamp}")
+        } else {
+            format!("{query}&timestamp={timestamp}")
+        };
+        self.signed_raw(key, method, path, &query, body)
+    }
+
+    /// A signed request with the query exactly as given (plus the signature).
+    pub fn signed_raw(
+        &self,
+        key: &Key,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let signature = gateway::auth::sign(&key.secret, query, body.as_bytes());
+        let target = format!("{path}?{query}&signature={signature}");
+        let (status, _, value) =
+            self.raw(method, &target, &[("X-MBX-APIKEY", &key.api_key)], body.as_bytes());
+        (status, value)
+    }
+
+    /// BTC (8 decimals), USDT (6), ETH (8); BTC-USDT and ETH-USDT; `users`
+    /// users, each with a key, 10 BTC, 100 ETH and 1,000,000 USDT.
+    pub fn demo(&self, users: usize) -> Vec<Key> {
+        for (symbol, decimals) in [("BTC", 8), ("USDT", 6), ("ETH", 8)] {
+            self.admin_ok("POST", "/admin/assets", json!({ "symbol": symbol, "decimals": decimals }));
+        }
+        for base in ["BTC", "ETH"] {
+            self.admin_ok(
+                "POST",
+                "/admin/markets",
+                json!({
+                    "base": base, "quote": "USDT", "tick_size": "0.01", "lot_size": "0.0001",
+                    "min_quantity": "0.0001", "min_notional": "1", "maker_fee": "0.001", "taker_fee": "0.002"
+                }),
+            );
+        }
+        (0..users)
+            .map(|_| {
+                let user = self.admin_ok("POST", "/admin/users", json!({}))["user_id"].as_u64().unwrap();
+                let key = self.admin_ok("POST", "/admin/api_keys", json!({ "user_id": user }));
+                for (asset, amount) in [("BTC", "10"), ("ETH", "100"), ("USDT", "1000000")] {
+                    self.admin_ok(
+                        "POST",
+                        "/admin/deposit",
+                        json!({ "user_id": user, "asset": asset, "amount": amount }),
+                    );
+                }
+                Key {
+                    user_id: user,
+                    api_key: key["api_key"].as_str().unwrap().to_string(),
+                    secret: key["secret"].as_str().unwrap().to_string(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn place(&self, key: &Key, order: Value) -> (u16, Value) {
+        self.signed(key, "POST", "/order", "", Some(order))
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// The balance of `asset` in a `/balance` answer, as (available, locked).
+pub fn balance_of(answer: &Value, asset: &str) -> (String, String) {
+    answer["balances"]
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["asset"] == asset))
+        .map(|b| (b["available"].as_str().unwrap().to_string(), b["locked"].as_str().unwrap().to_string()))
+        .unwrap_or_else(|| panic!("no {asset} in {answer}"))
+}
