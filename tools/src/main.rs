@@ -11,8 +11,11 @@
 //! exctl journal verify ./data
 //! exctl replay ./data --to 5000000
 //! exctl snapshot ./data
+//! exctl seed --file examples/demo-seed.toml --server http://127.0.0.1:8080
 //! ```
 
+mod http;
+mod seed;
 mod time;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,21 @@ enum Top {
         /// Stop after this sequence number.
         #[arg(long)]
         to: Option<u64>,
+    },
+    /// Create assets, markets, users with API keys, and deposits on a
+    /// running exchange from a TOML file (see examples/demo-seed.toml).
+    Seed {
+        #[arg(long)]
+        file: PathBuf,
+        /// The exchange's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The admin token (default: the EXCHANGE_ADMIN_TOKEN variable).
+        #[arg(long)]
+        admin_token: Option<String>,
+        /// Also write the created users' keys as JSON to this file (mode 0600).
+        #[arg(long)]
+        keys_out: Option<PathBuf>,
     },
     /// Replay the journal and write a snapshot of the state it reaches.
     Snapshot {
@@ -81,6 +99,9 @@ fn main() -> ExitCode {
         Top::Journal(JournalCommand::Verify { dir }) => verify(&dir),
         Top::Replay { dir, to } => replay(&dir, to),
         Top::Snapshot { dir, keep } => snapshot(&dir, keep),
+        Top::Seed { file, server, admin_token, keys_out } => {
+            seed_command(&file, &server, admin_token, keys_out.as_deref())
+        }
     };
     match result {
         Ok(code) => code,
@@ -295,4 +316,43 @@ fn snapshot(dir: &Path, keep: usize) -> Result<ExitCode, String> {
         info.bytes
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn seed_command(
+    file: &Path,
+    server: &str,
+    admin_token: Option<String>,
+    keys_out: Option<&Path>,
+) -> Result<ExitCode, String> {
+    let token = admin_token
+        .or_else(|| std::env::var("EXCHANGE_ADMIN_TOKEN").ok())
+        .ok_or("give --admin-token or set EXCHANGE_ADMIN_TOKEN")?;
+    let seed_file = seed::load(file)?;
+    let server = http::Server::parse(server)?;
+    let users = seed::apply(&server, &token, &seed_file, |line| println!("{line}"))?;
+    for user in &users {
+        println!(
+            "key for {} (user {}): api_key={} secret={}",
+            user.name, user.user_id, user.api_key, user.secret
+        );
+    }
+    if let Some(path) = keys_out {
+        let text = serde_json::to_string_pretty(&users).map_err(|e| e.to_string())?;
+        write_private(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("keys written to {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a file only its owner can read (it holds secrets).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
 }
