@@ -140,7 +140,7 @@ impl Default for Config {
             rate_limit_per_s: 200,
             rate_limit_burst: 400,
             recent_trades_max: 1_000,
-            closed_orders_kept_per_user: 1_000,
+            closed_orders_kept_per_user: 100,
             limits: LimitsConfig::default(),
         }
     }

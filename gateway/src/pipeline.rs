@@ -104,14 +104,18 @@ impl Pending {
         }
     }
 
-    fn complete(&self, id: u64, reply: Reply) {
+    /// Answers request `id`, building the reply only if someone waits.
+    fn complete(&self, id: u64, reply: impl FnOnce() -> Reply) {
         let sender = self.waiting.lock().ok().and_then(|mut waiting| waiting.remove(&id));
         if let Some(sender) = sender {
             // The handler may have timed out and gone; that is fine.
-            let _ = sender.send(reply);
+            let _ = sender.send(reply());
         }
     }
 }
+
+/// Sees every outcome after the responder (benchmarks measure here).
+pub type Observer = Box<dyn FnMut(&Outbound) + Send>;
 
 pub struct PipelineConfig {
     pub inbound_ring_size: usize,
@@ -123,6 +127,7 @@ pub struct PipelineConfig {
     pub snapshots_keep: usize,
     pub journal_dir: PathBuf,
     pub retention: SegmentRetention,
+    pub observer: Option<Observer>,
 }
 
 pub type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
@@ -161,48 +166,23 @@ fn start_with<W: WaitStrategy + 'static>(
     health.last_seq.store(engine.last_seq(), Ordering::Relaxed);
     health.durable_seq.store(journal.durable_seq(), Ordering::Relaxed);
 
-    // Outbound: views first, then the responder.
-    let views_for_consumer = Arc::clone(&views);
-    let pending_for_responder = Arc::clone(&pending);
-    let mut views_batch: Vec<Event> = Vec::new();
-    let outbound = build_single_producer(config.outbound_ring_size, || Outbound::EMPTY, wait)
-        .handle_events_with(move |slot: &Outbound, _seq, end_of_batch| {
-            if let Some(event) = slot.event {
-                views_batch.push(event);
-            }
-            // One write lock per batch, not per event.
-            if end_of_batch && !views_batch.is_empty() {
-                if let Ok(mut views) = views_for_consumer.write() {
-                    for event in views_batch.drain(..) {
-                        views.apply(&event);
-                    }
-                } else {
-                    views_batch.clear();
-                }
-            }
-        })
-        .and_then()
-        .handle_events_and_state_with(
-            move |collected: &mut HashMap<u64, Vec<Event>>, slot: &Outbound, _seq, _end| {
-                if slot.request_id == 0 {
-                    return;
-                }
-                if slot.failed {
-                    collected.remove(&slot.request_id);
-                    pending_for_responder.complete(slot.request_id, Err(PipelineFailure::JournalUnavailable));
-                    return;
-                }
-                let events = collected.entry(slot.request_id).or_default();
-                if let Some(event) = slot.event {
-                    events.push(event);
-                }
-                if slot.last {
-                    let events = collected.remove(&slot.request_id).unwrap_or_default();
-                    pending_for_responder.complete(slot.request_id, Ok(events));
-                }
-            },
-            HashMap::new,
-        )
+    // Outbound: one consumer keeps the views, then answers the requests
+    // whose outcomes are in the batch. One thread, not two, because a small
+    // machine has few cores; views first, so an answered client reads its
+    // own write.
+    let mut config = config;
+    let mut follower = Follower {
+        views,
+        pending: Arc::clone(&pending),
+        observer: config.observer.take(),
+        batch_events: Vec::with_capacity(4096),
+        reply_events: Vec::with_capacity(4096),
+        replies: Vec::with_capacity(1024),
+        current_start: 0,
+        observed: Vec::new(),
+    };
+    let outbound = build_single_producer(config.outbound_ring_size, || Outbound::EMPTY, Backoff)
+        .handle_events_with(move |slot: &Outbound, _seq, end_of_batch| follower.handle(slot, end_of_batch))
         .build();
 
     let health_for_matcher = Arc::clone(&health);
@@ -243,6 +223,76 @@ impl Outbound {
 }
 
 type OutboundProducer = SingleProducer<Outbound, SingleConsumerBarrier>;
+
+/// The consumer of the outbound ring.
+struct Follower {
+    views: Arc<RwLock<Views>>,
+    pending: Arc<Pending>,
+    observer: Option<Observer>,
+    /// Events of the current batch, applied to the views under one lock.
+    batch_events: Vec<Event>,
+    /// Events of the batch's commands that have a request, in order.
+    reply_events: Vec<Event>,
+    /// (request, first index in `reply_events`, end index, failed).
+    replies: Vec<(u64, usize, usize, bool)>,
+    /// Where the events of the command being collected start.
+    current_start: usize,
+    observed: Vec<Outbound>,
+}
+
+impl Follower {
+    fn handle(&mut self, slot: &Outbound, end_of_batch: bool) {
+        if let Some(event) = slot.event {
+            self.batch_events.push(event);
+        }
+        if slot.request_id != 0 {
+            if slot.failed {
+                self.reply_events.truncate(self.current_start);
+                self.replies.push((slot.request_id, 0, 0, true));
+            } else {
+                if let Some(event) = slot.event {
+                    self.reply_events.push(event);
+                }
+                if slot.last {
+                    self.replies.push((slot.request_id, self.current_start, self.reply_events.len(), false));
+                    self.current_start = self.reply_events.len();
+                }
+            }
+        }
+        if self.observer.is_some() {
+            self.observed.push(*slot);
+        }
+        if end_of_batch {
+            if !self.batch_events.is_empty() {
+                if let Ok(mut views) = self.views.write() {
+                    for event in &self.batch_events {
+                        views.apply(event);
+                    }
+                }
+                self.batch_events.clear();
+            }
+            for &(id, start, end, failed) in &self.replies {
+                let events = &self.reply_events[start..end];
+                self.pending.complete(id, || {
+                    if failed {
+                        Err(PipelineFailure::JournalUnavailable)
+                    } else {
+                        Ok(events.to_vec())
+                    }
+                });
+            }
+            self.replies.clear();
+            // A command whose last event is still to come keeps what it has.
+            self.reply_events.drain(..self.current_start);
+            self.current_start = 0;
+            if let Some(observe) = self.observer.as_mut() {
+                for slot in self.observed.drain(..) {
+                    observe(&slot);
+                }
+            }
+        }
+    }
+}
 
 /// The single owner of trading state.
 struct Matcher {
@@ -333,9 +383,16 @@ impl Matcher {
         }
         self.health.last_seq.store(self.engine.last_seq(), Ordering::Relaxed);
         self.health.durable_seq.store(self.journal.durable_seq(), Ordering::Relaxed);
-        for outcome in self.staged.drain(..) {
-            self.outbound.publish(|slot| *slot = outcome);
+        // One claim per chunk of the ring, not one per event.
+        let chunk = (self.config.outbound_ring_size / 4).max(1);
+        for outcomes in self.staged.chunks(chunk) {
+            self.outbound.batch_publish(outcomes.len(), |slots| {
+                for (slot, outcome) in slots.zip(outcomes) {
+                    *slot = *outcome;
+                }
+            });
         }
+        self.staged.clear();
     }
 
     fn fail_journal(&mut self) {

@@ -856,8 +856,10 @@ fn balance(state: &AppState, user: UserId) -> Value {
     let balances: Vec<Value> = view
         .balances
         .iter()
+        .enumerate()
+        .filter(|(_, (available, locked))| available.0 > 0 || locked.0 > 0)
         .filter_map(|(asset, (available, locked))| {
-            let a = views.assets.get(asset.0 as usize)?;
+            let a = views.assets.get(asset)?;
             Some(json!({
                 "asset": a.symbol.as_str(),
                 "available": amounts::units_to_string(*available, a.decimals),

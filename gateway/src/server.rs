@@ -99,6 +99,7 @@ pub async fn run(
             snapshots_keep: config.snapshots_keep,
             journal_dir: data.journal(),
             retention: config.retention(),
+            observer: None,
         },
     );
     let state = Arc::new(AppState {

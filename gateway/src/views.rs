@@ -106,7 +106,8 @@ impl MarketView {
 
 #[derive(Default)]
 pub struct UserView {
-    pub balances: BTreeMap<AssetId, (Units, Units)>,
+    /// (available, locked) indexed by asset id; assets never touched are zero.
+    pub balances: Vec<(Units, Units)>,
     pub open: BTreeMap<OrderId, OrderView>,
     pub closed: VecDeque<OrderView>,
 }
@@ -148,13 +149,10 @@ impl Views {
         }
         let snapshot = engine.snapshot();
         for balances in &snapshot.balances {
-            let mut user = UserView::default();
-            for (asset, balance) in balances.iter().enumerate() {
-                if balance.available.0 > 0 || balance.locked.0 > 0 {
-                    user.balances.insert(AssetId(asset as u32), (balance.available, balance.locked));
-                }
-            }
-            views.users.push(user);
+            views.users.push(UserView {
+                balances: balances.iter().map(|b| (b.available, b.locked)).collect(),
+                ..UserView::default()
+            });
         }
         for order in &snapshot.orders {
             if let Some(user) = views.users.get_mut(order.user.0 as usize) {
@@ -250,7 +248,11 @@ impl Views {
             EventKind::UserCreated { .. } => self.users.push(UserView::default()),
             EventKind::Balance { user, asset, available, locked } => {
                 if let Some(view) = self.users.get_mut(user.0 as usize) {
-                    view.balances.insert(asset, (available, locked));
+                    let index = asset.0 as usize;
+                    if view.balances.len() <= index {
+                        view.balances.resize(index + 1, (Units(0), Units(0)));
+                    }
+                    view.balances[index] = (available, locked);
                 }
             }
             EventKind::BookLevel { market, side, price, qty } => {

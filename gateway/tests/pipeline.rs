@@ -33,6 +33,7 @@ fn a_full_ring_refuses_at_once_and_recovers() {
             snapshots_keep: 1,
             journal_dir,
             retention: SegmentRetention::Keep,
+            observer: None,
         },
     );
     let mut producer = pipeline.producer.clone();
