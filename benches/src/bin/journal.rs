@@ -192,6 +192,12 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
     let mut engine = Engine::new(EngineLimits::default());
     replay(&data.journal(), &mut engine, Some(snapshot_at as u64), ReadMode::Strict, &mut |_| {})
         .map_err(|e| e.to_string())?;
+    // What the matcher stops for when it snapshots: a clone of the state.
+    let started = Instant::now();
+    let copy = engine.clone();
+    let clone_ns = started.elapsed().as_nanos() as u64;
+    drop(copy);
+    println!("snapshot stall on the matcher (state clone): {}", format_ns(clone_ns));
     let started = Instant::now();
     let info = write_snapshot(&data.snapshots(), &engine, 1).map_err(|e| e.to_string())?;
     println!(

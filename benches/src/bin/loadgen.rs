@@ -1,0 +1,336 @@
+//! The HTTP load generator: signed order placements and cancels over
+//! keep-alive connections, at fixed offered rates and flat out, against the
+//! real exchange server (in this process, on a free port); and the same
+//! load against a bare hyper handler that returns a fixed JSON body, so the
+//! exchange's cost over the HTTP stack reads as a ratio.
+//!
+//! Round-trip latency is measured from each request's intended send time on
+//! a uniform schedule (no coordinated omission): a connection that falls
+//! behind carries its delay into every later request.
+//!
+//! ```text
+//! cargo run --release -p benches --bin loadgen
+//! cargo run --release -p benches --bin loadgen -- --rates 5000,10000 --seconds 10 --connections 8
+//! ```
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use benches::report::{format_rate, latency_histogram, percentiles};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "HTTP load generator: signed orders against the exchange, and a bare hyper handler for scale"
+)]
+struct Args {
+    /// Offered rates in requests/s; 0 means closed loop, as fast as possible.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000,0")]
+    rates: Vec<u64>,
+    /// Seconds per rate.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Keep-alive connections (one signed-in user each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// The journal's durability policy for the exchange: none, batch or interval.
+    #[arg(long, default_value = "batch")]
+    durability: String,
+}
+
+const ADMIN_TOKEN: &str = "loadgen-admin-token-0123456789";
+
+/// Numbers each run, so that client order ids never repeat across runs.
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+fn main() {
+    let args = Args::parse();
+    let data = std::env::temp_dir().join(format!("exchange-loadgen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    // The server: the exchange and the bare handler share one runtime with
+    // one worker; the load has its own. The matcher and its consumer have
+    // their own threads. Everything shares the machine's cores.
+    let server_runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let env = vec![
+        ("EXCHANGE_DATA_DIR".to_string(), data.display().to_string()),
+        ("EXCHANGE_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("EXCHANGE_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
+        ("EXCHANGE_DURABILITY".to_string(), args.durability.clone()),
+        ("EXCHANGE_RATE_LIMIT_PER_S".to_string(), "1000000".to_string()),
+        ("EXCHANGE_RATE_LIMIT_BURST".to_string(), "1000000".to_string()),
+    ];
+    let config = match gateway::Config::load(None, env) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return;
+        }
+    };
+    let (address_sender, address_receiver) = std::sync::mpsc::channel();
+    let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
+    server_runtime.spawn(async move {
+        let result = gateway::run(
+            config,
+            async {
+                let _ = stop_receiver.await;
+            },
+            move |address| {
+                let _ = address_sender.send(address);
+            },
+        )
+        .await;
+        if let Err(error) = result {
+            eprintln!("exchange: {error}");
+        }
+    });
+    let Ok(exchange) = address_receiver.recv() else { return };
+    let bare = server_runtime.block_on(async { bare_server().await });
+
+    let client_runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    client_runtime.block_on(async {
+        let keys = match seed(exchange, args.connections).await {
+            Ok(keys) => keys,
+            Err(error) => {
+                eprintln!("error: seeding the exchange: {error}");
+                return;
+            }
+        };
+        println!(
+            "machine: {} cores; {} keep-alive connections; exchange durability {}; {} s per rate",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            args.connections,
+            args.durability,
+            args.seconds
+        );
+        for &rate in &args.rates {
+            let offered = if rate == 0 { "max".to_string() } else { format_rate(rate as f64) };
+            let (done, histogram) = load(bare, None, rate, args.seconds, args.connections).await;
+            println!(
+                "bare hyper handler, offered {offered:>6}/s: {} req/s | {}",
+                format_rate(done),
+                percentiles(&histogram)
+            );
+            let (done, histogram) = load(exchange, Some(&keys), rate, args.seconds, args.connections).await;
+            println!(
+                "exchange orders,    offered {offered:>6}/s: {} req/s | {}",
+                format_rate(done),
+                percentiles(&histogram)
+            );
+        }
+    });
+    let _ = stop_sender.send(());
+    drop(client_runtime);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(server_runtime);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// A hyper server whose one handler returns a fixed JSON body.
+async fn bare_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request: Request<hyper::body::Incoming>| async {
+                    let body =
+                        r#"{"order_id":1,"status":"new","filled_quantity":"0","remaining_quantity":"0.001"}"#;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(body.as_bytes()))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+struct Key {
+    api_key: String,
+    secret: String,
+}
+
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    address: SocketAddr,
+}
+
+impl Connection {
+    async fn open(address: SocketAddr) -> Result<Connection, String> {
+        let stream = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Connection { sender, address })
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<(u16, Bytes), String> {
+        let mut request =
+            Request::builder().method(method).uri(target).header("host", self.address.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let response = self.sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+async fn seed(exchange: SocketAddr, users: usize) -> Result<Vec<Key>, String> {
+    let mut connection = Connection::open(exchange).await?;
+    let admin = [("x-admin-token", ADMIN_TOKEN)];
+    let mut call = async |path: &str, body: serde_json::Value| -> Result<serde_json::Value, String> {
+        let (status, bytes) = connection.send("POST", path, &admin, body.to_string()).await?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("{path}: {status} {value}"));
+        }
+        Ok(value)
+    };
+    call("/admin/assets", serde_json::json!({ "symbol": "BTC", "decimals": 8 })).await?;
+    call("/admin/assets", serde_json::json!({ "symbol": "USDT", "decimals": 6 })).await?;
+    call(
+        "/admin/markets",
+        serde_json::json!({ "base": "BTC", "quote": "USDT", "tick_size": "0.01", "lot_size": "0.0001" }),
+    )
+    .await?;
+    let mut keys = Vec::new();
+    for _ in 0..users {
+        let user = call("/admin/users", serde_json::json!({})).await?["user_id"].as_u64().unwrap_or(0);
+        let key = call("/admin/api_keys", serde_json::json!({ "user_id": user })).await?;
+        call(
+            "/admin/deposit",
+            serde_json::json!({ "user_id": user, "asset": "USDT", "amount": "1000000000" }),
+        )
+        .await?;
+        keys.push(Key {
+            api_key: key["api_key"].as_str().unwrap_or_default().to_string(),
+            secret: key["secret"].as_str().unwrap_or_default().to_string(),
+        });
+    }
+    Ok(keys)
+}
+
+/// Runs one rate for `seconds` over `connections`; returns completed
+/// requests per second and the round-trip histogram. With keys, requests
+/// alternate between placing a resting buy and cancelling it by its client
+/// order id; without, they go to the bare handler.
+async fn load(
+    address: SocketAddr,
+    keys: Option<&[Key]>,
+    rate: u64,
+    seconds: u64,
+    connections: usize,
+) -> (f64, Histogram<u64>) {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let epoch = Instant::now() + Duration::from_millis(20);
+    let deadline = epoch + Duration::from_secs(seconds);
+    let completed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for index in 0..connections {
+        let key = keys.map(|keys| (keys[index].api_key.clone(), keys[index].secret.clone()));
+        let completed = Arc::clone(&completed);
+        // Each connection has its share of the schedule, offset so that
+        // together they are uniform.
+        let interval =
+            Duration::from_nanos((1_000_000_000 * connections as u64).checked_div(rate).unwrap_or(0));
+        let offset = Duration::from_nanos((1_000_000_000 * index as u64).checked_div(rate).unwrap_or(0));
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = latency_histogram();
+            let Ok(mut connection) = Connection::open(address).await else { return histogram };
+            let mut n: u64 = 0;
+            loop {
+                let intended = epoch + offset + interval * n as u32;
+                if intended >= deadline {
+                    break;
+                }
+                if rate > 0 {
+                    // The runtime's timer ticks in milliseconds: sleep to
+                    // just before the send time, then yield until it.
+                    if let Some(early) = intended.checked_sub(Duration::from_millis(2)) {
+                        tokio::time::sleep_until(early.into()).await;
+                    }
+                    while Instant::now() < intended {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                let started = if rate > 0 { intended } else { Instant::now() };
+                let result = match &key {
+                    None => connection.send("POST", "/order", &[], String::from("{}")).await,
+                    Some((api_key, secret)) => {
+                        let client_order_id = format!("lg{run}-{index}-{}", n / 2);
+                        // Requests differ by their client order id, so two in
+                        // one millisecond are not replays of each other.
+                        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                        let (method, target, body) = if n.is_multiple_of(2) {
+                            let body = format!(
+                                r#"{{"market":"BTC-USDT","side":"buy","type":"limit","price":"{}","quantity":"0.001","client_order_id":"{client_order_id}"}}"#,
+                                1000 + (n % 500)
+                            );
+                            let query = format!("timestamp={now_ms}");
+                            ("POST", query, body)
+                        } else {
+                            ("DELETE", format!("client_order_id={client_order_id}&timestamp={now_ms}"), String::new())
+                        };
+                        let signature = gateway::auth::sign(secret, &target, body.as_bytes());
+                        let uri = format!("/order?{target}&signature={signature}");
+                        connection.send(method, &uri, &[("x-mbx-apikey", api_key)], body).await
+                    }
+                };
+                match result {
+                    Ok((200, _)) => {
+                        histogram.saturating_record((started.elapsed().as_nanos() as u64).max(1));
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((status, body)) => {
+                        eprintln!("request failed: {status} {}", String::from_utf8_lossy(&body));
+                        break;
+                    }
+                    Err(error) => {
+                        eprintln!("request failed: {error}");
+                        break;
+                    }
+                }
+                n += 1;
+                if rate == 0 && Instant::now() >= deadline {
+                    break;
+                }
+            }
+            histogram
+        }));
+    }
+    let mut histogram = latency_histogram();
+    for task in tasks {
+        if let Ok(part) = task.await {
+            let _ = histogram.add(&part);
+        }
+    }
+    let elapsed = Instant::now().saturating_duration_since(epoch).as_secs_f64().max(1e-9);
+    (completed.load(Ordering::Relaxed) as f64 / elapsed, histogram)
+}
