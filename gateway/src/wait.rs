@@ -28,7 +28,8 @@ impl WaitStrategy for Backoff {
     fn wait_for(&self, sequence: Sequence) {
         let (polls, since) = WAITED.with(|waited| {
             let (awaited, polls, since) = waited.get();
-            let (polls, since) = if awaited == sequence { (polls.saturating_add(1), since) } else { (0, None) };
+            let (polls, since) =
+                if awaited == sequence { (polls.saturating_add(1), since) } else { (0, None) };
             let since = if polls == SPINS { Some(Instant::now()) } else { since };
             waited.set((sequence, polls, since));
             (polls, since)

@@ -51,8 +51,10 @@ const ADMIN_TOKEN: &str = "loadgen-admin-token-0123456789";
 
 /// Numbers each run, so that client order ids never repeat across runs.
 static RUN: AtomicU64 = AtomicU64::new(0);
+/// Requests that failed, in any run: the benchmark then exits non-zero.
+static FAILED: AtomicU64 = AtomicU64::new(0);
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let data = std::env::temp_dir().join(format!("exchange-loadgen-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
@@ -73,7 +75,7 @@ fn main() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
-            return;
+            return std::process::ExitCode::FAILURE;
         }
     };
     let (address_sender, address_receiver) = std::sync::mpsc::channel();
@@ -93,7 +95,7 @@ fn main() {
             eprintln!("exchange: {error}");
         }
     });
-    let Ok(exchange) = address_receiver.recv() else { return };
+    let Ok(exchange) = address_receiver.recv() else { return std::process::ExitCode::FAILURE };
     let bare = server_runtime.block_on(async { bare_server().await });
 
     let client_runtime =
@@ -103,6 +105,7 @@ fn main() {
             Ok(keys) => keys,
             Err(error) => {
                 eprintln!("error: seeding the exchange: {error}");
+                FAILED.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -134,6 +137,11 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     drop(server_runtime);
     let _ = std::fs::remove_dir_all(&data);
+    if FAILED.load(Ordering::Relaxed) > 0 {
+        eprintln!("error: {} requests failed", FAILED.load(Ordering::Relaxed));
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 /// A hyper server whose one handler returns a fixed JSON body.
@@ -310,10 +318,12 @@ async fn load(
                     }
                     Ok((status, body)) => {
                         eprintln!("request failed: {status} {}", String::from_utf8_lossy(&body));
+                        FAILED.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     Err(error) => {
                         eprintln!("request failed: {error}");
+                        FAILED.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                 }
