@@ -23,8 +23,10 @@ use crate::units::{
 };
 
 /// Bounds on everything the engine holds. They are part of the state (a
-/// snapshot carries them) so that replay makes the same decisions.
+/// snapshot carries them) so that replay makes the same decisions. Missing
+/// fields take their defaults when read from a configuration file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineLimits {
     pub open_orders_per_user_max: u32,
     /// Resting orders across all markets.

@@ -52,7 +52,9 @@ pub struct Config {
     pub recent_trades_max: usize,
     /// Closed orders kept per user for `GET /order`.
     pub closed_orders_kept_per_user: usize,
-    pub limits: LimitsConfig,
+    /// The engine's limits. They are part of its state: they apply to a new
+    /// data directory; an existing one keeps those in its snapshot.
+    pub limits: EngineLimits,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -78,46 +80,6 @@ pub enum WaitKind {
     BusySpin,
 }
 
-/// The engine's limits (part of its state: they apply to a new data
-/// directory; an existing one keeps the limits in its snapshot).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    pub open_orders_per_user_max: u32,
-    pub orders_max: u32,
-    pub assets_max: u32,
-    pub markets_max: u32,
-    pub users_max: u32,
-    pub api_keys_per_user_max: u32,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> LimitsConfig {
-        let limits = EngineLimits::default();
-        LimitsConfig {
-            open_orders_per_user_max: limits.open_orders_per_user_max,
-            orders_max: limits.orders_max,
-            assets_max: limits.assets_max,
-            markets_max: limits.markets_max,
-            users_max: limits.users_max,
-            api_keys_per_user_max: limits.api_keys_per_user_max,
-        }
-    }
-}
-
-impl LimitsConfig {
-    pub fn engine_limits(&self) -> EngineLimits {
-        EngineLimits {
-            open_orders_per_user_max: self.open_orders_per_user_max,
-            orders_max: self.orders_max,
-            assets_max: self.assets_max,
-            markets_max: self.markets_max,
-            users_max: self.users_max,
-            api_keys_per_user_max: self.api_keys_per_user_max,
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -141,7 +103,7 @@ impl Default for Config {
             rate_limit_burst: 400,
             recent_trades_max: 1_000,
             closed_orders_kept_per_user: 100,
-            limits: LimitsConfig::default(),
+            limits: EngineLimits::default(),
         }
     }
 }

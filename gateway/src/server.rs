@@ -50,7 +50,7 @@ pub async fn run(
         segment_bytes: config.segment_bytes,
         durability: config.durability(),
     };
-    let limits = config.limits.engine_limits();
+    let limits = config.limits;
     let (writer, report, recovery) =
         tokio::task::spawn_blocking(move || open_data_dir(&data, journal_config, limits))
             .await

@@ -69,6 +69,32 @@ fn child_appender() {
     }
 }
 
+/// Starts the appender child on `dir` and a thread that collects its
+/// reports; the thread returns the last sequence reported written.
+fn spawn_appender(dir: &Path, policy: &str) -> (std::process::Child, std::thread::JoinHandle<u64>) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Process::new(&exe)
+        .args(["--exact", "child_appender", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR_ENV, dir)
+        .env(CHILD_POLICY_ENV, policy)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reports = std::thread::spawn(move || {
+        let mut last = 0u64;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(seq) = line.strip_prefix("written ").and_then(|s| s.parse().ok()) {
+                last = seq;
+            }
+        }
+        last
+    });
+    (child, reports)
+}
+
 /// A seed from the clock, printed so that a failure can be replayed.
 fn seed() -> u64 {
     let seed = std::env::var("CRASH_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
@@ -88,30 +114,11 @@ fn sigkill_during_appends_loses_nothing_that_was_reported_written() {
         rng ^= rng << 17;
         rng
     };
-    let exe = std::env::current_exe().unwrap();
     let mut last_reported_ever = 0;
     for round in 0..8 {
         let policy = if round % 2 == 0 { "none" } else { "batch" };
-        let mut child = Process::new(&exe)
-            .args(["--exact", "child_appender", "--nocapture", "--test-threads=1"])
-            .env(CHILD_DIR_ENV, dir.path())
-            .env(CHILD_POLICY_ENV, policy)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        // Read reports on a thread; kill at a random moment from here.
-        let reader = std::thread::spawn(move || {
-            let mut last = 0u64;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(seq) = line.strip_prefix("written ").and_then(|s| s.parse().ok()) {
-                    last = seq;
-                }
-            }
-            last
-        });
+        // Reports are read on a thread; the kill comes at a random moment from here.
+        let (mut child, reader) = spawn_appender(dir.path(), policy);
         std::thread::sleep(Duration::from_millis(20 + next() % 200));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -141,26 +148,7 @@ fn sigkill_during_appends_loses_nothing_that_was_reported_written() {
 #[test]
 fn a_reader_follows_a_journal_that_another_process_is_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Process::new(&exe)
-        .args(["--exact", "child_appender", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR_ENV, dir.path())
-        .env(CHILD_POLICY_ENV, "none")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let reports = std::thread::spawn(move || {
-        let mut last = 0u64;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(seq) = line.strip_prefix("written ").and_then(|s| s.parse().ok()) {
-                last = seq;
-            }
-        }
-        last
-    });
+    let (mut child, reports) = spawn_appender(dir.path(), "none");
     // Follow while the child writes (across its segment rotations).
     let mut reader = JournalReader::open(dir.path(), 1, ReadMode::Follow).unwrap();
     let mut next_expected = 1u64;
