@@ -29,7 +29,7 @@ use journal::{JournalWriter, SegmentRetention};
 use tokio::sync::oneshot;
 
 use crate::views::Views;
-use crate::wait::Backoff;
+use crate::wait::{Backoff, Doorbell};
 
 /// What travels into the matcher.
 #[derive(Clone, Copy, Debug)]
@@ -130,12 +130,31 @@ pub struct PipelineConfig {
     pub observer: Option<Observer>,
 }
 
-pub type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
+type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
 
-/// The running pipeline. Clone `producer` for each publishing thread; the
-/// pipeline stops when every clone is dropped.
+/// A handle that publishes into the inbound ring and rings the matcher's
+/// doorbell. Clone it for each publishing thread; the pipeline stops when
+/// every clone is dropped.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: InboundProducer,
+    doorbell: &'static Doorbell,
+}
+
+impl Publisher {
+    /// Publishes `work` for `request_id`, or says the ring is full.
+    pub fn try_publish(&mut self, request_id: u64, work: Work) -> Result<(), RingBufferFull> {
+        let published = self.producer.try_publish(|slot| *slot = Inbound { request_id, work }).map(|_| ());
+        if published.is_ok() {
+            self.doorbell.ring();
+        }
+        published
+    }
+}
+
+/// The running pipeline.
 pub struct Pipeline {
-    pub producer: InboundProducer,
+    pub publisher: Publisher,
     pub pending: Arc<Pending>,
     pub health: Arc<Health>,
 }
@@ -147,10 +166,11 @@ pub fn start(
     views: Arc<RwLock<Views>>,
     config: PipelineConfig,
 ) -> Pipeline {
+    let inbound_bell = Doorbell::leak();
     if config.busy_spin {
-        start_with(engine, journal, views, config, BusySpin)
+        start_with(engine, journal, views, config, BusySpin, inbound_bell)
     } else {
-        start_with(engine, journal, views, config, Backoff)
+        start_with(engine, journal, views, config, Backoff { doorbell: inbound_bell }, inbound_bell)
     }
 }
 
@@ -160,6 +180,7 @@ fn start_with<W: WaitStrategy + 'static>(
     views: Arc<RwLock<Views>>,
     config: PipelineConfig,
     wait: W,
+    inbound_bell: &'static Doorbell,
 ) -> Pipeline {
     let pending = Arc::new(Pending::default());
     let health = Arc::new(Health::default());
@@ -181,9 +202,14 @@ fn start_with<W: WaitStrategy + 'static>(
         current_start: 0,
         observed: Vec::new(),
     };
-    let outbound = build_single_producer(config.outbound_ring_size, || Outbound::EMPTY, Backoff)
-        .handle_events_with(move |slot: &Outbound, _seq, end_of_batch| follower.handle(slot, end_of_batch))
-        .build();
+    let outbound_bell = Doorbell::leak();
+    let outbound = build_single_producer(
+        config.outbound_ring_size,
+        || Outbound::EMPTY,
+        Backoff { doorbell: outbound_bell },
+    )
+    .handle_events_with(move |slot: &Outbound, _seq, end_of_batch| follower.handle(slot, end_of_batch))
+    .build();
 
     let health_for_matcher = Arc::clone(&health);
     let inbound_ring_size = config.inbound_ring_size;
@@ -192,6 +218,7 @@ fn start_with<W: WaitStrategy + 'static>(
         engine,
         journal,
         outbound,
+        outbound_bell,
         staged: Vec::with_capacity(4096),
         events: Vec::with_capacity(256),
         last_timestamp_ns: 0,
@@ -211,7 +238,7 @@ fn start_with<W: WaitStrategy + 'static>(
             make_matcher,
         )
         .build();
-    Pipeline { producer, pending, health }
+    Pipeline { publisher: Publisher { producer, doorbell: inbound_bell }, pending, health }
 }
 
 impl Inbound {
@@ -299,6 +326,7 @@ struct Matcher {
     engine: Engine,
     journal: JournalWriter,
     outbound: OutboundProducer,
+    outbound_bell: &'static Doorbell,
     /// Outcomes of the current batch, published once the batch is durable.
     staged: Vec<Outbound>,
     events: Vec<Event>,
@@ -393,6 +421,7 @@ impl Matcher {
             });
         }
         self.staged.clear();
+        self.outbound_bell.ring();
     }
 
     fn fail_journal(&mut self) {
@@ -444,23 +473,19 @@ impl Matcher {
 /// Publishes a tick every `every` until `stop` is set, so that the matcher
 /// does its housekeeping even when no command arrives.
 pub fn start_ticker(
-    mut producer: InboundProducer,
+    mut publisher: Publisher,
     every: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(every);
-            let _ = producer.try_publish(|slot| *slot = Inbound { request_id: 0, work: Work::Tick });
+            let _ = publisher.try_publish(0, Work::Tick);
         }
     })
 }
 
 /// Publishes one command for `request_id`, or says the ring is full.
-pub fn submit(
-    producer: &mut InboundProducer,
-    request_id: u64,
-    command: Command,
-) -> Result<(), RingBufferFull> {
-    producer.try_publish(|slot| *slot = Inbound { request_id, work: Work::Command(command) }).map(|_| ())
+pub fn submit(publisher: &mut Publisher, request_id: u64, command: Command) -> Result<(), RingBufferFull> {
+    publisher.try_publish(request_id, Work::Command(command))
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::amounts::{self, parse_decimal, Scale};
 use crate::auth::{query_pairs, Authenticator, API_KEY_HEADER};
 use crate::error::ApiError;
-use crate::pipeline::{self, Health, InboundProducer, Pending, PipelineFailure};
+use crate::pipeline::{self, Health, Pending, PipelineFailure, Publisher};
 use crate::views::{MarketView, OrderView, Views};
 
 /// Every route: the OpenAPI description must list exactly these.
@@ -71,7 +71,7 @@ type Body = Full<Bytes>;
 /// Handles one request; never fails (errors become JSON answers).
 pub async fn handle(
     state: Arc<AppState>,
-    producer: Arc<Mutex<InboundProducer>>,
+    producer: Arc<Mutex<Publisher>>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let response = match route(&state, &producer, request).await {
@@ -128,7 +128,7 @@ async fn read(state: &AppState, request: Request<Incoming>) -> Result<Incoming2,
 
 async fn route(
     state: &AppState,
-    producer: &Mutex<InboundProducer>,
+    producer: &Mutex<Publisher>,
     request: Request<Incoming>,
 ) -> Result<(StatusCode, Value), ApiError> {
     let request = read(state, request).await?;
@@ -223,7 +223,7 @@ fn admin_check(state: &AppState, request: &Incoming2) -> Result<(), ApiError> {
 /// Publishes a command and waits for its events.
 async fn execute(
     state: &AppState,
-    producer: &Mutex<InboundProducer>,
+    producer: &Mutex<Publisher>,
     command: Command,
 ) -> Result<Vec<Event>, ApiError> {
     if state.health.journal_failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -539,7 +539,7 @@ fn client_order_id(text: &str) -> Result<ClientOrderId, ApiError> {
 
 async fn place_order(
     state: &AppState,
-    producer: &Mutex<InboundProducer>,
+    producer: &Mutex<Publisher>,
     user: UserId,
     body: &[u8],
 ) -> Result<Value, ApiError> {
@@ -712,7 +712,7 @@ fn done_order(events: &[Event]) -> Option<OrderId> {
 
 async fn cancel_order(
     state: &AppState,
-    producer: &Mutex<InboundProducer>,
+    producer: &Mutex<Publisher>,
     user: UserId,
     query: &str,
 ) -> Result<Value, ApiError> {
@@ -740,7 +740,7 @@ struct AmendBody {
 
 async fn amend_order(
     state: &AppState,
-    producer: &Mutex<InboundProducer>,
+    producer: &Mutex<Publisher>,
     user: UserId,
     body: &[u8],
 ) -> Result<Value, ApiError> {
@@ -826,7 +826,7 @@ struct CancelAllBody {
 
 async fn cancel_all(
     state: &AppState,
-    producer: &Mutex<InboundProducer>,
+    producer: &Mutex<Publisher>,
     user: UserId,
     body: &[u8],
 ) -> Result<Value, ApiError> {
@@ -941,7 +941,7 @@ fn market_status(status: StatusField) -> MarketStatus {
 
 async fn admin(
     state: &AppState,
-    producer: &Mutex<InboundProducer>,
+    producer: &Mutex<Publisher>,
     request: &Incoming2,
 ) -> Result<(StatusCode, Value), ApiError> {
     let body = &request.body;

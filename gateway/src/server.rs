@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use disruptor::Producer;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -17,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, KeyTable};
 use crate::config::{Config, WaitKind};
-use crate::pipeline::{self, Inbound, PipelineConfig, Work};
+use crate::pipeline::{self, PipelineConfig, Work};
 use crate::rest::{self, AppState};
 use crate::views::Views;
 
@@ -118,7 +117,7 @@ pub async fn run(
     });
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let tick_every = Duration::from_millis(config.sync_interval_ms.clamp(1, 100));
-    let ticker = pipeline::start_ticker(pipeline.producer.clone(), tick_every, Arc::clone(&stop_ticker));
+    let ticker = pipeline::start_ticker(pipeline.publisher.clone(), tick_every, Arc::clone(&stop_ticker));
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -128,7 +127,7 @@ pub async fn run(
     on_listening(address);
 
     let graceful = GracefulShutdown::new();
-    let accepting = pipeline.producer.clone();
+    let accepting = pipeline.publisher.clone();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -163,13 +162,13 @@ pub async fn run(
     // The matcher syncs the journal and writes a snapshot, then answers.
     let (id, done) = state.pending.register();
     let mut last = accepting;
-    let published = last.try_publish(|slot| *slot = Inbound { request_id: id, work: Work::Shutdown }).is_ok();
+    let published = last.try_publish(id, Work::Shutdown).is_ok();
     if published {
         let _ = tokio::time::timeout(Duration::from_secs(60), done).await;
     }
     let health = Arc::clone(&state.health);
     drop(state);
-    let producer = pipeline.producer;
+    let producer = pipeline.publisher;
     // Dropping the last producers joins the pipeline's threads: not on a runtime thread.
     let _ = tokio::task::spawn_blocking(move || {
         let _ = ticker.join();

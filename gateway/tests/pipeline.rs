@@ -36,7 +36,7 @@ fn a_full_ring_refuses_at_once_and_recovers() {
             observer: None,
         },
     );
-    let mut producer = pipeline.producer.clone();
+    let mut producer = pipeline.publisher.clone();
 
     // Stall the views consumer: the outbound ring fills, then the matcher
     // waits, then the inbound ring fills.

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use benches::report::{format_rate, latency_histogram, percentiles, rate_per_s};
 use clap::{Parser, ValueEnum};
-use disruptor::Producer;
 use engine_core::{Engine, StampedCommand};
-use gateway::pipeline::{self, Inbound, PipelineConfig, Work};
+use gateway::pipeline::{self, PipelineConfig, Work};
 use gateway::views::Views;
 use hdrhistogram::Histogram;
 use journal::{Durability, JournalConfig, JournalWriter, SegmentRetention};
@@ -182,7 +181,7 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
             observer: Some(observer),
         },
     );
-    let mut producer = started_pipeline.producer;
+    let mut producer = started_pipeline.publisher;
     let interval_ns = 1_000_000_000u64.checked_div(rate).unwrap_or(0);
     let start_ns = epoch.elapsed().as_nanos() as u64 + 1_000_000;
     // The publisher sleeps between bursts and publishes whatever has come
@@ -200,9 +199,8 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
             intended[index].store(sent_ns, Ordering::Relaxed);
             let request_id = index as u64 + 1;
             let command = workload.commands[index];
-            let slot = Inbound { request_id, work: Work::Command(command) };
             // A full ring delays the send; the delay counts in the latency.
-            while producer.try_publish(|s| *s = slot).is_err() {
+            while producer.try_publish(request_id, Work::Command(command)).is_err() {
                 std::thread::yield_now();
             }
             index += 1;
