@@ -40,6 +40,8 @@ pub struct Config {
     /// admin API is disabled.
     pub admin_token: Option<String>,
     pub request_body_max_bytes: usize,
+    /// Open HTTP connections at once; more are closed on arrival.
+    pub connections_max: usize,
     /// How long a request may wait for the matcher's answer.
     pub request_timeout_ms: u64,
     /// The largest `recvWindow` a signed request may ask for.
@@ -97,6 +99,7 @@ impl Default for Config {
             matcher_core: None,
             admin_token: None,
             request_body_max_bytes: 64 * 1024,
+            connections_max: 10_000,
             request_timeout_ms: 5_000,
             recv_window_max_ms: 60_000,
             rate_limit_per_s: 200,
@@ -170,6 +173,7 @@ impl Config {
             "MATCHER_CORE" => self.matcher_core = Some(parse(value)?),
             "ADMIN_TOKEN" => self.admin_token = Some(value.to_string()),
             "REQUEST_BODY_MAX_BYTES" => self.request_body_max_bytes = parse(value)?,
+            "CONNECTIONS_MAX" => self.connections_max = parse(value)?,
             "REQUEST_TIMEOUT_MS" => self.request_timeout_ms = parse(value)?,
             "RECV_WINDOW_MAX_MS" => self.recv_window_max_ms = parse(value)?,
             "RATE_LIMIT_PER_S" => self.rate_limit_per_s = parse(value)?,
@@ -200,6 +204,9 @@ impl Config {
             if token.len() < 16 {
                 return Err(ConfigError("admin_token must have at least 16 characters".into()));
             }
+        }
+        if self.connections_max == 0 {
+            return Err(ConfigError("connections_max must be positive".into()));
         }
         if self.rate_limit_per_s == 0 || self.rate_limit_burst == 0 {
             return Err(ConfigError("rate_limit_per_s and rate_limit_burst must be positive".into()));

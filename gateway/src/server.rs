@@ -127,12 +127,19 @@ pub async fn run(
     on_listening(address);
 
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.connections_max));
     let accepting = pipeline.publisher.clone();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                // A connection over the limit is closed at once: each one
+                // holds memory and a handle on the ring.
+                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let producer = Arc::new(Mutex::new(accepting.clone()));
                 let state = Arc::clone(&state);
@@ -146,6 +153,7 @@ pub async fn run(
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     let _ = connection.await;
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,

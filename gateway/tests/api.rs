@@ -448,3 +448,21 @@ fn the_openapi_description_lists_exactly_the_served_routes() {
     let (status, served) = exchange.get("/openapi.json");
     assert_eq!((status, &served), (200, &description));
 }
+
+#[test]
+fn connections_over_the_limit_are_closed_and_the_server_stays_up() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[("EXCHANGE_CONNECTIONS_MAX", "2")]);
+    // Two idle connections take both places.
+    let held: Vec<std::net::TcpStream> =
+        (0..2).map(|_| std::net::TcpStream::connect(exchange.address).unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut third = std::net::TcpStream::connect(exchange.address).unwrap();
+    third.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut buffer = [0u8; 16];
+    assert_eq!(third.read(&mut buffer).unwrap_or(0), 0, "the third connection is closed without an answer");
+    drop(held);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(exchange.get("/health").0, 200, "places free up when connections close");
+}
