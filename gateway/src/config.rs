@@ -14,6 +14,8 @@ use serde::Deserialize;
 pub struct Config {
     /// Address of the REST API.
     pub listen: SocketAddr,
+    /// Address of the WebSocket streams.
+    pub ws_listen: SocketAddr,
     /// Holds `journal/`, `snapshots/` and `archive/`.
     pub data_dir: PathBuf,
     /// `none`, `batch` or `interval`.
@@ -86,6 +88,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ws_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             data_dir: PathBuf::from("./data"),
             durability: DurabilityKind::Batch,
             sync_interval_ms: 10,
@@ -160,6 +163,7 @@ impl Config {
         }
         match setting {
             "LISTEN" => self.listen = parse(value)?,
+            "WS_LISTEN" => self.ws_listen = parse(value)?,
             "DATA_DIR" => self.data_dir = PathBuf::from(value),
             "DURABILITY" => self.durability = kind(value)?,
             "SYNC_INTERVAL_MS" => self.sync_interval_ms = parse(value)?,

@@ -22,8 +22,8 @@
 //! ```no_run
 //! # async fn example() -> Result<(), gateway::ServerError> {
 //! let config = gateway::Config::load(None, std::env::vars()).expect("configuration");
-//! gateway::run(config, async { let _ = tokio::signal::ctrl_c().await; }, |address| {
-//!     println!("listening on {address}");
+//! gateway::run(config, async { let _ = tokio::signal::ctrl_c().await; }, |addresses| {
+//!     println!("listening on {}", addresses.rest);
 //! })
 //! .await
 //! # }
@@ -38,6 +38,7 @@ pub mod rest;
 mod server;
 pub mod views;
 mod wait;
+pub mod ws;
 
 pub use config::Config;
-pub use server::{run, ServerError};
+pub use server::{run, Addresses, ServerError};

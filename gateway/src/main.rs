@@ -58,9 +58,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    let result = runtime.block_on(gateway::run(config, shutdown_signal(), |address| {
-        // Tests and scripts read the address from this line.
-        println!("listening on {address}");
+    let result = runtime.block_on(gateway::run(config, shutdown_signal(), |addresses| {
+        // Tests and scripts read the addresses from these lines.
+        println!("listening on {}", addresses.rest);
+        println!("websocket on {}", addresses.ws);
         let _ = std::io::stdout().flush();
     }));
     match result {

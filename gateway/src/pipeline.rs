@@ -128,6 +128,8 @@ pub struct PipelineConfig {
     pub journal_dir: PathBuf,
     pub retention: SegmentRetention,
     pub observer: Option<Observer>,
+    /// Where batches of events go for the WebSocket streams.
+    pub hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
 }
 
 type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
@@ -195,6 +197,7 @@ fn start_with<W: WaitStrategy + 'static>(
     let mut follower = Follower {
         views,
         pending: Arc::clone(&pending),
+        hub: config.hub.take(),
         observer: config.observer.take(),
         batch_events: Vec::with_capacity(4096),
         reply_events: Vec::with_capacity(4096),
@@ -255,6 +258,7 @@ type OutboundProducer = SingleProducer<Outbound, SingleConsumerBarrier>;
 struct Follower {
     views: Arc<RwLock<Views>>,
     pending: Arc<Pending>,
+    hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
     observer: Option<Observer>,
     /// Events of the current batch, applied to the views under one lock.
     batch_events: Vec<Event>,
@@ -294,6 +298,13 @@ impl Follower {
                 if let Ok(mut views) = self.views.write() {
                     for event in &self.batch_events {
                         views.apply(event);
+                    }
+                }
+                if let Some((hub, subscribers)) = &self.hub {
+                    if hub.try_send(Arc::from(self.batch_events.as_slice())).is_err() {
+                        // The streams fell behind: every subscriber is cut off
+                        // (and resyncs) rather than this thread waiting.
+                        subscribers.drop_all();
                     }
                 }
                 self.batch_events.clear();

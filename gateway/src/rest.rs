@@ -537,7 +537,7 @@ fn client_order_id(text: &str) -> Result<ClientOrderId, ApiError> {
     ClientOrderId::new(text).map_err(|e| ApiError::invalid("client_order_id", e))
 }
 
-async fn place_order(
+pub(crate) async fn place_order(
     state: &AppState,
     producer: &Mutex<Publisher>,
     user: UserId,
@@ -710,7 +710,7 @@ fn done_order(events: &[Event]) -> Option<OrderId> {
     })
 }
 
-async fn cancel_order(
+pub(crate) async fn cancel_order(
     state: &AppState,
     producer: &Mutex<Publisher>,
     user: UserId,

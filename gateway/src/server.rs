@@ -32,6 +32,13 @@ impl std::fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
+/// Where the server listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    pub rest: SocketAddr,
+    pub ws: SocketAddr,
+}
+
 /// How long open connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,7 +47,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(Addresses),
 ) -> Result<(), ServerError> {
     let started = Instant::now();
     let data = DataDir::new(&config.data_dir);
@@ -84,6 +91,9 @@ pub async fn run(
     )));
     let keys = KeyTable::from_engine(&engine);
     let data = DataDir::new(&config.data_dir);
+    let subscribers = Arc::new(crate::ws::Subscribers::default());
+    let (hub_sender, hub_receiver) = tokio::sync::mpsc::channel(crate::ws::HUB_QUEUE_MAX);
+    let hub = tokio::spawn(crate::ws::run_hub(Arc::clone(&views), Arc::clone(&subscribers), hub_receiver));
     let pipeline = pipeline::start(
         engine,
         writer,
@@ -99,6 +109,7 @@ pub async fn run(
             journal_dir: data.journal(),
             retention: config.retention(),
             observer: None,
+            hub: Some((hub_sender, Arc::clone(&subscribers))),
         },
     );
     let state = Arc::new(AppState {
@@ -123,8 +134,21 @@ pub async fn run(
         .await
         .map_err(|e| ServerError(format!("cannot listen on {}: {e}", config.listen)))?;
     let address = listener.local_addr().map_err(|e| ServerError(e.to_string()))?;
-    eprintln!("listening on http://{address} (ready after {:.3} s)", started.elapsed().as_secs_f64());
-    on_listening(address);
+    let ws_listener = crate::ws::bind(config.ws_listen)
+        .await
+        .map_err(|e| ServerError(format!("cannot listen on {}: {e}", config.ws_listen)))?;
+    let ws_address = ws_listener.local_addr().map_err(|e| ServerError(e.to_string()))?;
+    let ws_server = tokio::spawn(crate::ws::serve(
+        ws_listener,
+        Arc::clone(&state),
+        Arc::clone(&subscribers),
+        pipeline.publisher.clone(),
+    ));
+    eprintln!(
+        "listening on http://{address} and ws://{ws_address} (ready after {:.3} s)",
+        started.elapsed().as_secs_f64()
+    );
+    on_listening(Addresses { rest: address, ws: ws_address });
 
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(config.connections_max));
@@ -162,6 +186,9 @@ pub async fn run(
 
     eprintln!("shutting down: no new connections; draining");
     drop(listener);
+    ws_server.abort();
+    let _ = ws_server.await;
+    subscribers.drop_all();
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_ok();
     if !drained {
         eprintln!("shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them");
@@ -184,6 +211,7 @@ pub async fn run(
         drop(producer);
     })
     .await;
+    hub.abort();
     if health.journal_failed.load(Ordering::Relaxed) {
         return Err(ServerError("stopped after a journal failure; the last snapshot was not written".into()));
     }

@@ -34,6 +34,7 @@ fn a_full_ring_refuses_at_once_and_recovers() {
             journal_dir,
             retention: SegmentRetention::Keep,
             observer: None,
+            hub: None,
         },
     );
     let mut producer = pipeline.publisher.clone();

@@ -20,6 +20,7 @@ fn the_demo_seed_creates_markets_users_keys_and_deposits() {
     let env = vec![
         ("EXCHANGE_DATA_DIR".to_string(), dir.path().display().to_string()),
         ("EXCHANGE_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("EXCHANGE_WS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("EXCHANGE_ADMIN_TOKEN".to_string(), token.to_string()),
     ];
     let config = gateway::Config::load(None, env).unwrap();
@@ -34,7 +35,7 @@ fn the_demo_seed_creates_markets_users_keys_and_deposits() {
                 let _ = stop_receiver.await;
             },
             move |address| {
-                address_sender.send(address).unwrap();
+                address_sender.send(address.rest).unwrap();
             },
         ))
     });

@@ -66,6 +66,7 @@ fn main() -> std::process::ExitCode {
     let env = vec![
         ("EXCHANGE_DATA_DIR".to_string(), data.display().to_string()),
         ("EXCHANGE_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("EXCHANGE_WS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("EXCHANGE_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
         ("EXCHANGE_DURABILITY".to_string(), args.durability.clone()),
         ("EXCHANGE_RATE_LIMIT_PER_S".to_string(), "1000000".to_string()),
@@ -87,7 +88,7 @@ fn main() -> std::process::ExitCode {
                 let _ = stop_receiver.await;
             },
             move |address| {
-                let _ = address_sender.send(address);
+                let _ = address_sender.send(address.rest);
             },
         )
         .await;

@@ -179,6 +179,7 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
             journal_dir,
             retention: SegmentRetention::Keep,
             observer: Some(observer),
+            hub: None,
         },
     );
     let mut producer = started_pipeline.publisher;

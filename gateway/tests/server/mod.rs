@@ -16,6 +16,7 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub struct Exchange {
     child: Child,
     pub address: SocketAddr,
+    pub ws_address: SocketAddr,
     pub data_dir: PathBuf,
     extra_env: Vec<(String, String)>,
     pub stderr_path: PathBuf,
@@ -44,6 +45,7 @@ impl Exchange {
         let mut child = Command::new(env!("CARGO_BIN_EXE_exchange"))
             .env("EXCHANGE_DATA_DIR", data_dir)
             .env("EXCHANGE_LISTEN", "127.0.0.1:0")
+            .env("EXCHANGE_WS_LISTEN", "127.0.0.1:0")
             .env("EXCHANGE_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(extra_env.iter().cloned())
             .stdout(Stdio::piped())
@@ -51,8 +53,16 @@ impl Exchange {
             .spawn()
             .expect("the exchange binary starts");
         let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        stdout.read_line(&mut line).unwrap();
+        let mut ws_line = String::new();
+        stdout.read_line(&mut ws_line).unwrap();
+        let ws_address = ws_line
+            .trim()
+            .strip_prefix("websocket on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected second line {ws_line:?}"));
         let address = line
             .trim()
             .strip_prefix("listening on ")
@@ -67,6 +77,7 @@ impl Exchange {
         Exchange {
             child,
             address,
+            ws_address,
             data_dir: data_dir.to_path_buf(),
             extra_env,
             stderr_path,
