@@ -653,3 +653,33 @@ fn not_logged_in() -> ApiError {
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_whose_queue_is_full_is_dropped_and_the_others_keep_receiving() {
+        let subscribers = Subscribers::default();
+        let (slow_queue, _slow_never_reads) = mpsc::channel(2);
+        let (fast_queue, mut fast) = mpsc::channel(1_000);
+        let slow = subscribers.register(slow_queue);
+        let fast_id = subscribers.register(fast_queue);
+        for connection in subscribers.connections.lock().unwrap().values_mut() {
+            connection.channels.insert(Channel::Trades(MarketId(0)));
+        }
+        let message: Arc<str> = Arc::from("{}");
+        for _ in 0..10 {
+            subscribers.send(&message, |c| c.channels.contains(&Channel::Trades(MarketId(0))));
+        }
+        let connections = subscribers.connections.lock().unwrap();
+        assert!(!connections.contains_key(&slow), "the slow connection is cut off");
+        assert!(connections.contains_key(&fast_id));
+        drop(connections);
+        let mut received = 0;
+        while fast.try_recv().is_ok() {
+            received += 1;
+        }
+        assert_eq!(received, 10, "the fast connection got every message");
+    }
+}

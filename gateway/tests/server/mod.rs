@@ -20,9 +20,7 @@ pub struct Exchange {
     pub data_dir: PathBuf,
     extra_env: Vec<(String, String)>,
     pub stderr_path: PathBuf,
-    /// The last timestamp signed: each request gets a later one, so that no
-    /// two requests are identical (the server refuses replays).
-    last_timestamp_ms: std::cell::Cell<u128>,
+    pub client: Client,
 }
 
 /// An API key and its secret, as the admin API returns them.
@@ -81,7 +79,7 @@ impl Exchange {
             data_dir: data_dir.to_path_buf(),
             extra_env,
             stderr_path,
-            last_timestamp_ms: std::cell::Cell::new(0),
+            client: Client::new(address),
         }
     }
 
@@ -110,6 +108,55 @@ impl Exchange {
             assert!(Instant::now() < deadline, "the exchange did not stop after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// BTC (8 decimals), USDT (6), ETH (8); BTC-USDT and ETH-USDT; `users`
+    /// users, each with a key, 10 BTC, 100 ETH and 1,000,000 USDT.
+    pub fn demo(&self, users: usize) -> Vec<Key> {
+        for (symbol, decimals) in [("BTC", 8), ("USDT", 6), ("ETH", 8)] {
+            self.admin_ok("POST", "/admin/assets", json!({ "symbol": symbol, "decimals": decimals }));
+        }
+        for base in ["BTC", "ETH"] {
+            self.admin_ok(
+                "POST",
+                "/admin/markets",
+                json!({
+                    "base": base, "quote": "USDT", "tick_size": "0.01", "lot_size": "0.0001",
+                    "min_quantity": "0.0001", "min_notional": "1", "maker_fee": "0.001", "taker_fee": "0.002"
+                }),
+            );
+        }
+        (0..users)
+            .map(|_| {
+                let user = self.admin_ok("POST", "/admin/users", json!({}))["user_id"].as_u64().unwrap();
+                let key = self.admin_ok("POST", "/admin/api_keys", json!({ "user_id": user }));
+                for (asset, amount) in [("BTC", "10"), ("ETH", "100"), ("USDT", "1000000")] {
+                    self.admin_ok(
+                        "POST",
+                        "/admin/deposit",
+                        json!({ "user_id": user, "asset": asset, "amount": amount }),
+                    );
+                }
+                Key {
+                    user_id: user,
+                    api_key: key["api_key"].as_str().unwrap().to_string(),
+                    secret: key["secret"].as_str().unwrap().to_string(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Talks HTTP to the exchange; can be moved to another thread.
+pub struct Client {
+    pub address: SocketAddr,
+    /// Signed requests sent so far.
+    requests: std::cell::Cell<u64>,
+}
+
+impl Client {
+    pub fn new(address: SocketAddr) -> Client {
+        Client { address, requests: std::cell::Cell::new(0) }
     }
 
     /// One HTTP/1.1 request on a fresh connection; returns status, headers and JSON body.
@@ -166,13 +213,15 @@ impl Exchange {
         query: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
-        let timestamp = now.max(self.last_timestamp_ms.get() + 1);
-        self.last_timestamp_ms.set(timestamp);
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+        // A request number makes every request distinct, so that two alike
+        // in one millisecond are not taken for a replay.
+        let nonce = self.requests.get() + 1;
+        self.requests.set(nonce);
         let query = if query.is_empty() {
-            format!("timestamp={timestamp}")
+            format!("nonce={nonce}&timestamp={timestamp}")
         } else {
-            format!("{query}&timestamp={timestamp}")
+            format!("{query}&nonce={nonce}&timestamp={timestamp}")
         };
         self.signed_raw(key, method, path, &query, body)
     }
@@ -194,44 +243,15 @@ impl Exchange {
         (status, value)
     }
 
-    /// BTC (8 decimals), USDT (6), ETH (8); BTC-USDT and ETH-USDT; `users`
-    /// users, each with a key, 10 BTC, 100 ETH and 1,000,000 USDT.
-    pub fn demo(&self, users: usize) -> Vec<Key> {
-        for (symbol, decimals) in [("BTC", 8), ("USDT", 6), ("ETH", 8)] {
-            self.admin_ok("POST", "/admin/assets", json!({ "symbol": symbol, "decimals": decimals }));
-        }
-        for base in ["BTC", "ETH"] {
-            self.admin_ok(
-                "POST",
-                "/admin/markets",
-                json!({
-                    "base": base, "quote": "USDT", "tick_size": "0.01", "lot_size": "0.0001",
-                    "min_quantity": "0.0001", "min_notional": "1", "maker_fee": "0.001", "taker_fee": "0.002"
-                }),
-            );
-        }
-        (0..users)
-            .map(|_| {
-                let user = self.admin_ok("POST", "/admin/users", json!({}))["user_id"].as_u64().unwrap();
-                let key = self.admin_ok("POST", "/admin/api_keys", json!({ "user_id": user }));
-                for (asset, amount) in [("BTC", "10"), ("ETH", "100"), ("USDT", "1000000")] {
-                    self.admin_ok(
-                        "POST",
-                        "/admin/deposit",
-                        json!({ "user_id": user, "asset": asset, "amount": amount }),
-                    );
-                }
-                Key {
-                    user_id: user,
-                    api_key: key["api_key"].as_str().unwrap().to_string(),
-                    secret: key["secret"].as_str().unwrap().to_string(),
-                }
-            })
-            .collect()
-    }
-
     pub fn place(&self, key: &Key, order: Value) -> (u16, Value) {
         self.signed(key, "POST", "/order", "", Some(order))
+    }
+}
+
+impl std::ops::Deref for Exchange {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 

@@ -1,0 +1,327 @@
+//! The WebSocket streams against the real `exchange` binary, with a real
+//! WebSocket client.
+
+mod server;
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use server::{Exchange, Key};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn connect(exchange: &Exchange) -> Socket {
+    let (socket, _) =
+        tungstenite::connect(format!("ws://{}/", exchange.ws_address)).expect("websocket connects");
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    socket
+}
+
+fn send(socket: &mut Socket, value: Value) {
+    socket.send(Message::text(value.to_string())).unwrap();
+}
+
+/// The next text message as JSON (pings are answered by the client library).
+fn next(socket: &mut Socket) -> Value {
+    loop {
+        match socket.read().expect("a message") {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// The answer to request `id`, skipping stream messages (which are kept).
+fn answer(socket: &mut Socket, id: u64, streams: &mut Vec<Value>) -> Value {
+    loop {
+        let message = next(socket);
+        if message["id"] == id {
+            return message;
+        }
+        streams.push(message);
+    }
+}
+
+fn limit(market: &str, side: &str, price: &str, quantity: &str) -> Value {
+    json!({ "market": market, "side": side, "type": "limit", "price": price, "quantity": quantity })
+}
+
+fn login(socket: &mut Socket, key: &Key, id: u64) -> Value {
+    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let signed = format!("apiKey={}&timestamp={timestamp}", key.api_key);
+    let signature = gateway::auth::sign(&key.secret, &signed, b"");
+    send(
+        socket,
+        json!({ "method": "LOGIN", "params": { "apiKey": key.api_key, "timestamp": timestamp, "signature": signature }, "id": id }),
+    );
+    answer(socket, id, &mut Vec::new())
+}
+
+#[test]
+fn subscribe_list_unsubscribe_and_request_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    exchange.demo(1);
+    let mut socket = connect(&exchange);
+    send(
+        &mut socket,
+        json!({ "method": "SUBSCRIBE", "params": ["BTC-USDT@depth", "BTC-USDT@trade", "ETH-USDT@bookTicker"], "id": 1 }),
+    );
+    assert_eq!(answer(&mut socket, 1, &mut Vec::new()), json!({ "id": 1, "status": 200, "result": null }));
+    send(&mut socket, json!({ "method": "LIST_SUBSCRIPTIONS", "id": 2 }));
+    let listed = answer(&mut socket, 2, &mut Vec::new());
+    assert_eq!(listed["result"], json!(["BTC-USDT@depth", "BTC-USDT@trade", "ETH-USDT@bookTicker"]));
+    send(&mut socket, json!({ "method": "UNSUBSCRIBE", "params": ["BTC-USDT@trade"], "id": 3 }));
+    answer(&mut socket, 3, &mut Vec::new());
+    send(&mut socket, json!({ "method": "LIST_SUBSCRIPTIONS", "id": 4 }));
+    assert_eq!(
+        answer(&mut socket, 4, &mut Vec::new())["result"],
+        json!(["BTC-USDT@depth", "ETH-USDT@bookTicker"])
+    );
+
+    send(&mut socket, json!({ "method": "SUBSCRIBE", "params": ["DOGE-USDT@depth"], "id": 5 }));
+    let error = answer(&mut socket, 5, &mut Vec::new());
+    assert_eq!(
+        (error["status"].as_u64(), error["error"]["code"].as_str()),
+        (Some(404), Some("unknown_market"))
+    );
+    send(&mut socket, json!({ "method": "SUBSCRIBE", "params": ["BTC-USDT@kline"], "id": 6 }));
+    assert_eq!(answer(&mut socket, 6, &mut Vec::new())["status"], 400);
+    send(&mut socket, json!({ "method": "FLY", "id": 7 }));
+    assert_eq!(answer(&mut socket, 7, &mut Vec::new())["error"]["code"], "unknown_method");
+    send(&mut socket, json!({ "method": "order.place", "params": {}, "id": 8 }));
+    assert_eq!(answer(&mut socket, 8, &mut Vec::new())["error"]["code"], "login_required");
+    socket.send(Message::text("{not json")).unwrap();
+    let error = next(&mut socket);
+    assert_eq!((error["id"].clone(), error["error"]["code"].as_str()), (Value::Null, Some("invalid_json")));
+    let too_many: Vec<String> = (0..60).map(|_| "BTC-USDT@depth20".to_string()).collect();
+    send(&mut socket, json!({ "method": "SUBSCRIBE", "params": too_many, "id": 9 }));
+    assert_eq!(
+        answer(&mut socket, 9, &mut Vec::new())["status"],
+        200,
+        "the same stream twice is one subscription"
+    );
+
+    // An oversized message closes the connection with 1009; the server stays up.
+    socket.send(Message::text("x".repeat(100_000))).unwrap();
+    let closed = loop {
+        match socket.read() {
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    assert!(closed.is_none() || closed == Some(1009), "{closed:?}");
+    let mut again = connect(&exchange);
+    send(&mut again, json!({ "method": "LIST_SUBSCRIPTIONS", "id": 1 }));
+    assert_eq!(answer(&mut again, 1, &mut Vec::new())["result"], json!([]));
+}
+
+#[test]
+fn a_local_book_from_depth_diffs_matches_the_rest_book_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(
+        dir.path(),
+        &[
+            ("EXCHANGE_DURABILITY", "none"),
+            ("EXCHANGE_RATE_LIMIT_PER_S", "100000"),
+            ("EXCHANGE_RATE_LIMIT_BURST", "100000"),
+        ],
+    );
+    let keys = exchange.demo(2);
+    let mut socket = connect(&exchange);
+    send(
+        &mut socket,
+        json!({ "method": "SUBSCRIBE", "params": ["BTC-USDT@depth", "BTC-USDT@trade"], "id": 1 }),
+    );
+    let mut buffered = Vec::new();
+    answer(&mut socket, 1, &mut buffered);
+
+    // Orders flow from another thread while the client syncs.
+    let address = exchange.address;
+    let placed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flow = {
+        let exchange_keys = keys.clone();
+        let placed = std::sync::Arc::clone(&placed);
+        std::thread::spawn(move || {
+            let client = server::Client::new(address);
+            for i in 0..2_000u64 {
+                let key = &exchange_keys[(i % 2) as usize];
+                let side = if i % 3 == 0 { "sell" } else { "buy" };
+                let price = format!("{}", 50_000 + (i * 7919) % 40);
+                let (status, body) = client.place(key, limit("BTC-USDT", side, &price, "0.01"));
+                assert_eq!(status, 200, "{body}");
+                placed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    // Take the snapshot mid-flow.
+    while placed.load(std::sync::atomic::Ordering::SeqCst) < 1_000 && !flow.is_finished() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (_, snapshot) = exchange.get("/depth?market=BTC-USDT&limit=1000");
+    let snapshot_seq = snapshot["seq"].as_u64().unwrap();
+    let mut book: BTreeMap<(bool, String), String> = BTreeMap::new();
+    for (bids, side) in [(true, "bids"), (false, "asks")] {
+        for level in snapshot[side].as_array().unwrap() {
+            book.insert(
+                (bids, level[0].as_str().unwrap().to_string()),
+                level[1].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    flow.join().unwrap();
+    let final_seq = exchange.get("/health").1["seq"].as_u64().unwrap();
+
+    // Apply buffered and new diffs after the snapshot, checking the chain.
+    let mut last_u: Option<u64> = None;
+    let mut trades = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pending = buffered.into_iter();
+    loop {
+        let message = match pending.next() {
+            Some(message) => message,
+            None => next(&mut socket),
+        };
+        if message["stream"] == "BTC-USDT@trade" {
+            trades.push(message["data"]["t"].as_u64().unwrap());
+            continue;
+        }
+        if message["stream"] != "BTC-USDT@depth" {
+            continue;
+        }
+        let data = &message["data"];
+        let (first, last, previous) =
+            (data["U"].as_u64().unwrap(), data["u"].as_u64().unwrap(), data["pu"].as_u64().unwrap());
+        assert!(first <= last);
+        if last <= snapshot_seq {
+            // Already in the snapshot.
+            if last >= final_seq {
+                break;
+            }
+            continue;
+        }
+        match last_u {
+            None => assert!(
+                first > snapshot_seq && previous <= snapshot_seq,
+                "first diff after the snapshot: {data}"
+            ),
+            Some(u) => assert_eq!(previous, u, "a gap in the depth stream"),
+        }
+        last_u = Some(last);
+        for (bids, side) in [(true, "b"), (false, "a")] {
+            for level in data[side].as_array().unwrap() {
+                let key = (bids, level[0].as_str().unwrap().to_string());
+                let qty = level[1].as_str().unwrap().to_string();
+                if qty == "0" {
+                    book.remove(&key);
+                } else {
+                    book.insert(key, qty);
+                }
+            }
+        }
+        if last >= final_seq || Instant::now() > deadline {
+            break;
+        }
+    }
+    let (_, depth) = exchange.get("/depth?market=BTC-USDT&limit=1000");
+    let mut expected: BTreeMap<(bool, String), String> = BTreeMap::new();
+    for (bids, side) in [(true, "bids"), (false, "asks")] {
+        for level in depth[side].as_array().unwrap() {
+            expected.insert(
+                (bids, level[0].as_str().unwrap().to_string()),
+                level[1].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    assert!(last_u.is_some(), "diffs after the snapshot were applied");
+    assert_eq!(book, expected, "the book rebuilt from the stream equals GET /depth");
+    assert!(!expected.is_empty());
+
+    // Every trade REST reports after the subscription appears once, in order
+    // (a batch's trades may follow its depth diff: read until they are in).
+    let (_, history) = exchange.get("/trade/history?market=BTC-USDT&limit=1000");
+    let mut rest_ids: Vec<u64> =
+        history["trades"].as_array().unwrap().iter().map(|t| t["trade_id"].as_u64().unwrap()).collect();
+    rest_ids.reverse();
+    while trades.len() < rest_ids.len() && Instant::now() < deadline {
+        let message = next(&mut socket);
+        if message["stream"] == "BTC-USDT@trade" {
+            trades.push(message["data"]["t"].as_u64().unwrap());
+        }
+    }
+    assert!(!rest_ids.is_empty());
+    assert_eq!(trades, rest_ids, "trade stream: complete, once each, in order");
+}
+
+#[test]
+fn private_streams_are_isolated_and_orders_work_over_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(2);
+    let (alice, bob) = (&keys[0], &keys[1]);
+    let mut alice_socket = connect(&exchange);
+    let mut bob_socket = connect(&exchange);
+    assert_eq!(login(&mut alice_socket, alice, 1)["result"]["user_id"], alice.user_id);
+    assert_eq!(login(&mut bob_socket, bob, 1)["result"]["user_id"], bob.user_id);
+    let forged = Key { secret: "f".repeat(64), ..bob.clone() };
+    let mut forger = connect(&exchange);
+    assert_eq!(login(&mut forger, &forged, 1)["error"]["code"], "invalid_signature");
+
+    // Alice places and cancels over the socket: the answers are REST's.
+    let mut order = limit("BTC-USDT", "buy", "40000", "0.01");
+    order["client_order_id"] = json!("ws-1");
+    send(&mut alice_socket, json!({ "method": "order.place", "params": order, "id": 2 }));
+    let mut alice_streams = Vec::new();
+    let placed = answer(&mut alice_socket, 2, &mut alice_streams);
+    assert_eq!(
+        (placed["status"].as_u64(), placed["result"]["status"].as_str()),
+        (Some(200), Some("new")),
+        "{placed}"
+    );
+    assert_eq!(placed["result"]["client_order_id"], "ws-1");
+    send(
+        &mut alice_socket,
+        json!({ "method": "order.cancel", "params": { "client_order_id": "ws-1" }, "id": 3 }),
+    );
+    let cancelled = answer(&mut alice_socket, 3, &mut alice_streams);
+    assert_eq!(cancelled["result"]["status"], "cancelled", "{cancelled}");
+    send(
+        &mut alice_socket,
+        json!({ "method": "order.cancel", "params": { "client_order_id": "ws-1" }, "id": 4 }),
+    );
+    assert_eq!(answer(&mut alice_socket, 4, &mut alice_streams)["status"], 404);
+
+    // A trade between them: each sees its own fill, never the other's order.
+    let (_, ask) = exchange.place(bob, limit("BTC-USDT", "sell", "50000", "0.01"));
+    let bob_order = ask["order_id"].as_u64().unwrap();
+    exchange.place(alice, limit("BTC-USDT", "buy", "50000", "0.01"));
+    send(&mut alice_socket, json!({ "method": "LIST_SUBSCRIPTIONS", "id": 5 }));
+    answer(&mut alice_socket, 5, &mut alice_streams);
+    let mut bob_streams = Vec::new();
+    send(&mut bob_socket, json!({ "method": "LIST_SUBSCRIPTIONS", "id": 5 }));
+    answer(&mut bob_socket, 5, &mut bob_streams);
+
+    let kinds = |streams: &[Value]| {
+        streams.iter().map(|m| m["data"]["e"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>()
+    };
+    assert!(kinds(&alice_streams).contains(&"fill".to_string()), "{alice_streams:?}");
+    assert!(kinds(&alice_streams).contains(&"balance".to_string()));
+    assert!(alice_streams.iter().all(|m| m["stream"] == "user"));
+    assert!(alice_streams.iter().all(|m| m["data"]["order_id"] != bob_order), "alice never sees bob's order");
+    assert!(
+        bob_streams.iter().any(|m| m["data"]["e"] == "fill" && m["data"]["maker"] == true),
+        "{bob_streams:?}"
+    );
+    assert!(
+        bob_streams.iter().all(|m| m["data"]["client_order_id"] != "ws-1"),
+        "bob never sees alice's orders"
+    );
+}
