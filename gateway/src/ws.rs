@@ -197,7 +197,7 @@ fn publish_batch(
                     market,
                     json!({
                         "e": "trade", "s": view.name, "t": trade.0, "E": event.seq,
-                        "p": scale.price(price), "q": scale.qty(qty), "T": timestamp_ns / 1_000_000,
+                        "p": scale.price(price), "q": scale.qty(qty), "T": timestamp_ns / 1_000_000, "T_ns": timestamp_ns,
                         "m": taker_side == Side::Sell,
                     }),
                 ));
