@@ -16,6 +16,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address of the WebSocket streams.
     pub ws_listen: SocketAddr,
+    /// Messages queued for one WebSocket connection; a client further
+    /// behind is disconnected.
+    pub ws_queue_max: usize,
     /// Holds `journal/`, `snapshots/` and `archive/`.
     pub data_dir: PathBuf,
     /// `none`, `batch` or `interval`.
@@ -89,6 +92,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ws_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            ws_queue_max: crate::ws::CONNECTION_QUEUE_MAX_DEFAULT,
             data_dir: PathBuf::from("./data"),
             durability: DurabilityKind::Batch,
             sync_interval_ms: 10,
@@ -164,6 +168,7 @@ impl Config {
         match setting {
             "LISTEN" => self.listen = parse(value)?,
             "WS_LISTEN" => self.ws_listen = parse(value)?,
+            "WS_QUEUE_MAX" => self.ws_queue_max = parse(value)?,
             "DATA_DIR" => self.data_dir = PathBuf::from(value),
             "DURABILITY" => self.durability = kind(value)?,
             "SYNC_INTERVAL_MS" => self.sync_interval_ms = parse(value)?,

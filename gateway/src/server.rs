@@ -143,6 +143,7 @@ pub async fn run(
         Arc::clone(&state),
         Arc::clone(&subscribers),
         pipeline.publisher.clone(),
+        config.ws_queue_max,
     ));
     eprintln!(
         "listening on http://{address} and ws://{ws_address} (ready after {:.3} s)",

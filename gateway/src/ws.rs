@@ -38,8 +38,9 @@ use crate::pipeline::Publisher;
 use crate::rest::{self, AppState};
 use crate::views::Views;
 
-/// Messages queued for one connection before it counts as too slow.
-pub const CONNECTION_QUEUE_MAX: usize = 4_096;
+/// Messages queued for one connection before it counts as too slow (the
+/// default of `ws_queue_max`).
+pub const CONNECTION_QUEUE_MAX_DEFAULT: usize = 4_096;
 /// Subscriptions one connection may hold.
 pub const SUBSCRIPTIONS_MAX: usize = 50;
 /// The largest message a client may send.
@@ -347,10 +348,12 @@ pub async fn serve(
     state: Arc<AppState>,
     subscribers: Arc<Subscribers>,
     publisher: Publisher,
+    queue_max: usize,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
+        limit_send_buffer(&stream);
         let state = Arc::clone(&state);
         let subscribers = Arc::clone(&subscribers);
         let publisher = publisher.clone();
@@ -359,7 +362,15 @@ pub async fn serve(
                 let state = Arc::clone(&state);
                 let subscribers = Arc::clone(&subscribers);
                 let publisher = publisher.clone();
-                async move { Ok::<_, std::convert::Infallible>(accept(request, state, subscribers, publisher)) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(accept(
+                        request,
+                        state,
+                        subscribers,
+                        publisher,
+                        queue_max,
+                    ))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -374,6 +385,7 @@ fn accept(
     state: Arc<AppState>,
     subscribers: Arc<Subscribers>,
     publisher: Publisher,
+    queue_max: usize,
 ) -> Response<Empty<Bytes>> {
     if !upgrade::is_upgrade_request(&request) {
         let mut response = Response::new(Empty::new());
@@ -387,7 +399,7 @@ fn accept(
                     socket.set_auto_pong(false);
                     socket.set_auto_close(false);
                     socket.set_max_message_size(CLIENT_MESSAGE_MAX_BYTES);
-                    run_connection(socket, state, subscribers, publisher).await;
+                    run_connection(socket, state, subscribers, publisher, queue_max).await;
                 }
             });
             response
@@ -405,9 +417,10 @@ async fn run_connection(
     state: Arc<AppState>,
     subscribers: Arc<Subscribers>,
     publisher: Publisher,
+    queue_max: usize,
 ) {
     let (mut reader, mut writer) = socket.split(tokio::io::split);
-    let (queue, mut outgoing) = mpsc::channel::<Outgoing>(CONNECTION_QUEUE_MAX);
+    let (queue, mut outgoing) = mpsc::channel::<Outgoing>(queue_max.max(1));
     let id = subscribers.register(queue.clone());
     let writer_task = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -647,6 +660,29 @@ fn internal() -> ApiError {
 
 fn not_logged_in() -> ApiError {
     ApiError::unauthorized("login_required", "send a LOGIN message first")
+}
+
+/// The kernel's send buffer per WebSocket connection. Left to autotuning
+/// it grows to megabytes per idle client, which hides a slow client for
+/// long and costs memory per connection; the queue above it is the buffer.
+const SOCKET_SEND_BUFFER_BYTES: i32 = 256 * 1024;
+
+fn limit_send_buffer(stream: &tokio::net::TcpStream) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let size = SOCKET_SEND_BUFFER_BYTES;
+        // Safety: a valid socket and a pointer to a live i32 of the stated size.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                &size as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            );
+        }
+    }
 }
 
 /// Binds the WebSocket listener.

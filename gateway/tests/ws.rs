@@ -325,3 +325,90 @@ fn private_streams_are_isolated_and_orders_work_over_the_socket() {
         "bob never sees alice's orders"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_while_a_fast_one_gets_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(
+        dir.path(),
+        &[
+            ("EXCHANGE_DURABILITY", "none"),
+            ("EXCHANGE_WS_QUEUE_MAX", "16"),
+            ("EXCHANGE_RATE_LIMIT_PER_S", "100000"),
+            ("EXCHANGE_RATE_LIMIT_BURST", "100000"),
+        ],
+    );
+    let keys = exchange.demo(2);
+    let streams = json!(["BTC-USDT@depth", "BTC-USDT@trade", "BTC-USDT@bookTicker"]);
+    // A small receive buffer, as a client on a slow link would have.
+    let stream = TcpStream::connect(exchange.ws_address).unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        let size: i32 = 16 * 1024;
+        // Safety: a valid socket and a pointer to a live i32.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &size as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            );
+        }
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut slow, _) =
+        tungstenite::client(format!("ws://{}/", exchange.ws_address), MaybeTlsStream::Plain(stream)).unwrap();
+    send(&mut slow, json!({ "method": "SUBSCRIBE", "params": streams, "id": 1 }));
+    answer(&mut slow, 1, &mut Vec::new());
+    let mut fast = connect(&exchange);
+    send(&mut fast, json!({ "method": "SUBSCRIBE", "params": streams, "id": 1 }));
+    answer(&mut fast, 1, &mut Vec::new());
+
+    // The fast client reads on its own thread, counting trades.
+    const TRADES: u64 = 4_000;
+    let reader = std::thread::spawn(move || {
+        let mut trades = 0;
+        while trades < TRADES {
+            let message = next(&mut fast);
+            if message["stream"] == "BTC-USDT@trade" {
+                trades += 1;
+            }
+        }
+        trades
+    });
+    // The slow one never reads while the orders flow: its kernel buffers
+    // fill, then its queue of 16, and the server cuts it off.
+    let client = server::Client::new(exchange.address);
+    for n in 0..TRADES {
+        let order = |side: &str| json!({ "market": "BTC-USDT", "side": side, "type": "limit", "price": "50000", "quantity": "0.0001", "client_order_id": format!("{side}{n}") });
+        assert_eq!(client.place(&keys[0], order("sell")).0, 200);
+        assert_eq!(client.place(&keys[1], order("buy")).0, 200);
+    }
+    assert_eq!(reader.join().unwrap(), TRADES, "the fast client received every trade");
+
+    // Reading now, the slow client finds what its buffers held, then the close.
+    let mut closed_code = None;
+    let mut trades_seen = 0;
+    loop {
+        match slow.read() {
+            Ok(Message::Text(text)) => {
+                if text.contains("@trade") {
+                    trades_seen += 1;
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                closed_code = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(trades_seen < TRADES, "the slow client was cut off before the end ({trades_seen} trades)");
+    if let Some((code, reason)) = closed_code {
+        assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
+    }
+    // The exchange is unaffected.
+    assert_eq!(exchange.get("/health").1["status"], "ok");
+}
