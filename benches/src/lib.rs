@@ -18,4 +18,5 @@
 //! cargo run --release -p benches --bin matcher -- --from single.workload
 //! ```
 
+pub mod local_exchange;
 pub mod report;

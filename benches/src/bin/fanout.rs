@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use benches::local_exchange::LocalExchange;
 use benches::report::{format_rate, latency_histogram, percentiles};
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -33,44 +34,21 @@ struct Args {
     rate: u64,
 }
 
-const ADMIN_TOKEN: &str = "fanout-admin-token-0123456789";
-
 fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let data = std::env::temp_dir().join(format!("exchange-fanout-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let env = vec![
-        ("EXCHANGE_DATA_DIR".to_string(), data.display().to_string()),
-        ("EXCHANGE_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-        ("EXCHANGE_WS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-        ("EXCHANGE_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
-        ("EXCHANGE_DURABILITY".to_string(), "none".to_string()),
-        ("EXCHANGE_RATE_LIMIT_PER_S".to_string(), "1000000".to_string()),
-        ("EXCHANGE_RATE_LIMIT_BURST".to_string(), "1000000".to_string()),
-    ];
-    let Ok(config) = gateway::Config::load(None, env) else { return ExitCode::FAILURE };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let (address_sender, address_receiver) = mpsc::channel();
-    let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
-    runtime.spawn(async move {
-        let _ = gateway::run(
-            config,
-            async {
-                let _ = stop_receiver.await;
-            },
-            move |addresses| {
-                let _ = address_sender.send(addresses);
-            },
-        )
-        .await;
-    });
-    let Ok(addresses) = address_receiver.recv() else { return ExitCode::FAILURE };
-    let keys = match seed(addresses.rest) {
+    let exchange = match LocalExchange::start("fanout", &[("EXCHANGE_DURABILITY", "none")]) {
+        Ok(exchange) => exchange,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addresses = exchange.addresses;
+    let keys = match seed(addresses.rest, exchange.admin_token) {
         Ok(keys) => keys,
         Err(error) => {
             eprintln!("error: seeding: {error}");
@@ -95,9 +73,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let _ = stop_sender.send(());
-    drop(runtime);
-    let _ = std::fs::remove_dir_all(&data);
+    drop(exchange);
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -235,8 +211,8 @@ fn http(
     Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
-fn seed(address: SocketAddr) -> Result<Vec<(String, String)>, String> {
-    let admin = [("X-Admin-Token", ADMIN_TOKEN)];
+fn seed(address: SocketAddr, admin_token: &str) -> Result<Vec<(String, String)>, String> {
+    let admin = [("X-Admin-Token", admin_token)];
     let call = |path: &str, body: Value| -> Result<Value, String> {
         let (status, value) = http(address, "POST", path, &admin, &body.to_string())?;
         if status != 200 {

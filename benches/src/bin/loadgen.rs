@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use benches::local_exchange::LocalExchange;
 use benches::report::{format_rate, latency_histogram, percentiles};
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -47,8 +48,6 @@ struct Args {
     durability: String,
 }
 
-const ADMIN_TOKEN: &str = "loadgen-admin-token-0123456789";
-
 /// Numbers each run, so that client order ids never repeat across runs.
 static RUN: AtomicU64 = AtomicU64::new(0);
 /// Requests that failed, in any run: the benchmark then exits non-zero.
@@ -56,53 +55,24 @@ static FAILED: AtomicU64 = AtomicU64::new(0);
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let data = std::env::temp_dir().join(format!("exchange-loadgen-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
     // The server: the exchange and the bare handler share one runtime with
     // one worker; the load has its own. The matcher and its consumer have
     // their own threads. Everything shares the machine's cores.
-    let server_runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let env = vec![
-        ("EXCHANGE_DATA_DIR".to_string(), data.display().to_string()),
-        ("EXCHANGE_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-        ("EXCHANGE_WS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-        ("EXCHANGE_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
-        ("EXCHANGE_DURABILITY".to_string(), args.durability.clone()),
-        ("EXCHANGE_RATE_LIMIT_PER_S".to_string(), "1000000".to_string()),
-        ("EXCHANGE_RATE_LIMIT_BURST".to_string(), "1000000".to_string()),
-    ];
-    let config = match gateway::Config::load(None, env) {
-        Ok(config) => config,
+    let local = match LocalExchange::start("loadgen", &[("EXCHANGE_DURABILITY", &args.durability)]) {
+        Ok(local) => local,
         Err(error) => {
             eprintln!("error: {error}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let (address_sender, address_receiver) = std::sync::mpsc::channel();
-    let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
-    server_runtime.spawn(async move {
-        let result = gateway::run(
-            config,
-            async {
-                let _ = stop_receiver.await;
-            },
-            move |address| {
-                let _ = address_sender.send(address.rest);
-            },
-        )
-        .await;
-        if let Err(error) = result {
-            eprintln!("exchange: {error}");
-        }
-    });
-    let Ok(exchange) = address_receiver.recv() else { return std::process::ExitCode::FAILURE };
-    let bare = server_runtime.block_on(async { bare_server().await });
+    let exchange = local.addresses.rest;
+    let admin_token = local.admin_token;
+    let bare = local.runtime().block_on(async { bare_server().await });
 
     let client_runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     client_runtime.block_on(async {
-        let keys = match seed(exchange, args.connections).await {
+        let keys = match seed(exchange, admin_token, args.connections).await {
             Ok(keys) => keys,
             Err(error) => {
                 eprintln!("error: seeding the exchange: {error}");
@@ -133,11 +103,8 @@ fn main() -> std::process::ExitCode {
             );
         }
     });
-    let _ = stop_sender.send(());
     drop(client_runtime);
-    std::thread::sleep(Duration::from_millis(500));
-    drop(server_runtime);
-    let _ = std::fs::remove_dir_all(&data);
+    drop(local);
     if FAILED.load(Ordering::Relaxed) > 0 {
         eprintln!("error: {} requests failed", FAILED.load(Ordering::Relaxed));
         return std::process::ExitCode::FAILURE;
@@ -211,9 +178,9 @@ impl Connection {
     }
 }
 
-async fn seed(exchange: SocketAddr, users: usize) -> Result<Vec<Key>, String> {
+async fn seed(exchange: SocketAddr, admin_token: &str, users: usize) -> Result<Vec<Key>, String> {
     let mut connection = Connection::open(exchange).await?;
-    let admin = [("x-admin-token", ADMIN_TOKEN)];
+    let admin = [("x-admin-token", admin_token)];
     let mut call = async |path: &str, body: serde_json::Value| -> Result<serde_json::Value, String> {
         let (status, bytes) = connection.send("POST", path, &admin, body.to_string()).await?;
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
