@@ -92,6 +92,14 @@ enum JournalCommand {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when the reader of our output
+    // goes away (`exctl journal dump DIR | head`), instead of panicking.
+    #[cfg(unix)]
+    // Safety: restores the default disposition of one signal at start-up,
+    // before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Top::Journal(JournalCommand::Inspect { dir }) => inspect(&dir),

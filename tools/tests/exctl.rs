@@ -157,3 +157,23 @@ fn snapshot_offline_then_replay_starts_from_it() {
     assert!(replayed.contains("replayed 0 commands"), "{replayed}");
     assert!(replayed.contains(&format!("state hash: {hash:016x}")), "{replayed}");
 }
+
+#[test]
+fn a_closed_pipe_ends_the_dump_quietly() {
+    use std::io::{BufRead, BufReader};
+    let root = tempfile::tempdir().unwrap();
+    data_dir(root.path(), 3_000, None);
+    let mut child = Process::new(env!("CARGO_BIN_EXE_exctl"))
+        .args(["journal", "dump", root.path().to_str().unwrap(), "--limit", "100000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.trim_start().starts_with('1'), "{first}");
+    // The reader is gone now; the rest of the dump hits a closed pipe.
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
