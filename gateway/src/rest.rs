@@ -719,7 +719,17 @@ pub(crate) async fn cancel_order(
     let id = param(query, "order_id")?;
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
-    let events = execute(state, producer, Command::CancelOrder { user, order }).await?;
+    change_order(state, producer, user, Command::CancelOrder { user, order }).await
+}
+
+/// Runs a cancel or an amend and answers with the order as it now stands.
+async fn change_order(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    command: Command,
+) -> Result<Value, ApiError> {
+    let events = execute(state, producer, command).await?;
     let views = views(state)?;
     if let Some(error) = rejection(&views, &events) {
         return Err(error);
@@ -774,14 +784,7 @@ async fn amend_order(
         }
         Command::Amend(engine_core::Amend { user, order, new_qty, new_price })
     };
-    let events = execute(state, producer, command).await?;
-    let views = views(state)?;
-    if let Some(error) = rejection(&views, &events) {
-        return Err(error);
-    }
-    let order = done_order(&events)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order"))?;
-    order_answer(&views, user, order)
+    change_order(state, producer, user, command).await
 }
 
 fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
