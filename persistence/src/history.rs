@@ -1,0 +1,307 @@
+//! History queries: trades, a user's orders and candles, read from the
+//! tables the writer keeps. They see what the writer has written (see
+//! [`crate::WriterStatus::lag_seq`] for how far that is behind).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use crate::scale::Amount;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
+
+use crate::rows::TradeRow;
+use crate::tables::StoreError;
+
+/// Reads history over one shared connection, reconnecting when it drops.
+pub struct History {
+    url: String,
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// The last connection failure, so that a down database answers at
+    /// once instead of every request waiting for a connect timeout.
+    down_since: RwLock<Option<std::time::Instant>>,
+}
+
+/// Bounds of a history query. Times are milliseconds since the epoch;
+/// `from_id` starts at that id (inclusive), for paging.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Range {
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    pub from_id: Option<u64>,
+    pub limit: u32,
+}
+
+/// One order as the `orders` table holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderRecord {
+    pub order_id: i64,
+    pub user_id: i32,
+    pub market_id: i32,
+    pub side: String,
+    pub order_type: String,
+    pub time_in_force: Option<String>,
+    pub price: Option<Amount>,
+    pub quantity: Option<Amount>,
+    pub quote_amount: Option<Amount>,
+    pub client_order_id: Option<String>,
+    pub self_trade_prevention: String,
+    pub status: String,
+    pub remaining_quantity: Amount,
+    pub executed_quantity: Amount,
+    pub executed_quote: Amount,
+    pub created_seq: i64,
+    pub created_at: SystemTime,
+    pub updated_seq: i64,
+    pub updated_at: SystemTime,
+    pub closed_at: Option<SystemTime>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candle {
+    pub open_time: SystemTime,
+    pub open: Amount,
+    pub high: Amount,
+    pub low: Amount,
+    pub close: Amount,
+    pub volume: Amount,
+    pub quote_volume: Amount,
+    pub trades: i64,
+}
+
+/// Candle widths served; longer ones are built from one-minute candles.
+pub const CANDLE_INTERVALS: &[(&str, u32)] =
+    &[("1m", 1), ("5m", 5), ("15m", 15), ("30m", 30), ("1h", 60), ("4h", 240), ("1d", 1_440)];
+
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+fn time_ms(ms: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+impl History {
+    pub fn new(url: impl Into<String>) -> History {
+        History { url: url.into(), client: tokio::sync::Mutex::new(None), down_since: RwLock::new(None) }
+    }
+
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(client));
+        }
+        *slot = None;
+        let recently_down = self
+            .down_since
+            .read()
+            .ok()
+            .and_then(|d| *d)
+            .is_some_and(|since| since.elapsed() < RECONNECT_PAUSE);
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(StoreError::Db)?;
+        config.connect_timeout(Duration::from_secs(if recently_down { 1 } else { 5 }));
+        match config.connect(NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                let client = Arc::new(client);
+                *slot = Some(Arc::clone(&client));
+                if let Ok(mut down) = self.down_since.write() {
+                    *down = None;
+                }
+                Ok(client)
+            }
+            Err(error) => {
+                if let Ok(mut down) = self.down_since.write() {
+                    down.get_or_insert_with(std::time::Instant::now);
+                }
+                Err(StoreError::Db(error))
+            }
+        }
+    }
+
+    /// Trades of a market, of a user (as maker or taker), or both, in
+    /// trade id order.
+    pub async fn trades(
+        &self,
+        market: Option<i32>,
+        user: Option<i32>,
+        range: Range,
+    ) -> Result<Vec<TradeRow>, StoreError> {
+        let client = self.client().await?;
+        let mut sql = String::from(
+            "SELECT trade_id, seq, market_id, price, quantity, quote_quantity, taker_side, maker_order_id, \
+             maker_user_id, taker_order_id, taker_user_id, maker_fee, maker_fee_asset_id, taker_fee, \
+             taker_fee_asset_id, executed_at FROM trades WHERE true",
+        );
+        let from = range.from_ms.map(time_ms);
+        let to = range.to_ms.map(time_ms);
+        let from_id = range.from_id.map(|id| i64::try_from(id).unwrap_or(i64::MAX));
+        let limit = i64::from(range.limit);
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(market) = market.as_ref() {
+            params.push(market);
+            sql.push_str(&format!(" AND market_id = ${}", params.len()));
+        }
+        if let Some(user) = user.as_ref() {
+            params.push(user);
+            let n = params.len();
+            sql.push_str(&format!(" AND (maker_user_id = ${n} OR taker_user_id = ${n})"));
+        }
+        if let Some(from) = from.as_ref() {
+            params.push(from);
+            sql.push_str(&format!(" AND executed_at >= ${}", params.len()));
+        }
+        if let Some(to) = to.as_ref() {
+            params.push(to);
+            sql.push_str(&format!(" AND executed_at < ${}", params.len()));
+        }
+        if let Some(from_id) = from_id.as_ref() {
+            params.push(from_id);
+            sql.push_str(&format!(" AND trade_id >= ${}", params.len()));
+        }
+        params.push(&limit);
+        sql.push_str(&format!(" ORDER BY trade_id LIMIT ${}", params.len()));
+        let rows = client.query(sql.as_str(), &params).await?;
+        Ok(rows.iter().map(trade_row).collect::<Result<_, _>>()?)
+    }
+
+    /// A user's orders (open and closed), in order id order.
+    pub async fn orders(
+        &self,
+        user: i32,
+        market: Option<i32>,
+        range: Range,
+    ) -> Result<Vec<OrderRecord>, StoreError> {
+        let client = self.client().await?;
+        let mut sql = String::from(
+            "SELECT order_id, user_id, market_id, side, type, time_in_force, price, quantity, quote_amount, \
+             client_order_id, self_trade_prevention, status, remaining_quantity, executed_quantity, executed_quote, \
+             created_seq, created_at, updated_seq, updated_at, closed_at FROM orders WHERE user_id = $1",
+        );
+        let from = range.from_ms.map(time_ms);
+        let to = range.to_ms.map(time_ms);
+        let from_id = range.from_id.map(|id| i64::try_from(id).unwrap_or(i64::MAX));
+        let limit = i64::from(range.limit);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user];
+        if let Some(market) = market.as_ref() {
+            params.push(market);
+            sql.push_str(&format!(" AND market_id = ${}", params.len()));
+        }
+        if let Some(from) = from.as_ref() {
+            params.push(from);
+            sql.push_str(&format!(" AND created_at >= ${}", params.len()));
+        }
+        if let Some(to) = to.as_ref() {
+            params.push(to);
+            sql.push_str(&format!(" AND created_at < ${}", params.len()));
+        }
+        if let Some(from_id) = from_id.as_ref() {
+            params.push(from_id);
+            sql.push_str(&format!(" AND order_id >= ${}", params.len()));
+        }
+        params.push(&limit);
+        sql.push_str(&format!(" ORDER BY order_id LIMIT ${}", params.len()));
+        let rows = client.query(sql.as_str(), &params).await?;
+        Ok(rows.iter().map(order_record).collect::<Result<_, _>>()?)
+    }
+
+    /// Candles of `minutes` width (one of [`CANDLE_INTERVALS`]) in time
+    /// order. Longer candles are aligned to the epoch (days start at 00:00 UTC).
+    pub async fn candles(&self, market: i32, minutes: u32, range: Range) -> Result<Vec<Candle>, StoreError> {
+        let client = self.client().await?;
+        let from = time_ms(range.from_ms.unwrap_or(0));
+        let to = time_ms(range.to_ms.unwrap_or(u64::MAX / 4_000_000));
+        let limit = i64::from(range.limit);
+        let rows = if minutes == 1 {
+            client
+                .query(
+                    "SELECT open_time, open, high, low, close, volume, quote_volume, trades FROM candles_1m \
+                     WHERE market_id = $1 AND open_time >= $2 AND open_time < $3 ORDER BY open_time LIMIT $4",
+                    &[&market, &from, &to, &limit],
+                )
+                .await?
+        } else {
+            let width = format!("{minutes} minutes");
+            client
+                .query(
+                    "SELECT date_bin($5::text::interval, open_time, TIMESTAMPTZ 'epoch') AS bucket, \
+                     (array_agg(open ORDER BY open_time))[1], max(high), min(low), \
+                     (array_agg(close ORDER BY open_time DESC))[1], sum(volume), sum(quote_volume), \
+                     sum(trades)::bigint FROM candles_1m \
+                     WHERE market_id = $1 AND open_time >= $2 AND open_time < $3 \
+                     GROUP BY bucket ORDER BY bucket LIMIT $4",
+                    &[&market, &from, &to, &limit, &width],
+                )
+                .await?
+        };
+        let candles = rows
+            .iter()
+            .map(|row| {
+                Ok(Candle {
+                    open_time: row.try_get(0)?,
+                    open: row.try_get(1)?,
+                    high: row.try_get(2)?,
+                    low: row.try_get(3)?,
+                    close: row.try_get(4)?,
+                    volume: row.try_get(5)?,
+                    quote_volume: row.try_get(6)?,
+                    trades: row.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<Candle>, tokio_postgres::Error>>()?;
+        Ok(candles)
+    }
+}
+
+fn side(text: &str) -> &'static str {
+    if text == "buy" {
+        "buy"
+    } else {
+        "sell"
+    }
+}
+
+pub fn trade_row(row: &Row) -> Result<TradeRow, tokio_postgres::Error> {
+    Ok(TradeRow {
+        trade_id: row.try_get(0)?,
+        seq: row.try_get(1)?,
+        market_id: row.try_get(2)?,
+        price: row.try_get(3)?,
+        quantity: row.try_get(4)?,
+        quote_quantity: row.try_get(5)?,
+        taker_side: side(row.try_get(6)?),
+        maker_order_id: row.try_get(7)?,
+        maker_user_id: row.try_get(8)?,
+        taker_order_id: row.try_get(9)?,
+        taker_user_id: row.try_get(10)?,
+        maker_fee: row.try_get(11)?,
+        maker_fee_asset_id: row.try_get(12)?,
+        taker_fee: row.try_get(13)?,
+        taker_fee_asset_id: row.try_get(14)?,
+        executed_at: row.try_get(15)?,
+    })
+}
+
+fn order_record(row: &Row) -> Result<OrderRecord, tokio_postgres::Error> {
+    Ok(OrderRecord {
+        order_id: row.try_get(0)?,
+        user_id: row.try_get(1)?,
+        market_id: row.try_get(2)?,
+        side: row.try_get(3)?,
+        order_type: row.try_get(4)?,
+        time_in_force: row.try_get(5)?,
+        price: row.try_get(6)?,
+        quantity: row.try_get(7)?,
+        quote_amount: row.try_get(8)?,
+        client_order_id: row.try_get(9)?,
+        self_trade_prevention: row.try_get(10)?,
+        status: row.try_get(11)?,
+        remaining_quantity: row.try_get(12)?,
+        executed_quantity: row.try_get(13)?,
+        executed_quote: row.try_get(14)?,
+        created_seq: row.try_get(15)?,
+        created_at: row.try_get(16)?,
+        updated_seq: row.try_get(17)?,
+        updated_at: row.try_get(18)?,
+        closed_at: row.try_get(19)?,
+    })
+}

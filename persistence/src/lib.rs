@@ -1,0 +1,36 @@
+//! The exchange's PostgreSQL side: the schema's migrations, the writer that
+//! follows the matcher's events into the tables, and the history queries
+//! the API serves from them.
+//!
+//! # What this crate owns
+//!
+//! * [`migrate`]: the numbered SQL migrations in `migrations/`, applied in
+//!   order and recorded with their checksums (by `refinery`).
+//! * [`Writer`]: a thread that takes batches of events from a [`Feed`] (the
+//!   outbound ring's consumer offers them and never waits), turns them
+//!   into rows ([`RowSet`]) and writes each set in one transaction together
+//!   with its cursor (the last sequence number written). Trades, ledger
+//!   rows and new orders go by binary `COPY`. Whatever the feed dropped,
+//!   or the database never saw before a crash, the writer regenerates from
+//!   the journal (snapshot at or before its cursor plus replay).
+//! * [`History`]: trades, a user's orders and OHLCV candles.
+//! * [`cluster`]: throwaway PostgreSQL databases for tests and benchmarks.
+//!
+//! # What it must never do
+//!
+//! Block the matcher (the feed drops instead, and the journal makes up for
+//! it), write a command's events twice or skip one (the cursor moves in the
+//! same transaction as the rows, and is re-read after every failure), or
+//! store an API secret (events do not carry them).
+
+pub mod cluster;
+mod history;
+mod rows;
+pub mod scale;
+mod tables;
+mod writer;
+
+pub use history::{trade_row, Candle, History, OrderRecord, Range, CANDLE_INTERVALS};
+pub use rows::{done_status, side_name, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp, TradeRow};
+pub use tables::{load, migrate, write, Loaded, StoreError, WriteMode};
+pub use writer::{Feed, Writer, WriterConfig, WriterStatus};

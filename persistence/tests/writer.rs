@@ -1,0 +1,628 @@
+//! The writer against a real PostgreSQL: migrations, a random session
+//! written and compared row by row with the engine's events (live, and
+//! regenerated from the journal), and the database killed mid-stream.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use engine_core::{
+    AssetId, Command, Engine, EngineLimits, Event, EventKind, Lots, MarketId, MarketRules, MarketStatus,
+    NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Symbol, Ticks,
+    TimeInForce, Units, UserId,
+};
+use journal::{DataDir, Durability, JournalConfig, JournalWriter};
+use persistence::cluster::Database;
+use persistence::scale::Amount;
+use persistence::{Batch, Stamp, Writer, WriterConfig};
+use rust_decimal::Decimal;
+use tokio_postgres::{Client, NoTls};
+use workload::Rng;
+
+const USERS: u32 = 6;
+/// (symbol, decimals): BTC and ETH trade against USDT.
+const ASSETS: [(&str, u8); 3] = [("BTC", 8), ("ETH", 18), ("USDT", 6)];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, NoTls).await.expect("connect to the test database");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+fn market_rules() -> [MarketRules; 2] {
+    [
+        // BTC-USDT: lot 0.0001 BTC, tick 0.01 USDT.
+        MarketRules {
+            base: AssetId(0),
+            quote: AssetId(2),
+            base_units_per_lot: 10_000,
+            quote_units_per_tick: 1,
+            min_qty: Lots(1),
+            min_notional: Units(1),
+            maker_fee_ppm: 1_000,
+            taker_fee_ppm: 2_000,
+        },
+        // ETH-USDT: lot 0.001 ETH (10^15 wei), tick 0.1 USDT.
+        MarketRules {
+            base: AssetId(1),
+            quote: AssetId(2),
+            base_units_per_lot: 1_000_000_000_000_000,
+            quote_units_per_tick: 100,
+            min_qty: Lots(1),
+            min_notional: Units(1),
+            maker_fee_ppm: 0,
+            taker_fee_ppm: 3_000,
+        },
+    ]
+}
+
+/// A seeded session: reference data, funding, then a mix of every order
+/// type, cancels, cancel-alls, amends, deposits and withdrawals.
+fn session(seed: u64, commands: usize) -> Vec<Command> {
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::new();
+    for (symbol, decimals) in ASSETS {
+        out.push(Command::CreateAsset { symbol: Symbol::new(symbol).expect("valid"), decimals });
+    }
+    for rules in market_rules() {
+        out.push(Command::CreateMarket { rules, status: MarketStatus::Open });
+    }
+    for user in 0..USERS {
+        out.push(Command::CreateUser);
+        for (asset, amount) in
+            [(0, 10_000_000_000u64), (1, 2_000_000_000_000_000_000), (2, 100_000_000_000_000)]
+        {
+            out.push(Command::Deposit { user: UserId(user), asset: AssetId(asset), amount: Units(amount) });
+        }
+    }
+    let mut next_order = 1u64;
+    for _ in 0..commands {
+        let user = UserId(rng.below(u64::from(USERS)) as u32);
+        let market = MarketId(rng.below(2) as u32);
+        let side = if rng.below(2) == 0 { Side::Buy } else { Side::Sell };
+        let mid = if market.0 == 0 { 3_000_000 } else { 20_000 };
+        let price = Ticks(mid - 20 + rng.below(41));
+        let qty = Lots(1 + rng.below(30));
+        let stp = [
+            SelfTradePrevention::CancelTaker,
+            SelfTradePrevention::CancelMaker,
+            SelfTradePrevention::CancelBoth,
+            SelfTradePrevention::Allow,
+        ][rng.below(4) as usize];
+        let existing = OrderId(1 + rng.below(next_order));
+        let command = match rng.below(100) {
+            0..=44 => {
+                let tif = [
+                    TimeInForce::Gtc,
+                    TimeInForce::Gtc,
+                    TimeInForce::Ioc,
+                    TimeInForce::Fok,
+                    TimeInForce::PostOnly,
+                ][rng.below(5) as usize];
+                Command::PlaceOrder(NewOrder {
+                    user,
+                    market,
+                    side,
+                    kind: OrderKind::Limit { price, qty, tif },
+                    client_order_id: None,
+                    stp,
+                })
+            }
+            45..=54 => Command::PlaceOrder(NewOrder {
+                user,
+                market,
+                side,
+                kind: OrderKind::Market { qty },
+                client_order_id: None,
+                stp,
+            }),
+            55..=59 => Command::PlaceOrder(NewOrder {
+                user,
+                market,
+                side: Side::Buy,
+                kind: OrderKind::MarketByQuote { amount: Units(1_000_000 + rng.below(50_000_000)) },
+                client_order_id: None,
+                stp,
+            }),
+            60..=76 => Command::CancelOrder { user, order: OrderRef::Id(existing) },
+            77..=87 => Command::Amend(engine_core::Amend {
+                user,
+                order: OrderRef::Id(existing),
+                new_qty: if rng.below(2) == 0 { Some(Lots(1 + rng.below(20))) } else { None },
+                new_price: if rng.below(2) == 0 { Some(price) } else { None },
+            }),
+            88..=90 => {
+                Command::CancelAll { user, market: if rng.below(2) == 0 { Some(market) } else { None } }
+            }
+            91..=95 => Command::Deposit {
+                user,
+                asset: AssetId(rng.below(3) as u32),
+                amount: Units(1 + rng.below(1_000_000)),
+            },
+            _ => Command::Withdraw {
+                user,
+                asset: AssetId(rng.below(3) as u32),
+                amount: Units(1 + rng.below(1_000_000)),
+            },
+        };
+        if matches!(command, Command::PlaceOrder(_)) {
+            next_order += 1;
+        }
+        out.push(command);
+    }
+    out
+}
+
+/// The session applied to an engine and written to a journal in `data`.
+struct Played {
+    stamped: Vec<StampedCommand>,
+    /// Events of each command, in order.
+    events: Vec<Vec<Event>>,
+    engine: Engine,
+}
+
+fn play(data: &DataDir, commands: &[Command]) -> Played {
+    let mut config = JournalConfig::new(data.journal());
+    config.durability = Durability::None;
+    let (mut journal, _) = JournalWriter::open(config).expect("open the journal");
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut stamped = Vec::new();
+    let mut events = Vec::new();
+    // Timestamps cross several minutes so that candles differ.
+    let first_ns = 1_700_000_000_000_000_000u64;
+    for (index, command) in commands.iter().enumerate() {
+        let command = StampedCommand {
+            seq: index as u64 + 1,
+            timestamp_ns: first_ns + index as u64 * 97_000_000,
+            command: *command,
+        };
+        journal.append(&command).expect("append");
+        let mut out = Vec::new();
+        engine.apply(&command, &mut out).expect("in order");
+        assert!(!out.is_empty(), "every command has at least one event");
+        stamped.push(command);
+        events.push(out);
+    }
+    journal.commit_batch().expect("commit");
+    Played { stamped, events, engine }
+}
+
+/// Offers the played session to the feed in batches of random sizes.
+fn offer_all(writer: &Writer, played: &Played, seed: u64, pause: Duration) {
+    let mut rng = Rng::new(seed);
+    let mut at = 0;
+    while at < played.stamped.len() {
+        let end = (at + 1 + rng.below(40) as usize).min(played.stamped.len());
+        let events: Vec<Event> = played.events[at..end].iter().flatten().copied().collect();
+        let stamps: Vec<Stamp> = played.stamped[at..end]
+            .iter()
+            .map(|c| Stamp { seq: c.seq, timestamp_ns: c.timestamp_ns })
+            .collect();
+        writer.feed.offer(Batch { events: events.into(), stamps: stamps.into() });
+        at = end;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+fn wait_for_cursor(writer: &Writer, seq: u64) {
+    // A liveness bound, not a speed assertion.
+    let started = Instant::now();
+    while writer.status.cursor_seq.load(std::sync::atomic::Ordering::Relaxed) < seq {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the writer did not catch up: cursor {} of {seq}, last error {:?}",
+            writer.status.cursor_seq.load(std::sync::atomic::Ordering::Relaxed),
+            writer.status.last_error()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// open, high, low, close, quote volume, trades.
+type CandleFigures = (Decimal, Decimal, Decimal, Decimal, Decimal, i64);
+
+fn dec(units: u128, decimals: u8) -> Decimal {
+    Decimal::from_i128_with_scale(units as i128, u32::from(decimals))
+}
+
+fn tick_size(rules: &MarketRules, base: u8, quote: u8) -> Decimal {
+    (dec(u128::from(rules.quote_units_per_tick), quote) / dec(u128::from(rules.base_units_per_lot), base))
+        .normalize()
+}
+
+/// Checks every table against the engine's events, row by row.
+async fn check_tables(client: &Client, played: &Played) {
+    let rules = market_rules();
+    let decimals = |asset: AssetId| ASSETS[asset.0 as usize].1;
+    let last_seq = played.stamped.len() as i64;
+    let cursor: i64 =
+        client.query_one("SELECT last_seq FROM writer_cursor", &[]).await.expect("cursor").get(0);
+    assert_eq!(cursor, last_seq);
+
+    // Trades: one row per Trade event, equal in every column.
+    let rows = client.query("SELECT trade_id, seq, market_id, price, quantity, quote_quantity, taker_side, maker_order_id, maker_user_id, taker_order_id, taker_user_id, maker_fee, maker_fee_asset_id, taker_fee, taker_fee_asset_id, executed_at FROM trades ORDER BY trade_id", &[]).await.expect("trades");
+    let db_trades: Vec<_> = rows.iter().map(|r| persistence::trade_row(r).expect("a trade row")).collect();
+    let mut expected_trades = Vec::new();
+    let mut orders: BTreeMap<u64, (String, u64, Option<u64>)> = BTreeMap::new();
+    let mut balances_expected = Vec::new();
+    let mut candles: BTreeMap<(u32, u64), CandleFigures> =
+        BTreeMap::new();
+    for (command, events) in played.stamped.iter().zip(&played.events) {
+        for (index, event) in events.iter().enumerate() {
+            match event.kind {
+                EventKind::Trade {
+                    trade,
+                    market,
+                    price,
+                    qty,
+                    taker_side,
+                    maker_order,
+                    maker_user,
+                    taker_order,
+                    taker_user,
+                    maker_fee,
+                    taker_fee,
+                    maker_remaining,
+                    taker_remaining,
+                    ..
+                } => {
+                    let r = &rules[market.0 as usize];
+                    let (bd, qd) = (decimals(r.base), decimals(r.quote));
+                    let price_dec = (Decimal::from(price.0) * tick_size(r, bd, qd)).normalize();
+                    let quantity = dec(u128::from(qty.0) * u128::from(r.base_units_per_lot), bd);
+                    let (maker_asset, taker_asset) =
+                        if taker_side == Side::Buy { (r.quote, r.base) } else { (r.base, r.quote) };
+                    expected_trades.push(persistence::TradeRow {
+                        trade_id: trade.0 as i64,
+                        seq: command.seq as i64,
+                        market_id: market.0 as i32,
+                        price: Amount(price_dec),
+                        quantity: Amount(quantity),
+                        quote_quantity: Amount(dec(
+                            u128::from(price.0) * u128::from(qty.0) * u128::from(r.quote_units_per_tick),
+                            qd,
+                        )),
+                        taker_side: if taker_side == Side::Buy { "buy" } else { "sell" },
+                        maker_order_id: maker_order.0 as i64,
+                        maker_user_id: maker_user.0 as i32,
+                        taker_order_id: taker_order.0 as i64,
+                        taker_user_id: taker_user.0 as i32,
+                        maker_fee: Amount(dec(u128::from(maker_fee.0), decimals(maker_asset))),
+                        maker_fee_asset_id: maker_asset.0 as i32,
+                        taker_fee: Amount(dec(u128::from(taker_fee.0), decimals(taker_asset))),
+                        taker_fee_asset_id: taker_asset.0 as i32,
+                        executed_at: UNIX_EPOCH + Duration::from_micros(command.timestamp_ns / 1_000),
+                    });
+                    for (order, remaining) in [(maker_order, maker_remaining), (taker_order, taker_remaining)]
+                    {
+                        let entry = orders.entry(order.0).or_insert(("new".into(), 0, None));
+                        entry.0 = "partially_filled".into();
+                        entry.1 += qty.0;
+                        entry.2 = Some(remaining.0);
+                    }
+                    let minute = command.timestamp_ns / 60_000_000_000;
+                    let quote =
+                        dec(u128::from(price.0) * u128::from(qty.0) * u128::from(r.quote_units_per_tick), qd);
+                    let candle = candles.entry((market.0, minute)).or_insert((
+                        price_dec,
+                        price_dec,
+                        price_dec,
+                        price_dec,
+                        Decimal::ZERO,
+                        0,
+                    ));
+                    candle.1 = candle.1.max(price_dec);
+                    candle.2 = candle.2.min(price_dec);
+                    candle.3 = price_dec;
+                    candle.4 += quote;
+                    candle.5 += 1;
+                }
+                EventKind::OrderAccepted { order, kind, .. } => {
+                    let remaining = match kind {
+                        OrderKind::Limit { qty, .. } | OrderKind::Market { qty } => qty.0,
+                        OrderKind::MarketByQuote { .. } => 0,
+                    };
+                    orders.insert(order.0, ("new".into(), 0, Some(remaining)));
+                }
+                EventKind::OrderAmended { order, remaining, .. } => {
+                    if let Some(entry) = orders.get_mut(&order.0) {
+                        entry.2 = Some(remaining.0);
+                    }
+                }
+                EventKind::OrderDone { order, reason, filled, .. } => {
+                    let entry = orders.entry(order.0).or_insert(("new".into(), 0, None));
+                    entry.0 = persistence::done_status(reason).to_string();
+                    entry.2 = Some(0);
+                    assert_eq!(entry.1, filled.0, "the events' fills add up for order {order}");
+                }
+                EventKind::Balance { user, asset, available, locked } => {
+                    balances_expected.push((
+                        command.seq as i64,
+                        index as i32,
+                        user.0 as i32,
+                        asset.0 as i32,
+                        dec(u128::from(available.0), decimals(asset)).to_string(),
+                        dec(u128::from(locked.0), decimals(asset)).to_string(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(expected_trades.len() > 100, "the session trades ({} trades)", expected_trades.len());
+    assert_eq!(db_trades.len(), expected_trades.len(), "one row per trade, none twice");
+    for (actual, expected) in db_trades.iter().zip(&expected_trades) {
+        // Debug shows each decimal with its scale: amounts must come back
+        // at their asset's scale, not merely equal in value.
+        assert_eq!(format!("{actual:?}"), format!("{expected:?}"));
+    }
+
+    // Ledger: one row per Balance event, at the asset's scale.
+    let rows = client
+        .query("SELECT seq, event_index, user_id, asset_id, available, locked, available_change, cause FROM ledger ORDER BY seq, event_index", &[])
+        .await
+        .expect("ledger");
+    let actual: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i64>(0),
+                r.get::<_, i32>(1),
+                r.get::<_, i32>(2),
+                r.get::<_, i32>(3),
+                r.get::<_, Amount>(4).to_string(),
+                r.get::<_, Amount>(5).to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(actual, balances_expected);
+    let causes: Vec<String> = rows.iter().map(|r| r.get(7)).collect();
+    assert!(
+        causes.iter().any(|c| c == "trade")
+            && causes.iter().any(|c| c == "cancel")
+            && causes.iter().any(|c| c == "deposit")
+    );
+    // The changes of each account add up to its balance.
+    let sums = client
+        .query("SELECT l.user_id, l.asset_id, sum(l.available_change) = b.available FROM ledger l JOIN balances b USING (user_id, asset_id) GROUP BY l.user_id, l.asset_id, b.available", &[])
+        .await
+        .expect("sums");
+    assert!(sums.iter().all(|r| r.get::<_, bool>(2)), "ledger changes add up to balances");
+
+    // Balances: equal to the engine's, for every account.
+    let rows = client
+        .query("SELECT user_id, asset_id, available, locked FROM balances", &[])
+        .await
+        .expect("balances");
+    assert_eq!(rows.len(), USERS as usize * ASSETS.len());
+    for row in rows {
+        let (user, asset) = (UserId(row.get::<_, i32>(0) as u32), AssetId(row.get::<_, i32>(1) as u32));
+        let balance = played.engine.balance(user, asset);
+        assert_eq!(row.get::<_, Decimal>(2), dec(u128::from(balance.available.0), decimals(asset)));
+        assert_eq!(row.get::<_, Decimal>(3), dec(u128::from(balance.locked.0), decimals(asset)));
+        assert_eq!(
+            row.get::<_, Decimal>(2).scale(),
+            u32::from(decimals(asset)),
+            "stored at the asset's scale"
+        );
+    }
+
+    // Orders: status, executed and remaining quantities.
+    let rows = client
+        .query("SELECT o.order_id, o.status, o.executed_quantity, o.remaining_quantity, m.base_units_per_lot, a.decimals FROM orders o JOIN markets m USING (market_id) JOIN assets a ON a.asset_id = m.base_asset_id ORDER BY order_id", &[])
+        .await
+        .expect("orders");
+    assert_eq!(rows.len(), orders.len(), "one row per accepted order");
+    for row in rows {
+        let order = row.get::<_, i64>(0) as u64;
+        let (status, executed, remaining) = &orders[&order];
+        let per_lot: Decimal = row.get(4);
+        let decimals = row.get::<_, i16>(5) as u8;
+        let lots = |d: Decimal| d * Decimal::from(10u64.pow(u32::from(decimals))) / per_lot;
+        assert_eq!(&row.get::<_, String>(1), status, "status of order {order}");
+        assert_eq!(lots(row.get(2)), Decimal::from(*executed), "executed quantity of order {order}");
+        assert_eq!(
+            lots(row.get(3)),
+            Decimal::from(remaining.unwrap_or(0)),
+            "remaining quantity of order {order}"
+        );
+    }
+
+    // Candles: one per market and minute with trades.
+    let rows = client
+        .query("SELECT market_id, open_time, open, high, low, close, quote_volume, trades FROM candles_1m ORDER BY market_id, open_time", &[])
+        .await
+        .expect("candles");
+    let actual: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let minute = r
+                .get::<_, std::time::SystemTime>(1)
+                .duration_since(UNIX_EPOCH)
+                .expect("after the epoch")
+                .as_secs()
+                / 60;
+            (
+                (r.get::<_, i32>(0) as u32, minute),
+                (
+                    r.get::<_, Decimal>(2),
+                    r.get::<_, Decimal>(3),
+                    r.get::<_, Decimal>(4),
+                    r.get::<_, Decimal>(5),
+                    r.get::<_, Decimal>(6),
+                    r.get::<_, i64>(7),
+                ),
+            )
+        })
+        .collect();
+    let expected: Vec<_> = candles.into_iter().collect();
+    assert_eq!(actual, expected);
+
+    // Reference data and no secrets.
+    let users: i64 = client.query_one("SELECT count(*) FROM users", &[]).await.expect("users").get(0);
+    assert_eq!(users, i64::from(USERS));
+    let markets: Vec<String> = client
+        .query("SELECT name FROM markets ORDER BY market_id", &[])
+        .await
+        .expect("markets")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(markets, ["BTC-USDT", "ETH-USDT"]);
+}
+
+fn writer_config(database: &Database, data: &DataDir) -> WriterConfig {
+    let mut config = WriterConfig::new(database.url.clone(), data.clone(), EngineLimits::default());
+    config.retry_max = Duration::from_millis(500);
+    config
+}
+
+#[test]
+fn migrations_apply_to_an_empty_database_once() {
+    let database = Database::throwaway().expect("a database");
+    runtime().block_on(async {
+        let mut client = connect(&database.url).await;
+        let applied = persistence::migrate(&mut client).await.expect("migrate");
+        assert_eq!(applied, ["V1__initial"]);
+        let again = persistence::migrate(&mut client).await.expect("migrate again");
+        assert!(again.is_empty(), "a second run applies nothing: {again:?}");
+        let recorded: i64 = client
+            .query_one("SELECT count(*) FROM refinery_schema_history WHERE checksum IS NOT NULL", &[])
+            .await
+            .expect("history")
+            .get(0);
+        assert_eq!(recorded, 1);
+        let loaded = persistence::load(&client).await.expect("load");
+        assert_eq!(loaded.cursor_seq, 0);
+        // The amount domain refuses NaN and more decimals than an asset has.
+        for bad in ["'NaN'", "1.0000000000000000001"] {
+            let result = client
+                .execute(&format!("INSERT INTO balances VALUES (0, 0, {bad}, 0, 0)") as &str, &[])
+                .await;
+            assert!(result.is_err(), "{bad} must be refused");
+        }
+    });
+}
+
+#[test]
+fn a_random_session_is_written_row_by_row_as_the_engine_reported() {
+    let database = Database::throwaway().expect("a database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::new(dir.path());
+    let played = play(&data, &session(11, 4_000));
+    let writer =
+        Writer::start(writer_config(&database, &data), Stamp { seq: 0, timestamp_ns: 0 }).expect("start");
+    offer_all(&writer, &played, 3, Duration::ZERO);
+    wait_for_cursor(&writer, played.stamped.len() as u64);
+    let replayed = writer.status.commands_replayed.load(std::sync::atomic::Ordering::Relaxed);
+    writer.stop(Duration::from_secs(5));
+    runtime().block_on(async {
+        let client = connect(&database.url).await;
+        check_tables(&client, &played).await;
+    });
+    eprintln!("commands regenerated from the journal: {replayed}");
+}
+
+#[test]
+fn batches_the_feed_drops_are_regenerated_from_the_journal() {
+    let database = Database::throwaway().expect("a database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::new(dir.path());
+    let played = play(&data, &session(12, 3_000));
+    let mut config = writer_config(&database, &data);
+    // A feed of one batch and small transactions: most batches are dropped.
+    config.feed_batches_max = 1;
+    config.events_per_transaction_max = 500;
+    let writer = Writer::start(config, Stamp { seq: 0, timestamp_ns: 0 }).expect("start");
+    offer_all(&writer, &played, 4, Duration::ZERO);
+    wait_for_cursor(&writer, played.stamped.len() as u64);
+    let dropped = writer.status.batches_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let replayed = writer.status.commands_replayed.load(std::sync::atomic::Ordering::Relaxed);
+    writer.stop(Duration::from_secs(5));
+    assert!(
+        dropped > 0 && replayed > 0,
+        "the test must exercise regeneration ({dropped} dropped, {replayed} replayed)"
+    );
+    runtime().block_on(async {
+        let client = connect(&database.url).await;
+        check_tables(&client, &played).await;
+    });
+}
+
+#[test]
+fn the_database_killed_mid_stream_leaves_no_gap_and_no_duplicate() {
+    let database = Database::throwaway().expect("a database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::new(dir.path());
+    let played = play(&data, &session(13, 4_000));
+    let mut config = writer_config(&database, &data);
+    config.events_per_transaction_max = 300;
+    let writer = Writer::start(config, Stamp { seq: 0, timestamp_ns: 0 }).expect("start");
+    let half = played.stamped.len() / 2;
+    let first_half = Played {
+        stamped: played.stamped[..half].to_vec(),
+        events: played.events[..half].to_vec(),
+        engine: Engine::new(EngineLimits::default()),
+    };
+    offer_all(&writer, &first_half, 5, Duration::from_millis(1));
+    // Cut the writer off while it writes: a server crash on our own
+    // cluster, or the connections terminated on a shared server.
+    let runtime = runtime();
+    match database.cluster() {
+        Some(cluster) => {
+            cluster.kill_server().expect("kill the server");
+            std::thread::sleep(Duration::from_millis(500));
+            cluster.start_server().expect("restart the server");
+        }
+        None => runtime.block_on(async {
+            let client = connect(&database.url).await;
+            client
+                .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()", &[])
+                .await
+                .expect("terminate");
+        }),
+    }
+    let second_half = Played {
+        stamped: played.stamped[half..].to_vec(),
+        events: played.events[half..].to_vec(),
+        engine: Engine::new(EngineLimits::default()),
+    };
+    offer_all(&writer, &second_half, 6, Duration::from_millis(1));
+    wait_for_cursor(&writer, played.stamped.len() as u64);
+    writer.stop(Duration::from_secs(5));
+    runtime.block_on(async {
+        let client = connect(&database.url).await;
+        check_tables(&client, &played).await;
+    });
+}
+
+#[test]
+fn a_database_ahead_of_the_journal_is_refused() {
+    let database = Database::throwaway().expect("a database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = DataDir::new(dir.path());
+    let played = play(&data, &session(14, 200));
+    let writer =
+        Writer::start(writer_config(&database, &data), Stamp { seq: 0, timestamp_ns: 0 }).expect("start");
+    offer_all(&writer, &played, 7, Duration::ZERO);
+    wait_for_cursor(&writer, played.stamped.len() as u64);
+    writer.stop(Duration::from_secs(5));
+    // The exchange now claims fewer commands than the database holds.
+    let writer =
+        Writer::start(writer_config(&database, &data), Stamp { seq: 10, timestamp_ns: 0 }).expect("start");
+    let started = Instant::now();
+    while writer.status.last_error().is_none() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let error = writer.status.last_error().unwrap_or_default();
+    assert!(error.contains("ahead of the journal"), "{error}");
+    writer.stop(Duration::ZERO);
+}
