@@ -59,6 +59,11 @@ pub struct Config {
     pub recent_trades_max: usize,
     /// Closed orders kept per user for `GET /order`.
     pub closed_orders_kept_per_user: usize,
+    /// PostgreSQL to write history to and serve it from (a tokio-postgres
+    /// connection string, URL or key=value form). Also read from the
+    /// `DATABASE_URL` environment variable. Without it the exchange runs on
+    /// its journal alone and the history endpoints answer 503.
+    pub database_url: Option<String>,
     /// The engine's limits. They are part of its state: they apply to a new
     /// data directory; an existing one keeps those in its snapshot.
     pub limits: EngineLimits,
@@ -105,6 +110,7 @@ impl Default for Config {
             wait_strategy: WaitKind::Backoff,
             matcher_core: None,
             admin_token: None,
+            database_url: None,
             request_body_max_bytes: 64 * 1024,
             connections_max: 10_000,
             request_timeout_ms: 5_000,
@@ -145,9 +151,16 @@ impl Config {
             }
             None => Config::default(),
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        if let Some((_, url)) = env.iter().find(|(name, _)| name == "DATABASE_URL") {
+            config.database_url = Some(url.clone());
+        }
         for (name, value) in env {
             let Some(setting) = name.strip_prefix("EXCHANGE_") else { continue };
             config.set(setting, &value).map_err(|why| ConfigError(format!("{name}={value:?}: {why}")))?;
+        }
+        if config.database_url.as_deref().is_some_and(|url| url.trim().is_empty()) {
+            config.database_url = None;
         }
         config.check()?;
         Ok(config)
@@ -181,6 +194,7 @@ impl Config {
             "WAIT_STRATEGY" => self.wait_strategy = kind(value)?,
             "MATCHER_CORE" => self.matcher_core = Some(parse(value)?),
             "ADMIN_TOKEN" => self.admin_token = Some(value.to_string()),
+            "DATABASE_URL" => self.database_url = Some(value.to_string()),
             "REQUEST_BODY_MAX_BYTES" => self.request_body_max_bytes = parse(value)?,
             "CONNECTIONS_MAX" => self.connections_max = parse(value)?,
             "REQUEST_TIMEOUT_MS" => self.request_timeout_ms = parse(value)?,

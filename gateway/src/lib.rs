@@ -33,6 +33,7 @@ pub mod amounts;
 pub mod auth;
 pub mod config;
 pub mod error;
+mod history;
 pub mod pipeline;
 pub mod rest;
 mod server;

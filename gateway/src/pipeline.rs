@@ -57,6 +57,8 @@ pub struct Outbound {
     pub last: bool,
     /// The command could not be journaled and was not applied.
     pub failed: bool,
+    /// When the matcher stamped the command.
+    pub timestamp_ns: u64,
 }
 
 /// The answer a request handler waits for.
@@ -130,6 +132,11 @@ pub struct PipelineConfig {
     pub observer: Option<Observer>,
     /// Where batches of events go for the WebSocket streams.
     pub hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
+    /// Where batches of events go for the database writer.
+    pub database: Option<persistence::Feed>,
+    /// The database writer's progress: snapshot pruning keeps one at or
+    /// before its cursor, so that it can regenerate what it has not written.
+    pub database_status: Option<Arc<persistence::WriterStatus>>,
 }
 
 type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
@@ -198,6 +205,8 @@ fn start_with<W: WaitStrategy + 'static>(
         views,
         pending: Arc::clone(&pending),
         hub: config.hub.take(),
+        database: config.database.take(),
+        stamps: Vec::with_capacity(1024),
         observer: config.observer.take(),
         batch_events: Vec::with_capacity(4096),
         reply_events: Vec::with_capacity(4096),
@@ -249,7 +258,8 @@ impl Inbound {
 }
 
 impl Outbound {
-    const EMPTY: Outbound = Outbound { request_id: 0, event: None, last: false, failed: false };
+    const EMPTY: Outbound =
+        Outbound { request_id: 0, event: None, last: false, failed: false, timestamp_ns: 0 };
 }
 
 type OutboundProducer = SingleProducer<Outbound, SingleConsumerBarrier>;
@@ -259,6 +269,9 @@ struct Follower {
     views: Arc<RwLock<Views>>,
     pending: Arc<Pending>,
     hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
+    database: Option<persistence::Feed>,
+    /// Stamps of the batch's commands, for the database writer.
+    stamps: Vec<persistence::Stamp>,
     observer: Option<Observer>,
     /// Events of the current batch, applied to the views under one lock.
     batch_events: Vec<Event>,
@@ -275,6 +288,9 @@ impl Follower {
     fn handle(&mut self, slot: &Outbound, end_of_batch: bool) {
         if let Some(event) = slot.event {
             self.batch_events.push(event);
+            if slot.last {
+                self.stamps.push(persistence::Stamp { seq: event.seq, timestamp_ns: slot.timestamp_ns });
+            }
         }
         if slot.request_id != 0 {
             if slot.failed {
@@ -300,14 +316,24 @@ impl Follower {
                         views.apply(event);
                     }
                 }
+                let events: Arc<[Event]> = Arc::from(self.batch_events.as_slice());
+                if let Some(feed) = &self.database {
+                    // Never waits: a full feed drops, and the writer
+                    // regenerates from the journal.
+                    feed.offer(persistence::Batch {
+                        events: Arc::clone(&events),
+                        stamps: self.stamps.as_slice().into(),
+                    });
+                }
                 if let Some((hub, subscribers)) = &self.hub {
-                    if hub.try_send(Arc::from(self.batch_events.as_slice())).is_err() {
+                    if hub.try_send(events).is_err() {
                         // The streams fell behind: every subscriber is cut off
                         // (and resyncs) rather than this thread waiting.
                         subscribers.drop_all();
                     }
                 }
                 self.batch_events.clear();
+                self.stamps.clear();
             }
             for &(id, start, end, failed) in &self.replies {
                 let events = &self.reply_events[start..end];
@@ -365,6 +391,7 @@ impl Matcher {
                     event: None,
                     last: true,
                     failed: false,
+                    timestamp_ns: 0,
                 });
             }
         }
@@ -380,7 +407,7 @@ impl Matcher {
 
     fn apply(&mut self, request_id: u64, command: Command) {
         if self.health.journal_failed.load(Ordering::Relaxed) {
-            self.staged.push(Outbound { request_id, event: None, last: true, failed: true });
+            self.staged.push(Outbound { request_id, event: None, last: true, failed: true, timestamp_ns: 0 });
             return;
         }
         // Wall-clock time, never running backwards in the journal.
@@ -390,7 +417,7 @@ impl Matcher {
             StampedCommand { seq: self.engine.last_seq() + 1, timestamp_ns: self.last_timestamp_ns, command };
         if self.journal.append(&stamped).is_err() {
             self.fail_journal();
-            self.staged.push(Outbound { request_id, event: None, last: true, failed: true });
+            self.staged.push(Outbound { request_id, event: None, last: true, failed: true, timestamp_ns: 0 });
             return;
         }
         self.events.clear();
@@ -407,6 +434,7 @@ impl Matcher {
                 event: Some(*event),
                 last: index + 1 == count,
                 failed: false,
+                timestamp_ns: stamped.timestamp_ns,
             });
         }
     }
@@ -417,7 +445,13 @@ impl Matcher {
             self.fail_journal();
             for outcome in &mut self.staged {
                 // Nothing of a batch that may not be durable is published as done.
-                *outcome = Outbound { request_id: outcome.request_id, event: None, last: true, failed: true };
+                *outcome = Outbound {
+                    request_id: outcome.request_id,
+                    event: None,
+                    last: true,
+                    failed: true,
+                    timestamp_ns: 0,
+                };
             }
         }
         self.health.last_seq.store(self.engine.last_seq(), Ordering::Relaxed);
@@ -457,14 +491,29 @@ impl Matcher {
         let copy = self.engine.clone();
         self.health.snapshot_stall_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let dir = self.config.snapshots_dir.clone();
-        let keep = self.config.snapshots_keep;
+        let keep = journal::SnapshotKeep {
+            newest: self.config.snapshots_keep,
+            hold_at_or_below: self
+                .config
+                .database_status
+                .as_ref()
+                .map(|s| s.cursor_seq.load(Ordering::Relaxed)),
+        };
         let journal_dir = self.config.journal_dir.clone();
         let retention = self.config.retention.clone();
         let health = Arc::clone(&self.health);
         let write = move || match journal::write_snapshot(&dir, &copy, keep) {
             Ok(info) => {
                 health.snapshot_seq.store(info.seq, Ordering::Relaxed);
-                let oldest = journal::list_snapshots(&dir).ok().and_then(|s| s.last().map(|(seq, _)| *seq));
+                let snapshots = journal::list_snapshots(&dir).unwrap_or_default();
+                let oldest = snapshots.last().map(|(seq, _)| *seq);
+                // With a database writer behind, the journal from its held
+                // snapshot on stays; with no snapshot at or before its
+                // cursor, the whole journal stays (it replays from the start).
+                let oldest = match keep.hold_at_or_below {
+                    Some(hold) => snapshots.iter().find(|(seq, _)| *seq <= hold).and(oldest),
+                    None => oldest,
+                };
                 if let Some(oldest) = oldest {
                     if let Err(error) = journal::prune_segments(&journal_dir, oldest, &retention) {
                         eprintln!("pruning journal segments failed: {error}");

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::amounts::{self, parse_decimal, Scale};
 use crate::auth::{query_pairs, Authenticator, API_KEY_HEADER};
 use crate::error::ApiError;
+use crate::history;
 use crate::pipeline::{self, Health, Pending, PipelineFailure, Publisher};
 use crate::views::{MarketView, OrderView, Views};
 
@@ -32,6 +33,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/depth"),
     ("GET", "/ticker"),
     ("GET", "/trade/history"),
+    ("GET", "/candles"),
+    ("GET", "/user/trades"),
+    ("GET", "/orders/history"),
     ("POST", "/order"),
     ("DELETE", "/order"),
     ("PUT", "/order"),
@@ -64,6 +68,9 @@ pub struct AppState {
     pub admin_token: Option<String>,
     pub body_max_bytes: usize,
     pub request_timeout: Duration,
+    /// The database writer's progress and the history it serves, when
+    /// PostgreSQL is configured.
+    pub database: Option<(Arc<persistence::WriterStatus>, Arc<persistence::History>)>,
 }
 
 type Body = Full<Bytes>;
@@ -144,7 +151,23 @@ async fn route(
         ("GET", "/markets") => ok(markets(state)),
         ("GET", "/depth") => depth(state, &request.query).map(|v| (StatusCode::OK, v)),
         ("GET", "/ticker") => ticker(state, &request.query).map(|v| (StatusCode::OK, v)),
-        ("GET", "/trade/history") => trade_history(state, &request.query).map(|v| (StatusCode::OK, v)),
+        ("GET", "/trade/history") => {
+            // Without a database, only the recent trades the views keep.
+            if state.database.is_some() || history::wants_database(&request.query)? {
+                history::market_trades(state, &request.query).await.map(|v| (StatusCode::OK, v))
+            } else {
+                trade_history(state, &request.query).map(|v| (StatusCode::OK, v))
+            }
+        }
+        ("GET", "/candles") => history::candles(state, &request.query).await.map(|v| (StatusCode::OK, v)),
+        ("GET", "/user/trades") => {
+            let user = signed(state, &request)?;
+            history::user_trades(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
+        }
+        ("GET", "/orders/history") => {
+            let user = signed(state, &request)?;
+            history::user_orders(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
+        }
         ("POST", "/order") => {
             let user = signed(state, &request)?;
             place_order(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
@@ -321,7 +344,7 @@ fn percent_decode(value: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
     match query_pairs(query).find(|(n, _)| *n == name) {
         None => Ok(None),
         Some((_, value)) => percent_decode(value).map(Some).ok_or_else(|| {
@@ -372,6 +395,7 @@ fn health(state: &AppState) -> Value {
         "durable_seq": health.durable_seq.load(Relaxed),
         "snapshot_seq": health.snapshot_seq.load(Relaxed),
         "snapshot_stall_us": health.snapshot_stall_ns.load(Relaxed) / 1_000,
+        "database": history::health(state),
     })
 }
 

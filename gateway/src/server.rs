@@ -42,6 +42,9 @@ pub struct Addresses {
 /// How long open connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the database writer gets to catch up at shutdown.
+const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds the configured address and serves until `shutdown` resolves.
 /// `on_listening` is told the bound address (useful with port 0).
 pub async fn run(
@@ -84,6 +87,19 @@ pub async fn run(
     );
 
     let engine = recovery.engine;
+    // The database writer regenerates from the journal whatever the
+    // database lacks up to here, then follows the live events.
+    let database = match &config.database_url {
+        Some(url) => {
+            let writer_config =
+                persistence::WriterConfig::new(url.clone(), DataDir::new(&config.data_dir), config.limits);
+            let published = persistence::Stamp { seq: engine.last_seq(), timestamp_ns: 0 };
+            let writer = persistence::Writer::start(writer_config, published)
+                .map_err(|e| ServerError(format!("cannot start the database writer: {e}")))?;
+            Some((writer, Arc::new(persistence::History::new(url.clone()))))
+        }
+        None => None,
+    };
     let views = Arc::new(RwLock::new(Views::from_engine(
         &engine,
         config.recent_trades_max,
@@ -110,6 +126,8 @@ pub async fn run(
             retention: config.retention(),
             observer: None,
             hub: Some((hub_sender, Arc::clone(&subscribers))),
+            database: database.as_ref().map(|(writer, _)| writer.feed.clone()),
+            database_status: database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
         },
     );
     let state = Arc::new(AppState {
@@ -125,6 +143,9 @@ pub async fn run(
         admin_token: config.admin_token.clone(),
         body_max_bytes: config.request_body_max_bytes,
         request_timeout: Duration::from_millis(config.request_timeout_ms),
+        database: database
+            .as_ref()
+            .map(|(writer, history)| (Arc::clone(&writer.status), Arc::clone(history))),
     });
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let tick_every = Duration::from_millis(config.sync_interval_ms.clamp(1, 100));
@@ -213,6 +234,10 @@ pub async fn run(
     })
     .await;
     hub.abort();
+    if let Some((writer, _)) = database {
+        // Whatever it cannot write in time is regenerated at the next start.
+        let _ = tokio::task::spawn_blocking(move || writer.stop(WRITER_STOP_TIMEOUT)).await;
+    }
     if health.journal_failed.load(Ordering::Relaxed) {
         return Err(ServerError("stopped after a journal failure; the last snapshot was not written".into()));
     }

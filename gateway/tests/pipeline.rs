@@ -35,6 +35,8 @@ fn a_full_ring_refuses_at_once_and_recovers() {
             retention: SegmentRetention::Keep,
             observer: None,
             hub: None,
+            database: None,
+            database_status: None,
         },
     );
     let mut producer = pipeline.publisher.clone();

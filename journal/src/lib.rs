@@ -56,7 +56,7 @@ pub use segment::{
 };
 pub use snapshots::{
     list_snapshots, load_snapshot, prune_segments, snapshot_file_name, write_snapshot, SegmentRetention,
-    SnapshotFileError, SnapshotInfo,
+    SnapshotFileError, SnapshotInfo, SnapshotKeep,
 };
 pub use writer::{
     CutTail, Durability, JournalConfig, JournalWriter, OpenReport, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,

@@ -97,7 +97,24 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
 /// Writes the engine's state to `dir` atomically (temporary file, fsync,
 /// rename, fsync of the directory), then deletes all but the newest `keep`
 /// snapshots.
-pub fn write_snapshot(dir: &Path, engine: &Engine, keep: usize) -> Result<SnapshotInfo, JournalError> {
+/// Which snapshots survive when a new one is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotKeep {
+    /// How many of the newest to keep (at least one).
+    pub newest: usize,
+    /// Also keep the newest snapshot at or below this sequence number: a
+    /// reader that must replay from there (the database writer behind the
+    /// matcher) needs it and the journal after it.
+    pub hold_at_or_below: Option<u64>,
+}
+
+impl SnapshotKeep {
+    pub fn newest(newest: usize) -> SnapshotKeep {
+        SnapshotKeep { newest, hold_at_or_below: None }
+    }
+}
+
+pub fn write_snapshot(dir: &Path, engine: &Engine, keep: SnapshotKeep) -> Result<SnapshotInfo, JournalError> {
     std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
     let snapshot = engine.snapshot();
     let payload = bincode::serde::encode_to_vec(&snapshot, snapshot_config())
@@ -126,8 +143,13 @@ pub fn write_snapshot(dir: &Path, engine: &Engine, keep: usize) -> Result<Snapsh
     std::fs::rename(&temp, &path).map_err(|e| JournalError::io(&path, e))?;
     sync_dir(dir)?;
 
-    for (_, old) in list_snapshots(dir)?.into_iter().skip(keep.max(1)) {
-        std::fs::remove_file(&old).map_err(|e| JournalError::io(&old, e))?;
+    let snapshots = list_snapshots(dir)?;
+    // Newest first: the first at or below the hold is the one to keep.
+    let held = keep.hold_at_or_below.and_then(|hold| snapshots.iter().position(|(seq, _)| *seq <= hold));
+    for (index, (_, old)) in snapshots.iter().enumerate().skip(keep.newest.max(1)) {
+        if Some(index) != held {
+            std::fs::remove_file(old).map_err(|e| JournalError::io(old, e))?;
+        }
     }
     Ok(SnapshotInfo { path, seq, state_hash, bytes: (SNAPSHOT_HEADER_BYTES + payload.len()) as u64 })
 }

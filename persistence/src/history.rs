@@ -22,7 +22,9 @@ pub struct History {
 }
 
 /// Bounds of a history query. Times are milliseconds since the epoch;
-/// `from_id` starts at that id (inclusive), for paging.
+/// `from_id` starts at that id (inclusive), for paging. With `from_ms` or
+/// `from_id` the rows ascend from there; with neither, the newest come
+/// first.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Range {
     pub from_ms: Option<u64>,
@@ -71,6 +73,16 @@ pub struct Candle {
 /// Candle widths served; longer ones are built from one-minute candles.
 pub const CANDLE_INTERVALS: &[(&str, u32)] =
     &[("1m", 1), ("5m", 5), ("15m", 15), ("30m", 30), ("1h", 60), ("4h", 240), ("1d", 1_440)];
+
+impl Range {
+    fn order(&self) -> &'static str {
+        if self.from_ms.is_none() && self.from_id.is_none() {
+            "DESC"
+        } else {
+            "ASC"
+        }
+    }
+}
 
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
@@ -159,7 +171,7 @@ impl History {
             sql.push_str(&format!(" AND trade_id >= ${}", params.len()));
         }
         params.push(&limit);
-        sql.push_str(&format!(" ORDER BY trade_id LIMIT ${}", params.len()));
+        sql.push_str(&format!(" ORDER BY trade_id {} LIMIT ${}", range.order(), params.len()));
         let rows = client.query(sql.as_str(), &params).await?;
         Ok(rows.iter().map(trade_row).collect::<Result<_, _>>()?)
     }
@@ -199,7 +211,7 @@ impl History {
             sql.push_str(&format!(" AND order_id >= ${}", params.len()));
         }
         params.push(&limit);
-        sql.push_str(&format!(" ORDER BY order_id LIMIT ${}", params.len()));
+        sql.push_str(&format!(" ORDER BY order_id {} LIMIT ${}", range.order(), params.len()));
         let rows = client.query(sql.as_str(), &params).await?;
         Ok(rows.iter().map(order_record).collect::<Result<_, _>>()?)
     }

@@ -31,6 +31,8 @@ mod tables;
 mod writer;
 
 pub use history::{trade_row, Candle, History, OrderRecord, Range, CANDLE_INTERVALS};
-pub use rows::{done_status, side_name, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp, TradeRow};
+pub use rows::{
+    done_status, side_name, Balances, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp, TradeRow,
+};
 pub use tables::{load, migrate, write, Loaded, StoreError, WriteMode};
 pub use writer::{Feed, Writer, WriterConfig, WriterStatus};

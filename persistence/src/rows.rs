@@ -43,8 +43,11 @@ impl Batch {
     }
 }
 
+/// A matcher timestamp as the database keeps it: `timestamptz` holds
+/// microseconds, so rows carry microseconds too and compare equal to what
+/// is read back.
 pub fn time_of(timestamp_ns: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(timestamp_ns)
+    UNIX_EPOCH + Duration::from_micros(timestamp_ns / 1_000)
 }
 
 /// Assets and markets as far as the events have told.

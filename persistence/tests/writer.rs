@@ -253,8 +253,7 @@ async fn check_tables(client: &Client, played: &Played) {
     let mut expected_trades = Vec::new();
     let mut orders: BTreeMap<u64, (String, u64, Option<u64>)> = BTreeMap::new();
     let mut balances_expected = Vec::new();
-    let mut candles: BTreeMap<(u32, u64), CandleFigures> =
-        BTreeMap::new();
+    let mut candles: BTreeMap<(u32, u64), CandleFigures> = BTreeMap::new();
     for (command, events) in played.stamped.iter().zip(&played.events) {
         for (index, event) in events.iter().enumerate() {
             match event.kind {

@@ -315,7 +315,8 @@ fn snapshot(dir: &Path, keep: usize) -> Result<ExitCode, String> {
     let recovery = recover(dir, None)?;
     let data = DataDir::new(dir);
     let info =
-        journal::write_snapshot(&data.snapshots(), &recovery.engine, keep).map_err(|e| e.to_string())?;
+        journal::write_snapshot(&data.snapshots(), &recovery.engine, journal::SnapshotKeep::newest(keep))
+            .map_err(|e| e.to_string())?;
     println!(
         "wrote {} (sequence {}, state hash {:016x}, {} bytes)",
         info.path.display(),

@@ -33,7 +33,7 @@ fn data_dir(root: &Path, count: usize, snapshot_at: Option<u64>) -> (Vec<Stamped
         events.clear();
         if Some(command.seq) == snapshot_at {
             writer.commit_batch().unwrap();
-            write_snapshot(&data.snapshots(), &engine, 3).unwrap();
+            write_snapshot(&data.snapshots(), &engine, journal::SnapshotKeep::newest(3)).unwrap();
         }
     }
     writer.commit_batch().unwrap();

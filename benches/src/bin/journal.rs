@@ -199,7 +199,8 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
     drop(copy);
     println!("snapshot stall on the matcher (state clone): {}", format_ns(clone_ns));
     let started = Instant::now();
-    let info = write_snapshot(&data.snapshots(), &engine, 1).map_err(|e| e.to_string())?;
+    let info = write_snapshot(&data.snapshots(), &engine, journal::SnapshotKeep::newest(1))
+        .map_err(|e| e.to_string())?;
     println!(
         "snapshot write: {} at sequence {} ({} resting orders, {} bytes)",
         format_ns(started.elapsed().as_nanos() as u64),

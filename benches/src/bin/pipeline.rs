@@ -180,6 +180,8 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
             retention: SegmentRetention::Keep,
             observer: Some(observer),
             hub: None,
+            database: None,
+            database_status: None,
         },
     );
     let mut producer = started_pipeline.publisher;

@@ -45,6 +45,9 @@ impl Exchange {
             .env("EXCHANGE_LISTEN", "127.0.0.1:0")
             .env("EXCHANGE_WS_LISTEN", "127.0.0.1:0")
             .env("EXCHANGE_ADMIN_TOKEN", ADMIN_TOKEN)
+            // Only tests that ask for a database get one.
+            .env_remove("DATABASE_URL")
+            .env_remove("EXCHANGE_DATABASE_URL")
             .envs(extra_env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(stderr)

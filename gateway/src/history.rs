@@ -1,0 +1,266 @@
+//! The history endpoints served from PostgreSQL: a market's trades over any
+//! time range, a user's trades and orders, and OHLCV candles. Without a
+//! database they answer 503 `no_database` (recent trades still come from
+//! the in-memory views through `GET /trade/history`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::StatusCode;
+use persistence::scale::Amount;
+use persistence::{Range, CANDLE_INTERVALS};
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::rest::{param, AppState};
+use crate::views::Views;
+
+const LIMIT_DEFAULT: u32 = 100;
+const LIMIT_MAX: u32 = 1_000;
+
+fn no_database() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_database",
+        "history beyond recent trades needs PostgreSQL: start the exchange with DATABASE_URL set",
+    )
+}
+
+fn database_error(error: persistence::StoreError) -> ApiError {
+    eprintln!("history query failed: {error}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        "the history database is not answering; retry later",
+    )
+}
+
+/// Whether a request asks for more than the in-memory recent trades.
+pub fn wants_database(query: &str) -> Result<bool, ApiError> {
+    Ok(param(query, "from")?.is_some() || param(query, "to")?.is_some() || param(query, "from_id")?.is_some())
+}
+
+fn range(query: &str) -> Result<Range, ApiError> {
+    let number = |name: &'static str| -> Result<Option<u64>, ApiError> {
+        param(query, name)?
+            .map(|text| {
+                text.parse::<u64>()
+                    .ok()
+                    .filter(|n| *n <= i64::MAX as u64 / 1_000_000)
+                    .ok_or_else(|| ApiError::invalid(name, format!("{text:?} is not a whole number")))
+            })
+            .transpose()
+    };
+    let limit = match param(query, "limit")? {
+        None => LIMIT_DEFAULT,
+        Some(text) => text.parse::<u32>().ok().filter(|n| (1..=LIMIT_MAX).contains(n)).ok_or_else(|| {
+            ApiError::invalid("limit", format!("{text:?} must be a whole number from 1 to {LIMIT_MAX}"))
+        })?,
+    };
+    let range = Range { from_ms: number("from")?, to_ms: number("to")?, from_id: number("from_id")?, limit };
+    if let (Some(from), Some(to)) = (range.from_ms, range.to_ms) {
+        if from >= to {
+            return Err(ApiError::invalid(
+                "to",
+                format!("the range is empty: from {from} is not before to {to}"),
+            ));
+        }
+    }
+    Ok(range)
+}
+
+fn market_id(views: &Views, query: &str, required: bool) -> Result<Option<i32>, ApiError> {
+    let Some(name) = param(query, "market")? else {
+        return if required {
+            Err(ApiError::bad_request("missing_parameter", "market is required"))
+        } else {
+            Ok(None)
+        };
+    };
+    let market = views.market_by_name(&name).ok_or_else(|| {
+        ApiError::not_found("unknown_market", format!("no market {name:?}; GET /markets lists them"))
+    })?;
+    Ok(Some(market.market.id.0 as i32))
+}
+
+fn time_ns(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn amount(value: Amount) -> String {
+    value.0.to_string()
+}
+
+fn market_name(views: &Views, id: i32) -> String {
+    views.markets.get(id as usize).map_or_else(|| id.to_string(), |m| m.name.clone())
+}
+
+fn asset_symbol(views: &Views, id: i32) -> String {
+    views.assets.get(id as usize).map_or_else(|| id.to_string(), |a| a.symbol.to_string())
+}
+
+fn read_views(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Views>, ApiError> {
+    state
+        .views
+        .read()
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "views unavailable"))
+}
+
+/// `GET /trade/history` with a database: a market's trades.
+pub async fn market_trades(state: &AppState, query: &str) -> Result<Value, ApiError> {
+    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
+    let (market, range) = {
+        let views = read_views(state)?;
+        (market_id(&views, query, true)?, range(query)?)
+    };
+    let trades = history.trades(market, None, range).await.map_err(database_error)?;
+    let views = read_views(state)?;
+    let trades: Vec<Value> = trades
+        .iter()
+        .map(|t| {
+            json!({
+                "trade_id": t.trade_id,
+                "seq": t.seq,
+                "price": amount(t.price),
+                "quantity": amount(t.quantity),
+                "quote_quantity": amount(t.quote_quantity),
+                "taker_side": t.taker_side,
+                "timestamp_ns": time_ns(t.executed_at),
+            })
+        })
+        .collect();
+    Ok(json!({ "market": market.map(|m| market_name(&views, m)), "trades": trades }))
+}
+
+/// `GET /user/trades`: the signed-in user's trades, with their side of each.
+pub async fn user_trades(
+    state: &AppState,
+    user: engine_core::UserId,
+    query: &str,
+) -> Result<Value, ApiError> {
+    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
+    let (market, range) = {
+        let views = read_views(state)?;
+        (market_id(&views, query, false)?, range(query)?)
+    };
+    let user = user.0 as i32;
+    let trades = history.trades(market, Some(user), range).await.map_err(database_error)?;
+    let views = read_views(state)?;
+    let trades: Vec<Value> = trades
+        .iter()
+        .map(|t| {
+            // A user who traded with themself sees the taker's side.
+            let maker = t.taker_user_id != user;
+            let (order, fee, fee_asset) = if maker {
+                (t.maker_order_id, t.maker_fee, t.maker_fee_asset_id)
+            } else {
+                (t.taker_order_id, t.taker_fee, t.taker_fee_asset_id)
+            };
+            let taker_buys = t.taker_side == "buy";
+            json!({
+                "trade_id": t.trade_id,
+                "order_id": order,
+                "market": market_name(&views, t.market_id),
+                "side": if taker_buys != maker { "buy" } else { "sell" },
+                "maker": maker,
+                "price": amount(t.price),
+                "quantity": amount(t.quantity),
+                "quote_quantity": amount(t.quote_quantity),
+                "fee": amount(fee),
+                "fee_asset": asset_symbol(&views, fee_asset),
+                "timestamp_ns": time_ns(t.executed_at),
+            })
+        })
+        .collect();
+    Ok(json!({ "trades": trades }))
+}
+
+/// `GET /orders/history`: the signed-in user's orders, open and closed.
+pub async fn user_orders(
+    state: &AppState,
+    user: engine_core::UserId,
+    query: &str,
+) -> Result<Value, ApiError> {
+    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
+    let (market, range) = {
+        let views = read_views(state)?;
+        (market_id(&views, query, false)?, range(query)?)
+    };
+    let orders = history.orders(user.0 as i32, market, range).await.map_err(database_error)?;
+    let views = read_views(state)?;
+    let orders: Vec<Value> = orders
+        .iter()
+        .map(|o| {
+            json!({
+                "order_id": o.order_id,
+                "client_order_id": o.client_order_id,
+                "market": market_name(&views, o.market_id),
+                "side": o.side,
+                "type": o.order_type,
+                "time_in_force": o.time_in_force,
+                "price": o.price.map(amount),
+                "quantity": o.quantity.map(amount),
+                "quote_amount": o.quote_amount.map(amount),
+                "self_trade_prevention": o.self_trade_prevention,
+                "status": o.status,
+                "filled_quantity": amount(o.executed_quantity),
+                "filled_quote": amount(o.executed_quote),
+                "remaining_quantity": amount(o.remaining_quantity),
+                "created_at_ns": time_ns(o.created_at),
+                "updated_at_ns": time_ns(o.updated_at),
+                "closed_at_ns": o.closed_at.map(time_ns),
+                "seq": o.updated_seq,
+            })
+        })
+        .collect();
+    Ok(json!({ "orders": orders }))
+}
+
+/// `GET /candles`: OHLCV candles of a market.
+pub async fn candles(state: &AppState, query: &str) -> Result<Value, ApiError> {
+    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
+    let (market, range) = {
+        let views = read_views(state)?;
+        (market_id(&views, query, true)?.unwrap_or_default(), range(query)?)
+    };
+    let interval = param(query, "interval")?.unwrap_or_else(|| "1m".to_string());
+    let minutes =
+        CANDLE_INTERVALS.iter().find(|(name, _)| *name == interval).map(|(_, m)| *m).ok_or_else(|| {
+            let names: Vec<&str> = CANDLE_INTERVALS.iter().map(|(name, _)| *name).collect();
+            ApiError::invalid("interval", format!("{interval:?} is not one of {}", names.join(", ")))
+        })?;
+    let candles = history.candles(market, minutes, range).await.map_err(database_error)?;
+    let views = read_views(state)?;
+    let candles: Vec<Value> = candles
+        .iter()
+        .map(|c| {
+            json!({
+                "open_time_ms": time_ns(c.open_time) / 1_000_000,
+                "open": amount(c.open),
+                "high": amount(c.high),
+                "low": amount(c.low),
+                "close": amount(c.close),
+                "volume": amount(c.volume),
+                "quote_volume": amount(c.quote_volume),
+                "trades": c.trades,
+            })
+        })
+        .collect();
+    Ok(json!({ "market": market_name(&views, market), "interval": interval, "candles": candles }))
+}
+
+/// The database writer's part of `/health`.
+pub fn health(state: &AppState) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    match &state.database {
+        None => Value::Null,
+        Some((status, _)) => json!({
+            "connected": status.connected.load(Relaxed),
+            "written_seq": status.cursor_seq.load(Relaxed),
+            "lag_seq": status.lag_seq(),
+            "lag_ms": status.lag_ms(),
+            "batches_dropped": status.batches_dropped.load(Relaxed),
+            "commands_replayed": status.commands_replayed.load(Relaxed),
+            "last_error": status.last_error(),
+        }),
+    }
+}

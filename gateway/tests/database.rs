@@ -1,0 +1,179 @@
+//! The exchange with PostgreSQL: killed with SIGKILL while it trades and
+//! writes, restarted, and the tables converge to the journal exactly; the
+//! history endpoints answer from the database.
+
+mod server;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine_core::{Engine, EngineLimits, Event, UserId};
+use journal::{JournalReader, ReadMode};
+use persistence::cluster::Database;
+use persistence::scale::Amount;
+use persistence::{Balances, Catalog, RowSet, Stamp};
+use serde_json::{json, Value};
+use server::{Client, Exchange, Key};
+use tokio_postgres::NoTls;
+
+/// Places crossing orders of several users, counting them in `placed`.
+/// Panics (in the client) when the server is gone.
+fn trade(client: &Client, keys: &[Key], count: usize, seed: u64, placed: &AtomicUsize) {
+    for i in 0..count {
+        let key = &keys[(i + seed as usize) % keys.len()];
+        let side = if (i / 3 + seed as usize).is_multiple_of(2) { "buy" } else { "sell" };
+        let price = format!("{}.{:02}", 30_000 + (i % 7), i % 100);
+        let market = if i % 5 == 0 { "ETH-USDT" } else { "BTC-USDT" };
+        let (status, _) = client.place(
+            key,
+            json!({ "market": market, "side": side, "type": "limit", "price": price, "quantity": "0.0007",
+                    "time_in_force": if i % 4 == 0 { "IOC" } else { "GTC" } }),
+        );
+        assert_eq!(status, 200);
+        placed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn health(exchange: &Exchange) -> Value {
+    exchange.get("/health").1
+}
+
+/// Waits until the database holds every command the exchange has.
+fn wait_until_written(exchange: &Exchange) -> u64 {
+    let started = Instant::now();
+    loop {
+        let health = health(exchange);
+        let seq = health["seq"].as_u64().unwrap_or(0);
+        if health["database"]["written_seq"].as_u64() == Some(seq) && health["database"]["lag_seq"] == 0 {
+            return seq;
+        }
+        // A liveness bound, not a speed assertion.
+        assert!(started.elapsed() < Duration::from_secs(120), "the database did not catch up: {health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The journal replayed from its first record: every command's events.
+fn replay_journal(journal_dir: &std::path::Path) -> (Engine, Vec<Event>, Vec<Stamp>) {
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut reader = JournalReader::open(journal_dir, 1, ReadMode::Strict).expect("open the journal");
+    let mut events = Vec::new();
+    let mut stamps = Vec::new();
+    while let Some(command) = reader.next().expect("read the journal") {
+        engine.apply(&command, &mut events).expect("in order");
+        stamps.push(Stamp { seq: command.seq, timestamp_ns: command.timestamp_ns });
+    }
+    (engine, events, stamps)
+}
+
+#[test]
+fn after_sigkill_and_restart_the_tables_converge_to_the_journal() {
+    let database = Database::throwaway().expect("a database");
+    let data = tempfile::tempdir().expect("tempdir");
+    let env = [("DATABASE_URL", database.url.as_str()), ("EXCHANGE_SNAPSHOT_EVERY_COMMANDS", "150")];
+    let exchange = Exchange::start(data.path(), &env);
+    let keys = exchange.demo(4);
+    let placed = Arc::new(AtomicUsize::new(0));
+    trade(&exchange.client, &keys, 300, 0, &placed);
+
+    // Kill it while a client is trading (the client's next request fails).
+    let address = exchange.address;
+    let flood_keys = keys.clone();
+    let flood_placed = Arc::clone(&placed);
+    let flood = std::thread::spawn(move || {
+        let _ =
+            std::panic::catch_unwind(|| trade(&Client::new(address), &flood_keys, 5_000, 1, &flood_placed));
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let exchange = exchange.crash_and_restart();
+    let _ = flood.join();
+    assert!(placed.load(Ordering::Relaxed) > 300, "orders were placed while the exchange was killed");
+    trade(&exchange.client, &keys, 200, 2, &placed);
+    let seq = wait_until_written(&exchange);
+
+    // History endpoints answer from the database.
+    let (status, trades) = exchange.get("/trade/history?market=BTC-USDT&from_id=1&limit=1000");
+    assert_eq!(status, 200, "{trades}");
+    let market_trades = trades["trades"].as_array().expect("trades").len();
+    assert!(market_trades > 0);
+    let (status, mine) = exchange.signed(&keys[0], "GET", "/user/trades", "limit=1000&from_id=1", None);
+    assert_eq!(status, 200, "{mine}");
+    let (status, orders) = exchange.signed(&keys[0], "GET", "/orders/history", "limit=1000&from_id=1", None);
+    assert_eq!(status, 200, "{orders}");
+    assert!(orders["orders"].as_array().is_some_and(|o| !o.is_empty()));
+    let (status, candles) = exchange.get("/candles?market=BTC-USDT&interval=1h");
+    assert_eq!(status, 200, "{candles}");
+    let candle_trades: i64 = candles["candles"]
+        .as_array()
+        .expect("candles")
+        .iter()
+        .map(|c| c["trades"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(candle_trades as usize, market_trades, "candles count every trade of the market");
+    let (status, error) = exchange.get("/candles?market=BTC-USDT&interval=7m");
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(exchange.terminate().code(), Some(0));
+
+    // The tables equal what a replay of the journal produces.
+    let (engine, events, stamps) = replay_journal(&data.path().join("journal"));
+    assert_eq!(engine.last_seq(), seq);
+    let mut expected = RowSet::new();
+    expected
+        .add(&events, &stamps, &mut Catalog::default(), &mut Balances::new())
+        .expect("rows from the journal");
+    assert!(expected.trades.len() > 50, "the session traded ({} trades)", expected.trades.len());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&database.url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        let cursor: i64 = client.query_one("SELECT last_seq FROM writer_cursor", &[]).await.expect("cursor").get(0);
+        assert_eq!(cursor as u64, seq);
+        let rows = client
+            .query("SELECT trade_id, seq, market_id, price, quantity, quote_quantity, taker_side, maker_order_id, maker_user_id, taker_order_id, taker_user_id, maker_fee, maker_fee_asset_id, taker_fee, taker_fee_asset_id, executed_at FROM trades ORDER BY trade_id", &[])
+            .await
+            .expect("trades");
+        let actual: Vec<String> =
+            rows.iter().map(|r| format!("{:?}", persistence::trade_row(r).expect("a trade row"))).collect();
+        let expected_trades: Vec<String> = expected.trades.iter().map(|t| format!("{t:?}")).collect();
+        assert_eq!(actual.len(), expected_trades.len(), "same number of trades: none missing, none twice");
+        for (actual, expected) in actual.iter().zip(&expected_trades) {
+            assert_eq!(actual, expected);
+        }
+        let ledger: i64 = client.query_one("SELECT count(*) FROM ledger", &[]).await.expect("ledger").get(0);
+        assert_eq!(ledger as usize, expected.ledger.len());
+        let orders: i64 = client.query_one("SELECT count(*) FROM orders", &[]).await.expect("orders").get(0);
+        assert_eq!(orders as usize, expected.orders.len());
+        // Final balances as a replay of the journal reports them.
+        let rows = client
+            .query("SELECT b.user_id, b.asset_id, b.available, b.locked, a.decimals FROM balances b JOIN assets a USING (asset_id)", &[])
+            .await
+            .expect("balances");
+        assert_eq!(rows.len(), keys.len() * 3);
+        for row in rows {
+            let user = UserId(row.get::<_, i32>(0) as u32);
+            let asset = engine_core::AssetId(row.get::<_, i32>(1) as u32);
+            let decimals = row.get::<_, i16>(4) as u8;
+            let balance = engine.balance(user, asset);
+            assert_eq!(row.get::<_, Amount>(2), Amount(persistence::scale::units(balance.available, decimals)));
+            assert_eq!(row.get::<_, Amount>(3), Amount(persistence::scale::units(balance.locked, decimals)));
+        }
+    });
+}
+
+#[test]
+fn without_a_database_the_history_endpoints_say_so() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let exchange = Exchange::start(data.path(), &[]);
+    let keys = exchange.demo(1);
+    let (status, body) = exchange.get("/candles?market=BTC-USDT");
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_database")), "{body}");
+    let (status, body) = exchange.get("/trade/history?market=BTC-USDT&from=0");
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_database")), "{body}");
+    let (status, body) = exchange.signed(&keys[0], "GET", "/orders/history", "", None);
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_database")), "{body}");
+    // Recent trades still come from memory.
+    let (status, _) = exchange.get("/trade/history?market=BTC-USDT");
+    assert_eq!(status, 200);
+    assert!(health(&exchange)["database"].is_null());
+}
