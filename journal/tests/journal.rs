@@ -504,3 +504,24 @@ fn journal_and_snapshot_files_are_readable_by_their_owner_only() {
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
     }
 }
+
+#[test]
+fn a_held_snapshot_survives_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path());
+    let mut engine = Engine::new(EngineLimits::default());
+    let mut events = Vec::new();
+    for seq in 1..=50u64 {
+        engine
+            .apply(&StampedCommand { seq, timestamp_ns: seq, command: Command::CreateUser }, &mut events)
+            .unwrap();
+        if seq % 10 == 0 {
+            let keep = journal::SnapshotKeep { newest: 2, hold_at_or_below: Some(25) };
+            write_snapshot(&data.snapshots(), &engine, keep).unwrap();
+        }
+    }
+    let left: Vec<u64> =
+        journal::list_snapshots(&data.snapshots()).unwrap().into_iter().map(|(s, _)| s).collect();
+    // The two newest, and the newest at or below the hold (20).
+    assert_eq!(left, [50, 40, 20]);
+}

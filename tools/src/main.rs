@@ -62,6 +62,13 @@ enum Top {
         #[arg(long)]
         keys_out: Option<PathBuf>,
     },
+    /// Apply the PostgreSQL migrations the database lacks (the exchange
+    /// also applies them when it connects).
+    Migrate {
+        /// A tokio-postgres connection string; defaults to $DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Replay the journal and write a snapshot of the state it reaches.
     Snapshot {
         dir: PathBuf,
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
         Top::Journal(JournalCommand::Verify { dir }) => verify(&dir),
         Top::Replay { dir, to } => replay(&dir, to),
         Top::Snapshot { dir, keep } => snapshot(&dir, keep),
+        Top::Migrate { database_url } => migrate(database_url),
         Top::Seed { file, server, admin_token, keys_out } => {
             seed_command(&file, &server, admin_token, keys_out.as_deref())
         }
@@ -309,6 +317,31 @@ fn replay(dir: &Path, to: Option<u64>) -> Result<ExitCode, String> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn migrate(database_url: Option<String>) -> Result<ExitCode, String> {
+    let url = database_url
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()))
+        .ok_or("no database: pass --database-url or set DATABASE_URL")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        tokio::spawn(connection);
+        let applied = persistence::migrate(&mut client).await.map_err(|e| e.to_string())?;
+        if applied.is_empty() {
+            println!("the database is up to date");
+        } else {
+            for name in applied {
+                println!("applied {name}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn snapshot(dir: &Path, keep: usize) -> Result<ExitCode, String> {

@@ -177,3 +177,27 @@ fn a_closed_pipe_ends_the_dump_quietly() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn migrate_applies_the_schema_once() {
+    let database = persistence::cluster::Database::throwaway().expect("a database");
+    let first = Process::new(env!("CARGO_BIN_EXE_exctl"))
+        .args(["migrate", "--database-url", &database.url])
+        .output()
+        .expect("exctl runs");
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied V1__initial"));
+    let second = Process::new(env!("CARGO_BIN_EXE_exctl"))
+        .arg("migrate")
+        .env("DATABASE_URL", &database.url)
+        .output()
+        .expect("exctl runs");
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
+    let refused = Process::new(env!("CARGO_BIN_EXE_exctl"))
+        .args(["migrate", "--database-url", "host=127.0.0.1 port=1 user=nobody connect_timeout=2"])
+        .output()
+        .expect("exctl runs");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot connect"));
+}
