@@ -57,7 +57,7 @@ pub fn to_units(field: &'static str, amount: Decimal, decimals: u8) -> Result<Un
 }
 
 pub fn units_to_string(units: Units, decimals: u8) -> String {
-    Decimal::from_i128_with_scale(i128::from(units.0), u32::from(decimals)).to_string()
+    persistence::scale::units(units, decimals).to_string()
 }
 
 /// A market's tick and lot sizes as decimals.
@@ -73,12 +73,9 @@ impl Scale {
     /// The lot size is `base_units_per_lot` base units; the tick size is the
     /// price at which one lot costs `quote_units_per_tick` quote units.
     pub fn for_market(rules: &MarketRules, base_decimals: u8, quote_decimals: u8) -> Scale {
-        let lot_size =
-            Decimal::from_i128_with_scale(i128::from(rules.base_units_per_lot), u32::from(base_decimals));
-        let tick_value =
-            Decimal::from_i128_with_scale(i128::from(rules.quote_units_per_tick), u32::from(quote_decimals));
-        let tick_size = tick_value.checked_div(lot_size).unwrap_or(Decimal::ZERO).normalize();
-        Scale { tick_size, lot_size: lot_size.normalize(), base_decimals, quote_decimals }
+        // One conversion for the API and the database.
+        let market = persistence::scale::MarketScale::for_market(rules, base_decimals, quote_decimals);
+        Scale { tick_size: market.tick_size, lot_size: market.lot_size, base_decimals, quote_decimals }
     }
 
     pub fn to_ticks(&self, field: &'static str, price: Decimal) -> Result<Ticks, ApiError> {

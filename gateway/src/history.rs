@@ -82,6 +82,22 @@ fn market_id(views: &Views, query: &str, required: bool) -> Result<Option<i32>, 
     Ok(Some(market.market.id.0 as i32))
 }
 
+/// The market and range a history request asks for, checked before the
+/// database is asked (bad input is a 400 or 404 with or without one), and
+/// the database to ask.
+fn request<'s>(
+    state: &'s AppState,
+    query: &str,
+    market_required: bool,
+) -> Result<(Option<i32>, Range, &'s persistence::History), ApiError> {
+    let (market, range) = {
+        let views = read_views(state)?;
+        (market_id(&views, query, market_required)?, range(query)?)
+    };
+    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
+    Ok((market, range, history))
+}
+
 fn time_ns(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
@@ -107,11 +123,7 @@ fn read_views(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Views>,
 
 /// `GET /trade/history` with a database: a market's trades.
 pub async fn market_trades(state: &AppState, query: &str) -> Result<Value, ApiError> {
-    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
-    let (market, range) = {
-        let views = read_views(state)?;
-        (market_id(&views, query, true)?, range(query)?)
-    };
+    let (market, range, history) = request(state, query, true)?;
     let trades = history.trades(market, None, range).await.map_err(database_error)?;
     let views = read_views(state)?;
     let trades: Vec<Value> = trades
@@ -137,11 +149,7 @@ pub async fn user_trades(
     user: engine_core::UserId,
     query: &str,
 ) -> Result<Value, ApiError> {
-    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
-    let (market, range) = {
-        let views = read_views(state)?;
-        (market_id(&views, query, false)?, range(query)?)
-    };
+    let (market, range, history) = request(state, query, false)?;
     let user = user.0 as i32;
     let trades = history.trades(market, Some(user), range).await.map_err(database_error)?;
     let views = read_views(state)?;
@@ -180,11 +188,7 @@ pub async fn user_orders(
     user: engine_core::UserId,
     query: &str,
 ) -> Result<Value, ApiError> {
-    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
-    let (market, range) = {
-        let views = read_views(state)?;
-        (market_id(&views, query, false)?, range(query)?)
-    };
+    let (market, range, history) = request(state, query, false)?;
     let orders = history.orders(user.0 as i32, market, range).await.map_err(database_error)?;
     let views = read_views(state)?;
     let orders: Vec<Value> = orders
@@ -217,17 +221,14 @@ pub async fn user_orders(
 
 /// `GET /candles`: OHLCV candles of a market.
 pub async fn candles(state: &AppState, query: &str) -> Result<Value, ApiError> {
-    let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
-    let (market, range) = {
-        let views = read_views(state)?;
-        (market_id(&views, query, true)?.unwrap_or_default(), range(query)?)
-    };
     let interval = param(query, "interval")?.unwrap_or_else(|| "1m".to_string());
     let minutes =
         CANDLE_INTERVALS.iter().find(|(name, _)| *name == interval).map(|(_, m)| *m).ok_or_else(|| {
             let names: Vec<&str> = CANDLE_INTERVALS.iter().map(|(name, _)| *name).collect();
             ApiError::invalid("interval", format!("{interval:?} is not one of {}", names.join(", ")))
         })?;
+    let (market, range, history) = request(state, query, true)?;
+    let market = market.unwrap_or_default();
     let candles = history.candles(market, minutes, range).await.map_err(database_error)?;
     let views = read_views(state)?;
     let candles: Vec<Value> = candles

@@ -172,6 +172,26 @@ fn without_a_database_the_history_endpoints_say_so() {
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_database")), "{body}");
     let (status, body) = exchange.signed(&keys[0], "GET", "/orders/history", "", None);
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("no_database")), "{body}");
+    // Bad input is refused as such, before any database is asked.
+    for (target, status, code) in [
+        ("/candles?market=BTC-USDT&interval=7m", 400, "invalid_parameter"),
+        ("/candles?market=NOPE-USDT", 404, "unknown_market"),
+        ("/candles?interval=1m", 400, "missing_parameter"),
+        ("/trade/history?market=BTC-USDT&limit=0&from=0", 400, "invalid_parameter"),
+        ("/trade/history?market=BTC-USDT&limit=1001&from=0", 400, "invalid_parameter"),
+        ("/trade/history?market=BTC-USDT&from=abc", 400, "invalid_parameter"),
+        ("/trade/history?market=BTC-USDT&from=-1", 400, "invalid_parameter"),
+        ("/trade/history?market=BTC-USDT&from=99999999999999999999999", 400, "invalid_parameter"),
+        ("/trade/history?market=BTC-USDT&from=10&to=5", 400, "invalid_parameter"),
+        ("/trade/history?market=BTC-USDT&from_id=1.5", 400, "invalid_parameter"),
+    ] {
+        let (actual, body) = exchange.get(target);
+        assert_eq!((actual, body["error"]["code"].as_str()), (status, Some(code)), "{target}: {body}");
+    }
+    let (status, body) = exchange.signed(&keys[0], "GET", "/user/trades", "market=NOPE-USDT", None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_market")), "{body}");
+    let (status, _) = exchange.get("/orders/history");
+    assert_eq!(status, 401, "history of a user needs a signature");
     // Recent trades still come from memory.
     let (status, _) = exchange.get("/trade/history?market=BTC-USDT");
     assert_eq!(status, 200);
