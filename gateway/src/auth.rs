@@ -139,15 +139,29 @@ impl Authenticator {
             .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "unknown API key"))?;
         self.take_token(key, now_ms)?;
 
-        let (signed, signature_hex) = split_signature(raw_query).ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_signature",
-                "the last query parameter must be signature=<hex HMAC-SHA256>",
-            )
-        })?;
+        // The signature is the last parameter of the query string or, for
+        // a form-encoded body, of the body; the payload is the query string
+        // then the body, without the signature (Binance's `totalParams`).
+        let body_text = std::str::from_utf8(body).ok();
+        let (signed_query, signed_body, signature_hex) = match split_signature(raw_query) {
+            Some((query, hex)) => (query, body, hex),
+            None => match body_text.and_then(split_signature) {
+                Some((body, hex)) if !hex.is_empty() => (raw_query, body.as_bytes(), hex),
+                _ => return Err(ApiError::unauthorized(
+                    "missing_signature",
+                    "the last query parameter (or form body parameter) must be signature=<hex HMAC-SHA256>",
+                )),
+            },
+        };
+        let signed_params = if signed_body.len() < body.len() {
+            // Form parameters take part too when the signature is in the body.
+            query_pairs(signed_query).chain(query_pairs(body_text.unwrap_or("")))
+        } else {
+            query_pairs(signed_query).chain(query_pairs(""))
+        };
         let mut timestamp_ms = None;
         let mut recv_window_ms = RECV_WINDOW_DEFAULT_MS;
-        for (name, value) in query_pairs(signed) {
+        for (name, value) in signed_params {
             match name {
                 "timestamp" => {
                     timestamp_ms = Some(value.parse::<u64>().map_err(|_| {
@@ -192,8 +206,8 @@ impl Authenticator {
             .map_err(|_| ApiError::unauthorized("invalid_signature", "signature must be 64 hex digits"))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
             .map_err(|_| ApiError::unauthorized("invalid_signature", "signature does not match"))?;
-        mac.update(signed.as_bytes());
-        mac.update(body);
+        mac.update(signed_query.as_bytes());
+        mac.update(signed_body);
         // Constant-time comparison.
         mac.verify_slice(&signature)
             .map_err(|_| ApiError::unauthorized("invalid_signature", "signature does not match"))?;
@@ -212,6 +226,11 @@ impl Authenticator {
             ));
         }
         Ok(user)
+    }
+
+    /// Signed requests per second each key may send.
+    pub fn rate_per_s(&self) -> f64 {
+        self.rate_per_s
     }
 
     fn take_token(&self, key: ApiKey, now_ms: u64) -> Result<(), ApiError> {

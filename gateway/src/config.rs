@@ -55,6 +55,9 @@ pub struct Config {
     pub rate_limit_per_s: u32,
     /// How many requests a key may send at once before the rate applies.
     pub rate_limit_burst: u32,
+    /// Request weight one client address may use per minute on the
+    /// Binance-compatible API (Binance's own limit is 6,000).
+    pub request_weight_per_minute: u64,
     /// Recent trades kept per market for `GET /trade/history`.
     pub recent_trades_max: usize,
     /// Closed orders kept per user for `GET /order`.
@@ -117,6 +120,7 @@ impl Default for Config {
             recv_window_max_ms: 60_000,
             rate_limit_per_s: 200,
             rate_limit_burst: 400,
+            request_weight_per_minute: 6_000,
             recent_trades_max: 1_000,
             closed_orders_kept_per_user: 100,
             limits: EngineLimits::default(),
@@ -201,6 +205,7 @@ impl Config {
             "RECV_WINDOW_MAX_MS" => self.recv_window_max_ms = parse(value)?,
             "RATE_LIMIT_PER_S" => self.rate_limit_per_s = parse(value)?,
             "RATE_LIMIT_BURST" => self.rate_limit_burst = parse(value)?,
+            "REQUEST_WEIGHT_PER_MINUTE" => self.request_weight_per_minute = parse(value)?,
             "RECENT_TRADES_MAX" => self.recent_trades_max = parse(value)?,
             "CLOSED_ORDERS_KEPT_PER_USER" => self.closed_orders_kept_per_user = parse(value)?,
             "OPEN_ORDERS_PER_USER_MAX" => self.limits.open_orders_per_user_max = parse(value)?,
@@ -230,6 +235,9 @@ impl Config {
         }
         if self.connections_max == 0 {
             return Err(ConfigError("connections_max must be positive".into()));
+        }
+        if self.request_weight_per_minute == 0 {
+            return Err(ConfigError("request_weight_per_minute must be positive".into()));
         }
         if self.rate_limit_per_s == 0 || self.rate_limit_burst == 0 {
             return Err(ConfigError("rate_limit_per_s and rate_limit_burst must be positive".into()));

@@ -31,6 +31,7 @@
 
 pub mod amounts;
 pub mod auth;
+pub mod binance;
 pub mod config;
 pub mod error;
 mod history;

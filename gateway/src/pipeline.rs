@@ -312,8 +312,15 @@ impl Follower {
         if end_of_batch {
             if !self.batch_events.is_empty() {
                 if let Ok(mut views) = self.views.write() {
+                    // Stamps are in sequence order, one per command.
+                    let mut stamps = self.stamps.iter().peekable();
+                    let mut timestamp_ns = 0;
                     for event in &self.batch_events {
-                        views.apply(event);
+                        while let Some(stamp) = stamps.peek().filter(|s| s.seq <= event.seq) {
+                            timestamp_ns = stamp.timestamp_ns;
+                            stamps.next();
+                        }
+                        views.apply(event, timestamp_ns);
                     }
                 }
                 let events: Arc<[Event]> = Arc::from(self.batch_events.as_slice());

@@ -71,16 +71,38 @@ pub struct AppState {
     /// The database writer's progress and the history it serves, when
     /// PostgreSQL is configured.
     pub database: Option<(Arc<persistence::WriterStatus>, Arc<persistence::History>)>,
+    /// The Binance-compatible API's request weights and client order ids.
+    pub binance: crate::binance::State,
 }
 
-type Body = Full<Bytes>;
+pub type Body = Full<Bytes>;
 
 /// Handles one request; never fails (errors become JSON answers).
 pub async fn handle(
     state: Arc<AppState>,
     producer: Arc<Mutex<Publisher>>,
+    peer: std::net::IpAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if request.uri().path().starts_with("/api/v3/") {
+        return Ok(match read(&state, request).await {
+            Ok(request) => {
+                let binance = crate::binance::rest::Request {
+                    method: &request.method,
+                    path: &request.path,
+                    query: &request.query,
+                    api_key: request.api_key.as_deref(),
+                    body: &request.body,
+                    peer,
+                };
+                crate::binance::rest::handle(&state, &producer, binance).await
+            }
+            Err(error) => {
+                let error = crate::binance::BinanceError::from(error);
+                respond(error.status, error.body().to_string())
+            }
+        });
+    }
     let response = match route(&state, &producer, request).await {
         Ok((status, body)) => respond(status, body.to_string()),
         Err(error) => {
@@ -244,7 +266,7 @@ fn admin_check(state: &AppState, request: &Incoming2) -> Result<(), ApiError> {
 }
 
 /// Publishes a command and waits for its events.
-async fn execute(
+pub(crate) async fn execute(
     state: &AppState,
     producer: &Mutex<Publisher>,
     command: Command,
@@ -294,7 +316,7 @@ fn rejection(views: &Views, events: &[Event]) -> Option<ApiError> {
     })
 }
 
-fn describe(views: &Views, reason: RejectReason) -> String {
+pub(crate) fn describe(views: &Views, reason: RejectReason) -> String {
     match reason {
         RejectReason::InsufficientFunds { asset, needed, available } => {
             match views.assets.get(asset.0 as usize) {
@@ -320,7 +342,7 @@ fn views(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Views>, ApiE
 
 // ----- query parameters ---------------------------------------------------------
 
-fn percent_decode(value: &str) -> Option<String> {
+pub(crate) fn percent_decode(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -1110,7 +1132,7 @@ fn create_market(state: &AppState, body: MarketBody) -> Result<Command, ApiError
 }
 
 /// Letters and digits from the operating system's random source.
-fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
+pub(crate) fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
     use std::io::Read;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let unavailable =

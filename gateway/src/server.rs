@@ -146,6 +146,7 @@ pub async fn run(
         database: database
             .as_ref()
             .map(|(writer, history)| (Arc::clone(&writer.status), Arc::clone(history))),
+        binance: crate::binance::State::new(config.request_weight_per_minute),
     });
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let tick_every = Duration::from_millis(config.sync_interval_ms.clamp(1, 100));
@@ -179,7 +180,7 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 // A connection over the limit is closed at once: each one
                 // holds memory and a handle on the ring.
                 let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
@@ -190,7 +191,7 @@ pub async fn run(
                 let producer = Arc::new(Mutex::new(accepting.clone()));
                 let state = Arc::clone(&state);
                 let service = service_fn(move |request| {
-                    rest::handle(Arc::clone(&state), Arc::clone(&producer), request)
+                    rest::handle(Arc::clone(&state), Arc::clone(&producer), peer.ip(), request)
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use engine_core::{
     Asset, AssetId, ClientOrderId, DoneReason, Engine, Event, EventKind, Lots, Market, MarketId,
-    MarketStatus, OrderId, OrderKind, Side, Ticks, TradeId, Units, UserId,
+    MarketStatus, OrderId, OrderKind, SelfTradePrevention, Side, Ticks, TradeId, Units, UserId,
 };
 
 use crate::amounts::Scale;
@@ -14,6 +14,9 @@ use crate::amounts::Scale;
 #[derive(Clone, Copy, Debug)]
 pub struct TradeView {
     pub trade: TradeId,
+    /// The incoming order that made the trade: consecutive trades of one
+    /// taker order at one price form an aggregate trade.
+    pub taker_order: OrderId,
     pub seq: u64,
     pub price: Ticks,
     pub qty: Lots,
@@ -31,6 +34,7 @@ pub struct FillView {
     /// The asset the fee was charged in (what the order received).
     pub fee_asset: AssetId,
     pub maker: bool,
+    pub timestamp_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,10 +76,20 @@ pub struct OrderView {
     pub price: Option<Ticks>,
     pub remaining: Lots,
     pub filled: Lots,
+    /// The order's whole quantity (filled and open); an amend changes it.
+    /// 0 for a market order by quote amount.
+    pub quantity: Lots,
     pub client_order_id: Option<ClientOrderId>,
+    /// `None` for orders from before the last restart (not in the snapshot).
+    pub stp: Option<SelfTradePrevention>,
     pub status: OrderStatus,
     pub created_ns: u64,
     pub updated_seq: u64,
+    /// When the command that last changed the order was stamped.
+    pub updated_ns: u64,
+    /// Quote units traded by this order's fills (all of them, not only the
+    /// ones kept in `fills`), since the exchange started.
+    pub quote_filled: u128,
     /// Fills seen since the exchange started (bounded).
     pub fills: Vec<FillView>,
 }
@@ -87,20 +101,83 @@ const MINUTES_PER_DAY: u64 = 24 * 60;
 
 pub struct MarketView {
     pub market: Market,
+    /// `BASE-QUOTE`, the native API's name.
     pub name: String,
+    /// `BASEQUOTE`, the name Binance-compatible clients use.
+    pub symbol: String,
     pub scale: Scale,
     pub bids: BTreeMap<Ticks, Lots>,
     pub asks: BTreeMap<Ticks, Lots>,
     pub trades: VecDeque<TradeView>,
     pub last_price: Option<Ticks>,
-    /// Traded quantity per minute over the last day: (minute, lots).
-    pub volume_by_minute: VecDeque<(u64, u128)>,
+    pub last_qty: Option<Lots>,
+    /// One bar per minute with trades, over the last day.
+    pub minutes: VecDeque<MinuteBar>,
+}
+
+/// The trades of one minute of one market.
+#[derive(Clone, Copy, Debug)]
+pub struct MinuteBar {
+    /// Minutes since the epoch.
+    pub minute: u64,
+    pub open: Ticks,
+    pub high: Ticks,
+    pub low: Ticks,
+    pub close: Ticks,
+    pub volume: u128,
+    /// Quote units traded.
+    pub quote_volume: u128,
+    pub trades: u64,
+    pub first_trade: TradeId,
+    pub last_trade: TradeId,
+}
+
+/// A market's trading over the last day (the minutes kept in the view).
+#[derive(Clone, Copy, Debug)]
+pub struct DayStats {
+    pub open: Ticks,
+    pub high: Ticks,
+    pub low: Ticks,
+    pub close: Ticks,
+    pub volume: u128,
+    pub quote_volume: u128,
+    pub trades: u64,
+    pub first_trade: TradeId,
+    pub last_trade: TradeId,
+    pub open_time_ms: u64,
 }
 
 impl MarketView {
     /// Base lots traded in the 24 hours before the last trade's minute.
     pub fn volume_24h(&self) -> u128 {
-        self.volume_by_minute.iter().map(|(_, lots)| *lots).sum()
+        self.minutes.iter().map(|bar| bar.volume).sum()
+    }
+
+    /// Open, high, low, close and volumes over the minutes kept (the last
+    /// day); `None` when nothing traded in that day.
+    pub fn day_stats(&self) -> Option<DayStats> {
+        let first = self.minutes.front()?;
+        let last = self.minutes.back()?;
+        let mut stats = DayStats {
+            open: first.open,
+            high: first.high,
+            low: first.low,
+            close: last.close,
+            volume: 0,
+            quote_volume: 0,
+            trades: 0,
+            first_trade: first.first_trade,
+            last_trade: last.last_trade,
+            open_time_ms: first.minute * 60_000,
+        };
+        for bar in &self.minutes {
+            stats.high = stats.high.max(bar.high);
+            stats.low = stats.low.min(bar.low);
+            stats.volume += bar.volume;
+            stats.quote_volume += bar.quote_volume;
+            stats.trades += bar.trades;
+        }
+        Some(stats)
     }
 }
 
@@ -118,6 +195,7 @@ pub struct Views {
     pub assets: Vec<Asset>,
     pub markets: Vec<MarketView>,
     pub market_names: HashMap<String, MarketId>,
+    pub market_symbols: HashMap<String, MarketId>,
     pub users: Vec<UserView>,
     recent_trades_max: usize,
     closed_orders_kept_per_user: usize,
@@ -136,6 +214,7 @@ impl Views {
             assets: engine.assets().to_vec(),
             markets: Vec::new(),
             market_names: HashMap::new(),
+            market_symbols: HashMap::new(),
             users: Vec::new(),
             recent_trades_max,
             closed_orders_kept_per_user,
@@ -167,7 +246,10 @@ impl Views {
                         price: Some(order.price),
                         remaining: order.remaining,
                         filled: order.filled,
+                        quantity: Lots(order.remaining.0 + order.filled.0),
                         client_order_id: order.client_order_id,
+                        stp: None,
+                        quote_filled: 0,
                         status: if order.filled.0 > 0 {
                             OrderStatus::PartiallyFilled
                         } else {
@@ -175,6 +257,7 @@ impl Views {
                         },
                         created_ns: order.timestamp_ns,
                         updated_seq: engine.last_seq(),
+                        updated_ns: order.timestamp_ns,
                         fills: Vec::new(),
                     },
                 );
@@ -192,22 +275,32 @@ impl Views {
             return;
         };
         let name = format!("{base}-{quote}");
+        let symbol = format!("{base}{quote}");
         let scale = Scale::for_market(&market.rules, base_decimals, quote_decimals);
         self.market_names.insert(name.clone(), market.id);
+        // Two markets can spell the same symbol (AB-C and A-BC): the first keeps it.
+        self.market_symbols.entry(symbol.clone()).or_insert(market.id);
         self.markets.push(MarketView {
             market,
             name,
+            symbol,
             scale,
             bids: BTreeMap::new(),
             asks: BTreeMap::new(),
             trades: VecDeque::new(),
             last_price: None,
-            volume_by_minute: VecDeque::new(),
+            last_qty: None,
+            minutes: VecDeque::new(),
         });
     }
 
     pub fn market_by_name(&self, name: &str) -> Option<&MarketView> {
         self.market_names.get(name).and_then(|id| self.markets.get(id.0 as usize))
+    }
+
+    /// A market by its Binance-style symbol (`BTCUSDT`).
+    pub fn market_by_symbol(&self, symbol: &str) -> Option<&MarketView> {
+        self.market_symbols.get(symbol).and_then(|id| self.markets.get(id.0 as usize))
     }
 
     pub fn asset_by_symbol(&self, symbol: &str) -> Option<&Asset> {
@@ -224,8 +317,8 @@ impl Views {
         view.open.values().find(|o| matches(o)).or_else(|| view.closed.iter().rev().find(|o| matches(o)))
     }
 
-    /// Follows one event.
-    pub fn apply(&mut self, event: &Event) {
+    /// Follows one event of a command stamped at `timestamp_ns`.
+    pub fn apply(&mut self, event: &Event, timestamp_ns: u64) {
         self.last_seq = self.last_seq.max(event.seq);
         match event.kind {
             EventKind::AssetCreated { asset, symbol, decimals } => {
@@ -272,8 +365,8 @@ impl Views {
                 side,
                 kind,
                 client_order_id,
+                stp,
                 timestamp_ns,
-                ..
             } => {
                 let (price, remaining) = match kind {
                     OrderKind::Limit { price, qty, .. } => (Some(price), qty),
@@ -292,10 +385,14 @@ impl Views {
                             price,
                             remaining,
                             filled: Lots(0),
+                            quantity: remaining,
                             client_order_id,
+                            stp: Some(stp),
+                            quote_filled: 0,
                             status: OrderStatus::New,
                             created_ns: timestamp_ns,
                             updated_seq: event.seq,
+                            updated_ns: timestamp_ns,
                             fills: Vec::new(),
                         },
                     );
@@ -320,8 +417,10 @@ impl Views {
                 let Some(view) = self.markets.get_mut(market.0 as usize) else { return };
                 let rules = view.market.rules;
                 view.last_price = Some(price);
+                view.last_qty = Some(qty);
                 view.trades.push_back(TradeView {
                     trade,
+                    taker_order,
                     seq: event.seq,
                     price,
                     qty,
@@ -332,12 +431,32 @@ impl Views {
                     view.trades.pop_front();
                 }
                 let minute = timestamp_ns / NANOS_PER_MINUTE;
-                match view.volume_by_minute.back_mut() {
-                    Some((last, lots)) if *last == minute => *lots += u128::from(qty.0),
-                    _ => view.volume_by_minute.push_back((minute, u128::from(qty.0))),
+                let quote = u128::from(price.0) * u128::from(qty.0) * u128::from(rules.quote_units_per_tick);
+                match view.minutes.back_mut() {
+                    Some(bar) if bar.minute == minute => {
+                        bar.high = bar.high.max(price);
+                        bar.low = bar.low.min(price);
+                        bar.close = price;
+                        bar.volume += u128::from(qty.0);
+                        bar.quote_volume += quote;
+                        bar.trades += 1;
+                        bar.last_trade = trade;
+                    }
+                    _ => view.minutes.push_back(MinuteBar {
+                        minute,
+                        open: price,
+                        high: price,
+                        low: price,
+                        close: price,
+                        volume: u128::from(qty.0),
+                        quote_volume: quote,
+                        trades: 1,
+                        first_trade: trade,
+                        last_trade: trade,
+                    }),
                 }
-                while view.volume_by_minute.front().is_some_and(|(m, _)| *m + MINUTES_PER_DAY <= minute) {
-                    view.volume_by_minute.pop_front();
+                while view.minutes.front().is_some_and(|bar| bar.minute + MINUTES_PER_DAY <= minute) {
+                    view.minutes.pop_front();
                 }
                 let received = |side: Side| if side == Side::Buy { rules.base } else { rules.quote };
                 let maker_side = taker_side.opposite();
@@ -349,11 +468,21 @@ impl Views {
                     let Some(user_view) = self.users.get_mut(user.0 as usize) else { continue };
                     let Some(order_view) = user_view.open.get_mut(&order) else { continue };
                     order_view.filled.0 += qty.0;
+                    order_view.quote_filled +=
+                        u128::from(price.0) * u128::from(qty.0) * u128::from(rules.quote_units_per_tick);
                     order_view.remaining = remaining;
                     order_view.status = OrderStatus::PartiallyFilled;
                     order_view.updated_seq = event.seq;
                     if order_view.fills.len() < FILLS_KEPT_PER_ORDER {
-                        order_view.fills.push(FillView { trade, price, qty, fee, fee_asset, maker });
+                        order_view.fills.push(FillView {
+                            trade,
+                            price,
+                            qty,
+                            fee,
+                            fee_asset,
+                            maker,
+                            timestamp_ns,
+                        });
                     }
                 }
             }
@@ -363,7 +492,9 @@ impl Views {
                 {
                     order_view.price = Some(price);
                     order_view.remaining = remaining;
+                    order_view.quantity = Lots(order_view.filled.0 + remaining.0);
                     order_view.updated_seq = event.seq;
+                    order_view.updated_ns = timestamp_ns;
                 }
             }
             EventKind::OrderDone { order, user, reason, filled, .. } => {
@@ -372,6 +503,7 @@ impl Views {
                 let Some(mut order_view) = view.open.remove(&order) else { return };
                 order_view.filled = filled;
                 order_view.updated_seq = event.seq;
+                order_view.updated_ns = timestamp_ns;
                 order_view.status = match reason {
                     DoneReason::Filled => OrderStatus::Filled,
                     DoneReason::Cancelled => OrderStatus::Cancelled,

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::amounts;
+use crate::binance::streams::{Speed, Streams};
 use crate::error::ApiError;
 use crate::pipeline::Publisher;
 use crate::rest::{self, AppState};
@@ -51,6 +52,8 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const BOOK_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 const BOOK_SNAPSHOT_LEVELS: usize = 20;
+/// The period of Binance's fastest depth streams (`@100ms`).
+const BINANCE_TICK: Duration = Duration::from_millis(100);
 
 /// What goes out on one connection.
 #[derive(Debug)]
@@ -62,17 +65,41 @@ enum Outgoing {
 
 /// A stream a connection can subscribe to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Channel {
+pub enum Channel {
     Depth(MarketId),
     Trades(MarketId),
     BookTicker(MarketId),
     Book(MarketId),
+    /// Binance's `<symbol>@depth[@100ms]`.
+    BinanceDepth(MarketId, Speed),
+    /// Binance's `<symbol>@depth<levels>[@100ms]`.
+    BinancePartial(MarketId, u8, Speed),
+    BinanceTrade(MarketId),
+    BinanceAggTrade(MarketId),
+    BinanceBookTicker(MarketId),
 }
 
-struct Connection {
+/// How a connection's stream messages are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// The native protocol at `/`: `{"stream": ..., "data": ...}`.
+    Native,
+    /// Binance's `/ws`: the bare event.
+    Raw,
+    /// Binance's `/stream`: `{"stream": ..., "data": ...}`.
+    Combined,
+    /// Binance's WebSocket API at `/ws-api/v3`.
+    Api,
+}
+
+pub struct Connection {
     queue: mpsc::Sender<Outgoing>,
-    channels: HashSet<Channel>,
+    pub channels: HashSet<Channel>,
     user: Option<UserId>,
+    pub framing: Framing,
+    /// The user whose data this connection receives through the Binance
+    /// WebSocket API, and the subscription id it was given.
+    pub binance_user: Option<(UserId, u64)>,
 }
 
 /// Who listens to what; the hub task and the connections share it.
@@ -83,12 +110,73 @@ pub struct Subscribers {
 }
 
 impl Subscribers {
-    fn register(&self, queue: mpsc::Sender<Outgoing>) -> u64 {
+    fn register(&self, queue: mpsc::Sender<Outgoing>, framing: Framing) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut connections) = self.connections.lock() {
-            connections.insert(id, Connection { queue, channels: HashSet::new(), user: None });
+            connections.insert(
+                id,
+                Connection { queue, channels: HashSet::new(), user: None, framing, binance_user: None },
+            );
         }
         id
+    }
+
+    /// Whether any connection satisfies `test`.
+    pub fn any(&self, test: impl Fn(&Connection) -> bool) -> bool {
+        self.connections.lock().is_ok_and(|c| c.values().any(test))
+    }
+
+    /// Sends each connection the message `message_for` makes for it, if
+    /// any; a connection whose queue is full is dropped.
+    pub fn send_with(&self, mut message_for: impl FnMut(&Connection) -> Option<Arc<str>>) {
+        let Ok(mut connections) = self.connections.lock() else { return };
+        connections.retain(|_, connection| match message_for(connection) {
+            None => true,
+            Some(message) => connection.queue.try_send(Outgoing::Text(message)).is_ok(),
+        });
+    }
+
+    /// Adds (or removes) `channels` to a connection's subscriptions.
+    pub fn change_channels(&self, id: u64, channels: &[Channel], subscribe: bool) -> Result<(), String> {
+        let mut connections = self.connections.lock().map_err(|_| "internal error".to_string())?;
+        let connection = connections.get_mut(&id).ok_or_else(|| "connection closed".to_string())?;
+        for channel in channels {
+            if subscribe {
+                if connection.channels.len() >= SUBSCRIPTIONS_MAX && !connection.channels.contains(channel) {
+                    return Err(format!("at most {SUBSCRIPTIONS_MAX} subscriptions per connection"));
+                }
+                connection.channels.insert(channel.clone());
+            } else {
+                connection.channels.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn channels_of(&self, id: u64) -> Vec<Channel> {
+        self.connections
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&id).map(|conn| conn.channels.iter().cloned().collect()))
+            .unwrap_or_default()
+    }
+
+    /// Sets the user a connection receives Binance user data events for.
+    pub fn set_binance_user(&self, id: u64, user: Option<(UserId, u64)>) {
+        if let Ok(mut connections) = self.connections.lock() {
+            if let Some(connection) = connections.get_mut(&id) {
+                connection.binance_user = user;
+            }
+        }
+    }
+
+    /// Queues one message for one connection (an answer to its request).
+    pub fn reply(&self, id: u64, message: Arc<str>) -> bool {
+        self.connections
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&id).map(|conn| conn.queue.try_send(Outgoing::Text(message)).is_ok()))
+            .unwrap_or(false)
     }
 
     fn remove(&self, id: u64) {
@@ -139,13 +227,26 @@ pub async fn run_hub(
 ) {
     let mut previous_u: HashMap<MarketId, u64> = HashMap::new();
     let mut snapshots = tokio::time::interval(BOOK_SNAPSHOT_EVERY);
+    let mut binance_ticks = tokio::time::interval(BINANCE_TICK);
+    let mut binance = match views.read() {
+        Ok(views) => Streams::new(&views),
+        Err(_) => return,
+    };
     loop {
         tokio::select! {
             batch = batches.recv() => {
                 let Some(batch) = batch else { return };
                 publish_batch(&views, &subscribers, &batch, &mut previous_u);
+                if let Ok(views) = views.read() {
+                    binance.on_batch(&views, &subscribers, &batch);
+                }
             }
             _ = snapshots.tick() => publish_books(&views, &subscribers),
+            _ = binance_ticks.tick() => {
+                if let Ok(views) = views.read() {
+                    binance.on_tick(&views, &subscribers);
+                }
+            }
         }
     }
 }
@@ -351,7 +452,7 @@ pub async fn serve(
     queue_max: usize,
 ) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, peer)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         limit_send_buffer(&stream);
         let state = Arc::clone(&state);
@@ -359,18 +460,14 @@ pub async fn serve(
         let publisher = publisher.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let state = Arc::clone(&state);
-                let subscribers = Arc::clone(&subscribers);
-                let publisher = publisher.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(accept(
-                        request,
-                        state,
-                        subscribers,
-                        publisher,
-                        queue_max,
-                    ))
-                }
+                let shared = Shared {
+                    state: Arc::clone(&state),
+                    subscribers: Arc::clone(&subscribers),
+                    publisher: publisher.clone(),
+                    queue_max,
+                    peer: peer.ip(),
+                };
+                async move { Ok::<_, std::convert::Infallible>(accept(request, shared)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -380,18 +477,62 @@ pub async fn serve(
     }
 }
 
-fn accept(
-    mut request: Request<Incoming>,
+/// What every connection of the listener shares.
+struct Shared {
     state: Arc<AppState>,
     subscribers: Arc<Subscribers>,
     publisher: Publisher,
     queue_max: usize,
-) -> Response<Empty<Bytes>> {
-    if !upgrade::is_upgrade_request(&request) {
-        let mut response = Response::new(Empty::new());
-        *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        return response;
+    peer: std::net::IpAddr,
+}
+
+/// The protocol a path speaks, and the streams its URL subscribes to:
+/// `/ws-api/v3` (Binance's WebSocket API), `/ws[/<stream>...]` and
+/// `/stream?streams=a/b` (Binance's market streams), anything else the
+/// native protocol.
+fn protocol_of(state: &AppState, path: &str, query: &str) -> Result<(Framing, Vec<Channel>), ()> {
+    if path == "/ws-api/v3" {
+        return Ok((Framing::Api, Vec::new()));
     }
+    let views = state.views.read().map_err(|_| ())?;
+    if path == "/ws" || path.starts_with("/ws/") {
+        // Names that are not streams (a client's own index, as some
+        // clients put there) are ignored, as Binance does.
+        let channels = path
+            .trim_start_matches("/ws")
+            .split('/')
+            .filter_map(|name| crate::binance::streams::parse_stream(&views, name))
+            .collect();
+        return Ok((Framing::Raw, channels));
+    }
+    if path == "/stream" {
+        let names = rest::param(query, "streams").map_err(|_| ())?.unwrap_or_default();
+        let mut channels = Vec::new();
+        for name in names.split('/').filter(|n| !n.is_empty()) {
+            channels.push(crate::binance::streams::parse_stream(&views, name).ok_or(())?);
+        }
+        if channels.len() > SUBSCRIPTIONS_MAX {
+            return Err(());
+        }
+        return Ok((Framing::Combined, channels));
+    }
+    Ok((Framing::Native, Vec::new()))
+}
+
+fn accept(mut request: Request<Incoming>, shared: Shared) -> Response<Empty<Bytes>> {
+    let status = |code: StatusCode| {
+        let mut response = Response::new(Empty::new());
+        *response.status_mut() = code;
+        response
+    };
+    if !upgrade::is_upgrade_request(&request) {
+        return status(StatusCode::UPGRADE_REQUIRED);
+    }
+    let Ok((framing, channels)) =
+        protocol_of(&shared.state, request.uri().path(), request.uri().query().unwrap_or(""))
+    else {
+        return status(StatusCode::BAD_REQUEST);
+    };
     match upgrade::upgrade(&mut request) {
         Ok((response, socket)) => {
             tokio::spawn(async move {
@@ -399,29 +540,26 @@ fn accept(
                     socket.set_auto_pong(false);
                     socket.set_auto_close(false);
                     socket.set_max_message_size(CLIENT_MESSAGE_MAX_BYTES);
-                    run_connection(socket, state, subscribers, publisher, queue_max).await;
+                    run_connection(socket, shared, framing, channels).await;
                 }
             });
             response
         }
-        Err(_) => {
-            let mut response = Response::new(Empty::new());
-            *response.status_mut() = StatusCode::BAD_REQUEST;
-            response
-        }
+        Err(_) => status(StatusCode::BAD_REQUEST),
     }
 }
 
 async fn run_connection(
     socket: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
-    state: Arc<AppState>,
-    subscribers: Arc<Subscribers>,
-    publisher: Publisher,
-    queue_max: usize,
+    shared: Shared,
+    framing: Framing,
+    channels: Vec<Channel>,
 ) {
+    let Shared { state, subscribers, publisher, queue_max, peer } = shared;
     let (mut reader, mut writer) = socket.split(tokio::io::split);
     let (queue, mut outgoing) = mpsc::channel::<Outgoing>(queue_max.max(1));
-    let id = subscribers.register(queue.clone());
+    let id = subscribers.register(queue.clone(), framing);
+    let _ = subscribers.change_channels(id, &channels, true);
     let writer_task = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
@@ -449,6 +587,7 @@ async fn run_connection(
     });
     let publisher = Arc::new(Mutex::new(publisher));
     let mut session = Session { user: None, id, subscribers: Arc::clone(&subscribers) };
+    let mut api = crate::binance::ws_api::Session::new(id, peer, Arc::clone(&subscribers));
     loop {
         let frame = match tokio::time::timeout(
             IDLE_TIMEOUT,
@@ -474,7 +613,16 @@ async fn run_connection(
             }
             OpCode::Ping if queue.try_send(Outgoing::Pong(frame.payload.to_vec())).is_err() => break,
             OpCode::Text | OpCode::Binary => {
-                let answer = session.handle(&state, &publisher, &frame.payload).await;
+                let answer = match framing {
+                    Framing::Native => session.handle(&state, &publisher, &frame.payload).await,
+                    Framing::Api => api.handle(&state, &publisher, &frame.payload).await,
+                    Framing::Raw | Framing::Combined => match state.views.read() {
+                        Ok(views) => {
+                            crate::binance::streams::handle_request(&views, &subscribers, id, &frame.payload)
+                        }
+                        Err(_) => json!({ "error": { "code": 0, "msg": "internal error" }, "id": null }),
+                    },
+                };
                 if queue.try_send(Outgoing::Text(answer.to_string().into())).is_err() {
                     break;
                 }
@@ -649,6 +797,8 @@ fn channel_name(views: &Views, channel: &Channel) -> String {
         Channel::Trades(m) => (m, "trade"),
         Channel::BookTicker(m) => (m, "bookTicker"),
         Channel::Book(m) => (m, "depth20"),
+        // Binance channels live on Binance's paths only.
+        binance => return crate::binance::streams::stream_name(views, binance).unwrap_or_default(),
     };
     let name = views.markets.get(market.0 as usize).map_or_else(|| market.to_string(), |m| m.name.clone());
     format!("{name}@{stream}")
@@ -699,8 +849,8 @@ mod tests {
         let subscribers = Subscribers::default();
         let (slow_queue, _slow_never_reads) = mpsc::channel(2);
         let (fast_queue, mut fast) = mpsc::channel(1_000);
-        let slow = subscribers.register(slow_queue);
-        let fast_id = subscribers.register(fast_queue);
+        let slow = subscribers.register(slow_queue, Framing::Native);
+        let fast_id = subscribers.register(fast_queue, Framing::Native);
         for connection in subscribers.connections.lock().unwrap().values_mut() {
             connection.channels.insert(Channel::Trades(MarketId(0)));
         }

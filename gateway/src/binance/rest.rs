@@ -1,0 +1,177 @@
+//! Routing of `/api/v3/...`: request weight, signing (the exchange's one
+//! signing routine, with the signature in the query or the form body), and
+//! answers with Binance's error body and rate-limit headers.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::error::BinanceError;
+use super::market::{self, now_ms};
+use super::params::Params;
+use super::trading;
+use crate::pipeline::Publisher;
+use crate::rest::{AppState, Body};
+
+/// Every Binance route, with its methods: the OpenAPI description lists them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v3/ping"),
+    ("GET", "/api/v3/time"),
+    ("GET", "/api/v3/exchangeInfo"),
+    ("GET", "/api/v3/depth"),
+    ("GET", "/api/v3/trades"),
+    ("GET", "/api/v3/aggTrades"),
+    ("GET", "/api/v3/ticker/24hr"),
+    ("GET", "/api/v3/ticker/bookTicker"),
+    ("GET", "/api/v3/ticker/price"),
+    ("POST", "/api/v3/order"),
+    ("POST", "/api/v3/order/test"),
+    ("DELETE", "/api/v3/order"),
+    ("GET", "/api/v3/order"),
+    ("GET", "/api/v3/openOrders"),
+    ("DELETE", "/api/v3/openOrders"),
+    ("POST", "/api/v3/order/cancelReplace"),
+    ("PUT", "/api/v3/order/amend/keepPriority"),
+    ("GET", "/api/v3/account"),
+    ("GET", "/api/v3/myTrades"),
+];
+
+/// What a request to `/api/v3` carries, its body already read.
+pub struct Request<'r> {
+    pub method: &'r Method,
+    pub path: &'r str,
+    pub query: &'r str,
+    pub api_key: Option<&'r str>,
+    pub body: &'r [u8],
+    pub peer: IpAddr,
+}
+
+/// Answers one `/api/v3` request; never fails.
+pub async fn handle(state: &AppState, producer: &Mutex<Publisher>, request: Request<'_>) -> Response<Body> {
+    let weight = weight(&request);
+    let used = state.binance.use_weight(request.peer, weight, now_ms());
+    let result = match &used {
+        Ok(_) => route(state, producer, &request).await,
+        Err(error) => Err(error.clone()),
+    };
+    let used_weight = match used {
+        Ok(total) => total,
+        Err(_) => state.binance.weight_limit_per_minute() + 1,
+    };
+    let (status, body, retry_after_s) = match result {
+        Ok(value) => (StatusCode::OK, value, None),
+        Err(error) => (error.status, error.body(), error.retry_after_s),
+    };
+    let mut response = Response::new(http_body_util::Full::new(hyper::body::Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
+    if let Ok(value) = HeaderValue::from_str(&used_weight.to_string()) {
+        headers.insert("x-mbx-used-weight", value.clone());
+        headers.insert("x-mbx-used-weight-1m", value);
+    }
+    if let Some(seconds) = retry_after_s {
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            headers.insert(RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+/// Binance's request weight of each endpoint.
+fn weight(request: &Request<'_>) -> u64 {
+    let has = |name: &str| crate::auth::query_pairs(request.query).any(|(n, v)| n == name && !v.is_empty());
+    let limit = || {
+        crate::auth::query_pairs(request.query)
+            .find(|(n, _)| *n == "limit")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(market::DEPTH_LIMIT_DEFAULT)
+    };
+    match (request.method.as_str(), request.path) {
+        ("GET", "/api/v3/exchangeInfo") => 20,
+        ("GET", "/api/v3/depth") => match limit() {
+            0..=100 => 5,
+            101..=500 => 25,
+            501..=1_000 => 50,
+            _ => 250,
+        },
+        ("GET", "/api/v3/trades") => 25,
+        ("GET", "/api/v3/aggTrades") => 4,
+        ("GET", "/api/v3/ticker/24hr") => {
+            if has("symbol") {
+                2
+            } else {
+                80
+            }
+        }
+        ("GET", "/api/v3/ticker/bookTicker" | "/api/v3/ticker/price") => {
+            if has("symbol") {
+                2
+            } else {
+                4
+            }
+        }
+        ("GET", "/api/v3/order") => 4,
+        ("GET", "/api/v3/openOrders") => {
+            if has("symbol") {
+                6
+            } else {
+                80
+            }
+        }
+        ("PUT", "/api/v3/order/amend/keepPriority") => 4,
+        ("GET", "/api/v3/account" | "/api/v3/myTrades") => 20,
+        _ => 1,
+    }
+}
+
+async fn route(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    request: &Request<'_>,
+) -> Result<Value, BinanceError> {
+    let params = Params::from_http(request.query, request.body, true)?;
+    let p = &params;
+    let signed = || -> Result<engine_core::UserId, BinanceError> {
+        let changes_state = request.method != Method::GET;
+        Ok(state.auth.authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)?)
+    };
+    match (request.method.as_str(), request.path) {
+        ("GET", "/api/v3/ping") => p.only(&[]).map(|_| json!({})),
+        ("GET", "/api/v3/time") => p.only(&[]).map(|_| market::time()),
+        ("GET", "/api/v3/exchangeInfo") => market::exchange_info(state, p),
+        ("GET", "/api/v3/depth") => market::depth(state, p),
+        ("GET", "/api/v3/trades") => market::trades(state, p),
+        ("GET", "/api/v3/aggTrades") => market::agg_trades(state, p),
+        ("GET", "/api/v3/ticker/24hr") => market::ticker_24hr(state, p),
+        ("GET", "/api/v3/ticker/bookTicker") => market::book_ticker(state, p),
+        ("GET", "/api/v3/ticker/price") => market::price(state, p),
+        ("POST", "/api/v3/order") => trading::place(state, producer, signed()?, p, false).await,
+        ("POST", "/api/v3/order/test") => trading::place(state, producer, signed()?, p, true).await,
+        ("DELETE", "/api/v3/order") => trading::cancel(state, producer, signed()?, p).await,
+        ("GET", "/api/v3/order") => trading::status(state, signed()?, p),
+        ("GET", "/api/v3/openOrders") => trading::open_orders(state, signed()?, p),
+        ("DELETE", "/api/v3/openOrders") => trading::cancel_all(state, producer, signed()?, p).await,
+        ("POST", "/api/v3/order/cancelReplace") => {
+            trading::cancel_replace(state, producer, signed()?, p).await
+        }
+        ("PUT", "/api/v3/order/amend/keepPriority") => {
+            trading::amend_keep_priority(state, producer, signed()?, p).await
+        }
+        ("GET", "/api/v3/account") => trading::account(state, signed()?, p),
+        ("GET", "/api/v3/myTrades") => trading::my_trades(state, signed()?, p).await,
+        (method, path) if ROUTES.iter().any(|(_, known)| *known == path) => Err(BinanceError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            -1020,
+            format!("This operation is not supported: {method} {path}."),
+        )),
+        (_, path) => Err(BinanceError::new(
+            StatusCode::NOT_FOUND,
+            -1020,
+            format!("This operation is not supported: no endpoint {path} (see /openapi.json)."),
+        )),
+    }
+}

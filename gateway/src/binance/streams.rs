@@ -1,0 +1,561 @@
+//! Binance's market streams and user data events, made by the WebSocket
+//! hub from each batch of events.
+//!
+//! Depth diffs (`<symbol>@depth`, every 1,000 ms, and `@depth@100ms`)
+//! carry `U` and `u` in the id space of REST `depth`'s `lastUpdateId` (the
+//! sequence number of commands): each diff covers every change after the
+//! previous diff of its stream (`U` is the previous `u` plus one) up to
+//! `u`, the last command that changed the book. A client that buffers
+//! diffs, fetches the snapshot, drops diffs with `u <= lastUpdateId` and
+//! applies the rest keeps an exact book, as Binance documents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use engine_core::{
+    AssetId, DoneReason, Event, EventKind, Lots, MarketId, OrderId, OrderKind, Side, Ticks, UserId,
+};
+use serde_json::{json, Value};
+
+use super::market::{agg_json, aggregate, book_json, now_ms};
+use super::{price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT};
+use crate::views::{OrderStatus, OrderView, TradeView, Views};
+use crate::ws::{Channel, Framing, Subscribers};
+
+/// How often a stream is pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Speed {
+    Ms100,
+    Ms1000,
+}
+
+/// The depth levels a partial book stream shows.
+pub const PARTIAL_LEVELS: [u8; 3] = [5, 10, 20];
+
+/// A stream a client can subscribe to, parsed from its name
+/// (`btcusdt@depth@100ms`).
+pub fn parse_stream(views: &Views, name: &str) -> Option<Channel> {
+    let (symbol, kind) = name.split_once('@')?;
+    if symbol.chars().any(|c| c.is_ascii_uppercase()) {
+        return None;
+    }
+    let market = views.market_by_symbol(&symbol.to_ascii_uppercase())?.market.id;
+    let (kind, speed) = match kind.rsplit_once('@') {
+        Some((kind, "100ms")) => (kind, Speed::Ms100),
+        Some((kind, "1000ms")) => (kind, Speed::Ms1000),
+        Some(_) => return None,
+        None => (kind, Speed::Ms1000),
+    };
+    match kind {
+        "depth" => Some(Channel::BinanceDepth(market, speed)),
+        "trade" if speed == Speed::Ms1000 && !name.ends_with("ms") => Some(Channel::BinanceTrade(market)),
+        "aggTrade" if !name.ends_with("ms") => Some(Channel::BinanceAggTrade(market)),
+        "bookTicker" if !name.ends_with("ms") => Some(Channel::BinanceBookTicker(market)),
+        _ => {
+            let levels: u8 = kind.strip_prefix("depth")?.parse().ok()?;
+            PARTIAL_LEVELS.contains(&levels).then_some(Channel::BinancePartial(market, levels, speed))
+        }
+    }
+}
+
+/// The name of a Binance channel, as `LIST_SUBSCRIPTIONS` shows it.
+pub fn stream_name(views: &Views, channel: &Channel) -> Option<String> {
+    let symbol =
+        |market: &MarketId| views.markets.get(market.0 as usize).map(|m| m.symbol.to_ascii_lowercase());
+    let speed = |speed: &Speed| if *speed == Speed::Ms100 { "@100ms" } else { "" };
+    Some(match channel {
+        Channel::BinanceDepth(m, s) => format!("{}@depth{}", symbol(m)?, speed(s)),
+        Channel::BinancePartial(m, levels, s) => format!("{}@depth{levels}{}", symbol(m)?, speed(s)),
+        Channel::BinanceTrade(m) => format!("{}@trade", symbol(m)?),
+        Channel::BinanceAggTrade(m) => format!("{}@aggTrade", symbol(m)?),
+        Channel::BinanceBookTicker(m) => format!("{}@bookTicker", symbol(m)?),
+        _ => return None,
+    })
+}
+
+/// Depth changes not yet pushed on one stream: final quantity per
+/// (is bid, price), and the last command that changed them.
+#[derive(Default)]
+struct PendingDiff {
+    levels: BTreeMap<(bool, u64), u64>,
+    last_seq: u64,
+}
+
+/// The hub's state for Binance streams.
+pub struct Streams {
+    diffs: HashMap<(MarketId, Speed), PendingDiff>,
+    /// The `u` of the last diff pushed on each stream.
+    last_u: HashMap<(MarketId, Speed), u64>,
+    /// Executed quantity and quote of each open order, as of the last
+    /// batch (the views may already be further on).
+    executed: HashMap<OrderId, (Lots, u128)>,
+    last_seq: u64,
+    ticks: u64,
+}
+
+impl Streams {
+    pub fn new(views: &Views) -> Streams {
+        let mut streams = Streams {
+            diffs: HashMap::new(),
+            last_u: HashMap::new(),
+            executed: HashMap::new(),
+            last_seq: 0,
+            ticks: 0,
+        };
+        streams.reload(views);
+        streams
+    }
+
+    /// Starts again from the views: after a batch was lost to overload
+    /// (every subscriber was cut off then).
+    fn reload(&mut self, views: &Views) {
+        self.executed = views
+            .users
+            .iter()
+            .flat_map(|user| user.open.values())
+            .map(|o| (o.order, (o.filled, o.quote_filled)))
+            .collect();
+        self.diffs.clear();
+        self.last_seq = views.last_seq;
+    }
+
+    /// Follows one batch: accumulates depth, pushes trades, book tickers
+    /// and user data events.
+    pub fn on_batch(&mut self, views: &Views, subscribers: &Subscribers, batch: &[Event]) {
+        let Some(first) = batch.first() else { return };
+        if first.seq > self.last_seq + 1 {
+            self.reload(views);
+        }
+        if let Some(last) = batch.last() {
+            self.last_seq = self.last_seq.max(last.seq);
+        }
+        let now = now_ms();
+        let mut trades: BTreeMap<MarketId, Vec<TradeView>> = BTreeMap::new();
+        let mut tickers: BTreeMap<MarketId, u64> = BTreeMap::new();
+        let mut user_events: Vec<(UserId, Value)> = Vec::new();
+        let mut balances: BTreeMap<(u64, UserId), BTreeMap<AssetId, (u64, u64)>> = BTreeMap::new();
+        let users_listening = subscribers.any(|c| c.binance_user.is_some());
+        // A market order by quote has no fixed quantity: its last trade is
+        // FILLED when the order is done filled.
+        let mut last_trade_of: HashMap<OrderId, u64> = HashMap::new();
+        let mut done_filled: Vec<OrderId> = Vec::new();
+        for event in batch {
+            match event.kind {
+                EventKind::Trade { trade, maker_order, taker_order, .. } => {
+                    last_trade_of.insert(maker_order, trade.0);
+                    last_trade_of.insert(taker_order, trade.0);
+                }
+                EventKind::OrderDone { order, reason: DoneReason::Filled, .. } => done_filled.push(order),
+                _ => {}
+            }
+        }
+        for event in batch {
+            match event.kind {
+                EventKind::BookLevel { market, side, price, qty } => {
+                    for speed in [Speed::Ms100, Speed::Ms1000] {
+                        let pending = self.diffs.entry((market, speed)).or_default();
+                        pending.levels.insert((side == Side::Buy, price.0), qty.0);
+                        pending.last_seq = event.seq;
+                    }
+                    tickers.insert(market, event.seq);
+                }
+                EventKind::Trade {
+                    trade,
+                    market,
+                    price,
+                    qty,
+                    taker_side,
+                    maker_order,
+                    maker_user,
+                    maker_remaining,
+                    taker_order,
+                    taker_user,
+                    taker_remaining,
+                    maker_fee,
+                    taker_fee,
+                    timestamp_ns,
+                } => {
+                    trades.entry(market).or_default().push(TradeView {
+                        trade,
+                        taker_order,
+                        seq: event.seq,
+                        price,
+                        qty,
+                        taker_side,
+                        timestamp_ns,
+                    });
+                    let Some(view) = views.markets.get(market.0 as usize) else { continue };
+                    let rules = view.market.rules;
+                    let quote =
+                        u128::from(price.0) * u128::from(qty.0) * u128::from(rules.quote_units_per_tick);
+                    let sides = [
+                        (maker_user, maker_order, maker_remaining, maker_fee, taker_side.opposite(), true),
+                        (taker_user, taker_order, taker_remaining, taker_fee, taker_side, false),
+                    ];
+                    for (user, order, remaining, fee, side, maker) in sides {
+                        let executed = self.executed.entry(order).or_insert((Lots(0), 0));
+                        executed.0 = Lots(executed.0 .0.saturating_add(qty.0));
+                        executed.1 += quote;
+                        let (filled, quote_filled) = *executed;
+                        if !users_listening {
+                            continue;
+                        }
+                        let Some(order_view) = order_of(views, user, order) else { continue };
+                        let by_quote = matches!(order_view.kind, Some(OrderKind::MarketByQuote { .. }));
+                        let complete = if by_quote {
+                            done_filled.contains(&order) && last_trade_of.get(&order) == Some(&trade.0)
+                        } else {
+                            remaining.0 == 0
+                        };
+                        let fee_asset = if side == Side::Buy { rules.base } else { rules.quote };
+                        let asset = views.assets.get(fee_asset.0 as usize);
+                        let mut report = execution_report(
+                            views,
+                            order_view,
+                            ReportKind {
+                                execution: "TRADE",
+                                status: if complete { "FILLED" } else { "PARTIALLY_FILLED" },
+                                filled,
+                                quote_filled,
+                                working: !complete,
+                                time_ms: timestamp_ns / 1_000_000,
+                            },
+                        );
+                        if let Some(object) = report.as_object_mut() {
+                            object.insert("l".into(), json!(qty_text(&view.scale, qty)));
+                            object.insert("L".into(), json!(price_text(&view.scale, price)));
+                            object.insert("Y".into(), json!(units_text(quote, view.scale.quote_decimals)));
+                            object.insert(
+                                "n".into(),
+                                json!(units_text(u128::from(fee.0), asset.map_or(0, |a| a.decimals))),
+                            );
+                            object.insert("N".into(), json!(asset.map(|a| a.symbol.to_string())));
+                            object.insert("t".into(), json!(trade.0));
+                            object.insert("m".into(), json!(maker));
+                        }
+                        user_events.push((user, report));
+                    }
+                }
+                EventKind::OrderAccepted { order, user, .. } => {
+                    self.executed.insert(order, (Lots(0), 0));
+                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
+                    {
+                        let report = execution_report(
+                            views,
+                            order_view,
+                            ReportKind {
+                                execution: "NEW",
+                                status: "NEW",
+                                filled: Lots(0),
+                                quote_filled: 0,
+                                working: true,
+                                time_ms: order_view.created_ns / 1_000_000,
+                            },
+                        );
+                        user_events.push((user, report));
+                    }
+                }
+                EventKind::OrderAmended { order, user, .. } => {
+                    let (filled, quote_filled) = self.executed.get(&order).copied().unwrap_or((Lots(0), 0));
+                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
+                    {
+                        let status = if filled.0 > 0 { "PARTIALLY_FILLED" } else { "NEW" };
+                        let report = execution_report(
+                            views,
+                            order_view,
+                            ReportKind {
+                                execution: "REPLACED",
+                                status,
+                                filled,
+                                quote_filled,
+                                working: true,
+                                time_ms: now,
+                            },
+                        );
+                        user_events.push((user, report));
+                    }
+                }
+                EventKind::OrderDone { order, user, reason, .. } => {
+                    let (filled, quote_filled) = self.executed.remove(&order).unwrap_or((Lots(0), 0));
+                    let (execution, status) = match reason {
+                        // The last TRADE report already said FILLED.
+                        DoneReason::Filled => continue,
+                        DoneReason::Cancelled => ("CANCELED", OrderStatus::Cancelled),
+                        DoneReason::Expired | DoneReason::FundsExhausted => ("EXPIRED", OrderStatus::Expired),
+                        DoneReason::SelfTrade => ("TRADE_PREVENTION", OrderStatus::ExpiredSelfTrade),
+                    };
+                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
+                    {
+                        let report = execution_report(
+                            views,
+                            order_view,
+                            ReportKind {
+                                execution,
+                                status: status_name(status),
+                                filled,
+                                quote_filled,
+                                working: false,
+                                time_ms: now,
+                            },
+                        );
+                        user_events.push((user, report));
+                    }
+                }
+                EventKind::Balance { user, asset, available, locked } if users_listening => {
+                    balances.entry((event.seq, user)).or_default().insert(asset, (available.0, locked.0));
+                }
+                EventKind::Deposited { user, asset, amount }
+                | EventKind::Withdrawn { user, asset, amount }
+                    if users_listening =>
+                {
+                    let Some(a) = views.assets.get(asset.0 as usize) else { continue };
+                    let sign = if matches!(event.kind, EventKind::Withdrawn { .. }) { "-" } else { "" };
+                    user_events.push((
+                        user,
+                        json!({
+                            "e": "balanceUpdate", "E": now, "a": a.symbol.as_str(),
+                            "d": format!("{sign}{}", units_text(u128::from(amount.0), a.decimals)), "T": now,
+                        }),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for ((_, user), changed) in balances {
+            let positions: Vec<Value> = changed
+                .iter()
+                .filter_map(|(asset, (free, locked))| {
+                    let a = views.assets.get(asset.0 as usize)?;
+                    Some(json!({
+                        "a": a.symbol.as_str(),
+                        "f": units_text(u128::from(*free), a.decimals),
+                        "l": units_text(u128::from(*locked), a.decimals),
+                    }))
+                })
+                .collect();
+            user_events
+                .push((user, json!({ "e": "outboundAccountPosition", "E": now, "u": now, "B": positions })));
+        }
+        for (user, event) in user_events {
+            let text = event.to_string();
+            subscribers.send_with(|connection| match connection.binance_user {
+                Some((listener, subscription)) if listener == user => {
+                    Some(format!("{{\"subscriptionId\":{subscription},\"event\":{text}}}").into())
+                }
+                _ => None,
+            });
+        }
+        for (market, list) in trades {
+            let Some(view) = views.markets.get(market.0 as usize) else { continue };
+            let lower = view.symbol.to_ascii_lowercase();
+            let trade_channel = Channel::BinanceTrade(market);
+            if subscribers.any(|c| c.channels.contains(&trade_channel)) {
+                for t in &list {
+                    let data = json!({
+                        "e": "trade", "E": now, "s": view.symbol, "t": t.trade.0,
+                        "p": price_text(&view.scale, t.price), "q": qty_text(&view.scale, t.qty),
+                        "T": t.timestamp_ns / 1_000_000, "m": t.taker_side == Side::Sell, "M": true,
+                    });
+                    send_stream(subscribers, &trade_channel, &format!("{lower}@trade"), &data);
+                }
+            }
+            let agg_channel = Channel::BinanceAggTrade(market);
+            if subscribers.any(|c| c.channels.contains(&agg_channel)) {
+                for agg in aggregate(list) {
+                    let mut data = agg_json(view, &agg);
+                    if let Some(object) = data.as_object_mut() {
+                        object.insert("e".into(), json!("aggTrade"));
+                        object.insert("E".into(), json!(now));
+                        object.insert("s".into(), json!(view.symbol));
+                    }
+                    send_stream(subscribers, &agg_channel, &format!("{lower}@aggTrade"), &data);
+                }
+            }
+        }
+        for (market, seq) in tickers {
+            let channel = Channel::BinanceBookTicker(market);
+            let Some(view) = views.markets.get(market.0 as usize) else { continue };
+            if !subscribers.any(|c| c.channels.contains(&channel)) {
+                continue;
+            }
+            let mut data = super::market::book_ticker_json(view);
+            if let Some(object) = data.as_object_mut() {
+                object.insert("u".into(), json!(seq));
+                for (long, short) in [("bidPrice", "b"), ("bidQty", "B"), ("askPrice", "a"), ("askQty", "A")]
+                {
+                    if let Some(value) = object.remove(long) {
+                        object.insert(short.into(), value);
+                    }
+                }
+                object.insert("s".into(), json!(view.symbol));
+                object.remove("symbol");
+            }
+            send_stream(
+                subscribers,
+                &channel,
+                &format!("{}@bookTicker", view.symbol.to_ascii_lowercase()),
+                &data,
+            );
+        }
+    }
+
+    /// Every 100 ms: pushes the depth diffs and partial books that are due.
+    pub fn on_tick(&mut self, views: &Views, subscribers: &Subscribers) {
+        self.ticks += 1;
+        let due = |speed: Speed| speed == Speed::Ms100 || self.ticks.is_multiple_of(10);
+        let now = now_ms();
+        let keys: Vec<(MarketId, Speed)> = self.diffs.keys().copied().filter(|(_, s)| due(*s)).collect();
+        for key in keys {
+            let Some(pending) = self.diffs.remove(&key) else { continue };
+            if pending.levels.is_empty() {
+                continue;
+            }
+            let first = self.last_u.get(&key).copied().unwrap_or(0) + 1;
+            self.last_u.insert(key, pending.last_seq);
+            let (market, speed) = key;
+            let channel = Channel::BinanceDepth(market, speed);
+            if !subscribers.any(|c| c.channels.contains(&channel)) {
+                continue;
+            }
+            let Some(view) = views.markets.get(market.0 as usize) else { continue };
+            let side = |bids: bool| -> Vec<Value> {
+                pending
+                    .levels
+                    .iter()
+                    .filter(|((is_bid, _), _)| *is_bid == bids)
+                    .map(|((_, price), qty)| {
+                        json!([price_text(&view.scale, Ticks(*price)), qty_text(&view.scale, Lots(*qty))])
+                    })
+                    .collect()
+            };
+            let data = json!({
+                "e": "depthUpdate", "E": now, "s": view.symbol, "U": first, "u": pending.last_seq,
+                "b": side(true), "a": side(false),
+            });
+            if let Some(name) = stream_name(views, &channel) {
+                send_stream(subscribers, &channel, &name, &data);
+            }
+        }
+        for view in &views.markets {
+            for levels in PARTIAL_LEVELS {
+                for speed in [Speed::Ms100, Speed::Ms1000] {
+                    let channel = Channel::BinancePartial(view.market.id, levels, speed);
+                    if !due(speed) || !subscribers.any(|c| c.channels.contains(&channel)) {
+                        continue;
+                    }
+                    let data = book_json(view, views.last_seq, usize::from(levels));
+                    if let Some(name) = stream_name(views, &channel) {
+                        send_stream(subscribers, &channel, &name, &data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends one stream message to the connections subscribed to `channel`:
+/// the bare data on `/ws`, wrapped with the stream's name on `/stream`.
+fn send_stream(subscribers: &Subscribers, channel: &Channel, name: &str, data: &Value) {
+    let mut raw: Option<Arc<str>> = None;
+    let mut combined: Option<Arc<str>> = None;
+    subscribers.send_with(|connection| {
+        if !connection.channels.contains(channel) {
+            return None;
+        }
+        Some(match connection.framing {
+            Framing::Combined => Arc::clone(
+                combined.get_or_insert_with(|| json!({ "stream": name, "data": data }).to_string().into()),
+            ),
+            _ => Arc::clone(raw.get_or_insert_with(|| data.to_string().into())),
+        })
+    });
+}
+
+fn order_of(views: &Views, user: UserId, order: OrderId) -> Option<&OrderView> {
+    let account = views.user(user)?;
+    account.open.get(&order).or_else(|| account.closed.iter().rev().find(|o| o.order == order))
+}
+
+struct ReportKind {
+    execution: &'static str,
+    status: &'static str,
+    filled: Lots,
+    quote_filled: u128,
+    working: bool,
+    time_ms: u64,
+}
+
+/// An `executionReport` for `order` without the last fill's fields.
+fn execution_report(views: &Views, order: &OrderView, kind: ReportKind) -> Value {
+    let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
+    let scale = &view.scale;
+    let (order_type, tif) = type_and_tif(order.kind);
+    let zero = || super::fixed(rust_decimal::Decimal::ZERO, 0);
+    let quote_amount = match order.kind {
+        Some(OrderKind::MarketByQuote { amount }) => units_text(u128::from(amount.0), scale.quote_decimals),
+        _ => zero(),
+    };
+    let client = order.client_order_id.map(|c| c.to_string()).unwrap_or_default();
+    let cancel = kind.execution == "CANCELED";
+    json!({
+        "e": "executionReport", "E": now_ms(), "s": view.symbol,
+        "c": client, "S": side_name(order.side), "o": order_type, "f": tif,
+        "q": qty_text(scale, order.quantity),
+        "p": order.price.map_or_else(zero, |p| price_text(scale, p)),
+        "P": zero(), "F": zero(), "g": -1,
+        "C": if cancel { client.clone() } else { String::new() },
+        "x": kind.execution, "X": kind.status, "r": "NONE", "i": order.order.0,
+        "l": zero(), "z": qty_text(scale, kind.filled), "L": zero(), "n": "0", "N": null,
+        "T": kind.time_ms, "t": -1, "I": 0, "w": kind.working, "m": false, "M": false,
+        "O": order.created_ns / 1_000_000,
+        "Z": units_text(kind.quote_filled, scale.quote_decimals),
+        "Y": zero(), "Q": quote_amount, "W": order.created_ns / 1_000_000,
+        "V": stp_name(order.stp.unwrap_or(STP_DEFAULT)),
+    })
+}
+
+/// Answers a message on `/ws` or `/stream`: `SUBSCRIBE`, `UNSUBSCRIBE`,
+/// `LIST_SUBSCRIPTIONS`, in Binance's shapes (`{"result": null, "id": 1}`,
+/// errors `{"error": {"code": 2, "msg": ...}, "id": 1}`).
+pub fn handle_request(views: &Views, subscribers: &Subscribers, connection: u64, payload: &[u8]) -> Value {
+    let error =
+        |code: i32, msg: String, id: &Value| json!({ "error": { "code": code, "msg": msg }, "id": id });
+    let request: Value = match serde_json::from_slice(payload) {
+        Ok(value) => value,
+        Err(e) => return error(3, format!("Invalid JSON: {e}"), &Value::Null),
+    };
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    if !(id.is_null() || id.is_u64() || id.is_string()) {
+        return error(1, "Invalid value type: expected u64 or string id".into(), &Value::Null);
+    }
+    let Some(method) = request.get("method").and_then(Value::as_str) else {
+        return error(2, "Invalid request: missing field `method`".into(), &id);
+    };
+    match method {
+        "SUBSCRIBE" | "UNSUBSCRIBE" => {
+            let Some(names) = request.get("params").and_then(Value::as_array) else {
+                return error(2, "Invalid request: params must be a list of stream names".into(), &id);
+            };
+            let mut channels = Vec::with_capacity(names.len());
+            for name in names {
+                let Some(channel) = name.as_str().and_then(|n| parse_stream(views, n)) else {
+                    return error(2, format!("Invalid request: unknown stream {name}"), &id);
+                };
+                channels.push(channel);
+            }
+            let subscribe = method == "SUBSCRIBE";
+            match subscribers.change_channels(connection, &channels, subscribe) {
+                Ok(()) => json!({ "result": null, "id": id }),
+                Err(why) => error(2, format!("Invalid request: {why}"), &id),
+            }
+        }
+        "LIST_SUBSCRIPTIONS" => {
+            let mut names: Vec<String> =
+                subscribers.channels_of(connection).iter().filter_map(|c| stream_name(views, c)).collect();
+            names.sort();
+            json!({ "result": names, "id": id })
+        }
+        "SET_PROPERTY" | "GET_PROPERTY" => error(0, "Unknown property".into(), &id),
+        other => error(2, format!("Invalid request: unknown method {other:?}"), &id),
+    }
+}

@@ -1,0 +1,850 @@
+//! The signed endpoints, shared by REST (`/api/v3/...`) and the WebSocket
+//! API (`order.place`, ...): each takes the caller's parameters and user
+//! and returns Binance's answer. Orders go through the same pipeline and
+//! engine commands as the native API; answers are read from the views
+//! after the command's events were applied to them.
+
+use std::sync::Mutex;
+
+use engine_core::{
+    Amend, ClientOrderId, Command, Event, EventKind, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side,
+    TimeInForce, UserId,
+};
+use serde_json::{json, Value};
+
+use super::error::{Action, BinanceError};
+use super::market::{market, now_ms, read_views};
+use super::params::Params;
+use super::{
+    price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT, STP_MODES,
+};
+use crate::amounts;
+use crate::pipeline::Publisher;
+use crate::rest::{self, AppState};
+use crate::views::{MarketView, OrderView, Views};
+
+const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
+const MY_TRADES_LIMIT_DEFAULT: u64 = 500;
+const MY_TRADES_LIMIT_MAX: u64 = 1_000;
+const NEW_ORDER_PARAMS: &[&str] = &[
+    "symbol",
+    "side",
+    "type",
+    "timeInForce",
+    "quantity",
+    "quoteOrderQty",
+    "price",
+    "newClientOrderId",
+    "newOrderRespType",
+    "selfTradePreventionMode",
+    "stopPrice",
+    "icebergQty",
+    "trailingDelta",
+];
+
+/// Runs a command through the pipeline; the engine's refusal becomes
+/// Binance's error for `action`.
+async fn execute(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    command: Command,
+    action: Action,
+) -> Result<Vec<Event>, BinanceError> {
+    let events = rest::execute(state, producer, command).await?;
+    let refusal = events.iter().find_map(|e| match e.kind {
+        EventKind::Rejected { reason, .. } => Some(reason),
+        _ => None,
+    });
+    if let Some(reason) = refusal {
+        let views = read_views(state)?;
+        return Err(BinanceError::rejected(reason, rest::describe(&views, reason), action));
+    }
+    Ok(events)
+}
+
+fn client_order_id(name: &str, text: &str) -> Result<ClientOrderId, BinanceError> {
+    ClientOrderId::new(text).map_err(|_| BinanceError::illegal_characters(name, CLIENT_ID_RANGE))
+}
+
+/// What `newOrderRespType` asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Ack,
+    Result,
+    Full,
+}
+
+/// A checked new order, not yet sent.
+struct Prepared {
+    order: NewOrder,
+    answer: Answer,
+    symbol: String,
+}
+
+/// Checks a new order's parameters the way Binance does, before anything
+/// reaches the engine. `prefix` is "" for an order, "cancel" names for
+/// cancelReplace are read by the caller.
+fn prepare(state: &AppState, views: &Views, user: UserId, p: &Params) -> Result<Prepared, BinanceError> {
+    let view = market(views, p.required("symbol")?)?;
+    let scale = view.scale;
+    let side = match p.required("side")? {
+        "BUY" => Side::Buy,
+        "SELL" => Side::Sell,
+        _ => return Err(BinanceError::invalid_side()),
+    };
+    let order_type = p.required("type")?;
+    for unsupported in ["stopPrice", "icebergQty", "trailingDelta"] {
+        if p.has(unsupported) {
+            return Err(BinanceError::not_required(unsupported));
+        }
+    }
+    let price = p.decimal("price")?;
+    let quantity = p.decimal("quantity")?;
+    let quote_qty = p.decimal("quoteOrderQty")?;
+    let to_ticks = |price| scale.to_ticks("price", price).map_err(|_| BinanceError::filter("PRICE_FILTER"));
+    let to_lots = |qty| scale.to_lots("quantity", qty).map_err(|_| BinanceError::filter("LOT_SIZE"));
+    let tif = p.get("timeInForce");
+    let limit = |post_only: bool| -> Result<OrderKind, BinanceError> {
+        if quote_qty.is_some() {
+            return Err(BinanceError::not_required("quoteOrderQty"));
+        }
+        let tif = if post_only {
+            if tif.is_some() {
+                return Err(BinanceError::not_required("timeInForce"));
+            }
+            TimeInForce::PostOnly
+        } else {
+            match tif.ok_or_else(|| BinanceError::mandatory("timeInForce"))? {
+                "GTC" => TimeInForce::Gtc,
+                "IOC" => TimeInForce::Ioc,
+                "FOK" => TimeInForce::Fok,
+                _ => return Err(BinanceError::invalid_tif()),
+            }
+        };
+        let price = price.ok_or_else(|| BinanceError::mandatory("price"))?;
+        let qty = quantity.ok_or_else(|| BinanceError::mandatory("quantity"))?;
+        Ok(OrderKind::Limit { price: to_ticks(price)?, qty: to_lots(qty)?, tif })
+    };
+    let kind = match order_type {
+        "LIMIT" => limit(false)?,
+        "LIMIT_MAKER" => limit(true)?,
+        "MARKET" => {
+            if price.is_some() {
+                return Err(BinanceError::not_required("price"));
+            }
+            if tif.is_some() {
+                return Err(BinanceError::not_required("timeInForce"));
+            }
+            match (quantity, quote_qty) {
+                (Some(qty), None) => OrderKind::Market { qty: to_lots(qty)? },
+                (None, Some(amount)) => OrderKind::MarketByQuote {
+                    amount: amounts::to_units("quoteOrderQty", amount, scale.quote_decimals)
+                        .map_err(|_| BinanceError::too_much_precision("quoteOrderQty"))?,
+                },
+                (None, None) => return Err(BinanceError::one_of("quantity", "quoteOrderQty")),
+                (Some(_), Some(_)) => return Err(BinanceError::not_required("quoteOrderQty")),
+            }
+        }
+        "STOP_LOSS" | "STOP_LOSS_LIMIT" | "TAKE_PROFIT" | "TAKE_PROFIT_LIMIT" => {
+            return Err(BinanceError::unsupported_combination())
+        }
+        _ => return Err(BinanceError::invalid_order_type()),
+    };
+    let stp = match p.get("selfTradePreventionMode") {
+        None => STP_DEFAULT,
+        Some(name) => {
+            STP_MODES.iter().find(|(mode, _)| *mode == name).map(|(_, stp)| *stp).ok_or_else(|| {
+                BinanceError::invalid_value(
+                    "selfTradePreventionMode",
+                    "NONE, EXPIRE_TAKER, EXPIRE_MAKER or EXPIRE_BOTH",
+                )
+            })?
+        }
+    };
+    let answer = match p.get("newOrderRespType") {
+        None if order_type == "LIMIT_MAKER" => Answer::Ack,
+        None => Answer::Full,
+        Some("ACK") => Answer::Ack,
+        Some("RESULT") => Answer::Result,
+        Some("FULL") => Answer::Full,
+        Some(_) => return Err(BinanceError::invalid_value("newOrderRespType", "ACK, RESULT or FULL")),
+    };
+    let client = match p.get("newClientOrderId") {
+        Some(text) => client_order_id("newClientOrderId", text)?,
+        None => client_order_id("newClientOrderId", &state.binance.next_client_order_id())?,
+    };
+    Ok(Prepared {
+        order: NewOrder { user, market: view.market.id, side, kind, client_order_id: Some(client), stp },
+        answer,
+        symbol: view.symbol.clone(),
+    })
+}
+
+/// The order checks the engine would make that can be made without it:
+/// for `order/test`, which never reaches the engine.
+fn check_filters(view: &MarketView, order: &NewOrder) -> Result<(), BinanceError> {
+    let rules = &view.market.rules;
+    match order.kind {
+        OrderKind::Limit { price, qty, .. } => {
+            if qty < rules.min_qty {
+                return Err(BinanceError::filter("LOT_SIZE"));
+            }
+            if rules.quote_units(price, qty).is_none_or(|n| n < rules.min_notional) {
+                return Err(BinanceError::filter("NOTIONAL"));
+            }
+        }
+        OrderKind::Market { qty } if qty < rules.min_qty => return Err(BinanceError::filter("LOT_SIZE")),
+        OrderKind::MarketByQuote { amount } if amount < rules.min_notional => {
+            return Err(BinanceError::filter("NOTIONAL"))
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `POST /api/v3/order`, `order.place`; with `test`, `POST /api/v3/order/test`.
+pub async fn place(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    p: &Params,
+    test: bool,
+) -> Result<Value, BinanceError> {
+    let mut allowed = NEW_ORDER_PARAMS.to_vec();
+    if test {
+        allowed.push("computeCommissionRates");
+    }
+    p.only(&allowed)?;
+    let prepared = {
+        let views = read_views(state)?;
+        let prepared = prepare(state, &views, user, p)?;
+        if test {
+            let view = market(&views, &prepared.symbol)?;
+            check_filters(view, &prepared.order)?;
+            if p.flag("computeCommissionRates")?.unwrap_or(false) {
+                let rules = &view.market.rules;
+                let rate = |ppm: u32| super::fixed(rust_decimal::Decimal::new(i64::from(ppm), 6), 6);
+                let zero = rate(0);
+                return Ok(json!({
+                    "standardCommissionForOrder": { "maker": rate(rules.maker_fee_ppm), "taker": rate(rules.taker_fee_ppm) },
+                    "specialCommissionForOrder": { "maker": zero, "taker": zero },
+                    "taxCommissionForOrder": { "maker": zero, "taker": zero },
+                    "discount": { "enabledForAccount": false, "enabledForSymbol": false, "discountAsset": "", "discount": zero },
+                }));
+            }
+            return Ok(json!({}));
+        }
+        prepared
+    };
+    let events = execute(state, producer, Command::PlaceOrder(prepared.order), Action::Place).await?;
+    let order = events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::OrderAccepted { order, .. } => Some(order),
+            _ => None,
+        })
+        .ok_or_else(|| BinanceError::internal("no order in the outcome"))?;
+    let views = read_views(state)?;
+    let found = find(&views, user, OrderRef::Id(order))
+        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
+    Ok(new_order_answer(&views, found, prepared.answer))
+}
+
+fn new_order_answer(views: &Views, order: &OrderView, answer: Answer) -> Value {
+    let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
+    let mut out = json!({
+        "symbol": view.symbol,
+        "orderId": order.order.0,
+        "orderListId": -1,
+        "clientOrderId": client_id_text(order),
+        "transactTime": order.created_ns / 1_000_000,
+    });
+    if answer == Answer::Ack {
+        return out;
+    }
+    if let (Some(object), Value::Object(details)) = (out.as_object_mut(), order_fields(views, view, order)) {
+        for (key, value) in details {
+            object.entry(key).or_insert(value);
+        }
+        object.insert("workingTime".into(), json!(order.created_ns / 1_000_000));
+        if answer == Answer::Full {
+            let decimals =
+                |asset: engine_core::AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
+            let fills: Vec<Value> = order
+                .fills
+                .iter()
+                .map(|f| {
+                    json!({
+                        "price": price_text(&view.scale, f.price),
+                        "qty": qty_text(&view.scale, f.qty),
+                        "commission": units_text(u128::from(f.fee.0), decimals(f.fee_asset)),
+                        "commissionAsset": views.assets.get(f.fee_asset.0 as usize).map(|a| a.symbol.to_string()),
+                        "tradeId": f.trade.0,
+                    })
+                })
+                .collect();
+            object.insert("fills".into(), Value::Array(fills));
+        }
+    }
+    out
+}
+
+fn client_id_text(order: &OrderView) -> String {
+    order.client_order_id.map(|c| c.to_string()).unwrap_or_default()
+}
+
+/// The fields every order answer shares.
+fn order_fields(views: &Views, view: &MarketView, order: &OrderView) -> Value {
+    let (order_type, tif) = type_and_tif(order.kind);
+    let quote_decimals = view.scale.quote_decimals;
+    let (orig_qty, orig_quote) = match order.kind {
+        Some(OrderKind::MarketByQuote { amount }) => (order.filled, u128::from(amount.0)),
+        _ => (order.quantity, 0),
+    };
+    let _ = views;
+    json!({
+        "symbol": view.symbol,
+        "orderId": order.order.0,
+        "orderListId": -1,
+        "clientOrderId": client_id_text(order),
+        "price": order.price.map_or_else(|| super::fixed(rust_decimal::Decimal::ZERO, 0), |p| price_text(&view.scale, p)),
+        "origQty": qty_text(&view.scale, orig_qty),
+        "executedQty": qty_text(&view.scale, order.filled),
+        "cummulativeQuoteQty": units_text(order.quote_filled, quote_decimals),
+        "status": status_name(order.status),
+        "timeInForce": tif,
+        "type": order_type,
+        "side": side_name(order.side),
+        "origQuoteOrderQty": units_text(orig_quote, quote_decimals),
+        "selfTradePreventionMode": stp_name(order.stp.unwrap_or(STP_DEFAULT)),
+    })
+}
+
+/// An order as `GET /api/v3/order` and `openOrders` show it.
+pub fn order_json(views: &Views, order: &OrderView) -> Value {
+    let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
+    let mut out = order_fields(views, view, order);
+    if let Some(object) = out.as_object_mut() {
+        let open = views.user(order.user).is_some_and(|u| u.open.contains_key(&order.order));
+        object.insert("stopPrice".into(), json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
+        object.insert("icebergQty".into(), json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
+        object.insert("time".into(), json!(order.created_ns / 1_000_000));
+        object.insert("updateTime".into(), json!(order.updated_ns / 1_000_000));
+        object.insert("isWorking".into(), json!(open));
+        object.insert("workingTime".into(), json!(order.created_ns / 1_000_000));
+    }
+    out
+}
+
+/// A cancelled order as the cancel endpoints answer.
+fn cancel_json(views: &Views, order: &OrderView, transact_ms: u64) -> Value {
+    let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
+    let mut out = order_fields(views, view, order);
+    if let Some(object) = out.as_object_mut() {
+        // The cancel itself has no client id of its own here: it is the order's.
+        object.insert("origClientOrderId".into(), json!(client_id_text(order)));
+        object.insert("transactTime".into(), json!(transact_ms));
+    }
+    out
+}
+
+fn find(views: &Views, user: UserId, order: OrderRef) -> Option<&OrderView> {
+    views.find_order(user, |o| match order {
+        OrderRef::Id(id) => o.order == id,
+        OrderRef::Client(c) => o.client_order_id == Some(c),
+    })
+}
+
+/// `orderId` or `origClientOrderId` (with the names `cancelReplace` uses
+/// when `prefix` is "cancel").
+fn order_ref(p: &Params, id_name: &str, client_name: &str) -> Result<OrderRef, BinanceError> {
+    match (p.integer(id_name)?, p.get(client_name)) {
+        (Some(id), _) => Ok(OrderRef::Id(OrderId(id))),
+        (None, Some(client)) => Ok(OrderRef::Client(client_order_id(client_name, client)?)),
+        (None, None) => Err(BinanceError::one_of(id_name, client_name)),
+    }
+}
+
+/// The open order `order` of `user` in the symbol's market, or Binance's
+/// "Unknown order sent." (cancels and amends answer that way).
+fn open_in_market(
+    views: &Views,
+    user: UserId,
+    market: engine_core::MarketId,
+    order: OrderRef,
+) -> Result<OrderId, BinanceError> {
+    find(views, user, order)
+        .filter(|o| o.market == market && views.user(user).is_some_and(|u| u.open.contains_key(&o.order)))
+        .map(|o| o.order)
+        .ok_or_else(BinanceError::cancel_unknown)
+}
+
+async fn cancel_one(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    symbol: &str,
+    order: OrderRef,
+) -> Result<Value, BinanceError> {
+    let id = {
+        let views = read_views(state)?;
+        let view = market(&views, symbol)?;
+        open_in_market(&views, user, view.market.id, order)?
+    };
+    execute(state, producer, Command::CancelOrder { user, order: OrderRef::Id(id) }, Action::Cancel).await?;
+    let views = read_views(state)?;
+    let found = find(&views, user, OrderRef::Id(id))
+        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
+    Ok(cancel_json(&views, found, now_ms()))
+}
+
+/// `DELETE /api/v3/order`, `order.cancel`.
+pub async fn cancel(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    p: &Params,
+) -> Result<Value, BinanceError> {
+    p.only(&["symbol", "orderId", "origClientOrderId", "newClientOrderId", "cancelRestrictions"])?;
+    if p.has("cancelRestrictions") {
+        return Err(BinanceError::not_required("cancelRestrictions"));
+    }
+    let symbol = p.required("symbol")?;
+    let order = order_ref(p, "orderId", "origClientOrderId")?;
+    cancel_one(state, producer, user, symbol, order).await
+}
+
+/// `GET /api/v3/order`, `order.status`.
+pub fn status(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
+    p.only(&["symbol", "orderId", "origClientOrderId"])?;
+    let views = read_views(state)?;
+    let view = market(&views, p.required("symbol")?)?;
+    let order = order_ref(p, "orderId", "origClientOrderId")?;
+    let found = find(&views, user, order)
+        .filter(|o| o.market == view.market.id)
+        .ok_or_else(BinanceError::no_such_order)?;
+    Ok(order_json(&views, found))
+}
+
+/// `GET /api/v3/openOrders`, `openOrders.status`.
+pub fn open_orders(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
+    p.only(&["symbol"])?;
+    let views = read_views(state)?;
+    let market_id = p.get("symbol").map(|s| market(&views, s).map(|m| m.market.id)).transpose()?;
+    let Some(account) = views.user(user) else { return Ok(json!([])) };
+    Ok(Value::Array(
+        account
+            .open
+            .values()
+            .filter(|o| market_id.is_none_or(|m| o.market == m))
+            .map(|o| order_json(&views, o))
+            .collect(),
+    ))
+}
+
+/// `DELETE /api/v3/openOrders`, `openOrders.cancelAll`.
+pub async fn cancel_all(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    p: &Params,
+) -> Result<Value, BinanceError> {
+    p.only(&["symbol"])?;
+    let market_id = {
+        let views = read_views(state)?;
+        let view = market(&views, p.required("symbol")?)?;
+        let any_open = views.user(user).is_some_and(|u| u.open.values().any(|o| o.market == view.market.id));
+        if !any_open {
+            return Err(BinanceError::cancel_unknown());
+        }
+        view.market.id
+    };
+    let events =
+        execute(state, producer, Command::CancelAll { user, market: Some(market_id) }, Action::Cancel)
+            .await?;
+    let transact_ms = now_ms();
+    let views = read_views(state)?;
+    let cancelled = events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::OrderDone { order, .. } => {
+                find(&views, user, OrderRef::Id(order)).map(|o| cancel_json(&views, o, transact_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(Value::Array(cancelled))
+}
+
+/// `POST /api/v3/order/cancelReplace`, `order.cancelReplace`: cancels an
+/// order, then places a new one, as Binance does (two steps, each
+/// reported). The new order is checked before the cancel is sent.
+pub async fn cancel_replace(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    p: &Params,
+) -> Result<Value, BinanceError> {
+    let mut allowed = NEW_ORDER_PARAMS.to_vec();
+    allowed.extend([
+        "cancelReplaceMode",
+        "cancelOrderId",
+        "cancelOrigClientOrderId",
+        "cancelNewClientOrderId",
+        "cancelRestrictions",
+        "orderRateLimitExceededMode",
+    ]);
+    p.only(&allowed)?;
+    let allow_failure = match p.required("cancelReplaceMode")? {
+        "STOP_ON_FAILURE" => false,
+        "ALLOW_FAILURE" => true,
+        _ => {
+            return Err(BinanceError::invalid_value("cancelReplaceMode", "STOP_ON_FAILURE or ALLOW_FAILURE"))
+        }
+    };
+    if p.has("cancelRestrictions") {
+        return Err(BinanceError::not_required("cancelRestrictions"));
+    }
+    let cancel_ref = order_ref(p, "cancelOrderId", "cancelOrigClientOrderId")?;
+    let prepared = {
+        let views = read_views(state)?;
+        prepare(state, &views, user, p)?
+    };
+    let cancel = cancel_one(state, producer, user, &prepared.symbol, cancel_ref).await;
+    let cancel_response = match &cancel {
+        Ok(value) => value.clone(),
+        Err(error) => error.body(),
+    };
+    if cancel.is_err() && !allow_failure {
+        return Err(BinanceError {
+            data: Some(json!({
+                "cancelResult": "FAILURE",
+                "newOrderResult": "NOT_ATTEMPTED",
+                "cancelResponse": cancel_response,
+                "newOrderResponse": null,
+            })),
+            ..BinanceError::bad_request(-2022, "Order cancel-replace failed.")
+        });
+    }
+    let placed = place_prepared(state, producer, user, prepared).await;
+    let cancel_result = if cancel.is_ok() { "SUCCESS" } else { "FAILURE" };
+    match placed {
+        Ok(new_order) if cancel.is_ok() => Ok(json!({
+            "cancelResult": cancel_result,
+            "newOrderResult": "SUCCESS",
+            "cancelResponse": cancel_response,
+            "newOrderResponse": new_order,
+        })),
+        Ok(new_order) => Err(BinanceError {
+            data: Some(json!({
+                "cancelResult": cancel_result,
+                "newOrderResult": "SUCCESS",
+                "cancelResponse": cancel_response,
+                "newOrderResponse": new_order,
+            })),
+            ..BinanceError::new(hyper::StatusCode::CONFLICT, -2021, "Order cancel-replace partially failed.")
+        }),
+        Err(error) => {
+            let (code, msg) = if cancel.is_ok() {
+                (-2021, "Order cancel-replace partially failed.")
+            } else {
+                (-2022, "Order cancel-replace failed.")
+            };
+            let status =
+                if cancel.is_ok() { hyper::StatusCode::CONFLICT } else { hyper::StatusCode::BAD_REQUEST };
+            Err(BinanceError {
+                data: Some(json!({
+                    "cancelResult": cancel_result,
+                    "newOrderResult": "FAILURE",
+                    "cancelResponse": cancel_response,
+                    "newOrderResponse": error.body(),
+                })),
+                ..BinanceError::new(status, code, msg)
+            })
+        }
+    }
+}
+
+async fn place_prepared(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    prepared: Prepared,
+) -> Result<Value, BinanceError> {
+    let events = execute(state, producer, Command::PlaceOrder(prepared.order), Action::Place).await?;
+    let order = events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::OrderAccepted { order, .. } => Some(order),
+            _ => None,
+        })
+        .ok_or_else(|| BinanceError::internal("no order in the outcome"))?;
+    let views = read_views(state)?;
+    let found = find(&views, user, OrderRef::Id(order))
+        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
+    Ok(new_order_answer(&views, found, prepared.answer))
+}
+
+/// `PUT /api/v3/order/amend/keepPriority`, `order.amend.keepPriority`:
+/// lowers an open order's quantity and keeps its place in the queue.
+pub async fn amend_keep_priority(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    p: &Params,
+) -> Result<Value, BinanceError> {
+    p.only(&["symbol", "orderId", "origClientOrderId", "newClientOrderId", "newQty"])?;
+    let new_qty = p.decimal("newQty")?.ok_or_else(|| BinanceError::mandatory("newQty"))?;
+    let (id, open_qty) = {
+        let views = read_views(state)?;
+        let view = market(&views, p.required("symbol")?)?;
+        let id = open_in_market(&views, user, view.market.id, order_ref(p, "orderId", "origClientOrderId")?)?;
+        let order = find(&views, user, OrderRef::Id(id)).ok_or_else(BinanceError::cancel_unknown)?;
+        if let Some(rename) = p.get("newClientOrderId") {
+            if Some(rename) != order.client_order_id.as_ref().map(|c| c.as_str()) {
+                return Err(BinanceError::unsupported(
+                    "This operation is not supported: an amend keeps the order's clientOrderId; omit newClientOrderId or send the current one.",
+                ));
+            }
+        }
+        let new_total =
+            view.scale.to_lots("newQty", new_qty).map_err(|_| BinanceError::filter("LOT_SIZE"))?;
+        if new_total == order.quantity {
+            return Err(BinanceError::amend_rejected(
+                "The requested action would change no state; rejecting",
+            ));
+        }
+        if new_total > order.quantity {
+            return Err(BinanceError::amend_rejected("Order amend (quantity increase) is not supported."));
+        }
+        if new_total <= order.filled {
+            return Err(BinanceError::filter("LOT_SIZE"));
+        }
+        (id, Lots(new_total.0 - order.filled.0))
+    };
+    let amend = Amend { user, order: OrderRef::Id(id), new_qty: Some(open_qty), new_price: None };
+    execute(state, producer, Command::Amend(amend), Action::Amend).await?;
+    let views = read_views(state)?;
+    let order = find(&views, user, OrderRef::Id(id))
+        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
+    let view =
+        views.markets.get(order.market.0 as usize).ok_or_else(|| BinanceError::internal("no market"))?;
+    let mut amended = order_fields(&views, view, order);
+    if let Some(object) = amended.as_object_mut() {
+        if let Some(qty) = object.remove("origQty") {
+            object.insert("qty".into(), qty);
+        }
+        object.insert("origClientOrderId".into(), json!(client_id_text(order)));
+        object.insert("preventedQty".into(), json!(qty_text(&view.scale, Lots(0))));
+        object.insert("workingTime".into(), json!(order.created_ns / 1_000_000));
+    }
+    Ok(
+        json!({ "transactTime": order.updated_ns / 1_000_000, "executionId": order.updated_seq, "amendedOrder": amended }),
+    )
+}
+
+/// `GET /api/v3/account`, `account.status`.
+pub fn account(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
+    p.only(&["omitZeroBalances"])?;
+    let omit_zero = p.flag("omitZeroBalances")?.unwrap_or(false);
+    let views = read_views(state)?;
+    let balances: Vec<Value> = views
+        .assets
+        .iter()
+        .map(|asset| {
+            let (available, locked) = views
+                .user(user)
+                .and_then(|u| u.balances.get(asset.id.0 as usize).copied())
+                .unwrap_or_default();
+            (asset, available, locked)
+        })
+        .filter(|(_, available, locked)| !omit_zero || available.0 > 0 || locked.0 > 0)
+        .map(|(asset, available, locked)| {
+            json!({
+                "asset": asset.symbol.as_str(),
+                "free": units_text(u128::from(available.0), asset.decimals),
+                "locked": units_text(u128::from(locked.0), asset.decimals),
+            })
+        })
+        .collect();
+    // Fees are per market here; the account-wide figures are the common
+    // rate when every market has the same one, and 0 otherwise (see
+    // `order/test` with computeCommissionRates for a market's own).
+    let common = |fee: fn(&MarketView) -> u32| {
+        let mut rates = views.markets.iter().map(fee);
+        let first = rates.next().unwrap_or(0);
+        if rates.all(|r| r == first) {
+            first
+        } else {
+            0
+        }
+    };
+    let maker_ppm = common(|m| m.market.rules.maker_fee_ppm);
+    let taker_ppm = common(|m| m.market.rules.taker_fee_ppm);
+    let rate = |ppm: u32| super::fixed(rust_decimal::Decimal::new(i64::from(ppm), 6), 6);
+    Ok(json!({
+        "makerCommission": maker_ppm / 100,
+        "takerCommission": taker_ppm / 100,
+        "buyerCommission": 0,
+        "sellerCommission": 0,
+        "commissionRates": { "maker": rate(maker_ppm), "taker": rate(taker_ppm), "buyer": rate(0), "seller": rate(0) },
+        "canTrade": true,
+        "canWithdraw": false,
+        "canDeposit": false,
+        "brokered": false,
+        "requireSelfTradePrevention": false,
+        "preventSor": false,
+        "updateTime": now_ms(),
+        "accountType": "SPOT",
+        "balances": balances,
+        "permissions": ["SPOT"],
+        "uid": user.0,
+    }))
+}
+
+/// One of the user's trades, from the views or the database.
+struct MyTrade {
+    id: u64,
+    order: u64,
+    price: String,
+    qty: String,
+    quote_qty: String,
+    commission: String,
+    commission_asset: String,
+    time_ms: u64,
+    buyer: bool,
+    maker: bool,
+}
+
+/// `GET /api/v3/myTrades`, `myTrades`: the user's trades in one market,
+/// oldest first. Recent fills come from the views (always current); older
+/// ones from the database when one is configured.
+pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
+    p.only(&["symbol", "orderId", "startTime", "endTime", "fromId", "limit"])?;
+    let limit = p.bounded("limit", 1, MY_TRADES_LIMIT_MAX)?.unwrap_or(MY_TRADES_LIMIT_DEFAULT);
+    let order_id = p.integer("orderId")?;
+    let from_id = p.integer("fromId")?;
+    let start_ms = p.integer("startTime")?;
+    let end_ms = p.integer("endTime")?;
+    if from_id.is_some() && (start_ms.is_some() || end_ms.is_some()) {
+        return Err(BinanceError::new(
+            hyper::StatusCode::BAD_REQUEST,
+            -1128,
+            "Combination of optional parameters invalid.",
+        ));
+    }
+    let (market_id, symbol, mut trades) = {
+        let views = read_views(state)?;
+        let view = market(&views, p.required("symbol")?)?;
+        (view.market.id, view.symbol.clone(), recent_fills(&views, user, view))
+    };
+    if let Some((_, history)) = &state.database {
+        let range = persistence::Range {
+            from_ms: start_ms,
+            to_ms: end_ms.map(|ms| ms + 1),
+            from_id,
+            limit: limit as u32,
+        };
+        match history.trades(Some(market_id.0 as i32), Some(user.0 as i32), range).await {
+            Ok(rows) => {
+                let views = read_views(state)?;
+                trades.extend(rows.iter().map(|row| stored_trade(&views, user, row)));
+            }
+            Err(error) => {
+                eprintln!("myTrades: history query failed: {error}");
+                return Err(BinanceError::new(
+                    hyper::StatusCode::SERVICE_UNAVAILABLE,
+                    -1001,
+                    "Internal error; unable to process your request. Please try again.",
+                ));
+            }
+        }
+    }
+    trades.sort_by_key(|t| t.id);
+    trades.dedup_by_key(|t| t.id);
+    let chosen: Vec<&MyTrade> = trades
+        .iter()
+        .filter(|t| order_id.is_none_or(|id| t.order == id))
+        .filter(|t| from_id.is_none_or(|id| t.id >= id))
+        .filter(|t| start_ms.is_none_or(|ms| t.time_ms >= ms))
+        .filter(|t| end_ms.is_none_or(|ms| t.time_ms <= ms))
+        .collect();
+    let limit = limit as usize;
+    let chosen: Vec<&MyTrade> = if from_id.is_some() || start_ms.is_some() {
+        chosen.into_iter().take(limit).collect()
+    } else {
+        let skip = chosen.len().saturating_sub(limit);
+        chosen.into_iter().skip(skip).collect()
+    };
+    Ok(Value::Array(
+        chosen
+            .iter()
+            .map(|t| {
+                json!({
+                    "symbol": symbol, "id": t.id, "orderId": t.order, "orderListId": -1,
+                    "price": t.price, "qty": t.qty, "quoteQty": t.quote_qty,
+                    "commission": t.commission, "commissionAsset": t.commission_asset,
+                    "time": t.time_ms, "isBuyer": t.buyer, "isMaker": t.maker, "isBestMatch": true,
+                })
+            })
+            .collect(),
+    ))
+}
+
+fn recent_fills(views: &Views, user: UserId, view: &MarketView) -> Vec<MyTrade> {
+    let Some(account) = views.user(user) else { return Vec::new() };
+    let decimals = |asset: engine_core::AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
+    account
+        .open
+        .values()
+        .chain(account.closed.iter())
+        .filter(|o| o.market == view.market.id)
+        .flat_map(|o| o.fills.iter().map(move |f| (o, f)))
+        .map(|(o, f)| MyTrade {
+            id: f.trade.0,
+            order: o.order.0,
+            price: price_text(&view.scale, f.price),
+            qty: qty_text(&view.scale, f.qty),
+            quote_qty: units_text(
+                u128::from(f.price.0)
+                    * u128::from(f.qty.0)
+                    * u128::from(view.market.rules.quote_units_per_tick),
+                view.scale.quote_decimals,
+            ),
+            commission: units_text(u128::from(f.fee.0), decimals(f.fee_asset)),
+            commission_asset: views
+                .assets
+                .get(f.fee_asset.0 as usize)
+                .map_or_else(String::new, |a| a.symbol.to_string()),
+            time_ms: f.timestamp_ns / 1_000_000,
+            buyer: o.side == Side::Buy,
+            maker: f.maker,
+        })
+        .collect()
+}
+
+fn stored_trade(views: &Views, user: UserId, row: &persistence::TradeRow) -> MyTrade {
+    let user = user.0 as i32;
+    // A user who traded with themself sees the taker's side, as the native API does.
+    let maker = row.taker_user_id != user;
+    let (order, fee, fee_asset) = if maker {
+        (row.maker_order_id, row.maker_fee, row.maker_fee_asset_id)
+    } else {
+        (row.taker_order_id, row.taker_fee, row.taker_fee_asset_id)
+    };
+    let taker_buys = row.taker_side == "buy";
+    let asset = views.assets.get(fee_asset as usize);
+    let text = |value: rust_decimal::Decimal| super::fixed(value, value.scale());
+    MyTrade {
+        id: row.trade_id as u64,
+        order: order as u64,
+        price: text(row.price.0),
+        qty: text(row.quantity.0),
+        quote_qty: text(row.quote_quantity.0),
+        commission: text(fee.0),
+        commission_asset: asset.map_or_else(String::new, |a| a.symbol.to_string()),
+        time_ms: row.executed_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        buyer: taker_buys != maker,
+        maker,
+    }
+}

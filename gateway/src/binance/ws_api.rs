@@ -1,0 +1,211 @@
+//! Binance's WebSocket API at `/ws-api/v3`: order entry, queries and the
+//! user data stream over one socket.
+//!
+//! Requests are `{"id": ..., "method": "order.place", "params": {...}}`;
+//! answers `{"id": ..., "status": 200, "result": ..., "rateLimits": [...]}`
+//! or `{"id": ..., "status": 400, "error": {"code": -2010, "msg": ...}}`.
+//! Signed requests carry `apiKey`, `timestamp` and `signature` in their
+//! params; the signed payload is every other parameter sorted by name as
+//! `name=value` joined with `&` (Binance's scheme for this API), checked by
+//! the exchange's one signing routine. `userDataStream.subscribe.signature`
+//! makes the connection receive `executionReport`,
+//! `outboundAccountPosition` and `balanceUpdate` events as
+//! `{"subscriptionId": n, "event": {...}}`.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use engine_core::UserId;
+use serde_json::{json, Value};
+
+use super::error::BinanceError;
+use super::market::{self, now_ms};
+use super::params::Params;
+use super::trading;
+use crate::pipeline::Publisher;
+use crate::rest::AppState;
+use crate::ws::Subscribers;
+
+/// The signed payload of a WebSocket API request: its parameters but the
+/// signature, sorted by name, as `name=value` joined with `&`.
+pub fn signature_payload(params: &serde_json::Map<String, Value>) -> String {
+    let mut pairs: Vec<(&String, String)> = params
+        .iter()
+        .filter(|(name, _)| name.as_str() != "signature")
+        .map(|(name, value)| {
+            let text = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            (name, text)
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    pairs.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join("&")
+}
+
+pub struct Session {
+    connection: u64,
+    peer: IpAddr,
+    subscribers: Arc<Subscribers>,
+    next_subscription: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Request {
+    #[serde(default)]
+    id: Value,
+    method: String,
+    #[serde(default)]
+    params: Value,
+}
+
+impl Session {
+    pub fn new(connection: u64, peer: IpAddr, subscribers: Arc<Subscribers>) -> Session {
+        Session { connection, peer, subscribers, next_subscription: 0 }
+    }
+
+    pub async fn handle(&mut self, state: &AppState, publisher: &Mutex<Publisher>, payload: &[u8]) -> Value {
+        let request: Request = match serde_json::from_slice(payload) {
+            Ok(request) => request,
+            Err(e) => {
+                let error = BinanceError::bad_request(-1102, format!("Malformed request: {e}"));
+                return json!({ "id": null, "status": 400, "error": error.body() });
+            }
+        };
+        let weight = weight(&request.method);
+        let used = state.binance.use_weight(self.peer, weight, now_ms());
+        let result = match &used {
+            Ok(_) => self.dispatch(state, publisher, &request).await,
+            Err(error) => Err(error.clone()),
+        };
+        let count = used.unwrap_or(state.binance.weight_limit_per_minute() + 1);
+        let rate_limits = json!([{
+            "rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+            "limit": state.binance.weight_limit_per_minute(), "count": count,
+        }]);
+        match result {
+            Ok(result) => {
+                json!({ "id": request.id, "status": 200, "result": result, "rateLimits": rate_limits })
+            }
+            Err(error) => {
+                let mut answer = json!({
+                    "id": request.id, "status": error.status.as_u16(), "error": error.body(), "rateLimits": rate_limits,
+                });
+                if let (Some(seconds), Some(object)) = (error.retry_after_s, answer.as_object_mut()) {
+                    object.insert("retryAfter".into(), json!(now_ms() + seconds * 1_000));
+                }
+                answer
+            }
+        }
+    }
+
+    fn signed(&self, state: &AppState, params: &Value, changes_state: bool) -> Result<UserId, BinanceError> {
+        let object = params.as_object().ok_or_else(|| BinanceError::mandatory("params"))?;
+        let api_key =
+            object.get("apiKey").and_then(Value::as_str).ok_or_else(|| BinanceError::mandatory("apiKey"))?;
+        let signature = object
+            .get("signature")
+            .and_then(Value::as_str)
+            .ok_or_else(|| BinanceError::mandatory("signature"))?;
+        let query = format!("{}&signature={signature}", signature_payload(object));
+        Ok(state.auth.authenticate(Some(api_key), &query, b"", now_ms(), changes_state)?)
+    }
+
+    async fn dispatch(
+        &mut self,
+        state: &AppState,
+        publisher: &Mutex<Publisher>,
+        request: &Request,
+    ) -> Result<Value, BinanceError> {
+        let raw = &request.params;
+        let p = &Params::from_json(raw)?;
+        match request.method.as_str() {
+            "ping" => p.only(&[]).map(|_| json!({})),
+            "time" => p.only(&[]).map(|_| market::time()),
+            "exchangeInfo" => market::exchange_info(state, p),
+            "depth" => market::depth(state, p),
+            "trades.recent" => market::trades(state, p),
+            "trades.aggregate" => market::agg_trades(state, p),
+            "ticker.24hr" => market::ticker_24hr(state, p),
+            "ticker.book" => market::book_ticker(state, p),
+            "ticker.price" => market::price(state, p),
+            "order.place" => trading::place(state, publisher, self.signed(state, raw, true)?, p, false).await,
+            "order.test" => trading::place(state, publisher, self.signed(state, raw, true)?, p, true).await,
+            "order.cancel" => trading::cancel(state, publisher, self.signed(state, raw, true)?, p).await,
+            "order.cancelReplace" => {
+                trading::cancel_replace(state, publisher, self.signed(state, raw, true)?, p).await
+            }
+            "order.amend.keepPriority" => {
+                trading::amend_keep_priority(state, publisher, self.signed(state, raw, true)?, p).await
+            }
+            "order.status" => trading::status(state, self.signed(state, raw, false)?, p),
+            "openOrders.status" => trading::open_orders(state, self.signed(state, raw, false)?, p),
+            "openOrders.cancelAll" => {
+                trading::cancel_all(state, publisher, self.signed(state, raw, true)?, p).await
+            }
+            "account.status" => trading::account(state, self.signed(state, raw, false)?, p),
+            "myTrades" => trading::my_trades(state, self.signed(state, raw, false)?, p).await,
+            "userDataStream.subscribe.signature" => {
+                p.only(&[])?;
+                let user = self.signed(state, raw, true)?;
+                let subscription = self.next_subscription;
+                self.next_subscription += 1;
+                self.subscribers.set_binance_user(self.connection, Some((user, subscription)));
+                Ok(json!({ "subscriptionId": subscription }))
+            }
+            "userDataStream.unsubscribe" => {
+                p.only(&["subscriptionId"])?;
+                self.subscribers.set_binance_user(self.connection, None);
+                Ok(json!({}))
+            }
+            other => Err(BinanceError::bad_request(
+                -1020,
+                format!("This operation is not supported: unknown method {other:?}."),
+            )),
+        }
+    }
+}
+
+/// Binance's request weight of each WebSocket API method.
+fn weight(method: &str) -> u64 {
+    match method {
+        "exchangeInfo" | "account.status" | "myTrades" => 20,
+        "depth" => 5,
+        "trades.recent" => 25,
+        "trades.aggregate" | "order.status" | "order.amend.keepPriority" => 4,
+        "ticker.24hr" => 2,
+        "openOrders.status" => 6,
+        "ticker.book" | "ticker.price" => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of Binance's WebSocket API documentation (HMAC).
+    #[test]
+    fn the_payload_and_signature_of_binances_documented_example() {
+        let params = json!({
+            "symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT", "timeInForce": "GTC",
+            "quantity": "0.01000000", "price": "52000.00", "newOrderRespType": "ACK",
+            "recvWindow": 100, "timestamp": 1645423376532u64,
+            "apiKey": "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A",
+            "signature": "cc15477742bd704c29492d96c7ead9414dfd8e0ec4a00f947bb5bb454ddbd08a",
+        });
+        let payload = signature_payload(params.as_object().unwrap());
+        assert_eq!(
+            payload,
+            "apiKey=vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A&newOrderRespType=ACK\
+             &price=52000.00&quantity=0.01000000&recvWindow=100&side=SELL&symbol=BTCUSDT&timeInForce=GTC\
+             &timestamp=1645423376532&type=LIMIT"
+        );
+        let secret = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j";
+        assert_eq!(
+            crate::auth::sign(secret, &payload, b""),
+            "cc15477742bd704c29492d96c7ead9414dfd8e0ec4a00f947bb5bb454ddbd08a"
+        );
+    }
+}
