@@ -328,6 +328,33 @@ mod tests {
         assert_eq!(code(Some(KEY), &short, b"", now), "invalid_signature");
     }
 
+    /// The HMAC examples of Binance's REST API documentation: all in the
+    /// query, all in the body, and split between the two.
+    #[test]
+    fn binances_documented_signature_examples_verify() {
+        let keys = KeyTable::default();
+        let key = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A";
+        let secret = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j";
+        keys.insert(ApiKey::new(key).unwrap(), UserId(3), ApiSecret::new(secret).unwrap());
+        let auth = Authenticator::new(keys, 60_000, 10, 100);
+        let now = 1_499_827_319_559 + 100;
+        let all = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC&quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559";
+        let signature = "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71";
+        assert_eq!(sign(secret, all, b""), signature);
+        let in_query = format!("{all}&signature={signature}");
+        assert_eq!(auth.authenticate(Some(key), &in_query, b"", now, false), Ok(UserId(3)));
+        assert_eq!(auth.authenticate(Some(key), "", in_query.as_bytes(), now, false), Ok(UserId(3)));
+        let query = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC";
+        let body = "quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559&signature=0fd168b8ddb4876a0358a8d14d0c9f3da0e9b20c5d52b2a00fcf7d1c602f9a77";
+        assert_eq!(auth.authenticate(Some(key), query, body.as_bytes(), now, false), Ok(UserId(3)));
+        // The body's timestamp counts: outside its 5 s window it is refused.
+        let late = auth.authenticate(Some(key), query, body.as_bytes(), now + 6_000, false).unwrap_err();
+        assert_eq!(late.code, "timestamp_outside_recv_window");
+        let tampered = body.replace("quantity=1", "quantity=2");
+        let refused = auth.authenticate(Some(key), query, tampered.as_bytes(), now, false).unwrap_err();
+        assert_eq!(refused.code, "invalid_signature");
+    }
+
     #[test]
     fn the_rate_limit_refills_over_time() {
         let auth = authenticator(3);

@@ -204,6 +204,26 @@ pub enum Action {
     Other,
 }
 
+impl BinanceError {
+    /// An authentication failure of a request doing `action`. A signed
+    /// request received twice is refused (a replay); Binance has no such
+    /// check, so the refusal takes the form Binance gives a duplicate of
+    /// the action: "Duplicate order sent." for a new order, "Unknown order
+    /// sent." for a second cancel. Clients then treat a retry that raced
+    /// its original as the duplicate it is, not as bad credentials.
+    pub fn from_auth(error: ApiError, action: Action) -> BinanceError {
+        if error.code != "replayed_signature" {
+            return BinanceError::from(error);
+        }
+        match action {
+            Action::Place => BinanceError::new_order_rejected("Duplicate order sent."),
+            Action::Cancel => BinanceError::cancel_unknown(),
+            Action::Amend => BinanceError::amend_rejected("Duplicate amend sent."),
+            Action::Other => BinanceError::from(error),
+        }
+    }
+}
+
 impl From<ApiError> for BinanceError {
     /// The exchange's own errors (authentication, overload, journal) in
     /// Binance's codes.

@@ -9,7 +9,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::error::BinanceError;
+use super::error::{Action, BinanceError};
 use super::market::{self, now_ms};
 use super::params::Params;
 use super::trading;
@@ -135,9 +135,18 @@ async fn route(
 ) -> Result<Value, BinanceError> {
     let params = Params::from_http(request.query, request.body, true)?;
     let p = &params;
+    let action = match (request.method.as_str(), request.path) {
+        ("POST", _) => Action::Place,
+        ("DELETE", _) => Action::Cancel,
+        ("PUT", _) => Action::Amend,
+        _ => Action::Other,
+    };
     let signed = || -> Result<engine_core::UserId, BinanceError> {
         let changes_state = request.method != Method::GET;
-        Ok(state.auth.authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)?)
+        state
+            .auth
+            .authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
+            .map_err(|error| BinanceError::from_auth(error, action))
     };
     match (request.method.as_str(), request.path) {
         ("GET", "/api/v3/ping") => p.only(&[]).map(|_| json!({})),

@@ -93,6 +93,13 @@ fn prepare(state: &AppState, views: &Views, user: UserId, p: &Params) -> Result<
         _ => return Err(BinanceError::invalid_side()),
     };
     let order_type = p.required("type")?;
+    match order_type {
+        "LIMIT" | "LIMIT_MAKER" | "MARKET" => {}
+        "STOP_LOSS" | "STOP_LOSS_LIMIT" | "TAKE_PROFIT" | "TAKE_PROFIT_LIMIT" => {
+            return Err(BinanceError::unsupported_combination())
+        }
+        _ => return Err(BinanceError::invalid_order_type()),
+    }
     for unsupported in ["stopPrice", "icebergQty", "trailingDelta"] {
         if p.has(unsupported) {
             return Err(BinanceError::not_required(unsupported));
@@ -144,9 +151,6 @@ fn prepare(state: &AppState, views: &Views, user: UserId, p: &Params) -> Result<
                 (None, None) => return Err(BinanceError::one_of("quantity", "quoteOrderQty")),
                 (Some(_), Some(_)) => return Err(BinanceError::not_required("quoteOrderQty")),
             }
-        }
-        "STOP_LOSS" | "STOP_LOSS_LIMIT" | "TAKE_PROFIT" | "TAKE_PROFIT_LIMIT" => {
-            return Err(BinanceError::unsupported_combination())
         }
         _ => return Err(BinanceError::invalid_order_type()),
     };

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use engine_core::UserId;
 use serde_json::{json, Value};
 
-use super::error::BinanceError;
+use super::error::{Action, BinanceError};
 use super::market::{self, now_ms};
 use super::params::Params;
 use super::trading;
@@ -100,7 +100,13 @@ impl Session {
         }
     }
 
-    fn signed(&self, state: &AppState, params: &Value, changes_state: bool) -> Result<UserId, BinanceError> {
+    fn signed(
+        &self,
+        state: &AppState,
+        method: &str,
+        params: &Value,
+        changes_state: bool,
+    ) -> Result<UserId, BinanceError> {
         let object = params.as_object().ok_or_else(|| BinanceError::mandatory("params"))?;
         let api_key =
             object.get("apiKey").and_then(Value::as_str).ok_or_else(|| BinanceError::mandatory("apiKey"))?;
@@ -109,7 +115,16 @@ impl Session {
             .and_then(Value::as_str)
             .ok_or_else(|| BinanceError::mandatory("signature"))?;
         let query = format!("{}&signature={signature}", signature_payload(object));
-        Ok(state.auth.authenticate(Some(api_key), &query, b"", now_ms(), changes_state)?)
+        let action = match method {
+            "order.place" | "order.test" | "order.cancelReplace" => Action::Place,
+            "order.cancel" | "openOrders.cancelAll" => Action::Cancel,
+            "order.amend.keepPriority" => Action::Amend,
+            _ => Action::Other,
+        };
+        state
+            .auth
+            .authenticate(Some(api_key), &query, b"", now_ms(), changes_state)
+            .map_err(|error| BinanceError::from_auth(error, action))
     }
 
     async fn dispatch(
@@ -130,25 +145,45 @@ impl Session {
             "ticker.24hr" => market::ticker_24hr(state, p),
             "ticker.book" => market::book_ticker(state, p),
             "ticker.price" => market::price(state, p),
-            "order.place" => trading::place(state, publisher, self.signed(state, raw, true)?, p, false).await,
-            "order.test" => trading::place(state, publisher, self.signed(state, raw, true)?, p, true).await,
-            "order.cancel" => trading::cancel(state, publisher, self.signed(state, raw, true)?, p).await,
+            "order.place" => {
+                trading::place(state, publisher, self.signed(state, &request.method, raw, true)?, p, false)
+                    .await
+            }
+            "order.test" => {
+                trading::place(state, publisher, self.signed(state, &request.method, raw, true)?, p, true)
+                    .await
+            }
+            "order.cancel" => {
+                trading::cancel(state, publisher, self.signed(state, &request.method, raw, true)?, p).await
+            }
             "order.cancelReplace" => {
-                trading::cancel_replace(state, publisher, self.signed(state, raw, true)?, p).await
+                trading::cancel_replace(state, publisher, self.signed(state, &request.method, raw, true)?, p)
+                    .await
             }
             "order.amend.keepPriority" => {
-                trading::amend_keep_priority(state, publisher, self.signed(state, raw, true)?, p).await
+                trading::amend_keep_priority(
+                    state,
+                    publisher,
+                    self.signed(state, &request.method, raw, true)?,
+                    p,
+                )
+                .await
             }
-            "order.status" => trading::status(state, self.signed(state, raw, false)?, p),
-            "openOrders.status" => trading::open_orders(state, self.signed(state, raw, false)?, p),
+            "order.status" => trading::status(state, self.signed(state, &request.method, raw, false)?, p),
+            "openOrders.status" => {
+                trading::open_orders(state, self.signed(state, &request.method, raw, false)?, p)
+            }
             "openOrders.cancelAll" => {
-                trading::cancel_all(state, publisher, self.signed(state, raw, true)?, p).await
+                trading::cancel_all(state, publisher, self.signed(state, &request.method, raw, true)?, p)
+                    .await
             }
-            "account.status" => trading::account(state, self.signed(state, raw, false)?, p),
-            "myTrades" => trading::my_trades(state, self.signed(state, raw, false)?, p).await,
+            "account.status" => trading::account(state, self.signed(state, &request.method, raw, false)?, p),
+            "myTrades" => {
+                trading::my_trades(state, self.signed(state, &request.method, raw, false)?, p).await
+            }
             "userDataStream.subscribe.signature" => {
                 p.only(&[])?;
-                let user = self.signed(state, raw, true)?;
+                let user = self.signed(state, &request.method, raw, true)?;
                 let subscription = self.next_subscription;
                 self.next_subscription += 1;
                 self.subscribers.set_binance_user(self.connection, Some((user, subscription)));
@@ -207,5 +242,21 @@ mod tests {
             crate::auth::sign(secret, &payload, b""),
             "cc15477742bd704c29492d96c7ead9414dfd8e0ec4a00f947bb5bb454ddbd08a"
         );
+        // And the exchange's one signing routine accepts it.
+        let keys = crate::auth::KeyTable::default();
+        let key =
+            engine_core::ApiKey::new("vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A")
+                .unwrap();
+        keys.insert(key, UserId(9), engine_core::ApiSecret::new(secret).unwrap());
+        let auth = crate::auth::Authenticator::new(keys, 60_000, 10, 100);
+        let query =
+            format!("{payload}&signature=cc15477742bd704c29492d96c7ead9414dfd8e0ec4a00f947bb5bb454ddbd08a");
+        assert_eq!(
+            auth.authenticate(Some(key.as_str()), &query, b"", 1_645_423_376_532 + 50, true),
+            Ok(UserId(9))
+        );
+        let late =
+            auth.authenticate(Some(key.as_str()), &query, b"", 1_645_423_376_532 + 150, true).unwrap_err();
+        assert_eq!(late.code, "timestamp_outside_recv_window", "recvWindow 100 ms is honoured");
     }
 }

@@ -1,0 +1,563 @@
+//! The Binance-compatible API against the real `exchange` binary: Binance's
+//! error codes and HTTP statuses for each common failure, the depth streams'
+//! update ids continuing REST depth's `lastUpdateId`, and the WebSocket API
+//! with its own signing scheme and user data stream.
+
+mod server;
+
+use std::net::TcpStream;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use server::{Exchange, Key};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+fn now_ms() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()
+}
+
+/// Milliseconds, but never the same twice: two identical signed requests
+/// in one millisecond would be one request replayed, which is refused.
+fn fresh_timestamp() -> u128 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = now_ms() as u64;
+    let previous = LAST.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+    if previous >= now {
+        u128::from(LAST.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
+    } else {
+        u128::from(now)
+    }
+}
+
+/// A signed `/api/v3` request with its parameters in the query (GET,
+/// DELETE) or the form body (POST, PUT), as Binance clients send them.
+fn signed(exchange: &Exchange, key: &Key, method: &str, path: &str, params: &str) -> (u16, String, Value) {
+    let params = if params.is_empty() {
+        format!("timestamp={}", fresh_timestamp())
+    } else {
+        format!("{params}&timestamp={}", fresh_timestamp())
+    };
+    signed_exactly(exchange, key, method, path, &params, &key.secret)
+}
+
+fn signed_exactly(
+    exchange: &Exchange,
+    key: &Key,
+    method: &str,
+    path: &str,
+    params: &str,
+    secret: &str,
+) -> (u16, String, Value) {
+    let signature = gateway::auth::sign(secret, params, b"");
+    let signed = format!("{params}&signature={signature}");
+    let headers =
+        [("X-MBX-APIKEY", key.api_key.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+    if method == "GET" || method == "DELETE" {
+        exchange.raw(method, &format!("{path}?{signed}"), &headers, b"")
+    } else {
+        exchange.raw(method, path, &headers, signed.as_bytes())
+    }
+}
+
+fn code(answer: &(u16, String, Value)) -> (u16, i64) {
+    (answer.0, answer.2["code"].as_i64().unwrap_or(0))
+}
+
+#[test]
+fn each_common_failure_has_binances_code_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(2);
+    let (alice, bob) = (&keys[0], &keys[1]);
+    let order = "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.1&price=50000";
+
+    let good = signed(&exchange, alice, "POST", "/api/v3/order", order);
+    assert_eq!(good.0, 200, "{good:?}");
+    assert_eq!(good.2["status"], "NEW");
+    assert_eq!(good.2["fills"], json!([]), "LIMIT orders answer FULL by default");
+    assert!(good.1.to_ascii_lowercase().contains("x-mbx-used-weight-1m: "), "{}", good.1);
+
+    // Signing.
+    let params = format!("{order}&timestamp={}", now_ms());
+    let wrong = signed_exactly(&exchange, alice, "POST", "/api/v3/order", &params, "not-the-secret");
+    assert_eq!(code(&wrong), (400, -1022), "{wrong:?}");
+    assert_eq!(wrong.2["msg"], "Signature for this request is not valid.");
+    let replay_params = format!("{order}&newClientOrderId=replay-1&timestamp={}", now_ms());
+    let first = signed_exactly(&exchange, alice, "POST", "/api/v3/order", &replay_params, &alice.secret);
+    assert_eq!(first.0, 200, "{first:?}");
+    // A signed request received twice is refused, in the form Binance
+    // gives a duplicate: the order is not placed twice.
+    let replay = signed_exactly(&exchange, alice, "POST", "/api/v3/order", &replay_params, &alice.secret);
+    assert_eq!(
+        (code(&replay), replay.2["msg"].as_str()),
+        ((400, -2010), Some("Duplicate order sent.")),
+        "{replay:?}"
+    );
+    let open = signed(&exchange, alice, "GET", "/api/v3/openOrders", "symbol=BTCUSDT");
+    assert_eq!(open.2.as_array().map(Vec::len), Some(2), "two orders, not three: {open:?}");
+    let replayed_id = first.2["orderId"].as_u64().unwrap();
+    let cancel_params = format!("symbol=BTCUSDT&orderId={replayed_id}&timestamp={}", fresh_timestamp());
+    let cancel = signed_exactly(&exchange, alice, "DELETE", "/api/v3/order", &cancel_params, &alice.secret);
+    assert_eq!(cancel.2["status"], "CANCELED", "{cancel:?}");
+    let again = signed_exactly(&exchange, alice, "DELETE", "/api/v3/order", &cancel_params, &alice.secret);
+    assert_eq!(code(&again), (400, -2011), "a replayed cancel: {again:?}");
+    let stale = format!("{order}&timestamp={}", now_ms() - 10_000);
+    let stale = signed_exactly(&exchange, alice, "POST", "/api/v3/order", &stale, &alice.secret);
+    assert_eq!(code(&stale), (400, -1021), "{stale:?}");
+    assert_eq!(stale.2["msg"], "Timestamp for this request is outside of the recvWindow.");
+    let ahead = format!("{order}&timestamp={}", now_ms() + 10_000);
+    let ahead = signed_exactly(&exchange, alice, "POST", "/api/v3/order", &ahead, &alice.secret);
+    assert_eq!(code(&ahead), (400, -1021), "{ahead:?}");
+    let no_key =
+        exchange.raw("GET", &format!("/api/v3/account?timestamp={}&signature=00", now_ms()), &[], b"");
+    assert_eq!(code(&no_key), (401, -2014), "{no_key:?}");
+    let nobody = Key { user_id: 0, api_key: "nobody0123456789nobody".into(), secret: "x".into() };
+    let unknown_key = signed(&exchange, &nobody, "GET", "/api/v3/account", "");
+    assert_eq!(code(&unknown_key), (401, -2015), "{unknown_key:?}");
+    let unsigned = exchange.raw(
+        "GET",
+        &format!("/api/v3/account?timestamp={}", now_ms()),
+        &[("X-MBX-APIKEY", &alice.api_key)],
+        b"",
+    );
+    assert_eq!(code(&unsigned), (400, -1102), "{unsigned:?}");
+
+    // Orders the engine refuses.
+    let poor = signed(
+        &exchange,
+        alice,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=100&price=50000",
+    );
+    assert_eq!(code(&poor), (400, -2010), "{poor:?}");
+    assert_eq!(poor.2["msg"], "Account has insufficient balance for requested action.");
+    let dup =
+        "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.1&price=60000&newClientOrderId=dup-1";
+    assert_eq!(signed(&exchange, bob, "POST", "/api/v3/order", dup).0, 200);
+    let dup = signed(&exchange, bob, "POST", "/api/v3/order", dup);
+    assert_eq!((code(&dup), dup.2["msg"].as_str()), ((400, -2010), Some("Duplicate order sent.")), "{dup:?}");
+    let taking = signed(
+        &exchange,
+        alice,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT_MAKER&quantity=0.1&price=60000",
+    );
+    assert_eq!(
+        (code(&taking), taking.2["msg"].as_str()),
+        ((400, -2010), Some("Order would immediately match and take."))
+    );
+
+    // Filters, checked at the edge or by the engine.
+    for (params, filter) in [
+        ("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.1&price=50000.001", "PRICE_FILTER"),
+        ("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.00015&price=50000", "LOT_SIZE"),
+        ("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.0001&price=1", "NOTIONAL"),
+    ] {
+        let refused = signed(&exchange, alice, "POST", "/api/v3/order", params);
+        assert_eq!(code(&refused), (400, -1013), "{params}: {refused:?}");
+        assert_eq!(refused.2["msg"], format!("Filter failure: {filter}"));
+    }
+    let test = signed(
+        &exchange,
+        alice,
+        "POST",
+        "/api/v3/order/test",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.0001&price=1&newClientOrderId=test-1",
+    );
+    assert_eq!(
+        (code(&test), test.2["msg"].as_str()),
+        ((400, -1013), Some("Filter failure: NOTIONAL")),
+        "order/test checks filters too"
+    );
+    let test = signed(&exchange, alice, "POST", "/api/v3/order/test", order);
+    assert_eq!((test.0, &test.2), (200, &json!({})));
+
+    // Unknown orders and symbols.
+    let cancel = signed(&exchange, alice, "DELETE", "/api/v3/order", "symbol=BTCUSDT&orderId=999999");
+    assert_eq!((code(&cancel), cancel.2["msg"].as_str()), ((400, -2011), Some("Unknown order sent.")));
+    let query = signed(&exchange, alice, "GET", "/api/v3/order", "symbol=BTCUSDT&orderId=999999");
+    assert_eq!((code(&query), query.2["msg"].as_str()), ((400, -2013), Some("Order does not exist.")));
+    let bobs = good.2["orderId"].as_u64().unwrap();
+    let theirs = signed(&exchange, bob, "DELETE", "/api/v3/order", &format!("symbol=BTCUSDT&orderId={bobs}"));
+    assert_eq!(code(&theirs), (400, -2011), "another user's order is unknown: {theirs:?}");
+    let wrong_market =
+        signed(&exchange, alice, "DELETE", "/api/v3/order", &format!("symbol=ETHUSDT&orderId={bobs}"));
+    assert_eq!(code(&wrong_market), (400, -2011), "{wrong_market:?}");
+    let symbol = exchange.raw("GET", "/api/v3/depth?symbol=DOGEUSDT", &[], b"");
+    assert_eq!((code(&symbol), symbol.2["msg"].as_str()), ((400, -1121), Some("Invalid symbol.")));
+    let symbol =
+        signed(&exchange, alice, "POST", "/api/v3/order", "symbol=btcusdt&side=BUY&type=MARKET&quantity=1");
+    assert_eq!(code(&symbol), (400, -1121));
+
+    // Malformed requests.
+    for (params, expected) in [
+        ("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=0.1&price=50000", -1102), // no timeInForce
+        ("symbol=BTCUSDT&side=BUY&type=STOP_LOSS&quantity=0.1&stopPrice=1", -1014),
+        ("symbol=BTCUSDT&side=BUY&type=ICEBERG&quantity=0.1", -1116),
+        ("symbol=BTCUSDT&side=UP&type=MARKET&quantity=0.1", -1117),
+        ("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTX&quantity=0.1&price=1", -1115),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=1e5", -1100),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.1&price=5", -1106),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET", -1102),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.1&timeInforce=GTC", -1104),
+        ("symbol=BTCUSDT&symbol=ETHUSDT&side=BUY&type=MARKET&quantity=0.1", -1101),
+    ] {
+        let refused = signed(&exchange, alice, "POST", "/api/v3/order", params);
+        assert_eq!(code(&refused), (400, expected), "{params}: {refused:?}");
+    }
+    // Nothing of that changed alice's balance: only her first bid (0.1 at 50,000) locks USDT.
+    let account = signed(&exchange, alice, "GET", "/api/v3/account", "omitZeroBalances=true");
+    let usdt =
+        account.2["balances"].as_array().unwrap().iter().find(|b| b["asset"] == "USDT").unwrap().clone();
+    assert_eq!(usdt["locked"], "5000.00000000", "{account:?}");
+}
+
+#[test]
+fn too_much_weight_is_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[("EXCHANGE_REQUEST_WEIGHT_PER_MINUTE", "30")]);
+    exchange.demo(1);
+    let info = exchange.raw("GET", "/api/v3/exchangeInfo", &[], b"");
+    assert_eq!(info.0, 200);
+    assert_eq!(info.2["rateLimits"][0]["limit"], 30);
+    assert!(info.1.to_ascii_lowercase().contains("x-mbx-used-weight-1m: 20"), "{}", info.1);
+    let second = exchange.raw("GET", "/api/v3/exchangeInfo", &[], b"");
+    // Unless the minute turned in between, the second costs 40 of 30.
+    if second.0 != 200 {
+        assert_eq!(code(&second), (429, -1003), "{second:?}");
+        let head = second.1.to_ascii_lowercase();
+        assert!(head.contains("retry-after: "), "{head}");
+        assert!(second.2["msg"].as_str().unwrap().starts_with("Too much request weight used"));
+    } else {
+        let third = exchange.raw("GET", "/api/v3/exchangeInfo", &[], b"");
+        assert_eq!(code(&third), (429, -1003), "{third:?}");
+    }
+}
+
+#[test]
+fn per_key_request_rate_is_429_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(
+        dir.path(),
+        &[("EXCHANGE_RATE_LIMIT_PER_S", "1"), ("EXCHANGE_RATE_LIMIT_BURST", "2")],
+    );
+    let keys = exchange.demo(1);
+    let answers: Vec<(u16, i64)> = (0..4)
+        .map(|i| {
+            code(&signed(&exchange, &keys[0], "GET", "/api/v3/openOrders", &format!("symbol=BTCUSDT&n={i}")))
+        })
+        .collect();
+    assert!(answers.contains(&(429, -1003)), "{answers:?}");
+}
+
+fn connect(exchange: &Exchange, path: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
+    let stream = TcpStream::connect(exchange.ws_address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (socket, _) =
+        tungstenite::client(format!("ws://{}{path}", exchange.ws_address), MaybeTlsStream::Plain(stream))
+            .unwrap();
+    socket
+}
+
+fn send(socket: &mut WebSocket<MaybeTlsStream<TcpStream>>, message: Value) {
+    socket.send(Message::text(message.to_string())).unwrap();
+}
+
+fn next(socket: &mut WebSocket<MaybeTlsStream<TcpStream>>) -> Value {
+    loop {
+        match socket.read().expect("a message in time") {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The first message, already seen or still to come, that satisfies
+/// `wanted`; the others are kept in `seen` (events and answers interleave).
+fn until(
+    socket: &mut WebSocket<MaybeTlsStream<TcpStream>>,
+    seen: &mut Vec<Value>,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    if let Some(at) = seen.iter().position(&wanted) {
+        return seen.remove(at);
+    }
+    loop {
+        let message = next(socket);
+        if wanted(&message) {
+            return message;
+        }
+        seen.push(message);
+    }
+}
+
+#[test]
+fn depth_diffs_continue_from_the_rest_snapshot_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(2);
+    let (alice, bob) = (&keys[0], &keys[1]);
+    // Some book before anyone listens.
+    for i in 0..5 {
+        let params =
+            format!("symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.1&price={}", 50_000 + i);
+        assert_eq!(signed(&exchange, bob, "POST", "/api/v3/order", &params).0, 200);
+    }
+    let mut raw = connect(&exchange, "/ws/btcusdt@depth@100ms");
+    let mut combined = connect(&exchange, "/stream?streams=btcusdt@depth/btcusdt@trade");
+    send(
+        &mut combined,
+        json!({ "method": "SUBSCRIBE", "params": ["btcusdt@aggTrade", "btcusdt@bookTicker"], "id": 7 }),
+    );
+    assert_eq!(next(&mut combined), json!({ "result": null, "id": 7 }));
+    send(&mut combined, json!({ "method": "LIST_SUBSCRIPTIONS", "id": "list" }));
+    assert_eq!(
+        next(&mut combined),
+        json!({ "result": ["btcusdt@aggTrade", "btcusdt@bookTicker", "btcusdt@depth", "btcusdt@trade"], "id": "list" })
+    );
+    send(&mut combined, json!({ "method": "SUBSCRIBE", "params": ["btcusdt@nonsense"], "id": 8 }));
+    let refused = next(&mut combined);
+    assert_eq!((refused["error"]["code"].as_i64(), refused["id"].as_i64()), (Some(2), Some(8)), "{refused}");
+
+    // Traffic on both markets while the snapshot is taken.
+    let snapshot = exchange.raw("GET", "/api/v3/depth?symbol=BTCUSDT&limit=1000", &[], b"").2;
+    let last_update_id = snapshot["lastUpdateId"].as_u64().unwrap();
+    for i in 0..30 {
+        let (side, price) = if i % 2 == 0 { ("BUY", 49_000 + i) } else { ("SELL", 50_010 + i) };
+        let params =
+            format!("symbol=BTCUSDT&side={side}&type=LIMIT&timeInForce=GTC&quantity=0.2&price={price}");
+        assert_eq!(signed(&exchange, bob, "POST", "/api/v3/order", &params).0, 200);
+        let other =
+            format!("symbol=ETHUSDT&side={side}&type=LIMIT&timeInForce=GTC&quantity=0.2&price={}", 3_000 + i);
+        assert_eq!(signed(&exchange, bob, "POST", "/api/v3/order", &other).0, 200);
+    }
+    let taken = signed(
+        &exchange,
+        alice,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.35",
+    );
+    assert_eq!(taken.0, 200, "{taken:?}");
+    let final_book = exchange.raw("GET", "/api/v3/depth?symbol=BTCUSDT&limit=1000", &[], b"").2;
+    let final_id = final_book["lastUpdateId"].as_u64().unwrap();
+
+    // Binance's procedure on the raw stream: drop u <= lastUpdateId; the
+    // first kept has U <= lastUpdateId + 1 <= u; each next U is the last u + 1.
+    let level = |l: &Value| (l[0].as_str().unwrap().to_string(), l[1].as_str().unwrap().to_string());
+    let mut bids: std::collections::BTreeMap<String, String> =
+        snapshot["bids"].as_array().unwrap().iter().map(level).collect();
+    let mut asks: std::collections::BTreeMap<String, String> =
+        snapshot["asks"].as_array().unwrap().iter().map(level).collect();
+    let mut previous_u: Option<u64> = None;
+    let mut applied_any = false;
+    loop {
+        let diff = next(&mut raw);
+        assert_eq!(diff["e"], "depthUpdate", "{diff}");
+        assert_eq!(diff["s"], "BTCUSDT");
+        let (first, last) = (diff["U"].as_u64().unwrap(), diff["u"].as_u64().unwrap());
+        assert!(first <= last, "{diff}");
+        if let Some(previous) = previous_u {
+            assert_eq!(first, previous + 1, "diffs continue each other: {diff}");
+        }
+        previous_u = Some(last);
+        if last <= last_update_id {
+            continue;
+        }
+        if !applied_any {
+            assert!(first <= last_update_id + 1, "the first diff kept reaches back to the snapshot: {diff}");
+            applied_any = true;
+        }
+        for (side, book) in [("b", &mut bids), ("a", &mut asks)] {
+            for l in diff[side].as_array().unwrap() {
+                let (price, qty) = level(l);
+                if qty.trim_end_matches('0').trim_end_matches('.') == "0" {
+                    book.remove(&price);
+                } else {
+                    book.insert(price, qty);
+                }
+            }
+        }
+        if last >= final_id {
+            break;
+        }
+    }
+    let expected = |side: &str| -> std::collections::BTreeMap<String, String> {
+        final_book[side].as_array().unwrap().iter().map(level).collect()
+    };
+    assert_eq!(bids, expected("bids"), "the book kept from diffs equals the exchange's");
+    assert_eq!(asks, expected("asks"));
+
+    // The combined stream wraps each event with its stream name.
+    let mut seen = Vec::new();
+    let trade = until(&mut combined, &mut seen, |m| m["stream"] == "btcusdt@trade");
+    assert_eq!((trade["data"]["e"].as_str(), trade["data"]["s"].as_str()), (Some("trade"), Some("BTCUSDT")));
+    let agg = until(&mut combined, &mut seen, |m| m["stream"] == "btcusdt@aggTrade");
+    assert_eq!(agg["data"]["e"], "aggTrade");
+    assert!(agg["data"]["f"].as_u64() <= agg["data"]["l"].as_u64(), "{agg}");
+    let rest_aggs = exchange.raw("GET", "/api/v3/aggTrades?symbol=BTCUSDT", &[], b"").2;
+    assert!(
+        rest_aggs.as_array().unwrap().iter().any(|a| a["a"] == agg["data"]["a"]),
+        "REST aggTrades has the same aggregate ids"
+    );
+}
+
+#[test]
+fn the_websocket_api_places_orders_and_streams_user_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(2);
+    let (alice, bob) = (&keys[0], &keys[1]);
+    let request = |key: &Key, id: &str, method: &str, mut params: Value| -> Value {
+        params["apiKey"] = json!(key.api_key);
+        params["timestamp"] = json!(fresh_timestamp() as u64);
+        let payload = gateway::binance::ws_api::signature_payload(params.as_object().unwrap());
+        params["signature"] = json!(gateway::auth::sign(&key.secret, &payload, b""));
+        json!({ "id": id, "method": method, "params": params })
+    };
+    let mut api = connect(&exchange, "/ws-api/v3");
+    send(&mut api, request(alice, "sub", "userDataStream.subscribe.signature", json!({})));
+    let subscribed = next(&mut api);
+    assert_eq!(
+        (subscribed["id"].as_str(), subscribed["status"].as_u64()),
+        (Some("sub"), Some(200)),
+        "{subscribed}"
+    );
+    let subscription = subscribed["result"]["subscriptionId"].as_u64().unwrap();
+    assert_eq!(subscribed["rateLimits"][0]["rateLimitType"], "REQUEST_WEIGHT");
+
+    let ask = signed(
+        &exchange,
+        bob,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.5&price=50000",
+    );
+    assert_eq!(ask.0, 200);
+    send(
+        &mut api,
+        request(
+            alice,
+            "buy",
+            "order.place",
+            json!({
+                "symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                "quantity": "0.2", "price": "50000", "newClientOrderId": "ws-buy-1",
+            }),
+        ),
+    );
+    let mut events = Vec::new();
+    let placed = until(&mut api, &mut events, |m| m["id"] == "buy");
+    assert_eq!(placed["status"], 200, "{placed}");
+    assert_eq!(
+        (placed["result"]["status"].as_str(), placed["result"]["executedQty"].as_str()),
+        (Some("FILLED"), Some("0.20000000"))
+    );
+    assert_eq!(placed["result"]["fills"][0]["commissionAsset"], "BTC");
+    let order_id = placed["result"]["orderId"].as_u64().unwrap();
+
+    // The user data stream: NEW, then TRADE with FILLED, and the balances.
+    let report = |m: &Value, x: &str| {
+        m["subscriptionId"] == subscription && m["event"]["e"] == "executionReport" && m["event"]["x"] == x
+    };
+    let new = until(&mut api, &mut events, |m| report(m, "NEW"));
+    assert_eq!((new["event"]["i"].as_u64(), new["event"]["c"].as_str()), (Some(order_id), Some("ws-buy-1")));
+    let fill = until(&mut api, &mut events, |m| report(m, "TRADE"));
+    assert_eq!(
+        (fill["event"]["X"].as_str(), fill["event"]["l"].as_str(), fill["event"]["z"].as_str()),
+        (Some("FILLED"), Some("0.20000000"), Some("0.20000000"))
+    );
+    assert_eq!((fill["event"]["m"].as_bool(), fill["event"]["N"].as_str()), (Some(false), Some("BTC")));
+    let position = |m: &Value| m["event"]["e"] == "outboundAccountPosition";
+    let balances = until(&mut api, &mut events, position);
+    assert!(balances["event"]["B"].as_array().unwrap().iter().any(|b| b["a"] == "BTC"), "{balances}");
+
+    // Queries and cancels over the same socket.
+    send(
+        &mut api,
+        request(
+            alice,
+            "status",
+            "order.status",
+            json!({ "symbol": "BTCUSDT", "origClientOrderId": "ws-buy-1" }),
+        ),
+    );
+    let status = until(&mut api, &mut events, |m| m["id"] == "status");
+    assert_eq!(
+        (status["result"]["orderId"].as_u64(), status["result"]["status"].as_str()),
+        (Some(order_id), Some("FILLED"))
+    );
+    send(
+        &mut api,
+        request(
+            alice,
+            "rest",
+            "order.place",
+            json!({
+                "symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.1", "price": "40000",
+            }),
+        ),
+    );
+    let resting = until(&mut api, &mut events, |m| m["id"] == "rest")["result"]["orderId"].as_u64().unwrap();
+    send(&mut api, request(alice, "open", "openOrders.status", json!({ "symbol": "BTCUSDT" })));
+    let open = until(&mut api, &mut events, |m| m["id"] == "open");
+    assert_eq!(open["result"].as_array().unwrap().len(), 1, "{open}");
+    send(
+        &mut api,
+        request(alice, "cancel", "order.cancel", json!({ "symbol": "BTCUSDT", "orderId": resting })),
+    );
+    let cancelled = until(&mut api, &mut events, |m| m["id"] == "cancel");
+    assert_eq!(cancelled["result"]["status"], "CANCELED", "{cancelled}");
+    until(&mut api, &mut events, |m| report(m, "CANCELED"));
+    send(&mut api, request(alice, "trades", "myTrades", json!({ "symbol": "BTCUSDT" })));
+    let trades = until(&mut api, &mut events, |m| m["id"] == "trades");
+    assert_eq!(trades["result"].as_array().unwrap().len(), 1, "{trades}");
+    assert_eq!(
+        (trades["result"][0]["isBuyer"].as_bool(), trades["result"][0]["isMaker"].as_bool()),
+        (Some(true), Some(false))
+    );
+    send(&mut api, request(alice, "account", "account.status", json!({})));
+    let account = until(&mut api, &mut events, |m| m["id"] == "account");
+    assert_eq!(account["result"]["accountType"], "SPOT");
+
+    // Refusals in the WebSocket API's envelope.
+    let mut forged = request(alice, "forged", "account.status", json!({}));
+    forged["params"]["signature"] = json!("00".repeat(32));
+    send(&mut api, forged);
+    let forged = until(&mut api, &mut events, |m| m["id"] == "forged");
+    assert_eq!(
+        (forged["status"].as_u64(), forged["error"]["code"].as_i64()),
+        (Some(400), Some(-1022)),
+        "{forged}"
+    );
+    send(
+        &mut api,
+        request(
+            alice,
+            "poor",
+            "order.place",
+            json!({
+                "symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "1000", "price": "50000",
+            }),
+        ),
+    );
+    let poor = until(&mut api, &mut events, |m| m["id"] == "poor");
+    assert_eq!((poor["status"].as_u64(), poor["error"]["code"].as_i64()), (Some(400), Some(-2010)), "{poor}");
+    send(&mut api, json!({ "id": "x", "method": "order.teleport", "params": {} }));
+    let unknown = until(&mut api, &mut events, |m| m["id"] == "x");
+    assert_eq!(unknown["status"], 400);
+    api.send(Message::text("{not json")).unwrap();
+    let garbage = until(&mut api, &mut events, |m| m["id"].is_null() && m["status"] == 400);
+    assert!(garbage["error"]["msg"].as_str().unwrap().starts_with("Malformed request"));
+
+    // Alice's subscription carries only her own orders, never bob's.
+    let bobs_order = ask.2["orderId"].as_u64().unwrap();
+    assert!(
+        events.iter().all(|m| m["event"]["e"] != "executionReport" || m["event"]["i"] != bobs_order),
+        "alice's stream never carries bob's order"
+    );
+}
