@@ -27,6 +27,9 @@ impl LocalExchange {
             ("EXCHANGE_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string()),
             ("EXCHANGE_RATE_LIMIT_PER_S".to_string(), "1000000".to_string()),
             ("EXCHANGE_RATE_LIMIT_BURST".to_string(), "1000000".to_string()),
+            // The load comes from one address: Binance's per-address weight
+            // budget would cap it, not the exchange.
+            ("EXCHANGE_REQUEST_WEIGHT_PER_MINUTE".to_string(), "1000000000000".to_string()),
         ];
         env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = gateway::Config::load(None, env).map_err(|e| e.to_string())?;

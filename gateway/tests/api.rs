@@ -438,8 +438,11 @@ fn the_openapi_description_lists_exactly_the_served_routes() {
         }
     }
     described.sort();
-    let mut served: Vec<(String, String)> =
-        gateway::rest::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let mut served: Vec<(String, String)> = gateway::rest::ROUTES
+        .iter()
+        .chain(gateway::binance::rest::ROUTES)
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     served.sort();
     assert_eq!(described, served);
     // And the server serves it.

@@ -8,9 +8,14 @@
 //! a uniform schedule (no coordinated omission): a connection that falls
 //! behind carries its delay into every later request.
 //!
+//! Orders go through the native API (`/order`, JSON) and through the
+//! Binance-compatible one (`/api/v3/order`, form-encoded, FULL answers);
+//! `--apis` picks which.
+//!
 //! ```text
 //! cargo run --release -p benches --bin loadgen
 //! cargo run --release -p benches --bin loadgen -- --rates 5000,10000 --seconds 10 --connections 8
+//! cargo run --release -p benches --bin loadgen -- --apis binance --rates 10000,0
 //! ```
 
 use std::convert::Infallible;
@@ -46,6 +51,18 @@ struct Args {
     /// The journal's durability policy for the exchange: none, batch or interval.
     #[arg(long, default_value = "batch")]
     durability: String,
+    /// Which order APIs to load: native, binance, or both.
+    #[arg(long, value_delimiter = ',', default_value = "native,binance")]
+    apis: Vec<Api>,
+}
+
+/// The API the orders go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Api {
+    /// `POST /order` and `DELETE /order` with JSON bodies.
+    Native,
+    /// `POST /api/v3/order` and `DELETE /api/v3/order`, form-encoded.
+    Binance,
 }
 
 /// Numbers each run, so that client order ids never repeat across runs.
@@ -95,12 +112,19 @@ fn main() -> std::process::ExitCode {
                 format_rate(done),
                 percentiles(&histogram)
             );
-            let (done, histogram) = load(exchange, Some(&keys), rate, args.seconds, args.connections).await;
-            println!(
-                "exchange orders,    offered {offered:>6}/s: {} req/s | {}",
-                format_rate(done),
-                percentiles(&histogram)
-            );
+            for &api in &args.apis {
+                let (done, histogram) =
+                    load(exchange, Some((&keys, api)), rate, args.seconds, args.connections).await;
+                let label = match api {
+                    Api::Native => "exchange /order,       ",
+                    Api::Binance => "exchange /api/v3/order,",
+                };
+                println!(
+                    "{label} offered {offered:>6}/s: {} req/s | {}",
+                    format_rate(done),
+                    percentiles(&histogram)
+                );
+            }
         }
     });
     drop(client_runtime);
@@ -216,10 +240,10 @@ async fn seed(exchange: SocketAddr, admin_token: &str, users: usize) -> Result<V
 /// Runs one rate for `seconds` over `connections`; returns completed
 /// requests per second and the round-trip histogram. With keys, requests
 /// alternate between placing a resting buy and cancelling it by its client
-/// order id; without, they go to the bare handler.
+/// order id, through `api`; without, they go to the bare handler.
 async fn load(
     address: SocketAddr,
-    keys: Option<&[Key]>,
+    keys: Option<(&[Key], Api)>,
     rate: u64,
     seconds: u64,
     connections: usize,
@@ -230,7 +254,7 @@ async fn load(
     let completed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for index in 0..connections {
-        let key = keys.map(|keys| (keys[index].api_key.clone(), keys[index].secret.clone()));
+        let key = keys.map(|(keys, api)| (keys[index].api_key.clone(), keys[index].secret.clone(), api));
         let completed = Arc::clone(&completed);
         // Each connection has its share of the schedule, offset so that
         // together they are uniform.
@@ -259,7 +283,26 @@ async fn load(
                 let started = if rate > 0 { intended } else { Instant::now() };
                 let result = match &key {
                     None => connection.send("POST", "/order", &[], String::from("{}")).await,
-                    Some((api_key, secret)) => {
+                    Some((api_key, secret, Api::Binance)) => {
+                        let client_order_id = format!("lg{run}-{index}-{}", n / 2);
+                        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                        let headers = [("x-mbx-apikey", api_key.as_str()), ("content-type", "application/x-www-form-urlencoded")];
+                        if n.is_multiple_of(2) {
+                            let params = format!(
+                                "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.001&price={}&newClientOrderId={client_order_id}&timestamp={now_ms}",
+                                1000 + (n % 500)
+                            );
+                            let signature = gateway::auth::sign(secret, &params, b"");
+                            let body = format!("{params}&signature={signature}");
+                            connection.send("POST", "/api/v3/order", &headers, body).await
+                        } else {
+                            let params = format!("symbol=BTCUSDT&origClientOrderId={client_order_id}&timestamp={now_ms}");
+                            let signature = gateway::auth::sign(secret, &params, b"");
+                            let uri = format!("/api/v3/order?{params}&signature={signature}");
+                            connection.send("DELETE", &uri, &headers, String::new()).await
+                        }
+                    }
+                    Some((api_key, secret, Api::Native)) => {
                         let client_order_id = format!("lg{run}-{index}-{}", n / 2);
                         // Requests differ by their client order id, so two in
                         // one millisecond are not replays of each other.
