@@ -260,10 +260,10 @@ pub fn agg_trades(state: &AppState, params: &Params) -> Result<Value, BinanceErr
 }
 
 /// A price level: price and total quantity.
-type Level = Option<(Ticks, Lots)>;
+pub type Level = Option<(Ticks, Lots)>;
 
 /// The best bid and the best ask.
-fn best(view: &MarketView) -> (Level, Level) {
+pub fn best(view: &MarketView) -> (Level, Level) {
     (view.bids.iter().next_back().map(|(p, q)| (*p, *q)), view.asks.iter().next().map(|(p, q)| (*p, *q)))
 }
 

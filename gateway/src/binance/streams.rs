@@ -17,7 +17,7 @@ use engine_core::{
 };
 use serde_json::{json, Value};
 
-use super::market::{agg_json, aggregate, book_json, now_ms};
+use super::market::{agg_json, aggregate, best, book_json, now_ms, Level};
 use super::{price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT};
 use crate::views::{OrderStatus, OrderView, TradeView, Views};
 use crate::ws::{Channel, Framing, Subscribers};
@@ -89,6 +89,8 @@ pub struct Streams {
     /// Executed quantity and quote of each open order, as of the last
     /// batch (the views may already be further on).
     executed: HashMap<OrderId, (Lots, u128)>,
+    /// The best bid and ask last pushed on each `bookTicker` stream.
+    tops: HashMap<MarketId, (Level, Level)>,
     last_seq: u64,
     ticks: u64,
 }
@@ -99,6 +101,7 @@ impl Streams {
             diffs: HashMap::new(),
             last_u: HashMap::new(),
             executed: HashMap::new(),
+            tops: HashMap::new(),
             last_seq: 0,
             ticks: 0,
         };
@@ -375,7 +378,11 @@ impl Streams {
         for (market, seq) in tickers {
             let channel = Channel::BinanceBookTicker(market);
             let Some(view) = views.markets.get(market.0 as usize) else { continue };
-            if !subscribers.any(|c| c.channels.contains(&channel)) {
+            // Pushed when the best bid or ask changed, not for deeper levels.
+            let top = best(view);
+            if self.tops.insert(market, top) == Some(top)
+                || !subscribers.any(|c| c.channels.contains(&channel))
+            {
                 continue;
             }
             let mut data = super::market::book_ticker_json(view);

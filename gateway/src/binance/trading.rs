@@ -266,7 +266,7 @@ fn new_order_answer(views: &Views, order: &OrderView, answer: Answer) -> Value {
     if answer == Answer::Ack {
         return out;
     }
-    if let (Some(object), Value::Object(details)) = (out.as_object_mut(), order_fields(views, view, order)) {
+    if let (Some(object), Value::Object(details)) = (out.as_object_mut(), order_fields(view, order)) {
         for (key, value) in details {
             object.entry(key).or_insert(value);
         }
@@ -298,14 +298,13 @@ fn client_id_text(order: &OrderView) -> String {
 }
 
 /// The fields every order answer shares.
-fn order_fields(views: &Views, view: &MarketView, order: &OrderView) -> Value {
+fn order_fields(view: &MarketView, order: &OrderView) -> Value {
     let (order_type, tif) = type_and_tif(order.kind);
     let quote_decimals = view.scale.quote_decimals;
     let (orig_qty, orig_quote) = match order.kind {
         Some(OrderKind::MarketByQuote { amount }) => (order.filled, u128::from(amount.0)),
         _ => (order.quantity, 0),
     };
-    let _ = views;
     json!({
         "symbol": view.symbol,
         "orderId": order.order.0,
@@ -327,7 +326,7 @@ fn order_fields(views: &Views, view: &MarketView, order: &OrderView) -> Value {
 /// An order as `GET /api/v3/order` and `openOrders` show it.
 pub fn order_json(views: &Views, order: &OrderView) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
-    let mut out = order_fields(views, view, order);
+    let mut out = order_fields(view, order);
     if let Some(object) = out.as_object_mut() {
         let open = views.user(order.user).is_some_and(|u| u.open.contains_key(&order.order));
         object.insert("stopPrice".into(), json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
@@ -343,7 +342,7 @@ pub fn order_json(views: &Views, order: &OrderView) -> Value {
 /// A cancelled order as the cancel endpoints answer.
 fn cancel_json(views: &Views, order: &OrderView, transact_ms: u64) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
-    let mut out = order_fields(views, view, order);
+    let mut out = order_fields(view, order);
     if let Some(object) = out.as_object_mut() {
         // The cancel itself has no client id of its own here: it is the order's.
         object.insert("origClientOrderId".into(), json!(client_id_text(order)));
@@ -633,7 +632,7 @@ pub async fn amend_keep_priority(
         .ok_or_else(|| BinanceError::internal("order not in the views"))?;
     let view =
         views.markets.get(order.market.0 as usize).ok_or_else(|| BinanceError::internal("no market"))?;
-    let mut amended = order_fields(&views, view, order);
+    let mut amended = order_fields(view, order);
     if let Some(object) = amended.as_object_mut() {
         if let Some(qty) = object.remove("origQty") {
             object.insert("qty".into(), qty);
