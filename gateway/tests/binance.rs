@@ -404,6 +404,17 @@ fn depth_diffs_continue_from_the_rest_snapshot_exactly() {
         rest_aggs.as_array().unwrap().iter().any(|a| a["a"] == agg["data"]["a"]),
         "REST aggTrades has the same aggregate ids"
     );
+    let ticker = until(&mut combined, &mut seen, |m| m["stream"] == "btcusdt@bookTicker");
+    assert_eq!(ticker["data"]["s"], "BTCUSDT", "{ticker}");
+    assert!(ticker["data"]["u"].as_u64().is_some() && ticker["data"]["b"].is_string(), "{ticker}");
+
+    // Partial books: the top levels every 100 ms, in REST depth's id space.
+    let mut partial = connect(&exchange, "/ws/btcusdt@depth5@100ms");
+    let top = next(&mut partial);
+    assert!(top["lastUpdateId"].as_u64().unwrap() >= final_id, "{top}");
+    assert_eq!(top["asks"].as_array().unwrap().len(), 5, "{top}");
+    let rest_top = exchange.raw("GET", "/api/v3/depth?symbol=BTCUSDT&limit=5", &[], b"").2;
+    assert_eq!((&top["bids"], &top["asks"]), (&rest_top["bids"], &rest_top["asks"]));
 }
 
 #[test]
@@ -513,6 +524,66 @@ fn the_websocket_api_places_orders_and_streams_user_data() {
     let cancelled = until(&mut api, &mut events, |m| m["id"] == "cancel");
     assert_eq!(cancelled["result"]["status"], "CANCELED", "{cancelled}");
     until(&mut api, &mut events, |m| report(m, "CANCELED"));
+    // Cancel-replace and cancel-all over the socket.
+    send(
+        &mut api,
+        request(
+            alice,
+            "two",
+            "order.place",
+            json!({
+                "symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.1", "price": "41000",
+                "newClientOrderId": "ws-two",
+            }),
+        ),
+    );
+    assert_eq!(until(&mut api, &mut events, |m| m["id"] == "two")["status"], 200);
+    send(
+        &mut api,
+        request(
+            alice,
+            "replace",
+            "order.cancelReplace",
+            json!({
+                "symbol": "BTCUSDT", "cancelReplaceMode": "STOP_ON_FAILURE", "cancelOrigClientOrderId": "ws-two",
+                "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.1", "price": "41500",
+            }),
+        ),
+    );
+    let replaced = until(&mut api, &mut events, |m| m["id"] == "replace");
+    assert_eq!(
+        (replaced["result"]["cancelResult"].as_str(), replaced["result"]["newOrderResult"].as_str()),
+        (Some("SUCCESS"), Some("SUCCESS")),
+        "{replaced}"
+    );
+    assert_eq!(replaced["result"]["cancelResponse"]["status"], "CANCELED");
+    send(
+        &mut api,
+        request(
+            alice,
+            "replace-again",
+            "order.cancelReplace",
+            json!({
+                "symbol": "BTCUSDT", "cancelReplaceMode": "STOP_ON_FAILURE", "cancelOrigClientOrderId": "ws-two",
+                "side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.1", "price": "41600",
+            }),
+        ),
+    );
+    let failed = until(&mut api, &mut events, |m| m["id"] == "replace-again");
+    assert_eq!(
+        (failed["status"].as_u64(), failed["error"]["code"].as_i64()),
+        (Some(400), Some(-2022)),
+        "{failed}"
+    );
+    assert_eq!(failed["error"]["data"]["cancelResponse"]["code"], -2011);
+    assert_eq!(failed["error"]["data"]["newOrderResult"], "NOT_ATTEMPTED");
+    send(&mut api, request(alice, "all", "openOrders.cancelAll", json!({ "symbol": "BTCUSDT" })));
+    let all = until(&mut api, &mut events, |m| m["id"] == "all");
+    assert_eq!(all["result"].as_array().map(Vec::len), Some(1), "{all}");
+    send(&mut api, request(alice, "none-left", "openOrders.cancelAll", json!({ "symbol": "BTCUSDT" })));
+    let none_left = until(&mut api, &mut events, |m| m["id"] == "none-left");
+    assert_eq!(none_left["error"]["code"], -2011, "{none_left}");
+
     send(&mut api, request(alice, "trades", "myTrades", json!({ "symbol": "BTCUSDT" })));
     let trades = until(&mut api, &mut events, |m| m["id"] == "trades");
     assert_eq!(trades["result"].as_array().unwrap().len(), 1, "{trades}");

@@ -4,7 +4,7 @@
 //!
 //! The suite needs Python 3 with `venv`; the first run creates a private
 //! environment under cargo's target directory and installs the pinned
-//! ccxt there (`EXCHANGE_COMPAT_PYTHON` names an interpreter that already
+//! ccxt there (`COMPAT_PYTHON` names an interpreter that already
 //! has it). A missing Python or package index fails the test with the
 //! reason: the suite never skips.
 
@@ -34,7 +34,7 @@ fn run(command: &mut Command) -> Result<String, String> {
 fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        if let Ok(python) = std::env::var("EXCHANGE_COMPAT_PYTHON") {
+        if let Ok(python) = std::env::var("COMPAT_PYTHON") {
             return PathBuf::from(python);
         }
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compat-venv");
