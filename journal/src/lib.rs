@@ -51,8 +51,8 @@ pub use inspect::{inspect, JournalReport, Problem, SegmentReport};
 pub use reader::{JournalReader, ReadMode};
 pub use recovery::{open_data_dir, recover, replay, DataDir, RecoverOptions, Recovery, RecoveryError};
 pub use segment::{
-    list_segments, segment_file_name, Damage, FrameFault, SegmentScan, FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES,
-    SEGMENT_HEADER_BYTES,
+    list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan, FRAME_HEADER_BYTES,
+    PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
 };
 pub use snapshots::{
     list_snapshots, load_snapshot, prune_segments, snapshot_file_name, write_snapshot, SegmentRetention,
