@@ -589,10 +589,30 @@ pub(crate) async fn place_order(
     user: UserId,
     body: &[u8],
 ) -> Result<Value, ApiError> {
+    let command = order_command(&*views(state)?, user, body)?;
+    let events = execute(state, producer, command).await?;
+    let views = views(state)?;
+    if let Some(error) = rejection(&views, &events) {
+        return Err(error);
+    }
+    let order = events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::OrderAccepted { order, .. } => Some(order),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order in the outcome")
+        })?;
+    order_answer(&views, user, order)
+}
+
+/// The engine command for a `POST /order` body, checked at the edge:
+/// hostile bytes get a precise error and never reach the engine.
+pub fn order_command(views: &Views, user: UserId, body: &[u8]) -> Result<Command, ApiError> {
     let body: PlaceOrderBody = json_body(body)?;
     let command = {
-        let views = views(state)?;
-        let market = market_of(&views, &body.market)?;
+        let market = market_of(views, &body.market)?;
         let scale = market.scale;
         let side = match body.side {
             SideField::Buy => Side::Buy,
@@ -655,21 +675,7 @@ pub(crate) async fn place_order(
         let client_order_id = body.client_order_id.as_deref().map(client_order_id).transpose()?;
         Command::PlaceOrder(NewOrder { user, market: market.market.id, side, kind, client_order_id, stp })
     };
-    let events = execute(state, producer, command).await?;
-    let views = views(state)?;
-    if let Some(error) = rejection(&views, &events) {
-        return Err(error);
-    }
-    let order = events
-        .iter()
-        .find_map(|e| match e.kind {
-            EventKind::OrderAccepted { order, .. } => Some(order),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order in the outcome")
-        })?;
-    order_answer(&views, user, order)
+    Ok(command)
 }
 
 fn order_answer(views: &Views, user: UserId, order: OrderId) -> Result<Value, ApiError> {

@@ -51,12 +51,12 @@ pub use inspect::{inspect, JournalReport, Problem, SegmentReport};
 pub use reader::{JournalReader, ReadMode};
 pub use recovery::{open_data_dir, recover, replay, DataDir, RecoverOptions, Recovery, RecoveryError};
 pub use segment::{
-    list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan, FRAME_HEADER_BYTES,
-    PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
+    bincode_config, list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan,
+    FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
 };
 pub use snapshots::{
-    list_snapshots, load_snapshot, prune_segments, snapshot_file_name, write_snapshot, SegmentRetention,
-    SnapshotFileError, SnapshotInfo, SnapshotKeep,
+    decode_snapshot_payload, list_snapshots, load_snapshot, prune_segments, snapshot_file_name,
+    write_snapshot, SegmentRetention, SnapshotFileError, SnapshotInfo, SnapshotKeep,
 };
 pub use writer::{
     CutTail, Durability, JournalConfig, JournalWriter, OpenReport, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,

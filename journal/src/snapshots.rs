@@ -188,21 +188,28 @@ pub fn load_snapshot(path: &Path) -> Result<(Engine, SnapshotInfo), SnapshotFile
     if crc32fast::hash(payload) != read_u32(header, 40) {
         return Err(SnapshotFileError::PayloadChecksum);
     }
-    let (snapshot, used): (Snapshot, usize) = bincode::serde::decode_from_slice(payload, snapshot_config())
-        .map_err(|e| SnapshotFileError::Decode(e.to_string()))?;
-    if used != payload.len() {
-        return Err(SnapshotFileError::Decode("trailing bytes after the state".into()));
-    }
-    if snapshot.last_seq != seq {
+    let engine = decode_snapshot_payload(payload)?;
+    if engine.last_seq() != seq {
         return Err(SnapshotFileError::BadHeader("header sequence differs from the state's"));
     }
-    let engine = Engine::from_snapshot(snapshot).map_err(SnapshotFileError::Invalid)?;
     let loaded = engine.state_hash();
     if loaded != state_hash {
         return Err(SnapshotFileError::HashMismatch { recorded: state_hash, loaded });
     }
     let info = SnapshotInfo { path: path.to_path_buf(), seq, state_hash, bytes: bytes.len() as u64 };
     Ok((engine, info))
+}
+
+/// Decodes a snapshot's payload (what follows the header, its checksum
+/// already checked) and rebuilds the engine, checking its consistency.
+/// Never panics, whatever the bytes.
+pub fn decode_snapshot_payload(payload: &[u8]) -> Result<Engine, SnapshotFileError> {
+    let (snapshot, used): (Snapshot, usize) = bincode::serde::decode_from_slice(payload, snapshot_config())
+        .map_err(|e| SnapshotFileError::Decode(e.to_string()))?;
+    if used != payload.len() {
+        return Err(SnapshotFileError::Decode("trailing bytes after the state".into()));
+    }
+    Engine::from_snapshot(snapshot).map_err(SnapshotFileError::Invalid)
 }
 
 /// What to do with journal segments wholly covered by the oldest kept snapshot.

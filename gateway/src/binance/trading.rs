@@ -85,6 +85,27 @@ struct Prepared {
 /// reaches the engine. `prefix` is "" for an order, "cancel" names for
 /// cancelReplace are read by the caller.
 fn prepare(state: &AppState, views: &Views, user: UserId, p: &Params) -> Result<Prepared, BinanceError> {
+    check_order(views, user, p, || state.binance.next_client_order_id())
+}
+
+/// A new order from Binance's parameters, checked the way Binance checks
+/// them; `client_id` names an order sent without `newClientOrderId`.
+/// Hostile parameters get Binance's error and never reach the engine.
+pub fn order_from_params(
+    views: &Views,
+    user: UserId,
+    p: &Params,
+    client_id: impl FnOnce() -> String,
+) -> Result<NewOrder, BinanceError> {
+    check_order(views, user, p, client_id).map(|prepared| prepared.order)
+}
+
+fn check_order(
+    views: &Views,
+    user: UserId,
+    p: &Params,
+    client_id: impl FnOnce() -> String,
+) -> Result<Prepared, BinanceError> {
     let view = market(views, p.required("symbol")?)?;
     let scale = view.scale;
     let side = match p.required("side")? {
@@ -175,7 +196,7 @@ fn prepare(state: &AppState, views: &Views, user: UserId, p: &Params) -> Result<
     };
     let client = match p.get("newClientOrderId") {
         Some(text) => client_order_id("newClientOrderId", text)?,
-        None => client_order_id("newClientOrderId", &state.binance.next_client_order_id())?,
+        None => client_order_id("newClientOrderId", &client_id())?,
     };
     Ok(Prepared {
         order: NewOrder { user, market: view.market.id, side, kind, client_order_id: Some(client), stp },
