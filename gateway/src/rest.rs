@@ -103,6 +103,7 @@ pub async fn handle(
             }
         });
     }
+    let path = request.uri().path().to_string();
     let response = match route(&state, &producer, request).await {
         Ok((status, body)) => respond(status, body.to_string()),
         Err(error) => {
@@ -112,10 +113,21 @@ pub async fn handle(
                     response.headers_mut().insert(RETRY_AFTER, value);
                 }
             }
+            if error.status == StatusCode::METHOD_NOT_ALLOWED {
+                allow(&mut response, ROUTES, &path);
+            }
             response
         }
     };
     Ok(response)
+}
+
+/// The `Allow` header a 405 must carry: the methods `routes` serve at `path`.
+pub(crate) fn allow(response: &mut Response<Body>, routes: &[(&str, &str)], path: &str) {
+    let methods: Vec<&str> = routes.iter().filter(|(_, p)| *p == path).map(|(m, _)| *m).collect();
+    if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
+        response.headers_mut().insert(hyper::header::ALLOW, value);
+    }
 }
 
 fn respond(status: StatusCode, body: String) -> Response<Body> {
@@ -971,11 +983,19 @@ struct FeesBody {
     taker_fee: String,
 }
 
+/// `POST /admin/api_keys`: the key and secret are made by the exchange.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserKeyBody {
+struct NewKeyBody {
     user_id: u32,
-    api_key: Option<String>,
+}
+
+/// `DELETE /admin/api_keys`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeKeyBody {
+    user_id: u32,
+    api_key: String,
 }
 
 #[derive(Deserialize)]
@@ -1021,16 +1041,15 @@ async fn admin(
         }
         ("POST", "/admin/users") => (Command::CreateUser, None),
         ("POST", "/admin/api_keys") => {
-            let body: UserKeyBody = json_body(body)?;
+            let body: NewKeyBody = json_body(body)?;
             let key = ApiKey::new(&random_alphanumeric(64)?).map_err(|e| ApiError::invalid("api_key", e))?;
             let secret =
                 ApiSecret::new(&random_alphanumeric(64)?).map_err(|e| ApiError::invalid("secret", e))?;
             (Command::CreateApiKey { user: UserId(body.user_id), key, secret }, Some((key, secret)))
         }
         ("DELETE", "/admin/api_keys") => {
-            let body: UserKeyBody = json_body(body)?;
-            let text = body.api_key.ok_or_else(|| ApiError::invalid("api_key", "which key to revoke"))?;
-            let key = ApiKey::new(&text).map_err(|e| ApiError::invalid("api_key", e))?;
+            let body: RevokeKeyBody = json_body(body)?;
+            let key = ApiKey::new(&body.api_key).map_err(|e| ApiError::invalid("api_key", e))?;
             (Command::RevokeApiKey { user: UserId(body.user_id), key }, None)
         }
         ("POST", "/admin/deposit") | ("POST", "/admin/withdraw") => {
@@ -1046,6 +1065,13 @@ async fn admin(
             } else {
                 (Command::Withdraw { user, asset: asset.id, amount }, None)
             }
+        }
+        (method, path) if ROUTES.iter().any(|(_, p)| *p == path) => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ))
         }
         (_, path) => {
             return Err(ApiError::not_found(

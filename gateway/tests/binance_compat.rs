@@ -2,63 +2,17 @@
 //! library: ccxt from PyPI, pinned in `tests/compat/requirements.txt`,
 //! with its URLs pointed at the real `exchange` on free ports.
 //!
-//! The suite needs Python 3 with `venv`; the first run creates a private
-//! environment under cargo's target directory and installs the pinned
-//! ccxt there (`COMPAT_PYTHON` names an interpreter that already
-//! has it). A missing Python or package index fails the test with the
-//! reason: the suite never skips.
+//! Python and the pinned package come from `compat` (installed on first use).
 
+mod compat;
 mod server;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
+use compat::{python, run};
 use server::Exchange;
 
-const REQUIREMENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat/requirements.txt");
 const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat/ccxt_suite.py");
-
-fn run(command: &mut Command) -> Result<String, String> {
-    let output = command.output().map_err(|e| format!("{command:?}: {e}"))?;
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    if output.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{command:?} failed ({}):\n{text}", output.status))
-    }
-}
-
-/// A Python interpreter with the pinned ccxt, installed on first use.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        if let Ok(python) = std::env::var("COMPAT_PYTHON") {
-            return PathBuf::from(python);
-        }
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compat-venv");
-        let python = venv.join("bin").join("python");
-        let pinned = std::fs::read_to_string(REQUIREMENTS).expect("requirements.txt");
-        let stamp = venv.join("requirements.installed");
-        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(pinned.as_str()) {
-            run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv))
-                .unwrap_or_else(|e| panic!("the compatibility suite needs Python 3 with venv: {e}"));
-            run(Command::new(&python).args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-                REQUIREMENTS,
-            ]))
-            .unwrap_or_else(|e| panic!("cannot install the pinned client library: {e}"));
-            std::fs::write(&stamp, &pinned).expect("stamp");
-        }
-        python
-    })
-}
 
 #[test]
 fn ccxt_trades_through_the_binance_api_and_streams_unmodified() {

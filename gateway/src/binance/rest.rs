@@ -39,6 +39,19 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v3/myTrades"),
 ];
 
+/// The routes anyone may call without signing.
+const PUBLIC: &[(&str, &str)] = &[
+    ("GET", "/api/v3/ping"),
+    ("GET", "/api/v3/time"),
+    ("GET", "/api/v3/exchangeInfo"),
+    ("GET", "/api/v3/depth"),
+    ("GET", "/api/v3/trades"),
+    ("GET", "/api/v3/aggTrades"),
+    ("GET", "/api/v3/ticker/24hr"),
+    ("GET", "/api/v3/ticker/bookTicker"),
+    ("GET", "/api/v3/ticker/price"),
+];
+
 /// What a request to `/api/v3` carries, its body already read.
 pub struct Request<'r> {
     pub method: &'r Method,
@@ -77,6 +90,9 @@ pub async fn handle(state: &AppState, producer: &Mutex<Publisher>, request: Requ
         if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
             headers.insert(RETRY_AFTER, value);
         }
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        crate::rest::allow(&mut response, ROUTES, request.path);
     }
     response
 }
@@ -133,21 +149,31 @@ async fn route(
     producer: &Mutex<Publisher>,
     request: &Request<'_>,
 ) -> Result<Value, BinanceError> {
-    let params = Params::from_http(request.query, request.body, true)?;
-    let p = &params;
     let action = match (request.method.as_str(), request.path) {
         ("POST", _) => Action::Place,
         ("DELETE", _) => Action::Cancel,
         ("PUT", _) => Action::Amend,
         _ => Action::Other,
     };
-    let signed = || -> Result<engine_core::UserId, BinanceError> {
+    // A signed endpoint authenticates before it reads its parameters: a
+    // request without valid credentials learns nothing else.
+    let route = (request.method.as_str(), request.path);
+    let signed_route = ROUTES.contains(&route) && !PUBLIC.contains(&route);
+    let user = if signed_route {
         let changes_state = request.method != Method::GET;
-        state
-            .auth
-            .authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
-            .map_err(|error| BinanceError::from_auth(error, action))
+        Some(
+            state
+                .auth
+                .authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
+                .map_err(|error| BinanceError::from_auth(error, action))?,
+        )
+    } else {
+        None
     };
+    let signed =
+        || user.ok_or_else(|| BinanceError::internal("an unsigned request reached a signed endpoint"));
+    let params = Params::from_http(request.query, request.body, true)?;
+    let p = &params;
     match (request.method.as_str(), request.path) {
         ("GET", "/api/v3/ping") => p.only(&[]).map(|_| json!({})),
         ("GET", "/api/v3/time") => p.only(&[]).map(|_| market::time()),
