@@ -251,15 +251,18 @@ impl Authenticator {
 /// The signed part of a query and the signature's hex, when `signature` is
 /// the last parameter.
 fn split_signature(raw_query: &str) -> Option<(&str, &str)> {
-    if let Some(hex) = raw_query.strip_prefix("signature=") {
-        return Some(("", hex));
-    }
-    let at = raw_query.rfind("&signature=")?;
-    let hex = &raw_query[at + "&signature=".len()..];
+    // The last `signature=` is the signature; an earlier parameter of that
+    // name is part of what was signed (found by the `signature` fuzz target:
+    // `signature=&timestamp=...&signature=<hex>` was read as one long
+    // signature and a good request refused).
+    let (signed, hex) = match raw_query.rfind("&signature=") {
+        Some(at) => (&raw_query[..at], &raw_query[at + "&signature=".len()..]),
+        None => ("", raw_query.strip_prefix("signature=")?),
+    };
     if hex.contains('&') {
         return None;
     }
-    Some((&raw_query[..at], hex))
+    Some((signed, hex))
 }
 
 /// Query parameters as raw (undecoded) name/value pairs.
@@ -353,6 +356,17 @@ mod tests {
         let tampered = body.replace("quantity=1", "quantity=2");
         let refused = auth.authenticate(Some(key), query, tampered.as_bytes(), now, false).unwrap_err();
         assert_eq!(refused.code, "invalid_signature");
+    }
+
+    #[test]
+    fn the_last_signature_parameter_is_the_signature() {
+        let auth = authenticator(100);
+        let now = 1_700_000_000_000;
+        let payload = format!("signature=&timestamp={now}");
+        let query = format!("{payload}&signature={}", sign(SECRET, &payload, b""));
+        assert_eq!(auth.authenticate(Some(KEY), &query, b"", now, true), Ok(UserId(7)));
+        assert_eq!(split_signature("signature=ab"), Some(("", "ab")));
+        assert_eq!(split_signature("signature=ab&x=1"), None, "the signature is the last parameter");
     }
 
     #[test]
