@@ -14,7 +14,7 @@ use engine_core::{Engine, Snapshot};
 
 use crate::error::JournalError;
 use crate::segment::{read_u32, read_u64};
-use crate::writer::{private_file_options, sync_dir};
+use crate::writer::{create_private_dir, private_file_options, sync_dir};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"EXSNAPSH";
 pub const SNAPSHOT_FILE_VERSION: u32 = 1;
@@ -115,7 +115,7 @@ impl SnapshotKeep {
 }
 
 pub fn write_snapshot(dir: &Path, engine: &Engine, keep: SnapshotKeep) -> Result<SnapshotInfo, JournalError> {
-    std::fs::create_dir_all(dir).map_err(|e| JournalError::io(dir, e))?;
+    create_private_dir(dir)?;
     let snapshot = engine.snapshot();
     let payload = bincode::serde::encode_to_vec(&snapshot, snapshot_config())
         .map_err(|e| JournalError::Encode(e.to_string()))?;
@@ -245,7 +245,7 @@ pub fn prune_segments(
             SegmentRetention::Keep => {}
             SegmentRetention::Delete => std::fs::remove_file(path).map_err(|e| JournalError::io(path, e))?,
             SegmentRetention::Archive(archive) => {
-                std::fs::create_dir_all(archive).map_err(|e| JournalError::io(archive, e))?;
+                create_private_dir(archive)?;
                 let Some(name) = path.file_name() else { continue };
                 let target = archive.join(name);
                 std::fs::rename(path, &target).map_err(|e| JournalError::io(&target, e))?;

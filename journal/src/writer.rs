@@ -104,7 +104,7 @@ impl JournalWriter {
                 config.segment_bytes
             )));
         }
-        std::fs::create_dir_all(&config.dir).map_err(|e| JournalError::io(&config.dir, e))?;
+        create_private_dir(&config.dir)?;
         let lock = lock_dir(&config.dir)?;
         remove_leftover_temp_files(&config.dir)?;
         let segments = list_segments(&config.dir).map_err(|e| JournalError::io(&config.dir, e))?;
@@ -318,7 +318,7 @@ impl Drop for JournalWriter {
 /// Takes the journal's writer lock, or says who cannot have it.
 fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join("LOCK");
-    let file = OpenOptions::new()
+    let file = private_file_options()
         .read(true)
         .write(true)
         .create(true)
@@ -402,6 +402,19 @@ fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
 
 /// Options for files the journal creates: readable by their owner only,
 /// since commands carry API secrets.
+/// Creates `dir` (and missing parents) readable by the owner only: the
+/// journal and snapshots hold every user's orders and key secrets.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| JournalError::io(dir, e))
+}
+
 pub(crate) fn private_file_options() -> OpenOptions {
     let mut options = OpenOptions::new();
     #[cfg(unix)]

@@ -281,6 +281,55 @@ impl Cluster {
     pub fn url(&self, dbname: &str) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname={dbname}", self.port)
     }
+
+    /// The server's processes: the postmaster (from `postmaster.pid`) and
+    /// its children.
+    pub fn server_pids(&self) -> Vec<i32> {
+        let Some(postmaster) = std::fs::read_to_string(self.data_dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().and_then(|line| line.trim().parse::<i32>().ok()))
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+                // The parent pid is the second field after the parenthesised name.
+                let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+                if parent.and_then(|p| p.parse::<i32>().ok()) == Some(postmaster) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Freezes the server (SIGSTOP to every process of it): it holds its
+    /// connections and answers nothing, as a hung database does.
+    pub fn pause(&self) -> Result<(), ClusterError> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a paused server run again.
+    pub fn resume(&self) -> Result<(), ClusterError> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), ClusterError> {
+        let pids = self.server_pids();
+        if pids.is_empty() {
+            return Err(ClusterError("the server's processes are not known (no postmaster.pid)".to_string()));
+        }
+        for pid in pids {
+            // Safety: sending a signal to a process of our own cluster.
+            unsafe { libc::kill(pid, signal) };
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Cluster {
