@@ -16,6 +16,10 @@
 //! * the trades seen over the WebSocket are trades of the replay, never
 //!   twice, and without a gap within a connection.
 //!
+//! With PostgreSQL configured, the database must hold exactly the
+//! journal's trades and orders once the writer catches up after the last
+//! restart.
+//!
 //! The power-cut variant runs the `batch` policy and, at each kill, also
 //! throws away everything after the last durable sequence number the
 //! server reported before the kill (zeroing the journal's tail, dropping
@@ -38,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine_core::{AssetId, DoneReason, Engine, EngineLimits, Event, EventKind, UserId};
 use journal::{DataDir, JournalReader, ReadMode, RecoverOptions};
+use persistence::cluster::Database;
 use serde_json::{json, Value};
 use server::{Exchange, Key};
 
@@ -428,12 +433,15 @@ fn cut_power(dir: &Path, durable_seq: u64) {
     }
 }
 
-fn run(durability: &str, power_cut: bool) {
+fn run(durability: &str, power_cut: bool, database: Option<&Database>) {
     let cycles = env_number("HOSTILE_CYCLES", 6);
     let seed = env_number("HOSTILE_SEED", 0x5EED);
     let clients = 4u64;
     let dir = tempfile::tempdir().unwrap();
-    let settings = [("EXCHANGE_DURABILITY", durability), ("EXCHANGE_SNAPSHOT_EVERY_COMMANDS", "300")];
+    let mut settings = vec![("EXCHANGE_DURABILITY", durability), ("EXCHANGE_SNAPSHOT_EVERY_COMMANDS", "300")];
+    if let Some(database) = database {
+        settings.push(("DATABASE_URL", database.url.as_str()));
+    }
     let mut exchange = Exchange::start(dir.path(), &settings);
     let keys = exchange.demo(clients as usize);
     let shared = Arc::new(Shared {
@@ -503,11 +511,38 @@ fn run(durability: &str, power_cut: bool) {
     for thread in threads {
         thread.join().unwrap();
     }
+    if database.is_some() {
+        // The writer catches up with the journal after all those kills.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, health) = exchange.get("/health");
+            if health["database"]["lag_seq"] == 0 && health["database"]["connected"] == true {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the database never caught up: {health}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     // The live server agrees with a replay of its journal.
     let status = exchange.terminate();
     assert!(status.success(), "a clean stop after the crash loop: {status:?}");
     let acks = shared.acks.lock().unwrap().clone();
     let clean = check_data_dir(dir.path(), &acks, &sessions.lock().unwrap());
+    if let Some(database) = database {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (trades, orders): (Vec<i64>, i64) = runtime.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let trades = client.query("SELECT trade_id FROM trades ORDER BY trade_id", &[]).await.unwrap();
+            let orders = client.query_one("SELECT count(*) FROM orders", &[]).await.unwrap();
+            (trades.iter().map(|row| row.get(0)).collect(), orders.get(0))
+        });
+        let replayed: Vec<i64> = clean.trades.keys().map(|id| *id as i64).collect();
+        assert_eq!(trades, replayed, "the database holds exactly the journal's trades, once each");
+        assert_eq!(orders as usize, clean.accepted.len(), "and exactly its orders");
+        println!("the database converged: {} trades, {orders} orders", trades.len());
+    }
     let placed = acks.iter().filter(|a| a.action == "place" || a.action == "market").count();
     assert!(placed > 0 && !clean.trades.is_empty(), "the workload traded");
     println!(
@@ -522,10 +557,16 @@ fn run(durability: &str, power_cut: bool) {
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged() {
-    run("none", false);
+    run("none", false, None);
 }
 
 #[test]
 fn power_cuts_under_the_batch_policy_lose_nothing_acknowledged() {
-    run("batch", true);
+    run("batch", true, None);
+}
+
+#[test]
+fn with_postgresql_the_database_converges_after_every_kill() {
+    let database = Database::throwaway().expect("a database");
+    run("batch", false, Some(&database));
 }
