@@ -204,6 +204,7 @@ fn each_common_failure_has_binances_code_and_status() {
         ("symbol=BTCUSDT&side=BUY&type=MARKET", -1102),
         ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.1&timeInforce=GTC", -1104),
         ("symbol=BTCUSDT&symbol=ETHUSDT&side=BUY&type=MARKET&quantity=0.1", -1101),
+        ("symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.1&newClientOrderId=", -1105),
     ] {
         let refused = signed(&exchange, alice, "POST", "/api/v3/order", params);
         assert_eq!(code(&refused), (400, expected), "{params}: {refused:?}");

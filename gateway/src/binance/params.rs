@@ -62,10 +62,15 @@ impl Params {
         Params::checked(pairs)
     }
 
+    /// Refuses a parameter sent twice (-1101) or sent empty (-1105), as
+    /// Binance does: `type=` is not the default type.
     fn checked(pairs: Vec<(String, String)>) -> Result<Params, BinanceError> {
-        for (i, (name, _)) in pairs.iter().enumerate() {
+        for (i, (name, value)) in pairs.iter().enumerate() {
             if pairs[..i].iter().any(|(other, _)| other == name) {
                 return Err(BinanceError::duplicate_parameter(name));
+            }
+            if value.is_empty() {
+                return Err(BinanceError::empty(name));
             }
         }
         Ok(Params { pairs })
@@ -85,9 +90,9 @@ impl Params {
         }
     }
 
-    /// The parameter's text; an empty value counts as absent.
+    /// The parameter's text (never empty: see `checked`).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+        self.pairs.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn has(&self, name: &str) -> bool {

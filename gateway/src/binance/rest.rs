@@ -155,10 +155,26 @@ async fn route(
         ("PUT", _) => Action::Amend,
         _ => Action::Other,
     };
-    // A signed endpoint authenticates before it reads its parameters: a
-    // request without valid credentials learns nothing else.
+    // The route first (405, 404), then a signed endpoint authenticates,
+    // then the parameters are read: a request without valid credentials
+    // learns nothing else.
     let route = (request.method.as_str(), request.path);
-    let signed_route = ROUTES.contains(&route) && !PUBLIC.contains(&route);
+    if !ROUTES.contains(&route) {
+        return Err(if ROUTES.iter().any(|(_, known)| *known == request.path) {
+            BinanceError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                -1020,
+                format!("This operation is not supported: {} {}.", request.method, request.path),
+            )
+        } else {
+            BinanceError::new(
+                StatusCode::NOT_FOUND,
+                -1020,
+                format!("This operation is not supported: no endpoint {} (see /openapi.json).", request.path),
+            )
+        });
+    }
+    let signed_route = !PUBLIC.contains(&route);
     let user = if signed_route {
         let changes_state = request.method != Method::GET;
         Some(
@@ -198,15 +214,6 @@ async fn route(
         }
         ("GET", "/api/v3/account") => trading::account(state, signed()?, p),
         ("GET", "/api/v3/myTrades") => trading::my_trades(state, signed()?, p).await,
-        (method, path) if ROUTES.iter().any(|(_, known)| *known == path) => Err(BinanceError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            -1020,
-            format!("This operation is not supported: {method} {path}."),
-        )),
-        (_, path) => Err(BinanceError::new(
-            StatusCode::NOT_FOUND,
-            -1020,
-            format!("This operation is not supported: no endpoint {path} (see /openapi.json)."),
-        )),
+        _ => Err(BinanceError::internal("a listed route without a handler")),
     }
 }
