@@ -67,6 +67,9 @@ pub struct Config {
     /// `DATABASE_URL` environment variable. Without it the exchange runs on
     /// its journal alone and the history endpoints answer 503.
     pub database_url: Option<String>,
+    /// How long one database write may take before the writer gives up on
+    /// it, reconnects and starts again from the database's cursor.
+    pub database_transaction_timeout_ms: u64,
     /// The engine's limits. They are part of its state: they apply to a new
     /// data directory; an existing one keeps those in its snapshot.
     pub limits: EngineLimits,
@@ -123,6 +126,7 @@ impl Default for Config {
             request_weight_per_minute: 6_000,
             recent_trades_max: 1_000,
             closed_orders_kept_per_user: 100,
+            database_transaction_timeout_ms: 30_000,
             limits: EngineLimits::default(),
         }
     }
@@ -199,6 +203,7 @@ impl Config {
             "MATCHER_CORE" => self.matcher_core = Some(parse(value)?),
             "ADMIN_TOKEN" => self.admin_token = Some(value.to_string()),
             "DATABASE_URL" => self.database_url = Some(value.to_string()),
+            "DATABASE_TRANSACTION_TIMEOUT_MS" => self.database_transaction_timeout_ms = parse(value)?,
             "REQUEST_BODY_MAX_BYTES" => self.request_body_max_bytes = parse(value)?,
             "CONNECTIONS_MAX" => self.connections_max = parse(value)?,
             "REQUEST_TIMEOUT_MS" => self.request_timeout_ms = parse(value)?,
@@ -235,6 +240,9 @@ impl Config {
         }
         if self.connections_max == 0 {
             return Err(ConfigError("connections_max must be positive".into()));
+        }
+        if self.database_transaction_timeout_ms == 0 {
+            return Err(ConfigError("database_transaction_timeout_ms must be positive".into()));
         }
         if self.request_weight_per_minute == 0 {
             return Err(ConfigError("request_weight_per_minute must be positive".into()));

@@ -125,7 +125,8 @@ struct Ack {
     action: &'static str,
     /// Fills in the answer: trade id, price, quantity (decimal strings).
     fills: Vec<(u64, String, String)>,
-    /// The durable-sequence reading generation when the answer arrived.
+    /// The number of the durable-sequence readings asked for so far,
+    /// loaded after the answer arrived.
     generation: u64,
 }
 
@@ -214,14 +215,17 @@ fn client(shared: Arc<Shared>, key: Key, index: u64, seed: u64) {
 }
 
 /// Reads `durable_seq` from `/health` over and over, numbering readings.
+/// A reading's number is taken before its request is sent: an answer a
+/// client received before it loaded a smaller number arrived before this
+/// reading was even asked for, so the reading covers it.
 fn durable_watcher(shared: Arc<Shared>) {
     let nobody = Key { user_id: 0, api_key: "none0123456789ABCDEF".into(), secret: String::new() };
     while !shared.stop.load(Ordering::Relaxed) {
         let address = *shared.address.read().unwrap();
         if let Some(address) = address {
+            let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
             if let Ok((200, health)) = request(address, "GET", "/health", &nobody, "") {
                 if let Some(durable) = health["durable_seq"].as_u64() {
-                    let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
                     shared.durable.lock().unwrap().push((generation, durable));
                 }
             }

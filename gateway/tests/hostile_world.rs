@@ -247,6 +247,9 @@ fn a_database_that_stops_answering_stalls_nothing_and_converges() {
             ("DATABASE_URL", database.url.as_str()),
             ("EXCHANGE_RATE_LIMIT_PER_S", "1000000"),
             ("EXCHANGE_RATE_LIMIT_BURST", "1000000"),
+            // Shorter than the stall: the writer gives up on its write,
+            // reconnects, and must still find everything it missed.
+            ("EXCHANGE_DATABASE_TRANSACTION_TIMEOUT_MS", "3000"),
         ],
     );
     let keys = exchange.demo(2);
@@ -282,7 +285,7 @@ fn a_database_that_stops_answering_stalls_nothing_and_converges() {
         if health["database"]["lag_seq"].as_u64() == Some(0) && health["database"]["connected"] == true {
             break health;
         }
-        assert!(Instant::now() < deadline, "the writer never caught up: {health}");
+        assert!(Instant::now() < deadline, "the writer never caught up: {health}\n{}", exchange.stderr());
         std::thread::sleep(Duration::from_millis(100));
     };
     // And the database holds every trade the exchange made.

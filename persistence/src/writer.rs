@@ -460,7 +460,17 @@ impl Run {
                 }
                 tokio::select! {
                     batch = self.receiver.recv() => if let Some(batch) = batch { self.keep(batch, pending) },
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {
+                        // Behind the matcher with nothing arriving: the
+                        // batches in between were dropped (perhaps while an
+                        // earlier session failed, which took the "lost"
+                        // signal with it). Regenerate them. Found by the
+                        // hostile suite: after a database froze for a
+                        // minute the writer sat idle, 100,000 commands behind.
+                        if self.status.published_seq.load(Ordering::Acquire) > cursor.seq {
+                            self.lost.store(true, Ordering::Release);
+                        }
+                    }
                 }
                 continue;
             }
