@@ -824,10 +824,7 @@ async fn amend_order(
     let command = {
         let views = views(state)?;
         let current = views
-            .find_order(user, |o| match order {
-                OrderRef::Id(id) => o.order == id,
-                OrderRef::Client(c) => o.client_order_id == Some(c),
-            })
+            .find_order_ref(user, order)
             .filter(|o| views.user(user).is_some_and(|u| u.open.contains_key(&o.order)))
             .ok_or_else(|| ApiError::not_found("unknown_order", "no open order of yours with that id"))?;
         let scale = views.markets.get(current.market.0 as usize).map(|m| m.scale).ok_or_else(|| {
@@ -856,14 +853,9 @@ fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Value, Api
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
     let views = views(state)?;
-    let found = views
-        .find_order(user, |o| match order {
-            OrderRef::Id(id) => o.order == id,
-            OrderRef::Client(c) => o.client_order_id == Some(c),
-        })
-        .ok_or_else(|| {
-            ApiError::not_found("unknown_order", "no order of yours with that id (or it is too old)")
-        })?;
+    let found = views.find_order_ref(user, order).ok_or_else(|| {
+        ApiError::not_found("unknown_order", "no order of yours with that id (or it is too old)")
+    })?;
     Ok(order_json(&views, found))
 }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use engine_core::{
     Asset, AssetId, ClientOrderId, DoneReason, Engine, Event, EventKind, Lots, Market, MarketId,
-    MarketStatus, OrderId, OrderKind, SelfTradePrevention, Side, Ticks, TradeId, Units, UserId,
+    MarketStatus, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, Ticks, TradeId, Units, UserId,
 };
 
 use crate::amounts::Scale;
@@ -315,6 +315,14 @@ impl Views {
     pub fn find_order(&self, user: UserId, matches: impl Fn(&OrderView) -> bool) -> Option<&OrderView> {
         let view = self.user(user)?;
         view.open.values().find(|o| matches(o)).or_else(|| view.closed.iter().rev().find(|o| matches(o)))
+    }
+
+    /// One of `user`'s orders, open or recently closed, by id or client id.
+    pub fn find_order_ref(&self, user: UserId, order: OrderRef) -> Option<&OrderView> {
+        self.find_order(user, |o| match order {
+            OrderRef::Id(id) => o.order == id,
+            OrderRef::Client(client) => o.client_order_id == Some(client),
+        })
     }
 
     /// Follows one event of a command stamped at `timestamp_ns`.

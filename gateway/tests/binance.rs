@@ -186,6 +186,10 @@ fn each_common_failure_has_binances_code_and_status() {
     let wrong_market =
         signed(&exchange, alice, "DELETE", "/api/v3/order", &format!("symbol=ETHUSDT&orderId={bobs}"));
     assert_eq!(code(&wrong_market), (400, -2011), "{wrong_market:?}");
+    // A body over the limit is refused before anything reads it.
+    let huge = vec![b'a'; 64 * 1024 + 1];
+    let too_large = exchange.raw("POST", "/api/v3/order", &[("X-MBX-APIKEY", alice.api_key.as_str())], &huge);
+    assert_eq!(code(&too_large), (413, -1000), "{:?}", too_large.2);
     let symbol = exchange.raw("GET", "/api/v3/depth?symbol=DOGEUSDT", &[], b"");
     assert_eq!((code(&symbol), symbol.2["msg"].as_str()), ((400, -1121), Some("Invalid symbol.")));
     let symbol =
@@ -323,6 +327,21 @@ fn depth_diffs_continue_from_the_rest_snapshot_exactly() {
     send(&mut combined, json!({ "method": "SUBSCRIBE", "params": ["btcusdt@nonsense"], "id": 8 }));
     let refused = next(&mut combined);
     assert_eq!((refused["error"]["code"].as_i64(), refused["id"].as_i64()), (Some(2), Some(8)), "{refused}");
+    // A URL naming an unknown stream, or more than 50, is refused at the handshake.
+    let too_many: Vec<String> = (0..51).map(|i| format!("btcusdt@depth{}", [5, 10, 20][i % 3])).collect();
+    for query in ["btcusdt@nonsense".to_string(), too_many.join("/")] {
+        let stream = TcpStream::connect(exchange.ws_address).unwrap();
+        let refused = tungstenite::client(
+            format!("ws://{}/stream?streams={query}", exchange.ws_address),
+            MaybeTlsStream::Plain(stream),
+        );
+        match refused {
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+                assert_eq!(response.status(), 400)
+            }
+            other => panic!("expected a 400 handshake for {query:.40}: {:?}", other.map(|_| ())),
+        }
+    }
 
     // Traffic on both markets while the snapshot is taken.
     let snapshot = exchange.raw("GET", "/api/v3/depth?symbol=BTCUSDT&limit=1000", &[], b"").2;

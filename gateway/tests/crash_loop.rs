@@ -33,7 +33,6 @@
 mod server;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,23 +75,8 @@ fn request(
     key: &Key,
     body: &str,
 ) -> Result<(u16, Value), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&address, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nX-MBX-APIKEY: {}\r\nContent-Length: {}\r\n\r\n",
-        key.api_key,
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
-    stream.write_all(body.as_bytes()).map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP head")?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
-    let value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
-    Ok((status, value))
+    server::try_raw(address, method, target, &[("X-MBX-APIKEY", &key.api_key)], body.as_bytes())
+        .map(|(status, _, value)| (status, value))
 }
 
 fn signed(

@@ -13,7 +13,6 @@
 mod server;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -57,21 +56,9 @@ fn try_signed(
 ) -> Result<(u16, Value), String> {
     let query = format!("nonce={nonce}&timestamp={}", now_ms());
     let signature = gateway::auth::sign(&key.secret, &query, body.as_bytes());
-    let mut stream =
-        TcpStream::connect_timeout(&address, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    let request = format!(
-        "{method} {path}?{query}&signature={signature} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-MBX-APIKEY: {}\r\nContent-Length: {}\r\n\r\n{body}",
-        key.api_key,
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no head")?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status")?;
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let target = format!("{path}?{query}&signature={signature}");
+    server::try_raw(address, method, &target, &[("X-MBX-APIKEY", &key.api_key)], body.as_bytes())
+        .map(|(status, _, value)| (status, value))
 }
 
 #[test]

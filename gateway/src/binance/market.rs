@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
 use super::error::BinanceError;
-use super::params::Params;
+use super::params::{Params, TradeRange};
 use super::{fixed, price_text, qty_text, stp_name, units_text, STP_DEFAULT, STP_MODES};
 use crate::rest::AppState;
 use crate::views::{MarketView, TradeView, Views};
@@ -230,32 +230,13 @@ pub fn agg_json(view: &MarketView, agg: &AggTrade) -> Value {
 pub fn agg_trades(state: &AppState, params: &Params) -> Result<Value, BinanceError> {
     params.only(&["symbol", "fromId", "startTime", "endTime", "limit"])?;
     let limit = params.bounded("limit", 1, TRADES_LIMIT_MAX)?.unwrap_or(TRADES_LIMIT_DEFAULT) as usize;
-    let from_id = params.integer("fromId")?;
-    let start_ms = params.integer("startTime")?;
-    let end_ms = params.integer("endTime")?;
-    if from_id.is_some() && (start_ms.is_some() || end_ms.is_some()) {
-        return Err(BinanceError::new(
-            hyper::StatusCode::BAD_REQUEST,
-            -1128,
-            "Combination of optional parameters invalid.",
-        ));
-    }
+    let range = TradeRange::read(params)?;
     let views = read_views(state)?;
     let view = market(&views, params.required("symbol")?)?;
     let aggs = aggregate(view.trades.iter().copied());
-    let chosen: Vec<&AggTrade> = aggs
-        .iter()
-        .filter(|a| from_id.is_none_or(|id| a.first.trade.0 >= id))
-        .filter(|a| start_ms.is_none_or(|ms| a.first.timestamp_ns / 1_000_000 >= ms))
-        .filter(|a| end_ms.is_none_or(|ms| a.first.timestamp_ns / 1_000_000 <= ms))
-        .collect();
-    // From an id or a time: the first `limit`; otherwise the most recent.
-    let chosen: Vec<&AggTrade> = if from_id.is_some() || start_ms.is_some() {
-        chosen.into_iter().take(limit).collect()
-    } else {
-        let skip = chosen.len().saturating_sub(limit);
-        chosen.into_iter().skip(skip).collect()
-    };
+    let in_range =
+        aggs.iter().filter(|a| range.contains(a.first.trade.0, a.first.timestamp_ns / 1_000_000)).collect();
+    let chosen: Vec<&AggTrade> = range.window(in_range, limit);
     Ok(Value::Array(chosen.iter().map(|a| agg_json(view, a)).collect()))
 }
 

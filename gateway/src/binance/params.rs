@@ -138,3 +138,43 @@ impl Params {
             .transpose()
     }
 }
+
+/// `fromId`, or `startTime`/`endTime`, as the trade lists take them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TradeRange {
+    pub from_id: Option<u64>,
+    pub start_ms: Option<u64>,
+    pub end_ms: Option<u64>,
+}
+
+impl TradeRange {
+    /// Reads the range; `fromId` with a time is Binance's -1128.
+    pub fn read(p: &Params) -> Result<TradeRange, BinanceError> {
+        let range = TradeRange {
+            from_id: p.integer("fromId")?,
+            start_ms: p.integer("startTime")?,
+            end_ms: p.integer("endTime")?,
+        };
+        if range.from_id.is_some() && (range.start_ms.is_some() || range.end_ms.is_some()) {
+            return Err(BinanceError::bad_request(-1128, "Combination of optional parameters invalid."));
+        }
+        Ok(range)
+    }
+
+    pub fn contains(&self, id: u64, time_ms: u64) -> bool {
+        self.from_id.is_none_or(|from| id >= from)
+            && self.start_ms.is_none_or(|start| time_ms >= start)
+            && self.end_ms.is_none_or(|end| time_ms <= end)
+    }
+
+    /// At most `limit` of `items` (oldest first, already in the range):
+    /// the first ones from an id or a start time, else the most recent.
+    pub fn window<T>(&self, items: Vec<T>, limit: usize) -> Vec<T> {
+        if self.from_id.is_some() || self.start_ms.is_some() {
+            items.into_iter().take(limit).collect()
+        } else {
+            let skip = items.len().saturating_sub(limit);
+            items.into_iter().skip(skip).collect()
+        }
+    }
+}

@@ -16,41 +16,40 @@ use super::trading;
 use crate::pipeline::Publisher;
 use crate::rest::{AppState, Body};
 
-/// Every Binance route, with its methods: the OpenAPI description lists them.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/api/v3/ping"),
-    ("GET", "/api/v3/time"),
-    ("GET", "/api/v3/exchangeInfo"),
-    ("GET", "/api/v3/depth"),
-    ("GET", "/api/v3/trades"),
-    ("GET", "/api/v3/aggTrades"),
-    ("GET", "/api/v3/ticker/24hr"),
-    ("GET", "/api/v3/ticker/bookTicker"),
-    ("GET", "/api/v3/ticker/price"),
-    ("POST", "/api/v3/order"),
-    ("POST", "/api/v3/order/test"),
-    ("DELETE", "/api/v3/order"),
-    ("GET", "/api/v3/order"),
-    ("GET", "/api/v3/openOrders"),
-    ("DELETE", "/api/v3/openOrders"),
-    ("POST", "/api/v3/order/cancelReplace"),
-    ("PUT", "/api/v3/order/amend/keepPriority"),
-    ("GET", "/api/v3/account"),
-    ("GET", "/api/v3/myTrades"),
+/// Every Binance route and whether it is signed: the OpenAPI description
+/// lists them.
+const TABLE: &[(&str, &str, bool)] = &[
+    ("GET", "/api/v3/ping", false),
+    ("GET", "/api/v3/time", false),
+    ("GET", "/api/v3/exchangeInfo", false),
+    ("GET", "/api/v3/depth", false),
+    ("GET", "/api/v3/trades", false),
+    ("GET", "/api/v3/aggTrades", false),
+    ("GET", "/api/v3/ticker/24hr", false),
+    ("GET", "/api/v3/ticker/bookTicker", false),
+    ("GET", "/api/v3/ticker/price", false),
+    ("POST", "/api/v3/order", true),
+    ("POST", "/api/v3/order/test", true),
+    ("DELETE", "/api/v3/order", true),
+    ("GET", "/api/v3/order", true),
+    ("GET", "/api/v3/openOrders", true),
+    ("DELETE", "/api/v3/openOrders", true),
+    ("POST", "/api/v3/order/cancelReplace", true),
+    ("PUT", "/api/v3/order/amend/keepPriority", true),
+    ("GET", "/api/v3/account", true),
+    ("GET", "/api/v3/myTrades", true),
 ];
 
-/// The routes anyone may call without signing.
-const PUBLIC: &[(&str, &str)] = &[
-    ("GET", "/api/v3/ping"),
-    ("GET", "/api/v3/time"),
-    ("GET", "/api/v3/exchangeInfo"),
-    ("GET", "/api/v3/depth"),
-    ("GET", "/api/v3/trades"),
-    ("GET", "/api/v3/aggTrades"),
-    ("GET", "/api/v3/ticker/24hr"),
-    ("GET", "/api/v3/ticker/bookTicker"),
-    ("GET", "/api/v3/ticker/price"),
-];
+/// Every Binance route, with its methods.
+pub const ROUTES: &[(&str, &str)] = &{
+    let mut routes = [("", ""); TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        routes[i] = (TABLE[i].0, TABLE[i].1);
+        i += 1;
+    }
+    routes
+};
 
 /// What a request to `/api/v3` carries, its body already read.
 pub struct Request<'r> {
@@ -158,8 +157,9 @@ async fn route(
     // The route first (405, 404), then a signed endpoint authenticates,
     // then the parameters are read: a request without valid credentials
     // learns nothing else.
-    let route = (request.method.as_str(), request.path);
-    if !ROUTES.contains(&route) {
+    let route =
+        TABLE.iter().find(|(method, path, _)| *method == request.method.as_str() && *path == request.path);
+    let Some(&(_, _, signed_route)) = route else {
         return Err(if ROUTES.iter().any(|(_, known)| *known == request.path) {
             BinanceError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -173,8 +173,7 @@ async fn route(
                 format!("This operation is not supported: no endpoint {} (see /openapi.json).", request.path),
             )
         });
-    }
-    let signed_route = !PUBLIC.contains(&route);
+    };
     let user = if signed_route {
         let changes_state = request.method != Method::GET;
         Some(

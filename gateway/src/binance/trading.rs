@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::error::{Action, BinanceError};
 use super::market::{market, now_ms, read_views};
-use super::params::Params;
+use super::params::{Params, TradeRange};
 use super::{
     price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT, STP_MODES,
 };
@@ -261,18 +261,7 @@ pub async fn place(
         }
         prepared
     };
-    let events = execute(state, producer, Command::PlaceOrder(prepared.order), Action::Place).await?;
-    let order = events
-        .iter()
-        .find_map(|e| match e.kind {
-            EventKind::OrderAccepted { order, .. } => Some(order),
-            _ => None,
-        })
-        .ok_or_else(|| BinanceError::internal("no order in the outcome"))?;
-    let views = read_views(state)?;
-    let found = find(&views, user, OrderRef::Id(order))
-        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
-    Ok(new_order_answer(&views, found, prepared.answer))
+    place_prepared(state, producer, user, prepared).await
 }
 
 fn new_order_answer(views: &Views, order: &OrderView, answer: Answer) -> Value {
@@ -373,14 +362,11 @@ fn cancel_json(views: &Views, order: &OrderView, transact_ms: u64) -> Value {
 }
 
 fn find(views: &Views, user: UserId, order: OrderRef) -> Option<&OrderView> {
-    views.find_order(user, |o| match order {
-        OrderRef::Id(id) => o.order == id,
-        OrderRef::Client(c) => o.client_order_id == Some(c),
-    })
+    views.find_order_ref(user, order)
 }
 
-/// `orderId` or `origClientOrderId` (with the names `cancelReplace` uses
-/// when `prefix` is "cancel").
+/// `orderId` or `origClientOrderId` (or the names `cancelReplace` gives
+/// them); the id wins when both are sent, as on Binance.
 fn order_ref(p: &Params, id_name: &str, client_name: &str) -> Result<OrderRef, BinanceError> {
     match (p.integer(id_name)?, p.get(client_name)) {
         (Some(id), _) => Ok(OrderRef::Id(OrderId(id))),
@@ -747,29 +733,20 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
     p.only(&["symbol", "orderId", "startTime", "endTime", "fromId", "limit"])?;
     let limit = p.bounded("limit", 1, MY_TRADES_LIMIT_MAX)?.unwrap_or(MY_TRADES_LIMIT_DEFAULT);
     let order_id = p.integer("orderId")?;
-    let from_id = p.integer("fromId")?;
-    let start_ms = p.integer("startTime")?;
-    let end_ms = p.integer("endTime")?;
-    if from_id.is_some() && (start_ms.is_some() || end_ms.is_some()) {
-        return Err(BinanceError::new(
-            hyper::StatusCode::BAD_REQUEST,
-            -1128,
-            "Combination of optional parameters invalid.",
-        ));
-    }
+    let range = TradeRange::read(p)?;
     let (market_id, symbol, mut trades) = {
         let views = read_views(state)?;
         let view = market(&views, p.required("symbol")?)?;
         (view.market.id, view.symbol.clone(), recent_fills(&views, user, view))
     };
     if let Some((_, history)) = &state.database {
-        let range = persistence::Range {
-            from_ms: start_ms,
-            to_ms: end_ms.map(|ms| ms + 1),
-            from_id,
+        let stored = persistence::Range {
+            from_ms: range.start_ms,
+            to_ms: range.end_ms.map(|ms| ms + 1),
+            from_id: range.from_id,
             limit: limit as u32,
         };
-        match history.trades(Some(market_id.0 as i32), Some(user.0 as i32), range).await {
+        match history.trades(Some(market_id.0 as i32), Some(user.0 as i32), stored).await {
             Ok(rows) => {
                 let views = read_views(state)?;
                 trades.extend(rows.iter().map(|row| stored_trade(&views, user, row)));
@@ -786,20 +763,11 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
     }
     trades.sort_by_key(|t| t.id);
     trades.dedup_by_key(|t| t.id);
-    let chosen: Vec<&MyTrade> = trades
+    let in_range = trades
         .iter()
-        .filter(|t| order_id.is_none_or(|id| t.order == id))
-        .filter(|t| from_id.is_none_or(|id| t.id >= id))
-        .filter(|t| start_ms.is_none_or(|ms| t.time_ms >= ms))
-        .filter(|t| end_ms.is_none_or(|ms| t.time_ms <= ms))
+        .filter(|t| order_id.is_none_or(|id| t.order == id) && range.contains(t.id, t.time_ms))
         .collect();
-    let limit = limit as usize;
-    let chosen: Vec<&MyTrade> = if from_id.is_some() || start_ms.is_some() {
-        chosen.into_iter().take(limit).collect()
-    } else {
-        let skip = chosen.len().saturating_sub(limit);
-        chosen.into_iter().skip(skip).collect()
-    };
+    let chosen: Vec<&MyTrade> = range.window(in_range, limit as usize);
     Ok(Value::Array(
         chosen
             .iter()

@@ -174,23 +174,8 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String, Value) {
-        let mut stream = TcpStream::connect(self.address).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut request =
-            format!("{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.address);
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        stream.write_all(request.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).unwrap();
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
-        (status, head.to_string(), value)
+        try_raw(self.address, method, target, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
     }
 
     pub fn get(&self, target: &str) -> (u16, Value) {
@@ -281,4 +266,33 @@ pub fn balance_of(answer: &Value, asset: &str) -> (String, String) {
         .and_then(|all| all.iter().find(|b| b["asset"] == asset))
         .map(|b| (b["available"].as_str().unwrap().to_string(), b["locked"].as_str().unwrap().to_string()))
         .unwrap_or_else(|| panic!("no {asset} in {answer}"))
+}
+
+/// One HTTP/1.1 request on a fresh connection that may fail (for clients of
+/// a server that is being killed or flooded): status, head and JSON body
+/// (a body that is not JSON comes back as a string).
+pub fn try_raw(
+    address: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String, Value), String> {
+    let mut stream =
+        TcpStream::connect_timeout(&address, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    stream.write_all(body).map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP head")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status")?;
+    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+    Ok((status, head.to_string(), value))
 }
