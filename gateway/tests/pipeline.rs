@@ -18,7 +18,7 @@ fn a_full_ring_refuses_at_once_and_recovers() {
         JournalConfig { dir: journal_dir.clone(), segment_bytes: 1 << 20, durability: Durability::None };
     let (writer, _) = JournalWriter::open(config).unwrap();
     let engine = Engine::new(EngineLimits::default());
-    let views = Arc::new(RwLock::new(Views::from_engine(&engine, 100, 100)));
+    let views = Arc::new(RwLock::new(Views::from_engine(&engine, gateway::views::Retention::default())));
     let pipeline = pipeline::start(
         engine,
         writer,
