@@ -77,6 +77,10 @@ pub struct Config {
     /// How long one database write may take before the writer gives up on
     /// it, reconnects and starts again from the database's cursor.
     pub database_transaction_timeout_ms: u64,
+    /// How far behind the matcher the history database may fall (after a
+    /// commit, or with nothing committed for this long) before `/health`
+    /// says `degraded`.
+    pub database_lag_max_ms: u64,
     /// The engine's limits. Those named here are journaled at start when
     /// they differ from the journal's (the engine's output depends on them,
     /// so they live in the journal); those not named keep the journal's
@@ -166,6 +170,7 @@ impl Default for Config {
             closed_orders_kept_per_user: 1_000,
             closed_orders_kept_ms: 7 * 24 * 3_600_000,
             database_transaction_timeout_ms: 30_000,
+            database_lag_max_ms: persistence::WRITER_LAG_MAX_DEFAULT.as_millis() as u64,
             limits: LimitsConfig::default(),
         }
     }
@@ -243,6 +248,7 @@ impl Config {
             "ADMIN_TOKEN" => self.admin_token = Some(value.to_string()),
             "DATABASE_URL" => self.database_url = Some(value.to_string()),
             "DATABASE_TRANSACTION_TIMEOUT_MS" => self.database_transaction_timeout_ms = parse(value)?,
+            "DATABASE_LAG_MAX_MS" => self.database_lag_max_ms = parse(value)?,
             "REQUEST_BODY_MAX_BYTES" => self.request_body_max_bytes = parse(value)?,
             "CONNECTIONS_MAX" => self.connections_max = parse(value)?,
             "REQUEST_TIMEOUT_MS" => self.request_timeout_ms = parse(value)?,
@@ -287,6 +293,20 @@ impl Config {
         }
         if self.database_transaction_timeout_ms == 0 {
             return Err(ConfigError("database_transaction_timeout_ms must be positive".into()));
+        }
+        if self.database_lag_max_ms == 0 {
+            return Err(ConfigError("database_lag_max_ms must be positive".into()));
+        }
+        if let Some(url) = &self.database_url {
+            // A string that cannot be parsed never connects: refused here
+            // rather than retried for ever (the reason never shows the password).
+            persistence::connection_string::check(url).map_err(|why| {
+                ConfigError(format!(
+                    "database_url (or DATABASE_URL, EXCHANGE_DATABASE_URL): {why}; the form is \
+                     \"host=... port=... user=... password=... dbname=...\" or \
+                     \"postgres://user:password@host:port/dbname\""
+                ))
+            })?;
         }
         if self.request_weight_per_minute == 0 {
             return Err(ConfigError("request_weight_per_minute must be positive".into()));
@@ -378,5 +398,10 @@ mod tests {
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         let error = Config::load(Some(&path), env(&[])).unwrap_err();
         assert!(error.to_string().contains("unknown field"), "{error}");
+        let error =
+            Config::load(None, env(&[("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:notaport/db")]))
+                .unwrap_err();
+        assert!(error.to_string().contains("database_url"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 }

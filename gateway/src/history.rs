@@ -249,21 +249,28 @@ pub async fn candles(state: &AppState, query: &str) -> Result<Value, ApiError> {
     Ok(json!({ "market": market_name(&views, market), "interval": interval, "candles": candles }))
 }
 
-/// The database writer's part of `/health`.
+/// The database writer's part of `/health` (see docs/persistence.md).
 pub fn health(state: &AppState) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     match &state.database {
         None => Value::Null,
         Some((status, _)) => json!({
             "connected": status.connected.load(Relaxed),
-            "written_seq": status.cursor_seq.load(Relaxed),
+            "written_seq": status.lag_seq().map(|_| status.cursor_seq.load(Relaxed)),
             "lag_seq": status.lag_seq(),
             "lag_ms": status.lag_ms(),
+            "lag_unknown": status.lag_unknown(),
             "batches_dropped": status.batches_dropped.load(Relaxed),
             "commands_replayed": status.commands_replayed.load(Relaxed),
+            "failed_attempts": status.failed_attempts.load(Relaxed),
             "last_error": status.last_error(),
         }),
     }
+}
+
+/// Why the history database makes the exchange `degraded`, if it does.
+pub fn degraded_reason(state: &AppState) -> Option<String> {
+    state.database.as_ref().and_then(|(status, _)| status.degraded_reason())
 }
 
 /// Fills of an order read back from the database, at most.

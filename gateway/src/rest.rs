@@ -424,9 +424,19 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 fn health(state: &AppState) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let health = &state.health;
-    let failed = health.journal_failed.load(Relaxed);
+    // A journal failure stops trading; a database in trouble only makes
+    // history stale or unavailable, while trading goes on.
+    let (status, reason) = if health.journal_failed.load(Relaxed) {
+        ("journal_failed", Some("the journal cannot be written: orders are refused".to_string()))
+    } else {
+        match history::degraded_reason(state) {
+            Some(reason) => ("degraded", Some(reason)),
+            None => ("ok", None),
+        }
+    };
     json!({
-        "status": if failed { "journal_failed" } else { "ok" },
+        "status": status,
+        "reason": reason,
         "seq": health.last_seq.load(Relaxed),
         "durable_seq": health.durable_seq.load(Relaxed),
         "snapshot_seq": health.snapshot_seq.load(Relaxed),

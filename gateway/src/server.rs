@@ -112,6 +112,7 @@ pub async fn run(
                 EngineLimits::default(),
             );
             writer_config.transaction_timeout = Duration::from_millis(config.database_transaction_timeout_ms);
+            writer_config.lag_max = Duration::from_millis(config.database_lag_max_ms);
             let published = persistence::Stamp { seq: engine.last_seq(), timestamp_ns: 0 };
             let writer = persistence::Writer::start(writer_config, published)
                 .map_err(|e| ServerError(format!("cannot start the database writer: {e}")))?;
