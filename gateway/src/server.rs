@@ -58,6 +58,7 @@ pub async fn run(
         dir: data.journal(),
         segment_bytes: config.segment_bytes,
         durability: config.durability(),
+        checkpoint_interval_ms: config.checkpoint_interval_ms,
     };
     let limits = config.limits;
     let (writer, report, recovery) =

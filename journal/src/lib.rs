@@ -38,18 +38,23 @@
 //! assert_eq!(reader.next().unwrap(), None);
 //! ```
 
+mod checkpoint;
 mod error;
 mod inspect;
+mod integrity;
 mod reader;
 mod recovery;
+mod repair;
 mod segment;
 mod snapshots;
 mod writer;
 
+pub use checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, CHECKPOINT_FILE_NAME};
 pub use error::JournalError;
-pub use inspect::{inspect, JournalReport, Problem, SegmentReport};
+pub use inspect::{inspect, snapshots_ahead, JournalReport, Problem, SegmentReport};
 pub use reader::{JournalReader, ReadMode};
 pub use recovery::{open_data_dir, recover, replay, DataDir, RecoverOptions, Recovery, RecoveryError};
+pub use repair::{plan_repair, repair, RepairPlan, RepairReport, RepairRequest, REPAIRS_LOG_FILE_NAME};
 pub use segment::{
     bincode_config, list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan,
     FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
@@ -59,5 +64,6 @@ pub use snapshots::{
     write_snapshot, SegmentRetention, SnapshotFileError, SnapshotInfo, SnapshotKeep,
 };
 pub use writer::{
-    CutTail, Durability, JournalConfig, JournalWriter, OpenReport, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
+    CutTail, Durability, JournalConfig, JournalLock, JournalWriter, OpenReport,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
 };

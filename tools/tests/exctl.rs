@@ -22,8 +22,11 @@ fn stdout(output: &Output) -> String {
 fn data_dir(root: &Path, count: usize, snapshot_at: Option<u64>) -> (Vec<StampedCommand>, u64) {
     let data = DataDir::new(root);
     let commands = workload::generate(Shape::SingleMarket, count, 5).stamped(1_795_608_000_000_000_000, 1);
-    let config =
-        JournalConfig { dir: data.journal(), segment_bytes: 128 * 1024, durability: Durability::Batch };
+    let config = JournalConfig {
+        segment_bytes: 128 * 1024,
+        durability: Durability::Batch,
+        ..JournalConfig::new(data.journal())
+    };
     let (mut writer, _) = JournalWriter::open(config).unwrap();
     let mut engine = Engine::new(EngineLimits::default());
     let mut events = Vec::new();
