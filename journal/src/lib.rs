@@ -54,7 +54,9 @@ pub use error::JournalError;
 pub use inspect::{inspect, snapshots_ahead, JournalReport, Problem, SegmentReport};
 pub use reader::{JournalReader, ReadMode};
 pub use recovery::{open_data_dir, recover, replay, DataDir, RecoverOptions, Recovery, RecoveryError};
-pub use repair::{plan_repair, repair, RepairPlan, RepairReport, RepairRequest, REPAIRS_LOG_FILE_NAME};
+pub use repair::{
+    last_valid_seq, plan_repair, repair, RepairPlan, RepairReport, RepairRequest, REPAIRS_LOG_FILE_NAME,
+};
 pub use segment::{
     bincode_config, list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan,
     FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,

@@ -141,11 +141,12 @@ fn refused(why: String) -> JournalError {
     JournalError::RepairRefused(why)
 }
 
-/// Works out what `repair` would do, changing nothing.
-pub fn plan_repair(data: &DataDir, after_seq: u64) -> Result<RepairPlan, JournalError> {
-    let journal_dir = data.journal();
+/// The segments of a journal directory as the repair sees them, and how
+/// many of them (from the oldest) form the valid run, which ends at the
+/// returned sequence number (`None`: no valid segment).
+fn survey(journal_dir: &Path) -> Result<(Vec<Seen>, usize, Option<u64>), JournalError> {
     let segments = if journal_dir.is_dir() {
-        list_segments(&journal_dir).map_err(|e| JournalError::io(&journal_dir, e))?
+        list_segments(journal_dir).map_err(|e| JournalError::io(journal_dir, e))?
     } else {
         Vec::new()
     };
@@ -169,6 +170,20 @@ pub fn plan_repair(data: &DataDir, after_seq: u64) -> Result<RepairPlan, Journal
             break;
         }
     }
+    Ok((seen, chain, last_valid_seq))
+}
+
+/// The last record of the journal's valid run from its oldest segment:
+/// the highest sequence number a repair can keep (`None`: no valid
+/// segment).
+pub fn last_valid_seq(journal_dir: &Path) -> Result<Option<u64>, JournalError> {
+    Ok(survey(journal_dir)?.2)
+}
+
+/// Works out what `repair` would do, changing nothing.
+pub fn plan_repair(data: &DataDir, after_seq: u64) -> Result<RepairPlan, JournalError> {
+    let journal_dir = data.journal();
+    let (seen, chain, last_valid_seq) = survey(&journal_dir)?;
     let chain_start = seen.first().map(|s| s.first_seq);
     let snapshots = list_snapshots(&data.snapshots())?;
     match (chain_start, last_valid_seq) {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command as Process, Output};
 
 use engine_core::{Engine, EngineLimits, StampedCommand};
-use journal::{write_snapshot, DataDir, Durability, JournalConfig, JournalWriter};
+use journal::{write_snapshot, DataDir, Durability, JournalConfig, JournalLock, JournalWriter};
 use workload::Shape;
 
 fn exctl(args: &[&str]) -> Output {
@@ -203,4 +203,135 @@ fn migrate_applies_the_schema_once() {
         .expect("exctl runs");
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot connect"));
+}
+
+fn cut_to(path: &Path, bytes: u64) {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(bytes).unwrap();
+}
+
+#[test]
+fn verify_tells_lost_files_from_a_crash() {
+    let base = tempfile::tempdir().unwrap();
+    let make = |label: &str| {
+        let root = base.path().join(label);
+        let (commands, _) = data_dir(&root, 5_000, Some(4_000));
+        let segments = journal::list_segments(&DataDir::new(&root).journal()).unwrap();
+        (root, commands, segments)
+    };
+    let damage = |root: &Path| {
+        let output = exctl(&["journal", "verify", root.to_str().unwrap()]);
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(!text.contains("torn tail"), "{text}");
+        assert!(text.contains("exctl journal repair"), "the way out is shown: {text}");
+        text
+    };
+
+    // Cut by hand to fewer bytes than preallocated: never a torn tail.
+    let (root, _, segments) = make("cut");
+    let (_, newest) = segments.last().unwrap();
+    cut_to(newest, 100_000);
+    let text = damage(&root);
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    let line = text.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} not named:\n{text}"));
+    assert!(line.contains("100000 bytes") && line.contains("131072"), "{line}");
+
+    // The newest segment deleted.
+    let (root, _, segments) = make("deleted");
+    let (_, newest) = segments.last().unwrap();
+    std::fs::remove_file(newest).unwrap();
+    let text = damage(&root);
+    assert!(
+        text.contains(&format!("{} (records from", newest.display())) && text.contains("missing"),
+        "{text}"
+    );
+
+    // Zeroed back to a record boundary before the recorded durable point.
+    let (root, commands, segments) = make("zeroed");
+    let (_, newest) = segments.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    let mut offset = journal::SEGMENT_HEADER_BYTES;
+    let mut kept = 0;
+    while let journal::Frame::Record { command, next_offset, .. } = journal::read_frame(&bytes, offset) {
+        if command.seq + 200 > commands.len() as u64 {
+            break;
+        }
+        kept = command.seq;
+        offset = next_offset;
+    }
+    bytes[offset..].fill(0);
+    std::fs::write(newest, &bytes).unwrap();
+    let text = damage(&root);
+    assert!(
+        text.contains(&format!("the journal ends at sequence {kept}")) && text.contains("CHECKPOINT"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("--after {kept} --accept-loss")), "{text}");
+
+    // A snapshot ahead of an empty journal.
+    let (root, _, _) = make("empty");
+    let data = DataDir::new(&root);
+    std::fs::remove_dir_all(data.journal()).unwrap();
+    let text = damage(&root);
+    assert!(text.contains("00000000000000004000.snap") && text.contains("ends at 0"), "{text}");
+    assert!(!text.contains("ok:"), "{text}");
+}
+
+#[test]
+fn repair_asks_for_accept_loss_waits_for_the_lock_and_records_what_it_dropped() {
+    let root = tempfile::tempdir().unwrap();
+    let (commands, _) = data_dir(root.path(), 5_000, Some(2_000));
+    let dir = root.path().to_str().unwrap();
+    let data = DataDir::new(root.path());
+    let segments = journal::list_segments(&data.journal()).unwrap();
+    // A full segment cut by hand; the newest one after it is whole.
+    let (_, newest) = &segments[segments.len() - 2];
+    cut_to(newest, 70_000);
+    let keep = journal::last_valid_seq(&data.journal()).unwrap().unwrap();
+    assert!(keep < commands.len() as u64);
+    let before = std::fs::read(newest).unwrap();
+    let after = keep.to_string();
+
+    // Without --accept-loss: what would go, and a refusal; nothing changes.
+    let dry = exctl(&["journal", "repair", dir, "--after", &after]);
+    assert_eq!(dry.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&dry.stderr);
+    assert!(stderr.contains("--accept-loss"), "{stderr}");
+    assert!(stdout(&dry).contains(&format!("drops {}..{}", keep + 1, commands.len())), "{}", stdout(&dry));
+    assert_eq!(std::fs::read(newest).unwrap(), before);
+    assert!(!root.path().join("repairs.log").exists());
+
+    // Past the last valid record: refused, saying which it is.
+    let beyond = exctl(&["journal", "repair", dir, "--after", &(keep + 1).to_string(), "--accept-loss"]);
+    assert_eq!(beyond.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&beyond.stderr).contains(&format!("last valid record, {keep}")));
+
+    // While a server (here: a writer in this process) holds the journal.
+    let held = JournalLock::acquire(&data.journal()).unwrap();
+    let locked = exctl(&["journal", "repair", dir, "--after", &after, "--accept-loss"]);
+    assert_eq!(locked.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&locked.stderr).contains("another process"));
+    let snapshot = exctl(&["snapshot", dir]);
+    assert_eq!(snapshot.status.code(), Some(2), "exctl snapshot must not write beside a running server");
+    assert!(String::from_utf8_lossy(&snapshot.stderr).contains("another process"));
+    assert_eq!(std::fs::read(newest).unwrap(), before);
+    drop(held);
+
+    let done = exctl(&["journal", "repair", dir, "--after", &after, "--accept-loss"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let log = std::fs::read_to_string(root.path().join("repairs.log")).unwrap();
+    assert!(log.contains(&format!("drops {}..{}", keep + 1, commands.len())), "{log}");
+    assert!(log.contains("asked by") && log.contains(newest.file_name().unwrap().to_str().unwrap()), "{log}");
+    let aside: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("repair-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(aside[0].join("journal").join(newest.file_name().unwrap())).unwrap(), before);
+
+    let verify = exctl(&["journal", "verify", dir]);
+    assert_eq!(verify.status.code(), Some(0), "{}", stdout(&verify));
+    let replayed = stdout(&exctl(&["replay", dir]));
+    assert!(replayed.contains(&format!("sequence: {keep}")), "{replayed}");
 }
