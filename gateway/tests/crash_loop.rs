@@ -21,10 +21,12 @@
 //! restart.
 //!
 //! The power-cut variant runs the `batch` policy and, at each kill, also
-//! throws away everything after the last durable sequence number the
-//! server reported before the kill (zeroing the journal's tail, dropping
-//! newer snapshots), restarts on that, and checks that every order
-//! acknowledged before that report survived.
+//! throws away everything after the last sync (at least the last durable
+//! sequence number the server reported before the kill: zeroing the
+//! journal's records after it, keeping the segment files, dropping newer
+//! snapshots), restarts on that (the journal's checks accept it: nothing
+//! synced was lost), and checks that every order acknowledged before that
+//! report survived.
 //!
 //! `HOSTILE_CYCLES` sets the number of kills (default 6, a bounded run for
 //! CI); `HOSTILE_SEED` the workload's seed. The full run:
@@ -392,16 +394,22 @@ fn check_data_dir(dir: &Path, acks: &[Ack], trade_sessions: &[Vec<Streamed>]) ->
     clean
 }
 
-/// Zeroes the journal after `durable_seq` and drops newer snapshots: what a
-/// power cut leaves when nothing after the last sync reached the disk.
-fn cut_power(dir: &Path, durable_seq: u64) {
+/// What a power cut leaves: nothing after the last sync reached the disk.
+/// The last sync is at least what the server reported before the kill,
+/// what its checkpoint recorded (only synced numbers go there), and the
+/// record before its newest segment (a segment is created only once every
+/// record before it is synced, and is synced with its directory). Records
+/// after that point are zeroed; segment files stay (renamed into place and
+/// synced, they survive, empty); newer snapshots go. Returns the point.
+fn cut_power(dir: &Path, reported_durable_seq: u64) -> u64 {
     let data = DataDir::new(dir);
-    for (first_seq, path) in journal::list_segments(&data.journal()).expect("segments") {
-        if first_seq > durable_seq {
-            std::fs::remove_file(&path).expect("remove segment");
-            continue;
-        }
-        let mut bytes = std::fs::read(&path).expect("segment");
+    let segments = journal::list_segments(&data.journal()).expect("segments");
+    let recorded =
+        journal::read_checkpoint(&data.journal()).expect("checkpoint").map_or(0, |c| c.durable_seq);
+    let newest_start = segments.last().map_or(0, |(first_seq, _)| first_seq - 1);
+    let durable_seq = reported_durable_seq.max(recorded).max(newest_start);
+    for (_, path) in &segments {
+        let mut bytes = std::fs::read(path).expect("segment");
         let mut offset = journal::SEGMENT_HEADER_BYTES;
         while let journal::Frame::Record { command, next_offset, .. } = journal::read_frame(&bytes, offset) {
             if command.seq > durable_seq {
@@ -409,9 +417,9 @@ fn cut_power(dir: &Path, durable_seq: u64) {
             }
             offset = next_offset;
         }
-        if offset < bytes.len() {
+        if bytes[offset..].iter().any(|&b| b != 0) {
             bytes[offset..].fill(0);
-            std::fs::write(&path, &bytes).expect("rewrite segment");
+            std::fs::write(path, &bytes).expect("rewrite segment");
         }
     }
     for (seq, path) in journal::list_snapshots(&data.snapshots()).expect("snapshots") {
@@ -419,6 +427,7 @@ fn cut_power(dir: &Path, durable_seq: u64) {
             std::fs::remove_file(path).expect("remove snapshot");
         }
     }
+    durable_seq
 }
 
 fn run(durability: &str, power_cut: bool, database: Option<&Database>) {
@@ -467,11 +476,12 @@ fn run(durability: &str, power_cut: bool, database: Option<&Database>) {
         let acks = shared.acks.lock().unwrap().clone();
         let trade_sessions = sessions.lock().unwrap().clone();
         let clean = check_data_dir(dir.path(), &acks, &trade_sessions);
+        let mut cut_at = durable_seq;
         if power_cut {
             // Every answer that arrived before the server reported
             // `durable_seq` was for a command synced by then: the cut must
             // keep it, with the outcome the client was told.
-            cut_power(dir.path(), durable_seq);
+            cut_at = cut_power(dir.path(), durable_seq);
             let survivors = replay(&DataDir::new(dir.path()).journal());
             let before: Vec<Ack> = acks.iter().filter(|a| a.generation < generation).cloned().collect();
             let mut streamed = trade_sessions.clone();
@@ -488,7 +498,11 @@ fn run(durability: &str, power_cut: bool, database: Option<&Database>) {
             clean.engine.last_seq(),
             acks.len(),
             clean.trades.len(),
-            if power_cut { format!("; power cut at durable sequence {durable_seq}") } else { String::new() }
+            if power_cut {
+                format!("; power cut at sequence {cut_at} (reported durable: {durable_seq})")
+            } else {
+                String::new()
+            }
         );
         exchange = Exchange::start(dir.path(), &settings);
         *shared.address.write().unwrap() = Some(exchange.address);

@@ -162,7 +162,8 @@ impl fmt::Display for JournalError {
             JournalError::Encode(why) => write!(f, "cannot encode a command for the journal: {why}"),
             JournalError::Locked { dir } => write!(
                 f,
-                "{} is being written by another process (its LOCK is held); stop that process first",
+                "{} is held by another process (its LOCK is taken: a running exchange, or an exctl that \
+                 writes into it); stop that process first",
                 dir.display()
             ),
             JournalError::BadCheckpoint { path, why } => write!(

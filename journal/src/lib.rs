@@ -14,9 +14,14 @@
 //!
 //! Skip a record, repair corruption silently, or report a record as
 //! durable before it is. A torn tail (the shape a crash during an append
-//! leaves at the very end) is cut off and reported; any other damage is an
-//! error naming the segment, the offset and the sequence number. Every file
-//! is read as hostile input: no panic on any byte.
+//! leaves at the very end, after the last durable point) is cut off and
+//! reported; any other damage is an error naming the segment, the offset
+//! and the sequence number. Lost files are never taken for a crash:
+//! `journal/CHECKPOINT` records what must exist ([`Checkpoint`]), and a
+//! segment cut short or missing, or a journal that ends before the durable
+//! point or the newest snapshot, is refused. Dropping records is only ever
+//! the operator's explicit, recorded act ([`repair`]). Every file is read
+//! as hostile input: no panic on any byte.
 //!
 //! # Example
 //!
