@@ -26,6 +26,10 @@ pub struct Config {
     /// For `interval`: the most time between syncs.
     pub sync_interval_ms: u64,
     pub segment_bytes: u64,
+    /// The most time between two records of the journal's durable sequence
+    /// number in `journal/CHECKPOINT` (by a background thread). On start, a
+    /// journal that ends before the recorded number is refused.
+    pub checkpoint_interval_ms: u64,
     /// A snapshot after this many commands (0: only at shutdown).
     pub snapshot_every_commands: u64,
     pub snapshots_keep: usize,
@@ -149,6 +153,7 @@ impl Default for Config {
             durability: DurabilityKind::Batch,
             sync_interval_ms: 10,
             segment_bytes: journal::SEGMENT_BYTES_DEFAULT,
+            checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
             snapshot_every_commands: 1_000_000,
             snapshots_keep: 3,
             segment_retention: RetentionKind::Keep,
@@ -238,6 +243,7 @@ impl Config {
             "DURABILITY" => self.durability = kind(value)?,
             "SYNC_INTERVAL_MS" => self.sync_interval_ms = parse(value)?,
             "SEGMENT_BYTES" => self.segment_bytes = parse(value)?,
+            "CHECKPOINT_INTERVAL_MS" => self.checkpoint_interval_ms = parse(value)?,
             "SNAPSHOT_EVERY_COMMANDS" => self.snapshot_every_commands = parse(value)?,
             "SNAPSHOTS_KEEP" => self.snapshots_keep = parse(value)?,
             "SEGMENT_RETENTION" => self.segment_retention = kind(value)?,
@@ -290,6 +296,9 @@ impl Config {
         }
         if self.connections_max == 0 {
             return Err(ConfigError("connections_max must be positive".into()));
+        }
+        if self.checkpoint_interval_ms == 0 {
+            return Err(ConfigError("checkpoint_interval_ms must be positive".into()));
         }
         if self.database_transaction_timeout_ms == 0 {
             return Err(ConfigError("database_transaction_timeout_ms must be positive".into()));

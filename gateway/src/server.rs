@@ -59,6 +59,7 @@ pub async fn run(
         dir: data.journal(),
         segment_bytes: config.segment_bytes,
         durability: config.durability(),
+        checkpoint_interval_ms: config.checkpoint_interval_ms,
     };
     let retention = config.retention_of_views();
     // A journal replays from an empty engine with the default limits, as

@@ -14,8 +14,12 @@ use journal::{Durability, JournalConfig, JournalWriter, SegmentRetention};
 fn a_full_ring_refuses_at_once_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let journal_dir = dir.path().join("journal");
-    let config =
-        JournalConfig { dir: journal_dir.clone(), segment_bytes: 1 << 20, durability: Durability::None };
+    let config = JournalConfig {
+        dir: journal_dir.clone(),
+        segment_bytes: 1 << 20,
+        durability: Durability::None,
+        checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
+    };
     let (writer, _) = JournalWriter::open(config).unwrap();
     let engine = Engine::new(EngineLimits::default());
     let views = Arc::new(RwLock::new(Views::from_engine(&engine, gateway::views::Retention::default())));

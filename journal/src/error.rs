@@ -44,6 +44,76 @@ pub enum JournalError {
     Locked {
         dir: PathBuf,
     },
+    /// `journal/CHECKPOINT` cannot be trusted.
+    BadCheckpoint {
+        path: PathBuf,
+        why: &'static str,
+    },
+    /// A segment file is not the size its header says. Segments are
+    /// preallocated and renamed into place whole, so no crash leaves this:
+    /// the file was cut or copied short.
+    SegmentSize {
+        segment: PathBuf,
+        capacity_bytes: u64,
+        file_bytes: u64,
+        /// The last whole record before the file's end (`None`: none).
+        last_seq: Option<u64>,
+    },
+    /// A segment that must exist is gone.
+    MissingSegment {
+        /// Where the file should be.
+        segment: PathBuf,
+        first_seq: u64,
+        /// How we know it must exist.
+        why: &'static str,
+        /// The last record that can be kept without it, when known.
+        keep_through: Option<u64>,
+    },
+    /// A repair that cannot be done as asked, and why.
+    RepairRefused(String),
+    /// The journal ends before a sequence number known to be durable.
+    EndsBeforeDurable {
+        /// The segment where the journal ends.
+        segment: PathBuf,
+        /// The last valid record (0: none).
+        last_seq: u64,
+        durable_seq: u64,
+        /// Where the durable sequence number was recorded.
+        recorded_in: PathBuf,
+        /// What lies where the next record should be, if not zeros.
+        damage: Option<String>,
+    },
+}
+
+/// The data directory a journal directory belongs to (its parent when it
+/// is called `journal`), as the operator passes it to `exctl`.
+fn data_dir_of(journal_dir: &Path) -> &Path {
+    match journal_dir.parent() {
+        Some(parent) if journal_dir.file_name().is_some_and(|name| name == "journal") => parent,
+        _ => journal_dir,
+    }
+}
+
+/// What an operator can do about records that are gone: restore them, or
+/// accept their loss explicitly (and on the record).
+fn way_out(journal_dir: &Path, keep_through: Option<u64>) -> String {
+    let data = data_dir_of(journal_dir).display();
+    match keep_through {
+        Some(seq) => format!(
+            "restore the journal from a replica or backup; or, to accept losing every record after {seq}, \
+             run `exctl journal repair {data} --after {seq} --accept-loss` (it moves the files it changes \
+             aside and records what it dropped); `exctl journal verify {data}` lists every problem"
+        ),
+        None => format!(
+            "restore the journal from a replica or backup; or accept the loss with `exctl journal repair \
+             {data} --after SEQ --accept-loss`, SEQ being the last record to keep (`exctl journal verify \
+             {data}` lists every problem and what is left)"
+        ),
+    }
+}
+
+fn dir_of(file: &Path) -> &Path {
+    file.parent().unwrap_or(file)
 }
 
 impl JournalError {
@@ -57,20 +127,30 @@ impl fmt::Display for JournalError {
         match self {
             JournalError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             JournalError::Config(why) => write!(f, "journal configuration: {why}"),
-            JournalError::BadSegmentHeader { segment, why } => write!(f, "{}: {why}", segment.display()),
+            JournalError::BadSegmentHeader { segment, why } => write!(
+                f,
+                "{}: {why}. To go on: {}",
+                segment.display(),
+                way_out(
+                    dir_of(segment),
+                    crate::segment::parse_segment_file_name(segment).map(|first| first.saturating_sub(1))
+                )
+            ),
             JournalError::Corrupt { segment, offset, seq, why } => write!(
                 f,
                 "journal corrupt in {} at offset {offset} (where sequence {seq} should be): {why}; \
-                 the records from there on cannot be trusted. Restore the journal from a replica or \
-                 backup; `exctl journal verify` reports every damaged place",
-                segment.display()
+                 the records from there on cannot be trusted. To go on: {}",
+                segment.display(),
+                way_out(dir_of(segment), Some(seq.saturating_sub(1)))
             ),
             JournalError::Gap { expected_seq, next_segment, next_first_seq } => write!(
                 f,
                 "journal records {expected_seq}..{} are missing: the next segment {} starts at {next_first_seq} \
-                 (a segment file was removed or lost)",
+                 (a segment file such as {} was removed or lost, which no crash does). To go on: {}",
                 next_first_seq - 1,
-                next_segment.display()
+                next_segment.display(),
+                crate::segment::segment_file_name(*expected_seq),
+                way_out(dir_of(next_segment), Some(expected_seq.saturating_sub(1)))
             ),
             JournalError::NotRetained { from_seq, first_retained_seq } => write!(
                 f,
@@ -82,9 +162,53 @@ impl fmt::Display for JournalError {
             JournalError::Encode(why) => write!(f, "cannot encode a command for the journal: {why}"),
             JournalError::Locked { dir } => write!(
                 f,
-                "{} is being written by another process (its LOCK is held); stop that process first",
+                "{} is held by another process (its LOCK is taken: a running exchange, or an exctl that \
+                 writes into it); stop that process first",
                 dir.display()
             ),
+            JournalError::BadCheckpoint { path, why } => write!(
+                f,
+                "{}: {why}. It records what must exist in the journal, so the journal cannot be checked \
+                 against it: restore it (or the whole data directory) from a backup; or, after `exctl journal \
+                 verify` shows the segments whole, `exctl journal repair {} --after SEQ --accept-loss` with SEQ \
+                 the last sequence number you trust writes a new one",
+                path.display(),
+                data_dir_of(dir_of(path)).display()
+            ),
+            JournalError::SegmentSize { segment, capacity_bytes, file_bytes, last_seq } => {
+                let last = last_seq.unwrap_or(0);
+                write!(
+                    f,
+                    "{} is {file_bytes} bytes, but its header says {capacity_bytes}: segments are preallocated \
+                     whole and no crash changes their size, so the file was cut or copied short (or padded) and \
+                     the records after sequence {last} may be lost. To go on: {}",
+                    segment.display(),
+                    way_out(dir_of(segment), Some(last))
+                )
+            }
+            JournalError::MissingSegment { segment, first_seq, why, keep_through } => write!(
+                f,
+                "journal segment {} (records from {first_seq}) is missing: {why}; no crash removes a segment. \
+                 To go on: {}",
+                segment.display(),
+                way_out(dir_of(segment), *keep_through)
+            ),
+            JournalError::RepairRefused(why) => write!(f, "cannot repair: {why}"),
+            JournalError::EndsBeforeDurable { segment, last_seq, durable_seq, recorded_in, damage } => {
+                write!(
+                    f,
+                    "the journal ends at sequence {last_seq} in {}, but {} records sequence {durable_seq} as \
+                     durable: records {}..{durable_seq} were written to disk and are gone (no crash loses \
+                     synced records)",
+                    segment.display(),
+                    recorded_in.display(),
+                    last_seq + 1
+                )?;
+                if let Some(damage) = damage {
+                    write!(f, "; where {} should be: {damage}", last_seq + 1)?;
+                }
+                write!(f, ". To go on: {}", way_out(dir_of(segment), Some(*last_seq)))
+            }
         }
     }
 }

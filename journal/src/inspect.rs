@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use engine_core::StampedCommand;
 use memmap2::Mmap;
 
+use crate::checkpoint::{checkpoint_path, read_checkpoint, Checkpoint};
 use crate::error::JournalError;
-use crate::segment::{list_segments, scan_segment, SegmentHeader, SegmentScan};
+use crate::segment::{list_segments, scan_segment, segment_file_name, SegmentHeader, SegmentScan};
+use crate::snapshots::list_snapshots;
 
 #[derive(Clone, Debug)]
 pub struct SegmentReport {
@@ -48,6 +50,37 @@ pub enum Problem {
         seq: u64,
         why: String,
     },
+    /// `journal/CHECKPOINT` cannot be trusted.
+    BadCheckpoint {
+        path: PathBuf,
+        why: String,
+    },
+    /// A segment file is not its preallocated size (cut or copied short).
+    SegmentSize {
+        segment: PathBuf,
+        capacity_bytes: u64,
+        file_bytes: u64,
+        /// The last whole record in it.
+        last_seq: Option<u64>,
+    },
+    /// A segment the checkpoint says must exist is gone.
+    MissingSegment {
+        segment: PathBuf,
+        first_seq: u64,
+        why: &'static str,
+    },
+    /// The journal ends before a sequence number recorded as durable.
+    EndsBeforeDurable {
+        last_seq: u64,
+        durable_seq: u64,
+        recorded_in: PathBuf,
+    },
+    /// A snapshot reflects records the journal no longer has.
+    SnapshotAhead {
+        snapshot: PathBuf,
+        snapshot_seq: u64,
+        journal_last_seq: u64,
+    },
 }
 
 impl Problem {
@@ -78,6 +111,35 @@ impl fmt::Display for Problem {
                 "{}: corrupt at offset {offset}, where sequence {seq} should be: {why}",
                 segment.display()
             ),
+            Problem::BadCheckpoint { path, why } => write!(
+                f,
+                "{}: {why}; what must exist in the journal cannot be checked (a server refuses to start)",
+                path.display()
+            ),
+            Problem::SegmentSize { segment, capacity_bytes, file_bytes, last_seq } => write!(
+                f,
+                "{}: the file is {file_bytes} bytes, its header says {capacity_bytes}: cut or copied short \
+                 (no crash changes a segment's size); its last whole record is {}",
+                segment.display(),
+                last_seq.map_or("none".to_string(), |seq| format!("sequence {seq}"))
+            ),
+            Problem::MissingSegment { segment, first_seq, why } => {
+                write!(f, "{} (records from {first_seq}) is missing: {why}", segment.display())
+            }
+            Problem::EndsBeforeDurable { last_seq, durable_seq, recorded_in } => write!(
+                f,
+                "the journal ends at sequence {last_seq}, but {} records {durable_seq} as durable: records \
+                 {}..{durable_seq} were synced and are gone",
+                recorded_in.display(),
+                last_seq + 1
+            ),
+            Problem::SnapshotAhead { snapshot, snapshot_seq, journal_last_seq } => write!(
+                f,
+                "{}: the snapshot is at sequence {snapshot_seq}, but the journal ends at {journal_last_seq}: \
+                 records {}..{snapshot_seq} it reflects are gone from the journal",
+                snapshot.display(),
+                journal_last_seq + 1
+            ),
         }
     }
 }
@@ -85,6 +147,8 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, Default)]
 pub struct JournalReport {
     pub segments: Vec<SegmentReport>,
+    /// What `journal/CHECKPOINT` says must exist (`None`: no readable one).
+    pub checkpoint: Option<Checkpoint>,
     pub problems: Vec<Problem>,
 }
 
@@ -96,6 +160,28 @@ impl JournalReport {
     pub fn last_seq(&self) -> Option<u64> {
         self.segments.iter().rev().find_map(|s| s.scan.last_seq)
     }
+
+    /// Where the journal ends: its last record, or the record just before
+    /// its newest segment when that one is still empty (0: no segment).
+    pub fn end_seq(&self) -> u64 {
+        match (self.last_seq(), self.segments.last()) {
+            (Some(last), Some(newest)) => last.max(newest.first_seq - 1),
+            (None, Some(newest)) => newest.first_seq - 1,
+            (last, None) => last.unwrap_or(0),
+        }
+    }
+}
+
+/// The snapshots in `snapshots_dir` ahead of where the journal of `report`
+/// ends. A snapshot is written only after the journal is synced up to it,
+/// so each one is a durable sequence number recorded elsewhere.
+pub fn snapshots_ahead(snapshots_dir: &Path, report: &JournalReport) -> Result<Vec<Problem>, JournalError> {
+    let journal_last_seq = report.end_seq();
+    Ok(list_snapshots(snapshots_dir)?
+        .into_iter()
+        .filter(|(seq, _)| *seq > journal_last_seq)
+        .map(|(snapshot_seq, snapshot)| Problem::SnapshotAhead { snapshot, snapshot_seq, journal_last_seq })
+        .collect())
 }
 
 /// Reads every segment of `journal_dir`; `on_record` sees each valid record.
@@ -105,6 +191,32 @@ pub fn inspect(
 ) -> Result<JournalReport, JournalError> {
     let segments = list_segments(journal_dir).map_err(|e| JournalError::io(journal_dir, e))?;
     let mut report = JournalReport::default();
+    match read_checkpoint(journal_dir) {
+        Ok(checkpoint) => report.checkpoint = checkpoint,
+        Err(JournalError::BadCheckpoint { path, why }) => {
+            report.problems.push(Problem::BadCheckpoint { path, why: why.to_string() })
+        }
+        Err(error) => return Err(error),
+    }
+    if let Some(checkpoint) = report.checkpoint {
+        let present = |seq: u64| segments.iter().any(|(first_seq, _)| *first_seq == seq);
+        if !present(checkpoint.oldest_first_seq) {
+            report.problems.push(Problem::MissingSegment {
+                segment: journal_dir.join(segment_file_name(checkpoint.oldest_first_seq)),
+                first_seq: checkpoint.oldest_first_seq,
+                why: "the checkpoint names it as the oldest segment kept (the exchange did not prune it)",
+            });
+        }
+        if !present(checkpoint.newest_first_seq) && checkpoint.newest_first_seq != checkpoint.oldest_first_seq
+        {
+            report.problems.push(Problem::MissingSegment {
+                segment: journal_dir.join(segment_file_name(checkpoint.newest_first_seq)),
+                first_seq: checkpoint.newest_first_seq,
+                why: "the checkpoint names it as the newest segment created",
+            });
+        }
+    }
+    let durable_seq = report.checkpoint.map_or(0, |c| c.durable_seq);
     let mut expected_seq: Option<u64> = None;
     let count = segments.len();
     for (index, (first_seq, path)) in segments.into_iter().enumerate() {
@@ -138,8 +250,17 @@ pub fn inspect(
             }
         };
         let scan = scan_segment(&map, &header, &mut on_record);
-        if let Some(damage) = scan.damage {
-            let problem = if damage.torn_tail && newest {
+        let short = header.capacity_bytes != map.len() as u64;
+        if short {
+            report.problems.push(Problem::SegmentSize {
+                segment: path.clone(),
+                capacity_bytes: header.capacity_bytes,
+                file_bytes: map.len() as u64,
+                last_seq: scan.last_seq,
+            });
+        }
+        if let Some(damage) = scan.damage.filter(|damage| !(short && damage.torn_tail)) {
+            let problem = if damage.torn_tail && newest && damage.expected_seq > durable_seq {
                 Problem::TornTail {
                     segment: path.clone(),
                     offset: damage.offset,
@@ -161,6 +282,14 @@ pub fn inspect(
         }
         expected_seq = Some(scan.last_seq.map_or(first_seq, |last| last + 1));
         report.segments.push(SegmentReport { path, first_seq, capacity_bytes: header.capacity_bytes, scan });
+    }
+    let last_seq = report.end_seq();
+    if last_seq < durable_seq {
+        report.problems.push(Problem::EndsBeforeDurable {
+            last_seq,
+            durable_seq,
+            recorded_in: checkpoint_path(journal_dir),
+        });
     }
     Ok(report)
 }

@@ -14,9 +14,14 @@
 //!
 //! Skip a record, repair corruption silently, or report a record as
 //! durable before it is. A torn tail (the shape a crash during an append
-//! leaves at the very end) is cut off and reported; any other damage is an
-//! error naming the segment, the offset and the sequence number. Every file
-//! is read as hostile input: no panic on any byte.
+//! leaves at the very end, after the last durable point) is cut off and
+//! reported; any other damage is an error naming the segment, the offset
+//! and the sequence number. Lost files are never taken for a crash:
+//! `journal/CHECKPOINT` records what must exist ([`Checkpoint`]), and a
+//! segment cut short or missing, or a journal that ends before the durable
+//! point or the newest snapshot, is refused. Dropping records is only ever
+//! the operator's explicit, recorded act ([`repair`]). Every file is read
+//! as hostile input: no panic on any byte.
 //!
 //! # Example
 //!
@@ -38,20 +43,27 @@
 //! assert_eq!(reader.next().unwrap(), None);
 //! ```
 
+mod checkpoint;
 mod error;
 mod inspect;
+mod integrity;
 mod reader;
 mod recovery;
+mod repair;
 mod segment;
 mod snapshots;
 mod writer;
 
+pub use checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, CHECKPOINT_FILE_NAME};
 pub use error::JournalError;
-pub use inspect::{inspect, JournalReport, Problem, SegmentReport};
+pub use inspect::{inspect, snapshots_ahead, JournalReport, Problem, SegmentReport};
 pub use reader::{JournalReader, ReadMode};
 pub use recovery::{
     open_data_dir, open_data_dir_with, recover, recover_with, replay, replay_with, DataDir, Derived,
     RecoverOptions, Recovery, RecoveryError,
+};
+pub use repair::{
+    last_valid_seq, plan_repair, repair, RepairPlan, RepairReport, RepairRequest, REPAIRS_LOG_FILE_NAME,
 };
 pub use segment::{
     bincode_config, list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan,
@@ -63,5 +75,6 @@ pub use snapshots::{
     SnapshotFileError, SnapshotInfo, SnapshotKeep,
 };
 pub use writer::{
-    CutTail, Durability, JournalConfig, JournalWriter, OpenReport, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
+    CutTail, Durability, JournalConfig, JournalLock, JournalWriter, OpenReport,
+    CHECKPOINT_INTERVAL_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
 };

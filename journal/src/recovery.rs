@@ -55,6 +55,7 @@ pub enum RecoveryError {
     /// The newest usable snapshot is ahead of the journal: records it
     /// reflects are missing from the journal.
     SnapshotAheadOfJournal {
+        snapshot: PathBuf,
         snapshot_seq: u64,
         journal_next_seq: u64,
     },
@@ -67,11 +68,21 @@ impl std::fmt::Display for RecoveryError {
         match self {
             RecoveryError::Journal(error) => write!(f, "{error}"),
             RecoveryError::Derived(why) => write!(f, "cannot build the read views: {why}"),
-            RecoveryError::SnapshotAheadOfJournal { snapshot_seq, journal_next_seq } => write!(
-                f,
-                "the snapshot at sequence {snapshot_seq} is ahead of the journal, which ends before \
-                 {journal_next_seq}: journaled records were lost"
-            ),
+            RecoveryError::SnapshotAheadOfJournal { snapshot, snapshot_seq, journal_next_seq } => {
+                let data = snapshot.parent().and_then(Path::parent).unwrap_or(Path::new("DIR"));
+                let kept = journal_next_seq.saturating_sub(1);
+                write!(
+                    f,
+                    "the snapshot {} (sequence {snapshot_seq}) is ahead of the journal, which ends at \
+                     sequence {kept}: records {journal_next_seq}..{snapshot_seq} were journaled and synced \
+                     before the snapshot was written, and are gone (no crash loses them). To go on: \
+                     restore the journal from a replica or backup; or, to accept losing every record after \
+                     {kept}, run `exctl journal repair {} --after {kept} --accept-loss` (it moves the \
+                     snapshots ahead of it aside and records what it dropped)",
+                    snapshot.display(),
+                    data.display()
+                )
+            }
         }
     }
 }
@@ -228,8 +239,10 @@ pub fn replay_with(
 }
 
 /// Opens a data directory for the exchange: opens the journal for
-/// appending (cutting a torn tail), then recovers the state. The writer's
-/// next sequence number and the engine's agree when this returns.
+/// appending (checking it against its checkpoint, cutting a torn tail),
+/// refuses a journal that ends before the newest snapshot, then recovers
+/// the state. The writer's next sequence number and the engine's agree
+/// when this returns.
 pub fn open_data_dir(
     data: &DataDir,
     journal: JournalConfig,
@@ -248,10 +261,22 @@ pub fn open_data_dir_with<D: Derived>(
 ) -> Result<(JournalWriter, OpenReport, Recovery, D), RecoveryError> {
     journal.dir = data.journal();
     let (writer, report) = JournalWriter::open(journal)?;
+    // A snapshot is written only after the journal was synced up to it: a
+    // journal that ends before the newest one (usable or not) lost records.
+    if let Some((snapshot_seq, snapshot)) = list_snapshots(&data.snapshots())?.into_iter().next() {
+        if snapshot_seq >= writer.next_seq() {
+            return Err(RecoveryError::SnapshotAheadOfJournal {
+                snapshot,
+                snapshot_seq,
+                journal_next_seq: writer.next_seq(),
+            });
+        }
+    }
     let options = RecoverOptions { limits, to_seq: None, mode: ReadMode::Strict };
     let (recovery, derived) = recover_with::<D>(data, options, setup, |_| {})?;
     if recovery.next_seq != writer.next_seq() {
         return Err(RecoveryError::SnapshotAheadOfJournal {
+            snapshot: recovery.snapshot.as_ref().map_or_else(|| data.snapshots(), |s| s.path.clone()),
             snapshot_seq: recovery.engine.last_seq(),
             journal_next_seq: writer.next_seq(),
         });

@@ -296,7 +296,8 @@ pub enum SegmentRetention {
 }
 
 /// Applies `retention` to the segments of `journal_dir` whose every record
-/// is at or below `covered_seq`. The newest segment is always kept.
+/// is at or below `covered_seq`. The newest segment is always kept. The
+/// journal's checkpoint records the new oldest segment before any goes.
 /// Returns the segments removed or moved.
 pub fn prune_segments(
     journal_dir: &Path,
@@ -308,13 +309,35 @@ pub fn prune_segments(
     }
     let segments =
         crate::segment::list_segments(journal_dir).map_err(|e| JournalError::io(journal_dir, e))?;
-    let mut pruned = Vec::new();
-    for pair in segments.windows(2) {
-        let (_, path) = &pair[0];
-        let last_seq = pair[1].0 - 1;
-        if last_seq > covered_seq {
-            break;
+    // Whole segments covered, oldest first, each followed by a newer one.
+    let covered = |limit: u64| -> Vec<&(u64, PathBuf)> {
+        segments
+            .windows(2)
+            .take_while(|pair| pair[1].0 - 1 <= covered_seq && pair[1].0 <= limit)
+            .map(|pair| &pair[0])
+            .collect()
+    };
+    let mut doomed = covered(u64::MAX);
+    // The checkpoint first: a segment gone that it still names would read
+    // as lost at the next start. Only up to the newest segment it names (a
+    // newer one may not be recorded yet).
+    crate::checkpoint::update(journal_dir, |checkpoint| {
+        doomed = covered(checkpoint.newest_first_seq);
+        let Some(last) = doomed.last() else { return };
+        let Some(kept_oldest) = segments.iter().map(|(seq, _)| *seq).find(|seq| *seq > last.0) else {
+            return;
+        };
+        if kept_oldest > checkpoint.oldest_first_seq {
+            let counted = doomed
+                .iter()
+                .filter(|(seq, _)| (checkpoint.oldest_first_seq..=checkpoint.newest_first_seq).contains(seq))
+                .count() as u64;
+            checkpoint.segment_count = checkpoint.segment_count.saturating_sub(counted);
+            checkpoint.oldest_first_seq = kept_oldest;
         }
+    })?;
+    let mut pruned = Vec::new();
+    for (_, path) in doomed {
         match retention {
             SegmentRetention::Keep => {}
             SegmentRetention::Delete => std::fs::remove_file(path).map_err(|e| JournalError::io(path, e))?,

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use engine_core::StampedCommand;
 use memmap2::MmapMut;
 
+use crate::checkpoint::{self, checkpoint_path, read_checkpoint, Checkpoint, CheckpointKeeper};
 use crate::error::JournalError;
+use crate::integrity;
 use crate::segment::{
-    align8, bincode_config, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Frame,
-    SegmentHeader, FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
+    align8, bincode_config, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Damage,
+    Frame, SegmentHeader, FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
 };
 
 /// When appended records become durable on disk.
@@ -36,15 +38,27 @@ pub struct JournalConfig {
     /// Size of each preallocated segment file.
     pub segment_bytes: u64,
     pub durability: Durability,
+    /// The most time between two records of the durable sequence number in
+    /// `journal/CHECKPOINT` (written by a background thread, never by the
+    /// appending one). A journal found ending before the recorded number
+    /// lost synced records; records synced within the last interval are
+    /// not covered by that check.
+    pub checkpoint_interval_ms: u64,
 }
 
 /// The smallest segment allowed: a header and a few maximum-size records.
 pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 1_000;
 
 impl JournalConfig {
     pub fn new(dir: impl Into<PathBuf>) -> JournalConfig {
-        JournalConfig { dir: dir.into(), segment_bytes: SEGMENT_BYTES_DEFAULT, durability: Durability::Batch }
+        JournalConfig {
+            dir: dir.into(),
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            durability: Durability::Batch,
+            checkpoint_interval_ms: CHECKPOINT_INTERVAL_MS_DEFAULT,
+        }
     }
 }
 
@@ -56,6 +70,9 @@ pub struct OpenReport {
     pub next_seq: u64,
     /// A torn tail that was cut off.
     pub cut: Option<CutTail>,
+    /// The journal had no `CHECKPOINT` (it is from before checkpoints, or
+    /// new): one was written, and checks that need it start now.
+    pub checkpoint_created: bool,
 }
 
 /// A damaged tail removed when the journal was opened after a crash.
@@ -68,7 +85,7 @@ pub struct CutTail {
     pub seq: u64,
 }
 
-struct OpenSegment {
+pub(crate) struct OpenSegment {
     path: PathBuf,
     map: MmapMut,
     /// Where the next record goes.
@@ -89,14 +106,24 @@ pub struct JournalWriter {
     durable_seq: u64,
     last_sync: Instant,
     scratch: [u8; PAYLOAD_MAX_BYTES],
+    /// Records `durable_seq` in `journal/CHECKPOINT`, off this thread.
+    keeper: CheckpointKeeper,
 }
 
 impl JournalWriter {
-    /// Opens (or creates) the journal in `config.dir` for appending. After a
-    /// crash, the last segment's tail is scanned: a torn last record is cut
-    /// off and reported; anything else that is not a valid record is
-    /// corruption and an error. Earlier segments are not read here (replay
-    /// and `verify` check them).
+    /// Opens (or creates) the journal in `config.dir` for appending.
+    ///
+    /// It first checks the journal against `journal/CHECKPOINT` (what must
+    /// exist): the newest and oldest segments it names are there, none is
+    /// missing in between, every segment file has its preallocated size.
+    /// Then it scans from the segment holding the checkpoint's durable
+    /// sequence number to the end: a torn last record after the durable
+    /// point is cut off and reported; a journal that ends before the durable
+    /// point, and anything else that is not a valid record, is an error
+    /// that names the file, the sequence numbers and the way out. Segments
+    /// before the durable point are not read here (replay and `verify` check
+    /// them). A journal without a checkpoint (from before checkpoints) is
+    /// checked as far as it can be and gets one.
     pub fn open(config: JournalConfig) -> Result<(JournalWriter, OpenReport), JournalError> {
         if config.segment_bytes < SEGMENT_BYTES_MIN {
             return Err(JournalError::Config(format!(
@@ -104,89 +131,58 @@ impl JournalWriter {
                 config.segment_bytes
             )));
         }
+        if config.checkpoint_interval_ms == 0 {
+            return Err(JournalError::Config("checkpoint_interval_ms must be at least 1".into()));
+        }
         create_private_dir(&config.dir)?;
         let lock = lock_dir(&config.dir)?;
         remove_leftover_temp_files(&config.dir)?;
         let segments = list_segments(&config.dir).map_err(|e| JournalError::io(&config.dir, e))?;
-        let mut report = OpenReport { segments: segments.len(), ..OpenReport::default() };
-        let (segment, next_seq) = match segments.last() {
+        let found = read_checkpoint(&config.dir)?;
+        let mut report = OpenReport {
+            segments: segments.len(),
+            checkpoint_created: found.is_none(),
+            ..OpenReport::default()
+        };
+        let (segment, next_seq, checkpoint) = match segments.last() {
             None => {
+                if let Some(checkpoint) = found {
+                    return Err(JournalError::MissingSegment {
+                        segment: config.dir.join(segment_file_name(checkpoint.newest_first_seq)),
+                        first_seq: checkpoint.newest_first_seq,
+                        why:
+                            "the checkpoint names it as the newest segment, and the journal directory holds \
+                              no segment at all",
+                        keep_through: None,
+                    });
+                }
                 let segment = create_segment(&config, 1)?;
                 report.segments = 1;
-                (segment, 1)
+                let checkpoint =
+                    Checkpoint { durable_seq: 0, oldest_first_seq: 1, newest_first_seq: 1, segment_count: 1 };
+                (segment, 1, checkpoint)
             }
-            Some((first_seq, path)) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| JournalError::io(path, e))?;
-                // Safety: the writer is the only process that writes the
-                // journal (a lock file would enforce it; see the docs), and
-                // the file is not truncated while mapped.
-                let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(path, e))?;
-                let header = SegmentHeader::decode(&map)
-                    .map_err(|why| JournalError::BadSegmentHeader { segment: path.clone(), why })?;
-                if header.first_seq != *first_seq || header.capacity_bytes < map.len() as u64 {
-                    return Err(JournalError::BadSegmentHeader {
-                        segment: path.clone(),
-                        why: "header disagrees with the file's name or size",
-                    });
-                }
-                if (map.len() as u64) < header.capacity_bytes {
-                    // The file lost its end (copied or truncated after a
-                    // crash): restore its size; the lost bytes read as zero
-                    // and the scan below treats them like any torn tail.
-                    drop(map);
-                    preallocate(&file, header.capacity_bytes).map_err(|e| JournalError::io(path, e))?;
-                    // Safety: as above.
-                    map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(path, e))?;
-                }
-                let scan = scan_segment(&map, &header, |_| {});
-                if let Some(damage) = scan.damage {
-                    if !damage.torn_tail {
-                        return Err(JournalError::Corrupt {
-                            segment: path.clone(),
-                            offset: damage.offset,
-                            seq: damage.expected_seq,
-                            why: match damage.fault {
-                                Some(fault) => fault.to_string(),
-                                None => format!(
-                                    "{} bytes of unreadable data follow the last valid record",
-                                    damage.written_end - damage.offset
-                                ),
-                            },
-                        });
-                    }
-                    map[damage.offset..damage.written_end].fill(0);
-                    map.flush_range(damage.offset, damage.written_end - damage.offset)
-                        .map_err(|e| JournalError::io(path, e))?;
-                    report.cut = Some(CutTail {
-                        segment: path.clone(),
-                        offset: damage.offset,
-                        bytes: damage.written_end - damage.offset,
-                        seq: damage.expected_seq,
-                    });
-                }
-                let next_seq = scan.last_seq.map_or(header.first_seq, |last| last + 1);
-                let segment = OpenSegment {
-                    path: path.clone(),
-                    map,
-                    offset: scan.end_offset,
-                    unsynced_from: scan.end_offset,
-                };
-                (segment, next_seq)
-            }
+            Some(_) => open_existing(&config, &segments, found, &mut report)?,
         };
+        if found != Some(checkpoint) {
+            checkpoint::replace(&config.dir, &checkpoint)?;
+        }
         report.next_seq = next_seq;
+        let durable_seq = next_seq - 1;
+        let keeper = CheckpointKeeper::start(
+            config.dir.clone(),
+            Duration::from_millis(config.checkpoint_interval_ms),
+            durable_seq,
+        );
         let writer = JournalWriter {
             config,
             _lock: lock,
             segment,
             next_seq,
-            durable_seq: next_seq - 1,
+            durable_seq,
             last_sync: Instant::now(),
             scratch: [0; PAYLOAD_MAX_BYTES],
+            keeper,
         };
         Ok((writer, report))
     }
@@ -279,19 +275,46 @@ impl JournalWriter {
         }
         self.durable_seq = self.next_seq - 1;
         self.last_sync = Instant::now();
+        self.keeper.publish(self.durable_seq);
         Ok(())
     }
 
     /// Starts a new segment at the next sequence number, after making the
-    /// full one durable (under any policy but `None`).
+    /// full one durable (under every policy, `none` included: a segment
+    /// exists only after every record before it is on disk, so a power loss
+    /// can only take the unsynced end of the newest segment), then records
+    /// the new segment in the checkpoint before any record goes into it.
     fn rotate(&mut self) -> Result<(), JournalError> {
-        if self.config.durability != Durability::None {
-            let durable_before = self.durable_seq;
-            self.sync()?;
-            // Records of the old segment are on disk; later ones are not yet.
-            debug_assert!(self.durable_seq >= durable_before);
+        self.sync()?;
+        let first_seq = self.next_seq;
+        debug_assert_eq!(self.durable_seq, first_seq - 1);
+        let segment = create_segment(&self.config, first_seq)?;
+        let durable_seq = self.durable_seq;
+        let recorded = checkpoint::update(&self.config.dir, |checkpoint| {
+            checkpoint.durable_seq = checkpoint.durable_seq.max(durable_seq);
+            if first_seq > checkpoint.newest_first_seq {
+                checkpoint.newest_first_seq = first_seq;
+                checkpoint.segment_count += 1;
+            }
+        })?;
+        if recorded.is_none() {
+            return Err(JournalError::BadCheckpoint {
+                path: checkpoint_path(&self.config.dir),
+                why: "it was removed while the journal was open; restart the exchange so that it checks \
+                      the journal and writes a new one",
+            });
         }
-        self.segment = create_segment(&self.config, self.next_seq)?;
+        self.segment = segment;
+        Ok(())
+    }
+
+    /// Records the durable sequence number in the checkpoint now (the
+    /// background keeper does it at most every `checkpoint_interval_ms`).
+    pub fn record_checkpoint(&self) -> Result<(), JournalError> {
+        let durable_seq = self.durable_seq;
+        checkpoint::update(&self.config.dir, |checkpoint| {
+            checkpoint.durable_seq = checkpoint.durable_seq.max(durable_seq);
+        })?;
         Ok(())
     }
 
@@ -306,12 +329,151 @@ impl JournalWriter {
     }
 }
 
+/// Opens the newest segment of an existing journal for appending, after
+/// checking the journal against its checkpoint (`found`, if any). Returns
+/// the segment, the next sequence number and the checkpoint to record.
+fn open_existing(
+    config: &JournalConfig,
+    segments: &[(u64, PathBuf)],
+    found: Option<Checkpoint>,
+    report: &mut OpenReport,
+) -> Result<(OpenSegment, u64, Checkpoint), JournalError> {
+    if let Some(found) = &found {
+        integrity::check_listing(&config.dir, segments, found)?;
+    }
+    let mut headers = Vec::with_capacity(segments.len());
+    for (first_seq, path) in segments {
+        headers.push(integrity::check_segment_file(path, *first_seq)?);
+    }
+    let durable_seq = found.map_or(0, |c| c.durable_seq);
+    let newest = segments.len() - 1;
+    // From the segment that holds the durable point on, every record must
+    // be there; a journal without a checkpoint only has its newest checked.
+    let scan_from = match found {
+        Some(found) => {
+            segments.iter().rposition(|(first_seq, _)| *first_seq <= found.durable_seq).unwrap_or(0)
+        }
+        None => newest,
+    };
+    for index in scan_from..newest {
+        let (first_seq, path) = &segments[index];
+        let scan = integrity::scan_file(path, &headers[index])?;
+        let (next_first_seq, next_path) = &segments[index + 1];
+        if let Some(error) = integrity::discontinuity(path, *first_seq, &scan, next_path, *next_first_seq) {
+            return Err(error);
+        }
+    }
+    let (first_seq, path) = &segments[newest];
+    let header = headers[newest];
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| JournalError::io(path, e))?;
+    // Safety: the writer is the only process that writes the journal (the
+    // lock enforces it), and the file is not truncated while mapped.
+    let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(path, e))?;
+    let scan = scan_segment(&map, &header, |_| {});
+    if let Some(damage) = scan.damage {
+        let recorded_in = checkpoint_path(&config.dir);
+        if !damage.torn_tail {
+            return Err(JournalError::Corrupt {
+                segment: path.clone(),
+                offset: damage.offset,
+                seq: damage.expected_seq,
+                why: describe_damage(&damage),
+            });
+        }
+        if damage.expected_seq <= durable_seq {
+            // The shape of a torn tail, but where records were synced: a
+            // crash cannot have left it.
+            return Err(JournalError::EndsBeforeDurable {
+                segment: path.clone(),
+                last_seq: damage.expected_seq - 1,
+                durable_seq,
+                recorded_in,
+                damage: Some(format!("{} at offset {}", describe_damage(&damage), damage.offset)),
+            });
+        }
+        map[damage.offset..damage.written_end].fill(0);
+        map.flush_range(damage.offset, damage.written_end - damage.offset)
+            .map_err(|e| JournalError::io(path, e))?;
+        report.cut = Some(CutTail {
+            segment: path.clone(),
+            offset: damage.offset,
+            bytes: damage.written_end - damage.offset,
+            seq: damage.expected_seq,
+        });
+    }
+    let last_seq = scan.last_seq.unwrap_or(first_seq - 1);
+    if last_seq < durable_seq {
+        return Err(JournalError::EndsBeforeDurable {
+            segment: path.clone(),
+            last_seq,
+            durable_seq,
+            recorded_in: checkpoint_path(&config.dir),
+            damage: None,
+        });
+    }
+    // What a crashed process left may be in the page cache only: make it
+    // durable before the checkpoint says so.
+    map.flush_range(0, scan.end_offset).map_err(|e| JournalError::io(path, e))?;
+    if found.is_none() {
+        // Older writers did not sync a full segment under `none`.
+        for (_, path) in &segments[..newest] {
+            File::open(path).and_then(|f| f.sync_data()).map_err(|e| JournalError::io(path, e))?;
+        }
+    }
+    let checkpoint = match found {
+        Some(found) => Checkpoint {
+            durable_seq: last_seq,
+            oldest_first_seq: found.oldest_first_seq,
+            newest_first_seq: *first_seq,
+            // Segments created after the checkpoint was last written.
+            segment_count: found.segment_count
+                + segments.iter().filter(|(seq, _)| *seq > found.newest_first_seq).count() as u64,
+        },
+        None => Checkpoint {
+            durable_seq: last_seq,
+            oldest_first_seq: segments[0].0,
+            newest_first_seq: *first_seq,
+            segment_count: segments.len() as u64,
+        },
+    };
+    let segment =
+        OpenSegment { path: path.clone(), map, offset: scan.end_offset, unsynced_from: scan.end_offset };
+    Ok((segment, last_seq + 1, checkpoint))
+}
+
+fn describe_damage(damage: &Damage) -> String {
+    match damage.fault {
+        Some(fault) => fault.to_string(),
+        None => format!(
+            "{} bytes of unreadable data follow the last valid record",
+            damage.written_end - damage.offset
+        ),
+    }
+}
+
 impl Drop for JournalWriter {
     fn drop(&mut self) {
+        self.keeper.stop();
         if self.config.durability != Durability::None {
             // Best effort: an explicit `sync` is how callers learn of errors.
             let _ = self.sync();
         }
+        let _ = self.record_checkpoint();
+    }
+}
+
+/// The journal's writer lock (`journal/LOCK`), held by a tool that changes
+/// a data directory, so that no server opens it meanwhile (and so that no
+/// tool changes a directory a running server holds).
+pub struct JournalLock {
+    _file: File,
+}
+
+impl JournalLock {
+    /// Takes the lock of the journal in `journal_dir`, or says that another
+    /// process (a running server) holds it.
+    pub fn acquire(journal_dir: &Path) -> Result<JournalLock, JournalError> {
+        Ok(JournalLock { _file: lock_dir(journal_dir)? })
     }
 }
 
@@ -352,9 +514,9 @@ fn remove_leftover_temp_files(dir: &Path) -> Result<(), JournalError> {
 }
 
 /// Creates, preallocates and maps a new segment. It appears under its final
-/// name only once its header is written (and, unless the policy is `None`,
-/// synced together with the directory entry).
-fn create_segment(config: &JournalConfig, first_seq: u64) -> Result<OpenSegment, JournalError> {
+/// name only once its header is written, and is synced together with the
+/// directory entry.
+pub(crate) fn create_segment(config: &JournalConfig, first_seq: u64) -> Result<OpenSegment, JournalError> {
     let path = config.dir.join(segment_file_name(first_seq));
     let temp = path.with_extension("seg.tmp");
     let file = private_file_options()
@@ -369,21 +531,18 @@ fn create_segment(config: &JournalConfig, first_seq: u64) -> Result<OpenSegment,
     let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(&temp, e))?;
     let header = SegmentHeader { first_seq, capacity_bytes: config.segment_bytes };
     map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    let durable = config.durability != Durability::None;
-    if durable {
-        map.flush_range(0, SEGMENT_HEADER_BYTES).map_err(|e| JournalError::io(&temp, e))?;
-    }
+    // Synced under every policy: the checkpoint names the segment next, and
+    // what it names must survive a power loss.
+    map.flush_range(0, SEGMENT_HEADER_BYTES).map_err(|e| JournalError::io(&temp, e))?;
     std::fs::rename(&temp, &path).map_err(|e| JournalError::io(&path, e))?;
-    if durable {
-        sync_dir(&config.dir)?;
-    }
+    sync_dir(&config.dir)?;
     Ok(OpenSegment { path, map, offset: SEGMENT_HEADER_BYTES, unsynced_from: SEGMENT_HEADER_BYTES })
 }
 
 /// Reserves the disk blocks of the whole segment up front, so that a full
 /// disk shows as an error when a segment is created, not as a fault while
 /// writing through the mapping.
-fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
+pub(crate) fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
     file.set_len(bytes)?;
     #[cfg(target_os = "linux")]
     {

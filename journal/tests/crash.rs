@@ -7,6 +7,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engine_core::{
@@ -45,7 +47,7 @@ fn command_at(seq: u64) -> StampedCommand {
 }
 
 fn config(dir: &Path, durability: Durability) -> JournalConfig {
-    JournalConfig { dir: dir.to_path_buf(), segment_bytes: SEGMENT_BYTES_MIN, durability }
+    JournalConfig { segment_bytes: SEGMENT_BYTES_MIN, durability, ..JournalConfig::new(dir) }
 }
 
 /// Not a test on its own: the body of the child process.
@@ -70,8 +72,12 @@ fn child_appender() {
 }
 
 /// Starts the appender child on `dir` and a thread that collects its
-/// reports; the thread returns the last sequence reported written.
-fn spawn_appender(dir: &Path, policy: &str) -> (std::process::Child, std::thread::JoinHandle<u64>) {
+/// reports; the thread returns the last sequence reported written, and
+/// the counter shows it as it goes.
+fn spawn_appender(
+    dir: &Path,
+    policy: &str,
+) -> (std::process::Child, std::thread::JoinHandle<u64>, Arc<AtomicU64>) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Process::new(&exe)
         .args(["--exact", "child_appender", "--nocapture", "--test-threads=1"])
@@ -82,17 +88,20 @@ fn spawn_appender(dir: &Path, policy: &str) -> (std::process::Child, std::thread
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let progress = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&progress);
     let reports = std::thread::spawn(move || {
         let mut last = 0u64;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(seq) = line.strip_prefix("written ").and_then(|s| s.parse().ok()) {
                 last = seq;
+                seen.store(seq, Ordering::Relaxed);
             }
         }
         last
     });
-    (child, reports)
+    (child, reports, progress)
 }
 
 /// A seed from the clock, printed so that a failure can be replayed.
@@ -117,9 +126,15 @@ fn sigkill_during_appends_loses_nothing_that_was_reported_written() {
     let mut last_reported_ever = 0;
     for round in 0..8 {
         let policy = if round % 2 == 0 { "none" } else { "batch" };
-        // Reports are read on a thread; the kill comes at a random moment from here.
-        let (mut child, reader) = spawn_appender(dir.path(), policy);
-        std::thread::sleep(Duration::from_millis(20 + next() % 200));
+        // Reports are read on a thread; the kill comes at a random moment
+        // after the child's first new report (how long opening and the first
+        // sync take depends on the disk, not on what is tested here).
+        let (mut child, reader, progress) = spawn_appender(dir.path(), policy);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while progress.load(Ordering::Relaxed) <= last_reported_ever && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(next() % 200));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let last_reported = reader.join().unwrap();
@@ -148,7 +163,7 @@ fn sigkill_during_appends_loses_nothing_that_was_reported_written() {
 #[test]
 fn a_reader_follows_a_journal_that_another_process_is_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, reports) = spawn_appender(dir.path(), "none");
+    let (mut child, reports, _) = spawn_appender(dir.path(), "none");
     // Follow while the child writes (across its segment rotations).
     let mut reader = JournalReader::open(dir.path(), 1, ReadMode::Follow).unwrap();
     let mut next_expected = 1u64;

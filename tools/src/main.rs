@@ -1,14 +1,16 @@
 //! `exctl`: the exchange operator's tool.
 //!
-//! It reads a data directory (`DIR/journal`, `DIR/snapshots`) without
-//! changing the journal: inspect and verify it, dump records, replay it
-//! into an engine to see the state and its hash at any sequence number,
-//! and take a snapshot offline.
+//! It reads a data directory (`DIR/journal`, `DIR/snapshots`): inspect
+//! and verify it, dump records, replay it into an engine to see the state
+//! and its hash at any sequence number. Two verbs write into it, each only
+//! while no server holds the journal's lock: `snapshot` (offline) and
+//! `journal repair`, the explicit, recorded way to accept lost records.
 //!
 //! ```text
 //! exctl journal inspect ./data
 //! exctl journal dump ./data --from 1000 --limit 20 --json
 //! exctl journal verify ./data
+//! exctl journal repair ./data --after 41999 --accept-loss
 //! exctl replay ./data --to 5000000
 //! exctl snapshot ./data
 //! exctl seed --file examples/demo-seed.toml --server http://127.0.0.1:8080
@@ -24,7 +26,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use engine_core::{EngineLimits, Side};
 use indicatif::{ProgressBar, ProgressStyle};
-use journal::{DataDir, JournalReader, ReadMode, RecoverOptions};
+use journal::{DataDir, JournalLock, JournalReader, ReadMode, RecoverOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "exctl", about = "Operator's tool for the exchange's data directory", version)]
@@ -99,9 +101,27 @@ enum JournalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check every checksum and sequence number. Exit status: 0 clean, 1 a
-    /// torn tail only (cut off at the next open), 2 damage.
+    /// Check every checksum and sequence number, every segment file's size,
+    /// the segments and the durable sequence number the checkpoint records,
+    /// and that no snapshot is ahead of the journal. Exit status: 0 clean,
+    /// 1 a torn tail only (cut off at the next open), 2 damage.
     Verify { dir: PathBuf },
+    /// Keep the journal's records up to --after and drop the rest: segments
+    /// after it, snapshots ahead of it and the old checkpoint are moved to
+    /// DIR/repair-<UTC time>/ (a segment it cuts is copied there first), and
+    /// DIR/repairs.log records what was dropped, when and by whom. Refused
+    /// while a server holds the journal.
+    Repair {
+        /// The data directory.
+        dir: PathBuf,
+        /// The last record to keep (at most the last valid record).
+        #[arg(long)]
+        after: u64,
+        /// Yes, drop the records after --after. Without it, only show what
+        /// would be dropped.
+        #[arg(long)]
+        accept_loss: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,6 +138,7 @@ fn main() -> ExitCode {
         Top::Journal(JournalCommand::Inspect { dir }) => inspect(&dir),
         Top::Journal(JournalCommand::Dump { dir, from, limit, json }) => dump(&dir, from, limit, json),
         Top::Journal(JournalCommand::Verify { dir }) => verify(&dir),
+        Top::Journal(JournalCommand::Repair { dir, after, accept_loss }) => repair(&dir, after, accept_loss),
         Top::Replay { dir, to } => replay(&dir, to),
         Top::Snapshot { dir, keep, config } => snapshot(&dir, keep, config.as_deref()),
         Top::Migrate { database_url } => migrate(database_url),
@@ -220,20 +241,43 @@ fn dump(dir: &Path, from: u64, limit: u64, json: bool) -> Result<ExitCode, Strin
 
 fn verify(dir: &Path) -> Result<ExitCode, String> {
     check_dir(dir)?;
-    let journal = journal_dir(dir);
-    let report = journal::inspect(&journal, |_| {}).map_err(|e| e.to_string())?;
+    let data = DataDir::new(dir);
+    // A data directory (its journal and its snapshots), or a journal directory.
+    let is_data_dir = data.journal().is_dir() || data.snapshots().is_dir();
+    let journal = if is_data_dir { data.journal() } else { dir.to_path_buf() };
+    let mut report = if journal.is_dir() {
+        journal::inspect(&journal, |_| {}).map_err(|e| e.to_string())?
+    } else {
+        journal::JournalReport::default()
+    };
+    if is_data_dir {
+        let ahead = journal::snapshots_ahead(&data.snapshots(), &report).map_err(|e| e.to_string())?;
+        report.problems.extend(ahead);
+    }
     let records = report.records();
+    let checkpoint = match report.checkpoint {
+        Some(c) => format!(
+            "checkpoint: durable sequence {}, segments from {} to {} ({} of them)",
+            c.durable_seq, c.oldest_first_seq, c.newest_first_seq, c.segment_count
+        ),
+        None => "checkpoint: none (a journal from before checkpoints, or none yet): missing segments at \
+                 either end and records lost before a durable point cannot be told from a crash; the \
+                 server writes one when it opens the journal"
+            .to_string(),
+    };
     if report.problems.is_empty() {
         println!(
             "ok: {} segments, {records} records, every checksum and sequence number valid (last sequence {})",
             report.segments.len(),
             report.last_seq().map_or("-".into(), |s| s.to_string())
         );
+        println!("{checkpoint}");
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &report.problems {
         println!("damage: {problem}");
     }
+    println!("{checkpoint}");
     if report.problems.iter().all(|p| p.is_torn_tail()) {
         println!(
             "verdict: a torn tail only, the shape a crash leaves; {records} records before it are valid"
@@ -243,8 +287,69 @@ fn verify(dir: &Path) -> Result<ExitCode, String> {
         println!(
             "verdict: the journal is damaged; records from the first damaged place on cannot be trusted"
         );
+        let keep = journal::last_valid_seq(&journal).map_err(|e| e.to_string())?.unwrap_or(0);
+        println!(
+            "way out: restore the journal from a replica or backup; or accept the loss of every record after \
+             the last one to keep (at most {keep}, the end of the valid run): exctl journal repair {} --after \
+             {keep} --accept-loss",
+            dir.display()
+        );
         Ok(ExitCode::from(2))
     }
+}
+
+fn repair(dir: &Path, after: u64, accept_loss: bool) -> Result<ExitCode, String> {
+    check_dir(dir)?;
+    let data = DataDir::new(dir);
+    if !accept_loss {
+        let plan = journal::plan_repair(&data, after).map_err(|e| e.to_string())?;
+        println!("a repair of {} after sequence {after} would do this:", dir.display());
+        for line in plan.describe() {
+            println!("  {line}");
+        }
+        return Err(format!(
+            "refused without --accept-loss: the records after {after} would be dropped for good (the files are \
+             moved aside, not deleted); restore from a replica or backup if you can, or rerun with \
+             --accept-loss to accept the loss"
+        ));
+    }
+    let request =
+        journal::RepairRequest { after_seq: after, requested_by: requested_by(), when_utc: now_utc() };
+    let report = journal::repair(&data, &request).map_err(|e| e.to_string())?;
+    for line in &report.lines {
+        println!("{line}");
+    }
+    println!("recorded in {}", report.log.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The operator, for the repair log: user (uid) on host.
+fn requested_by() -> String {
+    let user = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown user".into());
+    let mut host = [0u8; 256];
+    // Safety: the buffer is valid for its length; the name is NUL-terminated
+    // on success (or truncated, which the search for NUL handles).
+    let rc = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) };
+    let host = if rc == 0 {
+        let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+        String::from_utf8_lossy(&host[..end]).into_owned()
+    } else {
+        "unknown host".into()
+    };
+    // Safety: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    format!("{user} (uid {uid}) on {host}")
+}
+
+/// Now in UTC, to the second: `2026-11-25T12:00:00Z`.
+fn now_utc() -> String {
+    let ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let full = time::format_timestamp_ns(ns);
+    format!("{}Z", full.split('.').next().unwrap_or(&full))
 }
 
 fn progress_bar(data: &DataDir) -> ProgressBar {
@@ -363,9 +468,15 @@ fn migrate(database_url: Option<String>) -> Result<ExitCode, String> {
 
 fn snapshot(dir: &Path, keep: usize, config: Option<&Path>) -> Result<ExitCode, String> {
     let config = gateway::Config::load(config, std::env::vars()).map_err(|e| e.to_string())?;
+    check_dir(dir)?;
+    let data = DataDir::new(dir);
+    if !data.journal().is_dir() {
+        return Err(format!("{} holds no journal/ directory", dir.display()));
+    }
+    // Held until the snapshot is written: no server may run meanwhile.
+    let _lock = JournalLock::acquire(&data.journal()).map_err(|e| e.to_string())?;
     let (recovery, views) = recover_with::<gateway::views::Views>(dir, None, &config.retention_of_views())?;
     let views = views.state().encode()?;
-    let data = DataDir::new(dir);
     let info = journal::write_snapshot_with_views(
         &data.snapshots(),
         &recovery.engine,

@@ -84,6 +84,7 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
         dir: data.journal(),
         segment_bytes: journal::SEGMENT_BYTES_DEFAULT,
         durability: Durability::None,
+        checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
     };
     let (mut writer, _) = JournalWriter::open(config).map_err(|e| e.to_string())?;
     let mut append_ns = latency_histogram();
@@ -112,6 +113,7 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
             dir: dir.clone(),
             segment_bytes: journal::SEGMENT_BYTES_DEFAULT,
             durability: Durability::Batch,
+            checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
         };
         let (mut writer, _) = JournalWriter::open(config).map_err(|e| e.to_string())?;
         let mut sync_ns = latency_histogram();
@@ -144,6 +146,7 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
         dir: dir.clone(),
         segment_bytes: journal::SEGMENT_BYTES_DEFAULT,
         durability: Durability::Interval { interval_ms },
+        checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
     };
     let (mut writer, _) = JournalWriter::open(config).map_err(|e| e.to_string())?;
     let interval_commands = &commands[..(args.batch_commands * 10).min(commands.len())];

@@ -126,6 +126,7 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
         dir: journal_dir.clone(),
         segment_bytes: journal::SEGMENT_BYTES_DEFAULT,
         durability: policy,
+        checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
     };
     let Ok((mut writer, _)) = JournalWriter::open(config) else {
         eprintln!("cannot open a journal under {}", dir.display());
