@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command as Process, Output};
 
 use engine_core::{Engine, EngineLimits, StampedCommand};
-use journal::{write_snapshot, DataDir, Durability, JournalConfig, JournalWriter};
+use journal::{write_snapshot, DataDir, Durability, JournalConfig, JournalLock, JournalWriter};
 use workload::Shape;
 
 fn exctl(args: &[&str]) -> Output {
@@ -22,8 +22,11 @@ fn stdout(output: &Output) -> String {
 fn data_dir(root: &Path, count: usize, snapshot_at: Option<u64>) -> (Vec<StampedCommand>, u64) {
     let data = DataDir::new(root);
     let commands = workload::generate(Shape::SingleMarket, count, 5).stamped(1_795_608_000_000_000_000, 1);
-    let config =
-        JournalConfig { dir: data.journal(), segment_bytes: 128 * 1024, durability: Durability::Batch };
+    let config = JournalConfig {
+        segment_bytes: 128 * 1024,
+        durability: Durability::Batch,
+        ..JournalConfig::new(data.journal())
+    };
     let (mut writer, _) = JournalWriter::open(config).unwrap();
     let mut engine = Engine::new(EngineLimits::default());
     let mut events = Vec::new();
@@ -200,4 +203,311 @@ fn migrate_applies_the_schema_once() {
         .expect("exctl runs");
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot connect"));
+}
+
+fn cut_to(path: &Path, bytes: u64) {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(bytes).unwrap();
+}
+
+#[test]
+fn verify_tells_lost_files_from_a_crash() {
+    let base = tempfile::tempdir().unwrap();
+    let make = |label: &str| {
+        let root = base.path().join(label);
+        let (commands, _) = data_dir(&root, 5_000, Some(4_000));
+        let segments = journal::list_segments(&DataDir::new(&root).journal()).unwrap();
+        (root, commands, segments)
+    };
+    let damage = |root: &Path| {
+        let output = exctl(&["journal", "verify", root.to_str().unwrap()]);
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(!text.contains("torn tail"), "{text}");
+        assert!(text.contains("exctl journal repair"), "the way out is shown: {text}");
+        text
+    };
+
+    // Cut by hand to fewer bytes than preallocated: never a torn tail.
+    let (root, _, segments) = make("cut");
+    let (_, newest) = segments.last().unwrap();
+    cut_to(newest, 100_000);
+    let text = damage(&root);
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    let line = text.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} not named:\n{text}"));
+    assert!(line.contains("100000 bytes") && line.contains("131072"), "{line}");
+
+    // The newest segment deleted.
+    let (root, _, segments) = make("deleted");
+    let (_, newest) = segments.last().unwrap();
+    std::fs::remove_file(newest).unwrap();
+    let text = damage(&root);
+    assert!(
+        text.contains(&format!("{} (records from", newest.display())) && text.contains("missing"),
+        "{text}"
+    );
+
+    // Zeroed back to a record boundary before the recorded durable point.
+    let (root, commands, segments) = make("zeroed");
+    let (_, newest) = segments.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    let mut offset = journal::SEGMENT_HEADER_BYTES;
+    let mut kept = 0;
+    while let journal::Frame::Record { command, next_offset, .. } = journal::read_frame(&bytes, offset) {
+        if command.seq + 200 > commands.len() as u64 {
+            break;
+        }
+        kept = command.seq;
+        offset = next_offset;
+    }
+    bytes[offset..].fill(0);
+    std::fs::write(newest, &bytes).unwrap();
+    let text = damage(&root);
+    assert!(
+        text.contains(&format!("the journal ends at sequence {kept}")) && text.contains("CHECKPOINT"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("--after {kept} --accept-loss")), "{text}");
+
+    // A snapshot ahead of an empty journal.
+    let (root, _, _) = make("empty");
+    let data = DataDir::new(&root);
+    std::fs::remove_dir_all(data.journal()).unwrap();
+    let text = damage(&root);
+    assert!(text.contains("00000000000000004000.snap") && text.contains("ends at 0"), "{text}");
+    assert!(!text.contains("ok:"), "{text}");
+}
+
+#[test]
+fn repair_asks_for_accept_loss_waits_for_the_lock_and_records_what_it_dropped() {
+    let root = tempfile::tempdir().unwrap();
+    let (commands, _) = data_dir(root.path(), 5_000, Some(2_000));
+    let dir = root.path().to_str().unwrap();
+    let data = DataDir::new(root.path());
+    let segments = journal::list_segments(&data.journal()).unwrap();
+    // A full segment cut by hand; the newest one after it is whole.
+    let (_, newest) = &segments[segments.len() - 2];
+    cut_to(newest, 70_000);
+    let keep = journal::last_valid_seq(&data.journal()).unwrap().unwrap();
+    assert!(keep < commands.len() as u64);
+    let before = std::fs::read(newest).unwrap();
+    let after = keep.to_string();
+
+    // Without --accept-loss: what would go, and a refusal; nothing changes.
+    let dry = exctl(&["journal", "repair", dir, "--after", &after]);
+    assert_eq!(dry.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&dry.stderr);
+    assert!(stderr.contains("--accept-loss"), "{stderr}");
+    assert!(stdout(&dry).contains(&format!("drops {}..{}", keep + 1, commands.len())), "{}", stdout(&dry));
+    assert_eq!(std::fs::read(newest).unwrap(), before);
+    assert!(!root.path().join("repairs.log").exists());
+
+    // Past the last valid record: refused, saying which it is.
+    let beyond = exctl(&["journal", "repair", dir, "--after", &(keep + 1).to_string(), "--accept-loss"]);
+    assert_eq!(beyond.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&beyond.stderr).contains(&format!("last valid record, {keep}")));
+
+    // While a server (here: a writer in this process) holds the journal.
+    let held = JournalLock::acquire(&data.journal()).unwrap();
+    let locked = exctl(&["journal", "repair", dir, "--after", &after, "--accept-loss"]);
+    assert_eq!(locked.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&locked.stderr).contains("another process"));
+    let snapshot = exctl(&["snapshot", dir]);
+    assert_eq!(snapshot.status.code(), Some(2), "exctl snapshot must not write beside a running server");
+    assert!(String::from_utf8_lossy(&snapshot.stderr).contains("another process"));
+    assert_eq!(std::fs::read(newest).unwrap(), before);
+    drop(held);
+
+    let done = exctl(&["journal", "repair", dir, "--after", &after, "--accept-loss"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let log = std::fs::read_to_string(root.path().join("repairs.log")).unwrap();
+    assert!(log.contains(&format!("drops {}..{}", keep + 1, commands.len())), "{log}");
+    assert!(log.contains("asked by") && log.contains(newest.file_name().unwrap().to_str().unwrap()), "{log}");
+    let aside: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("repair-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(aside[0].join("journal").join(newest.file_name().unwrap())).unwrap(), before);
+
+    let verify = exctl(&["journal", "verify", dir]);
+    assert_eq!(verify.status.code(), Some(0), "{}", stdout(&verify));
+    let replayed = stdout(&exctl(&["replay", dir]));
+    assert!(replayed.contains(&format!("sequence: {keep}")), "{replayed}");
+}
+
+/// The server in this process on free ports, for the tests that need one
+/// beside `exctl`; stopped (with its shutdown snapshot) by `stop`.
+struct Server {
+    runtime: tokio::runtime::Runtime,
+    address: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+}
+
+const ADMIN_TOKEN: &str = "exctl-test-admin-token-0123";
+
+impl Server {
+    fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut vars: Vec<(String, String)> = vec![
+            ("EXCHANGE_DATA_DIR".into(), dir.display().to_string()),
+            ("EXCHANGE_LISTEN".into(), "127.0.0.1:0".into()),
+            ("EXCHANGE_WS_LISTEN".into(), "127.0.0.1:0".into()),
+            ("EXCHANGE_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let config = gateway::Config::load(None, vars).unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (listening, address) = std::sync::mpsc::channel();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            let result = gateway::run(
+                config,
+                async {
+                    let _ = stopped.await;
+                },
+                move |addresses| {
+                    let _ = listening.send(addresses.rest);
+                },
+            )
+            .await;
+            let _ = finished.send(result.map_err(|e| e.to_string()));
+        });
+        let address = address.recv_timeout(std::time::Duration::from_secs(60)).expect("the server listens");
+        Server { runtime, address, stop: Some(stop), done: Some(done) }
+    }
+
+    fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let done = self.done.take().unwrap();
+        self.runtime.block_on(done).unwrap().expect("a clean stop");
+    }
+
+    /// One HTTP/1.1 request; status and JSON body.
+    fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.address).unwrap();
+        let mut request = format!("{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn admin(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, answer) =
+            self.request(method, path, &[("X-Admin-Token", ADMIN_TOKEN)], &body.to_string());
+        assert_eq!(status, 200, "{path}: {answer}");
+        answer
+    }
+
+    fn signed(
+        &self,
+        key: &(String, String),
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nonce = NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let timestamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        let query = format!("nonce={nonce}&timestamp={timestamp}");
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let signature = gateway::auth::sign(&key.1, &query, body.as_bytes());
+        self.request(
+            method,
+            &format!("{path}?{query}&signature={signature}"),
+            &[("X-MBX-APIKEY", &key.0)],
+            &body,
+        )
+    }
+}
+
+#[test]
+fn replay_by_any_tool_reaches_the_live_state_with_the_servers_limits() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let data = DataDir::new(dir);
+    let server = Server::start(dir, &[("EXCHANGE_OPEN_ORDERS_PER_USER_MAX", "1")]);
+    for (symbol, decimals) in [("BTC", 8), ("USDT", 6)] {
+        server.admin("POST", "/admin/assets", serde_json::json!({ "symbol": symbol, "decimals": decimals }));
+    }
+    server.admin(
+        "POST",
+        "/admin/markets",
+        serde_json::json!({ "base": "BTC", "quote": "USDT", "tick_size": "0.01", "lot_size": "0.0001",
+                            "min_quantity": "0.0001", "min_notional": "1", "maker_fee": "0", "taker_fee": "0" }),
+    );
+    let user = server.admin("POST", "/admin/users", serde_json::json!({}))["user_id"].as_u64().unwrap();
+    let key = server.admin("POST", "/admin/api_keys", serde_json::json!({ "user_id": user }));
+    let key = (key["api_key"].as_str().unwrap().to_string(), key["secret"].as_str().unwrap().to_string());
+    server.admin(
+        "POST",
+        "/admin/deposit",
+        serde_json::json!({ "user_id": user, "asset": "USDT", "amount": "100000" }),
+    );
+    let order = |price: &str| serde_json::json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": price, "quantity": "0.01" });
+    let (status, first) = server.signed(&key, "POST", "/order", order("100"));
+    assert_eq!(status, 200, "{first}");
+    let (status, second) = server.signed(&key, "POST", "/order", order("101"));
+    assert_eq!(status, 422, "the limit of one open order refuses the second live: {second}");
+    assert_eq!(server.admin("GET", "/admin/limits", serde_json::Value::Null)["open_orders_per_user_max"], 1);
+    server.stop();
+
+    // The live state at shutdown, as its snapshot recorded it.
+    let (_, live) =
+        journal::load_snapshot(&journal::list_snapshots(&data.snapshots()).unwrap()[0].1).unwrap();
+    // Every tool replays from the journal alone, whatever its defaults.
+    std::fs::remove_dir_all(data.snapshots()).unwrap();
+    let text = stdout(&exctl(&["replay", dir.to_str().unwrap()]));
+    assert!(text.contains(&format!("sequence: {}", live.seq)), "{text}");
+    assert!(
+        text.contains(&format!("state hash: {:016x}", live.state_hash)),
+        "replay equals the live server:\n{text}"
+    );
+    assert!(text.contains("1 orders"), "one resting order, as live:\n{text}");
+    let output = exctl(&["snapshot", dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout(&output).contains(&format!("state hash {:016x}", live.state_hash)));
+
+    // A server started on that snapshot without the setting keeps the
+    // journal's limit and serves only the order it accepted.
+    let server = Server::start(dir, &[]);
+    let (_, open) = server.signed(&key, "GET", "/orders/open", serde_json::Value::Null);
+    assert_eq!(open["orders"].as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(server.admin("GET", "/admin/limits", serde_json::Value::Null)["open_orders_per_user_max"], 1);
+    let (status, _) = server.signed(&key, "POST", "/order", order("102"));
+    assert_eq!(status, 422);
+    server.stop();
+
+    // A changed limit applies from the restart on, never to the history
+    // before it: the journal records the change where it happened.
+    let server = Server::start(dir, &[("EXCHANGE_OPEN_ORDERS_PER_USER_MAX", "5")]);
+    let (_, open) = server.signed(&key, "GET", "/orders/open", serde_json::Value::Null);
+    assert_eq!(open["orders"].as_array().unwrap().len(), 1, "{open}");
+    let (status, answer) = server.signed(&key, "POST", "/order", order("103"));
+    assert_eq!(status, 200, "{answer}");
+    server.stop();
+    let dump = stdout(&exctl(&["journal", "dump", dir.to_str().unwrap(), "--limit", "1000"]));
+    let changes: Vec<&str> = dump.lines().filter(|l| l.contains("SetLimits")).collect();
+    assert_eq!(changes.len(), 2, "the limits at the start and the change:\n{dump}");
+    assert!(dump.lines().next().unwrap().contains("SetLimits"), "the first record:\n{dump}");
+    assert!(changes[1].contains("open_orders_per_user_max: 5"), "{dump}");
+    let text = stdout(&exctl(&["replay", dir.to_str().unwrap()]));
+    assert!(text.contains("2 orders"), "{text}");
 }
