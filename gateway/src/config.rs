@@ -19,6 +19,9 @@ pub struct Config {
     /// Messages queued for one WebSocket connection; a client further
     /// behind is disconnected.
     pub ws_queue_max: usize,
+    /// How long one WebSocket frame may take to be written; a client whose
+    /// socket takes nothing for longer is disconnected.
+    pub ws_send_timeout_ms: u64,
     /// Holds `journal/`, `snapshots/` and `archive/`.
     pub data_dir: PathBuf,
     /// `none`, `batch` or `interval`.
@@ -149,6 +152,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ws_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             ws_queue_max: crate::ws::CONNECTION_QUEUE_MAX_DEFAULT,
+            ws_send_timeout_ms: crate::ws::SEND_TIMEOUT_MS_DEFAULT,
             data_dir: PathBuf::from("./data"),
             durability: DurabilityKind::Batch,
             sync_interval_ms: 10,
@@ -239,6 +243,7 @@ impl Config {
             "LISTEN" => self.listen = parse(value)?,
             "WS_LISTEN" => self.ws_listen = parse(value)?,
             "WS_QUEUE_MAX" => self.ws_queue_max = parse(value)?,
+            "WS_SEND_TIMEOUT_MS" => self.ws_send_timeout_ms = parse(value)?,
             "DATA_DIR" => self.data_dir = PathBuf::from(value),
             "DURABILITY" => self.durability = kind(value)?,
             "SYNC_INTERVAL_MS" => self.sync_interval_ms = parse(value)?,
@@ -299,6 +304,9 @@ impl Config {
         }
         if self.checkpoint_interval_ms == 0 {
             return Err(ConfigError("checkpoint_interval_ms must be positive".into()));
+        }
+        if self.ws_send_timeout_ms == 0 {
+            return Err(ConfigError("ws_send_timeout_ms must be positive".into()));
         }
         if self.database_transaction_timeout_ms == 0 {
             return Err(ConfigError("database_transaction_timeout_ms must be positive".into()));
@@ -400,6 +408,8 @@ mod tests {
         assert!(error.to_string().contains("EXCHANGE_DURABILITY"), "{error}");
         let error = Config::load(None, env(&[("EXCHANGE_NO_SUCH", "1")])).unwrap_err();
         assert!(error.to_string().contains("no such setting"), "{error}");
+        let error = Config::load(None, env(&[("EXCHANGE_WS_SEND_TIMEOUT_MS", "0")])).unwrap_err();
+        assert!(error.to_string().contains("ws_send_timeout_ms must be positive"), "{error}");
         let error = Config::load(None, env(&[("EXCHANGE_INBOUND_RING_SIZE", "1000")])).unwrap_err();
         assert!(error.to_string().contains("power of two"), "{error}");
         let dir = tempfile::tempdir().unwrap();

@@ -85,6 +85,8 @@ pub struct Health {
     pub snapshot_stall_ns: AtomicU64,
     /// Set when the journal failed: no command is accepted any more.
     pub journal_failed: AtomicBool,
+    /// Open WebSocket connections (counted by the WebSocket server).
+    pub ws_connections: AtomicU64,
 }
 
 /// Requests waiting for their outcome.

@@ -441,6 +441,7 @@ fn health(state: &AppState) -> Value {
         "durable_seq": health.durable_seq.load(Relaxed),
         "snapshot_seq": health.snapshot_seq.load(Relaxed),
         "snapshot_stall_us": health.snapshot_stall_ns.load(Relaxed) / 1_000,
+        "ws_connections": health.ws_connections.load(Relaxed),
         "database": history::health(state),
     })
 }

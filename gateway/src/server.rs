@@ -183,7 +183,10 @@ pub async fn run(
         Arc::clone(&state),
         Arc::clone(&subscribers),
         pipeline.publisher.clone(),
-        config.ws_queue_max,
+        crate::ws::ConnectionLimits {
+            queue_max: config.ws_queue_max,
+            send_timeout: Duration::from_millis(config.ws_send_timeout_ms),
+        },
     ));
     eprintln!(
         "listening on http://{address} and ws://{ws_address} (ready after {:.3} s)",
@@ -229,7 +232,7 @@ pub async fn run(
     drop(listener);
     ws_server.abort();
     let _ = ws_server.await;
-    subscribers.drop_all();
+    subscribers.close_all(1001, "going away");
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_ok();
     if !drained {
         eprintln!("shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them");

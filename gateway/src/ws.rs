@@ -14,23 +14,27 @@
 //!
 //! Each connection has a bounded queue; a client that falls behind is
 //! disconnected with close code 1008 and reason "slow consumer", and never
-//! slows the matcher or anyone else.
+//! slows the matcher or anyone else. Every frame write has a deadline
+//! (`ws_send_timeout_ms`): a client whose socket takes nothing for that
+//! long is reset, whatever its kernel buffers hold.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use engine_core::{Event, EventKind, MarketId, Side, UserId};
-use fastwebsockets::{upgrade, Frame, OpCode, Payload, WebSocketError};
+use fastwebsockets::{upgrade, Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
 use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::amounts;
 use crate::binance::streams::{Speed, Streams};
@@ -42,6 +46,11 @@ use crate::views::Views;
 /// Messages queued for one connection before it counts as too slow (the
 /// default of `ws_queue_max`).
 pub const CONNECTION_QUEUE_MAX_DEFAULT: usize = 4_096;
+/// How long one frame (or close frame) may take to be written before the
+/// connection is reset (the default of `ws_send_timeout_ms`). A client on a
+/// working link takes a frame in milliseconds; one whose socket stays full
+/// this long is not reading.
+pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Subscriptions one connection may hold.
 pub const SUBSCRIPTIONS_MAX: usize = 50;
 /// The largest message a client may send.
@@ -50,17 +59,65 @@ pub const CLIENT_MESSAGE_MAX_BYTES: usize = 16 * 1024;
 pub const HUB_QUEUE_MAX: usize = 65_536;
 const PING_EVERY: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The closing handshake (our close frame out, the client's back) gets
+/// this long; a client that does not complete it is reset, so a close never
+/// waits on a socket for longer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const BOOK_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 const BOOK_SNAPSHOT_LEVELS: usize = 20;
 /// The period of Binance's fastest depth streams (`@100ms`).
 const BINANCE_TICK: Duration = Duration::from_millis(100);
 
-/// What goes out on one connection.
+/// What goes out on one connection. Its close goes another way
+/// ([`Ending`]): it must get through when the queue is full.
 #[derive(Debug)]
 enum Outgoing {
     Text(Arc<str>),
     Pong(Vec<u8>),
-    Close(u16, &'static str),
+}
+
+/// How far one connection is from its end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct EndState {
+    /// The close frame to send, (code, reason): the first asked for wins.
+    close: Option<(u16, &'static str)>,
+    /// Nothing more will be read: the client's close frame came, or
+    /// reading failed or stopped.
+    reader_done: bool,
+}
+
+/// Asks one connection to end; the hub (slow consumer), the reader (idle,
+/// the client's close) and the writer share it. Asking never waits: a full
+/// queue or a full socket must not hold up a close.
+#[derive(Clone)]
+struct Ending(watch::Sender<EndState>);
+
+impl Ending {
+    fn new() -> (Ending, watch::Receiver<EndState>) {
+        let (sender, receiver) = watch::channel(EndState::default());
+        (Ending(sender), receiver)
+    }
+
+    /// Asks for a close frame with `code` and `reason`, unless another
+    /// close was asked for first.
+    fn close(&self, code: u16, reason: &'static str) {
+        self.0.send_if_modified(|state| {
+            let first = state.close.is_none();
+            if first {
+                state.close = Some((code, reason));
+            }
+            first
+        });
+    }
+
+    /// Says that nothing more will be read from the client.
+    fn reader_done(&self) {
+        self.0.send_if_modified(|state| !std::mem::replace(&mut state.reader_done, true));
+    }
+
+    fn state(&self) -> EndState {
+        *self.0.borrow()
+    }
 }
 
 /// A stream a connection can subscribe to.
@@ -94,6 +151,7 @@ pub enum Framing {
 
 pub struct Connection {
     queue: mpsc::Sender<Outgoing>,
+    ending: Ending,
     pub channels: HashSet<Channel>,
     user: Option<UserId>,
     pub framing: Framing,
@@ -110,12 +168,19 @@ pub struct Subscribers {
 }
 
 impl Subscribers {
-    fn register(&self, queue: mpsc::Sender<Outgoing>, framing: Framing) -> u64 {
+    fn register(&self, queue: mpsc::Sender<Outgoing>, ending: Ending, framing: Framing) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut connections) = self.connections.lock() {
             connections.insert(
                 id,
-                Connection { queue, channels: HashSet::new(), user: None, framing, binance_user: None },
+                Connection {
+                    queue,
+                    ending,
+                    channels: HashSet::new(),
+                    user: None,
+                    framing,
+                    binance_user: None,
+                },
             );
         }
         id
@@ -127,12 +192,12 @@ impl Subscribers {
     }
 
     /// Sends each connection the message `message_for` makes for it, if
-    /// any; a connection whose queue is full is dropped.
+    /// any; a connection whose queue is full is closed and dropped.
     pub fn send_with(&self, mut message_for: impl FnMut(&Connection) -> Option<Arc<str>>) {
         let Ok(mut connections) = self.connections.lock() else { return };
         connections.retain(|_, connection| match message_for(connection) {
             None => true,
-            Some(message) => connection.queue.try_send(Outgoing::Text(message)).is_ok(),
+            Some(message) => connection.offer(message),
         });
     }
 
@@ -172,11 +237,7 @@ impl Subscribers {
 
     /// Queues one message for one connection (an answer to its request).
     pub fn reply(&self, id: u64, message: Arc<str>) -> bool {
-        self.connections
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&id).map(|conn| conn.queue.try_send(Outgoing::Text(message)).is_ok()))
-            .unwrap_or(false)
+        self.connections.lock().ok().and_then(|c| c.get(&id).map(|conn| conn.offer(message))).unwrap_or(false)
     }
 
     fn remove(&self, id: u64) {
@@ -189,30 +250,44 @@ impl Subscribers {
     /// whose queue is full is told why and dropped.
     fn send(&self, message: &Arc<str>, wants: impl Fn(&Connection) -> bool) {
         let Ok(mut connections) = self.connections.lock() else { return };
-        connections.retain(|_, connection| {
-            if !wants(connection) {
-                return true;
-            }
-            match connection.queue.try_send(Outgoing::Text(Arc::clone(message))) {
-                Ok(()) => true,
-                Err(_) => {
-                    // Full or gone: the writer closes with the reason once
-                    // it drains what it has; dropping the sender ends it.
-                    false
-                }
-            }
-        });
+        connections.retain(|_, connection| !wants(connection) || connection.offer(Arc::clone(message)));
     }
 
-    /// Disconnects everyone (their writers close with "slow consumer").
+    /// Disconnects everyone with "slow consumer": the hub itself fell
+    /// behind, and every stream must start again.
     pub fn drop_all(&self) {
+        self.close_all(1008, "slow consumer");
+    }
+
+    /// Closes every connection with `code` and `reason` and forgets them.
+    pub fn close_all(&self, code: u16, reason: &'static str) {
         if let Ok(mut connections) = self.connections.lock() {
+            for connection in connections.values() {
+                connection.ending.close(code, reason);
+            }
             connections.clear();
         }
     }
 
     pub fn count(&self) -> usize {
         self.connections.lock().map_or(0, |c| c.len())
+    }
+}
+
+impl Connection {
+    /// Queues `message` without waiting; whether the connection stays. A
+    /// full queue closes it at once as a slow consumer (its writer sends
+    /// the close frame as soon as its socket takes one, or resets it).
+    fn offer(&self, message: Arc<str>) -> bool {
+        match self.queue.try_send(Outgoing::Text(message)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.ending.close(1008, "slow consumer");
+                false
+            }
+            // Its writer has ended: the connection is on its way out.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 }
 
@@ -443,18 +518,30 @@ fn side_name(side: Side) -> &'static str {
     }
 }
 
+/// What bounds each WebSocket connection (from the configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Messages queued for one connection; one more closes it as a slow
+    /// consumer (`ws_queue_max`).
+    pub queue_max: usize,
+    /// How long one frame may take to be written before the connection is
+    /// reset (`ws_send_timeout_ms`).
+    pub send_timeout: Duration,
+}
+
 /// Accepts WebSocket connections on `listener` until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     subscribers: Arc<Subscribers>,
     publisher: Publisher,
-    queue_max: usize,
+    limits: ConnectionLimits,
 ) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         limit_send_buffer(&stream);
+        let socket = stream.as_raw_fd();
         let state = Arc::clone(&state);
         let subscribers = Arc::clone(&subscribers);
         let publisher = publisher.clone();
@@ -464,8 +551,9 @@ pub async fn serve(
                     state: Arc::clone(&state),
                     subscribers: Arc::clone(&subscribers),
                     publisher: publisher.clone(),
-                    queue_max,
+                    limits,
                     peer: peer.ip(),
+                    socket,
                 };
                 async move { Ok::<_, std::convert::Infallible>(accept(request, shared)) }
             });
@@ -477,13 +565,16 @@ pub async fn serve(
     }
 }
 
-/// What every connection of the listener shares.
+/// What every connection of the listener shares, and its TCP socket.
 struct Shared {
     state: Arc<AppState>,
     subscribers: Arc<Subscribers>,
     publisher: Publisher,
-    queue_max: usize,
+    limits: ConnectionLimits,
     peer: std::net::IpAddr,
+    /// The connection's socket, to reset it: valid while the upgraded
+    /// connection (which owns it) lives.
+    socket: RawFd,
 }
 
 /// The protocol a path speaks, and the streams its URL subscribes to:
@@ -555,63 +646,57 @@ async fn run_connection(
     framing: Framing,
     channels: Vec<Channel>,
 ) {
-    let Shared { state, subscribers, publisher, queue_max, peer } = shared;
+    let Shared { state, subscribers, publisher, limits, peer, socket: socket_fd } = shared;
+    let _counted = OpenConnection::count(&state.health.ws_connections);
     let (mut reader, mut writer) = socket.split(tokio::io::split);
-    let (queue, mut outgoing) = mpsc::channel::<Outgoing>(queue_max.max(1));
-    let id = subscribers.register(queue.clone(), framing);
+    let (queue, mut outgoing) = mpsc::channel::<Outgoing>(limits.queue_max.max(1));
+    let (ending, mut end_state) = Ending::new();
+    let id = subscribers.register(queue.clone(), ending.clone(), framing);
     let _ = subscribers.change_channels(id, &channels, true);
-    let writer_task = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.tick().await;
-        loop {
-            let frame = tokio::select! {
-                next = outgoing.recv() => match next {
-                    Some(Outgoing::Text(text)) => Frame::text(Payload::Owned(text.as_bytes().to_vec())),
-                    Some(Outgoing::Pong(data)) => Frame::pong(Payload::Owned(data)),
-                    Some(Outgoing::Close(code, reason)) => {
-                        let _ = writer.write_frame(Frame::close(code, reason.as_bytes())).await;
-                        return;
-                    }
-                    // The hub dropped this connection: its queue was full.
-                    None => {
-                        let _ = writer.write_frame(Frame::close(1008, b"slow consumer")).await;
-                        return;
-                    }
-                },
-                _ = ping.tick() => Frame::new(true, OpCode::Ping, None, Payload::Owned(Vec::new())),
-            };
-            if writer.write_frame(frame).await.is_err() {
-                return;
-            }
-        }
+    let mut writer_task = tokio::spawn(async move {
+        write_frames(&mut writer, &mut outgoing, &mut end_state, limits.send_timeout).await
     });
     let publisher = Arc::new(Mutex::new(publisher));
     let mut session = Session { user: None, id, subscribers: Arc::clone(&subscribers) };
     let mut api = crate::binance::ws_api::Session::new(id, peer, Arc::clone(&subscribers));
+    // Reads until the client is done or the writer has ended the
+    // connection (which it does within bounded time once a close is asked).
+    let mut writer_end = None;
+    // Pongs and closes are the writer's: nothing is sent from here.
+    let mut send_nothing = |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) };
     loop {
-        let frame = match tokio::time::timeout(
-            IDLE_TIMEOUT,
-            reader.read_frame(&mut |_: Frame<'_>| async { Ok::<(), std::io::Error>(()) }),
-        )
-        .await
-        {
-            Err(_) => {
-                let _ = queue.send(Outgoing::Close(1001, "idle timeout")).await;
+        let read = tokio::time::timeout(IDLE_TIMEOUT, reader.read_frame(&mut send_nothing));
+        let frame = tokio::select! {
+            end = &mut writer_task => {
+                writer_end = Some(end.unwrap_or(WriterEnd::Failed));
                 break;
             }
-            Ok(Err(WebSocketError::FrameTooLarge)) => {
-                let _ = queue.send(Outgoing::Close(1009, "message too large")).await;
-                break;
-            }
-            Ok(Err(_)) => break,
-            Ok(Ok(frame)) => frame,
+            read = read => match read {
+                // Read on: the client's close frame should answer ours (a
+                // frame the timeout cut may read as garbage: nothing is
+                // served while closing, and the writer bounds the wait).
+                Err(_) => {
+                    ending.close(1001, "idle timeout");
+                    continue;
+                }
+                Ok(Err(WebSocketError::FrameTooLarge)) => {
+                    ending.close(1009, "message too large");
+                    break;
+                }
+                Ok(Err(_)) => break,
+                Ok(Ok(frame)) => frame,
+            },
         };
         match frame.opcode {
             OpCode::Close => {
-                let _ = queue.send(Outgoing::Close(1000, "bye")).await;
+                ending.close(1000, "bye");
                 break;
             }
-            OpCode::Ping if queue.try_send(Outgoing::Pong(frame.payload.to_vec())).is_err() => break,
+            // Closing: nothing more is served (its answer could not be sent).
+            _ if ending.state().close.is_some() => {}
+            OpCode::Ping if queue.try_send(Outgoing::Pong(frame.payload.to_vec())).is_err() => {
+                ending.close(1008, "slow consumer");
+            }
             OpCode::Text | OpCode::Binary => {
                 let answer = match framing {
                     Framing::Native => session.handle(&state, &publisher, &frame.payload).await,
@@ -624,15 +709,128 @@ async fn run_connection(
                     },
                 };
                 if queue.try_send(Outgoing::Text(answer.to_string().into())).is_err() {
-                    break;
+                    ending.close(1008, "slow consumer");
                 }
             }
             _ => {}
         }
     }
+    ending.reader_done();
     subscribers.remove(id);
     drop(queue);
-    let _ = writer_task.await;
+    let end = match writer_end {
+        Some(end) => end,
+        None => writer_task.await.unwrap_or(WriterEnd::Failed),
+    };
+    match (end, ending.state().close) {
+        (WriterEnd::SendTimedOut, _) => eprintln!(
+            "websocket {peer} (connection {id}): a frame could not be written within {} ms \
+             (ws_send_timeout_ms); connection reset",
+            limits.send_timeout.as_millis()
+        ),
+        (_, Some((1008, _))) => eprintln!(
+            "websocket {peer} (connection {id}): closed as a slow consumer (its queue of \
+             ws_queue_max = {} messages overflowed, or the stream hub fell behind)",
+            limits.queue_max
+        ),
+        _ => {}
+    }
+    if end != WriterEnd::Closed {
+        // Whatever the kernel still holds for this client is dropped with
+        // it, rather than kept (for minutes) behind a FIN it will not read.
+        reset_on_close(socket_fd);
+    }
+    // The last owner of the socket: dropping it closes (or resets) it.
+    drop(reader);
+}
+
+/// How a connection's writer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriterEnd {
+    /// The closing handshake completed: the TCP connection closes normally.
+    Closed,
+    /// A frame was not written within the send timeout.
+    SendTimedOut,
+    /// The close frame, or the client's answer to it, did not come within
+    /// [`CLOSE_TIMEOUT`].
+    CloseTimedOut,
+    /// Writing failed, or the connection ended without a close to send.
+    Failed,
+}
+
+/// Writes a connection's queue, its pings and then its close frame, each
+/// write within a deadline. Returns once the connection is to be dropped.
+async fn write_frames<S: AsyncWrite + Unpin>(
+    writer: &mut WebSocketWrite<S>,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
+    end_state: &mut watch::Receiver<EndState>,
+    send_timeout: Duration,
+) -> WriterEnd {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        let frame = tokio::select! {
+            // A close goes before whatever is still queued.
+            biased;
+            changed = end_state.changed() => {
+                let state = *end_state.borrow_and_update();
+                if changed.is_err() || state.close.is_some() || state.reader_done {
+                    break;
+                }
+                continue;
+            }
+            next = outgoing.recv() => match next {
+                Some(Outgoing::Text(text)) => Frame::text(Payload::Owned(text.as_bytes().to_vec())),
+                Some(Outgoing::Pong(data)) => Frame::pong(Payload::Owned(data)),
+                None => break,
+            },
+            _ = ping.tick() => Frame::new(true, OpCode::Ping, None, Payload::Owned(Vec::new())),
+        };
+        match tokio::time::timeout(send_timeout, write_frame(writer, frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return WriterEnd::Failed,
+            Err(_) => return WriterEnd::SendTimedOut,
+        }
+    }
+    let Some((code, reason)) = end_state.borrow().close else { return WriterEnd::Failed };
+    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+    match tokio::time::timeout_at(deadline, write_frame(writer, Frame::close(code, reason.as_bytes()))).await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return WriterEnd::Failed,
+        Err(_) => return WriterEnd::CloseTimedOut,
+    }
+    match tokio::time::timeout_at(deadline, end_state.wait_for(|state| state.reader_done)).await {
+        Ok(Ok(_)) => WriterEnd::Closed,
+        Ok(Err(_)) => WriterEnd::Failed,
+        Err(_) => WriterEnd::CloseTimedOut,
+    }
+}
+
+/// Writes one frame and flushes it.
+async fn write_frame<S: AsyncWrite + Unpin>(
+    writer: &mut WebSocketWrite<S>,
+    frame: Frame<'_>,
+) -> Result<(), WebSocketError> {
+    writer.write_frame(frame).await?;
+    writer.flush().await
+}
+
+/// Counts an open WebSocket connection (`ws_connections` in `/health`)
+/// for as long as it lives.
+struct OpenConnection<'a>(&'a AtomicU64);
+
+impl OpenConnection<'_> {
+    fn count(open: &AtomicU64) -> OpenConnection<'_> {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(open)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Session {
@@ -820,7 +1018,6 @@ const SOCKET_SEND_BUFFER_BYTES: i32 = 256 * 1024;
 fn limit_send_buffer(stream: &tokio::net::TcpStream) {
     #[cfg(unix)]
     {
-        use std::os::fd::AsRawFd;
         let size = SOCKET_SEND_BUFFER_BYTES;
         // Safety: a valid socket and a pointer to a live i32 of the stated size.
         unsafe {
@@ -832,6 +1029,23 @@ fn limit_send_buffer(stream: &tokio::net::TcpStream) {
                 std::mem::size_of::<i32>() as libc::socklen_t,
             );
         }
+    }
+}
+
+/// Makes closing `socket` reset the connection (SO_LINGER of zero): the
+/// data the kernel still holds for the client is discarded at once.
+fn reset_on_close(socket: RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // Safety: `socket` is open (the caller still owns the connection) and
+    // the pointer is to a live linger of the stated size.
+    unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -849,8 +1063,10 @@ mod tests {
         let subscribers = Subscribers::default();
         let (slow_queue, _slow_never_reads) = mpsc::channel(2);
         let (fast_queue, mut fast) = mpsc::channel(1_000);
-        let slow = subscribers.register(slow_queue, Framing::Native);
-        let fast_id = subscribers.register(fast_queue, Framing::Native);
+        let (slow_ending, slow_end) = Ending::new();
+        let (fast_ending, fast_end) = Ending::new();
+        let slow = subscribers.register(slow_queue, slow_ending, Framing::Native);
+        let fast_id = subscribers.register(fast_queue, fast_ending, Framing::Native);
         for connection in subscribers.connections.lock().unwrap().values_mut() {
             connection.channels.insert(Channel::Trades(MarketId(0)));
         }
@@ -867,5 +1083,75 @@ mod tests {
             received += 1;
         }
         assert_eq!(received, 10, "the fast connection got every message");
+        assert_eq!(
+            slow_end.borrow().close,
+            Some((1008, "slow consumer")),
+            "the slow one is told why, at once"
+        );
+        assert_eq!(fast_end.borrow().close, None);
+    }
+
+    const PIPE_BYTES: usize = 64;
+
+    /// A socket that takes nothing: the far end of a tiny in-memory pipe
+    /// that is never read.
+    fn stalled_writer() -> (WebSocketWrite<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (near, far) = tokio::io::duplex(PIPE_BYTES);
+        let (_, writer) =
+            fastwebsockets::after_handshake_split(tokio::io::empty(), near, fastwebsockets::Role::Server);
+        (writer, far)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_cannot_be_written_in_time_ends_the_writer() {
+        let (mut writer, _never_read) = stalled_writer();
+        let (queue, mut outgoing) = mpsc::channel(16);
+        let (_ending, mut end_state) = Ending::new();
+        queue.try_send(Outgoing::Text(Arc::from("x".repeat(1_000)))).unwrap();
+        let timeout = Duration::from_millis(500);
+        let started = tokio::time::Instant::now();
+        let end = write_frames(&mut writer, &mut outgoing, &mut end_state, timeout).await;
+        assert_eq!(end, WriterEnd::SendTimedOut);
+        assert_eq!(started.elapsed(), timeout, "given up at the deadline, not later");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_that_cannot_be_written_is_given_up_after_the_close_timeout() {
+        let (mut writer, _never_read) = stalled_writer();
+        let (_queue, mut outgoing) = mpsc::channel::<Outgoing>(16);
+        let (ending, mut end_state) = Ending::new();
+        // The pipe is full (a frame of 2 bytes of head and the rest of
+        // payload) before the close is asked for.
+        let filling = vec![b'x'; PIPE_BYTES - 2];
+        write_frame(&mut writer, Frame::text(Payload::Owned(filling))).await.unwrap();
+        ending.close(1008, "slow consumer");
+        let started = tokio::time::Instant::now();
+        let end = write_frames(&mut writer, &mut outgoing, &mut end_state, Duration::from_secs(60)).await;
+        assert_eq!(end, WriterEnd::CloseTimedOut);
+        assert_eq!(started.elapsed(), CLOSE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_the_client_answers_ends_cleanly() {
+        let (near, mut far) = tokio::io::duplex(1_024);
+        let (_, mut writer) =
+            fastwebsockets::after_handshake_split(tokio::io::empty(), near, fastwebsockets::Role::Server);
+        let (queue, mut outgoing) = mpsc::channel(16);
+        let (ending, mut end_state) = Ending::new();
+        queue.try_send(Outgoing::Text(Arc::from("not sent: the close goes first"))).unwrap();
+        ending.close(1001, "idle timeout");
+        let client = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ending.reader_done();
+        });
+        let end = write_frames(&mut writer, &mut outgoing, &mut end_state, Duration::from_secs(5)).await;
+        assert_eq!(end, WriterEnd::Closed);
+        client.await.unwrap();
+        drop(writer);
+        let mut written = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut far, &mut written).await.unwrap();
+        // FIN + close opcode, 2 bytes of code and the reason.
+        assert_eq!(written[..4], [0x88, 2 + 12, 0x03, 0xe9]);
+        assert_eq!(&written[4..], b"idle timeout");
     }
 }

@@ -334,6 +334,9 @@ fn a_client_that_stops_reading_is_cut_off_while_a_fast_one_gets_everything() {
         &[
             ("EXCHANGE_DURABILITY", "none"),
             ("EXCHANGE_WS_QUEUE_MAX", "16"),
+            // Long enough for the slow client to come back and read: the
+            // close it then finds is the slow consumer's, not a reset.
+            ("EXCHANGE_WS_SEND_TIMEOUT_MS", "120000"),
             ("EXCHANGE_RATE_LIMIT_PER_S", "100000"),
             ("EXCHANGE_RATE_LIMIT_BURST", "100000"),
         ],
@@ -387,7 +390,8 @@ fn a_client_that_stops_reading_is_cut_off_while_a_fast_one_gets_everything() {
     }
     assert_eq!(reader.join().unwrap(), TRADES, "the fast client received every trade");
 
-    // Reading now, the slow client finds what its buffers held, then the close.
+    // Reading now, the slow client finds what its buffers held, then the
+    // close frame the server queued behind them when its queue overflowed.
     let mut closed_code = None;
     let mut trades_seen = 0;
     loop {
@@ -406,9 +410,166 @@ fn a_client_that_stops_reading_is_cut_off_while_a_fast_one_gets_everything() {
         }
     }
     assert!(trades_seen < TRADES, "the slow client was cut off before the end ({trades_seen} trades)");
-    if let Some((code, reason)) = closed_code {
-        assert_eq!((code, reason.as_str()), (1008, "slow consumer"));
-    }
+    assert_eq!(closed_code, Some((1008, "slow consumer".to_string())), "the slow client is told why");
     // The exchange is unaffected.
     assert_eq!(exchange.get("/health").1["status"], "ok");
+}
+
+/// A WebSocket client on `path` that never reads after its handshake. Its
+/// receive buffer is made small before it connects, so that the window it
+/// offers is small from its first segment, as on a stalled link.
+fn never_reading(exchange: &Exchange, path: &str) -> Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4 * 1024).unwrap();
+    socket.connect(&exchange.ws_address.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (socket, _) =
+        tungstenite::client(format!("ws://{}{path}", exchange.ws_address), MaybeTlsStream::Plain(stream))
+            .expect("a WebSocket client connects");
+    socket
+}
+
+/// Whether the server has closed or reset `socket`'s connection, seen
+/// without reading from it: a hang-up or an error on the socket.
+fn hung_up(socket: &Socket) -> bool {
+    use std::os::fd::AsRawFd;
+    let MaybeTlsStream::Plain(stream) = socket.get_ref() else { return false };
+    let mut poll = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // Safety: one valid pollfd, a zero timeout.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready == 1 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// One framing of the stream server, as the slow-client test drives it.
+struct Streams {
+    /// The path the never-reading clients connect to, and what they send
+    /// once connected (their subscription, if the path does not say it).
+    slow_path: &'static str,
+    slow_subscribe: Option<Value>,
+    /// The same for the client that reads the trade stream.
+    reader_path: &'static str,
+    reader_subscribe: Option<Value>,
+    /// The trade id a stream message carries, if it is a trade.
+    trade_id: fn(&Value) -> Option<u64>,
+}
+
+/// Clients that never read are closed by the server within
+/// `ws_send_timeout_ms` (plus the close handshake's bound) once their
+/// buffers are full, whatever their kernel buffers hold; a reading client
+/// on the same stream receives every trade, in order, without a gap.
+fn clients_that_never_read_are_closed_in_time(streams: Streams) {
+    const SLOW_CLIENTS: usize = 10;
+    /// Enough trades that every never-reading client's kernel buffers
+    /// (the server's send buffer is 256 KiB) fill several times over.
+    const TRADES: u64 = 3_000;
+    const SEND_TIMEOUT_MS: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(
+        dir.path(),
+        &[
+            ("EXCHANGE_DURABILITY", "none"),
+            ("EXCHANGE_RATE_LIMIT_PER_S", "1000000"),
+            ("EXCHANGE_RATE_LIMIT_BURST", "1000000"),
+            ("EXCHANGE_WS_SEND_TIMEOUT_MS", &SEND_TIMEOUT_MS.to_string()),
+        ],
+    );
+    let keys = exchange.demo(2);
+    let mut slow: Vec<Socket> =
+        (0..SLOW_CLIENTS).map(|_| never_reading(&exchange, streams.slow_path)).collect();
+    if let Some(subscribe) = &streams.slow_subscribe {
+        for socket in &mut slow {
+            send(socket, subscribe.clone());
+        }
+    }
+    let (mut reader, _) =
+        tungstenite::connect(format!("ws://{}{}", exchange.ws_address, streams.reader_path))
+            .expect("websocket connects");
+    if let MaybeTlsStream::Plain(stream) = reader.get_ref() {
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    }
+    if let Some(subscribe) = &streams.reader_subscribe {
+        send(&mut reader, subscribe.clone());
+        answer(&mut reader, subscribe["id"].as_u64().unwrap(), &mut Vec::new());
+    }
+    let trade_id = streams.trade_id;
+    let reading = std::thread::spawn(move || {
+        let mut ids = Vec::new();
+        while (ids.len() as u64) < TRADES {
+            match reader.read() {
+                Ok(Message::Text(text)) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    ids.extend(trade_id(&message));
+                }
+                Ok(Message::Close(frame)) => panic!("the reading client was closed: {frame:?}"),
+                Ok(_) => {}
+                Err(error) => panic!("the reading client failed after {} trades: {error}", ids.len()),
+            }
+        }
+        // The connection stays open: /health is to count it.
+        (ids, reader)
+    });
+
+    // One resting ask, taken a lot at a time: one trade per request.
+    let ask =
+        json!({ "market": "BTC-USDT", "side": "sell", "type": "limit", "price": "50000", "quantity": "1" });
+    assert_eq!(exchange.place(&keys[1], ask).0, 200);
+    for _ in 0..TRADES {
+        let buy = json!({ "market": "BTC-USDT", "side": "buy", "type": "market", "quantity": "0.0001" });
+        let (status, body) = exchange.place(&keys[0], buy);
+        assert_eq!(status, 200, "{body}");
+    }
+    let traded = Instant::now();
+
+    // Every never-reading client is closed within the send timeout, the
+    // close handshake's 2 s and a generous slack for a loaded machine.
+    let bound = Duration::from_millis(SEND_TIMEOUT_MS) + Duration::from_secs(2) + Duration::from_secs(15);
+    while slow.iter().any(|s| !hung_up(s)) && traded.elapsed() < bound {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let open = slow.iter().filter(|s| !hung_up(s)).count();
+    assert_eq!(
+        open, 0,
+        "{open} of {SLOW_CLIENTS} never-reading clients still connected {bound:?} after trading"
+    );
+    println!("{SLOW_CLIENTS} never-reading clients closed within {:?} after trading", traded.elapsed());
+    // The server counts them gone: only the reader is left.
+    let mut connections = exchange.get("/health").1["ws_connections"].as_u64();
+    while connections != Some(1) && traded.elapsed() < bound {
+        std::thread::sleep(Duration::from_millis(50));
+        connections = exchange.get("/health").1["ws_connections"].as_u64();
+    }
+    assert_eq!(connections, Some(1), "/health counts the reading client alone");
+
+    let (ids, _reader) = reading.join().unwrap();
+    let first = ids[0];
+    let expected: Vec<u64> = (first..first + TRADES).collect();
+    assert_eq!(ids, expected, "the reading client got every trade, in order, without a gap");
+    assert!(exchange.stderr().contains("ws_send_timeout_ms"), "the cut is logged: {}", exchange.stderr());
+}
+
+#[test]
+fn native_clients_that_never_read_are_closed_in_time_and_a_reader_misses_nothing() {
+    clients_that_never_read_are_closed_in_time(Streams {
+        slow_path: "/",
+        slow_subscribe: Some(
+            json!({ "method": "SUBSCRIBE", "params": ["BTC-USDT@trade", "BTC-USDT@depth", "BTC-USDT@bookTicker"], "id": 1 }),
+        ),
+        reader_path: "/",
+        reader_subscribe: Some(json!({ "method": "SUBSCRIBE", "params": ["BTC-USDT@trade"], "id": 1 })),
+        trade_id: |message| {
+            (message["stream"] == "BTC-USDT@trade").then(|| message["data"]["t"].as_u64()).flatten()
+        },
+    });
+}
+
+#[test]
+fn binance_ws_clients_that_never_read_are_closed_in_time_and_a_reader_misses_nothing() {
+    clients_that_never_read_are_closed_in_time(Streams {
+        slow_path: "/ws/btcusdt@trade/btcusdt@aggTrade/btcusdt@bookTicker/btcusdt@depth@100ms",
+        slow_subscribe: None,
+        reader_path: "/ws/btcusdt@trade",
+        reader_subscribe: None,
+        trade_id: |message| (message["e"] == "trade").then(|| message["t"].as_u64()).flatten(),
+    });
 }
