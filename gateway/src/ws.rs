@@ -294,19 +294,32 @@ impl Connection {
 /// The sender the outbound consumer hands each batch of events to.
 pub type HubSender = mpsc::Sender<Arc<[Event]>>;
 
-/// Formats batches of events into stream messages and fans them out.
-pub async fn run_hub(
+/// Formats batches of events into stream messages and fans them out. Call
+/// it before the pipeline publishes its first batch: it takes each market's
+/// last book change from the (recovered) views here, so that depth diffs
+/// go on from there (`pu` and `U` continue across a restart).
+pub fn run_hub(
+    views: Arc<RwLock<Views>>,
+    subscribers: Arc<Subscribers>,
+    batches: mpsc::Receiver<Arc<[Event]>>,
+) -> impl std::future::Future<Output = ()> {
+    let start = views.read().ok().map(|views| {
+        let previous_u: HashMap<MarketId, u64> =
+            views.markets.iter().map(|view| (view.market.id, view.depth_seq)).collect();
+        (previous_u, Streams::new(&views))
+    });
+    hub(views, subscribers, batches, start)
+}
+
+async fn hub(
     views: Arc<RwLock<Views>>,
     subscribers: Arc<Subscribers>,
     mut batches: mpsc::Receiver<Arc<[Event]>>,
+    start: Option<(HashMap<MarketId, u64>, Streams)>,
 ) {
-    let mut previous_u: HashMap<MarketId, u64> = HashMap::new();
+    let Some((mut previous_u, mut binance)) = start else { return };
     let mut snapshots = tokio::time::interval(BOOK_SNAPSHOT_EVERY);
     let mut binance_ticks = tokio::time::interval(BINANCE_TICK);
-    let mut binance = match views.read() {
-        Ok(views) => Streams::new(&views),
-        Err(_) => return,
-    };
     loop {
         tokio::select! {
             batch = batches.recv() => {

@@ -105,6 +105,14 @@ impl Streams {
             last_seq: 0,
             ticks: 0,
         };
+        // Each stream goes on from its market's last book change, which the
+        // views recover after a restart: a client's `U` = previous `u` + 1
+        // check holds across it.
+        for view in &views.markets {
+            for speed in [Speed::Ms100, Speed::Ms1000] {
+                streams.last_u.insert((view.market.id, speed), view.depth_seq);
+            }
+        }
         streams.reload(views);
         streams
     }
