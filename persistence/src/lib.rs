@@ -30,7 +30,7 @@ pub mod scale;
 mod tables;
 mod writer;
 
-pub use history::{trade_row, Candle, History, OrderRecord, Range, CANDLE_INTERVALS};
+pub use history::{trade_row, Candle, History, OrderRecord, Range, UserTradeRow, CANDLE_INTERVALS};
 pub use rows::{
     done_status, side_name, Balances, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp, TradeRow,
 };
