@@ -28,7 +28,8 @@ use engine_core::{Command, Engine, Event, StampedCommand};
 use journal::{JournalWriter, SegmentRetention};
 use tokio::sync::oneshot;
 
-use crate::views::Views;
+use crate::outcome::{Capture, Outcome};
+use crate::views::{OrderView, Views};
 use crate::wait::{Backoff, Doorbell};
 
 /// What travels into the matcher.
@@ -62,7 +63,7 @@ pub struct Outbound {
 }
 
 /// The answer a request handler waits for.
-pub type Reply = Result<Vec<Event>, PipelineFailure>;
+pub type Reply = Result<Outcome, PipelineFailure>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PipelineFailure {
@@ -209,6 +210,8 @@ fn start_with<W: WaitStrategy + 'static>(
         stamps: Vec::with_capacity(1024),
         observer: config.observer.take(),
         batch_events: Vec::with_capacity(4096),
+        request_marks: Vec::with_capacity(4096),
+        capture: Capture::default(),
         reply_events: Vec::with_capacity(4096),
         replies: Vec::with_capacity(1024),
         current_start: 0,
@@ -275,10 +278,15 @@ struct Follower {
     observer: Option<Observer>,
     /// Events of the current batch, applied to the views under one lock.
     batch_events: Vec<Event>,
+    /// The events of `batch_events` whose command has a request: (index,
+    /// request, last event of its command).
+    request_marks: Vec<(usize, u64, bool)>,
+    /// The orders the command being applied touched, for its request.
+    capture: Capture,
     /// Events of the batch's commands that have a request, in order.
     reply_events: Vec<Event>,
-    /// (request, first index in `reply_events`, end index, failed).
-    replies: Vec<(u64, usize, usize, bool)>,
+    /// The requests answered at the end of the batch, in order.
+    replies: Vec<Waiting>,
     /// Where the events of the command being collected start.
     current_start: usize,
     observed: Vec<Outbound>,
@@ -287,6 +295,9 @@ struct Follower {
 impl Follower {
     fn handle(&mut self, slot: &Outbound, end_of_batch: bool) {
         if let Some(event) = slot.event {
+            if slot.request_id != 0 && !slot.failed {
+                self.request_marks.push((self.batch_events.len(), slot.request_id, slot.last));
+            }
             self.batch_events.push(event);
             if slot.last {
                 self.stamps.push(persistence::Stamp { seq: event.seq, timestamp_ns: slot.timestamp_ns });
@@ -295,13 +306,19 @@ impl Follower {
         if slot.request_id != 0 {
             if slot.failed {
                 self.reply_events.truncate(self.current_start);
-                self.replies.push((slot.request_id, 0, 0, true));
+                self.replies.push(Waiting::failed(slot.request_id));
             } else {
                 if let Some(event) = slot.event {
                     self.reply_events.push(event);
                 }
                 if slot.last {
-                    self.replies.push((slot.request_id, self.current_start, self.reply_events.len(), false));
+                    self.replies.push(Waiting {
+                        request: slot.request_id,
+                        start: self.current_start,
+                        end: self.reply_events.len(),
+                        failed: false,
+                        orders: Vec::new(),
+                    });
                     self.current_start = self.reply_events.len();
                 }
             }
@@ -315,14 +332,27 @@ impl Follower {
                     // Stamps are in sequence order, one per command.
                     let mut stamps = self.stamps.iter().peekable();
                     let mut timestamp_ns = 0;
-                    for event in &self.batch_events {
+                    let mut marks = self.request_marks.iter().peekable();
+                    // Replies are in the order of their commands' last events.
+                    let mut waiting = self.replies.iter_mut().filter(|w| !w.failed);
+                    for (index, event) in self.batch_events.iter().enumerate() {
                         while let Some(stamp) = stamps.peek().filter(|s| s.seq <= event.seq) {
                             timestamp_ns = stamp.timestamp_ns;
                             stamps.next();
                         }
                         views.apply(event, timestamp_ns);
+                        if let Some(&(_, request, last)) = marks.next_if(|(at, _, _)| *at == index) {
+                            self.capture.after(&views, event);
+                            if last {
+                                let orders = self.capture.finish(&views);
+                                if let Some(reply) = waiting.find(|w| w.request == request) {
+                                    reply.orders = orders;
+                                }
+                            }
+                        }
                     }
                 }
+                self.request_marks.clear();
                 let events: Arc<[Event]> = Arc::from(self.batch_events.as_slice());
                 if let Some(feed) = &self.database {
                     // Never waits: a full feed drops, and the writer
@@ -342,13 +372,14 @@ impl Follower {
                 self.batch_events.clear();
                 self.stamps.clear();
             }
-            for &(id, start, end, failed) in &self.replies {
-                let events = &self.reply_events[start..end];
-                self.pending.complete(id, || {
-                    if failed {
+            for reply in &mut self.replies {
+                let events = &self.reply_events[reply.start..reply.end];
+                let orders = std::mem::take(&mut reply.orders);
+                self.pending.complete(reply.request, || {
+                    if reply.failed {
                         Err(PipelineFailure::JournalUnavailable)
                     } else {
-                        Ok(events.to_vec())
+                        Ok(Outcome { events: events.to_vec(), orders })
                     }
                 });
             }
@@ -362,6 +393,23 @@ impl Follower {
                 }
             }
         }
+    }
+}
+
+/// A request to answer at the end of the batch.
+struct Waiting {
+    request: u64,
+    /// Its command's events: `reply_events[start..end]`.
+    start: usize,
+    end: usize,
+    /// The command was not applied: the journal failed.
+    failed: bool,
+    orders: Vec<OrderView>,
+}
+
+impl Waiting {
+    fn failed(request: u64) -> Waiting {
+        Waiting { request, start: 0, end: 0, failed: true, orders: Vec::new() }
     }
 }
 

@@ -1,13 +1,13 @@
 //! The signed endpoints, shared by REST (`/api/v3/...`) and the WebSocket
 //! API (`order.place`, ...): each takes the caller's parameters and user
 //! and returns Binance's answer. Orders go through the same pipeline and
-//! engine commands as the native API; answers are read from the views
-//! after the command's events were applied to them.
+//! engine commands as the native API; an answer describes what its own
+//! command did (`crate::outcome`), never what later commands did.
 
 use std::sync::Mutex;
 
 use engine_core::{
-    Amend, ClientOrderId, Command, Event, EventKind, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side,
+    Amend, ClientOrderId, Command, EventKind, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side,
     TimeInForce, UserId,
 };
 use serde_json::{json, Value};
@@ -19,9 +19,10 @@ use super::{
     price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT, STP_MODES,
 };
 use crate::amounts;
+use crate::outcome::Outcome;
 use crate::pipeline::Publisher;
 use crate::rest::{self, AppState};
-use crate::views::{MarketView, OrderView, Views};
+use crate::views::{FillView, MarketView, OrderView, Views};
 
 const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
 const MY_TRADES_LIMIT_DEFAULT: u64 = 500;
@@ -49,9 +50,9 @@ async fn execute(
     producer: &Mutex<Publisher>,
     command: Command,
     action: Action,
-) -> Result<Vec<Event>, BinanceError> {
-    let events = rest::execute(state, producer, command).await?;
-    let refusal = events.iter().find_map(|e| match e.kind {
+) -> Result<Outcome, BinanceError> {
+    let outcome = rest::execute(state, producer, command).await?;
+    let refusal = outcome.events.iter().find_map(|e| match e.kind {
         EventKind::Rejected { reason, .. } => Some(reason),
         _ => None,
     });
@@ -59,7 +60,7 @@ async fn execute(
         let views = read_views(state)?;
         return Err(BinanceError::rejected(reason, rest::describe(&views, reason), action));
     }
-    Ok(events)
+    Ok(outcome)
 }
 
 fn client_order_id(name: &str, text: &str) -> Result<ClientOrderId, BinanceError> {
@@ -264,7 +265,9 @@ pub async fn place(
     place_prepared(state, producer, user, prepared).await
 }
 
-fn new_order_answer(views: &Views, order: &OrderView, answer: Answer) -> Value {
+/// The answer to a new order: `order` as its own command left it, and
+/// `fills`, the trades that command made.
+fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[FillView]) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let mut out = json!({
         "symbol": view.symbol,
@@ -284,8 +287,7 @@ fn new_order_answer(views: &Views, order: &OrderView, answer: Answer) -> Value {
         if answer == Answer::Full {
             let decimals =
                 |asset: engine_core::AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
-            let fills: Vec<Value> = order
-                .fills
+            let fills: Vec<Value> = fills
                 .iter()
                 .map(|f| {
                     json!({
@@ -401,11 +403,12 @@ async fn cancel_one(
         let view = market(&views, symbol)?;
         open_in_market(&views, user, view.market.id, order)?
     };
-    execute(state, producer, Command::CancelOrder { user, order: OrderRef::Id(id) }, Action::Cancel).await?;
+    let outcome =
+        execute(state, producer, Command::CancelOrder { user, order: OrderRef::Id(id) }, Action::Cancel)
+            .await?;
     let views = read_views(state)?;
-    let found = find(&views, user, OrderRef::Id(id))
-        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
-    Ok(cancel_json(&views, found, now_ms()))
+    let cancelled = outcome.order(id).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
+    Ok(cancel_json(&views, cancelled, cancelled.updated_ns / 1_000_000))
 }
 
 /// `DELETE /api/v3/order`, `order.cancel`.
@@ -469,16 +472,18 @@ pub async fn cancel_all(
         }
         view.market.id
     };
-    let events =
+    let outcome =
         execute(state, producer, Command::CancelAll { user, market: Some(market_id) }, Action::Cancel)
             .await?;
-    let transact_ms = now_ms();
     let views = read_views(state)?;
-    let cancelled = events
+    // Each order as the cancel closed it: the views keep a bounded number
+    // of closed orders, fewer than a cancel-all may close.
+    let cancelled = outcome
+        .events
         .iter()
         .filter_map(|e| match e.kind {
             EventKind::OrderDone { order, .. } => {
-                find(&views, user, OrderRef::Id(order)).map(|o| cancel_json(&views, o, transact_ms))
+                outcome.order(order).map(|o| cancel_json(&views, o, o.updated_ns / 1_000_000))
             }
             _ => None,
         })
@@ -581,18 +586,18 @@ async fn place_prepared(
     user: UserId,
     prepared: Prepared,
 ) -> Result<Value, BinanceError> {
-    let events = execute(state, producer, Command::PlaceOrder(prepared.order), Action::Place).await?;
-    let order = events
+    let outcome = execute(state, producer, Command::PlaceOrder(prepared.order), Action::Place).await?;
+    let order = outcome
+        .events
         .iter()
         .find_map(|e| match e.kind {
-            EventKind::OrderAccepted { order, .. } => Some(order),
+            EventKind::OrderAccepted { order, user: owner, .. } if owner == user => Some(order),
             _ => None,
         })
         .ok_or_else(|| BinanceError::internal("no order in the outcome"))?;
     let views = read_views(state)?;
-    let found = find(&views, user, OrderRef::Id(order))
-        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
-    Ok(new_order_answer(&views, found, prepared.answer))
+    let placed = outcome.order(order).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
+    Ok(new_order_answer(&views, placed, prepared.answer, &outcome.fills(&views, order)))
 }
 
 /// `PUT /api/v3/order/amend/keepPriority`, `order.amend.keepPriority`:
@@ -633,10 +638,9 @@ pub async fn amend_keep_priority(
         (id, Lots(new_total.0 - order.filled.0))
     };
     let amend = Amend { user, order: OrderRef::Id(id), new_qty: Some(open_qty), new_price: None };
-    execute(state, producer, Command::Amend(amend), Action::Amend).await?;
+    let outcome = execute(state, producer, Command::Amend(amend), Action::Amend).await?;
     let views = read_views(state)?;
-    let order = find(&views, user, OrderRef::Id(id))
-        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
+    let order = outcome.order(id).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
     let view =
         views.markets.get(order.market.0 as usize).ok_or_else(|| BinanceError::internal("no market"))?;
     let mut amended = order_fields(view, order);
@@ -746,10 +750,10 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
             from_id: range.from_id,
             limit: limit as u32,
         };
-        match history.trades(Some(market_id.0 as i32), Some(user.0 as i32), stored).await {
+        match history.user_trades(user.0 as i32, Some(market_id.0 as i32), stored).await {
             Ok(rows) => {
                 let views = read_views(state)?;
-                trades.extend(rows.iter().map(|row| stored_trade(&views, user, row)));
+                trades.extend(rows.iter().map(|row| stored_trade(&views, row)));
             }
             Err(error) => {
                 eprintln!("myTrades: history query failed: {error}");
@@ -761,13 +765,18 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
             }
         }
     }
-    trades.sort_by_key(|t| t.id);
-    trades.dedup_by_key(|t| t.id);
-    let in_range = trades
+    // One row per order of the user in each trade: a trade the user made
+    // with themself is two rows (the buyer's and the seller's), as on
+    // Binance. The views and the database may both have a row.
+    trades.sort_by_key(|t| (t.id, t.order));
+    trades.dedup_by_key(|t| (t.id, t.order));
+    let in_range: Vec<&MyTrade> = trades
         .iter()
         .filter(|t| order_id.is_none_or(|id| t.order == id) && range.contains(t.id, t.time_ms))
         .collect();
-    let chosen: Vec<&MyTrade> = range.window(in_range, limit as usize);
+    let ids: Vec<u64> = in_range.iter().map(|t| t.id).collect();
+    let mut chosen: Vec<&MyTrade> = range.window(in_range, limit as usize);
+    whole_trades(&mut chosen, &ids);
     Ok(Value::Array(
         chosen
             .iter()
@@ -781,6 +790,26 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
             })
             .collect(),
     ))
+}
+
+/// Keeps a page of `myTrades` from ending between the two rows of a
+/// self-trade (a client that pages on with `fromId` = last id + 1 would
+/// never see the second): the split trade's rows at either edge are left
+/// to the neighbouring page, unless they are all the page has. `ids` are
+/// the ids of every row in range, in order; `page` is a window of them.
+fn whole_trades(page: &mut Vec<&MyTrade>, ids: &[u64]) {
+    let (Some(first), Some(last)) = (page.first().map(|t| t.id), page.last().map(|t| t.id)) else {
+        return;
+    };
+    if first == last {
+        return;
+    }
+    for edge in [last, first] {
+        let on_page = page.iter().filter(|t| t.id == edge).count();
+        if on_page < ids.iter().filter(|id| **id == edge).count() {
+            page.retain(|t| t.id != edge);
+        }
+    }
 }
 
 fn recent_fills(views: &Views, user: UserId, view: &MarketView) -> Vec<MyTrade> {
@@ -815,28 +844,19 @@ fn recent_fills(views: &Views, user: UserId, view: &MarketView) -> Vec<MyTrade> 
         .collect()
 }
 
-fn stored_trade(views: &Views, user: UserId, row: &persistence::TradeRow) -> MyTrade {
-    let user = user.0 as i32;
-    // A user who traded with themself sees the taker's side, as the native API does.
-    let maker = row.taker_user_id != user;
-    let (order, fee, fee_asset) = if maker {
-        (row.maker_order_id, row.maker_fee, row.maker_fee_asset_id)
-    } else {
-        (row.taker_order_id, row.taker_fee, row.taker_fee_asset_id)
-    };
-    let taker_buys = row.taker_side == "buy";
-    let asset = views.assets.get(fee_asset as usize);
+fn stored_trade(views: &Views, row: &persistence::UserTradeRow) -> MyTrade {
+    let asset = views.assets.get(row.fee_asset_id as usize);
     let text = |value: rust_decimal::Decimal| super::fixed(value, value.scale());
     MyTrade {
         id: row.trade_id as u64,
-        order: order as u64,
+        order: row.order_id as u64,
         price: text(row.price.0),
         qty: text(row.quantity.0),
         quote_qty: text(row.quote_quantity.0),
-        commission: text(fee.0),
+        commission: text(row.fee.0),
         commission_asset: asset.map_or_else(String::new, |a| a.symbol.to_string()),
         time_ms: row.executed_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        buyer: taker_buys != maker,
-        maker,
+        buyer: row.buyer,
+        maker: row.maker,
     }
 }
