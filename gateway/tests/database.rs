@@ -273,4 +273,35 @@ fn a_self_trade_is_both_sides_in_the_database_history() {
         mine,
         vec![(orders[0], false, true, "5.00000000", "USDT"), (orders[1], true, false, "0.00020000", "BTC")]
     );
+
+    // allOrders: the closed orders are the database's alone after the restart.
+    let query = format!(
+        "symbol=BTCUSDT&timestamp={}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    );
+    let (status, all) = exchange.signed_raw(alice, "GET", "/api/v3/allOrders", &query, None);
+    assert_eq!(status, 200, "{all}");
+    let all: Vec<(u64, &str, &str, &str, &str, &str, bool)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["orderId"].as_u64().unwrap(),
+                o["side"].as_str().unwrap(),
+                o["type"].as_str().unwrap(),
+                o["status"].as_str().unwrap(),
+                o["executedQty"].as_str().unwrap(),
+                o["selfTradePreventionMode"].as_str().unwrap(),
+                o["isWorking"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        all,
+        vec![
+            (orders[0], "SELL", "LIMIT", "FILLED", "0.10000000", "NONE", false),
+            (orders[1], "BUY", "LIMIT", "FILLED", "0.10000000", "NONE", false),
+        ]
+    );
 }

@@ -32,7 +32,8 @@ mod writer;
 
 pub use history::{trade_row, Candle, History, OrderRecord, Range, UserTradeRow, CANDLE_INTERVALS};
 pub use rows::{
-    done_status, side_name, Balances, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp, TradeRow,
+    done_status, side_name, stp_name, Balances, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp,
+    TradeRow,
 };
 pub use tables::{load, migrate, write, Loaded, StoreError, WriteMode};
 pub use writer::{Feed, Writer, WriterConfig, WriterStatus};

@@ -51,6 +51,12 @@ pub fn parse_stream(views: &Views, name: &str) -> Option<Channel> {
         "trade" if speed == Speed::Ms1000 && !name.ends_with("ms") => Some(Channel::BinanceTrade(market)),
         "aggTrade" if !name.ends_with("ms") => Some(Channel::BinanceAggTrade(market)),
         "bookTicker" if !name.ends_with("ms") => Some(Channel::BinanceBookTicker(market)),
+        "ticker" if !name.ends_with("ms") => Some(Channel::BinanceTicker(market, false)),
+        "miniTicker" if !name.ends_with("ms") => Some(Channel::BinanceTicker(market, true)),
+        _ if kind.starts_with("kline_") && !name.ends_with("ms") => {
+            let minutes = super::market::kline_minutes(kind.strip_prefix("kline_")?)?;
+            Some(Channel::BinanceKline(market, u16::try_from(minutes).ok()?))
+        }
         _ => {
             let levels: u8 = kind.strip_prefix("depth")?.parse().ok()?;
             PARTIAL_LEVELS.contains(&levels).then_some(Channel::BinancePartial(market, levels, speed))
@@ -69,6 +75,11 @@ pub fn stream_name(views: &Views, channel: &Channel) -> Option<String> {
         Channel::BinanceTrade(m) => format!("{}@trade", symbol(m)?),
         Channel::BinanceAggTrade(m) => format!("{}@aggTrade", symbol(m)?),
         Channel::BinanceBookTicker(m) => format!("{}@bookTicker", symbol(m)?),
+        Channel::BinanceTicker(m, false) => format!("{}@ticker", symbol(m)?),
+        Channel::BinanceTicker(m, true) => format!("{}@miniTicker", symbol(m)?),
+        Channel::BinanceKline(m, minutes) => {
+            format!("{}@kline_{}", symbol(m)?, super::market::kline_interval(u64::from(*minutes))?)
+        }
         _ => return None,
     })
 }
@@ -444,6 +455,26 @@ impl Streams {
             }
         }
         for view in &views.markets {
+            for mini in [false, true] {
+                let channel = Channel::BinanceTicker(view.market.id, mini);
+                if !due(Speed::Ms1000) || !subscribers.any(|c| c.channels.contains(&channel)) {
+                    continue;
+                }
+                if let Some(name) = stream_name(views, &channel) {
+                    send_stream(subscribers, &channel, &name, &ticker_event(view, now, mini));
+                }
+            }
+            for minutes in super::market::KLINE_INTERVALS.iter().filter_map(|(_, m)| u16::try_from(*m).ok()) {
+                let channel = Channel::BinanceKline(view.market.id, minutes);
+                if !due(Speed::Ms1000) || !subscribers.any(|c| c.channels.contains(&channel)) {
+                    continue;
+                }
+                if let (Some(name), Some(data)) =
+                    (stream_name(views, &channel), kline_event(view, now, u64::from(minutes)))
+                {
+                    send_stream(subscribers, &channel, &name, &data);
+                }
+            }
             for levels in PARTIAL_LEVELS {
                 for speed in [Speed::Ms100, Speed::Ms1000] {
                     let channel = Channel::BinancePartial(view.market.id, levels, speed);
@@ -458,6 +489,67 @@ impl Streams {
             }
         }
     }
+}
+
+/// A `kline` event: the latest candle of `minutes` width (none before the
+/// market's first trade of the day the views keep).
+fn kline_event(view: &crate::views::MarketView, now: u64, minutes: u64) -> Option<Value> {
+    let candle = *super::market::candles(view, minutes).last()?;
+    let close_ms = (candle.minute + minutes) * 60_000 - 1;
+    let scale = &view.scale;
+    Some(json!({
+        "e": "kline", "E": now, "s": view.symbol,
+        "k": {
+            "t": candle.minute * 60_000, "T": close_ms, "s": view.symbol,
+            "i": super::market::kline_interval(minutes),
+            "f": candle.first_trade.0, "L": candle.last_trade.0,
+            "o": price_text(scale, candle.open), "c": price_text(scale, candle.close),
+            "h": price_text(scale, candle.high), "l": price_text(scale, candle.low),
+            "v": qty_text(scale, Lots(u64::try_from(candle.volume).unwrap_or(u64::MAX))),
+            "n": candle.trades, "x": now > close_ms,
+            "q": units_text(candle.quote_volume, scale.quote_decimals),
+            "V": "0", "Q": "0", "B": "0",
+        },
+    }))
+}
+
+/// A `24hrTicker` (or, `mini`, a `24hrMiniTicker`) event: REST
+/// `ticker/24hr`'s figures under the stream's short names.
+fn ticker_event(view: &crate::views::MarketView, now: u64, mini: bool) -> Value {
+    let ticker = super::market::ticker_json(view, now, mini);
+    let names: &[(&str, &str)] = &[
+        ("priceChange", "p"),
+        ("priceChangePercent", "P"),
+        ("weightedAvgPrice", "w"),
+        ("prevClosePrice", "x"),
+        ("lastPrice", "c"),
+        ("lastQty", "Q"),
+        ("bidPrice", "b"),
+        ("bidQty", "B"),
+        ("askPrice", "a"),
+        ("askQty", "A"),
+        ("openPrice", "o"),
+        ("highPrice", "h"),
+        ("lowPrice", "l"),
+        ("volume", "v"),
+        ("quoteVolume", "q"),
+        ("openTime", "O"),
+        ("closeTime", "C"),
+        ("firstId", "F"),
+        ("lastId", "L"),
+        ("count", "n"),
+    ];
+    let mut event = serde_json::Map::new();
+    event.insert("e".into(), json!(if mini { "24hrMiniTicker" } else { "24hrTicker" }));
+    event.insert("E".into(), json!(now));
+    event.insert("s".into(), json!(view.symbol));
+    let mini_names = ["c", "o", "h", "l", "v", "q"];
+    for (long, short) in names.iter().filter(|(_, short)| !mini || mini_names.contains(short)) {
+        if let Some(value) = ticker.get(*long) {
+            event.insert((*short).into(), value.clone());
+        }
+    }
+    Value::Object(event)
 }
 
 /// Sends one stream message to the connections subscribed to `channel`:

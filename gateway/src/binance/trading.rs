@@ -25,6 +25,8 @@ use crate::rest::{self, AppState};
 use crate::views::{FillView, MarketView, OrderView, Views};
 
 const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
+const ALL_ORDERS_LIMIT_DEFAULT: u64 = 500;
+const ALL_ORDERS_LIMIT_MAX: u64 = 1_000;
 const MY_TRADES_LIMIT_DEFAULT: u64 = 500;
 const MY_TRADES_LIMIT_MAX: u64 = 1_000;
 const NEW_ORDER_PARAMS: &[&str] = &[
@@ -455,6 +457,116 @@ pub fn open_orders(state: &AppState, user: UserId, p: &Params) -> Result<Value, 
     ))
 }
 
+/// `GET /api/v3/allOrders`, `allOrders`: the user's orders in one market,
+/// open and closed, by order id. The views have the open orders and each
+/// user's last `closed_orders_kept_per_user` closed ones; PostgreSQL, when
+/// configured, has the rest. `orderId` starts at that id; `startTime` and
+/// `endTime` bound the creation time; without either of `orderId` and
+/// `startTime` the most recent `limit` come.
+pub async fn all_orders(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
+    p.only(&["symbol", "orderId", "startTime", "endTime", "limit"])?;
+    let limit = p.bounded("limit", 1, ALL_ORDERS_LIMIT_MAX)?.unwrap_or(ALL_ORDERS_LIMIT_DEFAULT);
+    let range =
+        TradeRange { from_id: p.integer("orderId")?, start_ms: p.integer("startTime")?, end_ms: p.integer("endTime")? };
+    let (market_id, mut orders) = {
+        let views = read_views(state)?;
+        let view = market(&views, p.required("symbol")?)?;
+        let account = views.user(user);
+        let known: std::collections::BTreeMap<u64, (u64, Value)> = account
+            .into_iter()
+            .flat_map(|a| a.open.values().chain(a.closed.iter()))
+            .filter(|o| o.market == view.market.id)
+            .map(|o| (o.order.0, (o.created_ns / 1_000_000, order_json(&views, o))))
+            .collect();
+        (view.market.id, known)
+    };
+    if let Some((_, history)) = &state.database {
+        let stored = persistence::Range {
+            from_ms: range.start_ms,
+            to_ms: range.end_ms.map(|ms| ms + 1),
+            from_id: range.from_id,
+            limit: limit as u32,
+        };
+        match history.orders(user.0 as i32, Some(market_id.0 as i32), stored).await {
+            Ok(rows) => {
+                let views = read_views(state)?;
+                for row in &rows {
+                    // The views are current; the database may lag them.
+                    if let Some(answer) = stored_order(&views, row) {
+                        let created_ms =
+                            row.created_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                        orders.entry(row.order_id as u64).or_insert((created_ms, answer));
+                    }
+                }
+            }
+            Err(error) => {
+                eprintln!("allOrders: history query failed: {error}");
+                return Err(BinanceError::new(
+                    hyper::StatusCode::SERVICE_UNAVAILABLE,
+                    -1001,
+                    "Internal error; unable to process your request. Please try again.",
+                ));
+            }
+        }
+    }
+    let in_range: Vec<Value> = orders
+        .into_iter()
+        .filter(|(id, (created_ms, _))| range.contains(*id, *created_ms))
+        .map(|(_, (_, answer))| answer)
+        .collect();
+    Ok(Value::Array(range.window(in_range, limit as usize)))
+}
+
+/// An order from the database in `GET /api/v3/order`'s shape.
+fn stored_order(views: &Views, row: &persistence::OrderRecord) -> Option<Value> {
+    let view = views.markets.get(row.market_id as usize)?;
+    let text = |value: rust_decimal::Decimal| super::fixed(value, value.scale());
+    let zero = || super::fixed(rust_decimal::Decimal::ZERO, 0);
+    let ms = |time: std::time::SystemTime| {
+        time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    };
+    let (order_type, tif) = match (row.order_type.as_str(), row.time_in_force.as_deref()) {
+        ("limit", Some("POST_ONLY")) => ("LIMIT_MAKER", "GTC"),
+        ("limit", Some(tif)) => ("LIMIT", tif),
+        _ => ("MARKET", "GTC"),
+    };
+    let status = match row.status.as_str() {
+        "new" => "NEW",
+        "partially_filled" => "PARTIALLY_FILLED",
+        "filled" => "FILLED",
+        "cancelled" => "CANCELED",
+        "expired_self_trade" => "EXPIRED_IN_MATCH",
+        _ => "EXPIRED",
+    };
+    let stp = STP_MODES
+        .iter()
+        .find(|(_, mode)| persistence::stp_name(*mode) == row.self_trade_prevention)
+        .map_or("NONE", |(name, _)| name);
+    let open = matches!(row.status.as_str(), "new" | "partially_filled");
+    Some(json!({
+        "symbol": view.symbol,
+        "orderId": row.order_id,
+        "orderListId": -1,
+        "clientOrderId": row.client_order_id.clone().unwrap_or_default(),
+        "price": row.price.map_or_else(zero, |p| text(p.0)),
+        "origQty": row.quantity.map_or_else(|| text(row.executed_quantity.0), |q| text(q.0)),
+        "executedQty": text(row.executed_quantity.0),
+        "cummulativeQuoteQty": text(row.executed_quote.0),
+        "status": status,
+        "timeInForce": tif,
+        "type": order_type,
+        "side": if row.side == "buy" { "BUY" } else { "SELL" },
+        "origQuoteOrderQty": row.quote_amount.map_or_else(zero, |q| text(q.0)),
+        "selfTradePreventionMode": stp,
+        "stopPrice": zero(),
+        "icebergQty": zero(),
+        "time": ms(row.created_at),
+        "updateTime": ms(row.updated_at),
+        "isWorking": open,
+        "workingTime": ms(row.created_at),
+    }))
+}
+
 /// `DELETE /api/v3/openOrders`, `openOrders.cancelAll`.
 pub async fn cancel_all(
     state: &AppState,
@@ -714,6 +826,25 @@ pub fn account(state: &AppState, user: UserId, p: &Params) -> Result<Value, Bina
         "permissions": ["SPOT"],
         "uid": user.0,
     }))
+}
+
+/// `GET /sapi/v1/asset/tradeFee` (Binance's wallet API, where ccxt's
+/// `fetch_trading_fees` asks): each market's maker and taker fee rates.
+pub fn trade_fee(state: &AppState, _user: UserId, p: &Params) -> Result<Value, BinanceError> {
+    p.only(&["symbol"])?;
+    let views = read_views(state)?;
+    let rate = |ppm: u32| rust_decimal::Decimal::new(i64::from(ppm), 6).normalize().to_string();
+    let fees = super::market::markets_named(&views, p)?
+        .iter()
+        .map(|m| {
+            json!({
+                "symbol": m.symbol,
+                "makerCommission": rate(m.market.rules.maker_fee_ppm),
+                "takerCommission": rate(m.market.rules.taker_fee_ppm),
+            })
+        })
+        .collect();
+    Ok(Value::Array(fees))
 }
 
 /// One of the user's trades, from the views or the database.

@@ -148,6 +148,8 @@ impl Session {
             "depth" => market::depth(state, p),
             "trades.recent" => market::trades(state, p),
             "trades.aggregate" => market::agg_trades(state, p),
+            "trades.historical" => market::historical_trades(state, p),
+            "klines" => market::klines(state, p),
             "ticker.24hr" => market::ticker_24hr(state, p),
             "ticker.book" => market::book_ticker(state, p),
             "ticker.price" => market::price(state, p),
@@ -186,6 +188,9 @@ impl Session {
             "account.status" => trading::account(state, self.signed(state, &request.method, raw, false)?, p),
             "myTrades" => {
                 trading::my_trades(state, self.signed(state, &request.method, raw, false)?, p).await
+            }
+            "allOrders" => {
+                trading::all_orders(state, self.signed(state, &request.method, raw, false)?, p).await
             }
             "userDataStream.subscribe.signature" => {
                 p.only(&[])?;
@@ -226,9 +231,10 @@ fn wants_rate_limits(params: &Value) -> Result<bool, BinanceError> {
 /// Binance's request weight of each WebSocket API method.
 fn weight(method: &str) -> u64 {
     match method {
-        "exchangeInfo" | "account.status" | "myTrades" => 20,
+        "exchangeInfo" | "account.status" | "myTrades" | "allOrders" => 20,
         "depth" => 5,
-        "trades.recent" => 25,
+        "trades.recent" | "trades.historical" => 25,
+        "klines" => 2,
         "trades.aggregate" | "order.status" | "order.amend.keepPriority" => 4,
         "ticker.24hr" => 2,
         "openOrders.status" => 6,
