@@ -859,6 +859,10 @@ fn cancel_all_answers_every_order_it_cancelled() {
     let exchange = Exchange::start(dir.path(), &[("EXCHANGE_CLOSED_ORDERS_KEPT_PER_USER", "2")]);
     let keys = exchange.demo(1);
     let alice = &keys[0];
+    let mut api = connect(&exchange, "/ws-api/v3");
+    send(&mut api, ws_request(alice, "sub", "userDataStream.subscribe.signature", json!({})));
+    let mut events = Vec::new();
+    assert_eq!(until(&mut api, &mut events, |m| m["id"] == "sub")["status"], 200);
     let mut placed = Vec::new();
     for i in 0..5 {
         let order = signed(
@@ -876,6 +880,18 @@ fn cancel_all_answers_every_order_it_cancelled() {
     cancelled.sort_unstable();
     assert_eq!(cancelled, placed, "{all:?}");
     assert!(all.2.as_array().unwrap().iter().all(|o| o["status"] == "CANCELED" && o["price"] != "0.00000000"));
+    // And the user stream reports each cancel (its reports are made from
+    // the events, not from the views, which no longer have three of them).
+    for (i, order) in placed.iter().enumerate() {
+        let report = until(&mut api, &mut events, |m| {
+            m["event"]["e"] == "executionReport" && m["event"]["x"] == "CANCELED" && m["event"]["i"] == *order
+        });
+        assert_eq!(
+            (report["event"]["q"].as_str(), report["event"]["p"].as_str(), report["event"]["X"].as_str()),
+            (Some("0.10000000"), Some(format!("{}.00000000", 40_000 + i).as_str()), Some("CANCELED")),
+            "{report}"
+        );
+    }
 }
 
 /// A signed Binance `POST` from any thread: the parameters in the form body.

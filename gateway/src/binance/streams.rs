@@ -97,9 +97,12 @@ pub struct Streams {
     diffs: HashMap<(MarketId, Speed), PendingDiff>,
     /// The `u` of the last diff pushed on each stream.
     last_u: HashMap<(MarketId, Speed), u64>,
-    /// Executed quantity and quote of each open order, as of the last
-    /// batch (the views may already be further on).
-    executed: HashMap<OrderId, (Lots, u128)>,
+    /// Each open order as of the last event followed. Reports are made
+    /// from these and the events, never from the views: the views may be
+    /// batches further on (an order amended or filled since), and keep a
+    /// bounded number of closed orders (a cancel-all of many pushes the
+    /// first out before the hub sees the batch).
+    orders: HashMap<OrderId, OrderView>,
     /// The best bid and ask last pushed on each `bookTicker` stream.
     tops: HashMap<MarketId, (Level, Level)>,
     last_seq: u64,
@@ -111,7 +114,7 @@ impl Streams {
         let mut streams = Streams {
             diffs: HashMap::new(),
             last_u: HashMap::new(),
-            executed: HashMap::new(),
+            orders: HashMap::new(),
             tops: HashMap::new(),
             last_seq: 0,
             ticks: 0,
@@ -123,22 +126,36 @@ impl Streams {
     /// Starts again from the views: after a batch was lost to overload
     /// (every subscriber was cut off then).
     fn reload(&mut self, views: &Views) {
-        self.executed = views
+        self.orders = views
             .users
             .iter()
             .flat_map(|user| user.open.values())
-            .map(|o| (o.order, (o.filled, o.quote_filled)))
+            .map(|o| (o.order, OrderView { fills: Vec::new(), ..o.clone() }))
             .collect();
         self.diffs.clear();
         self.last_seq = views.last_seq;
+    }
+
+    /// The tracked state of `user`'s open order `order`, taken from the
+    /// views the first time (an order from before the last reload).
+    fn tracked(&mut self, views: &Views, user: UserId, order: OrderId) -> Option<&mut OrderView> {
+        if !self.orders.contains_key(&order) {
+            let known = order_of(views, user, order)?;
+            self.orders.insert(order, OrderView { fills: Vec::new(), ..known.clone() });
+        }
+        self.orders.get_mut(&order)
     }
 
     /// Follows one batch: accumulates depth, pushes trades, book tickers
     /// and user data events.
     pub fn on_batch(&mut self, views: &Views, subscribers: &Subscribers, batch: &[Event]) {
         let Some(first) = batch.first() else { return };
+        // Orders as the views hold them already include the changes up to
+        // here: after a reload, these events are not applied again.
+        let mut known_until = 0;
         if first.seq > self.last_seq + 1 {
             self.reload(views);
+            known_until = views.last_seq;
         }
         if let Some(last) = batch.last() {
             self.last_seq = self.last_seq.max(last.seq);
@@ -207,14 +224,18 @@ impl Streams {
                         (taker_user, taker_order, taker_remaining, taker_fee, taker_side, false),
                     ];
                     for (user, order, remaining, fee, side, maker) in sides {
-                        let executed = self.executed.entry(order).or_insert((Lots(0), 0));
-                        executed.0 = Lots(executed.0 .0.saturating_add(qty.0));
-                        executed.1 += quote;
-                        let (filled, quote_filled) = *executed;
+                        if event.seq <= known_until {
+                            continue;
+                        }
+                        let Some(order_view) = self.tracked(views, user, order) else { continue };
+                        order_view.filled = Lots(order_view.filled.0.saturating_add(qty.0));
+                        order_view.quote_filled += quote;
+                        order_view.remaining = remaining;
+                        let (filled, quote_filled) = (order_view.filled, order_view.quote_filled);
                         if !users_listening {
                             continue;
                         }
-                        let Some(order_view) = order_of(views, user, order) else { continue };
+                        let order_view = &*order_view;
                         let by_quote = matches!(order_view.kind, Some(OrderKind::MarketByQuote { .. }));
                         let complete = if by_quote {
                             done_filled.contains(&order) && last_trade_of.get(&order) == Some(&trade.0)
@@ -250,10 +271,33 @@ impl Streams {
                         user_events.push((user, report));
                     }
                 }
-                EventKind::OrderAccepted { order, user, .. } => {
-                    self.executed.insert(order, (Lots(0), 0));
-                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
-                    {
+                EventKind::OrderAccepted { order, user, market, side, kind, client_order_id, stp, timestamp_ns } if event.seq > known_until => {
+                    let (price, quantity) = match kind {
+                        OrderKind::Limit { price, qty, .. } => (Some(price), qty),
+                        OrderKind::Market { qty } => (None, qty),
+                        OrderKind::MarketByQuote { .. } => (None, Lots(0)),
+                    };
+                    let accepted = OrderView {
+                        order,
+                        user,
+                        market,
+                        side,
+                        kind: Some(kind),
+                        price,
+                        remaining: quantity,
+                        filled: Lots(0),
+                        quantity,
+                        client_order_id,
+                        stp: Some(stp),
+                        status: OrderStatus::New,
+                        created_ns: timestamp_ns,
+                        updated_seq: event.seq,
+                        updated_ns: timestamp_ns,
+                        quote_filled: 0,
+                        fills: Vec::new(),
+                    };
+                    let order_view = self.orders.entry(order).or_insert(accepted);
+                    if users_listening {
                         let report = execution_report(
                             views,
                             order_view,
@@ -269,10 +313,14 @@ impl Streams {
                         user_events.push((user, report));
                     }
                 }
-                EventKind::OrderAmended { order, user, .. } => {
-                    let (filled, quote_filled) = self.executed.get(&order).copied().unwrap_or((Lots(0), 0));
-                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
-                    {
+                EventKind::OrderAmended { order, user, price, remaining, .. } if event.seq > known_until => {
+                    let Some(order_view) = self.tracked(views, user, order) else { continue };
+                    order_view.price = Some(price);
+                    order_view.remaining = remaining;
+                    order_view.quantity = Lots(order_view.filled.0.saturating_add(remaining.0));
+                    let (filled, quote_filled) = (order_view.filled, order_view.quote_filled);
+                    if users_listening {
+                        let order_view = &*order_view;
                         let status = if filled.0 > 0 { "PARTIALLY_FILLED" } else { "NEW" };
                         let report = execution_report(
                             views,
@@ -289,8 +337,12 @@ impl Streams {
                         user_events.push((user, report));
                     }
                 }
-                EventKind::OrderDone { order, user, reason, .. } => {
-                    let (filled, quote_filled) = self.executed.remove(&order).unwrap_or((Lots(0), 0));
+                EventKind::OrderDone { order, user, reason, .. } if event.seq > known_until => {
+                    let tracked = self.orders.remove(&order).or_else(|| {
+                        order_of(views, user, order).map(|o| OrderView { fills: Vec::new(), ..o.clone() })
+                    });
+                    let Some(order_view) = tracked else { continue };
+                    let (filled, quote_filled) = (order_view.filled, order_view.quote_filled);
                     let (execution, status) = match reason {
                         // The last TRADE report already said FILLED.
                         DoneReason::Filled => continue,
@@ -298,11 +350,10 @@ impl Streams {
                         DoneReason::Expired | DoneReason::FundsExhausted => ("EXPIRED", OrderStatus::Expired),
                         DoneReason::SelfTrade => ("TRADE_PREVENTION", OrderStatus::ExpiredSelfTrade),
                     };
-                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
-                    {
+                    if users_listening {
                         let report = execution_report(
                             views,
-                            order_view,
+                            &order_view,
                             ReportKind {
                                 execution,
                                 status: status_name(status),
