@@ -90,10 +90,10 @@ impl Capture {
     /// Follows `event`, of a command with a request, just applied to `views`.
     pub fn after(&mut self, views: &Views, event: &Event) {
         match event.kind {
-            EventKind::OrderAccepted { order, user, .. } | EventKind::OrderAmended { order, user, .. } => {
-                if !self.open.contains(&(user, order)) {
-                    self.open.push((user, order));
-                }
+            EventKind::OrderAccepted { order, user, .. } | EventKind::OrderAmended { order, user, .. }
+                if !self.open.contains(&(user, order)) =>
+            {
+                self.open.push((user, order));
             }
             EventKind::OrderDone { order, user, .. } => {
                 self.open.retain(|(_, o)| *o != order);

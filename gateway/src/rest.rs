@@ -85,7 +85,8 @@ pub async fn handle(
     peer: std::net::IpAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let binance_path = ["/api/v3/", "/sapi/v1/"].iter().any(|prefix| request.uri().path().starts_with(prefix));
+    let binance_path =
+        ["/api/v3/", "/sapi/v1/"].iter().any(|prefix| request.uri().path().starts_with(prefix));
     if binance_path {
         return Ok(match read(&state, request).await {
             Ok(request) => {

@@ -750,8 +750,13 @@ fn a_self_trade_is_both_rows_in_my_trades_and_both_orders_in_the_user_stream() {
     let ids: Vec<u64> = first.2.as_array().unwrap().iter().map(|r| r["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, vec![trade_ids[0]; 2], "{first:?}");
     // Filtered by order: that order's row only.
-    let one =
-        signed(&exchange, alice, "GET", "/api/v3/myTrades", &format!("symbol=BTCUSDT&orderId={}", orders[0].0));
+    let one = signed(
+        &exchange,
+        alice,
+        "GET",
+        "/api/v3/myTrades",
+        &format!("symbol=BTCUSDT&orderId={}", orders[0].0),
+    );
     assert_eq!(one.2.as_array().map(Vec::len), Some(1), "{one:?}");
     assert_eq!(one.2[0]["isBuyer"], false);
 
@@ -793,7 +798,10 @@ fn an_unread_parameter_is_named() {
     assert!(public.2["msg"].as_str().unwrap().ends_with("Not read: 'limitt', 'foo'."), "{public:?}");
 
     let mut api = connect(&exchange, "/ws-api/v3");
-    send(&mut api, ws_request(alice, "open", "openOrders.status", json!({ "symbol": "BTCUSDT", "side": "BUY" })));
+    send(
+        &mut api,
+        ws_request(alice, "open", "openOrders.status", json!({ "symbol": "BTCUSDT", "side": "BUY" })),
+    );
     let answer = next(&mut api);
     assert_eq!(answer["error"]["code"], -1104, "{answer}");
     assert!(answer["error"]["msg"].as_str().unwrap().ends_with("Not read: 'side'."), "{answer}");
@@ -879,7 +887,12 @@ fn cancel_all_answers_every_order_it_cancelled() {
         all.2.as_array().unwrap().iter().map(|o| o["orderId"].as_u64().unwrap()).collect();
     cancelled.sort_unstable();
     assert_eq!(cancelled, placed, "{all:?}");
-    assert!(all.2.as_array().unwrap().iter().all(|o| o["status"] == "CANCELED" && o["price"] != "0.00000000"));
+    assert!(all
+        .2
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["status"] == "CANCELED" && o["price"] != "0.00000000"));
     // And the user stream reports each cancel (its reports are made from
     // the events, not from the views, which no longer have three of them).
     for (i, order) in placed.iter().enumerate() {

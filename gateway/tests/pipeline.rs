@@ -164,7 +164,11 @@ fn an_outcome_is_the_state_its_own_command_left() {
             user,
             market: MarketId(0),
             side,
-            kind: OrderKind::Limit { price: Ticks(price), qty: engine_core::Lots(qty), tif: TimeInForce::Gtc },
+            kind: OrderKind::Limit {
+                price: Ticks(price),
+                qty: engine_core::Lots(qty),
+                tif: TimeInForce::Gtc,
+            },
             client_order_id: None,
             stp: SelfTradePrevention::CancelTaker,
         })

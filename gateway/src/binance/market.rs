@@ -253,7 +253,11 @@ pub fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceError> 
         Some(_) => return Err(BinanceError::invalid_value("timeZone", "only UTC (0) is served")),
     }
     let limit = params.bounded("limit", 1, KLINES_LIMIT_MAX)?.unwrap_or(KLINES_LIMIT_DEFAULT) as usize;
-    let range = TradeRange { from_id: None, start_ms: params.integer("startTime")?, end_ms: params.integer("endTime")? };
+    let range = TradeRange {
+        from_id: None,
+        start_ms: params.integer("startTime")?,
+        end_ms: params.integer("endTime")?,
+    };
     let views = read_views(state)?;
     let view = market(&views, params.required("symbol")?)?;
     let all = candles(view, minutes);

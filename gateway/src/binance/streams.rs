@@ -139,11 +139,13 @@ impl Streams {
     /// The tracked state of `user`'s open order `order`, taken from the
     /// views the first time (an order from before the last reload).
     fn tracked(&mut self, views: &Views, user: UserId, order: OrderId) -> Option<&mut OrderView> {
-        if !self.orders.contains_key(&order) {
-            let known = order_of(views, user, order)?;
-            self.orders.insert(order, OrderView { fills: Vec::new(), ..known.clone() });
+        match self.orders.entry(order) {
+            std::collections::hash_map::Entry::Occupied(tracked) => Some(tracked.into_mut()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let known = order_of(views, user, order)?;
+                Some(slot.insert(OrderView { fills: Vec::new(), ..known.clone() }))
+            }
         }
-        self.orders.get_mut(&order)
     }
 
     /// Follows one batch: accumulates depth, pushes trades, book tickers
@@ -271,7 +273,16 @@ impl Streams {
                         user_events.push((user, report));
                     }
                 }
-                EventKind::OrderAccepted { order, user, market, side, kind, client_order_id, stp, timestamp_ns } if event.seq > known_until => {
+                EventKind::OrderAccepted {
+                    order,
+                    user,
+                    market,
+                    side,
+                    kind,
+                    client_order_id,
+                    stp,
+                    timestamp_ns,
+                } if event.seq > known_until => {
                     let (price, quantity) = match kind {
                         OrderKind::Limit { price, qty, .. } => (Some(price), qty),
                         OrderKind::Market { qty } => (None, qty),

@@ -466,8 +466,11 @@ pub fn open_orders(state: &AppState, user: UserId, p: &Params) -> Result<Value, 
 pub async fn all_orders(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
     p.only(&["symbol", "orderId", "startTime", "endTime", "limit"])?;
     let limit = p.bounded("limit", 1, ALL_ORDERS_LIMIT_MAX)?.unwrap_or(ALL_ORDERS_LIMIT_DEFAULT);
-    let range =
-        TradeRange { from_id: p.integer("orderId")?, start_ms: p.integer("startTime")?, end_ms: p.integer("endTime")? };
+    let range = TradeRange {
+        from_id: p.integer("orderId")?,
+        start_ms: p.integer("startTime")?,
+        end_ms: p.integer("endTime")?,
+    };
     let (market_id, mut orders) = {
         let views = read_views(state)?;
         let view = market(&views, p.required("symbol")?)?;
@@ -493,8 +496,10 @@ pub async fn all_orders(state: &AppState, user: UserId, p: &Params) -> Result<Va
                 for row in &rows {
                     // The views are current; the database may lag them.
                     if let Some(answer) = stored_order(&views, row) {
-                        let created_ms =
-                            row.created_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                        let created_ms = row
+                            .created_at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
                         orders.entry(row.order_id as u64).or_insert((created_ms, answer));
                     }
                 }
