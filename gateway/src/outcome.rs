@@ -13,9 +13,9 @@
 //! says what its command did, as of the command's sequence number. Later
 //! changes reach the client through the user streams and the queries.
 
-use engine_core::{Event, EventKind, OrderId, Side, UserId};
+use engine_core::{DoneReason, Event, EventKind, Lots, OrderId, Side, UserId};
 
-use crate::views::{FillView, OrderView, Views};
+use crate::views::{FillView, OrderStatus, OrderView, Views};
 
 /// The outcome of one command, as its request receives it.
 #[derive(Clone, Debug, Default)]
@@ -83,27 +83,55 @@ impl Outcome {
 pub struct Capture {
     /// Orders accepted or amended by the command and still open.
     open: Vec<(UserId, OrderId)>,
+    /// The order an `OrderDone` about to be applied closes, as it stood.
+    closing: Option<OrderView>,
     orders: Vec<OrderView>,
 }
 
 impl Capture {
-    /// Follows `event`, of a command with a request, just applied to `views`.
-    pub fn after(&mut self, views: &Views, event: &Event) {
+    /// Before `event`, of a command with a request, is applied to `views`.
+    pub fn before(&mut self, views: &Views, event: &Event) {
+        if let EventKind::OrderDone { order, user, .. } = event.kind {
+            self.closing = views.user(user).and_then(|u| u.open.get(&order)).cloned();
+        }
+    }
+
+    /// Follows `event`, of a command with a request stamped at
+    /// `timestamp_ns`, just applied to `views`.
+    pub fn after(&mut self, views: &Views, event: &Event, timestamp_ns: u64) {
         match event.kind {
             EventKind::OrderAccepted { order, user, .. } | EventKind::OrderAmended { order, user, .. }
                 if !self.open.contains(&(user, order)) =>
             {
                 self.open.push((user, order));
             }
-            EventKind::OrderDone { order, user, .. } => {
+            EventKind::OrderDone { order, user, reason, filled, .. } => {
                 self.open.retain(|(_, o)| *o != order);
                 // A closed order never changes again: its state now is
                 // final. Taken at once, because the views keep a bounded
-                // number of closed orders per user, and a cancel-all of many
-                // orders pushes the first ones out before the command ends.
+                // number of closed orders per user (maybe none), and a
+                // cancel-all of many orders pushes the first ones out
+                // before the command ends; then it is the order as it
+                // stood, closed as the views close one.
                 let closed = views.user(user).and_then(|u| u.closed.back()).filter(|o| o.order == order);
-                if let Some(closed) = closed {
-                    self.orders.push(closed.clone());
+                let closing = self.closing.take().filter(|o| o.order == order);
+                match (closed, closing) {
+                    (Some(closed), _) => self.orders.push(closed.clone()),
+                    (None, Some(mut closing)) => {
+                        closing.status = match reason {
+                            DoneReason::Filled => OrderStatus::Filled,
+                            DoneReason::Cancelled => OrderStatus::Cancelled,
+                            DoneReason::Expired => OrderStatus::Expired,
+                            DoneReason::SelfTrade => OrderStatus::ExpiredSelfTrade,
+                            DoneReason::FundsExhausted => OrderStatus::ExpiredFunds,
+                        };
+                        closing.filled = filled;
+                        closing.remaining = Lots(0);
+                        closing.updated_seq = event.seq;
+                        closing.updated_ns = timestamp_ns;
+                        self.orders.push(closing);
+                    }
+                    (None, None) => {}
                 }
             }
             _ => {}

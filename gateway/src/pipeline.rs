@@ -340,9 +340,13 @@ impl Follower {
                             timestamp_ns = stamp.timestamp_ns;
                             stamps.next();
                         }
+                        let mark = marks.next_if(|(at, _, _)| *at == index).copied();
+                        if mark.is_some() {
+                            self.capture.before(&views, event);
+                        }
                         views.apply(event, timestamp_ns);
-                        if let Some(&(_, request, last)) = marks.next_if(|(at, _, _)| *at == index) {
-                            self.capture.after(&views, event);
+                        if let Some((_, request, last)) = mark {
+                            self.capture.after(&views, event, timestamp_ns);
                             if last {
                                 let orders = self.capture.finish(&views);
                                 if let Some(reply) = waiting.find(|w| w.request == request) {

@@ -1032,3 +1032,44 @@ fn each_order_answer_describes_only_its_own_command() {
     assert!(!all.is_empty());
     assert_eq!(all, answered_trades.keys().copied().collect::<Vec<u64>>());
 }
+
+/// With no closed orders kept in memory (`closed_orders_kept_per_user` 0),
+/// an order that closes within its own command and a cancel are still
+/// answered, as their command left them.
+#[test]
+fn answers_do_not_need_closed_orders_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[("EXCHANGE_CLOSED_ORDERS_KEPT_PER_USER", "0")]);
+    let keys = exchange.demo(2);
+    let (alice, bob) = (&keys[0], &keys[1]);
+    let ask = signed(
+        &exchange,
+        bob,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.1&price=50000",
+    );
+    assert_eq!(ask.2["status"], "NEW", "{ask:?}");
+    let ioc = signed(
+        &exchange,
+        alice,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=IOC&quantity=0.05&price=50000",
+    );
+    assert_eq!(
+        (ioc.0, ioc.2["status"].as_str(), ioc.2["executedQty"].as_str()),
+        (200, Some("FILLED"), Some("0.05000000")),
+        "{ioc:?}"
+    );
+    let (status, native) = exchange
+        .place(alice, json!({ "market": "BTC-USDT", "side": "buy", "type": "market", "quantity": "0.02" }));
+    assert_eq!((status, native["status"].as_str()), (200, Some("filled")), "{native}");
+    let id = ask.2["orderId"].as_u64().unwrap();
+    let cancel = signed(&exchange, bob, "DELETE", "/api/v3/order", &format!("symbol=BTCUSDT&orderId={id}"));
+    assert_eq!(
+        (cancel.0, cancel.2["status"].as_str(), cancel.2["executedQty"].as_str()),
+        (200, Some("CANCELED"), Some("0.07000000")),
+        "{cancel:?}"
+    );
+}
