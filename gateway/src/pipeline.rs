@@ -11,7 +11,9 @@
 //! The matcher publishes a batch's events only after `commit_batch` made
 //! the batch durable under the policy (journal before acknowledgement). The
 //! responder runs after the views consumer, so a client that has its answer
-//! also sees its change in every read endpoint.
+//! also sees its change in every read endpoint. A reply carries its
+//! command's events and the orders the command touched as they stood right
+//! after it ([`crate::outcome`]): the views themselves are a whole batch on.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
