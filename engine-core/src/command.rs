@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::EngineLimits;
 use crate::market::{MarketRules, MarketStatus};
 use crate::units::{
     ApiKey, ApiSecret, AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, Units, UserId,
@@ -79,6 +80,12 @@ pub enum Command {
         market: Option<MarketId>,
     },
     Amend(Amend),
+    /// Replaces the engine's limits (the server journals one at start when
+    /// its configuration names different limits, and the admin API sends
+    /// one). New variants go last: the journal stores the variant's index.
+    SetLimits {
+        limits: EngineLimits,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +106,11 @@ pub enum OrderKind {
     /// Trades `qty` lots at whatever prices the book offers and never rests.
     /// A market buy stops early when the user's available quote runs out.
     Market { qty: Lots },
-    /// A market buy that spends at most `amount` of quote (buy side only).
+    /// A market order by quote amount, never resting: a buy spends at most
+    /// `amount` of quote; a sell sells base until it has received at most
+    /// `amount` of quote (before fees), or until the seller's available base
+    /// runs out. It is filled when what is left of `amount` cannot pay for
+    /// one more lot at the price it last traded at.
     MarketByQuote { amount: Units },
 }
 

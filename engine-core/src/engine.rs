@@ -16,39 +16,12 @@ use crate::command::{
 };
 use crate::event::{Capacity, DoneReason, Event, EventKind, RejectReason};
 use crate::hash::OrderIdHasher;
+use crate::limits::EngineLimits;
 use crate::market::{fee, Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
 use crate::units::{
     ApiKey, ApiSecret, AssetId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId,
     API_KEY_LEN_MIN,
 };
-
-/// Bounds on everything the engine holds. They are part of the state (a
-/// snapshot carries them) so that replay makes the same decisions. Missing
-/// fields take their defaults when read from a configuration file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineLimits {
-    pub open_orders_per_user_max: u32,
-    /// Resting orders across all markets.
-    pub orders_max: u32,
-    pub assets_max: u32,
-    pub markets_max: u32,
-    pub users_max: u32,
-    pub api_keys_per_user_max: u32,
-}
-
-impl Default for EngineLimits {
-    fn default() -> EngineLimits {
-        EngineLimits {
-            open_orders_per_user_max: 1_000,
-            orders_max: 10_000_000,
-            assets_max: 4_096,
-            markets_max: 4_096,
-            users_max: 100_000_000,
-            api_keys_per_user_max: 10,
-        }
-    }
-}
 
 /// A command arrived out of order. This is a bug in whoever feeds the
 /// engine, not bad input: the command was not applied.
@@ -118,10 +91,23 @@ struct Taker {
     filled: Lots,
     /// What a market buy may still spend.
     quote_budget: Option<Units>,
-    /// A market buy by quote amount, which has no quantity of its own.
+    /// A market order by quote amount, which has no quantity of its own.
     by_quote: bool,
+    /// The price of its last fill.
+    last_price: Option<Ticks>,
     stp: SelfTradePrevention,
     timestamp_ns: u64,
+}
+
+impl Taker {
+    /// Whether what is left of a quote budget cannot pay for one more lot
+    /// at the price the order last traded at (never, before its first fill).
+    fn quote_spent(&self, rules: &MarketRules) -> bool {
+        match (self.quote_budget, self.last_price) {
+            (Some(budget), Some(price)) => rules.lots_affordable(price, budget).0 == 0,
+            _ => false,
+        }
+    }
 }
 
 /// Why matching stopped.
@@ -251,6 +237,11 @@ impl Engine {
             Command::CancelOrder { user, order } => self.cancel(user, order, &mut emitter),
             Command::CancelAll { user, market } => self.cancel_all(user, market, &mut emitter),
             Command::Amend(amend) => self.amend(&amend, ts, &mut emitter),
+            Command::SetLimits { limits } => {
+                self.limits = limits;
+                emitter.emit(EventKind::LimitsChanged { limits });
+                Ok(())
+            }
         };
         if let Err(reason) = result {
             let (user, client_order_id) = match command.command {
@@ -533,9 +524,6 @@ impl Engine {
                 (None, qty, budget, TimeInForce::Ioc)
             }
             OrderKind::MarketByQuote { amount } => {
-                if new.side != Side::Buy {
-                    return Err(RejectReason::MarketByQuoteMustBuy);
-                }
                 if amount.0 == 0 {
                     return Err(RejectReason::ZeroAmount);
                 }
@@ -545,10 +533,21 @@ impl Engine {
                         min: rules.min_notional,
                     });
                 }
-                if available < amount {
-                    return Err(insufficient(amount));
-                }
-                (None, Lots(u64::MAX), Some(amount), TimeInForce::Ioc)
+                let lots = match new.side {
+                    Side::Buy if available < amount => return Err(insufficient(amount)),
+                    // The budget bounds a buy; its quantity is unbounded.
+                    Side::Buy => Lots(u64::MAX),
+                    // A sell stops at the quote amount or when the seller's
+                    // available base runs out, whichever comes first.
+                    Side::Sell => {
+                        let lots = available.0 / rules.base_units_per_lot;
+                        if lots == 0 {
+                            return Err(insufficient(Units(rules.base_units_per_lot)));
+                        }
+                        Lots(lots)
+                    }
+                };
+                (None, lots, Some(amount), TimeInForce::Ioc)
             }
         };
         if let Some(client_order_id) = new.client_order_id {
@@ -598,6 +597,7 @@ impl Engine {
             filled: Lots(0),
             quote_budget,
             by_quote: matches!(new.kind, OrderKind::MarketByQuote { .. }),
+            last_price: None,
             stp: new.stp,
             timestamp_ns: ts,
         };
@@ -621,12 +621,24 @@ impl Engine {
             self.attach_to_user(slot);
             self.rest(slot, emitter);
         } else {
-            let reason = match (end, new.kind) {
-                (MatchEnd::Complete, _) => DoneReason::Filled,
-                (MatchEnd::SelfTrade, _) => DoneReason::SelfTrade,
-                (MatchEnd::BudgetSpent, OrderKind::MarketByQuote { .. }) => DoneReason::Filled,
-                (MatchEnd::BudgetSpent, _) => DoneReason::FundsExhausted,
-                (MatchEnd::NoCross, _) => DoneReason::Expired,
+            let reason = if taker.by_quote {
+                // An order by quote amount is filled when its amount is used
+                // up, however the matching ended.
+                match end {
+                    MatchEnd::SelfTrade => DoneReason::SelfTrade,
+                    MatchEnd::BudgetSpent => DoneReason::Filled,
+                    _ if taker.quote_spent(&rules) => DoneReason::Filled,
+                    // A sell that sold all the base its owner had.
+                    MatchEnd::Complete => DoneReason::FundsExhausted,
+                    MatchEnd::NoCross => DoneReason::Expired,
+                }
+            } else {
+                match end {
+                    MatchEnd::Complete => DoneReason::Filled,
+                    MatchEnd::SelfTrade => DoneReason::SelfTrade,
+                    MatchEnd::BudgetSpent => DoneReason::FundsExhausted,
+                    MatchEnd::NoCross => DoneReason::Expired,
+                }
             };
             let cancelled = match new.kind {
                 OrderKind::MarketByQuote { .. } => Lots(0),
@@ -815,6 +827,7 @@ impl Engine {
         if let Some(budget) = &mut taker.quote_budget {
             budget.0 -= quote.0;
         }
+        taker.last_price = Some(price);
         let trade = TradeId(self.next_trade_id);
         self.next_trade_id += 1;
         emitter.emit(EventKind::Trade {
@@ -1120,6 +1133,7 @@ impl Engine {
             filled: order.filled,
             quote_budget: None,
             by_quote: false,
+            last_price: None,
             stp: order.stp,
             timestamp_ns: ts,
         };

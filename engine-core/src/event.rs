@@ -18,6 +18,7 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{OrderKind, SelfTradePrevention};
+use crate::limits::EngineLimits;
 use crate::market::{MarketRules, MarketStatus};
 use crate::units::{
     ApiKey, AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId,
@@ -156,6 +157,10 @@ pub enum EventKind {
         available: Units,
         locked: Units,
     },
+    /// The engine's limits from this command on.
+    LimitsChanged {
+        limits: EngineLimits,
+    },
 }
 
 /// Why an order left the book or ended without resting.
@@ -170,7 +175,8 @@ pub enum DoneReason {
     /// Cancelled by self-trade prevention.
     SelfTrade,
     /// A market buy by quantity stopped because the user's available quote
-    /// could not pay for the next lot.
+    /// could not pay for the next lot, or a market sell by quote amount
+    /// sold all of the user's available base before reaching its amount.
     FundsExhausted,
 }
 
@@ -239,8 +245,6 @@ pub enum RejectReason {
         limit: u32,
     },
     PostOnlyWouldTake,
-    /// Market buys by quote amount exist only on the buy side.
-    MarketByQuoteMustBuy,
     /// An amend that asks for no change.
     AmendNoChange,
     DuplicateApiKey,
@@ -320,7 +324,6 @@ impl fmt::Display for RejectReason {
                 write!(f, "the engine holds {limit} {what:?}, its configured capacity")
             }
             PostOnlyWouldTake => f.write_str("post-only order would trade at once"),
-            MarketByQuoteMustBuy => f.write_str("a market order by quote amount must be a buy"),
             AmendNoChange => f.write_str("the amend changes neither price nor quantity"),
             DuplicateApiKey => f.write_str("that API key exists already"),
             UnknownApiKey => f.write_str("the user has no such API key"),

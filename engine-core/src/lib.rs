@@ -78,6 +78,7 @@ mod engine;
 mod event;
 mod hash;
 mod invariants;
+mod limits;
 mod market;
 mod snapshot;
 mod units;
@@ -86,10 +87,11 @@ pub use accounts::{AssetTotals, Balance};
 pub use command::{
     Amend, Command, NewOrder, OrderKind, OrderRef, SelfTradePrevention, StampedCommand, TimeInForce,
 };
-pub use engine::{ApiKeyEntry, Engine, EngineLimits, SequenceError, TopOfBook};
+pub use engine::{ApiKeyEntry, Engine, SequenceError, TopOfBook};
 pub use event::{Capacity, DoneReason, Event, EventKind, RejectReason};
 pub use hash::StateHasher;
 pub use invariants::InvariantViolation;
+pub use limits::EngineLimits;
 pub use market::{fee, Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
 pub use snapshot::{RestingOrder, Snapshot, SnapshotError, SNAPSHOT_FORMAT_VERSION};
 pub use units::{

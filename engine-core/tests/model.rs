@@ -268,9 +268,6 @@ impl Model {
                 (None, qty.0, budget, TimeInForce::Ioc)
             }
             OrderKind::MarketByQuote { amount } => {
-                if o.side != Side::Buy {
-                    return Err(RejectReason::MarketByQuoteMustBuy);
-                }
                 if amount.0 == 0 {
                     return Err(RejectReason::ZeroAmount);
                 }
@@ -280,10 +277,15 @@ impl Model {
                         min: rules.min_notional,
                     });
                 }
-                if available < amount.0 {
-                    return Err(short(amount.0));
-                }
-                (None, u64::MAX, Some(amount.0), TimeInForce::Ioc)
+                let lots = match o.side {
+                    Side::Buy if available < amount.0 => return Err(short(amount.0)),
+                    Side::Buy => u64::MAX,
+                    Side::Sell if available < rules.base_units_per_lot => {
+                        return Err(short(rules.base_units_per_lot))
+                    }
+                    Side::Sell => available / rules.base_units_per_lot,
+                };
+                (None, lots, Some(amount.0), TimeInForce::Ioc)
             }
         };
         if let Some(cid) = o.client_order_id {
@@ -363,10 +365,19 @@ impl Model {
             self.orders.push(order);
         } else {
             let by_quote = matches!(o.kind, OrderKind::MarketByQuote { .. });
+            // By quote: filled once the rest of the amount cannot pay for a
+            // lot at the price of the order's last trade.
+            let last_price = out.trades.iter().rev().find(|t| t.1 == id).map(|t| t.2);
+            let spent = match (budget, last_price) {
+                (Some(left), Some(price)) => left < price * rules.quote_units_per_tick,
+                _ => false,
+            };
             let reason = match end {
-                End::Complete => DoneReason::Filled,
                 End::SelfTrade => DoneReason::SelfTrade,
                 End::Budget if by_quote => DoneReason::Filled,
+                _ if by_quote && spent => DoneReason::Filled,
+                End::Complete if by_quote => DoneReason::FundsExhausted,
+                End::Complete => DoneReason::Filled,
                 End::Budget => DoneReason::FundsExhausted,
                 End::NoCross => DoneReason::Expired,
             };
@@ -564,6 +575,10 @@ impl Model {
                 self.markets[market.0 as usize].status = status;
                 Outcome::default()
             }
+            Command::SetLimits { limits } => {
+                self.open_limit = limits.open_orders_per_user_max;
+                Outcome::default()
+            }
             _ => unreachable!("the generator makes no other commands"),
         }
     }
@@ -660,13 +675,49 @@ impl EventView {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Place { user: u32, market: u32, buy: bool, kind: u8, price: u64, qty: u64, cid: Option<u8>, stp: u8 },
-    Cancel { pick: usize, by_cid: bool, foreign: Option<u32> },
-    CancelAll { user: u32, market: Option<u32> },
-    Amend { pick: usize, qty: Option<u64>, price: Option<u64>, foreign: Option<u32> },
-    Deposit { user: u32, asset: u32, amount: u64 },
-    Withdraw { user: u32, asset: u32, amount: u64 },
-    Status { market: u32, status: u8 },
+    Place {
+        user: u32,
+        market: u32,
+        buy: bool,
+        kind: u8,
+        price: u64,
+        qty: u64,
+        cid: Option<u8>,
+        stp: u8,
+    },
+    Cancel {
+        pick: usize,
+        by_cid: bool,
+        foreign: Option<u32>,
+    },
+    CancelAll {
+        user: u32,
+        market: Option<u32>,
+    },
+    Amend {
+        pick: usize,
+        qty: Option<u64>,
+        price: Option<u64>,
+        foreign: Option<u32>,
+    },
+    Deposit {
+        user: u32,
+        asset: u32,
+        amount: u64,
+    },
+    Withdraw {
+        user: u32,
+        asset: u32,
+        amount: u64,
+    },
+    Status {
+        market: u32,
+        status: u8,
+    },
+    /// A new open-orders limit per user, lowered below what users hold at times.
+    Limits {
+        open: u32,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -687,6 +738,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (user.clone(), 0..ASSETS + 1, 0u64..3_000).prop_map(|(user, asset, amount)| Op::Deposit { user, asset, amount }),
         5 => (user, 0..ASSETS + 1, 0u64..3_000).prop_map(|(user, asset, amount)| Op::Withdraw { user, asset, amount }),
         1 => (0u32..3, 0u8..8).prop_map(|(market, status)| Op::Status { market, status }),
+        1 => (0u32..12).prop_map(|open| Op::Limits { open }),
     ]
 }
 
@@ -790,6 +842,9 @@ fn to_command(op: &Op, model: &Model) -> Command {
                 1 => MarketStatus::CancelOnly,
                 _ => MarketStatus::Open,
             },
+        },
+        Op::Limits { open } => Command::SetLimits {
+            limits: EngineLimits { open_orders_per_user_max: open, ..EngineLimits::default() },
         },
     }
 }

@@ -176,15 +176,109 @@ fn market_buy_by_quote_spends_at_most_the_amount() {
     assert_eq!(h.trades(), vec![(1, 3, 100, 2), (2, 3, 110, 2)]);
     assert_eq!(h.done(), vec![(1, DoneReason::Filled, 2, 0), (3, DoneReason::Filled, 4, 0)]);
     assert_eq!(h.balance(1, USDT), (START_USDT - 420, 0));
-    let reason =
-        h.rejected(Command::PlaceOrder(order(1, Side::Sell, OrderKind::MarketByQuote { amount: Units(5) })));
-    assert_eq!(reason, RejectReason::MarketByQuoteMustBuy);
     let reason = h.rejected(Command::PlaceOrder(order(
         1,
         Side::Buy,
         OrderKind::MarketByQuote { amount: Units(START_USDT) },
     )));
     assert!(matches!(reason, RejectReason::InsufficientFunds { asset: USDT, .. }));
+}
+
+#[test]
+fn market_buy_by_quote_that_spends_its_amount_as_the_book_runs_out_is_filled() {
+    // Found by an outside client: SELL 0.0006 @30000.11 and 0.0006 @30000.12,
+    // then BUY MARKET quoteOrderQty=36.000138, the exact cost of both.
+    let mut h = Harness::btc_usdt(2);
+    h.limit(0, Side::Sell, 3_000_011, 6);
+    h.limit(0, Side::Sell, 3_000_012, 6);
+    let amount = 6 * 3_000_011 + 6 * 3_000_012;
+    h.place(1, Side::Buy, OrderKind::MarketByQuote { amount: Units(amount) });
+    assert_eq!(h.trades(), vec![(1, 3, 3_000_011, 6), (2, 3, 3_000_012, 6)]);
+    assert_eq!(
+        h.done(),
+        vec![(1, DoneReason::Filled, 6, 0), (2, DoneReason::Filled, 6, 0), (3, DoneReason::Filled, 12, 0)]
+    );
+    // Less than a lot left over when the book runs out: filled too.
+    h.limit(0, Side::Sell, 100, 2);
+    h.place(1, Side::Buy, OrderKind::MarketByQuote { amount: Units(250) });
+    assert_eq!(h.done(), vec![(4, DoneReason::Filled, 2, 0), (5, DoneReason::Filled, 2, 0)]);
+    // More than a lot left over when the book runs out: expired.
+    h.limit(0, Side::Sell, 100, 2);
+    h.place(1, Side::Buy, OrderKind::MarketByQuote { amount: Units(300) });
+    assert_eq!(h.done(), vec![(6, DoneReason::Filled, 2, 0), (7, DoneReason::Expired, 2, 0)]);
+    // Nothing to buy at all: expired, nothing spent.
+    h.place(1, Side::Buy, OrderKind::MarketByQuote { amount: Units(300) });
+    assert_eq!(h.done(), vec![(8, DoneReason::Expired, 0, 0)]);
+}
+
+#[test]
+fn market_sell_by_quote_sells_base_until_the_amount_is_reached() {
+    let mut h = Harness::btc_usdt(2);
+    h.limit(0, Side::Buy, 110, 2);
+    h.limit(0, Side::Buy, 100, 5);
+    // 2 lots at 110 (220), then 2 lots at 100 (200): 420 received; a third
+    // lot at 100 would pass 500.
+    let base_before = h.balance(1, BTC).0;
+    let quote_before = h.balance(1, USDT).0;
+    h.place(1, Side::Sell, OrderKind::MarketByQuote { amount: Units(500) });
+    assert_eq!(h.trades(), vec![(1, 3, 110, 2), (2, 3, 100, 2)]);
+    assert_eq!(h.done(), vec![(1, DoneReason::Filled, 2, 0), (3, DoneReason::Filled, 4, 0)]);
+    assert_eq!(h.balance(1, BTC), (base_before - 40, 0));
+    // Taker fee 0.2% of each trade's 220 and 200, each rounded up.
+    assert_eq!(h.balance(1, USDT), (quote_before + 420 - 2, 0));
+
+    // Exactly the amount: filled. The book running out first: expired.
+    h.place(1, Side::Sell, OrderKind::MarketByQuote { amount: Units(300) });
+    assert_eq!(h.done(), vec![(2, DoneReason::Filled, 5, 0), (4, DoneReason::Filled, 3, 0)]);
+    h.place(1, Side::Sell, OrderKind::MarketByQuote { amount: Units(1_000) });
+    assert_eq!(h.done(), vec![(5, DoneReason::Expired, 0, 0)]);
+
+    // A seller with less base than the amount needs sells all of it.
+    h.ok(Command::CreateUser);
+    h.ok(Command::Deposit { user: UserId(2), asset: BTC, amount: Units(35) });
+    h.limit(0, Side::Buy, 100, 10);
+    h.place(2, Side::Sell, OrderKind::MarketByQuote { amount: Units(1_000) });
+    assert_eq!(h.trades(), vec![(6, 7, 100, 3)]);
+    assert_eq!(h.done(), vec![(7, DoneReason::FundsExhausted, 3, 0)]);
+    assert_eq!(h.balance(2, BTC), (5, 0));
+    // Less than a lot of base: refused.
+    let reason = h.rejected(Command::PlaceOrder(order(
+        2,
+        Side::Sell,
+        OrderKind::MarketByQuote { amount: Units(100) },
+    )));
+    assert!(matches!(reason, RejectReason::InsufficientFunds { asset: BTC, .. }), "{reason:?}");
+}
+
+#[test]
+fn limits_change_only_by_a_journaled_command() {
+    let mut h = Harness::btc_usdt(1);
+    let before = h.engine.state_hash();
+    let limits = EngineLimits { open_orders_per_user_max: 1, ..EngineLimits::default() };
+    let events = h.ok(Command::SetLimits { limits }).to_vec();
+    assert_eq!(events.len(), 1);
+    assert!(matches!(events[0].kind, EventKind::LimitsChanged { limits: l } if l == limits));
+    assert_eq!(h.engine.limits(), limits);
+    assert_ne!(h.engine.state_hash(), before, "the state hash covers the limits");
+    h.limit(0, Side::Buy, 100, 1);
+    let reason = h.rejected(Command::PlaceOrder(order(0, Side::Buy, limit_kind(100, 1, TimeInForce::Gtc))));
+    assert_eq!(reason, RejectReason::OpenOrderLimit { limit: 1 });
+    // Lowered below what a user holds: what is there stays, and a snapshot
+    // of that state loads.
+    h.ok(Command::CreateApiKey {
+        user: UserId(0),
+        key: ApiKey::new("key0000000000000001").unwrap(),
+        secret: ApiSecret::new("secret0000000000001").unwrap(),
+    });
+    h.ok(Command::CreateApiKey {
+        user: UserId(0),
+        key: ApiKey::new("key0000000000000002").unwrap(),
+        secret: ApiSecret::new("secret0000000000002").unwrap(),
+    });
+    h.ok(Command::SetLimits { limits: EngineLimits { api_keys_per_user_max: 1, ..limits } });
+    let restored = Engine::from_snapshot(h.engine.snapshot()).unwrap();
+    assert_eq!(restored.state_hash(), h.engine.state_hash());
+    assert_eq!(restored.api_keys().len(), 2);
 }
 
 fn self_trade_setup(stp: SelfTradePrevention) -> Harness {

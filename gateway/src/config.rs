@@ -58,10 +58,17 @@ pub struct Config {
     /// Request weight one client address may use per minute on the
     /// Binance-compatible API (Binance's own limit is 6,000).
     pub request_weight_per_minute: u64,
-    /// Recent trades kept per market for `GET /trade/history`.
+    /// Recent trades kept per market in memory (`GET /trade/history`,
+    /// `/api/v3/trades`, `aggTrades`), recovered after a restart.
     pub recent_trades_max: usize,
-    /// Closed orders kept per user for `GET /order`.
+    /// ... and for at most this long (measured in the journal's time).
+    pub recent_trades_kept_ms: u64,
+    /// Closed orders kept per user in memory (`GET /order`,
+    /// `/api/v3/order`, `myTrades`), recovered after a restart. Older ones
+    /// are served from PostgreSQL when it is configured.
     pub closed_orders_kept_per_user: usize,
+    /// ... and for at most this long after they closed.
+    pub closed_orders_kept_ms: u64,
     /// PostgreSQL to write history to and serve it from (a tokio-postgres
     /// connection string, URL or key=value form). Also read from the
     /// `DATABASE_URL` environment variable. Without it the exchange runs on
@@ -70,9 +77,43 @@ pub struct Config {
     /// How long one database write may take before the writer gives up on
     /// it, reconnects and starts again from the database's cursor.
     pub database_transaction_timeout_ms: u64,
-    /// The engine's limits. They are part of its state: they apply to a new
-    /// data directory; an existing one keeps those in its snapshot.
-    pub limits: EngineLimits,
+    /// How far behind the matcher the history database may fall (after a
+    /// commit, or with nothing committed for this long) before `/health`
+    /// says `degraded`.
+    pub database_lag_max_ms: u64,
+    /// The engine's limits. Those named here are journaled at start when
+    /// they differ from the journal's (the engine's output depends on them,
+    /// so they live in the journal); those not named keep the journal's
+    /// values (the defaults for a new data directory).
+    pub limits: LimitsConfig,
+}
+
+/// The `[limits]` section: each limit named here replaces the journal's.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub open_orders_per_user_max: Option<u32>,
+    pub orders_max: Option<u32>,
+    pub assets_max: Option<u32>,
+    pub markets_max: Option<u32>,
+    pub users_max: Option<u32>,
+    pub api_keys_per_user_max: Option<u32>,
+}
+
+impl LimitsConfig {
+    /// `limits` with the values named here.
+    pub fn apply_to(&self, limits: EngineLimits) -> EngineLimits {
+        EngineLimits {
+            open_orders_per_user_max: self
+                .open_orders_per_user_max
+                .unwrap_or(limits.open_orders_per_user_max),
+            orders_max: self.orders_max.unwrap_or(limits.orders_max),
+            assets_max: self.assets_max.unwrap_or(limits.assets_max),
+            markets_max: self.markets_max.unwrap_or(limits.markets_max),
+            users_max: self.users_max.unwrap_or(limits.users_max),
+            api_keys_per_user_max: self.api_keys_per_user_max.unwrap_or(limits.api_keys_per_user_max),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -124,10 +165,13 @@ impl Default for Config {
             rate_limit_per_s: 200,
             rate_limit_burst: 400,
             request_weight_per_minute: 6_000,
-            recent_trades_max: 1_000,
-            closed_orders_kept_per_user: 100,
+            recent_trades_max: 10_000,
+            recent_trades_kept_ms: 24 * 3_600_000,
+            closed_orders_kept_per_user: 1_000,
+            closed_orders_kept_ms: 7 * 24 * 3_600_000,
             database_transaction_timeout_ms: 30_000,
-            limits: EngineLimits::default(),
+            database_lag_max_ms: persistence::WRITER_LAG_MAX_DEFAULT.as_millis() as u64,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -204,6 +248,7 @@ impl Config {
             "ADMIN_TOKEN" => self.admin_token = Some(value.to_string()),
             "DATABASE_URL" => self.database_url = Some(value.to_string()),
             "DATABASE_TRANSACTION_TIMEOUT_MS" => self.database_transaction_timeout_ms = parse(value)?,
+            "DATABASE_LAG_MAX_MS" => self.database_lag_max_ms = parse(value)?,
             "REQUEST_BODY_MAX_BYTES" => self.request_body_max_bytes = parse(value)?,
             "CONNECTIONS_MAX" => self.connections_max = parse(value)?,
             "REQUEST_TIMEOUT_MS" => self.request_timeout_ms = parse(value)?,
@@ -212,8 +257,13 @@ impl Config {
             "RATE_LIMIT_BURST" => self.rate_limit_burst = parse(value)?,
             "REQUEST_WEIGHT_PER_MINUTE" => self.request_weight_per_minute = parse(value)?,
             "RECENT_TRADES_MAX" => self.recent_trades_max = parse(value)?,
+            "RECENT_TRADES_KEPT_MS" => self.recent_trades_kept_ms = parse(value)?,
             "CLOSED_ORDERS_KEPT_PER_USER" => self.closed_orders_kept_per_user = parse(value)?,
-            "OPEN_ORDERS_PER_USER_MAX" => self.limits.open_orders_per_user_max = parse(value)?,
+            "CLOSED_ORDERS_KEPT_MS" => self.closed_orders_kept_ms = parse(value)?,
+            "OPEN_ORDERS_PER_USER_MAX" => self.limits.open_orders_per_user_max = Some(parse(value)?),
+            "ORDERS_MAX" => self.limits.orders_max = Some(parse(value)?),
+            "USERS_MAX" => self.limits.users_max = Some(parse(value)?),
+            "API_KEYS_PER_USER_MAX" => self.limits.api_keys_per_user_max = Some(parse(value)?),
             _ => return Err("no such setting (see the README's configuration table)".into()),
         }
         Ok(())
@@ -244,6 +294,20 @@ impl Config {
         if self.database_transaction_timeout_ms == 0 {
             return Err(ConfigError("database_transaction_timeout_ms must be positive".into()));
         }
+        if self.database_lag_max_ms == 0 {
+            return Err(ConfigError("database_lag_max_ms must be positive".into()));
+        }
+        if let Some(url) = &self.database_url {
+            // A string that cannot be parsed never connects: refused here
+            // rather than retried for ever (the reason never shows the password).
+            persistence::connection_string::check(url).map_err(|why| {
+                ConfigError(format!(
+                    "database_url (or DATABASE_URL, EXCHANGE_DATABASE_URL): {why}; the form is \
+                     \"host=... port=... user=... password=... dbname=...\" or \
+                     \"postgres://user:password@host:port/dbname\""
+                ))
+            })?;
+        }
         if self.request_weight_per_minute == 0 {
             return Err(ConfigError("request_weight_per_minute must be positive".into()));
         }
@@ -251,6 +315,16 @@ impl Config {
             return Err(ConfigError("rate_limit_per_s and rate_limit_burst must be positive".into()));
         }
         Ok(())
+    }
+
+    /// What the read views keep.
+    pub fn retention_of_views(&self) -> crate::views::Retention {
+        crate::views::Retention {
+            closed_orders_per_user_max: self.closed_orders_kept_per_user,
+            closed_order_age_max_ms: self.closed_orders_kept_ms,
+            trades_per_market_max: self.recent_trades_max,
+            trade_age_max_ms: self.recent_trades_kept_ms,
+        }
     }
 
     pub fn durability(&self) -> Durability {
@@ -303,7 +377,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.durability, DurabilityKind::None);
-        assert_eq!(config.limits.users_max, 5);
+        assert_eq!(config.limits.users_max, Some(5));
+        assert_eq!(
+            config.limits.apply_to(EngineLimits::default()).orders_max,
+            EngineLimits::default().orders_max
+        );
         assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdefXYZ"));
     }
 
@@ -320,5 +398,10 @@ mod tests {
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
         let error = Config::load(Some(&path), env(&[])).unwrap_err();
         assert!(error.to_string().contains("unknown field"), "{error}");
+        let error =
+            Config::load(None, env(&[("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:notaport/db")]))
+                .unwrap_err();
+        assert!(error.to_string().contains("database_url"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
     }
 }

@@ -15,7 +15,7 @@
 //! command's events and the orders the command touched as they stood right
 //! after it ([`crate::outcome`]): the views themselves are a whole batch on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,7 +31,7 @@ use journal::{JournalWriter, SegmentRetention};
 use tokio::sync::oneshot;
 
 use crate::outcome::{Capture, Outcome};
-use crate::views::{OrderView, Views};
+use crate::views::{OrderView, Views, ViewsState};
 use crate::wait::{Backoff, Doorbell};
 
 /// What travels into the matcher.
@@ -62,6 +62,10 @@ pub struct Outbound {
     pub failed: bool,
     /// When the matcher stamped the command.
     pub timestamp_ns: u64,
+    /// A snapshot marker: the matcher took the engine's state here, and the
+    /// views consumer adds the views' state as of the same point (and
+    /// `request_id`, if any, is answered once the file is written).
+    pub snapshot: bool,
 }
 
 /// The answer a request handler waits for.
@@ -142,6 +146,14 @@ pub struct PipelineConfig {
     pub database_status: Option<Arc<persistence::WriterStatus>>,
 }
 
+/// One half of a snapshot, on its way to the thread that writes the file:
+/// the matcher sends the engine, the views consumer the views as of the
+/// same sequence number.
+enum SnapshotPart {
+    Engine(Box<Engine>),
+    Views { state: ViewsState, reply: u64 },
+}
+
 type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
 
 /// A handle that publishes into the inbound ring and rings the matcher's
@@ -204,8 +216,23 @@ fn start_with<W: WaitStrategy + 'static>(
     // machine has few cores; views first, so an answered client reads its
     // own write.
     let mut config = config;
+    let (snapshot_parts, snapshot_inbox) = std::sync::mpsc::channel();
+    let snapshot_writer = SnapshotWriter {
+        dir: config.snapshots_dir.clone(),
+        keep_newest: config.snapshots_keep,
+        database_status: config.database_status.clone(),
+        journal_dir: config.journal_dir.clone(),
+        retention: config.retention.clone(),
+        health: Arc::clone(&health),
+        pending: Arc::clone(&pending),
+    };
+    std::thread::Builder::new()
+        .name("snapshots".into())
+        .spawn(move || snapshot_writer.run(snapshot_inbox))
+        .expect("the snapshot thread starts");
     let mut follower = Follower {
         views,
+        snapshots: snapshot_parts.clone(),
         pending: Arc::clone(&pending),
         hub: config.hub.take(),
         database: config.database.take(),
@@ -241,6 +268,7 @@ fn start_with<W: WaitStrategy + 'static>(
         last_timestamp_ns: 0,
         commands_since_snapshot: 0,
         health: health_for_matcher,
+        snapshots: snapshot_parts,
         config,
     };
     use disruptor::ProcessorSettings;
@@ -264,7 +292,12 @@ impl Inbound {
 
 impl Outbound {
     const EMPTY: Outbound =
-        Outbound { request_id: 0, event: None, last: false, failed: false, timestamp_ns: 0 };
+        Outbound { request_id: 0, event: None, last: false, failed: false, timestamp_ns: 0, snapshot: false };
+
+    /// The outcome of a command that was not applied.
+    fn failed(request_id: u64) -> Outbound {
+        Outbound { request_id, event: None, last: true, failed: true, timestamp_ns: 0, snapshot: false }
+    }
 }
 
 type OutboundProducer = SingleProducer<Outbound, SingleConsumerBarrier>;
@@ -272,6 +305,7 @@ type OutboundProducer = SingleProducer<Outbound, SingleConsumerBarrier>;
 /// The consumer of the outbound ring.
 struct Follower {
     views: Arc<RwLock<Views>>,
+    snapshots: std::sync::mpsc::Sender<SnapshotPart>,
     pending: Arc<Pending>,
     hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
     database: Option<persistence::Feed>,
@@ -296,6 +330,17 @@ struct Follower {
 
 impl Follower {
     fn handle(&mut self, slot: &Outbound, end_of_batch: bool) {
+        if slot.snapshot {
+            // Everything before the marker first, so that the views are
+            // exactly at the engine's sequence number.
+            self.flush();
+            let state = match self.views.read() {
+                Ok(views) => views.state(),
+                Err(_) => return,
+            };
+            let _ = self.snapshots.send(SnapshotPart::Views { state, reply: slot.request_id });
+            return;
+        }
         if let Some(event) = slot.event {
             if slot.request_id != 0 && !slot.failed {
                 self.request_marks.push((self.batch_events.len(), slot.request_id, slot.last));
@@ -329,74 +374,80 @@ impl Follower {
             self.observed.push(*slot);
         }
         if end_of_batch {
-            if !self.batch_events.is_empty() {
-                if let Ok(mut views) = self.views.write() {
-                    // Stamps are in sequence order, one per command.
-                    let mut stamps = self.stamps.iter().peekable();
-                    let mut timestamp_ns = 0;
-                    let mut marks = self.request_marks.iter().peekable();
-                    // Replies are in the order of their commands' last events.
-                    let mut waiting = self.replies.iter_mut().filter(|w| !w.failed);
-                    for (index, event) in self.batch_events.iter().enumerate() {
-                        while let Some(stamp) = stamps.peek().filter(|s| s.seq <= event.seq) {
-                            timestamp_ns = stamp.timestamp_ns;
-                            stamps.next();
-                        }
-                        let mark = marks.next_if(|(at, _, _)| *at == index).copied();
-                        if mark.is_some() {
-                            self.capture.before(&views, event);
-                        }
-                        views.apply(event, timestamp_ns);
-                        if let Some((_, request, last)) = mark {
-                            self.capture.after(&views, event, timestamp_ns);
-                            if last {
-                                let orders = self.capture.finish(&views);
-                                if let Some(reply) = waiting.find(|w| w.request == request) {
-                                    reply.orders = orders;
-                                }
+            self.flush();
+        }
+    }
+
+    /// Applies what was collected to the views, hands it to the streams and
+    /// the database, then answers the requests whose outcomes it holds.
+    fn flush(&mut self) {
+        if !self.batch_events.is_empty() {
+            if let Ok(mut views) = self.views.write() {
+                // Stamps are in sequence order, one per command.
+                let mut stamps = self.stamps.iter().peekable();
+                let mut timestamp_ns = 0;
+                let mut marks = self.request_marks.iter().peekable();
+                // Replies are in the order of their commands' last events.
+                let mut waiting = self.replies.iter_mut().filter(|w| !w.failed);
+                for (index, event) in self.batch_events.iter().enumerate() {
+                    while let Some(stamp) = stamps.peek().filter(|s| s.seq <= event.seq) {
+                        timestamp_ns = stamp.timestamp_ns;
+                        stamps.next();
+                    }
+                    let mark = marks.next_if(|(at, _, _)| *at == index).copied();
+                    if mark.is_some() {
+                        self.capture.before(&views, event);
+                    }
+                    views.apply(event, timestamp_ns);
+                    if let Some((_, request, last)) = mark {
+                        self.capture.after(&views, event, timestamp_ns);
+                        if last {
+                            let orders = self.capture.finish(&views);
+                            if let Some(reply) = waiting.find(|w| w.request == request) {
+                                reply.orders = orders;
                             }
                         }
                     }
                 }
-                self.request_marks.clear();
-                let events: Arc<[Event]> = Arc::from(self.batch_events.as_slice());
-                if let Some(feed) = &self.database {
-                    // Never waits: a full feed drops, and the writer
-                    // regenerates from the journal.
-                    feed.offer(persistence::Batch {
-                        events: Arc::clone(&events),
-                        stamps: self.stamps.as_slice().into(),
-                    });
-                }
-                if let Some((hub, subscribers)) = &self.hub {
-                    if hub.try_send(events).is_err() {
-                        // The streams fell behind: every subscriber is cut off
-                        // (and resyncs) rather than this thread waiting.
-                        subscribers.drop_all();
-                    }
-                }
-                self.batch_events.clear();
-                self.stamps.clear();
             }
-            for reply in &mut self.replies {
-                let events = &self.reply_events[reply.start..reply.end];
-                let orders = std::mem::take(&mut reply.orders);
-                self.pending.complete(reply.request, || {
-                    if reply.failed {
-                        Err(PipelineFailure::JournalUnavailable)
-                    } else {
-                        Ok(Outcome { events: events.to_vec(), orders })
-                    }
+            self.request_marks.clear();
+            let events: Arc<[Event]> = Arc::from(self.batch_events.as_slice());
+            if let Some(feed) = &self.database {
+                // Never waits: a full feed drops, and the writer
+                // regenerates from the journal.
+                feed.offer(persistence::Batch {
+                    events: Arc::clone(&events),
+                    stamps: self.stamps.as_slice().into(),
                 });
             }
-            self.replies.clear();
-            // A command whose last event is still to come keeps what it has.
-            self.reply_events.drain(..self.current_start);
-            self.current_start = 0;
-            if let Some(observe) = self.observer.as_mut() {
-                for slot in self.observed.drain(..) {
-                    observe(&slot);
+            if let Some((hub, subscribers)) = &self.hub {
+                if hub.try_send(events).is_err() {
+                    // The streams fell behind: every subscriber is cut off
+                    // (and resyncs) rather than this thread waiting.
+                    subscribers.drop_all();
                 }
+            }
+            self.batch_events.clear();
+            self.stamps.clear();
+        }
+        for reply in &mut self.replies {
+            let events = &self.reply_events[reply.start..reply.end];
+            let orders = std::mem::take(&mut reply.orders);
+            self.pending.complete(reply.request, || {
+                if reply.failed {
+                    Err(PipelineFailure::JournalUnavailable)
+                } else {
+                    Ok(Outcome { events: events.to_vec(), orders })
+                }
+            });
+        }
+        self.replies.clear();
+        // A command whose last event is still to come keeps what it has.
+        self.reply_events.drain(..self.current_start);
+        self.current_start = 0;
+        if let Some(observe) = self.observer.as_mut() {
+            for slot in self.observed.drain(..) {
+                observe(&slot);
             }
         }
     }
@@ -431,6 +482,7 @@ struct Matcher {
     last_timestamp_ns: u64,
     commands_since_snapshot: u64,
     health: Arc<Health>,
+    snapshots: std::sync::mpsc::Sender<SnapshotPart>,
     config: PipelineConfig,
 }
 
@@ -445,15 +497,8 @@ impl Matcher {
             }
             Work::Shutdown => {
                 self.commit();
-                self.snapshot(true);
-                // Tells the waiting shutdown that the snapshot is on disk.
-                self.staged.push(Outbound {
-                    request_id: slot.request_id,
-                    event: None,
-                    last: true,
-                    failed: false,
-                    timestamp_ns: 0,
-                });
+                // The waiting shutdown is answered once the snapshot is on disk.
+                self.snapshot(slot.request_id);
             }
         }
         if end_of_batch {
@@ -461,14 +506,14 @@ impl Matcher {
             if self.config.snapshot_every_commands > 0
                 && self.commands_since_snapshot >= self.config.snapshot_every_commands
             {
-                self.snapshot(false);
+                self.snapshot(0);
             }
         }
     }
 
     fn apply(&mut self, request_id: u64, command: Command) {
         if self.health.journal_failed.load(Ordering::Relaxed) {
-            self.staged.push(Outbound { request_id, event: None, last: true, failed: true, timestamp_ns: 0 });
+            self.staged.push(Outbound::failed(request_id));
             return;
         }
         // Wall-clock time, never running backwards in the journal.
@@ -478,7 +523,7 @@ impl Matcher {
             StampedCommand { seq: self.engine.last_seq() + 1, timestamp_ns: self.last_timestamp_ns, command };
         if self.journal.append(&stamped).is_err() {
             self.fail_journal();
-            self.staged.push(Outbound { request_id, event: None, last: true, failed: true, timestamp_ns: 0 });
+            self.staged.push(Outbound::failed(request_id));
             return;
         }
         self.events.clear();
@@ -496,6 +541,7 @@ impl Matcher {
                 last: index + 1 == count,
                 failed: false,
                 timestamp_ns: stamped.timestamp_ns,
+                snapshot: false,
             });
         }
     }
@@ -506,17 +552,16 @@ impl Matcher {
             self.fail_journal();
             for outcome in &mut self.staged {
                 // Nothing of a batch that may not be durable is published as done.
-                *outcome = Outbound {
-                    request_id: outcome.request_id,
-                    event: None,
-                    last: true,
-                    failed: true,
-                    timestamp_ns: 0,
-                };
+                *outcome = Outbound::failed(outcome.request_id);
             }
         }
         self.health.last_seq.store(self.engine.last_seq(), Ordering::Relaxed);
         self.health.durable_seq.store(self.journal.durable_seq(), Ordering::Relaxed);
+        self.publish_staged();
+    }
+
+    /// Publishes the staged outcomes to the outbound ring.
+    fn publish_staged(&mut self) {
         // One claim per chunk of the ring, not one per event.
         let chunk = (self.config.outbound_ring_size / 4).max(1);
         for outcomes in self.staged.chunks(chunk) {
@@ -536,37 +581,113 @@ impl Matcher {
         }
     }
 
-    /// Writes a snapshot of the current state. The matcher stops only to
-    /// sync the journal and clone the state; a helper thread writes the file.
-    fn snapshot(&mut self, wait_for_it: bool) {
+    /// Takes a snapshot of the current state: the matcher stops only to
+    /// sync the journal and clone the engine; the views consumer adds the
+    /// views when it reaches the marker published here, and the snapshot
+    /// thread writes the file. `reply` (0: none) is answered once it is on
+    /// disk, or failed when no snapshot can be taken.
+    fn snapshot(&mut self, reply: u64) {
         self.commands_since_snapshot = 0;
         if self.health.journal_failed.load(Ordering::Relaxed) {
+            if reply != 0 {
+                self.staged.push(Outbound::failed(reply));
+                self.publish_staged();
+            }
             return;
         }
         let started = Instant::now();
         // A snapshot must never be ahead of the durable journal.
         if self.journal.sync().is_err() {
             self.fail_journal();
+            if reply != 0 {
+                self.staged.push(Outbound::failed(reply));
+                self.publish_staged();
+            }
             return;
         }
-        let copy = self.engine.clone();
+        self.health.durable_seq.store(self.journal.durable_seq(), Ordering::Relaxed);
+        let copy = Box::new(self.engine.clone());
         self.health.snapshot_stall_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let dir = self.config.snapshots_dir.clone();
-        let keep = journal::SnapshotKeep {
-            newest: self.config.snapshots_keep,
-            hold_at_or_below: self
-                .config
-                .database_status
-                .as_ref()
-                .map(|s| s.cursor_seq.load(Ordering::Relaxed)),
+        let _ = self.snapshots.send(SnapshotPart::Engine(copy));
+        self.staged.push(Outbound {
+            request_id: reply,
+            event: None,
+            last: true,
+            failed: false,
+            timestamp_ns: 0,
+            snapshot: true,
+        });
+        self.publish_staged();
+    }
+}
+
+/// The thread that writes snapshot files, pairing each engine state with
+/// the views at the same sequence number, and then prunes what the
+/// snapshots make unnecessary.
+struct SnapshotWriter {
+    dir: PathBuf,
+    keep_newest: usize,
+    database_status: Option<Arc<persistence::WriterStatus>>,
+    journal_dir: PathBuf,
+    retention: SegmentRetention,
+    health: Arc<Health>,
+    pending: Arc<Pending>,
+}
+
+impl SnapshotWriter {
+    fn run(self, inbox: std::sync::mpsc::Receiver<SnapshotPart>) {
+        // Engines waiting for their views, oldest first (a few at most: one
+        // per snapshot taken while the views consumer is behind).
+        let mut engines: VecDeque<Box<Engine>> = VecDeque::new();
+        while let Ok(part) = inbox.recv() {
+            match part {
+                SnapshotPart::Engine(engine) => engines.push_back(engine),
+                SnapshotPart::Views { state, reply } => {
+                    // Engines older than these views will never get theirs.
+                    while engines.front().is_some_and(|e| e.last_seq() < state.last_seq) {
+                        engines.pop_front();
+                    }
+                    let written = match engines.pop_front() {
+                        Some(engine) if engine.last_seq() == state.last_seq => self.write(&engine, &state),
+                        other => {
+                            eprintln!(
+                                "snapshot at sequence {}: the engine's state is missing ({:?} instead)",
+                                state.last_seq,
+                                other.map(|e| e.last_seq())
+                            );
+                            false
+                        }
+                    };
+                    if reply != 0 {
+                        self.pending.complete(reply, || {
+                            if written {
+                                Ok(Outcome::default())
+                            } else {
+                                Err(PipelineFailure::JournalUnavailable)
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&self, engine: &Engine, state: &ViewsState) -> bool {
+        let views = match state.encode() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                eprintln!("snapshot at sequence {}: cannot encode the views: {error}", engine.last_seq());
+                return false;
+            }
         };
-        let journal_dir = self.config.journal_dir.clone();
-        let retention = self.config.retention.clone();
-        let health = Arc::clone(&self.health);
-        let write = move || match journal::write_snapshot(&dir, &copy, keep) {
+        let keep = journal::SnapshotKeep {
+            newest: self.keep_newest,
+            hold_at_or_below: self.database_status.as_ref().map(|s| s.cursor_seq.load(Ordering::Relaxed)),
+        };
+        match journal::write_snapshot_with_views(&self.dir, engine, Some(&views), keep) {
             Ok(info) => {
-                health.snapshot_seq.store(info.seq, Ordering::Relaxed);
-                let snapshots = journal::list_snapshots(&dir).unwrap_or_default();
+                self.health.snapshot_seq.store(info.seq, Ordering::Relaxed);
+                let snapshots = journal::list_snapshots(&self.dir).unwrap_or_default();
                 let oldest = snapshots.last().map(|(seq, _)| *seq);
                 // With a database writer behind, the journal from its held
                 // snapshot on stays; with no snapshot at or before its
@@ -576,17 +697,16 @@ impl Matcher {
                     None => oldest,
                 };
                 if let Some(oldest) = oldest {
-                    if let Err(error) = journal::prune_segments(&journal_dir, oldest, &retention) {
+                    if let Err(error) = journal::prune_segments(&self.journal_dir, oldest, &self.retention) {
                         eprintln!("pruning journal segments failed: {error}");
                     }
                 }
+                true
             }
-            Err(error) => eprintln!("snapshot at sequence {} failed: {error}", copy.last_seq()),
-        };
-        if wait_for_it {
-            write();
-        } else {
-            std::thread::spawn(write);
+            Err(error) => {
+                eprintln!("snapshot at sequence {} failed: {error}", engine.last_seq());
+                false
+            }
         }
     }
 }

@@ -53,6 +53,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/admin/api_keys"),
     ("POST", "/admin/deposit"),
     ("POST", "/admin/withdraw"),
+    ("GET", "/admin/limits"),
+    ("PUT", "/admin/limits"),
 ];
 
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -219,7 +221,7 @@ async fn route(
         }
         ("GET", "/order") => {
             let user = signed(state, &request)?;
-            query_order(state, user, &request.query).map(|v| (StatusCode::OK, v))
+            query_order(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/orders/open") => {
             let user = signed(state, &request)?;
@@ -425,9 +427,19 @@ fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 fn health(state: &AppState) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let health = &state.health;
-    let failed = health.journal_failed.load(Relaxed);
+    // A journal failure stops trading; a database in trouble only makes
+    // history stale or unavailable, while trading goes on.
+    let (status, reason) = if health.journal_failed.load(Relaxed) {
+        ("journal_failed", Some("the journal cannot be written: orders are refused".to_string()))
+    } else {
+        match history::degraded_reason(state) {
+            Some(reason) => ("degraded", Some(reason)),
+            None => ("ok", None),
+        }
+    };
     json!({
-        "status": if failed { "journal_failed" } else { "ok" },
+        "status": status,
+        "reason": reason,
         "seq": health.last_seq.load(Relaxed),
         "durable_seq": health.durable_seq.load(Relaxed),
         "snapshot_seq": health.snapshot_seq.load(Relaxed),
@@ -857,15 +869,30 @@ async fn amend_order(
     change_order(state, producer, command).await
 }
 
-fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
+/// `GET /order`: from the views, or, for an order past their retention,
+/// from the database when there is one.
+async fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
     let id = param(query, "order_id")?;
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
+    {
+        let views = views(state)?;
+        if let Some(found) = views.find_order_ref(user, order) {
+            return Ok(order_json(&views, found));
+        }
+    }
+    let stored = history::stored_order(state, user, order).await?;
     let views = views(state)?;
-    let found = views.find_order_ref(user, order).ok_or_else(|| {
-        ApiError::not_found("unknown_order", "no order of yours with that id (or it is too old)")
+    let found = stored.ok_or_else(|| {
+        let why = if state.database.is_some() {
+            "no order of yours with that id"
+        } else {
+            "no order of yours with that id (orders closed longer ago than the retention window are only \
+             kept with PostgreSQL configured)"
+        };
+        ApiError::not_found("unknown_order", why)
     })?;
-    Ok(order_json(&views, found))
+    Ok(order_json(&views, &found))
 }
 
 fn open_orders(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
@@ -1022,6 +1049,12 @@ async fn admin(
 ) -> Result<(StatusCode, Value), ApiError> {
     let body = &request.body;
     let (command, new_key) = match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/admin/limits") => return Ok((StatusCode::OK, limits_json(views(state)?.limits))),
+        ("PUT", "/admin/limits") => {
+            // Named limits change; the others keep their current values.
+            let body: crate::config::LimitsConfig = json_body(body)?;
+            (Command::SetLimits { limits: body.apply_to(views(state)?.limits) }, None)
+        }
         ("POST", "/admin/assets") => {
             let body: AssetBody = json_body(body)?;
             let symbol = Symbol::new(&body.symbol).map_err(|e| ApiError::invalid("symbol", e))?;
@@ -1096,6 +1129,7 @@ async fn admin(
         }
         EventKind::MarketFeesChanged { market, .. } => views.markets.get(market.0 as usize).map(market_json),
         EventKind::UserCreated { user } => Some(json!({ "user_id": user.0 })),
+        EventKind::LimitsChanged { limits } => Some(limits_json(limits)),
         EventKind::ApiKeyCreated { user, key } => {
             let secret = new_key.map(|(_, secret)| secret);
             if let Some(secret) = secret {
@@ -1120,6 +1154,17 @@ async fn admin(
         _ => None,
     });
     Ok((StatusCode::OK, answer.unwrap_or(Value::Null)))
+}
+
+fn limits_json(limits: engine_core::EngineLimits) -> Value {
+    json!({
+        "open_orders_per_user_max": limits.open_orders_per_user_max,
+        "orders_max": limits.orders_max,
+        "assets_max": limits.assets_max,
+        "markets_max": limits.markets_max,
+        "users_max": limits.users_max,
+        "api_keys_per_user_max": limits.api_keys_per_user_max,
+    })
 }
 
 fn create_market(state: &AppState, body: MarketBody) -> Result<Command, ApiError> {

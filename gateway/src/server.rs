@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use engine_core::{Command, EngineLimits};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use journal::{open_data_dir, DataDir, JournalConfig};
+use journal::{open_data_dir_with, DataDir, JournalConfig};
 use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, KeyTable};
@@ -59,12 +60,15 @@ pub async fn run(
         segment_bytes: config.segment_bytes,
         durability: config.durability(),
     };
-    let limits = config.limits;
-    let (writer, report, recovery) =
-        tokio::task::spawn_blocking(move || open_data_dir(&data, journal_config, limits))
-            .await
-            .map_err(|e| ServerError(format!("recovery thread failed: {e}")))?
-            .map_err(|e| ServerError(format!("cannot recover {}: {e}", config.data_dir.display())))?;
+    let retention = config.retention_of_views();
+    // A journal replays from an empty engine with the default limits, as
+    // every tool replays it; the configured limits are journaled below.
+    let (writer, report, recovery, views) = tokio::task::spawn_blocking(move || {
+        open_data_dir_with::<Views>(&data, journal_config, EngineLimits::default(), &retention)
+    })
+    .await
+    .map_err(|e| ServerError(format!("recovery thread failed: {e}")))?
+    .map_err(|e| ServerError(format!("cannot recover {}: {e}", config.data_dir.display())))?;
     if let Some(cut) = &report.cut {
         eprintln!(
             "journal: cut a torn tail of {} bytes at offset {} of {} (sequence {} was being written)",
@@ -77,6 +81,15 @@ pub async fn run(
     for (path, why) in &recovery.skipped_snapshots {
         eprintln!("recovery: skipped snapshot {}: {why}", path.display());
     }
+    if let Some(snapshot) = recovery.snapshot.as_ref().filter(|s| s.views_bytes == 0) {
+        eprintln!(
+            "recovery: snapshot {} carries no read views (written by an older version): closed orders, \
+             trades and bars from before sequence {} are not in the views; with PostgreSQL they are \
+             still served from the database",
+            snapshot.path.display(),
+            snapshot.seq
+        );
+    }
     eprintln!(
         "recovered sequence {} in {:.3} s ({} from {}, {} commands replayed)",
         recovery.engine.last_seq(),
@@ -87,13 +100,19 @@ pub async fn run(
     );
 
     let engine = recovery.engine;
+    let recovered_limits = engine.limits();
+    let new_data_dir = engine.last_seq() == 0;
     // The database writer regenerates from the journal whatever the
     // database lacks up to here, then follows the live events.
     let database = match &config.database_url {
         Some(url) => {
-            let mut writer_config =
-                persistence::WriterConfig::new(url.clone(), DataDir::new(&config.data_dir), config.limits);
+            let mut writer_config = persistence::WriterConfig::new(
+                url.clone(),
+                DataDir::new(&config.data_dir),
+                EngineLimits::default(),
+            );
             writer_config.transaction_timeout = Duration::from_millis(config.database_transaction_timeout_ms);
+            writer_config.lag_max = Duration::from_millis(config.database_lag_max_ms);
             let published = persistence::Stamp { seq: engine.last_seq(), timestamp_ns: 0 };
             let writer = persistence::Writer::start(writer_config, published)
                 .map_err(|e| ServerError(format!("cannot start the database writer: {e}")))?;
@@ -101,11 +120,7 @@ pub async fn run(
         }
         None => None,
     };
-    let views = Arc::new(RwLock::new(Views::from_engine(
-        &engine,
-        config.recent_trades_max,
-        config.closed_orders_kept_per_user,
-    )));
+    let views = Arc::new(RwLock::new(views));
     let keys = KeyTable::from_engine(&engine);
     let data = DataDir::new(&config.data_dir);
     let subscribers = Arc::new(crate::ws::Subscribers::default());
@@ -149,6 +164,7 @@ pub async fn run(
             .map(|(writer, history)| (Arc::clone(&writer.status), Arc::clone(history))),
         binance: crate::binance::State::new(config.request_weight_per_minute),
     });
+    set_limits_at_start(&state, &pipeline, recovered_limits, new_data_dir, &config).await?;
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let tick_every = Duration::from_millis(config.sync_interval_ms.clamp(1, 100));
     let ticker = pipeline::start_ticker(pipeline.publisher.clone(), tick_every, Arc::clone(&stop_ticker));
@@ -249,4 +265,34 @@ pub async fn run(
         health.snapshot_seq.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// Journals the configured limits when they differ from the journal's (and
+/// always as the first command of a new data directory), so that the
+/// journal alone says what the engine's limits were at every point.
+async fn set_limits_at_start(
+    state: &AppState,
+    pipeline: &pipeline::Pipeline,
+    recovered: EngineLimits,
+    new_data_dir: bool,
+    config: &Config,
+) -> Result<(), ServerError> {
+    let wanted = config.limits.apply_to(recovered);
+    if wanted == recovered && !new_data_dir {
+        return Ok(());
+    }
+    let mut publisher = pipeline.publisher.clone();
+    let (id, reply) = state.pending.register();
+    if pipeline::submit(&mut publisher, id, Command::SetLimits { limits: wanted }).is_err() {
+        return Err(ServerError("cannot journal the configured limits: the ring is full".into()));
+    }
+    match tokio::time::timeout(Duration::from_secs(60), reply).await {
+        Ok(Ok(Ok(_))) => {
+            if !new_data_dir {
+                eprintln!("limits: the configuration changes the journal's limits to {wanted:?} (was {recovered:?})");
+            }
+            Ok(())
+        }
+        _ => Err(ServerError("cannot journal the configured limits: the journal is unavailable".into())),
+    }
 }

@@ -1,17 +1,30 @@
 //! Read views: what the read endpoints serve, kept up to date from the
 //! outbound events by one consumer thread, never by touching the matcher.
+//!
+//! The views are derived from the journal exactly as the engine is: the
+//! same events in the same order give the same views. A snapshot carries
+//! their history (recent trades, minute bars, open and closed orders with
+//! their fills, each market's last book change) next to the engine's state
+//! ([`Views::state`]), and recovery replays the journal after it through
+//! both ([`Views::restore`], [`journal::Derived`]), so that every read
+//! endpoint answers after a restart as if the process had never stopped.
+//! What the views keep is bounded by a [`Retention`], by count and by age;
+//! ages are measured in the journal's own timestamps, so pruning is as
+//! deterministic as the rest.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use engine_core::{
     Asset, AssetId, ClientOrderId, DoneReason, Engine, Event, EventKind, Lots, Market, MarketId,
-    MarketStatus, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, Ticks, TradeId, Units, UserId,
+    MarketStatus, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Ticks, TradeId,
+    Units, UserId,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::amounts::Scale;
 
 /// A trade as the market data endpoints show it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct TradeView {
     pub trade: TradeId,
     /// The incoming order that made the trade: consecutive trades of one
@@ -25,7 +38,7 @@ pub struct TradeView {
 }
 
 /// One fill of an order, from its owner's point of view.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct FillView {
     pub trade: TradeId,
     pub price: Ticks,
@@ -37,7 +50,7 @@ pub struct FillView {
     pub timestamp_ns: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {
     New,
     PartiallyFilled,
@@ -64,7 +77,7 @@ impl OrderStatus {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OrderView {
     pub order: OrderId,
     pub user: UserId,
@@ -113,10 +126,14 @@ pub struct MarketView {
     pub last_qty: Option<Lots>,
     /// One bar per minute with trades, over the last day.
     pub minutes: VecDeque<MinuteBar>,
+    /// The sequence number of the last command that changed this book (0:
+    /// none yet): depth diffs carry it, so that a client can check that the
+    /// diffs it receives, across a restart too, follow each other.
+    pub depth_seq: u64,
 }
 
 /// The trades of one minute of one market.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct MinuteBar {
     /// Minutes since the epoch.
     pub minute: u64,
@@ -189,6 +206,29 @@ pub struct UserView {
     pub closed: VecDeque<OrderView>,
 }
 
+/// How much history the views keep: each bound by count and by age (in the
+/// journal's timestamps; an item older than its age bound is dropped when
+/// a newer one of the same user or market arrives). Minute bars cover the
+/// last 24 hours, which the 24-hour tickers need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub closed_orders_per_user_max: usize,
+    pub closed_order_age_max_ms: u64,
+    pub trades_per_market_max: usize,
+    pub trade_age_max_ms: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            closed_orders_per_user_max: 1_000,
+            closed_order_age_max_ms: 7 * 24 * 3_600_000,
+            trades_per_market_max: 10_000,
+            trade_age_max_ms: 24 * 3_600_000,
+        }
+    }
+}
+
 pub struct Views {
     /// The sequence number of the last command these views reflect.
     pub last_seq: u64,
@@ -197,18 +237,100 @@ pub struct Views {
     pub market_names: HashMap<String, MarketId>,
     pub market_symbols: HashMap<String, MarketId>,
     pub users: Vec<UserView>,
-    recent_trades_max: usize,
-    closed_orders_kept_per_user: usize,
+    /// The engine's limits as of `last_seq`.
+    pub limits: engine_core::EngineLimits,
+    retention: Retention,
+}
+
+/// The version of the views section of a snapshot ([`Views::encode`]).
+/// Bump it when [`ViewsState`] changes shape; a snapshot of another
+/// version is skipped by recovery (which falls back to an older one).
+const VIEWS_FORMAT_VERSION: u32 = 1;
+/// A views section may not make the loader allocate more than this.
+const VIEWS_DECODE_LIMIT_BYTES: usize = 16 << 30;
+
+/// What the views hold that the engine does not: the part of the views a
+/// snapshot carries. Everything else (balances, books, assets, markets) is
+/// rebuilt from the snapshot's engine.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ViewsState {
+    pub last_seq: u64,
+    /// By market id.
+    pub markets: Vec<MarketHistory>,
+    /// By user id.
+    pub users: Vec<UserHistory>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MarketHistory {
+    pub trades: VecDeque<TradeView>,
+    pub last_price: Option<Ticks>,
+    pub last_qty: Option<Lots>,
+    pub minutes: VecDeque<MinuteBar>,
+    pub depth_seq: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserHistory {
+    /// Open orders as the views know them (kind, STP, fills), in id order.
+    pub open: Vec<OrderView>,
+    /// Closed orders, oldest first.
+    pub closed: VecDeque<OrderView>,
+}
+
+impl ViewsState {
+    /// The bytes of a snapshot's views section.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut bytes = VIEWS_FORMAT_VERSION.to_le_bytes().to_vec();
+        bincode::serde::encode_into_std_write(self, &mut bytes, bincode::config::standard())
+            .map_err(|e| e.to_string())?;
+        Ok(bytes)
+    }
+
+    /// Reads a snapshot's views section; never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<ViewsState, String> {
+        let Some((version, body)) = bytes.split_first_chunk::<4>() else {
+            return Err("shorter than its version".into());
+        };
+        let version = u32::from_le_bytes(*version);
+        if version != VIEWS_FORMAT_VERSION {
+            return Err(format!("format version {version}; this build reads {VIEWS_FORMAT_VERSION}"));
+        }
+        let config = bincode::config::standard().with_limit::<VIEWS_DECODE_LIMIT_BYTES>();
+        let (state, used): (ViewsState, usize) =
+            bincode::serde::decode_from_slice(body, config).map_err(|e| e.to_string())?;
+        if used != body.len() {
+            return Err("trailing bytes after the views".into());
+        }
+        Ok(state)
+    }
+}
+
+/// The views recovered with the engine (see [`journal::recover_with`]).
+impl journal::Derived for Views {
+    type Setup = Retention;
+
+    fn load(retention: &Retention, engine: &Engine, views: Option<&[u8]>) -> Result<Views, String> {
+        match views {
+            Some(bytes) => Views::restore(engine, ViewsState::decode(bytes)?, *retention),
+            // A snapshot from before views were kept (or none at all):
+            // history starts at the snapshot.
+            None => Ok(Views::from_engine(engine, *retention)),
+        }
+    }
+
+    fn apply(&mut self, command: &StampedCommand, events: &[Event]) {
+        for event in events {
+            Views::apply(self, event, command.timestamp_ns);
+        }
+    }
 }
 
 impl Views {
-    /// The views of a recovered engine. Trades and volumes start empty:
-    /// history lives in PostgreSQL (when configured), not in the engine.
-    pub fn from_engine(
-        engine: &Engine,
-        recent_trades_max: usize,
-        closed_orders_kept_per_user: usize,
-    ) -> Views {
+    /// The views of an engine without any history: open orders without
+    /// their kind or fills, no trades. For a data directory whose snapshot
+    /// carries no views (and for tests); see [`Views::restore`].
+    pub fn from_engine(engine: &Engine, retention: Retention) -> Views {
         let mut views = Views {
             last_seq: engine.last_seq(),
             assets: engine.assets().to_vec(),
@@ -216,8 +338,8 @@ impl Views {
             market_names: HashMap::new(),
             market_symbols: HashMap::new(),
             users: Vec::new(),
-            recent_trades_max,
-            closed_orders_kept_per_user,
+            limits: engine.limits(),
+            retention,
         };
         for market in engine.markets() {
             views.add_market(*market);
@@ -266,6 +388,111 @@ impl Views {
         views
     }
 
+    /// The views at a snapshot: what `engine` holds, plus the history of
+    /// `state`, which must be the views of the same sequence number. A
+    /// state that disagrees with the engine is refused.
+    pub fn restore(engine: &Engine, state: ViewsState, retention: Retention) -> Result<Views, String> {
+        let mut views = Views::from_engine(engine, retention);
+        if state.last_seq != engine.last_seq() {
+            return Err(format!(
+                "views at sequence {} beside an engine at {}",
+                state.last_seq,
+                engine.last_seq()
+            ));
+        }
+        if state.markets.len() != views.markets.len() || state.users.len() != views.users.len() {
+            return Err(format!(
+                "views of {} markets and {} users beside an engine with {} and {}",
+                state.markets.len(),
+                state.users.len(),
+                views.markets.len(),
+                views.users.len()
+            ));
+        }
+        for (view, history) in views.markets.iter_mut().zip(state.markets) {
+            view.trades = history.trades;
+            view.last_price = history.last_price;
+            view.last_qty = history.last_qty;
+            view.minutes = history.minutes;
+            view.depth_seq = history.depth_seq;
+        }
+        for (index, (view, history)) in views.users.iter_mut().zip(state.users).enumerate() {
+            if history.open.len() != view.open.len() {
+                return Err(format!(
+                    "user {index} has {} open orders in the views and {} in the engine",
+                    history.open.len(),
+                    view.open.len()
+                ));
+            }
+            for order in history.open {
+                let agrees = view.open.get(&order.order).is_some_and(|engine_view| {
+                    engine_view.user == order.user
+                        && engine_view.market == order.market
+                        && engine_view.side == order.side
+                        && engine_view.price == order.price
+                        && engine_view.remaining == order.remaining
+                        && engine_view.filled == order.filled
+                });
+                if !agrees {
+                    return Err(format!(
+                        "open order {} of user {index} differs from the engine's",
+                        order.order
+                    ));
+                }
+                view.open.insert(order.order, order);
+            }
+            view.closed = history.closed;
+        }
+        views.prune_all();
+        Ok(views)
+    }
+
+    /// The history a snapshot carries (see [`ViewsState`]).
+    pub fn state(&self) -> ViewsState {
+        ViewsState {
+            last_seq: self.last_seq,
+            markets: self
+                .markets
+                .iter()
+                .map(|view| MarketHistory {
+                    trades: view.trades.clone(),
+                    last_price: view.last_price,
+                    last_qty: view.last_qty,
+                    minutes: view.minutes.clone(),
+                    depth_seq: view.depth_seq,
+                })
+                .collect(),
+            users: self
+                .users
+                .iter()
+                .map(|view| UserHistory {
+                    open: view.open.values().cloned().collect(),
+                    closed: view.closed.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies the count bounds of the retention everywhere (after a
+    /// restart with smaller bounds; age bounds apply as new items arrive).
+    fn prune_all(&mut self) {
+        let retention = self.retention;
+        for view in &mut self.markets {
+            while view.trades.len() > retention.trades_per_market_max {
+                view.trades.pop_front();
+            }
+        }
+        for view in &mut self.users {
+            while view.closed.len() > retention.closed_orders_per_user_max {
+                view.closed.pop_front();
+            }
+        }
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
     fn add_market(&mut self, market: Market) {
         let symbol =
             |asset: AssetId| self.assets.get(asset.0 as usize).map(|a| (a.symbol.to_string(), a.decimals));
@@ -291,6 +518,7 @@ impl Views {
             last_price: None,
             last_qty: None,
             minutes: VecDeque::new(),
+            depth_seq: 0,
         });
     }
 
@@ -358,6 +586,7 @@ impl Views {
             }
             EventKind::BookLevel { market, side, price, qty } => {
                 if let Some(view) = self.markets.get_mut(market.0 as usize) {
+                    view.depth_seq = event.seq;
                     let levels = if side == Side::Buy { &mut view.bids } else { &mut view.asks };
                     if qty.0 == 0 {
                         levels.remove(&price);
@@ -435,7 +664,10 @@ impl Views {
                     taker_side,
                     timestamp_ns,
                 });
-                while view.trades.len() > self.recent_trades_max {
+                let oldest_ns = timestamp_ns.saturating_sub(self.retention.trade_age_max_ms * 1_000_000);
+                while view.trades.len() > self.retention.trades_per_market_max
+                    || view.trades.front().is_some_and(|t| t.timestamp_ns < oldest_ns)
+                {
                     view.trades.pop_front();
                 }
                 let minute = timestamp_ns / NANOS_PER_MINUTE;
@@ -506,7 +738,7 @@ impl Views {
                 }
             }
             EventKind::OrderDone { order, user, reason, filled, .. } => {
-                let kept = self.closed_orders_kept_per_user;
+                let retention = self.retention;
                 let Some(view) = self.users.get_mut(user.0 as usize) else { return };
                 let Some(mut order_view) = view.open.remove(&order) else { return };
                 order_view.filled = filled;
@@ -523,10 +755,14 @@ impl Views {
                     order_view.remaining = Lots(0);
                 }
                 view.closed.push_back(order_view);
-                while view.closed.len() > kept {
+                let oldest_ns = timestamp_ns.saturating_sub(retention.closed_order_age_max_ms * 1_000_000);
+                while view.closed.len() > retention.closed_orders_per_user_max
+                    || view.closed.front().is_some_and(|o| o.updated_ns < oldest_ns)
+                {
                     view.closed.pop_front();
                 }
             }
+            EventKind::LimitsChanged { limits } => self.limits = limits,
             EventKind::Deposited { .. }
             | EventKind::Withdrawn { .. }
             | EventKind::ApiKeyCreated { .. }

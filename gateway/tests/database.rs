@@ -198,6 +198,261 @@ fn without_a_database_the_history_endpoints_say_so() {
     assert!(health(&exchange)["database"].is_null());
 }
 
+/// Runs `sql` as the database's owner.
+fn admin_sql(url: &str, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    });
+}
+
+/// Waits until `/health` satisfies `done` (a liveness bound, not a speed
+/// assertion) and returns it.
+fn wait_for_health(exchange: &Exchange, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let health = health(exchange);
+        if done(&health) {
+            return health;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{what}: {health}\n{}", exchange.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Attempts the documented backoff allows within `window` after a failure:
+/// waits of 100 ms doubling up to 5 s.
+fn attempts_allowed(window: Duration) -> u64 {
+    let (mut wait, mut elapsed, mut attempts) = (Duration::from_millis(100), Duration::ZERO, 1);
+    while elapsed + wait <= window {
+        elapsed += wait;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        attempts += 1;
+    }
+    attempts
+}
+
+#[test]
+fn a_table_dropped_under_load_backs_off_and_health_tells_the_truth() {
+    let database = Database::throwaway().expect("a database");
+    let data = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("DATABASE_URL", database.url.as_str()),
+        ("EXCHANGE_RATE_LIMIT_PER_S", "1000000"),
+        ("EXCHANGE_RATE_LIMIT_BURST", "1000000"),
+    ];
+    let exchange = Exchange::start(data.path(), &env);
+    let keys = exchange.demo(4);
+    wait_until_written(&exchange);
+
+    // Load: orders keep coming for the whole test.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let placed = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, placed, keys, address) =
+            (Arc::clone(&stop), Arc::clone(&placed), keys.clone(), exchange.address);
+        std::thread::spawn(move || {
+            let client = Client::new(address);
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                trade(&client, &keys, 5, round, &placed);
+                round += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let admin = runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&database.url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    });
+    // Sessions opened on this database so far, as the server counts them.
+    let sessions = || -> i64 {
+        runtime.block_on(async {
+            admin
+                .query_one("SELECT sessions FROM pg_stat_database WHERE datname = current_database()", &[])
+                .await
+                .expect("sessions")
+                .get(0)
+        })
+    };
+    // The writer's every transaction writes ledger rows: without the table
+    // each one fails after a good connection.
+    runtime.block_on(admin.batch_execute("ALTER TABLE ledger RENAME TO ledger_away")).expect("rename");
+    wait_for_health(&exchange, "the writer reports the missing table", |h| {
+        h["database"]["last_error"].as_str().is_some_and(|e| e.contains("ledger"))
+    });
+
+    let window = Duration::from_secs(10);
+    let sessions_before = sessions();
+    let log_before = exchange.stderr().len();
+    let started = Instant::now();
+    let mut samples = 0;
+    while started.elapsed() < window {
+        let health = health(&exchange);
+        let database = &health["database"];
+        assert_eq!(database["connected"], false, "a writer that cannot write is not connected: {health}");
+        assert!(
+            database["last_error"].as_str().is_some_and(|e| e.contains("relation \"ledger\" does not exist")),
+            "the error stays reported until a write succeeds: {health}"
+        );
+        assert_eq!(health["status"], "degraded", "{health}");
+        assert!(
+            health["reason"].as_str().is_some_and(|r| r.contains("failing") && r.contains("ledger")),
+            "{health}"
+        );
+        assert!(database["failed_attempts"].as_u64().is_some_and(|n| n >= 1), "{health}");
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let attempts = (sessions() - sessions_before) as u64;
+    let log = exchange.stderr()[log_before..].to_string();
+    let log_lines = log.lines().filter(|l| l.contains("database writer")).count();
+    println!(
+        "{samples} /health samples over {window:?}: all degraded; {attempts} sessions opened; {log_lines} log lines"
+    );
+    // Slack of 2 for our own session and one counted late.
+    let allowed = attempts_allowed(window) + 2;
+    assert!(attempts <= allowed, "{attempts} attempts in {window:?}; the backoff allows {allowed}\n{log}");
+    // The same error over and over: at most one summary per 10 s, plus a
+    // line for an attempt that straddles the window's start.
+    assert!(log_lines <= 3, "repeated errors are summarised, not logged per attempt:\n{log}");
+
+    // The table is back: the writer catches up, and says so.
+    runtime.block_on(admin.batch_execute("ALTER TABLE ledger_away RENAME TO ledger")).expect("rename back");
+    let healthy = wait_for_health(&exchange, "the writer recovers", |h| {
+        h["status"] == "ok" && h["database"]["connected"] == true && h["database"]["last_error"].is_null()
+    });
+    assert_eq!(healthy["database"]["failed_attempts"], 0, "{healthy}");
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("the load thread");
+    let seq = wait_until_written(&exchange);
+    assert!(exchange.stderr().contains("writing again after"), "{}", exchange.stderr());
+    let cursor: i64 =
+        runtime.block_on(admin.query_one("SELECT last_seq FROM writer_cursor", &[])).expect("cursor").get(0);
+    assert_eq!(cursor as u64, seq, "nothing lost while the table was away");
+    let log = exchange.stderr();
+    let writer_log: Vec<&str> = log.lines().filter(|l| l.contains("database writer")).collect();
+    println!("the writer's log:\n{}", writer_log.join("\n"));
+    assert!(placed.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn a_role_without_rights_reports_permission_denied() {
+    let database = Database::throwaway().expect("a database");
+    let role = format!("exchange_no_rights_{}", std::process::id());
+    // PostgreSQL 15 gives PUBLIC no CREATE on the schema; older ones do.
+    admin_sql(
+        &database.url,
+        &format!(
+            "CREATE ROLE {role} LOGIN PASSWORD 'no-rights-pw'; REVOKE CREATE ON SCHEMA public FROM PUBLIC"
+        ),
+    );
+    let data = tempfile::tempdir().expect("tempdir");
+    let url = database.url_as(&role, "no-rights-pw");
+    let exchange = Exchange::start(data.path(), &[("DATABASE_URL", url.as_str())]);
+    let health =
+        wait_for_health(&exchange, "the migration fails", |h| !h["database"]["last_error"].is_null());
+    println!("{health}");
+    let error = health["database"]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("permission denied") && error.contains("42501"), "{health}");
+    assert_eq!(health["database"]["connected"], false, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(health["reason"].as_str().is_some_and(|r| r.contains("permission denied")), "{health}");
+    // Trading goes on without the history database.
+    let keys = exchange.demo(1);
+    let (status, answer) = exchange.place(
+        &keys[0],
+        json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "10", "quantity": "0.1" }),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let log = exchange.stderr();
+    assert!(log.contains("permission denied for schema public"), "{log}");
+    assert_eq!(exchange.terminate().code(), Some(0));
+    admin_sql(&database.url, &format!("DROP ROLE {role}"));
+}
+
+#[test]
+fn an_unparseable_database_url_is_a_configuration_error_at_start() {
+    for url in [
+        "postgres://exchange:hunter2@127.0.0.1:notaport/exchange",
+        // An unquoted space in a password: its second half reads as an option.
+        "host=127.0.0.1 user=exchange password=hunter twopart=1",
+    ] {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_exchange"))
+            .env("EXCHANGE_DATA_DIR", data.path())
+            .env("EXCHANGE_LISTEN", "127.0.0.1:0")
+            .env("EXCHANGE_WS_LISTEN", "127.0.0.1:0")
+            .env_remove("EXCHANGE_DATABASE_URL")
+            .env("DATABASE_URL", url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the exchange binary starts");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the exchange kept running with the unparseable DATABASE_URL {url:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read");
+        assert_eq!(status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains("configuration") && stderr.contains("database_url"), "{url}: {stderr}");
+        assert!(
+            !stderr.contains("hunter") && !stderr.contains("twopart"),
+            "the password is not echoed: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn before_the_first_connection_the_lag_is_unknown_not_since_1970() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("port").port();
+    let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    let data = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let exchange = Exchange::start(data.path(), &[("DATABASE_URL", url.as_str())]);
+    // Commands after the start, so that the exchange's time is known.
+    exchange.demo(1);
+    let health =
+        wait_for_health(&exchange, "the connection fails", |h| !h["database"]["last_error"].is_null());
+    std::thread::sleep(Duration::from_secs(3));
+    let health_later = exchange.get("/health").1;
+    for health in [&health, &health_later] {
+        let database = &health["database"];
+        assert!(database["lag_ms"].is_null(), "lag is unknown, not the time since 1970: {health}");
+        assert!(database["lag_seq"].is_null(), "lag is unknown, not the whole journal: {health}");
+        assert!(database["written_seq"].is_null(), "{health}");
+        assert!(database["lag_unknown"].as_str().is_some_and(|r| r.contains("cursor")), "{health}");
+        assert_eq!(database["connected"], false, "{health}");
+        assert_eq!(health["status"], "degraded", "{health}");
+        assert!(
+            health["reason"].as_str().is_some_and(|r| r.contains("unreachable") && r.contains("refused")),
+            "{health}"
+        );
+    }
+    // Several attempts in those seconds, as many as the backoff allows at
+    // most, and one line in the log.
+    let attempts = health_later["database"]["failed_attempts"].as_u64().unwrap_or(0);
+    let allowed = attempts_allowed(started.elapsed());
+    assert!((3..=allowed).contains(&attempts), "{attempts} attempts, {allowed} allowed: {health_later}");
+    let log = exchange.stderr();
+    assert_eq!(log.matches("Connection refused").count(), 1, "{log}");
+}
+
 /// A trade a user made with themself (self-trade prevention off) is two
 /// rows of their history, the buyer's and the seller's, each with its own
 /// order and fee, from the database too: after a restart the views have

@@ -253,6 +253,13 @@ fn a_database_that_stops_answering_stalls_nothing_and_converges() {
         }
     };
     trade(20);
+    // The writer is writing before the database freezes (until it has read
+    // the database's cursor, its lag is unknown).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while exchange.get("/health").1["database"]["connected"] != true {
+        assert!(Instant::now() < deadline, "the writer never connected: {}", exchange.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let stall = Duration::from_secs(if full() { 60 } else { 8 });
     cluster.pause().expect("freeze the database server");
     let frozen = Instant::now();

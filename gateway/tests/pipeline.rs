@@ -18,7 +18,7 @@ fn a_full_ring_refuses_at_once_and_recovers() {
         JournalConfig { dir: journal_dir.clone(), segment_bytes: 1 << 20, durability: Durability::None };
     let (writer, _) = JournalWriter::open(config).unwrap();
     let engine = Engine::new(EngineLimits::default());
-    let views = Arc::new(RwLock::new(Views::from_engine(&engine, 100, 100)));
+    let views = Arc::new(RwLock::new(Views::from_engine(&engine, gateway::views::Retention::default())));
     let pipeline = pipeline::start(
         engine,
         writer,
@@ -103,7 +103,9 @@ fn an_outcome_is_the_state_its_own_command_left() {
     let (writer, _) = JournalWriter::open(config).unwrap();
     let engine = Engine::new(EngineLimits::default());
     // Two closed orders kept per user: fewer than the cancel-all below closes.
-    let views = Arc::new(RwLock::new(Views::from_engine(&engine, 100, 2)));
+    let retention =
+        gateway::views::Retention { closed_orders_per_user_max: 2, ..gateway::views::Retention::default() };
+    let views = Arc::new(RwLock::new(Views::from_engine(&engine, retention)));
     let pipeline = pipeline::start(
         engine,
         writer,

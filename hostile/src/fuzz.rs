@@ -246,7 +246,7 @@ pub fn engine_commands(data: &[u8]) {
 
 fn views() -> &'static Views {
     static VIEWS: OnceLock<Views> = OnceLock::new();
-    VIEWS.get_or_init(|| Views::from_engine(&seeded_engine(), 100, 100))
+    VIEWS.get_or_init(|| Views::from_engine(&seeded_engine(), gateway::views::Retention::default()))
 }
 
 /// Arbitrary bytes as a native `POST /order` body, and the decimals in it

@@ -49,14 +49,18 @@ mod writer;
 pub use error::JournalError;
 pub use inspect::{inspect, JournalReport, Problem, SegmentReport};
 pub use reader::{JournalReader, ReadMode};
-pub use recovery::{open_data_dir, recover, replay, DataDir, RecoverOptions, Recovery, RecoveryError};
+pub use recovery::{
+    open_data_dir, open_data_dir_with, recover, recover_with, replay, replay_with, DataDir, Derived,
+    RecoverOptions, Recovery, RecoveryError,
+};
 pub use segment::{
     bincode_config, list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan,
     FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
 };
 pub use snapshots::{
-    decode_snapshot_payload, list_snapshots, load_snapshot, prune_segments, snapshot_file_name,
-    write_snapshot, SegmentRetention, SnapshotFileError, SnapshotInfo, SnapshotKeep,
+    decode_snapshot_payload, list_snapshots, load_snapshot, load_snapshot_with_views, prune_segments,
+    snapshot_file_name, write_snapshot, write_snapshot_with_views, LoadedSnapshot, SegmentRetention,
+    SnapshotFileError, SnapshotInfo, SnapshotKeep,
 };
 pub use writer::{
     CutTail, Durability, JournalConfig, JournalWriter, OpenReport, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,

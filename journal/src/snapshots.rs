@@ -3,9 +3,15 @@
 //!
 //! ```text
 //! 0      8        12           16    24           32            40            44
-//! | magic | version | header crc | seq | state hash | payload len | payload crc | zeros to 64 |
-//! then the payload: engine_core::Snapshot encoded with bincode
+//! | magic | version | header crc | seq | state hash | payload len | payload crc |
+//! 44               52           56          57
+//! | views len      | views crc  | has views | zeros to 64 |
+//! then the payload: engine_core::Snapshot encoded with bincode,
+//! then the views section: the read views' state at the same sequence
+//! number, opaque to this crate (the server encodes and checks it)
 //! ```
+//!
+//! Version 1 files (no views fields) still load; they carry no views.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +23,9 @@ use crate::segment::{read_u32, read_u64};
 use crate::writer::{create_private_dir, private_file_options, sync_dir};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"EXSNAPSH";
-pub const SNAPSHOT_FILE_VERSION: u32 = 1;
+pub const SNAPSHOT_FILE_VERSION: u32 = 2;
+/// The version before the views section existed; still read.
+const SNAPSHOT_FILE_VERSION_ENGINE_ONLY: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 64;
 /// A snapshot file may not make the loader allocate more than this.
 const SNAPSHOT_DECODE_LIMIT_BYTES: usize = 16 << 30;
@@ -34,6 +42,18 @@ pub struct SnapshotInfo {
     pub seq: u64,
     pub state_hash: u64,
     pub bytes: u64,
+    /// The size of the views section (0 when the file has none).
+    pub views_bytes: u64,
+}
+
+/// A snapshot file's contents, checked.
+#[derive(Debug)]
+pub struct LoadedSnapshot {
+    pub engine: Engine,
+    /// The read views' state at the same sequence number (checksum
+    /// verified); `None` for a snapshot written without one.
+    pub views: Option<Vec<u8>>,
+    pub info: SnapshotInfo,
 }
 
 /// Why a snapshot file cannot be used. Recovery falls back to an older one.
@@ -42,7 +62,10 @@ pub enum SnapshotFileError {
     Io(std::io::Error),
     BadHeader(&'static str),
     PayloadChecksum,
+    ViewsChecksum,
     Decode(String),
+    /// The views section is not what this build can read.
+    Views(String),
     Invalid(engine_core::SnapshotError),
     /// The loaded state does not have the hash recorded when it was written.
     HashMismatch {
@@ -57,6 +80,8 @@ impl std::fmt::Display for SnapshotFileError {
             SnapshotFileError::Io(error) => write!(f, "cannot read it: {error}"),
             SnapshotFileError::BadHeader(why) => write!(f, "bad header: {why}"),
             SnapshotFileError::PayloadChecksum => f.write_str("payload checksum mismatch"),
+            SnapshotFileError::ViewsChecksum => f.write_str("views section checksum mismatch"),
+            SnapshotFileError::Views(why) => write!(f, "views section unusable: {why}"),
             SnapshotFileError::Decode(why) => write!(f, "payload does not decode: {why}"),
             SnapshotFileError::Invalid(error) => write!(f, "inconsistent state: {error}"),
             SnapshotFileError::HashMismatch { recorded, loaded } => {
@@ -94,9 +119,6 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     Ok(snapshots)
 }
 
-/// Writes the engine's state to `dir` atomically (temporary file, fsync,
-/// rename, fsync of the directory), then deletes all but the newest `keep`
-/// snapshots.
 /// Which snapshots survive when a new one is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotKeep {
@@ -114,11 +136,26 @@ impl SnapshotKeep {
     }
 }
 
+/// Writes the engine's state to `dir` atomically (temporary file, fsync,
+/// rename, fsync of the directory), then deletes the snapshots `keep` does
+/// not keep.
 pub fn write_snapshot(dir: &Path, engine: &Engine, keep: SnapshotKeep) -> Result<SnapshotInfo, JournalError> {
+    write_snapshot_with_views(dir, engine, None, keep)
+}
+
+/// Like [`write_snapshot`], with the read views' state at the engine's
+/// sequence number in the same file, so that both are recovered together.
+pub fn write_snapshot_with_views(
+    dir: &Path,
+    engine: &Engine,
+    views: Option<&[u8]>,
+    keep: SnapshotKeep,
+) -> Result<SnapshotInfo, JournalError> {
     create_private_dir(dir)?;
     let snapshot = engine.snapshot();
     let payload = bincode::serde::encode_to_vec(&snapshot, snapshot_config())
         .map_err(|e| JournalError::Encode(e.to_string()))?;
+    let views_bytes = views.map_or(0, |v| v.len());
     let seq = engine.last_seq();
     let state_hash = engine.state_hash();
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
@@ -128,6 +165,11 @@ pub fn write_snapshot(dir: &Path, engine: &Engine, keep: SnapshotKeep) -> Result
     header[24..32].copy_from_slice(&state_hash.to_le_bytes());
     header[32..40].copy_from_slice(&(payload.len() as u64).to_le_bytes());
     header[40..44].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    if let Some(views) = views {
+        header[44..52].copy_from_slice(&(views.len() as u64).to_le_bytes());
+        header[52..56].copy_from_slice(&crc32fast::hash(views).to_le_bytes());
+        header[56] = 1;
+    }
     let crc = header_crc(&header);
     header[12..16].copy_from_slice(&crc.to_le_bytes());
 
@@ -137,6 +179,9 @@ pub fn write_snapshot(dir: &Path, engine: &Engine, keep: SnapshotKeep) -> Result
         let mut file = private_file_options().write(true).create(true).truncate(true).open(&temp)?;
         file.write_all(&header)?;
         file.write_all(&payload)?;
+        if let Some(views) = views {
+            file.write_all(views)?;
+        }
         file.sync_all()
     };
     write().map_err(|e| JournalError::io(&temp, e))?;
@@ -151,7 +196,13 @@ pub fn write_snapshot(dir: &Path, engine: &Engine, keep: SnapshotKeep) -> Result
             std::fs::remove_file(old).map_err(|e| JournalError::io(old, e))?;
         }
     }
-    Ok(SnapshotInfo { path, seq, state_hash, bytes: (SNAPSHOT_HEADER_BYTES + payload.len()) as u64 })
+    Ok(SnapshotInfo {
+        path,
+        seq,
+        state_hash,
+        bytes: (SNAPSHOT_HEADER_BYTES + payload.len() + views_bytes) as u64,
+        views_bytes: views_bytes as u64,
+    })
 }
 
 fn header_crc(header: &[u8]) -> u32 {
@@ -164,6 +215,13 @@ fn header_crc(header: &[u8]) -> u32 {
 /// Reads and checks a snapshot file: header, checksum, decoding, the
 /// engine's own consistency checks, and the recorded state hash.
 pub fn load_snapshot(path: &Path) -> Result<(Engine, SnapshotInfo), SnapshotFileError> {
+    load_snapshot_with_views(path).map(|loaded| (loaded.engine, loaded.info))
+}
+
+/// Reads and checks a snapshot file as [`load_snapshot`] does, and returns
+/// its views section too (its checksum checked; decoding it is the
+/// caller's business).
+pub fn load_snapshot_with_views(path: &Path) -> Result<LoadedSnapshot, SnapshotFileError> {
     let bytes = std::fs::read(path).map_err(SnapshotFileError::Io)?;
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
         return Err(SnapshotFileError::BadHeader("file shorter than a snapshot header"));
@@ -172,7 +230,8 @@ pub fn load_snapshot(path: &Path) -> Result<(Engine, SnapshotInfo), SnapshotFile
     if &header[0..8] != SNAPSHOT_MAGIC {
         return Err(SnapshotFileError::BadHeader("not a snapshot file (bad magic)"));
     }
-    if read_u32(header, 8) != SNAPSHOT_FILE_VERSION {
+    let version = read_u32(header, 8);
+    if version != SNAPSHOT_FILE_VERSION && version != SNAPSHOT_FILE_VERSION_ENGINE_ONLY {
         return Err(SnapshotFileError::BadHeader("unsupported snapshot file version"));
     }
     if read_u32(header, 12) != header_crc(header) {
@@ -181,12 +240,21 @@ pub fn load_snapshot(path: &Path) -> Result<(Engine, SnapshotInfo), SnapshotFile
     let seq = read_u64(header, 16);
     let state_hash = read_u64(header, 24);
     let payload_len = read_u64(header, 32);
-    let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
-    if payload.len() as u64 != payload_len {
+    let has_views = version == SNAPSHOT_FILE_VERSION && header[56] == 1;
+    if version == SNAPSHOT_FILE_VERSION && header[56] > 1 {
+        return Err(SnapshotFileError::BadHeader("bad views flag"));
+    }
+    let views_len = if has_views { read_u64(header, 44) } else { 0 };
+    let body = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if payload_len.checked_add(views_len) != Some(body.len() as u64) {
         return Err(SnapshotFileError::BadHeader("payload length differs from the file size"));
     }
+    let (payload, views) = body.split_at(payload_len as usize);
     if crc32fast::hash(payload) != read_u32(header, 40) {
         return Err(SnapshotFileError::PayloadChecksum);
+    }
+    if has_views && crc32fast::hash(views) != read_u32(header, 52) {
+        return Err(SnapshotFileError::ViewsChecksum);
     }
     let engine = decode_snapshot_payload(payload)?;
     if engine.last_seq() != seq {
@@ -196,8 +264,14 @@ pub fn load_snapshot(path: &Path) -> Result<(Engine, SnapshotInfo), SnapshotFile
     if loaded != state_hash {
         return Err(SnapshotFileError::HashMismatch { recorded: state_hash, loaded });
     }
-    let info = SnapshotInfo { path: path.to_path_buf(), seq, state_hash, bytes: bytes.len() as u64 };
-    Ok((engine, info))
+    let info = SnapshotInfo {
+        path: path.to_path_buf(),
+        seq,
+        state_hash,
+        bytes: bytes.len() as u64,
+        views_bytes: views_len,
+    };
+    Ok(LoadedSnapshot { engine, views: has_views.then(|| views.to_vec()), info })
 }
 
 /// Decodes a snapshot's payload (what follows the header, its checksum

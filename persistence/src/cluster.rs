@@ -88,6 +88,12 @@ impl Database {
         Ok(Database { url, name, owner: Owner::External { admin_url } })
     }
 
+    /// The URL of this database for another role (tests of a role
+    /// without rights).
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        with_user(&self.url, user, password)
+    }
+
     /// The private cluster, when this database has one.
     pub fn cluster(&self) -> Option<&Cluster> {
         match &self.owner {
@@ -123,6 +129,17 @@ fn with_dbname(url: &str, name: &str) -> String {
         }
     } else {
         format!("{url} dbname={name}")
+    }
+}
+
+/// The URL with its user and password replaced (URL or key=value form).
+fn with_user(url: &str, user: &str, password: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let host_and_rest = rest.split_once('@').map_or(rest, |(_, after)| after);
+        format!("{scheme}://{user}:{password}@{host_and_rest}")
+    } else {
+        // In the key=value form a later setting replaces an earlier one.
+        format!("{url} user={user} password={password}")
     }
 }
 
@@ -350,5 +367,13 @@ mod tests {
         );
         assert_eq!(with_dbname("postgresql://h", "x"), "postgresql://h/x");
         assert_eq!(with_dbname("host=h user=u", "x"), "host=h user=u dbname=x");
+    }
+
+    #[test]
+    fn replaces_the_user_in_either_url_form() {
+        use super::with_user;
+        assert_eq!(with_user("postgres://u:p@h:5/db", "r", "s"), "postgres://r:s@h:5/db");
+        assert_eq!(with_user("postgresql://h/db", "r", "s"), "postgresql://r:s@h/db");
+        assert_eq!(with_user("host=h user=u", "r", "s"), "host=h user=u user=r password=s");
     }
 }

@@ -292,6 +292,55 @@ impl History {
         Ok(rows.iter().map(order_record).collect::<Result<_, _>>()?)
     }
 
+    /// One of a user's orders, by id, or by client order id (the newest of
+    /// the user's orders with it); `None` when the database has no such
+    /// order of this user.
+    pub async fn order(
+        &self,
+        user: i32,
+        order_id: Option<i64>,
+        client_order_id: Option<&str>,
+    ) -> Result<Option<OrderRecord>, StoreError> {
+        let client = self.client().await?;
+        const COLUMNS: &str = "SELECT order_id, user_id, market_id, side, type, time_in_force, price, quantity, \
+             quote_amount, client_order_id, self_trade_prevention, status, remaining_quantity, executed_quantity, \
+             executed_quote, created_seq, created_at, updated_seq, updated_at, closed_at FROM orders";
+        let row = match (order_id, client_order_id) {
+            (Some(id), _) => {
+                let sql = format!("{COLUMNS} WHERE user_id = $1 AND order_id = $2");
+                client.query_opt(sql.as_str(), &[&user, &id]).await?
+            }
+            (None, Some(client_id)) => {
+                let sql = format!(
+                    "{COLUMNS} WHERE user_id = $1 AND client_order_id = $2 ORDER BY order_id DESC LIMIT 1"
+                );
+                client.query_opt(sql.as_str(), &[&user, &client_id]).await?
+            }
+            (None, None) => None,
+        };
+        Ok(row.as_ref().map(order_record).transpose()?)
+    }
+
+    /// The trades of one order (as maker or taker), oldest first, at most `limit`.
+    pub async fn order_trades(&self, order: &OrderRecord, limit: u32) -> Result<Vec<TradeRow>, StoreError> {
+        let client = self.client().await?;
+        let limit = i64::from(limit);
+        // The order's life bounds its trades in time, which the BRIN index
+        // on execution time narrows cheaply.
+        let rows = client
+            .query(
+                "SELECT trade_id, seq, market_id, price, quantity, quote_quantity, taker_side, maker_order_id, \
+                 maker_user_id, taker_order_id, taker_user_id, maker_fee, maker_fee_asset_id, taker_fee, \
+                 taker_fee_asset_id, executed_at FROM trades \
+                 WHERE executed_at >= $1 AND executed_at <= $2 AND market_id = $3 \
+                 AND ((maker_order_id = $4 AND maker_user_id = $5) OR (taker_order_id = $4 AND taker_user_id = $5)) \
+                 ORDER BY trade_id LIMIT $6",
+                &[&order.created_at, &order.updated_at, &order.market_id, &order.order_id, &order.user_id, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(trade_row).collect::<Result<_, _>>()?)
+    }
+
     /// Candles of `minutes` width (one of [`CANDLE_INTERVALS`]) in time
     /// order. Longer candles are aligned to the epoch (days start at 00:00 UTC).
     pub async fn candles(&self, market: i32, minutes: u32, range: Range) -> Result<Vec<Candle>, StoreError> {

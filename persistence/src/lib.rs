@@ -15,6 +15,8 @@
 //!   the journal (snapshot at or before its cursor plus replay).
 //! * [`History`]: trades, a user's orders and OHLCV candles.
 //! * [`cluster`]: throwaway PostgreSQL databases for tests and benchmarks.
+//! * [`connection_string::check`]: a connection string refused before
+//!   anything connects with it (without echoing its password).
 //!
 //! # What it must never do
 //!
@@ -24,6 +26,7 @@
 //! store an API secret (events do not carry them).
 
 pub mod cluster;
+pub mod connection_string;
 mod history;
 mod rows;
 pub mod scale;
@@ -36,4 +39,4 @@ pub use rows::{
     TradeRow,
 };
 pub use tables::{load, migrate, write, Loaded, StoreError, WriteMode};
-pub use writer::{Feed, Writer, WriterConfig, WriterStatus};
+pub use writer::{Failure, Feed, Stage, Writer, WriterConfig, WriterStatus, WRITER_LAG_MAX_DEFAULT};

@@ -479,7 +479,10 @@ impl RowSet {
             }
             EventKind::Deposited { .. } => self.command.cause = Some(Cause::Deposit),
             EventKind::Withdrawn { .. } => self.command.cause = Some(Cause::Withdrawal),
-            EventKind::Rejected { .. } | EventKind::BookLevel { .. } | EventKind::CancelledAll { .. } => {}
+            EventKind::Rejected { .. }
+            | EventKind::BookLevel { .. }
+            | EventKind::CancelledAll { .. }
+            | EventKind::LimitsChanged { .. } => {}
             EventKind::OrderAccepted { order, user, market, side, kind, client_order_id, stp, .. } => {
                 catalog.market(market)?;
                 self.command.cause = Some(Cause::Order(order));

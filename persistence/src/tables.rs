@@ -7,6 +7,7 @@ use engine_core::{AssetId, MarketRules, Units, UserId};
 use futures_util::pin_mut;
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::DbError;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
@@ -41,13 +42,56 @@ pub enum StoreError {
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreError::Db(error) => match error.as_db_error() {
-                Some(db) => write!(f, "database: {}: {}", db.code().code(), db.message()),
-                None => write!(f, "database: {error}"),
-            },
+            StoreError::Db(error) => write!(f, "database: {}", describe(error)),
             StoreError::Migration(message) => write!(f, "migration: {message}"),
             StoreError::Rows(error) => write!(f, "history: {error}"),
         }
+    }
+}
+
+/// An error with everything that caused it, on one line. The server's own
+/// report (a [`DbError`]) is spelled out in full, since "db error" alone
+/// tells an operator nothing: severity, SQLSTATE code, message, detail and
+/// hint ("ERROR 42501: permission denied for schema public").
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut link = Some(error);
+    while let Some(error) = link {
+        let part = match error.downcast_ref::<DbError>() {
+            Some(db) => db_error(db),
+            None => error.to_string(),
+        };
+        // tokio-postgres says "db error" before the report itself, and
+        // wrappers often repeat their cause's text: say each thing once.
+        let wrapper_only = part == "db error" && error.source().is_some();
+        if !wrapper_only && !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+        link = error.source();
+    }
+    text
+}
+
+fn db_error(db: &DbError) -> String {
+    let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(detail) = db.detail() {
+        text.push_str(&format!(" (detail: {detail})"));
+    }
+    if let Some(hint) = db.hint() {
+        text.push_str(&format!(" (hint: {hint})"));
+    }
+    text
+}
+
+/// refinery wraps the database's error in its own, whose text quotes only
+/// the wrapper's ("`error asserting migrations table`, `db error`").
+fn migration_error(error: &refinery::Error) -> String {
+    match error.kind() {
+        refinery::error::Kind::Connection(what, cause) => format!("{what}: {}", describe(cause.as_ref())),
+        _ => describe(error),
     }
 }
 
@@ -72,7 +116,7 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<String>, StoreError> {
     let report = embedded::migrations::runner()
         .run_async(client)
         .await
-        .map_err(|e| StoreError::Migration(e.to_string()))?;
+        .map_err(|e| StoreError::Migration(migration_error(&e)))?;
     Ok(report.applied_migrations().iter().map(|m| m.to_string()).collect())
 }
 

@@ -10,6 +10,13 @@
 //! consecutive commands and moves the cursor; after any failure the writer
 //! reconnects, reloads its cursor and state from the database, and goes on
 //! from there. Nothing is missing and nothing is written twice.
+//!
+//! Failing, it fails loudly, slowly and truthfully: every failure (connect,
+//! migration, write, timeout, a session that dies soon after connecting)
+//! doubles the wait before the next attempt up to [`WriterConfig::retry_max`];
+//! the wait starts small again only after a session that wrote and lasted
+//! that long. The error stays on [`WriterStatus`] until a transaction
+//! commits after it, and a repeated error is logged once, then summarised.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +30,10 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::rows::{Balances, Batch, Catalog, RowSet, Stamp};
 use crate::tables::{self, StoreError, WriteMode};
+
+/// [`WriterConfig::lag_max`] unless configured: history more than 10 s
+/// old is worth an operator's look.
+pub const WRITER_LAG_MAX_DEFAULT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
@@ -41,6 +52,10 @@ pub struct WriterConfig {
     pub retry_max: Duration,
     /// A transaction that takes longer is abandoned and retried.
     pub transaction_timeout: Duration,
+    /// Behind the matcher by more than this (after a commit, or with
+    /// nothing committed for this long), the writer reports itself
+    /// degraded ([`WriterStatus::degraded_reason`]).
+    pub lag_max: Duration,
     pub mode: WriteMode,
 }
 
@@ -54,20 +69,97 @@ impl WriterConfig {
             feed_batches_max: 4_096,
             retry_max: Duration::from_secs(5),
             transaction_timeout: Duration::from_secs(30),
+            lag_max: WRITER_LAG_MAX_DEFAULT,
             mode: WriteMode::Copy,
         }
     }
 }
 
+/// Where in its work the writer failed; `/health` tells an unreachable
+/// database from a writer that connects but cannot write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Opening a connection: the server is down, refuses us, or refuses
+    /// our credentials.
+    Connect,
+    /// Applying the migrations (often: the role lacks the rights).
+    Migrate,
+    /// Reading the cursor, the reference data and the balances.
+    Load,
+    /// The database holds more than the journal: nothing is written.
+    Ahead,
+    /// Regenerating missed events from the journal.
+    Replay,
+    /// Turning events into rows (the events and the tables disagree).
+    Rows,
+    /// A transaction failed.
+    Write,
+    /// A transaction took longer than [`WriterConfig::transaction_timeout`].
+    Timeout,
+}
+
+/// Why the writer's last attempt failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub stage: Stage,
+    /// The cause, with the database's own report when there is one.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(stage: Stage, message: impl Into<String>) -> Failure {
+        Failure { stage, message: message.into() }
+    }
+
+    fn store(stage: Stage, error: StoreError) -> Failure {
+        let mut message = match error {
+            StoreError::Db(error) => tables::describe(&error),
+            StoreError::Migration(message) => message,
+            StoreError::Rows(error) => error.to_string(),
+        };
+        if stage == Stage::Migrate && message.contains("42501") {
+            // SQLSTATE 42501: insufficient privilege.
+            message.push_str(
+                "; apply the migrations as a role that may create tables (exctl migrate --database-url ...) \
+                 or grant this role CREATE on the schema",
+            );
+        }
+        Failure { stage, message }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.stage {
+            Stage::Connect => "cannot connect",
+            Stage::Migrate => "applying the migrations",
+            Stage::Load => "reading the cursor and balances",
+            Stage::Ahead | Stage::Timeout => return f.write_str(&self.message),
+            Stage::Replay => "regenerating from the journal",
+            Stage::Rows => "turning events into rows",
+            Stage::Write => "writing",
+        };
+        write!(f, "{what}: {}", self.message)
+    }
+}
+
 /// What the writer reports (for `/health`, the logs and tests).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStatus {
-    /// The last command whose events are in the database.
+    /// The last command whose events are in the database, as last read or
+    /// written (meaningful once `cursor_known`).
     pub cursor_seq: AtomicU64,
     pub cursor_timestamp_ns: AtomicU64,
     /// The last command whose events the matcher published.
     pub published_seq: AtomicU64,
     pub published_timestamp_ns: AtomicU64,
+    /// Whether the writer has read the database's cursor since it started;
+    /// until then the lag is unknown (the database may hold most of the
+    /// journal already).
+    pub cursor_known: AtomicBool,
+    /// A session is open and writing: its last transaction committed, or it
+    /// found the database holding everything. Not merely a connection that
+    /// once succeeded: false from any failure until a commit after it.
     pub connected: AtomicBool,
     pub transactions: AtomicU64,
     pub events_written: AtomicU64,
@@ -76,33 +168,156 @@ pub struct WriterStatus {
     pub commands_replayed: AtomicU64,
     /// Batches the feed dropped because the writer was behind.
     pub batches_dropped: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
+    /// Attempts that failed since the last transaction that committed.
+    pub failed_attempts: AtomicU64,
+    failure: Mutex<Option<Failure>>,
+    /// The origin of the times below (monotonic).
+    clock: Instant,
+    /// When the writer last committed or found the database caught up, in
+    /// ms on `clock`.
+    progress_at_ms: AtomicU64,
+    /// How far behind (ms of the matcher's time) the database still was
+    /// right after the last commit: a writer slower than the matcher.
+    lag_after_commit_ms: AtomicU64,
+    /// [`WriterConfig::lag_max`].
+    lag_max_ms: AtomicU64,
+}
+
+impl Default for WriterStatus {
+    fn default() -> WriterStatus {
+        WriterStatus {
+            cursor_seq: AtomicU64::new(0),
+            cursor_timestamp_ns: AtomicU64::new(0),
+            published_seq: AtomicU64::new(0),
+            published_timestamp_ns: AtomicU64::new(0),
+            cursor_known: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            transactions: AtomicU64::new(0),
+            events_written: AtomicU64::new(0),
+            trades_written: AtomicU64::new(0),
+            commands_replayed: AtomicU64::new(0),
+            batches_dropped: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            clock: Instant::now(),
+            progress_at_ms: AtomicU64::new(0),
+            lag_after_commit_ms: AtomicU64::new(0),
+            lag_max_ms: AtomicU64::new(WRITER_LAG_MAX_DEFAULT.as_millis() as u64),
+        }
+    }
 }
 
 impl WriterStatus {
-    /// How many commands the database is behind the matcher.
-    pub fn lag_seq(&self) -> u64 {
-        self.published_seq.load(Ordering::Relaxed).saturating_sub(self.cursor_seq.load(Ordering::Relaxed))
+    /// How many commands the database is behind the matcher; `None` until
+    /// the writer has read the database's cursor.
+    pub fn lag_seq(&self) -> Option<u64> {
+        if !self.cursor_known.load(Ordering::Acquire) {
+            return None;
+        }
+        let published = self.published_seq.load(Ordering::Relaxed);
+        Some(published.saturating_sub(self.cursor_seq.load(Ordering::Relaxed)))
     }
 
     /// How far behind the database is, in the matcher's time: from the
     /// last written command to the last published one (0 when caught up).
-    pub fn lag_ms(&self) -> u64 {
-        if self.lag_seq() == 0 {
-            return 0;
+    /// `None` while either time is unknown (see [`WriterStatus::lag_unknown`]).
+    pub fn lag_ms(&self) -> Option<u64> {
+        let lag = self.lag_seq()?;
+        if lag == 0 {
+            return Some(0);
         }
         let published = self.published_timestamp_ns.load(Ordering::Relaxed);
         let cursor = self.cursor_timestamp_ns.load(Ordering::Relaxed);
-        published.saturating_sub(cursor) / 1_000_000
+        if published == 0 || cursor == 0 {
+            return None;
+        }
+        Some(published.saturating_sub(cursor) / 1_000_000)
     }
 
+    /// Why [`WriterStatus::lag_seq`] or [`WriterStatus::lag_ms`] is
+    /// unknown, when one is.
+    pub fn lag_unknown(&self) -> Option<String> {
+        let Some(lag) = self.lag_seq() else {
+            return Some(match self.failure() {
+                Some(failure) => format!("the writer has not read the database's cursor yet ({failure})"),
+                None => "the writer has not read the database's cursor yet (connecting)".to_string(),
+            });
+        };
+        if lag == 0 || self.lag_ms().is_some() {
+            None
+        } else if self.cursor_timestamp_ns.load(Ordering::Relaxed) == 0 {
+            Some("the database holds no command yet, so its lag in time is unknown".to_string())
+        } else {
+            Some("the time of the exchange's last command is not known yet".to_string())
+        }
+    }
+
+    /// The error of the last attempt; cleared when a transaction commits
+    /// after it (or the writer finds the database holding everything).
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
+        self.failure().map(|f| f.to_string())
     }
 
-    fn set_error(&self, error: Option<String>) {
-        if let Ok(mut slot) = self.last_error.lock() {
-            *slot = error;
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Why the history database is not healthy, or `None` when it is:
+    /// unreachable, failing, not writing yet, stalled (nothing committed
+    /// for [`WriterConfig::lag_max`] while behind), or more than that
+    /// behind the matcher after its last commit.
+    pub fn degraded_reason(&self) -> Option<String> {
+        let attempts = match self.failed_attempts.load(Ordering::Relaxed) {
+            1 => "1 failed attempt".to_string(),
+            n => format!("{n} failed attempts"),
+        };
+        if let Some(failure) = self.failure() {
+            return Some(match failure.stage {
+                Stage::Connect => format!("database unreachable ({attempts}): {}", failure.message),
+                _ => format!("database writer failing ({attempts}): {failure}"),
+            });
+        }
+        if !self.connected.load(Ordering::Acquire) {
+            return Some(
+                "the database writer is not writing yet (connecting, migrating or catching up)".into(),
+            );
+        }
+        let lag = self.lag_seq().unwrap_or(0);
+        if lag == 0 {
+            return None;
+        }
+        let lag_max_ms = self.lag_max_ms.load(Ordering::Relaxed);
+        let idle_ms = self.clock_ms().saturating_sub(self.progress_at_ms.load(Ordering::Relaxed));
+        if idle_ms > lag_max_ms {
+            return Some(format!(
+                "database writer stalled: nothing committed for {idle_ms} ms while {lag} commands behind"
+            ));
+        }
+        let behind_ms = self.lag_after_commit_ms.load(Ordering::Relaxed);
+        if behind_ms > lag_max_ms {
+            return Some(format!(
+                "database lag above {lag_max_ms} ms: {lag} commands, {behind_ms} ms behind the matcher"
+            ));
+        }
+        None
+    }
+
+    fn clock_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    fn set_failure(&self, failure: Option<Failure>) {
+        if let Ok(mut slot) = self.failure.lock() {
+            *slot = failure;
+        }
+    }
+
+    /// A line for the log: how far behind the database is.
+    fn behind(&self) -> String {
+        match (self.lag_seq(), self.lag_ms()) {
+            (Some(seq), Some(ms)) => format!("{seq} commands ({ms} ms) behind"),
+            (Some(seq), None) => format!("{seq} commands behind"),
+            (None, _) => "lag unknown (the database's cursor is not read yet)".to_string(),
         }
     }
 }
@@ -143,6 +358,7 @@ impl Writer {
     /// regenerates whatever the database lacks up to it.
     pub fn start(config: WriterConfig, published: Stamp) -> std::io::Result<Writer> {
         let status = Arc::new(WriterStatus::default());
+        status.lag_max_ms.store(config.lag_max.as_millis() as u64, Ordering::Relaxed);
         status.published_seq.store(published.seq, Ordering::Relaxed);
         status.published_timestamp_ns.store(published.timestamp_ns, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(config.feed_batches_max.max(1));
@@ -150,7 +366,16 @@ impl Writer {
         let lost = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
         let feed = Feed { sender, lost: Arc::clone(&lost), status: Arc::clone(&status) };
-        let run = Run { config, status: Arc::clone(&status), lost, stop: Arc::clone(&stop), receiver };
+        let retry = Retry::new(config.retry_max);
+        let run = Run {
+            config,
+            status: Arc::clone(&status),
+            lost,
+            stop: Arc::clone(&stop),
+            receiver,
+            retry,
+            session_progressed: false,
+        };
         let thread = std::thread::Builder::new().name("pg-writer".to_string()).spawn(move || run.run())?;
         Ok(Writer { feed, status, stop, thread: Some(thread) })
     }
@@ -160,7 +385,7 @@ impl Writer {
     /// from the journal at the next start.
     pub fn stop(mut self, deadline: Duration) {
         let until = Instant::now() + deadline;
-        while self.status.lag_seq() > 0
+        while self.status.lag_seq().is_some_and(|lag| lag > 0)
             && self.status.connected.load(Ordering::Relaxed)
             && Instant::now() < until
         {
@@ -251,16 +476,98 @@ struct Run {
     lost: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     receiver: mpsc::Receiver<Batch>,
+    retry: Retry,
+    /// Whether the current session has committed (or found nothing to do).
+    session_progressed: bool,
 }
 
 /// How a session with one connection ended.
 enum SessionEnd {
     Stopped,
-    Failed(String),
+    Failed(Failure),
 }
 
 const IDLE_POLL: Duration = Duration::from_millis(100);
 const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The first wait after a failure; it doubles up to `retry_max`.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// A repeated error is summarised at most this often.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The wait before the next attempt, and what the log has been told.
+struct Retry {
+    wait: Duration,
+    wait_max: Duration,
+    /// Failed attempts since the writer last ran well for `wait_max`.
+    failures: u64,
+    failing_since: Option<Instant>,
+    /// The failure last logged in full; the same one again is only counted.
+    logged: Option<String>,
+    logged_at: Instant,
+    /// Whether the log last said "failing" (so that it says when it stops).
+    told_failing: bool,
+}
+
+impl Retry {
+    fn new(wait_max: Duration) -> Retry {
+        Retry {
+            wait: RETRY_FIRST.min(wait_max),
+            wait_max,
+            failures: 0,
+            failing_since: None,
+            logged: None,
+            logged_at: Instant::now(),
+            told_failing: false,
+        }
+    }
+
+    /// Counts a failed attempt, logs it (once, then a summary now and
+    /// then), and returns how long to wait before the next. `ran_well`: the
+    /// session that ended had written and lasted `wait_max`, so this is a
+    /// new trouble, not more of the old.
+    fn failed(&mut self, failure: &Failure, ran_well: bool, behind: &str) -> Duration {
+        if ran_well {
+            self.wait = RETRY_FIRST.min(self.wait_max);
+            self.failures = 0;
+            self.failing_since = None;
+            self.logged = None;
+        }
+        let wait = self.wait;
+        self.wait = (self.wait * 2).min(self.wait_max);
+        self.failures += 1;
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        let text = failure.to_string();
+        if self.logged.as_deref() != Some(text.as_str()) {
+            eprintln!("database writer: {text}; {behind}; next try in {} ms", wait.as_millis());
+            self.logged = Some(text);
+            self.logged_at = Instant::now();
+            self.told_failing = true;
+        } else if self.logged_at.elapsed() >= FAILURE_LOG_EVERY {
+            eprintln!(
+                "database writer: still failing with the same error after {} attempts in {} s; {behind}; \
+                 next try in {} ms",
+                self.failures,
+                since.elapsed().as_secs(),
+                wait.as_millis()
+            );
+            self.logged_at = Instant::now();
+            self.told_failing = true;
+        }
+        wait
+    }
+
+    /// A session committed: says so if the log last said "failing".
+    fn recovered(&mut self, behind: &str) {
+        if self.told_failing {
+            let since = self.failing_since.map_or(0, |s| s.elapsed().as_secs());
+            eprintln!(
+                "database writer: writing again after {} failed attempts in {since} s; {behind}",
+                self.failures
+            );
+            self.told_failing = false;
+        }
+    }
+}
 
 impl Run {
     fn run(mut self) {
@@ -271,79 +578,128 @@ impl Run {
                 return;
             }
         };
+        self.learn_published_time();
         runtime.block_on(self.connect_loop());
+    }
+
+    /// The exchange tells the writer the sequence number it recovered to,
+    /// not that command's time; `lag_ms` needs it, and the journal has it.
+    fn learn_published_time(&self) {
+        let seq = self.status.published_seq.load(Ordering::Acquire);
+        if seq == 0 || self.status.published_timestamp_ns.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let Ok(mut reader) = JournalReader::open(&self.config.data.journal(), seq, ReadMode::Follow) else {
+            return;
+        };
+        if let Ok(Some(command)) = reader.next() {
+            if command.seq == seq {
+                // A newer time from the feed wins.
+                let _ = self.status.published_timestamp_ns.compare_exchange(
+                    0,
+                    command.timestamp_ns,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+        }
     }
 
     async fn connect_loop(&mut self) {
         let mut pending = VecDeque::new();
-        let mut backoff = Duration::from_millis(100);
-        let mut last_log = Instant::now() - LAG_LOG_EVERY;
         while !self.stop.load(Ordering::Relaxed) {
-            let end = match self.connect().await {
+            let started = Instant::now();
+            self.session_progressed = false;
+            // A server that accepts the connection and then hangs (frozen,
+            // or waiting on a lock) would hold the writer here for ever.
+            let connected = tokio::time::timeout(self.config.transaction_timeout, self.connect())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure::new(
+                        Stage::Timeout,
+                        format!(
+                            "connecting, migrating and reading the cursor took longer than {} ms and was \
+                             abandoned (database_transaction_timeout_ms)",
+                            self.config.transaction_timeout.as_millis()
+                        ),
+                    ))
+                });
+            let end = match connected {
                 Ok((mut client, loaded)) => {
-                    backoff = Duration::from_millis(100);
-                    self.status.connected.store(true, Ordering::Relaxed);
-                    self.status.set_error(None);
-                    eprintln!(
-                        "database writer: connected; the database has events up to sequence {}, the exchange up to {}",
-                        loaded.cursor_seq,
-                        self.status.published_seq.load(Ordering::Relaxed)
-                    );
-                    let end = self.session(&mut client, loaded, &mut pending).await;
-                    self.status.connected.store(false, Ordering::Relaxed);
-                    end
+                    if self.retry.failures == 0 {
+                        eprintln!(
+                            "database writer: connected; the database has events up to sequence {}, the exchange up to {}",
+                            loaded.cursor_seq,
+                            self.status.published_seq.load(Ordering::Relaxed)
+                        );
+                    }
+                    self.session(&mut client, loaded, &mut pending).await
                 }
-                Err(error) => SessionEnd::Failed(error.to_string()),
+                Err(failure) => SessionEnd::Failed(failure),
             };
+            self.status.connected.store(false, Ordering::Release);
             match end {
                 SessionEnd::Stopped => return,
-                SessionEnd::Failed(error) => {
-                    if last_log.elapsed() >= LAG_LOG_EVERY {
-                        eprintln!(
-                            "database writer: {error}; {} commands behind ({} ms); retrying",
-                            self.status.lag_seq(),
-                            self.status.lag_ms()
-                        );
-                        last_log = Instant::now();
-                    }
-                    self.status.set_error(Some(error));
+                SessionEnd::Failed(failure) => {
+                    let ran_well = self.session_progressed && started.elapsed() >= self.config.retry_max;
+                    let wait = self.retry.failed(&failure, ran_well, &self.status.behind());
+                    self.status.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    self.status.set_failure(Some(failure));
                     // What was taken for the failed transaction is gone
                     // from `pending`; the journal has it.
                     self.lost.store(true, Ordering::Release);
-                    self.sleep_draining(backoff, &mut pending).await;
-                    backoff = (backoff * 2).min(self.config.retry_max);
+                    self.sleep_draining(wait, &mut pending).await;
                 }
             }
         }
     }
 
-    async fn connect(&self) -> Result<(Client, tables::Loaded), StoreError> {
-        let mut pg_config: tokio_postgres::Config =
-            self.config.database_url.parse().map_err(StoreError::Db)?;
+    async fn connect(&self) -> Result<(Client, tables::Loaded), Failure> {
+        let mut pg_config: tokio_postgres::Config = self.config.database_url.parse().map_err(|e| {
+            Failure::new(Stage::Connect, format!("the database URL: {}", tables::describe(&e)))
+        })?;
         pg_config.connect_timeout(Duration::from_secs(5));
         pg_config.keepalives_idle(Duration::from_secs(10));
-        let (mut client, connection) = pg_config.connect(NoTls).await?;
+        let (mut client, connection) =
+            pg_config.connect(NoTls).await.map_err(|e| Failure::store(Stage::Connect, e.into()))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let applied = tables::migrate(&mut client).await?;
+        let applied = tables::migrate(&mut client).await.map_err(|e| Failure::store(Stage::Migrate, e))?;
         if !applied.is_empty() {
             eprintln!("database writer: applied migrations {}", applied.join(", "));
         }
-        let loaded = tables::load(&client).await?;
+        let loaded = tables::load(&client).await.map_err(|e| Failure::store(Stage::Load, e))?;
         Ok((client, loaded))
     }
 
-    /// Waits, keeping the feed from filling while the database is away.
+    /// The session writes (or has nothing to write): `/health` says so
+    /// and the error of an earlier attempt is over.
+    fn progressed(&mut self) {
+        self.status.progress_at_ms.store(self.status.clock_ms(), Ordering::Relaxed);
+        if self.session_progressed {
+            return;
+        }
+        self.session_progressed = true;
+        self.status.set_failure(None);
+        self.status.failed_attempts.store(0, Ordering::Relaxed);
+        self.status.connected.store(true, Ordering::Release);
+        self.retry.recovered(&self.status.behind());
+    }
+
+    /// Waits, keeping the feed from filling while the database is away,
+    /// and looking at the stop flag now and then (a shutdown does not wait
+    /// out a 5 s backoff).
     async fn sleep_draining(&mut self, duration: Duration, pending: &mut VecDeque<Pending>) {
         let until = tokio::time::Instant::now() + duration;
         loop {
+            let wake = until.min(tokio::time::Instant::now() + IDLE_POLL);
             tokio::select! {
                 batch = self.receiver.recv() => match batch {
                     Some(batch) => self.keep(batch, pending),
-                    None => tokio::time::sleep_until(until).await,
+                    None => tokio::time::sleep_until(wake).await,
                 },
-                _ = tokio::time::sleep_until(until) => return,
+                _ = tokio::time::sleep_until(wake) => {}
             }
             if tokio::time::Instant::now() >= until || self.stop.load(Ordering::Relaxed) {
                 return;
@@ -370,16 +726,22 @@ impl Run {
         let mut cursor = tables::cursor_stamp(&loaded);
         let published = self.status.published_seq.load(Ordering::Acquire);
         if cursor.seq > published {
-            return SessionEnd::Failed(format!(
-                "the database has events up to sequence {} but the exchange only up to {published}: the database \
-                 is ahead of the journal (a journal lost to power failure, or another exchange's database); \
-                 nothing is written until an operator resolves it",
-                cursor.seq
+            return SessionEnd::Failed(Failure::new(
+                Stage::Ahead,
+                format!(
+                    "the database has events up to sequence {} but the exchange only up to {published}: the \
+                     database is ahead of the journal (a journal lost to power failure, or another exchange's \
+                     database); nothing is written until an operator resolves it",
+                    cursor.seq
+                ),
             ));
         }
         let mut catalog: Catalog = loaded.catalog;
         let mut balances: Balances = loaded.balances;
         self.publish_cursor(cursor);
+        if cursor.seq == published {
+            self.progressed();
+        }
         let mut replayer: Option<Replayer> = None;
         let mut events = Vec::new();
         let mut stamps = Vec::new();
@@ -415,7 +777,7 @@ impl Run {
                         }
                     }
                 }
-                result.map_err(|e| e.to_string())
+                result.map_err(|e| Failure::new(Stage::Rows, e.to_string()))
             } else {
                 // The next batch at hand (if any) is not the next command:
                 // regenerate the gap from the journal.
@@ -429,9 +791,7 @@ impl Run {
                     if replayer.as_ref().is_none_or(|r| r.engine.last_seq() != cursor.seq) {
                         match Replayer::open(&self.config, cursor.seq) {
                             Ok(opened) => replayer = Some(opened),
-                            Err(error) => {
-                                return SessionEnd::Failed(format!("regenerating from the journal: {error}"))
-                            }
+                            Err(error) => return SessionEnd::Failed(Failure::new(Stage::Replay, error)),
                         }
                     }
                     events.clear();
@@ -441,10 +801,11 @@ impl Run {
                         None => Ok(()),
                     };
                     if let Err(error) = replayed {
-                        return SessionEnd::Failed(format!("regenerating from the journal: {error}"));
+                        return SessionEnd::Failed(Failure::new(Stage::Replay, error));
                     }
                     self.status.commands_replayed.fetch_add(stamps.len() as u64, Ordering::Relaxed);
-                    rows.add(&events, &stamps, &mut catalog, &mut balances).map_err(|e| e.to_string())
+                    rows.add(&events, &stamps, &mut catalog, &mut balances)
+                        .map_err(|e| Failure::new(Stage::Rows, e.to_string()))
                 } else {
                     replayer = None;
                     Ok(())
@@ -457,6 +818,11 @@ impl Run {
             if rows.is_empty() {
                 if self.stop.load(Ordering::Relaxed) {
                     return SessionEnd::Stopped;
+                }
+                if cursor.seq >= self.status.published_seq.load(Ordering::Acquire) {
+                    // Caught up: the database holds everything.
+                    self.status.lag_after_commit_ms.store(0, Ordering::Relaxed);
+                    self.progressed();
                 }
                 tokio::select! {
                     batch = self.receiver.recv() => if let Some(batch) = batch { self.keep(batch, pending) },
@@ -478,11 +844,14 @@ impl Run {
             let write = tables::write(client, &rows, &catalog, cursor.seq, self.config.mode);
             match tokio::time::timeout(self.config.transaction_timeout, write).await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => return SessionEnd::Failed(error.to_string()),
+                Ok(Err(error)) => return SessionEnd::Failed(Failure::store(Stage::Write, error)),
                 Err(_) => {
-                    return SessionEnd::Failed(format!(
-                        "a transaction took longer than {} s",
-                        self.config.transaction_timeout.as_secs()
+                    return SessionEnd::Failed(Failure::new(
+                        Stage::Timeout,
+                        format!(
+                            "a transaction took longer than {} ms and was abandoned (database_transaction_timeout_ms)",
+                            self.config.transaction_timeout.as_millis()
+                        ),
                     ))
                 }
             }
@@ -490,15 +859,13 @@ impl Run {
                 cursor = last;
             }
             self.publish_cursor(cursor);
+            self.status.lag_after_commit_ms.store(self.status.lag_ms().unwrap_or(0), Ordering::Relaxed);
+            self.progressed();
             self.status.transactions.fetch_add(1, Ordering::Relaxed);
             self.status.events_written.fetch_add(rows.events as u64, Ordering::Relaxed);
             self.status.trades_written.fetch_add(rows.trades.len() as u64, Ordering::Relaxed);
-            if self.status.lag_seq() > 0 && last_log.elapsed() >= LAG_LOG_EVERY {
-                eprintln!(
-                    "database writer: {} commands ({} ms) behind the matcher, catching up",
-                    self.status.lag_seq(),
-                    self.status.lag_ms()
-                );
+            if self.status.lag_seq().is_some_and(|lag| lag > 0) && last_log.elapsed() >= LAG_LOG_EVERY {
+                eprintln!("database writer: {} the matcher, catching up", self.status.behind());
                 last_log = Instant::now();
             }
         }
@@ -507,5 +874,6 @@ impl Run {
     fn publish_cursor(&self, cursor: Stamp) {
         self.status.cursor_seq.store(cursor.seq, Ordering::Relaxed);
         self.status.cursor_timestamp_ns.store(cursor.timestamp_ns, Ordering::Relaxed);
+        self.status.cursor_known.store(true, Ordering::Release);
     }
 }

@@ -69,12 +69,18 @@ enum Top {
         #[arg(long)]
         database_url: Option<String>,
     },
-    /// Replay the journal and write a snapshot of the state it reaches.
+    /// Replay the journal and write a snapshot of the state it reaches,
+    /// with the read views (closed orders, trades, bars) as the server
+    /// keeps them.
     Snapshot {
         dir: PathBuf,
         /// Snapshots to keep (older ones are deleted).
         #[arg(long, default_value_t = 3)]
         keep: usize,
+        /// The server's configuration file, for how much history the views
+        /// keep (EXCHANGE_* variables apply too, as for the server).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -113,7 +119,7 @@ fn main() -> ExitCode {
         Top::Journal(JournalCommand::Dump { dir, from, limit, json }) => dump(&dir, from, limit, json),
         Top::Journal(JournalCommand::Verify { dir }) => verify(&dir),
         Top::Replay { dir, to } => replay(&dir, to),
-        Top::Snapshot { dir, keep } => snapshot(&dir, keep),
+        Top::Snapshot { dir, keep, config } => snapshot(&dir, keep, config.as_deref()),
         Top::Migrate { database_url } => migrate(database_url),
         Top::Seed { file, server, admin_token, keys_out } => {
             seed_command(&file, &server, admin_token, keys_out.as_deref())
@@ -258,11 +264,22 @@ fn progress_bar(data: &DataDir) -> ProgressBar {
 }
 
 fn recover(dir: &Path, to: Option<u64>) -> Result<journal::Recovery, String> {
+    recover_with::<()>(dir, to, &()).map(|(recovery, ())| recovery)
+}
+
+/// Recovers the engine (and `D`) as the server does: from an empty engine
+/// with the default limits, the limits the journal records applied as the
+/// replay reaches them.
+fn recover_with<D: journal::Derived>(
+    dir: &Path,
+    to: Option<u64>,
+    setup: &D::Setup,
+) -> Result<(journal::Recovery, D), String> {
     check_dir(dir)?;
     let data = DataDir::new(dir);
     let bar = progress_bar(&data);
     let options = RecoverOptions { limits: EngineLimits::default(), to_seq: to, mode: ReadMode::Follow };
-    let recovery = journal::recover(&data, options, |seq| {
+    let recovery = journal::recover_with::<D>(&data, options, setup, |seq| {
         if seq > bar.length().unwrap_or(0) {
             bar.set_length(seq);
         }
@@ -344,18 +361,25 @@ fn migrate(database_url: Option<String>) -> Result<ExitCode, String> {
     })
 }
 
-fn snapshot(dir: &Path, keep: usize) -> Result<ExitCode, String> {
-    let recovery = recover(dir, None)?;
+fn snapshot(dir: &Path, keep: usize, config: Option<&Path>) -> Result<ExitCode, String> {
+    let config = gateway::Config::load(config, std::env::vars()).map_err(|e| e.to_string())?;
+    let (recovery, views) = recover_with::<gateway::views::Views>(dir, None, &config.retention_of_views())?;
+    let views = views.state().encode()?;
     let data = DataDir::new(dir);
-    let info =
-        journal::write_snapshot(&data.snapshots(), &recovery.engine, journal::SnapshotKeep::newest(keep))
-            .map_err(|e| e.to_string())?;
+    let info = journal::write_snapshot_with_views(
+        &data.snapshots(),
+        &recovery.engine,
+        Some(&views),
+        journal::SnapshotKeep::newest(keep),
+    )
+    .map_err(|e| e.to_string())?;
     println!(
-        "wrote {} (sequence {}, state hash {:016x}, {} bytes)",
+        "wrote {} (sequence {}, state hash {:016x}, {} bytes, of which {} of read views)",
         info.path.display(),
         info.seq,
         info.state_hash,
-        info.bytes
+        info.bytes,
+        info.views_bytes
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -124,11 +124,11 @@ fn run(args: Args) -> Result<(), String> {
         let mut lag_max = 0u64;
         for batch in &session.batches {
             writer.feed.offer(batch.clone());
-            lag_max = lag_max.max(writer.status.lag_seq());
+            lag_max = lag_max.max(writer.status.lag_seq().unwrap_or(0));
         }
-        let lag_at_end = writer.status.lag_seq();
+        let lag_at_end = writer.status.lag_seq().unwrap_or(0);
         while writer.status.cursor_seq.load(Ordering::Relaxed) < session.last_seq {
-            lag_max = lag_max.max(writer.status.lag_seq());
+            lag_max = lag_max.max(writer.status.lag_seq().unwrap_or(0));
             if let Some(error) = writer.status.last_error() {
                 eprintln!("writer: {error}");
             }

@@ -137,7 +137,7 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
         let _ = writer.append(&StampedCommand { seq: i as u64 + 1, timestamp_ns: 0, command: *command });
     }
     let _ = writer.sync();
-    let views = Arc::new(RwLock::new(Views::from_engine(&engine, 1_000, 1_000)));
+    let views = Arc::new(RwLock::new(Views::from_engine(&engine, gateway::views::Retention::default())));
 
     let count = workload.commands.len();
     let epoch = Instant::now();

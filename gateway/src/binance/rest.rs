@@ -212,7 +212,7 @@ async fn route(
         ("POST", "/api/v3/order") => trading::place(state, producer, signed()?, p, false).await,
         ("POST", "/api/v3/order/test") => trading::place(state, producer, signed()?, p, true).await,
         ("DELETE", "/api/v3/order") => trading::cancel(state, producer, signed()?, p).await,
-        ("GET", "/api/v3/order") => trading::status(state, signed()?, p),
+        ("GET", "/api/v3/order") => trading::status(state, signed()?, p).await,
         ("GET", "/api/v3/openOrders") => trading::open_orders(state, signed()?, p),
         ("DELETE", "/api/v3/openOrders") => trading::cancel_all(state, producer, signed()?, p).await,
         ("POST", "/api/v3/order/cancelReplace") => {

@@ -429,16 +429,25 @@ pub async fn cancel(
     cancel_one(state, producer, user, symbol, order).await
 }
 
-/// `GET /api/v3/order`, `order.status`.
-pub fn status(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
+/// `GET /api/v3/order`, `order.status`: from the views, or, for an order
+/// past their retention, from the database when there is one.
+pub async fn status(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
     p.only(&["symbol", "orderId", "origClientOrderId"])?;
-    let views = read_views(state)?;
-    let view = market(&views, p.required("symbol")?)?;
     let order = order_ref(p, "orderId", "origClientOrderId")?;
-    let found = find(&views, user, order)
-        .filter(|o| o.market == view.market.id)
-        .ok_or_else(BinanceError::no_such_order)?;
-    Ok(order_json(&views, found))
+    let market_id = {
+        let views = read_views(state)?;
+        let view = market(&views, p.required("symbol")?)?;
+        if let Some(found) = find(&views, user, order).filter(|o| o.market == view.market.id) {
+            return Ok(order_json(&views, found));
+        }
+        view.market.id
+    };
+    let stored = crate::history::stored_order(state, user, order).await?;
+    let views = read_views(state)?;
+    match stored.filter(|o| o.market == market_id) {
+        Some(found) => Ok(order_json(&views, &found)),
+        None => Err(BinanceError::no_such_order()),
+    }
 }
 
 /// `GET /api/v3/openOrders`, `openOrders.status`.

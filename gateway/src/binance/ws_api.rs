@@ -177,7 +177,9 @@ impl Session {
                 )
                 .await
             }
-            "order.status" => trading::status(state, self.signed(state, &request.method, raw, false)?, p),
+            "order.status" => {
+                trading::status(state, self.signed(state, &request.method, raw, false)?, p).await
+            }
             "openOrders.status" => {
                 trading::open_orders(state, self.signed(state, &request.method, raw, false)?, p)
             }
