@@ -455,13 +455,14 @@ fn before_the_first_connection_the_lag_is_unknown_not_since_1970() {
 
 /// A trade a user made with themself (self-trade prevention off) is two
 /// rows of their history, the buyer's and the seller's, each with its own
-/// order and fee, from the database too: after a restart the views have
-/// no fills and `myTrades` reads the database alone. `limit` counts rows.
+/// order and fee, from the database too: with no closed order kept in
+/// memory, `myTrades` and `allOrders` read the database alone. `limit`
+/// counts rows.
 #[test]
 fn a_self_trade_is_both_sides_in_the_database_history() {
     let database = Database::throwaway().expect("a database");
     let data = tempfile::tempdir().expect("tempdir");
-    let env = [("DATABASE_URL", database.url.as_str())];
+    let env = [("DATABASE_URL", database.url.as_str()), ("EXCHANGE_CLOSED_ORDERS_KEPT_PER_USER", "0")];
     let exchange = Exchange::start(data.path(), &env);
     let keys = exchange.demo(1);
     let alice = &keys[0];
@@ -529,7 +530,7 @@ fn a_self_trade_is_both_sides_in_the_database_history() {
         vec![(orders[0], false, true, "5.00000000", "USDT"), (orders[1], true, false, "0.00020000", "BTC")]
     );
 
-    // allOrders: the closed orders are the database's alone after the restart.
+    // allOrders: the closed orders are the database's alone.
     let query = format!(
         "symbol=BTCUSDT&timestamp={}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
