@@ -143,38 +143,31 @@ pub async fn market_trades(state: &AppState, query: &str) -> Result<Value, ApiEr
     Ok(json!({ "market": market.map(|m| market_name(&views, m)), "trades": trades }))
 }
 
-/// `GET /user/trades`: the signed-in user's trades, with their side of each.
+/// `GET /user/trades`: the signed-in user's trades, one row per order of
+/// theirs in each: a trade they made with themself is two rows, the
+/// buyer's and the seller's, each with its own order and fee.
 pub async fn user_trades(
     state: &AppState,
     user: engine_core::UserId,
     query: &str,
 ) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, false)?;
-    let user = user.0 as i32;
-    let trades = history.trades(market, Some(user), range).await.map_err(database_error)?;
+    let trades = history.user_trades(user.0 as i32, market, range).await.map_err(database_error)?;
     let views = read_views(state)?;
     let trades: Vec<Value> = trades
         .iter()
         .map(|t| {
-            // A user who traded with themself sees the taker's side.
-            let maker = t.taker_user_id != user;
-            let (order, fee, fee_asset) = if maker {
-                (t.maker_order_id, t.maker_fee, t.maker_fee_asset_id)
-            } else {
-                (t.taker_order_id, t.taker_fee, t.taker_fee_asset_id)
-            };
-            let taker_buys = t.taker_side == "buy";
             json!({
                 "trade_id": t.trade_id,
-                "order_id": order,
+                "order_id": t.order_id,
                 "market": market_name(&views, t.market_id),
-                "side": if taker_buys != maker { "buy" } else { "sell" },
-                "maker": maker,
+                "side": if t.buyer { "buy" } else { "sell" },
+                "maker": t.maker,
                 "price": amount(t.price),
                 "quantity": amount(t.quantity),
                 "quote_quantity": amount(t.quote_quantity),
-                "fee": amount(fee),
-                "fee_asset": asset_symbol(&views, fee_asset),
+                "fee": amount(t.fee),
+                "fee_asset": asset_symbol(&views, t.fee_asset_id),
                 "timestamp_ns": time_ns(t.executed_at),
             })
         })

@@ -35,6 +35,7 @@ pub mod binance;
 pub mod config;
 pub mod error;
 mod history;
+pub mod outcome;
 pub mod pipeline;
 pub mod rest;
 mod server;

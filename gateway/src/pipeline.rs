@@ -11,7 +11,9 @@
 //! The matcher publishes a batch's events only after `commit_batch` made
 //! the batch durable under the policy (journal before acknowledgement). The
 //! responder runs after the views consumer, so a client that has its answer
-//! also sees its change in every read endpoint.
+//! also sees its change in every read endpoint. A reply carries its
+//! command's events and the orders the command touched as they stood right
+//! after it ([`crate::outcome`]): the views themselves are a whole batch on.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -28,7 +30,8 @@ use engine_core::{Command, Engine, Event, StampedCommand};
 use journal::{JournalWriter, SegmentRetention};
 use tokio::sync::oneshot;
 
-use crate::views::{Views, ViewsState};
+use crate::outcome::{Capture, Outcome};
+use crate::views::{OrderView, Views, ViewsState};
 use crate::wait::{Backoff, Doorbell};
 
 /// What travels into the matcher.
@@ -66,7 +69,7 @@ pub struct Outbound {
 }
 
 /// The answer a request handler waits for.
-pub type Reply = Result<Vec<Event>, PipelineFailure>;
+pub type Reply = Result<Outcome, PipelineFailure>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PipelineFailure {
@@ -238,6 +241,8 @@ fn start_with<W: WaitStrategy + 'static>(
         stamps: Vec::with_capacity(1024),
         observer: config.observer.take(),
         batch_events: Vec::with_capacity(4096),
+        request_marks: Vec::with_capacity(4096),
+        capture: Capture::default(),
         reply_events: Vec::with_capacity(4096),
         replies: Vec::with_capacity(1024),
         current_start: 0,
@@ -311,10 +316,15 @@ struct Follower {
     observer: Option<Observer>,
     /// Events of the current batch, applied to the views under one lock.
     batch_events: Vec<Event>,
+    /// The events of `batch_events` whose command has a request: (index,
+    /// request, last event of its command).
+    request_marks: Vec<(usize, u64, bool)>,
+    /// The orders the command being applied touched, for its request.
+    capture: Capture,
     /// Events of the batch's commands that have a request, in order.
     reply_events: Vec<Event>,
-    /// (request, first index in `reply_events`, end index, failed).
-    replies: Vec<(u64, usize, usize, bool)>,
+    /// The requests answered at the end of the batch, in order.
+    replies: Vec<Waiting>,
     /// Where the events of the command being collected start.
     current_start: usize,
     observed: Vec<Outbound>,
@@ -334,6 +344,9 @@ impl Follower {
             return;
         }
         if let Some(event) = slot.event {
+            if slot.request_id != 0 && !slot.failed {
+                self.request_marks.push((self.batch_events.len(), slot.request_id, slot.last));
+            }
             self.batch_events.push(event);
             if slot.last {
                 self.stamps.push(persistence::Stamp { seq: event.seq, timestamp_ns: slot.timestamp_ns });
@@ -342,13 +355,19 @@ impl Follower {
         if slot.request_id != 0 {
             if slot.failed {
                 self.reply_events.truncate(self.current_start);
-                self.replies.push((slot.request_id, 0, 0, true));
+                self.replies.push(Waiting::failed(slot.request_id));
             } else {
                 if let Some(event) = slot.event {
                     self.reply_events.push(event);
                 }
                 if slot.last {
-                    self.replies.push((slot.request_id, self.current_start, self.reply_events.len(), false));
+                    self.replies.push(Waiting {
+                        request: slot.request_id,
+                        start: self.current_start,
+                        end: self.reply_events.len(),
+                        failed: false,
+                        orders: Vec::new(),
+                    });
                     self.current_start = self.reply_events.len();
                 }
             }
@@ -369,14 +388,31 @@ impl Follower {
                 // Stamps are in sequence order, one per command.
                 let mut stamps = self.stamps.iter().peekable();
                 let mut timestamp_ns = 0;
-                for event in &self.batch_events {
+                let mut marks = self.request_marks.iter().peekable();
+                // Replies are in the order of their commands' last events.
+                let mut waiting = self.replies.iter_mut().filter(|w| !w.failed);
+                for (index, event) in self.batch_events.iter().enumerate() {
                     while let Some(stamp) = stamps.peek().filter(|s| s.seq <= event.seq) {
                         timestamp_ns = stamp.timestamp_ns;
                         stamps.next();
                     }
+                    let mark = marks.next_if(|(at, _, _)| *at == index).copied();
+                    if mark.is_some() {
+                        self.capture.before(&views, event);
+                    }
                     views.apply(event, timestamp_ns);
+                    if let Some((_, request, last)) = mark {
+                        self.capture.after(&views, event, timestamp_ns);
+                        if last {
+                            let orders = self.capture.finish(&views);
+                            if let Some(reply) = waiting.find(|w| w.request == request) {
+                                reply.orders = orders;
+                            }
+                        }
+                    }
                 }
             }
+            self.request_marks.clear();
             let events: Arc<[Event]> = Arc::from(self.batch_events.as_slice());
             if let Some(feed) = &self.database {
                 // Never waits: a full feed drops, and the writer
@@ -396,13 +432,14 @@ impl Follower {
             self.batch_events.clear();
             self.stamps.clear();
         }
-        for &(id, start, end, failed) in &self.replies {
-            let events = &self.reply_events[start..end];
-            self.pending.complete(id, || {
-                if failed {
+        for reply in &mut self.replies {
+            let events = &self.reply_events[reply.start..reply.end];
+            let orders = std::mem::take(&mut reply.orders);
+            self.pending.complete(reply.request, || {
+                if reply.failed {
                     Err(PipelineFailure::JournalUnavailable)
                 } else {
-                    Ok(events.to_vec())
+                    Ok(Outcome { events: events.to_vec(), orders })
                 }
             });
         }
@@ -415,6 +452,23 @@ impl Follower {
                 observe(&slot);
             }
         }
+    }
+}
+
+/// A request to answer at the end of the batch.
+struct Waiting {
+    request: u64,
+    /// Its command's events: `reply_events[start..end]`.
+    start: usize,
+    end: usize,
+    /// The command was not applied: the journal failed.
+    failed: bool,
+    orders: Vec<OrderView>,
+}
+
+impl Waiting {
+    fn failed(request: u64) -> Waiting {
+        Waiting { request, start: 0, end: 0, failed: true, orders: Vec::new() }
     }
 }
 
@@ -609,7 +663,7 @@ impl SnapshotWriter {
                     if reply != 0 {
                         self.pending.complete(reply, || {
                             if written {
-                                Ok(Vec::new())
+                                Ok(Outcome::default())
                             } else {
                                 Err(PipelineFailure::JournalUnavailable)
                             }

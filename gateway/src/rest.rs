@@ -21,8 +21,9 @@ use crate::amounts::{self, parse_decimal, Scale};
 use crate::auth::{query_pairs, Authenticator, API_KEY_HEADER};
 use crate::error::ApiError;
 use crate::history;
+use crate::outcome::Outcome;
 use crate::pipeline::{self, Health, Pending, PipelineFailure, Publisher};
-use crate::views::{MarketView, OrderView, Views};
+use crate::views::{FillView, MarketView, OrderView, Views};
 
 /// Every route: the OpenAPI description must list exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -86,7 +87,9 @@ pub async fn handle(
     peer: std::net::IpAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    if request.uri().path().starts_with("/api/v3/") {
+    let binance_path =
+        ["/api/v3/", "/sapi/v1/"].iter().any(|prefix| request.uri().path().starts_with(prefix));
+    if binance_path {
         return Ok(match read(&state, request).await {
             Ok(request) => {
                 let binance = crate::binance::rest::Request {
@@ -279,12 +282,12 @@ fn admin_check(state: &AppState, request: &Incoming2) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Publishes a command and waits for its events.
+/// Publishes a command and waits for its outcome.
 pub(crate) async fn execute(
     state: &AppState,
     producer: &Mutex<Publisher>,
     command: Command,
-) -> Result<Vec<Event>, ApiError> {
+) -> Result<Outcome, ApiError> {
     if state.health.journal_failed.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(journal_unavailable());
     }
@@ -298,7 +301,7 @@ pub(crate) async fn execute(
         return Err(ApiError::busy());
     }
     match tokio::time::timeout(state.request_timeout, reply).await {
-        Ok(Ok(Ok(events))) => Ok(events),
+        Ok(Ok(Ok(outcome))) => Ok(outcome),
         Ok(Ok(Err(PipelineFailure::JournalUnavailable))) => Err(journal_unavailable()),
         Ok(Err(_)) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the exchange is stopping"))
@@ -615,12 +618,13 @@ pub(crate) async fn place_order(
     body: &[u8],
 ) -> Result<Value, ApiError> {
     let command = order_command(&*views(state)?, user, body)?;
-    let events = execute(state, producer, command).await?;
+    let outcome = execute(state, producer, command).await?;
     let views = views(state)?;
-    if let Some(error) = rejection(&views, &events) {
+    if let Some(error) = rejection(&views, &outcome.events) {
         return Err(error);
     }
-    let order = events
+    let order = outcome
+        .events
         .iter()
         .find_map(|e| match e.kind {
             EventKind::OrderAccepted { order, .. } => Some(order),
@@ -629,7 +633,12 @@ pub(crate) async fn place_order(
         .ok_or_else(|| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order in the outcome")
         })?;
-    order_answer(&views, user, order)
+    // The order as its own command left it, with that command's fills (all
+    // of them): later commands reach the client through streams and queries.
+    let placed = outcome.order(order).ok_or_else(|| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the placed order was not captured")
+    })?;
+    Ok(order_json_with_fills(&views, placed, &outcome.fills(&views, order)))
 }
 
 /// The engine command for a `POST /order` body, checked at the edge:
@@ -703,14 +712,12 @@ pub fn order_command(views: &Views, user: UserId, body: &[u8]) -> Result<Command
     Ok(command)
 }
 
-fn order_answer(views: &Views, user: UserId, order: OrderId) -> Result<Value, ApiError> {
-    let found = views
-        .find_order(user, |o| o.order == order)
-        .ok_or_else(|| ApiError::not_found("unknown_order", format!("no order {order} of yours")))?;
-    Ok(order_json(views, found))
+fn order_json(views: &Views, order: &OrderView) -> Value {
+    order_json_with_fills(views, order, &order.fills)
 }
 
-fn order_json(views: &Views, order: &OrderView) -> Value {
+/// An order with `fills` as its list of fills.
+fn order_json_with_fills(views: &Views, order: &OrderView, fills: &[FillView]) -> Value {
     let Some(market) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let scale: &Scale = &market.scale;
     let (order_type, tif, quantity, quote_amount) = match order.kind {
@@ -724,8 +731,7 @@ fn order_json(views: &Views, order: &OrderView) -> Value {
     let decimals = |asset: AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
     let symbol =
         |asset: AssetId| views.assets.get(asset.0 as usize).map_or(String::new(), |a| a.symbol.to_string());
-    let fills: Vec<Value> = order
-        .fills
+    let fills: Vec<Value> = fills
         .iter()
         .map(|f| {
             json!({
@@ -796,24 +802,27 @@ pub(crate) async fn cancel_order(
     let id = param(query, "order_id")?;
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
-    change_order(state, producer, user, Command::CancelOrder { user, order }).await
+    change_order(state, producer, Command::CancelOrder { user, order }).await
 }
 
-/// Runs a cancel or an amend and answers with the order as it now stands.
+/// Runs a cancel or an amend and answers with the order as the command
+/// left it (a later command of the same batch may have changed it since).
 async fn change_order(
     state: &AppState,
     producer: &Mutex<Publisher>,
-    user: UserId,
     command: Command,
 ) -> Result<Value, ApiError> {
-    let events = execute(state, producer, command).await?;
+    let outcome = execute(state, producer, command).await?;
     let views = views(state)?;
-    if let Some(error) = rejection(&views, &events) {
+    if let Some(error) = rejection(&views, &outcome.events) {
         return Err(error);
     }
-    let order = done_order(&events)
+    let order = done_order(&outcome.events)
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order"))?;
-    order_answer(&views, user, order)
+    let changed = outcome.order(order).ok_or_else(|| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the changed order was not captured")
+    })?;
+    Ok(order_json(&views, changed))
 }
 
 #[derive(Deserialize)]
@@ -858,7 +867,7 @@ async fn amend_order(
         }
         Command::Amend(engine_core::Amend { user, order, new_qty, new_price })
     };
-    change_order(state, producer, user, command).await
+    change_order(state, producer, command).await
 }
 
 /// `GET /order`: from the views, or, for an order past their retention,
@@ -922,7 +931,7 @@ async fn cancel_all(
         Some(name) => Some(market_of(&*views(state)?, name)?.market.id),
         None => None,
     };
-    let events = execute(state, producer, Command::CancelAll { user, market }).await?;
+    let events = execute(state, producer, Command::CancelAll { user, market }).await?.events;
     let views = views(state)?;
     if let Some(error) = rejection(&views, &events) {
         return Err(error);
@@ -1106,7 +1115,7 @@ async fn admin(
             ))
         }
     };
-    let events = execute(state, producer, command).await?;
+    let events = execute(state, producer, command).await?.events;
     let views = views(state)?;
     if let Some(error) = rejection(&views, &events) {
         return Err(error);

@@ -134,6 +134,10 @@ pub enum Channel {
     BinanceTrade(MarketId),
     BinanceAggTrade(MarketId),
     BinanceBookTicker(MarketId),
+    /// Binance's `<symbol>@ticker` (false) and `<symbol>@miniTicker` (true).
+    BinanceTicker(MarketId, bool),
+    /// Binance's `<symbol>@kline_<interval>`, the interval in minutes.
+    BinanceKline(MarketId, u16),
 }
 
 /// How a connection's stream messages are framed.

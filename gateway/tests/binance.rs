@@ -652,3 +652,424 @@ fn the_websocket_api_places_orders_and_streams_user_data() {
         "alice's stream never carries bob's order"
     );
 }
+
+/// The signing of the WebSocket API: `params` with `apiKey`, `timestamp`
+/// and `signature` added.
+fn ws_request(key: &Key, id: &str, method: &str, mut params: Value) -> Value {
+    params["apiKey"] = json!(key.api_key);
+    params["timestamp"] = json!(fresh_timestamp() as u64);
+    let payload = gateway::binance::ws_api::signature_payload(params.as_object().unwrap());
+    params["signature"] = json!(gateway::auth::sign(&key.secret, &payload, b""));
+    json!({ "id": id, "method": method, "params": params })
+}
+
+/// A self-trade (self-trade prevention NONE) has a buyer and a seller, both
+/// the same user: `myTrades` lists both rows, each with its own order,
+/// side, maker flag and commission, as Binance does, so balances plus
+/// commissions add up to deposits; the user stream reports both orders.
+#[test]
+fn a_self_trade_is_both_rows_in_my_trades_and_both_orders_in_the_user_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(1);
+    let alice = &keys[0];
+    let mut api = connect(&exchange, "/ws-api/v3");
+    send(&mut api, ws_request(alice, "sub", "userDataStream.subscribe.signature", json!({})));
+    let mut events = Vec::new();
+    assert_eq!(until(&mut api, &mut events, |m| m["id"] == "sub")["status"], 200);
+
+    let mut trade_ids = Vec::new();
+    let mut orders = Vec::new();
+    for price in ["50000", "50010"] {
+        let sell = signed(
+            &exchange,
+            alice,
+            "POST",
+            "/api/v3/order",
+            &format!("symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.1&price={price}"),
+        );
+        assert_eq!(sell.2["status"], "NEW", "{sell:?}");
+        let buy = signed(
+            &exchange,
+            alice,
+            "POST",
+            "/api/v3/order",
+            &format!(
+                "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.1&price={price}\
+                 &selfTradePreventionMode=NONE"
+            ),
+        );
+        assert_eq!(buy.2["status"], "FILLED", "{buy:?}");
+        trade_ids.push(buy.2["fills"][0]["tradeId"].as_u64().unwrap());
+        orders.push((sell.2["orderId"].as_u64().unwrap(), buy.2["orderId"].as_u64().unwrap()));
+    }
+
+    let mine = signed(&exchange, alice, "GET", "/api/v3/myTrades", "symbol=BTCUSDT");
+    let rows = mine.2.as_array().unwrap_or_else(|| panic!("{mine:?}"));
+    assert_eq!(rows.len(), 4, "two rows per self-trade: {rows:?}");
+    for (trade, (sell, buy)) in trade_ids.iter().zip(&orders) {
+        let row = |order: u64| {
+            rows.iter()
+                .find(|r| r["id"] == *trade && r["orderId"] == order)
+                .unwrap_or_else(|| panic!("no row of order {order} in trade {trade}: {rows:?}"))
+        };
+        let (seller, buyer) = (row(*sell), row(*buy));
+        assert_eq!(
+            (seller["isBuyer"].as_bool(), seller["isMaker"].as_bool(), seller["commissionAsset"].as_str()),
+            (Some(false), Some(true), Some("USDT")),
+            "{seller}"
+        );
+        assert_eq!(
+            (buyer["isBuyer"].as_bool(), buyer["isMaker"].as_bool(), buyer["commissionAsset"].as_str()),
+            (Some(true), Some(false), Some("BTC")),
+            "{buyer}"
+        );
+    }
+    // The outside check that found it: deposits = balances + commissions.
+    let decimal = |v: &Value| v.as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap();
+    let account = signed(&exchange, alice, "GET", "/api/v3/account", "omitZeroBalances=true");
+    for (asset, deposited) in [("BTC", "10"), ("USDT", "1000000")] {
+        let balance = account.2["balances"].as_array().unwrap().iter().find(|b| b["asset"] == asset).unwrap();
+        let commissions: rust_decimal::Decimal =
+            rows.iter().filter(|r| r["commissionAsset"] == asset).map(|r| decimal(&r["commission"])).sum();
+        assert_eq!(
+            decimal(&balance["free"]) + decimal(&balance["locked"]) + commissions,
+            deposited.parse::<rust_decimal::Decimal>().unwrap(),
+            "{asset}: {balance} and commissions {commissions}"
+        );
+    }
+    // Pages never end between the two rows of a trade: three rows asked
+    // from the first trade on are its two; the next page has the others.
+    let first = signed(
+        &exchange,
+        alice,
+        "GET",
+        "/api/v3/myTrades",
+        &format!("symbol=BTCUSDT&fromId={}&limit=3", trade_ids[0]),
+    );
+    let ids: Vec<u64> = first.2.as_array().unwrap().iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, vec![trade_ids[0]; 2], "{first:?}");
+    // Filtered by order: that order's row only.
+    let one = signed(
+        &exchange,
+        alice,
+        "GET",
+        "/api/v3/myTrades",
+        &format!("symbol=BTCUSDT&orderId={}", orders[0].0),
+    );
+    assert_eq!(one.2.as_array().map(Vec::len), Some(1), "{one:?}");
+    assert_eq!(one.2[0]["isBuyer"], false);
+
+    // The user data stream: a TRADE report for each of the two orders.
+    for (sell, buy) in &orders {
+        for order in [*sell, *buy] {
+            let report = until(&mut api, &mut events, |m| {
+                m["event"]["e"] == "executionReport" && m["event"]["x"] == "TRADE" && m["event"]["i"] == order
+            });
+            assert_eq!(report["event"]["X"], "FILLED", "{report}");
+            assert_eq!(report["event"]["m"].as_bool(), Some(order == *sell), "{report}");
+        }
+    }
+}
+
+/// `-1104` names the parameters the endpoint does not read, on REST and
+/// on the WebSocket API, after Binance's own sentence.
+#[test]
+fn an_unread_parameter_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(1);
+    let alice = &keys[0];
+    let refused = signed(
+        &exchange,
+        alice,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=MARKET&quantity=0.1&timeInforce=GTC",
+    );
+    assert_eq!(code(&refused), (400, -1104), "{refused:?}");
+    assert_eq!(
+        refused.2["msg"],
+        "Not all sent parameters were read; read '6' parameter(s) but was sent '7'. Not read: 'timeInforce'.",
+        "the signature and timestamp are read too"
+    );
+    let public = exchange.raw("GET", "/api/v3/depth?symbol=BTCUSDT&limitt=5&foo=1", &[], b"");
+    assert_eq!(code(&public), (400, -1104), "{public:?}");
+    assert!(public.2["msg"].as_str().unwrap().ends_with("Not read: 'limitt', 'foo'."), "{public:?}");
+
+    let mut api = connect(&exchange, "/ws-api/v3");
+    send(
+        &mut api,
+        ws_request(alice, "open", "openOrders.status", json!({ "symbol": "BTCUSDT", "side": "BUY" })),
+    );
+    let answer = next(&mut api);
+    assert_eq!(answer["error"]["code"], -1104, "{answer}");
+    assert!(answer["error"]["msg"].as_str().unwrap().ends_with("Not read: 'side'."), "{answer}");
+}
+
+/// ccxt.pro sends `returnRateLimits` with every WebSocket API request:
+/// every method takes it (signed with the rest), and the answer carries
+/// `rateLimits` unless it is false (Binance's default is true).
+#[test]
+fn every_websocket_api_method_takes_return_rate_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(1);
+    let alice = &keys[0];
+    let mut api = connect(&exchange, "/ws-api/v3");
+    let order = json!({
+        "symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+        "quantity": "0.1", "price": "40000", "newClientOrderId": "rl-1",
+    });
+    let mut quiet = order.clone();
+    quiet["returnRateLimits"] = json!(false);
+    send(&mut api, ws_request(alice, "place", "order.place", quiet));
+    let placed = next(&mut api);
+    assert_eq!(placed["status"], 200, "{placed}");
+    assert!(placed.get("rateLimits").is_none(), "false leaves them out: {placed}");
+
+    let mut loud = json!({ "symbol": "BTCUSDT", "origClientOrderId": "rl-1" });
+    loud["returnRateLimits"] = json!(true);
+    send(&mut api, ws_request(alice, "status", "order.status", loud));
+    let status = next(&mut api);
+    assert_eq!(status["result"]["clientOrderId"], "rl-1", "{status}");
+    let limits = status["rateLimits"].as_array().unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(
+        (&limits[0]["rateLimitType"], &limits[0]["interval"], &limits[0]["intervalNum"]),
+        (&json!("REQUEST_WEIGHT"), &json!("MINUTE"), &json!(1)),
+        "{status}"
+    );
+    assert!(limits[0]["limit"].as_u64().unwrap() > 0 && limits[0]["count"].as_u64().unwrap() > 0);
+
+    // Unsigned methods, its text form, errors, and a value that is no flag.
+    send(&mut api, json!({ "id": "t", "method": "time", "params": { "returnRateLimits": "false" } }));
+    let time = next(&mut api);
+    assert!(time["result"]["serverTime"].as_u64().is_some() && time.get("rateLimits").is_none(), "{time}");
+    send(&mut api, json!({ "id": "d", "method": "depth", "params": { "symbol": "BTCUSDT" } }));
+    assert!(next(&mut api)["rateLimits"].is_array(), "the default is true");
+    send(
+        &mut api,
+        json!({ "id": "e", "method": "depth", "params": { "symbol": "NOPE", "returnRateLimits": false } }),
+    );
+    let error = next(&mut api);
+    assert_eq!((error["error"]["code"].as_i64(), error.get("rateLimits")), (Some(-1121), None), "{error}");
+    send(&mut api, json!({ "id": "b", "method": "ping", "params": { "returnRateLimits": 3 } }));
+    let bad = next(&mut api);
+    assert_eq!(bad["error"]["code"], -1130, "{bad}");
+    assert!(bad["error"]["msg"].as_str().unwrap().contains("returnRateLimits"), "{bad}");
+}
+
+/// A cancel-all answers every order it cancelled, as the cancel left it,
+/// though the views keep fewer closed orders per user.
+#[test]
+fn cancel_all_answers_every_order_it_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[("EXCHANGE_CLOSED_ORDERS_KEPT_PER_USER", "2")]);
+    let keys = exchange.demo(1);
+    let alice = &keys[0];
+    let mut api = connect(&exchange, "/ws-api/v3");
+    send(&mut api, ws_request(alice, "sub", "userDataStream.subscribe.signature", json!({})));
+    let mut events = Vec::new();
+    assert_eq!(until(&mut api, &mut events, |m| m["id"] == "sub")["status"], 200);
+    let mut placed = Vec::new();
+    for i in 0..5 {
+        let order = signed(
+            &exchange,
+            alice,
+            "POST",
+            "/api/v3/order",
+            &format!("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.1&price={}", 40_000 + i),
+        );
+        placed.push(order.2["orderId"].as_u64().unwrap());
+    }
+    let all = signed(&exchange, alice, "DELETE", "/api/v3/openOrders", "symbol=BTCUSDT");
+    let mut cancelled: Vec<u64> =
+        all.2.as_array().unwrap().iter().map(|o| o["orderId"].as_u64().unwrap()).collect();
+    cancelled.sort_unstable();
+    assert_eq!(cancelled, placed, "{all:?}");
+    assert!(all
+        .2
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["status"] == "CANCELED" && o["price"] != "0.00000000"));
+    // And the user stream reports each cancel (its reports are made from
+    // the events, not from the views, which no longer have three of them).
+    for (i, order) in placed.iter().enumerate() {
+        let report = until(&mut api, &mut events, |m| {
+            m["event"]["e"] == "executionReport" && m["event"]["x"] == "CANCELED" && m["event"]["i"] == *order
+        });
+        assert_eq!(
+            (report["event"]["q"].as_str(), report["event"]["p"].as_str(), report["event"]["X"].as_str()),
+            (Some("0.10000000"), Some(format!("{}.00000000", 40_000 + i).as_str()), Some("CANCELED")),
+            "{report}"
+        );
+    }
+}
+
+/// A signed Binance `POST` from any thread: the parameters in the form body.
+fn post_from(address: std::net::SocketAddr, key: &Key, path: &str, params: &str) -> (u16, Value) {
+    let params = format!("{params}&timestamp={}", fresh_timestamp());
+    let signature = gateway::auth::sign(&key.secret, &params, b"");
+    let body = format!("{params}&signature={signature}");
+    let headers =
+        [("X-MBX-APIKEY", key.api_key.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, _, value) = server::try_raw(address, "POST", path, &headers, body.as_bytes()).unwrap();
+    (status, value)
+}
+
+/// Many clients place crossing orders at once, over both APIs. Each answer
+/// describes what its own command did: a resting order's answer never
+/// lists the trade a later order made with it (that order's answer does),
+/// so every trade is in exactly one answer, the taker's, and each answer's
+/// executed quantity is the sum of its own fills.
+#[test]
+fn each_order_answer_describes_only_its_own_command() {
+    use rust_decimal::Decimal;
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[("EXCHANGE_RECENT_TRADES_MAX", "100000")]);
+    let keys = exchange.demo(8);
+    let address = exchange.address;
+    const ORDERS_PER_CLIENT: usize = 120;
+    let answers: Vec<(bool, Value)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(n, key)| {
+                scope.spawn(move || {
+                    let native = n % 2 == 0;
+                    let mut answers = Vec::new();
+                    for i in 0..ORDERS_PER_CLIENT {
+                        let buy = (i + n) % 2 == 0;
+                        // Prices that cross often; some IOC, some market.
+                        let price = 50_000 + (i * 7 + n * 3) % 5;
+                        let qty = format!("0.0{}", 1 + (i + n) % 3);
+                        let kind = i % 10;
+                        let (status, answer) = if native {
+                            let mut order = json!({
+                                "market": "BTC-USDT", "side": if buy { "buy" } else { "sell" },
+                                "type": "limit", "price": price.to_string(), "quantity": qty,
+                                "time_in_force": if kind == 0 { "IOC" } else { "GTC" },
+                            });
+                            if kind == 1 {
+                                order = json!({ "market": "BTC-USDT", "side": if buy { "buy" } else { "sell" },
+                                                "type": "market", "quantity": qty });
+                            }
+                            let client = server::Client::new(address);
+                            client.place(key, order)
+                        } else {
+                            let side = if buy { "BUY" } else { "SELL" };
+                            let params = match kind {
+                                0 => format!(
+                                    "symbol=BTCUSDT&side={side}&type=LIMIT&timeInForce=IOC&quantity={qty}&price={price}"
+                                ),
+                                1 => format!("symbol=BTCUSDT&side={side}&type=MARKET&quantity={qty}"),
+                                _ => format!(
+                                    "symbol=BTCUSDT&side={side}&type=LIMIT&timeInForce=GTC&quantity={qty}&price={price}\
+                                     &newOrderRespType=FULL"
+                                ),
+                            };
+                            post_from(address, key, "/api/v3/order", &params)
+                        };
+                        assert_eq!(status, 200, "{answer}");
+                        answers.push((native, answer));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(answers.len(), keys.len() * ORDERS_PER_CLIENT);
+
+    let decimal = |v: &Value| v.as_str().unwrap().parse::<Decimal>().unwrap();
+    let mut answered_trades = std::collections::BTreeMap::new();
+    for (native, answer) in &answers {
+        let (fills, executed, qty_field) = if *native {
+            (answer["fills"].as_array().unwrap(), decimal(&answer["filled_quantity"]), "quantity")
+        } else {
+            (answer["fills"].as_array().unwrap(), decimal(&answer["executedQty"]), "qty")
+        };
+        let filled: Decimal = fills.iter().map(|f| decimal(&f[qty_field])).sum();
+        assert_eq!(executed, filled, "executed quantity is the sum of its own fills: {answer}");
+        for fill in fills {
+            if *native {
+                assert_eq!(fill["maker"], false, "a new order takes in its own command: {answer}");
+            }
+            let trade = if *native { &fill["trade_id"] } else { &fill["tradeId"] };
+            let trade = trade.as_u64().unwrap();
+            if let Some(other) = answered_trades.insert(trade, answer.clone()) {
+                panic!("trade {trade} is in two answers:\n{other}\n{answer}");
+            }
+        }
+        if !*native {
+            let status = answer["status"].as_str().unwrap();
+            if filled.is_zero() {
+                assert!(
+                    ["NEW", "EXPIRED", "EXPIRED_IN_MATCH"].contains(&status),
+                    "nothing filled by its command: {answer}"
+                );
+            }
+            if status == "FILLED" {
+                assert_eq!(executed, decimal(&answer["origQty"]), "{answer}");
+            }
+            let quote: Decimal = fills.iter().map(|f| decimal(&f["price"]) * decimal(&f["qty"])).sum();
+            assert_eq!(decimal(&answer["cummulativeQuoteQty"]), quote, "{answer}");
+        }
+    }
+    // And every trade of the market is in one answer: its taker's.
+    let mut all = Vec::new();
+    loop {
+        let page = exchange.get(&format!("/trade/history?market=BTC-USDT&limit=1000&offset={}", all.len())).1;
+        let page: Vec<u64> =
+            page["trades"].as_array().unwrap().iter().map(|t| t["trade_id"].as_u64().unwrap()).collect();
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page);
+    }
+    all.sort_unstable();
+    assert!(!all.is_empty());
+    assert_eq!(all, answered_trades.keys().copied().collect::<Vec<u64>>());
+}
+
+/// With no closed orders kept in memory (`closed_orders_kept_per_user` 0),
+/// an order that closes within its own command and a cancel are still
+/// answered, as their command left them.
+#[test]
+fn answers_do_not_need_closed_orders_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[("EXCHANGE_CLOSED_ORDERS_KEPT_PER_USER", "0")]);
+    let keys = exchange.demo(2);
+    let (alice, bob) = (&keys[0], &keys[1]);
+    let ask = signed(
+        &exchange,
+        bob,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.1&price=50000",
+    );
+    assert_eq!(ask.2["status"], "NEW", "{ask:?}");
+    let ioc = signed(
+        &exchange,
+        alice,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=IOC&quantity=0.05&price=50000",
+    );
+    assert_eq!(
+        (ioc.0, ioc.2["status"].as_str(), ioc.2["executedQty"].as_str()),
+        (200, Some("FILLED"), Some("0.05000000")),
+        "{ioc:?}"
+    );
+    let (status, native) = exchange
+        .place(alice, json!({ "market": "BTC-USDT", "side": "buy", "type": "market", "quantity": "0.02" }));
+    assert_eq!((status, native["status"].as_str()), (200, Some("filled")), "{native}");
+    let id = ask.2["orderId"].as_u64().unwrap();
+    let cancel = signed(&exchange, bob, "DELETE", "/api/v3/order", &format!("symbol=BTCUSDT&orderId={id}"));
+    assert_eq!(
+        (cancel.0, cancel.2["status"].as_str(), cancel.2["executedQty"].as_str()),
+        (200, Some("CANCELED"), Some("0.07000000")),
+        "{cancel:?}"
+    );
+}

@@ -452,3 +452,112 @@ fn before_the_first_connection_the_lag_is_unknown_not_since_1970() {
     let log = exchange.stderr();
     assert_eq!(log.matches("Connection refused").count(), 1, "{log}");
 }
+
+/// A trade a user made with themself (self-trade prevention off) is two
+/// rows of their history, the buyer's and the seller's, each with its own
+/// order and fee, from the database too: with no closed order kept in
+/// memory, `myTrades` and `allOrders` read the database alone. `limit`
+/// counts rows.
+#[test]
+fn a_self_trade_is_both_sides_in_the_database_history() {
+    let database = Database::throwaway().expect("a database");
+    let data = tempfile::tempdir().expect("tempdir");
+    let env = [("DATABASE_URL", database.url.as_str()), ("EXCHANGE_CLOSED_ORDERS_KEPT_PER_USER", "0")];
+    let exchange = Exchange::start(data.path(), &env);
+    let keys = exchange.demo(1);
+    let alice = &keys[0];
+    let mut orders = Vec::new();
+    for side in ["sell", "buy"] {
+        let (status, order) = exchange.place(
+            alice,
+            json!({ "market": "BTC-USDT", "side": side, "type": "limit", "price": "50000",
+                    "quantity": "0.1", "self_trade_prevention": "allow" }),
+        );
+        assert_eq!(status, 200, "{order}");
+        orders.push(order["order_id"].as_u64().unwrap());
+    }
+    let exchange = exchange.crash_and_restart();
+    wait_until_written(&exchange);
+
+    let (status, body) = exchange.signed(alice, "GET", "/user/trades", "market=BTC-USDT", None);
+    assert_eq!(status, 200, "{body}");
+    let rows = body["trades"].as_array().unwrap();
+    let sides: Vec<(u64, &str, bool, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["order_id"].as_u64().unwrap(),
+                r["side"].as_str().unwrap(),
+                r["maker"].as_bool().unwrap(),
+                r["fee"].as_str().unwrap(),
+                r["fee_asset"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Newest first: the buyer's row has the later order id.
+    assert_eq!(
+        sides,
+        vec![(orders[1], "buy", false, "0.00020000", "BTC"), (orders[0], "sell", true, "5.000000", "USDT")],
+        "{body}"
+    );
+    assert_eq!(rows[0]["trade_id"], rows[1]["trade_id"]);
+    let (_, one) = exchange.signed(alice, "GET", "/user/trades", "market=BTC-USDT&limit=1", None);
+    assert_eq!(one["trades"].as_array().map(Vec::len), Some(1), "limit counts rows: {one}");
+
+    // Binance's myTrades, signed as Binance clients sign it.
+    let query = format!(
+        "symbol=BTCUSDT&timestamp={}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    );
+    let (status, mine) = exchange.signed_raw(alice, "GET", "/api/v3/myTrades", &query, None);
+    assert_eq!(status, 200, "{mine}");
+    let mine: Vec<(u64, bool, bool, &str, &str)> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["orderId"].as_u64().unwrap(),
+                r["isBuyer"].as_bool().unwrap(),
+                r["isMaker"].as_bool().unwrap(),
+                r["commission"].as_str().unwrap(),
+                r["commissionAsset"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mine,
+        vec![(orders[0], false, true, "5.00000000", "USDT"), (orders[1], true, false, "0.00020000", "BTC")]
+    );
+
+    // allOrders: the closed orders are the database's alone.
+    let query = format!(
+        "symbol=BTCUSDT&timestamp={}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+    );
+    let (status, all) = exchange.signed_raw(alice, "GET", "/api/v3/allOrders", &query, None);
+    assert_eq!(status, 200, "{all}");
+    let all: Vec<(u64, &str, &str, &str, &str, &str, bool)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["orderId"].as_u64().unwrap(),
+                o["side"].as_str().unwrap(),
+                o["type"].as_str().unwrap(),
+                o["status"].as_str().unwrap(),
+                o["executedQty"].as_str().unwrap(),
+                o["selfTradePreventionMode"].as_str().unwrap(),
+                o["isWorking"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        all,
+        vec![
+            (orders[0], "SELL", "LIMIT", "FILLED", "0.10000000", "NONE", false),
+            (orders[1], "BUY", "LIMIT", "FILLED", "0.10000000", "NONE", false),
+        ]
+    );
+}

@@ -77,7 +77,8 @@ fn a_full_ring_refuses_at_once_and_recovers() {
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), reply).await })
             .unwrap()
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .events;
         match events[0].kind {
             EventKind::UserCreated { user } => users.push(user.0),
             other => panic!("unexpected {other:?}"),
@@ -85,5 +86,149 @@ fn a_full_ring_refuses_at_once_and_recovers() {
     }
     assert!(users.windows(2).all(|w| w[1] == w[0] + 1), "users created in order");
     assert_eq!(views.read().unwrap().users.len(), users.len());
+    drop(producer);
+}
+
+/// A request's outcome describes its own command, even when the views
+/// consumer applies a later command of the same batch before anyone reads
+/// the views: the order each command touched is captured right after it.
+#[test]
+fn an_outcome_is_the_state_its_own_command_left() {
+    use engine_core::{
+        Amend, AssetId, MarketId, MarketRules, MarketStatus, NewOrder, OrderKind, OrderRef,
+        SelfTradePrevention, Side, Symbol, Ticks, TimeInForce, Units, UserId,
+    };
+    use gateway::views::OrderStatus;
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal_dir = dir.path().join("journal");
+    let config =
+        JournalConfig { dir: journal_dir.clone(), segment_bytes: 1 << 20, durability: Durability::None };
+    let (writer, _) = JournalWriter::open(config).unwrap();
+    let engine = Engine::new(EngineLimits::default());
+    // Two closed orders kept per user: fewer than the cancel-all below closes.
+    let retention =
+        gateway::views::Retention { closed_orders_per_user_max: 2, ..gateway::views::Retention::default() };
+    let views = Arc::new(RwLock::new(Views::from_engine(&engine, retention)));
+    let pipeline = pipeline::start(
+        engine,
+        writer,
+        Arc::clone(&views),
+        PipelineConfig {
+            inbound_ring_size: 64,
+            outbound_ring_size: 256,
+            busy_spin: false,
+            matcher_core: None,
+            snapshot_every_commands: 0,
+            snapshots_dir: dir.path().join("snapshots"),
+            snapshots_keep: 1,
+            journal_dir,
+            retention: SegmentRetention::Keep,
+            observer: None,
+            hub: None,
+            database: None,
+            database_status: None,
+        },
+    );
+    let mut producer = pipeline.publisher.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut send = |command: Command| {
+        let (id, reply) = pipeline.pending.register();
+        pipeline::submit(&mut producer, id, command).expect("room in the ring");
+        reply
+    };
+    let wait = |reply: tokio::sync::oneshot::Receiver<pipeline::Reply>| {
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), reply).await })
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    };
+    for symbol in ["BTC", "USDT"] {
+        wait(send(Command::CreateAsset { symbol: Symbol::new(symbol).unwrap(), decimals: 8 }));
+    }
+    let rules = MarketRules {
+        base: AssetId(0),
+        quote: AssetId(1),
+        base_units_per_lot: 1,
+        quote_units_per_tick: 1,
+        min_qty: engine_core::Lots(1),
+        min_notional: Units(0),
+        maker_fee_ppm: 0,
+        taker_fee_ppm: 0,
+    };
+    wait(send(Command::CreateMarket { rules, status: MarketStatus::Open }));
+    let (maker, taker) = (UserId(0), UserId(1));
+    for user in [maker, taker] {
+        wait(send(Command::CreateUser));
+        for asset in [AssetId(0), AssetId(1)] {
+            wait(send(Command::Deposit { user, asset, amount: Units(1_000_000) }));
+        }
+    }
+    let limit = |user, side, price, qty| {
+        Command::PlaceOrder(NewOrder {
+            user,
+            market: MarketId(0),
+            side,
+            kind: OrderKind::Limit {
+                price: Ticks(price),
+                qty: engine_core::Lots(qty),
+                tif: TimeInForce::Gtc,
+            },
+            client_order_id: None,
+            stp: SelfTradePrevention::CancelTaker,
+        })
+    };
+
+    // One batch: the views consumer is held while the commands queue up.
+    let held = views.write().unwrap();
+    let ask = send(limit(maker, Side::Sell, 100, 10));
+    let amend = send(Command::Amend(Amend {
+        user: maker,
+        order: OrderRef::Id(engine_core::OrderId(1)),
+        new_qty: Some(engine_core::Lots(8)),
+        new_price: None,
+    }));
+    let bid = send(limit(taker, Side::Buy, 100, 3));
+    let spare: Vec<_> = (0..5).map(|i| send(limit(maker, Side::Sell, 200 + i, 1))).collect();
+    let cancel_all = send(Command::CancelAll { user: maker, market: Some(MarketId(0)) });
+    std::thread::sleep(Duration::from_millis(100));
+    drop(held);
+
+    let ask = wait(ask);
+    let placed = &ask.orders[0];
+    assert_eq!(
+        (placed.status, placed.filled.0, placed.remaining.0),
+        (OrderStatus::New, 0, 10),
+        "the ask as its own command left it: resting, nothing filled"
+    );
+    assert!(placed.fills.is_empty());
+    let amended = wait(amend);
+    let amended = &amended.orders[0];
+    assert_eq!((amended.status, amended.filled.0, amended.remaining.0), (OrderStatus::New, 0, 8));
+    let bid = wait(bid);
+    assert_eq!((bid.orders[0].status, bid.orders[0].filled.0), (OrderStatus::Filled, 3));
+    for reply in spare {
+        assert_eq!(wait(reply).orders[0].status, OrderStatus::New);
+    }
+    let cancelled = wait(cancel_all);
+    let mut statuses: Vec<(u64, OrderStatus, u64)> =
+        cancelled.orders.iter().map(|o| (o.order.0, o.status, o.filled.0)).collect();
+    statuses.sort_by_key(|s| s.0);
+    assert_eq!(
+        statuses,
+        vec![
+            (1, OrderStatus::Cancelled, 3),
+            (3, OrderStatus::Cancelled, 0),
+            (4, OrderStatus::Cancelled, 0),
+            (5, OrderStatus::Cancelled, 0),
+            (6, OrderStatus::Cancelled, 0),
+            (7, OrderStatus::Cancelled, 0),
+        ],
+        "every order the cancel-all closed, though the views keep two"
+    );
+    // The views, read after the batch, show the later commands too.
+    let views = views.read().unwrap();
+    assert_eq!(views.user(maker).unwrap().closed.len(), 2);
     drop(producer);
 }

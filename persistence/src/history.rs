@@ -58,6 +58,26 @@ pub struct OrderRecord {
     pub closed_at: Option<SystemTime>,
 }
 
+/// One side of a trade: what one order of the user did in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserTradeRow {
+    pub trade_id: i64,
+    pub seq: i64,
+    pub market_id: i32,
+    pub price: Amount,
+    pub quantity: Amount,
+    pub quote_quantity: Amount,
+    pub order_id: i64,
+    /// The order bought (base for quote).
+    pub buyer: bool,
+    /// The order was resting on the book.
+    pub maker: bool,
+    /// Charged in what the order received.
+    pub fee: Amount,
+    pub fee_asset_id: i32,
+    pub executed_at: SystemTime,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candle {
     pub open_time: SystemTime,
@@ -131,7 +151,9 @@ impl History {
     }
 
     /// Trades of a market, of a user (as maker or taker), or both, in
-    /// trade id order.
+    /// trade id order. A trade is one row, even one a user made with
+    /// themself: for a user's own rows, one per side, see
+    /// [`History::user_trades`].
     pub async fn trades(
         &self,
         market: Option<i32>,
@@ -174,6 +196,60 @@ impl History {
         sql.push_str(&format!(" ORDER BY trade_id {} LIMIT ${}", range.order(), params.len()));
         let rows = client.query(sql.as_str(), &params).await?;
         Ok(rows.iter().map(trade_row).collect::<Result<_, _>>()?)
+    }
+
+    /// A user's side of each trade they took part in: one row per order,
+    /// so a trade they made with themself (self-trade prevention off) is
+    /// two rows, the buyer's and the seller's, each with its own order,
+    /// fee and fee asset. In trade id order, then order id order; `limit`
+    /// counts rows.
+    pub async fn user_trades(
+        &self,
+        user: i32,
+        market: Option<i32>,
+        range: Range,
+    ) -> Result<Vec<UserTradeRow>, StoreError> {
+        let client = self.client().await?;
+        let from = range.from_ms.map(time_ms);
+        let to = range.to_ms.map(time_ms);
+        let from_id = range.from_id.map(|id| i64::try_from(id).unwrap_or(i64::MAX));
+        let limit = i64::from(range.limit);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user];
+        let mut filters = String::new();
+        if let Some(market) = market.as_ref() {
+            params.push(market);
+            filters.push_str(&format!(" AND market_id = ${}", params.len()));
+        }
+        if let Some(from) = from.as_ref() {
+            params.push(from);
+            filters.push_str(&format!(" AND executed_at >= ${}", params.len()));
+        }
+        if let Some(to) = to.as_ref() {
+            params.push(to);
+            filters.push_str(&format!(" AND executed_at < ${}", params.len()));
+        }
+        if let Some(from_id) = from_id.as_ref() {
+            params.push(from_id);
+            filters.push_str(&format!(" AND trade_id >= ${}", params.len()));
+        }
+        params.push(&limit);
+        let order = range.order();
+        // Each half uses its own index (trades_by_maker, trades_by_taker).
+        let sql = format!(
+            "SELECT trade_id, seq, market_id, price, quantity, quote_quantity, taker_side, order_id, maker, \
+             fee, fee_asset_id, executed_at FROM (\
+             SELECT trade_id, seq, market_id, price, quantity, quote_quantity, taker_side, \
+             maker_order_id AS order_id, true AS maker, maker_fee AS fee, maker_fee_asset_id AS fee_asset_id, \
+             executed_at FROM trades WHERE maker_user_id = $1{filters} \
+             UNION ALL \
+             SELECT trade_id, seq, market_id, price, quantity, quote_quantity, taker_side, \
+             taker_order_id, false, taker_fee, taker_fee_asset_id, executed_at \
+             FROM trades WHERE taker_user_id = $1{filters}) AS sides \
+             ORDER BY trade_id {order}, order_id {order} LIMIT ${}",
+            params.len()
+        );
+        let rows = client.query(sql.as_str(), &params).await?;
+        Ok(rows.iter().map(user_trade_row).collect::<Result<_, _>>()?)
     }
 
     /// A user's orders (open and closed), in order id order.
@@ -339,6 +415,26 @@ pub fn trade_row(row: &Row) -> Result<TradeRow, tokio_postgres::Error> {
         taker_fee: row.try_get(13)?,
         taker_fee_asset_id: row.try_get(14)?,
         executed_at: row.try_get(15)?,
+    })
+}
+
+fn user_trade_row(row: &Row) -> Result<UserTradeRow, tokio_postgres::Error> {
+    let taker_side = side(row.try_get(6)?);
+    let maker: bool = row.try_get(8)?;
+    let taker_buys = taker_side == "buy";
+    Ok(UserTradeRow {
+        trade_id: row.try_get(0)?,
+        seq: row.try_get(1)?,
+        market_id: row.try_get(2)?,
+        price: row.try_get(3)?,
+        quantity: row.try_get(4)?,
+        quote_quantity: row.try_get(5)?,
+        order_id: row.try_get(7)?,
+        buyer: taker_buys != maker,
+        maker,
+        fee: row.try_get(9)?,
+        fee_asset_id: row.try_get(10)?,
+        executed_at: row.try_get(11)?,
     })
 }
 

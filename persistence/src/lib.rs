@@ -33,9 +33,10 @@ pub mod scale;
 mod tables;
 mod writer;
 
-pub use history::{trade_row, Candle, History, OrderRecord, Range, CANDLE_INTERVALS};
+pub use history::{trade_row, Candle, History, OrderRecord, Range, UserTradeRow, CANDLE_INTERVALS};
 pub use rows::{
-    done_status, side_name, Balances, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp, TradeRow,
+    done_status, side_name, stp_name, Balances, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp,
+    TradeRow,
 };
 pub use tables::{load, migrate, write, Loaded, StoreError, WriteMode};
 pub use writer::{Failure, Feed, Stage, Writer, WriterConfig, WriterStatus, WRITER_LAG_MAX_DEFAULT};

@@ -20,6 +20,9 @@ pub struct BinanceError {
     pub data: Option<Value>,
 }
 
+/// The most characters of an unread parameter's name that -1104 repeats.
+const UNREAD_NAME_CHARS_MAX: usize = 64;
+
 /// Binance's own wording for the parameter characters it accepts in decimals.
 const DECIMAL_RANGE: &str = "^([0-9]{1,20})(\\.[0-9]{1,20})?$";
 
@@ -66,10 +69,24 @@ impl BinanceError {
         BinanceError::bad_request(-1101, format!("Duplicate values for a parameter detected: '{name}'."))
     }
 
-    pub fn unread(read: usize, sent: usize) -> BinanceError {
+    /// Binance's -1104 sentence, then the names of the parameters the
+    /// endpoint does not read, so that the client knows which to remove.
+    pub fn unread(read: usize, sent: usize, unread: &[&str]) -> BinanceError {
+        // A hostile name is echoed only in part.
+        let names: Vec<String> = unread
+            .iter()
+            .map(|name| match name.char_indices().nth(UNREAD_NAME_CHARS_MAX) {
+                Some((cut, _)) => format!("'{}...'", &name[..cut]),
+                None => format!("'{name}'"),
+            })
+            .collect();
         BinanceError::bad_request(
             -1104,
-            format!("Not all sent parameters were read; read '{read}' parameter(s) but was sent '{sent}'."),
+            format!(
+                "Not all sent parameters were read; read '{read}' parameter(s) but was sent '{sent}'. \
+                 Not read: {}.",
+                names.join(", ")
+            ),
         )
     }
 

@@ -11,7 +11,7 @@ use super::error::BinanceError;
 use super::params::{Params, TradeRange};
 use super::{fixed, price_text, qty_text, stp_name, units_text, STP_DEFAULT, STP_MODES};
 use crate::rest::AppState;
-use crate::views::{MarketView, TradeView, Views};
+use crate::views::{MarketView, MinuteBar, TradeView, Views};
 
 pub const DEPTH_LIMIT_DEFAULT: u64 = 100;
 pub const DEPTH_LIMIT_MAX: u64 = 5_000;
@@ -56,6 +56,22 @@ pub fn now_ms() -> u64 {
 
 pub fn time() -> Value {
     json!({ "serverTime": now_ms() })
+}
+
+/// `GET /sapi/v1/system/status`: 0 "normal", or 1 once the journal has
+/// failed and no order is accepted.
+pub fn system_status(state: &AppState, params: &Params) -> Result<Value, BinanceError> {
+    params.only(&[])?;
+    Ok(if state.health.journal_failed.load(std::sync::atomic::Ordering::Relaxed) {
+        json!({ "status": 1, "msg": "system maintenance" })
+    } else {
+        json!({ "status": 0, "msg": "normal" })
+    })
+}
+
+/// The markets a request names with `symbol` or `symbols`, or all of them.
+pub fn markets_named<'v>(views: &'v Views, params: &Params) -> Result<Vec<&'v MarketView>, BinanceError> {
+    markets(views, params).map(|(chosen, _)| chosen)
 }
 
 fn symbol_status(status: MarketStatus) -> &'static str {
@@ -187,6 +203,124 @@ pub fn trades(state: &AppState, params: &Params) -> Result<Value, BinanceError> 
     Ok(Value::Array(view.trades.iter().skip(skip).map(|t| trade_json(view, t)).collect()))
 }
 
+/// `GET /api/v3/historicalTrades`, `trades.historical`: the recent trades
+/// the views keep, from `fromId` on (else the most recent), oldest first.
+pub fn historical_trades(state: &AppState, params: &Params) -> Result<Value, BinanceError> {
+    params.only(&["symbol", "limit", "fromId"])?;
+    let limit = params.bounded("limit", 1, TRADES_LIMIT_MAX)?.unwrap_or(TRADES_LIMIT_DEFAULT) as usize;
+    let range = TradeRange { from_id: params.integer("fromId")?, start_ms: None, end_ms: None };
+    let views = read_views(state)?;
+    let view = market(&views, params.required("symbol")?)?;
+    let in_range = view.trades.iter().filter(|t| range.contains(t.trade.0, 0)).collect();
+    let chosen: Vec<&TradeView> = range.window(in_range, limit);
+    Ok(Value::Array(chosen.iter().map(|t| trade_json(view, t)).collect()))
+}
+
+/// The kline intervals served, in minutes: every Binance interval that is
+/// a whole number of minutes up to a day (the views keep one-minute bars
+/// of the last day).
+pub const KLINE_INTERVALS: &[(&str, u64)] = &[
+    ("1m", 1),
+    ("3m", 3),
+    ("5m", 5),
+    ("15m", 15),
+    ("30m", 30),
+    ("1h", 60),
+    ("2h", 120),
+    ("4h", 240),
+    ("6h", 360),
+    ("8h", 480),
+    ("12h", 720),
+    ("1d", 1_440),
+];
+const KLINES_LIMIT_DEFAULT: u64 = 500;
+const KLINES_LIMIT_MAX: u64 = 1_000;
+
+/// `GET /api/v3/klines`, `klines`: candles of the last day, built from the
+/// views' one-minute bars; intervals with no trade have no kline. The
+/// taker-buy volumes are not kept and read 0.
+pub fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceError> {
+    params.only(&["symbol", "interval", "startTime", "endTime", "timeZone", "limit"])?;
+    let interval = params.required("interval")?;
+    let minutes = kline_minutes(interval).ok_or_else(|| {
+        BinanceError::bad_request(
+            -1120,
+            "Invalid interval: this exchange serves 1m, 3m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h and 1d.",
+        )
+    })?;
+    match params.get("timeZone") {
+        None | Some("0") | Some("+00:00") | Some("0:00") => {}
+        Some(_) => return Err(BinanceError::invalid_value("timeZone", "only UTC (0) is served")),
+    }
+    let limit = params.bounded("limit", 1, KLINES_LIMIT_MAX)?.unwrap_or(KLINES_LIMIT_DEFAULT) as usize;
+    let range = TradeRange {
+        from_id: None,
+        start_ms: params.integer("startTime")?,
+        end_ms: params.integer("endTime")?,
+    };
+    let views = read_views(state)?;
+    let view = market(&views, params.required("symbol")?)?;
+    let all = candles(view, minutes);
+    let in_range = all.iter().filter(|c| range.contains(0, c.minute * 60_000)).collect();
+    let chosen: Vec<&MinuteBar> = range.window(in_range, limit);
+    let zero = || fixed(Decimal::ZERO, 0);
+    Ok(Value::Array(
+        chosen
+            .iter()
+            .map(|c| {
+                let volume = Lots(u64::try_from(c.volume).unwrap_or(u64::MAX));
+                json!([
+                    c.minute * 60_000,
+                    price_text(&view.scale, c.open),
+                    price_text(&view.scale, c.high),
+                    price_text(&view.scale, c.low),
+                    price_text(&view.scale, c.close),
+                    qty_text(&view.scale, volume),
+                    (c.minute + minutes) * 60_000 - 1,
+                    units_text(c.quote_volume, view.scale.quote_decimals),
+                    c.trades,
+                    zero(),
+                    zero(),
+                    "0",
+                ])
+            })
+            .collect(),
+    ))
+}
+
+/// The minutes of a kline interval's name (`1h` is 60), when it is served.
+pub fn kline_minutes(interval: &str) -> Option<u64> {
+    KLINE_INTERVALS.iter().find(|(name, _)| *name == interval).map(|(_, m)| *m)
+}
+
+/// The name of a kline interval of `minutes`.
+pub fn kline_interval(minutes: u64) -> Option<&'static str> {
+    KLINE_INTERVALS.iter().find(|(_, m)| *m == minutes).map(|(name, _)| *name)
+}
+
+/// The candles of `minutes` width (aligned to the epoch, so to UTC days)
+/// made of the views' one-minute bars, oldest first; `minute` is each
+/// candle's first minute.
+pub fn candles(view: &MarketView, minutes: u64) -> Vec<MinuteBar> {
+    let mut candles: Vec<MinuteBar> = Vec::new();
+    for bar in &view.minutes {
+        let start = bar.minute - bar.minute % minutes;
+        match candles.last_mut() {
+            Some(candle) if candle.minute == start => {
+                candle.high = candle.high.max(bar.high);
+                candle.low = candle.low.min(bar.low);
+                candle.close = bar.close;
+                candle.volume += bar.volume;
+                candle.quote_volume += bar.quote_volume;
+                candle.trades += bar.trades;
+                candle.last_trade = bar.last_trade;
+            }
+            _ => candles.push(MinuteBar { minute: start, ..*bar }),
+        }
+    }
+    candles
+}
+
 /// Trades of one taker order at one price, as one aggregate trade whose id
 /// is its first trade's id.
 pub struct AggTrade {
@@ -308,7 +442,7 @@ pub fn ticker_24hr(state: &AppState, params: &Params) -> Result<Value, BinanceEr
     Ok(one_or_many(tickers, one))
 }
 
-fn ticker_json(view: &MarketView, now_ms: u64, mini: bool) -> Value {
+pub fn ticker_json(view: &MarketView, now_ms: u64, mini: bool) -> Value {
     let zero = || fixed(Decimal::ZERO, 0);
     let price = |p: Ticks| price_text(&view.scale, p);
     let quote_decimals = view.scale.quote_decimals;

@@ -78,16 +78,24 @@ impl Params {
 
     /// Refuses parameters outside `allowed` (and the signing ones).
     pub fn only(&self, allowed: &[&str]) -> Result<(), BinanceError> {
-        let read = self
+        let unread: Vec<&str> = self
             .pairs
             .iter()
-            .filter(|(name, _)| allowed.contains(&name.as_str()) || SIGNING.contains(&name.as_str()))
-            .count();
-        if read == self.pairs.len() {
+            .map(|(name, _)| name.as_str())
+            .filter(|name| !allowed.contains(name) && !SIGNING.contains(name))
+            .collect();
+        if unread.is_empty() {
             Ok(())
         } else {
-            Err(BinanceError::unread(read, self.pairs.len()))
+            let sent = self.pairs.len();
+            Err(BinanceError::unread(sent - unread.len(), sent, &unread))
         }
+    }
+
+    /// Takes `name` out: a parameter read before the endpoint's own.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let at = self.pairs.iter().position(|(n, _)| n == name)?;
+        Some(self.pairs.remove(at).1)
     }
 
     /// The parameter's text (never empty: see `checked`).

@@ -1,4 +1,5 @@
-//! Routing of `/api/v3/...`: request weight, signing (the exchange's one
+//! Routing of `/api/v3/...` (and the two `/sapi/v1/...` wallet endpoints
+//! ccxt reads): request weight, signing (the exchange's one
 //! signing routine, with the signature in the query or the form body), and
 //! answers with Binance's error body and rate-limit headers.
 
@@ -25,6 +26,8 @@ const TABLE: &[(&str, &str, bool)] = &[
     ("GET", "/api/v3/depth", false),
     ("GET", "/api/v3/trades", false),
     ("GET", "/api/v3/aggTrades", false),
+    ("GET", "/api/v3/historicalTrades", false),
+    ("GET", "/api/v3/klines", false),
     ("GET", "/api/v3/ticker/24hr", false),
     ("GET", "/api/v3/ticker/bookTicker", false),
     ("GET", "/api/v3/ticker/price", false),
@@ -38,6 +41,10 @@ const TABLE: &[(&str, &str, bool)] = &[
     ("PUT", "/api/v3/order/amend/keepPriority", true),
     ("GET", "/api/v3/account", true),
     ("GET", "/api/v3/myTrades", true),
+    ("GET", "/api/v3/allOrders", true),
+    // Binance's wallet API, where ccxt's fetch_status and fetch_trading_fees go.
+    ("GET", "/sapi/v1/system/status", false),
+    ("GET", "/sapi/v1/asset/tradeFee", true),
 ];
 
 /// Every Binance route, with its methods.
@@ -113,7 +120,8 @@ fn weight(request: &Request<'_>) -> u64 {
             501..=1_000 => 50,
             _ => 250,
         },
-        ("GET", "/api/v3/trades") => 25,
+        ("GET", "/api/v3/trades" | "/api/v3/historicalTrades") => 25,
+        ("GET", "/api/v3/klines") => 2,
         ("GET", "/api/v3/aggTrades") => 4,
         ("GET", "/api/v3/ticker/24hr") => {
             if has("symbol") {
@@ -138,7 +146,7 @@ fn weight(request: &Request<'_>) -> u64 {
             }
         }
         ("PUT", "/api/v3/order/amend/keepPriority") => 4,
-        ("GET", "/api/v3/account" | "/api/v3/myTrades") => 20,
+        ("GET", "/api/v3/account" | "/api/v3/myTrades" | "/api/v3/allOrders") => 20,
         _ => 1,
     }
 }
@@ -196,6 +204,8 @@ async fn route(
         ("GET", "/api/v3/depth") => market::depth(state, p),
         ("GET", "/api/v3/trades") => market::trades(state, p),
         ("GET", "/api/v3/aggTrades") => market::agg_trades(state, p),
+        ("GET", "/api/v3/historicalTrades") => market::historical_trades(state, p),
+        ("GET", "/api/v3/klines") => market::klines(state, p),
         ("GET", "/api/v3/ticker/24hr") => market::ticker_24hr(state, p),
         ("GET", "/api/v3/ticker/bookTicker") => market::book_ticker(state, p),
         ("GET", "/api/v3/ticker/price") => market::price(state, p),
@@ -213,6 +223,9 @@ async fn route(
         }
         ("GET", "/api/v3/account") => trading::account(state, signed()?, p),
         ("GET", "/api/v3/myTrades") => trading::my_trades(state, signed()?, p).await,
+        ("GET", "/api/v3/allOrders") => trading::all_orders(state, signed()?, p).await,
+        ("GET", "/sapi/v1/system/status") => market::system_status(state, p),
+        ("GET", "/sapi/v1/asset/tradeFee") => trading::trade_fee(state, signed()?, p),
         _ => Err(BinanceError::internal("a listed route without a handler")),
     }
 }

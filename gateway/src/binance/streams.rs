@@ -51,6 +51,12 @@ pub fn parse_stream(views: &Views, name: &str) -> Option<Channel> {
         "trade" if speed == Speed::Ms1000 && !name.ends_with("ms") => Some(Channel::BinanceTrade(market)),
         "aggTrade" if !name.ends_with("ms") => Some(Channel::BinanceAggTrade(market)),
         "bookTicker" if !name.ends_with("ms") => Some(Channel::BinanceBookTicker(market)),
+        "ticker" if !name.ends_with("ms") => Some(Channel::BinanceTicker(market, false)),
+        "miniTicker" if !name.ends_with("ms") => Some(Channel::BinanceTicker(market, true)),
+        _ if kind.starts_with("kline_") && !name.ends_with("ms") => {
+            let minutes = super::market::kline_minutes(kind.strip_prefix("kline_")?)?;
+            Some(Channel::BinanceKline(market, u16::try_from(minutes).ok()?))
+        }
         _ => {
             let levels: u8 = kind.strip_prefix("depth")?.parse().ok()?;
             PARTIAL_LEVELS.contains(&levels).then_some(Channel::BinancePartial(market, levels, speed))
@@ -69,6 +75,11 @@ pub fn stream_name(views: &Views, channel: &Channel) -> Option<String> {
         Channel::BinanceTrade(m) => format!("{}@trade", symbol(m)?),
         Channel::BinanceAggTrade(m) => format!("{}@aggTrade", symbol(m)?),
         Channel::BinanceBookTicker(m) => format!("{}@bookTicker", symbol(m)?),
+        Channel::BinanceTicker(m, false) => format!("{}@ticker", symbol(m)?),
+        Channel::BinanceTicker(m, true) => format!("{}@miniTicker", symbol(m)?),
+        Channel::BinanceKline(m, minutes) => {
+            format!("{}@kline_{}", symbol(m)?, super::market::kline_interval(u64::from(*minutes))?)
+        }
         _ => return None,
     })
 }
@@ -86,9 +97,12 @@ pub struct Streams {
     diffs: HashMap<(MarketId, Speed), PendingDiff>,
     /// The `u` of the last diff pushed on each stream.
     last_u: HashMap<(MarketId, Speed), u64>,
-    /// Executed quantity and quote of each open order, as of the last
-    /// batch (the views may already be further on).
-    executed: HashMap<OrderId, (Lots, u128)>,
+    /// Each open order as of the last event followed. Reports are made
+    /// from these and the events, never from the views: the views may be
+    /// batches further on (an order amended or filled since), and keep a
+    /// bounded number of closed orders (a cancel-all of many pushes the
+    /// first out before the hub sees the batch).
+    orders: HashMap<OrderId, OrderView>,
     /// The best bid and ask last pushed on each `bookTicker` stream.
     tops: HashMap<MarketId, (Level, Level)>,
     last_seq: u64,
@@ -100,7 +114,7 @@ impl Streams {
         let mut streams = Streams {
             diffs: HashMap::new(),
             last_u: HashMap::new(),
-            executed: HashMap::new(),
+            orders: HashMap::new(),
             tops: HashMap::new(),
             last_seq: 0,
             ticks: 0,
@@ -120,22 +134,38 @@ impl Streams {
     /// Starts again from the views: after a batch was lost to overload
     /// (every subscriber was cut off then).
     fn reload(&mut self, views: &Views) {
-        self.executed = views
+        self.orders = views
             .users
             .iter()
             .flat_map(|user| user.open.values())
-            .map(|o| (o.order, (o.filled, o.quote_filled)))
+            .map(|o| (o.order, OrderView { fills: Vec::new(), ..o.clone() }))
             .collect();
         self.diffs.clear();
         self.last_seq = views.last_seq;
+    }
+
+    /// The tracked state of `user`'s open order `order`, taken from the
+    /// views the first time (an order from before the last reload).
+    fn tracked(&mut self, views: &Views, user: UserId, order: OrderId) -> Option<&mut OrderView> {
+        match self.orders.entry(order) {
+            std::collections::hash_map::Entry::Occupied(tracked) => Some(tracked.into_mut()),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let known = order_of(views, user, order)?;
+                Some(slot.insert(OrderView { fills: Vec::new(), ..known.clone() }))
+            }
+        }
     }
 
     /// Follows one batch: accumulates depth, pushes trades, book tickers
     /// and user data events.
     pub fn on_batch(&mut self, views: &Views, subscribers: &Subscribers, batch: &[Event]) {
         let Some(first) = batch.first() else { return };
+        // Orders as the views hold them already include the changes up to
+        // here: after a reload, these events are not applied again.
+        let mut known_until = 0;
         if first.seq > self.last_seq + 1 {
             self.reload(views);
+            known_until = views.last_seq;
         }
         if let Some(last) = batch.last() {
             self.last_seq = self.last_seq.max(last.seq);
@@ -204,14 +234,18 @@ impl Streams {
                         (taker_user, taker_order, taker_remaining, taker_fee, taker_side, false),
                     ];
                     for (user, order, remaining, fee, side, maker) in sides {
-                        let executed = self.executed.entry(order).or_insert((Lots(0), 0));
-                        executed.0 = Lots(executed.0 .0.saturating_add(qty.0));
-                        executed.1 += quote;
-                        let (filled, quote_filled) = *executed;
+                        if event.seq <= known_until {
+                            continue;
+                        }
+                        let Some(order_view) = self.tracked(views, user, order) else { continue };
+                        order_view.filled = Lots(order_view.filled.0.saturating_add(qty.0));
+                        order_view.quote_filled += quote;
+                        order_view.remaining = remaining;
+                        let (filled, quote_filled) = (order_view.filled, order_view.quote_filled);
                         if !users_listening {
                             continue;
                         }
-                        let Some(order_view) = order_of(views, user, order) else { continue };
+                        let order_view = &*order_view;
                         let by_quote = matches!(order_view.kind, Some(OrderKind::MarketByQuote { .. }));
                         let complete = if by_quote {
                             done_filled.contains(&order) && last_trade_of.get(&order) == Some(&trade.0)
@@ -247,10 +281,42 @@ impl Streams {
                         user_events.push((user, report));
                     }
                 }
-                EventKind::OrderAccepted { order, user, .. } => {
-                    self.executed.insert(order, (Lots(0), 0));
-                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
-                    {
+                EventKind::OrderAccepted {
+                    order,
+                    user,
+                    market,
+                    side,
+                    kind,
+                    client_order_id,
+                    stp,
+                    timestamp_ns,
+                } if event.seq > known_until => {
+                    let (price, quantity) = match kind {
+                        OrderKind::Limit { price, qty, .. } => (Some(price), qty),
+                        OrderKind::Market { qty } => (None, qty),
+                        OrderKind::MarketByQuote { .. } => (None, Lots(0)),
+                    };
+                    let accepted = OrderView {
+                        order,
+                        user,
+                        market,
+                        side,
+                        kind: Some(kind),
+                        price,
+                        remaining: quantity,
+                        filled: Lots(0),
+                        quantity,
+                        client_order_id,
+                        stp: Some(stp),
+                        status: OrderStatus::New,
+                        created_ns: timestamp_ns,
+                        updated_seq: event.seq,
+                        updated_ns: timestamp_ns,
+                        quote_filled: 0,
+                        fills: Vec::new(),
+                    };
+                    let order_view = self.orders.entry(order).or_insert(accepted);
+                    if users_listening {
                         let report = execution_report(
                             views,
                             order_view,
@@ -266,10 +332,14 @@ impl Streams {
                         user_events.push((user, report));
                     }
                 }
-                EventKind::OrderAmended { order, user, .. } => {
-                    let (filled, quote_filled) = self.executed.get(&order).copied().unwrap_or((Lots(0), 0));
-                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
-                    {
+                EventKind::OrderAmended { order, user, price, remaining, .. } if event.seq > known_until => {
+                    let Some(order_view) = self.tracked(views, user, order) else { continue };
+                    order_view.price = Some(price);
+                    order_view.remaining = remaining;
+                    order_view.quantity = Lots(order_view.filled.0.saturating_add(remaining.0));
+                    let (filled, quote_filled) = (order_view.filled, order_view.quote_filled);
+                    if users_listening {
+                        let order_view = &*order_view;
                         let status = if filled.0 > 0 { "PARTIALLY_FILLED" } else { "NEW" };
                         let report = execution_report(
                             views,
@@ -286,8 +356,12 @@ impl Streams {
                         user_events.push((user, report));
                     }
                 }
-                EventKind::OrderDone { order, user, reason, .. } => {
-                    let (filled, quote_filled) = self.executed.remove(&order).unwrap_or((Lots(0), 0));
+                EventKind::OrderDone { order, user, reason, .. } if event.seq > known_until => {
+                    let tracked = self.orders.remove(&order).or_else(|| {
+                        order_of(views, user, order).map(|o| OrderView { fills: Vec::new(), ..o.clone() })
+                    });
+                    let Some(order_view) = tracked else { continue };
+                    let (filled, quote_filled) = (order_view.filled, order_view.quote_filled);
                     let (execution, status) = match reason {
                         // The last TRADE report already said FILLED.
                         DoneReason::Filled => continue,
@@ -295,11 +369,10 @@ impl Streams {
                         DoneReason::Expired | DoneReason::FundsExhausted => ("EXPIRED", OrderStatus::Expired),
                         DoneReason::SelfTrade => ("TRADE_PREVENTION", OrderStatus::ExpiredSelfTrade),
                     };
-                    if let Some(order_view) = users_listening.then(|| order_of(views, user, order)).flatten()
-                    {
+                    if users_listening {
                         let report = execution_report(
                             views,
-                            order_view,
+                            &order_view,
                             ReportKind {
                                 execution,
                                 status: status_name(status),
@@ -452,6 +525,26 @@ impl Streams {
             }
         }
         for view in &views.markets {
+            for mini in [false, true] {
+                let channel = Channel::BinanceTicker(view.market.id, mini);
+                if !due(Speed::Ms1000) || !subscribers.any(|c| c.channels.contains(&channel)) {
+                    continue;
+                }
+                if let Some(name) = stream_name(views, &channel) {
+                    send_stream(subscribers, &channel, &name, &ticker_event(view, now, mini));
+                }
+            }
+            for minutes in super::market::KLINE_INTERVALS.iter().filter_map(|(_, m)| u16::try_from(*m).ok()) {
+                let channel = Channel::BinanceKline(view.market.id, minutes);
+                if !due(Speed::Ms1000) || !subscribers.any(|c| c.channels.contains(&channel)) {
+                    continue;
+                }
+                if let (Some(name), Some(data)) =
+                    (stream_name(views, &channel), kline_event(view, now, u64::from(minutes)))
+                {
+                    send_stream(subscribers, &channel, &name, &data);
+                }
+            }
             for levels in PARTIAL_LEVELS {
                 for speed in [Speed::Ms100, Speed::Ms1000] {
                     let channel = Channel::BinancePartial(view.market.id, levels, speed);
@@ -466,6 +559,67 @@ impl Streams {
             }
         }
     }
+}
+
+/// A `kline` event: the latest candle of `minutes` width (none before the
+/// market's first trade of the day the views keep).
+fn kline_event(view: &crate::views::MarketView, now: u64, minutes: u64) -> Option<Value> {
+    let candle = *super::market::candles(view, minutes).last()?;
+    let close_ms = (candle.minute + minutes) * 60_000 - 1;
+    let scale = &view.scale;
+    Some(json!({
+        "e": "kline", "E": now, "s": view.symbol,
+        "k": {
+            "t": candle.minute * 60_000, "T": close_ms, "s": view.symbol,
+            "i": super::market::kline_interval(minutes),
+            "f": candle.first_trade.0, "L": candle.last_trade.0,
+            "o": price_text(scale, candle.open), "c": price_text(scale, candle.close),
+            "h": price_text(scale, candle.high), "l": price_text(scale, candle.low),
+            "v": qty_text(scale, Lots(u64::try_from(candle.volume).unwrap_or(u64::MAX))),
+            "n": candle.trades, "x": now > close_ms,
+            "q": units_text(candle.quote_volume, scale.quote_decimals),
+            "V": "0", "Q": "0", "B": "0",
+        },
+    }))
+}
+
+/// A `24hrTicker` (or, `mini`, a `24hrMiniTicker`) event: REST
+/// `ticker/24hr`'s figures under the stream's short names.
+fn ticker_event(view: &crate::views::MarketView, now: u64, mini: bool) -> Value {
+    let ticker = super::market::ticker_json(view, now, mini);
+    let names: &[(&str, &str)] = &[
+        ("priceChange", "p"),
+        ("priceChangePercent", "P"),
+        ("weightedAvgPrice", "w"),
+        ("prevClosePrice", "x"),
+        ("lastPrice", "c"),
+        ("lastQty", "Q"),
+        ("bidPrice", "b"),
+        ("bidQty", "B"),
+        ("askPrice", "a"),
+        ("askQty", "A"),
+        ("openPrice", "o"),
+        ("highPrice", "h"),
+        ("lowPrice", "l"),
+        ("volume", "v"),
+        ("quoteVolume", "q"),
+        ("openTime", "O"),
+        ("closeTime", "C"),
+        ("firstId", "F"),
+        ("lastId", "L"),
+        ("count", "n"),
+    ];
+    let mut event = serde_json::Map::new();
+    event.insert("e".into(), json!(if mini { "24hrMiniTicker" } else { "24hrTicker" }));
+    event.insert("E".into(), json!(now));
+    event.insert("s".into(), json!(view.symbol));
+    let mini_names = ["c", "o", "h", "l", "v", "q"];
+    for (long, short) in names.iter().filter(|(_, short)| !mini || mini_names.contains(short)) {
+        if let Some(value) = ticker.get(*long) {
+            event.insert((*short).into(), value.clone());
+        }
+    }
+    Value::Object(event)
 }
 
 /// Sends one stream message to the connections subscribed to `channel`:

@@ -1,13 +1,13 @@
 //! The signed endpoints, shared by REST (`/api/v3/...`) and the WebSocket
 //! API (`order.place`, ...): each takes the caller's parameters and user
 //! and returns Binance's answer. Orders go through the same pipeline and
-//! engine commands as the native API; answers are read from the views
-//! after the command's events were applied to them.
+//! engine commands as the native API; an answer describes what its own
+//! command did (`crate::outcome`), never what later commands did.
 
 use std::sync::Mutex;
 
 use engine_core::{
-    Amend, ClientOrderId, Command, Event, EventKind, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side,
+    Amend, ClientOrderId, Command, EventKind, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side,
     TimeInForce, UserId,
 };
 use serde_json::{json, Value};
@@ -19,11 +19,14 @@ use super::{
     price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT, STP_MODES,
 };
 use crate::amounts;
+use crate::outcome::Outcome;
 use crate::pipeline::Publisher;
 use crate::rest::{self, AppState};
-use crate::views::{MarketView, OrderView, Views};
+use crate::views::{FillView, MarketView, OrderView, Views};
 
 const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
+const ALL_ORDERS_LIMIT_DEFAULT: u64 = 500;
+const ALL_ORDERS_LIMIT_MAX: u64 = 1_000;
 const MY_TRADES_LIMIT_DEFAULT: u64 = 500;
 const MY_TRADES_LIMIT_MAX: u64 = 1_000;
 const NEW_ORDER_PARAMS: &[&str] = &[
@@ -49,9 +52,9 @@ async fn execute(
     producer: &Mutex<Publisher>,
     command: Command,
     action: Action,
-) -> Result<Vec<Event>, BinanceError> {
-    let events = rest::execute(state, producer, command).await?;
-    let refusal = events.iter().find_map(|e| match e.kind {
+) -> Result<Outcome, BinanceError> {
+    let outcome = rest::execute(state, producer, command).await?;
+    let refusal = outcome.events.iter().find_map(|e| match e.kind {
         EventKind::Rejected { reason, .. } => Some(reason),
         _ => None,
     });
@@ -59,7 +62,7 @@ async fn execute(
         let views = read_views(state)?;
         return Err(BinanceError::rejected(reason, rest::describe(&views, reason), action));
     }
-    Ok(events)
+    Ok(outcome)
 }
 
 fn client_order_id(name: &str, text: &str) -> Result<ClientOrderId, BinanceError> {
@@ -264,7 +267,9 @@ pub async fn place(
     place_prepared(state, producer, user, prepared).await
 }
 
-fn new_order_answer(views: &Views, order: &OrderView, answer: Answer) -> Value {
+/// The answer to a new order: `order` as its own command left it, and
+/// `fills`, the trades that command made.
+fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[FillView]) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let mut out = json!({
         "symbol": view.symbol,
@@ -284,8 +289,7 @@ fn new_order_answer(views: &Views, order: &OrderView, answer: Answer) -> Value {
         if answer == Answer::Full {
             let decimals =
                 |asset: engine_core::AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
-            let fills: Vec<Value> = order
-                .fills
+            let fills: Vec<Value> = fills
                 .iter()
                 .map(|f| {
                     json!({
@@ -401,11 +405,12 @@ async fn cancel_one(
         let view = market(&views, symbol)?;
         open_in_market(&views, user, view.market.id, order)?
     };
-    execute(state, producer, Command::CancelOrder { user, order: OrderRef::Id(id) }, Action::Cancel).await?;
+    let outcome =
+        execute(state, producer, Command::CancelOrder { user, order: OrderRef::Id(id) }, Action::Cancel)
+            .await?;
     let views = read_views(state)?;
-    let found = find(&views, user, OrderRef::Id(id))
-        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
-    Ok(cancel_json(&views, found, now_ms()))
+    let cancelled = outcome.order(id).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
+    Ok(cancel_json(&views, cancelled, cancelled.updated_ns / 1_000_000))
 }
 
 /// `DELETE /api/v3/order`, `order.cancel`.
@@ -461,6 +466,121 @@ pub fn open_orders(state: &AppState, user: UserId, p: &Params) -> Result<Value, 
     ))
 }
 
+/// `GET /api/v3/allOrders`, `allOrders`: the user's orders in one market,
+/// open and closed, by order id. The views have the open orders and each
+/// user's last `closed_orders_kept_per_user` closed ones; PostgreSQL, when
+/// configured, has the rest. `orderId` starts at that id; `startTime` and
+/// `endTime` bound the creation time; without either of `orderId` and
+/// `startTime` the most recent `limit` come.
+pub async fn all_orders(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
+    p.only(&["symbol", "orderId", "startTime", "endTime", "limit"])?;
+    let limit = p.bounded("limit", 1, ALL_ORDERS_LIMIT_MAX)?.unwrap_or(ALL_ORDERS_LIMIT_DEFAULT);
+    let range = TradeRange {
+        from_id: p.integer("orderId")?,
+        start_ms: p.integer("startTime")?,
+        end_ms: p.integer("endTime")?,
+    };
+    let (market_id, mut orders) = {
+        let views = read_views(state)?;
+        let view = market(&views, p.required("symbol")?)?;
+        let account = views.user(user);
+        let known: std::collections::BTreeMap<u64, (u64, Value)> = account
+            .into_iter()
+            .flat_map(|a| a.open.values().chain(a.closed.iter()))
+            .filter(|o| o.market == view.market.id)
+            .map(|o| (o.order.0, (o.created_ns / 1_000_000, order_json(&views, o))))
+            .collect();
+        (view.market.id, known)
+    };
+    if let Some((_, history)) = &state.database {
+        let stored = persistence::Range {
+            from_ms: range.start_ms,
+            to_ms: range.end_ms.map(|ms| ms + 1),
+            from_id: range.from_id,
+            limit: limit as u32,
+        };
+        match history.orders(user.0 as i32, Some(market_id.0 as i32), stored).await {
+            Ok(rows) => {
+                let views = read_views(state)?;
+                for row in &rows {
+                    // The views are current; the database may lag them.
+                    if let Some(answer) = stored_order(&views, row) {
+                        let created_ms = row
+                            .created_at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        orders.entry(row.order_id as u64).or_insert((created_ms, answer));
+                    }
+                }
+            }
+            Err(error) => {
+                eprintln!("allOrders: history query failed: {error}");
+                return Err(BinanceError::new(
+                    hyper::StatusCode::SERVICE_UNAVAILABLE,
+                    -1001,
+                    "Internal error; unable to process your request. Please try again.",
+                ));
+            }
+        }
+    }
+    let in_range: Vec<Value> = orders
+        .into_iter()
+        .filter(|(id, (created_ms, _))| range.contains(*id, *created_ms))
+        .map(|(_, (_, answer))| answer)
+        .collect();
+    Ok(Value::Array(range.window(in_range, limit as usize)))
+}
+
+/// An order from the database in `GET /api/v3/order`'s shape.
+fn stored_order(views: &Views, row: &persistence::OrderRecord) -> Option<Value> {
+    let view = views.markets.get(row.market_id as usize)?;
+    let text = |value: rust_decimal::Decimal| super::fixed(value, value.scale());
+    let zero = || super::fixed(rust_decimal::Decimal::ZERO, 0);
+    let ms = |time: std::time::SystemTime| {
+        time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    };
+    let (order_type, tif) = match (row.order_type.as_str(), row.time_in_force.as_deref()) {
+        ("limit", Some("POST_ONLY")) => ("LIMIT_MAKER", "GTC"),
+        ("limit", Some(tif)) => ("LIMIT", tif),
+        _ => ("MARKET", "GTC"),
+    };
+    let status = match row.status.as_str() {
+        "new" => "NEW",
+        "partially_filled" => "PARTIALLY_FILLED",
+        "filled" => "FILLED",
+        "cancelled" => "CANCELED",
+        "expired_self_trade" => "EXPIRED_IN_MATCH",
+        _ => "EXPIRED",
+    };
+    let stp = STP_MODES
+        .iter()
+        .find(|(_, mode)| persistence::stp_name(*mode) == row.self_trade_prevention)
+        .map_or("NONE", |(name, _)| name);
+    let open = matches!(row.status.as_str(), "new" | "partially_filled");
+    Some(json!({
+        "symbol": view.symbol,
+        "orderId": row.order_id,
+        "orderListId": -1,
+        "clientOrderId": row.client_order_id.clone().unwrap_or_default(),
+        "price": row.price.map_or_else(zero, |p| text(p.0)),
+        "origQty": row.quantity.map_or_else(|| text(row.executed_quantity.0), |q| text(q.0)),
+        "executedQty": text(row.executed_quantity.0),
+        "cummulativeQuoteQty": text(row.executed_quote.0),
+        "status": status,
+        "timeInForce": tif,
+        "type": order_type,
+        "side": if row.side == "buy" { "BUY" } else { "SELL" },
+        "origQuoteOrderQty": row.quote_amount.map_or_else(zero, |q| text(q.0)),
+        "selfTradePreventionMode": stp,
+        "stopPrice": zero(),
+        "icebergQty": zero(),
+        "time": ms(row.created_at),
+        "updateTime": ms(row.updated_at),
+        "isWorking": open,
+        "workingTime": ms(row.created_at),
+    }))
+}
+
 /// `DELETE /api/v3/openOrders`, `openOrders.cancelAll`.
 pub async fn cancel_all(
     state: &AppState,
@@ -478,16 +598,18 @@ pub async fn cancel_all(
         }
         view.market.id
     };
-    let events =
+    let outcome =
         execute(state, producer, Command::CancelAll { user, market: Some(market_id) }, Action::Cancel)
             .await?;
-    let transact_ms = now_ms();
     let views = read_views(state)?;
-    let cancelled = events
+    // Each order as the cancel closed it: the views keep a bounded number
+    // of closed orders, fewer than a cancel-all may close.
+    let cancelled = outcome
+        .events
         .iter()
         .filter_map(|e| match e.kind {
             EventKind::OrderDone { order, .. } => {
-                find(&views, user, OrderRef::Id(order)).map(|o| cancel_json(&views, o, transact_ms))
+                outcome.order(order).map(|o| cancel_json(&views, o, o.updated_ns / 1_000_000))
             }
             _ => None,
         })
@@ -590,18 +712,18 @@ async fn place_prepared(
     user: UserId,
     prepared: Prepared,
 ) -> Result<Value, BinanceError> {
-    let events = execute(state, producer, Command::PlaceOrder(prepared.order), Action::Place).await?;
-    let order = events
+    let outcome = execute(state, producer, Command::PlaceOrder(prepared.order), Action::Place).await?;
+    let order = outcome
+        .events
         .iter()
         .find_map(|e| match e.kind {
-            EventKind::OrderAccepted { order, .. } => Some(order),
+            EventKind::OrderAccepted { order, user: owner, .. } if owner == user => Some(order),
             _ => None,
         })
         .ok_or_else(|| BinanceError::internal("no order in the outcome"))?;
     let views = read_views(state)?;
-    let found = find(&views, user, OrderRef::Id(order))
-        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
-    Ok(new_order_answer(&views, found, prepared.answer))
+    let placed = outcome.order(order).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
+    Ok(new_order_answer(&views, placed, prepared.answer, &outcome.fills(&views, order)))
 }
 
 /// `PUT /api/v3/order/amend/keepPriority`, `order.amend.keepPriority`:
@@ -642,10 +764,9 @@ pub async fn amend_keep_priority(
         (id, Lots(new_total.0 - order.filled.0))
     };
     let amend = Amend { user, order: OrderRef::Id(id), new_qty: Some(open_qty), new_price: None };
-    execute(state, producer, Command::Amend(amend), Action::Amend).await?;
+    let outcome = execute(state, producer, Command::Amend(amend), Action::Amend).await?;
     let views = read_views(state)?;
-    let order = find(&views, user, OrderRef::Id(id))
-        .ok_or_else(|| BinanceError::internal("order not in the views"))?;
+    let order = outcome.order(id).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
     let view =
         views.markets.get(order.market.0 as usize).ok_or_else(|| BinanceError::internal("no market"))?;
     let mut amended = order_fields(view, order);
@@ -721,6 +842,25 @@ pub fn account(state: &AppState, user: UserId, p: &Params) -> Result<Value, Bina
     }))
 }
 
+/// `GET /sapi/v1/asset/tradeFee` (Binance's wallet API, where ccxt's
+/// `fetch_trading_fees` asks): each market's maker and taker fee rates.
+pub fn trade_fee(state: &AppState, _user: UserId, p: &Params) -> Result<Value, BinanceError> {
+    p.only(&["symbol"])?;
+    let views = read_views(state)?;
+    let rate = |ppm: u32| rust_decimal::Decimal::new(i64::from(ppm), 6).normalize().to_string();
+    let fees = super::market::markets_named(&views, p)?
+        .iter()
+        .map(|m| {
+            json!({
+                "symbol": m.symbol,
+                "makerCommission": rate(m.market.rules.maker_fee_ppm),
+                "takerCommission": rate(m.market.rules.taker_fee_ppm),
+            })
+        })
+        .collect();
+    Ok(Value::Array(fees))
+}
+
 /// One of the user's trades, from the views or the database.
 struct MyTrade {
     id: u64,
@@ -755,10 +895,10 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
             from_id: range.from_id,
             limit: limit as u32,
         };
-        match history.trades(Some(market_id.0 as i32), Some(user.0 as i32), stored).await {
+        match history.user_trades(user.0 as i32, Some(market_id.0 as i32), stored).await {
             Ok(rows) => {
                 let views = read_views(state)?;
-                trades.extend(rows.iter().map(|row| stored_trade(&views, user, row)));
+                trades.extend(rows.iter().map(|row| stored_trade(&views, row)));
             }
             Err(error) => {
                 eprintln!("myTrades: history query failed: {error}");
@@ -770,13 +910,18 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
             }
         }
     }
-    trades.sort_by_key(|t| t.id);
-    trades.dedup_by_key(|t| t.id);
-    let in_range = trades
+    // One row per order of the user in each trade: a trade the user made
+    // with themself is two rows (the buyer's and the seller's), as on
+    // Binance. The views and the database may both have a row.
+    trades.sort_by_key(|t| (t.id, t.order));
+    trades.dedup_by_key(|t| (t.id, t.order));
+    let in_range: Vec<&MyTrade> = trades
         .iter()
         .filter(|t| order_id.is_none_or(|id| t.order == id) && range.contains(t.id, t.time_ms))
         .collect();
-    let chosen: Vec<&MyTrade> = range.window(in_range, limit as usize);
+    let ids: Vec<u64> = in_range.iter().map(|t| t.id).collect();
+    let mut chosen: Vec<&MyTrade> = range.window(in_range, limit as usize);
+    whole_trades(&mut chosen, &ids);
     Ok(Value::Array(
         chosen
             .iter()
@@ -790,6 +935,26 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
             })
             .collect(),
     ))
+}
+
+/// Keeps a page of `myTrades` from ending between the two rows of a
+/// self-trade (a client that pages on with `fromId` = last id + 1 would
+/// never see the second): the split trade's rows at either edge are left
+/// to the neighbouring page, unless they are all the page has. `ids` are
+/// the ids of every row in range, in order; `page` is a window of them.
+fn whole_trades(page: &mut Vec<&MyTrade>, ids: &[u64]) {
+    let (Some(first), Some(last)) = (page.first().map(|t| t.id), page.last().map(|t| t.id)) else {
+        return;
+    };
+    if first == last {
+        return;
+    }
+    for edge in [last, first] {
+        let on_page = page.iter().filter(|t| t.id == edge).count();
+        if on_page < ids.iter().filter(|id| **id == edge).count() {
+            page.retain(|t| t.id != edge);
+        }
+    }
 }
 
 fn recent_fills(views: &Views, user: UserId, view: &MarketView) -> Vec<MyTrade> {
@@ -824,28 +989,19 @@ fn recent_fills(views: &Views, user: UserId, view: &MarketView) -> Vec<MyTrade> 
         .collect()
 }
 
-fn stored_trade(views: &Views, user: UserId, row: &persistence::TradeRow) -> MyTrade {
-    let user = user.0 as i32;
-    // A user who traded with themself sees the taker's side, as the native API does.
-    let maker = row.taker_user_id != user;
-    let (order, fee, fee_asset) = if maker {
-        (row.maker_order_id, row.maker_fee, row.maker_fee_asset_id)
-    } else {
-        (row.taker_order_id, row.taker_fee, row.taker_fee_asset_id)
-    };
-    let taker_buys = row.taker_side == "buy";
-    let asset = views.assets.get(fee_asset as usize);
+fn stored_trade(views: &Views, row: &persistence::UserTradeRow) -> MyTrade {
+    let asset = views.assets.get(row.fee_asset_id as usize);
     let text = |value: rust_decimal::Decimal| super::fixed(value, value.scale());
     MyTrade {
         id: row.trade_id as u64,
-        order: order as u64,
+        order: row.order_id as u64,
         price: text(row.price.0),
         qty: text(row.quantity.0),
         quote_qty: text(row.quote_quantity.0),
-        commission: text(fee.0),
+        commission: text(row.fee.0),
         commission_asset: asset.map_or_else(String::new, |a| a.symbol.to_string()),
         time_ms: row.executed_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        buyer: taker_buys != maker,
-        maker,
+        buyer: row.buyer,
+        maker: row.maker,
     }
 }

@@ -75,29 +75,32 @@ impl Session {
         };
         let weight = weight(&request.method);
         let used = state.binance.use_weight(self.peer, weight, now_ms());
-        let result = match &used {
-            Ok(_) => self.dispatch(state, publisher, &request).await,
-            Err(error) => Err(error.clone()),
+        let wanted = wants_rate_limits(&request.params);
+        let result = match (&used, &wanted) {
+            (Err(error), _) | (_, Err(error)) => Err(error.clone()),
+            (Ok(_), Ok(_)) => self.dispatch(state, publisher, &request).await,
         };
         let count = used.unwrap_or(state.binance.weight_limit_per_minute() + 1);
-        let rate_limits = json!([{
-            "rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-            "limit": state.binance.weight_limit_per_minute(), "count": count,
-        }]);
-        match result {
-            Ok(result) => {
-                json!({ "id": request.id, "status": 200, "result": result, "rateLimits": rate_limits })
-            }
+        let mut answer = match result {
+            Ok(result) => json!({ "id": request.id, "status": 200, "result": result }),
             Err(error) => {
-                let mut answer = json!({
-                    "id": request.id, "status": error.status.as_u16(), "error": error.body(), "rateLimits": rate_limits,
-                });
+                let mut answer =
+                    json!({ "id": request.id, "status": error.status.as_u16(), "error": error.body() });
                 if let (Some(seconds), Some(object)) = (error.retry_after_s, answer.as_object_mut()) {
                     object.insert("retryAfter".into(), json!(now_ms() + seconds * 1_000));
                 }
                 answer
             }
+        };
+        // Binance's default is to report them; `returnRateLimits: false` leaves them out.
+        if let (true, Some(object)) = (wanted.unwrap_or(true), answer.as_object_mut()) {
+            let rate_limits = json!([{
+                "rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                "limit": state.binance.weight_limit_per_minute(), "count": count,
+            }]);
+            object.insert("rateLimits".into(), rate_limits);
         }
+        answer
     }
 
     fn signed(
@@ -134,7 +137,10 @@ impl Session {
         request: &Request,
     ) -> Result<Value, BinanceError> {
         let raw = &request.params;
-        let p = &Params::from_json(raw)?;
+        let mut params = Params::from_json(raw)?;
+        // Read by `handle` for every method (and signed with the rest).
+        params.remove(RETURN_RATE_LIMITS);
+        let p = &params;
         match request.method.as_str() {
             "ping" => p.only(&[]).map(|_| json!({})),
             "time" => p.only(&[]).map(|_| market::time()),
@@ -142,6 +148,8 @@ impl Session {
             "depth" => market::depth(state, p),
             "trades.recent" => market::trades(state, p),
             "trades.aggregate" => market::agg_trades(state, p),
+            "trades.historical" => market::historical_trades(state, p),
+            "klines" => market::klines(state, p),
             "ticker.24hr" => market::ticker_24hr(state, p),
             "ticker.book" => market::book_ticker(state, p),
             "ticker.price" => market::price(state, p),
@@ -183,6 +191,9 @@ impl Session {
             "myTrades" => {
                 trading::my_trades(state, self.signed(state, &request.method, raw, false)?, p).await
             }
+            "allOrders" => {
+                trading::all_orders(state, self.signed(state, &request.method, raw, false)?, p).await
+            }
             "userDataStream.subscribe.signature" => {
                 p.only(&[])?;
                 let user = self.signed(state, &request.method, raw, true)?;
@@ -204,12 +215,28 @@ impl Session {
     }
 }
 
+/// The parameter every method takes: whether the answer carries `rateLimits`.
+const RETURN_RATE_LIMITS: &str = "returnRateLimits";
+
+/// `returnRateLimits`: true (Binance's default) unless sent false; a JSON
+/// boolean or its text.
+fn wants_rate_limits(params: &Value) -> Result<bool, BinanceError> {
+    match params.get(RETURN_RATE_LIMITS) {
+        None => Ok(true),
+        Some(Value::Bool(flag)) => Ok(*flag),
+        Some(Value::String(text)) if text.eq_ignore_ascii_case("true") => Ok(true),
+        Some(Value::String(text)) if text.eq_ignore_ascii_case("false") => Ok(false),
+        Some(_) => Err(BinanceError::invalid_value(RETURN_RATE_LIMITS, "must be true or false")),
+    }
+}
+
 /// Binance's request weight of each WebSocket API method.
 fn weight(method: &str) -> u64 {
     match method {
-        "exchangeInfo" | "account.status" | "myTrades" => 20,
+        "exchangeInfo" | "account.status" | "myTrades" | "allOrders" => 20,
         "depth" => 5,
-        "trades.recent" => 25,
+        "trades.recent" | "trades.historical" => 25,
+        "klines" => 2,
         "trades.aggregate" | "order.status" | "order.amend.keepPriority" => 4,
         "ticker.24hr" => 2,
         "openOrders.status" => 6,

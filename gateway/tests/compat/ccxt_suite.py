@@ -25,6 +25,7 @@ def configure(exchange):
     """Points a ccxt Binance client at the exchange; nothing else changes."""
     exchange.urls["api"]["public"] = REST + "/api/v3"
     exchange.urls["api"]["private"] = REST + "/api/v3"
+    exchange.urls["api"]["sapi"] = REST + "/sapi/v1"  # fetch_status, fetch_trading_fees
     if "ws" in exchange.urls["api"]:
         exchange.urls["api"]["ws"]["spot"] = WS + "/ws"
         exchange.urls["api"]["ws"]["ws-api"]["spot"] = WS + "/ws-api/v3"
@@ -218,8 +219,143 @@ async def stream_suite(maker_key, maker_secret, taker_key, taker_secret):
             if time.time() > deadline:
                 raise AssertionError("the cancel never reached watch_orders")
         check(True, "watch_orders sees the cancel")
+
+        # Tickers, the best bid and ask, trades, balances and candles as they change.
+        ticker = await asyncio.wait_for(watcher.watch_ticker(SYMBOL), 10)
+        check(ticker["symbol"] == SYMBOL and ticker["last"] is not None, f"watch_ticker (@ticker): last {ticker['last']}")
+        tickers = await asyncio.wait_for(watcher.watch_tickers([SYMBOL]), 10)
+        check(SYMBOL in tickers, f"watch_tickers (@miniTicker): {list(tickers)}")
+        bids_asks = asyncio.ensure_future(watcher.watch_bids_asks([SYMBOL]))
+        public_trades = asyncio.ensure_future(watcher.watch_trades(SYMBOL))
+        balance = asyncio.ensure_future(watcher.watch_balance())
+        await asyncio.sleep(0.5)
+        bought = own.create_order(SYMBOL, "market", "buy", 0.01)
+        top = await asyncio.wait_for(bids_asks, 10)
+        check(SYMBOL in top and top[SYMBOL]["ask"] is not None, f"watch_bids_asks (@bookTicker): ask {top[SYMBOL]['ask']}")
+        seen = await asyncio.wait_for(public_trades, 10)
+        check(any(t["id"] == bought["trades"][0]["id"] for t in seen), f"watch_trades sees the trade: {[t['id'] for t in seen]}")
+        funds = await asyncio.wait_for(balance, 10)
+        check("BTC" in funds and funds["BTC"]["free"] is not None, f"watch_balance (outboundAccountPosition): BTC {funds['BTC']}")
+        candles = await asyncio.wait_for(watcher.watch_ohlcv(SYMBOL, "1m"), 10)
+        check(len(candles) >= 1 and D(candles[-1][5]) > 0, f"watch_ohlcv (@kline_1m): {candles[-1]}")
     finally:
         await watcher.close()
+
+
+def market_maker_suite(maker, taker):
+    """The rest of what a market maker calls, with the parameters ccxt sends."""
+    check(maker.fetch_status()["status"] == "ok", "fetch_status (sapi system/status) says ok")
+    tickers = taker.fetch_tickers()
+    check(SYMBOL in tickers and "ETH/USDT" in tickers, f"fetch_tickers has every market: {list(tickers)}")
+    check(list(taker.fetch_tickers([SYMBOL])) == [SYMBOL], "fetch_tickers of one symbol")
+    check(SYMBOL in taker.fetch_bids_asks([SYMBOL]), "fetch_bids_asks (bookTicker)")
+    candles = taker.fetch_ohlcv(SYMBOL, "1m")
+    check(len(candles) >= 1 and all(len(c) == 6 for c in candles), f"fetch_ohlcv 1m from klines: {candles}")
+    check(sum(D(c[5]) for c in taker.fetch_ohlcv(SYMBOL, "1h")) == D("0.35"), "fetch_ohlcv 1h volume is the trades' quantity")
+    try:
+        taker.fetch_ohlcv(SYMBOL, "1w")
+        check(False, "a week interval is refused")
+    except ccxt.BadRequest as error:
+        check("-1120" in str(error), f"an interval longer than a day is -1120: {error}")
+    fees = taker.fetch_trading_fees()
+    check(D(fees[SYMBOL]["maker"]) == D("0.001") and D(fees[SYMBOL]["taker"]) == D("0.002"), f"fetch_trading_fees (sapi asset/tradeFee): {fees[SYMBOL]}")
+    check(D(taker.fetch_trading_fee("ETH/USDT")["taker"]) == D("0.002"), "fetch_trading_fee of one market")
+
+    # Orders with the parameters ccxt maps: clientOrderId, quoteOrderQty, timeInForce PO.
+    resting = maker.create_order("ETH/USDT", "limit", "sell", 1, 3_000, {"clientOrderId": "mm-eth-1"})
+    check(resting["clientOrderId"] == "mm-eth-1", f"ccxt's clientOrderId is newClientOrderId: {resting['clientOrderId']}")
+    post_only = maker.create_order("ETH/USDT", "limit", "sell", 1, 3_100, {"timeInForce": "PO"})
+    check(post_only["info"]["type"] == "LIMIT_MAKER", f"timeInForce PO is LIMIT_MAKER: {post_only['info']['type']}")
+    by_quote = taker.create_order("ETH/USDT", "market", "buy", None, None, {"quoteOrderQty": 300})
+    check(D(by_quote["cost"]) == D(300) and D(by_quote["filled"]) == D("0.1"), f"quoteOrderQty in params: {by_quote['cost']} {by_quote['filled']}")
+    try:
+        maker.create_orders([{"symbol": "ETH/USDT", "type": "limit", "side": "sell", "amount": 1, "price": 3_200}])
+        check(False, "create_orders is refused by ccxt for spot")
+    except ccxt.NotSupported as error:
+        check(True, f"create_orders: ccxt itself refuses spot batches, nothing is sent: {error}")
+
+    # Order history: allOrders, open ones across symbols.
+    every = maker.fetch_orders(SYMBOL)
+    check(len(every) >= 6 and all(o["symbol"] == SYMBOL for o in every), f"fetch_orders (allOrders) lists open and closed orders: {len(every)}")
+    closed = taker.fetch_closed_orders(SYMBOL)
+    check(closed and all(o["status"] == "closed" for o in closed), f"fetch_closed_orders: {[o['status'] for o in closed]}")
+    cancelled = maker.fetch_canceled_orders(SYMBOL)
+    check(cancelled and all(o["status"] == "canceled" for o in cancelled), f"fetch_canceled_orders: {len(cancelled)}")
+    since = every[1]["timestamp"]
+    check(all(o["timestamp"] >= since for o in maker.fetch_orders(SYMBOL, since)), "fetch_orders since a time")
+    maker.options["fetchOpenOrders"]["warnWithoutSymbol"] = False
+    open_ids = sorted(o["id"] for o in maker.fetch_open_orders())
+    check(open_ids == sorted([resting["id"], post_only["id"]]), f"fetch_open_orders of every symbol: {open_ids}")
+    check(maker.fetch_order(None, "ETH/USDT", {"clientOrderId": "mm-eth-1"})["id"] == resting["id"], "fetch_order by clientOrderId")
+    maker.cancel_all_orders("ETH/USDT")
+
+    # A self-trade (selfTradePreventionMode NONE): both sides in fetch_my_trades,
+    # so balances plus commissions add up to deposits.
+    before = maker.fetch_balance()
+    maker.create_order("ETH/USDT", "limit", "sell", 2, 2_900)
+    bought = maker.create_order("ETH/USDT", "limit", "buy", 2, 2_900, {"selfTradePreventionMode": "NONE"})
+    check(bought["status"] == "closed", f"the self-trade fills: {bought['status']}")
+    trade_id = bought["trades"][0]["id"]
+    sides = [t for t in maker.fetch_my_trades("ETH/USDT") if t["id"] == trade_id]
+    check(sorted(t["side"] for t in sides) == ["buy", "sell"] and sorted(t["takerOrMaker"] for t in sides) == ["maker", "taker"], f"fetch_my_trades has both sides of the self-trade: {[(t['side'], t['takerOrMaker'], t['fee']) for t in sides]}")
+    after = maker.fetch_balance()
+    for asset in ("ETH", "USDT"):
+        fees = sum(D(t["fee"]["cost"]) for t in sides if t["fee"]["currency"] == asset)
+        check(D(before[asset]["total"]) - D(after[asset]["total"]) == fees, f"{asset}: what the self-trade cost is its two commissions ({fees})")
+
+
+async def ws_api_suite(key, secret, other_key, other_secret):
+    """ccxt.pro's WebSocket API methods (order entry and queries over /ws-api/v3)."""
+    ws = client(ccxtpro.binance, key, secret)
+    other = client(ccxt.binance, other_key, other_secret)
+    try:
+        await ws.load_markets()
+        other.load_markets()
+        # ccxt.pro sends a `clientOrderId` param on as it is (besides newClientOrderId),
+        # which is refused as unread (-1104): newClientOrderId is the name to use.
+        try:
+            await ws.create_order_ws(SYMBOL, "limit", "sell", 0.1, 55_000, {"clientOrderId": "ws-ask-0"})
+            check(False, "create_order_ws with clientOrderId is refused")
+        except ccxt.BadRequest as error:
+            check("Not read: 'clientOrderId'" in str(error), f"create_order_ws passes clientOrderId through: {error}")
+        placed = await ws.create_order_ws(SYMBOL, "limit", "sell", 0.1, 55_000, {"newClientOrderId": "ws-ask-1"})
+        check(placed["status"] == "open" and placed["clientOrderId"] == "ws-ask-1", f"create_order_ws rests a limit order: {placed['status']}")
+        fetched = await ws.fetch_order_ws(placed["id"], SYMBOL)
+        check(fetched["id"] == placed["id"] and fetched["status"] == "open", "fetch_order_ws")
+        edited = await ws.edit_order_ws(placed["id"], SYMBOL, "limit", "sell", 0.1, 55_100)
+        check(edited["id"] != placed["id"] and D(edited["price"]) == D(55_100), f"edit_order_ws (order.cancelReplace): {edited['price']}")
+        second = await ws.create_order_ws(SYMBOL, "limit", "sell", 0.1, 55_200)
+        listed = await ws.fetch_open_orders_ws(SYMBOL)
+        check(sorted(o["id"] for o in listed) == sorted([edited["id"], second["id"]]), f"fetch_open_orders_ws: {[o['id'] for o in listed]}")
+        cancelled = await ws.cancel_order_ws(second["id"], SYMBOL)
+        check(cancelled["status"] == "canceled", f"cancel_order_ws: {cancelled['status']}")
+        other.create_order(SYMBOL, "limit", "sell", 0.05, 54_000)
+        taken = await ws.create_order_ws(SYMBOL, "market", "buy", 0.05)
+        check(taken["status"] == "closed" and D(taken["filled"]) == D("0.05"), f"create_order_ws market buy takes: {taken['status']} {taken['filled']}")
+        other.create_order(SYMBOL, "limit", "buy", 0.02, 55_100)
+        mine = await ws.fetch_my_trades_ws(SYMBOL)
+        check(any(t["order"] == edited["id"] and t["takerOrMaker"] == "maker" for t in mine), f"fetch_my_trades_ws has the maker fill: {[(t['order'], t['takerOrMaker']) for t in mine]}")
+        recent = await ws.fetch_trades_ws(SYMBOL)
+        check(len(recent) >= 1 and all(r["price"] is not None for r in recent), f"fetch_trades_ws (trades.historical): {len(recent)}")
+        balance = await ws.fetch_balance_ws()
+        # ccxt.pro parses account.status as a futures account: the spot
+        # balances are in info only.
+        btc = [b for b in balance["info"]["balances"] if b["asset"] == "BTC"]
+        check(btc and D(btc[0]["locked"]) == D("0.08"), f"fetch_balance_ws (account.status): BTC {btc}")
+        orders = await ws.fetch_orders_ws(SYMBOL)
+        check({placed["id"], second["id"], edited["id"]} <= {o["id"] for o in orders}, "fetch_orders_ws (allOrders)")
+        candles = await ws.fetch_ohlcv_ws(SYMBOL, "1m")
+        check(len(candles) >= 1, f"fetch_ohlcv_ws (klines): {candles[-1]}")
+        all_cancelled = await ws.cancel_all_orders_ws(SYMBOL)
+        check([o["id"] for o in all_cancelled] == [edited["id"]], f"cancel_all_orders_ws: {[o['id'] for o in all_cancelled]}")
+        for name, call in (("fetch_order_book_ws", ws.fetch_order_book_ws(SYMBOL)), ("fetch_ticker_ws", ws.fetch_ticker_ws(SYMBOL))):
+            try:
+                await call
+                check(False, f"{name} is refused by ccxt for spot")
+            except ccxt.BadRequest as error:
+                check("only supports swap markets" in str(error), f"{name}: ccxt.pro refuses spot markets itself, nothing is sent: {error}")
+    finally:
+        await ws.close()
 
 
 def main():
@@ -227,6 +363,8 @@ def main():
     taker = client(ccxt.binance, os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"])
     maker.load_markets()
     rest_suite(maker, taker)
+    market_maker_suite(maker, taker)
+    asyncio.run(ws_api_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"], os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"]))
     asyncio.run(stream_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"], os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"]))
     print("all checks passed", flush=True)
 
