@@ -108,6 +108,25 @@ pub struct LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// Every limit named must be at least 1: a limit of 0 would refuse all
+    /// of what it bounds, which is a mistake, not a policy.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let named = [
+            ("open_orders_per_user_max", self.open_orders_per_user_max),
+            ("orders_max", self.orders_max),
+            ("assets_max", self.assets_max),
+            ("markets_max", self.markets_max),
+            ("users_max", self.users_max),
+            ("api_keys_per_user_max", self.api_keys_per_user_max),
+        ];
+        for (name, value) in named {
+            if value == Some(0) {
+                return Err((name, format!("{name} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+
     /// `limits` with the values named here.
     pub fn apply_to(&self, limits: EngineLimits) -> EngineLimits {
         EngineLimits {
@@ -304,6 +323,9 @@ impl Config {
         }
         if self.checkpoint_interval_ms == 0 {
             return Err(ConfigError("checkpoint_interval_ms must be positive".into()));
+        }
+        if let Err((_, why)) = self.limits.check() {
+            return Err(ConfigError(format!("[limits] {why}")));
         }
         if self.ws_send_timeout_ms == 0 {
             return Err(ConfigError("ws_send_timeout_ms must be positive".into()));

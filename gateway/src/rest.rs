@@ -417,9 +417,15 @@ fn market_of<'v>(views: &'v Views, name: &str) -> Result<&'v MarketView, ApiErro
     })
 }
 
+/// A request body: one JSON object with the fields of `T`. An array is
+/// refused, though serde would take it as the fields in order.
 fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
+    let invalid = |e: serde_json::Error| ApiError::bad_request("invalid_json", format!("request body: {e}"));
+    let value: Value = serde_json::from_slice(body).map_err(invalid)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("invalid_json", "request body: expected a JSON object"));
+    }
+    serde_json::from_value(value).map_err(invalid)
 }
 
 // ----- public endpoints ------------------------------------------------------------
@@ -1054,6 +1060,7 @@ async fn admin(
         ("PUT", "/admin/limits") => {
             // Named limits change; the others keep their current values.
             let body: crate::config::LimitsConfig = json_body(body)?;
+            body.check().map_err(|(field, why)| ApiError::invalid(field, why))?;
             (Command::SetLimits { limits: body.apply_to(views(state)?.limits) }, None)
         }
         ("POST", "/admin/assets") => {

@@ -102,8 +102,12 @@ fn an_outcome_is_the_state_its_own_command_left() {
 
     let dir = tempfile::tempdir().unwrap();
     let journal_dir = dir.path().join("journal");
-    let config =
-        JournalConfig { dir: journal_dir.clone(), segment_bytes: 1 << 20, durability: Durability::None };
+    let config = JournalConfig {
+        dir: journal_dir.clone(),
+        segment_bytes: 1 << 20,
+        durability: Durability::None,
+        checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
+    };
     let (writer, _) = JournalWriter::open(config).unwrap();
     let engine = Engine::new(EngineLimits::default());
     // Two closed orders kept per user: fewer than the cancel-all below closes.

@@ -126,6 +126,12 @@ fn check_restarts(restart: fn(Exchange) -> Exchange) {
     for status in ["FILLED", "CANCELED", "EXPIRED", "PARTIALLY_FILLED"] {
         assert!(statuses.contains(status), "no {status} order among {statuses:?}");
     }
+    // Both sides of each self-trade are among the user's trades.
+    let (_, _, trades) = exchange.binance(&keys[1], "GET", "/api/v3/myTrades", "symbol=BTCUSDT&limit=1000");
+    let trades = trades.as_array().unwrap();
+    let both_sides =
+        trades.iter().filter(|t| trades.iter().filter(|u| u["id"] == t["id"]).count() == 2).count();
+    assert!(both_sides >= 2 * 3, "a self-trade in each round: {trades:?}");
 }
 
 #[test]
