@@ -146,6 +146,10 @@ pub struct PipelineConfig {
     /// The database writer's progress: snapshot pruning keeps one at or
     /// before its cursor, so that it can regenerate what it has not written.
     pub database_status: Option<Arc<persistence::WriterStatus>>,
+    /// When the journal's last command was stamped: the matcher's clock
+    /// never stamps below it, so journal time never runs backwards, across
+    /// restarts too (even if the machine's clock was set back).
+    pub last_timestamp_ns: u64,
 }
 
 /// One half of a snapshot, on its way to the thread that writes the file:
@@ -267,7 +271,7 @@ fn start_with<W: WaitStrategy + 'static>(
         outbound_bell,
         staged: Vec::with_capacity(4096),
         events: Vec::with_capacity(256),
-        last_timestamp_ns: 0,
+        last_timestamp_ns: config.last_timestamp_ns,
         commands_since_snapshot: 0,
         health: health_for_matcher,
         snapshots: snapshot_parts,

@@ -451,6 +451,7 @@ fn health(state: &AppState) -> Value {
         "snapshot_seq": health.snapshot_seq.load(Relaxed),
         "snapshot_stall_us": health.snapshot_stall_ns.load(Relaxed) / 1_000,
         "ws_connections": health.ws_connections.load(Relaxed),
+        "signed_changes_from_ms": state.auth.signed_after_ms(),
         "database": history::health(state),
     })
 }

@@ -101,6 +101,8 @@ pub async fn run(
     );
 
     let engine = recovery.engine;
+    let last_journaled_ns = last_journaled_ns(&DataDir::new(&config.data_dir), engine.last_seq())
+        .map_err(|e| ServerError(format!("cannot read the journal's last record: {e}")))?;
     let recovered_limits = engine.limits();
     let new_data_dir = engine.last_seq() == 0;
     // The database writer regenerates from the journal whatever the
@@ -145,6 +147,7 @@ pub async fn run(
             hub: Some((hub_sender, Arc::clone(&subscribers))),
             database: database.as_ref().map(|(writer, _)| writer.feed.clone()),
             database_status: database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
+            last_timestamp_ns: last_journaled_ns,
         },
     );
     let state = Arc::new(AppState {
@@ -154,7 +157,8 @@ pub async fn run(
             config.recv_window_max_ms,
             config.rate_limit_per_s,
             config.rate_limit_burst,
-        ),
+        )
+        .refusing_signed_before(last_journaled_ns / 1_000_000),
         pending: Arc::clone(&pipeline.pending),
         health: Arc::clone(&pipeline.health),
         admin_token: config.admin_token.clone(),
@@ -298,5 +302,23 @@ async fn set_limits_at_start(
             Ok(())
         }
         _ => Err(ServerError("cannot journal the configured limits: the journal is unavailable".into())),
+    }
+}
+
+/// When the journal's last command (`last_seq`) was stamped, in ns since the
+/// epoch (0 for an empty journal): the matcher's clock never goes below it,
+/// and signed requests older than it are not executed again.
+fn last_journaled_ns(data: &DataDir, last_seq: u64) -> Result<u64, journal::JournalError> {
+    if last_seq == 0 {
+        return Ok(0);
+    }
+    match journal::JournalReader::open(&data.journal(), last_seq, journal::ReadMode::Strict) {
+        Ok(mut reader) => Ok(reader.next()?.map_or(0, |command| command.timestamp_ns)),
+        // Pruned behind the snapshot: now is a safe bound (later than the
+        // record, whatever it was, unless the clock went back).
+        Err(journal::JournalError::NotRetained { .. }) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)),
+        Err(error) => Err(error),
     }
 }

@@ -41,6 +41,7 @@ fn a_full_ring_refuses_at_once_and_recovers() {
             hub: None,
             database: None,
             database_status: None,
+            last_timestamp_ns: 0,
         },
     );
     let mut producer = pipeline.publisher.clone();
@@ -132,6 +133,7 @@ fn an_outcome_is_the_state_its_own_command_left() {
             hub: None,
             database: None,
             database_status: None,
+            last_timestamp_ns: 0,
         },
     );
     let mut producer = pipeline.publisher.clone();

@@ -148,3 +148,33 @@ fn every_read_answers_the_same_after_sigterm() {
 fn every_read_answers_the_same_after_sigkill() {
     check_restarts(Exchange::crash_and_restart);
 }
+
+#[test]
+fn a_request_executed_before_a_crash_is_not_executed_again_after_it() {
+    // The replay cache starts empty with the process; without more, a
+    // signed order sent again after the restart (a client retrying a
+    // request whose answer the crash lost, or anyone who saw it) would be
+    // a second order.
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(1);
+    let key = &keys[0];
+    let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let params = format!(
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.1&price=100&timestamp={timestamp}&recvWindow=60000"
+    );
+    let signature = gateway::auth::sign(&key.secret, &params, b"");
+    let body = format!("{params}&signature={signature}");
+    let headers =
+        [("X-MBX-APIKEY", key.api_key.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, _, first) = exchange.raw("POST", "/api/v3/order", &headers, body.as_bytes());
+    assert_eq!(status, 200, "{first}");
+    let exchange = exchange.crash_and_restart();
+    let (status, _, again) = exchange.raw("POST", "/api/v3/order", &headers, body.as_bytes());
+    assert_eq!(status, 400, "the same signed order after the restart: {again}");
+    assert_eq!(again["code"], -1021, "{again}");
+    let (_, _, open) = exchange.binance(key, "GET", "/api/v3/openOrders", "symbol=BTCUSDT");
+    assert_eq!(open.as_array().unwrap().len(), 1, "one order, not two: {open}");
+    // A request signed now goes through.
+    place(&exchange, key, "side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.1&price=101");
+}

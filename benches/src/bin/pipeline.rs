@@ -183,6 +183,7 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
             hub: None,
             database: None,
             database_status: None,
+            last_timestamp_ns: 0,
         },
     );
     let mut producer = started_pipeline.publisher;

@@ -260,6 +260,11 @@ impl From<ApiError> for BinanceError {
                 -1022,
                 "Signature for this request is not valid: this signed request was already received.",
             ),
+            "signed_before_restart" => BinanceError::bad_request(
+                -1021,
+                "Timestamp for this request is outside of the recvWindow: it was signed before the server \
+                 restarted.",
+            ),
             "timestamp_outside_recv_window" => {
                 BinanceError::bad_request(-1021, "Timestamp for this request is outside of the recvWindow.")
             }

@@ -75,6 +75,18 @@ impl Exchange {
             })
             .parse()
             .unwrap();
+        let client = Client::new(address);
+        // After a restart, signed changes with a timestamp before this are
+        // refused (they may be replays of requests already executed).
+        let (_, health) = client.get("/health");
+        let from_ms = health["signed_changes_from_ms"].as_u64().unwrap_or(0);
+        loop {
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+            if now_ms >= from_ms {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(from_ms - now_ms));
+        }
         Exchange {
             child,
             address,
@@ -82,7 +94,7 @@ impl Exchange {
             data_dir: data_dir.to_path_buf(),
             extra_env,
             stderr_path,
-            client: Client::new(address),
+            client,
         }
     }
 
