@@ -100,6 +100,7 @@ pub async fn run(
         recovery.replayed
     );
 
+    let recovered_snapshot_seq = recovery.snapshot.as_ref().map_or(0, |s| s.seq);
     let engine = recovery.engine;
     let last_journaled_ns = last_journaled_ns(&DataDir::new(&config.data_dir), engine.last_seq())
         .map_err(|e| ServerError(format!("cannot read the journal's last record: {e}")))?;
@@ -150,6 +151,9 @@ pub async fn run(
             last_timestamp_ns: last_journaled_ns,
         },
     );
+    // /health tells the newest snapshot on disk from the start, not only
+    // once this process has written one.
+    pipeline.health.snapshot_seq.store(recovered_snapshot_seq, std::sync::atomic::Ordering::Relaxed);
     let state = Arc::new(AppState {
         views,
         auth: Authenticator::new(

@@ -140,7 +140,10 @@ fn every_read_answers_the_same_after_sigterm() {
         let dir = exchange.data_dir.clone();
         let status = exchange.terminate();
         assert!(status.success(), "{status}");
-        Exchange::start(&dir, &[("EXCHANGE_SNAPSHOT_EVERY_COMMANDS", "7")])
+        let exchange = Exchange::start(&dir, &[("EXCHANGE_SNAPSHOT_EVERY_COMMANDS", "7")]);
+        let (_, health) = exchange.get("/health");
+        assert_eq!(health["snapshot_seq"], health["seq"], "the shutdown snapshot is known: {health}");
+        exchange
     });
 }
 
