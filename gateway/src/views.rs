@@ -107,6 +107,41 @@ pub struct OrderView {
     pub fills: Vec<FillView>,
 }
 
+impl OrderView {
+    /// The order an `OrderAccepted` event opens (`None` for other events).
+    pub fn accepted(event: &Event) -> Option<OrderView> {
+        let EventKind::OrderAccepted { order, user, market, side, kind, client_order_id, stp, timestamp_ns } =
+            event.kind
+        else {
+            return None;
+        };
+        let (price, quantity) = match kind {
+            OrderKind::Limit { price, qty, .. } => (Some(price), qty),
+            OrderKind::Market { qty } => (None, qty),
+            OrderKind::MarketByQuote { .. } => (None, Lots(0)),
+        };
+        Some(OrderView {
+            order,
+            user,
+            market,
+            side,
+            kind: Some(kind),
+            price,
+            remaining: quantity,
+            filled: Lots(0),
+            quantity,
+            client_order_id,
+            stp: Some(stp),
+            status: OrderStatus::New,
+            created_ns: timestamp_ns,
+            updated_seq: event.seq,
+            updated_ns: timestamp_ns,
+            quote_filled: 0,
+            fills: Vec::new(),
+        })
+    }
+}
+
 /// Fills kept per order in the view; an order with more still has its totals.
 const FILLS_KEPT_PER_ORDER: usize = 100;
 const NANOS_PER_MINUTE: u64 = 60_000_000_000;
@@ -595,44 +630,11 @@ impl Views {
                     }
                 }
             }
-            EventKind::OrderAccepted {
-                order,
-                user,
-                market,
-                side,
-                kind,
-                client_order_id,
-                stp,
-                timestamp_ns,
-            } => {
-                let (price, remaining) = match kind {
-                    OrderKind::Limit { price, qty, .. } => (Some(price), qty),
-                    OrderKind::Market { qty } => (None, qty),
-                    OrderKind::MarketByQuote { .. } => (None, Lots(0)),
-                };
-                if let Some(view) = self.users.get_mut(user.0 as usize) {
-                    view.open.insert(
-                        order,
-                        OrderView {
-                            order,
-                            user,
-                            market,
-                            side,
-                            kind: Some(kind),
-                            price,
-                            remaining,
-                            filled: Lots(0),
-                            quantity: remaining,
-                            client_order_id,
-                            stp: Some(stp),
-                            quote_filled: 0,
-                            status: OrderStatus::New,
-                            created_ns: timestamp_ns,
-                            updated_seq: event.seq,
-                            updated_ns: timestamp_ns,
-                            fills: Vec::new(),
-                        },
-                    );
+            EventKind::OrderAccepted { order, user, .. } => {
+                if let (Some(view), Some(accepted)) =
+                    (self.users.get_mut(user.0 as usize), OrderView::accepted(event))
+                {
+                    view.open.insert(order, accepted);
                 }
             }
             EventKind::Trade {

@@ -59,10 +59,6 @@ pub const CLIENT_MESSAGE_MAX_BYTES: usize = 16 * 1024;
 pub const HUB_QUEUE_MAX: usize = 65_536;
 const PING_EVERY: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The closing handshake (our close frame out, the client's back) gets
-/// this long; a client that does not complete it is reset, so a close never
-/// waits on a socket for longer.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const BOOK_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 const BOOK_SNAPSHOT_LEVELS: usize = 20;
 /// The period of Binance's fastest depth streams (`@100ms`).
@@ -769,7 +765,7 @@ enum WriterEnd {
     /// A frame was not written within the send timeout.
     SendTimedOut,
     /// The close frame, or the client's answer to it, did not come within
-    /// [`CLOSE_TIMEOUT`].
+    /// the send timeout.
     CloseTimedOut,
     /// Writing failed, or the connection ended without a close to send.
     Failed,
@@ -810,7 +806,10 @@ async fn write_frames<S: AsyncWrite + Unpin>(
         }
     }
     let Some((code, reason)) = end_state.borrow().close else { return WriterEnd::Failed };
-    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+    // The closing handshake (our close frame out, the client's back) gets
+    // the send timeout too; a client that does not complete it is reset,
+    // so a connection never outlives two send timeouts once it must close.
+    let deadline = tokio::time::Instant::now() + send_timeout;
     match tokio::time::timeout_at(deadline, write_frame(writer, Frame::close(code, reason.as_bytes()))).await
     {
         Ok(Ok(())) => {}
@@ -1133,7 +1132,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_close_that_cannot_be_written_is_given_up_after_the_close_timeout() {
+    async fn a_close_that_cannot_be_written_is_given_up_after_the_send_timeout() {
         let (mut writer, _never_read) = stalled_writer();
         let (_queue, mut outgoing) = mpsc::channel::<Outgoing>(16);
         let (ending, mut end_state) = Ending::new();
@@ -1143,9 +1142,10 @@ mod tests {
         write_frame(&mut writer, Frame::text(Payload::Owned(filling))).await.unwrap();
         ending.close(1008, "slow consumer");
         let started = tokio::time::Instant::now();
-        let end = write_frames(&mut writer, &mut outgoing, &mut end_state, Duration::from_secs(60)).await;
+        let timeout = Duration::from_secs(3);
+        let end = write_frames(&mut writer, &mut outgoing, &mut end_state, timeout).await;
         assert_eq!(end, WriterEnd::CloseTimedOut);
-        assert_eq!(started.elapsed(), CLOSE_TIMEOUT);
+        assert_eq!(started.elapsed(), timeout);
     }
 
     #[tokio::test(start_paused = true)]

@@ -94,6 +94,53 @@ pub struct Candle {
 pub const CANDLE_INTERVALS: &[(&str, u32)] =
     &[("1m", 1), ("5m", 5), ("15m", 15), ("30m", 30), ("1h", 60), ("4h", 240), ("1d", 1_440)];
 
+/// A range's bounds as query parameters.
+struct Bounds {
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+    from_id: Option<i64>,
+    limit: i64,
+}
+
+impl Bounds {
+    fn of(range: &Range) -> Bounds {
+        Bounds {
+            from: range.from_ms.map(time_ms),
+            to: range.to_ms.map(time_ms),
+            from_id: range.from_id.map(|id| i64::try_from(id).unwrap_or(i64::MAX)),
+            limit: i64::from(range.limit),
+        }
+    }
+
+    /// Appends ` AND ...` for the market (when given) and each bound present,
+    /// with its value as the next parameter.
+    fn filter<'a>(
+        &'a self,
+        market: &'a Option<i32>,
+        time_column: &str,
+        id_column: &str,
+        params: &mut Vec<&'a (dyn ToSql + Sync)>,
+        sql: &mut String,
+    ) {
+        if let Some(market) = market {
+            params.push(market);
+            sql.push_str(&format!(" AND market_id = ${}", params.len()));
+        }
+        if let Some(from) = &self.from {
+            params.push(from);
+            sql.push_str(&format!(" AND {time_column} >= ${}", params.len()));
+        }
+        if let Some(to) = &self.to {
+            params.push(to);
+            sql.push_str(&format!(" AND {time_column} < ${}", params.len()));
+        }
+        if let Some(from_id) = &self.from_id {
+            params.push(from_id);
+            sql.push_str(&format!(" AND {id_column} >= ${}", params.len()));
+        }
+    }
+}
+
 impl Range {
     fn order(&self) -> &'static str {
         if self.from_ms.is_none() && self.from_id.is_none() {
@@ -166,33 +213,15 @@ impl History {
              maker_user_id, taker_order_id, taker_user_id, maker_fee, maker_fee_asset_id, taker_fee, \
              taker_fee_asset_id, executed_at FROM trades WHERE true",
         );
-        let from = range.from_ms.map(time_ms);
-        let to = range.to_ms.map(time_ms);
-        let from_id = range.from_id.map(|id| i64::try_from(id).unwrap_or(i64::MAX));
-        let limit = i64::from(range.limit);
+        let bounds = Bounds::of(&range);
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        if let Some(market) = market.as_ref() {
-            params.push(market);
-            sql.push_str(&format!(" AND market_id = ${}", params.len()));
-        }
         if let Some(user) = user.as_ref() {
             params.push(user);
             let n = params.len();
             sql.push_str(&format!(" AND (maker_user_id = ${n} OR taker_user_id = ${n})"));
         }
-        if let Some(from) = from.as_ref() {
-            params.push(from);
-            sql.push_str(&format!(" AND executed_at >= ${}", params.len()));
-        }
-        if let Some(to) = to.as_ref() {
-            params.push(to);
-            sql.push_str(&format!(" AND executed_at < ${}", params.len()));
-        }
-        if let Some(from_id) = from_id.as_ref() {
-            params.push(from_id);
-            sql.push_str(&format!(" AND trade_id >= ${}", params.len()));
-        }
-        params.push(&limit);
+        bounds.filter(&market, "executed_at", "trade_id", &mut params, &mut sql);
+        params.push(&bounds.limit);
         sql.push_str(&format!(" ORDER BY trade_id {} LIMIT ${}", range.order(), params.len()));
         let rows = client.query(sql.as_str(), &params).await?;
         Ok(rows.iter().map(trade_row).collect::<Result<_, _>>()?)
@@ -210,29 +239,11 @@ impl History {
         range: Range,
     ) -> Result<Vec<UserTradeRow>, StoreError> {
         let client = self.client().await?;
-        let from = range.from_ms.map(time_ms);
-        let to = range.to_ms.map(time_ms);
-        let from_id = range.from_id.map(|id| i64::try_from(id).unwrap_or(i64::MAX));
-        let limit = i64::from(range.limit);
+        let bounds = Bounds::of(&range);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user];
         let mut filters = String::new();
-        if let Some(market) = market.as_ref() {
-            params.push(market);
-            filters.push_str(&format!(" AND market_id = ${}", params.len()));
-        }
-        if let Some(from) = from.as_ref() {
-            params.push(from);
-            filters.push_str(&format!(" AND executed_at >= ${}", params.len()));
-        }
-        if let Some(to) = to.as_ref() {
-            params.push(to);
-            filters.push_str(&format!(" AND executed_at < ${}", params.len()));
-        }
-        if let Some(from_id) = from_id.as_ref() {
-            params.push(from_id);
-            filters.push_str(&format!(" AND trade_id >= ${}", params.len()));
-        }
-        params.push(&limit);
+        bounds.filter(&market, "executed_at", "trade_id", &mut params, &mut filters);
+        params.push(&bounds.limit);
         let order = range.order();
         // Each half uses its own index (trades_by_maker, trades_by_taker).
         let sql = format!(
@@ -265,28 +276,10 @@ impl History {
              client_order_id, self_trade_prevention, status, remaining_quantity, executed_quantity, executed_quote, \
              created_seq, created_at, updated_seq, updated_at, closed_at FROM orders WHERE user_id = $1",
         );
-        let from = range.from_ms.map(time_ms);
-        let to = range.to_ms.map(time_ms);
-        let from_id = range.from_id.map(|id| i64::try_from(id).unwrap_or(i64::MAX));
-        let limit = i64::from(range.limit);
+        let bounds = Bounds::of(&range);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user];
-        if let Some(market) = market.as_ref() {
-            params.push(market);
-            sql.push_str(&format!(" AND market_id = ${}", params.len()));
-        }
-        if let Some(from) = from.as_ref() {
-            params.push(from);
-            sql.push_str(&format!(" AND created_at >= ${}", params.len()));
-        }
-        if let Some(to) = to.as_ref() {
-            params.push(to);
-            sql.push_str(&format!(" AND created_at < ${}", params.len()));
-        }
-        if let Some(from_id) = from_id.as_ref() {
-            params.push(from_id);
-            sql.push_str(&format!(" AND order_id >= ${}", params.len()));
-        }
-        params.push(&limit);
+        bounds.filter(&market, "created_at", "order_id", &mut params, &mut sql);
+        params.push(&bounds.limit);
         sql.push_str(&format!(" ORDER BY order_id {} LIMIT ${}", range.order(), params.len()));
         let rows = client.query(sql.as_str(), &params).await?;
         Ok(rows.iter().map(order_record).collect::<Result<_, _>>()?)

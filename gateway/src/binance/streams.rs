@@ -281,40 +281,8 @@ impl Streams {
                         user_events.push((user, report));
                     }
                 }
-                EventKind::OrderAccepted {
-                    order,
-                    user,
-                    market,
-                    side,
-                    kind,
-                    client_order_id,
-                    stp,
-                    timestamp_ns,
-                } if event.seq > known_until => {
-                    let (price, quantity) = match kind {
-                        OrderKind::Limit { price, qty, .. } => (Some(price), qty),
-                        OrderKind::Market { qty } => (None, qty),
-                        OrderKind::MarketByQuote { .. } => (None, Lots(0)),
-                    };
-                    let accepted = OrderView {
-                        order,
-                        user,
-                        market,
-                        side,
-                        kind: Some(kind),
-                        price,
-                        remaining: quantity,
-                        filled: Lots(0),
-                        quantity,
-                        client_order_id,
-                        stp: Some(stp),
-                        status: OrderStatus::New,
-                        created_ns: timestamp_ns,
-                        updated_seq: event.seq,
-                        updated_ns: timestamp_ns,
-                        quote_filled: 0,
-                        fills: Vec::new(),
-                    };
+                EventKind::OrderAccepted { order, user, .. } if event.seq > known_until => {
+                    let Some(accepted) = OrderView::accepted(event) else { continue };
                     let order_view = self.orders.entry(order).or_insert(accepted);
                     if users_listening {
                         let report = execution_report(
