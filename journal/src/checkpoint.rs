@@ -38,8 +38,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::JournalError;
+use crate::files::{private_file_options, sync_dir};
 use crate::segment::{read_u32, read_u64};
-use crate::writer::{private_file_options, sync_dir};
 
 pub const CHECKPOINT_FILE_NAME: &str = "CHECKPOINT";
 pub const CHECKPOINT_MAGIC: &[u8; 8] = b"EXCHKPNT";

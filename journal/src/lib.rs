@@ -45,6 +45,7 @@
 
 mod checkpoint;
 mod error;
+mod files;
 mod inspect;
 mod integrity;
 mod reader;

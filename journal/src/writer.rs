@@ -10,6 +10,7 @@ use memmap2::MmapMut;
 
 use crate::checkpoint::{self, checkpoint_path, read_checkpoint, Checkpoint, CheckpointKeeper};
 use crate::error::JournalError;
+use crate::files::{create_private_dir, private_file_options, sync_dir};
 use crate::integrity;
 use crate::segment::{
     align8, bincode_config, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Damage,
@@ -557,34 +558,4 @@ pub(crate) fn preallocate(file: &File, bytes: u64) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Options for files the journal creates: readable by their owner only,
-/// since commands carry API secrets.
-/// Creates `dir` (and missing parents) readable by the owner only: the
-/// journal and snapshots hold every user's orders and key secrets.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| JournalError::io(dir, e))
-}
-
-pub(crate) fn private_file_options() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
-}
-
-/// Makes a directory's entries (a created or renamed file) durable.
-pub fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| JournalError::io(dir, e))
 }
