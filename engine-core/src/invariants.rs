@@ -396,12 +396,17 @@ impl Touched {
                 }
                 EventKind::BookLevel { market, side, price, qty } => {
                     touched.market(engine, market, seq)?;
-                    touched.levels.push(((market, side == Side::Sell, price), position, qty));
+                    push_latest(&mut touched.levels, (market, side == Side::Sell, price), position, qty);
                 }
                 EventKind::Balance { user, asset, available, locked } => {
                     touched.user(engine, user, seq)?;
                     touched.asset(engine, asset, seq)?;
-                    touched.balances.push(((user, asset), position, Balance { available, locked }));
+                    push_latest(
+                        &mut touched.balances,
+                        (user, asset),
+                        position,
+                        Balance { available, locked },
+                    );
                 }
             }
         }
@@ -479,6 +484,16 @@ impl Touched {
             self.markets.push(market);
         }
         Ok(())
+    }
+}
+
+/// Records what event `position` says of `key`, over the previous entry
+/// when that was about the same key (a cancel-all reports one balance
+/// again and again): fewer entries to sort.
+fn push_latest<K: PartialEq, V>(entries: &mut Vec<(K, usize, V)>, key: K, position: usize, value: V) {
+    match entries.last_mut() {
+        Some(last) if last.0 == key => *last = (key, position, value),
+        _ => entries.push((key, position, value)),
     }
 }
 
