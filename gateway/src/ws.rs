@@ -58,6 +58,13 @@ pub const CLIENT_MESSAGE_MAX_BYTES: usize = 16 * 1024;
 /// Batches of events waiting for the hub before streams are reset.
 pub const HUB_QUEUE_MAX: usize = 65_536;
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// At most this many queued messages go out in one write, and one write
+/// stops taking more past this many bytes, so a burst is flushed in
+/// bounded pieces, each within the send timeout.
+const FRAMES_PER_WRITE_MAX: usize = 256;
+const BYTES_PER_WRITE_MAX: usize = 256 * 1024;
+/// The per-connection write buffer that gathers a batch of frames.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const BOOK_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 const BOOK_SNAPSHOT_LEVELS: usize = 20;
@@ -70,6 +77,15 @@ const BINANCE_TICK: Duration = Duration::from_millis(100);
 enum Outgoing {
     Text(Arc<str>),
     Pong(Vec<u8>),
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Text(text) => text.len(),
+            Outgoing::Pong(data) => data.len(),
+        }
+    }
 }
 
 /// How far one connection is from its end.
@@ -661,7 +677,10 @@ async fn run_connection(
 ) {
     let Shared { state, subscribers, publisher, limits, peer, socket: socket_fd } = shared;
     let _counted = OpenConnection::count(&state.health.ws_connections);
-    let (mut reader, mut writer) = socket.split(tokio::io::split);
+    let (mut reader, mut writer) = socket.split(|socket| {
+        let (read, write) = tokio::io::split(socket);
+        (read, tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, write))
+    });
     let (queue, mut outgoing) = mpsc::channel::<Outgoing>(limits.queue_max.max(1));
     let (ending, mut end_state) = Ending::new();
     let id = subscribers.register(queue.clone(), ending.clone(), framing);
@@ -781,8 +800,12 @@ async fn write_frames<S: AsyncWrite + Unpin>(
 ) -> WriterEnd {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
+    // What one wake-up writes: the first message and whatever else is
+    // already queued, up to a bound, flushed together (one system call for
+    // a burst instead of one per message).
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(FRAMES_PER_WRITE_MAX);
     loop {
-        let frame = tokio::select! {
+        let first = tokio::select! {
             // A close goes before whatever is still queued.
             biased;
             changed = end_state.changed() => {
@@ -793,13 +816,20 @@ async fn write_frames<S: AsyncWrite + Unpin>(
                 continue;
             }
             next = outgoing.recv() => match next {
-                Some(Outgoing::Text(text)) => Frame::text(Payload::Owned(text.as_bytes().to_vec())),
-                Some(Outgoing::Pong(data)) => Frame::pong(Payload::Owned(data)),
+                Some(message) => Some(message),
                 None => break,
             },
-            _ = ping.tick() => Frame::new(true, OpCode::Ping, None, Payload::Owned(Vec::new())),
+            _ = ping.tick() => None,
         };
-        match tokio::time::timeout(send_timeout, write_frame(writer, frame)).await {
+        batch.clear();
+        batch.extend(first);
+        let mut bytes: usize = batch.iter().map(Outgoing::len).sum();
+        while batch.len() < FRAMES_PER_WRITE_MAX && bytes < BYTES_PER_WRITE_MAX {
+            let Ok(message) = outgoing.try_recv() else { break };
+            bytes += message.len();
+            batch.push(message);
+        }
+        match tokio::time::timeout(send_timeout, write_batch(writer, &batch)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return WriterEnd::Failed,
             Err(_) => return WriterEnd::SendTimedOut,
@@ -821,6 +851,25 @@ async fn write_frames<S: AsyncWrite + Unpin>(
         Ok(Err(_)) => WriterEnd::Failed,
         Err(_) => WriterEnd::CloseTimedOut,
     }
+}
+
+/// Writes a batch of queued messages (a ping when empty) without copying
+/// them, then flushes once.
+async fn write_batch<S: AsyncWrite + Unpin>(
+    writer: &mut WebSocketWrite<S>,
+    batch: &[Outgoing],
+) -> Result<(), WebSocketError> {
+    if batch.is_empty() {
+        writer.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(&[]))).await?;
+    }
+    for message in batch {
+        let frame = match message {
+            Outgoing::Text(text) => Frame::text(Payload::Borrowed(text.as_bytes())),
+            Outgoing::Pong(data) => Frame::pong(Payload::Borrowed(data)),
+        };
+        writer.write_frame(frame).await?;
+    }
+    writer.flush().await
 }
 
 /// Writes one frame and flushes it.
@@ -1129,6 +1178,63 @@ mod tests {
         let end = write_frames(&mut writer, &mut outgoing, &mut end_state, timeout).await;
         assert_eq!(end, WriterEnd::SendTimedOut);
         assert_eq!(started.elapsed(), timeout, "given up at the deadline, not later");
+    }
+
+    /// A socket that records each write it is given.
+    #[derive(Default, Clone)]
+    struct RecordingSocket {
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl AsyncWrite for RecordingSocket {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes.lock().unwrap().push(data.to_vec());
+            std::task::Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_messages_go_out_together_in_order() {
+        let socket = RecordingSocket::default();
+        let (_, mut writer) = fastwebsockets::after_handshake_split(
+            tokio::io::empty(),
+            tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, socket.clone()),
+            fastwebsockets::Role::Server,
+        );
+        let (queue, mut outgoing) = mpsc::channel(1_000);
+        let (_ending, mut end_state) = Ending::new();
+        for n in 0..100 {
+            queue.try_send(Outgoing::Text(Arc::from(format!("{{\"n\":{n}}}")))).unwrap();
+        }
+        drop(queue);
+        write_frames(&mut writer, &mut outgoing, &mut end_state, Duration::from_secs(5)).await;
+        let writes = socket.writes.lock().unwrap();
+        assert_eq!(writes.len(), 1, "one write for the burst, not one per message");
+        let mut bytes = &writes[0][..];
+        for n in 0..100 {
+            let text = format!("{{\"n\":{n}}}");
+            assert_eq!(bytes[0], 0x81, "a final text frame");
+            assert_eq!(bytes[1] as usize, text.len());
+            assert_eq!(&bytes[2..2 + text.len()], text.as_bytes());
+            bytes = &bytes[2 + text.len()..];
+        }
+        assert!(bytes.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
