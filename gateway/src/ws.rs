@@ -43,14 +43,6 @@ use crate::pipeline::Publisher;
 use crate::rest::{self, AppState};
 use crate::views::Views;
 
-/// Messages queued for one connection before it counts as too slow (the
-/// default of `ws_queue_max`).
-pub const CONNECTION_QUEUE_MAX_DEFAULT: usize = 4_096;
-/// How long one frame (or close frame) may take to be written before the
-/// connection is reset (the default of `ws_send_timeout_ms`). A client on a
-/// working link takes a frame in milliseconds; one whose socket stays full
-/// this long is not reading.
-pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Subscriptions one connection may hold.
 pub const SUBSCRIPTIONS_MAX: usize = 50;
 /// The largest message a client may send.
