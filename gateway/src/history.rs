@@ -11,7 +11,8 @@ use persistence::{Range, CANDLE_INTERVALS};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::rest::{param, AppState};
+use crate::query::param;
+use crate::state::AppState;
 use crate::views::Views;
 
 const LIMIT_DEFAULT: u32 = 100;
@@ -91,7 +92,7 @@ fn request<'s>(
     market_required: bool,
 ) -> Result<(Option<i32>, Range, &'s persistence::History), ApiError> {
     let (market, range) = {
-        let views = read_views(state)?;
+        let views = state.views()?;
         (market_id(&views, query, market_required)?, range(query)?)
     };
     let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
@@ -114,18 +115,11 @@ fn asset_symbol(views: &Views, id: i32) -> String {
     views.assets.get(id as usize).map_or_else(|| id.to_string(), |a| a.symbol.to_string())
 }
 
-fn read_views(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Views>, ApiError> {
-    state
-        .views
-        .read()
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "views unavailable"))
-}
-
 /// `GET /trade/history` with a database: a market's trades.
 pub async fn market_trades(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, true)?;
     let trades = history.trades(market, None, range).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     let trades: Vec<Value> = trades
         .iter()
         .map(|t| {
@@ -153,7 +147,7 @@ pub async fn user_trades(
 ) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, false)?;
     let trades = history.user_trades(user.0 as i32, market, range).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     let trades: Vec<Value> = trades
         .iter()
         .map(|t| {
@@ -183,7 +177,7 @@ pub async fn user_orders(
 ) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, false)?;
     let orders = history.orders(user.0 as i32, market, range).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     let orders: Vec<Value> = orders
         .iter()
         .map(|o| {
@@ -223,7 +217,7 @@ pub async fn candles(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, true)?;
     let market = market.unwrap_or_default();
     let candles = history.candles(market, minutes, range).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     let candles: Vec<Value> = candles
         .iter()
         .map(|c| {
@@ -287,7 +281,7 @@ pub async fn stored_order(
         return Ok(None);
     };
     let trades = history.order_trades(&record, STORED_FILLS_MAX).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     order_view(&views, &record, &trades).map(Some)
 }
 

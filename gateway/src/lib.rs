@@ -32,13 +32,16 @@
 pub mod amounts;
 pub mod auth;
 pub mod binance;
+mod clock;
 pub mod config;
 pub mod error;
 mod history;
 pub mod outcome;
 pub mod pipeline;
+mod query;
 pub mod rest;
 mod server;
+mod state;
 pub mod views;
 mod wait;
 pub mod ws;

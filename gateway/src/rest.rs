@@ -2,8 +2,7 @@
 //! from the engine's events and the read views.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
 
 use engine_core::{
     ApiKey, ApiSecret, AssetId, ClientOrderId, Command, Event, EventKind, Lots, MarketId, MarketRules,
@@ -18,11 +17,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::amounts::{self, parse_decimal, Scale};
-use crate::auth::{query_pairs, Authenticator, API_KEY_HEADER};
+use crate::auth::{random_alphanumeric, API_KEY_HEADER};
+use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::history;
 use crate::outcome::Outcome;
-use crate::pipeline::{self, Health, Pending, PipelineFailure, Publisher};
+use crate::pipeline::{self, PipelineFailure, Publisher};
+use crate::query::param;
+use crate::state::AppState;
 use crate::views::{FillView, MarketView, OrderView, Views};
 
 /// Every route: the OpenAPI description must list exactly these.
@@ -61,22 +63,6 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
 const LIST_LIMIT_DEFAULT: usize = 100;
 const LIST_LIMIT_MAX: usize = 1_000;
-
-/// What every request handler shares.
-pub struct AppState {
-    pub views: Arc<RwLock<Views>>,
-    pub auth: Authenticator,
-    pub pending: Arc<Pending>,
-    pub health: Arc<Health>,
-    pub admin_token: Option<String>,
-    pub body_max_bytes: usize,
-    pub request_timeout: Duration,
-    /// The database writer's progress and the history it serves, when
-    /// PostgreSQL is configured.
-    pub database: Option<(Arc<persistence::WriterStatus>, Arc<persistence::History>)>,
-    /// The Binance-compatible API's request weights and client order ids.
-    pub binance: crate::binance::State,
-}
 
 pub type Body = Full<Bytes>;
 
@@ -250,10 +236,6 @@ async fn route(
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn signed(state: &AppState, request: &Incoming2) -> Result<UserId, ApiError> {
     let changes_state = request.method != Method::GET;
     state.auth.authenticate(
@@ -350,47 +332,7 @@ pub(crate) fn describe(views: &Views, reason: RejectReason) -> String {
     }
 }
 
-fn views(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Views>, ApiError> {
-    state
-        .views
-        .read()
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "views unavailable"))
-}
-
 // ----- query parameters ---------------------------------------------------------
-
-pub(crate) fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = value.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-pub(crate) fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
-    match query_pairs(query).find(|(n, _)| *n == name) {
-        None => Ok(None),
-        Some((_, value)) => percent_decode(value).map(Some).ok_or_else(|| {
-            ApiError::bad_request("invalid_parameter", format!("{name}: bad percent-encoding"))
-        }),
-    }
-}
 
 fn required(query: &str, name: &'static str) -> Result<String, ApiError> {
     param(query, name)?
@@ -457,7 +399,7 @@ fn health(state: &AppState) -> Value {
 }
 
 fn assets(state: &AppState) -> Value {
-    let Ok(views) = views(state) else { return json!([]) };
+    let Ok(views) = state.views() else { return json!([]) };
     Value::Array(
         views
             .assets
@@ -492,14 +434,14 @@ fn status_name(status: MarketStatus) -> &'static str {
 }
 
 fn markets(state: &AppState) -> Value {
-    let Ok(views) = views(state) else { return json!([]) };
+    let Ok(views) = state.views() else { return json!([]) };
     Value::Array(views.markets.iter().map(market_json).collect())
 }
 
 fn depth(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let name = required(query, "market")?;
     let (limit, _) = list_limit(query)?;
-    let views = views(state)?;
+    let views = state.views()?;
     let market = market_of(&views, &name)?;
     let level = |(price, qty): (&engine_core::Ticks, &Lots)| {
         json!([market.scale.price(*price), market.scale.qty(*qty)])
@@ -514,7 +456,7 @@ fn depth(state: &AppState, query: &str) -> Result<Value, ApiError> {
 
 fn ticker(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let name = required(query, "market")?;
-    let views = views(state)?;
+    let views = state.views()?;
     let market = market_of(&views, &name)?;
     let best = |level: Option<(&engine_core::Ticks, &Lots)>| {
         level.map(|(p, q)| json!({ "price": market.scale.price(*p), "quantity": market.scale.qty(*q) }))
@@ -533,7 +475,7 @@ fn ticker(state: &AppState, query: &str) -> Result<Value, ApiError> {
 fn trade_history(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let name = required(query, "market")?;
     let (limit, offset) = list_limit(query)?;
-    let views = views(state)?;
+    let views = state.views()?;
     let market = market_of(&views, &name)?;
     let trades: Vec<Value> = market
         .trades
@@ -624,9 +566,9 @@ pub(crate) async fn place_order(
     user: UserId,
     body: &[u8],
 ) -> Result<Value, ApiError> {
-    let command = order_command(&*views(state)?, user, body)?;
+    let command = order_command(&*state.views()?, user, body)?;
     let outcome = execute(state, producer, command).await?;
-    let views = views(state)?;
+    let views = state.views()?;
     if let Some(error) = rejection(&views, &outcome.events) {
         return Err(error);
     }
@@ -820,7 +762,7 @@ async fn change_order(
     command: Command,
 ) -> Result<Value, ApiError> {
     let outcome = execute(state, producer, command).await?;
-    let views = views(state)?;
+    let views = state.views()?;
     if let Some(error) = rejection(&views, &outcome.events) {
         return Err(error);
     }
@@ -851,7 +793,7 @@ async fn amend_order(
     let id = body.order_id.map(|id| id.to_string());
     let order = order_ref(id.as_deref(), body.client_order_id.as_deref())?;
     let command = {
-        let views = views(state)?;
+        let views = state.views()?;
         let current = views
             .find_order_ref(user, order)
             .filter(|o| views.user(user).is_some_and(|u| u.open.contains_key(&o.order)))
@@ -884,13 +826,13 @@ async fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Valu
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
     {
-        let views = views(state)?;
+        let views = state.views()?;
         if let Some(found) = views.find_order_ref(user, order) {
             return Ok(order_json(&views, found));
         }
     }
     let stored = history::stored_order(state, user, order).await?;
-    let views = views(state)?;
+    let views = state.views()?;
     let found = stored.ok_or_else(|| {
         let why = if state.database.is_some() {
             "no order of yours with that id"
@@ -906,7 +848,7 @@ async fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Valu
 fn open_orders(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
     let market = param(query, "market")?;
     let (limit, offset) = list_limit(query)?;
-    let views = views(state)?;
+    let views = state.views()?;
     let market: Option<MarketId> =
         market.map(|name| market_of(&views, &name).map(|m| m.market.id)).transpose()?;
     let Some(view) = views.user(user) else { return Ok(json!({ "orders": [] })) };
@@ -935,11 +877,11 @@ async fn cancel_all(
 ) -> Result<Value, ApiError> {
     let body: CancelAllBody = if body.is_empty() { CancelAllBody { market: None } } else { json_body(body)? };
     let market = match &body.market {
-        Some(name) => Some(market_of(&*views(state)?, name)?.market.id),
+        Some(name) => Some(market_of(&*state.views()?, name)?.market.id),
         None => None,
     };
     let events = execute(state, producer, Command::CancelAll { user, market }).await?.events;
-    let views = views(state)?;
+    let views = state.views()?;
     if let Some(error) = rejection(&views, &events) {
         return Err(error);
     }
@@ -954,7 +896,7 @@ async fn cancel_all(
 }
 
 fn balance(state: &AppState, user: UserId) -> Value {
-    let Ok(views) = views(state) else { return json!({ "balances": [] }) };
+    let Ok(views) = state.views() else { return json!({ "balances": [] }) };
     let Some(view) = views.user(user) else { return json!({ "balances": [] }) };
     let balances: Vec<Value> = view
         .balances
@@ -1057,12 +999,12 @@ async fn admin(
 ) -> Result<(StatusCode, Value), ApiError> {
     let body = &request.body;
     let (command, new_key) = match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/admin/limits") => return Ok((StatusCode::OK, limits_json(views(state)?.limits))),
+        ("GET", "/admin/limits") => return Ok((StatusCode::OK, limits_json(state.views()?.limits))),
         ("PUT", "/admin/limits") => {
             // Named limits change; the others keep their current values.
             let body: crate::config::LimitsConfig = json_body(body)?;
             body.check().map_err(|(field, why)| ApiError::invalid(field, why))?;
-            (Command::SetLimits { limits: body.apply_to(views(state)?.limits) }, None)
+            (Command::SetLimits { limits: body.apply_to(state.views()?.limits) }, None)
         }
         ("POST", "/admin/assets") => {
             let body: AssetBody = json_body(body)?;
@@ -1072,12 +1014,12 @@ async fn admin(
         ("POST", "/admin/markets") => (create_market(state, json_body(body)?)?, None),
         ("POST", "/admin/markets/status") => {
             let body: StatusBody = json_body(body)?;
-            let market = market_of(&*views(state)?, &body.market)?.market.id;
+            let market = market_of(&*state.views()?, &body.market)?.market.id;
             (Command::SetMarketStatus { market, status: market_status(body.status) }, None)
         }
         ("POST", "/admin/markets/fees") => {
             let body: FeesBody = json_body(body)?;
-            let market = market_of(&*views(state)?, &body.market)?.market.id;
+            let market = market_of(&*state.views()?, &body.market)?.market.id;
             let maker = amounts::fee_ppm("maker_fee", parse_decimal("maker_fee", &body.maker_fee)?)?;
             let taker = amounts::fee_ppm("taker_fee", parse_decimal("taker_fee", &body.taker_fee)?)?;
             (Command::SetMarketFees { market, maker_fee_ppm: maker, taker_fee_ppm: taker }, None)
@@ -1097,7 +1039,7 @@ async fn admin(
         }
         ("POST", "/admin/deposit") | ("POST", "/admin/withdraw") => {
             let body: FundsBody = json_body(body)?;
-            let views = views(state)?;
+            let views = state.views()?;
             let asset = views
                 .asset_by_symbol(&body.asset)
                 .ok_or_else(|| ApiError::not_found("unknown_asset", format!("no asset {:?}", body.asset)))?;
@@ -1124,7 +1066,7 @@ async fn admin(
         }
     };
     let events = execute(state, producer, command).await?.events;
-    let views = views(state)?;
+    let views = state.views()?;
     if let Some(error) = rejection(&views, &events) {
         return Err(error);
     }
@@ -1177,7 +1119,7 @@ fn limits_json(limits: engine_core::EngineLimits) -> Value {
 }
 
 fn create_market(state: &AppState, body: MarketBody) -> Result<Command, ApiError> {
-    let views = views(state)?;
+    let views = state.views()?;
     let asset = |field: &'static str, symbol: &str| {
         views
             .asset_by_symbol(symbol)
@@ -1216,26 +1158,4 @@ fn create_market(state: &AppState, body: MarketBody) -> Result<Command, ApiError
     }
     let status = market_status(body.status.unwrap_or(StatusField::Open));
     Ok(Command::CreateMarket { rules, status })
-}
-
-/// Letters and digits from the operating system's random source.
-pub(crate) fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
-    use std::io::Read;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let unavailable =
-        |_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness available for keys");
-    let mut source = std::fs::File::open("/dev/urandom").map_err(unavailable)?;
-    let mut out = String::with_capacity(len);
-    let mut buffer = [0u8; 128];
-    while out.len() < len {
-        source.read_exact(&mut buffer).map_err(unavailable)?;
-        // 248 = 4 * 62: rejecting larger bytes keeps every character equally likely.
-        for &byte in buffer.iter().filter(|&&b| b < 248) {
-            if out.len() == len {
-                break;
-            }
-            out.push(ALPHABET[usize::from(byte % 62)] as char);
-        }
-    }
-    Ok(out)
 }

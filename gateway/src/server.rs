@@ -18,7 +18,8 @@ use tokio::net::TcpListener;
 use crate::auth::{Authenticator, KeyTable};
 use crate::config::{Config, WaitKind};
 use crate::pipeline::{self, PipelineConfig, Work};
-use crate::rest::{self, AppState};
+use crate::rest;
+use crate::state::AppState;
 use crate::views::Views;
 
 /// Why the exchange could not start or stop cleanly.
@@ -171,7 +172,7 @@ pub async fn run(
         database: database
             .as_ref()
             .map(|(writer, history)| (Arc::clone(&writer.status), Arc::clone(history))),
-        binance: crate::binance::State::new(config.request_weight_per_minute),
+        binance: crate::binance::state::State::new(config.request_weight_per_minute),
     });
     set_limits_at_start(&state, &pipeline, recovered_limits, new_data_dir, &config).await?;
     let stop_ticker = Arc::new(AtomicBool::new(false));

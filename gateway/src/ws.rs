@@ -38,9 +38,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::amounts;
 use crate::binance::streams::{Speed, Streams};
+use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::pipeline::Publisher;
-use crate::rest::{self, AppState};
+use crate::rest;
+use crate::state::AppState;
 use crate::views::Views;
 
 /// Subscriptions one connection may hold.
@@ -602,7 +604,7 @@ fn protocol_of(state: &AppState, path: &str, query: &str) -> Result<(Framing, Ve
         return Ok((Framing::Raw, channels));
     }
     if path == "/stream" {
-        let names = rest::param(query, "streams").map_err(|_| ())?.unwrap_or_default();
+        let names = crate::query::param(query, "streams").map_err(|_| ())?.unwrap_or_default();
         let mut channels = Vec::new();
         for name in names.split('/').filter(|n| !n.is_empty()) {
             channels.push(crate::binance::streams::parse_stream(&views, name).ok_or(())?);
@@ -939,10 +941,7 @@ impl Session {
                 let signature = text("signature")?;
                 // The signed payload is the query string a REST call would have.
                 let query = format!("apiKey={api_key}&timestamp={timestamp}&signature={signature}");
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let user = state.auth.authenticate(Some(&api_key), &query, b"", now_ms, true)?;
+                let user = state.auth.authenticate(Some(&api_key), &query, b"", now_ms(), true)?;
                 self.user = Some(user);
                 if let Ok(mut connections) = self.subscribers.connections.lock() {
                     if let Some(connection) = connections.get_mut(&self.id) {

@@ -11,11 +11,13 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::error::{Action, BinanceError};
-use super::market::{self, now_ms};
+use super::market;
 use super::params::Params;
 use super::trading;
+use crate::clock::now_ms;
 use crate::pipeline::Publisher;
-use crate::rest::{AppState, Body};
+use crate::rest::Body;
+use crate::state::AppState;
 
 /// Every Binance route and whether it is signed: the OpenAPI description
 /// lists them.

@@ -17,8 +17,9 @@ use engine_core::{
 };
 use serde_json::{json, Value};
 
-use super::market::{agg_json, aggregate, best, book_json, now_ms, Level};
+use super::market::{agg_json, aggregate, best, book_json, Level};
 use super::{price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT};
+use crate::clock::now_ms;
 use crate::views::{OrderStatus, OrderView, TradeView, Views};
 use crate::ws::{Channel, Framing, Subscribers};
 

@@ -13,15 +13,17 @@ use engine_core::{
 use serde_json::{json, Value};
 
 use super::error::{Action, BinanceError};
-use super::market::{market, now_ms, read_views};
+use super::market::{market, read_views};
 use super::params::{Params, TradeRange};
 use super::{
     price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT, STP_MODES,
 };
 use crate::amounts;
+use crate::clock::now_ms;
 use crate::outcome::Outcome;
 use crate::pipeline::Publisher;
-use crate::rest::{self, AppState};
+use crate::rest;
+use crate::state::AppState;
 use crate::views::{FillView, MarketView, OrderView, Views};
 
 const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
