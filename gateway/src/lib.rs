@@ -42,6 +42,7 @@ mod query;
 pub mod rest;
 mod server;
 mod state;
+pub mod subscribers;
 pub mod views;
 mod wait;
 pub mod ws;

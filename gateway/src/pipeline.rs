@@ -140,7 +140,7 @@ pub struct PipelineConfig {
     pub retention: SegmentRetention,
     pub observer: Option<Observer>,
     /// Where batches of events go for the WebSocket streams.
-    pub hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
+    pub hub: Option<(crate::ws::HubSender, Arc<crate::subscribers::Subscribers>)>,
     /// Where batches of events go for the database writer.
     pub database: Option<persistence::Feed>,
     /// The database writer's progress: snapshot pruning keeps one at or
@@ -313,7 +313,7 @@ struct Follower {
     views: Arc<RwLock<Views>>,
     snapshots: std::sync::mpsc::Sender<SnapshotPart>,
     pending: Arc<Pending>,
-    hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
+    hub: Option<(crate::ws::HubSender, Arc<crate::subscribers::Subscribers>)>,
     database: Option<persistence::Feed>,
     /// Stamps of the batch's commands, for the database writer.
     stamps: Vec<persistence::Stamp>,

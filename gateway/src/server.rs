@@ -128,7 +128,7 @@ pub async fn run(
     let views = Arc::new(RwLock::new(views));
     let keys = KeyTable::from_engine(&engine);
     let data = DataDir::new(&config.data_dir);
-    let subscribers = Arc::new(crate::ws::Subscribers::default());
+    let subscribers = Arc::new(crate::subscribers::Subscribers::default());
     let (hub_sender, hub_receiver) = tokio::sync::mpsc::channel(crate::ws::HUB_QUEUE_MAX);
     let hub = tokio::spawn(crate::ws::run_hub(Arc::clone(&views), Arc::clone(&subscribers), hub_receiver));
     let pipeline = pipeline::start(

@@ -708,7 +708,7 @@ pub fn binance_params(data: &[u8]) {
 /// Arbitrary bytes as a message on Binance's market stream sockets: an
 /// answer with the request's id or an error, never a panic.
 pub fn ws_message(data: &[u8]) {
-    let subscribers = gateway::ws::Subscribers::default();
+    let subscribers = gateway::subscribers::Subscribers::default();
     let answer = gateway::binance::streams::handle_request(views(), &subscribers, 1, data);
     assert!(answer.get("result").is_some() || answer.get("error").is_some(), "{answer}");
 }

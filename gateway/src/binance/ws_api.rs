@@ -25,7 +25,7 @@ use super::trading;
 use crate::clock::now_ms;
 use crate::pipeline::Publisher;
 use crate::state::AppState;
-use crate::ws::Subscribers;
+use crate::subscribers::Subscribers;
 
 /// The signed payload of a WebSocket API request: its parameters but the
 /// signature, sorted by name, as `name=value` joined with `&`.
