@@ -1,29 +1,26 @@
 //! The REST API: routing, request parsing at the edge, and answers built
 //! from the engine's events and the read views.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use engine_core::{
     ApiKey, ApiSecret, AssetId, ClientOrderId, Command, Event, EventKind, Lots, MarketId, MarketRules,
     MarketStatus, NewOrder, OrderId, OrderKind, OrderRef, RejectReason, SelfTradePrevention, Side, Symbol,
     TimeInForce, UserId,
 };
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::amounts::{self, parse_decimal, Scale};
-use crate::auth::{random_alphanumeric, API_KEY_HEADER};
+use crate::auth::random_alphanumeric;
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::history;
 use crate::outcome::Outcome;
 use crate::pipeline::{self, PipelineFailure, Publisher};
 use crate::query::param;
+use crate::response::{self, Body};
 use crate::state::AppState;
 use crate::views::{FillView, MarketView, OrderView, Views};
 
@@ -60,112 +57,41 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
-const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
+pub const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
 const LIST_LIMIT_DEFAULT: usize = 100;
 const LIST_LIMIT_MAX: usize = 1_000;
 
-pub type Body = Full<Bytes>;
+/// A native API request, its body read.
+pub struct Request<'r> {
+    pub method: &'r Method,
+    pub path: &'r str,
+    pub query: &'r str,
+    pub api_key: Option<&'r str>,
+    pub admin_token: Option<&'r str>,
+    pub body: &'r [u8],
+}
 
-/// Handles one request; never fails (errors become JSON answers).
-pub async fn handle(
-    state: Arc<AppState>,
-    producer: Arc<Mutex<Publisher>>,
-    peer: std::net::IpAddr,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let binance_path =
-        ["/api/v3/", "/sapi/v1/"].iter().any(|prefix| request.uri().path().starts_with(prefix));
-    if binance_path {
-        return Ok(match read(&state, request).await {
-            Ok(request) => {
-                let binance = crate::binance::rest::Request {
-                    method: &request.method,
-                    path: &request.path,
-                    query: &request.query,
-                    api_key: request.api_key.as_deref(),
-                    body: &request.body,
-                    peer,
-                };
-                crate::binance::rest::handle(&state, &producer, binance).await
-            }
-            Err(error) => {
-                let error = crate::binance::BinanceError::from(error);
-                respond(error.status, error.body().to_string())
-            }
-        });
-    }
-    let path = request.uri().path().to_string();
-    let response = match route(&state, &producer, request).await {
-        Ok((status, body)) => respond(status, body.to_string()),
+/// Answers one request; never fails (errors become JSON answers).
+pub async fn handle(state: &AppState, producer: &Mutex<Publisher>, request: Request<'_>) -> Response<Body> {
+    match route(state, producer, &request).await {
+        Ok((status, body)) => response::json(status, body.to_string()),
         Err(error) => {
-            let mut response = respond(error.status, error.body());
-            if let Some(seconds) = error.retry_after_s {
-                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                    response.headers_mut().insert(RETRY_AFTER, value);
-                }
-            }
+            let mut answer = response::api_error(&error);
             if error.status == StatusCode::METHOD_NOT_ALLOWED {
-                allow(&mut response, ROUTES, &path);
+                response::allow(&mut answer, ROUTES, request.path);
             }
-            response
+            answer
         }
-    };
-    Ok(response)
-}
-
-/// The `Allow` header a 405 must carry: the methods `routes` serve at `path`.
-pub(crate) fn allow(response: &mut Response<Body>, routes: &[(&str, &str)], path: &str) {
-    let methods: Vec<&str> = routes.iter().filter(|(_, p)| *p == path).map(|(m, _)| *m).collect();
-    if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
-        response.headers_mut().insert(hyper::header::ALLOW, value);
     }
-}
-
-fn respond(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// A request with its body read (within the limit).
-struct Incoming2 {
-    method: Method,
-    path: String,
-    query: String,
-    api_key: Option<String>,
-    admin_token: Option<String>,
-    body: Bytes,
-}
-
-async fn read(state: &AppState, request: Request<Incoming>) -> Result<Incoming2, ApiError> {
-    let (parts, body) = request.into_parts();
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let body = Limited::new(body, state.body_max_bytes).collect().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request bodies are limited to {} bytes", state.body_max_bytes),
-        )
-    })?;
-    Ok(Incoming2 {
-        method: parts.method,
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().unwrap_or("").to_string(),
-        api_key: header(API_KEY_HEADER),
-        admin_token: header(ADMIN_TOKEN_HEADER),
-        body: body.to_bytes(),
-    })
 }
 
 async fn route(
     state: &AppState,
     producer: &Mutex<Publisher>,
-    request: Request<Incoming>,
+    request: &Request<'_>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let request = read(state, request).await?;
     let ok = |value: Value| Ok((StatusCode::OK, value));
-    match (request.method.as_str(), request.path.as_str()) {
+    match (request.method.as_str(), request.path) {
         ("GET", "/health") => ok(health(state)),
         ("GET", "/openapi.json") => {
             serde_json::from_str(OPENAPI_JSON).map(|v| (StatusCode::OK, v)).map_err(|e| {
@@ -174,48 +100,48 @@ async fn route(
         }
         ("GET", "/assets") => ok(assets(state)),
         ("GET", "/markets") => ok(markets(state)),
-        ("GET", "/depth") => depth(state, &request.query).map(|v| (StatusCode::OK, v)),
-        ("GET", "/ticker") => ticker(state, &request.query).map(|v| (StatusCode::OK, v)),
+        ("GET", "/depth") => depth(state, request.query).map(|v| (StatusCode::OK, v)),
+        ("GET", "/ticker") => ticker(state, request.query).map(|v| (StatusCode::OK, v)),
         ("GET", "/trade/history") => {
             // Without a database, only the recent trades the views keep.
-            if state.database.is_some() || history::wants_database(&request.query)? {
-                history::market_trades(state, &request.query).await.map(|v| (StatusCode::OK, v))
+            if state.database.is_some() || history::wants_database(request.query)? {
+                history::market_trades(state, request.query).await.map(|v| (StatusCode::OK, v))
             } else {
-                trade_history(state, &request.query).map(|v| (StatusCode::OK, v))
+                trade_history(state, request.query).map(|v| (StatusCode::OK, v))
             }
         }
-        ("GET", "/candles") => history::candles(state, &request.query).await.map(|v| (StatusCode::OK, v)),
+        ("GET", "/candles") => history::candles(state, request.query).await.map(|v| (StatusCode::OK, v)),
         ("GET", "/user/trades") => {
             let user = signed(state, &request)?;
-            history::user_trades(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
+            history::user_trades(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/orders/history") => {
             let user = signed(state, &request)?;
-            history::user_orders(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
+            history::user_orders(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("POST", "/order") => {
             let user = signed(state, &request)?;
-            place_order(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+            place_order(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("DELETE", "/order") => {
             let user = signed(state, &request)?;
-            cancel_order(state, producer, user, &request.query).await.map(|v| (StatusCode::OK, v))
+            cancel_order(state, producer, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("PUT", "/order") => {
             let user = signed(state, &request)?;
-            amend_order(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+            amend_order(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/order") => {
             let user = signed(state, &request)?;
-            query_order(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
+            query_order(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/orders/open") => {
             let user = signed(state, &request)?;
-            open_orders(state, user, &request.query).map(|v| (StatusCode::OK, v))
+            open_orders(state, user, request.query).map(|v| (StatusCode::OK, v))
         }
         ("POST", "/order/cancel_all") => {
             let user = signed(state, &request)?;
-            cancel_all(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+            cancel_all(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/balance") => {
             let user = signed(state, &request)?;
@@ -236,22 +162,16 @@ async fn route(
     }
 }
 
-fn signed(state: &AppState, request: &Incoming2) -> Result<UserId, ApiError> {
-    let changes_state = request.method != Method::GET;
-    state.auth.authenticate(
-        request.api_key.as_deref(),
-        &request.query,
-        &request.body,
-        now_ms(),
-        changes_state,
-    )
+fn signed(state: &AppState, request: &Request<'_>) -> Result<UserId, ApiError> {
+    let changes_state = *request.method != Method::GET;
+    state.auth.authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
 }
 
-fn admin_check(state: &AppState, request: &Incoming2) -> Result<(), ApiError> {
+fn admin_check(state: &AppState, request: &Request<'_>) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token else {
         return Err(ApiError::forbidden("admin_disabled", "the admin API is off: configure admin_token"));
     };
-    let given = request.admin_token.as_deref().unwrap_or("");
+    let given = request.admin_token.unwrap_or("");
     // Constant time in the token's content.
     let same = given.len() == expected.len()
         && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
@@ -995,10 +915,10 @@ fn market_status(status: StatusField) -> MarketStatus {
 async fn admin(
     state: &AppState,
     producer: &Mutex<Publisher>,
-    request: &Incoming2,
+    request: &Request<'_>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let body = &request.body;
-    let (command, new_key) = match (request.method.as_str(), request.path.as_str()) {
+    let body = request.body;
+    let (command, new_key) = match (request.method.as_str(), request.path) {
         ("GET", "/admin/limits") => return Ok((StatusCode::OK, limits_json(state.views()?.limits))),
         ("PUT", "/admin/limits") => {
             // Named limits change; the others keep their current values.

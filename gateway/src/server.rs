@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, KeyTable};
 use crate::config::{Config, WaitKind};
+use crate::http;
 use crate::pipeline::{self, PipelineConfig, Work};
-use crate::rest;
 use crate::state::AppState;
 use crate::views::Views;
 
@@ -221,7 +221,7 @@ pub async fn run(
                 let producer = Arc::new(Mutex::new(accepting.clone()));
                 let state = Arc::clone(&state);
                 let service = service_fn(move |request| {
-                    rest::handle(Arc::clone(&state), Arc::clone(&producer), peer.ip(), request)
+                    http::handle(Arc::clone(&state), Arc::clone(&producer), peer.ip(), request)
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
