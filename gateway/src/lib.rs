@@ -30,6 +30,7 @@
 //! ```
 
 pub mod amounts;
+mod app;
 pub mod auth;
 pub mod binance;
 mod clock;

@@ -4,21 +4,20 @@
 use std::sync::Mutex;
 
 use engine_core::{
-    ApiKey, ApiSecret, AssetId, ClientOrderId, Command, Event, EventKind, Lots, MarketId, MarketRules,
-    MarketStatus, NewOrder, OrderId, OrderKind, OrderRef, RejectReason, SelfTradePrevention, Side, Symbol,
-    TimeInForce, UserId,
+    ApiKey, ApiSecret, AssetId, ClientOrderId, Command, EventKind, Lots, MarketId, MarketRules, MarketStatus,
+    NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, Symbol, TimeInForce, UserId,
 };
 use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::amounts::{self, parse_decimal, Scale};
+use crate::app;
 use crate::auth::random_alphanumeric;
 use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::history;
-use crate::outcome::Outcome;
-use crate::pipeline::{self, PipelineFailure, Publisher};
+use crate::pipeline::Publisher;
 use crate::query::param;
 use crate::response::{self, Body};
 use crate::state::AppState;
@@ -112,44 +111,44 @@ async fn route(
         }
         ("GET", "/candles") => history::candles(state, request.query).await.map(|v| (StatusCode::OK, v)),
         ("GET", "/user/trades") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             history::user_trades(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/orders/history") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             history::user_orders(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("POST", "/order") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             place_order(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("DELETE", "/order") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             cancel_order(state, producer, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("PUT", "/order") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             amend_order(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/order") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             query_order(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/orders/open") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             open_orders(state, user, request.query).map(|v| (StatusCode::OK, v))
         }
         ("POST", "/order/cancel_all") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             cancel_all(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/balance") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             ok(balance(state, user))
         }
         (_, path) if path.starts_with("/admin/") => {
-            admin_check(state, &request)?;
-            admin(state, producer, &request).await
+            admin_check(state, request)?;
+            admin(state, producer, request).await
         }
         (_, path) if ROUTES.iter().any(|(_, p)| *p == path) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -182,74 +181,6 @@ fn admin_check(state: &AppState, request: &Request<'_>) -> Result<(), ApiError> 
         ));
     }
     Ok(())
-}
-
-/// Publishes a command and waits for its outcome.
-pub(crate) async fn execute(
-    state: &AppState,
-    producer: &Mutex<Publisher>,
-    command: Command,
-) -> Result<Outcome, ApiError> {
-    if state.health.journal_failed.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(journal_unavailable());
-    }
-    let (id, reply) = state.pending.register();
-    let published = match producer.lock() {
-        Ok(mut producer) => pipeline::submit(&mut producer, id, command).is_ok(),
-        Err(_) => false,
-    };
-    if !published {
-        state.pending.forget(id);
-        return Err(ApiError::busy());
-    }
-    match tokio::time::timeout(state.request_timeout, reply).await {
-        Ok(Ok(Ok(outcome))) => Ok(outcome),
-        Ok(Ok(Err(PipelineFailure::JournalUnavailable))) => Err(journal_unavailable()),
-        Ok(Err(_)) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the exchange is stopping"))
-        }
-        Err(_) => {
-            state.pending.forget(id);
-            Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "no answer from the matching engine in time; the command may still be applied: query it",
-            ))
-        }
-    }
-}
-
-fn journal_unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "journal_unavailable",
-        "the exchange cannot journal commands (disk full or failing) and accepts none until restarted",
-    )
-}
-
-/// The rejection in `events`, as an API error with amounts in decimals.
-fn rejection(views: &Views, events: &[Event]) -> Option<ApiError> {
-    events.iter().find_map(|event| match event.kind {
-        EventKind::Rejected { reason, .. } => Some(ApiError::rejected(reason, describe(views, reason))),
-        _ => None,
-    })
-}
-
-pub(crate) fn describe(views: &Views, reason: RejectReason) -> String {
-    match reason {
-        RejectReason::InsufficientFunds { asset, needed, available } => {
-            match views.assets.get(asset.0 as usize) {
-                Some(a) => format!(
-                    "insufficient {} balance: {} needed, {} available",
-                    a.symbol,
-                    amounts::units_to_string(needed, a.decimals),
-                    amounts::units_to_string(available, a.decimals)
-                ),
-                None => reason.to_string(),
-            }
-        }
-        _ => reason.to_string(),
-    }
 }
 
 // ----- query parameters ---------------------------------------------------------
@@ -486,35 +417,16 @@ pub(crate) async fn place_order(
     user: UserId,
     body: &[u8],
 ) -> Result<Value, ApiError> {
-    let command = order_command(&*state.views()?, user, body)?;
-    let outcome = execute(state, producer, command).await?;
-    let views = state.views()?;
-    if let Some(error) = rejection(&views, &outcome.events) {
-        return Err(error);
-    }
-    let order = outcome
-        .events
-        .iter()
-        .find_map(|e| match e.kind {
-            EventKind::OrderAccepted { order, .. } => Some(order),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order in the outcome")
-        })?;
-    // The order as its own command left it, with that command's fills (all
-    // of them): later commands reach the client through streams and queries.
-    let placed = outcome.order(order).ok_or_else(|| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the placed order was not captured")
-    })?;
-    Ok(order_json_with_fills(&views, placed, &outcome.fills(&views, order)))
+    let order = new_order(&*state.views()?, user, body)?;
+    let placed = app::place(state, producer, order).await?;
+    Ok(order_json_with_fills(&*state.views()?, &placed.order, &placed.fills))
 }
 
-/// The engine command for a `POST /order` body, checked at the edge:
+/// The new order a `POST /order` body asks for, checked at the edge:
 /// hostile bytes get a precise error and never reach the engine.
-pub fn order_command(views: &Views, user: UserId, body: &[u8]) -> Result<Command, ApiError> {
+pub fn new_order(views: &Views, user: UserId, body: &[u8]) -> Result<NewOrder, ApiError> {
     let body: PlaceOrderBody = json_body(body)?;
-    let command = {
+    let order = {
         let market = market_of(views, &body.market)?;
         let scale = market.scale;
         let side = match body.side {
@@ -576,9 +488,9 @@ pub fn order_command(views: &Views, user: UserId, body: &[u8]) -> Result<Command
             StpField::Allow => SelfTradePrevention::Allow,
         };
         let client_order_id = body.client_order_id.as_deref().map(client_order_id).transpose()?;
-        Command::PlaceOrder(NewOrder { user, market: market.market.id, side, kind, client_order_id, stp })
+        NewOrder { user, market: market.market.id, side, kind, client_order_id, stp }
     };
-    Ok(command)
+    Ok(order)
 }
 
 fn order_json(views: &Views, order: &OrderView) -> Value {
@@ -655,13 +567,6 @@ fn order_ref(order_id: Option<&str>, client: Option<&str>) -> Result<OrderRef, A
     }
 }
 
-fn done_order(events: &[Event]) -> Option<OrderId> {
-    events.iter().find_map(|e| match e.kind {
-        EventKind::OrderDone { order, .. } | EventKind::OrderAmended { order, .. } => Some(order),
-        _ => None,
-    })
-}
-
 pub(crate) async fn cancel_order(
     state: &AppState,
     producer: &Mutex<Publisher>,
@@ -671,27 +576,8 @@ pub(crate) async fn cancel_order(
     let id = param(query, "order_id")?;
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
-    change_order(state, producer, Command::CancelOrder { user, order }).await
-}
-
-/// Runs a cancel or an amend and answers with the order as the command
-/// left it (a later command of the same batch may have changed it since).
-async fn change_order(
-    state: &AppState,
-    producer: &Mutex<Publisher>,
-    command: Command,
-) -> Result<Value, ApiError> {
-    let outcome = execute(state, producer, command).await?;
-    let views = state.views()?;
-    if let Some(error) = rejection(&views, &outcome.events) {
-        return Err(error);
-    }
-    let order = done_order(&outcome.events)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order"))?;
-    let changed = outcome.order(order).ok_or_else(|| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the changed order was not captured")
-    })?;
-    Ok(order_json(&views, changed))
+    let cancelled = app::cancel(state, producer, user, order).await?;
+    Ok(order_json(&*state.views()?, &cancelled))
 }
 
 #[derive(Deserialize)]
@@ -712,7 +598,7 @@ async fn amend_order(
     let body: AmendBody = json_body(body)?;
     let id = body.order_id.map(|id| id.to_string());
     let order = order_ref(id.as_deref(), body.client_order_id.as_deref())?;
-    let command = {
+    let amend = {
         let views = state.views()?;
         let current = views
             .find_order_ref(user, order)
@@ -734,9 +620,10 @@ async fn amend_order(
         if new_qty.is_none() && new_price.is_none() {
             return Err(ApiError::invalid("quantity", "give a new quantity, a new price, or both"));
         }
-        Command::Amend(engine_core::Amend { user, order, new_qty, new_price })
+        engine_core::Amend { user, order, new_qty, new_price }
     };
-    change_order(state, producer, command).await
+    let amended = app::amend(state, producer, amend).await?;
+    Ok(order_json(&*state.views()?, &amended))
 }
 
 /// `GET /order`: from the views, or, for an order past their retention,
@@ -745,15 +632,7 @@ async fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Valu
     let id = param(query, "order_id")?;
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
-    {
-        let views = state.views()?;
-        if let Some(found) = views.find_order_ref(user, order) {
-            return Ok(order_json(&views, found));
-        }
-    }
-    let stored = history::stored_order(state, user, order).await?;
-    let views = state.views()?;
-    let found = stored.ok_or_else(|| {
+    let found = app::find_order(state, user, order, None).await?.ok_or_else(|| {
         let why = if state.database.is_some() {
             "no order of yours with that id"
         } else {
@@ -762,7 +641,7 @@ async fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Valu
         };
         ApiError::not_found("unknown_order", why)
     })?;
-    Ok(order_json(&views, &found))
+    Ok(order_json(&*state.views()?, &found))
 }
 
 fn open_orders(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
@@ -800,18 +679,8 @@ async fn cancel_all(
         Some(name) => Some(market_of(&*state.views()?, name)?.market.id),
         None => None,
     };
-    let events = execute(state, producer, Command::CancelAll { user, market }).await?.events;
-    let views = state.views()?;
-    if let Some(error) = rejection(&views, &events) {
-        return Err(error);
-    }
-    let cancelled: Vec<u64> = events
-        .iter()
-        .filter_map(|e| match e.kind {
-            EventKind::OrderDone { order, .. } => Some(order.0),
-            _ => None,
-        })
-        .collect();
+    let cancelled: Vec<u64> =
+        app::cancel_all(state, producer, user, market).await?.iter().map(|o| o.order.0).collect();
     Ok(json!({ "cancelled": cancelled.len(), "order_ids": cancelled }))
 }
 
@@ -985,11 +854,8 @@ async fn admin(
             ))
         }
     };
-    let events = execute(state, producer, command).await?.events;
+    let events = app::run(state, producer, command).await?.events;
     let views = state.views()?;
-    if let Some(error) = rejection(&views, &events) {
-        return Err(error);
-    }
     let answer = events.iter().find_map(|event| match event.kind {
         EventKind::AssetCreated { asset, .. } => Some(json!({ "asset_id": asset.0 })),
         EventKind::MarketCreated { market, .. } => {

@@ -662,9 +662,8 @@ fn views() -> &'static Views {
 /// a command whose amounts are exactly the decimals given.
 pub fn rest_order(data: &[u8]) {
     let views = views();
-    match gateway::rest::order_command(views, UserId(1), data) {
-        Ok(Command::PlaceOrder(order)) => assert_eq!(order.user, UserId(1)),
-        Ok(other) => panic!("a place-order body became {other:?}"),
+    match gateway::rest::new_order(views, UserId(1), data) {
+        Ok(order) => assert_eq!(order.user, UserId(1)),
         Err(error) => assert!(error.status.is_client_error(), "refusals are 4xx: {error:?}"),
     }
     if let Ok(text) = std::str::from_utf8(data) {
