@@ -302,6 +302,31 @@ pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query.split('&').filter(|pair| !pair.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
+/// Letters and digits from the operating system's random source: API
+/// keys and secrets, and the Binance API's client order id prefix.
+pub fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(len);
+    let mut buffer = [0u8; 128];
+    while out.len() < len {
+        getrandom::fill(&mut buffer).map_err(|_| {
+            ApiError::new(
+                hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "no randomness available for keys",
+            )
+        })?;
+        // 248 = 4 * 62: rejecting larger bytes keeps every character equally likely.
+        for &byte in buffer.iter().filter(|&&b| b < 248) {
+            if out.len() == len {
+                break;
+            }
+            out.push(ALPHABET[usize::from(byte % 62)] as char);
+        }
+    }
+    Ok(out)
+}
+
 /// Signs `payload` (query string, then body) with `secret`: what a client does.
 pub fn sign(secret: &str, query: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length; this cannot fail.

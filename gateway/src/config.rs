@@ -170,8 +170,10 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ws_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            ws_queue_max: crate::ws::CONNECTION_QUEUE_MAX_DEFAULT,
-            ws_send_timeout_ms: crate::ws::SEND_TIMEOUT_MS_DEFAULT,
+            ws_queue_max: 4_096,
+            // A client on a working link takes a frame in milliseconds;
+            // one whose socket stays full this long is not reading.
+            ws_send_timeout_ms: 5_000,
             data_dir: PathBuf::from("./data"),
             durability: DurabilityKind::Batch,
             sync_interval_ms: 10,

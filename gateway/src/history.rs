@@ -3,15 +3,16 @@
 //! database they answer 503 `no_database` (recent trades still come from
 //! the in-memory views through `GET /trade/history`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hyper::StatusCode;
 use persistence::scale::Amount;
 use persistence::{Range, CANDLE_INTERVALS};
 use serde_json::{json, Value};
 
+use crate::app::database_error;
+use crate::clock::unix_ns;
 use crate::error::ApiError;
-use crate::rest::{param, AppState};
+use crate::query::param;
+use crate::state::AppState;
 use crate::views::Views;
 
 const LIMIT_DEFAULT: u32 = 100;
@@ -22,15 +23,6 @@ fn no_database() -> ApiError {
         StatusCode::SERVICE_UNAVAILABLE,
         "no_database",
         "history beyond recent trades needs PostgreSQL: start the exchange with DATABASE_URL set",
-    )
-}
-
-fn database_error(error: persistence::StoreError) -> ApiError {
-    eprintln!("history query failed: {error}");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "database_unavailable",
-        "the history database is not answering; retry later",
     )
 }
 
@@ -91,15 +83,11 @@ fn request<'s>(
     market_required: bool,
 ) -> Result<(Option<i32>, Range, &'s persistence::History), ApiError> {
     let (market, range) = {
-        let views = read_views(state)?;
+        let views = state.views()?;
         (market_id(&views, query, market_required)?, range(query)?)
     };
     let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
     Ok((market, range, history))
-}
-
-fn time_ns(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn amount(value: Amount) -> String {
@@ -114,18 +102,11 @@ fn asset_symbol(views: &Views, id: i32) -> String {
     views.assets.get(id as usize).map_or_else(|| id.to_string(), |a| a.symbol.to_string())
 }
 
-fn read_views(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Views>, ApiError> {
-    state
-        .views
-        .read()
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "views unavailable"))
-}
-
 /// `GET /trade/history` with a database: a market's trades.
 pub async fn market_trades(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, true)?;
     let trades = history.trades(market, None, range).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     let trades: Vec<Value> = trades
         .iter()
         .map(|t| {
@@ -136,7 +117,7 @@ pub async fn market_trades(state: &AppState, query: &str) -> Result<Value, ApiEr
                 "quantity": amount(t.quantity),
                 "quote_quantity": amount(t.quote_quantity),
                 "taker_side": t.taker_side,
-                "timestamp_ns": time_ns(t.executed_at),
+                "timestamp_ns": unix_ns(t.executed_at),
             })
         })
         .collect();
@@ -153,7 +134,7 @@ pub async fn user_trades(
 ) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, false)?;
     let trades = history.user_trades(user.0 as i32, market, range).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     let trades: Vec<Value> = trades
         .iter()
         .map(|t| {
@@ -168,7 +149,7 @@ pub async fn user_trades(
                 "quote_quantity": amount(t.quote_quantity),
                 "fee": amount(t.fee),
                 "fee_asset": asset_symbol(&views, t.fee_asset_id),
-                "timestamp_ns": time_ns(t.executed_at),
+                "timestamp_ns": unix_ns(t.executed_at),
             })
         })
         .collect();
@@ -183,7 +164,7 @@ pub async fn user_orders(
 ) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, false)?;
     let orders = history.orders(user.0 as i32, market, range).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     let orders: Vec<Value> = orders
         .iter()
         .map(|o| {
@@ -202,9 +183,9 @@ pub async fn user_orders(
                 "filled_quantity": amount(o.executed_quantity),
                 "filled_quote": amount(o.executed_quote),
                 "remaining_quantity": amount(o.remaining_quantity),
-                "created_at_ns": time_ns(o.created_at),
-                "updated_at_ns": time_ns(o.updated_at),
-                "closed_at_ns": o.closed_at.map(time_ns),
+                "created_at_ns": unix_ns(o.created_at),
+                "updated_at_ns": unix_ns(o.updated_at),
+                "closed_at_ns": o.closed_at.map(unix_ns),
                 "seq": o.updated_seq,
             })
         })
@@ -223,12 +204,12 @@ pub async fn candles(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, true)?;
     let market = market.unwrap_or_default();
     let candles = history.candles(market, minutes, range).await.map_err(database_error)?;
-    let views = read_views(state)?;
+    let views = state.views()?;
     let candles: Vec<Value> = candles
         .iter()
         .map(|c| {
             json!({
-                "open_time_ms": time_ns(c.open_time) / 1_000_000,
+                "open_time_ms": unix_ns(c.open_time) / 1_000_000,
                 "open": amount(c.open),
                 "high": amount(c.high),
                 "low": amount(c.low),
@@ -264,132 +245,4 @@ pub fn health(state: &AppState) -> Value {
 /// Why the history database makes the exchange `degraded`, if it does.
 pub fn degraded_reason(state: &AppState) -> Option<String> {
     state.database.as_ref().and_then(|(status, _)| status.degraded_reason())
-}
-
-/// Fills of an order read back from the database, at most.
-const STORED_FILLS_MAX: u32 = 100;
-
-/// One of `user`'s orders from the database, for an order past the views'
-/// retention: `Ok(None)` without a database or when it has no such order.
-/// Its fills come from the trades table.
-pub async fn stored_order(
-    state: &AppState,
-    user: engine_core::UserId,
-    order: engine_core::OrderRef,
-) -> Result<Option<crate::views::OrderView>, ApiError> {
-    let Some((_, history)) = &state.database else { return Ok(None) };
-    let (id, client) = match order {
-        engine_core::OrderRef::Id(id) => (Some(i64::try_from(id.0).unwrap_or(i64::MAX)), None),
-        engine_core::OrderRef::Client(client) => (None, Some(client.to_string())),
-    };
-    let user_id = user.0 as i32;
-    let Some(record) = history.order(user_id, id, client.as_deref()).await.map_err(database_error)? else {
-        return Ok(None);
-    };
-    let trades = history.order_trades(&record, STORED_FILLS_MAX).await.map_err(database_error)?;
-    let views = read_views(state)?;
-    order_view(&views, &record, &trades).map(Some)
-}
-
-/// An order as the `orders` table and its trades describe it, in the
-/// views' terms (ticks, lots, units).
-fn order_view(
-    views: &Views,
-    record: &persistence::OrderRecord,
-    trades: &[persistence::TradeRow],
-) -> Result<crate::views::OrderView, ApiError> {
-    use crate::views::{FillView, OrderStatus, OrderView};
-    use engine_core::{
-        ClientOrderId, Lots, MarketId, OrderId, OrderKind, SelfTradePrevention, Side, TimeInForce, TradeId,
-        UserId,
-    };
-    let corrupt = |what: &str| {
-        eprintln!("history: order {} has {what} the exchange cannot read", record.order_id);
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "a stored order cannot be read")
-    };
-    let market = views.markets.get(record.market_id as usize).ok_or_else(|| corrupt("an unknown market"))?;
-    let scale = market.scale;
-    let lots = |amount: Amount| scale.to_lots("quantity", amount.0).map_err(|_| corrupt("a quantity"));
-    let quote_units = |amount: Amount| {
-        crate::amounts::to_units("quote", amount.0, scale.quote_decimals)
-            .map_err(|_| corrupt("a quote amount"))
-    };
-    let price =
-        record.price.map(|p| scale.to_ticks("price", p.0).map_err(|_| corrupt("a price"))).transpose()?;
-    let side = if record.side == "buy" { Side::Buy } else { Side::Sell };
-    let remaining = lots(record.remaining_quantity)?;
-    let filled = lots(record.executed_quantity)?;
-    let quantity = record.quantity.map(lots).transpose()?.unwrap_or(Lots(0));
-    let kind = match (record.order_type.as_str(), price) {
-        ("limit", Some(price)) => {
-            let tif = match record.time_in_force.as_deref() {
-                Some("IOC") => TimeInForce::Ioc,
-                Some("FOK") => TimeInForce::Fok,
-                Some("POST_ONLY") => TimeInForce::PostOnly,
-                _ => TimeInForce::Gtc,
-            };
-            Some(OrderKind::Limit { price, qty: quantity, tif })
-        }
-        ("market", _) => Some(OrderKind::Market { qty: quantity }),
-        ("market_by_quote", _) => record
-            .quote_amount
-            .map(quote_units)
-            .transpose()?
-            .map(|amount| OrderKind::MarketByQuote { amount }),
-        _ => None,
-    };
-    let stp = match record.self_trade_prevention.as_str() {
-        "cancel_maker" => Some(SelfTradePrevention::CancelMaker),
-        "cancel_both" => Some(SelfTradePrevention::CancelBoth),
-        "allow" => Some(SelfTradePrevention::Allow),
-        "cancel_taker" => Some(SelfTradePrevention::CancelTaker),
-        _ => None,
-    };
-    let status = match record.status.as_str() {
-        "new" => OrderStatus::New,
-        "partially_filled" => OrderStatus::PartiallyFilled,
-        "filled" => OrderStatus::Filled,
-        "cancelled" => OrderStatus::Cancelled,
-        "expired_self_trade" => OrderStatus::ExpiredSelfTrade,
-        "expired_insufficient_funds" => OrderStatus::ExpiredFunds,
-        _ => OrderStatus::Expired,
-    };
-    let mut fills = Vec::with_capacity(trades.len());
-    for trade in trades {
-        let maker = trade.maker_order_id == record.order_id && trade.maker_user_id == record.user_id;
-        let (fee, fee_asset) = if maker {
-            (trade.maker_fee, trade.maker_fee_asset_id)
-        } else {
-            (trade.taker_fee, trade.taker_fee_asset_id)
-        };
-        let decimals = views.assets.get(fee_asset as usize).map_or(0, |a| a.decimals);
-        fills.push(FillView {
-            trade: TradeId(trade.trade_id as u64),
-            price: scale.to_ticks("price", trade.price.0).map_err(|_| corrupt("a trade price"))?,
-            qty: lots(trade.quantity)?,
-            fee: crate::amounts::to_units("fee", fee.0, decimals).map_err(|_| corrupt("a fee"))?,
-            fee_asset: engine_core::AssetId(fee_asset as u32),
-            maker,
-            timestamp_ns: time_ns(trade.executed_at),
-        });
-    }
-    Ok(OrderView {
-        order: OrderId(record.order_id as u64),
-        user: UserId(record.user_id as u32),
-        market: MarketId(record.market_id as u32),
-        side,
-        kind,
-        price,
-        remaining,
-        filled,
-        quantity,
-        client_order_id: record.client_order_id.as_deref().and_then(|c| ClientOrderId::new(c).ok()),
-        stp,
-        status,
-        created_ns: time_ns(record.created_at),
-        updated_seq: record.updated_seq as u64,
-        updated_ns: time_ns(record.updated_at),
-        quote_filled: u128::from(quote_units(record.executed_quote)?.0),
-        fills,
-    })
 }

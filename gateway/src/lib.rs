@@ -30,15 +30,22 @@
 //! ```
 
 pub mod amounts;
+mod app;
 pub mod auth;
 pub mod binance;
+mod clock;
 pub mod config;
 pub mod error;
 mod history;
+mod http;
 pub mod outcome;
 pub mod pipeline;
+mod query;
+mod response;
 pub mod rest;
 mod server;
+mod state;
+pub mod subscribers;
 pub mod views;
 mod wait;
 pub mod ws;

@@ -1,28 +1,26 @@
 //! The REST API: routing, request parsing at the edge, and answers built
 //! from the engine's events and the read views.
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
 
 use engine_core::{
-    ApiKey, ApiSecret, AssetId, ClientOrderId, Command, Event, EventKind, Lots, MarketId, MarketRules,
-    MarketStatus, NewOrder, OrderId, OrderKind, OrderRef, RejectReason, SelfTradePrevention, Side, Symbol,
-    TimeInForce, UserId,
+    ApiKey, ApiSecret, AssetId, ClientOrderId, Command, EventKind, Lots, MarketId, MarketRules, MarketStatus,
+    NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, Symbol, TimeInForce, UserId,
 };
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::amounts::{self, parse_decimal, Scale};
-use crate::auth::{query_pairs, Authenticator, API_KEY_HEADER};
+use crate::app;
+use crate::auth::random_alphanumeric;
+use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::history;
-use crate::outcome::Outcome;
-use crate::pipeline::{self, Health, Pending, PipelineFailure, Publisher};
+use crate::pipeline::Publisher;
+use crate::query::param;
+use crate::response::{self, Body};
+use crate::state::AppState;
 use crate::views::{FillView, MarketView, OrderView, Views};
 
 /// Every route: the OpenAPI description must list exactly these.
@@ -58,128 +56,41 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
-const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
+pub const ADMIN_TOKEN_HEADER: &str = "x-admin-token";
 const LIST_LIMIT_DEFAULT: usize = 100;
 const LIST_LIMIT_MAX: usize = 1_000;
 
-/// What every request handler shares.
-pub struct AppState {
-    pub views: Arc<RwLock<Views>>,
-    pub auth: Authenticator,
-    pub pending: Arc<Pending>,
-    pub health: Arc<Health>,
-    pub admin_token: Option<String>,
-    pub body_max_bytes: usize,
-    pub request_timeout: Duration,
-    /// The database writer's progress and the history it serves, when
-    /// PostgreSQL is configured.
-    pub database: Option<(Arc<persistence::WriterStatus>, Arc<persistence::History>)>,
-    /// The Binance-compatible API's request weights and client order ids.
-    pub binance: crate::binance::State,
+/// A native API request, its body read.
+pub struct Request<'r> {
+    pub method: &'r Method,
+    pub path: &'r str,
+    pub query: &'r str,
+    pub api_key: Option<&'r str>,
+    pub admin_token: Option<&'r str>,
+    pub body: &'r [u8],
 }
 
-pub type Body = Full<Bytes>;
-
-/// Handles one request; never fails (errors become JSON answers).
-pub async fn handle(
-    state: Arc<AppState>,
-    producer: Arc<Mutex<Publisher>>,
-    peer: std::net::IpAddr,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let binance_path =
-        ["/api/v3/", "/sapi/v1/"].iter().any(|prefix| request.uri().path().starts_with(prefix));
-    if binance_path {
-        return Ok(match read(&state, request).await {
-            Ok(request) => {
-                let binance = crate::binance::rest::Request {
-                    method: &request.method,
-                    path: &request.path,
-                    query: &request.query,
-                    api_key: request.api_key.as_deref(),
-                    body: &request.body,
-                    peer,
-                };
-                crate::binance::rest::handle(&state, &producer, binance).await
-            }
-            Err(error) => {
-                let error = crate::binance::BinanceError::from(error);
-                respond(error.status, error.body().to_string())
-            }
-        });
-    }
-    let path = request.uri().path().to_string();
-    let response = match route(&state, &producer, request).await {
-        Ok((status, body)) => respond(status, body.to_string()),
+/// Answers one request; never fails (errors become JSON answers).
+pub async fn handle(state: &AppState, producer: &Mutex<Publisher>, request: Request<'_>) -> Response<Body> {
+    match route(state, producer, &request).await {
+        Ok((status, body)) => response::json(status, body.to_string()),
         Err(error) => {
-            let mut response = respond(error.status, error.body());
-            if let Some(seconds) = error.retry_after_s {
-                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                    response.headers_mut().insert(RETRY_AFTER, value);
-                }
-            }
+            let mut answer = response::api_error(&error);
             if error.status == StatusCode::METHOD_NOT_ALLOWED {
-                allow(&mut response, ROUTES, &path);
+                response::allow(&mut answer, ROUTES, request.path);
             }
-            response
+            answer
         }
-    };
-    Ok(response)
-}
-
-/// The `Allow` header a 405 must carry: the methods `routes` serve at `path`.
-pub(crate) fn allow(response: &mut Response<Body>, routes: &[(&str, &str)], path: &str) {
-    let methods: Vec<&str> = routes.iter().filter(|(_, p)| *p == path).map(|(m, _)| *m).collect();
-    if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
-        response.headers_mut().insert(hyper::header::ALLOW, value);
     }
-}
-
-fn respond(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// A request with its body read (within the limit).
-struct Incoming2 {
-    method: Method,
-    path: String,
-    query: String,
-    api_key: Option<String>,
-    admin_token: Option<String>,
-    body: Bytes,
-}
-
-async fn read(state: &AppState, request: Request<Incoming>) -> Result<Incoming2, ApiError> {
-    let (parts, body) = request.into_parts();
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let body = Limited::new(body, state.body_max_bytes).collect().await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request bodies are limited to {} bytes", state.body_max_bytes),
-        )
-    })?;
-    Ok(Incoming2 {
-        method: parts.method,
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().unwrap_or("").to_string(),
-        api_key: header(API_KEY_HEADER),
-        admin_token: header(ADMIN_TOKEN_HEADER),
-        body: body.to_bytes(),
-    })
 }
 
 async fn route(
     state: &AppState,
     producer: &Mutex<Publisher>,
-    request: Request<Incoming>,
+    request: &Request<'_>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let request = read(state, request).await?;
     let ok = |value: Value| Ok((StatusCode::OK, value));
-    match (request.method.as_str(), request.path.as_str()) {
+    match (request.method.as_str(), request.path) {
         ("GET", "/health") => ok(health(state)),
         ("GET", "/openapi.json") => {
             serde_json::from_str(OPENAPI_JSON).map(|v| (StatusCode::OK, v)).map_err(|e| {
@@ -188,56 +99,56 @@ async fn route(
         }
         ("GET", "/assets") => ok(assets(state)),
         ("GET", "/markets") => ok(markets(state)),
-        ("GET", "/depth") => depth(state, &request.query).map(|v| (StatusCode::OK, v)),
-        ("GET", "/ticker") => ticker(state, &request.query).map(|v| (StatusCode::OK, v)),
+        ("GET", "/depth") => depth(state, request.query).map(|v| (StatusCode::OK, v)),
+        ("GET", "/ticker") => ticker(state, request.query).map(|v| (StatusCode::OK, v)),
         ("GET", "/trade/history") => {
             // Without a database, only the recent trades the views keep.
-            if state.database.is_some() || history::wants_database(&request.query)? {
-                history::market_trades(state, &request.query).await.map(|v| (StatusCode::OK, v))
+            if state.database.is_some() || history::wants_database(request.query)? {
+                history::market_trades(state, request.query).await.map(|v| (StatusCode::OK, v))
             } else {
-                trade_history(state, &request.query).map(|v| (StatusCode::OK, v))
+                trade_history(state, request.query).map(|v| (StatusCode::OK, v))
             }
         }
-        ("GET", "/candles") => history::candles(state, &request.query).await.map(|v| (StatusCode::OK, v)),
+        ("GET", "/candles") => history::candles(state, request.query).await.map(|v| (StatusCode::OK, v)),
         ("GET", "/user/trades") => {
-            let user = signed(state, &request)?;
-            history::user_trades(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
+            let user = signed(state, request)?;
+            history::user_trades(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/orders/history") => {
-            let user = signed(state, &request)?;
-            history::user_orders(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
+            let user = signed(state, request)?;
+            history::user_orders(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("POST", "/order") => {
-            let user = signed(state, &request)?;
-            place_order(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+            let user = signed(state, request)?;
+            place_order(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("DELETE", "/order") => {
-            let user = signed(state, &request)?;
-            cancel_order(state, producer, user, &request.query).await.map(|v| (StatusCode::OK, v))
+            let user = signed(state, request)?;
+            cancel_order(state, producer, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("PUT", "/order") => {
-            let user = signed(state, &request)?;
-            amend_order(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+            let user = signed(state, request)?;
+            amend_order(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/order") => {
-            let user = signed(state, &request)?;
-            query_order(state, user, &request.query).await.map(|v| (StatusCode::OK, v))
+            let user = signed(state, request)?;
+            query_order(state, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/orders/open") => {
-            let user = signed(state, &request)?;
-            open_orders(state, user, &request.query).map(|v| (StatusCode::OK, v))
+            let user = signed(state, request)?;
+            open_orders(state, user, request.query).map(|v| (StatusCode::OK, v))
         }
         ("POST", "/order/cancel_all") => {
-            let user = signed(state, &request)?;
-            cancel_all(state, producer, user, &request.body).await.map(|v| (StatusCode::OK, v))
+            let user = signed(state, request)?;
+            cancel_all(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
         }
         ("GET", "/balance") => {
-            let user = signed(state, &request)?;
+            let user = signed(state, request)?;
             ok(balance(state, user))
         }
         (_, path) if path.starts_with("/admin/") => {
-            admin_check(state, &request)?;
-            admin(state, producer, &request).await
+            admin_check(state, request)?;
+            admin(state, producer, request).await
         }
         (_, path) if ROUTES.iter().any(|(_, p)| *p == path) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -250,26 +161,16 @@ async fn route(
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+fn signed(state: &AppState, request: &Request<'_>) -> Result<UserId, ApiError> {
+    let changes_state = *request.method != Method::GET;
+    state.auth.authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
 }
 
-fn signed(state: &AppState, request: &Incoming2) -> Result<UserId, ApiError> {
-    let changes_state = request.method != Method::GET;
-    state.auth.authenticate(
-        request.api_key.as_deref(),
-        &request.query,
-        &request.body,
-        now_ms(),
-        changes_state,
-    )
-}
-
-fn admin_check(state: &AppState, request: &Incoming2) -> Result<(), ApiError> {
+fn admin_check(state: &AppState, request: &Request<'_>) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token else {
         return Err(ApiError::forbidden("admin_disabled", "the admin API is off: configure admin_token"));
     };
-    let given = request.admin_token.as_deref().unwrap_or("");
+    let given = request.admin_token.unwrap_or("");
     // Constant time in the token's content.
     let same = given.len() == expected.len()
         && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
@@ -282,115 +183,7 @@ fn admin_check(state: &AppState, request: &Incoming2) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Publishes a command and waits for its outcome.
-pub(crate) async fn execute(
-    state: &AppState,
-    producer: &Mutex<Publisher>,
-    command: Command,
-) -> Result<Outcome, ApiError> {
-    if state.health.journal_failed.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(journal_unavailable());
-    }
-    let (id, reply) = state.pending.register();
-    let published = match producer.lock() {
-        Ok(mut producer) => pipeline::submit(&mut producer, id, command).is_ok(),
-        Err(_) => false,
-    };
-    if !published {
-        state.pending.forget(id);
-        return Err(ApiError::busy());
-    }
-    match tokio::time::timeout(state.request_timeout, reply).await {
-        Ok(Ok(Ok(outcome))) => Ok(outcome),
-        Ok(Ok(Err(PipelineFailure::JournalUnavailable))) => Err(journal_unavailable()),
-        Ok(Err(_)) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the exchange is stopping"))
-        }
-        Err(_) => {
-            state.pending.forget(id);
-            Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "no answer from the matching engine in time; the command may still be applied: query it",
-            ))
-        }
-    }
-}
-
-fn journal_unavailable() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "journal_unavailable",
-        "the exchange cannot journal commands (disk full or failing) and accepts none until restarted",
-    )
-}
-
-/// The rejection in `events`, as an API error with amounts in decimals.
-fn rejection(views: &Views, events: &[Event]) -> Option<ApiError> {
-    events.iter().find_map(|event| match event.kind {
-        EventKind::Rejected { reason, .. } => Some(ApiError::rejected(reason, describe(views, reason))),
-        _ => None,
-    })
-}
-
-pub(crate) fn describe(views: &Views, reason: RejectReason) -> String {
-    match reason {
-        RejectReason::InsufficientFunds { asset, needed, available } => {
-            match views.assets.get(asset.0 as usize) {
-                Some(a) => format!(
-                    "insufficient {} balance: {} needed, {} available",
-                    a.symbol,
-                    amounts::units_to_string(needed, a.decimals),
-                    amounts::units_to_string(available, a.decimals)
-                ),
-                None => reason.to_string(),
-            }
-        }
-        _ => reason.to_string(),
-    }
-}
-
-fn views(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, Views>, ApiError> {
-    state
-        .views
-        .read()
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "views unavailable"))
-}
-
 // ----- query parameters ---------------------------------------------------------
-
-pub(crate) fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = value.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-pub(crate) fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
-    match query_pairs(query).find(|(n, _)| *n == name) {
-        None => Ok(None),
-        Some((_, value)) => percent_decode(value).map(Some).ok_or_else(|| {
-            ApiError::bad_request("invalid_parameter", format!("{name}: bad percent-encoding"))
-        }),
-    }
-}
 
 fn required(query: &str, name: &'static str) -> Result<String, ApiError> {
     param(query, name)?
@@ -457,7 +250,7 @@ fn health(state: &AppState) -> Value {
 }
 
 fn assets(state: &AppState) -> Value {
-    let Ok(views) = views(state) else { return json!([]) };
+    let Ok(views) = state.views() else { return json!([]) };
     Value::Array(
         views
             .assets
@@ -492,14 +285,14 @@ fn status_name(status: MarketStatus) -> &'static str {
 }
 
 fn markets(state: &AppState) -> Value {
-    let Ok(views) = views(state) else { return json!([]) };
+    let Ok(views) = state.views() else { return json!([]) };
     Value::Array(views.markets.iter().map(market_json).collect())
 }
 
 fn depth(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let name = required(query, "market")?;
     let (limit, _) = list_limit(query)?;
-    let views = views(state)?;
+    let views = state.views()?;
     let market = market_of(&views, &name)?;
     let level = |(price, qty): (&engine_core::Ticks, &Lots)| {
         json!([market.scale.price(*price), market.scale.qty(*qty)])
@@ -514,7 +307,7 @@ fn depth(state: &AppState, query: &str) -> Result<Value, ApiError> {
 
 fn ticker(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let name = required(query, "market")?;
-    let views = views(state)?;
+    let views = state.views()?;
     let market = market_of(&views, &name)?;
     let best = |level: Option<(&engine_core::Ticks, &Lots)>| {
         level.map(|(p, q)| json!({ "price": market.scale.price(*p), "quantity": market.scale.qty(*q) }))
@@ -533,7 +326,7 @@ fn ticker(state: &AppState, query: &str) -> Result<Value, ApiError> {
 fn trade_history(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let name = required(query, "market")?;
     let (limit, offset) = list_limit(query)?;
-    let views = views(state)?;
+    let views = state.views()?;
     let market = market_of(&views, &name)?;
     let trades: Vec<Value> = market
         .trades
@@ -624,35 +417,16 @@ pub(crate) async fn place_order(
     user: UserId,
     body: &[u8],
 ) -> Result<Value, ApiError> {
-    let command = order_command(&*views(state)?, user, body)?;
-    let outcome = execute(state, producer, command).await?;
-    let views = views(state)?;
-    if let Some(error) = rejection(&views, &outcome.events) {
-        return Err(error);
-    }
-    let order = outcome
-        .events
-        .iter()
-        .find_map(|e| match e.kind {
-            EventKind::OrderAccepted { order, .. } => Some(order),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order in the outcome")
-        })?;
-    // The order as its own command left it, with that command's fills (all
-    // of them): later commands reach the client through streams and queries.
-    let placed = outcome.order(order).ok_or_else(|| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the placed order was not captured")
-    })?;
-    Ok(order_json_with_fills(&views, placed, &outcome.fills(&views, order)))
+    let order = new_order(&*state.views()?, user, body)?;
+    let placed = app::place(state, producer, order).await?;
+    Ok(order_json_with_fills(&*state.views()?, &placed.order, &placed.fills))
 }
 
-/// The engine command for a `POST /order` body, checked at the edge:
+/// The new order a `POST /order` body asks for, checked at the edge:
 /// hostile bytes get a precise error and never reach the engine.
-pub fn order_command(views: &Views, user: UserId, body: &[u8]) -> Result<Command, ApiError> {
+pub fn new_order(views: &Views, user: UserId, body: &[u8]) -> Result<NewOrder, ApiError> {
     let body: PlaceOrderBody = json_body(body)?;
-    let command = {
+    let order = {
         let market = market_of(views, &body.market)?;
         let scale = market.scale;
         let side = match body.side {
@@ -714,9 +488,9 @@ pub fn order_command(views: &Views, user: UserId, body: &[u8]) -> Result<Command
             StpField::Allow => SelfTradePrevention::Allow,
         };
         let client_order_id = body.client_order_id.as_deref().map(client_order_id).transpose()?;
-        Command::PlaceOrder(NewOrder { user, market: market.market.id, side, kind, client_order_id, stp })
+        NewOrder { user, market: market.market.id, side, kind, client_order_id, stp }
     };
-    Ok(command)
+    Ok(order)
 }
 
 fn order_json(views: &Views, order: &OrderView) -> Value {
@@ -793,13 +567,6 @@ fn order_ref(order_id: Option<&str>, client: Option<&str>) -> Result<OrderRef, A
     }
 }
 
-fn done_order(events: &[Event]) -> Option<OrderId> {
-    events.iter().find_map(|e| match e.kind {
-        EventKind::OrderDone { order, .. } | EventKind::OrderAmended { order, .. } => Some(order),
-        _ => None,
-    })
-}
-
 pub(crate) async fn cancel_order(
     state: &AppState,
     producer: &Mutex<Publisher>,
@@ -809,27 +576,8 @@ pub(crate) async fn cancel_order(
     let id = param(query, "order_id")?;
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
-    change_order(state, producer, Command::CancelOrder { user, order }).await
-}
-
-/// Runs a cancel or an amend and answers with the order as the command
-/// left it (a later command of the same batch may have changed it since).
-async fn change_order(
-    state: &AppState,
-    producer: &Mutex<Publisher>,
-    command: Command,
-) -> Result<Value, ApiError> {
-    let outcome = execute(state, producer, command).await?;
-    let views = views(state)?;
-    if let Some(error) = rejection(&views, &outcome.events) {
-        return Err(error);
-    }
-    let order = done_order(&outcome.events)
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no order"))?;
-    let changed = outcome.order(order).ok_or_else(|| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the changed order was not captured")
-    })?;
-    Ok(order_json(&views, changed))
+    let cancelled = app::cancel(state, producer, user, order).await?;
+    Ok(order_json(&*state.views()?, &cancelled))
 }
 
 #[derive(Deserialize)]
@@ -850,8 +598,8 @@ async fn amend_order(
     let body: AmendBody = json_body(body)?;
     let id = body.order_id.map(|id| id.to_string());
     let order = order_ref(id.as_deref(), body.client_order_id.as_deref())?;
-    let command = {
-        let views = views(state)?;
+    let amend = {
+        let views = state.views()?;
         let current = views
             .find_order_ref(user, order)
             .filter(|o| views.user(user).is_some_and(|u| u.open.contains_key(&o.order)))
@@ -872,9 +620,10 @@ async fn amend_order(
         if new_qty.is_none() && new_price.is_none() {
             return Err(ApiError::invalid("quantity", "give a new quantity, a new price, or both"));
         }
-        Command::Amend(engine_core::Amend { user, order, new_qty, new_price })
+        engine_core::Amend { user, order, new_qty, new_price }
     };
-    change_order(state, producer, command).await
+    let amended = app::amend(state, producer, amend).await?;
+    Ok(order_json(&*state.views()?, &amended))
 }
 
 /// `GET /order`: from the views, or, for an order past their retention,
@@ -883,15 +632,7 @@ async fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Valu
     let id = param(query, "order_id")?;
     let client = param(query, "client_order_id")?;
     let order = order_ref(id.as_deref(), client.as_deref())?;
-    {
-        let views = views(state)?;
-        if let Some(found) = views.find_order_ref(user, order) {
-            return Ok(order_json(&views, found));
-        }
-    }
-    let stored = history::stored_order(state, user, order).await?;
-    let views = views(state)?;
-    let found = stored.ok_or_else(|| {
+    let found = app::find_order(state, user, order, None).await?.ok_or_else(|| {
         let why = if state.database.is_some() {
             "no order of yours with that id"
         } else {
@@ -900,13 +641,13 @@ async fn query_order(state: &AppState, user: UserId, query: &str) -> Result<Valu
         };
         ApiError::not_found("unknown_order", why)
     })?;
-    Ok(order_json(&views, &found))
+    Ok(order_json(&*state.views()?, &found))
 }
 
 fn open_orders(state: &AppState, user: UserId, query: &str) -> Result<Value, ApiError> {
     let market = param(query, "market")?;
     let (limit, offset) = list_limit(query)?;
-    let views = views(state)?;
+    let views = state.views()?;
     let market: Option<MarketId> =
         market.map(|name| market_of(&views, &name).map(|m| m.market.id)).transpose()?;
     let Some(view) = views.user(user) else { return Ok(json!({ "orders": [] })) };
@@ -935,26 +676,16 @@ async fn cancel_all(
 ) -> Result<Value, ApiError> {
     let body: CancelAllBody = if body.is_empty() { CancelAllBody { market: None } } else { json_body(body)? };
     let market = match &body.market {
-        Some(name) => Some(market_of(&*views(state)?, name)?.market.id),
+        Some(name) => Some(market_of(&*state.views()?, name)?.market.id),
         None => None,
     };
-    let events = execute(state, producer, Command::CancelAll { user, market }).await?.events;
-    let views = views(state)?;
-    if let Some(error) = rejection(&views, &events) {
-        return Err(error);
-    }
-    let cancelled: Vec<u64> = events
-        .iter()
-        .filter_map(|e| match e.kind {
-            EventKind::OrderDone { order, .. } => Some(order.0),
-            _ => None,
-        })
-        .collect();
+    let cancelled: Vec<u64> =
+        app::cancel_all(state, producer, user, market).await?.iter().map(|o| o.order.0).collect();
     Ok(json!({ "cancelled": cancelled.len(), "order_ids": cancelled }))
 }
 
 fn balance(state: &AppState, user: UserId) -> Value {
-    let Ok(views) = views(state) else { return json!({ "balances": [] }) };
+    let Ok(views) = state.views() else { return json!({ "balances": [] }) };
     let Some(view) = views.user(user) else { return json!({ "balances": [] }) };
     let balances: Vec<Value> = view
         .balances
@@ -1053,16 +784,16 @@ fn market_status(status: StatusField) -> MarketStatus {
 async fn admin(
     state: &AppState,
     producer: &Mutex<Publisher>,
-    request: &Incoming2,
+    request: &Request<'_>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let body = &request.body;
-    let (command, new_key) = match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/admin/limits") => return Ok((StatusCode::OK, limits_json(views(state)?.limits))),
+    let body = request.body;
+    let (command, new_key) = match (request.method.as_str(), request.path) {
+        ("GET", "/admin/limits") => return Ok((StatusCode::OK, limits_json(state.views()?.limits))),
         ("PUT", "/admin/limits") => {
             // Named limits change; the others keep their current values.
             let body: crate::config::LimitsConfig = json_body(body)?;
             body.check().map_err(|(field, why)| ApiError::invalid(field, why))?;
-            (Command::SetLimits { limits: body.apply_to(views(state)?.limits) }, None)
+            (Command::SetLimits { limits: body.apply_to(state.views()?.limits) }, None)
         }
         ("POST", "/admin/assets") => {
             let body: AssetBody = json_body(body)?;
@@ -1072,12 +803,12 @@ async fn admin(
         ("POST", "/admin/markets") => (create_market(state, json_body(body)?)?, None),
         ("POST", "/admin/markets/status") => {
             let body: StatusBody = json_body(body)?;
-            let market = market_of(&*views(state)?, &body.market)?.market.id;
+            let market = market_of(&*state.views()?, &body.market)?.market.id;
             (Command::SetMarketStatus { market, status: market_status(body.status) }, None)
         }
         ("POST", "/admin/markets/fees") => {
             let body: FeesBody = json_body(body)?;
-            let market = market_of(&*views(state)?, &body.market)?.market.id;
+            let market = market_of(&*state.views()?, &body.market)?.market.id;
             let maker = amounts::fee_ppm("maker_fee", parse_decimal("maker_fee", &body.maker_fee)?)?;
             let taker = amounts::fee_ppm("taker_fee", parse_decimal("taker_fee", &body.taker_fee)?)?;
             (Command::SetMarketFees { market, maker_fee_ppm: maker, taker_fee_ppm: taker }, None)
@@ -1097,7 +828,7 @@ async fn admin(
         }
         ("POST", "/admin/deposit") | ("POST", "/admin/withdraw") => {
             let body: FundsBody = json_body(body)?;
-            let views = views(state)?;
+            let views = state.views()?;
             let asset = views
                 .asset_by_symbol(&body.asset)
                 .ok_or_else(|| ApiError::not_found("unknown_asset", format!("no asset {:?}", body.asset)))?;
@@ -1123,11 +854,8 @@ async fn admin(
             ))
         }
     };
-    let events = execute(state, producer, command).await?.events;
-    let views = views(state)?;
-    if let Some(error) = rejection(&views, &events) {
-        return Err(error);
-    }
+    let events = app::run(state, producer, command).await?.events;
+    let views = state.views()?;
     let answer = events.iter().find_map(|event| match event.kind {
         EventKind::AssetCreated { asset, .. } => Some(json!({ "asset_id": asset.0 })),
         EventKind::MarketCreated { market, .. } => {
@@ -1177,7 +905,7 @@ fn limits_json(limits: engine_core::EngineLimits) -> Value {
 }
 
 fn create_market(state: &AppState, body: MarketBody) -> Result<Command, ApiError> {
-    let views = views(state)?;
+    let views = state.views()?;
     let asset = |field: &'static str, symbol: &str| {
         views
             .asset_by_symbol(symbol)
@@ -1216,26 +944,4 @@ fn create_market(state: &AppState, body: MarketBody) -> Result<Command, ApiError
     }
     let status = market_status(body.status.unwrap_or(StatusField::Open));
     Ok(Command::CreateMarket { rules, status })
-}
-
-/// Letters and digits from the operating system's random source.
-pub(crate) fn random_alphanumeric(len: usize) -> Result<String, ApiError> {
-    use std::io::Read;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let unavailable =
-        |_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness available for keys");
-    let mut source = std::fs::File::open("/dev/urandom").map_err(unavailable)?;
-    let mut out = String::with_capacity(len);
-    let mut buffer = [0u8; 128];
-    while out.len() < len {
-        source.read_exact(&mut buffer).map_err(unavailable)?;
-        // 248 = 4 * 62: rejecting larger bytes keeps every character equally likely.
-        for &byte in buffer.iter().filter(|&&b| b < 248) {
-            if out.len() == len {
-                break;
-            }
-            out.push(ALPHABET[usize::from(byte % 62)] as char);
-        }
-    }
-    Ok(out)
 }

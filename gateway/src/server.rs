@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Authenticator, KeyTable};
 use crate::config::{Config, WaitKind};
+use crate::http;
 use crate::pipeline::{self, PipelineConfig, Work};
-use crate::rest::{self, AppState};
+use crate::state::AppState;
 use crate::views::Views;
 
 /// Why the exchange could not start or stop cleanly.
@@ -127,7 +128,7 @@ pub async fn run(
     let views = Arc::new(RwLock::new(views));
     let keys = KeyTable::from_engine(&engine);
     let data = DataDir::new(&config.data_dir);
-    let subscribers = Arc::new(crate::ws::Subscribers::default());
+    let subscribers = Arc::new(crate::subscribers::Subscribers::default());
     let (hub_sender, hub_receiver) = tokio::sync::mpsc::channel(crate::ws::HUB_QUEUE_MAX);
     let hub = tokio::spawn(crate::ws::run_hub(Arc::clone(&views), Arc::clone(&subscribers), hub_receiver));
     let pipeline = pipeline::start(
@@ -177,7 +178,7 @@ pub async fn run(
         database: database
             .as_ref()
             .map(|(writer, history)| (Arc::clone(&writer.status), Arc::clone(history))),
-        binance: crate::binance::State::new(config.request_weight_per_minute),
+        binance: crate::binance::state::State::new(config.request_weight_per_minute),
     });
     set_limits_at_start(&state, &pipeline, recovered_limits, new_data_dir, &config).await?;
     let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -226,7 +227,7 @@ pub async fn run(
                 let producer = Arc::new(Mutex::new(accepting.clone()));
                 let state = Arc::clone(&state);
                 let service = service_fn(move |request| {
-                    rest::handle(Arc::clone(&state), Arc::clone(&producer), peer.ip(), request)
+                    http::handle(Arc::clone(&state), Arc::clone(&producer), peer.ip(), request)
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -336,7 +337,7 @@ fn last_journaled_ns(data: &DataDir, last_seq: u64) -> Result<u64, journal::Jour
 /// The WebSocket streams, downstream of the pipeline.
 struct HubFeed {
     sender: crate::ws::HubSender,
-    subscribers: Arc<crate::ws::Subscribers>,
+    subscribers: Arc<crate::subscribers::Subscribers>,
 }
 
 impl pipeline::Downstream for HubFeed {

@@ -18,7 +18,7 @@
 //! (`ws_send_timeout_ms`): a client whose socket takes nothing for that
 //! long is reset, whatever its kernel buffers hold.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,22 +37,17 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::amounts;
-use crate::binance::streams::{Speed, Streams};
+use crate::binance::streams::Streams;
+use crate::clock::now_ms;
 use crate::error::ApiError;
 use crate::pipeline::Publisher;
-use crate::rest::{self, AppState};
+use crate::rest;
+use crate::state::AppState;
+use crate::subscribers::{
+    Channel, EndState, Ending, Framing, Outgoing, SubscribeError, Subscribers, SUBSCRIPTIONS_MAX,
+};
 use crate::views::Views;
 
-/// Messages queued for one connection before it counts as too slow (the
-/// default of `ws_queue_max`).
-pub const CONNECTION_QUEUE_MAX_DEFAULT: usize = 4_096;
-/// How long one frame (or close frame) may take to be written before the
-/// connection is reset (the default of `ws_send_timeout_ms`). A client on a
-/// working link takes a frame in milliseconds; one whose socket stays full
-/// this long is not reading.
-pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 5_000;
-/// Subscriptions one connection may hold.
-pub const SUBSCRIPTIONS_MAX: usize = 50;
 /// The largest message a client may send.
 pub const CLIENT_MESSAGE_MAX_BYTES: usize = 16 * 1024;
 /// Batches of events waiting for the hub before streams are reset.
@@ -70,242 +65,6 @@ const BOOK_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 const BOOK_SNAPSHOT_LEVELS: usize = 20;
 /// The period of Binance's fastest depth streams (`@100ms`).
 const BINANCE_TICK: Duration = Duration::from_millis(100);
-
-/// What goes out on one connection. Its close goes another way
-/// ([`Ending`]): it must get through when the queue is full.
-#[derive(Debug)]
-enum Outgoing {
-    Text(Arc<str>),
-    Pong(Vec<u8>),
-}
-
-impl Outgoing {
-    fn len(&self) -> usize {
-        match self {
-            Outgoing::Text(text) => text.len(),
-            Outgoing::Pong(data) => data.len(),
-        }
-    }
-}
-
-/// How far one connection is from its end.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct EndState {
-    /// The close frame to send, (code, reason): the first asked for wins.
-    close: Option<(u16, &'static str)>,
-    /// Nothing more will be read: the client's close frame came, or
-    /// reading failed or stopped.
-    reader_done: bool,
-}
-
-/// Asks one connection to end; the hub (slow consumer), the reader (idle,
-/// the client's close) and the writer share it. Asking never waits: a full
-/// queue or a full socket must not hold up a close.
-#[derive(Clone)]
-struct Ending(watch::Sender<EndState>);
-
-impl Ending {
-    fn new() -> (Ending, watch::Receiver<EndState>) {
-        let (sender, receiver) = watch::channel(EndState::default());
-        (Ending(sender), receiver)
-    }
-
-    /// Asks for a close frame with `code` and `reason`, unless another
-    /// close was asked for first.
-    fn close(&self, code: u16, reason: &'static str) {
-        self.0.send_if_modified(|state| {
-            let first = state.close.is_none();
-            if first {
-                state.close = Some((code, reason));
-            }
-            first
-        });
-    }
-
-    /// Says that nothing more will be read from the client.
-    fn reader_done(&self) {
-        self.0.send_if_modified(|state| !std::mem::replace(&mut state.reader_done, true));
-    }
-
-    fn state(&self) -> EndState {
-        *self.0.borrow()
-    }
-}
-
-/// A stream a connection can subscribe to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Channel {
-    Depth(MarketId),
-    Trades(MarketId),
-    BookTicker(MarketId),
-    Book(MarketId),
-    /// Binance's `<symbol>@depth[@100ms]`.
-    BinanceDepth(MarketId, Speed),
-    /// Binance's `<symbol>@depth<levels>[@100ms]`.
-    BinancePartial(MarketId, u8, Speed),
-    BinanceTrade(MarketId),
-    BinanceAggTrade(MarketId),
-    BinanceBookTicker(MarketId),
-    /// Binance's `<symbol>@ticker` (false) and `<symbol>@miniTicker` (true).
-    BinanceTicker(MarketId, bool),
-    /// Binance's `<symbol>@kline_<interval>`, the interval in minutes.
-    BinanceKline(MarketId, u16),
-}
-
-/// How a connection's stream messages are framed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
-    /// The native protocol at `/`: `{"stream": ..., "data": ...}`.
-    Native,
-    /// Binance's `/ws`: the bare event.
-    Raw,
-    /// Binance's `/stream`: `{"stream": ..., "data": ...}`.
-    Combined,
-    /// Binance's WebSocket API at `/ws-api/v3`.
-    Api,
-}
-
-pub struct Connection {
-    queue: mpsc::Sender<Outgoing>,
-    ending: Ending,
-    pub channels: HashSet<Channel>,
-    user: Option<UserId>,
-    pub framing: Framing,
-    /// The user whose data this connection receives through the Binance
-    /// WebSocket API, and the subscription id it was given.
-    pub binance_user: Option<(UserId, u64)>,
-}
-
-/// Who listens to what; the hub task and the connections share it.
-#[derive(Default)]
-pub struct Subscribers {
-    next_id: AtomicU64,
-    connections: Mutex<HashMap<u64, Connection>>,
-}
-
-impl Subscribers {
-    fn register(&self, queue: mpsc::Sender<Outgoing>, ending: Ending, framing: Framing) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Ok(mut connections) = self.connections.lock() {
-            connections.insert(
-                id,
-                Connection {
-                    queue,
-                    ending,
-                    channels: HashSet::new(),
-                    user: None,
-                    framing,
-                    binance_user: None,
-                },
-            );
-        }
-        id
-    }
-
-    /// Whether any connection satisfies `test`.
-    pub fn any(&self, test: impl Fn(&Connection) -> bool) -> bool {
-        self.connections.lock().is_ok_and(|c| c.values().any(test))
-    }
-
-    /// Sends each connection the message `message_for` makes for it, if
-    /// any; a connection whose queue is full is closed and dropped.
-    pub fn send_with(&self, mut message_for: impl FnMut(&Connection) -> Option<Arc<str>>) {
-        let Ok(mut connections) = self.connections.lock() else { return };
-        connections.retain(|_, connection| match message_for(connection) {
-            None => true,
-            Some(message) => connection.offer(message),
-        });
-    }
-
-    /// Adds (or removes) `channels` to a connection's subscriptions.
-    pub fn change_channels(&self, id: u64, channels: &[Channel], subscribe: bool) -> Result<(), String> {
-        let mut connections = self.connections.lock().map_err(|_| "internal error".to_string())?;
-        let connection = connections.get_mut(&id).ok_or_else(|| "connection closed".to_string())?;
-        for channel in channels {
-            if subscribe {
-                if connection.channels.len() >= SUBSCRIPTIONS_MAX && !connection.channels.contains(channel) {
-                    return Err(format!("at most {SUBSCRIPTIONS_MAX} subscriptions per connection"));
-                }
-                connection.channels.insert(channel.clone());
-            } else {
-                connection.channels.remove(channel);
-            }
-        }
-        Ok(())
-    }
-
-    pub fn channels_of(&self, id: u64) -> Vec<Channel> {
-        self.connections
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&id).map(|conn| conn.channels.iter().cloned().collect()))
-            .unwrap_or_default()
-    }
-
-    /// Sets the user a connection receives Binance user data events for.
-    pub fn set_binance_user(&self, id: u64, user: Option<(UserId, u64)>) {
-        if let Ok(mut connections) = self.connections.lock() {
-            if let Some(connection) = connections.get_mut(&id) {
-                connection.binance_user = user;
-            }
-        }
-    }
-
-    /// Queues one message for one connection (an answer to its request).
-    pub fn reply(&self, id: u64, message: Arc<str>) -> bool {
-        self.connections.lock().ok().and_then(|c| c.get(&id).map(|conn| conn.offer(message))).unwrap_or(false)
-    }
-
-    fn remove(&self, id: u64) {
-        if let Ok(mut connections) = self.connections.lock() {
-            connections.remove(&id);
-        }
-    }
-
-    /// Sends `message` to every connection that `wants` it; a connection
-    /// whose queue is full is told why and dropped.
-    fn send(&self, message: &Arc<str>, wants: impl Fn(&Connection) -> bool) {
-        let Ok(mut connections) = self.connections.lock() else { return };
-        connections.retain(|_, connection| !wants(connection) || connection.offer(Arc::clone(message)));
-    }
-
-    /// Disconnects everyone with "slow consumer": the hub itself fell
-    /// behind, and every stream must start again.
-    pub fn drop_all(&self) {
-        self.close_all(1008, "slow consumer");
-    }
-
-    /// Closes every connection with `code` and `reason` and forgets them.
-    pub fn close_all(&self, code: u16, reason: &'static str) {
-        if let Ok(mut connections) = self.connections.lock() {
-            for connection in connections.values() {
-                connection.ending.close(code, reason);
-            }
-            connections.clear();
-        }
-    }
-
-    pub fn count(&self) -> usize {
-        self.connections.lock().map_or(0, |c| c.len())
-    }
-}
-
-impl Connection {
-    /// Queues `message` without waiting; whether the connection stays. A
-    /// full queue closes it at once as a slow consumer (its writer sends
-    /// the close frame as soon as its socket takes one, or resets it).
-    fn offer(&self, message: Arc<str>) -> bool {
-        match self.queue.try_send(Outgoing::Text(message)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.ending.close(1008, "slow consumer");
-                false
-            }
-            // Its writer has ended: the connection is on its way out.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
 
 /// The sender the outbound consumer hands each batch of events to.
 pub type HubSender = mpsc::Sender<Arc<[Event]>>;
@@ -356,7 +115,7 @@ async fn hub(
 }
 
 fn market_messages_wanted(subscribers: &Subscribers, channel: &Channel) -> bool {
-    subscribers.connections.lock().is_ok_and(|c| c.values().any(|conn| conn.channels.contains(channel)))
+    subscribers.any(|connection| connection.channels.contains(channel))
 }
 
 /// A market's changes in one batch: first and last sequence number, and
@@ -626,7 +385,7 @@ fn protocol_of(state: &AppState, path: &str, query: &str) -> Result<(Framing, Ve
         return Ok((Framing::Raw, channels));
     }
     if path == "/stream" {
-        let names = rest::param(query, "streams").map_err(|_| ())?.unwrap_or_default();
+        let names = crate::query::param(query, "streams").map_err(|_| ())?.unwrap_or_default();
         let mut channels = Vec::new();
         for name in names.split('/').filter(|n| !n.is_empty()) {
             channels.push(crate::binance::streams::parse_stream(&views, name).ok_or(())?);
@@ -823,10 +582,10 @@ async fn write_frames<S: AsyncWrite + Unpin>(
         };
         batch.clear();
         batch.extend(first);
-        let mut bytes: usize = batch.iter().map(Outgoing::len).sum();
+        let mut bytes: usize = batch.iter().map(Outgoing::payload_bytes).sum();
         while batch.len() < FRAMES_PER_WRITE_MAX && bytes < BYTES_PER_WRITE_MAX {
             let Ok(message) = outgoing.try_recv() else { break };
-            bytes += message.len();
+            bytes += message.payload_bytes();
             batch.push(message);
         }
         match tokio::time::timeout(send_timeout, write_batch(writer, &batch)).await {
@@ -953,31 +712,18 @@ impl Session {
                     channels.push(self.channel(state, name)?);
                 }
                 let subscribe = request.method == "SUBSCRIBE";
-                let mut connections = self.subscribers.connections.lock().map_err(|_| internal())?;
-                let connection = connections.get_mut(&self.id).ok_or_else(internal)?;
-                for channel in channels {
-                    if subscribe {
-                        if connection.channels.len() >= SUBSCRIPTIONS_MAX
-                            && !connection.channels.contains(&channel)
-                        {
-                            return Err(ApiError::invalid(
-                                "params",
-                                format!("at most {SUBSCRIPTIONS_MAX} subscriptions per connection"),
-                            ));
-                        }
-                        connection.channels.insert(channel);
-                    } else {
-                        connection.channels.remove(&channel);
-                    }
-                }
+                self.subscribers.change_channels(self.id, &channels, subscribe).map_err(
+                    |error| match error {
+                        SubscribeError::TooMany => ApiError::invalid("params", error),
+                        SubscribeError::Closed | SubscribeError::Unavailable => internal(),
+                    },
+                )?;
                 Ok(Value::Null)
             }
             "LIST_SUBSCRIPTIONS" => {
                 let views = state.views.read().map_err(|_| internal())?;
-                let connections = self.subscribers.connections.lock().map_err(|_| internal())?;
-                let connection = connections.get(&self.id).ok_or_else(internal)?;
-                let mut names: Vec<String> =
-                    connection.channels.iter().map(|c| channel_name(&views, c)).collect();
+                let channels = self.subscribers.channels_of(self.id).ok_or_else(internal)?;
+                let mut names: Vec<String> = channels.iter().map(|c| channel_name(&views, c)).collect();
                 names.sort();
                 Ok(json!(names))
             }
@@ -996,16 +742,9 @@ impl Session {
                 let signature = text("signature")?;
                 // The signed payload is the query string a REST call would have.
                 let query = format!("apiKey={api_key}&timestamp={timestamp}&signature={signature}");
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let user = state.auth.authenticate(Some(&api_key), &query, b"", now_ms, true)?;
+                let user = state.auth.authenticate(Some(&api_key), &query, b"", now_ms(), true)?;
                 self.user = Some(user);
-                if let Ok(mut connections) = self.subscribers.connections.lock() {
-                    if let Some(connection) = connections.get_mut(&self.id) {
-                        connection.user = Some(user);
-                    }
-                }
+                self.subscribers.set_user(self.id, user);
                 Ok(json!({ "user_id": user.0 }))
             }
             "order.place" => {
@@ -1122,39 +861,6 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_connection_whose_queue_is_full_is_dropped_and_the_others_keep_receiving() {
-        let subscribers = Subscribers::default();
-        let (slow_queue, _slow_never_reads) = mpsc::channel(2);
-        let (fast_queue, mut fast) = mpsc::channel(1_000);
-        let (slow_ending, slow_end) = Ending::new();
-        let (fast_ending, fast_end) = Ending::new();
-        let slow = subscribers.register(slow_queue, slow_ending, Framing::Native);
-        let fast_id = subscribers.register(fast_queue, fast_ending, Framing::Native);
-        for connection in subscribers.connections.lock().unwrap().values_mut() {
-            connection.channels.insert(Channel::Trades(MarketId(0)));
-        }
-        let message: Arc<str> = Arc::from("{}");
-        for _ in 0..10 {
-            subscribers.send(&message, |c| c.channels.contains(&Channel::Trades(MarketId(0))));
-        }
-        let connections = subscribers.connections.lock().unwrap();
-        assert!(!connections.contains_key(&slow), "the slow connection is cut off");
-        assert!(connections.contains_key(&fast_id));
-        drop(connections);
-        let mut received = 0;
-        while fast.try_recv().is_ok() {
-            received += 1;
-        }
-        assert_eq!(received, 10, "the fast connection got every message");
-        assert_eq!(
-            slow_end.borrow().close,
-            Some((1008, "slow consumer")),
-            "the slow one is told why, at once"
-        );
-        assert_eq!(fast_end.borrow().close, None);
-    }
 
     const PIPE_BYTES: usize = 64;
 

@@ -662,9 +662,8 @@ fn views() -> &'static Views {
 /// a command whose amounts are exactly the decimals given.
 pub fn rest_order(data: &[u8]) {
     let views = views();
-    match gateway::rest::order_command(views, UserId(1), data) {
-        Ok(Command::PlaceOrder(order)) => assert_eq!(order.user, UserId(1)),
-        Ok(other) => panic!("a place-order body became {other:?}"),
+    match gateway::rest::new_order(views, UserId(1), data) {
+        Ok(order) => assert_eq!(order.user, UserId(1)),
         Err(error) => assert!(error.status.is_client_error(), "refusals are 4xx: {error:?}"),
     }
     if let Ok(text) = std::str::from_utf8(data) {
@@ -708,7 +707,7 @@ pub fn binance_params(data: &[u8]) {
 /// Arbitrary bytes as a message on Binance's market stream sockets: an
 /// answer with the request's id or an error, never a panic.
 pub fn ws_message(data: &[u8]) {
-    let subscribers = gateway::ws::Subscribers::default();
+    let subscribers = gateway::subscribers::Subscribers::default();
     let answer = gateway::binance::streams::handle_request(views(), &subscribers, 1, data);
     assert!(answer.get("result").is_some() || answer.get("error").is_some(), "{answer}");
 }

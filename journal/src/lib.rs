@@ -76,8 +76,8 @@ pub use snapshots::{
     snapshot_file_name, write_snapshot, write_snapshot_with_views, LoadedSnapshot, SegmentRetention,
     SnapshotFileError, SnapshotInfo, SnapshotKeep,
 };
-pub use syncer::JournalSyncer;
+pub use syncer::{Durability, JournalSyncer};
 pub use writer::{
-    CutTail, Durability, JournalConfig, JournalLock, JournalWriter, OpenReport,
-    CHECKPOINT_INTERVAL_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
+    CutTail, JournalConfig, JournalLock, JournalWriter, OpenReport, CHECKPOINT_INTERVAL_MS_DEFAULT,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
 };

@@ -12,7 +12,23 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::DurablePublisher;
 use crate::error::JournalError;
 use crate::segment::segment_file_name;
-use crate::writer::Durability;
+
+/// When appended records become durable on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Records are in the page cache as soon as they are appended: they
+    /// survive a crash of the process, not a crash of the machine.
+    None,
+    /// [`JournalWriter::commit_batch`](crate::JournalWriter::commit_batch)
+    /// (or a syncer's [`commit`](JournalSyncer::commit)) syncs the batch to
+    /// disk before it returns (group commit): acknowledge a batch after it,
+    /// and nothing acknowledged is lost even to power loss.
+    Batch,
+    /// A sync at most every `interval_ms`, from `commit_batch`, `poll` or a
+    /// syncer's `commit`: at most that much acknowledged work is lost to
+    /// power loss.
+    Interval { interval_ms: u64 },
+}
 
 /// Follows what the appender appended (told by [`JournalSyncer::appended`])
 /// and syncs it under the policy. Create one with

@@ -16,22 +16,7 @@ use crate::segment::{
     align8, bincode_config, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Damage,
     Frame, SegmentHeader, FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::syncer::JournalSyncer;
-
-/// When appended records become durable on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Records are in the page cache as soon as they are appended: they
-    /// survive a crash of the process, not a crash of the machine.
-    None,
-    /// [`JournalWriter::commit_batch`] syncs the batch to disk before it
-    /// returns (group commit): acknowledge a batch after it, and nothing
-    /// acknowledged is lost even to power loss.
-    Batch,
-    /// A sync at most every `interval_ms`, from `commit_batch` or `poll`:
-    /// at most that much acknowledged work is lost to power loss.
-    Interval { interval_ms: u64 },
-}
+use crate::syncer::{Durability, JournalSyncer};
 
 #[derive(Clone, Debug)]
 pub struct JournalConfig {

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use super::error::BinanceError;
 use super::params::{Params, TradeRange};
 use super::{fixed, price_text, qty_text, stp_name, units_text, STP_DEFAULT, STP_MODES};
-use crate::rest::AppState;
+use crate::clock::now_ms;
+use crate::state::AppState;
 use crate::views::{MarketView, MinuteBar, TradeView, Views};
 
 pub const DEPTH_LIMIT_DEFAULT: u64 = 100;
@@ -48,10 +49,6 @@ fn markets<'v>(views: &'v Views, params: &Params) -> Result<(Vec<&'v MarketView>
         }
         (None, None) => Ok((views.markets.iter().collect(), false)),
     }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn time() -> Value {

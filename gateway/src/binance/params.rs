@@ -29,9 +29,9 @@ impl Params {
         };
         for part in [query, body] {
             for (name, value) in crate::auth::query_pairs(part) {
-                let name = crate::rest::percent_decode(name)
+                let name = crate::query::decode(name)
                     .ok_or_else(|| BinanceError::illegal_characters(name, "percent-encoded UTF-8"))?;
-                let value = crate::rest::percent_decode(value)
+                let value = crate::query::decode(value)
                     .ok_or_else(|| BinanceError::illegal_characters(&name, "percent-encoded UTF-8"))?;
                 pairs.push((name, value));
             }

@@ -6,16 +6,18 @@
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::error::{Action, BinanceError};
-use super::market::{self, now_ms};
+use super::market;
 use super::params::Params;
 use super::trading;
+use crate::clock::now_ms;
 use crate::pipeline::Publisher;
-use crate::rest::{AppState, Body};
+use crate::response::{self, Body};
+use crate::state::AppState;
 
 /// Every Binance route and whether it is signed: the OpenAPI description
 /// lists them.
@@ -84,23 +86,20 @@ pub async fn handle(state: &AppState, producer: &Mutex<Publisher>, request: Requ
         Ok(value) => (StatusCode::OK, value, None),
         Err(error) => (error.status, error.body(), error.retry_after_s),
     };
-    let mut response = Response::new(http_body_util::Full::new(hyper::body::Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
+    let mut answer = response::json(status, body.to_string());
+    let headers = answer.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json;charset=UTF-8"));
     if let Ok(value) = HeaderValue::from_str(&used_weight.to_string()) {
         headers.insert("x-mbx-used-weight", value.clone());
         headers.insert("x-mbx-used-weight-1m", value);
     }
     if let Some(seconds) = retry_after_s {
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            headers.insert(RETRY_AFTER, value);
-        }
+        response::retry_after(&mut answer, seconds);
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        crate::rest::allow(&mut response, ROUTES, request.path);
+        response::allow(&mut answer, ROUTES, request.path);
     }
-    response
+    answer
 }
 
 /// Binance's request weight of each endpoint.

@@ -17,17 +17,11 @@ use engine_core::{
 };
 use serde_json::{json, Value};
 
-use super::market::{agg_json, aggregate, best, book_json, now_ms, Level};
+use super::market::{agg_json, aggregate, best, book_json, Level};
 use super::{price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT};
+use crate::clock::now_ms;
+use crate::subscribers::{Channel, Framing, Speed, Subscribers};
 use crate::views::{OrderStatus, OrderView, TradeView, Views};
-use crate::ws::{Channel, Framing, Subscribers};
-
-/// How often a stream is pushed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Speed {
-    Ms100,
-    Ms1000,
-}
 
 /// The depth levels a partial book stream shows.
 pub const PARTIAL_LEVELS: [u8; 3] = [5, 10, 20];
@@ -687,8 +681,12 @@ pub fn handle_request(views: &Views, subscribers: &Subscribers, connection: u64,
             }
         }
         "LIST_SUBSCRIPTIONS" => {
-            let mut names: Vec<String> =
-                subscribers.channels_of(connection).iter().filter_map(|c| stream_name(views, c)).collect();
+            let mut names: Vec<String> = subscribers
+                .channels_of(connection)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| stream_name(views, c))
+                .collect();
             names.sort();
             json!({ "result": names, "id": id })
         }

@@ -7,21 +7,21 @@
 use std::sync::Mutex;
 
 use engine_core::{
-    Amend, ClientOrderId, Command, EventKind, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side,
-    TimeInForce, UserId,
+    Amend, ClientOrderId, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side, TimeInForce, UserId,
 };
 use serde_json::{json, Value};
 
 use super::error::{Action, BinanceError};
-use super::market::{market, now_ms, read_views};
+use super::market::{market, read_views};
 use super::params::{Params, TradeRange};
 use super::{
     price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT, STP_MODES,
 };
 use crate::amounts;
-use crate::outcome::Outcome;
+use crate::app::{self, Refusal};
+use crate::clock::now_ms;
 use crate::pipeline::Publisher;
-use crate::rest::{self, AppState};
+use crate::state::AppState;
 use crate::views::{FillView, MarketView, OrderView, Views};
 
 const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
@@ -45,24 +45,12 @@ const NEW_ORDER_PARAMS: &[&str] = &[
     "trailingDelta",
 ];
 
-/// Runs a command through the pipeline; the engine's refusal becomes
-/// Binance's error for `action`.
-async fn execute(
-    state: &AppState,
-    producer: &Mutex<Publisher>,
-    command: Command,
-    action: Action,
-) -> Result<Outcome, BinanceError> {
-    let outcome = rest::execute(state, producer, command).await?;
-    let refusal = outcome.events.iter().find_map(|e| match e.kind {
-        EventKind::Rejected { reason, .. } => Some(reason),
-        _ => None,
-    });
-    if let Some(reason) = refusal {
-        let views = read_views(state)?;
-        return Err(BinanceError::rejected(reason, rest::describe(&views, reason), action));
+/// A command's refusal as Binance's error for `action`.
+fn refused(action: Action) -> impl Fn(Refusal) -> BinanceError {
+    move |refusal| match refusal {
+        Refusal::Rejected { reason, message } => BinanceError::rejected(reason, message, action),
+        Refusal::Failed(error) => BinanceError::from(error),
     }
-    Ok(outcome)
 }
 
 fn client_order_id(name: &str, text: &str) -> Result<ClientOrderId, BinanceError> {
@@ -264,7 +252,7 @@ pub async fn place(
         }
         prepared
     };
-    place_prepared(state, producer, user, prepared).await
+    place_prepared(state, producer, prepared).await
 }
 
 /// The answer to a new order: `order` as its own command left it, and
@@ -405,12 +393,10 @@ async fn cancel_one(
         let view = market(&views, symbol)?;
         open_in_market(&views, user, view.market.id, order)?
     };
-    let outcome =
-        execute(state, producer, Command::CancelOrder { user, order: OrderRef::Id(id) }, Action::Cancel)
-            .await?;
+    let cancelled =
+        app::cancel(state, producer, user, OrderRef::Id(id)).await.map_err(refused(Action::Cancel))?;
     let views = read_views(state)?;
-    let cancelled = outcome.order(id).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
-    Ok(cancel_json(&views, cancelled, cancelled.updated_ns / 1_000_000))
+    Ok(cancel_json(&views, &cancelled, cancelled.updated_ns / 1_000_000))
 }
 
 /// `DELETE /api/v3/order`, `order.cancel`.
@@ -434,18 +420,9 @@ pub async fn cancel(
 pub async fn status(state: &AppState, user: UserId, p: &Params) -> Result<Value, BinanceError> {
     p.only(&["symbol", "orderId", "origClientOrderId"])?;
     let order = order_ref(p, "orderId", "origClientOrderId")?;
-    let market_id = {
-        let views = read_views(state)?;
-        let view = market(&views, p.required("symbol")?)?;
-        if let Some(found) = find(&views, user, order).filter(|o| o.market == view.market.id) {
-            return Ok(order_json(&views, found));
-        }
-        view.market.id
-    };
-    let stored = crate::history::stored_order(state, user, order).await?;
-    let views = read_views(state)?;
-    match stored.filter(|o| o.market == market_id) {
-        Some(found) => Ok(order_json(&views, &found)),
+    let market_id = market(&*read_views(state)?, p.required("symbol")?)?.market.id;
+    match app::find_order(state, user, order, Some(market_id)).await? {
+        Some(found) => Ok(order_json(&*read_views(state)?, &found)),
         None => Err(BinanceError::no_such_order()),
     }
 }
@@ -598,23 +575,12 @@ pub async fn cancel_all(
         }
         view.market.id
     };
-    let outcome =
-        execute(state, producer, Command::CancelAll { user, market: Some(market_id) }, Action::Cancel)
-            .await?;
+    let closed =
+        app::cancel_all(state, producer, user, Some(market_id)).await.map_err(refused(Action::Cancel))?;
     let views = read_views(state)?;
     // Each order as the cancel closed it: the views keep a bounded number
     // of closed orders, fewer than a cancel-all may close.
-    let cancelled = outcome
-        .events
-        .iter()
-        .filter_map(|e| match e.kind {
-            EventKind::OrderDone { order, .. } => {
-                outcome.order(order).map(|o| cancel_json(&views, o, o.updated_ns / 1_000_000))
-            }
-            _ => None,
-        })
-        .collect();
-    Ok(Value::Array(cancelled))
+    Ok(Value::Array(closed.iter().map(|o| cancel_json(&views, o, o.updated_ns / 1_000_000)).collect()))
 }
 
 /// `POST /api/v3/order/cancelReplace`, `order.cancelReplace`: cancels an
@@ -667,7 +633,7 @@ pub async fn cancel_replace(
             ..BinanceError::bad_request(-2022, "Order cancel-replace failed.")
         });
     }
-    let placed = place_prepared(state, producer, user, prepared).await;
+    let placed = place_prepared(state, producer, prepared).await;
     let cancel_result = if cancel.is_ok() { "SUCCESS" } else { "FAILURE" };
     match placed {
         Ok(new_order) if cancel.is_ok() => Ok(json!({
@@ -709,21 +675,11 @@ pub async fn cancel_replace(
 async fn place_prepared(
     state: &AppState,
     producer: &Mutex<Publisher>,
-    user: UserId,
     prepared: Prepared,
 ) -> Result<Value, BinanceError> {
-    let outcome = execute(state, producer, Command::PlaceOrder(prepared.order), Action::Place).await?;
-    let order = outcome
-        .events
-        .iter()
-        .find_map(|e| match e.kind {
-            EventKind::OrderAccepted { order, user: owner, .. } if owner == user => Some(order),
-            _ => None,
-        })
-        .ok_or_else(|| BinanceError::internal("no order in the outcome"))?;
+    let placed = app::place(state, producer, prepared.order).await.map_err(refused(Action::Place))?;
     let views = read_views(state)?;
-    let placed = outcome.order(order).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
-    Ok(new_order_answer(&views, placed, prepared.answer, &outcome.fills(&views, order)))
+    Ok(new_order_answer(&views, &placed.order, prepared.answer, &placed.fills))
 }
 
 /// `PUT /api/v3/order/amend/keepPriority`, `order.amend.keepPriority`:
@@ -764,9 +720,8 @@ pub async fn amend_keep_priority(
         (id, Lots(new_total.0 - order.filled.0))
     };
     let amend = Amend { user, order: OrderRef::Id(id), new_qty: Some(open_qty), new_price: None };
-    let outcome = execute(state, producer, Command::Amend(amend), Action::Amend).await?;
+    let order = &app::amend(state, producer, amend).await.map_err(refused(Action::Amend))?;
     let views = read_views(state)?;
-    let order = outcome.order(id).ok_or_else(|| BinanceError::internal("the order was not captured"))?;
     let view =
         views.markets.get(order.market.0 as usize).ok_or_else(|| BinanceError::internal("no market"))?;
     let mut amended = order_fields(view, order);

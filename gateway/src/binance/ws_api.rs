@@ -19,12 +19,13 @@ use engine_core::UserId;
 use serde_json::{json, Value};
 
 use super::error::{Action, BinanceError};
-use super::market::{self, now_ms};
+use super::market;
 use super::params::Params;
 use super::trading;
+use crate::clock::now_ms;
 use crate::pipeline::Publisher;
-use crate::rest::AppState;
-use crate::ws::Subscribers;
+use crate::state::AppState;
+use crate::subscribers::Subscribers;
 
 /// The signed payload of a WebSocket API request: its parameters but the
 /// signature, sorted by name, as `name=value` joined with `&`.

@@ -1,0 +1,373 @@
+//! The exchange's operations as typed functions, over the pipeline and the
+//! read views: run a command, place, cancel, amend, cancel all, find an
+//! order. The native API, the Binance API and the WebSocket order entry
+//! are encodings over these: each turns its request into a typed call and
+//! builds its answer from what the call returns. Nothing here knows a
+//! route, a request or JSON.
+
+use std::sync::Mutex;
+
+use engine_core::{
+    Amend, ClientOrderId, Command, EventKind, Lots, MarketId, NewOrder, OrderId, OrderKind, OrderRef,
+    RejectReason, SelfTradePrevention, Side, TimeInForce, TradeId, UserId,
+};
+use hyper::StatusCode;
+use persistence::scale::Amount;
+
+use crate::amounts;
+use crate::clock::unix_ns;
+use crate::error::ApiError;
+use crate::outcome::Outcome;
+use crate::pipeline::{self, PipelineFailure, Publisher};
+use crate::state::AppState;
+use crate::views::{FillView, OrderStatus, OrderView, Views};
+
+/// Why an operation did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The engine refused the command; `message` says why, with amounts in
+    /// decimals. Each API answers it in its own codes.
+    Rejected { reason: RejectReason, message: String },
+    /// The command got no answer (the ring was full, the journal failed,
+    /// the engine did not answer in time, the exchange is stopping), or
+    /// what it did could not be read.
+    Failed(ApiError),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Refusal {
+        Refusal::Failed(error)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::Rejected { reason, message } => ApiError::rejected(reason, message),
+            Refusal::Failed(error) => error,
+        }
+    }
+}
+
+/// Publishes a command and waits for its outcome.
+pub async fn execute(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    command: Command,
+) -> Result<Outcome, ApiError> {
+    if state.health.journal_failed.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(journal_unavailable());
+    }
+    let (id, reply) = state.pending.register();
+    let published = match producer.lock() {
+        Ok(mut producer) => pipeline::submit(&mut producer, id, command).is_ok(),
+        Err(_) => false,
+    };
+    if !published {
+        state.pending.forget(id);
+        return Err(ApiError::busy());
+    }
+    match tokio::time::timeout(state.request_timeout, reply).await {
+        Ok(Ok(Ok(outcome))) => Ok(outcome),
+        Ok(Ok(Err(PipelineFailure::JournalUnavailable))) => Err(journal_unavailable()),
+        Ok(Err(_)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the exchange is stopping"))
+        }
+        Err(_) => {
+            state.pending.forget(id);
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "no answer from the matching engine in time; the command may still be applied: query it",
+            ))
+        }
+    }
+}
+
+fn journal_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "journal_unavailable",
+        "the exchange cannot journal commands (disk full or failing) and accepts none until restarted",
+    )
+}
+
+/// Runs `command` through the pipeline; the engine's rejection of it is a
+/// [`Refusal::Rejected`].
+pub async fn run(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    command: Command,
+) -> Result<Outcome, Refusal> {
+    let outcome = execute(state, producer, command).await?;
+    let rejected = outcome.events.iter().find_map(|event| match event.kind {
+        EventKind::Rejected { reason, .. } => Some(reason),
+        _ => None,
+    });
+    match rejected {
+        Some(reason) => Err(Refusal::Rejected { reason, message: describe(&*state.views()?, reason) }),
+        None => Ok(outcome),
+    }
+}
+
+/// The engine's reason for a rejection, with amounts in decimals.
+pub fn describe(views: &Views, reason: RejectReason) -> String {
+    match reason {
+        RejectReason::InsufficientFunds { asset, needed, available } => {
+            match views.assets.get(asset.0 as usize) {
+                Some(a) => format!(
+                    "insufficient {} balance: {} needed, {} available",
+                    a.symbol,
+                    amounts::units_to_string(needed, a.decimals),
+                    amounts::units_to_string(available, a.decimals)
+                ),
+                None => reason.to_string(),
+            }
+        }
+        _ => reason.to_string(),
+    }
+}
+
+/// An order as the command that placed it left it, and the fills that
+/// command made: later changes reach the client through the streams and
+/// the queries (see [`crate::outcome`]).
+pub struct Placed {
+    pub order: OrderView,
+    pub fills: Vec<FillView>,
+}
+
+/// Places `order`.
+pub async fn place(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    order: NewOrder,
+) -> Result<Placed, Refusal> {
+    let user = order.user;
+    let mut outcome = run(state, producer, Command::PlaceOrder(order)).await?;
+    let id = outcome
+        .events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::OrderAccepted { order, user: owner, .. } if owner == user => Some(order),
+            _ => None,
+        })
+        .ok_or_else(|| internal("no order in the outcome"))?;
+    let fills = outcome.fills(&*state.views()?, id);
+    let order = take_order(&mut outcome, id).ok_or_else(|| internal("the placed order was not captured"))?;
+    Ok(Placed { order, fills })
+}
+
+/// Cancels `user`'s order `order`; the order as the cancel left it.
+pub async fn cancel(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    order: OrderRef,
+) -> Result<OrderView, Refusal> {
+    change(state, producer, Command::CancelOrder { user, order }).await
+}
+
+/// Amends an order; the order as the amend left it (a later command of
+/// the same batch may have changed it since).
+pub async fn amend(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    amend: Amend,
+) -> Result<OrderView, Refusal> {
+    change(state, producer, Command::Amend(amend)).await
+}
+
+async fn change(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    command: Command,
+) -> Result<OrderView, Refusal> {
+    let mut outcome = run(state, producer, command).await?;
+    let id = outcome
+        .events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::OrderDone { order, .. } | EventKind::OrderAmended { order, .. } => Some(order),
+            _ => None,
+        })
+        .ok_or_else(|| internal("no order"))?;
+    take_order(&mut outcome, id).ok_or_else(|| internal("the changed order was not captured").into())
+}
+
+/// Cancels `user`'s open orders (in `market`, or in every market); each
+/// order as the cancel closed it, in the order they were closed.
+pub async fn cancel_all(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    market: Option<MarketId>,
+) -> Result<Vec<OrderView>, Refusal> {
+    let mut outcome = run(state, producer, Command::CancelAll { user, market }).await?;
+    let closed: Vec<OrderId> = outcome
+        .events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::OrderDone { order, .. } => Some(order),
+            _ => None,
+        })
+        .collect();
+    Ok(closed.into_iter().filter_map(|id| take_order(&mut outcome, id)).collect())
+}
+
+/// `order` out of the outcome, without copying it.
+fn take_order(outcome: &mut Outcome, order: OrderId) -> Option<OrderView> {
+    let at = outcome.orders.iter().position(|o| o.order == order)?;
+    Some(outcome.orders.swap_remove(at))
+}
+
+/// `user`'s order `order` (in `market`, when named): from the views, or,
+/// for an order past their retention, from the database when there is
+/// one. `None` when neither has it.
+pub async fn find_order(
+    state: &AppState,
+    user: UserId,
+    order: OrderRef,
+    market: Option<MarketId>,
+) -> Result<Option<OrderView>, ApiError> {
+    let in_market = |o: &OrderView| market.is_none_or(|m| o.market == m);
+    if let Some(found) = state.views()?.find_order_ref(user, order).filter(|o| in_market(o)) {
+        return Ok(Some(found.clone()));
+    }
+    Ok(stored_order(state, user, order).await?.filter(in_market))
+}
+
+fn internal(message: &'static str) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+}
+
+/// The history database failed a query: logged, and answered 503.
+pub fn database_error(error: persistence::StoreError) -> ApiError {
+    eprintln!("history query failed: {error}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "database_unavailable",
+        "the history database is not answering; retry later",
+    )
+}
+
+/// Fills of an order read back from the database, at most.
+const STORED_FILLS_MAX: u32 = 100;
+
+/// One of `user`'s orders from the database, for an order past the views'
+/// retention: `Ok(None)` without a database or when it has no such order.
+/// Its fills come from the trades table.
+async fn stored_order(
+    state: &AppState,
+    user: UserId,
+    order: OrderRef,
+) -> Result<Option<OrderView>, ApiError> {
+    let Some((_, history)) = &state.database else { return Ok(None) };
+    let (id, client) = match order {
+        OrderRef::Id(id) => (Some(i64::try_from(id.0).unwrap_or(i64::MAX)), None),
+        OrderRef::Client(client) => (None, Some(client.to_string())),
+    };
+    let user_id = user.0 as i32;
+    let Some(record) = history.order(user_id, id, client.as_deref()).await.map_err(database_error)? else {
+        return Ok(None);
+    };
+    let trades = history.order_trades(&record, STORED_FILLS_MAX).await.map_err(database_error)?;
+    let views = state.views()?;
+    order_view(&views, &record, &trades).map(Some)
+}
+
+/// An order as the `orders` table and its trades describe it, in the
+/// views' terms (ticks, lots, units).
+fn order_view(
+    views: &Views,
+    record: &persistence::OrderRecord,
+    trades: &[persistence::TradeRow],
+) -> Result<OrderView, ApiError> {
+    let corrupt = |what: &str| {
+        eprintln!("history: order {} has {what} the exchange cannot read", record.order_id);
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "a stored order cannot be read")
+    };
+    let market = views.markets.get(record.market_id as usize).ok_or_else(|| corrupt("an unknown market"))?;
+    let scale = market.scale;
+    let lots = |amount: Amount| scale.to_lots("quantity", amount.0).map_err(|_| corrupt("a quantity"));
+    let quote_units = |amount: Amount| {
+        amounts::to_units("quote", amount.0, scale.quote_decimals).map_err(|_| corrupt("a quote amount"))
+    };
+    let price =
+        record.price.map(|p| scale.to_ticks("price", p.0).map_err(|_| corrupt("a price"))).transpose()?;
+    let side = if record.side == "buy" { Side::Buy } else { Side::Sell };
+    let remaining = lots(record.remaining_quantity)?;
+    let filled = lots(record.executed_quantity)?;
+    let quantity = record.quantity.map(lots).transpose()?.unwrap_or(Lots(0));
+    let kind = match (record.order_type.as_str(), price) {
+        ("limit", Some(price)) => {
+            let tif = match record.time_in_force.as_deref() {
+                Some("IOC") => TimeInForce::Ioc,
+                Some("FOK") => TimeInForce::Fok,
+                Some("POST_ONLY") => TimeInForce::PostOnly,
+                _ => TimeInForce::Gtc,
+            };
+            Some(OrderKind::Limit { price, qty: quantity, tif })
+        }
+        ("market", _) => Some(OrderKind::Market { qty: quantity }),
+        ("market_by_quote", _) => record
+            .quote_amount
+            .map(quote_units)
+            .transpose()?
+            .map(|amount| OrderKind::MarketByQuote { amount }),
+        _ => None,
+    };
+    let stp = match record.self_trade_prevention.as_str() {
+        "cancel_maker" => Some(SelfTradePrevention::CancelMaker),
+        "cancel_both" => Some(SelfTradePrevention::CancelBoth),
+        "allow" => Some(SelfTradePrevention::Allow),
+        "cancel_taker" => Some(SelfTradePrevention::CancelTaker),
+        _ => None,
+    };
+    let status = match record.status.as_str() {
+        "new" => OrderStatus::New,
+        "partially_filled" => OrderStatus::PartiallyFilled,
+        "filled" => OrderStatus::Filled,
+        "cancelled" => OrderStatus::Cancelled,
+        "expired_self_trade" => OrderStatus::ExpiredSelfTrade,
+        "expired_insufficient_funds" => OrderStatus::ExpiredFunds,
+        _ => OrderStatus::Expired,
+    };
+    let mut fills = Vec::with_capacity(trades.len());
+    for trade in trades {
+        let maker = trade.maker_order_id == record.order_id && trade.maker_user_id == record.user_id;
+        let (fee, fee_asset) = if maker {
+            (trade.maker_fee, trade.maker_fee_asset_id)
+        } else {
+            (trade.taker_fee, trade.taker_fee_asset_id)
+        };
+        let decimals = views.assets.get(fee_asset as usize).map_or(0, |a| a.decimals);
+        fills.push(FillView {
+            trade: TradeId(trade.trade_id as u64),
+            price: scale.to_ticks("price", trade.price.0).map_err(|_| corrupt("a trade price"))?,
+            qty: lots(trade.quantity)?,
+            fee: amounts::to_units("fee", fee.0, decimals).map_err(|_| corrupt("a fee"))?,
+            fee_asset: engine_core::AssetId(fee_asset as u32),
+            maker,
+            timestamp_ns: unix_ns(trade.executed_at),
+        });
+    }
+    Ok(OrderView {
+        order: OrderId(record.order_id as u64),
+        user: UserId(record.user_id as u32),
+        market: MarketId(record.market_id as u32),
+        side,
+        kind,
+        price,
+        remaining,
+        filled,
+        quantity,
+        client_order_id: record.client_order_id.as_deref().and_then(|c| ClientOrderId::new(c).ok()),
+        stp,
+        status,
+        created_ns: unix_ns(record.created_at),
+        updated_seq: record.updated_seq as u64,
+        updated_ns: unix_ns(record.updated_at),
+        quote_filled: u128::from(quote_units(record.executed_quote)?.0),
+        fills,
+    })
+}

@@ -1,0 +1,38 @@
+//! What every request handler shares, native or Binance, REST or
+//! WebSocket: built once by the server, read by the handlers.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+use crate::auth::Authenticator;
+use crate::error::ApiError;
+use crate::pipeline::{Health, Pending};
+use crate::views::Views;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub views: Arc<RwLock<Views>>,
+    pub auth: Authenticator,
+    pub pending: Arc<Pending>,
+    pub health: Arc<Health>,
+    pub admin_token: Option<String>,
+    pub body_max_bytes: usize,
+    pub request_timeout: Duration,
+    /// The database writer's progress and the history it serves, when
+    /// PostgreSQL is configured.
+    pub database: Option<(Arc<persistence::WriterStatus>, Arc<persistence::History>)>,
+    /// The Binance-compatible API's request weights and client order ids.
+    pub binance: crate::binance::state::State,
+}
+
+impl AppState {
+    /// The read views; an internal error if a thread panicked while
+    /// writing them.
+    pub fn views(&self) -> Result<RwLockReadGuard<'_, Views>, ApiError> {
+        self.views
+            .read()
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "views unavailable"))
+    }
+}
