@@ -136,6 +136,12 @@ impl OrderSlab {
     pub fn get_mut(&mut self, slot: u32) -> &mut Order {
         &mut self.slots[slot as usize]
     }
+
+    /// The order in `slot`, or `None` for a slot out of range or free: for
+    /// the invariant checks, which must not trust the links they follow.
+    pub fn get_checked(&self, slot: u32) -> Option<&Order> {
+        self.slots.get(slot as usize).filter(|order| order.id.0 != 0)
+    }
 }
 
 /// All resting orders at one price, oldest first.
@@ -182,6 +188,26 @@ impl BookSide {
     /// Levels from the best price to the worst.
     pub fn levels(&self) -> impl Iterator<Item = &Level> {
         self.levels.iter().rev()
+    }
+
+    /// The level at `price`, if any.
+    pub fn level(&self, price: Ticks) -> Option<&Level> {
+        self.find(price).ok().map(|index| &self.levels[index])
+    }
+
+    #[cfg(test)]
+    pub fn level_mut(&mut self, price: Ticks) -> Option<&mut Level> {
+        self.find(price).ok().map(|index| &mut self.levels[index])
+    }
+
+    /// Whether the levels around where `price` is (or would be) are in
+    /// strict price order, each under its own key. The binary search finds
+    /// a level only while they are, so this is checked where it looks.
+    pub fn ordered_around(&self, price: Ticks) -> bool {
+        let index = self.find(price).unwrap_or_else(|index| index);
+        let window = &self.levels[index.saturating_sub(1)..(index + 2).min(self.levels.len())];
+        window.iter().all(|level| level.key == self.key(level.price))
+            && window.windows(2).all(|pair| pair[0].key < pair[1].key)
     }
 
     #[cfg(test)]

@@ -139,6 +139,13 @@ impl Emitter<'_> {
 impl Engine {
     /// An empty engine that expects sequence number 1 next.
     pub fn new(limits: EngineLimits) -> Engine {
+        // Room for the working set up front, so that placing orders does
+        // not grow (and copy) the slab.
+        Engine::with_order_slots(limits, 1 << 16)
+    }
+
+    /// An empty engine whose order slab has room for `slots` orders.
+    pub(crate) fn with_order_slots(limits: EngineLimits, slots: usize) -> Engine {
         Engine {
             limits,
             last_seq: 0,
@@ -148,7 +155,7 @@ impl Engine {
             totals: Vec::new(),
             markets: Vec::new(),
             accounts: Vec::new(),
-            orders: OrderSlab::with_capacity(1 << 16),
+            orders: OrderSlab::with_capacity(slots),
             index: HashMap::with_hasher(BuildHasherDefault::default()),
             api_keys: Vec::new(),
         }

@@ -90,7 +90,7 @@ pub use command::{
 pub use engine::{ApiKeyEntry, Engine, SequenceError, TopOfBook};
 pub use event::{Capacity, DoneReason, Event, EventKind, RejectReason};
 pub use hash::StateHasher;
-pub use invariants::InvariantViolation;
+pub use invariants::{InvariantViolation, TouchedScratch};
 pub use limits::EngineLimits;
 pub use market::{fee, Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
 pub use snapshot::{RestingOrder, Snapshot, SnapshotError, SNAPSHOT_FORMAT_VERSION};

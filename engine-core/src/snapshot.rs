@@ -14,7 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{Account, AssetTotals, Balance};
-use crate::book::{BookSide, Order, OrderBook, OrderSlab, NIL};
+use crate::book::{BookSide, Order, OrderBook, NIL};
 use crate::command::SelfTradePrevention;
 use crate::engine::{lock_for, ApiKeyEntry, Engine, MarketState};
 use crate::hash::StateHasher;
@@ -186,7 +186,9 @@ impl Engine {
                 supported: SNAPSHOT_FORMAT_VERSION,
             });
         }
-        let mut engine = Engine::new(snapshot.limits);
+        // A slab the size of the snapshot's orders, not a new engine's
+        // (which would be allocated only to be thrown away).
+        let mut engine = Engine::with_order_slots(snapshot.limits, snapshot.orders.len());
         engine.last_seq = snapshot.last_seq;
         engine.next_order_id = snapshot.next_order_id.max(1);
         engine.next_trade_id = snapshot.next_trade_id.max(1);
@@ -245,7 +247,6 @@ impl Engine {
             engine.accounts.push(account);
         }
 
-        engine.orders = OrderSlab::with_capacity(snapshot.orders.len());
         // (user, order id, slot), to link each user's orders in id order.
         let mut owned: Vec<(UserId, OrderId, u32)> = Vec::with_capacity(snapshot.orders.len());
         let mut needs: BTreeMap<(UserId, AssetId), u128> = BTreeMap::new();

@@ -164,6 +164,9 @@ fn same_stream_same_events_and_hash() {
     assert!(trades > 3_000, "only {trades} trades");
     assert!(a.open_order_count() > 100);
     a.check_invariants().unwrap();
+    // The whole run as one batch of events: each balance, level and order
+    // ends as its last event said.
+    a.check_touched(&events_a).unwrap();
 
     // Serialized events are equal byte for byte too.
     let bytes =

@@ -890,6 +890,9 @@ fn run_stream(fees: &[(u32, u32)], ops: &[Op], open_limit: u32) -> Result<(), Te
         prop_assert_eq!(&got.rejected, &expected.rejected, "rejection differs for {:?}", command);
         prop_assert_eq!(&got.trades, &expected.trades, "trades differ for {:?}", command);
         prop_assert_eq!(&got.done, &expected.done, "closed orders differ for {:?}", command);
+        if let Err(violation) = engine.check_touched(&events) {
+            return Err(TestCaseError::fail(format!("after {command:?}: {violation}")));
+        }
         if let Err(violation) = engine.check_invariants() {
             return Err(TestCaseError::fail(format!("after {command:?}: {violation}")));
         }

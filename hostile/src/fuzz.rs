@@ -1,13 +1,16 @@
 //! The fuzz targets' bodies. Each must hold for any input; a panic is a
 //! bug found.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use engine_core::{
-    ApiKey, ApiSecret, AssetId, Command, Engine, EngineLimits, Event, Lots, MarketId, MarketRules,
-    MarketStatus, NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Symbol,
-    Ticks, TimeInForce, Units, UserId,
+    ApiKey, ApiSecret, AssetId, Balance, ClientOrderId, Command, DoneReason, Engine, EngineLimits, Event,
+    EventKind, Lots, MarketId, MarketRules, MarketStatus, NewOrder, OrderId, OrderKind, OrderRef,
+    RejectReason, SelfTradePrevention, Side, StampedCommand, Symbol, Ticks, TimeInForce, TouchedScratch,
+    Units, UserId,
 };
 use gateway::views::Views;
 
@@ -84,15 +87,9 @@ pub fn snapshot(data: &[u8]) {
 /// A market with two assets and three funded users, for the order targets.
 fn seeded_engine() -> Engine {
     let mut engine = Engine::new(limits());
-    let mut seq = 0;
-    let mut apply = |engine: &mut Engine, command: Command| {
-        seq += 1;
-        let mut events = Vec::new();
-        let _ = engine.apply(&StampedCommand { seq, timestamp_ns: seq * 1_000, command }, &mut events);
-    };
     for (symbol, decimals) in [("BTC", 8), ("USDT", 6)] {
         if let Ok(symbol) = Symbol::new(symbol) {
-            apply(&mut engine, Command::CreateAsset { symbol, decimals });
+            admin(&mut engine, Command::CreateAsset { symbol, decimals });
         }
     }
     let rules = MarketRules {
@@ -105,19 +102,26 @@ fn seeded_engine() -> Engine {
         maker_fee_ppm: 1_000,
         taker_fee_ppm: 2_000,
     };
-    apply(&mut engine, Command::CreateMarket { rules, status: MarketStatus::Open });
+    admin(&mut engine, Command::CreateMarket { rules, status: MarketStatus::Open });
     for user in 0..3 {
-        apply(&mut engine, Command::CreateUser);
-        apply(
+        admin(&mut engine, Command::CreateUser);
+        admin(
             &mut engine,
             Command::Deposit { user: UserId(user), asset: AssetId(0), amount: Units(1_000_000_000) },
         );
-        apply(
+        admin(
             &mut engine,
             Command::Deposit { user: UserId(user), asset: AssetId(1), amount: Units(1_000_000_000_000) },
         );
     }
     engine
+}
+
+/// Applies an administrative command with the next sequence number.
+fn admin(engine: &mut Engine, command: Command) {
+    let seq = engine.last_seq() + 1;
+    let mut events = Vec::new();
+    let _ = engine.apply(&StampedCommand { seq, timestamp_ns: seq * 1_000, command }, &mut events);
 }
 
 /// Reads little-endian numbers off the input, zero when it runs out.
@@ -138,110 +142,514 @@ impl Bytes<'_> {
     }
 }
 
-/// Arbitrary command sequences against a seeded engine: structured orders
-/// (prices near each other so that they trade) mixed with raw commands
-/// decoded from the bytes. After every command the engine's invariants
-/// hold, and a second engine fed the same commands has the same state.
-pub fn engine_commands(data: &[u8]) {
-    let mut engine = seeded_engine();
-    let mut twin = engine.clone();
-    let mut input = Bytes(data);
-    let mut events: Vec<Event> = Vec::new();
-    let mut steps = 0;
-    // Each command is followed by the full invariant check (a snapshot round
-    // trip among it): fewer, shorter inputs run more often.
-    while !input.0.is_empty() && steps < 96 {
-        steps += 1;
-        let user = UserId(u32::from(input.u8() % 4));
-        let side = if input.u8() % 2 == 0 { Side::Buy } else { Side::Sell };
-        let tif = [TimeInForce::Gtc, TimeInForce::Ioc, TimeInForce::Fok, TimeInForce::PostOnly]
-            [usize::from(input.u8() % 4)];
-        let stp = [
+/// Commands decoded from one input at most. Each costs an apply and the
+/// cheap check of what it touched; the whole state is checked once per
+/// input. Long enough to rest a couple of hundred orders.
+const ENGINE_COMMANDS_PER_INPUT_MAX: usize = 256;
+
+/// Users the command fuzzer trades for (all funded in both markets).
+const TRADERS: u8 = 4;
+
+/// The state the command fuzzer starts from, built once: [`seeded_engine`]
+/// plus a second market (ETH-USDT: other lot and tick sizes, a minimum
+/// notional) that shares its quote asset with the first, and a fourth
+/// user; every trader funded in every asset.
+fn trading_engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut engine = seeded_engine();
+        if let Ok(symbol) = Symbol::new("ETH") {
+            admin(&mut engine, Command::CreateAsset { symbol, decimals: 18 });
+        }
+        let rules = MarketRules {
+            base: AssetId(2),
+            quote: AssetId(1),
+            base_units_per_lot: 1_000_000_000_000_000,
+            quote_units_per_tick: 10,
+            min_qty: Lots(2),
+            min_notional: Units(500),
+            maker_fee_ppm: 0,
+            taker_fee_ppm: 500,
+        };
+        admin(&mut engine, Command::CreateMarket { rules, status: MarketStatus::Open });
+        while engine.user_count() < u32::from(TRADERS) {
+            admin(&mut engine, Command::CreateUser);
+        }
+        for user in 0..u32::from(TRADERS) {
+            for (asset, amount) in
+                [(0, 1_000_000_000), (1, 1_000_000_000_000), (2, 1_000_000_000_000_000_000)]
+            {
+                let user = UserId(user);
+                let asset = AssetId(asset);
+                if engine.balance(user, asset).available.0 == 0 {
+                    admin(&mut engine, Command::Deposit { user, asset, amount: Units(amount) });
+                }
+            }
+        }
+        engine
+    })
+}
+
+/// A client order id from a pool of eight, so that inputs reuse them.
+fn client_order_id(byte: u8) -> Option<ClientOrderId> {
+    static POOL: OnceLock<Vec<ClientOrderId>> = OnceLock::new();
+    let pool =
+        POOL.get_or_init(|| (0..8).filter_map(|i| ClientOrderId::new(&format!("c-{i}")).ok()).collect());
+    pool.get(usize::from(byte % 8)).copied()
+}
+
+/// The open orders as the events told them, so that cancels and amends
+/// name real orders (their owner's, or, now and then, someone else's).
+#[derive(Default)]
+struct OpenOrders(Vec<OpenOrder>);
+
+#[derive(Clone, Copy)]
+struct OpenOrder {
+    id: OrderId,
+    user: UserId,
+    market: MarketId,
+    client_order_id: Option<ClientOrderId>,
+}
+
+impl OpenOrders {
+    fn follow(&mut self, events: &[Event]) {
+        for event in events {
+            match event.kind {
+                EventKind::OrderAccepted { order, user, market, client_order_id, .. } => {
+                    self.0.push(OpenOrder { id: order, user, market, client_order_id })
+                }
+                EventKind::OrderDone { order, .. } => {
+                    if let Some(position) = self.0.iter().position(|open| open.id == order) {
+                        self.0.swap_remove(position);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// An open order, named by its id or its client order id, and who acts
+    /// on it: its owner, or now and then `user` (another user's order); or,
+    /// one time in as many as there are open orders, an order that is not
+    /// open, acted on by `user`.
+    fn pick(&self, input: &mut Bytes, user: UserId) -> (UserId, OrderRef, MarketId) {
+        let byte = input.u8();
+        let flags = input.u8();
+        let Some(open) = self.0.get(usize::from(byte) % (self.0.len() + 1)) else {
+            // An id from the recent past, or a client id nobody may hold.
+            let reference = match (flags & 1, client_order_id(byte)) {
+                (0, Some(client_order_id)) => OrderRef::Client(client_order_id),
+                _ => OrderRef::Id(OrderId(u64::from(byte))),
+            };
+            return (user, reference, MarketId(u32::from(flags >> 7)));
+        };
+        let acting = if flags >= 0xE0 { user } else { open.user };
+        let reference = match open.client_order_id {
+            Some(client_order_id) if flags & 1 == 0 => OrderRef::Client(client_order_id),
+            _ => OrderRef::Id(open.id),
+        };
+        (acting, reference, open.market)
+    }
+}
+
+/// A price near the market's (so that orders trade and rest on a few
+/// levels), or, rarely, any price at all.
+fn price(input: &mut Bytes, market: MarketId) -> Ticks {
+    let byte = input.u8();
+    match byte {
+        0xF8.. => Ticks(input.u64(8)),
+        _ => Ticks([92, 40][market.0 as usize % 2] + u64::from(byte % 16)),
+    }
+}
+
+/// A small quantity, or, rarely, any quantity at all.
+fn qty(input: &mut Bytes) -> Lots {
+    let byte = input.u8();
+    match byte {
+        0xF8.. => Lots(input.u64(8)),
+        _ => Lots(1 + u64::from(byte % 24)),
+    }
+}
+
+/// How many values the first byte of a command picks from (see
+/// [`next_command`]).
+const COMMAND_OPS: u8 = 17;
+
+/// One command from the input, or `None` for bytes that decode to none:
+/// an op byte, a user byte, then what the op needs. Every kind of command
+/// is one arm of the match; a new kind is one more arm, and one more op.
+fn next_command(input: &mut Bytes, open: &OpenOrders) -> Option<Command> {
+    let op = input.u8();
+    let user = UserId(u32::from(input.u8() % TRADERS));
+    let stp = |byte: u8| {
+        [
             SelfTradePrevention::CancelTaker,
             SelfTradePrevention::CancelMaker,
             SelfTradePrevention::CancelBoth,
             SelfTradePrevention::Allow,
-        ][usize::from(input.u8() % 4)];
-        let command = match input.u8() % 10 {
-            0..=3 => Command::PlaceOrder(NewOrder {
+        ][usize::from(byte % 4)]
+    };
+    let command = match op % COMMAND_OPS {
+        // Limit orders, most of them good till cancelled, so that books
+        // grow deep. flags: side, time in force (3 bits), STP (2), market,
+        // client order id.
+        0..=6 => {
+            let flags = input.u8();
+            let market = MarketId(u32::from(flags >> 6 & 1));
+            let tif = match flags >> 1 & 7 {
+                4 => TimeInForce::Ioc,
+                5 => TimeInForce::Fok,
+                6 => TimeInForce::PostOnly,
+                _ => TimeInForce::Gtc,
+            };
+            Command::PlaceOrder(NewOrder {
                 user,
-                market: MarketId(0),
-                side,
-                kind: OrderKind::Limit {
-                    price: Ticks(95 + input.u64(1) % 10),
-                    qty: Lots(1 + input.u64(1) % 20),
-                    tif,
-                },
+                market,
+                side: if flags & 1 == 0 { Side::Buy } else { Side::Sell },
+                kind: OrderKind::Limit { price: price(input, market), qty: qty(input), tif },
+                client_order_id: if flags >> 7 == 1 { client_order_id(input.u8()) } else { None },
+                stp: stp(flags >> 4),
+            })
+        }
+        // Market orders by quantity or by quote amount, on either side.
+        7 => {
+            let flags = input.u8();
+            let market = MarketId(u32::from(flags >> 6 & 1));
+            let kind = if flags & 2 == 0 {
+                OrderKind::Market { qty: qty(input) }
+            } else {
+                OrderKind::MarketByQuote { amount: Units(input.u64(3)) }
+            };
+            Command::PlaceOrder(NewOrder {
+                user,
+                market,
+                side: if flags & 1 == 0 { Side::Buy } else { Side::Sell },
+                kind,
                 client_order_id: None,
-                stp,
-            }),
-            4 => Command::PlaceOrder(NewOrder {
+                stp: stp(flags >> 4),
+            })
+        }
+        8 | 9 => {
+            let (user, order, _) = open.pick(input, user);
+            Command::CancelOrder { user, order }
+        }
+        10 | 11 => {
+            let (user, order, market) = open.pick(input, user);
+            let change = input.u8();
+            Command::Amend(engine_core::Amend {
                 user,
-                market: MarketId(0),
-                side,
-                kind: if input.u8() % 2 == 0 {
-                    OrderKind::Market { qty: Lots(input.u64(2)) }
-                } else {
-                    OrderKind::MarketByQuote { amount: Units(input.u64(4)) }
-                },
-                client_order_id: None,
-                stp,
-            }),
-            5 => Command::CancelOrder { user, order: OrderRef::Id(OrderId(input.u64(1) % 64)) },
-            6 => Command::Amend(engine_core::Amend {
-                user,
-                order: OrderRef::Id(OrderId(input.u64(1) % 64)),
-                new_qty: Some(Lots(input.u64(1) % 30)),
-                new_price: if input.u8() % 2 == 0 { Some(Ticks(95 + input.u64(1) % 10)) } else { None },
-            }),
-            7 => Command::CancelAll {
-                user,
-                market: if input.u8() % 2 == 0 { Some(MarketId(0)) } else { None },
+                order,
+                new_qty: if change & 1 == 0 { Some(Lots(u64::from(change >> 2) % 32)) } else { None },
+                new_price: if change & 2 == 0 { Some(price(input, market)) } else { None },
+            })
+        }
+        12 => Command::CancelAll {
+            user,
+            market: match input.u8() % 3 {
+                0 => None,
+                market => Some(MarketId(u32::from(market - 1))),
             },
-            8 => match input.u8() % 4 {
-                0 => Command::Deposit {
-                    user,
-                    asset: AssetId(u32::from(input.u8() % 3)),
-                    amount: Units(input.u64(8)),
-                },
-                1 => Command::Withdraw {
-                    user,
-                    asset: AssetId(u32::from(input.u8() % 3)),
-                    amount: Units(input.u64(8)),
-                },
-                2 => Command::SetMarketFees {
-                    market: MarketId(0),
-                    maker_fee_ppm: input.u64(4) as u32,
-                    taker_fee_ppm: input.u64(4) as u32,
-                },
-                _ => Command::SetMarketStatus {
-                    market: MarketId(u32::from(input.u8() % 2)),
-                    status: [MarketStatus::Open, MarketStatus::CancelOnly, MarketStatus::Halted]
-                        [usize::from(input.u8() % 3)],
-                },
-            },
-            _ => {
-                // A raw command as the journal would hold it: any field value.
-                let len = usize::from(input.u8()).min(input.0.len());
-                let (raw, rest) = input.0.split_at(len);
-                input.0 = rest;
-                match bincode::serde::decode_from_slice::<Command, _>(raw, journal::bincode_config()) {
-                    Ok((command, _)) => command,
-                    Err(_) => continue,
+        },
+        // Funds in every asset, and one that does not exist; amounts of any width.
+        13 => {
+            let flags = input.u8();
+            let asset = AssetId(u32::from(flags >> 1 & 3));
+            let amount = Units(input.u64(1 + usize::from(flags >> 3 & 7)));
+            if flags & 1 == 0 {
+                Command::Deposit { user, asset, amount }
+            } else {
+                Command::Withdraw { user, asset, amount }
+            }
+        }
+        // Markets halted, wound down and reopened; fees changed (some above
+        // the maximum).
+        14 => {
+            let flags = input.u8();
+            let market = MarketId(u32::from(flags >> 1 & 1) + u32::from(flags >> 7));
+            if flags & 1 == 0 {
+                let status =
+                    [MarketStatus::Open, MarketStatus::Open, MarketStatus::CancelOnly, MarketStatus::Halted]
+                        [usize::from(flags >> 2 & 3)];
+                Command::SetMarketStatus { market, status }
+            } else {
+                Command::SetMarketFees {
+                    market,
+                    maker_fee_ppm: (input.u64(3) % 128_000) as u32,
+                    taker_fee_ppm: (input.u64(3) % 128_000) as u32,
                 }
             }
+        }
+        // The engine's limits, tight enough to bite: a few open orders per
+        // user, sometimes few orders in all (lowered below what is held).
+        15 => {
+            let flags = input.u8();
+            let defaults = engine_core::EngineLimits::default();
+            Command::SetLimits {
+                limits: engine_core::EngineLimits {
+                    open_orders_per_user_max: 1 + u32::from(flags & 15),
+                    orders_max: if flags & 0x80 == 0 {
+                        defaults.orders_max
+                    } else {
+                        4 + u32::from(flags >> 4 & 7)
+                    },
+                    ..defaults
+                },
+            }
+        }
+        // A raw command as the journal would hold it: any field value.
+        _ => {
+            let len = usize::from(input.u8()).min(input.0.len());
+            let (raw, rest) = input.0.split_at(len);
+            input.0 = rest;
+            bincode::serde::decode_from_slice::<Command, _>(raw, journal::bincode_config()).ok()?.0
+        }
+    };
+    Some(command)
+}
+
+/// What the events said of balances and book levels, for comparing with
+/// the state at the end: the read views are built from events alone, so no
+/// balance or level may change without one.
+struct EventMirror {
+    /// Indexed by user, then asset (`assets_max` per user).
+    balances: Vec<Balance>,
+    assets_max: usize,
+    /// Open quantity by [`level_key`].
+    levels: HashMap<u128, Lots, BuildHasherDefault<LevelKeyHasher>>,
+}
+
+/// One book level as one number: market, side, price.
+fn level_key(market: MarketId, side: Side, price: Ticks) -> u128 {
+    u128::from(market.0) << 65 | u128::from(side == Side::Sell) << 64 | u128::from(price.0)
+}
+
+/// A multiply-rotate hash for [`level_key`]s: the mirror follows every
+/// level event, and a keyed SipHash or a B-tree's comparisons would cost
+/// more than the engine's own work under the fuzzer's instrumentation.
+#[derive(Default)]
+struct LevelKeyHasher(u64);
+
+impl Hasher for LevelKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
+}
+
+impl EventMirror {
+    fn of(engine: &Engine) -> EventMirror {
+        let limits = engine.limits();
+        let assets_max = limits.assets_max as usize;
+        let mut mirror = EventMirror {
+            balances: vec![Balance::default(); limits.users_max as usize * assets_max],
+            assets_max,
+            levels: HashMap::default(),
         };
-        let stamped = StampedCommand { seq: engine.last_seq() + 1, timestamp_ns: 1_000_000 * steps, command };
+        for user in (0..engine.user_count()).map(UserId) {
+            for asset in engine.assets() {
+                *mirror.balance_mut(user, asset.id) = engine.balance(user, asset.id);
+            }
+        }
+        for market in engine.markets() {
+            for side in [Side::Buy, Side::Sell] {
+                for (price, qty) in engine.depth(market.id, side, usize::MAX) {
+                    mirror.levels.insert(level_key(market.id, side, price), qty);
+                }
+            }
+        }
+        mirror
+    }
+
+    fn balance_mut(&mut self, user: UserId, asset: AssetId) -> &mut Balance {
+        let index = user.0 as usize * self.assets_max + asset.0 as usize;
+        match self.balances.get_mut(index) {
+            Some(balance) => balance,
+            None => panic!("a balance event for user {user} asset {asset}, past the engine's limits"),
+        }
+    }
+
+    fn follow(&mut self, events: &[Event]) {
+        for event in events {
+            match event.kind {
+                EventKind::Balance { user, asset, available, locked } => {
+                    *self.balance_mut(user, asset) = Balance { available, locked };
+                }
+                EventKind::BookLevel { market, side, price, qty } => {
+                    let key = level_key(market, side, price);
+                    if qty.0 == 0 {
+                        self.levels.remove(&key);
+                    } else {
+                        self.levels.insert(key, qty);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn assert_matches(&mut self, engine: &Engine) {
+        for user in (0..engine.user_count()).map(UserId) {
+            for asset in engine.assets() {
+                let said = *self.balance_mut(user, asset.id);
+                assert_eq!(said, engine.balance(user, asset.id), "the events said every change of a balance");
+            }
+        }
+        let mut levels = 0;
+        for market in engine.markets() {
+            for side in [Side::Buy, Side::Sell] {
+                for (price, qty) in engine.depth(market.id, side, usize::MAX) {
+                    let said = self.levels.get(&level_key(market.id, side, price));
+                    assert_eq!(said, Some(&qty), "the events said every change of a book level");
+                    levels += 1;
+                }
+            }
+        }
+        assert_eq!(levels, self.levels.len(), "the events said every level that left a book");
+    }
+}
+
+/// How far one input took the engine. The seeds must reach deep states
+/// (a test checks), from which the fuzzer mutates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineReach {
+    pub commands: usize,
+    pub resting_orders_max: u32,
+    pub trades: u32,
+    /// Trades that left the maker or the taker partly filled.
+    pub partial_fills: u32,
+    pub amends_in_place: u32,
+    pub amends_requeued: u32,
+    /// Orders closed by self-trade prevention.
+    pub self_trade_cancels: u32,
+    /// Commands refused because their market was halted or winding down.
+    pub refused_market_closed: u32,
+    pub cancels_by_client_id: u32,
+    pub rejected: u32,
+}
+
+impl EngineReach {
+    fn follow(&mut self, command: &Command, events: &[Event], engine: &Engine) {
+        self.commands += 1;
+        self.resting_orders_max = self.resting_orders_max.max(engine.open_order_count());
+        for event in events {
+            match event.kind {
+                EventKind::Trade { maker_remaining, taker_remaining, .. } => {
+                    self.trades += 1;
+                    if maker_remaining.0 > 0 || taker_remaining.0 > 0 {
+                        self.partial_fills += 1;
+                    }
+                }
+                EventKind::OrderAmended { priority_kept: true, .. } => self.amends_in_place += 1,
+                EventKind::OrderAmended { priority_kept: false, .. } => self.amends_requeued += 1,
+                EventKind::OrderDone { reason: DoneReason::SelfTrade, .. } => self.self_trade_cancels += 1,
+                EventKind::OrderDone { reason: DoneReason::Cancelled, .. }
+                    if matches!(command, Command::CancelOrder { order: OrderRef::Client(_), .. }) =>
+                {
+                    self.cancels_by_client_id += 1
+                }
+                EventKind::Rejected { reason, .. } => {
+                    self.rejected += 1;
+                    if matches!(
+                        reason,
+                        RejectReason::MarketHalted { .. } | RejectReason::MarketNotOpen { .. }
+                    ) {
+                        self.refused_market_closed += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Command sequences against a funded engine with two markets: limit
+/// orders near each other's prices (so that they rest, trade in part, and
+/// meet their owner's orders), market orders, cancels and amends of open
+/// orders by id and by client id, cancel-alls, funds, fee and status
+/// changes, and raw commands decoded as the journal would.
+///
+/// After every command, the cheap check of what it touched
+/// ([`Engine::check_touched`]). Once per input: every invariant with a
+/// snapshot round trip ([`Engine::check_invariants`]); the events describe
+/// every balance and book level. And from half way through the input, an
+/// engine loaded from a snapshot follows in lockstep: the same events for
+/// every command, the same state hash at the end (determinism, and what
+/// recovery promises).
+pub fn engine_commands(data: &[u8]) {
+    engine_commands_reach(data);
+}
+
+/// [`engine_commands`], telling how far the input took the engine.
+pub fn engine_commands_reach(data: &[u8]) -> EngineReach {
+    let mut engine = trading_engine().clone();
+    let mut mirror = EventMirror::of(&engine);
+    let mut open = OpenOrders::default();
+    let mut reach = EngineReach::default();
+    let mut scratch = TouchedScratch::default();
+    let mut input = Bytes(data);
+    let mut events: Vec<Event> = Vec::new();
+    // From half way, an engine loaded from a snapshot follows in lockstep.
+    let mut twin: Option<Engine> = None;
+    let mut twin_events: Vec<Event> = Vec::new();
+    while !input.0.is_empty() && reach.commands < ENGINE_COMMANDS_PER_INPUT_MAX {
+        let half_way = input.0.len() <= data.len() / 2;
+        if twin.is_none() && (half_way || reach.commands == ENGINE_COMMANDS_PER_INPUT_MAX / 2) {
+            twin = Some(reload(&engine));
+        }
+        let Some(command) = next_command(&mut input, &open) else { continue };
+        let seq = engine.last_seq() + 1;
+        let stamped = StampedCommand { seq, timestamp_ns: seq * 1_000_000, command };
         events.clear();
         assert!(engine.apply(&stamped, &mut events).is_ok(), "commands in sequence apply");
-        if let Err(violation) = engine.check_invariants() {
-            panic!("invariant broken after {command:?}: {violation:?}");
+        if let Err(violation) = engine.check_touched_with(&events, &mut scratch) {
+            panic!("invariant broken after {command:?}: {violation}\nevents: {events:#?}");
         }
-        let mut twin_events = Vec::new();
-        let _ = twin.apply(&stamped, &mut twin_events);
-        assert_eq!(events, twin_events, "the engine is deterministic");
+        if let Some(twin) = &mut twin {
+            twin_events.clear();
+            assert!(twin.apply(&stamped, &mut twin_events).is_ok(), "commands in sequence apply");
+            assert!(
+                twin_events == events,
+                "the engine is deterministic: {command:?} emitted {events:#?}, then {twin_events:#?}"
+            );
+        }
+        open.follow(&events);
+        mirror.follow(&events);
+        reach.follow(&command, &events, &engine);
     }
-    assert_eq!(engine.state_hash(), twin.state_hash());
+
+    if let Err(violation) = engine.check_invariants() {
+        panic!("invariant broken after {} commands: {violation}", reach.commands);
+    }
+    mirror.assert_matches(&engine);
+    let twin = twin.unwrap_or_else(|| reload(&engine));
+    assert_eq!(
+        engine.state_hash(),
+        twin.state_hash(),
+        "the engine is deterministic: same commands, same state"
+    );
+    reach
+}
+
+/// The engine as recovery would load it from a snapshot.
+fn reload(engine: &Engine) -> Engine {
+    match Engine::from_snapshot(engine.snapshot()) {
+        Ok(loaded) => loaded,
+        Err(error) => panic!("a snapshot of a live engine loads: {error}"),
+    }
 }
 
 fn views() -> &'static Views {
@@ -382,11 +790,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             let payload = file.get(64..).map(<[u8]>::to_vec).unwrap_or_default();
             vec![file, payload]
         }
-        "engine_commands" => vec![
-            (0u8..=255).collect(),
-            [0u8, 0, 0, 0, 0, 5, 3, 1, 1, 0, 0, 1, 5, 3].repeat(20),
-            [2u8, 1, 0, 0, 4, 0, 100, 0, 1, 0, 1, 1, 6, 2, 3].repeat(12),
-        ],
+        "engine_commands" => engine_command_seeds(),
         "rest_order" => [
             r#"{"market":"BTC-USDT","side":"buy","type":"limit","price":"100.5","quantity":"0.01"}"#,
             r#"{"market":"BTC-USDT","side":"sell","type":"market","quote_amount":"12.5","self_trade_prevention":"cancel_both"}"#,
@@ -423,4 +827,90 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Inputs for `engine_commands` in its encoding (see `next_command`): a
+/// deep book in both markets, then trades, self-trades, amends, cancels by
+/// id and client id, a halted and a winding-down market, market orders,
+/// funds and fees; a second on self-trade prevention; and every byte.
+fn engine_command_seeds() -> Vec<Vec<u8>> {
+    const GTC: u8 = 0;
+    const IOC: u8 = 4;
+    const FOK: u8 = 5;
+    const POST_ONLY: u8 = 6;
+    // Price bytes: 0..=7 bid below the 8..=15 asks, so that orders rest.
+    let limit = |seed: &mut Vec<u8>,
+                 user: u8,
+                 sell: bool,
+                 tif: u8,
+                 stp: u8,
+                 market: u8,
+                 price: u8,
+                 qty: u8,
+                 client: Option<u8>| {
+        let flags = u8::from(sell) | tif << 1 | stp << 4 | market << 6 | u8::from(client.is_some()) << 7;
+        seed.extend([0, user, flags, price, qty]);
+        seed.extend(client);
+    };
+    let market_order = |seed: &mut Vec<u8>, user: u8, sell: bool, by_quote: bool, amount: u8| {
+        seed.extend([7, user, u8::from(sell) | u8::from(by_quote) << 1, amount]);
+        if by_quote {
+            seed.extend([0, 1]);
+        }
+    };
+    let cancel =
+        |seed: &mut Vec<u8>, pick: u8, by_client_id: bool| seed.extend([8, 0, pick, u8::from(!by_client_id)]);
+    // change: bit 0 clear sets the quantity (bits 2..), bit 1 clear the price.
+    let amend = |seed: &mut Vec<u8>, pick: u8, change: u8, price: u8| {
+        seed.extend([10, 0, pick, 1, change]);
+        if change & 2 == 0 {
+            seed.push(price);
+        }
+    };
+    let status = |seed: &mut Vec<u8>, market: u8, status: u8| seed.extend([14, 0, market << 1 | status << 2]);
+
+    let mut deep = Vec::new();
+    for i in 0u8..110 {
+        let sell = i % 2 == 1;
+        let price = if sell { 8 + i % 8 } else { i % 8 };
+        let client = (i % 3 == 0).then_some(i);
+        limit(&mut deep, i % 4, sell, GTC, 0, u8::from(i >= 70), price, 1 + i % 20, client);
+    }
+    for i in 0u8..12 {
+        let tif = [GTC, IOC, FOK, GTC][usize::from(i % 4)];
+        limit(&mut deep, i % 4, i % 2 == 0, tif, i % 4, i % 2, if i % 2 == 0 { 5 } else { 10 }, 15, None);
+    }
+    limit(&mut deep, 0, false, POST_ONLY, 0, 0, 12, 3, None);
+    for i in 0u8..12 {
+        amend(&mut deep, i.wrapping_mul(29), i.wrapping_mul(37), i);
+        cancel(&mut deep, i.wrapping_mul(53), i % 2 == 0);
+    }
+    status(&mut deep, 0, 3);
+    limit(&mut deep, 1, false, GTC, 0, 0, 3, 2, None);
+    cancel(&mut deep, 7, false);
+    status(&mut deep, 0, 2);
+    amend(&mut deep, 9, 1 << 2 | 2, 0);
+    limit(&mut deep, 2, true, GTC, 0, 0, 9, 2, None);
+    status(&mut deep, 0, 0);
+    for (user, sell, by_quote) in [(0, false, false), (1, true, false), (2, false, true), (3, true, true)] {
+        market_order(&mut deep, user, sell, by_quote, 30);
+    }
+    deep.extend([13, 1, 0b0000_1000, 0x40, 0x42]); // deposit of two bytes' worth
+    deep.extend([13, 2, 0b0000_0011, 0x10]); // withdrawal
+    deep.extend([14, 0, 1, 0x20, 0x03, 0x00, 0x10, 0x27, 0x00]); // fees
+    deep.extend([12, 3, 0, 12, 1, 2]); // cancel-alls
+    deep.extend([15, 0, 0x81]); // limits lowered below what is held
+    limit(&mut deep, 1, false, GTC, 0, 0, 3, 2, None);
+    deep.extend([15, 0, 0x0F]); // and raised again
+
+    let mut self_trades = Vec::new();
+    for round in 0u8..24 {
+        let user = round % 2;
+        limit(&mut self_trades, user, round % 3 == 0, GTC, 3, 1, 6 + round % 4, 4, Some(round % 8));
+        limit(&mut self_trades, user, round % 3 != 0, GTC, round % 4, 1, 6 + round % 4, 3, None);
+        amend(&mut self_trades, round, round << 2, 7);
+        cancel(&mut self_trades, round.wrapping_mul(7), true);
+    }
+
+    vec![deep, self_trades, (0u8..=255).collect()]
 }

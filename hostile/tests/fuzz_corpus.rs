@@ -38,3 +38,23 @@ fn every_target_has_a_cargo_fuzz_binary() {
         );
     }
 }
+
+/// The engine's seeds reach deep states (the fuzzer mutates from there):
+/// a book of many resting orders, partial fills, both kinds of amend,
+/// self-trade prevention, cancels by client id, closed markets.
+#[test]
+fn the_engine_seeds_reach_deep_states() {
+    let reaches: Vec<_> = hostile::fuzz::seeds("engine_commands")
+        .iter()
+        .map(|seed| hostile::fuzz::engine_commands_reach(seed))
+        .collect();
+    println!("{reaches:#?}");
+    let best = |field: fn(&hostile::fuzz::EngineReach) -> u32| reaches.iter().map(field).max().unwrap_or(0);
+    assert!(best(|r| r.resting_orders_max) >= 64, "a deep book");
+    assert!(best(|r| r.partial_fills) >= 5, "partial fills");
+    assert!(best(|r| r.amends_in_place) >= 1, "amends that keep their place");
+    assert!(best(|r| r.amends_requeued) >= 1, "amends that lose it");
+    assert!(best(|r| r.self_trade_cancels) >= 2, "self-trade prevention");
+    assert!(best(|r| r.cancels_by_client_id) >= 1, "cancels by client order id");
+    assert!(best(|r| r.refused_market_closed) >= 2, "a halted or winding-down market");
+}

@@ -17,13 +17,14 @@ use memmap2::{Mmap, MmapMut};
 
 use crate::checkpoint::{self, checkpoint_path, Checkpoint};
 use crate::error::JournalError;
+use crate::files::{create_private_dir, private_file_options, sync_dir};
 use crate::recovery::DataDir;
 use crate::segment::{
     list_segments, read_frame, scan_segment, segment_file_name, written_end, Frame, SegmentHeader,
     SEGMENT_HEADER_BYTES,
 };
 use crate::snapshots::list_snapshots;
-use crate::writer::{create_private_dir, create_segment, preallocate, sync_dir, JournalConfig, JournalLock};
+use crate::writer::{create_segment, preallocate, JournalConfig, JournalLock};
 
 /// The log of repairs, in the data directory.
 pub const REPAIRS_LOG_FILE_NAME: &str = "repairs.log";
@@ -348,7 +349,7 @@ pub fn repair(data: &DataDir, request: &RepairRequest) -> Result<RepairReport, J
     let mut text = lines.join("\n");
     text.push('\n');
     let append = || -> std::io::Result<()> {
-        let mut file = crate::writer::private_file_options().append(true).create(true).open(&log)?;
+        let mut file = private_file_options().append(true).create(true).open(&log)?;
         file.write_all(text.as_bytes())?;
         file.sync_all()
     };

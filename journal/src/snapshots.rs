@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use engine_core::{Engine, Snapshot};
 
 use crate::error::JournalError;
+use crate::files::{create_private_dir, private_file_options, sync_dir};
 use crate::segment::{read_u32, read_u64};
-use crate::writer::{create_private_dir, private_file_options, sync_dir};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"EXSNAPSH";
 pub const SNAPSHOT_FILE_VERSION: u32 = 2;

@@ -1,5 +1,6 @@
 //! A small driver for tests: stamps commands, keeps the events of the last
-//! one, and checks every invariant after each command.
+//! one, and checks every invariant after each command (what its events
+//! touched, then the whole state).
 
 #![allow(dead_code)]
 
@@ -62,6 +63,9 @@ impl Harness {
         self.engine.apply(&stamped, &mut self.events).expect("harness keeps sequence numbers in order");
         assert!(!self.events.is_empty(), "every command yields an event");
         assert!(self.events.iter().all(|e| e.seq == self.seq), "every event carries its command's seq");
+        if let Err(violation) = self.engine.check_touched(&self.events) {
+            panic!("invariant broken after {command:?}: {violation}\nevents: {:#?}", self.events);
+        }
         if let Err(violation) = self.engine.check_invariants() {
             panic!("invariant broken after {command:?}: {violation}\nevents: {:#?}", self.events);
         }
