@@ -490,7 +490,7 @@ fn migrations_apply_to_an_empty_database_once() {
     runtime().block_on(async {
         let mut client = connect(&database.url).await;
         let applied = persistence::migrate(&mut client).await.expect("migrate");
-        assert_eq!(applied, ["V1__initial", "V2__ledger_without_account_index"]);
+        assert_eq!(applied, ["V1__initial", "V2__ledger_without_account_index", "V3__orders_room_for_updates"]);
         let again = persistence::migrate(&mut client).await.expect("migrate again");
         assert!(again.is_empty(), "a second run applies nothing: {again:?}");
         let recorded: i64 = client
