@@ -3,8 +3,8 @@
 -- trade), and each row went into that index at a random place (by user
 -- and asset), where the primary key (seq, event_index) only ever grows at
 -- its right edge. No history query reads it (the API serves no ledger);
--- without it the writer stores about a third more rows per second (see
--- docs/persistence.md). An operator who reads accounts' ledgers often can
--- build it again, without stopping the writer:
+-- without it the writer and the server spend markedly less CPU per row
+-- (figures in docs/persistence.md). An operator who reads accounts'
+-- ledgers often can build it again, without stopping the writer:
 --   CREATE INDEX CONCURRENTLY ledger_by_account ON ledger (user_id, asset_id, seq);
 DROP INDEX IF EXISTS ledger_by_account;
