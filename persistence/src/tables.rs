@@ -541,15 +541,16 @@ async fn put<const N: usize, R: SqlRow<N>>(
 
 /// Writes `rows` and moves the cursor, in one transaction. `expected_seq`
 /// is the cursor the rows follow; a database whose cursor is elsewhere (a
-/// second writer, or a state reloaded wrongly) is refused.
+/// second writer, or a state reloaded wrongly) is refused. Returns the rows
+/// of the history tables it inserted or updated (the cursor's not counted).
 pub async fn write(
     client: &mut Client,
     rows: &RowSet,
     catalog: &Catalog,
     expected_seq: u64,
     mode: WriteMode,
-) -> Result<(), StoreError> {
-    let Some(last) = rows.last else { return Ok(()) };
+) -> Result<u64, StoreError> {
+    let Some(last) = rows.last else { return Ok(0) };
     let tx = client.transaction().await?;
     let cursor: i64 =
         tx.query_one("SELECT last_seq FROM writer_cursor WHERE id FOR UPDATE", &[]).await?.get(0);
@@ -585,7 +586,15 @@ pub async fn write(
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    let written = rows.reference.len()
+        + rows.users.len()
+        + new_orders.len()
+        + order_updates.len()
+        + rows.trades.len()
+        + rows.ledger.len()
+        + rows.balances.len()
+        + rows.candles.len();
+    Ok(written as u64)
 }
 
 async fn write_reference(tx: &Transaction<'_>, rows: &RowSet) -> Result<(), StoreError> {

@@ -164,6 +164,9 @@ pub struct WriterStatus {
     pub transactions: AtomicU64,
     pub events_written: AtomicU64,
     pub trades_written: AtomicU64,
+    /// Rows of the history tables inserted or updated (orders, trades,
+    /// ledger, balances, candles, reference data).
+    pub rows_written: AtomicU64,
     /// Commands whose events were regenerated from the journal.
     pub commands_replayed: AtomicU64,
     /// Batches the feed dropped because the writer was behind.
@@ -195,6 +198,7 @@ impl Default for WriterStatus {
             transactions: AtomicU64::new(0),
             events_written: AtomicU64::new(0),
             trades_written: AtomicU64::new(0),
+            rows_written: AtomicU64::new(0),
             commands_replayed: AtomicU64::new(0),
             batches_dropped: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
@@ -842,8 +846,8 @@ impl Run {
             }
 
             let write = tables::write(client, &rows, &catalog, cursor.seq, self.config.mode);
-            match tokio::time::timeout(self.config.transaction_timeout, write).await {
-                Ok(Ok(())) => {}
+            let written = match tokio::time::timeout(self.config.transaction_timeout, write).await {
+                Ok(Ok(written)) => written,
                 Ok(Err(error)) => return SessionEnd::Failed(Failure::store(Stage::Write, error)),
                 Err(_) => {
                     return SessionEnd::Failed(Failure::new(
@@ -854,7 +858,7 @@ impl Run {
                         ),
                     ))
                 }
-            }
+            };
             if let Some(last) = rows.last {
                 cursor = last;
             }
@@ -864,6 +868,7 @@ impl Run {
             self.status.transactions.fetch_add(1, Ordering::Relaxed);
             self.status.events_written.fetch_add(rows.events as u64, Ordering::Relaxed);
             self.status.trades_written.fetch_add(rows.trades.len() as u64, Ordering::Relaxed);
+            self.status.rows_written.fetch_add(written, Ordering::Relaxed);
             if self.status.lag_seq().is_some_and(|lag| lag > 0) && last_log.elapsed() >= LAG_LOG_EVERY {
                 eprintln!("database writer: {} the matcher, catching up", self.status.behind());
                 last_log = Instant::now();

@@ -490,7 +490,10 @@ fn migrations_apply_to_an_empty_database_once() {
     runtime().block_on(async {
         let mut client = connect(&database.url).await;
         let applied = persistence::migrate(&mut client).await.expect("migrate");
-        assert_eq!(applied, ["V1__initial"]);
+        assert_eq!(
+            applied,
+            ["V1__initial", "V2__ledger_without_account_index", "V3__orders_room_for_updates"]
+        );
         let again = persistence::migrate(&mut client).await.expect("migrate again");
         assert!(again.is_empty(), "a second run applies nothing: {again:?}");
         let recorded: i64 = client
@@ -498,7 +501,20 @@ fn migrations_apply_to_an_empty_database_once() {
             .await
             .expect("history")
             .get(0);
-        assert_eq!(recorded, 1);
+        assert_eq!(recorded, 3, "one row per migration");
+        // V2 and V3: no ledger index by account; orders' pages keep room for updates.
+        let ledger_index: i64 = client
+            .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'ledger_by_account'", &[])
+            .await
+            .expect("indexes")
+            .get(0);
+        assert_eq!(ledger_index, 0);
+        let options: Option<Vec<String>> = client
+            .query_one("SELECT reloptions FROM pg_class WHERE oid = 'orders'::regclass", &[])
+            .await
+            .expect("reloptions")
+            .get(0);
+        assert_eq!(options, Some(vec!["fillfactor=80".to_string()]));
         let loaded = persistence::load(&client).await.expect("load");
         assert_eq!(loaded.cursor_seq, 0);
         // The amount domain refuses NaN and more decimals than an asset has.
