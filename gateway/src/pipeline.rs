@@ -1,19 +1,32 @@
 //! The pipeline: an inbound ring (many producers: the request handlers),
 //! one matcher thread that stamps, journals, applies and publishes, and an
-//! outbound ring whose consumers keep the read views and answer requests.
+//! outbound ring whose consumers make the journal durable, keep the read
+//! views, answer requests and feed whoever follows downstream.
 //!
 //! ```text
-//! handlers --try_publish--> [inbound ring] --> matcher --publish--> [outbound ring] --> views --> responder
-//!                                                 |
-//!                                         journal (commit per batch)
+//! handlers --try_publish--> [inbound ring] --> matcher --publish--> [outbound ring]
+//!                                              append, apply          |
+//!                                                          durability (sync per batch; batch/interval)
+//!                                                                     |  durable watermark
+//!                                                          views, then replies, then downstream
+//!                                                                     (WebSocket hub, database feed)
 //! ```
 //!
-//! The matcher publishes a batch's events only after `commit_batch` made
-//! the batch durable under the policy (journal before acknowledgement). The
-//! responder runs after the views consumer, so a client that has its answer
-//! also sees its change in every read endpoint. A reply carries its
-//! command's events and the orders the command touched as they stood right
-//! after it ([`crate::outcome`]): the views themselves are a whole batch on.
+//! The matcher never waits for I/O: it appends each command to the journal
+//! (memory-mapped), applies it, and publishes its events at once. The
+//! durability stage syncs what was appended, one sync per batch of the ring
+//! (group commit), and only what it has passed reaches the next stage: the
+//! disruptor hands a consumer a slot only after every stage before it is
+//! done with it, so no client sees an answer, a fill or market data of a
+//! command that is not durable under the policy (under `none` there is no
+//! durability stage; under `interval` it syncs at most every interval). The
+//! views stage applies events and then answers the requests of its batch,
+//! so a client that has its answer also sees its change in every read
+//! endpoint; a reply carries its command's events and the orders it touched
+//! as they stood right after it ([`crate::outcome`]). Downstream consumers
+//! ([`Downstream`]) get each batch after that without ever making the
+//! pipeline wait: a slow one shows as its own lag, never as a slower
+//! matcher. The pipeline names no consumer: they plug in.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -27,7 +40,7 @@ use disruptor::{
     SingleConsumerBarrier, SingleProducer,
 };
 use engine_core::{Command, Engine, Event, StampedCommand};
-use journal::{JournalWriter, SegmentRetention};
+use journal::{Durability, JournalWriter, SegmentRetention};
 use tokio::sync::oneshot;
 
 use crate::outcome::{Capture, Outcome};
@@ -56,6 +69,9 @@ pub enum Work {
 pub struct Outbound {
     pub request_id: u64,
     pub event: Option<Event>,
+    /// The first sequence number of the journal segment the command was
+    /// appended to (for the durability stage).
+    pub segment: u64,
     /// The last event of its command.
     pub last: bool,
     /// The command could not be journaled and was not applied.
@@ -139,10 +155,9 @@ pub struct PipelineConfig {
     pub journal_dir: PathBuf,
     pub retention: SegmentRetention,
     pub observer: Option<Observer>,
-    /// Where batches of events go for the WebSocket streams.
-    pub hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
-    /// Where batches of events go for the database writer.
-    pub database: Option<persistence::Feed>,
+    /// Who follows the released events (the WebSocket hub, the database
+    /// feed), in this order.
+    pub downstream: Vec<Box<dyn Downstream>>,
     /// The database writer's progress: snapshot pruning keeps one at or
     /// before its cursor, so that it can regenerate what it has not written.
     pub database_status: Option<Arc<persistence::WriterStatus>>,
@@ -152,12 +167,25 @@ pub struct PipelineConfig {
     pub last_timestamp_ns: u64,
 }
 
+/// A follower of what the pipeline released: each batch of events (and
+/// the stamps of its commands) after the views have them and the requests
+/// are answered. It must never wait: a consumer that falls behind drops,
+/// and recovers on its own (the database writer regenerates from the
+/// journal; the streams cut their subscribers, who resync).
+pub trait Downstream: Send {
+    fn batch(&mut self, events: &Arc<[Event]>, stamps: &[persistence::Stamp]);
+}
+
 /// One half of a snapshot, on its way to the thread that writes the file:
 /// the matcher sends the engine, the views consumer the views as of the
 /// same sequence number.
 enum SnapshotPart {
-    Engine(Box<Engine>),
-    Views { state: ViewsState, reply: u64 },
+    /// The engine's state, and the journal segment its last command is in.
+    Engine(Box<Engine>, u64),
+    Views {
+        state: ViewsState,
+        reply: u64,
+    },
 }
 
 type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
@@ -222,8 +250,10 @@ fn start_with<W: WaitStrategy + 'static>(
     // machine has few cores; views first, so an answered client reads its
     // own write.
     let mut config = config;
+    let durability = journal.durability();
     let (snapshot_parts, snapshot_inbox) = std::sync::mpsc::channel();
     let snapshot_writer = SnapshotWriter {
+        syncer: journal.syncer(),
         dir: config.snapshots_dir.clone(),
         keep_newest: config.snapshots_keep,
         database_status: config.database_status.clone(),
@@ -240,8 +270,9 @@ fn start_with<W: WaitStrategy + 'static>(
         views,
         snapshots: snapshot_parts.clone(),
         pending: Arc::clone(&pending),
-        hub: config.hub.take(),
-        database: config.database.take(),
+        health: Arc::clone(&health),
+        gated_by_sync: durability != Durability::None,
+        downstream: std::mem::take(&mut config.downstream),
         stamps: Vec::with_capacity(1024),
         observer: config.observer.take(),
         batch_events: Vec::with_capacity(4096),
@@ -257,9 +288,23 @@ fn start_with<W: WaitStrategy + 'static>(
         config.outbound_ring_size,
         || Outbound::EMPTY,
         Backoff { doorbell: outbound_bell },
-    )
-    .handle_events_with(move |slot: &Outbound, _seq, end_of_batch| follower.handle(slot, end_of_batch))
-    .build();
+    );
+    let follow = move |slot: &Outbound, _seq, end_of_batch| follower.handle(slot, end_of_batch);
+    let outbound = if durability == Durability::None {
+        outbound.handle_events_with(follow).build()
+    } else {
+        // The views stage sees a slot only once the durability stage is
+        // done with it (after its sync); the durability stage rings this
+        // doorbell when it is.
+        let durable_bell = Doorbell::leak();
+        let mut stage =
+            DurabilityStage { syncer: journal.syncer(), health: Arc::clone(&health), bell: durable_bell };
+        outbound
+            .handle_events_with(move |slot: &Outbound, _seq, end_of_batch| stage.handle(slot, end_of_batch))
+            .and_then()
+            .handle_events_with_wait_strategy(follow, Backoff { doorbell: durable_bell })
+            .build()
+    };
 
     let health_for_matcher = Arc::clone(&health);
     let inbound_ring_size = config.inbound_ring_size;
@@ -297,12 +342,57 @@ impl Inbound {
 }
 
 impl Outbound {
-    const EMPTY: Outbound =
-        Outbound { request_id: 0, event: None, last: false, failed: false, timestamp_ns: 0, snapshot: false };
+    const EMPTY: Outbound = Outbound {
+        request_id: 0,
+        event: None,
+        segment: 0,
+        last: false,
+        failed: false,
+        timestamp_ns: 0,
+        snapshot: false,
+    };
 
     /// The outcome of a command that was not applied.
     fn failed(request_id: u64) -> Outbound {
-        Outbound { request_id, event: None, last: true, failed: true, timestamp_ns: 0, snapshot: false }
+        Outbound { request_id, last: true, failed: true, ..Outbound::EMPTY }
+    }
+}
+
+/// The durability stage: syncs what the matcher appended, once per batch of
+/// the ring under `batch` (group commit), at most every interval under
+/// `interval`, and publishes the durable watermark.
+struct DurabilityStage {
+    syncer: journal::JournalSyncer,
+    health: Arc<Health>,
+    bell: &'static Doorbell,
+}
+
+impl DurabilityStage {
+    fn handle(&mut self, slot: &Outbound, end_of_batch: bool) {
+        if let (Some(event), true) = (slot.event, slot.last) {
+            if let Err(error) = self.syncer.appended(event.seq, slot.segment) {
+                fail_journal(&self.health, &error);
+            }
+        }
+        if end_of_batch {
+            match self.syncer.commit() {
+                Ok(durable_seq) => {
+                    self.health.durable_seq.fetch_max(durable_seq, Ordering::Relaxed);
+                }
+                Err(error) => fail_journal(&self.health, &error),
+            }
+            self.bell.ring();
+        }
+    }
+}
+
+/// Marks the journal failed (once, with the cause): no command is accepted
+/// any more, and nothing after the durable watermark is released.
+fn fail_journal(health: &Health, error: &dyn std::fmt::Display) {
+    if !health.journal_failed.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "journal failed: {error}; the exchange accepts no more commands; restart after fixing the disk"
+        );
     }
 }
 
@@ -313,8 +403,11 @@ struct Follower {
     views: Arc<RwLock<Views>>,
     snapshots: std::sync::mpsc::Sender<SnapshotPart>,
     pending: Arc<Pending>,
-    hub: Option<(crate::ws::HubSender, Arc<crate::ws::Subscribers>)>,
-    database: Option<persistence::Feed>,
+    health: Arc<Health>,
+    /// A durability stage runs before this one: after a failed sync,
+    /// nothing past the durable watermark may be released.
+    gated_by_sync: bool,
+    downstream: Vec<Box<dyn Downstream>>,
     /// Stamps of the batch's commands, for the database writer.
     stamps: Vec<persistence::Stamp>,
     observer: Option<Observer>,
@@ -376,7 +469,7 @@ impl Follower {
                 }
             }
         }
-        if self.observer.is_some() {
+        if self.observer.is_some() && (slot.event.is_some() || slot.request_id != 0) {
             self.observed.push(*slot);
         }
         if end_of_batch {
@@ -384,9 +477,32 @@ impl Follower {
         }
     }
 
+    /// After a failed sync: drops what is past the durable watermark (it
+    /// may not be on disk, so nobody may see it) and fails its requests.
+    fn hold_back_unsynced(&mut self) {
+        if !self.gated_by_sync || !self.health.journal_failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let durable_seq = self.health.durable_seq.load(Ordering::Relaxed);
+        if self.batch_events.iter().all(|e| e.seq <= durable_seq) {
+            return;
+        }
+        let kept = self.batch_events.iter().filter(|e| e.seq <= durable_seq).count();
+        self.batch_events.truncate(kept);
+        self.request_marks.retain(|(at, _, _)| *at < kept);
+        self.stamps.retain(|stamp| stamp.seq <= durable_seq);
+        for reply in &mut self.replies {
+            let seq = self.reply_events.get(reply.end.wrapping_sub(1)).map_or(0, |e| e.seq);
+            if reply.failed || seq > durable_seq {
+                reply.failed = true;
+            }
+        }
+    }
+
     /// Applies what was collected to the views, hands it to the streams and
     /// the database, then answers the requests whose outcomes it holds.
     fn flush(&mut self) {
+        self.hold_back_unsynced();
         if !self.batch_events.is_empty() {
             if let Ok(mut views) = self.views.write() {
                 // Stamps are in sequence order, one per command.
@@ -417,20 +533,10 @@ impl Follower {
                 }
             }
             self.request_marks.clear();
-            let events: Arc<[Event]> = Arc::from(self.batch_events.as_slice());
-            if let Some(feed) = &self.database {
-                // Never waits: a full feed drops, and the writer
-                // regenerates from the journal.
-                feed.offer(persistence::Batch {
-                    events: Arc::clone(&events),
-                    stamps: self.stamps.as_slice().into(),
-                });
-            }
-            if let Some((hub, subscribers)) = &self.hub {
-                if hub.try_send(events).is_err() {
-                    // The streams fell behind: every subscriber is cut off
-                    // (and resyncs) rather than this thread waiting.
-                    subscribers.drop_all();
+            if !self.downstream.is_empty() {
+                let events: Arc<[Event]> = Arc::from(self.batch_events.as_slice());
+                for consumer in &mut self.downstream {
+                    consumer.batch(&events, &self.stamps);
                 }
             }
             self.batch_events.clear();
@@ -482,7 +588,7 @@ struct Matcher {
     journal: JournalWriter,
     outbound: OutboundProducer,
     outbound_bell: &'static Doorbell,
-    /// Outcomes of the current batch, published once the batch is durable.
+    /// Outcomes of the current batch of the inbound ring, published at its end.
     staged: Vec<Outbound>,
     events: Vec<Event>,
     last_timestamp_ns: u64,
@@ -497,18 +603,22 @@ impl Matcher {
         match slot.work {
             Work::Command(command) => self.apply(slot.request_id, command),
             Work::Tick => {
-                if self.journal.poll().is_err() {
-                    self.fail_journal();
+                // Under `interval`, wakes the durability stage so that the
+                // last commands are synced within the interval even when
+                // nothing follows them.
+                let unsynced = self.health.durable_seq.load(Ordering::Relaxed) < self.engine.last_seq();
+                if matches!(self.journal.durability(), Durability::Interval { .. }) && unsynced {
+                    self.staged.push(Outbound::EMPTY);
                 }
             }
             Work::Shutdown => {
-                self.commit();
+                self.publish_batch();
                 // The waiting shutdown is answered once the snapshot is on disk.
                 self.snapshot(slot.request_id);
             }
         }
         if end_of_batch {
-            self.commit();
+            self.publish_batch();
             if self.config.snapshot_every_commands > 0
                 && self.commands_since_snapshot >= self.config.snapshot_every_commands
             {
@@ -527,11 +637,12 @@ impl Matcher {
         self.last_timestamp_ns = self.last_timestamp_ns.max(now_ns);
         let stamped =
             StampedCommand { seq: self.engine.last_seq() + 1, timestamp_ns: self.last_timestamp_ns, command };
-        if self.journal.append(&stamped).is_err() {
-            self.fail_journal();
+        if let Err(error) = self.journal.append(&stamped) {
+            fail_journal(&self.health, &error);
             self.staged.push(Outbound::failed(request_id));
             return;
         }
+        let segment = self.journal.segment_first_seq();
         self.events.clear();
         // The sequence number was taken from the engine itself.
         if self.engine.apply(&stamped, &mut self.events).is_err() {
@@ -544,6 +655,7 @@ impl Matcher {
             self.staged.push(Outbound {
                 request_id,
                 event: Some(*event),
+                segment,
                 last: index + 1 == count,
                 failed: false,
                 timestamp_ns: stamped.timestamp_ns,
@@ -552,17 +664,12 @@ impl Matcher {
         }
     }
 
-    /// Makes the batch durable, then publishes its outcomes.
-    fn commit(&mut self) {
-        if self.journal.commit_batch().is_err() {
-            self.fail_journal();
-            for outcome in &mut self.staged {
-                // Nothing of a batch that may not be durable is published as done.
-                *outcome = Outbound::failed(outcome.request_id);
-            }
-        }
+    /// Publishes the batch's outcomes (the durability stage makes them
+    /// durable before anyone sees them).
+    fn publish_batch(&mut self) {
         self.health.last_seq.store(self.engine.last_seq(), Ordering::Relaxed);
-        self.health.durable_seq.store(self.journal.durable_seq(), Ordering::Relaxed);
+        // The journal syncs on its own when a segment fills.
+        self.health.durable_seq.fetch_max(self.journal.durable_seq(), Ordering::Relaxed);
         self.publish_staged();
     }
 
@@ -581,17 +688,11 @@ impl Matcher {
         self.outbound_bell.ring();
     }
 
-    fn fail_journal(&mut self) {
-        if !self.health.journal_failed.swap(true, Ordering::Relaxed) {
-            eprintln!("journal failed: the exchange accepts no more commands; restart after fixing the disk");
-        }
-    }
-
     /// Takes a snapshot of the current state: the matcher stops only to
-    /// sync the journal and clone the engine; the views consumer adds the
-    /// views when it reaches the marker published here, and the snapshot
-    /// thread writes the file. `reply` (0: none) is answered once it is on
-    /// disk, or failed when no snapshot can be taken.
+    /// clone the engine; the views consumer adds the views when it reaches
+    /// the marker published here, and the snapshot thread syncs the journal
+    /// up to it and writes the file. `reply` (0: none) is answered once it
+    /// is on disk, or failed when no snapshot can be taken.
     fn snapshot(&mut self, reply: u64) {
         self.commands_since_snapshot = 0;
         if self.health.journal_failed.load(Ordering::Relaxed) {
@@ -602,27 +703,10 @@ impl Matcher {
             return;
         }
         let started = Instant::now();
-        // A snapshot must never be ahead of the durable journal.
-        if self.journal.sync().is_err() {
-            self.fail_journal();
-            if reply != 0 {
-                self.staged.push(Outbound::failed(reply));
-                self.publish_staged();
-            }
-            return;
-        }
-        self.health.durable_seq.store(self.journal.durable_seq(), Ordering::Relaxed);
         let copy = Box::new(self.engine.clone());
         self.health.snapshot_stall_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let _ = self.snapshots.send(SnapshotPart::Engine(copy));
-        self.staged.push(Outbound {
-            request_id: reply,
-            event: None,
-            last: true,
-            failed: false,
-            timestamp_ns: 0,
-            snapshot: true,
-        });
+        let _ = self.snapshots.send(SnapshotPart::Engine(copy, self.journal.segment_first_seq()));
+        self.staged.push(Outbound { request_id: reply, last: true, snapshot: true, ..Outbound::EMPTY });
         self.publish_staged();
     }
 }
@@ -631,6 +715,9 @@ impl Matcher {
 /// the views at the same sequence number, and then prunes what the
 /// snapshots make unnecessary.
 struct SnapshotWriter {
+    /// Syncs the journal up to a snapshot before it is written: a snapshot
+    /// is never ahead of the durable journal.
+    syncer: journal::JournalSyncer,
     dir: PathBuf,
     keep_newest: usize,
     database_status: Option<Arc<persistence::WriterStatus>>,
@@ -641,25 +728,28 @@ struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    fn run(self, inbox: std::sync::mpsc::Receiver<SnapshotPart>) {
+    fn run(mut self, inbox: std::sync::mpsc::Receiver<SnapshotPart>) {
         // Engines waiting for their views, oldest first (a few at most: one
-        // per snapshot taken while the views consumer is behind).
-        let mut engines: VecDeque<Box<Engine>> = VecDeque::new();
+        // per snapshot taken while the views consumer is behind), with the
+        // journal segment of their last command.
+        let mut engines: VecDeque<(Box<Engine>, u64)> = VecDeque::new();
         while let Ok(part) = inbox.recv() {
             match part {
-                SnapshotPart::Engine(engine) => engines.push_back(engine),
+                SnapshotPart::Engine(engine, segment) => engines.push_back((engine, segment)),
                 SnapshotPart::Views { state, reply } => {
                     // Engines older than these views will never get theirs.
-                    while engines.front().is_some_and(|e| e.last_seq() < state.last_seq) {
+                    while engines.front().is_some_and(|(e, _)| e.last_seq() < state.last_seq) {
                         engines.pop_front();
                     }
                     let written = match engines.pop_front() {
-                        Some(engine) if engine.last_seq() == state.last_seq => self.write(&engine, &state),
+                        Some((engine, segment)) if engine.last_seq() == state.last_seq => {
+                            self.sync_journal(engine.last_seq(), segment) && self.write(&engine, &state)
+                        }
                         other => {
                             eprintln!(
                                 "snapshot at sequence {}: the engine's state is missing ({:?} instead)",
                                 state.last_seq,
-                                other.map(|e| e.last_seq())
+                                other.map(|(e, _)| e.last_seq())
                             );
                             false
                         }
@@ -674,6 +764,22 @@ impl SnapshotWriter {
                         });
                     }
                 }
+            }
+        }
+    }
+
+    /// Makes the journal durable through `seq` (in the segment that starts
+    /// at `segment`): a snapshot must never be ahead of the durable journal.
+    fn sync_journal(&mut self, seq: u64, segment: u64) -> bool {
+        let synced = self.syncer.appended(seq, segment).and_then(|()| self.syncer.sync());
+        match synced {
+            Ok(durable_seq) => {
+                self.health.durable_seq.fetch_max(durable_seq, Ordering::Relaxed);
+                true
+            }
+            Err(error) => {
+                fail_journal(&self.health, &error);
+                false
             }
         }
     }

@@ -145,8 +145,14 @@ pub async fn run(
             journal_dir: data.journal(),
             retention: config.retention(),
             observer: None,
-            hub: Some((hub_sender, Arc::clone(&subscribers))),
-            database: database.as_ref().map(|(writer, _)| writer.feed.clone()),
+            downstream: {
+                let mut downstream: Vec<Box<dyn pipeline::Downstream>> =
+                    vec![Box::new(HubFeed { sender: hub_sender, subscribers: Arc::clone(&subscribers) })];
+                if let Some((writer, _)) = &database {
+                    downstream.push(Box::new(DatabaseFeed(writer.feed.clone())));
+                }
+                downstream
+            },
             database_status: database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
             last_timestamp_ns: last_journaled_ns,
         },
@@ -324,5 +330,32 @@ fn last_journaled_ns(data: &DataDir, last_seq: u64) -> Result<u64, journal::Jour
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)),
         Err(error) => Err(error),
+    }
+}
+
+/// The WebSocket streams, downstream of the pipeline.
+struct HubFeed {
+    sender: crate::ws::HubSender,
+    subscribers: Arc<crate::ws::Subscribers>,
+}
+
+impl pipeline::Downstream for HubFeed {
+    fn batch(&mut self, events: &Arc<[engine_core::Event]>, _stamps: &[persistence::Stamp]) {
+        if self.sender.try_send(Arc::clone(events)).is_err() {
+            // The streams fell behind: every subscriber is cut off (and
+            // resyncs) rather than the pipeline waiting.
+            self.subscribers.drop_all();
+        }
+    }
+}
+
+/// The history database's writer, downstream of the pipeline.
+struct DatabaseFeed(persistence::Feed);
+
+impl pipeline::Downstream for DatabaseFeed {
+    fn batch(&mut self, events: &Arc<[engine_core::Event]>, stamps: &[persistence::Stamp]) {
+        // Never waits: a full feed drops, and the writer regenerates what
+        // it missed from the journal.
+        self.0.offer(persistence::Batch { events: Arc::clone(events), stamps: stamps.into() });
     }
 }

@@ -87,6 +87,11 @@ impl WaitStrategy for Backoff {
             // publish since then has changed the count, and the wait
             // returns at once.
             self.doorbell.sleep(seen, SLEEP_MAX);
+            // Woken: spin and yield again before the next sleep. A stage
+            // behind another is rung just before that stage marks its
+            // batch done, so the work may show a moment after the ring.
+            waiting.polls = 0;
+            waiting.since = None;
         } else {
             // Read the count now; the disruptor checks for work before it
             // calls again, and only then do we sleep.

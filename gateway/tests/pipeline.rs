@@ -38,8 +38,7 @@ fn a_full_ring_refuses_at_once_and_recovers() {
             journal_dir,
             retention: SegmentRetention::Keep,
             observer: None,
-            hub: None,
-            database: None,
+            downstream: Vec::new(),
             database_status: None,
             last_timestamp_ns: 0,
         },
@@ -130,8 +129,7 @@ fn an_outcome_is_the_state_its_own_command_left() {
             journal_dir,
             retention: SegmentRetention::Keep,
             observer: None,
-            hub: None,
-            database: None,
+            downstream: Vec::new(),
             database_status: None,
             last_timestamp_ns: 0,
         },
@@ -236,5 +234,81 @@ fn an_outcome_is_the_state_its_own_command_left() {
     // The views, read after the batch, show the later commands too.
     let views = views.read().unwrap();
     assert_eq!(views.user(maker).unwrap().closed.len(), 2);
+    drop(producer);
+}
+
+/// Under `batch`, the matcher does not wait for the sync; the durability
+/// stage does, and the stages after it see a command only once it is
+/// synced: no outcome reaches the views, a reply or a stream before the
+/// durable watermark has passed it.
+#[test]
+fn under_batch_nothing_is_released_before_it_is_synced() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal_dir = dir.path().join("journal");
+    let config = JournalConfig {
+        dir: journal_dir.clone(),
+        segment_bytes: 1 << 20,
+        durability: Durability::Batch,
+        checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
+    };
+    let (writer, _) = JournalWriter::open(config).unwrap();
+    let engine = Engine::new(EngineLimits::default());
+    let views = Arc::new(RwLock::new(Views::from_engine(&engine, gateway::views::Retention::default())));
+    let health: Arc<OnceLock<Arc<pipeline::Health>>> = Arc::new(OnceLock::new());
+    let (seen, early) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let observer = {
+        let (health, seen, early) = (Arc::clone(&health), Arc::clone(&seen), Arc::clone(&early));
+        Box::new(move |slot: &pipeline::Outbound| {
+            let (Some(event), Some(health)) = (slot.event, health.get()) else { return };
+            seen.fetch_add(1, Ordering::Relaxed);
+            if event.seq > health.durable_seq.load(Ordering::Relaxed) {
+                early.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let pipeline = pipeline::start(
+        engine,
+        writer,
+        Arc::clone(&views),
+        PipelineConfig {
+            inbound_ring_size: 1024,
+            outbound_ring_size: 1024,
+            busy_spin: false,
+            matcher_core: None,
+            snapshot_every_commands: 0,
+            snapshots_dir: dir.path().join("snapshots"),
+            snapshots_keep: 1,
+            journal_dir,
+            retention: SegmentRetention::Keep,
+            observer: Some(observer),
+            downstream: Vec::new(),
+            database_status: None,
+            last_timestamp_ns: 0,
+        },
+    );
+    health.set(Arc::clone(&pipeline.health)).ok().unwrap();
+    let mut producer = pipeline.publisher.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut waiting = Vec::new();
+    for _ in 0..2_000 {
+        let (id, reply) = pipeline.pending.register();
+        while pipeline::submit(&mut producer, id, Command::CreateUser).is_err() {
+            std::thread::yield_now();
+        }
+        waiting.push(reply);
+    }
+    for reply in waiting {
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), reply).await })
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    assert!(seen.load(Ordering::Relaxed) >= 2_000);
+    assert_eq!(early.load(Ordering::Relaxed), 0, "outcomes seen before their sync");
+    assert_eq!(pipeline.health.durable_seq.load(Ordering::Relaxed), 2_000);
     drop(producer);
 }

@@ -203,6 +203,19 @@ pub(crate) struct CheckpointKeeper {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Publishes durable sequence numbers to a [`CheckpointKeeper`] from
+/// another thread; the keeper records the highest one published.
+#[derive(Clone)]
+pub(crate) struct DurablePublisher {
+    shared: Arc<KeeperShared>,
+}
+
+impl DurablePublisher {
+    pub(crate) fn publish(&self, durable_seq: u64) {
+        self.shared.durable_seq.fetch_max(durable_seq, Ordering::AcqRel);
+    }
+}
+
 struct KeeperShared {
     durable_seq: AtomicU64,
     stop: Mutex<bool>,
@@ -232,7 +245,13 @@ impl CheckpointKeeper {
 
     /// Publishes a new durable sequence number (called after each sync).
     pub(crate) fn publish(&self, durable_seq: u64) {
-        self.shared.durable_seq.store(durable_seq, Ordering::Release);
+        self.shared.durable_seq.fetch_max(durable_seq, Ordering::AcqRel);
+    }
+
+    /// A handle for another thread that syncs the journal (the pipeline's
+    /// durability stage) to publish through.
+    pub(crate) fn publisher(&self) -> DurablePublisher {
+        DurablePublisher { shared: Arc::clone(&self.shared) }
     }
 
     /// Stops the thread and waits for a write it may be doing.

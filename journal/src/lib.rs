@@ -53,6 +53,7 @@ mod recovery;
 mod repair;
 mod segment;
 mod snapshots;
+mod syncer;
 mod writer;
 
 pub use checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, CHECKPOINT_FILE_NAME};
@@ -75,6 +76,7 @@ pub use snapshots::{
     snapshot_file_name, write_snapshot, write_snapshot_with_views, LoadedSnapshot, SegmentRetention,
     SnapshotFileError, SnapshotInfo, SnapshotKeep,
 };
+pub use syncer::JournalSyncer;
 pub use writer::{
     CutTail, Durability, JournalConfig, JournalLock, JournalWriter, OpenReport,
     CHECKPOINT_INTERVAL_MS_DEFAULT, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,

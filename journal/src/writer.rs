@@ -16,6 +16,7 @@ use crate::segment::{
     align8, bincode_config, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Damage,
     Frame, SegmentHeader, FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
 };
+use crate::syncer::JournalSyncer;
 
 /// When appended records become durable on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +89,7 @@ pub struct CutTail {
 
 pub(crate) struct OpenSegment {
     path: PathBuf,
+    first_seq: u64,
     map: MmapMut,
     /// Where the next record goes.
     offset: usize,
@@ -186,6 +188,25 @@ impl JournalWriter {
             keeper,
         };
         Ok((writer, report))
+    }
+
+    /// A syncer for another thread (a durability stage, a snapshot writer):
+    /// tell it what was appended, and it makes that durable under the
+    /// policy without the appender waiting.
+    pub fn syncer(&self) -> JournalSyncer {
+        JournalSyncer::new(
+            self.config.dir.clone(),
+            self.config.durability,
+            self.durable_seq,
+            self.keeper.publisher(),
+        )
+    }
+
+    /// The first sequence number of the segment the next record goes to
+    /// (unless it fills it): what a [`JournalSyncer`] is told with each
+    /// appended record.
+    pub fn segment_first_seq(&self) -> u64 {
+        self.segment.first_seq
     }
 
     /// The sequence number the next append must carry.
@@ -437,8 +458,13 @@ fn open_existing(
             segment_count: segments.len() as u64,
         },
     };
-    let segment =
-        OpenSegment { path: path.clone(), map, offset: scan.end_offset, unsynced_from: scan.end_offset };
+    let segment = OpenSegment {
+        path: path.clone(),
+        first_seq: *first_seq,
+        map,
+        offset: scan.end_offset,
+        unsynced_from: scan.end_offset,
+    };
     Ok((segment, last_seq + 1, checkpoint))
 }
 
@@ -537,7 +563,13 @@ pub(crate) fn create_segment(config: &JournalConfig, first_seq: u64) -> Result<O
     map.flush_range(0, SEGMENT_HEADER_BYTES).map_err(|e| JournalError::io(&temp, e))?;
     std::fs::rename(&temp, &path).map_err(|e| JournalError::io(&path, e))?;
     sync_dir(&config.dir)?;
-    Ok(OpenSegment { path, map, offset: SEGMENT_HEADER_BYTES, unsynced_from: SEGMENT_HEADER_BYTES })
+    Ok(OpenSegment {
+        path,
+        first_seq,
+        map,
+        offset: SEGMENT_HEADER_BYTES,
+        unsynced_from: SEGMENT_HEADER_BYTES,
+    })
 }
 
 /// Reserves the disk blocks of the whole segment up front, so that a full

@@ -376,7 +376,21 @@ impl Server {
             let _ = finished.send(result.map_err(|e| e.to_string()));
         });
         let address = address.recv_timeout(std::time::Duration::from_secs(60)).expect("the server listens");
-        Server { runtime, address, stop: Some(stop), done: Some(done) }
+        let server = Server { runtime, address, stop: Some(stop), done: Some(done) };
+        // After a restart, signed changes stamped before this are refused
+        // (they may be replays of requests executed before the stop).
+        let (_, health) = server.request("GET", "/health", &[], "");
+        let from_ms = health["signed_changes_from_ms"].as_u64().unwrap_or(0);
+        loop {
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                    as u64;
+            if now_ms >= from_ms {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(from_ms - now_ms));
+        }
+        server
     }
 
     fn stop(mut self) {
