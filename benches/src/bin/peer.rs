@@ -17,6 +17,10 @@
 //! balance checks and locks, fees, events for every change; the peer keeps
 //! no balances and returns one report per command.
 //!
+//! Each engine reads its commands prepared before the clock starts: ours
+//! as `StampedCommand`s, as the matcher finds them in its ring, the peer's
+//! as a small enum of its calls.
+//!
 //! Each run, for each engine on a fresh book: an untimed warm-up, then a
 //! throughput pass (no clock per command), then a latency pass (every
 //! command timed with the monotonic clock, whose own cost is in every
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
         eprintln!("error: need at least one run and more commands than --warmup ({})", args.warmup);
         return ExitCode::FAILURE;
     }
+    let stamped = stamp(&workload);
     let peer_commands = match translate(&workload) {
         Ok(commands) => commands,
         Err(why) => {
@@ -162,6 +167,7 @@ fn main() -> ExitCode {
     let mut ours_rates = Vec::new();
     let mut peer_rates = Vec::new();
     let mut ratios = Vec::new();
+    let mut cpu_ratios = Vec::new();
     let mut ours_latency = Vec::new();
     let mut peer_latency = Vec::new();
     let mut ours_allocations = 0u64;
@@ -169,20 +175,20 @@ fn main() -> ExitCode {
     for run in 1..=args.runs {
         let ours_first = run % 2 == 1;
         let (ours, peer) = if ours_first {
-            let ours = ours_throughput(&workload, args.warmup);
+            let ours = ours_throughput(&workload, &stamped, args.warmup);
             (ours, peer_throughput(&peer_commands, args.warmup))
         } else {
             let peer = peer_throughput(&peer_commands, args.warmup);
-            (ours_throughput(&workload, args.warmup), peer)
+            (ours_throughput(&workload, &stamped, args.warmup), peer)
         };
-        let (ours_per_s, ours_end) = match ours {
+        let (ours_rate, ours_end) = match ours {
             Ok(result) => result,
             Err(why) => {
                 eprintln!("error: {why}");
                 return ExitCode::FAILURE;
             }
         };
-        let (peer_per_s, peer_end) = peer;
+        let (peer_rate, peer_end) = peer;
         if run == 1 {
             if ours_end != peer_end {
                 eprintln!("error: the two engines ended in different states");
@@ -193,23 +199,28 @@ fn main() -> ExitCode {
             println!("same end state: {}", summary(&ours_end));
         }
         let ((ours_hist, ours_allocs), (peer_hist, peer_allocs)) = if ours_first {
-            let ours = ours_latency_pass(&workload, args.warmup);
+            let ours = ours_latency_pass(&workload, &stamped, args.warmup);
             (ours, peer_latency_pass(&peer_commands, args.warmup))
         } else {
             let peer = peer_latency_pass(&peer_commands, args.warmup);
-            (ours_latency_pass(&workload, args.warmup), peer)
+            (ours_latency_pass(&workload, &stamped, args.warmup), peer)
         };
+        let (ours_per_s, peer_per_s) = (ours_rate.wall, peer_rate.wall);
         let ratio = ours_per_s / peer_per_s;
+        let cpu_ratio = ours_rate.cpu / peer_rate.cpu;
         println!(
-            "run {run}: ours {} commands/s, peer {} commands/s, ratio {ratio:.2}x",
+            "run {run}: ours {} commands/s, peer {} commands/s, ratio {ratio:.2}x (per CPU second: {} and {}, ratio {cpu_ratio:.2}x)",
             format_rate(ours_per_s),
-            format_rate(peer_per_s)
+            format_rate(peer_per_s),
+            format_rate(ours_rate.cpu),
+            format_rate(peer_rate.cpu)
         );
         println!("       ours: {}", percentiles(&ours_hist));
         println!("       peer: {}", percentiles(&peer_hist));
         ours_rates.push(ours_per_s);
         peer_rates.push(peer_per_s);
         ratios.push(ratio);
+        cpu_ratios.push(cpu_ratio);
         ours_latency.push(ours_hist);
         peer_latency.push(peer_hist);
         ours_allocations += ours_allocs;
@@ -223,6 +234,7 @@ fn main() -> ExitCode {
         format_rate(median(&mut peer_rates)),
         median(&mut ratios)
     );
+    println!("  ratio per CPU second of this thread: {:.2}x", median(&mut cpu_ratios));
     println!("  ours latency: {}", median_percentiles(&ours_latency));
     println!("  peer latency: {}", median_percentiles(&peer_latency));
     println!(
@@ -324,9 +336,15 @@ fn engine_after_setup(workload: &Workload, events: &mut Vec<Event>) -> Engine {
     engine
 }
 
-fn stamped(workload: &Workload, index: usize) -> StampedCommand {
-    let seq = (workload.setup.len() + index) as u64 + 1;
-    StampedCommand { seq, timestamp_ns: seq * 100, command: workload.commands[index] }
+/// The measured commands as the matcher finds them in its ring: stamped
+/// already, so that no pass times copying them into a `StampedCommand`.
+fn stamp(workload: &Workload) -> Vec<StampedCommand> {
+    (0..workload.commands.len())
+        .map(|index| {
+            let seq = (workload.setup.len() + index) as u64 + 1;
+            StampedCommand { seq, timestamp_ns: seq * 100, command: workload.commands[index] }
+        })
+        .collect()
 }
 
 /// What our engine's events say it traded; a rejection is an error here,
@@ -356,28 +374,34 @@ impl OursTally {
     }
 }
 
-fn ours_throughput(workload: &Workload, warmup: usize) -> Result<(f64, EndState), String> {
+fn ours_throughput(
+    workload: &Workload,
+    stamped: &[StampedCommand],
+    warmup: usize,
+) -> Result<(Rate, EndState), String> {
     let mut events = Vec::with_capacity(1024);
     let mut engine = engine_after_setup(workload, &mut events);
     let mut tally = OursTally::default();
-    for index in 0..warmup {
+    for command in &stamped[..warmup] {
         events.clear();
-        let _ = engine.apply(&stamped(workload, index), &mut events);
+        let _ = engine.apply(command, &mut events);
         tally.add(&events);
     }
+    let cpu_before = thread_cpu_s();
     let started = Instant::now();
-    for index in warmup..workload.commands.len() {
+    for command in &stamped[warmup..] {
         events.clear();
-        let _ = engine.apply(&stamped(workload, index), &mut events);
+        let _ = engine.apply(command, &mut events);
         // Reading the events is what a consumer must do anyway.
         tally.add(&events);
     }
     let elapsed = started.elapsed();
+    let cpu_s = thread_cpu_s() - cpu_before;
     if tally.rejected > 0 {
         return Err(format!("our engine rejected {} commands the peer takes", tally.rejected));
     }
-    let per_s = rate_per_s((workload.commands.len() - warmup) as u64, elapsed);
-    Ok((per_s, ours_end_state(&engine, &tally)))
+    let rate = Rate::of((workload.commands.len() - warmup) as u64, elapsed, cpu_s);
+    Ok((rate, ours_end_state(&engine, &tally)))
 }
 
 fn ours_end_state(engine: &Engine, tally: &OursTally) -> EndState {
@@ -433,18 +457,19 @@ fn peer_apply(book: &mut peer::OrderBook, command: PeerCommand) -> Option<peer::
     report.ok()
 }
 
-fn peer_throughput(commands: &[PeerCommand], warmup: usize) -> (f64, EndState) {
+fn peer_throughput(commands: &[PeerCommand], warmup: usize) -> (Rate, EndState) {
     let mut book = peer::OrderBookBuilder::new("BTCUSDT").build();
     let mut tally = PeerTally::default();
     for &command in &commands[..warmup] {
         tally.add(peer_apply(&mut book, command));
     }
+    let cpu_before = thread_cpu_s();
     let started = Instant::now();
     for &command in &commands[warmup..] {
         tally.add(peer_apply(&mut book, command));
     }
     let elapsed = started.elapsed();
-    let per_s = rate_per_s((commands.len() - warmup) as u64, elapsed);
+    let rate = Rate::of((commands.len() - warmup) as u64, elapsed, thread_cpu_s() - cpu_before);
     let depth = book.depth(None);
     let levels = |levels: &[(peer::Price, peer::Quantity)], side: peer::Side| -> Vec<(u64, u64, usize)> {
         levels
@@ -458,24 +483,23 @@ fn peer_throughput(commands: &[PeerCommand], warmup: usize) -> (f64, EndState) {
         volume_lots: tally.volume_lots,
         commands_traded: tally.commands_traded,
     };
-    (per_s, end)
+    (rate, end)
 }
 
 /// Times every measured command; counts the allocations they make.
-fn ours_latency_pass(workload: &Workload, warmup: usize) -> (Histogram<u64>, u64) {
+fn ours_latency_pass(workload: &Workload, stamped: &[StampedCommand], warmup: usize) -> (Histogram<u64>, u64) {
     let mut events = Vec::with_capacity(1024);
     let mut engine = engine_after_setup(workload, &mut events);
     let mut histogram = latency_histogram();
-    for index in 0..warmup {
+    for command in &stamped[..warmup] {
         events.clear();
-        let _ = engine.apply(&stamped(workload, index), &mut events);
+        let _ = engine.apply(command, &mut events);
     }
     let allocations_before = start_counting();
-    for index in warmup..workload.commands.len() {
-        let command = stamped(workload, index);
+    for command in &stamped[warmup..] {
         events.clear();
         let started = Instant::now();
-        let _ = engine.apply(&command, &mut events);
+        let _ = engine.apply(command, &mut events);
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         histogram.saturating_record(elapsed_ns.max(1));
     }
@@ -499,6 +523,34 @@ fn peer_latency_pass(commands: &[PeerCommand], warmup: usize) -> (Histogram<u64>
     }
     let allocations = stop_counting(allocations_before);
     (histogram, allocations)
+}
+
+/// A throughput pass's rate by the wall clock and per second of CPU time
+/// this thread got: on a shared machine the second is the steadier figure,
+/// since time the thread waited for a core is not in it.
+#[derive(Clone, Copy, Debug)]
+struct Rate {
+    wall: f64,
+    cpu: f64,
+}
+
+impl Rate {
+    fn of(commands: u64, elapsed: std::time::Duration, cpu_s: f64) -> Rate {
+        Rate { wall: rate_per_s(commands, elapsed), cpu: commands as f64 / cpu_s.max(0.01) }
+    }
+}
+
+/// CPU time of the calling thread (user + system) in seconds, from
+/// /proc/thread-self/stat, in clock ticks of 10 ms (`USER_HZ` is 100 on
+/// Linux); a pass of a few seconds makes that a fraction of a percent.
+fn thread_cpu_s() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/thread-self/stat").ok().and_then(|stat| {
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    });
+    ticks.unwrap_or(0) as f64 / 100.0
 }
 
 /// The histogram records without allocating (its buckets exist from the
