@@ -17,7 +17,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use benches::report::{
-    clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles, rate_per_s,
+    clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles,
+    rate_per_s,
 };
 use clap::{Parser, ValueEnum};
 use engine_core::{Engine, Event, EventKind, StampedCommand};

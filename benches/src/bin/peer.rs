@@ -39,7 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use benches::report::{
-    clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles, rate_per_s,
+    clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles,
+    rate_per_s,
 };
 use clap::Parser;
 use engine_core::{Command, Engine, Event, EventKind, MarketId, OrderKind, OrderRef, Side, StampedCommand};
@@ -248,10 +249,8 @@ fn main() -> ExitCode {
 /// Each percentile's median over the runs.
 fn median_percentiles(histograms: &[Histogram<u64>]) -> String {
     let at = |quantile: Option<f64>| {
-        let mut values: Vec<f64> = histograms
-            .iter()
-            .map(|h| quantile.map_or(h.max(), |q| h.value_at_quantile(q)) as f64)
-            .collect();
+        let mut values: Vec<f64> =
+            histograms.iter().map(|h| quantile.map_or(h.max(), |q| h.value_at_quantile(q)) as f64).collect();
         format_ns(median(&mut values) as u64)
     };
     format!(
@@ -316,7 +315,8 @@ fn translate(workload: &Workload) -> Result<Vec<PeerCommand>, String> {
                 let Some(Some(peer_id)) = ids.get(id.0 as usize).copied() else {
                     return Err(format!("command {index} cancels order {id}, which the peer never had"));
                 };
-                book.cancel(peer_id).map_err(|e| format!("command {index}: the peer cannot cancel: {e:?}"))?;
+                book.cancel(peer_id)
+                    .map_err(|e| format!("command {index}: the peer cannot cancel: {e:?}"))?;
                 PeerCommand::Cancel(peer_id)
             }
             other => return Err(format!("command {index}: {other:?} has no peer counterpart")),
@@ -487,7 +487,11 @@ fn peer_throughput(commands: &[PeerCommand], warmup: usize) -> (Rate, EndState) 
 }
 
 /// Times every measured command; counts the allocations they make.
-fn ours_latency_pass(workload: &Workload, stamped: &[StampedCommand], warmup: usize) -> (Histogram<u64>, u64) {
+fn ours_latency_pass(
+    workload: &Workload,
+    stamped: &[StampedCommand],
+    warmup: usize,
+) -> (Histogram<u64>, u64) {
     let mut events = Vec::with_capacity(1024);
     let mut engine = engine_after_setup(workload, &mut events);
     let mut histogram = latency_histogram();
