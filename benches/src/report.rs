@@ -1,7 +1,7 @@
 //! The latency report every benchmark prints: HdrHistogram percentiles
 //! p50, p99, p99.9, p99.99 and the maximum, plus throughput.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -52,6 +52,32 @@ pub fn format_rate(per_s: f64) -> String {
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[(values.len() - 1) / 2]
+}
+
+/// The median cost of reading the monotonic clock twice, which is inside
+/// every latency a benchmark records.
+pub fn clock_overhead_ns_p50() -> u64 {
+    let mut histogram = latency_histogram();
+    for _ in 0..100_000 {
+        let started = Instant::now();
+        histogram.saturating_record((started.elapsed().as_nanos() as u64).max(1));
+    }
+    histogram.value_at_quantile(0.5)
+}
+
+/// The CPU model and the cores this process may run on, for the report.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".to_string());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{cpu}, {cores} cores available")
 }
 
 #[cfg(test)]

@@ -4,9 +4,6 @@
 //! Every handler first validates everything it will need and only then
 //! mutates, so a rejected command leaves the state exactly as it was.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{Account, AssetTotals, Balance};
@@ -15,7 +12,7 @@ use crate::command::{
     Amend, Command, NewOrder, OrderKind, OrderRef, SelfTradePrevention, StampedCommand, TimeInForce,
 };
 use crate::event::{Capacity, DoneReason, Event, EventKind, RejectReason};
-use crate::hash::OrderIdHasher;
+use crate::index::OrderIndex;
 use crate::limits::EngineLimits;
 use crate::market::{fee, Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
 use crate::units::{
@@ -65,7 +62,7 @@ pub struct Engine {
     pub(crate) accounts: Vec<Account>,
     pub(crate) orders: OrderSlab,
     /// Resting order id -> slab slot. Only looked up, never iterated.
-    pub(crate) index: HashMap<OrderId, u32, BuildHasherDefault<OrderIdHasher>>,
+    pub(crate) index: OrderIndex,
     /// Every API key, sorted by key.
     pub(crate) api_keys: Vec<ApiKeyEntry>,
 }
@@ -156,7 +153,7 @@ impl Engine {
             markets: Vec::new(),
             accounts: Vec::new(),
             orders: OrderSlab::with_capacity(slots),
-            index: HashMap::with_hasher(BuildHasherDefault::default()),
+            index: OrderIndex::default(),
             api_keys: Vec::new(),
         }
     }
@@ -921,7 +918,7 @@ impl Engine {
     /// removes every reference to it.
     fn retire(&mut self, slot: u32) -> Order {
         let order = self.orders.remove(slot);
-        self.index.remove(&order.id);
+        self.index.remove(order.id);
         let account = &mut self.accounts[order.user.index()];
         account.open_orders -= 1;
         if let Some(client_order_id) = &order.client_order_id {
@@ -977,7 +974,7 @@ impl Engine {
                 account.find_client_id(&client_order_id).ok_or(RejectReason::UnknownOrder)?
             }
         };
-        let slot = *self.index.get(&id).ok_or(RejectReason::UnknownOrder)?;
+        let slot = self.index.get(id).ok_or(RejectReason::UnknownOrder)?;
         // Another user's order answers exactly like a missing one, so ids
         // cannot be probed.
         if self.orders.get(slot).user != user {

@@ -105,7 +105,7 @@ impl Engine {
                         if order.remaining.0 == 0 {
                             return Err(bad("order with nothing left rests"));
                         }
-                        if self.index.get(&order.id) != Some(&slot) {
+                        if self.index.get(order.id) != Some(slot) {
                             return Err(InvariantViolation::OrderIndex {
                                 order: order.id,
                                 why: "not indexed at its slot",
@@ -741,7 +741,7 @@ impl Engine {
             if order.remaining.0 == 0 {
                 return Err(bad("order with nothing left rests"));
             }
-            if self.index.get(&order.id) != Some(&slot) {
+            if self.index.get(order.id) != Some(slot) {
                 return Err(InvariantViolation::OrderIndex {
                     order: order.id,
                     why: "not indexed at its slot",
@@ -763,12 +763,12 @@ impl Engine {
         let bad = |why| InvariantViolation::OrderIndex { order: id, why };
         let differs = |why| InvariantViolation::EventStream { seq, why };
         let OrderFate::Open { user, market, side, price, remaining, may_rest } = fate else {
-            if self.index.contains_key(&id) {
+            if self.index.contains(id) {
                 return Err(bad("closed but still indexed"));
             }
             return Ok(());
         };
-        let Some(&slot) = self.index.get(&id) else {
+        let Some(slot) = self.index.get(id) else {
             return Err(bad("neither closed nor resting"));
         };
         let Some(order) = self.orders.get_checked(slot).filter(|order| order.id == id) else {
@@ -889,7 +889,7 @@ mod tests {
         }
 
         fn slot(&self, order: OrderId) -> u32 {
-            self.engine.index[&order]
+            self.engine.index.get(order).expect("the order rests")
         }
 
         /// What the cheap check says of the last command's events, once the

@@ -77,6 +77,7 @@ mod command;
 mod engine;
 mod event;
 mod hash;
+mod index;
 mod invariants;
 mod limits;
 mod market;

@@ -255,7 +255,7 @@ impl Engine {
             if resting.id.0 == 0 || resting.id.0 >= engine.next_order_id {
                 return Err(bad("id outside the ids handed out"));
             }
-            if engine.index.contains_key(&resting.id) {
+            if engine.index.contains(resting.id) {
                 return Err(bad("listed twice"));
             }
             if resting.user.index() >= engine.accounts.len() {

@@ -19,6 +19,17 @@
 //! * **many-markets**: the same mix over 32 markets (each its own base asset
 //!   against USDT, each steered towards 1,000 resting orders) and 10,000
 //!   users; each command picks a market at random.
+//! * **peer**: the workload the `peer` benchmark replays through this engine
+//!   and through another order book: one market, 1,000 users, the same mix
+//!   (70% GTC limits within 50 ticks of the random-walk mid, 25% cancels, 5%
+//!   market orders) with quantities of 1 to 100 lots and no steering: every
+//!   limit order goes on its passive side (buys at or below the mid, sells at
+//!   or above), and the mid moves a tick on an eighth of the commands, so
+//!   orders trade as the mid walks into them and the book grows to about
+//!   100,000 resting orders after 2M commands (seed 42), many of them
+//!   stranded away from the mid until a cancel takes them.
+//!   Self-trade prevention is off (`Allow`), so that a book that knows no
+//!   users matches exactly the same trades.
 //!
 //! Every user starts with far more funds than the run can spend, so the mix
 //! is matching work, not rejections. The generator runs an engine alongside
@@ -43,6 +54,7 @@ use serde::{Deserialize, Serialize};
 pub enum Shape {
     SingleMarket,
     ManyMarkets,
+    Peer,
 }
 
 impl Shape {
@@ -50,28 +62,56 @@ impl Shape {
         match self {
             Shape::SingleMarket => "single-market",
             Shape::ManyMarkets => "many-markets",
+            Shape::Peer => "peer",
         }
     }
 
     fn markets(self) -> u32 {
         match self {
-            Shape::SingleMarket => 1,
+            Shape::SingleMarket | Shape::Peer => 1,
             Shape::ManyMarkets => 32,
         }
     }
 
-    /// The depth each book is steered towards, in resting orders.
-    fn resting_target(self) -> usize {
+    /// The depth each book is steered towards, in resting orders (`None`:
+    /// not steered).
+    fn resting_target(self) -> Option<usize> {
         match self {
-            Shape::SingleMarket => 5_000,
-            Shape::ManyMarkets => 1_000,
+            Shape::SingleMarket => Some(5_000),
+            Shape::ManyMarkets => Some(1_000),
+            Shape::Peer => None,
         }
     }
 
     fn users(self) -> u32 {
         match self {
-            Shape::SingleMarket => 1_000,
+            Shape::SingleMarket | Shape::Peer => 1_000,
             Shape::ManyMarkets => 10_000,
+        }
+    }
+
+    /// The mid moves one tick up on one draw of `0..walk_draw()` and one
+    /// tick down on another: on a quarter of the commands, or an eighth.
+    fn walk_draw(self) -> u64 {
+        match self {
+            Shape::SingleMarket | Shape::ManyMarkets => 8,
+            Shape::Peer => 16,
+        }
+    }
+
+    fn qty_max_lots(self) -> u64 {
+        match self {
+            Shape::SingleMarket | Shape::ManyMarkets => 20,
+            Shape::Peer => 100,
+        }
+    }
+
+    fn stp(self) -> SelfTradePrevention {
+        match self {
+            Shape::SingleMarket | Shape::ManyMarkets => SelfTradePrevention::CancelTaker,
+            // A peer book without users cannot prevent self-trades; with them
+            // allowed here too, both match the same trades.
+            Shape::Peer => SelfTradePrevention::Allow,
         }
     }
 }
@@ -104,7 +144,6 @@ impl Workload {
 
 const MID_START_TICKS: u64 = 5_000_000;
 const PRICE_SPREAD_TICKS: u64 = 50;
-const QTY_MAX_LOTS: u64 = 20;
 
 /// SplitMix64: small, fast and the same on every platform.
 pub struct Rng(u64);
@@ -224,14 +263,14 @@ pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
     for _ in 0..count {
         let market = rng.below(u64::from(markets)) as usize;
         let mid = &mut mids[market];
-        match rng.below(8) {
+        match rng.below(shape.walk_draw()) {
             0 => *mid += 1,
             1 => *mid -= 1,
             _ => {}
         }
         let user = UserId(rng.below(u64::from(users)) as u32);
         let side = if rng.below(2) == 0 { Side::Buy } else { Side::Sell };
-        let qty = Lots(1 + rng.below(QTY_MAX_LOTS));
+        let qty = Lots(1 + rng.below(shape.qty_max_lots()));
         let roll = rng.below(100);
         let book = &resting[market];
         let command = if (70..95).contains(&roll) && !book.orders.is_empty() {
@@ -245,7 +284,10 @@ pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
                 // Below its target depth the book is rebuilt by passive
                 // orders; above it, orders land anywhere in the band and
                 // about half of them trade at once.
-                let passive = book.orders.len() < shape.resting_target() || rng.below(2) == 0;
+                // Unsteered, every order goes on its passive side.
+                let passive = shape
+                    .resting_target()
+                    .is_none_or(|target| book.orders.len() < target || rng.below(2) == 0);
                 let price = match (side, passive) {
                     (Side::Buy, true) | (Side::Sell, false) => Ticks(*mid - offset),
                     (Side::Sell, true) | (Side::Buy, false) => Ticks(*mid + offset),
@@ -258,7 +300,7 @@ pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
                 side,
                 kind,
                 client_order_id: None,
-                stp: SelfTradePrevention::CancelTaker,
+                stp: shape.stp(),
             })
         };
         apply(&mut engine, command, &mut events);
@@ -267,7 +309,11 @@ pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
     }
 
     Workload {
-        description: format!("{} workload, seed {seed}, {count} commands", shape.name()),
+        description: format!(
+            "{} workload, seed {seed}, {count} commands, {} orders resting at the end",
+            shape.name(),
+            engine.open_order_count()
+        ),
         limits,
         setup,
         commands,
@@ -352,6 +398,35 @@ mod tests {
         assert!((68..=73).contains(&pct(limits)), "limits {}%", pct(limits));
         assert!((23..=26).contains(&pct(cancels)), "cancels {}%", pct(cancels));
         assert!((4..=6).contains(&pct(markets)), "markets {}%", pct(markets));
+    }
+
+    #[test]
+    fn the_peer_shape_is_unsteered_with_large_orders_and_self_trades_allowed() {
+        let workload = generate(Shape::Peer, 20_000, 5);
+        let mut engine = Engine::new(workload.limits);
+        let mut events = Vec::new();
+        let (mut qty_max, mut cancels, mut markets) = (0, 0, 0);
+        for (i, command) in workload.setup.iter().chain(&workload.commands).enumerate() {
+            match command {
+                Command::PlaceOrder(NewOrder { kind: OrderKind::Limit { qty, .. }, stp, market, .. }) => {
+                    assert_eq!((*stp, *market), (SelfTradePrevention::Allow, MarketId(0)));
+                    qty_max = qty_max.max(qty.0);
+                }
+                Command::PlaceOrder(NewOrder { kind: OrderKind::Market { .. }, .. }) => markets += 1,
+                Command::CancelOrder { .. } => cancels += 1,
+                _ => {}
+            }
+            events.clear();
+            let stamped = StampedCommand { seq: i as u64 + 1, timestamp_ns: 0, command: *command };
+            engine.apply(&stamped, &mut events).unwrap();
+            assert!(!events.iter().any(|e| matches!(e.kind, EventKind::Rejected { .. })), "command {i}");
+        }
+        assert!((90..=100).contains(&qty_max), "quantities reach 100 lots, got at most {qty_max}");
+        assert!((4_600..=5_400).contains(&cancels), "{cancels} cancels");
+        assert!((800..=1_200).contains(&markets), "{markets} market orders");
+        // Unsteered, the book keeps far more than the single-market shape's 5,000.
+        assert!(engine.open_order_count() > 5_000, "{} resting", engine.open_order_count());
+        engine.check_invariants().unwrap();
     }
 
     #[test]

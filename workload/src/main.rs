@@ -16,6 +16,7 @@ use workload::Shape;
 enum ShapeArg {
     SingleMarket,
     ManyMarkets,
+    Peer,
 }
 
 #[derive(Parser, Debug)]
@@ -36,13 +37,15 @@ fn main() -> ExitCode {
     let shape = match args.shape {
         ShapeArg::SingleMarket => Shape::SingleMarket,
         ShapeArg::ManyMarkets => Shape::ManyMarkets,
+        ShapeArg::Peer => Shape::Peer,
     };
     let workload = workload::generate(shape, args.commands, args.seed);
     match workload::write(&workload, &args.out) {
         Ok(()) => {
             println!(
-                "wrote {} ({} setup + {} commands)",
+                "wrote {}: {} ({} setup + {} commands)",
                 args.out.display(),
+                workload.description,
                 workload.setup.len(),
                 workload.commands.len()
             );

@@ -16,7 +16,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use benches::report::{format_ns, format_rate, latency_histogram, median, percentiles, rate_per_s};
+use benches::report::{
+    clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles,
+    rate_per_s,
+};
 use clap::{Parser, ValueEnum};
 use engine_core::{Engine, Event, EventKind, StampedCommand};
 use workload::{self, Shape, Workload};
@@ -25,6 +28,7 @@ use workload::{self, Shape, Workload};
 enum WorkloadArg {
     SingleMarket,
     ManyMarkets,
+    Peer,
 }
 
 #[derive(Parser, Debug)]
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             let shape = match args.workload {
                 WorkloadArg::SingleMarket => Shape::SingleMarket,
                 WorkloadArg::ManyMarkets => Shape::ManyMarkets,
+                WorkloadArg::Peer => Shape::Peer,
             };
             let started = Instant::now();
             let workload = workload::generate(shape, args.commands, args.seed);
@@ -172,27 +177,4 @@ fn latency_pass(workload: &Workload, warmup: usize) -> hdrhistogram::Histogram<u
         }
     }
     histogram
-}
-
-fn clock_overhead_ns_p50() -> u64 {
-    let mut histogram = latency_histogram();
-    for _ in 0..100_000 {
-        let started = Instant::now();
-        histogram.saturating_record((started.elapsed().as_nanos() as u64).max(1));
-    }
-    histogram.value_at_quantile(0.5)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| name.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".to_string());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    format!("{cpu}, {cores} cores available")
 }
