@@ -582,6 +582,9 @@ impl Waiting {
     }
 }
 
+/// Polls of a full outbound ring spent spinning before the matcher yields.
+const FULL_RING_SPINS: u32 = 64;
+
 /// The single owner of trading state.
 struct Matcher {
     engine: Engine,
@@ -678,11 +681,29 @@ impl Matcher {
         // One claim per chunk of the ring, not one per event.
         let chunk = (self.config.outbound_ring_size / 4).max(1);
         for outcomes in self.staged.chunks(chunk) {
-            self.outbound.batch_publish(outcomes.len(), |slots| {
-                for (slot, outcome) in slots.zip(outcomes) {
-                    *slot = *outcome;
+            let mut polls: u32 = 0;
+            while self
+                .outbound
+                .try_batch_publish(outcomes.len(), |slots| {
+                    for (slot, outcome) in slots.zip(outcomes) {
+                        *slot = *outcome;
+                    }
+                })
+                .is_err()
+            {
+                // The consumers are behind. Spinning here would take the
+                // core they need to catch up (a small machine has fewer
+                // cores than pipeline threads): spin briefly, then yield.
+                polls += 1;
+                if polls < FULL_RING_SPINS {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
                 }
-            });
+            }
+            // Each chunk wakes the consumers, so that they drain the ring
+            // while the next chunk waits for room.
+            self.outbound_bell.ring();
         }
         self.staged.clear();
         self.outbound_bell.ring();

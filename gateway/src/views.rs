@@ -581,6 +581,13 @@ impl Views {
     }
 
     /// One of `user`'s orders, open or recently closed, by id or client id.
+    /// Whether an order just closed is kept (as the newest of its user's
+    /// closed orders): only a retention of no closed orders drops it at
+    /// once; the age bound never drops the newest.
+    pub fn keeps_closed_orders(&self) -> bool {
+        self.retention.closed_orders_per_user_max > 0
+    }
+
     pub fn find_order_ref(&self, user: UserId, order: OrderRef) -> Option<&OrderView> {
         self.find_order(user, |o| match order {
             OrderRef::Id(id) => o.order == id,
