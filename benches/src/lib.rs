@@ -20,3 +20,23 @@
 
 pub mod local_exchange;
 pub mod report;
+
+/// The workload a benchmark runs: read from `from` when given, else
+/// generated (`shape`, `commands`, `seed`), saying on stderr how long that
+/// took. The error names the file and what is wrong with it.
+pub fn workload_from(
+    from: Option<&std::path::Path>,
+    shape: workload::Shape,
+    commands: usize,
+    seed: u64,
+) -> Result<workload::Workload, String> {
+    match from {
+        Some(path) => workload::read(path).map_err(|error| format!("{}: {error}", path.display())),
+        None => {
+            let started = std::time::Instant::now();
+            let workload = workload::generate(shape, commands, seed);
+            eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+            Ok(workload)
+        }
+    }
+}

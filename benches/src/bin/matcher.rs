@@ -59,24 +59,16 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let workload = match &args.from {
-        Some(path) => match workload::read(path) {
-            Ok(workload) => workload,
-            Err(error) => {
-                eprintln!("error: {}: {error}", path.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => {
-            let shape = match args.workload {
-                WorkloadArg::SingleMarket => Shape::SingleMarket,
-                WorkloadArg::ManyMarkets => Shape::ManyMarkets,
-                WorkloadArg::Peer => Shape::Peer,
-            };
-            let started = Instant::now();
-            let workload = workload::generate(shape, args.commands, args.seed);
-            eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
-            workload
+    let shape = match args.workload {
+        WorkloadArg::SingleMarket => Shape::SingleMarket,
+        WorkloadArg::ManyMarkets => Shape::ManyMarkets,
+        WorkloadArg::Peer => Shape::Peer,
+    };
+    let workload = match benches::workload_from(args.from.as_deref(), shape, args.commands, args.seed) {
+        Ok(workload) => workload,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
         }
     };
     if args.runs == 0 || workload.commands.len() <= args.warmup {
