@@ -10,39 +10,53 @@ use gateway::pipeline::{self, PipelineConfig};
 use gateway::views::Views;
 use journal::{Durability, JournalConfig, JournalWriter, SegmentRetention};
 
-#[test]
-fn a_full_ring_refuses_at_once_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let journal_dir = dir.path().join("journal");
+/// A pipeline over a fresh journal in `dir` (no snapshots, no downstream
+/// consumers), and the views it keeps.
+fn start(
+    dir: &std::path::Path,
+    durability: Durability,
+    retention: gateway::views::Retention,
+    (inbound_ring_size, outbound_ring_size): (usize, usize),
+    observer: Option<pipeline::Observer>,
+) -> (pipeline::Pipeline, Arc<RwLock<Views>>) {
+    let journal_dir = dir.join("journal");
     let config = JournalConfig {
         dir: journal_dir.clone(),
         segment_bytes: 1 << 20,
-        durability: Durability::None,
+        durability,
         checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
     };
     let (writer, _) = JournalWriter::open(config).unwrap();
     let engine = Engine::new(EngineLimits::default());
-    let views = Arc::new(RwLock::new(Views::from_engine(&engine, gateway::views::Retention::default())));
+    let views = Arc::new(RwLock::new(Views::from_engine(&engine, retention)));
     let pipeline = pipeline::start(
         engine,
         writer,
         Arc::clone(&views),
         PipelineConfig {
-            inbound_ring_size: 64,
-            outbound_ring_size: 64,
+            inbound_ring_size,
+            outbound_ring_size,
             busy_spin: false,
             matcher_core: None,
             snapshot_every_commands: 0,
-            snapshots_dir: dir.path().join("snapshots"),
+            snapshots_dir: dir.join("snapshots"),
             snapshots_keep: 1,
             journal_dir,
             retention: SegmentRetention::Keep,
-            observer: None,
+            observer,
             downstream: Vec::new(),
             database_status: None,
             last_timestamp_ns: 0,
         },
     );
+    (pipeline, views)
+}
+
+#[test]
+fn a_full_ring_refuses_at_once_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pipeline, views) =
+        start(dir.path(), Durability::None, gateway::views::Retention::default(), (64, 64), None);
     let mut producer = pipeline.publisher.clone();
 
     // Stall the views consumer: the outbound ring fills, then the matcher
@@ -101,39 +115,10 @@ fn an_outcome_is_the_state_its_own_command_left() {
     use gateway::views::OrderStatus;
 
     let dir = tempfile::tempdir().unwrap();
-    let journal_dir = dir.path().join("journal");
-    let config = JournalConfig {
-        dir: journal_dir.clone(),
-        segment_bytes: 1 << 20,
-        durability: Durability::None,
-        checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
-    };
-    let (writer, _) = JournalWriter::open(config).unwrap();
-    let engine = Engine::new(EngineLimits::default());
     // Two closed orders kept per user: fewer than the cancel-all below closes.
     let retention =
         gateway::views::Retention { closed_orders_per_user_max: 2, ..gateway::views::Retention::default() };
-    let views = Arc::new(RwLock::new(Views::from_engine(&engine, retention)));
-    let pipeline = pipeline::start(
-        engine,
-        writer,
-        Arc::clone(&views),
-        PipelineConfig {
-            inbound_ring_size: 64,
-            outbound_ring_size: 256,
-            busy_spin: false,
-            matcher_core: None,
-            snapshot_every_commands: 0,
-            snapshots_dir: dir.path().join("snapshots"),
-            snapshots_keep: 1,
-            journal_dir,
-            retention: SegmentRetention::Keep,
-            observer: None,
-            downstream: Vec::new(),
-            database_status: None,
-            last_timestamp_ns: 0,
-        },
-    );
+    let (pipeline, views) = start(dir.path(), Durability::None, retention, (64, 256), None);
     let mut producer = pipeline.publisher.clone();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut send = |command: Command| {
@@ -247,16 +232,6 @@ fn under_batch_nothing_is_released_before_it_is_synced() {
     use std::sync::OnceLock;
 
     let dir = tempfile::tempdir().unwrap();
-    let journal_dir = dir.path().join("journal");
-    let config = JournalConfig {
-        dir: journal_dir.clone(),
-        segment_bytes: 1 << 20,
-        durability: Durability::Batch,
-        checkpoint_interval_ms: journal::CHECKPOINT_INTERVAL_MS_DEFAULT,
-    };
-    let (writer, _) = JournalWriter::open(config).unwrap();
-    let engine = Engine::new(EngineLimits::default());
-    let views = Arc::new(RwLock::new(Views::from_engine(&engine, gateway::views::Retention::default())));
     let health: Arc<OnceLock<Arc<pipeline::Health>>> = Arc::new(OnceLock::new());
     let (seen, early) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let observer = {
@@ -269,25 +244,12 @@ fn under_batch_nothing_is_released_before_it_is_synced() {
             }
         })
     };
-    let pipeline = pipeline::start(
-        engine,
-        writer,
-        Arc::clone(&views),
-        PipelineConfig {
-            inbound_ring_size: 1024,
-            outbound_ring_size: 1024,
-            busy_spin: false,
-            matcher_core: None,
-            snapshot_every_commands: 0,
-            snapshots_dir: dir.path().join("snapshots"),
-            snapshots_keep: 1,
-            journal_dir,
-            retention: SegmentRetention::Keep,
-            observer: Some(observer),
-            downstream: Vec::new(),
-            database_status: None,
-            last_timestamp_ns: 0,
-        },
+    let (pipeline, _views) = start(
+        dir.path(),
+        Durability::Batch,
+        gateway::views::Retention::default(),
+        (1024, 1024),
+        Some(observer),
     );
     health.set(Arc::clone(&pipeline.health)).ok().unwrap();
     let mut producer = pipeline.publisher.clone();
