@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 
 use crate::outcome::{Capture, Outcome};
 use crate::views::{OrderView, Views, ViewsState};
-use crate::wait::{Backoff, Doorbell};
+use crate::wait::{Backoff, Doorbell, RingWhenDone};
 
 /// What travels into the matcher.
 #[derive(Clone, Copy, Debug)]
@@ -295,12 +295,19 @@ fn start_with<W: WaitStrategy + 'static>(
     } else {
         // The views stage sees a slot only once the durability stage is
         // done with it (after its sync); the durability stage rings this
-        // doorbell when it is.
+        // doorbell once the disruptor has marked its batch done.
         let durable_bell = Doorbell::leak();
-        let mut stage =
-            DurabilityStage { syncer: journal.syncer(), health: Arc::clone(&health), bell: durable_bell };
+        let mut stage = DurabilityStage {
+            syncer: journal.syncer(),
+            health: Arc::clone(&health),
+            bell: durable_bell,
+            batch_open: false,
+        };
         outbound
-            .handle_events_with(move |slot: &Outbound, _seq, end_of_batch| stage.handle(slot, end_of_batch))
+            .handle_events_with_wait_strategy(
+                move |slot: &Outbound, _seq, end_of_batch| stage.handle(slot, end_of_batch),
+                RingWhenDone { wait: Backoff { doorbell: outbound_bell }, done: durable_bell },
+            )
             .and_then()
             .handle_events_with_wait_strategy(follow, Backoff { doorbell: durable_bell })
             .build()
@@ -364,11 +371,19 @@ impl Outbound {
 struct DurabilityStage {
     syncer: journal::JournalSyncer,
     health: Arc<Health>,
+    /// Rung when a batch is marked done: by [`RingWhenDone`] when the stage
+    /// waits, or here at the start of a batch that follows at once.
     bell: &'static Doorbell,
+    batch_open: bool,
 }
 
 impl DurabilityStage {
     fn handle(&mut self, slot: &Outbound, end_of_batch: bool) {
+        if !self.batch_open {
+            // The previous batch is marked done by now.
+            self.bell.ring();
+            self.batch_open = true;
+        }
         if let (Some(event), true) = (slot.event, slot.last) {
             if let Err(error) = self.syncer.appended(event.seq, slot.segment) {
                 fail_journal(&self.health, &error);
@@ -381,7 +396,7 @@ impl DurabilityStage {
                 }
                 Err(error) => fail_journal(&self.health, &error),
             }
-            self.bell.ring();
+            self.batch_open = false;
         }
     }
 }

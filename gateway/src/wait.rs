@@ -87,9 +87,8 @@ impl WaitStrategy for Backoff {
             // publish since then has changed the count, and the wait
             // returns at once.
             self.doorbell.sleep(seen, SLEEP_MAX);
-            // Woken: spin and yield again before the next sleep. A stage
-            // behind another is rung just before that stage marks its
-            // batch done, so the work may show a moment after the ring.
+            // Woken: spin and yield again before the next sleep (a wake
+            // may also be the safety net's timeout, or another ring).
             waiting.polls = 0;
             waiting.since = None;
         } else {
@@ -98,6 +97,34 @@ impl WaitStrategy for Backoff {
             waiting.seen = Some(self.doorbell.rings.load(Ordering::SeqCst));
         }
         WAITING.with(|cell| cell.set(waiting));
+    }
+}
+
+/// The wait strategy of a stage that a later stage waits for: it rings the
+/// later stage's doorbell when it starts waiting, which is after the
+/// disruptor has marked its batch done. Ringing from the handler at the end
+/// of its batch would come before that mark: a later stage woken by it
+/// could find nothing yet, go back to sleep and stay asleep until the next
+/// ring or the safety net's timeout (seen as 10 ms tails under `batch`).
+/// A stage that goes straight on to its next batch without waiting must
+/// ring at that batch's start too ([`Doorbell::ring`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RingWhenDone {
+    pub wait: Backoff,
+    pub done: &'static Doorbell,
+}
+
+thread_local! {
+    /// The sequence this thread last rang for on starting to wait.
+    static RUNG_FOR: Cell<Sequence> = const { Cell::new(-1) };
+}
+
+impl WaitStrategy for RingWhenDone {
+    fn wait_for(&self, sequence: Sequence) {
+        if RUNG_FOR.with(|rung| rung.replace(sequence)) != sequence {
+            self.done.ring();
+        }
+        self.wait.wait_for(sequence);
     }
 }
 
@@ -157,6 +184,24 @@ mod tests {
         doorbell.ring();
         sleeper.join().unwrap();
         assert_eq!(doorbell.sleepers.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_stage_rings_once_when_it_starts_waiting_for_each_sequence() {
+        let done = Doorbell::leak();
+        let wait = RingWhenDone { wait: Backoff { doorbell: Doorbell::leak() }, done };
+        std::thread::spawn(move || {
+            let rings = || done.rings.load(Ordering::SeqCst);
+            wait.wait_for(5);
+            assert_eq!(rings(), 1);
+            wait.wait_for(5);
+            wait.wait_for(5);
+            assert_eq!(rings(), 1, "polls of the same sequence do not ring again");
+            wait.wait_for(9);
+            assert_eq!(rings(), 2);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
