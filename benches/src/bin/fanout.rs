@@ -1,13 +1,19 @@
 //! The WebSocket fan-out benchmark: N subscribers to one market's trade
 //! stream while orders that trade flow at a fixed rate; reports messages
-//! delivered per second and the latency from each trade's command
-//! timestamp (the matcher's clock) to its receipt by each subscriber.
+//! delivered per second, the latency from each trade's command timestamp
+//! (the matcher's clock) to its receipt by each subscriber, and the
+//! server's CPU time per delivered message.
+//!
+//! The subscribers run in a child process (this program started again
+//! with `--subscribe-to`), so that the server's CPU time is its own: the
+//! process's CPU time less that of the thread placing the orders.
 //!
 //! ```text
 //! cargo run --release -p benches --bin fanout                          # 100 and 1,000 subscribers
 //! cargo run --release -p benches --bin fanout -- --subscribers 1000 --trades 1000 --rate 200
 //! ```
 
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -32,6 +38,11 @@ struct Args {
     /// Trades per second.
     #[arg(long, default_value_t = 100)]
     rate: u64,
+    /// Run as the subscribers' process: connect to this WebSocket address,
+    /// say `ready` once every subscriber is subscribed, and report what
+    /// they received on standard output.
+    #[arg(long, hide = true)]
+    subscribe_to: Option<SocketAddr>,
 }
 
 fn now_ns() -> u64 {
@@ -40,6 +51,15 @@ fn now_ns() -> u64 {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(ws) = args.subscribe_to {
+        return match subscribers_process(ws, args.subscribers.first().copied().unwrap_or(0), args.trades) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: subscribers: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let exchange = match LocalExchange::start("fanout", &[("EXCHANGE_DURABILITY", "none")]) {
         Ok(exchange) => exchange,
         Err(error) => {
@@ -89,23 +109,20 @@ fn run(
     trades_before: u64,
 ) -> Result<(), String> {
     let expected = args.trades;
-    let (ready_sender, ready_receiver) = mpsc::channel();
-    let mut threads = Vec::new();
-    for _ in 0..count {
-        let ready = ready_sender.clone();
-        let ws = addresses.ws;
-        threads.push(
-            std::thread::Builder::new()
-                .stack_size(128 * 1024)
-                .spawn(move || subscriber(ws, expected, ready))
-                .map_err(|e| e.to_string())?,
-        );
+    let mut child = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(["--subscribe-to", &addresses.ws.to_string()])
+        .args(["--subscribers", &count.to_string(), "--trades", &expected.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the subscribers' process: {e}"))?;
+    let mut lines =
+        std::io::BufReader::new(child.stdout.take().ok_or("no pipe from the subscribers")?).lines();
+    if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
+        let _ = child.kill();
+        return Err("the subscribers did not all subscribe".into());
     }
-    for _ in 0..count {
-        ready_receiver
-            .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| "a subscriber did not connect".to_string())?;
-    }
+    let cpu_before = server_cpu();
+    let subscribers_cpu_before = children_cpu().as_secs_f64();
     // Orders that trade: a resting sell, then a buy that takes it.
     let started = Instant::now();
     let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
@@ -128,19 +145,35 @@ fn run(
     }
     let mut histogram = latency_histogram();
     let mut delivered = 0u64;
-    for thread in threads {
-        let (received, part) = thread.join().map_err(|_| "a subscriber panicked".to_string())??;
-        delivered += received;
-        let _ = histogram.add(&part);
+    for line in lines {
+        let line = line.map_err(|e| e.to_string())?;
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next().and_then(|w| w.parse::<u64>().ok())) {
+            (Some("delivered"), Some(count)) => delivered += count,
+            (Some("latency_ns"), Some(value)) => {
+                let times = words.next().and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
+                histogram.saturating_record_n(value, times);
+            }
+            _ => return Err(format!("the subscribers said {line:?}")),
+        }
     }
+    let server_cpu_s = (server_cpu() - cpu_before).as_secs_f64();
+    let exited = child.wait().map_err(|e| e.to_string())?;
+    if !exited.success() {
+        return Err(format!("the subscribers' process failed ({exited})"));
+    }
+    let subscribers_cpu_s = children_cpu().as_secs_f64() - subscribers_cpu_before;
     let elapsed = started.elapsed().as_secs_f64();
     let complete = delivered == expected * count as u64;
     println!(
-        "{count:>5} subscribers: {} messages/s delivered ({} of {} expected){} | {}",
+        "{count:>5} subscribers: {} messages/s delivered ({} of {} expected){} | server CPU {:.2} s, {:.1} us per message (subscribers' CPU {:.2} s) | {}",
         format_rate(delivered as f64 / elapsed),
         delivered,
         expected * count as u64,
         if complete { "" } else { " INCOMPLETE" },
+        server_cpu_s,
+        server_cpu_s * 1e6 / delivered.max(1) as f64,
+        subscribers_cpu_s,
         percentiles(&histogram)
     );
     if complete {
@@ -148,6 +181,64 @@ fn run(
     } else {
         Err("some subscribers missed trades".into())
     }
+}
+
+/// CPU time (user and system) of this process less that of the calling
+/// thread: the server's, when the caller is the thread placing orders.
+fn server_cpu() -> Duration {
+    cpu(libc::RUSAGE_SELF).saturating_sub(cpu(libc::RUSAGE_THREAD))
+}
+
+/// CPU time of the child processes that have exited and been waited for.
+fn children_cpu() -> Duration {
+    cpu(libc::RUSAGE_CHILDREN)
+}
+
+fn cpu(who: libc::c_int) -> Duration {
+    // Safety: getrusage writes one plain struct that we own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1_000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// The subscribers' process: `count` subscribers, each on its own thread
+/// and connection; reports on standard output what they received.
+fn subscribers_process(ws: SocketAddr, count: usize, expected: u64) -> Result<(), String> {
+    use std::io::Write;
+    let (ready_sender, ready_receiver) = mpsc::channel();
+    let mut threads = Vec::new();
+    for _ in 0..count {
+        let ready = ready_sender.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || subscriber(ws, expected, ready))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for _ in 0..count {
+        ready_receiver
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "a subscriber did not connect".to_string())?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready").and_then(|()| out.flush()).map_err(|e| e.to_string())?;
+    let mut histogram = latency_histogram();
+    let mut delivered = 0u64;
+    for thread in threads {
+        let (received, part) = thread.join().map_err(|_| "a subscriber panicked".to_string())??;
+        delivered += received;
+        let _ = histogram.add(&part);
+    }
+    writeln!(out, "delivered {delivered}").map_err(|e| e.to_string())?;
+    for value in histogram.iter_recorded() {
+        writeln!(out, "latency_ns {} {}", value.value_iterated_to(), value.count_at_value())
+            .map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())
 }
 
 fn subscriber(
@@ -170,19 +261,30 @@ fn subscriber(
     while received < expected {
         let message = socket.read().map_err(|e| e.to_string())?;
         let Message::Text(text) = message else { continue };
-        let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-        if !subscribed && value["id"] == 1 {
-            subscribed = true;
-            let _ = ready.send(());
+        if !subscribed {
+            let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            if value["id"] == 1 {
+                subscribed = true;
+                let _ = ready.send(());
+            }
             continue;
         }
-        if let Some(sent_ns) = value["data"]["T_ns"].as_u64() {
+        // Only the stamp is read (a full parse of every message would make
+        // the subscribers, not the server, what bounds the run).
+        if let Some(sent_ns) = trade_stamp_ns(&text) {
             histogram.saturating_record(now_ns().saturating_sub(sent_ns).max(1));
             received += 1;
         }
     }
     let _ = socket.close(None);
     Ok((received, histogram))
+}
+
+/// The `"T_ns"` of a trade message, found without parsing the rest.
+fn trade_stamp_ns(text: &str) -> Option<u64> {
+    let digits = &text[text.find("\"T_ns\":")? + "\"T_ns\":".len()..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
 }
 
 fn http(
