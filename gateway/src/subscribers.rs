@@ -153,6 +153,13 @@ impl std::fmt::Display for SubscribeError {
     }
 }
 
+/// Who listens at one moment ([`Subscribers::audience`]).
+#[derive(Debug, Default)]
+pub struct Audience {
+    pub channels: HashSet<Channel>,
+    pub users: HashSet<UserId>,
+}
+
 /// Who listens to what; the hub task and the connections share it.
 #[derive(Default)]
 pub struct Subscribers {
@@ -180,6 +187,19 @@ impl Subscribers {
     }
 
     /// Whether any connection satisfies `test`.
+    /// Every channel with a subscriber and every user whose native stream
+    /// a connection follows, in one pass over the connections.
+    pub fn audience(&self) -> Audience {
+        let mut audience = Audience::default();
+        if let Ok(connections) = self.connections.lock() {
+            for connection in connections.values() {
+                audience.channels.extend(connection.channels.iter().cloned());
+                audience.users.extend(connection.user);
+            }
+        }
+        audience
+    }
+
     pub fn any(&self, test: impl Fn(&Connection) -> bool) -> bool {
         self.connections.lock().is_ok_and(|c| c.values().any(test))
     }

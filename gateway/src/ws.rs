@@ -44,7 +44,7 @@ use crate::pipeline::Publisher;
 use crate::rest;
 use crate::state::AppState;
 use crate::subscribers::{
-    Channel, EndState, Ending, Framing, Outgoing, SubscribeError, Subscribers, SUBSCRIPTIONS_MAX,
+    Audience, Channel, EndState, Ending, Framing, Outgoing, SubscribeError, Subscribers, SUBSCRIPTIONS_MAX,
 };
 use crate::views::Views;
 
@@ -133,6 +133,9 @@ fn publish_batch(
     let mut depth: BTreeMap<MarketId, DepthDiff> = BTreeMap::new();
     let mut trades: Vec<(MarketId, Value)> = Vec::new();
     let mut users: BTreeMap<UserId, Vec<Value>> = BTreeMap::new();
+    // Messages nobody receives are not built: with no stream subscribers
+    // formatting them cost the order path more than the matcher did.
+    let mut wanted = Wanted::new(subscribers);
     for event in batch {
         match event.kind {
             EventKind::BookLevel { market, side, price, qty } => {
@@ -158,14 +161,16 @@ fn publish_batch(
             } => {
                 let Some(view) = views.markets.get(market.0 as usize) else { continue };
                 let scale = view.scale;
-                trades.push((
-                    market,
-                    json!({
-                        "e": "trade", "s": view.name, "t": trade.0, "E": event.seq,
-                        "p": scale.price(price), "q": scale.qty(qty), "T": timestamp_ns / 1_000_000, "T_ns": timestamp_ns,
-                        "m": taker_side == Side::Sell,
-                    }),
-                ));
+                if wanted.channel(&Channel::Trades(market)) {
+                    trades.push((
+                        market,
+                        json!({
+                            "e": "trade", "s": view.name, "t": trade.0, "E": event.seq,
+                            "p": scale.price(price), "q": scale.qty(qty), "T": timestamp_ns / 1_000_000, "T_ns": timestamp_ns,
+                            "m": taker_side == Side::Sell,
+                        }),
+                    ));
+                }
                 let rules = view.market.rules;
                 let decimals = |asset: engine_core::AssetId| {
                     views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals)
@@ -174,6 +179,9 @@ fn publish_batch(
                     (maker_user, maker_order, maker_remaining, maker_fee, taker_side.opposite(), true),
                     (taker_user, taker_order, taker_remaining, taker_fee, taker_side, false),
                 ] {
+                    if !wanted.user(user) {
+                        continue;
+                    }
                     let fee_asset = if side == Side::Buy { rules.base } else { rules.quote };
                     users.entry(user).or_default().push(json!({
                         "e": "fill", "E": event.seq, "s": view.name, "order_id": order.0, "trade_id": trade.0,
@@ -184,14 +192,18 @@ fn publish_batch(
                     }));
                 }
             }
-            EventKind::OrderAccepted { order, user, market, side, client_order_id, .. } => {
+            EventKind::OrderAccepted { order, user, market, side, client_order_id, .. }
+                if wanted.user(user) =>
+            {
                 let name = views.markets.get(market.0 as usize).map(|m| m.name.clone());
                 users.entry(user).or_default().push(json!({
                     "e": "order", "E": event.seq, "s": name, "order_id": order.0, "status": "new",
                     "side": side_name(side), "client_order_id": client_order_id.map(|c| c.to_string()),
                 }));
             }
-            EventKind::OrderAmended { order, user, market, price, remaining, priority_kept, .. } => {
+            EventKind::OrderAmended { order, user, market, price, remaining, priority_kept, .. }
+                if wanted.user(user) =>
+            {
                 let Some(view) = views.markets.get(market.0 as usize) else { continue };
                 users.entry(user).or_default().push(json!({
                     "e": "order", "E": event.seq, "s": view.name, "order_id": order.0, "status": "amended",
@@ -199,7 +211,7 @@ fn publish_batch(
                     "priority_kept": priority_kept,
                 }));
             }
-            EventKind::OrderDone { order, user, market, reason, filled, cancelled } => {
+            EventKind::OrderDone { order, user, market, reason, filled, cancelled } if wanted.user(user) => {
                 let Some(view) = views.markets.get(market.0 as usize) else { continue };
                 users.entry(user).or_default().push(json!({
                     "e": "order", "E": event.seq, "s": view.name, "order_id": order.0,
@@ -207,7 +219,7 @@ fn publish_batch(
                     "filled_quantity": view.scale.qty(filled), "cancelled_quantity": view.scale.qty(cancelled),
                 }));
             }
-            EventKind::Balance { user, asset, available, locked } => {
+            EventKind::Balance { user, asset, available, locked } if wanted.user(user) => {
                 let Some(a) = views.assets.get(asset.0 as usize) else { continue };
                 users.entry(user).or_default().push(json!({
                     "e": "balance", "E": event.seq, "asset": a.symbol.as_str(),
@@ -272,6 +284,31 @@ fn publish_batch(
             let message: Arc<str> = json!({ "stream": "user", "data": data }).to_string().into();
             subscribers.send(&message, |c| c.user == Some(user));
         }
+    }
+}
+
+/// Which channels and users have a subscriber: read from the connections
+/// once per batch, when first asked.
+struct Wanted<'a> {
+    subscribers: &'a Subscribers,
+    audience: Option<Audience>,
+}
+
+impl<'a> Wanted<'a> {
+    fn new(subscribers: &'a Subscribers) -> Wanted<'a> {
+        Wanted { subscribers, audience: None }
+    }
+
+    fn audience(&mut self) -> &Audience {
+        self.audience.get_or_insert_with(|| self.subscribers.audience())
+    }
+
+    fn channel(&mut self, channel: &Channel) -> bool {
+        self.audience().channels.contains(channel)
+    }
+
+    fn user(&mut self, user: UserId) -> bool {
+        self.audience().users.contains(&user)
     }
 }
 
