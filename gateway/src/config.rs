@@ -12,9 +12,12 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address of the REST API.
+    /// Address of the REST API: `IP:PORT` or `HOST:PORT` (resolved at
+    /// start; the first IPv4 address if the name has one).
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
-    /// Address of the WebSocket streams.
+    /// Address of the WebSocket streams, as `listen`.
+    #[serde(deserialize_with = "listen_address")]
     pub ws_listen: SocketAddr,
     /// Messages queued for one WebSocket connection; a client further
     /// behind is disconnected.
@@ -261,8 +264,8 @@ impl Config {
                 .map_err(|e| e.to_string())
         }
         match setting {
-            "LISTEN" => self.listen = parse(value)?,
-            "WS_LISTEN" => self.ws_listen = parse(value)?,
+            "LISTEN" => self.listen = resolve(value)?,
+            "WS_LISTEN" => self.ws_listen = resolve(value)?,
             "WS_QUEUE_MAX" => self.ws_queue_max = parse(value)?,
             "WS_SEND_TIMEOUT_MS" => self.ws_send_timeout_ms = parse(value)?,
             "DATA_DIR" => self.data_dir = PathBuf::from(value),
@@ -385,6 +388,35 @@ impl Config {
     }
 }
 
+/// An address to listen on: `IP:PORT`, or `HOST:PORT` resolved now (the
+/// first IPv4 address of the name if it has one, since clients that say
+/// `localhost` mostly mean 127.0.0.1).
+fn resolve(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = value.parse() {
+        return Ok(address);
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("{value:?} is not HOST:PORT (for example 127.0.0.1:8080 or localhost:8080)"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{value:?} is not HOST:PORT (for example 127.0.0.1:8080 or localhost:8080)"));
+    }
+    let addresses: Vec<SocketAddr> =
+        value.to_socket_addrs().map_err(|e| format!("cannot resolve host {host:?}: {e}"))?.collect();
+    addresses
+        .iter()
+        .find(|address| address.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| format!("host {host:?} has no address"))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let value = String::deserialize(deserializer)?;
+    resolve(&value).map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +456,32 @@ mod tests {
             EngineLimits::default().orders_max
         );
         assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdefXYZ"));
+    }
+
+    #[test]
+    fn listen_addresses_may_name_a_host() {
+        let config = Config::load(
+            None,
+            env(&[("EXCHANGE_LISTEN", "localhost:9100"), ("EXCHANGE_WS_LISTEN", "[::1]:9101")]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.ws_listen.to_string(), "[::1]:9101");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exchange.toml");
+        std::fs::write(&path, "listen = \"localhost:9200\"\nws_listen = \"0.0.0.0:9201\"\n").unwrap();
+        let config = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9200");
+        assert_eq!(config.ws_listen.to_string(), "0.0.0.0:9201");
+
+        for bad in ["localhost", "localhost:http", ":8080", "no-such-host.invalid:8080"] {
+            let error = Config::load(None, env(&[("EXCHANGE_LISTEN", bad)])).unwrap_err().to_string();
+            assert!(error.contains("EXCHANGE_LISTEN"), "{bad}: {error}");
+        }
+        std::fs::write(&path, "listen = \"no-such-host.invalid:1\"\n").unwrap();
+        let error = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(error.contains("cannot resolve host"), "{error}");
     }
 
     #[test]
