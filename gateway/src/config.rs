@@ -458,6 +458,62 @@ mod tests {
         assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdefXYZ"));
     }
 
+    /// `deploy/exchange.toml` states every setting the README documents,
+    /// each at its real default, and commented-out ones uncomment cleanly.
+    #[test]
+    fn the_sample_configuration_has_every_setting_at_its_default() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let sample_path = root.join("deploy/exchange.toml");
+        let sample = std::fs::read_to_string(&sample_path).unwrap();
+        let config = Config::load(Some(&sample_path), env(&[])).unwrap();
+        assert_eq!(config, Config::default(), "a value in deploy/exchange.toml is not the default");
+
+        let named: Vec<&str> = sample
+            .lines()
+            .map(|line| line.trim_start_matches('#').trim())
+            .filter_map(|line| line.split_once(" = ").map(|(name, _)| name))
+            .collect();
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let table = readme.split("### Configuration").nth(1).unwrap().split("\n## ").next().unwrap();
+        let documented: Vec<&str> = table
+            .lines()
+            .filter_map(|line| line.strip_prefix("| "))
+            .filter_map(|line| line.split(" | ").next())
+            .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+            .filter(|name| !name.starts_with('['))
+            .collect();
+        assert!(documented.len() > 30, "the README's table was not found: {documented:?}");
+        for name in &documented {
+            assert!(named.contains(name), "{name} is in the README's table but not in deploy/exchange.toml");
+        }
+        for name in &named {
+            assert!(
+                documented.contains(name),
+                "{name} is in deploy/exchange.toml but not in the README's table"
+            );
+        }
+
+        // Every commented-out setting, uncommented, is accepted.
+        let uncommented: String = sample
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exchange.toml");
+        std::fs::write(&path, uncommented).unwrap();
+        let config = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(
+            config.limits.open_orders_per_user_max,
+            Some(EngineLimits::default().open_orders_per_user_max)
+        );
+        assert_eq!(config.limits.users_max, Some(EngineLimits::default().users_max));
+        assert_eq!(config.matcher_core, Some(1));
+    }
+
     #[test]
     fn listen_addresses_may_name_a_host() {
         let config = Config::load(
