@@ -242,7 +242,7 @@ fn internal(message: &'static str) -> ApiError {
 
 /// The history database failed a query: logged, and answered 503.
 pub fn database_error(error: persistence::StoreError) -> ApiError {
-    eprintln!("history query failed: {error}");
+    tracing::warn!("history query failed: {error}");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "database_unavailable",
@@ -283,7 +283,7 @@ fn order_view(
     trades: &[persistence::TradeRow],
 ) -> Result<OrderView, ApiError> {
     let corrupt = |what: &str| {
-        eprintln!("history: order {} has {what} the exchange cannot read", record.order_id);
+        tracing::error!("history: order {} has {what} the exchange cannot read", record.order_id);
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "a stored order cannot be read")
     };
     let market = views.markets.get(record.market_id as usize).ok_or_else(|| corrupt("an unknown market"))?;

@@ -96,6 +96,11 @@ pub struct Config {
     /// so they live in the journal); those not named keep the journal's
     /// values (the defaults for a new data directory).
     pub limits: LimitsConfig,
+    /// `text` (human-readable) or `json` (one object per line).
+    pub log_format: crate::log::LogFormat,
+    /// Which lines are logged: a level (`info`) or directives per module
+    /// (`info,persistence=debug`).
+    pub log_level: String,
 }
 
 /// The `[limits]` section: each limit named here replaces the journal's.
@@ -205,6 +210,8 @@ impl Default for Config {
             database_transaction_timeout_ms: 30_000,
             database_lag_max_ms: persistence::WRITER_LAG_MAX_DEFAULT.as_millis() as u64,
             limits: LimitsConfig::default(),
+            log_format: crate::log::LogFormat::Text,
+            log_level: "info".to_string(),
         }
     }
 }
@@ -298,6 +305,8 @@ impl Config {
             "OPEN_ORDERS_PER_USER_MAX" => self.limits.open_orders_per_user_max = Some(parse(value)?),
             "ORDERS_MAX" => self.limits.orders_max = Some(parse(value)?),
             "USERS_MAX" => self.limits.users_max = Some(parse(value)?),
+            "LOG_FORMAT" => self.log_format = kind(value)?,
+            "LOG_LEVEL" => self.log_level = value.to_string(),
             "API_KEYS_PER_USER_MAX" => self.limits.api_keys_per_user_max = Some(parse(value)?),
             _ => return Err("no such setting (see the README's configuration table)".into()),
         }
@@ -305,6 +314,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        crate::log::check_level(&self.log_level).map_err(|e| ConfigError(format!("log_level: {e}")))?;
         for (name, size) in
             [("inbound_ring_size", self.inbound_ring_size), ("outbound_ring_size", self.outbound_ring_size)]
         {

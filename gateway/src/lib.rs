@@ -38,6 +38,7 @@ pub mod config;
 pub mod error;
 mod history;
 mod http;
+pub mod log;
 pub mod outcome;
 pub mod pipeline;
 mod query;

@@ -40,6 +40,8 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Before the configuration is read there is no log: its own errors
+    // are plain lines.
     let config = match gateway::Config::load(config_file.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(error) => {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    gateway::log::init(config.log_format, &config.log_level);
     // The matcher and the ring consumers have their own threads; the
     // runtime gets what is left.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1));
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
         match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {
-                eprintln!("error: cannot start the runtime: {error}");
+                tracing::error!("cannot start the runtime: {}", gateway::log::chain(&error));
                 return ExitCode::FAILURE;
             }
         };
@@ -67,7 +70,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            tracing::error!("{}", gateway::log::chain(&error));
             ExitCode::FAILURE
         }
     }

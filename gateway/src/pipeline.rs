@@ -405,7 +405,7 @@ impl DurabilityStage {
 /// any more, and nothing after the durable watermark is released.
 fn fail_journal(health: &Health, error: &dyn std::fmt::Display) {
     if !health.journal_failed.swap(true, Ordering::Relaxed) {
-        eprintln!(
+        tracing::error!(
             "journal failed: {error}; the exchange accepts no more commands; restart after fixing the disk"
         );
     }
@@ -782,7 +782,7 @@ impl SnapshotWriter {
                             self.sync_journal(engine.last_seq(), segment) && self.write(&engine, &state)
                         }
                         other => {
-                            eprintln!(
+                            tracing::error!(
                                 "snapshot at sequence {}: the engine's state is missing ({:?} instead)",
                                 state.last_seq,
                                 other.map(|(e, _)| e.last_seq())
@@ -824,7 +824,10 @@ impl SnapshotWriter {
         let views = match state.encode() {
             Ok(bytes) => bytes,
             Err(error) => {
-                eprintln!("snapshot at sequence {}: cannot encode the views: {error}", engine.last_seq());
+                tracing::error!(
+                    "snapshot at sequence {}: cannot encode the views: {error}",
+                    engine.last_seq()
+                );
                 return false;
             }
         };
@@ -846,13 +849,13 @@ impl SnapshotWriter {
                 };
                 if let Some(oldest) = oldest {
                     if let Err(error) = journal::prune_segments(&self.journal_dir, oldest, &self.retention) {
-                        eprintln!("pruning journal segments failed: {error}");
+                        tracing::warn!("pruning journal segments failed: {error}");
                     }
                 }
                 true
             }
             Err(error) => {
-                eprintln!("snapshot at sequence {} failed: {error}", engine.last_seq());
+                tracing::error!("snapshot at sequence {} failed: {error}", engine.last_seq());
                 false
             }
         }

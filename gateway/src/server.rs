@@ -72,7 +72,7 @@ pub async fn run(
     .map_err(|e| ServerError(format!("recovery thread failed: {e}")))?
     .map_err(|e| ServerError(format!("cannot recover {}: {e}", config.data_dir.display())))?;
     if let Some(cut) = &report.cut {
-        eprintln!(
+        tracing::warn!(
             "journal: cut a torn tail of {} bytes at offset {} of {} (sequence {} was being written)",
             cut.bytes,
             cut.offset,
@@ -81,10 +81,10 @@ pub async fn run(
         );
     }
     for (path, why) in &recovery.skipped_snapshots {
-        eprintln!("recovery: skipped snapshot {}: {why}", path.display());
+        tracing::warn!("recovery: skipped snapshot {}: {why}", path.display());
     }
     if let Some(snapshot) = recovery.snapshot.as_ref().filter(|s| s.views_bytes == 0) {
-        eprintln!(
+        tracing::warn!(
             "recovery: snapshot {} carries no read views (written by an older version): closed orders, \
              trades and bars from before sequence {} are not in the views; with PostgreSQL they are \
              still served from the database",
@@ -92,7 +92,7 @@ pub async fn run(
             snapshot.seq
         );
     }
-    eprintln!(
+    tracing::info!(
         "recovered sequence {} in {:.3} s ({} from {}, {} commands replayed)",
         recovery.engine.last_seq(),
         recovery.elapsed.as_secs_f64(),
@@ -203,8 +203,8 @@ pub async fn run(
             send_timeout: Duration::from_millis(config.ws_send_timeout_ms),
         },
     ));
-    eprintln!(
-        "listening on http://{address} and ws://{ws_address} (ready after {:.3} s)",
+    tracing::info!(
+        "ready after {:.3} s: REST API on http://{address}, WebSocket API on ws://{ws_address}",
         started.elapsed().as_secs_f64()
     );
     on_listening(Addresses { rest: address, ws: ws_address });
@@ -243,14 +243,14 @@ pub async fn run(
         }
     }
 
-    eprintln!("shutting down: no new connections; draining");
+    tracing::info!("shutting down: no new connections; draining");
     drop(listener);
     ws_server.abort();
     let _ = ws_server.await;
     subscribers.close_all(1001, "going away");
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_ok();
     if !drained {
-        eprintln!("shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        tracing::warn!("shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
     stop_ticker.store(true, Ordering::Relaxed);
     // The matcher syncs the journal and writes a snapshot, then answers.
@@ -278,7 +278,7 @@ pub async fn run(
     if health.journal_failed.load(Ordering::Relaxed) {
         return Err(ServerError("stopped after a journal failure; the last snapshot was not written".into()));
     }
-    eprintln!(
+    tracing::info!(
         "stopped at sequence {} (snapshot at {})",
         health.last_seq.load(Ordering::Relaxed),
         health.snapshot_seq.load(Ordering::Relaxed)
@@ -308,7 +308,7 @@ async fn set_limits_at_start(
     match tokio::time::timeout(Duration::from_secs(60), reply).await {
         Ok(Ok(Ok(_))) => {
             if !new_data_dir {
-                eprintln!("limits: the configuration changes the journal's limits to {wanted:?} (was {recovered:?})");
+                tracing::info!("limits: the configuration changes the journal's limits to {wanted:?} (was {recovered:?})");
             }
             Ok(())
         }

@@ -551,12 +551,12 @@ async fn run_connection(
         None => writer_task.await.unwrap_or(WriterEnd::Failed),
     };
     match (end, ending.state().close) {
-        (WriterEnd::SendTimedOut, _) => eprintln!(
+        (WriterEnd::SendTimedOut, _) => tracing::info!(
             "websocket {peer} (connection {id}): a frame could not be written within {} ms \
              (ws_send_timeout_ms); connection reset",
             limits.send_timeout.as_millis()
         ),
-        (_, Some((1008, _))) => eprintln!(
+        (_, Some((1008, _))) => tracing::info!(
             "websocket {peer} (connection {id}): closed as a slow consumer (its queue of \
              ws_queue_max = {} messages overflowed, or the stream hub fell behind)",
             limits.queue_max

@@ -235,7 +235,7 @@ impl CheckpointKeeper {
             .spawn(move || keep(&journal_dir, interval, &for_thread, durable_seq))
             .ok();
         if thread.is_none() {
-            eprintln!(
+            tracing::error!(
                 "journal checkpoint: cannot start its thread; the durable sequence number is recorded \
                  only when a segment is created and when the journal closes"
             );
@@ -300,13 +300,13 @@ fn keep(journal_dir: &Path, interval: Duration, shared: &KeeperShared, mut recor
             checkpoint.durable_seq = checkpoint.durable_seq.max(durable_seq)
         }) {
             Ok(Some(_)) => recorded = durable_seq,
-            Ok(None) => eprintln!(
+            Ok(None) => tracing::error!(
                 "journal checkpoint: {} is gone; durable sequence {durable_seq} is not recorded. \
                  Restart the exchange (it writes a new one after checking the journal)",
                 checkpoint_path(journal_dir).display()
             ),
             Err(error) => {
-                eprintln!("journal checkpoint: cannot record durable sequence {durable_seq}: {error}")
+                tracing::error!("journal checkpoint: cannot record durable sequence {durable_seq}: {error}")
             }
         }
     }

@@ -542,12 +542,12 @@ impl Retry {
         let since = *self.failing_since.get_or_insert_with(Instant::now);
         let text = failure.to_string();
         if self.logged.as_deref() != Some(text.as_str()) {
-            eprintln!("database writer: {text}; {behind}; next try in {} ms", wait.as_millis());
+            tracing::warn!("database writer: {text}; {behind}; next try in {} ms", wait.as_millis());
             self.logged = Some(text);
             self.logged_at = Instant::now();
             self.told_failing = true;
         } else if self.logged_at.elapsed() >= FAILURE_LOG_EVERY {
-            eprintln!(
+            tracing::warn!(
                 "database writer: still failing with the same error after {} attempts in {} s; {behind}; \
                  next try in {} ms",
                 self.failures,
@@ -564,7 +564,7 @@ impl Retry {
     fn recovered(&mut self, behind: &str) {
         if self.told_failing {
             let since = self.failing_since.map_or(0, |s| s.elapsed().as_secs());
-            eprintln!(
+            tracing::info!(
                 "database writer: writing again after {} failed attempts in {since} s; {behind}",
                 self.failures
             );
@@ -578,7 +578,7 @@ impl Run {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {
-                eprintln!("database writer: cannot start its runtime: {error}");
+                tracing::error!("database writer: cannot start its runtime: {error}");
                 return;
             }
         };
@@ -631,7 +631,7 @@ impl Run {
             let end = match connected {
                 Ok((mut client, loaded)) => {
                     if self.retry.failures == 0 {
-                        eprintln!(
+                        tracing::info!(
                             "database writer: connected; the database has events up to sequence {}, the exchange up to {}",
                             loaded.cursor_seq,
                             self.status.published_seq.load(Ordering::Relaxed)
@@ -671,7 +671,7 @@ impl Run {
         });
         let applied = tables::migrate(&mut client).await.map_err(|e| Failure::store(Stage::Migrate, e))?;
         if !applied.is_empty() {
-            eprintln!("database writer: applied migrations {}", applied.join(", "));
+            tracing::info!("database writer: applied migrations {}", applied.join(", "));
         }
         let loaded = tables::load(&client).await.map_err(|e| Failure::store(Stage::Load, e))?;
         Ok((client, loaded))
@@ -870,7 +870,7 @@ impl Run {
             self.status.trades_written.fetch_add(rows.trades.len() as u64, Ordering::Relaxed);
             self.status.rows_written.fetch_add(written, Ordering::Relaxed);
             if self.status.lag_seq().is_some_and(|lag| lag > 0) && last_log.elapsed() >= LAG_LOG_EVERY {
-                eprintln!("database writer: {} the matcher, catching up", self.status.behind());
+                tracing::info!("database writer: {} the matcher, catching up", self.status.behind());
                 last_log = Instant::now();
             }
         }

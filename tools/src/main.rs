@@ -134,6 +134,16 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // The journal's warnings (a checkpoint it cannot write, ...) reach the
+    // operator on standard error; EXCTL_LOG filters them (default: warn).
+    let filter = std::env::var("EXCTL_LOG").unwrap_or_else(|_| "warn".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder().parse(&filter).unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
     let result = match cli.command {
         Top::Journal(JournalCommand::Inspect { dir }) => inspect(&dir),
         Top::Journal(JournalCommand::Dump { dir, from, limit, json }) => dump(&dir, from, limit, json),

@@ -491,7 +491,7 @@ pub async fn all_orders(state: &AppState, user: UserId, p: &Params) -> Result<Va
                 }
             }
             Err(error) => {
-                eprintln!("allOrders: history query failed: {error}");
+                tracing::warn!("allOrders: history query failed: {error}");
                 return Err(BinanceError::new(
                     hyper::StatusCode::SERVICE_UNAVAILABLE,
                     -1001,
@@ -856,7 +856,7 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
                 trades.extend(rows.iter().map(|row| stored_trade(&views, row)));
             }
             Err(error) => {
-                eprintln!("myTrades: history query failed: {error}");
+                tracing::warn!("myTrades: history query failed: {error}");
                 return Err(BinanceError::new(
                     hyper::StatusCode::SERVICE_UNAVAILABLE,
                     -1001,
