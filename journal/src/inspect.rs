@@ -184,6 +184,25 @@ pub fn snapshots_ahead(snapshots_dir: &Path, report: &JournalReport) -> Result<V
         .collect())
 }
 
+/// Where the journal in `journal_dir` ends, reading only its newest
+/// segment: its last valid record, or the record before that segment when
+/// it holds none yet (`None`: no segment). For progress reports that need
+/// the real length without reading the whole journal; what the journal
+/// holds is judged by [`inspect`].
+pub fn end_seq(journal_dir: &Path) -> Result<Option<u64>, JournalError> {
+    let segments = list_segments(journal_dir).map_err(|e| JournalError::io(journal_dir, e))?;
+    let Some((first_seq, path)) = segments.last() else { return Ok(None) };
+    let file = File::open(path).map_err(|e| JournalError::io(path, e))?;
+    // Safety: read-only mapping of a file nobody truncates.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| JournalError::io(path, e))?;
+    let last_seq = match SegmentHeader::decode(&map) {
+        Ok(header) if header.first_seq == *first_seq => scan_segment(&map, &header, |_| {}).last_seq,
+        // A damaged newest segment: where it should start is all we know.
+        _ => None,
+    };
+    Ok(Some(last_seq.unwrap_or(first_seq.saturating_sub(1))))
+}
+
 /// Reads every segment of `journal_dir`; `on_record` sees each valid record.
 pub fn inspect(
     journal_dir: &Path,

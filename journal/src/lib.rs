@@ -58,7 +58,7 @@ mod writer;
 
 pub use checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, CHECKPOINT_FILE_NAME};
 pub use error::JournalError;
-pub use inspect::{inspect, snapshots_ahead, JournalReport, Problem, SegmentReport};
+pub use inspect::{end_seq, inspect, snapshots_ahead, JournalReport, Problem, SegmentReport};
 pub use reader::{JournalReader, ReadMode};
 pub use recovery::{
     open_data_dir, open_data_dir_with, recover, recover_with, replay, replay_with, DataDir, Derived,

@@ -113,6 +113,27 @@ fn round_trip_across_segment_rotations() {
     let report = inspect(dir.path(), |_| {}).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.records(), commands.len() as u64);
+    assert_eq!(
+        end_seq(dir.path()).unwrap(),
+        Some(commands.len() as u64),
+        "the end, from the newest segment alone"
+    );
+}
+
+#[test]
+fn the_end_of_a_journal_is_read_from_its_newest_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(end_seq(dir.path()).unwrap(), None, "no segment");
+    let commands = stream(3, 300);
+    write_all(dir.path(), &commands, SEGMENT_BYTES_MIN);
+    assert_eq!(end_seq(dir.path()).unwrap(), Some(commands.len() as u64));
+    // Appending more moves the end with it.
+    let more: Vec<StampedCommand> = stream(4, 50)
+        .into_iter()
+        .map(|c| StampedCommand { seq: c.seq + commands.len() as u64, ..c })
+        .collect();
+    write_all(dir.path(), &more, SEGMENT_BYTES_MIN);
+    assert_eq!(end_seq(dir.path()).unwrap(), Some((commands.len() + more.len()) as u64));
 }
 
 #[test]

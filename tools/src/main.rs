@@ -363,13 +363,10 @@ fn now_utc() -> String {
 }
 
 fn progress_bar(data: &DataDir) -> ProgressBar {
-    // The newest segment's first sequence number: a lower bound of the
-    // length, raised as the replay passes it.
-    let estimate = journal::list_segments(&data.journal())
-        .ok()
-        .and_then(|segments| segments.last().map(|(first, _)| *first))
-        .unwrap_or(0);
-    let bar = ProgressBar::new(estimate);
+    // The journal's last record, read from its newest segment alone (the
+    // length is raised if the replay passes it: the journal may grow).
+    let end_seq = journal::end_seq(&data.journal()).ok().flatten().unwrap_or(0);
+    let bar = ProgressBar::new(end_seq);
     if let Ok(style) =
         ProgressStyle::with_template("{spinner} replaying [{bar:40}] seq {pos}/{len} ({per_sec}, {eta} left)")
     {
