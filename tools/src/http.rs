@@ -1,15 +1,18 @@
-//! A small blocking HTTP/1.1 client for talking to the exchange's admin
-//! API: one request per connection, JSON in and out.
+//! The client `exctl` talks to a running exchange with: its admin API and
+//! `/health`, JSON in and out, through `ureq` (kept-alive connections,
+//! chunked bodies, a 30 s limit on every request, no redirects followed).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::Value;
 
+/// How long one request may take, connecting included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `http://host:port` (no TLS: the admin API is for loopback or a private network).
 pub struct Server {
-    authority: String,
+    base: String,
+    agent: ureq::Agent,
 }
 
 impl Server {
@@ -21,10 +24,18 @@ impl Server {
         if authority.is_empty() || authority.contains('/') {
             return Err(format!("{url:?}: give just http://host:port"));
         }
-        Ok(Server { authority: authority.to_string() })
+        let agent = ureq::Agent::config_builder()
+            // Statuses are the caller's to judge: the body says why.
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .max_redirects(0)
+            .build()
+            .into();
+        Ok(Server { base: format!("http://{authority}"), agent })
     }
 
-    /// Sends one request; returns the status and the JSON body.
+    /// Sends one request with a JSON body; returns the status and the JSON
+    /// body (a body that is not JSON comes back as a string).
     pub fn request(
         &self,
         method: &str,
@@ -32,31 +43,40 @@ impl Server {
         headers: &[(&str, &str)],
         body: &Value,
     ) -> Result<(u16, Value), String> {
-        let body = body.to_string();
-        let mut stream = TcpStream::connect(&self.authority)
-            .map_err(|e| format!("cannot connect to {}: {e}", self.authority))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            self.authority,
-            body.len()
-        );
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
         for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
+            request = request.header(*name, *value);
         }
-        request.push_str("\r\n");
-        request.push_str(&body);
-        stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&response);
-        let (head, body) = text.split_once("\r\n\r\n").ok_or("the server's answer has no header end")?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("the server's answer has no status: {head:?}"))?;
-        let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+        let request = request.body(body.to_string()).map_err(|e| format!("{method} {path}: {e}"))?;
+        self.answer(method, path, self.agent.run(request))
+    }
+
+    /// `GET path`, no body.
+    pub fn get(&self, path: &str) -> Result<(u16, Value), String> {
+        let request = ureq::http::Request::builder()
+            .method("GET")
+            .uri(format!("{}{path}", self.base))
+            .body(())
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        self.answer("GET", path, self.agent.run(request))
+    }
+
+    fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, Value), String> {
+        let mut response = response.map_err(|e| format!("{method} {}{path}: {e}", self.base))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("{method} {}{path}: reading the answer: {e}", self.base))?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((status, value))
     }
 }

@@ -18,6 +18,7 @@
 
 mod http;
 mod seed;
+mod status;
 mod time;
 
 use std::path::{Path, PathBuf};
@@ -63,6 +64,28 @@ enum Top {
         /// Also write the created users' keys as JSON to this file (mode 0600).
         #[arg(long)]
         keys_out: Option<PathBuf>,
+    },
+    /// Ask a running exchange how it is (GET /health): status, sequence
+    /// numbers, snapshot, WebSocket connections, the history database.
+    /// Exit status: 0 ok, 1 degraded (history behind or away; trading goes
+    /// on), 3 the journal failed (orders refused), 2 not reachable.
+    Health {
+        /// The exchange's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Print the exchange's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// How far behind the matcher each follower is: the journal's sync,
+    /// the newest snapshot, the history database (commands and ms).
+    Lag {
+        /// The exchange's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Apply the PostgreSQL migrations the database lacks (the exchange
     /// also applies them when it connects).
@@ -152,6 +175,8 @@ fn main() -> ExitCode {
         Top::Replay { dir, to } => replay(&dir, to),
         Top::Snapshot { dir, keep, config } => snapshot(&dir, keep, config.as_deref()),
         Top::Migrate { database_url } => migrate(database_url),
+        Top::Health { server, json } => status::health(&server, json),
+        Top::Lag { server, json } => status::lag(&server, json),
         Top::Seed { file, server, admin_token, keys_out } => {
             seed_command(&file, &server, admin_token, keys_out.as_deref())
         }

@@ -525,3 +525,42 @@ fn replay_by_any_tool_reaches_the_live_state_with_the_servers_limits() {
     let text = stdout(&exctl(&["replay", dir.to_str().unwrap()]));
     assert!(text.contains("2 orders"), "{text}");
 }
+
+#[test]
+fn health_and_lag_report_a_running_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let url = format!("http://{}", server.address);
+    server.admin("POST", "/admin/assets", serde_json::json!({ "symbol": "BTC", "decimals": 8 }));
+    let (_, live) = server.request("GET", "/health", &[], "");
+
+    let health = exctl(&["health", "--server", &url]);
+    let text = stdout(&health);
+    assert!(health.status.success(), "{text}{}", String::from_utf8_lossy(&health.stderr));
+    assert!(text.contains("status      ok"), "{text}");
+    assert!(text.contains(&format!("sequence    {}", live["seq"])), "{text}");
+    assert!(text.contains("database    not configured"), "{text}");
+
+    let json = exctl(&["health", "--server", &url, "--json"]);
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(answer["status"], "ok");
+    assert_eq!(answer["seq"], live["seq"]);
+
+    let lag = exctl(&["lag", "--server", &url, "--json"]);
+    assert!(lag.status.success());
+    let lag: serde_json::Value = serde_json::from_str(&stdout(&lag)).unwrap();
+    assert_eq!(lag["seq"], live["seq"]);
+    assert_eq!(lag["durable_lag_seq"], 0, "an idle exchange under batch has synced everything: {lag}");
+    assert!(lag["database_lag_seq"].is_null());
+    let text = stdout(&exctl(&["lag", "--server", &url]));
+    assert!(text.contains("0 commands not yet durable"), "{text}");
+    server.stop();
+
+    // Nobody listens: an error that names the address, exit status 2.
+    let gone = exctl(&["health", "--server", &url]);
+    assert_eq!(gone.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&gone.stderr);
+    assert!(error.contains("error:") && error.contains(&url), "{error}");
+    let refused = exctl(&["health", "--server", "https://example.invalid"]);
+    assert_eq!(refused.status.code(), Some(2));
+}
