@@ -40,3 +40,16 @@ pub fn workload_from(
         }
     }
 }
+
+/// `workload`, if a benchmark of `runs` runs after `warmup` commands of
+/// warm-up can measure something on it.
+pub fn runnable(
+    workload: workload::Workload,
+    runs: usize,
+    warmup: usize,
+) -> Result<workload::Workload, String> {
+    if runs == 0 || workload.commands.len() <= warmup {
+        return Err(format!("need at least one run and more commands than --warmup ({warmup})"));
+    }
+    Ok(workload)
+}

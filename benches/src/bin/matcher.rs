@@ -64,17 +64,15 @@ fn main() -> ExitCode {
         WorkloadArg::ManyMarkets => Shape::ManyMarkets,
         WorkloadArg::Peer => Shape::Peer,
     };
-    let workload = match benches::workload_from(args.from.as_deref(), shape, args.commands, args.seed) {
+    let workload = match benches::workload_from(args.from.as_deref(), shape, args.commands, args.seed)
+        .and_then(|workload| benches::runnable(workload, args.runs, args.warmup))
+    {
         Ok(workload) => workload,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
     };
-    if args.runs == 0 || workload.commands.len() <= args.warmup {
-        eprintln!("error: need at least one run and more commands than --warmup ({})", args.warmup);
-        return ExitCode::FAILURE;
-    }
     println!("{}", workload.description);
     println!("machine: {}", machine());
     println!("clock overhead: p50 {}", format_ns(clock_overhead_ns_p50()));

@@ -132,17 +132,15 @@ struct EndState {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let workload = match benches::workload_from(args.from.as_deref(), Shape::Peer, args.commands, args.seed) {
+    let workload = match benches::workload_from(args.from.as_deref(), Shape::Peer, args.commands, args.seed)
+        .and_then(|workload| benches::runnable(workload, args.runs, args.warmup))
+    {
         Ok(workload) => workload,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
     };
-    if args.runs == 0 || workload.commands.len() <= args.warmup {
-        eprintln!("error: need at least one run and more commands than --warmup ({})", args.warmup);
-        return ExitCode::FAILURE;
-    }
     let stamped = stamp(&workload);
     let peer_commands = match translate(&workload) {
         Ok(commands) => commands,
