@@ -17,6 +17,7 @@ use persistence::scale::Amount;
 use crate::amounts;
 use crate::clock::unix_ns;
 use crate::error::ApiError;
+use crate::metrics::Stage;
 use crate::outcome::Outcome;
 use crate::pipeline::{self, PipelineFailure, Publisher};
 use crate::state::AppState;
@@ -58,6 +59,7 @@ pub async fn execute(
     if state.health.journal_failed.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(journal_unavailable());
     }
+    let started = std::time::Instant::now();
     let (id, reply) = state.pending.register();
     let published = match producer.lock() {
         Ok(mut producer) => pipeline::submit(&mut producer, id, command).is_ok(),
@@ -67,7 +69,9 @@ pub async fn execute(
         state.pending.forget(id);
         return Err(ApiError::busy());
     }
-    match tokio::time::timeout(state.request_timeout, reply).await {
+    let answer = tokio::time::timeout(state.request_timeout, reply).await;
+    state.health.metrics.record(Stage::Reply, started.elapsed());
+    match answer {
         Ok(Ok(Ok(outcome))) => Ok(outcome),
         Ok(Ok(Err(PipelineFailure::JournalUnavailable))) => Err(journal_unavailable()),
         Ok(Err(_)) => {

@@ -12,3 +12,8 @@ pub fn now_ms() -> u64 {
 pub fn unix_ns(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
+
+/// Nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ns() -> u64 {
+    unix_ns(SystemTime::now())
+}

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -14,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::auth::API_KEY_HEADER;
 use crate::binance::BinanceError;
 use crate::error::ApiError;
+use crate::metrics::Api;
 use crate::pipeline::Publisher;
 use crate::response::{self, Body};
 use crate::state::AppState;
@@ -30,15 +32,29 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let binance = BINANCE_PREFIXES.iter().any(|prefix| request.uri().path().starts_with(prefix));
-    let read = match read(&state, request).await {
+    let api = if binance { Api::Binance } else { Api::Native };
+    let started = Instant::now();
+    let response = answer(&state, &producer, peer, request, binance).await;
+    state.health.metrics.request(api, response.status().as_u16(), started.elapsed());
+    Ok(response)
+}
+
+async fn answer(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    peer: IpAddr,
+    request: Request<Incoming>,
+    binance: bool,
+) -> Response<Body> {
+    let read = match read(state, request).await {
         Ok(read) => read,
         Err(error) if binance => {
             let error = BinanceError::from(error);
-            return Ok(response::json(error.status, error.body().to_string()));
+            return response::json(error.status, error.body().to_string());
         }
-        Err(error) => return Ok(response::api_error(&error)),
+        Err(error) => return response::api_error(&error),
     };
-    Ok(if binance {
+    if binance {
         let request = binance::rest::Request {
             method: &read.method,
             path: &read.path,
@@ -47,7 +63,7 @@ pub async fn handle(
             body: &read.body,
             peer,
         };
-        binance::rest::handle(&state, &producer, request).await
+        binance::rest::handle(state, producer, request).await
     } else {
         let request = rest::Request {
             method: &read.method,
@@ -57,8 +73,8 @@ pub async fn handle(
             admin_token: read.admin_token.as_deref(),
             body: &read.body,
         };
-        rest::handle(&state, &producer, request).await
-    })
+        rest::handle(state, producer, request).await
+    }
 }
 
 /// A request with its body read (within the limit).

@@ -32,7 +32,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use disruptor::wait_strategies::WaitStrategy;
 use disruptor::{
@@ -43,6 +43,8 @@ use engine_core::{Command, Engine, Event, StampedCommand};
 use journal::{Durability, JournalWriter, SegmentRetention};
 use tokio::sync::oneshot;
 
+use crate::clock;
+use crate::metrics::{LocalHistograms, Metrics, Stage};
 use crate::outcome::{Capture, Outcome};
 use crate::views::{OrderView, Views, ViewsState};
 use crate::wait::{Backoff, Doorbell, RingWhenDone};
@@ -53,6 +55,9 @@ pub struct Inbound {
     /// Which waiting request gets the outcome (0: nobody waits).
     pub request_id: u64,
     pub work: Work,
+    /// When it was published (wall clock, ns since the epoch): the matcher
+    /// measures the ring wait from it.
+    pub published_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -94,7 +99,7 @@ pub enum PipelineFailure {
     JournalUnavailable,
 }
 
-/// Shared counters for `/health` and the logs.
+/// Shared counters for `/health`, `/metrics` and the logs.
 #[derive(Debug, Default)]
 pub struct Health {
     pub last_seq: AtomicU64,
@@ -106,6 +111,8 @@ pub struct Health {
     pub journal_failed: AtomicBool,
     /// Open WebSocket connections (counted by the WebSocket server).
     pub ws_connections: AtomicU64,
+    /// Latencies and counters for `GET /metrics`.
+    pub metrics: Metrics,
 }
 
 /// Requests waiting for their outcome.
@@ -165,6 +172,8 @@ pub struct PipelineConfig {
     /// never stamps below it, so journal time never runs backwards, across
     /// restarts too (even if the machine's clock was set back).
     pub last_timestamp_ns: u64,
+    /// The counters the pipeline keeps (shared with whoever reports them).
+    pub health: Arc<Health>,
 }
 
 /// A follower of what the pipeline released: each batch of events (and
@@ -197,14 +206,21 @@ type InboundProducer = MultiProducer<Inbound, SingleConsumerBarrier>;
 pub struct Publisher {
     producer: InboundProducer,
     doorbell: &'static Doorbell,
+    health: Arc<Health>,
 }
 
 impl Publisher {
     /// Publishes `work` for `request_id`, or says the ring is full.
     pub fn try_publish(&mut self, request_id: u64, work: Work) -> Result<(), RingBufferFull> {
-        let published = self.producer.try_publish(|slot| *slot = Inbound { request_id, work }).map(|_| ());
+        let published_ns = clock::now_ns();
+        let published =
+            self.producer.try_publish(|slot| *slot = Inbound { request_id, work, published_ns }).map(|_| ());
+        let metrics = &self.health.metrics;
         if published.is_ok() {
+            metrics.inbound_published.fetch_add(1, Ordering::Relaxed);
             self.doorbell.ring();
+        } else {
+            metrics.ring_full.fetch_add(1, Ordering::Relaxed);
         }
         published
     }
@@ -241,7 +257,7 @@ fn start_with<W: WaitStrategy + 'static>(
     inbound_bell: &'static Doorbell,
 ) -> Pipeline {
     let pending = Arc::new(Pending::default());
-    let health = Arc::new(Health::default());
+    let health = Arc::clone(&config.health);
     health.last_seq.store(engine.last_seq(), Ordering::Relaxed);
     health.durable_seq.store(journal.durable_seq(), Ordering::Relaxed);
 
@@ -282,6 +298,7 @@ fn start_with<W: WaitStrategy + 'static>(
         replies: Vec::with_capacity(1024),
         current_start: 0,
         observed: Vec::new(),
+        latencies: LocalHistograms::new(&[Stage::Views]),
     };
     let outbound_bell = Doorbell::leak();
     let outbound = build_single_producer(
@@ -302,6 +319,7 @@ fn start_with<W: WaitStrategy + 'static>(
             health: Arc::clone(&health),
             bell: durable_bell,
             batch_open: false,
+            latencies: LocalHistograms::new(&[Stage::Sync]),
         };
         outbound
             .handle_events_with_wait_strategy(
@@ -328,6 +346,14 @@ fn start_with<W: WaitStrategy + 'static>(
         health: health_for_matcher,
         snapshots: snapshot_parts,
         config,
+        taken: 0,
+        latencies: LocalHistograms::new(&[
+            Stage::RingWait,
+            Stage::JournalAppend,
+            Stage::Match,
+            Stage::Publish,
+            Stage::SnapshotStall,
+        ]),
     };
     use disruptor::ProcessorSettings;
     let builder = build_multi_producer(inbound_ring_size, || Inbound::EMPTY, wait).thread_name("matcher");
@@ -341,11 +367,15 @@ fn start_with<W: WaitStrategy + 'static>(
             make_matcher,
         )
         .build();
-    Pipeline { publisher: Publisher { producer, doorbell: inbound_bell }, pending, health }
+    Pipeline {
+        publisher: Publisher { producer, doorbell: inbound_bell, health: Arc::clone(&health) },
+        pending,
+        health,
+    }
 }
 
 impl Inbound {
-    const EMPTY: Inbound = Inbound { request_id: 0, work: Work::Tick };
+    const EMPTY: Inbound = Inbound { request_id: 0, work: Work::Tick, published_ns: 0 };
 }
 
 impl Outbound {
@@ -375,6 +405,7 @@ struct DurabilityStage {
     /// waits, or here at the start of a batch that follows at once.
     bell: &'static Doorbell,
     batch_open: bool,
+    latencies: LocalHistograms,
 }
 
 impl DurabilityStage {
@@ -390,12 +421,16 @@ impl DurabilityStage {
             }
         }
         if end_of_batch {
+            let started = Instant::now();
             match self.syncer.commit() {
                 Ok(durable_seq) => {
                     self.health.durable_seq.fetch_max(durable_seq, Ordering::Relaxed);
                 }
                 Err(error) => fail_journal(&self.health, &error),
             }
+            let now = Instant::now();
+            self.latencies.record(Stage::Sync, now - started);
+            self.latencies.fold_if_due(&self.health.metrics, now);
             self.batch_open = false;
         }
     }
@@ -440,6 +475,7 @@ struct Follower {
     /// Where the events of the command being collected start.
     current_start: usize,
     observed: Vec<Outbound>,
+    latencies: LocalHistograms,
 }
 
 impl Follower {
@@ -517,8 +553,12 @@ impl Follower {
     /// Applies what was collected to the views, hands it to the streams and
     /// the database, then answers the requests whose outcomes it holds.
     fn flush(&mut self) {
+        let started = Instant::now();
         self.hold_back_unsynced();
+        let metrics = &self.health.metrics;
+        metrics.outbound_taken.fetch_add(self.batch_events.len() as u64, Ordering::Relaxed);
         if !self.batch_events.is_empty() {
+            metrics.count_events(&self.batch_events);
             if let Ok(mut views) = self.views.write() {
                 // Stamps are in sequence order, one per command.
                 let mut stamps = self.stamps.iter().peekable();
@@ -577,6 +617,9 @@ impl Follower {
                 observe(&slot);
             }
         }
+        let now = Instant::now();
+        self.latencies.record(Stage::Views, now - started);
+        self.latencies.fold_if_due(&self.health.metrics, now);
     }
 }
 
@@ -614,12 +657,16 @@ struct Matcher {
     health: Arc<Health>,
     snapshots: std::sync::mpsc::Sender<SnapshotPart>,
     config: PipelineConfig,
+    /// Slots taken from the inbound ring in the current batch.
+    taken: u64,
+    latencies: LocalHistograms,
 }
 
 impl Matcher {
     fn handle(&mut self, slot: &Inbound, end_of_batch: bool) {
+        self.taken += 1;
         match slot.work {
-            Work::Command(command) => self.apply(slot.request_id, command),
+            Work::Command(command) => self.apply(slot.request_id, command, slot.published_ns),
             Work::Tick => {
                 // Under `interval`, wakes the durability stage so that the
                 // last commands are synced within the interval even when
@@ -636,7 +683,15 @@ impl Matcher {
             }
         }
         if end_of_batch {
+            self.health.metrics.inbound_taken.fetch_add(std::mem::take(&mut self.taken), Ordering::Relaxed);
+            let started = Instant::now();
+            let events = self.staged.len();
             self.publish_batch();
+            let now = Instant::now();
+            if events > 0 {
+                self.latencies.record(Stage::Publish, now - started);
+            }
+            self.latencies.fold_if_due(&self.health.metrics, now);
             if self.config.snapshot_every_commands > 0
                 && self.commands_since_snapshot >= self.config.snapshot_every_commands
             {
@@ -645,14 +700,18 @@ impl Matcher {
         }
     }
 
-    fn apply(&mut self, request_id: u64, command: Command) {
+    fn apply(&mut self, request_id: u64, command: Command, published_ns: u64) {
         if self.health.journal_failed.load(Ordering::Relaxed) {
             self.staged.push(Outbound::failed(request_id));
             return;
         }
         // Wall-clock time, never running backwards in the journal.
-        let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let now_ns = clock::now_ns();
+        if published_ns != 0 {
+            self.latencies.record_ns(Stage::RingWait, now_ns.saturating_sub(published_ns));
+        }
         self.last_timestamp_ns = self.last_timestamp_ns.max(now_ns);
+        let started = Instant::now();
         let stamped =
             StampedCommand { seq: self.engine.last_seq() + 1, timestamp_ns: self.last_timestamp_ns, command };
         if let Err(error) = self.journal.append(&stamped) {
@@ -662,11 +721,14 @@ impl Matcher {
         }
         let segment = self.journal.segment_first_seq();
         self.events.clear();
+        let appended = Instant::now();
         // The sequence number was taken from the engine itself.
         if self.engine.apply(&stamped, &mut self.events).is_err() {
             debug_assert!(false, "the matcher numbers commands from the engine");
             return;
         }
+        self.latencies.record(Stage::JournalAppend, appended - started);
+        self.latencies.record(Stage::Match, appended.elapsed());
         self.commands_since_snapshot += 1;
         let count = self.events.len();
         for (index, event) in self.events.iter().enumerate() {
@@ -720,6 +782,7 @@ impl Matcher {
             // while the next chunk waits for room.
             self.outbound_bell.ring();
         }
+        self.health.metrics.outbound_published.fetch_add(self.staged.len() as u64, Ordering::Relaxed);
         self.staged.clear();
         self.outbound_bell.ring();
     }
@@ -740,7 +803,9 @@ impl Matcher {
         }
         let started = Instant::now();
         let copy = Box::new(self.engine.clone());
-        self.health.snapshot_stall_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let stall = started.elapsed();
+        self.health.snapshot_stall_ns.store(stall.as_nanos() as u64, Ordering::Relaxed);
+        self.latencies.record(Stage::SnapshotStall, stall);
         let _ = self.snapshots.send(SnapshotPart::Engine(copy, self.journal.segment_first_seq()));
         self.staged.push(Outbound { request_id: reply, last: true, snapshot: true, ..Outbound::EMPTY });
         self.publish_staged();

@@ -18,6 +18,14 @@ pub fn json(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
+/// `body`, plain text of `content_type`, answered with `status`.
+pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
 /// An error in the exchange's own shape, with `Retry-After` when it has
 /// one (429).
 pub fn api_error(error: &ApiError) -> Response<Body> {

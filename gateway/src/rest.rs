@@ -16,6 +16,7 @@ use crate::app;
 use crate::auth::random_alphanumeric;
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::exposition;
 use crate::history;
 use crate::pipeline::Publisher;
 use crate::query::param;
@@ -26,6 +27,7 @@ use crate::views::{FillView, MarketView, OrderView, Views};
 /// Every route: the OpenAPI description must list exactly these.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
+    ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/assets"),
     ("GET", "/markets"),
@@ -72,6 +74,9 @@ pub struct Request<'r> {
 
 /// Answers one request; never fails (errors become JSON answers).
 pub async fn handle(state: &AppState, producer: &Mutex<Publisher>, request: Request<'_>) -> Response<Body> {
+    if (request.method.as_str(), request.path) == ("GET", "/metrics") {
+        return response::text(StatusCode::OK, exposition::CONTENT_TYPE, exposition::render(state));
+    }
     match route(state, producer, &request).await {
         Ok((status, body)) => response::json(status, body.to_string()),
         Err(error) => {

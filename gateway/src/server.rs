@@ -131,6 +131,7 @@ pub async fn run(
     let subscribers = Arc::new(crate::subscribers::Subscribers::default());
     let (hub_sender, hub_receiver) = tokio::sync::mpsc::channel(crate::ws::HUB_QUEUE_MAX);
     let hub = tokio::spawn(crate::ws::run_hub(Arc::clone(&views), Arc::clone(&subscribers), hub_receiver));
+    let health = Arc::new(pipeline::Health::default());
     let pipeline = pipeline::start(
         engine,
         writer,
@@ -147,8 +148,11 @@ pub async fn run(
             retention: config.retention(),
             observer: None,
             downstream: {
-                let mut downstream: Vec<Box<dyn pipeline::Downstream>> =
-                    vec![Box::new(HubFeed { sender: hub_sender, subscribers: Arc::clone(&subscribers) })];
+                let mut downstream: Vec<Box<dyn pipeline::Downstream>> = vec![Box::new(HubFeed {
+                    sender: hub_sender,
+                    subscribers: Arc::clone(&subscribers),
+                    health: Arc::clone(&health),
+                })];
                 if let Some((writer, _)) = &database {
                     downstream.push(Box::new(DatabaseFeed(writer.feed.clone())));
                 }
@@ -156,6 +160,7 @@ pub async fn run(
             },
             database_status: database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
             last_timestamp_ns: last_journaled_ns,
+            health,
         },
     );
     // /health tells the newest snapshot on disk from the start, not only
@@ -338,6 +343,7 @@ fn last_journaled_ns(data: &DataDir, last_seq: u64) -> Result<u64, journal::Jour
 struct HubFeed {
     sender: crate::ws::HubSender,
     subscribers: Arc<crate::subscribers::Subscribers>,
+    health: Arc<pipeline::Health>,
 }
 
 impl pipeline::Downstream for HubFeed {
@@ -346,6 +352,7 @@ impl pipeline::Downstream for HubFeed {
             // The streams fell behind: every subscriber is cut off (and
             // resyncs) rather than the pipeline waiting.
             self.subscribers.drop_all();
+            self.health.metrics.ws_hub_overflows.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -40,6 +40,7 @@ use crate::amounts;
 use crate::binance::streams::Streams;
 use crate::clock::now_ms;
 use crate::error::ApiError;
+use crate::metrics::{Metrics, Stage};
 use crate::pipeline::Publisher;
 use crate::rest;
 use crate::state::AppState;
@@ -473,6 +474,7 @@ async fn run_connection(
 ) {
     let Shared { state, subscribers, publisher, limits, peer, socket: socket_fd } = shared;
     let _counted = OpenConnection::count(&state.health.ws_connections);
+    state.health.metrics.ws_opened.fetch_add(1, Ordering::Relaxed);
     let (mut reader, mut writer) = socket.split(|socket| {
         let (read, write) = tokio::io::split(socket);
         (read, tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, write))
@@ -481,8 +483,10 @@ async fn run_connection(
     let (ending, mut end_state) = Ending::new();
     let id = subscribers.register(queue.clone(), ending.clone(), framing);
     let _ = subscribers.change_channels(id, &channels, true);
+    let writer_state = Arc::clone(&state);
     let mut writer_task = tokio::spawn(async move {
-        write_frames(&mut writer, &mut outgoing, &mut end_state, limits.send_timeout).await
+        let metrics = &writer_state.health.metrics;
+        write_frames(&mut writer, &mut outgoing, &mut end_state, limits.send_timeout, metrics).await
     });
     let publisher = Arc::new(Mutex::new(publisher));
     let mut session = Session { user: None, id, subscribers: Arc::clone(&subscribers) };
@@ -550,6 +554,10 @@ async fn run_connection(
         Some(end) => end,
         None => writer_task.await.unwrap_or(WriterEnd::Failed),
     };
+    let slow = end == WriterEnd::SendTimedOut || matches!(ending.state().close, Some((1008, _)));
+    if slow {
+        state.health.metrics.ws_slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
     match (end, ending.state().close) {
         (WriterEnd::SendTimedOut, _) => tracing::info!(
             "websocket {peer} (connection {id}): a frame could not be written within {} ms \
@@ -593,6 +601,7 @@ async fn write_frames<S: AsyncWrite + Unpin>(
     outgoing: &mut mpsc::Receiver<Outgoing>,
     end_state: &mut watch::Receiver<EndState>,
     send_timeout: Duration,
+    metrics: &Metrics,
 ) -> WriterEnd {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
@@ -625,8 +634,9 @@ async fn write_frames<S: AsyncWrite + Unpin>(
             bytes += message.payload_bytes();
             batch.push(message);
         }
+        let started = std::time::Instant::now();
         match tokio::time::timeout(send_timeout, write_batch(writer, &batch)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => metrics.record(Stage::WsSend, started.elapsed()),
             Ok(Err(_)) => return WriterEnd::Failed,
             Err(_) => return WriterEnd::SendTimedOut,
         }
@@ -918,7 +928,8 @@ mod tests {
         queue.try_send(Outgoing::Text(Arc::from("x".repeat(1_000)))).unwrap();
         let timeout = Duration::from_millis(500);
         let started = tokio::time::Instant::now();
-        let end = write_frames(&mut writer, &mut outgoing, &mut end_state, timeout).await;
+        let end =
+            write_frames(&mut writer, &mut outgoing, &mut end_state, timeout, &Metrics::default()).await;
         assert_eq!(end, WriterEnd::SendTimedOut);
         assert_eq!(started.elapsed(), timeout, "given up at the deadline, not later");
     }
@@ -966,7 +977,8 @@ mod tests {
             queue.try_send(Outgoing::Text(Arc::from(format!("{{\"n\":{n}}}")))).unwrap();
         }
         drop(queue);
-        write_frames(&mut writer, &mut outgoing, &mut end_state, Duration::from_secs(5)).await;
+        write_frames(&mut writer, &mut outgoing, &mut end_state, Duration::from_secs(5), &Metrics::default())
+            .await;
         let writes = socket.writes.lock().unwrap();
         assert_eq!(writes.len(), 1, "one write for the burst, not one per message");
         let mut bytes = &writes[0][..];
@@ -992,7 +1004,8 @@ mod tests {
         ending.close(1008, "slow consumer");
         let started = tokio::time::Instant::now();
         let timeout = Duration::from_secs(3);
-        let end = write_frames(&mut writer, &mut outgoing, &mut end_state, timeout).await;
+        let end =
+            write_frames(&mut writer, &mut outgoing, &mut end_state, timeout, &Metrics::default()).await;
         assert_eq!(end, WriterEnd::CloseTimedOut);
         assert_eq!(started.elapsed(), timeout);
     }
@@ -1010,7 +1023,14 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
             ending.reader_done();
         });
-        let end = write_frames(&mut writer, &mut outgoing, &mut end_state, Duration::from_secs(5)).await;
+        let end = write_frames(
+            &mut writer,
+            &mut outgoing,
+            &mut end_state,
+            Duration::from_secs(5),
+            &Metrics::default(),
+        )
+        .await;
         assert_eq!(end, WriterEnd::Closed);
         client.await.unwrap();
         drop(writer);

@@ -47,6 +47,7 @@ fn start(
             downstream: Vec::new(),
             database_status: None,
             last_timestamp_ns: 0,
+            health: Default::default(),
         },
     );
     (pipeline, views)

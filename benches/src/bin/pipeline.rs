@@ -183,6 +183,7 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
             downstream: Vec::new(),
             database_status: None,
             last_timestamp_ns: 0,
+            health: Default::default(),
         },
     );
     let mut producer = started_pipeline.publisher;

@@ -15,6 +15,8 @@ pub struct State {
     client_ids_issued: AtomicU64,
     weight_limit_per_minute: u64,
     weights: Mutex<HashMap<IpAddr, (u64, u64)>>,
+    /// Weight used since the start, refused requests' included (`/metrics`).
+    weight_used: AtomicU64,
 }
 
 /// Client addresses remembered before the weight table is swept.
@@ -34,6 +36,7 @@ impl State {
             client_ids_issued: AtomicU64::new(0),
             weight_limit_per_minute,
             weights: Mutex::new(HashMap::new()),
+            weight_used: AtomicU64::new(0),
         }
     }
 
@@ -58,6 +61,7 @@ impl State {
     /// or the error once it is over the limit.
     pub fn use_weight(&self, address: IpAddr, weight: u64, now_ms: u64) -> Result<u64, BinanceError> {
         let minute = now_ms / 60_000;
+        self.weight_used.fetch_add(weight, Ordering::Relaxed);
         let Ok(mut weights) = self.weights.lock() else { return Ok(weight) };
         if weights.len() >= WEIGHT_TABLE_MAX {
             weights.retain(|_, (m, _)| *m == minute);
@@ -72,6 +76,11 @@ impl State {
             return Err(BinanceError::too_much_weight(self.weight_limit_per_minute, retry_after_s));
         }
         Ok(entry.1)
+    }
+
+    /// Request weight used since the start.
+    pub fn weight_used(&self) -> u64 {
+        self.weight_used.load(Ordering::Relaxed)
     }
 
     pub fn weight_limit_per_minute(&self) -> u64 {
