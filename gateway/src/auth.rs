@@ -254,6 +254,23 @@ impl Authenticator {
         Ok(user)
     }
 
+    /// The user of an API key, for the endpoints Binance secures by the key
+    /// alone (the listen key's `USER_STREAM` endpoints); rate-limited like
+    /// a signed request.
+    pub fn identify(&self, api_key: Option<&str>, now_ms: u64) -> Result<UserId, ApiError> {
+        let api_key = api_key.ok_or_else(|| {
+            ApiError::unauthorized("missing_api_key", format!("the {API_KEY_HEADER} header is required"))
+        })?;
+        let key =
+            ApiKey::new(api_key).map_err(|_| ApiError::unauthorized("invalid_api_key", "unknown API key"))?;
+        let (user, _) = self
+            .keys
+            .get(&key)
+            .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "unknown API key"))?;
+        self.take_token(key, now_ms)?;
+        Ok(user)
+    }
+
     /// State-changing requests signed before this time (ms since the
     /// epoch) are refused (see [`Authenticator::refusing_signed_before`]).
     pub fn signed_after_ms(&self) -> u64 {

@@ -184,8 +184,10 @@ pub async fn run(
             .as_ref()
             .map(|(writer, history)| (Arc::clone(&writer.status), Arc::clone(history))),
         binance: crate::binance::state::State::new(config.request_weight_per_minute),
+        subscribers: Arc::clone(&subscribers),
     });
     set_limits_at_start(&state, &pipeline, recovered_limits, new_data_dir, &config).await?;
+    let listen_keys = tokio::spawn(expire_listen_keys(Arc::clone(&state)));
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let tick_every = Duration::from_millis(config.sync_interval_ms.clamp(1, 100));
     let ticker = pipeline::start_ticker(pipeline.publisher.clone(), tick_every, Arc::clone(&stop_ticker));
@@ -252,6 +254,7 @@ pub async fn run(
     drop(listener);
     ws_server.abort();
     let _ = ws_server.await;
+    listen_keys.abort();
     subscribers.close_all(1001, "going away");
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_ok();
     if !drained {
@@ -336,6 +339,19 @@ fn last_journaled_ns(data: &DataDir, last_seq: u64) -> Result<u64, journal::Jour
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)),
         Err(error) => Err(error),
+    }
+}
+
+/// Ends the user data streams of expired listen keys, once a second.
+async fn expire_listen_keys(state: Arc<AppState>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        crate::binance::streams::expire_listen_keys(
+            &state.binance,
+            &state.subscribers,
+            crate::clock::now_ms(),
+        );
     }
 }
 

@@ -9,6 +9,7 @@ use hyper::StatusCode;
 use crate::auth::Authenticator;
 use crate::error::ApiError;
 use crate::pipeline::{Health, Pending};
+use crate::subscribers::Subscribers;
 use crate::views::Views;
 
 /// What every request handler shares.
@@ -23,8 +24,11 @@ pub struct AppState {
     /// The database writer's progress and the history it serves, when
     /// PostgreSQL is configured.
     pub database: Option<(Arc<persistence::WriterStatus>, Arc<persistence::History>)>,
-    /// The Binance-compatible API's request weights and client order ids.
+    /// The Binance-compatible API's request weights, client order ids and
+    /// listen keys.
     pub binance: crate::binance::state::State,
+    /// Who listens to which WebSocket streams.
+    pub subscribers: Arc<Subscribers>,
 }
 
 impl AppState {

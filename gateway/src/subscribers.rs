@@ -130,6 +130,9 @@ pub struct Connection {
     /// The user whose data this connection receives through the Binance
     /// WebSocket API, and the subscription id it was given.
     pub binance_user: Option<(UserId, u64)>,
+    /// The listen key this connection was opened with (`/ws/<listenKey>`),
+    /// whose user's events it receives as bare Binance events.
+    pub listen_key: Option<Arc<str>>,
 }
 
 /// Why a connection's subscriptions did not change.
@@ -180,6 +183,7 @@ impl Subscribers {
                     user: None,
                     framing,
                     binance_user: None,
+                    listen_key: None,
                 },
             );
         }
@@ -258,6 +262,37 @@ impl Subscribers {
         if let Ok(mut connections) = self.connections.lock() {
             if let Some(connection) = connections.get_mut(&id) {
                 connection.binance_user = user;
+            }
+        }
+    }
+
+    /// Makes a connection receive `user`'s Binance user data events, as
+    /// the stream of listen key `key`.
+    pub fn set_listen_key(&self, id: u64, user: UserId, key: Arc<str>) {
+        if let Ok(mut connections) = self.connections.lock() {
+            if let Some(connection) = connections.get_mut(&id) {
+                connection.binance_user = Some((user, 0));
+                connection.listen_key = Some(key);
+            }
+        }
+    }
+
+    /// Ends the user data stream of listen key `key` on every connection
+    /// opened with it: each is sent `last` (if any) and receives no more
+    /// user events; with `close`, the connection is closed too.
+    pub fn end_listen_key(&self, key: &str, last: Option<Arc<str>>, close: Option<(u16, &'static str)>) {
+        let Ok(mut connections) = self.connections.lock() else { return };
+        for connection in connections.values_mut() {
+            if connection.listen_key.as_deref() != Some(key) {
+                continue;
+            }
+            if let Some(message) = &last {
+                connection.offer(Arc::clone(message));
+            }
+            connection.binance_user = None;
+            connection.listen_key = None;
+            if let Some((code, reason)) = close {
+                connection.ending.close(code, reason);
             }
         }
     }

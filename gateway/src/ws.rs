@@ -403,37 +403,67 @@ struct Shared {
     socket: RawFd,
 }
 
+/// What a connection's URL asks for.
+struct Opening {
+    framing: Framing,
+    /// The streams its URL subscribes to.
+    channels: Vec<Channel>,
+    /// A listen key in the URL (`/ws/<listenKey>`), and its user.
+    listen_key: Option<(UserId, Arc<str>)>,
+}
+
 /// The protocol a path speaks, and the streams its URL subscribes to:
-/// `/ws-api/v3` (Binance's WebSocket API), `/ws[/<stream>...]` and
-/// `/stream?streams=a/b` (Binance's market streams), anything else the
-/// native protocol.
-fn protocol_of(state: &AppState, path: &str, query: &str) -> Result<(Framing, Vec<Channel>), ()> {
+/// `/ws-api/v3` (Binance's WebSocket API), `/ws[/<stream or listen
+/// key>...]` and `/stream?streams=a/b` (Binance's market and user data
+/// streams), anything else the native protocol. A name shaped like a
+/// listen key that is not a live one is refused (the client must open a
+/// new key), not ignored.
+fn protocol_of(state: &AppState, path: &str, query: &str) -> Result<Opening, ()> {
+    let native = |framing| Opening { framing, channels: Vec::new(), listen_key: None };
     if path == "/ws-api/v3" {
-        return Ok((Framing::Api, Vec::new()));
+        return Ok(native(Framing::Api));
     }
     let views = state.views.read().map_err(|_| ())?;
+    let now = now_ms();
+    let mut listen_key = None;
+    let mut listen_key_of = |name: &str| -> Result<bool, ()> {
+        if !crate::binance::state::looks_like_listen_key(name) {
+            return Ok(false);
+        }
+        let user = state.binance.listen_key_user(name, now).ok_or(())?;
+        listen_key = Some((user, Arc::from(name)));
+        Ok(true)
+    };
     if path == "/ws" || path.starts_with("/ws/") {
-        // Names that are not streams (a client's own index, as some
-        // clients put there) are ignored, as Binance does.
-        let channels = path
-            .trim_start_matches("/ws")
-            .split('/')
-            .filter_map(|name| crate::binance::streams::parse_stream(&views, name))
-            .collect();
-        return Ok((Framing::Raw, channels));
+        // Names that are neither streams nor listen keys (a client's own
+        // index, as some clients put there) are ignored, as Binance does.
+        let mut channels = Vec::new();
+        for name in path.trim_start_matches("/ws").split('/') {
+            match crate::binance::streams::parse_stream(&views, name) {
+                Some(channel) => channels.push(channel),
+                None => {
+                    listen_key_of(name)?;
+                }
+            }
+        }
+        return Ok(Opening { framing: Framing::Raw, channels, listen_key });
     }
     if path == "/stream" {
         let names = crate::query::param(query, "streams").map_err(|_| ())?.unwrap_or_default();
         let mut channels = Vec::new();
         for name in names.split('/').filter(|n| !n.is_empty()) {
-            channels.push(crate::binance::streams::parse_stream(&views, name).ok_or(())?);
+            match crate::binance::streams::parse_stream(&views, name) {
+                Some(channel) => channels.push(channel),
+                None if listen_key_of(name)? => {}
+                None => return Err(()),
+            }
         }
         if channels.len() > SUBSCRIPTIONS_MAX {
             return Err(());
         }
-        return Ok((Framing::Combined, channels));
+        return Ok(Opening { framing: Framing::Combined, channels, listen_key });
     }
-    Ok((Framing::Native, Vec::new()))
+    Ok(native(Framing::Native))
 }
 
 fn accept(mut request: Request<Incoming>, shared: Shared) -> Response<Empty<Bytes>> {
@@ -445,8 +475,7 @@ fn accept(mut request: Request<Incoming>, shared: Shared) -> Response<Empty<Byte
     if !upgrade::is_upgrade_request(&request) {
         return status(StatusCode::UPGRADE_REQUIRED);
     }
-    let Ok((framing, channels)) =
-        protocol_of(&shared.state, request.uri().path(), request.uri().query().unwrap_or(""))
+    let Ok(opening) = protocol_of(&shared.state, request.uri().path(), request.uri().query().unwrap_or(""))
     else {
         return status(StatusCode::BAD_REQUEST);
     };
@@ -457,7 +486,7 @@ fn accept(mut request: Request<Incoming>, shared: Shared) -> Response<Empty<Byte
                     socket.set_auto_pong(false);
                     socket.set_auto_close(false);
                     socket.set_max_message_size(CLIENT_MESSAGE_MAX_BYTES);
-                    run_connection(socket, shared, framing, channels).await;
+                    run_connection(socket, shared, opening).await;
                 }
             });
             response
@@ -469,9 +498,9 @@ fn accept(mut request: Request<Incoming>, shared: Shared) -> Response<Empty<Byte
 async fn run_connection(
     socket: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
     shared: Shared,
-    framing: Framing,
-    channels: Vec<Channel>,
+    opening: Opening,
 ) {
+    let Opening { framing, channels, listen_key } = opening;
     let Shared { state, subscribers, publisher, limits, peer, socket: socket_fd } = shared;
     let _counted = OpenConnection::count(&state.health.ws_connections);
     state.health.metrics.ws_opened.fetch_add(1, Ordering::Relaxed);
@@ -483,6 +512,9 @@ async fn run_connection(
     let (ending, mut end_state) = Ending::new();
     let id = subscribers.register(queue.clone(), ending.clone(), framing);
     let _ = subscribers.change_channels(id, &channels, true);
+    if let Some((user, key)) = listen_key {
+        subscribers.set_listen_key(id, user, key);
+    }
     let writer_state = Arc::clone(&state);
     let mut writer_task = tokio::spawn(async move {
         let metrics = &writer_state.health.metrics;

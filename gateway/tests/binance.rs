@@ -1073,3 +1073,74 @@ fn answers_do_not_need_closed_orders_kept() {
         "{cancel:?}"
     );
 }
+
+#[test]
+fn listen_keys_over_the_websocket_api_and_the_combined_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(2);
+    let (owner, other) = (&keys[0], &keys[1]);
+
+    // An unknown key shaped like one is refused at the upgrade, not
+    // served as a silent stream.
+    let made_up = "A".repeat(60);
+    let refused = tungstenite::connect(format!("ws://{}/ws/{made_up}", exchange.ws_address));
+    assert!(
+        matches!(refused, Err(tungstenite::Error::Http(ref response)) if response.status() == 400),
+        "{refused:?}"
+    );
+    // Without the API key, and for another user's key, the REST endpoints refuse.
+    let (status, _, body) = exchange.raw("POST", "/api/v3/userDataStream", &[], b"");
+    assert_eq!((status, body["code"].as_i64()), (401, Some(-2014)), "{body}");
+
+    // userDataStream.start / ping / stop over the WebSocket API.
+    let mut api = connect(&exchange, "/ws-api/v3");
+    send(
+        &mut api,
+        json!({ "id": "s", "method": "userDataStream.start", "params": { "apiKey": owner.api_key } }),
+    );
+    let started = next(&mut api);
+    let listen_key =
+        started["result"]["listenKey"].as_str().unwrap_or_else(|| panic!("{started}")).to_string();
+    send(
+        &mut api,
+        json!({ "id": "p", "method": "userDataStream.ping", "params": { "apiKey": other.api_key, "listenKey": listen_key } }),
+    );
+    let refused = next(&mut api);
+    assert_eq!(refused["error"]["code"], -1125, "another user's key: {refused}");
+    send(
+        &mut api,
+        json!({ "id": "p", "method": "userDataStream.ping", "params": { "apiKey": owner.api_key, "listenKey": listen_key } }),
+    );
+    assert_eq!(next(&mut api)["status"], 200);
+
+    // The combined stream wraps each event with the key as its stream name.
+    let mut stream = connect(&exchange, &format!("/stream?streams={listen_key}/btcusdt@trade"));
+    let (status, _, placed) = signed(
+        &exchange,
+        owner,
+        "POST",
+        "/api/v3/order",
+        "symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTC&quantity=0.01&price=100",
+    );
+    assert_eq!(status, 200, "{placed}");
+    let report = until(&mut stream, &mut Vec::new(), |m| m["data"]["e"] == "executionReport");
+    assert_eq!(report["stream"], listen_key.as_str());
+    assert_eq!(report["data"]["i"], placed["orderId"]);
+
+    send(
+        &mut api,
+        json!({ "id": "x", "method": "userDataStream.stop", "params": { "apiKey": owner.api_key, "listenKey": listen_key } }),
+    );
+    assert_eq!(next(&mut api)["status"], 200);
+    loop {
+        match stream.read() {
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| f.reason.to_string()).as_deref(), Some("listenKey closed"));
+                break;
+            }
+            Ok(_) => continue,
+            Err(error) => panic!("the stream should be closed with a reason: {error}"),
+        }
+    }
+}

@@ -13,40 +13,55 @@ use serde_json::{json, Value};
 use super::error::{Action, BinanceError};
 use super::market;
 use super::params::Params;
+use super::streams;
 use super::trading;
 use crate::clock::now_ms;
 use crate::pipeline::Publisher;
 use crate::response::{self, Body};
 use crate::state::AppState;
 
-/// Every Binance route and whether it is signed: the OpenAPI description
+/// How a route is secured (Binance's security types).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Security {
+    /// Public market data.
+    None,
+    /// The API key alone (`USER_STREAM`: the listen key endpoints).
+    ApiKey,
+    /// The API key and an HMAC signature (`TRADE`, `USER_DATA`).
+    Signed,
+}
+
+/// Every Binance route and how it is secured: the OpenAPI description
 /// lists them.
-const TABLE: &[(&str, &str, bool)] = &[
-    ("GET", "/api/v3/ping", false),
-    ("GET", "/api/v3/time", false),
-    ("GET", "/api/v3/exchangeInfo", false),
-    ("GET", "/api/v3/depth", false),
-    ("GET", "/api/v3/trades", false),
-    ("GET", "/api/v3/aggTrades", false),
-    ("GET", "/api/v3/historicalTrades", false),
-    ("GET", "/api/v3/klines", false),
-    ("GET", "/api/v3/ticker/24hr", false),
-    ("GET", "/api/v3/ticker/bookTicker", false),
-    ("GET", "/api/v3/ticker/price", false),
-    ("POST", "/api/v3/order", true),
-    ("POST", "/api/v3/order/test", true),
-    ("DELETE", "/api/v3/order", true),
-    ("GET", "/api/v3/order", true),
-    ("GET", "/api/v3/openOrders", true),
-    ("DELETE", "/api/v3/openOrders", true),
-    ("POST", "/api/v3/order/cancelReplace", true),
-    ("PUT", "/api/v3/order/amend/keepPriority", true),
-    ("GET", "/api/v3/account", true),
-    ("GET", "/api/v3/myTrades", true),
-    ("GET", "/api/v3/allOrders", true),
+const TABLE: &[(&str, &str, Security)] = &[
+    ("GET", "/api/v3/ping", Security::None),
+    ("GET", "/api/v3/time", Security::None),
+    ("GET", "/api/v3/exchangeInfo", Security::None),
+    ("GET", "/api/v3/depth", Security::None),
+    ("GET", "/api/v3/trades", Security::None),
+    ("GET", "/api/v3/aggTrades", Security::None),
+    ("GET", "/api/v3/historicalTrades", Security::None),
+    ("GET", "/api/v3/klines", Security::None),
+    ("GET", "/api/v3/ticker/24hr", Security::None),
+    ("GET", "/api/v3/ticker/bookTicker", Security::None),
+    ("GET", "/api/v3/ticker/price", Security::None),
+    ("POST", "/api/v3/order", Security::Signed),
+    ("POST", "/api/v3/order/test", Security::Signed),
+    ("DELETE", "/api/v3/order", Security::Signed),
+    ("GET", "/api/v3/order", Security::Signed),
+    ("GET", "/api/v3/openOrders", Security::Signed),
+    ("DELETE", "/api/v3/openOrders", Security::Signed),
+    ("POST", "/api/v3/order/cancelReplace", Security::Signed),
+    ("PUT", "/api/v3/order/amend/keepPriority", Security::Signed),
+    ("GET", "/api/v3/account", Security::Signed),
+    ("GET", "/api/v3/myTrades", Security::Signed),
+    ("GET", "/api/v3/allOrders", Security::Signed),
+    ("POST", "/api/v3/userDataStream", Security::ApiKey),
+    ("PUT", "/api/v3/userDataStream", Security::ApiKey),
+    ("DELETE", "/api/v3/userDataStream", Security::ApiKey),
     // Binance's wallet API, where ccxt's fetch_status and fetch_trading_fees go.
-    ("GET", "/sapi/v1/system/status", false),
-    ("GET", "/sapi/v1/asset/tradeFee", true),
+    ("GET", "/sapi/v1/system/status", Security::None),
+    ("GET", "/sapi/v1/asset/tradeFee", Security::Signed),
 ];
 
 /// Every Binance route, with its methods.
@@ -146,6 +161,7 @@ fn weight(request: &Request<'_>) -> u64 {
         }
         ("PUT", "/api/v3/order/amend/keepPriority") => 4,
         ("GET", "/api/v3/account" | "/api/v3/myTrades" | "/api/v3/allOrders") => 20,
+        (_, "/api/v3/userDataStream") => 2,
         _ => 1,
     }
 }
@@ -166,7 +182,7 @@ async fn route(
     // learns nothing else.
     let route =
         TABLE.iter().find(|(method, path, _)| *method == request.method.as_str() && *path == request.path);
-    let Some(&(_, _, signed_route)) = route else {
+    let Some(&(_, _, security)) = route else {
         return Err(if ROUTES.iter().any(|(_, known)| *known == request.path) {
             BinanceError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -181,16 +197,18 @@ async fn route(
             )
         });
     };
-    let user = if signed_route {
-        let changes_state = request.method != Method::GET;
-        Some(
-            state
-                .auth
-                .authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
-                .map_err(|error| BinanceError::from_auth(error, action))?,
-        )
-    } else {
-        None
+    let user = match security {
+        Security::None => None,
+        Security::ApiKey => Some(state.auth.identify(request.api_key, now_ms()).map_err(BinanceError::from)?),
+        Security::Signed => {
+            let changes_state = request.method != Method::GET;
+            Some(
+                state
+                    .auth
+                    .authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
+                    .map_err(|error| BinanceError::from_auth(error, action))?,
+            )
+        }
     };
     let signed =
         || user.ok_or_else(|| BinanceError::internal("an unsigned request reached a signed endpoint"));
@@ -223,6 +241,22 @@ async fn route(
         ("GET", "/api/v3/account") => trading::account(state, signed()?, p),
         ("GET", "/api/v3/myTrades") => trading::my_trades(state, signed()?, p).await,
         ("GET", "/api/v3/allOrders") => trading::all_orders(state, signed()?, p).await,
+        ("POST", "/api/v3/userDataStream") => {
+            p.only(&[])?;
+            let key = state.binance.open_listen_key(signed()?, now_ms())?;
+            Ok(json!({ "listenKey": key }))
+        }
+        ("PUT", "/api/v3/userDataStream") => {
+            p.only(&["listenKey"])?;
+            state.binance.keep_listen_key(signed()?, p.required("listenKey")?, now_ms()).map(|_| json!({}))
+        }
+        ("DELETE", "/api/v3/userDataStream") => {
+            p.only(&["listenKey"])?;
+            let key = p.required("listenKey")?;
+            state.binance.close_listen_key(signed()?, key, now_ms())?;
+            streams::close_listen_key(&state.subscribers, key);
+            Ok(json!({}))
+        }
         ("GET", "/sapi/v1/system/status") => market::system_status(state, p),
         ("GET", "/sapi/v1/asset/tradeFee") => trading::trade_fee(state, signed()?, p),
         _ => Err(BinanceError::internal("a listed route without a handler")),

@@ -384,9 +384,18 @@ impl Streams {
         }
         for (user, event) in user_events {
             let text = event.to_string();
+            let bare: Arc<str> = Arc::from(text.as_str());
             subscribers.send_with(|connection| match connection.binance_user {
                 Some((listener, subscription)) if listener == user => {
-                    Some(format!("{{\"subscriptionId\":{subscription},\"event\":{text}}}").into())
+                    Some(match (&connection.listen_key, connection.framing) {
+                        // A listen key's stream: the bare event at /ws,
+                        // wrapped with the key as its stream at /stream.
+                        (Some(key), Framing::Combined) => {
+                            format!("{{\"stream\":\"{key}\",\"data\":{text}}}").into()
+                        }
+                        (Some(_), _) => Arc::clone(&bare),
+                        (None, _) => format!("{{\"subscriptionId\":{subscription},\"event\":{text}}}").into(),
+                    })
                 }
                 _ => None,
             });
@@ -586,6 +595,22 @@ fn ticker_event(view: &crate::views::MarketView, now: u64, mini: bool) -> Value 
 
 /// Sends one stream message to the connections subscribed to `channel`:
 /// the bare data on `/ws`, wrapped with the stream's name on `/stream`.
+/// Ends the user data stream of a closed listen key: its connections
+/// receive no more events and are closed (Binance closes the stream).
+pub fn close_listen_key(subscribers: &Subscribers, key: &str) {
+    subscribers.end_listen_key(key, None, Some((1000, "listenKey closed")));
+}
+
+/// Ends the streams of the listen keys that expired by `now_ms`: each of
+/// their connections is sent Binance's `listenKeyExpired` event and
+/// receives no more user events.
+pub fn expire_listen_keys(state: &super::state::State, subscribers: &Subscribers, now_ms: u64) {
+    for key in state.expire_listen_keys(now_ms) {
+        let event = json!({ "e": "listenKeyExpired", "E": now_ms, "listenKey": key }).to_string();
+        subscribers.end_listen_key(&key, Some(event.into()), None);
+    }
+}
+
 fn send_stream(subscribers: &Subscribers, channel: &Channel, name: &str, data: &Value) {
     let mut raw: Option<Arc<str>> = None;
     let mut combined: Option<Arc<str>> = None;

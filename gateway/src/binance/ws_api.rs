@@ -203,6 +203,26 @@ impl Session {
                 self.subscribers.set_binance_user(self.connection, Some((user, subscription)));
                 Ok(json!({ "subscriptionId": subscription }))
             }
+            // The listen key's lifecycle over the socket (the key's stream
+            // itself is at /ws/<listenKey>), secured by the API key alone.
+            "userDataStream.start" => {
+                p.only(&["apiKey"])?;
+                let user = state.auth.identify(p.get("apiKey"), now_ms()).map_err(BinanceError::from)?;
+                Ok(json!({ "listenKey": state.binance.open_listen_key(user, now_ms())? }))
+            }
+            "userDataStream.ping" => {
+                p.only(&["apiKey", "listenKey"])?;
+                let user = state.auth.identify(p.get("apiKey"), now_ms()).map_err(BinanceError::from)?;
+                state.binance.keep_listen_key(user, p.required("listenKey")?, now_ms()).map(|_| json!({}))
+            }
+            "userDataStream.stop" => {
+                p.only(&["apiKey", "listenKey"])?;
+                let user = state.auth.identify(p.get("apiKey"), now_ms()).map_err(BinanceError::from)?;
+                let key = p.required("listenKey")?;
+                state.binance.close_listen_key(user, key, now_ms())?;
+                super::streams::close_listen_key(&self.subscribers, key);
+                Ok(json!({}))
+            }
             "userDataStream.unsubscribe" => {
                 p.only(&["subscriptionId"])?;
                 self.subscribers.set_binance_user(self.connection, None);
@@ -242,6 +262,7 @@ fn weight(method: &str) -> u64 {
         "ticker.24hr" => 2,
         "openOrders.status" => 6,
         "ticker.book" | "ticker.price" => 2,
+        "userDataStream.start" | "userDataStream.ping" | "userDataStream.stop" => 2,
         _ => 1,
     }
 }

@@ -358,6 +358,48 @@ async def ws_api_suite(key, secret, other_key, other_secret):
         await ws.close()
 
 
+async def listen_key_suite(key, secret):
+    """The listenKey user data stream, as bots built before the WebSocket
+    API use it: ccxt's own calls of the userDataStream endpoints (its
+    implicit API, signed as ccxt signs them), then the stream at
+    /ws/<listenKey> read with aiohttp (which ccxt.pro itself uses). The
+    pinned ccxt.pro subscribes spot user data over the WebSocket API
+    instead, so the stream is read here directly."""
+    import aiohttp
+
+    rest = client(ccxt.binance, key, secret)
+    rest.load_markets()
+    opened = rest.publicPostUserDataStream()
+    listen_key = opened["listenKey"]
+    check(isinstance(listen_key, str) and len(listen_key) == 60, f"POST userDataStream opens a listen key: {opened}")
+    again = rest.publicPostUserDataStream()
+    check(again["listenKey"] == listen_key, "a second POST returns the live key, as Binance does")
+    check(rest.publicPutUserDataStream({"listenKey": listen_key}) == {}, "PUT userDataStream keeps the key alive")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{WS}/ws/{listen_key}") as socket:
+            placed = rest.create_order(SYMBOL, "limit", "buy", 0.01, 30_000)
+            events = []
+            deadline = time.time() + 10
+            while not any(e.get("e") == "executionReport" and str(e.get("i")) == placed["id"] for e in events):
+                message = await asyncio.wait_for(socket.receive_json(), max(0.1, deadline - time.time()))
+                events.append(message)
+            check(True, f"/ws/<listenKey> delivers the order's executionReport: {[e.get('e') for e in events]}")
+            while not any(e.get("e") == "outboundAccountPosition" for e in events):
+                events.append(await asyncio.wait_for(socket.receive_json(), max(0.1, deadline - time.time())))
+            check(True, "and the balance change (outboundAccountPosition), bare events as on Binance")
+            rest.cancel_order(placed["id"], SYMBOL)
+            check(rest.publicDeleteUserDataStream({"listenKey": listen_key}) == {}, "DELETE userDataStream closes the key")
+            closed = await asyncio.wait_for(socket.receive(), 10)
+            while closed.type == aiohttp.WSMsgType.TEXT:
+                closed = await asyncio.wait_for(socket.receive(), 10)
+            check(closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), f"and closes its stream: {closed}")
+    try:
+        rest.publicPutUserDataStream({"listenKey": listen_key})
+        raise AssertionError("a closed listen key was kept alive")
+    except ccxt.ExchangeError as error:
+        check("-1125" in str(error), f"a closed key is unknown (-1125): {error}")
+
+
 def main():
     maker = client(ccxt.binance, os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"])
     taker = client(ccxt.binance, os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"])
@@ -365,6 +407,7 @@ def main():
     rest_suite(maker, taker)
     market_maker_suite(maker, taker)
     asyncio.run(ws_api_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"], os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"]))
+    asyncio.run(listen_key_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"]))
     asyncio.run(stream_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"], os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"]))
     print("all checks passed", flush=True)
 
