@@ -92,6 +92,14 @@ impl Scale {
             .map_or_else(|| format!("{ticks} ticks"), |p| p.normalize().to_string())
     }
 
+    /// What `lots` at `ticks` cost in the quote asset.
+    pub fn quote(&self, ticks: Ticks, lots: Lots) -> String {
+        Decimal::from(ticks.0)
+            .checked_mul(self.tick_size)
+            .and_then(|price| price.checked_mul(Decimal::from(lots.0) * self.lot_size))
+            .map_or_else(|| format!("{lots} lots at {ticks} ticks"), |q| q.normalize().to_string())
+    }
+
     pub fn qty(&self, lots: Lots) -> String {
         Decimal::from(lots.0)
             .checked_mul(self.lot_size)

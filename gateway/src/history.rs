@@ -17,6 +17,9 @@ use crate::views::Views;
 
 const LIMIT_DEFAULT: u32 = 100;
 const LIMIT_MAX: u32 = 1_000;
+/// The deepest page a market's trades are read at by `offset`; deeper
+/// pages are read by `from_id` or `to`, which an index serves.
+pub const OFFSET_MAX: u32 = 100_000;
 
 fn no_database() -> ApiError {
     ApiError::new(
@@ -31,7 +34,7 @@ pub fn wants_database(query: &str) -> Result<bool, ApiError> {
     Ok(param(query, "from")?.is_some() || param(query, "to")?.is_some() || param(query, "from_id")?.is_some())
 }
 
-fn range(query: &str) -> Result<Range, ApiError> {
+fn range(query: &str, offset_allowed: bool) -> Result<Range, ApiError> {
     let number = |name: &'static str| -> Result<Option<u64>, ApiError> {
         param(query, name)?
             .map(|text| {
@@ -48,7 +51,20 @@ fn range(query: &str) -> Result<Range, ApiError> {
             ApiError::invalid("limit", format!("{text:?} must be a whole number from 1 to {LIMIT_MAX}"))
         })?,
     };
-    let range = Range { from_ms: number("from")?, to_ms: number("to")?, from_id: number("from_id")?, limit };
+    let offset = match param(query, "offset")? {
+        None => 0,
+        Some(_) if !offset_allowed => {
+            return Err(ApiError::invalid("offset", "this endpoint pages by from_id, from and to"));
+        }
+        Some(text) => text.parse::<u32>().ok().filter(|n| *n <= OFFSET_MAX).ok_or_else(|| {
+            ApiError::invalid(
+                "offset",
+                format!("{text:?} must be a whole number up to {OFFSET_MAX}; page deeper with from_id or to"),
+            )
+        })?,
+    };
+    let range =
+        Range { from_ms: number("from")?, to_ms: number("to")?, from_id: number("from_id")?, limit, offset };
     if let (Some(from), Some(to)) = (range.from_ms, range.to_ms) {
         if from >= to {
             return Err(ApiError::invalid(
@@ -81,17 +97,20 @@ fn request<'s>(
     state: &'s AppState,
     query: &str,
     market_required: bool,
+    offset_allowed: bool,
 ) -> Result<(Option<i32>, Range, &'s persistence::History), ApiError> {
     let (market, range) = {
         let views = state.views()?;
-        (market_id(&views, query, market_required)?, range(query)?)
+        (market_id(&views, query, market_required)?, range(query, offset_allowed)?)
     };
     let (_, history) = state.database.as_ref().ok_or_else(no_database)?;
     Ok((market, range, history))
 }
 
+/// A stored amount as the in-memory views print it: without the column's
+/// trailing zeros, so an answer has one shape with or without a database.
 fn amount(value: Amount) -> String {
-    value.0.to_string()
+    value.0.normalize().to_string()
 }
 
 fn market_name(views: &Views, id: i32) -> String {
@@ -104,7 +123,7 @@ fn asset_symbol(views: &Views, id: i32) -> String {
 
 /// `GET /trade/history` with a database: a market's trades.
 pub async fn market_trades(state: &AppState, query: &str) -> Result<Value, ApiError> {
-    let (market, range, history) = request(state, query, true)?;
+    let (market, range, history) = request(state, query, true, true)?;
     let trades = history.trades(market, None, range).await.map_err(database_error)?;
     let views = state.views()?;
     let trades: Vec<Value> = trades
@@ -132,7 +151,7 @@ pub async fn user_trades(
     user: engine_core::UserId,
     query: &str,
 ) -> Result<Value, ApiError> {
-    let (market, range, history) = request(state, query, false)?;
+    let (market, range, history) = request(state, query, false, false)?;
     let trades = history.user_trades(user.0 as i32, market, range).await.map_err(database_error)?;
     let views = state.views()?;
     let trades: Vec<Value> = trades
@@ -162,7 +181,7 @@ pub async fn user_orders(
     user: engine_core::UserId,
     query: &str,
 ) -> Result<Value, ApiError> {
-    let (market, range, history) = request(state, query, false)?;
+    let (market, range, history) = request(state, query, false, false)?;
     let orders = history.orders(user.0 as i32, market, range).await.map_err(database_error)?;
     let views = state.views()?;
     let orders: Vec<Value> = orders
@@ -201,7 +220,7 @@ pub async fn candles(state: &AppState, query: &str) -> Result<Value, ApiError> {
             let names: Vec<&str> = CANDLE_INTERVALS.iter().map(|(name, _)| *name).collect();
             ApiError::invalid("interval", format!("{interval:?} is not one of {}", names.join(", ")))
         })?;
-    let (market, range, history) = request(state, query, true)?;
+    let (market, range, history) = request(state, query, true, false)?;
     let market = market.unwrap_or_default();
     let candles = history.candles(market, minutes, range).await.map_err(database_error)?;
     let views = state.views()?;

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,18 +20,36 @@ use crate::metrics::Api;
 use crate::pipeline::Publisher;
 use crate::response::{self, Body};
 use crate::state::AppState;
-use crate::{binance, rest};
+use crate::{binance, rest, ws};
 
 /// Where the Binance-compatible REST API lives.
 const BINANCE_PREFIXES: [&str; 2] = ["/api/v3/", "/sapi/v1/"];
 
-/// Answers one request; never fails (errors become JSON answers).
+/// Who sent a request: the address, and the connection's socket (for a
+/// WebSocket upgrade, which takes the connection over).
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    pub peer: IpAddr,
+    pub socket: RawFd,
+}
+
+/// Answers one request; never fails (errors become JSON answers). A
+/// WebSocket handshake is handed to the WebSocket server.
 pub async fn handle(
     state: Arc<AppState>,
     producer: Arc<Mutex<Publisher>>,
-    peer: IpAddr,
+    client: Client,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if fastwebsockets::upgrade::is_upgrade_request(&request) {
+        let publisher = match producer.lock() {
+            Ok(publisher) => publisher.clone(),
+            Err(_) => return Ok(response::api_error(&ApiError::busy())),
+        };
+        let answer = ws::upgrade(request, state, publisher, client.peer, client.socket);
+        return Ok(answer.map(|_| Body::new(Bytes::new())));
+    }
+    let peer = client.peer;
     let binance = BINANCE_PREFIXES.iter().any(|prefix| request.uri().path().starts_with(prefix));
     let api = if binance { Api::Binance } else { Api::Native };
     let started = Instant::now();

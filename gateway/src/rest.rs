@@ -107,8 +107,12 @@ async fn route(
         ("GET", "/depth") => depth(state, request.query).map(|v| (StatusCode::OK, v)),
         ("GET", "/ticker") => ticker(state, request.query).map(|v| (StatusCode::OK, v)),
         ("GET", "/trade/history") => {
-            // Without a database, only the recent trades the views keep.
-            if state.database.is_some() || history::wants_database(request.query)? {
+            // Recent trades from the views (the freshest: the database may
+            // lag behind); a time or id range, or a page past what the views
+            // keep, from PostgreSQL. One shape either way.
+            let from_views = !history::wants_database(request.query)?
+                && (state.database.is_none() || recent_trades_cover(state, request.query)?);
+            if !from_views {
                 history::market_trades(state, request.query).await.map(|v| (StatusCode::OK, v))
             } else {
                 trade_history(state, request.query).map(|v| (StatusCode::OK, v))
@@ -328,6 +332,14 @@ fn ticker(state: &AppState, query: &str) -> Result<Value, ApiError> {
     }))
 }
 
+/// Whether the views hold the page of recent trades `query` asks for.
+fn recent_trades_cover(state: &AppState, query: &str) -> Result<bool, ApiError> {
+    let name = required(query, "market")?;
+    let (limit, offset) = list_limit(query)?;
+    let views = state.views()?;
+    Ok(offset.saturating_add(limit) <= market_of(&views, &name)?.trades.len())
+}
+
 fn trade_history(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let name = required(query, "market")?;
     let (limit, offset) = list_limit(query)?;
@@ -345,8 +357,11 @@ fn trade_history(state: &AppState, query: &str) -> Result<Value, ApiError> {
                 "seq": t.seq,
                 "price": market.scale.price(t.price),
                 "quantity": market.scale.qty(t.qty),
+                "quote_quantity": market.scale.quote(t.price, t.qty),
                 "taker_side": side_name(t.taker_side),
-                "timestamp_ns": t.timestamp_ns,
+                // To the microsecond, the history database's precision, so
+                // that both sources give the same answer.
+                "timestamp_ns": t.timestamp_ns / 1_000 * 1_000,
             })
         })
         .collect();

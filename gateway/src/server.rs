@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -11,7 +12,6 @@ use std::time::{Duration, Instant};
 use engine_core::{Command, EngineLimits};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use journal::{open_data_dir_with, DataDir, JournalConfig};
 use tokio::net::TcpListener;
 
@@ -185,6 +185,8 @@ pub async fn run(
             .map(|(writer, history)| (Arc::clone(&writer.status), Arc::clone(history))),
         binance: crate::binance::state::State::new(config.request_weight_per_minute),
         subscribers: Arc::clone(&subscribers),
+        ws_queue_max: config.ws_queue_max,
+        ws_send_timeout: Duration::from_millis(config.ws_send_timeout_ms),
     });
     set_limits_at_start(&state, &pipeline, recovered_limits, new_data_dir, &config).await?;
     let listen_keys = tokio::spawn(expire_listen_keys(Arc::clone(&state)));
@@ -205,10 +207,7 @@ pub async fn run(
         Arc::clone(&state),
         Arc::clone(&subscribers),
         pipeline.publisher.clone(),
-        crate::ws::ConnectionLimits {
-            queue_max: config.ws_queue_max,
-            send_timeout: Duration::from_millis(config.ws_send_timeout_ms),
-        },
+        crate::ws::ConnectionLimits { queue_max: state.ws_queue_max, send_timeout: state.ws_send_timeout },
     ));
     tracing::info!(
         "ready after {:.3} s: REST API on http://{address}, WebSocket API on ws://{ws_address}",
@@ -216,8 +215,10 @@ pub async fn run(
     );
     on_listening(Addresses { rest: address, ws: ws_address });
 
-    let graceful = GracefulShutdown::new();
+    // Each connection drops its permit when it ends: the drain at shutdown
+    // waits until every permit is back.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.connections_max));
+    let (drain, draining) = tokio::sync::watch::channel(false);
     let accepting = pipeline.publisher.clone();
     tokio::pin!(shutdown);
     loop {
@@ -231,18 +232,31 @@ pub async fn run(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                let socket = stream.as_raw_fd();
                 let producer = Arc::new(Mutex::new(accepting.clone()));
                 let state = Arc::clone(&state);
                 let service = service_fn(move |request| {
-                    http::handle(Arc::clone(&state), Arc::clone(&producer), peer.ip(), request)
+                    let client = http::Client { peer: peer.ip(), socket };
+                    http::handle(Arc::clone(&state), Arc::clone(&producer), client, request)
                 });
+                // With upgrades: a WebSocket handshake on the REST port is
+                // served as on the WebSocket port (one address for both).
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let mut draining = draining.clone();
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        _ = async { draining.wait_for(|draining| *draining).await.is_ok() } => {
+                            // Answers the request in progress, then closes.
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -256,7 +270,9 @@ pub async fn run(
     let _ = ws_server.await;
     listen_keys.abort();
     subscribers.close_all(1001, "going away");
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_ok();
+    let _ = drain.send(true);
+    let all = u32::try_from(config.connections_max).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, connections.acquire_many(all)).await.is_ok();
     if !drained {
         tracing::warn!("shutdown: connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }

@@ -29,6 +29,11 @@ pub struct AppState {
     pub binance: crate::binance::state::State,
     /// Who listens to which WebSocket streams.
     pub subscribers: Arc<Subscribers>,
+    /// Messages queued for one WebSocket connection (`ws_queue_max`), and
+    /// how long one frame may take to be written (`ws_send_timeout_ms`),
+    /// for connections upgraded on the REST port.
+    pub ws_queue_max: usize,
+    pub ws_send_timeout: Duration,
 }
 
 impl AppState {

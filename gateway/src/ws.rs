@@ -366,7 +366,7 @@ pub async fn serve(
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
-        limit_send_buffer(&stream);
+        limit_send_buffer(stream.as_raw_fd());
         let socket = stream.as_raw_fd();
         let state = Arc::clone(&state);
         let subscribers = Arc::clone(&subscribers);
@@ -464,6 +464,21 @@ fn protocol_of(state: &AppState, path: &str, query: &str) -> Result<Opening, ()>
         return Ok(Opening { framing: Framing::Combined, channels, listen_key });
     }
     Ok(native(Framing::Native))
+}
+
+/// Takes over a connection of the REST port whose request is a WebSocket
+/// handshake: the same protocols, paths and limits as the WebSocket port.
+pub fn upgrade(
+    request: Request<Incoming>,
+    state: Arc<AppState>,
+    publisher: Publisher,
+    peer: std::net::IpAddr,
+    socket: RawFd,
+) -> Response<Empty<Bytes>> {
+    limit_send_buffer(socket);
+    let limits = ConnectionLimits { queue_max: state.ws_queue_max, send_timeout: state.ws_send_timeout };
+    let subscribers = Arc::clone(&state.subscribers);
+    accept(request, Shared { state, subscribers, publisher, limits, peer, socket })
 }
 
 fn accept(mut request: Request<Incoming>, shared: Shared) -> Response<Empty<Bytes>> {
@@ -898,14 +913,14 @@ fn not_logged_in() -> ApiError {
 /// long and costs memory per connection; the queue above it is the buffer.
 const SOCKET_SEND_BUFFER_BYTES: i32 = 256 * 1024;
 
-fn limit_send_buffer(stream: &tokio::net::TcpStream) {
+fn limit_send_buffer(socket: RawFd) {
     #[cfg(unix)]
     {
         let size = SOCKET_SEND_BUFFER_BYTES;
         // Safety: a valid socket and a pointer to a live i32 of the stated size.
         unsafe {
             libc::setsockopt(
-                stream.as_raw_fd(),
+                socket,
                 libc::SOL_SOCKET,
                 libc::SO_SNDBUF,
                 &size as *const i32 as *const libc::c_void,

@@ -497,7 +497,7 @@ fn a_self_trade_is_both_sides_in_the_database_history() {
     // Newest first: the buyer's row has the later order id.
     assert_eq!(
         sides,
-        vec![(orders[1], "buy", false, "0.00020000", "BTC"), (orders[0], "sell", true, "5.000000", "USDT")],
+        vec![(orders[1], "buy", false, "0.0002", "BTC"), (orders[0], "sell", true, "5", "USDT")],
         "{body}"
     );
     assert_eq!(rows[0]["trade_id"], rows[1]["trade_id"]);
@@ -560,4 +560,47 @@ fn a_self_trade_is_both_sides_in_the_database_history() {
             (orders[1], "BUY", "LIMIT", "FILLED", "0.10000000", "NONE", false),
         ]
     );
+}
+
+#[test]
+fn trade_history_has_one_shape_from_memory_and_from_the_database() {
+    let database = Database::throwaway().expect("a database");
+    let data = tempfile::tempdir().expect("tempdir");
+    // The views keep 5 trades: a page past them comes from PostgreSQL.
+    let env = [("DATABASE_URL", database.url.as_str()), ("EXCHANGE_RECENT_TRADES_MAX", "5")];
+    let exchange = Exchange::start(data.path(), &env);
+    let keys = exchange.demo(2);
+    for i in 0..12 {
+        let price = format!("{}.5", 30_000 + i);
+        let sell = json!({ "market": "BTC-USDT", "side": "sell", "type": "limit", "price": price, "quantity": "0.0100" });
+        assert_eq!(exchange.place(&keys[0], sell).0, 200);
+        let buy = json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": price, "quantity": "0.01" });
+        assert_eq!(exchange.place(&keys[1], buy).0, 200);
+    }
+    wait_until_written(&exchange);
+
+    let page = |target: &str| {
+        let (status, body) = exchange.get(target);
+        assert_eq!(status, 200, "{target}: {body}");
+        body["trades"].as_array().expect("trades").clone()
+    };
+    // From memory (5 trades asked, 5 kept) and from the database (6 asked):
+    // the same trades, field for field, digit for digit.
+    let memory = page("/trade/history?market=BTC-USDT&limit=5");
+    let stored = page("/trade/history?market=BTC-USDT&limit=6");
+    assert_eq!(memory.len(), 5);
+    assert_eq!(stored.len(), 6);
+    assert_eq!(memory[..], stored[..5], "one shape with and without the database");
+    assert_eq!(memory[0]["price"], "30011.5");
+    assert_eq!(memory[0]["quantity"], "0.01");
+    assert_eq!(memory[0]["quote_quantity"], "300.115");
+    // `offset` pages on into the database, newest first.
+    let older = page("/trade/history?market=BTC-USDT&limit=5&offset=5");
+    let ids = |trades: &[Value]| trades.iter().map(|t| t["trade_id"].as_u64().unwrap()).collect::<Vec<_>>();
+    let first = ids(&memory);
+    assert_eq!(ids(&older), (first[4] - 5..first[4]).rev().collect::<Vec<_>>());
+    let (status, body) = exchange.get("/trade/history?market=BTC-USDT&offset=100001");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{body}");
+    let (status, body) = exchange.get("/candles?market=BTC-USDT&offset=1");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{body}");
 }

@@ -622,3 +622,47 @@ fn depth_diffs_follow_on_across_a_restart() {
     let after = next_depth_diff(&mut binance, "");
     assert_eq!(after["U"], last_u + 1, "Binance's U is the previous u plus one: {after}");
 }
+
+#[test]
+fn websocket_handshakes_are_served_on_the_rest_port_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(2);
+    let open = |path: &str| {
+        let (socket, _) = tungstenite::connect(format!("ws://{}{path}", exchange.address))
+            .unwrap_or_else(|e| panic!("a WebSocket on the REST port at {path}: {e}"));
+        if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        }
+        socket
+    };
+    // The native protocol at / and Binance's raw stream at /ws/<stream>.
+    let mut native = open("/");
+    send(&mut native, json!({ "method": "SUBSCRIBE", "params": ["BTC-USDT@trade"], "id": 1 }));
+    answer(&mut native, 1, &mut Vec::new());
+    let mut binance = open("/ws/btcusdt@trade");
+    // REST on the same port goes on as before.
+    let (status, markets) = exchange.get("/markets");
+    assert_eq!(status, 200, "{markets}");
+    exchange.place(&keys[0], limit("BTC-USDT", "sell", "50000", "0.01"));
+    exchange.place(&keys[1], limit("BTC-USDT", "buy", "50000", "0.01"));
+    let trade = next(&mut native);
+    assert_eq!(trade["stream"], "BTC-USDT@trade", "{trade}");
+    let trade = next(&mut binance);
+    assert_eq!(
+        (trade["e"].as_str(), trade["p"].as_str()),
+        (Some("trade"), Some("50000.00000000")),
+        "{trade}"
+    );
+    // A request that is not a handshake is still a REST request.
+    let (status, _, _) = exchange.raw("GET", "/ws/btcusdt@trade", &[], b"");
+    assert_eq!(status, 404);
+
+    // Shutdown closes these connections as it closes the WebSocket port's.
+    let status = exchange.terminate();
+    assert!(status.success(), "{status:?}");
+    match native.read() {
+        Ok(Message::Close(frame)) => assert_eq!(frame.map(|f| u16::from(f.code)), Some(1001)),
+        other => panic!("expected a going-away close, got {other:?}"),
+    }
+}

@@ -24,13 +24,14 @@ pub struct History {
 /// Bounds of a history query. Times are milliseconds since the epoch;
 /// `from_id` starts at that id (inclusive), for paging. With `from_ms` or
 /// `from_id` the rows ascend from there; with neither, the newest come
-/// first.
+/// first. `offset` rows are skipped first (market trades only).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Range {
     pub from_ms: Option<u64>,
     pub to_ms: Option<u64>,
     pub from_id: Option<u64>,
     pub limit: u32,
+    pub offset: u32,
 }
 
 /// One order as the `orders` table holds it.
@@ -100,6 +101,7 @@ struct Bounds {
     to: Option<SystemTime>,
     from_id: Option<i64>,
     limit: i64,
+    offset: i64,
 }
 
 impl Bounds {
@@ -109,6 +111,7 @@ impl Bounds {
             to: range.to_ms.map(time_ms),
             from_id: range.from_id.map(|id| i64::try_from(id).unwrap_or(i64::MAX)),
             limit: i64::from(range.limit),
+            offset: i64::from(range.offset),
         }
     }
 
@@ -223,6 +226,8 @@ impl History {
         bounds.filter(&market, "executed_at", "trade_id", &mut params, &mut sql);
         params.push(&bounds.limit);
         sql.push_str(&format!(" ORDER BY trade_id {} LIMIT ${}", range.order(), params.len()));
+        params.push(&bounds.offset);
+        sql.push_str(&format!(" OFFSET ${}", params.len()));
         let rows = client.query(sql.as_str(), &params).await?;
         Ok(rows.iter().map(trade_row).collect::<Result<_, _>>()?)
     }

@@ -475,6 +475,7 @@ pub async fn all_orders(state: &AppState, user: UserId, p: &Params) -> Result<Va
             to_ms: range.end_ms.map(|ms| ms + 1),
             from_id: range.from_id,
             limit: limit as u32,
+            offset: 0,
         };
         match history.orders(user.0 as i32, Some(market_id.0 as i32), stored).await {
             Ok(rows) => {
@@ -849,6 +850,7 @@ pub async fn my_trades(state: &AppState, user: UserId, p: &Params) -> Result<Val
             to_ms: range.end_ms.map(|ms| ms + 1),
             from_id: range.from_id,
             limit: limit as u32,
+            offset: 0,
         };
         match history.user_trades(user.0 as i32, Some(market_id.0 as i32), stored).await {
             Ok(rows) => {
