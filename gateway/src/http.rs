@@ -6,12 +6,15 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
+use tracing::Instrument;
 
 use crate::auth::API_KEY_HEADER;
 use crate::binance::BinanceError;
@@ -53,9 +56,47 @@ pub async fn handle(
     let binance = BINANCE_PREFIXES.iter().any(|prefix| request.uri().path().starts_with(prefix));
     let api = if binance { Api::Binance } else { Api::Native };
     let started = Instant::now();
-    let response = answer(&state, &producer, peer, request, binance).await;
-    state.health.metrics.request(api, response.status().as_u16(), started.elapsed());
+    // Every line logged while the request is served names it.
+    let id = request_id(&request);
+    let span =
+        tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = answer(&state, &producer, peer, request, binance).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    state.health.metrics.request(api, response.status().as_u16(), elapsed);
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_us = elapsed.as_micros() as u64,
+            "answered"
+        )
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
     Ok(response)
+}
+
+/// The header a request's id travels in: a client may send its own (it is
+/// used if it is 1 to 64 letters, digits, `-`, `_` or `.`), and every
+/// answer carries the one its log lines name.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const REQUEST_ID_MAX_BYTES: usize = 64;
+
+/// The client's request id if it is usable, else a new one: a random
+/// prefix per process and a counter, unique across restarts.
+fn request_id(request: &Request<Incoming>) -> String {
+    let sent = request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok());
+    let usable = |id: &&str| {
+        (1..=REQUEST_ID_MAX_BYTES).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    };
+    if let Some(id) = sent.filter(usable) {
+        return id.to_string();
+    }
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| crate::auth::random_alphanumeric(8).unwrap_or_else(|_| "r".into()));
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 async fn answer(

@@ -45,7 +45,11 @@ pub fn init(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(ansi).try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).flatten_event(true).try_init(),
+        // A line logged while a request is served carries its span (`id`,
+        // `method`, `path`) under "span".
+        LogFormat::Json => {
+            builder.json().with_current_span(true).with_span_list(false).flatten_event(true).try_init()
+        }
     };
 }
 
