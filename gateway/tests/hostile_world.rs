@@ -561,3 +561,65 @@ fn users_cannot_reach_each_other_and_secrets_stay_secret() {
     }
     assert!(checked >= 3, "the data directory has files");
 }
+
+#[test]
+fn shutdown_does_not_wait_out_a_hung_database_and_loses_nothing() {
+    let database = Database::on_own_cluster().expect("a private PostgreSQL cluster (the test freezes it)");
+    let cluster = database.cluster().expect("a cluster of our own");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("DATABASE_URL", database.url.as_str())];
+    let exchange = Exchange::start(dir.path(), &env);
+    let keys = exchange.demo(2);
+    let trade = |exchange: &Exchange, n: usize| {
+        for i in 0..n {
+            let ask = json!({ "market": "BTC-USDT", "side": "sell", "type": "limit", "price": format!("{}", 100 + i % 3), "quantity": "0.01" });
+            assert_eq!(exchange.place(&keys[1], ask).0, 200);
+            let buy = json!({ "market": "BTC-USDT", "side": "buy", "type": "market", "quantity": "0.01" });
+            assert_eq!(exchange.place(&keys[0], buy).0, 200);
+        }
+    };
+    trade(&exchange, 10);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while exchange.get("/health").1["database"]["lag_seq"] != 0 {
+        assert!(Instant::now() < deadline, "the writer never caught up: {}", exchange.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.pause().expect("freeze the database server");
+    trade(&exchange, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let stderr_path = exchange.stderr_path.clone();
+    let stopping = Instant::now();
+    let status = exchange.terminate();
+    let took = stopping.elapsed();
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    cluster.resume().expect("thaw the database server");
+    assert!(status.success(), "{status:?}\n{log}");
+    // The writer's wait is bounded by its progress (1 s without any), not
+    // by its 10 s deadline plus a transaction timeout.
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?} with the database hung:\n{log}");
+    assert!(
+        log.contains("written from the journal at the next start"),
+        "the shutdown says what it left:\n{log}"
+    );
+
+    // Nothing is lost: the next start writes what the hung database missed.
+    let exchange = Exchange::start(dir.path(), &env);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while exchange.get("/health").1["database"]["lag_seq"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the writer never caught up after the restart: {}",
+            exchange.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let stored: i64 = runtime.block_on(async {
+        let (client, connection) =
+            tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.query_one("SELECT count(*) FROM trades", &[]).await.unwrap().get(0)
+    });
+    assert_eq!(stored, 20, "every trade reached the database, once");
+    println!("shutdown with the database hung took {took:?}");
+}

@@ -385,19 +385,59 @@ impl Writer {
     }
 
     /// Lets the writer catch up with what was published (for at most
-    /// `deadline`), then stops it. What it did not write is regenerated
-    /// from the journal at the next start.
+    /// `deadline`, and only while it makes progress), then stops it. What
+    /// it did not write is regenerated from the journal at the next start,
+    /// so a database that is down or hung costs the shutdown
+    /// [`STOP_STALL`], not the whole deadline.
     pub fn stop(mut self, deadline: Duration) {
-        let until = Instant::now() + deadline;
-        while self.status.lag_seq().is_some_and(|lag| lag > 0)
-            && self.status.connected.load(Ordering::Relaxed)
-            && Instant::now() < until
-        {
+        let started = Instant::now();
+        let behind = self.status.lag_seq().unwrap_or(0);
+        if behind > 0 && self.status.connected.load(Ordering::Relaxed) {
+            tracing::info!(
+                "shutdown: letting the database writer catch up ({behind} commands behind, at most {} ms)",
+                deadline.as_millis()
+            );
+        }
+        let mut cursor = self.status.cursor_seq.load(Ordering::Relaxed);
+        let mut progressed_at = started;
+        loop {
+            let now = Instant::now();
+            if !self.status.lag_seq().is_some_and(|lag| lag > 0)
+                || !self.status.connected.load(Ordering::Relaxed)
+                || now >= started + deadline
+            {
+                break;
+            }
+            let current = self.status.cursor_seq.load(Ordering::Relaxed);
+            if current != cursor {
+                (cursor, progressed_at) = (current, now);
+            } else if now.duration_since(progressed_at) >= STOP_STALL {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(lag) = self.status.lag_seq().filter(|lag| *lag > 0) {
+            tracing::warn!(
+                "shutdown: the database writer stops {lag} commands behind ({}); they are written from the \
+                 journal at the next start",
+                self.status.degraded_reason().unwrap_or_else(|| "it was still writing".to_string())
+            );
         }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // A writer inside a call to a hung database is left to the
+            // process's exit rather than waited for.
+            let until = Instant::now() + STOP_STALL;
+            while !thread.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!(
+                    "shutdown: the database writer is still waiting for the database; not waiting for it"
+                );
+            }
         }
     }
 }
@@ -407,6 +447,10 @@ impl Drop for Writer {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// How long a stopping writer may go without writing anything before the
+/// shutdown stops waiting for it.
+pub const STOP_STALL: Duration = Duration::from_secs(1);
 
 /// Batches received but not yet written, trimmed as the cursor passes.
 struct Pending {
