@@ -402,7 +402,7 @@ impl Writer {
         let mut progressed_at = started;
         loop {
             let now = Instant::now();
-            if !self.status.lag_seq().is_some_and(|lag| lag > 0)
+            if self.status.lag_seq().is_none_or(|lag| lag == 0)
                 || !self.status.connected.load(Ordering::Relaxed)
                 || now >= started + deadline
             {
