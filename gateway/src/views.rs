@@ -145,7 +145,7 @@ impl OrderView {
 /// Fills kept per order in the view; an order with more still has its totals.
 const FILLS_KEPT_PER_ORDER: usize = 100;
 const NANOS_PER_MINUTE: u64 = 60_000_000_000;
-const MINUTES_PER_DAY: u64 = 24 * 60;
+pub const MINUTES_PER_DAY: u64 = 24 * 60;
 
 pub struct MarketView {
     pub market: Market,

@@ -2,6 +2,7 @@
 //! writes, restarted, and the tables converge to the journal exactly; the
 //! history endpoints answer from the database.
 
+mod compat;
 mod server;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -603,4 +604,90 @@ fn trade_history_has_one_shape_from_memory_and_from_the_database() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{body}");
     let (status, body) = exchange.get("/candles?market=BTC-USDT&offset=1");
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{body}");
+}
+
+#[test]
+fn klines_older_than_the_views_day_come_from_the_database() {
+    let database = Database::throwaway().expect("a database");
+    let data = tempfile::tempdir().expect("tempdir");
+    let exchange = Exchange::start(data.path(), &[("DATABASE_URL", database.url.as_str())]);
+    let keys = exchange.demo(2);
+    let sell = json!({ "market": "BTC-USDT", "side": "sell", "type": "limit", "price": "30000", "quantity": "0.01" });
+    assert_eq!(exchange.place(&keys[0], sell).0, 200);
+    let buy =
+        json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "30000", "quantity": "0.01" });
+    assert_eq!(exchange.place(&keys[1], buy).0, 200);
+    wait_until_written(&exchange);
+
+    // Three days ago, as the writer would have stored it then: two minutes
+    // of one hour.
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let hour_ms = 3_600_000;
+    let old_hour_ms = (now_ms - 3 * 24 * hour_ms) / hour_ms * hour_ms;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&database.url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        for (minute, open, high, low, close, volume, quote) in
+            [(5u64, "25000", "25100", "24900", "25050", "0.5", "12525"), (40, "25050", "25200", "25000", "25150.5", "0.25", "6287.625")]
+        {
+            let sql = format!(
+                "INSERT INTO candles_1m (market_id, open_time, open, high, low, close, volume, quote_volume, trades, \
+                 first_trade_id, last_trade_id) VALUES (0, to_timestamp({}), {open}, {high}, {low}, {close}, {volume}, \
+                 {quote}, 3, 0, 0)",
+                (old_hour_ms + minute * 60_000) / 1_000
+            );
+            client.execute(sql.as_str(), &[]).await.unwrap();
+        }
+    });
+    let (status, _, klines) = exchange.raw(
+        "GET",
+        &format!("/api/v3/klines?symbol=BTCUSDT&interval=1h&startTime={}&limit=1000", old_hour_ms - hour_ms),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "{klines}");
+    let klines = klines.as_array().unwrap();
+    assert_eq!(klines.len(), 2, "the stored hour and today's from the views: {klines:?}");
+    assert_eq!(
+        klines[0],
+        json!([
+            old_hour_ms,
+            "25000.00000000",
+            "25200.00000000",
+            "24900.00000000",
+            "25150.50000000",
+            "0.75000000",
+            old_hour_ms + hour_ms - 1,
+            "18812.62500000",
+            6,
+            "0.00000000",
+            "0.00000000",
+            "0"
+        ])
+    );
+    assert_eq!((klines[1][1].as_str(), klines[1][5].as_str()), (Some("30000.00000000"), Some("0.01000000")));
+
+    // ccxt's fetch_ohlcv, unmodified, reads the same through `since`.
+    let script = format!(
+        "import ccxt\n\
+         x = ccxt.binance()\n\
+         x.urls['api']['public'] = 'http://{address}/api/v3'\n\
+         x.options['fetchMarkets'] = {{'types': ['spot']}}\n\
+         x.options['fetchCurrencies'] = False\n\
+         rows = x.fetch_ohlcv('BTC/USDT', '1h', since={since}, limit=1000)\n\
+         assert len(rows) == 2, rows\n\
+         assert rows[0][0] == {old_hour_ms} and rows[0][4] == 25150.5 and rows[0][5] == 0.75, rows[0]\n\
+         print('ok', rows)\n",
+        address = exchange.address,
+        since = old_hour_ms - hour_ms,
+    );
+    let output = std::process::Command::new(compat::python()).arg("-c").arg(&script).output().unwrap();
+    assert!(
+        output.status.success(),
+        "ccxt fetch_ohlcv: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -236,7 +236,23 @@ const KLINES_LIMIT_MAX: u64 = 1_000;
 /// `GET /api/v3/klines`, `klines`: candles of the last day, built from the
 /// views' one-minute bars; intervals with no trade have no kline. The
 /// taker-buy volumes are not kept and read 0.
-pub fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceError> {
+/// One kline in decimals, from the views' minute bars or the database's
+/// one-minute candles.
+struct Kline {
+    open_ms: u64,
+    open: Decimal,
+    high: Decimal,
+    low: Decimal,
+    close: Decimal,
+    volume: Decimal,
+    quote_volume: Decimal,
+    trades: u64,
+}
+
+/// `GET /api/v3/klines`: from the views' minute bars for the day they keep;
+/// with PostgreSQL, older klines from its one-minute candles (a bucket that
+/// straddles the day's start comes from the database whole).
+pub async fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceError> {
     params.only(&["symbol", "interval", "startTime", "endTime", "timeZone", "limit"])?;
     let interval = params.required("interval")?;
     let minutes = kline_minutes(interval).ok_or_else(|| {
@@ -255,27 +271,71 @@ pub fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceError> 
         start_ms: params.integer("startTime")?,
         end_ms: params.integer("endTime")?,
     };
-    let views = read_views(state)?;
-    let view = market(&views, params.required("symbol")?)?;
-    let all = candles(view, minutes);
-    let in_range = all.iter().filter(|c| range.contains(0, c.minute * 60_000)).collect();
-    let chosen: Vec<&MinuteBar> = range.window(in_range, limit);
+    let width_ms = minutes * 60_000;
+    // The views hold every minute after the one a day before now (they
+    // drop a bar a day after it, by the journal's clock, never later than
+    // now): from this bucket on they are complete.
+    let now = now_ms();
+    let covered_from_ms = (now / 60_000).saturating_sub(crate::views::MINUTES_PER_DAY - 1) * 60_000;
+    let views_from_ms = covered_from_ms.div_ceil(width_ms) * width_ms;
+    let (scale, market_id, recent) = {
+        let views = read_views(state)?;
+        let view = market(&views, params.required("symbol")?)?;
+        let recent: Vec<Kline> = candles(view, minutes)
+            .iter()
+            .filter(|c| c.minute * 60_000 >= views_from_ms && range.contains(0, c.minute * 60_000))
+            .map(|c| bar_kline(view, c))
+            .collect();
+        (view.scale, view.market.id, recent)
+    };
+    let wanted_from_ms =
+        range.start_ms.unwrap_or_else(|| range.end_ms.unwrap_or(now).saturating_sub(limit as u64 * width_ms));
+    let mut all = Vec::new();
+    if let (Some((_, history)), true) = (&state.database, wanted_from_ms < views_from_ms) {
+        let stored = persistence::Range {
+            from_ms: Some(wanted_from_ms),
+            to_ms: Some(range.end_ms.map_or(views_from_ms, |end| end.saturating_add(1).min(views_from_ms))),
+            from_id: None,
+            limit: limit as u32,
+            offset: 0,
+        };
+        let rows = history.candles(market_id.0 as i32, minutes as u32, stored).await.map_err(|error| {
+            tracing::warn!("klines: history query failed: {error}");
+            BinanceError::new(
+                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                -1001,
+                "Internal error; unable to process your request. Please try again.",
+            )
+        })?;
+        all.extend(rows.iter().map(|row| Kline {
+            open_ms: crate::clock::unix_ns(row.open_time) / 1_000_000,
+            open: row.open.0,
+            high: row.high.0,
+            low: row.low.0,
+            close: row.close.0,
+            volume: row.volume.0,
+            quote_volume: row.quote_volume.0,
+            trades: u64::try_from(row.trades).unwrap_or(0),
+        }));
+    }
+    all.extend(recent);
+    let chosen = range.window(all, limit);
+    let (price_scale, qty_scale) = (scale.tick_size.scale(), scale.lot_size.scale());
     let zero = || fixed(Decimal::ZERO, 0);
     Ok(Value::Array(
         chosen
             .iter()
-            .map(|c| {
-                let volume = Lots(u64::try_from(c.volume).unwrap_or(u64::MAX));
+            .map(|k| {
                 json!([
-                    c.minute * 60_000,
-                    price_text(&view.scale, c.open),
-                    price_text(&view.scale, c.high),
-                    price_text(&view.scale, c.low),
-                    price_text(&view.scale, c.close),
-                    qty_text(&view.scale, volume),
-                    (c.minute + minutes) * 60_000 - 1,
-                    units_text(c.quote_volume, view.scale.quote_decimals),
-                    c.trades,
+                    k.open_ms,
+                    fixed(k.open, price_scale),
+                    fixed(k.high, price_scale),
+                    fixed(k.low, price_scale),
+                    fixed(k.close, price_scale),
+                    fixed(k.volume, qty_scale),
+                    k.open_ms + width_ms - 1,
+                    fixed(k.quote_volume, u32::from(scale.quote_decimals)),
+                    k.trades,
                     zero(),
                     zero(),
                     "0",
@@ -283,6 +343,25 @@ pub fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceError> 
             })
             .collect(),
     ))
+}
+
+/// A candle of the views' minute bars in decimals.
+fn bar_kline(view: &MarketView, bar: &MinuteBar) -> Kline {
+    let price = |ticks: Ticks| Decimal::from(ticks.0) * view.scale.tick_size;
+    let volume = Decimal::from(u64::try_from(bar.volume).unwrap_or(u64::MAX)) * view.scale.lot_size;
+    let quote_volume = u64::try_from(bar.quote_volume).map_or(Decimal::MAX, |units| {
+        Decimal::from(units) / Decimal::from(10u64.pow(u32::from(view.scale.quote_decimals)))
+    });
+    Kline {
+        open_ms: bar.minute * 60_000,
+        open: price(bar.open),
+        high: price(bar.high),
+        low: price(bar.low),
+        close: price(bar.close),
+        volume,
+        quote_volume,
+        trades: bar.trades,
+    }
 }
 
 /// The minutes of a kline interval's name (`1h` is 60), when it is served.

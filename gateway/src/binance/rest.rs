@@ -222,7 +222,7 @@ async fn route(
         ("GET", "/api/v3/trades") => market::trades(state, p),
         ("GET", "/api/v3/aggTrades") => market::agg_trades(state, p),
         ("GET", "/api/v3/historicalTrades") => market::historical_trades(state, p),
-        ("GET", "/api/v3/klines") => market::klines(state, p),
+        ("GET", "/api/v3/klines") => market::klines(state, p).await,
         ("GET", "/api/v3/ticker/24hr") => market::ticker_24hr(state, p),
         ("GET", "/api/v3/ticker/bookTicker") => market::book_ticker(state, p),
         ("GET", "/api/v3/ticker/price") => market::price(state, p),

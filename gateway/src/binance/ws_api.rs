@@ -150,7 +150,7 @@ impl Session {
             "trades.recent" => market::trades(state, p),
             "trades.aggregate" => market::agg_trades(state, p),
             "trades.historical" => market::historical_trades(state, p),
-            "klines" => market::klines(state, p),
+            "klines" => market::klines(state, p).await,
             "ticker.24hr" => market::ticker_24hr(state, p),
             "ticker.book" => market::book_ticker(state, p),
             "ticker.price" => market::price(state, p),
