@@ -235,6 +235,8 @@ pub async fn candles(state: &AppState, query: &str) -> Result<Value, ApiError> {
                 "close": amount(c.close),
                 "volume": amount(c.volume),
                 "quote_volume": amount(c.quote_volume),
+                "taker_buy_volume": amount(c.taker_buy_volume),
+                "taker_buy_quote_volume": amount(c.taker_buy_quote_volume),
                 "trades": c.trades,
             })
         })

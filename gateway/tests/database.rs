@@ -629,17 +629,31 @@ fn klines_older_than_the_views_day_come_from_the_database() {
     runtime.block_on(async {
         let (client, connection) = tokio_postgres::connect(&database.url, NoTls).await.unwrap();
         tokio::spawn(connection);
-        for (minute, open, high, low, close, volume, quote) in
-            [(5u64, "25000", "25100", "24900", "25050", "0.5", "12525"), (40, "25050", "25200", "25000", "25150.5", "0.25", "6287.625")]
-        {
+        for (minute, open, high, low, close, volume, quote, bought, bought_quote) in [
+            (5u64, "25000", "25100", "24900", "25050", "0.5", "12525", "0.5", "12525"),
+            (40, "25050", "25200", "25000", "25150.5", "0.25", "6287.625", "0", "0"),
+        ] {
             let sql = format!(
                 "INSERT INTO candles_1m (market_id, open_time, open, high, low, close, volume, quote_volume, trades, \
-                 first_trade_id, last_trade_id) VALUES (0, to_timestamp({}), {open}, {high}, {low}, {close}, {volume}, \
-                 {quote}, 3, 0, 0)",
+                 first_trade_id, last_trade_id, taker_buy_volume, taker_buy_quote_volume) VALUES (0, \
+                 to_timestamp({}), {open}, {high}, {low}, {close}, {volume}, {quote}, 3, 0, 0, {bought}, {bought_quote})",
                 (old_hour_ms + minute * 60_000) / 1_000
             );
             client.execute(sql.as_str(), &[]).await.unwrap();
         }
+        // The writer's taker-buy volumes are what migration V4 derives from
+        // the trades table for candles written before it.
+        let migration = include_str!("../../migrations/V4__candles_taker_buy.sql");
+        let derived = &migration[migration.find("SELECT market_id").unwrap()..migration.find(") AS t").unwrap()];
+        let sql = format!(
+            "SELECT c.taker_buy_volume::text, c.taker_buy_quote_volume::text, t.volume::text, t.quote_volume::text \
+             FROM candles_1m c JOIN ({derived}) t ON c.market_id = t.market_id AND c.open_time = t.minute"
+        );
+        let rows = client.query(sql.as_str(), &[]).await.unwrap();
+        assert_eq!(rows.len(), 1, "today's one minute with a taker buying");
+        let numbers: Vec<f64> = (0..4).map(|i| rows[0].get::<_, String>(i).parse().unwrap()).collect();
+        assert_eq!((numbers[0], numbers[1]), (numbers[2], numbers[3]), "{numbers:?}");
+        assert_eq!((numbers[0], numbers[1]), (0.01, 300.0), "{numbers:?}");
     });
     let (status, _, klines) = exchange.raw(
         "GET",
@@ -662,8 +676,8 @@ fn klines_older_than_the_views_day_come_from_the_database() {
             old_hour_ms + hour_ms - 1,
             "18812.62500000",
             6,
-            "0.00000000",
-            "0.00000000",
+            "0.50000000",
+            "12525.00000000",
             "0"
         ])
     );
@@ -679,6 +693,8 @@ fn klines_older_than_the_views_day_come_from_the_database() {
          rows = x.fetch_ohlcv('BTC/USDT', '1h', since={since}, limit=1000)\n\
          assert len(rows) == 2, rows\n\
          assert rows[0][0] == {old_hour_ms} and rows[0][4] == 25150.5 and rows[0][5] == 0.75, rows[0]\n\
+         raw = x.publicGetKlines({{'symbol': 'BTCUSDT', 'interval': '1h', 'startTime': {since}}})\n\
+         assert raw[0][9] == '0.50000000', raw[0]\n\
          print('ok', rows)\n",
         address = exchange.address,
         since = old_hour_ms - hour_ms,

@@ -89,6 +89,9 @@ pub struct Candle {
     pub volume: Amount,
     pub quote_volume: Amount,
     pub trades: i64,
+    /// What takers bought, in base and in quote.
+    pub taker_buy_volume: Amount,
+    pub taker_buy_quote_volume: Amount,
 }
 
 /// Candle widths served; longer ones are built from one-minute candles.
@@ -349,7 +352,8 @@ impl History {
         let rows = if minutes == 1 {
             client
                 .query(
-                    "SELECT open_time, open, high, low, close, volume, quote_volume, trades FROM candles_1m \
+                    "SELECT open_time, open, high, low, close, volume, quote_volume, trades, taker_buy_volume, \
+                     taker_buy_quote_volume FROM candles_1m \
                      WHERE market_id = $1 AND open_time >= $2 AND open_time < $3 ORDER BY open_time LIMIT $4",
                     &[&market, &from, &to, &limit],
                 )
@@ -361,7 +365,7 @@ impl History {
                     "SELECT date_bin($5::text::interval, open_time, TIMESTAMPTZ 'epoch') AS bucket, \
                      (array_agg(open ORDER BY open_time))[1], max(high), min(low), \
                      (array_agg(close ORDER BY open_time DESC))[1], sum(volume), sum(quote_volume), \
-                     sum(trades)::bigint FROM candles_1m \
+                     sum(trades)::bigint, sum(taker_buy_volume), sum(taker_buy_quote_volume) FROM candles_1m \
                      WHERE market_id = $1 AND open_time >= $2 AND open_time < $3 \
                      GROUP BY bucket ORDER BY bucket LIMIT $4",
                     &[&market, &from, &to, &limit, &width],
@@ -380,6 +384,8 @@ impl History {
                     volume: row.try_get(5)?,
                     quote_volume: row.try_get(6)?,
                     trades: row.try_get(7)?,
+                    taker_buy_volume: row.try_get(8)?,
+                    taker_buy_quote_volume: row.try_get(9)?,
                 })
             })
             .collect::<Result<Vec<Candle>, tokio_postgres::Error>>()?;

@@ -345,6 +345,9 @@ pub struct CandleRow {
     pub close: Ticks,
     pub volume_units: u128,
     pub quote_units: u128,
+    /// What takers bought: base and quote units.
+    pub taker_buy_units: u128,
+    pub taker_buy_quote_units: u128,
     pub trades: u64,
     pub first_trade: TradeId,
     pub last_trade: TradeId,
@@ -576,7 +579,8 @@ impl RowSet {
                     change.status = Some("partially_filled");
                 }
                 self.command.pending = Some((maker_user, Cause::Trade(maker_order, trade), 2));
-                self.add_candle(market, timestamp_ns, trade, price, base_units, quote_units);
+                let taker_bought = taker_side == Side::Buy;
+                self.add_candle(market, timestamp_ns, trade, price, (base_units, quote_units), taker_bought);
             }
             EventKind::OrderAmended { order, user, market, price, remaining, .. } => {
                 self.command.cause = Some(Cause::Amend(order));
@@ -668,8 +672,8 @@ impl RowSet {
         timestamp_ns: u64,
         trade: TradeId,
         price: Ticks,
-        base_units: u128,
-        quote_units: u128,
+        (base_units, quote_units): (u128, u128),
+        taker_bought: bool,
     ) {
         let minute = timestamp_ns / NANOS_PER_MINUTE;
         let index = *self.candle_index.entry((market, minute)).or_insert_with(|| {
@@ -682,6 +686,8 @@ impl RowSet {
                 close: price,
                 volume_units: 0,
                 quote_units: 0,
+                taker_buy_units: 0,
+                taker_buy_quote_units: 0,
                 trades: 0,
                 first_trade: trade,
                 last_trade: trade,
@@ -694,6 +700,10 @@ impl RowSet {
         candle.close = price;
         candle.volume_units += base_units;
         candle.quote_units += quote_units;
+        if taker_bought {
+            candle.taker_buy_units += base_units;
+            candle.taker_buy_quote_units += quote_units;
+        }
         candle.trades += 1;
         candle.last_trade = trade;
     }

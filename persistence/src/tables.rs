@@ -737,6 +737,7 @@ async fn write_candles(tx: &Transaction<'_>, rows: &RowSet, catalog: &Catalog) -
     );
     let mut prices: [Vec<Amount>; 4] = Default::default();
     let (mut volumes, mut quote_volumes) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    let (mut taker_volumes, mut taker_quote_volumes) = (Vec::with_capacity(count), Vec::with_capacity(count));
     for candle in &rows.candles {
         let market: &CatalogMarket = catalog.market(candle.market)?;
         let scale = &market.scale;
@@ -750,20 +751,29 @@ async fn write_candles(tx: &Transaction<'_>, rows: &RowSet, catalog: &Catalog) -
             .push(Amount(scale::wide_units(candle.volume_units, scale.base_decimals).ok_or_else(overflow)?));
         quote_volumes
             .push(Amount(scale::wide_units(candle.quote_units, scale.quote_decimals).ok_or_else(overflow)?));
+        taker_volumes.push(Amount(
+            scale::wide_units(candle.taker_buy_units, scale.base_decimals).ok_or_else(overflow)?,
+        ));
+        taker_quote_volumes.push(Amount(
+            scale::wide_units(candle.taker_buy_quote_units, scale.quote_decimals).ok_or_else(overflow)?,
+        ));
         trades.push(int8(candle.trades)?);
         first.push(int8(candle.first_trade.0)?);
         last.push(int8(candle.last_trade.0)?);
     }
     tx.execute(
         "INSERT INTO candles_1m (market_id, open_time, open, high, low, close, volume, quote_volume, trades, \
-         first_trade_id, last_trade_id) \
+         first_trade_id, last_trade_id, taker_buy_volume, taker_buy_quote_volume) \
          SELECT * FROM unnest($1::int4[], $2::timestamptz[], $3::numeric[], $4::numeric[], $5::numeric[], \
-         $6::numeric[], $7::numeric[], $8::numeric[], $9::int8[], $10::int8[], $11::int8[]) \
+         $6::numeric[], $7::numeric[], $8::numeric[], $9::int8[], $10::int8[], $11::int8[], $12::numeric[], \
+         $13::numeric[]) \
          ON CONFLICT (market_id, open_time) DO UPDATE SET \
          high = GREATEST(candles_1m.high, EXCLUDED.high), low = LEAST(candles_1m.low, EXCLUDED.low), \
          close = EXCLUDED.close, volume = candles_1m.volume + EXCLUDED.volume, \
          quote_volume = candles_1m.quote_volume + EXCLUDED.quote_volume, trades = candles_1m.trades + EXCLUDED.trades, \
-         last_trade_id = EXCLUDED.last_trade_id",
+         last_trade_id = EXCLUDED.last_trade_id, \
+         taker_buy_volume = candles_1m.taker_buy_volume + EXCLUDED.taker_buy_volume, \
+         taker_buy_quote_volume = candles_1m.taker_buy_quote_volume + EXCLUDED.taker_buy_quote_volume",
         &[
             &markets,
             &times,
@@ -776,6 +786,8 @@ async fn write_candles(tx: &Transaction<'_>, rows: &RowSet, catalog: &Catalog) -
             &trades,
             &first,
             &last,
+            &taker_volumes,
+            &taker_quote_volumes,
         ],
     )
     .await?;

@@ -492,7 +492,12 @@ fn migrations_apply_to_an_empty_database_once() {
         let applied = persistence::migrate(&mut client).await.expect("migrate");
         assert_eq!(
             applied,
-            ["V1__initial", "V2__ledger_without_account_index", "V3__orders_room_for_updates"]
+            [
+                "V1__initial",
+                "V2__ledger_without_account_index",
+                "V3__orders_room_for_updates",
+                "V4__candles_taker_buy"
+            ]
         );
         let again = persistence::migrate(&mut client).await.expect("migrate again");
         assert!(again.is_empty(), "a second run applies nothing: {again:?}");
@@ -501,7 +506,7 @@ fn migrations_apply_to_an_empty_database_once() {
             .await
             .expect("history")
             .get(0);
-        assert_eq!(recorded, 3, "one row per migration");
+        assert_eq!(recorded, 4, "one row per migration");
         // V2 and V3: no ledger index by account; orders' pages keep room for updates.
         let ledger_index: i64 = client
             .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'ledger_by_account'", &[])

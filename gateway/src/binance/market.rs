@@ -247,6 +247,8 @@ struct Kline {
     volume: Decimal,
     quote_volume: Decimal,
     trades: u64,
+    taker_buy_volume: Decimal,
+    taker_buy_quote_volume: Decimal,
 }
 
 /// `GET /api/v3/klines`: from the views' minute bars for the day they keep;
@@ -316,12 +318,13 @@ pub async fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceE
             volume: row.volume.0,
             quote_volume: row.quote_volume.0,
             trades: u64::try_from(row.trades).unwrap_or(0),
+            taker_buy_volume: row.taker_buy_volume.0,
+            taker_buy_quote_volume: row.taker_buy_quote_volume.0,
         }));
     }
     all.extend(recent);
     let chosen = range.window(all, limit);
     let (price_scale, qty_scale) = (scale.tick_size.scale(), scale.lot_size.scale());
-    let zero = || fixed(Decimal::ZERO, 0);
     Ok(Value::Array(
         chosen
             .iter()
@@ -336,8 +339,8 @@ pub async fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceE
                     k.open_ms + width_ms - 1,
                     fixed(k.quote_volume, u32::from(scale.quote_decimals)),
                     k.trades,
-                    zero(),
-                    zero(),
+                    fixed(k.taker_buy_volume, qty_scale),
+                    fixed(k.taker_buy_quote_volume, u32::from(scale.quote_decimals)),
                     "0",
                 ])
             })
@@ -361,6 +364,9 @@ fn bar_kline(view: &MarketView, bar: &MinuteBar) -> Kline {
         volume,
         quote_volume,
         trades: bar.trades,
+        // The minute bars do not keep the taker's side yet.
+        taker_buy_volume: Decimal::ZERO,
+        taker_buy_quote_volume: Decimal::ZERO,
     }
 }
 
