@@ -11,6 +11,14 @@
 //! cargo run --release -p benches --bin matcher -- --workload many-markets
 //! ```
 //!
+//! Each latency histogram is also written as `<run>.hgrm` (HdrHistogram's
+//! percentile distribution) with one `<benchmark>.svg` plot of them all,
+//! under `--out DIR` (default `target/bench-reports/<benchmark>/`):
+//!
+//! ```text
+//! cargo run --release -p benches --bin pipeline -- --durability none,batch --out /tmp/pipeline
+//! ```
+//!
 //! Write a workload to a file and run exactly that file:
 //!
 //! ```text

@@ -56,11 +56,16 @@ impl Server {
 
     /// `GET path`, no body.
     pub fn get(&self, path: &str) -> Result<(u16, Value), String> {
-        let request = ureq::http::Request::builder()
-            .method("GET")
-            .uri(format!("{}{path}", self.base))
-            .body(())
-            .map_err(|e| format!("GET {path}: {e}"))?;
+        self.get_with(path, &[])
+    }
+
+    /// `GET path` with headers (the admin token), no body.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<(u16, Value), String> {
+        let mut request = ureq::http::Request::builder().method("GET").uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(()).map_err(|e| format!("GET {path}: {e}"))?;
         self.answer("GET", path, self.agent.run(request))
     }
 

@@ -1,10 +1,17 @@
 //! `exctl`: the exchange operator's tool.
 //!
 //! It reads a data directory (`DIR/journal`, `DIR/snapshots`): inspect
-//! and verify it, dump records, replay it into an engine to see the state
-//! and its hash at any sequence number. Two verbs write into it, each only
-//! while no server holds the journal's lock: `snapshot` (offline) and
-//! `journal repair`, the explicit, recorded way to accept lost records.
+//! and verify it, dump records (prices, quantities and amounts as
+//! decimals), replay it into an engine to see the state and its hash at
+//! any sequence number. Two verbs write into it, each only while no server
+//! holds the journal's lock: `snapshot` (offline) and `journal repair`, the
+//! explicit, recorded way to accept lost records.
+//!
+//! It administers a running exchange through its admin API (`admin.rs`):
+//! assets, markets, users, API keys, deposits, withdrawals, limits; and
+//! asks it how it is (`health`, `lag`). A market is written `BTC-USDT` in
+//! every output; `BTCUSDT` and `BTC/USDT` are understood on input
+//! (`market_name.rs`). A refusal prints the server's message and exits 1.
 //!
 //! ```text
 //! exctl journal inspect ./data
@@ -14,9 +21,16 @@
 //! exctl replay ./data --to 5000000
 //! exctl snapshot ./data
 //! exctl seed --file examples/demo-seed.toml --server http://127.0.0.1:8080
+//! exctl market add BTC-USDT --tick-size 0.01 --lot-size 0.0001 --taker-fee 0.001
+//! exctl market status BTCUSDT halted
+//! exctl user add && exctl key add 0 && exctl deposit 0 1.5 BTC
+//! exctl limits set --open-orders-per-user-max 500 --json
 //! ```
 
+mod admin;
+mod dump;
 mod http;
+mod market_name;
 mod seed;
 mod status;
 mod time;
@@ -27,10 +41,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use engine_core::{EngineLimits, Side};
 use indicatif::{ProgressBar, ProgressStyle};
-use journal::{DataDir, JournalLock, JournalReader, ReadMode, RecoverOptions};
+use journal::{DataDir, JournalLock, ReadMode, RecoverOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "exctl", about = "Operator's tool for the exchange's data directory", version)]
+#[command(
+    name = "exctl",
+    about = "Operator's tool for the exchange: its data directory and a running server's admin API",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Top,
@@ -50,6 +68,8 @@ enum Top {
         #[arg(long)]
         to: Option<u64>,
     },
+    #[command(flatten)]
+    Admin(admin::AdminCommand),
     /// Create assets, markets, users with API keys, and deposits on a
     /// running exchange from a TOML file (see examples/demo-seed.toml).
     Seed {
@@ -113,7 +133,9 @@ enum Top {
 enum JournalCommand {
     /// Segments, sequence ranges, sizes, record counts, first and last timestamps.
     Inspect { dir: PathBuf },
-    /// Print records, as text or as JSON lines.
+    /// Print records: as text with prices, quantities and amounts in
+    /// decimals and markets by name, or as JSON lines (the raw record plus
+    /// the decimals as strings under "decimal").
     Dump {
         dir: PathBuf,
         #[arg(long, default_value_t = 1)]
@@ -169,7 +191,9 @@ fn main() -> ExitCode {
         .try_init();
     let result = match cli.command {
         Top::Journal(JournalCommand::Inspect { dir }) => inspect(&dir),
-        Top::Journal(JournalCommand::Dump { dir, from, limit, json }) => dump(&dir, from, limit, json),
+        Top::Journal(JournalCommand::Dump { dir, from, limit, json }) => {
+            check_dir(&dir).and_then(|()| dump::dump(&dir, &journal_dir(&dir), from, limit, json))
+        }
         Top::Journal(JournalCommand::Verify { dir }) => verify(&dir),
         Top::Journal(JournalCommand::Repair { dir, after, accept_loss }) => repair(&dir, after, accept_loss),
         Top::Replay { dir, to } => replay(&dir, to),
@@ -177,6 +201,7 @@ fn main() -> ExitCode {
         Top::Migrate { database_url } => migrate(database_url),
         Top::Health { server, json } => status::health(&server, json),
         Top::Lag { server, json } => status::lag(&server, json),
+        Top::Admin(command) => admin::run(command),
         Top::Seed { file, server, admin_token, keys_out } => {
             seed_command(&file, &server, admin_token, keys_out.as_deref())
         }
@@ -247,29 +272,6 @@ fn inspect(dir: &Path) -> Result<ExitCode, String> {
     );
     for problem in &report.problems {
         println!("problem: {problem}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn dump(dir: &Path, from: u64, limit: u64, json: bool) -> Result<ExitCode, String> {
-    check_dir(dir)?;
-    let journal = journal_dir(dir);
-    let mut reader = JournalReader::open(&journal, from, ReadMode::Follow).map_err(|e| e.to_string())?;
-    let mut printed = 0;
-    while printed < limit {
-        let Some(record) = reader.next().map_err(|e| e.to_string())? else { break };
-        if json {
-            let line = serde_json::to_string(&record).map_err(|e| e.to_string())?;
-            println!("{line}");
-        } else {
-            println!(
-                "{:>12}  {}  {:?}",
-                record.seq,
-                time::format_timestamp_ns(record.timestamp_ns),
-                record.command
-            );
-        }
-        printed += 1;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -458,10 +460,9 @@ fn replay(dir: &Path, to: Option<u64>) -> Result<ExitCode, String> {
         };
         let orders = snapshot.orders.iter().filter(|o| o.market == market.id).count();
         println!(
-            "market {} {}/{} {:?}: bid {} | ask {} | {} bid levels, {} ask levels, {} orders",
+            "market {} {} {:?}: bid {} | ask {} | {} bid levels, {} ask levels, {} orders",
             market.id,
-            symbol(market.rules.base),
-            symbol(market.rules.quote),
+            market_name::canonical(&symbol(market.rules.base), &symbol(market.rules.quote)),
             market.status,
             best(top.and_then(|t| t.bid)),
             best(top.and_then(|t| t.ask)),

@@ -91,7 +91,7 @@ pub fn apply(
         }
     }
     for market in &seed.markets {
-        let name = format!("{}-{}", market.base, market.quote);
+        let name = crate::market_name::canonical(&market.base, &market.quote);
         let body = serde_json::to_value(market).map_err(|e| e.to_string())?;
         let (status, body) = call("/admin/markets", body)?;
         match (status, body["error"]["code"].as_str()) {

@@ -68,13 +68,35 @@ fn inspect_lists_segments_ranges_and_counts() {
 #[test]
 fn dump_prints_text_or_json_lines_from_a_sequence() {
     let root = tempfile::tempdir().unwrap();
-    let (commands, _) = data_dir(root.path(), 3_000, None);
+    // A snapshot before --from: the dump learns the scales from it.
+    let (commands, _) = data_dir(root.path(), 6_000, Some(4_000));
     let dir = root.path().to_str().unwrap();
     let output = exctl(&["journal", "dump", dir, "--from", "2500", "--limit", "7", "--json"]);
     assert!(output.status.success());
-    let records: Vec<StampedCommand> =
+    let lines: Vec<serde_json::Value> =
         stdout(&output).lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect();
+    let records: Vec<StampedCommand> =
+        lines.iter().map(|line| serde_json::from_value(line.clone()).expect("the raw record")).collect();
     assert_eq!(records, commands[2_499..2_506]);
+    // Past the setup (users and deposits): orders.
+    let output = exctl(&["journal", "dump", dir, "--from", "4500", "--limit", "50", "--json"]);
+    let text = stdout(&output);
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let order = lines
+        .iter()
+        .find(|l| l["command"]["PlaceOrder"].is_object())
+        .unwrap_or_else(|| panic!("no order:\n{text}"));
+    assert_eq!(order["decimal"]["market"], "BTC-USDT", "{order}");
+    let price = order["decimal"]["price"].as_str().or(order["decimal"]["qty"].as_str()).unwrap_or_default();
+    assert!(price.parse::<f64>().is_ok(), "decimal strings: {order}");
+
+    // Text: decimals and names, never raw ticks or lots.
+    let output = exctl(&["journal", "dump", dir, "--from", "4500", "--limit", "50"]);
+    let text = stdout(&output);
+    assert!(text.contains("PlaceOrder user ") && text.contains(" BTC-USDT "), "{text}");
+    assert!(!text.contains("Ticks(") && !text.contains("Lots(") && !text.contains("Units("), "{text}");
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
 
     let output = exctl(&["journal", "dump", dir, "--from", "3", "--limit", "2"]);
     let text = stdout(&output);
@@ -132,7 +154,7 @@ fn replay_prints_the_sequence_the_hash_and_the_books() {
     assert!(text.contains(&format!("state hash: {hash:016x}")), "{text}");
     assert!(text.contains("(sequence 6000)"), "started from the snapshot:\n{text}");
     assert!(text.contains(&format!("replayed {} commands", commands.len() - 6_000)), "{text}");
-    assert!(text.contains("market 0 BTC/USDT Open: bid "), "{text}");
+    assert!(text.contains("market 0 BTC-USDT Open: bid "), "{text}");
 
     // --to: the state at an earlier sequence, equal to a live engine's there.
     let mut engine = Engine::new(EngineLimits::default());
@@ -563,4 +585,173 @@ fn health_and_lag_report_a_running_exchange() {
     assert!(error.contains("error:") && error.contains(&url), "{error}");
     let refused = exctl(&["health", "--server", "https://example.invalid"]);
     assert_eq!(refused.status.code(), Some(2));
+}
+
+/// `exctl` with the admin token in its environment, against `url`.
+fn exctl_admin(url: &str, args: &[&str]) -> Output {
+    Process::new(env!("CARGO_BIN_EXE_exctl"))
+        .args(args)
+        .args(["--server", url])
+        .env("EXCHANGE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("exctl runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn admin_verbs_drive_a_running_exchange_and_the_dump_shows_decimals() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let server = Server::start(dir, &[]);
+    let url = format!("http://{}", server.address);
+    let ok = |args: &[&str]| {
+        let output = exctl_admin(&url, args);
+        assert!(output.status.success(), "{args:?}: {}{}", stdout(&output), stderr(&output));
+        stdout(&output)
+    };
+    let refused = |args: &[&str]| {
+        let output = exctl_admin(&url, args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {}{}", stdout(&output), stderr(&output));
+        stderr(&output)
+    };
+
+    let text = ok(&["asset", "add", "BTC", "--decimals", "8"]);
+    assert!(text.contains("asset BTC created (id 0, 8 decimals)"), "{text}");
+    ok(&["asset", "add", "USDT", "--decimals", "6"]);
+    let text = ok(&["asset", "list"]);
+    assert!(text.lines().any(|l| l.split_whitespace().eq(["1", "USDT", "6"])), "{text}");
+
+    // Any spelling in, BTC-USDT out.
+    let text = ok(&[
+        "market",
+        "add",
+        "btcusdt",
+        "--tick-size",
+        "0.01",
+        "--lot-size",
+        "0.0001",
+        "--min-notional",
+        "1",
+        "--maker-fee",
+        "0.001",
+        "--taker-fee",
+        "0.002",
+    ]);
+    assert!(text.contains("market BTC-USDT created (id 0)"), "{text}");
+    let text = ok(&["market", "list"]);
+    let line = text.lines().find(|l| l.starts_with("BTC-USDT")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.split_whitespace()
+            .eq(["BTC-USDT", "0", "open", "0.01", "0.0001", "0.0001", "1", "0.001", "0.002"]),
+        "{line}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&ok(&["market", "list", "--json"])).unwrap();
+    assert_eq!(listed[0]["market"], "BTC-USDT");
+    let text = ok(&["market", "status", "BTC/USDT", "halted"]);
+    assert!(text.contains("market BTC-USDT is now halted"), "{text}");
+    assert!(ok(&["market", "status", "BTCUSDT", "open"]).contains("market BTC-USDT is now open"));
+    let text = ok(&["market", "fees", "btc-usdt", "--maker-fee", "0.0005", "--taker-fee", "0.001"]);
+    assert!(text.contains("market BTC-USDT: maker fee 0.0005, taker fee 0.001"), "{text}");
+
+    assert!(ok(&["user", "add"]).contains("user 0 created"));
+    let second: serde_json::Value = serde_json::from_str(&ok(&["user", "add", "--json"])).unwrap();
+    assert_eq!(second["user_id"], 1);
+    let text = ok(&["key", "add", "0"]);
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+            .to_string()
+    };
+    let key = (field("api_key="), field("secret="));
+    let text = ok(&["deposit", "0", "100000", "USDT"]);
+    assert!(text.contains("deposited 100000 USDT for user 0: available 100000"), "{text}");
+    ok(&["deposit", "0", "1.5", "btc"]);
+    let text = ok(&["withdraw", "0", "0.5", "BTC"]);
+    assert!(text.contains("withdrew 0.5 BTC for user 0: available 1 BTC, locked 0 BTC"), "{text}");
+
+    let text = ok(&["limits", "set", "--open-orders-per-user-max", "7"]);
+    assert!(text.lines().any(|l| l.split_whitespace().eq(["open_orders_per_user_max", "7"])), "{text}");
+    let limits: serde_json::Value = serde_json::from_str(&ok(&["limits", "show", "--json"])).unwrap();
+    assert_eq!(limits["open_orders_per_user_max"], 7);
+
+    let order = serde_json::json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "100", "quantity": "0.01" });
+    let (status, placed) = server.signed(&key, "POST", "/order", order.clone());
+    assert_eq!(status, 200, "{placed}");
+
+    // Refusals: the server's words, exit status 1, nothing changed.
+    let error = {
+        let output = Process::new(env!("CARGO_BIN_EXE_exctl"))
+            .args(["user", "add", "--server", &url, "--admin-token", "wrong-token-0000000000"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        stderr(&output)
+    };
+    assert!(
+        error.contains("the X-Admin-Token header is missing or wrong")
+            && error.contains("invalid_admin_token"),
+        "{error}"
+    );
+    let error = refused(&["market", "status", "DOGE-EUR", "halted"]);
+    assert!(error.contains(r#"no market "DOGE-EUR"; GET /markets lists them"#), "{error}");
+    let error = refused(&["deposit", "0", "1.0000001", "USDT"]);
+    assert!(error.contains("not a multiple of the asset's smallest unit"), "{error}");
+    let error = refused(&["withdraw", "0", "1000", "BTC"]);
+    assert!(error.starts_with("error: "), "{error}");
+    let output = exctl_admin(&url, &["market", "status", "DOGEEUR", "halted", "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(answer["error"]["code"], "unknown_market", "{answer}");
+    // Not asked at all: exit status 2.
+    let output = Process::new(env!("CARGO_BIN_EXE_exctl"))
+        .args(["user", "add", "--server", &url])
+        .env_remove("EXCHANGE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("give --admin-token or set EXCHANGE_ADMIN_TOKEN"));
+    let output = exctl_admin(&url, &["limits", "set"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--open-orders-per-user-max"), "{}", stderr(&output));
+    assert_eq!(server.admin("GET", "/admin/limits", serde_json::Value::Null)["open_orders_per_user_max"], 7);
+
+    // A revoked key signs nothing.
+    assert!(ok(&["key", "revoke", "0", &key.0]).contains(&format!("key {} of user 0 revoked", key.0)));
+    let (status, _) = server.signed(&key, "POST", "/order", order);
+    assert_eq!(status, 401);
+    server.stop();
+
+    // The journal as an operator reads it: names and decimals.
+    let path = dir.to_str().unwrap();
+    let dump = stdout(&exctl(&["journal", "dump", path, "--limit", "1000"]));
+    for expected in [
+        "CreateAsset BTC decimals 8",
+        "CreateMarket BTC-USDT tick_size 0.01 lot_size 0.0001 min_quantity 0.0001 min_notional 1 maker_fee 0.001 \
+         taker_fee 0.002 Open",
+        "SetMarketStatus BTC-USDT Halted",
+        "SetMarketFees BTC-USDT maker_fee 0.0005 taker_fee 0.001",
+        "Deposit user 0 100000 USDT",
+        "Deposit user 0 1.5 BTC",
+        "Withdraw user 0 0.5 BTC\n",
+        "Withdraw user 0 1000 BTC -> rejected: ",
+        "PlaceOrder user 0 BTC-USDT buy limit 0.01 BTC @ 100 USDT Gtc",
+    ] {
+        assert!(dump.contains(expected), "{expected:?} missing:\n{dump}");
+    }
+    assert!(!dump.contains("ticks") && !dump.contains("Lots("), "{dump}");
+
+    // From a later sequence the scales still come from before it.
+    let placed = dump.lines().find(|l| l.contains("PlaceOrder")).unwrap();
+    let seq = placed.split_whitespace().next().unwrap();
+    let text = stdout(&exctl(&["journal", "dump", path, "--from", seq, "--limit", "1"]));
+    assert_eq!(text.trim_end(), placed.trim_end());
+    let output = exctl(&["journal", "dump", path, "--from", seq, "--limit", "1", "--json"]);
+    let line: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(line["decimal"], serde_json::json!({ "market": "BTC-USDT", "price": "100", "qty": "0.01" }));
+    let record: StampedCommand = serde_json::from_value(line).expect("still the raw record");
+    assert_eq!(record.seq.to_string(), seq);
 }

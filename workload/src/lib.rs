@@ -6,7 +6,7 @@
 //!
 //! Two shapes, both from a seed, so a run can be repeated exactly:
 //!
-//! * **single-market**: BTC/USDT, 1,000 users. The mid price moves by a
+//! * **single-market**: BTC-USDT, 1,000 users. The mid price moves by a
 //!   random walk (one tick up or down on a quarter of the commands). The mix
 //!   per command is 70% GTC limit orders within ± 50 ticks of the mid, 25%
 //!   cancels of a resting order picked at random, and 5% market orders by

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use benches::local_exchange::LocalExchange;
-use benches::report::{format_rate, latency_histogram, percentiles};
+use benches::report::{format_rate, latency_histogram, percentiles, ReportArgs, Reports};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -43,6 +43,8 @@ struct Args {
     /// they received on standard output.
     #[arg(long, hide = true)]
     subscribe_to: Option<SocketAddr>,
+    #[command(flatten)]
+    report: ReportArgs,
 }
 
 fn now_ns() -> u64 {
@@ -83,9 +85,13 @@ fn main() -> ExitCode {
     );
     let mut ok = true;
     let mut first_trade = 0u64;
+    let mut reports = Reports::new("fanout", &args.report);
     for &count in &args.subscribers {
         match run(&args, addresses, &keys, count, first_trade) {
-            Ok(()) => first_trade += args.trades,
+            Ok(histogram) => {
+                first_trade += args.trades;
+                reports.add(&format!("{count} subscribers"), &histogram);
+            }
             Err(error) => {
                 eprintln!("error: {error}");
                 ok = false;
@@ -94,6 +100,10 @@ fn main() -> ExitCode {
         }
     }
     drop(exchange);
+    if let Err(error) = reports.write() {
+        eprintln!("error: {error}");
+        ok = false;
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -107,7 +117,7 @@ fn run(
     keys: &[(String, String)],
     count: usize,
     trades_before: u64,
-) -> Result<(), String> {
+) -> Result<Histogram<u64>, String> {
     let expected = args.trades;
     let mut child = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .args(["--subscribe-to", &addresses.ws.to_string()])
@@ -177,7 +187,7 @@ fn run(
         percentiles(&histogram)
     );
     if complete {
-        Ok(())
+        Ok(histogram)
     } else {
         Err("some subscribers missed trades".into())
     }

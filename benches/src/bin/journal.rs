@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use benches::report::{format_ns, format_rate, latency_histogram, percentiles, rate_per_s};
+use benches::report::{
+    format_ns, format_rate, latency_histogram, percentiles, rate_per_s, ReportArgs, Reports,
+};
 use clap::Parser;
 use engine_core::{Engine, EngineLimits, StampedCommand};
 use journal::{
@@ -38,6 +40,8 @@ struct Args {
     /// Where to put the benchmark's files.
     #[arg(long)]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    report: ReportArgs,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
         args.seed
     );
     println!("files under {}", base.display());
+    let mut reports = Reports::new("journal", &args.report);
 
     // --- appends under `none`: memory speed -------------------------------
     let data = DataDir::new(base.join("none"));
@@ -104,6 +109,7 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
         bytes / commands.len() as u64
     );
     println!("  per append:       {}", percentiles(&append_ns));
+    reports.add("append, none", &append_ns);
 
     // --- appends under `batch`: one sync per batch ------------------------
     let batch_commands = &commands[..args.batch_commands.min(commands.len())];
@@ -136,6 +142,7 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
             format_rate(rate_per_s(sync_ns.len(), elapsed)),
         );
         println!("  sync per batch:   {}", percentiles(&sync_ns));
+        reports.add(&format!("sync, batch of {batch_size}"), &sync_ns);
         std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
     }
 
@@ -165,6 +172,8 @@ fn run(args: &Args, base: &Path) -> Result<(), String> {
         format_rate(rate_per_s(interval_commands.len() as u64, elapsed))
     );
     std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
+
+    reports.write()?;
 
     // --- replay and recovery of the `none` journal ---------------------------
     let mut engine = Engine::new(EngineLimits::default());

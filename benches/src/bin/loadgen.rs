@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use benches::local_exchange::LocalExchange;
-use benches::report::{format_rate, latency_histogram, percentiles};
+use benches::report::{format_rate, latency_histogram, percentiles, ReportArgs, Reports};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -54,6 +54,8 @@ struct Args {
     /// Which order APIs to load: native, binance, or both.
     #[arg(long, value_delimiter = ',', default_value = "native,binance")]
     apis: Vec<Api>,
+    #[command(flatten)]
+    report: ReportArgs,
 }
 
 /// The API the orders go through.
@@ -88,6 +90,7 @@ fn main() -> std::process::ExitCode {
 
     let client_runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let mut reports = Reports::new("loadgen", &args.report);
     client_runtime.block_on(async {
         let keys = match seed(exchange, admin_token, args.connections).await {
             Ok(keys) => keys,
@@ -112,6 +115,7 @@ fn main() -> std::process::ExitCode {
                 format_rate(done),
                 percentiles(&histogram)
             );
+            reports.add(&format!("bare hyper at {offered} per s"), &histogram);
             for &api in &args.apis {
                 let (done, histogram) =
                     load(exchange, Some((&keys, api)), rate, args.seconds, args.connections).await;
@@ -124,11 +128,16 @@ fn main() -> std::process::ExitCode {
                     format_rate(done),
                     percentiles(&histogram)
                 );
+                reports.add(&format!("{api:?} at {offered} per s").to_lowercase(), &histogram);
             }
         }
     });
     drop(client_runtime);
     drop(local);
+    if let Err(error) = reports.write() {
+        eprintln!("error: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
     if FAILED.load(Ordering::Relaxed) > 0 {
         eprintln!("error: {} requests failed", FAILED.load(Ordering::Relaxed));
         return std::process::ExitCode::FAILURE;

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use benches::report::{
     clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles,
-    rate_per_s,
+    rate_per_s, ReportArgs, Reports,
 };
 use clap::{Parser, ValueEnum};
 use engine_core::{Engine, Event, EventKind, StampedCommand};
@@ -55,6 +55,8 @@ struct Args {
     /// They are taken from the start of the workload and also count in the state.
     #[arg(long, default_value_t = 100_000)]
     warmup: usize,
+    #[command(flatten)]
+    report: ReportArgs,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
     let mut throughputs = Vec::new();
     let mut p50s = Vec::new();
     let mut p99s = Vec::new();
+    let mut reports = Reports::new("matcher", &args.report);
     for run in 1..=args.runs {
         let (per_s, stats) = throughput_pass(&workload, args.warmup);
         let histogram = latency_pass(&workload, args.warmup);
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             stats.resting_end,
         );
         println!("       latency per command: {}", percentiles(&histogram));
+        reports.add(&format!("run {run}"), &histogram);
         throughputs.push(per_s);
         p50s.push(histogram.value_at_quantile(0.5) as f64);
         p99s.push(histogram.value_at_quantile(0.99) as f64);
@@ -102,6 +106,10 @@ fn main() -> ExitCode {
         format_ns(median(&mut p50s) as u64),
         format_ns(median(&mut p99s) as u64),
     );
+    if let Err(error) = reports.write() {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

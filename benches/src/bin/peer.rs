@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use benches::report::{
     clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles,
-    rate_per_s,
+    rate_per_s, ReportArgs, Reports,
 };
 use clap::Parser;
 use engine_core::{Command, Engine, Event, EventKind, MarketId, OrderKind, OrderRef, Side, StampedCommand};
@@ -108,6 +108,8 @@ struct Args {
     /// the state but not in the figures.
     #[arg(long, default_value_t = 100_000)]
     warmup: usize,
+    #[command(flatten)]
+    report: ReportArgs,
 }
 
 /// A workload command in the peer's terms.
@@ -163,6 +165,7 @@ fn main() -> ExitCode {
     let mut peer_latency = Vec::new();
     let mut ours_allocations = 0u64;
     let mut peer_allocations = 0u64;
+    let mut reports = Reports::new("peer", &args.report);
     for run in 1..=args.runs {
         let ours_first = run % 2 == 1;
         let (ours, peer) = if ours_first {
@@ -208,6 +211,8 @@ fn main() -> ExitCode {
         );
         println!("       ours: {}", percentiles(&ours_hist));
         println!("       peer: {}", percentiles(&peer_hist));
+        reports.add(&format!("ours run {run}"), &ours_hist);
+        reports.add(&format!("peer run {run}"), &peer_hist);
         ours_rates.push(ours_per_s);
         peer_rates.push(peer_per_s);
         ratios.push(ratio);
@@ -233,6 +238,10 @@ fn main() -> ExitCode {
         per_command(ours_allocations),
         per_command(peer_allocations)
     );
+    if let Err(error) = reports.write() {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use benches::report::{format_rate, latency_histogram, percentiles, rate_per_s};
+use benches::report::{format_rate, latency_histogram, percentiles, rate_per_s, ReportArgs, Reports};
 use clap::{Parser, ValueEnum};
 use engine_core::{Engine, StampedCommand};
 use gateway::pipeline::{self, PipelineConfig, Work};
@@ -56,6 +56,8 @@ struct Args {
     /// adds up to the sleep's granularity to every latency).
     #[arg(long, value_enum, default_value = "spin")]
     pacing: Pacing,
+    #[command(flatten)]
+    report: ReportArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -74,11 +76,22 @@ fn main() {
         if args.busy_spin { "busy-spin" } else { "backoff (spin, yield, sleep)" },
         args.pacing
     );
-    matcher_alone(&workload);
+    let mut reports = Reports::new("pipeline", &args.report);
+    reports.add("matcher alone", &matcher_alone(&workload));
     for durability in &args.durability {
         for &rate in &args.rates {
-            run(&args, &workload, *durability, rate);
+            if let Some(histogram) = run(&args, &workload, *durability, rate) {
+                let offered = if rate == 0 { "max".to_string() } else { rate.to_string() };
+                reports.add(
+                    &format!("{} at {offered} per s", format!("{durability:?}").to_lowercase()),
+                    &histogram,
+                );
+            }
         }
+    }
+    if let Err(error) = reports.write() {
+        eprintln!("error: {error}");
+        std::process::exit(1);
     }
 }
 
@@ -93,7 +106,7 @@ fn engine_after_setup(workload: &workload::Workload) -> Engine {
     engine
 }
 
-fn matcher_alone(workload: &workload::Workload) {
+fn matcher_alone(workload: &workload::Workload) -> Histogram<u64> {
     let mut engine = engine_after_setup(workload);
     let mut events = Vec::with_capacity(256);
     let mut histogram = latency_histogram();
@@ -111,9 +124,17 @@ fn matcher_alone(workload: &workload::Workload) {
         format_rate(rate_per_s(workload.commands.len() as u64, elapsed)),
         percentiles(&histogram)
     );
+    histogram
 }
 
-fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, rate: u64) {
+/// One policy at one offered rate; the latency histogram, or `None` when
+/// the run could not start.
+fn run(
+    args: &Args,
+    workload: &workload::Workload,
+    durability: DurabilityArg,
+    rate: u64,
+) -> Option<Histogram<u64>> {
     let dir = std::env::temp_dir().join(format!("exchange-pipeline-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let journal_dir = dir.join("journal");
@@ -130,7 +151,7 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
     };
     let Ok((mut writer, _)) = JournalWriter::open(config) else {
         eprintln!("cannot open a journal under {}", dir.display());
-        return;
+        return None;
     };
     let engine = engine_after_setup(workload);
     // The journal carries the setup too, so that sequence numbers line up.
@@ -232,4 +253,5 @@ fn run(args: &Args, workload: &workload::Workload, durability: DurabilityArg, ra
         percentiles(&histogram)
     );
     let _ = std::fs::remove_dir_all(&dir);
+    Some(histogram)
 }
