@@ -178,6 +178,9 @@ pub enum FrameFault {
     ChecksumMismatch,
     /// The checksum matched but the payload is not a command this build can read.
     Undecodable,
+    /// The bytes that pad the record to 8 are not zero (the writer never
+    /// writes them; the checksum does not cover them).
+    PaddingNotZero,
 }
 
 impl std::fmt::Display for FrameFault {
@@ -189,6 +192,7 @@ impl std::fmt::Display for FrameFault {
             FrameFault::PastEndOfSegment => f.write_str("record runs past the end of the segment"),
             FrameFault::ChecksumMismatch => f.write_str("record checksum mismatch"),
             FrameFault::Undecodable => f.write_str("record payload does not decode as a command"),
+            FrameFault::PaddingNotZero => f.write_str("record padding is not zero"),
         }
     }
 }
@@ -232,6 +236,10 @@ pub fn read_frame(segment: &[u8], offset: usize) -> Frame {
     let payload = &segment[payload_start..payload_end];
     if frame_crc(len, seq, timestamp_ns, payload) != crc {
         return Frame::Bad(FrameFault::ChecksumMismatch);
+    }
+    let padding = &segment[payload_end..align8(payload_end).min(segment.len())];
+    if padding.iter().any(|&byte| byte != 0) {
+        return Frame::Bad(FrameFault::PaddingNotZero);
     }
     match decode_command(payload, format_version_of(segment)) {
         Ok(command) => Frame::Record {
