@@ -17,7 +17,7 @@ use journal::{
 
 /// What the bincode-era `exctl replay` printed for the fixture.
 const FIXTURE_LAST_SEQ: u64 = 427;
-const FIXTURE_STATE_HASH: u64 = 0x0000_0000_0000_0000;
+const FIXTURE_STATE_HASH: u64 = 0x4258_47b4_2107_714e;
 const FIXTURE_SNAPSHOT_SEQ: u64 = 277;
 
 fn fixture_copy() -> (tempfile::TempDir, DataDir) {
