@@ -1,5 +1,5 @@
-//! The decoder: serde's `Deserializer` over a byte slice, for the fixed
-//! layout and (to read older files) bincode 2's standard layout.
+//! The decoder: serde's `Deserializer` over a byte slice, for the
+//! project's layout and (to read older files) bincode 2's standard layout.
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
@@ -74,42 +74,78 @@ pub(crate) trait Layout {
     fn variant(r: &mut Reader) -> Result<u32, Error>;
 }
 
-/// The project's layout: fixed-width little-endian integers, `u32` lengths,
-/// `u8` enum tags, chars as `u32`.
-pub(crate) struct Fixed;
+/// bincode 2's `config::standard()`: little-endian varints for every
+/// integer wider than a byte (a value up to 250 is one byte; tags 251, 252,
+/// 253, 254 announce a `u16`, `u32`, `u64`, `u128` that follows), signed
+/// integers zigzag-encoded first, lengths as varint `u64`, enum tags as
+/// varint `u32`, chars as UTF-8. Read only: the exchange no longer writes it.
+pub(crate) struct BincodeStandard;
 
-impl Layout for Fixed {
+pub(crate) const VARINT_SINGLE_BYTE_MAX: u8 = 250;
+pub(crate) const VARINT_U16: u8 = 251;
+pub(crate) const VARINT_U32: u8 = 252;
+pub(crate) const VARINT_U64: u8 = 253;
+pub(crate) const VARINT_U128: u8 = 254;
+
+/// A varint of at most `width_bits` bits. `minimal`: refuse a value
+/// written wider than it needs (the project's layout has one encoding per
+/// value; bincode did not check, so older files are read without it).
+#[inline]
+fn varint(r: &mut Reader, width_bits: u32, minimal: bool) -> Result<u128, Error> {
+    let at = r.pos;
+    let tag = r.byte()?;
+    let (value, tag_bits, smallest) = match tag {
+        0..=VARINT_SINGLE_BYTE_MAX => return Ok(u128::from(tag)),
+        VARINT_U16 => (u128::from(u16::from_le_bytes(r.array()?)), 16, u128::from(VARINT_SINGLE_BYTE_MAX) + 1),
+        VARINT_U32 => (u128::from(u32::from_le_bytes(r.array()?)), 32, u128::from(u16::MAX) + 1),
+        VARINT_U64 => (u128::from(u64::from_le_bytes(r.array()?)), 64, u128::from(u32::MAX) + 1),
+        VARINT_U128 => (u128::from_le_bytes(r.array()?), 128, u128::from(u64::MAX) + 1),
+        _ => return Err(Error::at(ErrorKind::InvalidVarint { tag, width_bits }, at)),
+    };
+    if tag_bits > width_bits {
+        return Err(Error::at(ErrorKind::InvalidVarint { tag, width_bits }, at));
+    }
+    if minimal && value < smallest {
+        return Err(Error::at(ErrorKind::NonMinimalVarint { tag }, at));
+    }
+    Ok(value)
+}
+
+/// The project's layout: varint integers (as bincode's standard layout,
+/// minimal form only), varint lengths, `u8` enum tags, chars as varint
+/// `u32` scalar values.
+pub(crate) struct Compact;
+
+impl Layout for Compact {
     #[inline]
     fn u16(r: &mut Reader) -> Result<u16, Error> {
-        r.array().map(u16::from_le_bytes)
+        varint(r, 16, true).map(|v| v as u16)
     }
     #[inline]
     fn u32(r: &mut Reader) -> Result<u32, Error> {
-        r.array().map(u32::from_le_bytes)
+        varint(r, 32, true).map(|v| v as u32)
     }
     #[inline]
     fn u64(r: &mut Reader) -> Result<u64, Error> {
-        r.array().map(u64::from_le_bytes)
+        varint(r, 64, true).map(|v| v as u64)
     }
-    #[inline]
     fn u128(r: &mut Reader) -> Result<u128, Error> {
-        r.array().map(u128::from_le_bytes)
+        varint(r, 128, true)
     }
     #[inline]
     fn i16(r: &mut Reader) -> Result<i16, Error> {
-        r.array().map(i16::from_le_bytes)
+        varint(r, 16, true).map(|v| unzigzag(v) as i16)
     }
     #[inline]
     fn i32(r: &mut Reader) -> Result<i32, Error> {
-        r.array().map(i32::from_le_bytes)
+        varint(r, 32, true).map(|v| unzigzag(v) as i32)
     }
     #[inline]
     fn i64(r: &mut Reader) -> Result<i64, Error> {
-        r.array().map(i64::from_le_bytes)
+        varint(r, 64, true).map(|v| unzigzag(v) as i64)
     }
-    #[inline]
     fn i128(r: &mut Reader) -> Result<i128, Error> {
-        r.array().map(i128::from_le_bytes)
+        varint(r, 128, true).map(unzigzag)
     }
     fn char(r: &mut Reader) -> Result<char, Error> {
         let at = r.pos;
@@ -118,7 +154,7 @@ impl Layout for Fixed {
     }
     #[inline]
     fn len(r: &mut Reader) -> Result<u64, Error> {
-        Self::u32(r).map(u64::from)
+        Self::u64(r)
     }
     #[inline]
     fn variant(r: &mut Reader) -> Result<u32, Error> {
@@ -126,38 +162,7 @@ impl Layout for Fixed {
     }
 }
 
-/// bincode 2's `config::standard()`: little-endian varints for every
-/// integer wider than a byte (a value up to 250 is one byte; tags 251, 252,
-/// 253, 254 announce a `u16`, `u32`, `u64`, `u128` that follows), signed
-/// integers zigzag-encoded first, lengths as varint `u64`, enum tags as
-/// varint `u32`, chars as UTF-8. Read only: the exchange no longer writes it.
-pub(crate) struct BincodeStandard;
-
-const VARINT_SINGLE_BYTE_MAX: u8 = 250;
-const VARINT_U16: u8 = 251;
-const VARINT_U32: u8 = 252;
-const VARINT_U64: u8 = 253;
-const VARINT_U128: u8 = 254;
-
-/// A varint of at most `width_bits` bits.
-#[inline]
-fn varint(r: &mut Reader, width_bits: u32) -> Result<u128, Error> {
-    let at = r.pos;
-    let tag = r.byte()?;
-    let (value, tag_bits) = match tag {
-        0..=VARINT_SINGLE_BYTE_MAX => return Ok(u128::from(tag)),
-        VARINT_U16 => (u128::from(u16::from_le_bytes(r.array()?)), 16),
-        VARINT_U32 => (u128::from(u32::from_le_bytes(r.array()?)), 32),
-        VARINT_U64 => (u128::from(u64::from_le_bytes(r.array()?)), 64),
-        VARINT_U128 => (u128::from_le_bytes(r.array()?), 128),
-        _ => return Err(Error::at(ErrorKind::InvalidVarint { tag, width_bits }, at)),
-    };
-    if tag_bits > width_bits {
-        return Err(Error::at(ErrorKind::InvalidVarint { tag, width_bits }, at));
-    }
-    Ok(value)
-}
-
+/// Zigzag: 0, -1, 1, -2, ... <- 0, 1, 2, 3, ...
 fn unzigzag(n: u128) -> i128 {
     if n % 2 == 0 {
         (n / 2) as i128
@@ -168,28 +173,28 @@ fn unzigzag(n: u128) -> i128 {
 
 impl Layout for BincodeStandard {
     fn u16(r: &mut Reader) -> Result<u16, Error> {
-        varint(r, 16).map(|v| v as u16)
+        varint(r, 16, false).map(|v| v as u16)
     }
     fn u32(r: &mut Reader) -> Result<u32, Error> {
-        varint(r, 32).map(|v| v as u32)
+        varint(r, 32, false).map(|v| v as u32)
     }
     fn u64(r: &mut Reader) -> Result<u64, Error> {
-        varint(r, 64).map(|v| v as u64)
+        varint(r, 64, false).map(|v| v as u64)
     }
     fn u128(r: &mut Reader) -> Result<u128, Error> {
-        varint(r, 128)
+        varint(r, 128, false)
     }
     fn i16(r: &mut Reader) -> Result<i16, Error> {
-        varint(r, 16).map(|v| unzigzag(v) as i16)
+        varint(r, 16, false).map(|v| unzigzag(v) as i16)
     }
     fn i32(r: &mut Reader) -> Result<i32, Error> {
-        varint(r, 32).map(|v| unzigzag(v) as i32)
+        varint(r, 32, false).map(|v| unzigzag(v) as i32)
     }
     fn i64(r: &mut Reader) -> Result<i64, Error> {
-        varint(r, 64).map(|v| unzigzag(v) as i64)
+        varint(r, 64, false).map(|v| unzigzag(v) as i64)
     }
     fn i128(r: &mut Reader) -> Result<i128, Error> {
-        varint(r, 128).map(unzigzag)
+        varint(r, 128, false).map(unzigzag)
     }
     fn char(r: &mut Reader) -> Result<char, Error> {
         let at = r.pos;

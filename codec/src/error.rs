@@ -27,13 +27,14 @@ pub enum ErrorKind {
     InvalidUtf8,
     /// A bincode varint whose tag byte does not fit the integer's width.
     InvalidVarint { tag: u8, width_bits: u32 },
+    /// A varint written wider than its value needs (the project's layout
+    /// has one encoding per value).
+    NonMinimalVarint { tag: u8 },
     /// A decoded integer does not fit the type asked for (a length on a
     /// 32-bit target, a varint enum index).
     IntegerOutOfRange { value: u128 },
     /// The output slice is too small for the encoded value.
     OutputFull { capacity_bytes: usize },
-    /// A string, byte string, sequence or map longer than `u32::MAX`.
-    LengthTooLarge { len: usize },
     /// An enum with more than 256 variants (the tag is one byte).
     VariantIndexTooLarge { index: u32 },
     /// A sequence or map whose length serde does not know up front.
@@ -90,12 +91,12 @@ impl fmt::Display for Error {
             ErrorKind::InvalidVarint { tag, width_bits } => {
                 write!(f, "varint tag {tag} does not fit a {width_bits}-bit integer")
             }
+            ErrorKind::NonMinimalVarint { tag } => {
+                write!(f, "varint tag {tag} announces a wider integer than its value needs")
+            }
             ErrorKind::IntegerOutOfRange { value } => write!(f, "integer {value} is out of range"),
             ErrorKind::OutputFull { capacity_bytes } => {
                 write!(f, "the encoded value does not fit the {capacity_bytes}-byte output")
-            }
-            ErrorKind::LengthTooLarge { len } => {
-                write!(f, "a length of {len} does not fit the 32-bit length prefix")
             }
             ErrorKind::VariantIndexTooLarge { index } => {
                 write!(f, "enum variant index {index} does not fit the one-byte tag")

@@ -3,18 +3,23 @@
 //!
 //! # What this crate is for
 //!
-//! One documented, fixed layout (see `docs/encoding.md`), implemented as a
-//! serde `Serializer` and `Deserializer`, so that the bytes on disk depend
-//! on nothing but this crate and the types' serde derives:
+//! One documented layout (`docs/encoding.md`), implemented as a serde
+//! `Serializer` and `Deserializer`, so that the bytes on disk depend on
+//! nothing but this crate and the types' serde derives:
 //!
-//! * integers: fixed width, little-endian (`u64` is 8 bytes, `i32` 4, ...);
-//! * `bool`: one byte, 0 or 1; `Option`: one byte 0 (`None`) or 1 then the value;
-//! * strings and byte strings: a `u32` length, then the bytes (UTF-8 for strings);
-//! * sequences and maps: a `u32` element count, then the elements (a map's
+//! * integers wider than a byte: a varint, in its one minimal form (a value
+//!   up to 250 is that one byte; otherwise a tag byte 251, 252, 253 or 254
+//!   and the value as a little-endian `u16`, `u32`, `u64` or `u128`);
+//!   signed integers zigzag-encoded first (0, -1, 1, -2 -> 0, 1, 2, 3);
+//! * `u8`, `i8`: one byte; `bool`: one byte, 0 or 1; `Option`: one byte 0
+//!   (`None`) or 1 then the value; `f32`/`f64`: their bits, little-endian;
+//! * strings and byte strings: a varint length, then the bytes (UTF-8);
+//! * sequences and maps: a varint element count, then the elements (a map's
 //!   keys and values alternate);
 //! * structs and tuples: their fields in declaration order, nothing else;
 //! * enums: a `u8` variant index (declaration order), then the variant's fields;
-//! * unit and unit structs: nothing; newtypes: the inner value; `char`: a `u32`.
+//! * unit and unit structs: nothing; newtypes: the inner value; `char`: its
+//!   scalar value as a varint.
 //!
 //! The layout carries no type information: a reader must know the type (and
 //! the files carry a version number in their headers for when a type changes).
@@ -42,7 +47,7 @@
 //!
 //! let mut buf = [0u8; 64];
 //! let len = codec::encode_into_slice(&Command::Deposit { user: 7, amount: 500 }, &mut buf).unwrap();
-//! assert_eq!(&buf[..len], &[0, 7, 0, 0, 0, 0xf4, 1, 0, 0, 0, 0, 0, 0]);
+//! assert_eq!(&buf[..len], &[0, 7, 251, 0xf4, 0x01]);
 //! let back: Command = codec::decode(&buf[..len]).unwrap();
 //! assert_eq!(back, Command::Deposit { user: 7, amount: 500 });
 //! assert!(codec::decode::<Command>(&buf[..len - 1]).is_err());
@@ -58,7 +63,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub use error::{Error, ErrorKind};
 
-use de::{BincodeStandard, Decoder, Fixed, Layout};
+use de::{BincodeStandard, Compact, Decoder, Layout};
 use ser::{Encoder, SliceOutput};
 
 /// Encodes `value` into the start of `out` without allocating; returns the
@@ -89,7 +94,7 @@ pub fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error>
 /// Decodes one `T` that must take all of `bytes` (trailing bytes are an error).
 #[inline]
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    decode_with::<T, Fixed>(bytes)
+    decode_with::<T, Compact>(bytes)
 }
 
 /// Decodes one `T` written by bincode 2 with `config::standard()` (the

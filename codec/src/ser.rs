@@ -1,7 +1,8 @@
-//! The encoder: serde's `Serializer` writing the fixed layout.
+//! The encoder: serde's `Serializer` writing the project's layout.
 
 use serde::ser::{self, Serialize};
 
+use crate::de::{VARINT_SINGLE_BYTE_MAX, VARINT_U128, VARINT_U16, VARINT_U32, VARINT_U64};
 use crate::error::{Error, ErrorKind};
 
 /// Where encoded bytes go.
@@ -43,10 +44,48 @@ pub(crate) struct Encoder<W> {
 }
 
 impl<W: Output> Encoder<W> {
+    /// The varint of `docs/encoding.md`, in its one (minimal) form.
+    #[inline]
+    fn varint(&mut self, value: u64) -> Result<(), Error> {
+        if value <= u64::from(VARINT_SINGLE_BYTE_MAX) {
+            return self.out.put(&[value as u8]);
+        }
+        let mut bytes = [0u8; 9];
+        let len = if value <= u64::from(u16::MAX) {
+            bytes[0] = VARINT_U16;
+            bytes[1..3].copy_from_slice(&(value as u16).to_le_bytes());
+            3
+        } else if value <= u64::from(u32::MAX) {
+            bytes[0] = VARINT_U32;
+            bytes[1..5].copy_from_slice(&(value as u32).to_le_bytes());
+            5
+        } else {
+            bytes[0] = VARINT_U64;
+            bytes[1..9].copy_from_slice(&value.to_le_bytes());
+            9
+        };
+        self.out.put(&bytes[..len])
+    }
+
+    fn varint_u128(&mut self, value: u128) -> Result<(), Error> {
+        match u64::try_from(value) {
+            Ok(value) => self.varint(value),
+            Err(_) => {
+                self.out.put(&[VARINT_U128])?;
+                self.out.put(&value.to_le_bytes())
+            }
+        }
+    }
+
+    /// Zigzag (0, -1, 1, -2, ... -> 0, 1, 2, 3, ...), then the varint.
+    #[inline]
+    fn signed(&mut self, value: i64) -> Result<(), Error> {
+        self.varint(((value << 1) ^ (value >> 63)) as u64)
+    }
+
     #[inline]
     fn len(&mut self, len: usize) -> Result<(), Error> {
-        let len = u32::try_from(len).map_err(|_| Error::new(ErrorKind::LengthTooLarge { len }))?;
-        self.out.put(&len.to_le_bytes())
+        self.varint(len as u64)
     }
 
     #[inline]
@@ -81,19 +120,19 @@ impl<'a, W: Output> ser::Serializer for &'a mut Encoder<W> {
     }
     #[inline]
     fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        self.out.put(&v.to_le_bytes())
+        self.signed(i64::from(v))
     }
     #[inline]
     fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        self.out.put(&v.to_le_bytes())
+        self.signed(i64::from(v))
     }
     #[inline]
     fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        self.out.put(&v.to_le_bytes())
+        self.signed(i64::from(v))
     }
     #[inline]
     fn serialize_i128(self, v: i128) -> Result<(), Error> {
-        self.out.put(&v.to_le_bytes())
+        self.varint_u128(((v << 1) ^ (v >> 127)) as u128)
     }
     #[inline]
     fn serialize_u8(self, v: u8) -> Result<(), Error> {
@@ -101,19 +140,19 @@ impl<'a, W: Output> ser::Serializer for &'a mut Encoder<W> {
     }
     #[inline]
     fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        self.out.put(&v.to_le_bytes())
+        self.varint(u64::from(v))
     }
     #[inline]
     fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        self.out.put(&v.to_le_bytes())
+        self.varint(u64::from(v))
     }
     #[inline]
     fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        self.out.put(&v.to_le_bytes())
+        self.varint(u64::from(v))
     }
     #[inline]
     fn serialize_u128(self, v: u128) -> Result<(), Error> {
-        self.out.put(&v.to_le_bytes())
+        self.varint_u128(v)
     }
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
         self.out.put(&v.to_bits().to_le_bytes())
@@ -122,7 +161,7 @@ impl<'a, W: Output> ser::Serializer for &'a mut Encoder<W> {
         self.out.put(&v.to_bits().to_le_bytes())
     }
     fn serialize_char(self, v: char) -> Result<(), Error> {
-        self.out.put(&u32::from(v).to_le_bytes())
+        self.varint(u64::from(u32::from(v)))
     }
     #[inline]
     fn serialize_str(self, v: &str) -> Result<(), Error> {

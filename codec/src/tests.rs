@@ -82,17 +82,34 @@ fn round_trip_of_every_shape() {
 
 #[test]
 fn the_layout_is_the_documented_one() {
-    let bytes = encode_to_vec(&Kind::Struct { price: -2, qty: Some(3) }).unwrap();
-    let mut expected = vec![3u8];
-    expected.extend_from_slice(&(-2i64).to_le_bytes());
-    expected.push(1);
-    expected.extend_from_slice(&3u64.to_le_bytes());
-    assert_eq!(bytes, expected);
-    assert_eq!(encode_to_vec("ab").unwrap(), [2, 0, 0, 0, b'a', b'b']);
-    assert_eq!(encode_to_vec(&vec![1u16, 2]).unwrap(), [2, 0, 0, 0, 1, 0, 2, 0]);
+    // Variant 3, then price -2 (zigzag 3), then Some(3).
+    assert_eq!(encode_to_vec(&Kind::Struct { price: -2, qty: Some(3) }).unwrap(), [3, 3, 1, 3]);
+    assert_eq!(encode_to_vec(&250u64).unwrap(), [250]);
+    assert_eq!(encode_to_vec(&251u64).unwrap(), [251, 251, 0]);
+    assert_eq!(encode_to_vec(&65_536u32).unwrap(), [252, 0, 0, 1, 0]);
+    assert_eq!(encode_to_vec(&(1u64 << 32)).unwrap(), [253, 0, 0, 0, 0, 1, 0, 0, 0]);
+    let mut wide = vec![254];
+    wide.extend_from_slice(&(1u128 << 64).to_le_bytes());
+    assert_eq!(encode_to_vec(&(1u128 << 64)).unwrap(), wide);
+    assert_eq!(encode_to_vec(&i64::MIN).unwrap(), [253, 255, 255, 255, 255, 255, 255, 255, 255]);
+    assert_eq!(encode_to_vec(&-1i32).unwrap(), [1]);
+    assert_eq!(encode_to_vec("ab").unwrap(), [2, b'a', b'b']);
+    assert_eq!(encode_to_vec(&vec![1u16, 300]).unwrap(), [2, 1, 251, 0x2c, 0x01]);
     assert_eq!(encode_to_vec(&Some(true)).unwrap(), [1, 1]);
     assert_eq!(encode_to_vec(&None::<u8>).unwrap(), [0]);
-    assert_eq!(encode_to_vec(&'A').unwrap(), [65, 0, 0, 0]);
+    assert_eq!(encode_to_vec(&'A').unwrap(), [65]);
+    assert_eq!(encode_to_vec(&(200u8, -1i8)).unwrap(), [200, 255]);
+}
+
+#[test]
+fn integers_have_one_encoding() {
+    let error = decode::<u64>(&[251, 5, 0]).unwrap_err();
+    assert_eq!(error.kind(), &ErrorKind::NonMinimalVarint { tag: 251 });
+    assert_eq!(error.offset(), Some(0));
+    assert!(decode::<u64>(&[252, 0xff, 0xff, 0, 0]).is_err());
+    assert!(decode::<u64>(&[253, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]).is_err());
+    // The old layout did not insist, and is read as it was written.
+    assert_eq!(decode_bincode_standard::<u64>(&[251, 5, 0]).unwrap(), 5);
 }
 
 #[test]
@@ -110,7 +127,7 @@ fn trailing_bytes_are_refused() {
     bytes.push(0);
     let error = decode::<Id>(&bytes).unwrap_err();
     assert_eq!(error.kind(), &ErrorKind::TrailingBytes { left_bytes: 1 });
-    assert_eq!(error.to_string(), "1 bytes left over after the value (at byte 4)");
+    assert_eq!(error.to_string(), "1 bytes left over after the value (at byte 1)");
 }
 
 #[test]
@@ -120,17 +137,18 @@ fn bad_tags_are_refused_precisely() {
     let error = decode::<Kind>(&[9]).unwrap_err();
     assert!(matches!(error.kind(), ErrorKind::Custom(m) if m.contains("integer `9`, expected variant index")), "{error}");
     assert_eq!(error.offset(), Some(0));
-    assert_eq!(decode::<char>(&0xd800u32.to_le_bytes()).unwrap_err().kind(), &ErrorKind::InvalidChar(0xd800));
-    assert_eq!(decode::<String>(&[1, 0, 0, 0, 0xff]).unwrap_err().kind(), &ErrorKind::InvalidUtf8);
+    assert_eq!(decode::<char>(&[251, 0x00, 0xd8]).unwrap_err().kind(), &ErrorKind::InvalidChar(0xd800));
+    assert_eq!(decode::<String>(&[1, 0xff]).unwrap_err().kind(), &ErrorKind::InvalidUtf8);
 }
 
 #[test]
 fn a_length_never_reaches_past_the_input() {
     // Four billion elements claimed, four bytes present: refused before
     // anything is allocated for them.
-    let error = decode::<Vec<u64>>(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]).unwrap_err();
+    let error = decode::<Vec<u64>>(&[252, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4]).unwrap_err();
     assert_eq!(error.kind(), &ErrorKind::LengthPastEnd { len: u32::MAX as u64, left_bytes: 4 });
-    let error = decode::<String>(&[5, 0, 0, 0, b'a']).unwrap_err();
+    assert_eq!(error.offset(), Some(0));
+    let error = decode::<String>(&[5, b'a']).unwrap_err();
     assert_eq!(error.kind(), &ErrorKind::LengthPastEnd { len: 5, left_bytes: 1 });
 }
 
@@ -139,6 +157,8 @@ fn a_full_slice_is_an_error_not_a_panic() {
     let mut buf = [0u8; 5];
     let error = encode_into_slice(&sample(), &mut buf).unwrap_err();
     assert_eq!(error.kind(), &ErrorKind::OutputFull { capacity_bytes: 5 });
+    let mut buf = [0u8; 2];
+    assert!(encode_into_slice(&u64::MAX, &mut buf).is_err());
 }
 
 #[test]
@@ -203,9 +223,18 @@ proptest! {
     }
 
     #[test]
-    fn integers_round_trip(a in any::<u64>(), b in any::<i64>(), c in any::<u16>(), d in any::<i128>()) {
-        let value = (a, b, c, d, vec![Kind::Newtype(a), Kind::Struct { price: b, qty: Some(a) }]);
+    fn integers_round_trip(a in any::<u64>(), b in any::<i64>(), c in any::<u16>(), d in any::<i128>(), e in any::<u128>(), f in any::<i32>()) {
+        let value = (a, b, c, d, e, f, vec![Kind::Newtype(a), Kind::Struct { price: b, qty: Some(a) }]);
         let bytes = encode_to_vec(&value).unwrap();
-        prop_assert_eq!(decode::<(u64, i64, u16, i128, Vec<Kind>)>(&bytes).unwrap(), value);
+        prop_assert_eq!(decode::<(u64, i64, u16, i128, u128, i32, Vec<Kind>)>(&bytes).unwrap(), value.clone());
+        // Read as the old layout too: the integer scheme is the same.
+        prop_assert_eq!(decode_bincode_standard::<(u64, i64, u16, i128, u128, i32, Vec<Kind>)>(&bytes).unwrap(), value);
+    }
+
+    #[test]
+    fn what_decodes_encodes_back_to_the_same_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        if let Ok(value) = decode::<Vec<Kind>>(&bytes) {
+            prop_assert_eq!(encode_to_vec(&value).unwrap(), bytes);
+        }
     }
 }
