@@ -25,25 +25,42 @@ impl<'de> Reader<'de> {
 
     #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8], Error> {
-        let left = self.left();
-        if n > left {
-            return Err(Error::at(ErrorKind::UnexpectedEnd { needed_bytes: n, left_bytes: left }, self.pos));
+        match self.bytes.get(self.pos..self.pos.saturating_add(n)) {
+            Some(bytes) => {
+                self.pos += n;
+                Ok(bytes)
+            }
+            None => Err(self.unexpected_end(n)),
         }
-        let bytes = &self.bytes[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(bytes)
+    }
+
+    #[cold]
+    fn unexpected_end(&self, needed_bytes: usize) -> Error {
+        Error::at(ErrorKind::UnexpectedEnd { needed_bytes, left_bytes: self.left() }, self.pos)
     }
 
     #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
-        let mut array = [0u8; N];
-        array.copy_from_slice(self.take(N)?);
-        Ok(array)
+        match self.bytes.get(self.pos..self.pos + N) {
+            Some(bytes) => {
+                let mut array = [0u8; N];
+                array.copy_from_slice(bytes);
+                self.pos += N;
+                Ok(array)
+            }
+            None => Err(self.unexpected_end(N)),
+        }
     }
 
     #[inline]
     fn byte(&mut self) -> Result<u8, Error> {
-        Ok(self.array::<1>()?[0])
+        match self.bytes.get(self.pos) {
+            Some(&byte) => {
+                self.pos += 1;
+                Ok(byte)
+            }
+            None => Err(self.unexpected_end(1)),
+        }
     }
 
     /// A length of elements or bytes; each takes at least one byte, so a
@@ -87,28 +104,56 @@ pub(crate) const VARINT_U32: u8 = 252;
 pub(crate) const VARINT_U64: u8 = 253;
 pub(crate) const VARINT_U128: u8 = 254;
 
-/// A varint of at most `width_bits` bits. `minimal`: refuse a value
-/// written wider than it needs (the project's layout has one encoding per
-/// value; bincode did not check, so older files are read without it).
+/// A varint of at most 64 bits (`width_bits`: 16, 32 or 64). `minimal`:
+/// refuse a value written wider than it needs (the project's layout has
+/// one encoding per value; bincode did not check, so older files are read
+/// without it).
 #[inline]
-fn varint(r: &mut Reader, width_bits: u32, minimal: bool) -> Result<u128, Error> {
-    let at = r.pos;
+fn varint(r: &mut Reader, width_bits: u32, minimal: bool) -> Result<u64, Error> {
     let tag = r.byte()?;
+    if tag <= VARINT_SINGLE_BYTE_MAX {
+        return Ok(u64::from(tag));
+    }
     let (value, tag_bits, smallest) = match tag {
-        0..=VARINT_SINGLE_BYTE_MAX => return Ok(u128::from(tag)),
-        VARINT_U16 => (u128::from(u16::from_le_bytes(r.array()?)), 16, u128::from(VARINT_SINGLE_BYTE_MAX) + 1),
-        VARINT_U32 => (u128::from(u32::from_le_bytes(r.array()?)), 32, u128::from(u16::MAX) + 1),
-        VARINT_U64 => (u128::from(u64::from_le_bytes(r.array()?)), 64, u128::from(u32::MAX) + 1),
-        VARINT_U128 => (u128::from_le_bytes(r.array()?), 128, u128::from(u64::MAX) + 1),
-        _ => return Err(Error::at(ErrorKind::InvalidVarint { tag, width_bits }, at)),
+        VARINT_U16 => (u64::from(u16::from_le_bytes(r.array()?)), 16, u64::from(VARINT_SINGLE_BYTE_MAX) + 1),
+        VARINT_U32 => (u64::from(u32::from_le_bytes(r.array()?)), 32, u64::from(u16::MAX) + 1),
+        VARINT_U64 => (u64::from_le_bytes(r.array()?), 64, u64::from(u32::MAX) + 1),
+        _ => return Err(Error::at(ErrorKind::InvalidVarint { tag, width_bits }, r.pos - 1)),
     };
     if tag_bits > width_bits {
-        return Err(Error::at(ErrorKind::InvalidVarint { tag, width_bits }, at));
+        return Err(Error::at(
+            ErrorKind::InvalidVarint { tag, width_bits },
+            r.pos - 1 - tag_bits as usize / 8,
+        ));
     }
     if minimal && value < smallest {
-        return Err(Error::at(ErrorKind::NonMinimalVarint { tag }, at));
+        return Err(Error::at(ErrorKind::NonMinimalVarint { tag }, r.pos - 1 - tag_bits as usize / 8));
     }
     Ok(value)
+}
+
+/// A varint of up to 128 bits.
+fn varint_u128(r: &mut Reader, minimal: bool) -> Result<u128, Error> {
+    let at = r.pos;
+    if r.bytes.get(at) != Some(&VARINT_U128) {
+        return varint(r, 64, minimal).map(u128::from);
+    }
+    r.pos += 1;
+    let value = u128::from_le_bytes(r.array()?);
+    if minimal && value <= u128::from(u64::MAX) {
+        return Err(Error::at(ErrorKind::NonMinimalVarint { tag: VARINT_U128 }, at));
+    }
+    Ok(value)
+}
+
+/// Zigzag: 0, -1, 1, -2, ... <- 0, 1, 2, 3, ...
+#[inline]
+fn unzigzag64(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+fn unzigzag128(n: u128) -> i128 {
+    ((n >> 1) as i128) ^ -((n & 1) as i128)
 }
 
 /// The project's layout: varint integers (as bincode's standard layout,
@@ -127,25 +172,25 @@ impl Layout for Compact {
     }
     #[inline]
     fn u64(r: &mut Reader) -> Result<u64, Error> {
-        varint(r, 64, true).map(|v| v as u64)
+        varint(r, 64, true)
     }
     fn u128(r: &mut Reader) -> Result<u128, Error> {
-        varint(r, 128, true)
+        varint_u128(r, true)
     }
     #[inline]
     fn i16(r: &mut Reader) -> Result<i16, Error> {
-        varint(r, 16, true).map(|v| unzigzag(v) as i16)
+        varint(r, 16, true).map(|v| unzigzag64(v) as i16)
     }
     #[inline]
     fn i32(r: &mut Reader) -> Result<i32, Error> {
-        varint(r, 32, true).map(|v| unzigzag(v) as i32)
+        varint(r, 32, true).map(|v| unzigzag64(v) as i32)
     }
     #[inline]
     fn i64(r: &mut Reader) -> Result<i64, Error> {
-        varint(r, 64, true).map(|v| unzigzag(v) as i64)
+        varint(r, 64, true).map(unzigzag64)
     }
     fn i128(r: &mut Reader) -> Result<i128, Error> {
-        varint(r, 128, true).map(unzigzag)
+        varint_u128(r, true).map(unzigzag128)
     }
     fn char(r: &mut Reader) -> Result<char, Error> {
         let at = r.pos;
@@ -162,15 +207,6 @@ impl Layout for Compact {
     }
 }
 
-/// Zigzag: 0, -1, 1, -2, ... <- 0, 1, 2, 3, ...
-fn unzigzag(n: u128) -> i128 {
-    if n % 2 == 0 {
-        (n / 2) as i128
-    } else {
-        !((n / 2) as i128)
-    }
-}
-
 impl Layout for BincodeStandard {
     fn u16(r: &mut Reader) -> Result<u16, Error> {
         varint(r, 16, false).map(|v| v as u16)
@@ -179,22 +215,22 @@ impl Layout for BincodeStandard {
         varint(r, 32, false).map(|v| v as u32)
     }
     fn u64(r: &mut Reader) -> Result<u64, Error> {
-        varint(r, 64, false).map(|v| v as u64)
+        varint(r, 64, false)
     }
     fn u128(r: &mut Reader) -> Result<u128, Error> {
-        varint(r, 128, false)
+        varint_u128(r, false)
     }
     fn i16(r: &mut Reader) -> Result<i16, Error> {
-        varint(r, 16, false).map(|v| unzigzag(v) as i16)
+        varint(r, 16, false).map(|v| unzigzag64(v) as i16)
     }
     fn i32(r: &mut Reader) -> Result<i32, Error> {
-        varint(r, 32, false).map(|v| unzigzag(v) as i32)
+        varint(r, 32, false).map(|v| unzigzag64(v) as i32)
     }
     fn i64(r: &mut Reader) -> Result<i64, Error> {
-        varint(r, 64, false).map(|v| unzigzag(v) as i64)
+        varint(r, 64, false).map(unzigzag64)
     }
     fn i128(r: &mut Reader) -> Result<i128, Error> {
-        varint(r, 128, false).map(unzigzag)
+        varint_u128(r, false).map(unzigzag128)
     }
     fn char(r: &mut Reader) -> Result<char, Error> {
         let at = r.pos;
@@ -350,11 +386,19 @@ impl<'de, L: Layout> de::Deserializer<'de> for &mut Decoder<'de, L> {
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
         visitor.visit_unit()
     }
-    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
         visitor.visit_unit()
     }
     #[inline]
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
         visitor.visit_newtype_struct(self)
     }
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
@@ -450,9 +494,8 @@ impl<'de, L: Layout> de::EnumAccess<'de> for &mut Decoder<'de, L> {
     fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), Error> {
         let at = self.reader.pos;
         let index = L::variant(&mut self.reader)?;
-        let value = seed
-            .deserialize(IntoDeserializer::<Error>::into_deserializer(index))
-            .map_err(|e| e.or_at(at))?;
+        let value =
+            seed.deserialize(IntoDeserializer::<Error>::into_deserializer(index)).map_err(|e| e.or_at(at))?;
         Ok((value, self))
     }
 }
@@ -471,7 +514,11 @@ impl<'de, L: Layout> de::VariantAccess<'de> for &mut Decoder<'de, L> {
         de::Deserializer::deserialize_tuple(self, len, visitor)
     }
     #[inline]
-    fn struct_variant<V: Visitor<'de>>(self, fields: &'static [&'static str], visitor: V) -> Result<V::Value, Error> {
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
         de::Deserializer::deserialize_tuple(self, fields.len(), visitor)
     }
 }

@@ -16,27 +16,46 @@ pub struct Error {
 #[non_exhaustive]
 pub enum ErrorKind {
     /// The input ends inside a value.
-    UnexpectedEnd { needed_bytes: usize, left_bytes: usize },
+    UnexpectedEnd {
+        needed_bytes: usize,
+        left_bytes: usize,
+    },
     /// A length prefix claims more elements or bytes than the input has left.
-    LengthPastEnd { len: u64, left_bytes: usize },
+    LengthPastEnd {
+        len: u64,
+        left_bytes: usize,
+    },
     /// A value was decoded but bytes are left after it.
-    TrailingBytes { left_bytes: usize },
+    TrailingBytes {
+        left_bytes: usize,
+    },
     InvalidBool(u8),
     InvalidOptionTag(u8),
     InvalidChar(u32),
     InvalidUtf8,
     /// A bincode varint whose tag byte does not fit the integer's width.
-    InvalidVarint { tag: u8, width_bits: u32 },
+    InvalidVarint {
+        tag: u8,
+        width_bits: u32,
+    },
     /// A varint written wider than its value needs (the project's layout
     /// has one encoding per value).
-    NonMinimalVarint { tag: u8 },
+    NonMinimalVarint {
+        tag: u8,
+    },
     /// A decoded integer does not fit the type asked for (a length on a
     /// 32-bit target, a varint enum index).
-    IntegerOutOfRange { value: u128 },
+    IntegerOutOfRange {
+        value: u128,
+    },
     /// The output slice is too small for the encoded value.
-    OutputFull { capacity_bytes: usize },
+    OutputFull {
+        capacity_bytes: usize,
+    },
     /// An enum with more than 256 variants (the tag is one byte).
-    VariantIndexTooLarge { index: u32 },
+    VariantIndexTooLarge {
+        index: u32,
+    },
     /// A sequence or map whose length serde does not know up front.
     LengthUnknown,
     /// The type asked for a self-describing format (`deserialize_any`):

@@ -17,7 +17,7 @@ pub(crate) struct SliceOutput<'a> {
 }
 
 impl Output for SliceOutput<'_> {
-    #[inline]
+    #[inline(always)]
     fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let end = self.len + bytes.len();
         match self.buf.get_mut(self.len..end) {
@@ -26,13 +26,18 @@ impl Output for SliceOutput<'_> {
                 self.len = end;
                 Ok(())
             }
-            None => Err(Error::new(ErrorKind::OutputFull { capacity_bytes: self.buf.len() })),
+            None => Err(output_full(self.buf.len())),
         }
     }
 }
 
+#[cold]
+fn output_full(capacity_bytes: usize) -> Error {
+    Error::new(ErrorKind::OutputFull { capacity_bytes })
+}
+
 impl Output for Vec<u8> {
-    #[inline]
+    #[inline(always)]
     fn put(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.extend_from_slice(bytes);
         Ok(())
@@ -44,27 +49,22 @@ pub(crate) struct Encoder<W> {
 }
 
 impl<W: Output> Encoder<W> {
-    /// The varint of `docs/encoding.md`, in its one (minimal) form.
+    /// The varint of `docs/encoding.md`, in its one (minimal) form. Each
+    /// width is one fixed-size write (no variable-length copy).
     #[inline]
     fn varint(&mut self, value: u64) -> Result<(), Error> {
         if value <= u64::from(VARINT_SINGLE_BYTE_MAX) {
-            return self.out.put(&[value as u8]);
-        }
-        let mut bytes = [0u8; 9];
-        let len = if value <= u64::from(u16::MAX) {
-            bytes[0] = VARINT_U16;
-            bytes[1..3].copy_from_slice(&(value as u16).to_le_bytes());
-            3
+            self.out.put(&[value as u8])
+        } else if value <= u64::from(u16::MAX) {
+            let [a, b] = (value as u16).to_le_bytes();
+            self.out.put(&[VARINT_U16, a, b])
         } else if value <= u64::from(u32::MAX) {
-            bytes[0] = VARINT_U32;
-            bytes[1..5].copy_from_slice(&(value as u32).to_le_bytes());
-            5
+            let [a, b, c, d] = (value as u32).to_le_bytes();
+            self.out.put(&[VARINT_U32, a, b, c, d])
         } else {
-            bytes[0] = VARINT_U64;
-            bytes[1..9].copy_from_slice(&value.to_le_bytes());
-            9
-        };
-        self.out.put(&bytes[..len])
+            let [a, b, c, d, e, f, g, h] = value.to_le_bytes();
+            self.out.put(&[VARINT_U64, a, b, c, d, e, f, g, h])
+        }
     }
 
     fn varint_u128(&mut self, value: u128) -> Result<(), Error> {
@@ -188,11 +188,20 @@ impl<'a, W: Output> ser::Serializer for &'a mut Encoder<W> {
         Ok(())
     }
     #[inline]
-    fn serialize_unit_variant(self, _name: &'static str, index: u32, _variant: &'static str) -> Result<(), Error> {
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        index: u32,
+        _variant: &'static str,
+    ) -> Result<(), Error> {
         self.variant(index)
     }
     #[inline]
-    fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _name: &'static str, value: &T) -> Result<(), Error> {
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
         value.serialize(self)
     }
     #[inline]

@@ -135,7 +135,10 @@ fn bad_tags_are_refused_precisely() {
     assert_eq!(decode::<bool>(&[2]).unwrap_err().kind(), &ErrorKind::InvalidBool(2));
     assert_eq!(decode::<Option<u8>>(&[7, 0]).unwrap_err().kind(), &ErrorKind::InvalidOptionTag(7));
     let error = decode::<Kind>(&[9]).unwrap_err();
-    assert!(matches!(error.kind(), ErrorKind::Custom(m) if m.contains("integer `9`, expected variant index")), "{error}");
+    assert!(
+        matches!(error.kind(), ErrorKind::Custom(m) if m.contains("integer `9`, expected variant index")),
+        "{error}"
+    );
     assert_eq!(error.offset(), Some(0));
     assert_eq!(decode::<char>(&[251, 0x00, 0xd8]).unwrap_err().kind(), &ErrorKind::InvalidChar(0xd800));
     assert_eq!(decode::<String>(&[1, 0xff]).unwrap_err().kind(), &ErrorKind::InvalidUtf8);
@@ -187,7 +190,10 @@ fn bincode_standard_layout_is_read() {
     assert_eq!(decode_bincode_standard::<u64>(&[251, 0x2c, 0x01]).unwrap(), 300);
     assert_eq!(decode_bincode_standard::<u32>(&[252, 0, 0, 1, 0]).unwrap(), 65_536);
     assert_eq!(decode_bincode_standard::<u64>(&[253, 0, 0, 0, 0, 1, 0, 0, 0]).unwrap(), 1 << 32);
-    assert_eq!(decode_bincode_standard::<u128>(&[254, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap(), 1);
+    assert_eq!(
+        decode_bincode_standard::<u128>(&[254, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap(),
+        1
+    );
     // A wider tag than the type is refused.
     assert_eq!(
         decode_bincode_standard::<u16>(&[252, 0, 0, 1, 0]).unwrap_err().kind(),

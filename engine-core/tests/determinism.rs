@@ -189,10 +189,7 @@ fn snapshot_mid_stream_then_the_rest_ends_identically() {
     let snapshot = live.snapshot();
     let live_tail_events = feed(&mut live, tail, head.len() as u64 + 1);
 
-    for encoded in [
-        codec::encode_to_vec(&snapshot).unwrap(),
-        serde_json::to_vec(&snapshot).unwrap(),
-    ] {
+    for encoded in [codec::encode_to_vec(&snapshot).unwrap(), serde_json::to_vec(&snapshot).unwrap()] {
         let decoded: Snapshot = if encoded.first() == Some(&b'{') {
             serde_json::from_slice(&encoded).unwrap()
         } else {

@@ -91,7 +91,11 @@ fn a_bincode_era_data_directory_is_served_as_the_old_exchange_served_it() {
         assert_eq!(header_version(path), journal::SEGMENT_FORMAT_VERSION, "{}", path.display());
     }
     let snapshots = journal::list_snapshots(&data.join("snapshots")).unwrap();
-    assert_eq!(header_version(&snapshots[0].1), journal::SNAPSHOT_FILE_VERSION, "the shutdown snapshot is new");
+    assert_eq!(
+        header_version(&snapshots[0].1),
+        journal::SNAPSHOT_FILE_VERSION,
+        "the shutdown snapshot is new"
+    );
 
     // After a restart from the new snapshot, the old history is still served.
     let exchange = Exchange::start(&data, &[]);

@@ -99,14 +99,19 @@ pub fn codec_command(data: &[u8]) {
     }
     if let Ok(command) = journal::decode_command(data, journal::SEGMENT_FORMAT_VERSION_BINCODE) {
         let encoded = codec::encode_to_vec(&command).expect("a decoded command encodes");
-        assert_eq!(codec::decode::<Command>(&encoded).ok(), Some(command), "an old command survives the new layout");
+        assert_eq!(
+            codec::decode::<Command>(&encoded).ok(),
+            Some(command),
+            "an old command survives the new layout"
+        );
     }
 }
 
 /// The segment of the format-1 fixture (written by the bincode-era code),
 /// up to its last record.
 fn bincode_era_segment() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../journal/tests/fixtures/v1/journal/00000000000000000001.seg");
+    let path =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../journal/tests/fixtures/v1/journal/00000000000000000001.seg");
     let bytes = std::fs::read(path).unwrap_or_default();
     let mut offset = journal::SEGMENT_HEADER_BYTES;
     while let journal::Frame::Record { next_offset, .. } = journal::read_frame(&bytes, offset) {

@@ -133,8 +133,11 @@ impl SegmentHeader {
         if read_u32(bytes, 12) != header_crc(bytes) {
             return Err("segment header checksum mismatch");
         }
-        let header =
-            SegmentHeader { first_seq: read_u64(bytes, 16), capacity_bytes: read_u64(bytes, 24), format_version };
+        let header = SegmentHeader {
+            first_seq: read_u64(bytes, 16),
+            capacity_bytes: read_u64(bytes, 24),
+            format_version,
+        };
         if header.first_seq == 0 {
             return Err("segment header names sequence 0");
         }

@@ -233,7 +233,9 @@ pub fn load_snapshot_with_views(path: &Path) -> Result<LoadedSnapshot, SnapshotF
     }
     let version = read_u32(header, 8);
     if !(SNAPSHOT_FILE_VERSION_ENGINE_ONLY..=SNAPSHOT_FILE_VERSION).contains(&version) {
-        return Err(SnapshotFileError::BadHeader("unsupported snapshot file version (this build reads 1 to 3)"));
+        return Err(SnapshotFileError::BadHeader(
+            "unsupported snapshot file version (this build reads 1 to 3)",
+        ));
     }
     if read_u32(header, 12) != header_crc(header) {
         return Err(SnapshotFileError::BadHeader("header checksum mismatch"));

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engine_core::{Command, EngineLimits, StampedCommand, UserId, AssetId, Units};
+use engine_core::{AssetId, Command, EngineLimits, StampedCommand, Units, UserId};
 use journal::{
     list_snapshots, load_snapshot_with_views, recover, replay, DataDir, JournalConfig, JournalReader,
     JournalWriter, ReadMode, RecoverOptions, SnapshotKeep,
