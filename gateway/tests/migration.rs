@@ -100,8 +100,12 @@ fn a_bincode_era_data_directory_is_served_as_the_old_exchange_served_it() {
     // After a restart from the new snapshot, the old history is still served.
     let exchange = Exchange::start(&data, &[]);
     let again = reads(&exchange);
-    for name in ["order131", "trades", "depth", "klines"] {
+    for name in ["order131", "trades", "klines"] {
         assert_eq!(again[name], got[name], "{name} after the restart");
+    }
+    // The ETH book is as it was (its update id is the sequence number, which moved on).
+    for side in ["bids", "asks"] {
+        assert_eq!(again["depth"][side], got["depth"][side], "ETH {side} after the restart");
     }
     let (status, order) = exchange.signed(&key(), "GET", "/order", &format!("order_id={order_id}"), None);
     assert_eq!(status, 200, "{order}");
