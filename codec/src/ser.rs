@@ -95,7 +95,7 @@ impl<W: Output> Encoder<W> {
     }
 }
 
-impl<'a, W: Output> ser::Serializer for &'a mut Encoder<W> {
+impl<W: Output> ser::Serializer for &mut Encoder<W> {
     type Ok = ();
     type Error = Error;
     type SerializeSeq = Self;
@@ -128,7 +128,7 @@ impl<'a, W: Output> ser::Serializer for &'a mut Encoder<W> {
     }
     #[inline]
     fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        self.signed(i64::from(v))
+        self.signed(v)
     }
     #[inline]
     fn serialize_i128(self, v: i128) -> Result<(), Error> {
@@ -148,7 +148,7 @@ impl<'a, W: Output> ser::Serializer for &'a mut Encoder<W> {
     }
     #[inline]
     fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        self.varint(u64::from(v))
+        self.varint(v)
     }
     #[inline]
     fn serialize_u128(self, v: u128) -> Result<(), Error> {
