@@ -169,8 +169,7 @@ fn same_stream_same_events_and_hash() {
     a.check_touched(&events_a).unwrap();
 
     // Serialized events are equal byte for byte too.
-    let bytes =
-        |events: &[Event]| bincode::serde::encode_to_vec(events, bincode::config::standard()).unwrap();
+    let bytes = |events: &[Event]| codec::encode_to_vec(events).unwrap();
     assert_eq!(bytes(&events_a), bytes(&events_b));
 
     // A different stream ends in a different state.
@@ -190,14 +189,11 @@ fn snapshot_mid_stream_then_the_rest_ends_identically() {
     let snapshot = live.snapshot();
     let live_tail_events = feed(&mut live, tail, head.len() as u64 + 1);
 
-    for encoded in [
-        bincode::serde::encode_to_vec(&snapshot, bincode::config::standard()).unwrap(),
-        serde_json::to_vec(&snapshot).unwrap(),
-    ] {
+    for encoded in [codec::encode_to_vec(&snapshot).unwrap(), serde_json::to_vec(&snapshot).unwrap()] {
         let decoded: Snapshot = if encoded.first() == Some(&b'{') {
             serde_json::from_slice(&encoded).unwrap()
         } else {
-            bincode::serde::decode_from_slice(&encoded, bincode::config::standard()).unwrap().0
+            codec::decode(&encoded).unwrap()
         };
         assert_eq!(decoded, snapshot);
         let mut restored = Engine::from_snapshot(decoded).unwrap();
@@ -318,7 +314,7 @@ fn damaged_snapshots_are_refused_with_the_reason() {
     }
 
     // Arbitrary bytes never panic the decoder-plus-loader path.
-    let bytes = bincode::serde::encode_to_vec(&base, bincode::config::standard()).unwrap();
+    let bytes = codec::encode_to_vec(&base).unwrap();
     let mut rng = Rng(99);
     for _ in 0..300 {
         let mut damaged = bytes.clone();
@@ -326,9 +322,7 @@ fn damaged_snapshots_are_refused_with_the_reason() {
             let at = rng.below(damaged.len() as u64) as usize;
             damaged[at] ^= 1 << rng.below(8);
         }
-        if let Ok((snapshot, _)) =
-            bincode::serde::decode_from_slice::<Snapshot, _>(&damaged, bincode::config::standard())
-        {
+        if let Ok(snapshot) = codec::decode::<Snapshot>(&damaged) {
             if let Ok(loaded) = Engine::from_snapshot(snapshot) {
                 loaded.check_invariants().unwrap();
             }

@@ -277,12 +277,14 @@ pub struct Views {
     retention: Retention,
 }
 
-/// The version of the views section of a snapshot ([`Views::encode`]).
+/// The version of the views section of a snapshot ([`Views::encode`]):
+/// a `u32` (little-endian), then [`ViewsState`] in the project's codec.
 /// Bump it when [`ViewsState`] changes shape; a snapshot of another
 /// version is skipped by recovery (which falls back to an older one).
-const VIEWS_FORMAT_VERSION: u32 = 1;
-/// A views section may not make the loader allocate more than this.
-const VIEWS_DECODE_LIMIT_BYTES: usize = 16 << 30;
+const VIEWS_FORMAT_VERSION: u32 = 2;
+/// The same state in bincode 2's standard layout (before the project's
+/// codec); still read.
+const VIEWS_FORMAT_VERSION_BINCODE: u32 = 1;
 
 /// What the views hold that the engine does not: the part of the views a
 /// snapshot carries. Everything else (balances, books, assets, markets) is
@@ -317,8 +319,7 @@ impl ViewsState {
     /// The bytes of a snapshot's views section.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let mut bytes = VIEWS_FORMAT_VERSION.to_le_bytes().to_vec();
-        bincode::serde::encode_into_std_write(self, &mut bytes, bincode::config::standard())
-            .map_err(|e| e.to_string())?;
+        codec::encode_append(self, &mut bytes).map_err(|e| e.to_string())?;
         Ok(bytes)
     }
 
@@ -328,16 +329,17 @@ impl ViewsState {
             return Err("shorter than its version".into());
         };
         let version = u32::from_le_bytes(*version);
-        if version != VIEWS_FORMAT_VERSION {
-            return Err(format!("format version {version}; this build reads {VIEWS_FORMAT_VERSION}"));
-        }
-        let config = bincode::config::standard().with_limit::<VIEWS_DECODE_LIMIT_BYTES>();
-        let (state, used): (ViewsState, usize) =
-            bincode::serde::decode_from_slice(body, config).map_err(|e| e.to_string())?;
-        if used != body.len() {
-            return Err("trailing bytes after the views".into());
-        }
-        Ok(state)
+        let decoded = match version {
+            VIEWS_FORMAT_VERSION => codec::decode(body),
+            VIEWS_FORMAT_VERSION_BINCODE => codec::decode_bincode_standard(body),
+            _ => {
+                return Err(format!(
+                    "format version {version}; this build reads {VIEWS_FORMAT_VERSION_BINCODE} and \
+                     {VIEWS_FORMAT_VERSION}"
+                ))
+            }
+        };
+        decoded.map_err(|e| format!("format version {version}: {e}"))
     }
 }
 

@@ -79,9 +79,45 @@ pub fn snapshot(data: &[u8]) {
             assert!(engine.check_invariants().is_ok(), "a loaded snapshot holds the invariants");
         }
     }
-    if let Ok(engine) = journal::decode_snapshot_payload(data) {
-        assert!(engine.check_invariants().is_ok(), "a decoded snapshot holds the invariants");
+    for version in [journal::SNAPSHOT_FILE_VERSION, journal::SNAPSHOT_FILE_VERSION_BINCODE] {
+        if let Ok(engine) = journal::decode_snapshot_payload_of_version(data, version) {
+            assert!(engine.check_invariants().is_ok(), "a decoded snapshot holds the invariants");
+        }
     }
+}
+
+/// Arbitrary bytes as a journal record's payload, in both layouts (the
+/// project's codec, and bincode's of format-1 segments): refused or read,
+/// never a panic. What the project's layout reads it writes back byte for
+/// byte (one command, one encoding), and a command read from the old
+/// layout survives the new one unchanged.
+pub fn codec_command(data: &[u8]) {
+    if let Ok(command) = journal::decode_command(data, journal::SEGMENT_FORMAT_VERSION) {
+        let mut encoded = [0u8; journal::PAYLOAD_MAX_BYTES];
+        let len = codec::encode_into_slice(&command, &mut encoded).expect("a decoded command encodes");
+        assert_eq!(&encoded[..len], data, "a command has one encoding");
+    }
+    if let Ok(command) = journal::decode_command(data, journal::SEGMENT_FORMAT_VERSION_BINCODE) {
+        let encoded = codec::encode_to_vec(&command).expect("a decoded command encodes");
+        assert_eq!(
+            codec::decode::<Command>(&encoded).ok(),
+            Some(command),
+            "an old command survives the new layout"
+        );
+    }
+}
+
+/// The segment of the format-1 fixture (written by the bincode-era code),
+/// up to its last record.
+fn bincode_era_segment() -> Vec<u8> {
+    let path =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../journal/tests/fixtures/v1/journal/00000000000000000001.seg");
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let mut offset = journal::SEGMENT_HEADER_BYTES;
+    while let journal::Frame::Record { next_offset, .. } = journal::read_frame(&bytes, offset) {
+        offset = next_offset;
+    }
+    bytes[..offset.min(bytes.len())].to_vec()
 }
 
 /// A market with two assets and three funded users, for the order targets.
@@ -401,7 +437,7 @@ fn next_command(input: &mut Bytes, open: &OpenOrders) -> Option<Command> {
             let len = usize::from(input.u8()).min(input.0.len());
             let (raw, rest) = input.0.split_at(len);
             input.0 = rest;
-            bincode::serde::decode_from_slice::<Command, _>(raw, journal::bincode_config()).ok()?.0
+            codec::decode::<Command>(raw).ok()?
         }
     };
     Some(command)
@@ -777,7 +813,22 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             let bytes = std::fs::read(path).unwrap_or_default();
             let whole = bytes[..end.min(bytes.len())].to_vec();
             let torn = whole[..whole.len().saturating_sub(5)].to_vec();
-            vec![whole, torn]
+            vec![whole, torn, bincode_era_segment()]
+        }
+        "codec_command" => {
+            let mut seeds: Vec<Vec<u8>> = engine_commands_for_seeds()
+                .iter()
+                .filter_map(|command| codec::encode_to_vec(command).ok())
+                .collect();
+            // Payloads in the old layout, as format-1 segments hold them.
+            let old = bincode_era_segment();
+            let mut offset = journal::SEGMENT_HEADER_BYTES;
+            while let journal::Frame::Record { next_offset, payload_bytes, .. } = journal::read_frame(&old, offset) {
+                let start = offset + journal::FRAME_HEADER_BYTES;
+                seeds.push(old[start..start + payload_bytes].to_vec());
+                offset = next_offset;
+            }
+            seeds
         }
         "snapshot" => {
             let dir = scratch().join("seed-snapshot");
@@ -832,6 +883,47 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
 /// deep book in both markets, then trades, self-trades, amends, cancels by
 /// id and client id, a halted and a winding-down market, market orders,
 /// funds and fees; a second on self-trade prevention; and every byte.
+/// One command of each kind, for the codec's seeds.
+fn engine_commands_for_seeds() -> Vec<Command> {
+    let user = UserId(1);
+    let mut commands = vec![
+        Command::CreateUser,
+        Command::Deposit { user, asset: AssetId(0), amount: Units(u64::MAX) },
+        Command::Withdraw { user, asset: AssetId(1), amount: Units(300) },
+        Command::CancelAll { user, market: Some(MarketId(0)) },
+        Command::CancelOrder { user, order: OrderRef::Id(OrderId(77)) },
+        Command::SetMarketStatus { market: MarketId(0), status: MarketStatus::Halted },
+        Command::SetMarketFees { market: MarketId(0), maker_fee_ppm: 1, taker_fee_ppm: 2 },
+        Command::SetLimits { limits: limits() },
+        Command::Amend(engine_core::Amend {
+            user,
+            order: OrderRef::Id(OrderId(5)),
+            new_qty: Some(Lots(2)),
+            new_price: None,
+        }),
+        Command::PlaceOrder(NewOrder {
+            user,
+            market: MarketId(0),
+            side: Side::Sell,
+            kind: OrderKind::Limit { price: Ticks(100), qty: Lots(3), tif: TimeInForce::Gtc },
+            client_order_id: None,
+            stp: SelfTradePrevention::CancelBoth,
+        }),
+    ];
+    if let (Ok(symbol), Ok(key), Ok(secret), Ok(client)) = (
+        Symbol::new("BTC"),
+        ApiKey::new("key0000000000000001"),
+        ApiSecret::new("secret0000000000001"),
+        ClientOrderId::new("c-1"),
+    ) {
+        commands.push(Command::CreateAsset { symbol, decimals: 8 });
+        commands.push(Command::CreateApiKey { user, key, secret });
+        commands.push(Command::RevokeApiKey { user, key });
+        commands.push(Command::CancelOrder { user, order: OrderRef::Client(client) });
+    }
+    commands
+}
+
 fn engine_command_seeds() -> Vec<Vec<u8>> {
     const GTC: u8 = 0;
     const IOC: u8 = 4;

@@ -4,7 +4,7 @@
 //!
 //! The bodies of the fuzz targets ([`fuzz`]): each takes arbitrary bytes,
 //! feeds them to one of the exchange's readers of outside input (journal
-//! segments, snapshot files, engine commands, REST and Binance request
+//! segments, journal record payloads in both layouts, snapshot files, engine commands, REST and Binance request
 //! parameters, WebSocket messages, signed requests) and asserts what must
 //! hold whatever the bytes: no panic, a precise refusal, and the engine's
 //! invariants after every command. `cargo fuzz` runs them under libFuzzer
@@ -25,6 +25,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("journal_segment", fuzz::journal_segment),
     ("snapshot", fuzz::snapshot),
+    ("codec_command", fuzz::codec_command),
     ("engine_commands", fuzz::engine_commands),
     ("rest_order", fuzz::rest_order),
     ("binance_params", fuzz::binance_params),

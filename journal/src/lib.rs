@@ -68,13 +68,15 @@ pub use repair::{
     last_valid_seq, plan_repair, repair, RepairPlan, RepairReport, RepairRequest, REPAIRS_LOG_FILE_NAME,
 };
 pub use segment::{
-    bincode_config, list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan,
-    FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
+    decode_command, list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan,
+    FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_FORMAT_VERSION, SEGMENT_FORMAT_VERSION_BINCODE,
+    SEGMENT_HEADER_BYTES,
 };
 pub use snapshots::{
-    decode_snapshot_payload, list_snapshots, load_snapshot, load_snapshot_with_views, prune_segments,
-    snapshot_file_name, write_snapshot, write_snapshot_with_views, LoadedSnapshot, SegmentRetention,
-    SnapshotFileError, SnapshotInfo, SnapshotKeep,
+    decode_snapshot_payload, decode_snapshot_payload_of_version, list_snapshots, load_snapshot,
+    load_snapshot_with_views, prune_segments, snapshot_file_name, write_snapshot, write_snapshot_with_views,
+    LoadedSnapshot, SegmentRetention, SnapshotFileError, SnapshotInfo, SnapshotKeep, SNAPSHOT_FILE_VERSION,
+    SNAPSHOT_FILE_VERSION_BINCODE, SNAPSHOT_FILE_VERSION_ENGINE_ONLY,
 };
 pub use syncer::{Durability, JournalSyncer};
 pub use writer::{

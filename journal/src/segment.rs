@@ -12,7 +12,10 @@
 //!
 //! All integers are little-endian. The record CRC (CRC-32) covers `len`,
 //! `seq`, `timestamp_ns` and the payload, which is the command encoded with
-//! bincode's standard configuration. Unwritten space is zero, so a `len` of
+//! the project's codec (`codec` crate, layout in `docs/encoding.md`) in
+//! format 2, and with bincode 2's standard layout in format 1 (segments
+//! written before format 2; still read, never appended to). The header's
+//! version says which. Unwritten space is zero, so a `len` of
 //! 0 marks the end of the data. The writer stores `len` last: a record whose
 //! `len` is visible is complete (the one store is what makes a record
 //! appear to a concurrent reader).
@@ -22,7 +25,11 @@ use std::path::{Path, PathBuf};
 use engine_core::{Command, StampedCommand};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"EXJOURNL";
-pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// The format new segments are written in: payloads in the project's codec.
+pub const SEGMENT_FORMAT_VERSION: u32 = 2;
+/// Segments written before the project's codec: payloads in bincode 2's
+/// standard layout. Read (recovery, replay, inspection), never written.
+pub const SEGMENT_FORMAT_VERSION_BINCODE: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 pub const FRAME_HEADER_BYTES: usize = 24;
 /// The largest encoded command accepted. Commands are far smaller (under
@@ -36,8 +43,24 @@ pub const fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
 
-pub fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<PAYLOAD_MAX_BYTES>()
+/// Decodes a record's payload as written in segment format `format_version`
+/// (any version but 1 is read as the current one: a header of another
+/// version is refused before any record is read).
+pub fn decode_command(payload: &[u8], format_version: u32) -> Result<Command, codec::Error> {
+    if format_version == SEGMENT_FORMAT_VERSION_BINCODE {
+        codec::decode_bincode_standard(payload)
+    } else {
+        codec::decode(payload)
+    }
+}
+
+/// The format version in the header of a whole segment's bytes, unchecked
+/// (the header is checked when the segment is opened).
+fn format_version_of(segment: &[u8]) -> u32 {
+    if segment.len() < 12 {
+        return SEGMENT_FORMAT_VERSION;
+    }
+    read_u32(segment, 8)
 }
 
 /// The file name of the segment whose first record has `first_seq`.
@@ -74,13 +97,20 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 pub struct SegmentHeader {
     pub first_seq: u64,
     pub capacity_bytes: u64,
+    /// [`SEGMENT_FORMAT_VERSION`] or [`SEGMENT_FORMAT_VERSION_BINCODE`].
+    pub format_version: u32,
 }
 
 impl SegmentHeader {
+    /// The header of a new segment, in the current format.
+    pub fn new(first_seq: u64, capacity_bytes: u64) -> SegmentHeader {
+        SegmentHeader { first_seq, capacity_bytes, format_version: SEGMENT_FORMAT_VERSION }
+    }
+
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
         bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
-        bytes[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.format_version.to_le_bytes());
         bytes[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.capacity_bytes.to_le_bytes());
         let crc = header_crc(&bytes);
@@ -96,13 +126,18 @@ impl SegmentHeader {
         if &bytes[0..8] != SEGMENT_MAGIC {
             return Err("not a journal segment (bad magic)");
         }
-        if read_u32(bytes, 8) != SEGMENT_FORMAT_VERSION {
-            return Err("unsupported segment format version");
+        let format_version = read_u32(bytes, 8);
+        if format_version != SEGMENT_FORMAT_VERSION && format_version != SEGMENT_FORMAT_VERSION_BINCODE {
+            return Err("unsupported segment format version (this build reads versions 1 and 2)");
         }
         if read_u32(bytes, 12) != header_crc(bytes) {
             return Err("segment header checksum mismatch");
         }
-        let header = SegmentHeader { first_seq: read_u64(bytes, 16), capacity_bytes: read_u64(bytes, 24) };
+        let header = SegmentHeader {
+            first_seq: read_u64(bytes, 16),
+            capacity_bytes: read_u64(bytes, 24),
+            format_version,
+        };
         if header.first_seq == 0 {
             return Err("segment header names sequence 0");
         }
@@ -146,6 +181,9 @@ pub enum FrameFault {
     ChecksumMismatch,
     /// The checksum matched but the payload is not a command this build can read.
     Undecodable,
+    /// The bytes that pad the record to 8 are not zero (the writer never
+    /// writes them; the checksum does not cover them).
+    PaddingNotZero,
 }
 
 impl std::fmt::Display for FrameFault {
@@ -157,6 +195,7 @@ impl std::fmt::Display for FrameFault {
             FrameFault::PastEndOfSegment => f.write_str("record runs past the end of the segment"),
             FrameFault::ChecksumMismatch => f.write_str("record checksum mismatch"),
             FrameFault::Undecodable => f.write_str("record payload does not decode as a command"),
+            FrameFault::PaddingNotZero => f.write_str("record padding is not zero"),
         }
     }
 }
@@ -175,7 +214,8 @@ pub enum Frame {
     Bad(FrameFault),
 }
 
-/// Reads the frame at `offset` of a whole segment's bytes. Never panics,
+/// Reads the frame at `offset` of a whole segment's bytes (header
+/// included: its version says how payloads are encoded). Never panics,
 /// whatever the bytes.
 pub fn read_frame(segment: &[u8], offset: usize) -> Frame {
     if offset + FRAME_HEADER_BYTES > segment.len() {
@@ -200,13 +240,17 @@ pub fn read_frame(segment: &[u8], offset: usize) -> Frame {
     if frame_crc(len, seq, timestamp_ns, payload) != crc {
         return Frame::Bad(FrameFault::ChecksumMismatch);
     }
-    match bincode::serde::decode_from_slice::<Command, _>(payload, bincode_config()) {
-        Ok((command, used)) if used == payload.len() => Frame::Record {
+    let padding = &segment[payload_end..align8(payload_end).min(segment.len())];
+    if padding.iter().any(|&byte| byte != 0) {
+        return Frame::Bad(FrameFault::PaddingNotZero);
+    }
+    match decode_command(payload, format_version_of(segment)) {
+        Ok(command) => Frame::Record {
             command: StampedCommand { seq, timestamp_ns, command },
             next_offset: align8(payload_end),
             payload_bytes: len as usize,
         },
-        _ => Frame::Bad(FrameFault::Undecodable),
+        Err(_) => Frame::Bad(FrameFault::Undecodable),
     }
 }
 
@@ -311,9 +355,13 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_damage() {
-        let header = SegmentHeader { first_seq: 42, capacity_bytes: 1 << 20 };
+        let header = SegmentHeader::new(42, 1 << 20);
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
+        let old = SegmentHeader { format_version: SEGMENT_FORMAT_VERSION_BINCODE, ..header };
+        assert_eq!(SegmentHeader::decode(&old.encode()), Ok(old));
+        let future = SegmentHeader { format_version: 3, ..header };
+        assert!(SegmentHeader::decode(&future.encode()).is_err());
         for at in 0..SEGMENT_HEADER_BYTES {
             let mut damaged = bytes;
             damaged[at] ^= 0x10;

@@ -6,12 +6,15 @@
 //! | magic | version | header crc | seq | state hash | payload len | payload crc |
 //! 44               52           56          57
 //! | views len      | views crc  | has views | zeros to 64 |
-//! then the payload: engine_core::Snapshot encoded with bincode,
+//! then the payload: engine_core::Snapshot encoded with the project's
+//! codec (`codec` crate, layout in docs/encoding.md),
 //! then the views section: the read views' state at the same sequence
 //! number, opaque to this crate (the server encodes and checks it)
 //! ```
 //!
-//! Version 1 files (no views fields) still load; they carry no views.
+//! Older files still load: version 2 (the same header, the payload in
+//! bincode 2's standard layout) and version 1 (bincode too, and no views
+//! fields: they carry no views). New files are always version 3.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,17 +26,16 @@ use crate::files::{create_private_dir, private_file_options, sync_dir};
 use crate::segment::{read_u32, read_u64};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"EXSNAPSH";
-pub const SNAPSHOT_FILE_VERSION: u32 = 2;
-/// The version before the views section existed; still read.
-const SNAPSHOT_FILE_VERSION_ENGINE_ONLY: u32 = 1;
+/// The version new snapshot files are written in: the payload in the
+/// project's codec.
+pub const SNAPSHOT_FILE_VERSION: u32 = 3;
+/// The same header, the payload in bincode 2's standard layout; still read.
+pub const SNAPSHOT_FILE_VERSION_BINCODE: u32 = 2;
+/// The version before the views section existed (payload in bincode);
+/// still read.
+pub const SNAPSHOT_FILE_VERSION_ENGINE_ONLY: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 64;
-/// A snapshot file may not make the loader allocate more than this.
-const SNAPSHOT_DECODE_LIMIT_BYTES: usize = 16 << 30;
 const SNAPSHOT_EXTENSION: &str = "snap";
-
-fn snapshot_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<SNAPSHOT_DECODE_LIMIT_BYTES>()
-}
 
 /// What a snapshot file holds, from its header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,8 +155,7 @@ pub fn write_snapshot_with_views(
 ) -> Result<SnapshotInfo, JournalError> {
     create_private_dir(dir)?;
     let snapshot = engine.snapshot();
-    let payload = bincode::serde::encode_to_vec(&snapshot, snapshot_config())
-        .map_err(|e| JournalError::Encode(e.to_string()))?;
+    let payload = codec::encode_to_vec(&snapshot).map_err(|e| JournalError::Encode(e.to_string()))?;
     let views_bytes = views.map_or(0, |v| v.len());
     let seq = engine.last_seq();
     let state_hash = engine.state_hash();
@@ -231,8 +232,10 @@ pub fn load_snapshot_with_views(path: &Path) -> Result<LoadedSnapshot, SnapshotF
         return Err(SnapshotFileError::BadHeader("not a snapshot file (bad magic)"));
     }
     let version = read_u32(header, 8);
-    if version != SNAPSHOT_FILE_VERSION && version != SNAPSHOT_FILE_VERSION_ENGINE_ONLY {
-        return Err(SnapshotFileError::BadHeader("unsupported snapshot file version"));
+    if !(SNAPSHOT_FILE_VERSION_ENGINE_ONLY..=SNAPSHOT_FILE_VERSION).contains(&version) {
+        return Err(SnapshotFileError::BadHeader(
+            "unsupported snapshot file version (this build reads 1 to 3)",
+        ));
     }
     if read_u32(header, 12) != header_crc(header) {
         return Err(SnapshotFileError::BadHeader("header checksum mismatch"));
@@ -240,8 +243,9 @@ pub fn load_snapshot_with_views(path: &Path) -> Result<LoadedSnapshot, SnapshotF
     let seq = read_u64(header, 16);
     let state_hash = read_u64(header, 24);
     let payload_len = read_u64(header, 32);
-    let has_views = version == SNAPSHOT_FILE_VERSION && header[56] == 1;
-    if version == SNAPSHOT_FILE_VERSION && header[56] > 1 {
+    let has_views_fields = version != SNAPSHOT_FILE_VERSION_ENGINE_ONLY;
+    let has_views = has_views_fields && header[56] == 1;
+    if has_views_fields && header[56] > 1 {
         return Err(SnapshotFileError::BadHeader("bad views flag"));
     }
     let views_len = if has_views { read_u64(header, 44) } else { 0 };
@@ -256,7 +260,7 @@ pub fn load_snapshot_with_views(path: &Path) -> Result<LoadedSnapshot, SnapshotF
     if has_views && crc32fast::hash(views) != read_u32(header, 52) {
         return Err(SnapshotFileError::ViewsChecksum);
     }
-    let engine = decode_snapshot_payload(payload)?;
+    let engine = decode_snapshot_payload_of_version(payload, version)?;
     if engine.last_seq() != seq {
         return Err(SnapshotFileError::BadHeader("header sequence differs from the state's"));
     }
@@ -278,11 +282,18 @@ pub fn load_snapshot_with_views(path: &Path) -> Result<LoadedSnapshot, SnapshotF
 /// already checked) and rebuilds the engine, checking its consistency.
 /// Never panics, whatever the bytes.
 pub fn decode_snapshot_payload(payload: &[u8]) -> Result<Engine, SnapshotFileError> {
-    let (snapshot, used): (Snapshot, usize) = bincode::serde::decode_from_slice(payload, snapshot_config())
-        .map_err(|e| SnapshotFileError::Decode(e.to_string()))?;
-    if used != payload.len() {
-        return Err(SnapshotFileError::Decode("trailing bytes after the state".into()));
+    decode_snapshot_payload_of_version(payload, SNAPSHOT_FILE_VERSION)
+}
+
+/// [`decode_snapshot_payload`] for a file of `version` (1 and 2: bincode 2's
+/// standard layout; 3: the project's codec). Never panics, whatever the bytes.
+pub fn decode_snapshot_payload_of_version(payload: &[u8], version: u32) -> Result<Engine, SnapshotFileError> {
+    let snapshot: Snapshot = if version == SNAPSHOT_FILE_VERSION {
+        codec::decode(payload)
+    } else {
+        codec::decode_bincode_standard(payload)
     }
+    .map_err(|e| SnapshotFileError::Decode(e.to_string()))?;
     Engine::from_snapshot(snapshot).map_err(SnapshotFileError::Invalid)
 }
 

@@ -13,8 +13,8 @@ use crate::error::JournalError;
 use crate::files::{create_private_dir, private_file_options, sync_dir};
 use crate::integrity;
 use crate::segment::{
-    align8, bincode_config, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Damage,
-    Frame, SegmentHeader, FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_HEADER_BYTES,
+    align8, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Damage, Frame,
+    SegmentHeader, FRAME_HEADER_BYTES, PAYLOAD_MAX_BYTES, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES,
 };
 use crate::syncer::{Durability, JournalSyncer};
 
@@ -216,9 +216,8 @@ impl JournalWriter {
         if command.seq != self.next_seq {
             return Err(JournalError::OutOfOrder { expected: self.next_seq, got: command.seq });
         }
-        let payload_len =
-            bincode::serde::encode_into_slice(command.command, &mut self.scratch, bincode_config())
-                .map_err(|e| JournalError::Encode(e.to_string()))?;
+        let payload_len = codec::encode_into_slice(&command.command, &mut self.scratch)
+            .map_err(|e| JournalError::Encode(e.to_string()))?;
         let frame_len = align8(FRAME_HEADER_BYTES + payload_len);
         if self.segment.offset + frame_len > self.segment.map.len() {
             self.rotate()?;
@@ -427,7 +426,7 @@ fn open_existing(
             File::open(path).and_then(|f| f.sync_data()).map_err(|e| JournalError::io(path, e))?;
         }
     }
-    let checkpoint = match found {
+    let mut checkpoint = match found {
         Some(found) => Checkpoint {
             durable_seq: last_seq,
             oldest_first_seq: found.oldest_first_seq,
@@ -443,6 +442,26 @@ fn open_existing(
             segment_count: segments.len() as u64,
         },
     };
+    if header.format_version != SEGMENT_FORMAT_VERSION {
+        // A segment of an older format is never appended to (one file, one
+        // payload encoding): new records go to a new segment. An old
+        // segment without records is replaced by a new one of the same name.
+        drop(map);
+        let next_seq = last_seq + 1;
+        let segment = create_segment(config, next_seq)?;
+        if next_seq != *first_seq {
+            checkpoint.newest_first_seq = next_seq;
+            checkpoint.segment_count += 1;
+        }
+        tracing::info!(
+            old = %path.display(),
+            new = %segment.path.display(),
+            "the newest journal segment is in format {}; new records go to a new segment in format {}",
+            header.format_version,
+            SEGMENT_FORMAT_VERSION
+        );
+        return Ok((segment, next_seq, checkpoint));
+    }
     let segment = OpenSegment {
         path: path.clone(),
         first_seq: *first_seq,
@@ -541,7 +560,7 @@ pub(crate) fn create_segment(config: &JournalConfig, first_seq: u64) -> Result<O
     // Safety: the file was just created by this process and nobody else
     // writes journal segments.
     let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(&temp, e))?;
-    let header = SegmentHeader { first_seq, capacity_bytes: config.segment_bytes };
+    let header = SegmentHeader::new(first_seq, config.segment_bytes);
     map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
     // Synced under every policy: the checkpoint names the segment next, and
     // what it names must survive a power loss.

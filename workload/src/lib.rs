@@ -320,10 +320,14 @@ pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
     }
 }
 
-/// The first bytes of a workload file, with the format version.
-const MAGIC: &[u8; 8] = b"EXWLOAD1";
-/// A workload file may not make the reader allocate more than this.
-const FILE_DECODE_LIMIT_BYTES: usize = 8 << 30;
+/// The first bytes of a workload file; a `u32` format version follows.
+const MAGIC: &[u8; 8] = b"EXWORKLD";
+/// The format written: the [`Workload`] in the project's codec.
+const FILE_FORMAT_VERSION: u32 = 2;
+/// The whole header of files written before the project's codec (the
+/// version was in the magic; the workload in bincode 2's standard layout).
+/// Still read.
+const MAGIC_BINCODE: &[u8; 8] = b"EXWLOAD1";
 
 #[derive(Debug)]
 pub enum WorkloadFileError {
@@ -352,28 +356,34 @@ impl From<io::Error> for WorkloadFileError {
     }
 }
 
-fn file_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<FILE_DECODE_LIMIT_BYTES>()
-}
-
 pub fn write(workload: &Workload, path: &Path) -> Result<(), WorkloadFileError> {
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&FILE_FORMAT_VERSION.to_le_bytes());
+    codec::encode_append(workload, &mut bytes).map_err(|e| WorkloadFileError::Decode(e.to_string()))?;
     let mut out = BufWriter::new(File::create(path)?);
-    out.write_all(MAGIC)?;
-    bincode::serde::encode_into_std_write(workload, &mut out, file_config())
-        .map_err(|e| WorkloadFileError::Decode(e.to_string()))?;
+    out.write_all(&bytes)?;
     out.flush()?;
     Ok(())
 }
 
 pub fn read(path: &Path) -> Result<Workload, WorkloadFileError> {
-    let mut input = BufReader::new(File::open(path)?);
-    let mut magic = [0u8; 8];
-    input.read_exact(&mut magic).map_err(|_| WorkloadFileError::NotAWorkload)?;
-    if &magic != MAGIC {
-        return Err(WorkloadFileError::NotAWorkload);
-    }
-    bincode::serde::decode_from_std_read(&mut input, file_config())
-        .map_err(|e| WorkloadFileError::Decode(e.to_string()))
+    let mut bytes = Vec::new();
+    BufReader::new(File::open(path)?).read_to_end(&mut bytes)?;
+    let decoded = if let Some(body) = bytes.strip_prefix(MAGIC_BINCODE) {
+        codec::decode_bincode_standard(body)
+    } else {
+        let Some(rest) = bytes.strip_prefix(MAGIC) else {
+            return Err(WorkloadFileError::NotAWorkload);
+        };
+        let Some((version, body)) = rest.split_first_chunk::<4>() else {
+            return Err(WorkloadFileError::NotAWorkload);
+        };
+        if u32::from_le_bytes(*version) != FILE_FORMAT_VERSION {
+            return Err(WorkloadFileError::NotAWorkload);
+        }
+        codec::decode(body)
+    };
+    decoded.map_err(|e| WorkloadFileError::Decode(e.to_string()))
 }
 
 #[cfg(test)]
@@ -458,6 +468,10 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(matches!(read(&path), Err(WorkloadFileError::Decode(_))));
+        let mut future = bytes.clone();
+        future[8..12].copy_from_slice(&3u32.to_le_bytes());
+        std::fs::write(&path, &future).unwrap();
+        assert!(matches!(read(&path), Err(WorkloadFileError::NotAWorkload)));
         std::fs::write(&path, b"something else entirely").unwrap();
         assert!(matches!(read(&path), Err(WorkloadFileError::NotAWorkload)));
         std::fs::remove_dir_all(&dir).unwrap();
