@@ -68,7 +68,18 @@ fn a_bincode_era_data_directory_is_served_as_the_old_exchange_served_it() {
 
     let exchange = Exchange::start(&data, &[]);
     let got = reads(&exchange);
+    // /trade/history has gained quote_quantity since (the shape it has with
+    // a database too): the old answer is what remains without it.
+    let mut got_as_before = got.clone();
+    for trade in got_as_before["trades"]["trades"].as_array_mut().unwrap() {
+        let trade = trade.as_object_mut().unwrap();
+        let quote: f64 = trade.remove("quote_quantity").unwrap().as_str().unwrap().parse().unwrap();
+        let price: f64 = trade["price"].as_str().unwrap().parse().unwrap();
+        let quantity: f64 = trade["quantity"].as_str().unwrap().parse().unwrap();
+        assert!((quote - price * quantity).abs() < 1e-9, "{trade:?}");
+    }
     for (name, want) in expected.as_object().unwrap() {
+        let got = &got_as_before;
         assert_eq!(&got[name], want, "{name} differs from what the bincode-era exchange answered");
     }
     // The old snapshot's views were used: trades from before it are there.
