@@ -143,16 +143,7 @@ impl Authenticator {
         now_ms: u64,
         changes_state: bool,
     ) -> Result<UserId, ApiError> {
-        let api_key = api_key.ok_or_else(|| {
-            ApiError::unauthorized("missing_api_key", format!("the {API_KEY_HEADER} header is required"))
-        })?;
-        let key =
-            ApiKey::new(api_key).map_err(|_| ApiError::unauthorized("invalid_api_key", "unknown API key"))?;
-        let (user, secret) = self
-            .keys
-            .get(&key)
-            .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "unknown API key"))?;
-        self.take_token(key, now_ms)?;
+        let (user, secret) = self.key_holder(api_key, now_ms)?;
 
         // The signature is the last parameter of the query string or, for
         // a form-encoded body, of the body; the payload is the query string
@@ -258,17 +249,23 @@ impl Authenticator {
     /// alone (the listen key's `USER_STREAM` endpoints); rate-limited like
     /// a signed request.
     pub fn identify(&self, api_key: Option<&str>, now_ms: u64) -> Result<UserId, ApiError> {
+        self.key_holder(api_key, now_ms).map(|(user, _)| user)
+    }
+
+    /// The user and secret of an API key, one request taken from the key's
+    /// rate budget.
+    fn key_holder(&self, api_key: Option<&str>, now_ms: u64) -> Result<(UserId, ApiSecret), ApiError> {
         let api_key = api_key.ok_or_else(|| {
             ApiError::unauthorized("missing_api_key", format!("the {API_KEY_HEADER} header is required"))
         })?;
         let key =
             ApiKey::new(api_key).map_err(|_| ApiError::unauthorized("invalid_api_key", "unknown API key"))?;
-        let (user, _) = self
+        let holder = self
             .keys
             .get(&key)
             .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "unknown API key"))?;
         self.take_token(key, now_ms)?;
-        Ok(user)
+        Ok(holder)
     }
 
     /// State-changing requests signed before this time (ms since the
