@@ -182,6 +182,59 @@ pub struct MinuteBar {
     pub trades: u64,
     pub first_trade: TradeId,
     pub last_trade: TradeId,
+    /// What takers bought: base lots and quote units (Binance's taker-buy
+    /// volumes; 0 in bars restored from a views section of format 1 or 2,
+    /// which did not keep them).
+    pub taker_buy_volume: u128,
+    pub taker_buy_quote_volume: u128,
+}
+
+/// A minute bar as views formats 1 and 2 kept it: without the taker-buy
+/// volumes.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct MinuteBarV2 {
+    minute: u64,
+    open: Ticks,
+    high: Ticks,
+    low: Ticks,
+    close: Ticks,
+    volume: u128,
+    quote_volume: u128,
+    trades: u64,
+    first_trade: TradeId,
+    last_trade: TradeId,
+}
+
+impl From<MinuteBarV2> for MinuteBar {
+    fn from(old: MinuteBarV2) -> MinuteBar {
+        let MinuteBarV2 {
+            minute,
+            open,
+            high,
+            low,
+            close,
+            volume,
+            quote_volume,
+            trades,
+            first_trade,
+            last_trade,
+        } = old;
+        MinuteBar {
+            minute,
+            open,
+            high,
+            low,
+            close,
+            volume,
+            quote_volume,
+            trades,
+            first_trade,
+            last_trade,
+            taker_buy_volume: 0,
+            taker_buy_quote_volume: 0,
+        }
+    }
 }
 
 /// A market's trading over the last day (the minutes kept in the view).
@@ -281,7 +334,9 @@ pub struct Views {
 /// a `u32` (little-endian), then [`ViewsState`] in the project's codec.
 /// Bump it when [`ViewsState`] changes shape; a snapshot of another
 /// version is skipped by recovery (which falls back to an older one).
-const VIEWS_FORMAT_VERSION: u32 = 2;
+const VIEWS_FORMAT_VERSION: u32 = 3;
+/// Format 3 less the taker-buy volumes of the minute bars; still read.
+const VIEWS_FORMAT_VERSION_WITHOUT_TAKER_BUY: u32 = 2;
 /// The same state in bincode 2's standard layout (before the project's
 /// codec); still read.
 const VIEWS_FORMAT_VERSION_BINCODE: u32 = 1;
@@ -305,6 +360,46 @@ pub struct MarketHistory {
     pub last_qty: Option<Lots>,
     pub minutes: VecDeque<MinuteBar>,
     pub depth_seq: u64,
+}
+
+/// [`ViewsState`] as formats 1 and 2 kept it (minute bars without the
+/// taker-buy volumes).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ViewsStateV2 {
+    last_seq: u64,
+    markets: Vec<MarketHistoryV2>,
+    users: Vec<UserHistory>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct MarketHistoryV2 {
+    trades: VecDeque<TradeView>,
+    last_price: Option<Ticks>,
+    last_qty: Option<Lots>,
+    minutes: VecDeque<MinuteBarV2>,
+    depth_seq: u64,
+}
+
+impl From<ViewsStateV2> for ViewsState {
+    fn from(old: ViewsStateV2) -> ViewsState {
+        ViewsState {
+            last_seq: old.last_seq,
+            markets: old
+                .markets
+                .into_iter()
+                .map(|m| MarketHistory {
+                    trades: m.trades,
+                    last_price: m.last_price,
+                    last_qty: m.last_qty,
+                    minutes: m.minutes.into_iter().map(MinuteBar::from).collect(),
+                    depth_seq: m.depth_seq,
+                })
+                .collect(),
+            users: old.users,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -331,10 +426,15 @@ impl ViewsState {
         let version = u32::from_le_bytes(*version);
         let decoded = match version {
             VIEWS_FORMAT_VERSION => codec::decode(body),
-            VIEWS_FORMAT_VERSION_BINCODE => codec::decode_bincode_standard(body),
+            VIEWS_FORMAT_VERSION_WITHOUT_TAKER_BUY => {
+                codec::decode::<ViewsStateV2>(body).map(ViewsState::from)
+            }
+            VIEWS_FORMAT_VERSION_BINCODE => {
+                codec::decode_bincode_standard::<ViewsStateV2>(body).map(ViewsState::from)
+            }
             _ => {
                 return Err(format!(
-                    "format version {version}; this build reads {VIEWS_FORMAT_VERSION_BINCODE} and \
+                    "format version {version}; this build reads {VIEWS_FORMAT_VERSION_BINCODE} to \
                      {VIEWS_FORMAT_VERSION}"
                 ))
             }
@@ -683,6 +783,8 @@ impl Views {
                 }
                 let minute = timestamp_ns / NANOS_PER_MINUTE;
                 let quote = u128::from(price.0) * u128::from(qty.0) * u128::from(rules.quote_units_per_tick);
+                let (bought, bought_quote) =
+                    if taker_side == Side::Buy { (u128::from(qty.0), quote) } else { (0, 0) };
                 match view.minutes.back_mut() {
                     Some(bar) if bar.minute == minute => {
                         bar.high = bar.high.max(price);
@@ -690,6 +792,8 @@ impl Views {
                         bar.close = price;
                         bar.volume += u128::from(qty.0);
                         bar.quote_volume += quote;
+                        bar.taker_buy_volume += bought;
+                        bar.taker_buy_quote_volume += bought_quote;
                         bar.trades += 1;
                         bar.last_trade = trade;
                     }
@@ -704,6 +808,8 @@ impl Views {
                         trades: 1,
                         first_trade: trade,
                         last_trade: trade,
+                        taker_buy_volume: bought,
+                        taker_buy_quote_volume: bought_quote,
                     }),
                 }
                 while view.minutes.front().is_some_and(|bar| bar.minute + MINUTES_PER_DAY <= minute) {
@@ -785,5 +891,52 @@ impl Views {
 
     pub fn market_status(&self, market: MarketId) -> Option<MarketStatus> {
         self.markets.get(market.0 as usize).map(|view| view.market.status)
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn a_views_section_of_format_2_is_read_with_taker_buy_volumes_of_zero() {
+        let bar = MinuteBarV2 {
+            minute: 7,
+            open: Ticks(10),
+            high: Ticks(12),
+            low: Ticks(9),
+            close: Ticks(11),
+            volume: 5,
+            quote_volume: 50,
+            trades: 2,
+            first_trade: TradeId(1),
+            last_trade: TradeId(2),
+        };
+        let old = ViewsStateV2 {
+            last_seq: 9,
+            markets: vec![MarketHistoryV2 {
+                trades: VecDeque::new(),
+                last_price: Some(Ticks(11)),
+                last_qty: None,
+                minutes: VecDeque::from([bar]),
+                depth_seq: 3,
+            }],
+            users: Vec::new(),
+        };
+        let mut bytes = VIEWS_FORMAT_VERSION_WITHOUT_TAKER_BUY.to_le_bytes().to_vec();
+        codec::encode_append(&old, &mut bytes).unwrap();
+        let state = ViewsState::decode(&bytes).unwrap();
+        let bar = state.markets[0].minutes[0];
+        assert_eq!((bar.minute, bar.volume, bar.trades, bar.last_trade), (7, 5, 2, TradeId(2)));
+        assert_eq!((bar.taker_buy_volume, bar.taker_buy_quote_volume), (0, 0));
+        // And format 3 keeps them.
+        let mut state = state;
+        state.markets[0].minutes[0].taker_buy_volume = 4;
+        let again = ViewsState::decode(&state.encode().unwrap()).unwrap();
+        assert_eq!(again.markets[0].minutes[0].taker_buy_volume, 4);
+        assert_eq!(
+            u32::from_le_bytes(state.encode().unwrap()[..4].try_into().unwrap()),
+            VIEWS_FORMAT_VERSION
+        );
     }
 }

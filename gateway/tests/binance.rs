@@ -1144,3 +1144,38 @@ fn listen_keys_over_the_websocket_api_and_the_combined_stream() {
         }
     }
 }
+
+#[test]
+fn klines_count_what_takers_bought_and_keep_it_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(2);
+    let order = |key: &Key, side: &str, quantity: &str, price: &str| {
+        let params = format!(
+            "symbol=BTCUSDT&side={side}&type=LIMIT&timeInForce=GTC&quantity={quantity}&price={price}"
+        );
+        let (status, _, body) = signed(&exchange, key, "POST", "/api/v3/order", &params);
+        assert_eq!(status, 200, "{body}");
+    };
+    // A taker buys 0.01 at 100, a taker sells 0.02 at 90.
+    order(&keys[0], "SELL", "0.01", "100");
+    order(&keys[1], "BUY", "0.01", "100");
+    order(&keys[0], "BUY", "0.02", "90");
+    order(&keys[1], "SELL", "0.02", "90");
+    let kline = |exchange: &Exchange| {
+        let (status, _, body) = exchange.raw("GET", "/api/v3/klines?symbol=BTCUSDT&interval=1d", &[], b"");
+        assert_eq!(status, 200, "{body}");
+        body.as_array().unwrap().last().cloned().unwrap()
+    };
+    let before = kline(&exchange);
+    assert_eq!(before[5], "0.03000000", "{before}");
+    assert_eq!(
+        (before[9].as_str(), before[10].as_str()),
+        (Some("0.01000000"), Some("1.00000000")),
+        "{before}"
+    );
+    // The views' snapshot at shutdown keeps them.
+    assert!(exchange.terminate().success());
+    let exchange = Exchange::start(dir.path(), &[]);
+    assert_eq!(kline(&exchange), before);
+}

@@ -353,22 +353,23 @@ pub async fn klines(state: &AppState, params: &Params) -> Result<Value, BinanceE
 /// A candle of the views' minute bars in decimals.
 fn bar_kline(view: &MarketView, bar: &MinuteBar) -> Kline {
     let price = |ticks: Ticks| Decimal::from(ticks.0) * view.scale.tick_size;
-    let volume = Decimal::from(u64::try_from(bar.volume).unwrap_or(u64::MAX)) * view.scale.lot_size;
-    let quote_volume = u64::try_from(bar.quote_volume).map_or(Decimal::MAX, |units| {
-        Decimal::from(units) / Decimal::from(10u64.pow(u32::from(view.scale.quote_decimals)))
-    });
+    let base = |lots: u128| Decimal::from(u64::try_from(lots).unwrap_or(u64::MAX)) * view.scale.lot_size;
+    let quote = |units: u128| {
+        u64::try_from(units).map_or(Decimal::MAX, |units| {
+            Decimal::from(units) / Decimal::from(10u64.pow(u32::from(view.scale.quote_decimals)))
+        })
+    };
     Kline {
         open_ms: bar.minute * 60_000,
         open: price(bar.open),
         high: price(bar.high),
         low: price(bar.low),
         close: price(bar.close),
-        volume,
-        quote_volume,
+        volume: base(bar.volume),
+        quote_volume: quote(bar.quote_volume),
         trades: bar.trades,
-        // The minute bars do not keep the taker's side yet.
-        taker_buy_volume: Decimal::ZERO,
-        taker_buy_quote_volume: Decimal::ZERO,
+        taker_buy_volume: base(bar.taker_buy_volume),
+        taker_buy_quote_volume: quote(bar.taker_buy_quote_volume),
     }
 }
 
@@ -396,6 +397,8 @@ pub fn candles(view: &MarketView, minutes: u64) -> Vec<MinuteBar> {
                 candle.close = bar.close;
                 candle.volume += bar.volume;
                 candle.quote_volume += bar.quote_volume;
+                candle.taker_buy_volume += bar.taker_buy_volume;
+                candle.taker_buy_quote_volume += bar.taker_buy_quote_volume;
                 candle.trades += bar.trades;
                 candle.last_trade = bar.last_trade;
             }

@@ -549,7 +549,9 @@ fn kline_event(view: &crate::views::MarketView, now: u64, minutes: u64) -> Optio
             "v": qty_text(scale, Lots(u64::try_from(candle.volume).unwrap_or(u64::MAX))),
             "n": candle.trades, "x": now > close_ms,
             "q": units_text(candle.quote_volume, scale.quote_decimals),
-            "V": "0", "Q": "0", "B": "0",
+            "V": qty_text(scale, Lots(u64::try_from(candle.taker_buy_volume).unwrap_or(u64::MAX))),
+            "Q": units_text(candle.taker_buy_quote_volume, scale.quote_decimals),
+            "B": "0",
         },
     }))
 }
