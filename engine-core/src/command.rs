@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::limits::EngineLimits;
 use crate::market::{MarketRules, MarketStatus};
 use crate::units::{
-    ApiKey, ApiSecret, AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, Units, UserId,
+    ApiKey, ApiSecret, AssetId, ClientOrderId, ListId, Lots, MarketId, OrderId, Side, Symbol, Ticks, Units,
+    UserId,
 };
 
 /// A command with the sequence number and time the matcher stamped on it.
@@ -86,6 +87,15 @@ pub enum Command {
     SetLimits {
         limits: EngineLimits,
     },
+    /// Places two orders bound together: an OCO (one cancels the other) or
+    /// an OTO (one triggers the other). See [`NewOrderList`].
+    PlaceOrderList(NewOrderList),
+    /// Cancels every open order of an order list (cancelling one order of a
+    /// list with [`Command::CancelOrder`] does the same).
+    CancelOrderList {
+        user: UserId,
+        list: ListRef,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +122,138 @@ pub enum OrderKind {
     /// runs out. It is filled when what is left of `amount` cannot pay for
     /// one more lot at the price it last traded at.
     MarketByQuote { amount: Units },
+    /// A limit order that shows at most `visible` lots on the book at a
+    /// time (an iceberg). Each time the shown part is used up the next one,
+    /// `visible` lots or what is left, goes to the back of the queue at
+    /// `price`. `tif` is GTC or post-only.
+    Iceberg { price: Ticks, qty: Lots, visible: Lots, tif: TimeInForce },
+    /// Waits off the book until `trigger` fires, then enters as a market
+    /// order for `qty`.
+    StopMarket { trigger: Trigger, qty: Lots },
+    /// Waits off the book until `trigger` fires, then enters as a limit
+    /// order (GTC, IOC or FOK); an iceberg showing `visible` lots when
+    /// `visible` is not 0 (GTC only).
+    StopLimit { trigger: Trigger, price: Ticks, qty: Lots, tif: TimeInForce, visible: Lots },
+}
+
+impl OrderKind {
+    /// The order's quantity (`None` for a market order by quote amount).
+    pub fn qty(&self) -> Option<Lots> {
+        match *self {
+            OrderKind::Limit { qty, .. }
+            | OrderKind::Market { qty }
+            | OrderKind::Iceberg { qty, .. }
+            | OrderKind::StopMarket { qty, .. }
+            | OrderKind::StopLimit { qty, .. } => Some(qty),
+            OrderKind::MarketByQuote { .. } => None,
+        }
+    }
+
+    /// The limit price (`None` for market kinds).
+    pub fn price(&self) -> Option<Ticks> {
+        match *self {
+            OrderKind::Limit { price, .. }
+            | OrderKind::Iceberg { price, .. }
+            | OrderKind::StopLimit { price, .. } => Some(price),
+            _ => None,
+        }
+    }
+
+    /// The trigger of an order that waits for one.
+    pub fn trigger(&self) -> Option<Trigger> {
+        match *self {
+            OrderKind::StopMarket { trigger, .. } | OrderKind::StopLimit { trigger, .. } => Some(trigger),
+            _ => None,
+        }
+    }
+}
+
+/// When a stop or take-profit order leaves its wait, by the last trade
+/// price of its market (Binance's rules):
+///
+/// | kind | side | fires when the last price |
+/// | --- | --- | --- |
+/// | stop-loss | buy | rises to `stop` or above |
+/// | stop-loss | sell | falls to `stop` or below |
+/// | take-profit | buy | falls to `stop` or below |
+/// | take-profit | sell | rises to `stop` or above |
+///
+/// A trailing order (`trailing_bips` > 0) first waits for that condition
+/// on `stop` (or starts at once when `stop` is `None`), then tracks the
+/// best price since (highest for a sell, lowest for a buy) and fires when
+/// the price moves back from it by `trailing_bips` basis points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub kind: TriggerKind,
+    /// The stop price; for a trailing order the price that starts the
+    /// tracking, or `None` to start it at placement.
+    pub stop: Option<Ticks>,
+    /// The trailing delta in basis points (0.01%); 0 for a fixed stop.
+    pub trailing_bips: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TriggerKind {
+    StopLoss,
+    TakeProfit,
+}
+
+impl Trigger {
+    /// Whether the trigger condition on the stop price waits for the price
+    /// to rise (`true`) or to fall (`false`) for an order on `side`.
+    pub fn rises(&self, side: Side) -> bool {
+        matches!(
+            (self.kind, side),
+            (TriggerKind::StopLoss, Side::Buy) | (TriggerKind::TakeProfit, Side::Sell)
+        )
+    }
+}
+
+/// Two orders placed together and bound to each other.
+///
+/// * [`Contingency::Oco`]: one cancels the other. Both legs have the same
+///   side and quantity; at most one rests on the book (a post-only limit or
+///   iceberg), the others wait for a trigger. When one leg trades (even in
+///   part) or fires, the other is cancelled in the same command. The list
+///   holds what its larger leg needs, once.
+/// * [`Contingency::Oto`]: one triggers the other. `legs[0]` is the working
+///   order (a limit or an iceberg), `legs[1]` the pending order (limit,
+///   iceberg, market by quantity, stop or take-profit, either side). The
+///   pending order is placed, checked and funded like a new order when the
+///   working order is completely filled; it holds nothing before.
+///
+/// Cancelling either order cancels the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrderList {
+    pub user: UserId,
+    pub market: MarketId,
+    pub contingency: Contingency,
+    /// Unique among the user's open order lists when given.
+    pub client_list_id: Option<ClientOrderId>,
+    pub stp: SelfTradePrevention,
+    pub legs: [ListLeg; 2],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListLeg {
+    pub side: Side,
+    pub kind: OrderKind,
+    pub client_order_id: Option<ClientOrderId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Contingency {
+    /// One cancels the other.
+    Oco,
+    /// One triggers the other.
+    Oto,
+}
+
+/// Names an open order list: by the engine's id or by the user's list client id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListRef {
+    Id(ListId),
+    Client(ClientOrderId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -246,6 +246,9 @@ impl Engine {
                 emitter.emit(EventKind::LimitsChanged { limits });
                 Ok(())
             }
+            Command::PlaceOrderList(_) | Command::CancelOrderList { .. } => {
+                Err(RejectReason::UnknownOrderList)
+            }
         };
         if let Err(reason) = result {
             let (user, client_order_id) = match command.command {
@@ -257,6 +260,8 @@ impl Engine {
                 | Command::CancelAll { user, .. } => (Some(user), None),
                 Command::PlaceOrder(order) => (Some(order.user), order.client_order_id),
                 Command::Amend(amend) => (Some(amend.user), None),
+                Command::PlaceOrderList(list) => (Some(list.user), list.client_list_id),
+                Command::CancelOrderList { user, .. } => (Some(user), None),
                 _ => (None, None),
             };
             emitter.emit(EventKind::Rejected { user, client_order_id, reason });
@@ -552,6 +557,9 @@ impl Engine {
                     }
                 };
                 (None, lots, Some(amount), TimeInForce::Ioc)
+            }
+            OrderKind::Iceberg { .. } | OrderKind::StopMarket { .. } | OrderKind::StopLimit { .. } => {
+                return Err(RejectReason::TimeInForceNotAllowed)
             }
         };
         if let Some(client_order_id) = new.client_order_id {

@@ -17,11 +17,12 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{OrderKind, SelfTradePrevention};
+use crate::command::{Contingency, OrderKind, SelfTradePrevention};
 use crate::limits::EngineLimits;
 use crate::market::{MarketRules, MarketStatus};
 use crate::units::{
-    ApiKey, AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units, UserId,
+    ApiKey, AssetId, ClientOrderId, ListId, Lots, MarketId, OrderId, Side, Symbol, Ticks, TradeId, Units,
+    UserId,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +162,67 @@ pub enum EventKind {
     LimitsChanged {
         limits: EngineLimits,
     },
+    /// A waiting stop or take-profit order fired: it enters the market now
+    /// as the market or limit order it names, with a new place in time.
+    /// Its trades, book changes and end follow as for a new order.
+    OrderTriggered {
+        order: OrderId,
+        user: UserId,
+        market: MarketId,
+        /// The trade price that fired it.
+        price: Ticks,
+        timestamp_ns: u64,
+    },
+    /// A trailing order started tracking: from here on it follows the best
+    /// trade price (highest for a sell, lowest for a buy), starting at
+    /// `price`, and fires on the retracement.
+    TrailingStarted {
+        order: OrderId,
+        user: UserId,
+        market: MarketId,
+        price: Ticks,
+    },
+    /// An iceberg's shown part was used up: the next part, `shown` lots,
+    /// goes to the back of the queue at `price`, `hidden` lots stay behind
+    /// it. Private to the owner: the hidden size is never public.
+    OrderRefilled {
+        order: OrderId,
+        user: UserId,
+        market: MarketId,
+        side: Side,
+        price: Ticks,
+        shown: Lots,
+        hidden: Lots,
+    },
+    /// An order list opened. Its orders' `OrderAccepted` events follow, in
+    /// the order of `orders`. For an OTO, `orders[1]` is pending: it is not
+    /// on the book, waits for nothing but `orders[0]`'s complete fill, and
+    /// holds no funds until `OrderReleased`.
+    OrderListAccepted {
+        list: ListId,
+        user: UserId,
+        market: MarketId,
+        contingency: Contingency,
+        orders: [OrderId; 2],
+        client_list_id: Option<ClientOrderId>,
+        timestamp_ns: u64,
+    },
+    /// An OTO's working order filled: its pending order is placed now, as a
+    /// new order would be (checked, funded, then resting, waiting or
+    /// trading). If it cannot be, an `OrderDone` with `Refused` follows.
+    OrderReleased {
+        order: OrderId,
+        user: UserId,
+        market: MarketId,
+        timestamp_ns: u64,
+    },
+    /// An order list is over: its orders are closed, or the one left goes
+    /// on alone (an OCO leg that traded or fired, an OTO's released order).
+    OrderListDone {
+        list: ListId,
+        user: UserId,
+        market: MarketId,
+    },
 }
 
 /// Why an order left the book or ended without resting.
@@ -178,6 +240,13 @@ pub enum DoneReason {
     /// could not pay for the next lot, or a market sell by quote amount
     /// sold all of the user's available base before reaching its amount.
     FundsExhausted,
+    /// Cancelled because the other order of its list traded, fired or
+    /// closed (an OCO's other leg; an OTO's pending order when the working
+    /// order ends unfilled).
+    Contingent,
+    /// An OTO's pending order could not be placed when it was released
+    /// (the reason says why); it never held funds.
+    Refused(RejectReason),
 }
 
 /// Why a command was refused. Each names the rule and the numbers involved.
@@ -257,6 +326,77 @@ pub enum RejectReason {
     ApiKeyLimit {
         limit: u32,
     },
+    /// The stop price's condition already holds at the last trade price.
+    WouldTriggerImmediately {
+        stop: Ticks,
+        last: Ticks,
+    },
+    /// A stop or take-profit order needs a stop price, a trailing delta, or both.
+    TriggerUnset,
+    TrailingDeltaOutOfRange {
+        bips: u16,
+        min: u16,
+        max: u16,
+    },
+    /// A stop-market buy holds its value at a reference price: its stop
+    /// price, or the last trade price for a trailing order without one.
+    NoReferencePrice,
+    /// The time in force is not one this kind of order takes.
+    TimeInForceNotAllowed,
+    /// An iceberg's visible part must be at least the market's minimum
+    /// quantity and below the order's quantity.
+    IcebergVisibleInvalid {
+        visible: Lots,
+        qty: Lots,
+    },
+    IcebergTooManyParts {
+        parts: u64,
+        max: u64,
+    },
+    /// The two orders of a list do not form an OCO or OTO (the text says
+    /// which rule).
+    OrderListInvalid(ListRule),
+    DuplicateListClientId(ClientOrderId),
+    /// No open order list of this user matches the reference.
+    UnknownOrderList,
+    /// Orders that wait (triggers, pending orders) and orders of a list
+    /// cannot be amended; cancel and place again.
+    AmendNotAllowed,
+}
+
+/// The rule of [`RejectReason::OrderListInvalid`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListRule {
+    /// An OCO's legs must have the same side and quantity.
+    OcoLegsDiffer,
+    /// An OCO leg is a post-only limit or iceberg, or a stop or take-profit.
+    OcoLegKind,
+    /// At most one OCO leg may rest on the book.
+    OcoTwoMakers,
+    /// An OTO's working order is a limit or iceberg order.
+    OtoWorkingKind,
+    /// An OTO's pending order is a limit, iceberg, market by quantity, stop
+    /// or take-profit order.
+    OtoPendingKind,
+    /// The two orders of a list share a client order id.
+    SameClientOrderId,
+}
+
+impl fmt::Display for ListRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ListRule::OcoLegsDiffer => "the two orders of an OCO must have the same side and quantity",
+            ListRule::OcoLegKind => {
+                "an OCO order must be a post-only limit (or iceberg) or a stop or take-profit order"
+            }
+            ListRule::OcoTwoMakers => "at most one order of an OCO may rest on the book",
+            ListRule::OtoWorkingKind => "an OTO's working order must be a limit or iceberg order",
+            ListRule::OtoPendingKind => {
+                "an OTO's pending order must be a limit, iceberg, market (by quantity), stop or take-profit order"
+            }
+            ListRule::SameClientOrderId => "the two orders of a list need different client order ids",
+        })
+    }
 }
 
 /// Which table of reference data is full.
@@ -331,6 +471,32 @@ impl fmt::Display for RejectReason {
                 write!(f, "API keys and secrets need at least {min} characters, not {len}")
             }
             ApiKeyLimit { limit } => write!(f, "the user has {limit} API keys, the most allowed"),
+            WouldTriggerImmediately { stop, last } => {
+                write!(f, "order would trigger immediately: stop price {stop} against last price {last}")
+            }
+            TriggerUnset => f.write_str("a stop or take-profit order needs a stop price or a trailing delta"),
+            TrailingDeltaOutOfRange { bips, min, max } => {
+                write!(f, "trailing delta {bips} basis points is outside {min}..={max}")
+            }
+            NoReferencePrice => f.write_str(
+                "a trailing stop-market buy without a stop price needs a last trade price to hold funds at",
+            ),
+            TimeInForceNotAllowed => f.write_str("this kind of order does not take that time in force"),
+            IcebergVisibleInvalid { visible, qty } => write!(
+                f,
+                "iceberg visible quantity {visible} lots must be at least the minimum and below the quantity {qty}"
+            ),
+            IcebergTooManyParts { parts, max } => {
+                write!(f, "iceberg would show {parts} parts; at most {max} are allowed")
+            }
+            OrderListInvalid(rule) => write!(f, "{rule}"),
+            DuplicateListClientId(id) => {
+                write!(f, "list client order id {id} is already used by an open order list")
+            }
+            UnknownOrderList => f.write_str("no open order list of this user has that id"),
+            AmendNotAllowed => f.write_str(
+                "waiting, pending and order-list orders cannot be amended; cancel and place again",
+            ),
         }
     }
 }

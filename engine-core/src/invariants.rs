@@ -311,6 +311,7 @@ impl Touched {
                             (Some(price), Some(qty), matches!(tif, TimeInForce::Gtc | TimeInForce::PostOnly))
                         }
                         OrderKind::Market { .. } | OrderKind::MarketByQuote { .. } => (None, None, false),
+                        _ => (None, None, true),
                     };
                     let fate = OrderFate::Open { user, market, side, price, remaining, may_rest };
                     touched.orders.push((order, position, fate));
@@ -396,6 +397,12 @@ impl Touched {
                         touched.market(engine, market, seq)?;
                     }
                 }
+                EventKind::OrderTriggered { .. }
+                | EventKind::TrailingStarted { .. }
+                | EventKind::OrderRefilled { .. }
+                | EventKind::OrderListAccepted { .. }
+                | EventKind::OrderReleased { .. }
+                | EventKind::OrderListDone { .. } => {}
                 EventKind::BookLevel { market, side, price, qty } => {
                     touched.market(engine, market, seq)?;
                     push_latest(&mut touched.levels, (market, side == Side::Sell, price), position, qty);

@@ -86,16 +86,17 @@ mod units;
 
 pub use accounts::{AssetTotals, Balance};
 pub use command::{
-    Amend, Command, NewOrder, OrderKind, OrderRef, SelfTradePrevention, StampedCommand, TimeInForce,
+    Amend, Command, Contingency, ListLeg, ListRef, NewOrder, NewOrderList, OrderKind, OrderRef,
+    SelfTradePrevention, StampedCommand, TimeInForce, Trigger, TriggerKind,
 };
 pub use engine::{ApiKeyEntry, Engine, SequenceError, TopOfBook};
-pub use event::{Capacity, DoneReason, Event, EventKind, RejectReason};
+pub use event::{Capacity, DoneReason, Event, EventKind, ListRule, RejectReason};
 pub use hash::StateHasher;
 pub use invariants::{InvariantViolation, TouchedScratch};
 pub use limits::EngineLimits;
 pub use market::{fee, Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
 pub use snapshot::{RestingOrder, Snapshot, SnapshotError, SNAPSHOT_FORMAT_VERSION};
 pub use units::{
-    ApiKey, ApiSecret, AssetId, ClientOrderId, Lots, MarketId, NameError, OrderId, Side, Symbol, Ticks,
-    TradeId, Units, UserId, API_KEY_LEN_MIN,
+    ApiKey, ApiSecret, AssetId, ClientOrderId, ListId, Lots, MarketId, NameError, OrderId, Side, Symbol,
+    Ticks, TradeId, Units, UserId, API_KEY_LEN_MIN,
 };

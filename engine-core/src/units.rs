@@ -64,6 +64,10 @@ integer_newtype!(
     /// A trade, numbered from 1 in execution order; never reused.
     TradeId(u64)
 );
+integer_newtype!(
+    /// An order list (OCO or OTO), numbered from 1 in acceptance order; never reused.
+    ListId(u64)
+);
 
 impl AssetId {
     pub(crate) fn index(self) -> usize {

@@ -287,6 +287,7 @@ impl Model {
                 };
                 (None, lots, Some(amount.0), TimeInForce::Ioc)
             }
+            _ => unreachable!("the model does not generate these kinds yet"),
         };
         if let Some(cid) = o.client_order_id {
             if self.orders.iter().any(|x| x.user == o.user.0 && x.cid == Some(cid)) {
@@ -646,6 +647,7 @@ impl EventView {
                     let qty = match kind {
                         OrderKind::Limit { qty, .. } | OrderKind::Market { qty } => qty.0,
                         OrderKind::MarketByQuote { .. } => 0,
+                        other => other.qty().map_or(0, |q| q.0),
                     };
                     self.open.insert(order.0, (user.0, qty));
                 }

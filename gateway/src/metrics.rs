@@ -300,6 +300,17 @@ pub fn reject_name(reason: RejectReason) -> &'static str {
         UnknownApiKey => "unknown_api_key",
         ApiKeyTooShort { .. } => "api_key_too_short",
         ApiKeyLimit { .. } => "api_key_limit",
+        WouldTriggerImmediately { .. } => "would_trigger_immediately",
+        TriggerUnset => "trigger_unset",
+        TrailingDeltaOutOfRange { .. } => "trailing_delta_out_of_range",
+        NoReferencePrice => "no_reference_price",
+        TimeInForceNotAllowed => "time_in_force_not_allowed",
+        IcebergVisibleInvalid { .. } => "iceberg_visible_invalid",
+        IcebergTooManyParts { .. } => "iceberg_too_many_parts",
+        OrderListInvalid(_) => "order_list_invalid",
+        DuplicateListClientId(_) => "duplicate_list_client_id",
+        UnknownOrderList => "unknown_order_list",
+        AmendNotAllowed => "amend_not_allowed",
     }
 }
 

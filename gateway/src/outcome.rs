@@ -126,7 +126,9 @@ impl Capture {
                         closing.status = match reason {
                             DoneReason::Filled => OrderStatus::Filled,
                             DoneReason::Cancelled => OrderStatus::Cancelled,
-                            DoneReason::Expired => OrderStatus::Expired,
+                            DoneReason::Expired | DoneReason::Contingent | DoneReason::Refused(_) => {
+                                OrderStatus::Expired
+                            }
                             DoneReason::SelfTrade => OrderStatus::ExpiredSelfTrade,
                             DoneReason::FundsExhausted => OrderStatus::ExpiredFunds,
                         };

@@ -524,6 +524,13 @@ fn order_json_with_fills(views: &Views, order: &OrderView, fills: &[FillView]) -
     let (order_type, tif, quantity, quote_amount) = match order.kind {
         Some(OrderKind::Limit { qty, tif, .. }) => ("limit", Some(tif_name(tif)), Some(scale.qty(qty)), None),
         Some(OrderKind::Market { qty }) => ("market", None, Some(scale.qty(qty)), None),
+        Some(OrderKind::Iceberg { qty, tif, .. }) => {
+            ("iceberg", Some(tif_name(tif)), Some(scale.qty(qty)), None)
+        }
+        Some(OrderKind::StopLimit { qty, tif, .. }) => {
+            ("stop_limit", Some(tif_name(tif)), Some(scale.qty(qty)), None)
+        }
+        Some(OrderKind::StopMarket { qty, .. }) => ("stop_market", None, Some(scale.qty(qty)), None),
         Some(OrderKind::MarketByQuote { amount }) => {
             ("market", None, None, Some(amounts::units_to_string(amount, scale.quote_decimals)))
         }

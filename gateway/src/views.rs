@@ -116,8 +116,10 @@ impl OrderView {
             return None;
         };
         let (price, quantity) = match kind {
-            OrderKind::Limit { price, qty, .. } => (Some(price), qty),
-            OrderKind::Market { qty } => (None, qty),
+            OrderKind::Limit { price, qty, .. }
+            | OrderKind::Iceberg { price, qty, .. }
+            | OrderKind::StopLimit { price, qty, .. } => (Some(price), qty),
+            OrderKind::Market { qty } | OrderKind::StopMarket { qty, .. } => (None, qty),
             OrderKind::MarketByQuote { .. } => (None, Lots(0)),
         };
         Some(OrderView {
@@ -864,7 +866,9 @@ impl Views {
                 order_view.status = match reason {
                     DoneReason::Filled => OrderStatus::Filled,
                     DoneReason::Cancelled => OrderStatus::Cancelled,
-                    DoneReason::Expired => OrderStatus::Expired,
+                    DoneReason::Expired | DoneReason::Contingent | DoneReason::Refused(_) => {
+                        OrderStatus::Expired
+                    }
                     DoneReason::SelfTrade => OrderStatus::ExpiredSelfTrade,
                     DoneReason::FundsExhausted => OrderStatus::ExpiredFunds,
                 };
@@ -880,6 +884,12 @@ impl Views {
                 }
             }
             EventKind::LimitsChanged { limits } => self.limits = limits,
+            EventKind::OrderTriggered { .. }
+            | EventKind::TrailingStarted { .. }
+            | EventKind::OrderRefilled { .. }
+            | EventKind::OrderListAccepted { .. }
+            | EventKind::OrderReleased { .. }
+            | EventKind::OrderListDone { .. } => {}
             EventKind::Deposited { .. }
             | EventKind::Withdrawn { .. }
             | EventKind::ApiKeyCreated { .. }

@@ -459,6 +459,8 @@ fn status_name(clean: &Replay, order: u64) -> &'static str {
         Some(DoneReason::Expired) => "expired",
         Some(DoneReason::SelfTrade) => "expired_self_trade",
         Some(DoneReason::FundsExhausted) => "expired_insufficient_funds",
+        Some(DoneReason::Contingent) => "expired_contingent",
+        Some(DoneReason::Refused(_)) => "rejected",
         None if clean.order_trades.contains_key(&order) => "partially_filled",
         None => "new",
     }

@@ -240,6 +240,8 @@ pub fn done_status(reason: DoneReason) -> &'static str {
         DoneReason::Expired => "expired",
         DoneReason::SelfTrade => "expired_self_trade",
         DoneReason::FundsExhausted => "expired_insufficient_funds",
+        DoneReason::Contingent => "expired_contingent",
+        DoneReason::Refused(_) => "rejected",
     }
 }
 
@@ -485,13 +487,21 @@ impl RowSet {
             EventKind::Rejected { .. }
             | EventKind::BookLevel { .. }
             | EventKind::CancelledAll { .. }
-            | EventKind::LimitsChanged { .. } => {}
+            | EventKind::LimitsChanged { .. }
+            | EventKind::OrderTriggered { .. }
+            | EventKind::TrailingStarted { .. }
+            | EventKind::OrderRefilled { .. }
+            | EventKind::OrderListAccepted { .. }
+            | EventKind::OrderReleased { .. }
+            | EventKind::OrderListDone { .. } => {}
             EventKind::OrderAccepted { order, user, market, side, kind, client_order_id, stp, .. } => {
                 catalog.market(market)?;
                 self.command.cause = Some(Cause::Order(order));
                 let (price, remaining) = match kind {
-                    OrderKind::Limit { price, qty, .. } => (Some(price), qty),
-                    OrderKind::Market { qty } => (None, qty),
+                    OrderKind::Limit { price, qty, .. }
+                    | OrderKind::Iceberg { price, qty, .. }
+                    | OrderKind::StopLimit { price, qty, .. } => (Some(price), qty),
+                    OrderKind::Market { qty } | OrderKind::StopMarket { qty, .. } => (None, qty),
                     OrderKind::MarketByQuote { .. } => (None, Lots(0)),
                 };
                 let index = self.orders.len();

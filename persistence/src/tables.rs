@@ -440,6 +440,11 @@ fn order_rows(
                 use engine_core::OrderKind;
                 let (order_type, tif, quantity, quote_amount) = match opening.kind {
                     OrderKind::Limit { qty, tif, .. } => ("limit", Some(tif_name(tif)), Some(qty), None),
+                    OrderKind::Iceberg { qty, tif, .. } => ("iceberg", Some(tif_name(tif)), Some(qty), None),
+                    OrderKind::StopLimit { qty, tif, .. } => {
+                        ("stop_limit", Some(tif_name(tif)), Some(qty), None)
+                    }
+                    OrderKind::StopMarket { qty, .. } => ("stop_market", None, Some(qty), None),
                     OrderKind::Market { qty } => ("market", None, Some(qty), None),
                     OrderKind::MarketByQuote { amount } => (
                         "market_by_quote",

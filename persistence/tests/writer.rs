@@ -328,6 +328,7 @@ async fn check_tables(client: &Client, played: &Played) {
                     let remaining = match kind {
                         OrderKind::Limit { qty, .. } | OrderKind::Market { qty } => qty.0,
                         OrderKind::MarketByQuote { .. } => 0,
+                        other => other.qty().map_or(0, |q| q.0),
                     };
                     orders.insert(order.0, ("new".into(), 0, Some(remaining)));
                 }

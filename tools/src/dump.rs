@@ -198,6 +198,7 @@ impl Names<'_> {
                         OrderKind::MarketByQuote { amount: units } => {
                             format!("market for {} {}", amount(units, quote), quote.symbol)
                         }
+                        other => format!("{other:?}"),
                     };
                     let client =
                         order.client_order_id.map_or(String::new(), |id| format!(" client order id {id}"));
@@ -227,7 +228,7 @@ impl Names<'_> {
                 }
                 None => raw(),
             },
-            Command::SetLimits { .. } => raw(),
+            Command::SetLimits { .. } | Command::PlaceOrderList(_) | Command::CancelOrderList { .. } => raw(),
         };
         match self.rejected() {
             Some(reason) => format!("{text} -> rejected: {reason}"),
@@ -284,6 +285,14 @@ impl Names<'_> {
                         }
                         OrderKind::Market { qty } => put("qty", scale.qty(qty)),
                         OrderKind::MarketByQuote { amount: units } => put("amount", amount(units, quote)),
+                        other => {
+                            if let Some(price) = other.price() {
+                                put("price", scale.price(price));
+                            }
+                            if let Some(qty) = other.qty() {
+                                put("qty", scale.qty(qty));
+                            }
+                        }
                     }
                 }
             }

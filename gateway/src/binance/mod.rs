@@ -100,6 +100,23 @@ pub fn type_and_tif(kind: Option<OrderKind>) -> (&'static str, &'static str) {
             TimeInForce::PostOnly => ("LIMIT_MAKER", "GTC"),
         },
         Some(OrderKind::Market { .. } | OrderKind::MarketByQuote { .. }) => ("MARKET", "GTC"),
+        Some(OrderKind::Iceberg { tif: TimeInForce::PostOnly, .. }) => ("LIMIT_MAKER", "GTC"),
+        Some(OrderKind::Iceberg { .. }) => ("LIMIT", "GTC"),
+        Some(OrderKind::StopMarket { trigger, .. }) => match trigger.kind {
+            engine_core::TriggerKind::StopLoss => ("STOP_LOSS", "GTC"),
+            engine_core::TriggerKind::TakeProfit => ("TAKE_PROFIT", "GTC"),
+        },
+        Some(OrderKind::StopLimit { trigger, tif, .. }) => {
+            let tif = match tif {
+                TimeInForce::Ioc => "IOC",
+                TimeInForce::Fok => "FOK",
+                TimeInForce::Gtc | TimeInForce::PostOnly => "GTC",
+            };
+            match trigger.kind {
+                engine_core::TriggerKind::StopLoss => ("STOP_LOSS_LIMIT", tif),
+                engine_core::TriggerKind::TakeProfit => ("TAKE_PROFIT_LIMIT", tif),
+            }
+        }
         None => ("LIMIT", "GTC"),
     }
 }
