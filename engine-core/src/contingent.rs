@@ -691,8 +691,10 @@ impl Engine {
                     phase: Phase::Pending(second.kind),
                     list: list_slot,
                 };
-                // Opened first so that a working order filled at once finds it.
-                let pending = self.open_slot(new_order(&second, ids[1], &checked[1]), pending_extra);
+                // Opened first so that a working order filled at once finds
+                // it; listed under its user after the working order, whose
+                // id is older.
+                let pending = self.open_slot_unlisted(new_order(&second, ids[1], &checked[1]), pending_extra);
                 self.lists.get_mut(list_slot).slots[1] = pending;
                 let taker = self.taker(
                     ids[0],
@@ -705,7 +707,9 @@ impl Engine {
                     first.client_order_id,
                     ts,
                 );
-                match self.enter(taker, emitter) {
+                let entered = self.enter(taker, emitter);
+                self.attach_to_user(pending);
+                match entered {
                     Entered::Rested(slot) => {
                         let ext = self.orders.get(slot).ext;
                         if ext == NIL {

@@ -392,12 +392,19 @@ impl Engine {
 
     /// Stores a new open order with extras, indexed and listed under its
     /// user, and returns its slot.
-    pub(crate) fn open_slot(&mut self, mut order: Order, extra: OrderExtra) -> u32 {
+    pub(crate) fn open_slot(&mut self, order: Order, extra: OrderExtra) -> u32 {
+        let slot = self.open_slot_unlisted(order, extra);
+        self.attach_to_user(slot);
+        slot
+    }
+
+    /// [`open_slot`](Engine::open_slot) without listing it under its user
+    /// yet (which must follow, in order id order).
+    pub(crate) fn open_slot_unlisted(&mut self, mut order: Order, extra: OrderExtra) -> u32 {
         let id = order.id;
         order.ext = self.extras.insert(extra);
         let slot = self.orders.insert(order);
         self.index.insert(id, slot);
-        self.attach_to_user(slot);
         slot
     }
 

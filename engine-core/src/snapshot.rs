@@ -633,7 +633,7 @@ impl Engine {
             let order = *self.orders.get(slot);
             let rules = self.markets[order.market.index()].market.rules;
             let open = Lots(order.remaining.0.checked_add(part.hidden.0).ok_or(bad("size does not fit"))?);
-            if part.visible.0 == 0 || order.remaining > part.visible || part.visible >= open {
+            if part.visible.0 == 0 || order.remaining > part.visible {
                 return Err(bad("iceberg parts out of proportion"));
             }
             if rules.quote_units(order.price, open).is_none() || rules.base_units(open).is_none() {
