@@ -370,8 +370,7 @@ impl Model {
             let fire = if w.trigger.trailing_bips == 0 {
                 condition_holds(&w.trigger, w.side, w.trigger.stop.expect("fixed stops have one").0, price)
             } else if let Some(extreme) = w.tracking {
-                let extreme =
-                    if w.side == Side::Sell { extreme.max(price) } else { extreme.min(price) };
+                let extreme = if w.side == Side::Sell { extreme.max(price) } else { extreme.min(price) };
                 w.tracking = Some(extreme);
                 retraced(w.side, w.trigger.trailing_bips, extreme, price)
             } else {
@@ -572,7 +571,8 @@ impl Model {
                     self.enter(t, &mut queue, out);
                 }
                 FollowUp::Release(id) => {
-                    let i = self.pending.iter().position(|p| p.id == id).expect("a released order is pending");
+                    let i =
+                        self.pending.iter().position(|p| p.id == id).expect("a released order is pending");
                     let p = self.pending.remove(i);
                     out.released.push(id);
                     if let Some(l) = self.lists.remove(&p.list) {
@@ -589,9 +589,12 @@ impl Model {
                     };
                     match self.admit_released(&o, id, &mut queue, out) {
                         Ok(()) => {}
-                        Err(reason) => {
-                            out.done.push((id, DoneReason::Refused(reason), 0, p.kind.qty().map_or(0, |q| q.0)))
-                        }
+                        Err(reason) => out.done.push((
+                            id,
+                            DoneReason::Refused(reason),
+                            0,
+                            p.kind.qty().map_or(0, |q| q.0),
+                        )),
                     }
                 }
             }
@@ -685,7 +688,13 @@ impl Model {
     /// Checks an order's kind against the market's rules (sizes, time in
     /// force, iceberg parts, trigger) and says what it needs before it may
     /// trade, rest or wait: for a market buy, any quote at all.
-    fn check_kind(&self, market: usize, side: Side, kind: OrderKind, mode: Mode) -> Result<Need, RejectReason> {
+    fn check_kind(
+        &self,
+        market: usize,
+        side: Side,
+        kind: OrderKind,
+        mode: Mode,
+    ) -> Result<Need, RejectReason> {
         let rules = self.rules(market);
         let spend = if side == Side::Buy { rules.quote } else { rules.base };
         let need = |amount| Ok(Need { asset: spend, amount });
@@ -723,7 +732,10 @@ impl Model {
                     return Err(RejectReason::ZeroAmount);
                 }
                 if amount < rules.min_notional {
-                    return Err(RejectReason::NotionalBelowMinimum { notional: amount, min: rules.min_notional });
+                    return Err(RejectReason::NotionalBelowMinimum {
+                        notional: amount,
+                        min: rules.min_notional,
+                    });
                 }
                 need(if side == Side::Buy { amount.0 } else { rules.base_units_per_lot })
             }
@@ -770,7 +782,9 @@ impl Model {
             _ => return false,
         };
         post_only
-            && self.best(market, side.opposite()).is_some_and(|best| crosses(side, price, self.book[best].price))
+            && self
+                .best(market, side.opposite())
+                .is_some_and(|best| crosses(side, price, self.book[best].price))
     }
 
     fn place(&mut self, o: &NewOrder) -> Outcome {
@@ -880,9 +894,7 @@ impl Model {
                 t.budget = Some(amount.0);
                 t.qty = match o.side {
                     Side::Buy => u64::MAX,
-                    Side::Sell => {
-                        self.available(o.user.0, need.asset) / self.rules(m).base_units_per_lot
-                    }
+                    Side::Sell => self.available(o.user.0, need.asset) / self.rules(m).base_units_per_lot,
                 };
             }
             OrderKind::StopMarket { trigger, .. } | OrderKind::StopLimit { trigger, .. } => {
@@ -902,7 +914,8 @@ impl Model {
                     fired: false,
                 };
                 if let Some(last) = last {
-                    let holds = trigger.stop.is_none_or(|stop| condition_holds(&trigger, o.side, stop.0, last));
+                    let holds =
+                        trigger.stop.is_none_or(|stop| condition_holds(&trigger, o.side, stop.0, last));
                     if trigger.trailing_bips > 0 && holds && (trigger.stop.is_none() || released) {
                         w.tracking = Some(last);
                         out.trailing.push((id, last));
@@ -940,7 +953,9 @@ impl Model {
             }
             for leg in [&a, &b] {
                 let allowed = match leg.kind {
-                    OrderKind::Limit { tif, .. } | OrderKind::Iceberg { tif, .. } => tif == TimeInForce::PostOnly,
+                    OrderKind::Limit { tif, .. } | OrderKind::Iceberg { tif, .. } => {
+                        tif == TimeInForce::PostOnly
+                    }
                     OrderKind::StopMarket { .. } | OrderKind::StopLimit { .. } => true,
                     _ => false,
                 };
@@ -1258,7 +1273,11 @@ impl Model {
         if deposit {
             *self.total(user.0, asset) += amount.0;
         } else if available < amount.0 {
-            return reject(RejectReason::InsufficientFunds { asset, needed: amount, available: Units(available) });
+            return reject(RejectReason::InsufficientFunds {
+                asset,
+                needed: amount,
+                available: Units(available),
+            });
         } else {
             *self.total(user.0, asset) -= amount.0;
         }
@@ -1289,7 +1308,8 @@ impl Model {
 
     /// Each market's book as (price, [(order id, shown)]) per level, best first.
     fn levels(&self, market: usize, side: Side) -> Vec<(u64, Vec<(u64, u64)>)> {
-        let mut orders: Vec<&Resting> = self.book.iter().filter(|o| o.market == market && o.side == side).collect();
+        let mut orders: Vec<&Resting> =
+            self.book.iter().filter(|o| o.market == market && o.side == side).collect();
         orders.sort_by_key(|o| (if side == Side::Buy { u64::MAX - o.price } else { o.price }, o.time));
         let mut levels: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
         for o in orders {
@@ -1662,7 +1682,8 @@ fn leg_kind(leg: &LegOp, reference: u64, force: Option<u8>) -> OrderKind {
     let trigger = Trigger {
         kind: if leg.take_profit { TriggerKind::TakeProfit } else { TriggerKind::StopLoss },
         // A trailing order sometimes starts at placement (no stop price).
-        stop: (leg.bips == 0 || leg.stop_off.rem_euclid(3) != 0).then(|| Ticks(offset(reference, leg.stop_off))),
+        stop: (leg.bips == 0 || leg.stop_off.rem_euclid(3) != 0)
+            .then(|| Ticks(offset(reference, leg.stop_off))),
         trailing_bips: BIPS[leg.bips as usize % BIPS.len()],
     };
     let tif = [TimeInForce::Gtc, TimeInForce::Gtc, TimeInForce::Gtc, TimeInForce::Ioc, TimeInForce::Fok]
@@ -1919,13 +1940,23 @@ fn run_stream(fees: &[(u32, u32)], ops: &[Op], open_limit: u32) -> Result<Reach,
         prop_assert_eq!(&got.trades, &expected.trades, "trades differ for {:?}", command);
         // The contract orders trades and follow-ups, not the closing events
         // among themselves (a contingent cancel and a fill in one trade).
-        prop_assert_eq!(by_order(&got.done), by_order(&expected.done), "closed orders differ for {:?}", command);
+        prop_assert_eq!(
+            by_order(&got.done),
+            by_order(&expected.done),
+            "closed orders differ for {:?}",
+            command
+        );
         prop_assert_eq!(&got.triggered, &expected.triggered, "fired orders differ for {:?}", command);
         prop_assert_eq!(&got.trailing, &expected.trailing, "trailing starts differ for {:?}", command);
         prop_assert_eq!(&got.refilled, &expected.refilled, "iceberg refills differ for {:?}", command);
         prop_assert_eq!(&got.lists_accepted, &expected.lists_accepted, "lists differ for {:?}", command);
         prop_assert_eq!(&got.released, &expected.released, "released orders differ for {:?}", command);
-        prop_assert_eq!(sorted(&got.lists_done), sorted(&expected.lists_done), "lists ended differ for {:?}", command);
+        prop_assert_eq!(
+            sorted(&got.lists_done),
+            sorted(&expected.lists_done),
+            "lists ended differ for {:?}",
+            command
+        );
         prop_assert!(view.faults.is_empty(), "{:?} after {:?}", view.faults, command);
         if let Err(violation) = engine.check_touched(&events) {
             return Err(TestCaseError::fail(format!("after {command:?}: {violation}")));
@@ -2061,7 +2092,8 @@ fn the_streams_reach_triggers_refills_and_lists() {
     let mut total = Reach::default();
     for _ in 0..40 {
         let ops = prop::collection::vec(op(), 400).new_tree(&mut runner).unwrap().current();
-        let reach = run_stream(&[(0, 0), (1_000, 2_500), (0, 1_000)], &ops, 12).unwrap_or_else(|e| panic!("{e}"));
+        let reach =
+            run_stream(&[(0, 0), (1_000, 2_500), (0, 1_000)], &ops, 12).unwrap_or_else(|e| panic!("{e}"));
         total.triggered += reach.triggered;
         total.cascades += reach.cascades;
         total.trailing += reach.trailing;
