@@ -969,7 +969,9 @@ impl Model {
             }
             for leg in [&a, &b] {
                 let allowed = match leg.kind {
-                    OrderKind::Limit { tif, .. } | OrderKind::Iceberg { tif, .. } => tif == TimeInForce::PostOnly,
+                    OrderKind::Limit { tif, .. } | OrderKind::Iceberg { tif, .. } => {
+                        tif == TimeInForce::PostOnly
+                    }
                     OrderKind::StopMarket { .. } | OrderKind::StopLimit { .. } => true,
                     _ => false,
                 };
@@ -1919,18 +1921,11 @@ fn compare_hidden_state(snapshot: &Snapshot, model: &Model) -> Result<(), String
     };
     let hidden: BTreeMap<u64, u64> =
         snapshot.icebergs.iter().filter(|i| i.hidden.0 > 0).map(|i| (i.order.0, i.hidden.0)).collect();
-    let model_hidden: BTreeMap<u64, u64> = model
-        .book
-        .iter()
-        .filter(|o| o.remaining > o.shown)
-        .map(|o| (o.id, o.remaining - o.shown))
-        .collect();
+    let model_hidden: BTreeMap<u64, u64> =
+        model.book.iter().filter(|o| o.remaining > o.shown).map(|o| (o.id, o.remaining - o.shown)).collect();
     check("hidden iceberg lots", format!("{hidden:?}"), format!("{model_hidden:?}"))?;
-    let waiting: BTreeMap<u64, (u64, Option<u64>)> = snapshot
-        .waiting
-        .iter()
-        .map(|w| (w.id.0, (w.hold.0, w.tracking.flatten().map(|t| t.0))))
-        .collect();
+    let waiting: BTreeMap<u64, (u64, Option<u64>)> =
+        snapshot.waiting.iter().map(|w| (w.id.0, (w.hold.0, w.tracking.flatten().map(|t| t.0)))).collect();
     let model_waiting: BTreeMap<u64, (u64, Option<u64>)> =
         model.waiting.iter().map(|w| (w.id, (w.hold, w.tracking))).collect();
     check("waiting (hold, best price)", format!("{waiting:?}"), format!("{model_waiting:?}"))?;
@@ -1944,7 +1939,11 @@ fn compare_hidden_state(snapshot: &Snapshot, model: &Model) -> Result<(), String
         .lists
         .iter()
         .map(|(&id, l)| {
-            let held = if l.oco { l.orders.map(|o| model.need_of(o).map_or(0, |n| n.1)).into_iter().max().unwrap() } else { 0 };
+            let held = if l.oco {
+                l.orders.map(|o| model.need_of(o).map_or(0, |n| n.1)).into_iter().max().unwrap()
+            } else {
+                0
+            };
             (id, (l.orders, held))
         })
         .collect();
@@ -2023,7 +2022,12 @@ fn run_stream(fees: &[(u32, u32)], ops: &[Op], open_limit: u32) -> Result<Reach,
             command
         );
         prop_assert_eq!(&got.triggered, &expected.triggered, "fired orders differ for {:?}", command);
-        prop_assert_eq!(sorted(&got.trailing), sorted(&expected.trailing), "trailing starts differ for {:?}", command);
+        prop_assert_eq!(
+            sorted(&got.trailing),
+            sorted(&expected.trailing),
+            "trailing starts differ for {:?}",
+            command
+        );
         prop_assert_eq!(&got.refilled, &expected.refilled, "iceberg refills differ for {:?}", command);
         prop_assert_eq!(&got.lists_accepted, &expected.lists_accepted, "lists differ for {:?}", command);
         prop_assert_eq!(&got.released, &expected.released, "released orders differ for {:?}", command);
@@ -2074,7 +2078,8 @@ fn run_stream(fees: &[(u32, u32)], ops: &[Op], open_limit: u32) -> Result<Reach,
                 prop_assert!(bid.0 < ask.0, "market {} crossed after {:?}", market, command);
             }
         }
-        compare_hidden_state(&engine.snapshot(), &model).map_err(|e| TestCaseError::fail(format!("{e} after {command:?}")))?;
+        compare_hidden_state(&engine.snapshot(), &model)
+            .map_err(|e| TestCaseError::fail(format!("{e} after {command:?}")))?;
         reach.triggered += got.triggered.len();
         reach.cascades += usize::from(got.triggered.len() > 1);
         reach.trailing += got.trailing.len();
@@ -2088,7 +2093,8 @@ fn run_stream(fees: &[(u32, u32)], ops: &[Op], open_limit: u32) -> Result<Reach,
     let snapshot = engine.snapshot();
     for market in 0..model.markets.len() {
         for side in [Side::Buy, Side::Sell] {
-            let model_queued: Vec<(u64, u64)> = model.levels(market, side).into_iter().flat_map(|(_, q)| q).collect();
+            let model_queued: Vec<(u64, u64)> =
+                model.levels(market, side).into_iter().flat_map(|(_, q)| q).collect();
             let on_book: BTreeSet<u64> = model_queued.iter().map(|x| x.0).collect();
             let queued: Vec<(u64, u64)> = snapshot
                 .orders
@@ -2182,4 +2188,28 @@ fn the_streams_reach_triggers_refills_and_lists() {
     assert!(total.lists >= 100, "{total:?}");
     assert!(total.released >= 10, "{total:?}");
     assert!(total.contingent >= 20, "{total:?}");
+}
+
+/// Found by the model: a fill-or-kill taker counted an iceberg's hidden lots
+/// where they stood, but they refill at the back of the level, behind the
+/// taker's own order that self-trade prevention stops at; the FOK traded one
+/// lot and was then cancelled (filled in part). It must trade nothing.
+#[test]
+fn fok_does_not_count_hidden_lots_behind_its_own_order() {
+    let ops = [
+        Op::Iceberg {
+            user: 0,
+            market: 0,
+            buy: true,
+            price: 14,
+            qty: 12,
+            visible: 1,
+            post_only: false,
+            cid: None,
+            stp: 0,
+        },
+        Op::Place { user: 3, market: 0, buy: true, kind: 0, price: 14, qty: 1, cid: None, stp: 0 },
+        Op::Place { user: 3, market: 0, buy: false, kind: 7, price: 1, qty: 2, cid: None, stp: 2 },
+    ];
+    run_stream(&[(0, 0), (0, 0), (0, 0)], &ops, 12).unwrap_or_else(|e| panic!("{e}"));
 }
