@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use engine_core::{
     Amend, ClientOrderId, Command, Contingency, DoneReason, EventKind, ListId, ListRef, Lots, MarketId,
     NewOrder, NewOrderList, OrderId, OrderKind, OrderRef, RejectReason, SelfTradePrevention, Side,
-    TimeInForce, TradeId, UserId,
+    TimeInForce, TradeId, Trigger, TriggerKind, UserId,
 };
 use hyper::StatusCode;
 use persistence::scale::Amount;
@@ -442,16 +442,37 @@ fn order_view(
     let remaining = lots(record.remaining_quantity)?;
     let filled = lots(record.executed_quantity)?;
     let quantity = record.quantity.map(lots).transpose()?.unwrap_or(Lots(0));
+    let tif = match record.time_in_force.as_deref() {
+        Some("IOC") => TimeInForce::Ioc,
+        Some("FOK") => TimeInForce::Fok,
+        Some("POST_ONLY") => TimeInForce::PostOnly,
+        _ => TimeInForce::Gtc,
+    };
+    let visible = record.visible_quantity.map(lots).transpose()?;
+    let trigger = match record.trigger_kind.as_deref() {
+        None => None,
+        Some(kind) => Some(Trigger {
+            kind: if kind == "take_profit" { TriggerKind::TakeProfit } else { TriggerKind::StopLoss },
+            stop: record
+                .stop_price
+                .map(|p| scale.to_ticks("stop_price", p.0).map_err(|_| corrupt("a stop price")))
+                .transpose()?,
+            trailing_bips: record.trailing_bips.map_or(Ok(0), u16::try_from).map_err(|_| corrupt("a trailing delta"))?,
+        }),
+    };
     let kind = match (record.order_type.as_str(), price) {
-        ("limit", Some(price)) => {
-            let tif = match record.time_in_force.as_deref() {
-                Some("IOC") => TimeInForce::Ioc,
-                Some("FOK") => TimeInForce::Fok,
-                Some("POST_ONLY") => TimeInForce::PostOnly,
-                _ => TimeInForce::Gtc,
-            };
-            Some(OrderKind::Limit { price, qty: quantity, tif })
+        ("limit", Some(price)) => Some(OrderKind::Limit { price, qty: quantity, tif }),
+        ("iceberg", Some(price)) => {
+            visible.map(|visible| OrderKind::Iceberg { price, qty: quantity, visible, tif })
         }
+        ("stop_limit", Some(price)) => trigger.map(|trigger| OrderKind::StopLimit {
+            trigger,
+            price,
+            qty: quantity,
+            tif,
+            visible: visible.unwrap_or(Lots(0)),
+        }),
+        ("stop_market", _) => trigger.map(|trigger| OrderKind::StopMarket { trigger, qty: quantity }),
         ("market", _) => Some(OrderKind::Market { qty: quantity }),
         ("market_by_quote", _) => record
             .quote_amount

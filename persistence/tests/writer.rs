@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use engine_core::{
-    AssetId, Command, Engine, EngineLimits, Event, EventKind, Lots, MarketId, MarketRules, MarketStatus,
-    NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Symbol, Ticks,
-    TimeInForce, Units, UserId,
+    AssetId, Command, Contingency, Engine, EngineLimits, Event, EventKind, ListId, ListLeg, ListRef, Lots,
+    MarketId, MarketRules, MarketStatus, NewOrder, NewOrderList, OrderId, OrderKind, OrderRef,
+    SelfTradePrevention, Side, StampedCommand, Symbol, Ticks, TimeInForce, Trigger, TriggerKind, Units, UserId,
 };
 use journal::{DataDir, Durability, JournalConfig, JournalWriter};
 use persistence::cluster::Database;
@@ -82,6 +82,7 @@ fn session(seed: u64, commands: usize) -> Vec<Command> {
         }
     }
     let mut next_order = 1u64;
+    let mut next_list = 1u64;
     for _ in 0..commands {
         let user = UserId(rng.below(u64::from(USERS)) as u32);
         let market = MarketId(rng.below(2) as u32);
@@ -96,6 +97,21 @@ fn session(seed: u64, commands: usize) -> Vec<Command> {
             SelfTradePrevention::Allow,
         ][rng.below(4) as usize];
         let existing = OrderId(1 + rng.below(next_order));
+        // One command in five is a stop, an iceberg or an order list, or
+        // cancels a list.
+        if rng.below(5) == 0 {
+            let command = waiting_kinds(&mut rng, user, market, side, price, qty, stp, next_list);
+            match command {
+                Command::PlaceOrder(_) => next_order += 1,
+                Command::PlaceOrderList(_) => {
+                    next_order += 2;
+                    next_list += 1;
+                }
+                _ => {}
+            }
+            out.push(command);
+            continue;
+        }
         let command = match rng.below(100) {
             0..=44 => {
                 let tif = [
@@ -157,6 +173,82 @@ fn session(seed: u64, commands: usize) -> Vec<Command> {
         out.push(command);
     }
     out
+}
+
+/// A stop or take-profit order (fixed or trailing, market or limit), an
+/// iceberg, an OCO, an OTO, or a cancel of a list, around `price`.
+#[allow(clippy::too_many_arguments)]
+fn waiting_kinds(
+    rng: &mut Rng,
+    user: UserId,
+    market: MarketId,
+    side: Side,
+    price: Ticks,
+    qty: Lots,
+    stp: SelfTradePrevention,
+    next_list: u64,
+) -> Command {
+    let trigger = |rng: &mut Rng| {
+        let kind = if rng.below(2) == 0 { TriggerKind::StopLoss } else { TriggerKind::TakeProfit };
+        // Basis points small enough to fire on the session's moves.
+        let trailing_bips = if rng.below(3) == 0 { 1 + rng.below(15) as u16 } else { 0 };
+        let stop = if trailing_bips > 0 && rng.below(2) == 0 { None } else { Some(price) };
+        Trigger { kind, stop, trailing_bips }
+    };
+    let visible = Lots((qty.0 / 3).max(1));
+    let place = |kind: OrderKind| {
+        Command::PlaceOrder(NewOrder { user, market, side, kind, client_order_id: None, stp })
+    };
+    match rng.below(6) {
+        0 => place(OrderKind::StopMarket { trigger: trigger(rng), qty }),
+        1 => {
+            let tif = [TimeInForce::Gtc, TimeInForce::Ioc, TimeInForce::Fok][rng.below(3) as usize];
+            let visible = if tif == TimeInForce::Gtc && rng.below(2) == 0 { visible } else { Lots(0) };
+            place(OrderKind::StopLimit { trigger: trigger(rng), price, qty, tif, visible })
+        }
+        2 => {
+            let tif = if rng.below(3) == 0 { TimeInForce::PostOnly } else { TimeInForce::Gtc };
+            place(OrderKind::Iceberg { price, qty, visible, tif })
+        }
+        3 => {
+            // A maker on the far side of the last prices and a stop.
+            let away = if side == Side::Sell { Ticks(price.0 + 25) } else { Ticks(price.0 - 25) };
+            let maker = OrderKind::Limit { price: away, qty, tif: TimeInForce::PostOnly };
+            let stop = OrderKind::StopMarket { trigger: trigger(rng), qty };
+            Command::PlaceOrderList(NewOrderList {
+                user,
+                market,
+                contingency: Contingency::Oco,
+                client_list_id: None,
+                stp,
+                legs: [
+                    ListLeg { side, kind: maker, client_order_id: None },
+                    ListLeg { side, kind: stop, client_order_id: None },
+                ],
+            })
+        }
+        4 => {
+            let working = OrderKind::Limit { price, qty, tif: TimeInForce::Gtc };
+            let pending = if rng.below(2) == 0 {
+                OrderKind::Market { qty }
+            } else {
+                let away = if side == Side::Buy { Ticks(price.0 + 5) } else { Ticks(price.0 - 5) };
+                OrderKind::Limit { price: away, qty, tif: TimeInForce::Gtc }
+            };
+            Command::PlaceOrderList(NewOrderList {
+                user,
+                market,
+                contingency: Contingency::Oto,
+                client_list_id: None,
+                stp,
+                legs: [
+                    ListLeg { side, kind: working, client_order_id: None },
+                    ListLeg { side: side.opposite(), kind: pending, client_order_id: None },
+                ],
+            })
+        }
+        _ => Command::CancelOrderList { user, list: ListRef::Id(ListId(1 + rng.below(next_list))) },
+    }
 }
 
 /// The session applied to an engine and written to a journal in `data`.
@@ -254,9 +346,34 @@ async fn check_tables(client: &Client, played: &Played) {
     let mut orders: BTreeMap<u64, (String, u64, Option<u64>)> = BTreeMap::new();
     let mut balances_expected = Vec::new();
     let mut candles: BTreeMap<(u32, u64), CandleFigures> = BTreeMap::new();
+    // Per order: its list, its trigger (kind, stop, bips), whether it fired.
+    let mut order_extras: BTreeMap<u64, (Option<i64>, Option<(String, Option<u64>, Option<i16>)>, bool)> =
+        BTreeMap::new();
+    // Per list: user, contingency, order ids, status.
+    let mut lists: BTreeMap<i64, (i32, String, Vec<i64>, String)> = BTreeMap::new();
     for (command, events) in played.stamped.iter().zip(&played.events) {
+        let mut pending: Option<(i64, OrderId)> = None;
+        let mut in_list: Option<(i64, [OrderId; 2])> = None;
         for (index, event) in events.iter().enumerate() {
             match event.kind {
+                EventKind::OrderListAccepted { list, user, contingency, orders, .. } => {
+                    let name = persistence::contingency_name(contingency).to_string();
+                    let ids = orders.iter().map(|o| o.0 as i64).collect();
+                    lists.insert(list.0 as i64, (user.0 as i32, name, ids, "open".into()));
+                    in_list = Some((list.0 as i64, orders));
+                    if contingency == Contingency::Oto {
+                        pending = Some((list.0 as i64, orders[1]));
+                    }
+                }
+                EventKind::OrderListDone { list, .. } => {
+                    lists.get_mut(&(list.0 as i64)).expect("a list ends after it opened").3 = "done".into();
+                }
+                EventKind::OrderReleased { order, .. } => {
+                    orders.get_mut(&order.0).expect("a released order was accepted").0 = "new".into();
+                }
+                EventKind::OrderTriggered { order, .. } => {
+                    order_extras.get_mut(&order.0).expect("a fired order was accepted").2 = true;
+                }
                 EventKind::Trade {
                     trade,
                     market,
@@ -330,7 +447,17 @@ async fn check_tables(client: &Client, played: &Played) {
                         OrderKind::MarketByQuote { .. } => 0,
                         other => other.qty().map_or(0, |q| q.0),
                     };
-                    orders.insert(order.0, ("new".into(), 0, Some(remaining)));
+                    let status = if pending.is_some_and(|(_, p)| p == order) { "pending_new" } else { "new" };
+                    orders.insert(order.0, (status.into(), 0, Some(remaining)));
+                    let list = in_list.filter(|(_, ids)| ids.contains(&order)).map(|(list, _)| list);
+                    let trigger = kind.trigger().map(|t| {
+                        (
+                            persistence::trigger_kind_name(t.kind).to_string(),
+                            t.stop.map(|p| p.0),
+                            (t.trailing_bips > 0).then_some(t.trailing_bips as i16),
+                        )
+                    });
+                    order_extras.insert(order.0, (list, trigger, false));
                 }
                 EventKind::OrderAmended { order, remaining, .. } => {
                     if let Some(entry) = orders.get_mut(&order.0) {
@@ -436,6 +563,37 @@ async fn check_tables(client: &Client, played: &Played) {
         );
     }
 
+    // The new order columns: list, trigger (the stop price at the
+    // market's tick), whether it fired.
+    let rows = client
+        .query("SELECT order_id, market_id, list_id, trigger_kind, stop_price, trailing_bips, triggered_at IS NOT NULL FROM orders ORDER BY order_id", &[])
+        .await
+        .expect("order columns");
+    for row in &rows {
+        let order = row.get::<_, i64>(0) as u64;
+        let r = &rules[row.get::<_, i32>(1) as usize];
+        let tick = tick_size(r, decimals(r.base), decimals(r.quote));
+        let (list, trigger, fired) = &order_extras[&order];
+        assert_eq!(&row.get::<_, Option<i64>>(2), list, "list of order {order}");
+        let expected = trigger.as_ref().map(|(kind, stop, bips)| {
+            (kind.clone(), stop.map(|ticks| (Decimal::from(ticks) * tick).normalize()), *bips)
+        });
+        let stored = row.get::<_, Option<String>>(3).map(|kind| {
+            (kind, row.get::<_, Option<Decimal>>(4).map(|p| p.normalize()), row.get::<_, Option<i16>>(5))
+        });
+        assert_eq!(stored, expected, "trigger of order {order}");
+        assert_eq!(row.get::<_, bool>(6), *fired, "fired or not: order {order}");
+    }
+    let rows = client
+        .query("SELECT list_id, user_id, contingency, order_ids, status FROM order_lists ORDER BY list_id", &[])
+        .await
+        .expect("order lists");
+    let stored: BTreeMap<i64, (i32, String, Vec<i64>, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+        .collect();
+    assert_eq!(stored, lists, "one row per accepted list, in its state");
+
     // Candles: one per market and minute with trades.
     let rows = client
         .query("SELECT market_id, open_time, open, high, low, close, quote_volume, trades FROM candles_1m ORDER BY market_id, open_time", &[])
@@ -497,7 +655,8 @@ fn migrations_apply_to_an_empty_database_once() {
                 "V1__initial",
                 "V2__ledger_without_account_index",
                 "V3__orders_room_for_updates",
-                "V4__candles_taker_buy"
+                "V4__candles_taker_buy",
+                "V5__order_types_and_lists"
             ]
         );
         let again = persistence::migrate(&mut client).await.expect("migrate again");
@@ -507,7 +666,7 @@ fn migrations_apply_to_an_empty_database_once() {
             .await
             .expect("history")
             .get(0);
-        assert_eq!(recorded, 4, "one row per migration");
+        assert_eq!(recorded, 5, "one row per migration");
         // V2 and V3: no ledger index by account; orders' pages keep room for updates.
         let ledger_index: i64 = client
             .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'ledger_by_account'", &[])
