@@ -507,7 +507,8 @@ const LIST_COLUMNS: [(&str, Type); 11] = [
 ];
 
 /// Lists opened before this row set that it ends: one statement for all.
-const APPLY_LIST_DONE: &str = "UPDATE order_lists l SET status = 'done', updated_seq = u.seq, updated_at = u.at
+const APPLY_LIST_DONE: &str =
+    "UPDATE order_lists l SET status = 'done', updated_seq = u.seq, updated_at = u.at
     FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS u(list_id, seq, at)
     WHERE l.list_id = u.list_id";
 
@@ -572,10 +573,8 @@ fn order_rows(
             scale::wide_units(change.executed_quote_units, scale.quote_decimals).ok_or_else(overflow)?,
         );
         let remaining = change.remaining.map(base).transpose()?;
-        let triggered_price = change
-            .triggered
-            .map(|(p, _)| scale.price(p).map(Amount).ok_or_else(overflow))
-            .transpose()?;
+        let triggered_price =
+            change.triggered.map(|(p, _)| scale.price(p).map(Amount).ok_or_else(overflow)).transpose()?;
         match &change.opening {
             Some(opening) => {
                 use engine_core::OrderKind;

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use engine_core::{
     AssetId, Command, Contingency, Engine, EngineLimits, Event, EventKind, ListId, ListLeg, ListRef, Lots,
     MarketId, MarketRules, MarketStatus, NewOrder, NewOrderList, OrderId, OrderKind, OrderRef,
-    SelfTradePrevention, Side, StampedCommand, Symbol, Ticks, TimeInForce, Trigger, TriggerKind, Units, UserId,
+    SelfTradePrevention, Side, StampedCommand, Symbol, Ticks, TimeInForce, Trigger, TriggerKind, Units,
+    UserId,
 };
 use journal::{DataDir, Durability, JournalConfig, JournalWriter};
 use persistence::cluster::Database;
@@ -585,13 +586,14 @@ async fn check_tables(client: &Client, played: &Played) {
         assert_eq!(row.get::<_, bool>(6), *fired, "fired or not: order {order}");
     }
     let rows = client
-        .query("SELECT list_id, user_id, contingency, order_ids, status FROM order_lists ORDER BY list_id", &[])
+        .query(
+            "SELECT list_id, user_id, contingency, order_ids, status FROM order_lists ORDER BY list_id",
+            &[],
+        )
         .await
         .expect("order lists");
-    let stored: BTreeMap<i64, (i32, String, Vec<i64>, String)> = rows
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
-        .collect();
+    let stored: BTreeMap<i64, (i32, String, Vec<i64>, String)> =
+        rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4)))).collect();
     assert_eq!(stored, lists, "one row per accepted list, in its state");
 
     // Candles: one per market and minute with trades.
@@ -805,4 +807,330 @@ fn a_database_ahead_of_the_journal_is_refused() {
     let error = writer.status.last_error().unwrap_or_default();
     assert!(error.contains("ahead of the journal"), "{error}");
     writer.stop(Duration::ZERO);
+}
+
+/// The events of stops, trailing stops, OCO and OTO lists as docs/engine.md
+/// says the engine reports them, written in two transactions (so that a
+/// list and an order opened in the first change in the second): every new
+/// column and `order_lists` row says what the events said. Made by hand,
+/// so that the writer's side stands on its own.
+#[test]
+fn stops_and_order_lists_fill_their_columns_and_rows() {
+    use engine_core::{ClientOrderId, DoneReason, RejectReason};
+    let database = Database::throwaway().expect("a database");
+    let rules = market_rules()[0];
+    let (alice, bob) = (UserId(0), UserId(1));
+    let market = MarketId(0);
+    let ts = |seq: u64| 1_700_000_000_000_000_000u64 + seq * 1_000_000_000;
+    let limit = |price: u64, qty: u64| OrderKind::Limit {
+        price: Ticks(price),
+        qty: Lots(qty),
+        tif: TimeInForce::Gtc,
+    };
+    let accepted = |seq: u64, order: u64, user: UserId, side: Side, kind: OrderKind| Event {
+        seq,
+        kind: EventKind::OrderAccepted {
+            order: OrderId(order),
+            user,
+            market,
+            side,
+            kind,
+            client_order_id: None,
+            stp: SelfTradePrevention::CancelTaker,
+            timestamp_ns: ts(seq),
+        },
+    };
+    let trade =
+        |seq: u64, id: u64, price: u64, qty: u64, maker: (u64, UserId, u64), taker: (u64, UserId, u64)| {
+            Event {
+                seq,
+                kind: EventKind::Trade {
+                    trade: engine_core::TradeId(id),
+                    market,
+                    price: Ticks(price),
+                    qty: Lots(qty),
+                    taker_side: Side::Sell,
+                    maker_order: OrderId(maker.0),
+                    maker_user: maker.1,
+                    maker_remaining: Lots(maker.2),
+                    taker_order: OrderId(taker.0),
+                    taker_user: taker.1,
+                    taker_remaining: Lots(taker.2),
+                    maker_fee: Units(0),
+                    taker_fee: Units(0),
+                    timestamp_ns: ts(seq),
+                },
+            }
+        };
+    let done = |seq: u64, order: u64, user: UserId, reason: DoneReason, filled: u64, cancelled: u64| Event {
+        seq,
+        kind: EventKind::OrderDone {
+            order: OrderId(order),
+            user,
+            market,
+            reason,
+            filled: Lots(filled),
+            cancelled: Lots(cancelled),
+        },
+    };
+    let balance = |seq: u64, user: UserId, asset: u32, available: u64, locked: u64| Event {
+        seq,
+        kind: EventKind::Balance {
+            user,
+            asset: AssetId(asset),
+            available: Units(available),
+            locked: Units(locked),
+        },
+    };
+    let list_accepted = |seq: u64,
+                         list: u64,
+                         user: UserId,
+                         contingency: Contingency,
+                         orders: [u64; 2],
+                         client: Option<&str>| Event {
+        seq,
+        kind: EventKind::OrderListAccepted {
+            list: ListId(list),
+            user,
+            market,
+            contingency,
+            orders: [OrderId(orders[0]), OrderId(orders[1])],
+            client_list_id: client.map(|c| ClientOrderId::new(c).expect("valid")),
+            timestamp_ns: ts(seq),
+        },
+    };
+    let list_done = |seq: u64, list: u64, user: UserId| Event {
+        seq,
+        kind: EventKind::OrderListDone { list: ListId(list), user, market },
+    };
+    let stop_loss = |stop: Option<u64>, trailing_bips: u16| Trigger {
+        kind: TriggerKind::StopLoss,
+        stop: stop.map(Ticks),
+        trailing_bips,
+    };
+    let first: Vec<Event> = vec![
+        Event {
+            seq: 1,
+            kind: EventKind::AssetCreated {
+                asset: AssetId(0),
+                symbol: Symbol::new("BTC").unwrap(),
+                decimals: 8,
+            },
+        },
+        Event {
+            seq: 2,
+            kind: EventKind::AssetCreated {
+                asset: AssetId(1),
+                symbol: Symbol::new("ETH").unwrap(),
+                decimals: 18,
+            },
+        },
+        Event {
+            seq: 3,
+            kind: EventKind::AssetCreated {
+                asset: AssetId(2),
+                symbol: Symbol::new("USDT").unwrap(),
+                decimals: 6,
+            },
+        },
+        Event { seq: 4, kind: EventKind::MarketCreated { market, rules, status: MarketStatus::Open } },
+        Event { seq: 5, kind: EventKind::UserCreated { user: alice } },
+        Event { seq: 6, kind: EventKind::UserCreated { user: bob } },
+        Event {
+            seq: 7,
+            kind: EventKind::Deposited { user: alice, asset: AssetId(2), amount: Units(1_000_000) },
+        },
+        balance(7, alice, 2, 1_000_000, 0),
+        Event {
+            seq: 8,
+            kind: EventKind::Deposited { user: bob, asset: AssetId(0), amount: Units(1_000_000) },
+        },
+        balance(8, bob, 0, 1_000_000, 0),
+        // An OTO: buy 10 lots at 100, then sell them at 110.
+        list_accepted(9, 1, alice, Contingency::Oto, [1, 2], Some("oto-1")),
+        accepted(9, 1, alice, Side::Buy, limit(100, 10)),
+        accepted(9, 2, alice, Side::Sell, limit(110, 10)),
+        balance(9, alice, 2, 999_000, 1_000),
+        // A stop-loss sell at 95 and an OCO: a maker at 120 or a trailing stop.
+        accepted(
+            10,
+            3,
+            bob,
+            Side::Sell,
+            OrderKind::StopMarket { trigger: stop_loss(Some(95), 0), qty: Lots(5) },
+        ),
+        balance(10, bob, 0, 950_000, 50_000),
+        list_accepted(11, 2, bob, Contingency::Oco, [4, 5], None),
+        accepted(
+            11,
+            4,
+            bob,
+            Side::Sell,
+            OrderKind::Limit { price: Ticks(120), qty: Lots(5), tif: TimeInForce::PostOnly },
+        ),
+        accepted(
+            11,
+            5,
+            bob,
+            Side::Sell,
+            OrderKind::StopMarket { trigger: stop_loss(None, 50), qty: Lots(5) },
+        ),
+        balance(11, bob, 0, 900_000, 100_000),
+    ];
+    let second: Vec<Event> = vec![
+        // Bob fills the OTO's working order: its pending order is released.
+        accepted(12, 6, bob, Side::Sell, limit(100, 10)),
+        trade(12, 1, 100, 10, (1, alice, 0), (6, bob, 0)),
+        balance(12, alice, 0, 100_000, 0),
+        balance(12, alice, 2, 999_000, 0),
+        balance(12, bob, 0, 800_000, 100_000),
+        balance(12, bob, 2, 1_000, 0),
+        done(12, 1, alice, DoneReason::Filled, 10, 0),
+        done(12, 6, bob, DoneReason::Filled, 10, 0),
+        Event {
+            seq: 12,
+            kind: EventKind::OrderReleased { order: OrderId(2), user: alice, market, timestamp_ns: ts(12) },
+        },
+        balance(12, alice, 0, 0, 100_000),
+        list_done(12, 1, alice),
+        // A trade at 95 fires the stop and the OCO's trailing stop: the
+        // maker leg is cancelled by its list.
+        accepted(13, 7, alice, Side::Buy, limit(95, 4)),
+        balance(13, alice, 2, 998_620, 380),
+        accepted(14, 8, bob, Side::Sell, OrderKind::Market { qty: Lots(1) }),
+        trade(14, 2, 95, 1, (7, alice, 3), (8, bob, 0)),
+        balance(14, alice, 0, 10_000, 100_000),
+        balance(14, alice, 2, 998_620, 285),
+        balance(14, bob, 0, 790_000, 100_000),
+        balance(14, bob, 2, 1_095, 0),
+        done(14, 8, bob, DoneReason::Filled, 1, 0),
+        Event {
+            seq: 14,
+            kind: EventKind::OrderTriggered {
+                order: OrderId(3),
+                user: bob,
+                market,
+                price: Ticks(95),
+                timestamp_ns: ts(14),
+            },
+        },
+        trade(14, 3, 95, 3, (7, alice, 0), (3, bob, 2)),
+        done(14, 7, alice, DoneReason::Filled, 4, 0),
+        done(14, 3, bob, DoneReason::Expired, 3, 2),
+        Event {
+            seq: 14,
+            kind: EventKind::OrderTriggered {
+                order: OrderId(5),
+                user: bob,
+                market,
+                price: Ticks(95),
+                timestamp_ns: ts(14),
+            },
+        },
+        done(14, 4, bob, DoneReason::Contingent, 0, 5),
+        list_done(14, 2, bob),
+        done(14, 5, bob, DoneReason::Expired, 0, 5),
+        balance(14, bob, 0, 920_000, 0),
+        // An OTO opened and ended in one row set: its pending order is refused.
+        list_accepted(15, 3, alice, Contingency::Oto, [9, 10], None),
+        accepted(15, 9, alice, Side::Buy, limit(90, 1)),
+        accepted(15, 10, alice, Side::Buy, OrderKind::Market { qty: Lots(50) }),
+        balance(15, alice, 2, 998_530, 375),
+        accepted(16, 11, bob, Side::Sell, limit(90, 1)),
+        trade(16, 4, 90, 1, (9, alice, 0), (11, bob, 0)),
+        done(16, 9, alice, DoneReason::Filled, 1, 0),
+        done(16, 11, bob, DoneReason::Filled, 1, 0),
+        Event {
+            seq: 16,
+            kind: EventKind::OrderReleased { order: OrderId(10), user: alice, market, timestamp_ns: ts(16) },
+        },
+        done(
+            16,
+            10,
+            alice,
+            DoneReason::Refused(RejectReason::InsufficientFunds {
+                asset: AssetId(2),
+                needed: Units(999_999_999),
+                available: Units(5),
+            }),
+            0,
+            50,
+        ),
+        list_done(16, 3, alice),
+    ];
+    runtime().block_on(async {
+        let mut client = connect(&database.url).await;
+        persistence::migrate(&mut client).await.expect("migrate");
+        let mut written = 0;
+        for events in [first, second] {
+            let mut loaded = persistence::load(&client).await.expect("load");
+            let mut stamps: Vec<Stamp> = events.iter().map(|e| Stamp { seq: e.seq, timestamp_ns: ts(e.seq) }).collect();
+            stamps.dedup();
+            let mut rows = persistence::RowSet::new();
+            rows.add(&events, &stamps, &mut loaded.catalog, &mut loaded.balances).expect("rows");
+            persistence::write(&mut client, &rows, &loaded.catalog, written, persistence::WriteMode::Copy)
+                .await
+                .expect("write");
+            written = stamps.last().expect("a stamp").seq;
+        }
+        let tick = tick_size(&rules, 8, 6);
+        let price = |ticks: u64| Some((Decimal::from(ticks) * tick).normalize());
+        type OrderColumns = (String, Option<i64>, Option<String>, Option<Decimal>, Option<i16>, bool, Option<Decimal>, Option<String>);
+        let rows = client
+            .query("SELECT order_id, status, list_id, trigger_kind, stop_price, trailing_bips, triggered_at IS NOT NULL, trigger_price, reject_reason FROM orders ORDER BY order_id", &[])
+            .await
+            .expect("orders");
+        let stored: BTreeMap<i64, OrderColumns> = rows
+            .iter()
+            .map(|r| {
+                let norm = |d: Option<Decimal>| d.map(|d| d.normalize());
+                (r.get(0), (r.get(1), r.get(2), r.get(3), norm(r.get(4)), r.get(5), r.get(6), norm(r.get(7)), r.get(8)))
+            })
+            .collect();
+        let plain = |status: &str, list: Option<i64>| (status.to_string(), list, None, None, None, false, None, None);
+        assert_eq!(stored[&1], plain("filled", Some(1)));
+        assert_eq!(stored[&2], plain("new", Some(1)), "released: pending_new became new in a later transaction");
+        assert_eq!(
+            stored[&3],
+            ("expired".into(), None, Some("stop_loss".into()), price(95), None, true, price(95), None)
+        );
+        assert_eq!(stored[&4], plain("expired_contingent", Some(2)));
+        assert_eq!(
+            stored[&5],
+            ("expired".into(), Some(2), Some("stop_loss".into()), None, Some(50), true, price(95), None)
+        );
+        let refused = &stored[&10];
+        assert_eq!((refused.0.as_str(), refused.1), ("rejected", Some(3)));
+        assert!(
+            refused.7.as_deref().is_some_and(|why| why.contains("insufficient balance")),
+            "the reason is kept: {refused:?}"
+        );
+        let lists: Vec<(i64, i32, String, Option<String>, String, Vec<i64>)> = client
+            .query("SELECT list_id, user_id, contingency, list_client_id, status, order_ids FROM order_lists ORDER BY list_id", &[])
+            .await
+            .expect("lists")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect();
+        assert_eq!(
+            lists,
+            [
+                (1, 0, "oto".into(), Some("oto-1".into()), "done".into(), vec![1, 2]),
+                (2, 1, "oco".into(), None, "done".into(), vec![4, 5]),
+                (3, 0, "oto".into(), None, "done".into(), vec![9, 10]),
+            ]
+        );
+        // Every balance change has its row and its cause; a fired order's
+        // are the order's own.
+        let ledger: i64 = client.query_one("SELECT count(*) FROM ledger", &[]).await.expect("ledger").get(0);
+        assert_eq!(ledger, 17, "one row per Balance event");
+        let fired: Vec<(String, Option<i64>)> = client
+            .query("SELECT cause, order_id FROM ledger WHERE seq = 12 ORDER BY event_index", &[])
+            .await
+            .expect("ledger rows")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(fired.last(), Some(&("order".to_string(), Some(2))), "the release funds the released order");
+    });
 }
