@@ -457,7 +457,10 @@ fn order_view(
                 .stop_price
                 .map(|p| scale.to_ticks("stop_price", p.0).map_err(|_| corrupt("a stop price")))
                 .transpose()?,
-            trailing_bips: record.trailing_bips.map_or(Ok(0), u16::try_from).map_err(|_| corrupt("a trailing delta"))?,
+            trailing_bips: record
+                .trailing_bips
+                .map_or(Ok(0), u16::try_from)
+                .map_err(|_| corrupt("a trailing delta"))?,
         }),
     };
     let kind = match (record.order_type.as_str(), price) {
