@@ -595,6 +595,13 @@ async fn check_tables(client: &Client, played: &Played) {
     let stored: BTreeMap<i64, (i32, String, Vec<i64>, String)> =
         rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4)))).collect();
     assert_eq!(stored, lists, "one row per accepted list, in its state");
+    let fired = order_extras.values().filter(|(_, _, fired)| *fired).count();
+    let released = orders.values().filter(|(status, ..)| status == "pending_new").count();
+    assert!(
+        lists.len() > 10 && fired > 10,
+        "the session exercises lists ({}) and fires stops ({fired}); {released} pending at the end",
+        lists.len()
+    );
 
     // Candles: one per market and minute with trades.
     let rows = client
