@@ -376,7 +376,9 @@ fn an_oco_holds_once_and_ends_its_other_order_when_one_trades() {
     assert!(orders.iter().all(|o| o["list_id"] == list_id && o["status"] == "new"), "{list}");
     // The list holds 0.1 BTC once, not once per order.
     assert_eq!(balance(&exchange, alice, "BTC"), ("9.90000000".into(), "0.10000000".into()));
-    let (status, again) = exchange.signed(alice, "POST", "/order_list", "", Some(oco("exit-1")));
+    let mut again = oco("exit-1");
+    again["orders"][0]["client_order_id"] = json!("another-take");
+    let (status, again) = exchange.signed(alice, "POST", "/order_list", "", Some(again));
     assert_eq!((status, again["error"]["code"].as_str()), (409, Some("duplicate_list_client_id")), "{again}");
 
     // Bob buys 0.04 at 52,000: the limit order trades, the stop is cancelled.
