@@ -331,6 +331,12 @@ fn tick_size(rules: &MarketRules, base: u8, quote: u8) -> Decimal {
         .normalize()
 }
 
+/// An order's list, trigger (kind, stop ticks, trailing bips) and whether it fired.
+type OrderExtras = (Option<i64>, Option<(String, Option<u64>, Option<i16>)>, bool);
+
+/// A row of `order_lists`: id, user, contingency, list client id, status, orders.
+type ListRow = (i64, i32, String, Option<String>, String, Vec<i64>);
+
 /// Checks every table against the engine's events, row by row.
 async fn check_tables(client: &Client, played: &Played) {
     let rules = market_rules();
@@ -348,8 +354,7 @@ async fn check_tables(client: &Client, played: &Played) {
     let mut balances_expected = Vec::new();
     let mut candles: BTreeMap<(u32, u64), CandleFigures> = BTreeMap::new();
     // Per order: its list, its trigger (kind, stop, bips), whether it fired.
-    let mut order_extras: BTreeMap<u64, (Option<i64>, Option<(String, Option<u64>, Option<i16>)>, bool)> =
-        BTreeMap::new();
+    let mut order_extras: BTreeMap<u64, OrderExtras> = BTreeMap::new();
     // Per list: user, contingency, order ids, status.
     let mut lists: BTreeMap<i64, (i32, String, Vec<i64>, String)> = BTreeMap::new();
     for (command, events) in played.stamped.iter().zip(&played.events) {
@@ -1112,7 +1117,7 @@ fn stops_and_order_lists_fill_their_columns_and_rows() {
             refused.7.as_deref().is_some_and(|why| why.contains("insufficient balance")),
             "the reason is kept: {refused:?}"
         );
-        let lists: Vec<(i64, i32, String, Option<String>, String, Vec<i64>)> = client
+        let lists: Vec<ListRow> = client
             .query("SELECT list_id, user_id, contingency, list_client_id, status, order_ids FROM order_lists ORDER BY list_id", &[])
             .await
             .expect("lists")
