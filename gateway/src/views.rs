@@ -15,9 +15,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use engine_core::{
-    Asset, AssetId, ClientOrderId, DoneReason, Engine, Event, EventKind, Lots, Market, MarketId,
-    MarketStatus, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Ticks, TradeId,
-    Units, UserId,
+    Asset, AssetId, ClientOrderId, Contingency, DoneReason, Engine, Event, EventKind, ListId, Lots, Market,
+    MarketId, MarketStatus, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Ticks,
+    TradeId, Units, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,28 @@ pub struct OrderView {
     pub quote_filled: u128,
     /// Fills seen since the exchange started (bounded).
     pub fills: Vec<FillView>,
+    /// The order list (OCO, OTO) the order belongs to.
+    pub list: Option<ListId>,
+    /// Whether the order works (on the book or trading), waits for its
+    /// trigger, or waits for its OTO's working order.
+    pub stage: OrderStage,
+    /// When the order started working: placed on the book or trading (its
+    /// trigger fired, its OTO released it); `None` while it waits.
+    pub working_ns: Option<u64>,
+    /// When a trailing order started tracking the price.
+    pub trailing_ns: Option<u64>,
+}
+
+/// Where an open order stands (a closed order keeps the stage it had).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderStage {
+    /// On the book, or trading.
+    Working,
+    /// A stop or take-profit order waiting off the book for its trigger.
+    Waiting,
+    /// An OTO's pending order, waiting for the working order's fill; it
+    /// holds no funds.
+    Pending,
 }
 
 impl OrderView {
@@ -122,6 +144,7 @@ impl OrderView {
             OrderKind::Market { qty } | OrderKind::StopMarket { qty, .. } => (None, qty),
             OrderKind::MarketByQuote { .. } => (None, Lots(0)),
         };
+        let waits = kind.trigger().is_some();
         Some(OrderView {
             order,
             user,
@@ -140,8 +163,51 @@ impl OrderView {
             updated_ns: timestamp_ns,
             quote_filled: 0,
             fills: Vec::new(),
+            list: None,
+            stage: if waits { OrderStage::Waiting } else { OrderStage::Working },
+            working_ns: if waits { None } else { Some(timestamp_ns) },
+            trailing_ns: None,
         })
     }
+
+    /// Follows an event that changes how the order works: a fired
+    /// trigger, an OTO's release, a trailing start (others change nothing).
+    pub fn follow(&mut self, event: &Event, timestamp_ns: u64) {
+        match event.kind {
+            EventKind::OrderTriggered { .. } => {
+                self.stage = OrderStage::Working;
+                self.working_ns = Some(timestamp_ns);
+            }
+            EventKind::OrderReleased { .. } => {
+                if self.kind.and_then(|k| k.trigger()).is_some() {
+                    self.stage = OrderStage::Waiting;
+                } else {
+                    self.stage = OrderStage::Working;
+                    self.working_ns = Some(timestamp_ns);
+                }
+            }
+            EventKind::TrailingStarted { .. } => self.trailing_ns = Some(timestamp_ns),
+            _ => return,
+        }
+        self.updated_seq = event.seq;
+        self.updated_ns = timestamp_ns;
+    }
+}
+
+/// An order list (OCO or OTO) as the views follow it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListView {
+    pub list: ListId,
+    pub user: UserId,
+    pub market: MarketId,
+    pub contingency: Contingency,
+    /// For an OTO, the working order then the pending one.
+    pub orders: [OrderId; 2],
+    pub client_list_id: Option<ClientOrderId>,
+    pub created_ns: u64,
+    /// When the list ended (`None` while it is open).
+    pub done_ns: Option<u64>,
+    pub updated_seq: u64,
 }
 
 /// Fills kept per order in the view; an order with more still has its totals.
@@ -294,6 +360,10 @@ pub struct UserView {
     pub balances: Vec<(Units, Units)>,
     pub open: BTreeMap<OrderId, OrderView>,
     pub closed: VecDeque<OrderView>,
+    /// Open order lists by id.
+    pub lists: BTreeMap<ListId, ListView>,
+    /// Closed order lists, oldest first, kept as closed orders are.
+    pub closed_lists: VecDeque<ListView>,
 }
 
 /// How much history the views keep: each bound by count and by age (in the
@@ -329,6 +399,8 @@ pub struct Views {
     pub users: Vec<UserView>,
     /// The engine's limits as of `last_seq`.
     pub limits: engine_core::EngineLimits,
+    /// The open list of each order of an open list (looked up only).
+    list_of: HashMap<OrderId, ListId>,
     retention: Retention,
 }
 
@@ -336,7 +408,10 @@ pub struct Views {
 /// a `u32` (little-endian), then [`ViewsState`] in the project's codec.
 /// Bump it when [`ViewsState`] changes shape; a snapshot of another
 /// version is skipped by recovery (which falls back to an older one).
-const VIEWS_FORMAT_VERSION: u32 = 3;
+const VIEWS_FORMAT_VERSION: u32 = 4;
+/// Format 4 less the order lists and the orders' list, stage and working
+/// times (from before stop, iceberg and list orders); still read.
+const VIEWS_FORMAT_VERSION_WITHOUT_LISTS: u32 = 3;
 /// Format 3 less the taker-buy volumes of the minute bars; still read.
 const VIEWS_FORMAT_VERSION_WITHOUT_TAKER_BUY: u32 = 2;
 /// The same state in bincode 2's standard layout (before the project's
@@ -371,7 +446,116 @@ pub struct MarketHistory {
 struct ViewsStateV2 {
     last_seq: u64,
     markets: Vec<MarketHistoryV2>,
-    users: Vec<UserHistory>,
+    users: Vec<UserHistoryV3>,
+}
+
+/// [`ViewsState`] as format 3 kept it (no order lists).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ViewsStateV3 {
+    last_seq: u64,
+    markets: Vec<MarketHistory>,
+    users: Vec<UserHistoryV3>,
+}
+
+impl From<ViewsStateV3> for ViewsState {
+    fn from(old: ViewsStateV3) -> ViewsState {
+        ViewsState {
+            last_seq: old.last_seq,
+            markets: old.markets,
+            users: old.users.into_iter().map(UserHistory::from).collect(),
+        }
+    }
+}
+
+/// [`UserHistory`] as formats 1 to 3 kept it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct UserHistoryV3 {
+    open: Vec<OrderViewV3>,
+    closed: VecDeque<OrderViewV3>,
+}
+
+impl From<UserHistoryV3> for UserHistory {
+    fn from(old: UserHistoryV3) -> UserHistory {
+        UserHistory {
+            open: old.open.into_iter().map(OrderView::from).collect(),
+            closed: old.closed.into_iter().map(OrderView::from).collect(),
+            lists: Vec::new(),
+            closed_lists: VecDeque::new(),
+        }
+    }
+}
+
+/// [`OrderView`] as formats 1 to 3 kept it: every order then worked from
+/// its creation and belonged to no list.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct OrderViewV3 {
+    order: OrderId,
+    user: UserId,
+    market: MarketId,
+    side: Side,
+    kind: Option<OrderKind>,
+    price: Option<Ticks>,
+    remaining: Lots,
+    filled: Lots,
+    quantity: Lots,
+    client_order_id: Option<ClientOrderId>,
+    stp: Option<SelfTradePrevention>,
+    status: OrderStatus,
+    created_ns: u64,
+    updated_seq: u64,
+    updated_ns: u64,
+    quote_filled: u128,
+    fills: Vec<FillView>,
+}
+
+impl From<OrderViewV3> for OrderView {
+    fn from(old: OrderViewV3) -> OrderView {
+        let OrderViewV3 {
+            order,
+            user,
+            market,
+            side,
+            kind,
+            price,
+            remaining,
+            filled,
+            quantity,
+            client_order_id,
+            stp,
+            status,
+            created_ns,
+            updated_seq,
+            updated_ns,
+            quote_filled,
+            fills,
+        } = old;
+        OrderView {
+            order,
+            user,
+            market,
+            side,
+            kind,
+            price,
+            remaining,
+            filled,
+            quantity,
+            client_order_id,
+            stp,
+            status,
+            created_ns,
+            updated_seq,
+            updated_ns,
+            quote_filled,
+            fills,
+            list: None,
+            stage: OrderStage::Working,
+            working_ns: Some(created_ns),
+            trailing_ns: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -399,7 +583,7 @@ impl From<ViewsStateV2> for ViewsState {
                     depth_seq: m.depth_seq,
                 })
                 .collect(),
-            users: old.users,
+            users: old.users.into_iter().map(UserHistory::from).collect(),
         }
     }
 }
@@ -410,6 +594,10 @@ pub struct UserHistory {
     pub open: Vec<OrderView>,
     /// Closed orders, oldest first.
     pub closed: VecDeque<OrderView>,
+    /// Open order lists, in id order.
+    pub lists: Vec<ListView>,
+    /// Closed order lists, oldest first.
+    pub closed_lists: VecDeque<ListView>,
 }
 
 impl ViewsState {
@@ -428,6 +616,7 @@ impl ViewsState {
         let version = u32::from_le_bytes(*version);
         let decoded = match version {
             VIEWS_FORMAT_VERSION => codec::decode(body),
+            VIEWS_FORMAT_VERSION_WITHOUT_LISTS => codec::decode::<ViewsStateV3>(body).map(ViewsState::from),
             VIEWS_FORMAT_VERSION_WITHOUT_TAKER_BUY => {
                 codec::decode::<ViewsStateV2>(body).map(ViewsState::from)
             }
@@ -478,6 +667,7 @@ impl Views {
             market_symbols: HashMap::new(),
             users: Vec::new(),
             limits: engine.limits(),
+            list_of: HashMap::new(),
             retention,
         };
         for market in engine.markets() {
@@ -520,6 +710,10 @@ impl Views {
                         updated_seq: engine.last_seq(),
                         updated_ns: order.timestamp_ns,
                         fills: Vec::new(),
+                        list: None,
+                        stage: OrderStage::Working,
+                        working_ns: Some(order.timestamp_ns),
+                        trailing_ns: None,
                     },
                 );
             }
@@ -556,22 +750,27 @@ impl Views {
             view.depth_seq = history.depth_seq;
         }
         for (index, (view, history)) in views.users.iter_mut().zip(state.users).enumerate() {
-            if history.open.len() != view.open.len() {
+            // Every order on the engine's book is in the views, as the
+            // engine has it; the views also have the orders that wait off
+            // the book (triggers, OTO pending orders), which the engine's
+            // book does not list.
+            let on_book = history.open.iter().filter(|o| o.stage == OrderStage::Working).count();
+            if on_book != view.open.len() {
                 return Err(format!(
-                    "user {index} has {} open orders in the views and {} in the engine",
-                    history.open.len(),
+                    "user {index} has {on_book} open orders on the book in the views and {} in the engine",
                     view.open.len()
                 ));
             }
             for order in history.open {
-                let agrees = view.open.get(&order.order).is_some_and(|engine_view| {
-                    engine_view.user == order.user
-                        && engine_view.market == order.market
-                        && engine_view.side == order.side
-                        && engine_view.price == order.price
-                        && engine_view.remaining == order.remaining
-                        && engine_view.filled == order.filled
-                });
+                let agrees = order.stage != OrderStage::Working
+                    || view.open.get(&order.order).is_some_and(|engine_view| {
+                        engine_view.user == order.user
+                            && engine_view.market == order.market
+                            && engine_view.side == order.side
+                            && engine_view.price == order.price
+                            && engine_view.remaining == order.remaining
+                            && engine_view.filled == order.filled
+                    });
                 if !agrees {
                     return Err(format!(
                         "open order {} of user {index} differs from the engine's",
@@ -581,6 +780,13 @@ impl Views {
                 view.open.insert(order.order, order);
             }
             view.closed = history.closed;
+            for list in history.lists {
+                for order in list.orders {
+                    views.list_of.insert(order, list.list);
+                }
+                view.lists.insert(list.list, list);
+            }
+            view.closed_lists = history.closed_lists;
         }
         views.prune_all();
         Ok(views)
@@ -607,6 +813,8 @@ impl Views {
                 .map(|view| UserHistory {
                     open: view.open.values().cloned().collect(),
                     closed: view.closed.clone(),
+                    lists: view.lists.values().cloned().collect(),
+                    closed_lists: view.closed_lists.clone(),
                 })
                 .collect(),
         }
@@ -624,6 +832,9 @@ impl Views {
         for view in &mut self.users {
             while view.closed.len() > retention.closed_orders_per_user_max {
                 view.closed.pop_front();
+            }
+            while view.closed_lists.len() > retention.closed_orders_per_user_max {
+                view.closed_lists.pop_front();
             }
         }
     }
@@ -699,6 +910,18 @@ impl Views {
         })
     }
 
+    /// One of `user`'s order lists, open or recently closed, by id or list
+    /// client id (the open one first: a closed list's client id may be
+    /// used again).
+    pub fn find_list(&self, user: UserId, list: engine_core::ListRef) -> Option<&ListView> {
+        let view = self.user(user)?;
+        let matches = |l: &&ListView| match list {
+            engine_core::ListRef::Id(id) => l.list == id,
+            engine_core::ListRef::Client(client) => l.client_list_id == Some(client),
+        };
+        view.lists.values().find(matches).or_else(|| view.closed_lists.iter().rev().find(matches))
+    }
+
     /// Follows one event of a command stamped at `timestamp_ns`.
     pub fn apply(&mut self, event: &Event, timestamp_ns: u64) {
         self.last_seq = self.last_seq.max(event.seq);
@@ -742,10 +965,65 @@ impl Views {
                 }
             }
             EventKind::OrderAccepted { order, user, .. } => {
-                if let (Some(view), Some(accepted)) =
+                if let (Some(view), Some(mut accepted)) =
                     (self.users.get_mut(user.0 as usize), OrderView::accepted(event))
                 {
+                    if let Some(list) = self.list_of.get(&order).and_then(|id| view.lists.get(id)) {
+                        accepted.list = Some(list.list);
+                        // An OTO's pending order waits for the working one.
+                        if list.contingency == Contingency::Oto && list.orders[1] == order {
+                            accepted.stage = OrderStage::Pending;
+                            accepted.working_ns = None;
+                        }
+                    }
                     view.open.insert(order, accepted);
+                }
+            }
+            EventKind::OrderTriggered { order, user, .. }
+            | EventKind::OrderReleased { order, user, .. }
+            | EventKind::TrailingStarted { order, user, .. } => {
+                if let Some(order_view) =
+                    self.users.get_mut(user.0 as usize).and_then(|view| view.open.get_mut(&order))
+                {
+                    order_view.follow(event, timestamp_ns);
+                }
+            }
+            EventKind::OrderListAccepted { list, user, market, contingency, orders, client_list_id, .. } => {
+                if let Some(view) = self.users.get_mut(user.0 as usize) {
+                    for order in orders {
+                        self.list_of.insert(order, list);
+                    }
+                    view.lists.insert(
+                        list,
+                        ListView {
+                            list,
+                            user,
+                            market,
+                            contingency,
+                            orders,
+                            client_list_id,
+                            created_ns: timestamp_ns,
+                            done_ns: None,
+                            updated_seq: event.seq,
+                        },
+                    );
+                }
+            }
+            EventKind::OrderListDone { list, user, .. } => {
+                let retention = self.retention;
+                let Some(view) = self.users.get_mut(user.0 as usize) else { return };
+                let Some(mut done) = view.lists.remove(&list) else { return };
+                for order in done.orders {
+                    self.list_of.remove(&order);
+                }
+                done.done_ns = Some(timestamp_ns);
+                done.updated_seq = event.seq;
+                view.closed_lists.push_back(done);
+                let oldest_ns = timestamp_ns.saturating_sub(retention.closed_order_age_max_ms * 1_000_000);
+                while view.closed_lists.len() > retention.closed_orders_per_user_max
+                    || view.closed_lists.front().is_some_and(|l| l.done_ns.unwrap_or(0) < oldest_ns)
+                {
+                    view.closed_lists.pop_front();
                 }
             }
             EventKind::Trade {
@@ -884,12 +1162,9 @@ impl Views {
                 }
             }
             EventKind::LimitsChanged { limits } => self.limits = limits,
-            EventKind::OrderTriggered { .. }
-            | EventKind::TrailingStarted { .. }
-            | EventKind::OrderRefilled { .. }
-            | EventKind::OrderListAccepted { .. }
-            | EventKind::OrderReleased { .. }
-            | EventKind::OrderListDone { .. } => {}
+            // The hidden part of an iceberg stays in `remaining`; depth
+            // follows the shown part through `BookLevel`.
+            EventKind::OrderRefilled { .. } => {}
             EventKind::Deposited { .. }
             | EventKind::Withdrawn { .. }
             | EventKind::ApiKeyCreated { .. }

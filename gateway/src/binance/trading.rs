@@ -7,7 +7,8 @@
 use std::sync::Mutex;
 
 use engine_core::{
-    Amend, ClientOrderId, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side, TimeInForce, UserId,
+    Amend, ClientOrderId, Lots, NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, TimeInForce,
+    Trigger, TriggerKind, UserId,
 };
 use serde_json::{json, Value};
 
@@ -15,14 +16,15 @@ use super::error::{Action, BinanceError};
 use super::market::{market, read_views};
 use super::params::{Params, TradeRange};
 use super::{
-    price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT, STP_MODES,
+    order_status_name, price_text, qty_text, side_name, stp_name, type_and_tif, units_text, STP_DEFAULT,
+    STP_MODES,
 };
 use crate::amounts;
 use crate::app::{self, Refusal};
 use crate::clock::now_ms;
 use crate::pipeline::Publisher;
 use crate::state::AppState;
-use crate::views::{FillView, MarketView, OrderView, Views};
+use crate::views::{FillView, MarketView, OrderStage, OrderView, Views};
 
 const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
 const ALL_ORDERS_LIMIT_DEFAULT: u64 = 500;
@@ -98,93 +100,11 @@ fn check_order(
     client_id: impl FnOnce() -> String,
 ) -> Result<Prepared, BinanceError> {
     let view = market(views, p.required("symbol")?)?;
-    let scale = view.scale;
-    let side = match p.required("side")? {
-        "BUY" => Side::Buy,
-        "SELL" => Side::Sell,
-        _ => return Err(BinanceError::invalid_side()),
-    };
+    let side = side_of(p.required("side")?)?;
     let order_type = p.required("type")?;
-    match order_type {
-        "LIMIT" | "LIMIT_MAKER" | "MARKET" => {}
-        "STOP_LOSS" | "STOP_LOSS_LIMIT" | "TAKE_PROFIT" | "TAKE_PROFIT_LIMIT" => {
-            return Err(BinanceError::unsupported_combination())
-        }
-        _ => return Err(BinanceError::invalid_order_type()),
-    }
-    for unsupported in ["stopPrice", "icebergQty", "trailingDelta"] {
-        if p.has(unsupported) {
-            return Err(BinanceError::not_required(unsupported));
-        }
-    }
-    let price = p.decimal("price")?;
-    let quantity = p.decimal("quantity")?;
-    let quote_qty = p.decimal("quoteOrderQty")?;
-    let to_ticks = |price| scale.to_ticks("price", price).map_err(|_| BinanceError::filter("PRICE_FILTER"));
-    let to_lots = |qty| scale.to_lots("quantity", qty).map_err(|_| BinanceError::filter("LOT_SIZE"));
-    let tif = p.get("timeInForce");
-    let limit = |post_only: bool| -> Result<OrderKind, BinanceError> {
-        if quote_qty.is_some() {
-            return Err(BinanceError::not_required("quoteOrderQty"));
-        }
-        let tif = if post_only {
-            if tif.is_some() {
-                return Err(BinanceError::not_required("timeInForce"));
-            }
-            TimeInForce::PostOnly
-        } else {
-            match tif.ok_or_else(|| BinanceError::mandatory("timeInForce"))? {
-                "GTC" => TimeInForce::Gtc,
-                "IOC" => TimeInForce::Ioc,
-                "FOK" => TimeInForce::Fok,
-                _ => return Err(BinanceError::invalid_tif()),
-            }
-        };
-        let price = price.ok_or_else(|| BinanceError::mandatory("price"))?;
-        let qty = quantity.ok_or_else(|| BinanceError::mandatory("quantity"))?;
-        Ok(OrderKind::Limit { price: to_ticks(price)?, qty: to_lots(qty)?, tif })
-    };
-    let kind = match order_type {
-        "LIMIT" => limit(false)?,
-        "LIMIT_MAKER" => limit(true)?,
-        "MARKET" => {
-            if price.is_some() {
-                return Err(BinanceError::not_required("price"));
-            }
-            if tif.is_some() {
-                return Err(BinanceError::not_required("timeInForce"));
-            }
-            match (quantity, quote_qty) {
-                (Some(qty), None) => OrderKind::Market { qty: to_lots(qty)? },
-                (None, Some(amount)) => OrderKind::MarketByQuote {
-                    amount: amounts::to_units("quoteOrderQty", amount, scale.quote_decimals)
-                        .map_err(|_| BinanceError::too_much_precision("quoteOrderQty"))?,
-                },
-                (None, None) => return Err(BinanceError::one_of("quantity", "quoteOrderQty")),
-                (Some(_), Some(_)) => return Err(BinanceError::not_required("quoteOrderQty")),
-            }
-        }
-        _ => return Err(BinanceError::invalid_order_type()),
-    };
-    let stp = match p.get("selfTradePreventionMode") {
-        None => STP_DEFAULT,
-        Some(name) => {
-            STP_MODES.iter().find(|(mode, _)| *mode == name).map(|(_, stp)| *stp).ok_or_else(|| {
-                BinanceError::invalid_value(
-                    "selfTradePreventionMode",
-                    "NONE, EXPIRE_TAKER, EXPIRE_MAKER or EXPIRE_BOTH",
-                )
-            })?
-        }
-    };
-    let answer = match p.get("newOrderRespType") {
-        None if order_type == "LIMIT_MAKER" => Answer::Ack,
-        None => Answer::Full,
-        Some("ACK") => Answer::Ack,
-        Some("RESULT") => Answer::Result,
-        Some("FULL") => Answer::Full,
-        Some(_) => return Err(BinanceError::invalid_value("newOrderRespType", "ACK, RESULT or FULL")),
-    };
+    let kind = leg_kind(view, p, &Leg::ORDER, order_type, "quantity", true)?;
+    let stp = stp_of(p)?;
+    let answer = answer_of(p, matches!(order_type, "MARKET" | "LIMIT"))?;
     let client = match p.get("newClientOrderId") {
         Some(text) => client_order_id("newClientOrderId", text)?,
         None => client_order_id("newClientOrderId", &client_id())?,
@@ -196,12 +116,216 @@ fn check_order(
     })
 }
 
+fn side_of(text: &str) -> Result<Side, BinanceError> {
+    match text {
+        "BUY" => Ok(Side::Buy),
+        "SELL" => Ok(Side::Sell),
+        _ => Err(BinanceError::invalid_side()),
+    }
+}
+
+fn stp_of(p: &Params) -> Result<SelfTradePrevention, BinanceError> {
+    match p.get("selfTradePreventionMode") {
+        None => Ok(STP_DEFAULT),
+        Some(name) => {
+            STP_MODES.iter().find(|(mode, _)| *mode == name).map(|(_, stp)| *stp).ok_or_else(|| {
+                BinanceError::invalid_value(
+                    "selfTradePreventionMode",
+                    "NONE, EXPIRE_TAKER, EXPIRE_MAKER or EXPIRE_BOTH",
+                )
+            })
+        }
+    }
+}
+
+/// `newOrderRespType`; without it FULL for MARKET and LIMIT orders (and
+/// order lists), ACK for the other types, as on Binance.
+fn answer_of(p: &Params, full_by_default: bool) -> Result<Answer, BinanceError> {
+    match p.get("newOrderRespType") {
+        None if full_by_default => Ok(Answer::Full),
+        None => Ok(Answer::Ack),
+        Some("ACK") => Ok(Answer::Ack),
+        Some("RESULT") => Ok(Answer::Result),
+        Some("FULL") => Ok(Answer::Full),
+        Some(_) => Err(BinanceError::invalid_value("newOrderRespType", "ACK, RESULT or FULL")),
+    }
+}
+
+/// Where one order's parameters are: a plain order's own names
+/// (`price`), or an order list leg's, with the leg's prefix
+/// (`abovePrice`, `pendingStopPrice`).
+pub struct Leg {
+    pub prefix: &'static str,
+}
+
+impl Leg {
+    pub const ORDER: Leg = Leg { prefix: "" };
+
+    /// The parameter name of `base` for this leg.
+    pub fn name(&self, base: &str) -> String {
+        if self.prefix.is_empty() {
+            return base.to_string();
+        }
+        let mut chars = base.chars();
+        let first = chars.next().map(|c| c.to_ascii_uppercase()).into_iter();
+        format!("{}{}", self.prefix, first.chain(chars).collect::<String>())
+    }
+}
+
+/// One order's kind from Binance's parameters for `order_type`, read under
+/// `leg`'s names (the quantity under `quantity_name`), checked the way
+/// Binance checks them: a parameter the type does not take is -1106, a
+/// missing one -1102, a filter failure -1013. `quote` allows a MARKET
+/// order by `quoteOrderQty`.
+fn leg_kind(
+    view: &MarketView,
+    p: &Params,
+    leg: &Leg,
+    order_type: &str,
+    quantity_name: &str,
+    quote: bool,
+) -> Result<OrderKind, BinanceError> {
+    let scale = view.scale;
+    let get = |base: &str| -> (String, Option<&str>) {
+        let name = leg.name(base);
+        let value = p.get(&name);
+        (name, value)
+    };
+    let decimal = |name: &str, text: Option<&str>| -> Result<Option<rust_decimal::Decimal>, BinanceError> {
+        text.map(|t| crate::amounts::parse_decimal("value", t).map_err(|_| BinanceError::illegal_decimal(name)))
+            .transpose()
+    };
+    let (price_name, price_text_in) = get("price");
+    let price = decimal(&price_name, price_text_in)?;
+    let quantity = decimal(quantity_name, p.get(quantity_name))?;
+    let (stop_name, stop_text) = get("stopPrice");
+    let stop = decimal(&stop_name, stop_text)?;
+    let (trailing_name, trailing_text) = get("trailingDelta");
+    let trailing = trailing_text
+        .map(|t| t.parse::<u64>().map_err(|_| BinanceError::illegal_characters(&trailing_name, "^[0-9]{1,20}$")))
+        .transpose()?;
+    let (iceberg_name, iceberg_text) = get("icebergQty");
+    let iceberg = decimal(&iceberg_name, iceberg_text)?;
+    let (tif_name, tif) = get("timeInForce");
+    let quote_qty = if quote { p.decimal("quoteOrderQty")? } else { None };
+    let to_ticks = |price| scale.to_ticks("price", price).map_err(|_| BinanceError::filter("PRICE_FILTER"));
+    let to_lots = |qty| scale.to_lots("quantity", qty).map_err(|_| BinanceError::filter("LOT_SIZE"));
+    let (limit, maker, stop_kind) = match order_type {
+        "LIMIT" => (true, false, None),
+        "LIMIT_MAKER" => (true, true, None),
+        "MARKET" => (false, false, None),
+        "STOP_LOSS" => (false, false, Some(TriggerKind::StopLoss)),
+        "STOP_LOSS_LIMIT" => (true, false, Some(TriggerKind::StopLoss)),
+        "TAKE_PROFIT" => (false, false, Some(TriggerKind::TakeProfit)),
+        "TAKE_PROFIT_LIMIT" => (true, false, Some(TriggerKind::TakeProfit)),
+        _ => return Err(BinanceError::invalid_order_type()),
+    };
+    // What the type does not take.
+    if order_type != "MARKET" && quote_qty.is_some() {
+        return Err(BinanceError::not_required("quoteOrderQty"));
+    }
+    if !limit && price.is_some() {
+        return Err(BinanceError::not_required(&price_name));
+    }
+    if (!limit || maker) && tif.is_some() {
+        return Err(BinanceError::not_required(&tif_name));
+    }
+    if stop_kind.is_none() && stop.is_some() {
+        return Err(BinanceError::not_required(&stop_name));
+    }
+    if stop_kind.is_none() && trailing.is_some() {
+        return Err(BinanceError::not_required(&trailing_name));
+    }
+    if !limit && iceberg.is_some() {
+        return Err(BinanceError::not_required(&iceberg_name));
+    }
+    if order_type == "MARKET" {
+        return match (quantity, quote_qty) {
+            (Some(qty), None) => Ok(OrderKind::Market { qty: to_lots(qty)? }),
+            (None, Some(amount)) => Ok(OrderKind::MarketByQuote {
+                amount: amounts::to_units("quoteOrderQty", amount, scale.quote_decimals)
+                    .map_err(|_| BinanceError::too_much_precision("quoteOrderQty"))?,
+            }),
+            (None, None) if quote => Err(BinanceError::one_of(quantity_name, "quoteOrderQty")),
+            (None, None) => Err(BinanceError::mandatory(quantity_name)),
+            (Some(_), Some(_)) => Err(BinanceError::not_required("quoteOrderQty")),
+        };
+    }
+    let tif = if !limit || maker {
+        if maker {
+            TimeInForce::PostOnly
+        } else {
+            TimeInForce::Gtc
+        }
+    } else {
+        match tif.ok_or_else(|| BinanceError::mandatory(&tif_name))? {
+            "GTC" => TimeInForce::Gtc,
+            "IOC" => TimeInForce::Ioc,
+            "FOK" => TimeInForce::Fok,
+            _ => return Err(BinanceError::invalid_tif()),
+        }
+    };
+    let qty = to_lots(quantity.ok_or_else(|| BinanceError::mandatory(quantity_name))?)?;
+    let price = if limit { Some(to_ticks(price.ok_or_else(|| BinanceError::mandatory(&price_name))?)?) } else { None };
+    let visible = match iceberg {
+        None => Lots(0),
+        Some(iceberg) => {
+            // Binance: an iceberg is good till cancelled.
+            if tif != TimeInForce::Gtc && tif != TimeInForce::PostOnly {
+                return Err(BinanceError::unsupported_combination());
+            }
+            let visible = to_lots(iceberg)?;
+            if visible < view.market.rules.min_qty || visible.0 == 0 {
+                return Err(BinanceError::filter("LOT_SIZE"));
+            }
+            if visible >= qty {
+                return Err(BinanceError::new_order_rejected(format!(
+                    "Order's {iceberg_name} must be below its quantity."
+                )));
+            }
+            if qty.0.div_ceil(visible.0) > super::ICEBERG_PARTS_MAX {
+                return Err(BinanceError::filter("ICEBERG_PARTS"));
+            }
+            visible
+        }
+    };
+    let Some(trigger_kind) = stop_kind else {
+        let price = price.ok_or_else(|| BinanceError::mandatory(&price_name))?;
+        return Ok(if visible.0 > 0 {
+            OrderKind::Iceberg { price, qty, visible, tif }
+        } else {
+            OrderKind::Limit { price, qty, tif }
+        });
+    };
+    if stop.is_none() && trailing.is_none() {
+        return Err(BinanceError::one_of(&stop_name, &trailing_name));
+    }
+    let stop = stop.map(to_ticks).transpose()?;
+    let trailing_bips = match trailing {
+        None => 0,
+        Some(bips) => {
+            let range = u64::from(super::TRAILING_DELTA_BIPS_MIN)..=u64::from(super::TRAILING_DELTA_BIPS_MAX);
+            if !range.contains(&bips) {
+                return Err(BinanceError::filter("TRAILING_DELTA"));
+            }
+            bips as u16
+        }
+    };
+    let trigger = Trigger { kind: trigger_kind, stop, trailing_bips };
+    Ok(match price {
+        None => OrderKind::StopMarket { trigger, qty },
+        Some(price) => OrderKind::StopLimit { trigger, price, qty, tif, visible },
+    })
+}
+
 /// The order checks the engine would make that can be made without it:
 /// for `order/test`, which never reaches the engine.
 fn check_filters(view: &MarketView, order: &NewOrder) -> Result<(), BinanceError> {
     let rules = &view.market.rules;
     match order.kind {
-        OrderKind::Limit { price, qty, .. } => {
+        OrderKind::Limit { price, qty, .. }
+        | OrderKind::Iceberg { price, qty, .. }
+        | OrderKind::StopLimit { price, qty, .. } => {
             if qty < rules.min_qty {
                 return Err(BinanceError::filter("LOT_SIZE"));
             }
@@ -209,7 +333,9 @@ fn check_filters(view: &MarketView, order: &NewOrder) -> Result<(), BinanceError
                 return Err(BinanceError::filter("NOTIONAL"));
             }
         }
-        OrderKind::Market { qty } if qty < rules.min_qty => return Err(BinanceError::filter("LOT_SIZE")),
+        OrderKind::Market { qty } | OrderKind::StopMarket { qty, .. } if qty < rules.min_qty => {
+            return Err(BinanceError::filter("LOT_SIZE"))
+        }
         OrderKind::MarketByQuote { amount } if amount < rules.min_notional => {
             return Err(BinanceError::filter("NOTIONAL"))
         }
@@ -262,7 +388,7 @@ fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[F
     let mut out = json!({
         "symbol": view.symbol,
         "orderId": order.order.0,
-        "orderListId": -1,
+        "orderListId": list_id(order),
         "clientOrderId": client_id_text(order),
         "transactTime": order.created_ns / 1_000_000,
     });
@@ -273,7 +399,7 @@ fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[F
         for (key, value) in details {
             object.entry(key).or_insert(value);
         }
-        object.insert("workingTime".into(), json!(order.created_ns / 1_000_000));
+        object.insert("workingTime".into(), json!(working_time(order)));
         if answer == Answer::Full {
             let decimals =
                 |asset: engine_core::AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
@@ -307,22 +433,61 @@ fn order_fields(view: &MarketView, order: &OrderView) -> Value {
         Some(OrderKind::MarketByQuote { amount }) => (order.filled, u128::from(amount.0)),
         _ => (order.quantity, 0),
     };
-    json!({
+    let mut out = json!({
         "symbol": view.symbol,
         "orderId": order.order.0,
-        "orderListId": -1,
+        "orderListId": list_id(order),
         "clientOrderId": client_id_text(order),
         "price": order.price.map_or_else(|| super::fixed(rust_decimal::Decimal::ZERO, 0), |p| price_text(&view.scale, p)),
         "origQty": qty_text(&view.scale, orig_qty),
         "executedQty": qty_text(&view.scale, order.filled),
         "cummulativeQuoteQty": units_text(order.quote_filled, quote_decimals),
-        "status": status_name(order.status),
+        "status": order_status_name(order),
         "timeInForce": tif,
         "type": order_type,
         "side": side_name(order.side),
         "origQuoteOrderQty": units_text(orig_quote, quote_decimals),
         "selfTradePreventionMode": stp_name(order.stp.unwrap_or(STP_DEFAULT)),
-    })
+    });
+    // Binance shows these only on the orders that have them.
+    if let Some(object) = out.as_object_mut() {
+        for (name, value) in trigger_fields(&view.scale, order) {
+            object.insert(name.into(), value);
+        }
+    }
+    out
+}
+
+/// `stopPrice`, `icebergQty`, `trailingDelta` and `trailingTime` of an
+/// order that has them (Binance's names).
+pub fn trigger_fields(scale: &crate::amounts::Scale, order: &OrderView) -> Vec<(&'static str, Value)> {
+    let mut fields = Vec::new();
+    let trigger = order.kind.and_then(|k| k.trigger());
+    if let Some(stop) = trigger.and_then(|t| t.stop) {
+        fields.push(("stopPrice", json!(price_text(scale, stop))));
+    }
+    let visible = match order.kind {
+        Some(OrderKind::Iceberg { visible, .. } | OrderKind::StopLimit { visible, .. }) => visible,
+        _ => Lots(0),
+    };
+    if visible.0 > 0 {
+        fields.push(("icebergQty", json!(qty_text(scale, visible))));
+    }
+    if let Some(trigger) = trigger.filter(|t| t.trailing_bips > 0) {
+        fields.push(("trailingDelta", json!(trigger.trailing_bips)));
+        fields.push(("trailingTime", json!(order.trailing_ns.map_or(-1, |ns| (ns / 1_000_000) as i64))));
+    }
+    fields
+}
+
+/// The order list id Binance shows (-1: none).
+pub fn list_id(order: &OrderView) -> i64 {
+    order.list.map_or(-1, |l| l.0 as i64)
+}
+
+/// When the order started working, in ms (-1 while it waits, as on Binance).
+pub fn working_time(order: &OrderView) -> i64 {
+    order.working_ns.map_or(-1, |ns| (ns / 1_000_000) as i64)
 }
 
 /// An order as `GET /api/v3/order` and `openOrders` show it.
@@ -331,12 +496,12 @@ pub fn order_json(views: &Views, order: &OrderView) -> Value {
     let mut out = order_fields(view, order);
     if let Some(object) = out.as_object_mut() {
         let open = views.user(order.user).is_some_and(|u| u.open.contains_key(&order.order));
-        object.insert("stopPrice".into(), json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
-        object.insert("icebergQty".into(), json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
+        object.entry("stopPrice").or_insert_with(|| json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
+        object.entry("icebergQty").or_insert_with(|| json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
         object.insert("time".into(), json!(order.created_ns / 1_000_000));
         object.insert("updateTime".into(), json!(order.updated_ns / 1_000_000));
-        object.insert("isWorking".into(), json!(open));
-        object.insert("workingTime".into(), json!(order.created_ns / 1_000_000));
+        object.insert("isWorking".into(), json!(open && order.stage == OrderStage::Working));
+        object.insert("workingTime".into(), json!(working_time(order)));
     }
     out
 }
