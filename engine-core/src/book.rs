@@ -46,6 +46,11 @@ pub(crate) struct Order {
     pub stp: SelfTradePrevention,
     pub timestamp_ns: u64,
     pub client_order_id: Option<ClientOrderId>,
+    /// An iceberg's lots behind the shown part (`remaining`); 0 otherwise.
+    pub hidden: Lots,
+    /// The order's extras (a slot of `Engine::extras`), or `NIL` for a
+    /// plain order.
+    pub ext: u32,
 }
 
 impl Order {
@@ -75,6 +80,8 @@ impl Order {
             stp,
             client_order_id,
             timestamp_ns,
+            hidden: Lots(0),
+            ext: NIL,
             prev: NIL,
             next: NIL,
             user_prev: NIL,
@@ -143,6 +150,15 @@ impl OrderSlab {
         self.slots.get(slot as usize).filter(|order| order.id.0 != 0)
     }
 }
+
+impl Order {
+    /// Open quantity, shown and hidden.
+    pub fn open(&self) -> Lots {
+        Lots(self.remaining.0 + self.hidden.0)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Order>() == 128, "an order is two cache lines");
 
 /// All resting orders at one price, oldest first.
 #[derive(Clone, Copy, Debug)]

@@ -300,3 +300,7 @@ pub struct Amend {
     pub new_qty: Option<Lots>,
     pub new_price: Option<Ticks>,
 }
+
+// Commands travel by value through the ring and the journal writer: the
+// largest (an order list with two legs and three client ids) sets the size.
+const _: () = assert!(core::mem::size_of::<StampedCommand>() <= 256, "a command fits 4 cache lines");

@@ -10,9 +10,11 @@ use std::fmt;
 
 use crate::accounts::Balance;
 use crate::book::{BookSide, Order, NIL};
+use crate::command::Contingency;
 use crate::command::{OrderKind, TimeInForce};
 use crate::engine::Engine;
 use crate::event::{Event, EventKind};
+use crate::extras::{Phase, NONE};
 use crate::snapshot::SnapshotError;
 use crate::units::{AssetId, Lots, MarketId, OrderId, Side, Ticks, Units, UserId};
 
@@ -121,6 +123,53 @@ impl Engine {
                 }
             }
         }
+        let mut off_book = 0u32;
+        for extra in self.extras.iter() {
+            let bad = |why| InvariantViolation::OrderIndex { order: extra.order, why };
+            let slot = self.index.get(extra.order).ok_or(bad("extras of an order that is not open"))?;
+            let ext = self.orders.get(slot).ext;
+            if self.extras.get_checked(ext) != Some(extra) {
+                return Err(bad("its extras are not where it points"));
+            }
+            if extra.phase == Phase::Live && extra.visible.0 == 0 && extra.list == NONE {
+                return Err(bad("a plain order keeps extras"));
+            }
+            if extra.phase != Phase::Live {
+                off_book += 1;
+            }
+        }
+        let waiting: usize = self.markets.iter().map(|state| state.triggers.len()).sum();
+        let waiting_orders = self.extras.iter().filter(|e| matches!(e.phase, Phase::Waiting(_))).count();
+        if waiting != waiting_orders {
+            return Err(InvariantViolation::OrderIndex {
+                order: OrderId(0),
+                why: "triggers and waiting orders disagree on the count",
+            });
+        }
+        for state in &self.markets {
+            for entry in state.triggers.entries() {
+                let bad = |why| InvariantViolation::OrderIndex { order: entry.order, why };
+                let order = self.orders.get_checked(entry.slot).filter(|o| o.id == entry.order);
+                let order = order.ok_or(bad("a trigger of no open order"))?;
+                let waits = order.market == state.market.id
+                    && order.ext != NIL
+                    && matches!(self.extras.get(order.ext).phase, Phase::Waiting(_));
+                if !waits {
+                    return Err(bad("a trigger of an order that does not wait in its market"));
+                }
+            }
+        }
+        for list in self.lists.iter() {
+            for (leg, &slot) in list.slots.iter().enumerate() {
+                let bad = |why| InvariantViolation::OrderIndex { order: list.orders[leg], why };
+                let order = self.orders.get_checked(slot).filter(|o| o.id == list.orders[leg]);
+                let order = order.ok_or(bad("a list names an order that is not open"))?;
+                if order.ext == NIL || self.extras.get(order.ext).list == NONE {
+                    return Err(bad("a list's order does not know its list"));
+                }
+            }
+        }
+        let resting = resting + off_book;
         if resting != self.orders.len() || self.index.len() != resting as usize {
             return Err(InvariantViolation::OrderIndex {
                 order: OrderId(0),
@@ -310,8 +359,14 @@ impl Touched {
                         OrderKind::Limit { price, qty, tif } => {
                             (Some(price), Some(qty), matches!(tif, TimeInForce::Gtc | TimeInForce::PostOnly))
                         }
+                        OrderKind::Iceberg { price, qty, tif, .. } => {
+                            (Some(price), Some(qty), matches!(tif, TimeInForce::Gtc | TimeInForce::PostOnly))
+                        }
                         OrderKind::Market { .. } | OrderKind::MarketByQuote { .. } => (None, None, false),
-                        _ => (None, None, true),
+                        // Waiting (or pending) is open; what they become, later events say.
+                        OrderKind::StopMarket { qty, .. } | OrderKind::StopLimit { qty, .. } => {
+                            (None, Some(qty), true)
+                        }
                     };
                     let fate = OrderFate::Open { user, market, side, price, remaining, may_rest };
                     touched.orders.push((order, position, fate));
@@ -397,12 +452,30 @@ impl Touched {
                         touched.market(engine, market, seq)?;
                     }
                 }
-                EventKind::OrderTriggered { .. }
-                | EventKind::TrailingStarted { .. }
-                | EventKind::OrderRefilled { .. }
-                | EventKind::OrderListAccepted { .. }
-                | EventKind::OrderReleased { .. }
-                | EventKind::OrderListDone { .. } => {}
+                EventKind::OrderTriggered { user, market, .. }
+                | EventKind::OrderReleased { user, market, .. }
+                | EventKind::OrderListAccepted { user, market, .. }
+                | EventKind::OrderListDone { user, market, .. }
+                | EventKind::TrailingStarted { user, market, .. } => {
+                    touched.user(engine, user, seq)?;
+                    touched.market(engine, market, seq)?;
+                }
+                EventKind::OrderRefilled { order, user, market, side, price, shown, hidden } => {
+                    touched.user(engine, user, seq)?;
+                    touched.market(engine, market, seq)?;
+                    if shown.0 == 0 {
+                        return Err(bad("an iceberg refilled with nothing"));
+                    }
+                    let fate = OrderFate::Open {
+                        user,
+                        market,
+                        side,
+                        price: Some(price),
+                        remaining: Some(Lots(shown.0 + hidden.0)),
+                        may_rest: true,
+                    };
+                    touched.orders.push((order, position, fate));
+                }
                 EventKind::BookLevel { market, side, price, qty } => {
                     touched.market(engine, market, seq)?;
                     push_latest(&mut touched.levels, (market, side == Side::Sell, price), position, qty);
@@ -674,6 +747,15 @@ impl Engine {
             with_client_id += usize::from(order.client_order_id.is_some());
             let (asset, amount) = self.lock_needed(order)?;
             needs[asset.index()] += u128::from(amount.0);
+            if order.ext != NIL {
+                let extra = self.extras.get_checked(order.ext).ok_or(bad("an order's extras are gone"))?;
+                // An OCO holds for both legs once: counted at its first leg.
+                if let Some(list) = self.lists.get_checked(extra.list) {
+                    if list.contingency == Contingency::Oco && list.orders[0] == order.id {
+                        needs[asset.index()] += u128::from(list.held.0);
+                    }
+                }
+            }
             count += 1;
             last_id = order.id;
             previous = slot;
@@ -703,17 +785,35 @@ impl Engine {
         Ok(())
     }
 
-    /// What a resting order must hold locked, as [`lock_for`] computes it,
-    /// without assuming the order is sound.
+    /// What an open order must hold locked on its own (as `holds`
+    /// computes it), without assuming the order is sound.
     fn lock_needed(&self, order: &Order) -> Result<(AssetId, Units), InvariantViolation> {
         let bad = |why| InvariantViolation::OrderIndex { order: order.id, why };
         let Some(state) = self.markets.get(order.market.index()) else {
             return Err(bad("rests in a market that does not exist"));
         };
         let rules = &state.market.rules;
+        let spend = match order.side {
+            Side::Buy => rules.quote,
+            Side::Sell => rules.base,
+        };
+        if order.ext != NIL {
+            let extra = self.extras.get_checked(order.ext).ok_or(bad("its extras are gone"))?;
+            if let Some(list) = self.lists.get_checked(extra.list) {
+                if list.contingency == Contingency::Oco {
+                    return Ok((spend, Units(0)));
+                }
+            }
+            match extra.phase {
+                Phase::Waiting(waiting) => return Ok((spend, waiting.hold)),
+                Phase::Pending(_) => return Ok((spend, Units(0))),
+                Phase::Live => {}
+            }
+        }
+        let open = order.open();
         let (asset, amount) = match order.side {
-            Side::Buy => (rules.quote, rules.quote_units(order.price, order.remaining)),
-            Side::Sell => (rules.base, rules.base_units(order.remaining)),
+            Side::Buy => (rules.quote, rules.quote_units(order.price, open)),
+            Side::Sell => (rules.base, rules.base_units(open)),
         };
         Ok((asset, amount.ok_or(bad("its value does not fit"))?))
     }
@@ -787,11 +887,15 @@ impl Engine {
         if order.user != user || order.market != market || order.side != side {
             return Err(differs("an order rests with another owner, market or side than its events said"));
         }
+        if remaining.is_some_and(|remaining| remaining != order.open()) {
+            return Err(differs("an order rests with another quantity than its events said"));
+        }
+        if order.ext != NIL && self.extras.get_checked(order.ext).is_some_and(|e| e.phase != Phase::Live) {
+            // Waiting or pending: open, on no book.
+            return Ok(());
+        }
         if price.is_some_and(|price| price != order.price) {
             return Err(differs("an order rests at another price than its events said"));
-        }
-        if remaining.is_some_and(|remaining| remaining != order.remaining) {
-            return Err(differs("an order rests with another quantity than its events said"));
         }
         let Some(level) = self.markets[market.index()].book.side(side).level(order.price) else {
             return Err(bad("rests at a price with no level"));

@@ -74,14 +74,18 @@
 mod accounts;
 mod book;
 mod command;
+mod contingent;
 mod engine;
 mod event;
+mod extras;
 mod hash;
 mod index;
 mod invariants;
 mod limits;
 mod market;
+mod orders;
 mod snapshot;
+mod triggers;
 mod units;
 
 pub use accounts::{AssetTotals, Balance};
@@ -95,7 +99,11 @@ pub use hash::StateHasher;
 pub use invariants::{InvariantViolation, TouchedScratch};
 pub use limits::EngineLimits;
 pub use market::{fee, Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
-pub use snapshot::{RestingOrder, Snapshot, SnapshotError, SNAPSHOT_FORMAT_VERSION};
+pub use orders::{ICEBERG_PARTS_MAX, TRAILING_BIPS_MAX};
+pub use snapshot::{
+    IcebergPart, ListRecord, PendingOrder, RestingOrder, Snapshot, SnapshotError, SnapshotFormat1, ThenKind,
+    WaitingOrder, SNAPSHOT_FORMAT_VERSION,
+};
 pub use units::{
     ApiKey, ApiSecret, AssetId, ClientOrderId, ListId, Lots, MarketId, NameError, OrderId, Side, Symbol,
     Ticks, TradeId, Units, UserId, API_KEY_LEN_MIN,

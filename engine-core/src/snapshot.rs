@@ -14,16 +14,21 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{Account, AssetTotals, Balance};
-use crate::book::{BookSide, Order, OrderBook, NIL};
-use crate::command::SelfTradePrevention;
-use crate::engine::{lock_for, ApiKeyEntry, Engine, MarketState};
+use crate::book::{BookSide, Order, NIL};
+use crate::command::{Contingency, OrderKind, SelfTradePrevention, TimeInForce, Trigger, TriggerKind};
+use crate::engine::{ApiKeyEntry, Engine, MarketState};
+use crate::extras::{OrderExtra, OrderList, Phase, Then, Waiting, NONE};
 use crate::hash::StateHasher;
 use crate::limits::EngineLimits;
 use crate::market::{Asset, Market, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
-use crate::units::{AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Ticks, UserId};
+use crate::orders::{Check, ICEBERG_PARTS_MAX, TRAILING_BIPS_MAX};
+use crate::triggers::Entry;
+use crate::units::{AssetId, ClientOrderId, ListId, Lots, MarketId, OrderId, Side, Ticks, Units, UserId};
 
 /// The version of [`Snapshot`]'s layout; bumped on any change to it.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Version 2 added last prices, icebergs, waiting and pending orders and
+/// order lists; version 1 snapshots are read as [`SnapshotFormat1`].
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// The full state at one sequence number, as plain data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +48,124 @@ pub struct Snapshot {
     /// Every API key, sorted by key. Secrets included: a snapshot file is
     /// as private as the journal.
     pub api_keys: Vec<ApiKeyEntry>,
+    // Format 2 from here.
+    pub next_list_id: u64,
+    /// Indexed by market id.
+    pub last_prices: Vec<Option<Ticks>>,
+    /// The hidden part of every iceberg on the book (its shown part is in
+    /// `orders`), by order id.
+    pub icebergs: Vec<IcebergPart>,
+    /// Stop and take-profit orders waiting for their trigger, by order id.
+    pub waiting: Vec<WaitingOrder>,
+    /// OTO pending orders, by order id.
+    pub pending: Vec<PendingOrder>,
+    /// Open order lists, by list id.
+    pub lists: Vec<ListRecord>,
+}
+
+/// A snapshot of format version 1, before waiting orders existed: what
+/// files written by earlier versions decode to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotFormat1 {
+    pub format_version: u32,
+    pub last_seq: u64,
+    pub limits: EngineLimits,
+    pub next_order_id: u64,
+    pub next_trade_id: u64,
+    pub assets: Vec<(Asset, AssetTotals)>,
+    pub markets: Vec<Market>,
+    pub balances: Vec<Vec<Balance>>,
+    pub orders: Vec<RestingOrder>,
+    pub api_keys: Vec<ApiKeyEntry>,
+}
+
+impl From<SnapshotFormat1> for Snapshot {
+    /// Format 1 kept no last trade prices: a market's is unknown until its
+    /// next trade (so a stop placed before then is never refused as
+    /// immediate).
+    fn from(old: SnapshotFormat1) -> Snapshot {
+        Snapshot {
+            format_version: if old.format_version == 1 {
+                SNAPSHOT_FORMAT_VERSION
+            } else {
+                old.format_version
+            },
+            last_seq: old.last_seq,
+            limits: old.limits,
+            next_order_id: old.next_order_id,
+            next_trade_id: old.next_trade_id,
+            last_prices: vec![None; old.markets.len()],
+            assets: old.assets,
+            markets: old.markets,
+            balances: old.balances,
+            orders: old.orders,
+            api_keys: old.api_keys,
+            next_list_id: 1,
+            icebergs: Vec::new(),
+            waiting: Vec::new(),
+            pending: Vec::new(),
+            lists: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcebergPart {
+    pub order: OrderId,
+    pub visible: Lots,
+    pub hidden: Lots,
+}
+
+/// What a waiting order becomes when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ThenKind {
+    Market,
+    Limit(TimeInForce),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingOrder {
+    pub id: OrderId,
+    pub user: UserId,
+    pub market: MarketId,
+    pub side: Side,
+    /// The limit price it enters at (0 for a market order).
+    pub price: Ticks,
+    pub qty: Lots,
+    pub stp: SelfTradePrevention,
+    pub client_order_id: Option<ClientOrderId>,
+    pub timestamp_ns: u64,
+    pub trigger: Trigger,
+    pub then: ThenKind,
+    pub visible: Lots,
+    pub hold: Units,
+    /// A trailing order's tracking: `None` waiting for its stop price,
+    /// `Some(None)` tracking with no trade seen, `Some(Some(p))` best price.
+    pub tracking: Option<Option<Ticks>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingOrder {
+    pub id: OrderId,
+    pub user: UserId,
+    pub market: MarketId,
+    pub side: Side,
+    pub kind: OrderKind,
+    pub stp: SelfTradePrevention,
+    pub client_order_id: Option<ClientOrderId>,
+    pub timestamp_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRecord {
+    pub id: ListId,
+    pub user: UserId,
+    pub market: MarketId,
+    pub contingency: Contingency,
+    pub client_list_id: Option<ClientOrderId>,
+    pub side: Side,
+    pub orders: [OrderId; 2],
+    pub held: Units,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +198,7 @@ pub enum SnapshotError {
     LockedMismatch { user: UserId, asset: AssetId, locked: u64, orders_need: u128 },
     NotConserved { asset: AssetId, held: u128, outstanding: u128 },
     BadApiKey { position: usize, why: &'static str },
+    BadList { list: ListId, why: &'static str },
 }
 
 impl fmt::Display for SnapshotError {
@@ -99,6 +223,7 @@ impl fmt::Display for SnapshotError {
                 "user {user} has {locked} units of asset {asset} locked but open orders need {orders_need}"
             ),
             BadApiKey { position, why } => write!(f, "API key at position {position}: {why}"),
+            BadList { list, why } => write!(f, "order list {list}: {why}"),
             NotConserved { asset, held, outstanding } => write!(
                 f,
                 "asset {asset}: balances and fees hold {held} units but deposits minus withdrawals are {outstanding}"
@@ -117,6 +242,16 @@ trait StateVisitor {
     fn balances(&mut self, balances: &[Balance]);
     fn order(&mut self, order: &Order);
     fn api_key(&mut self, entry: &ApiKeyEntry);
+    /// Format 2's sections, each in id order.
+    fn contingent(&mut self, engine: &Engine, parts: ContingentParts);
+}
+
+/// Format 2's sections of the state.
+struct ContingentParts {
+    icebergs: Vec<IcebergPart>,
+    waiting: Vec<WaitingOrder>,
+    pending: Vec<PendingOrder>,
+    lists: Vec<ListRecord>,
 }
 
 impl Engine {
@@ -146,13 +281,94 @@ impl Engine {
         for entry in &self.api_keys {
             visitor.api_key(entry);
         }
+        visitor.contingent(self, self.contingent_parts());
+    }
+
+    fn contingent_parts(&self) -> ContingentParts {
+        let mut parts = ContingentParts {
+            icebergs: Vec::new(),
+            waiting: Vec::new(),
+            pending: Vec::new(),
+            lists: Vec::new(),
+        };
+        for extra in self.extras.iter() {
+            let slot = self.index.get(extra.order).expect("extras belong to open orders");
+            let order = self.orders.get(slot);
+            match extra.phase {
+                Phase::Live => {
+                    if extra.visible.0 > 0 {
+                        parts.icebergs.push(IcebergPart {
+                            order: order.id,
+                            visible: extra.visible,
+                            hidden: order.hidden,
+                        });
+                    }
+                }
+                Phase::Waiting(waiting) => parts.waiting.push(WaitingOrder {
+                    id: order.id,
+                    user: order.user,
+                    market: order.market,
+                    side: order.side,
+                    price: order.price,
+                    qty: order.remaining,
+                    stp: order.stp,
+                    client_order_id: order.client_order_id,
+                    timestamp_ns: order.timestamp_ns,
+                    trigger: waiting.trigger,
+                    then: match waiting.then {
+                        Then::Market => ThenKind::Market,
+                        Then::Limit(tif) => ThenKind::Limit(tif),
+                    },
+                    visible: extra.visible,
+                    hold: waiting.hold,
+                    tracking: waiting.tracking,
+                }),
+                Phase::Pending(kind) => parts.pending.push(PendingOrder {
+                    id: order.id,
+                    user: order.user,
+                    market: order.market,
+                    side: order.side,
+                    kind,
+                    stp: order.stp,
+                    client_order_id: order.client_order_id,
+                    timestamp_ns: order.timestamp_ns,
+                }),
+            }
+        }
+        for list in self.lists.iter() {
+            parts.lists.push(ListRecord {
+                id: list.id,
+                user: list.user,
+                market: list.market,
+                contingency: list.contingency,
+                client_list_id: list.client_list_id,
+                side: list.side,
+                orders: list.orders,
+                held: list.held,
+            });
+        }
+        parts.icebergs.sort_unstable_by_key(|part| part.order);
+        parts.waiting.sort_unstable_by_key(|order| order.id);
+        parts.pending.sort_unstable_by_key(|order| order.id);
+        parts.lists.sort_unstable_by_key(|list| list.id);
+        parts
     }
 
     /// A fingerprint of the whole state. Two engines have the same hash when
     /// they hold the same state, whatever their history; replaying a journal
     /// must reproduce the hash the live engine reported at that sequence.
     pub fn state_hash(&self) -> u64 {
-        let mut hasher = HashVisitor(StateHasher::new());
+        let mut hasher = HashVisitor(StateHasher::new(), SNAPSHOT_FORMAT_VERSION);
+        self.walk(&mut hasher);
+        hasher.0.finish()
+    }
+
+    /// The state hash as builds before snapshot format 2 computed it
+    /// (without last prices, icebergs, waiting orders and lists): to check
+    /// a migration against a hash an older build recorded. Equal to what
+    /// that build reported only for a state format 1 could hold.
+    pub fn state_hash_of_format_1(&self) -> u64 {
+        let mut hasher = HashVisitor(StateHasher::new(), 1);
         self.walk(&mut hasher);
         hasher.0.finish()
     }
@@ -170,6 +386,12 @@ impl Engine {
             balances: Vec::with_capacity(self.accounts.len()),
             orders: Vec::with_capacity(self.orders.len() as usize),
             api_keys: Vec::with_capacity(self.api_keys.len()),
+            next_list_id: self.next_list_id,
+            last_prices: self.markets.iter().map(|state| state.last_price).collect(),
+            icebergs: Vec::new(),
+            waiting: Vec::new(),
+            pending: Vec::new(),
+            lists: Vec::new(),
         });
         self.walk(&mut builder);
         builder.0
@@ -229,8 +451,21 @@ impl Engine {
             if rules.maker_fee_ppm > FEE_PPM_MAX || rules.taker_fee_ppm > FEE_PPM_MAX {
                 return Err(bad("fee rate above the maximum"));
             }
-            engine.markets.push(MarketState { market: *market, book: OrderBook::new() });
+            engine.markets.push(MarketState::new(*market));
         }
+        if snapshot.last_prices.len() != engine.markets.len() {
+            return Err(SnapshotError::BadMarket {
+                market: MarketId(snapshot.last_prices.len() as u32),
+                why: "last prices do not match the markets",
+            });
+        }
+        for (state, last) in engine.markets.iter_mut().zip(&snapshot.last_prices) {
+            if *last == Some(Ticks(0)) {
+                return Err(SnapshotError::BadMarket { market: state.market.id, why: "last price 0" });
+            }
+            state.last_price = *last;
+        }
+        engine.next_list_id = snapshot.next_list_id.max(1);
 
         if snapshot.balances.len() > u32::MAX as usize {
             return Err(SnapshotError::TooManyUsers { users: snapshot.balances.len() });
@@ -249,7 +484,6 @@ impl Engine {
 
         // (user, order id, slot), to link each user's orders in id order.
         let mut owned: Vec<(UserId, OrderId, u32)> = Vec::with_capacity(snapshot.orders.len());
-        let mut needs: BTreeMap<(UserId, AssetId), u128> = BTreeMap::new();
         for resting in &snapshot.orders {
             let bad = |why| SnapshotError::BadOrder { order: resting.id, why };
             if resting.id.0 == 0 || resting.id.0 >= engine.next_order_id {
@@ -289,8 +523,6 @@ impl Engine {
                 resting.client_order_id,
                 resting.timestamp_ns,
             );
-            let (asset, amount) = lock_for(&rules, &order);
-            *needs.entry((resting.user, asset)).or_default() += u128::from(amount.0);
             let slot = engine.orders.insert(order);
             engine.index.insert(resting.id, slot);
             engine.markets[resting.market.index()]
@@ -306,6 +538,7 @@ impl Engine {
                 }
             }
         }
+        engine.load_contingent(&snapshot, &mut owned)?;
         owned.sort_unstable_by_key(|&(user, id, _)| (user, id));
         for &(user, id, slot) in &owned {
             if let Some(client_order_id) = engine.orders.get(slot).client_order_id {
@@ -332,6 +565,19 @@ impl Engine {
             engine.api_keys.push(*entry);
         }
 
+        let mut needs: BTreeMap<(UserId, AssetId), u128> = BTreeMap::new();
+        for &(user, _, slot) in &owned {
+            let (asset, amount) = engine.holds(slot);
+            *needs.entry((user, asset)).or_default() += u128::from(amount.0);
+        }
+        for list in engine.lists.iter() {
+            let rules = engine.markets[list.market.index()].market.rules;
+            let asset = match list.side {
+                Side::Buy => rules.quote,
+                Side::Sell => rules.base,
+            };
+            *needs.entry((list.user, asset)).or_default() += u128::from(list.held.0);
+        }
         let mut held = vec![0u128; engine.assets.len()];
         for (user, account) in engine.accounts.iter().enumerate() {
             let user = UserId(user as u32);
@@ -369,6 +615,270 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Loads format 2's sections of `snapshot` into an engine that holds
+    /// its resting orders, checking each as hostile input; adds the slots
+    /// of the orders it opens to `owned`.
+    fn load_contingent(
+        &mut self,
+        snapshot: &Snapshot,
+        owned: &mut Vec<(UserId, OrderId, u32)>,
+    ) -> Result<(), SnapshotError> {
+        for (position, part) in snapshot.icebergs.iter().enumerate() {
+            let bad = |why| SnapshotError::BadOrder { order: part.order, why };
+            if position > 0 && snapshot.icebergs[position - 1].order >= part.order {
+                return Err(bad("icebergs not in id order"));
+            }
+            let slot = self.index.get(part.order).ok_or(bad("an iceberg part of no order on the book"))?;
+            let order = *self.orders.get(slot);
+            let rules = self.markets[order.market.index()].market.rules;
+            let open = Lots(order.remaining.0.checked_add(part.hidden.0).ok_or(bad("size does not fit"))?);
+            if part.visible.0 == 0 || order.remaining > part.visible {
+                return Err(bad("iceberg parts out of proportion"));
+            }
+            if rules.quote_units(order.price, open).is_none() || rules.base_units(open).is_none() {
+                return Err(bad("value does not fit"));
+            }
+            let ext = self.extras.insert(OrderExtra {
+                order: order.id,
+                visible: part.visible,
+                phase: Phase::Live,
+                list: NONE,
+            });
+            let entry = self.orders.get_mut(slot);
+            entry.hidden = part.hidden;
+            entry.ext = ext;
+        }
+        for (position, waiting) in snapshot.waiting.iter().enumerate() {
+            let bad = |why| SnapshotError::BadOrder { order: waiting.id, why };
+            if position > 0 && snapshot.waiting[position - 1].id >= waiting.id {
+                return Err(bad("waiting orders not in id order"));
+            }
+            self.check_new_slot(waiting.id, waiting.user, waiting.market)?;
+            let rules = self.markets[waiting.market.index()].market.rules;
+            let trigger = waiting.trigger;
+            if waiting.qty.0 == 0 || rules.base_units(waiting.qty).is_none() {
+                return Err(bad("zero quantity or a size that does not fit"));
+            }
+            if (trigger.stop.is_none() && trigger.trailing_bips == 0)
+                || trigger.stop == Some(Ticks(0))
+                || trigger.trailing_bips > TRAILING_BIPS_MAX
+            {
+                return Err(bad("impossible trigger"));
+            }
+            match waiting.tracking {
+                Some(_) if trigger.trailing_bips == 0 => return Err(bad("a fixed stop tracks")),
+                None if trigger.stop.is_none() => return Err(bad("waits for no stop price")),
+                Some(Some(Ticks(0))) => return Err(bad("tracks from price 0")),
+                _ => {}
+            }
+            let limit_need = match waiting.then {
+                ThenKind::Market if waiting.price.0 != 0 || waiting.visible.0 != 0 => {
+                    return Err(bad("a stop-market order with a price or a visible part"))
+                }
+                ThenKind::Market => None,
+                ThenKind::Limit(TimeInForce::PostOnly) => return Err(bad("a post-only stop")),
+                ThenKind::Limit(tif) => {
+                    if waiting.visible.0 > 0
+                        && (tif != TimeInForce::Gtc
+                            || waiting.visible >= waiting.qty
+                            || waiting.qty.0.div_ceil(waiting.visible.0) > ICEBERG_PARTS_MAX)
+                    {
+                        return Err(bad("iceberg parts out of proportion"));
+                    }
+                    let quote =
+                        rules.quote_units(waiting.price, waiting.qty).ok_or(bad("value does not fit"))?;
+                    if waiting.price.0 == 0 {
+                        return Err(bad("zero price"));
+                    }
+                    Some(quote)
+                }
+            };
+            let exact = match (waiting.side, limit_need) {
+                (Side::Sell, _) => rules.base_units(waiting.qty),
+                (Side::Buy, Some(quote)) => Some(quote),
+                // A stop-market buy holds at a reference price of its time.
+                (Side::Buy, None) => None,
+            };
+            if exact.is_some_and(|need| need != waiting.hold) {
+                return Err(bad("holds other than it needs"));
+            }
+            let mut order = Order::new(
+                waiting.id,
+                waiting.user,
+                waiting.market,
+                waiting.side,
+                waiting.price,
+                waiting.qty,
+                Lots(0),
+                false,
+                waiting.stp,
+                waiting.client_order_id,
+                waiting.timestamp_ns,
+            );
+            let then = match waiting.then {
+                ThenKind::Market => Then::Market,
+                ThenKind::Limit(tif) => Then::Limit(tif),
+            };
+            let phase =
+                Phase::Waiting(Waiting { trigger, then, hold: waiting.hold, tracking: waiting.tracking });
+            order.ext = self.extras.insert(OrderExtra {
+                order: waiting.id,
+                visible: waiting.visible,
+                phase,
+                list: NONE,
+            });
+            let slot = self.orders.insert(order);
+            self.index.insert(waiting.id, slot);
+            let entry = Entry { stop: trigger.stop.unwrap_or_default(), order: waiting.id, slot };
+            let triggers = &mut self.markets[waiting.market.index()].triggers;
+            match waiting.tracking {
+                Some(_) => triggers.insert_tracking(entry),
+                None => triggers.insert(trigger.rises(waiting.side), entry),
+            }
+            owned.push((waiting.user, waiting.id, slot));
+        }
+        for (position, pending) in snapshot.pending.iter().enumerate() {
+            let bad = |why| SnapshotError::BadOrder { order: pending.id, why };
+            if position > 0 && snapshot.pending[position - 1].id >= pending.id {
+                return Err(bad("pending orders not in id order"));
+            }
+            self.check_new_slot(pending.id, pending.user, pending.market)?;
+            let state = &self.markets[pending.market.index()];
+            if matches!(pending.kind, OrderKind::MarketByQuote { .. }) {
+                return Err(bad("a pending order by quote amount"));
+            }
+            Engine::check_kind(state, pending.side, pending.kind, Units(0), Check::Static)
+                .map_err(|_| bad("a pending order its market's rules refuse"))?;
+            let mut order = Order::new(
+                pending.id,
+                pending.user,
+                pending.market,
+                pending.side,
+                pending.kind.price().unwrap_or_default(),
+                pending.kind.qty().unwrap_or_default(),
+                Lots(0),
+                false,
+                pending.stp,
+                pending.client_order_id,
+                pending.timestamp_ns,
+            );
+            order.ext = self.extras.insert(OrderExtra {
+                order: pending.id,
+                visible: Lots(0),
+                phase: Phase::Pending(pending.kind),
+                list: NONE,
+            });
+            let slot = self.orders.insert(order);
+            self.index.insert(pending.id, slot);
+            owned.push((pending.user, pending.id, slot));
+        }
+        for (position, record) in snapshot.lists.iter().enumerate() {
+            let bad = |why| SnapshotError::BadList { list: record.id, why };
+            if position > 0 && snapshot.lists[position - 1].id >= record.id {
+                return Err(bad("lists not in id order"));
+            }
+            if record.id.0 == 0 || record.id.0 >= self.next_list_id {
+                return Err(bad("id outside the ids handed out"));
+            }
+            let mut slots = [NIL; 2];
+            let mut phases = [Phase::Live; 2];
+            for (leg, &id) in record.orders.iter().enumerate() {
+                let slot = self.index.get(id).ok_or(bad("an order that is not open"))?;
+                let order = *self.orders.get(slot);
+                if order.user != record.user || order.market != record.market {
+                    return Err(bad("an order of another user or market"));
+                }
+                if order.ext != NIL && self.extras.get(order.ext).list != NONE {
+                    return Err(bad("an order in two lists"));
+                }
+                if order.ext == NIL {
+                    let ext = self.extras.insert(OrderExtra {
+                        order: id,
+                        visible: Lots(0),
+                        phase: Phase::Live,
+                        list: NONE,
+                    });
+                    self.orders.get_mut(slot).ext = ext;
+                }
+                phases[leg] = self.extras.get(self.orders.get(slot).ext).phase;
+                slots[leg] = slot;
+            }
+            if slots[0] == slots[1] {
+                return Err(bad("one order twice"));
+            }
+            let sides = [self.orders.get(slots[0]).side, self.orders.get(slots[1]).side];
+            let shape_ok = match record.contingency {
+                Contingency::Oco => {
+                    sides == [record.side; 2]
+                        && !phases.iter().any(|phase| matches!(phase, Phase::Pending(_)))
+                        && phases.iter().filter(|phase| **phase == Phase::Live).count() <= 1
+                }
+                Contingency::Oto => {
+                    sides[0] == record.side
+                        && phases[0] == Phase::Live
+                        && matches!(phases[1], Phase::Pending(_))
+                        && record.held.0 == 0
+                }
+            };
+            if !shape_ok {
+                return Err(bad("its orders do not form its kind of list"));
+            }
+            if record.contingency == Contingency::Oco {
+                let needs = slots.map(|slot| self.holds(slot).1);
+                if record.held != needs[0].max(needs[1]) {
+                    return Err(bad("holds other than its larger order needs"));
+                }
+            }
+            let list_slot = self.lists.insert(OrderList {
+                id: record.id,
+                user: record.user,
+                market: record.market,
+                contingency: record.contingency,
+                client_list_id: record.client_list_id,
+                side: record.side,
+                orders: record.orders,
+                slots,
+                held: record.held,
+            });
+            for slot in slots {
+                let ext = self.orders.get(slot).ext;
+                self.extras.get_mut(ext).list = list_slot;
+            }
+        }
+        for extra in self.extras.iter() {
+            if matches!(extra.phase, Phase::Pending(_)) && extra.list == NONE {
+                return Err(SnapshotError::BadOrder {
+                    order: extra.order,
+                    why: "a pending order in no list",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks an order from a snapshot gets before it takes a slot.
+    fn check_new_slot(&self, id: OrderId, user: UserId, market: MarketId) -> Result<(), SnapshotError> {
+        let bad = |why| SnapshotError::BadOrder { order: id, why };
+        if id.0 == 0 || id.0 >= self.next_order_id {
+            return Err(bad("id outside the ids handed out"));
+        }
+        if self.index.contains(id) {
+            return Err(bad("listed twice"));
+        }
+        if user.index() >= self.accounts.len() {
+            return Err(bad("unknown user"));
+        }
+        if market.index() >= self.markets.len() {
+            return Err(bad("unknown market"));
+        }
+        if self.orders.len() >= u32::MAX - 1 {
+            return Err(bad("more orders than slots"));
+        }
+        Ok(())
+    }
+}
+
 struct SnapshotBuilder(Snapshot);
 
 impl StateVisitor for SnapshotBuilder {
@@ -390,6 +900,12 @@ impl StateVisitor for SnapshotBuilder {
     fn api_key(&mut self, entry: &ApiKeyEntry) {
         self.0.api_keys.push(*entry);
     }
+    fn contingent(&mut self, _engine: &Engine, parts: ContingentParts) {
+        self.0.icebergs = parts.icebergs;
+        self.0.waiting = parts.waiting;
+        self.0.pending = parts.pending;
+        self.0.lists = parts.lists;
+    }
     fn order(&mut self, order: &Order) {
         self.0.orders.push(RestingOrder {
             id: order.id,
@@ -407,12 +923,13 @@ impl StateVisitor for SnapshotBuilder {
     }
 }
 
-struct HashVisitor(StateHasher);
+/// The hasher and the format version whose state it hashes.
+struct HashVisitor(StateHasher, u32);
 
 impl StateVisitor for HashVisitor {
     fn header(&mut self, engine: &Engine) {
         let h = &mut self.0;
-        h.word(u64::from(SNAPSHOT_FORMAT_VERSION));
+        h.word(u64::from(self.1));
         h.word(engine.last_seq);
         h.word(engine.next_order_id);
         h.word(engine.next_trade_id);
@@ -498,5 +1015,152 @@ impl StateVisitor for HashVisitor {
             None => h.word(u64::MAX),
         }
         h.word(order.timestamp_ns);
+    }
+    fn contingent(&mut self, engine: &Engine, parts: ContingentParts) {
+        if self.1 < 2 {
+            return;
+        }
+        let h = &mut self.0;
+        h.word(engine.next_list_id);
+        for state in &engine.markets {
+            h.word(state.last_price.map_or(u64::MAX, |price| price.0));
+        }
+        h.word(parts.icebergs.len() as u64);
+        for part in &parts.icebergs {
+            h.word(part.order.0);
+            h.word(part.visible.0);
+            h.word(part.hidden.0);
+        }
+        h.word(parts.waiting.len() as u64);
+        for order in &parts.waiting {
+            h.word(order.id.0);
+            h.word(u64::from(order.user.0));
+            h.word(u64::from(order.market.0));
+            h.word(side_word(order.side));
+            h.word(order.price.0);
+            h.word(order.qty.0);
+            h.word(stp_word(order.stp));
+            hash_client_id(h, order.client_order_id);
+            h.word(order.timestamp_ns);
+            hash_trigger(h, order.trigger);
+            h.word(match order.then {
+                ThenKind::Market => 0,
+                ThenKind::Limit(tif) => 1 + tif_word(tif),
+            });
+            h.word(order.visible.0);
+            h.word(order.hold.0);
+            h.word(match order.tracking {
+                None => 0,
+                Some(None) => 1,
+                Some(Some(_)) => 2,
+            });
+            h.word(order.tracking.flatten().map_or(0, |price| price.0));
+        }
+        h.word(parts.pending.len() as u64);
+        for order in &parts.pending {
+            h.word(order.id.0);
+            h.word(u64::from(order.user.0));
+            h.word(u64::from(order.market.0));
+            h.word(side_word(order.side));
+            hash_kind(h, order.kind);
+            h.word(stp_word(order.stp));
+            hash_client_id(h, order.client_order_id);
+            h.word(order.timestamp_ns);
+        }
+        h.word(parts.lists.len() as u64);
+        for list in &parts.lists {
+            h.word(list.id.0);
+            h.word(u64::from(list.user.0));
+            h.word(u64::from(list.market.0));
+            h.word(match list.contingency {
+                Contingency::Oco => 0,
+                Contingency::Oto => 1,
+            });
+            hash_client_id(h, list.client_list_id);
+            h.word(side_word(list.side));
+            h.word(list.orders[0].0);
+            h.word(list.orders[1].0);
+            h.word(list.held.0);
+        }
+    }
+}
+
+fn side_word(side: Side) -> u64 {
+    match side {
+        Side::Buy => 0,
+        Side::Sell => 1,
+    }
+}
+
+fn stp_word(stp: SelfTradePrevention) -> u64 {
+    match stp {
+        SelfTradePrevention::CancelTaker => 0,
+        SelfTradePrevention::CancelMaker => 1,
+        SelfTradePrevention::CancelBoth => 2,
+        SelfTradePrevention::Allow => 3,
+    }
+}
+
+fn tif_word(tif: TimeInForce) -> u64 {
+    match tif {
+        TimeInForce::Gtc => 0,
+        TimeInForce::Ioc => 1,
+        TimeInForce::Fok => 2,
+        TimeInForce::PostOnly => 3,
+    }
+}
+
+fn hash_client_id(h: &mut StateHasher, id: Option<ClientOrderId>) {
+    match &id {
+        Some(id) => h.bytes(id.as_bytes()),
+        None => h.word(u64::MAX),
+    }
+}
+
+fn hash_trigger(h: &mut StateHasher, trigger: Trigger) {
+    h.word(match trigger.kind {
+        TriggerKind::StopLoss => 0,
+        TriggerKind::TakeProfit => 1,
+    });
+    h.word(trigger.stop.map_or(0, |stop| stop.0));
+    h.word(u64::from(trigger.trailing_bips));
+}
+
+fn hash_kind(h: &mut StateHasher, kind: OrderKind) {
+    match kind {
+        OrderKind::Limit { price, qty, tif } => {
+            h.word(0);
+            h.word(price.0);
+            h.word(qty.0);
+            h.word(tif_word(tif));
+        }
+        OrderKind::Market { qty } => {
+            h.word(1);
+            h.word(qty.0);
+        }
+        OrderKind::MarketByQuote { amount } => {
+            h.word(2);
+            h.word(amount.0);
+        }
+        OrderKind::Iceberg { price, qty, visible, tif } => {
+            h.word(3);
+            h.word(price.0);
+            h.word(qty.0);
+            h.word(visible.0);
+            h.word(tif_word(tif));
+        }
+        OrderKind::StopMarket { trigger, qty } => {
+            h.word(4);
+            hash_trigger(h, trigger);
+            h.word(qty.0);
+        }
+        OrderKind::StopLimit { trigger, price, qty, tif, visible } => {
+            h.word(5);
+            hash_trigger(h, trigger);
+            h.word(price.0);
+            h.word(qty.0);
+            h.word(tif_word(tif));
+            h.word(visible.0);
+        }
     }
 }

@@ -255,7 +255,7 @@ fn damaged_snapshots_are_refused_with_the_reason() {
     s.format_version = 99;
     assert_eq!(
         Engine::from_snapshot(s).unwrap_err(),
-        SnapshotError::UnsupportedVersion { found: 99, supported: 1 }
+        SnapshotError::UnsupportedVersion { found: 99, supported: engine_core::SNAPSHOT_FORMAT_VERSION }
     );
 
     let mut s = base.clone();

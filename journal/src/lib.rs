@@ -76,7 +76,7 @@ pub use snapshots::{
     decode_snapshot_payload, decode_snapshot_payload_of_version, list_snapshots, load_snapshot,
     load_snapshot_with_views, prune_segments, snapshot_file_name, write_snapshot, write_snapshot_with_views,
     LoadedSnapshot, SegmentRetention, SnapshotFileError, SnapshotInfo, SnapshotKeep, SNAPSHOT_FILE_VERSION,
-    SNAPSHOT_FILE_VERSION_BINCODE, SNAPSHOT_FILE_VERSION_ENGINE_ONLY,
+    SNAPSHOT_FILE_VERSION_BINCODE, SNAPSHOT_FILE_VERSION_ENGINE_ONLY, SNAPSHOT_FILE_VERSION_FORMAT_1,
 };
 pub use syncer::{Durability, JournalSyncer};
 pub use writer::{

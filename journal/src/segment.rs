@@ -201,6 +201,9 @@ impl std::fmt::Display for FrameFault {
 }
 
 /// What is at one offset of a segment's data.
+// A record is read into a frame on the stack, one at a time: boxing the
+// large variant would allocate once per record replayed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A valid record, and the offset where the next one starts.

@@ -12,23 +12,28 @@
 //! number, opaque to this crate (the server encodes and checks it)
 //! ```
 //!
-//! Older files still load: version 2 (the same header, the payload in
-//! bincode 2's standard layout) and version 1 (bincode too, and no views
-//! fields: they carry no views). New files are always version 3.
+//! Older files still load: version 3 (the same header, the payload an
+//! engine snapshot of format 1, before waiting orders and order lists),
+//! version 2 (format 1 in bincode 2's standard layout) and version 1
+//! (bincode too, and no views fields: they carry no views). Their header's
+//! state hash is the one builds of their time computed, checked with
+//! `Engine::state_hash_of_format_1`. New files are always version 4.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use engine_core::{Engine, Snapshot};
+use engine_core::{Engine, Snapshot, SnapshotFormat1};
 
 use crate::error::JournalError;
 use crate::files::{create_private_dir, private_file_options, sync_dir};
 use crate::segment::{read_u32, read_u64};
 
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"EXSNAPSH";
-/// The version new snapshot files are written in: the payload in the
-/// project's codec.
-pub const SNAPSHOT_FILE_VERSION: u32 = 3;
+/// The version new snapshot files are written in: the payload an engine
+/// snapshot of format 2 in the project's codec.
+pub const SNAPSHOT_FILE_VERSION: u32 = 4;
+/// The payload an engine snapshot of format 1 in the project's codec; still read.
+pub const SNAPSHOT_FILE_VERSION_FORMAT_1: u32 = 3;
 /// The same header, the payload in bincode 2's standard layout; still read.
 pub const SNAPSHOT_FILE_VERSION_BINCODE: u32 = 2;
 /// The version before the views section existed (payload in bincode);
@@ -234,7 +239,7 @@ pub fn load_snapshot_with_views(path: &Path) -> Result<LoadedSnapshot, SnapshotF
     let version = read_u32(header, 8);
     if !(SNAPSHOT_FILE_VERSION_ENGINE_ONLY..=SNAPSHOT_FILE_VERSION).contains(&version) {
         return Err(SnapshotFileError::BadHeader(
-            "unsupported snapshot file version (this build reads 1 to 3)",
+            "unsupported snapshot file version (this build reads 1 to 4)",
         ));
     }
     if read_u32(header, 12) != header_crc(header) {
@@ -264,7 +269,8 @@ pub fn load_snapshot_with_views(path: &Path) -> Result<LoadedSnapshot, SnapshotF
     if engine.last_seq() != seq {
         return Err(SnapshotFileError::BadHeader("header sequence differs from the state's"));
     }
-    let loaded = engine.state_hash();
+    let loaded =
+        if version == SNAPSHOT_FILE_VERSION { engine.state_hash() } else { engine.state_hash_of_format_1() };
     if loaded != state_hash {
         return Err(SnapshotFileError::HashMismatch { recorded: state_hash, loaded });
     }
@@ -285,13 +291,14 @@ pub fn decode_snapshot_payload(payload: &[u8]) -> Result<Engine, SnapshotFileErr
     decode_snapshot_payload_of_version(payload, SNAPSHOT_FILE_VERSION)
 }
 
-/// [`decode_snapshot_payload`] for a file of `version` (1 and 2: bincode 2's
-/// standard layout; 3: the project's codec). Never panics, whatever the bytes.
+/// [`decode_snapshot_payload`] for a file of `version` (1 and 2: format 1
+/// in bincode 2's standard layout; 3: format 1 in the project's codec; 4:
+/// format 2). Never panics, whatever the bytes.
 pub fn decode_snapshot_payload_of_version(payload: &[u8], version: u32) -> Result<Engine, SnapshotFileError> {
-    let snapshot: Snapshot = if version == SNAPSHOT_FILE_VERSION {
-        codec::decode(payload)
-    } else {
-        codec::decode_bincode_standard(payload)
+    let snapshot: Snapshot = match version {
+        SNAPSHOT_FILE_VERSION => codec::decode(payload),
+        SNAPSHOT_FILE_VERSION_FORMAT_1 => codec::decode::<SnapshotFormat1>(payload).map(Snapshot::from),
+        _ => codec::decode_bincode_standard::<SnapshotFormat1>(payload).map(Snapshot::from),
     }
     .map_err(|e| SnapshotFileError::Decode(e.to_string()))?;
     Engine::from_snapshot(snapshot).map_err(SnapshotFileError::Invalid)

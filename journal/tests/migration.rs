@@ -61,14 +61,14 @@ fn the_bincode_era_fixture_recovers_to_the_hash_the_old_code_printed() {
     assert!(recovery.skipped_snapshots.is_empty(), "{:?}", recovery.skipped_snapshots);
     assert_eq!(recovery.replayed, FIXTURE_LAST_SEQ - FIXTURE_SNAPSHOT_SEQ);
     assert_eq!(recovery.engine.last_seq(), FIXTURE_LAST_SEQ);
-    assert_eq!(recovery.engine.state_hash(), FIXTURE_STATE_HASH);
+    assert_eq!(recovery.engine.state_hash_of_format_1(), FIXTURE_STATE_HASH);
     recovery.engine.check_invariants().unwrap();
 
     // From the old segment alone, every record decoded from bincode's layout.
     let mut engine = engine_core::Engine::new(EngineLimits::default());
     let replayed = replay(&data.journal(), &mut engine, None, ReadMode::Strict, &mut |_| {}).unwrap();
     assert_eq!(replayed, FIXTURE_LAST_SEQ);
-    assert_eq!(engine.state_hash(), FIXTURE_STATE_HASH);
+    assert_eq!(engine.state_hash_of_format_1(), FIXTURE_STATE_HASH);
 
     let loaded = load_snapshot_with_views(&snapshot.path).unwrap();
     assert_eq!(header_version(&snapshot.path), journal::SNAPSHOT_FILE_VERSION_BINCODE);
