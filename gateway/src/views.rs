@@ -684,8 +684,13 @@ impl Views {
                 ..UserView::default()
             });
         }
+        // An iceberg's book order is its shown part; the views count its
+        // whole open quantity.
+        let hidden: HashMap<OrderId, Lots> =
+            snapshot.icebergs.iter().map(|part| (part.order, part.hidden)).collect();
         for order in &snapshot.orders {
             if let Some(user) = views.users.get_mut(order.user.0 as usize) {
+                let remaining = Lots(order.remaining.0 + hidden.get(&order.id).map_or(0, |h| h.0));
                 user.open.insert(
                     order.id,
                     OrderView {
@@ -695,9 +700,9 @@ impl Views {
                         side: order.side,
                         kind: None,
                         price: Some(order.price),
-                        remaining: order.remaining,
+                        remaining,
                         filled: order.filled,
-                        quantity: Lots(order.remaining.0 + order.filled.0),
+                        quantity: Lots(remaining.0 + order.filled.0),
                         client_order_id: order.client_order_id,
                         stp: None,
                         quote_filled: 0,
@@ -717,6 +722,61 @@ impl Views {
                     },
                 );
             }
+        }
+        // Orders that wait off the book: their kind is known from the
+        // engine; their times of creation are, not of a trailing start.
+        let waiting = snapshot.waiting.iter().map(|w| {
+            let kind = match w.then {
+                engine_core::ThenKind::Market => OrderKind::StopMarket { trigger: w.trigger, qty: w.qty },
+                engine_core::ThenKind::Limit(tif) => OrderKind::StopLimit {
+                    trigger: w.trigger,
+                    price: w.price,
+                    qty: w.qty,
+                    tif,
+                    visible: w.visible,
+                },
+            };
+            (w.id, w.user, w.market, w.side, kind, w.stp, w.client_order_id, w.timestamp_ns, OrderStage::Waiting)
+        });
+        let pending = snapshot.pending.iter().map(|p| {
+            (p.id, p.user, p.market, p.side, p.kind, p.stp, p.client_order_id, p.timestamp_ns, OrderStage::Pending)
+        });
+        for (order, user, market, side, kind, stp, client_order_id, timestamp_ns, stage) in waiting.chain(pending) {
+            let accepted = Event {
+                seq: engine.last_seq(),
+                kind: EventKind::OrderAccepted { order, user, market, side, kind, client_order_id, stp, timestamp_ns },
+            };
+            if let (Some(view), Some(mut order_view)) =
+                (views.users.get_mut(user.0 as usize), OrderView::accepted(&accepted))
+            {
+                order_view.stage = stage;
+                order_view.working_ns = None;
+                view.open.insert(order, order_view);
+            }
+        }
+        for list in &snapshot.lists {
+            let Some(view) = views.users.get_mut(list.user.0 as usize) else { continue };
+            let created_ns = list.orders.iter().filter_map(|o| view.open.get(o)).map(|o| o.created_ns).min();
+            for order in list.orders {
+                views.list_of.insert(order, list.id);
+                if let Some(order_view) = view.open.get_mut(&order) {
+                    order_view.list = Some(list.id);
+                }
+            }
+            view.lists.insert(
+                list.id,
+                ListView {
+                    list: list.id,
+                    user: list.user,
+                    market: list.market,
+                    contingency: list.contingency,
+                    orders: list.orders,
+                    client_list_id: list.client_list_id,
+                    created_ns: created_ns.unwrap_or(0),
+                    done_ns: None,
+                    updated_seq: engine.last_seq(),
+                },
+            );
         }
         views
     }
@@ -750,27 +810,25 @@ impl Views {
             view.depth_seq = history.depth_seq;
         }
         for (index, (view, history)) in views.users.iter_mut().zip(state.users).enumerate() {
-            // Every order on the engine's book is in the views, as the
-            // engine has it; the views also have the orders that wait off
-            // the book (triggers, OTO pending orders), which the engine's
-            // book does not list.
-            let on_book = history.open.iter().filter(|o| o.stage == OrderStage::Working).count();
-            if on_book != view.open.len() {
+            if history.open.len() != view.open.len() || history.lists.len() != view.lists.len() {
                 return Err(format!(
-                    "user {index} has {on_book} open orders on the book in the views and {} in the engine",
-                    view.open.len()
+                    "user {index} has {} open orders and {} lists in the views and {} and {} in the engine",
+                    history.open.len(),
+                    history.lists.len(),
+                    view.open.len(),
+                    view.lists.len()
                 ));
             }
             for order in history.open {
-                let agrees = order.stage != OrderStage::Working
-                    || view.open.get(&order.order).is_some_and(|engine_view| {
-                        engine_view.user == order.user
-                            && engine_view.market == order.market
-                            && engine_view.side == order.side
-                            && engine_view.price == order.price
-                            && engine_view.remaining == order.remaining
-                            && engine_view.filled == order.filled
-                    });
+                let agrees = view.open.get(&order.order).is_some_and(|engine_view| {
+                    engine_view.user == order.user
+                        && engine_view.market == order.market
+                        && engine_view.side == order.side
+                        && engine_view.price == order.price
+                        && engine_view.remaining == order.remaining
+                        && engine_view.filled == order.filled
+                        && engine_view.stage == order.stage
+                });
                 if !agrees {
                     return Err(format!(
                         "open order {} of user {index} differs from the engine's",
@@ -781,8 +839,11 @@ impl Views {
             }
             view.closed = history.closed;
             for list in history.lists {
-                for order in list.orders {
-                    views.list_of.insert(order, list.list);
+                let agrees = view.lists.get(&list.list).is_some_and(|engine_list| {
+                    engine_list.orders == list.orders && engine_list.contingency == list.contingency
+                });
+                if !agrees {
+                    return Err(format!("order list {} of user {index} differs from the engine's", list.list.0));
                 }
                 view.lists.insert(list.list, list);
             }
@@ -908,6 +969,15 @@ impl Views {
             OrderRef::Id(id) => o.order == id,
             OrderRef::Client(client) => o.client_order_id == Some(client),
         })
+    }
+
+    /// The list (open or recently closed) that `order` of `user` belongs to.
+    pub fn list_of_order(&self, user: UserId, order: OrderId) -> Option<&ListView> {
+        let view = self.user(user)?;
+        if let Some(list) = self.list_of.get(&order).and_then(|id| view.lists.get(id)) {
+            return Some(list);
+        }
+        view.closed_lists.iter().rev().find(|l| l.orders.contains(&order))
     }
 
     /// One of `user`'s order lists, open or recently closed, by id or list

@@ -21,6 +21,7 @@
 //! the database, exactly as for the native API.
 
 pub mod error;
+pub mod lists;
 pub mod market;
 pub mod params;
 pub mod rest;

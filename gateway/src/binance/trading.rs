@@ -48,20 +48,20 @@ const NEW_ORDER_PARAMS: &[&str] = &[
 ];
 
 /// A command's refusal as Binance's error for `action`.
-fn refused(action: Action) -> impl Fn(Refusal) -> BinanceError {
+pub(super) fn refused(action: Action) -> impl Fn(Refusal) -> BinanceError {
     move |refusal| match refusal {
         Refusal::Rejected { reason, message } => BinanceError::rejected(reason, message, action),
         Refusal::Failed(error) => BinanceError::from(error),
     }
 }
 
-fn client_order_id(name: &str, text: &str) -> Result<ClientOrderId, BinanceError> {
+pub(super) fn client_order_id(name: &str, text: &str) -> Result<ClientOrderId, BinanceError> {
     ClientOrderId::new(text).map_err(|_| BinanceError::illegal_characters(name, CLIENT_ID_RANGE))
 }
 
 /// What `newOrderRespType` asks for.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub(super) enum Answer {
     Ack,
     Result,
     Full,
@@ -116,7 +116,7 @@ fn check_order(
     })
 }
 
-fn side_of(text: &str) -> Result<Side, BinanceError> {
+pub(super) fn side_of(text: &str) -> Result<Side, BinanceError> {
     match text {
         "BUY" => Ok(Side::Buy),
         "SELL" => Ok(Side::Sell),
@@ -124,7 +124,7 @@ fn side_of(text: &str) -> Result<Side, BinanceError> {
     }
 }
 
-fn stp_of(p: &Params) -> Result<SelfTradePrevention, BinanceError> {
+pub(super) fn stp_of(p: &Params) -> Result<SelfTradePrevention, BinanceError> {
     match p.get("selfTradePreventionMode") {
         None => Ok(STP_DEFAULT),
         Some(name) => {
@@ -140,7 +140,7 @@ fn stp_of(p: &Params) -> Result<SelfTradePrevention, BinanceError> {
 
 /// `newOrderRespType`; without it FULL for MARKET and LIMIT orders (and
 /// order lists), ACK for the other types, as on Binance.
-fn answer_of(p: &Params, full_by_default: bool) -> Result<Answer, BinanceError> {
+pub(super) fn answer_of(p: &Params, full_by_default: bool) -> Result<Answer, BinanceError> {
     match p.get("newOrderRespType") {
         None if full_by_default => Ok(Answer::Full),
         None => Ok(Answer::Ack),
@@ -177,7 +177,7 @@ impl Leg {
 /// Binance checks them: a parameter the type does not take is -1106, a
 /// missing one -1102, a filter failure -1013. `quote` allows a MARKET
 /// order by `quoteOrderQty`.
-fn leg_kind(
+pub(super) fn leg_kind(
     view: &MarketView,
     p: &Params,
     leg: &Leg,
@@ -383,7 +383,7 @@ pub async fn place(
 
 /// The answer to a new order: `order` as its own command left it, and
 /// `fills`, the trades that command made.
-fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[FillView]) -> Value {
+pub(super) fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[FillView]) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let mut out = json!({
         "symbol": view.symbol,
@@ -421,12 +421,12 @@ fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[F
     out
 }
 
-fn client_id_text(order: &OrderView) -> String {
+pub(super) fn client_id_text(order: &OrderView) -> String {
     order.client_order_id.map(|c| c.to_string()).unwrap_or_default()
 }
 
 /// The fields every order answer shares.
-fn order_fields(view: &MarketView, order: &OrderView) -> Value {
+pub(super) fn order_fields(view: &MarketView, order: &OrderView) -> Value {
     let (order_type, tif) = type_and_tif(order.kind);
     let quote_decimals = view.scale.quote_decimals;
     let (orig_qty, orig_quote) = match order.kind {
@@ -507,7 +507,7 @@ pub fn order_json(views: &Views, order: &OrderView) -> Value {
 }
 
 /// A cancelled order as the cancel endpoints answer.
-fn cancel_json(views: &Views, order: &OrderView, transact_ms: u64) -> Value {
+pub(super) fn cancel_json(views: &Views, order: &OrderView, transact_ms: u64) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let mut out = order_fields(view, order);
     if let Some(object) = out.as_object_mut() {
@@ -524,7 +524,7 @@ fn find(views: &Views, user: UserId, order: OrderRef) -> Option<&OrderView> {
 
 /// `orderId` or `origClientOrderId` (or the names `cancelReplace` gives
 /// them); the id wins when both are sent, as on Binance.
-fn order_ref(p: &Params, id_name: &str, client_name: &str) -> Result<OrderRef, BinanceError> {
+pub(super) fn order_ref(p: &Params, id_name: &str, client_name: &str) -> Result<OrderRef, BinanceError> {
     match (p.integer(id_name)?, p.get(client_name)) {
         (Some(id), _) => Ok(OrderRef::Id(OrderId(id))),
         (None, Some(client)) => Ok(OrderRef::Client(client_order_id(client_name, client)?)),
@@ -553,11 +553,21 @@ async fn cancel_one(
     symbol: &str,
     order: OrderRef,
 ) -> Result<Value, BinanceError> {
-    let id = {
+    let (id, list) = {
         let views = read_views(state)?;
         let view = market(&views, symbol)?;
-        open_in_market(&views, user, view.market.id, order)?
+        let id = open_in_market(&views, user, view.market.id, order)?;
+        let open_list = find(&views, user, OrderRef::Id(id))
+            .and_then(|o| o.list)
+            .filter(|list| views.user(user).is_some_and(|u| u.lists.contains_key(list)));
+        (id, open_list)
     };
+    if let Some(list) = list {
+        // Cancelling an order of a list cancels the list: Binance answers
+        // with the list and a report of each order.
+        let command = engine_core::Command::CancelOrder { user, order: OrderRef::Id(id) };
+        return super::lists::cancelled_list(state, producer, user, command, list).await;
+    }
     let cancelled =
         app::cancel(state, producer, user, OrderRef::Id(id)).await.map_err(refused(Action::Cancel))?;
     let views = read_views(state)?;
