@@ -1254,6 +1254,59 @@ mod format_tests {
     use super::*;
 
     #[test]
+    fn a_views_section_of_format_3_is_read_with_working_orders_and_no_lists() {
+        let order = OrderViewV3 {
+            order: OrderId(4),
+            user: UserId(1),
+            market: MarketId(0),
+            side: Side::Sell,
+            kind: Some(OrderKind::Limit { price: Ticks(10), qty: Lots(3), tif: engine_core::TimeInForce::Gtc }),
+            price: Some(Ticks(10)),
+            remaining: Lots(3),
+            filled: Lots(0),
+            quantity: Lots(3),
+            client_order_id: None,
+            stp: None,
+            status: OrderStatus::New,
+            created_ns: 7_000_000,
+            updated_seq: 2,
+            updated_ns: 7_000_000,
+            quote_filled: 0,
+            fills: Vec::new(),
+        };
+        let old = ViewsStateV3 {
+            last_seq: 9,
+            markets: Vec::new(),
+            users: vec![UserHistoryV3 { open: vec![order], closed: VecDeque::new() }],
+        };
+        let mut bytes = VIEWS_FORMAT_VERSION_WITHOUT_LISTS.to_le_bytes().to_vec();
+        codec::encode_append(&old, &mut bytes).unwrap();
+        let state = ViewsState::decode(&bytes).unwrap();
+        let user = &state.users[0];
+        assert!(user.lists.is_empty() && user.closed_lists.is_empty());
+        let order = &user.open[0];
+        assert_eq!((order.order, order.list, order.stage), (OrderId(4), None, OrderStage::Working));
+        assert_eq!(order.working_ns, Some(7_000_000), "it worked from its creation");
+        // Format 4 keeps lists and stages.
+        let mut state = state;
+        state.users[0].open[0].stage = OrderStage::Waiting;
+        state.users[0].lists.push(ListView {
+            list: ListId(1),
+            user: UserId(1),
+            market: MarketId(0),
+            contingency: Contingency::Oco,
+            orders: [OrderId(4), OrderId(5)],
+            client_list_id: None,
+            created_ns: 1,
+            done_ns: None,
+            updated_seq: 2,
+        });
+        let again = ViewsState::decode(&state.encode().unwrap()).unwrap();
+        assert_eq!(again.users[0].open[0].stage, OrderStage::Waiting);
+        assert_eq!(again.users[0].lists, state.users[0].lists);
+    }
+
+    #[test]
     fn a_views_section_of_format_2_is_read_with_taker_buy_volumes_of_zero() {
         let bar = MinuteBarV2 {
             minute: 7,

@@ -329,6 +329,18 @@ fn cancelling_an_order_of_a_list_cancels_the_list() {
     let unknown = exchange.binance(alice, "DELETE", "/api/v3/orderList", "symbol=BTCUSDT&orderListId=999");
     assert_eq!(code(&unknown).1, -2011, "{unknown:?}");
     assert_eq!(balance(&exchange, alice, "BTC").1, "0.00000000");
+
+    // Cancel-all answers a list as the list, a lone order as an order.
+    let third = oco_sell(&exchange, alice, "exit-3");
+    let lone = ok(order(&exchange, alice, "side=SELL&type=LIMIT&timeInForce=GTC&quantity=0.1&price=60000"));
+    let all = ok(exchange.binance(alice, "DELETE", "/api/v3/openOrders", "symbol=BTCUSDT"));
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let list = all.iter().find(|a| a.get("contingencyType").is_some()).unwrap();
+    assert_eq!((&list["orderListId"], &list["listStatusType"]), (&third["orderListId"], &json!("ALL_DONE")));
+    assert_eq!(list["orderReports"].as_array().map(Vec::len), Some(2), "{list}");
+    assert!(all.iter().any(|a| a["orderId"] == lone["orderId"] && a["status"] == "CANCELED"), "{all:?}");
+    assert_eq!(balance(&exchange, alice, "BTC").1, "0.00000000");
 }
 
 fn oto(exchange: &Exchange, key: &Key) -> Value {

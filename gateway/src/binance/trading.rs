@@ -755,8 +755,36 @@ pub async fn cancel_all(
         app::cancel_all(state, producer, user, Some(market_id)).await.map_err(refused(Action::Cancel))?;
     let views = read_views(state)?;
     // Each order as the cancel closed it: the views keep a bounded number
-    // of closed orders, fewer than a cancel-all may close.
-    Ok(Value::Array(closed.iter().map(|o| cancel_json(&views, o, o.updated_ns / 1_000_000)).collect()))
+    // of closed orders, fewer than a cancel-all may close. The orders of a
+    // list are answered as their list with a report of each, as Binance
+    // does (a list the cancel ended; a list that had ended before has
+    // only its surviving order here, answered as an order).
+    let mut answers = Vec::with_capacity(closed.len());
+    let mut lists_done = Vec::new();
+    for order in &closed {
+        let report = cancel_json(&views, order, order.updated_ns / 1_000_000);
+        let list = order.list.and_then(|id| views.find_list(user, engine_core::ListRef::Id(id)));
+        let Some(list) = list.filter(|l| closed.iter().filter(|o| l.orders.contains(&o.order)).count() == 2)
+        else {
+            answers.push(report);
+            continue;
+        };
+        if lists_done.contains(&list.list) {
+            continue;
+        }
+        lists_done.push(list.list);
+        let mut list_answer = super::lists::list_json(&views, list, true);
+        if let Some(object) = list_answer.as_object_mut() {
+            let reports: Vec<Value> = closed
+                .iter()
+                .filter(|o| list.orders.contains(&o.order))
+                .map(|o| cancel_json(&views, o, o.updated_ns / 1_000_000))
+                .collect();
+            object.insert("orderReports".into(), Value::Array(reports));
+        }
+        answers.push(list_answer);
+    }
+    Ok(Value::Array(answers))
 }
 
 /// `POST /api/v3/order/cancelReplace`, `order.cancelReplace`: cancels an

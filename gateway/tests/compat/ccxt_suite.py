@@ -512,6 +512,20 @@ def orders_suite(maker, taker):
     check(maker.fetch_open_orders(eth) == [], "cancel_all_orders cancels them all")
 
 
+async def orders_ws_suite(key, secret):
+    """ccxt.pro places and cancels a stop-loss-limit order over the WebSocket API."""
+    ws = client(ccxtpro.binance, key, secret)
+    try:
+        await ws.load_markets()
+        placed = await ws.create_order_ws("ETH/USDT", "limit", "sell", 0.1, 1_990, {"stopLossPrice": 2_000})
+        check(placed["info"]["type"] == "STOP_LOSS_LIMIT" and D(placed["info"]["stopPrice"]) == D(2_000),
+              f"create_order_ws with stopLossPrice places a STOP_LOSS_LIMIT over order.place: {placed['info']}")
+        cancelled = await ws.cancel_order_ws(placed["id"], "ETH/USDT")
+        check(cancelled["status"] == "canceled", f"cancel_order_ws cancels it: {cancelled['status']}")
+    finally:
+        await ws.close()
+
+
 def main():
     maker = client(ccxt.binance, os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"])
     taker = client(ccxt.binance, os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"])
@@ -522,6 +536,7 @@ def main():
     asyncio.run(listen_key_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"]))
     asyncio.run(stream_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"], os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"]))
     orders_suite(maker, taker)
+    asyncio.run(orders_ws_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"]))
     print("all checks passed", flush=True)
 
 
