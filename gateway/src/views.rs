@@ -736,15 +736,46 @@ impl Views {
                     visible: w.visible,
                 },
             };
-            (w.id, w.user, w.market, w.side, kind, w.stp, w.client_order_id, w.timestamp_ns, OrderStage::Waiting)
+            (
+                w.id,
+                w.user,
+                w.market,
+                w.side,
+                kind,
+                w.stp,
+                w.client_order_id,
+                w.timestamp_ns,
+                OrderStage::Waiting,
+            )
         });
         let pending = snapshot.pending.iter().map(|p| {
-            (p.id, p.user, p.market, p.side, p.kind, p.stp, p.client_order_id, p.timestamp_ns, OrderStage::Pending)
+            (
+                p.id,
+                p.user,
+                p.market,
+                p.side,
+                p.kind,
+                p.stp,
+                p.client_order_id,
+                p.timestamp_ns,
+                OrderStage::Pending,
+            )
         });
-        for (order, user, market, side, kind, stp, client_order_id, timestamp_ns, stage) in waiting.chain(pending) {
+        for (order, user, market, side, kind, stp, client_order_id, timestamp_ns, stage) in
+            waiting.chain(pending)
+        {
             let accepted = Event {
                 seq: engine.last_seq(),
-                kind: EventKind::OrderAccepted { order, user, market, side, kind, client_order_id, stp, timestamp_ns },
+                kind: EventKind::OrderAccepted {
+                    order,
+                    user,
+                    market,
+                    side,
+                    kind,
+                    client_order_id,
+                    stp,
+                    timestamp_ns,
+                },
             };
             if let (Some(view), Some(mut order_view)) =
                 (views.users.get_mut(user.0 as usize), OrderView::accepted(&accepted))
@@ -843,7 +874,10 @@ impl Views {
                     engine_list.orders == list.orders && engine_list.contingency == list.contingency
                 });
                 if !agrees {
-                    return Err(format!("order list {} of user {index} differs from the engine's", list.list.0));
+                    return Err(format!(
+                        "order list {} of user {index} differs from the engine's",
+                        list.list.0
+                    ));
                 }
                 view.lists.insert(list.list, list);
             }
@@ -1058,7 +1092,9 @@ impl Views {
                     order_view.follow(event, timestamp_ns);
                 }
             }
-            EventKind::OrderListAccepted { list, user, market, contingency, orders, client_list_id, .. } => {
+            EventKind::OrderListAccepted {
+                list, user, market, contingency, orders, client_list_id, ..
+            } => {
                 if let Some(view) = self.users.get_mut(user.0 as usize) {
                     for order in orders {
                         self.list_of.insert(order, list);
@@ -1260,7 +1296,11 @@ mod format_tests {
             user: UserId(1),
             market: MarketId(0),
             side: Side::Sell,
-            kind: Some(OrderKind::Limit { price: Ticks(10), qty: Lots(3), tif: engine_core::TimeInForce::Gtc }),
+            kind: Some(OrderKind::Limit {
+                price: Ticks(10),
+                qty: Lots(3),
+                tif: engine_core::TimeInForce::Gtc,
+            }),
             price: Some(Ticks(10)),
             remaining: Lots(3),
             filled: Lots(0),

@@ -133,7 +133,15 @@ fn new_order_parameters_follow_binances_rules() {
     let symbol = &info["symbols"][0];
     assert_eq!(
         symbol["orderTypes"],
-        json!(["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"])
+        json!([
+            "LIMIT",
+            "LIMIT_MAKER",
+            "MARKET",
+            "STOP_LOSS",
+            "STOP_LOSS_LIMIT",
+            "TAKE_PROFIT",
+            "TAKE_PROFIT_LIMIT"
+        ])
     );
     for flag in ["icebergAllowed", "ocoAllowed", "otoAllowed", "allowTrailingStop"] {
         assert_eq!(symbol[flag], true, "{flag}");
@@ -194,7 +202,12 @@ fn a_stop_order_waits_then_works_as_binance_shows_it() {
     assert_eq!(asks(&exchange), json!([["48900.00000000", "0.20000000"]]));
 
     // Cancelling a waiting order.
-    let cancelled = ok(exchange.binance(alice, "DELETE", "/api/v3/order", &format!("symbol=BTCUSDT&orderId={}", ack["orderId"])));
+    let cancelled = ok(exchange.binance(
+        alice,
+        "DELETE",
+        "/api/v3/order",
+        &format!("symbol=BTCUSDT&orderId={}", ack["orderId"]),
+    ));
     assert_eq!((&cancelled["status"], &cancelled["type"]), (&json!("CANCELED"), &json!("TAKE_PROFIT")));
     assert_eq!(balance(&exchange, alice, "BTC").1, "0.20000000");
 
@@ -252,14 +265,22 @@ fn an_oco_cancels_its_other_order_when_one_trades() {
 
     let list = oco_sell(&exchange, alice, "exit-1");
     assert_eq!(
-        (&list["contingencyType"], &list["listStatusType"], &list["listOrderStatus"], &list["listClientOrderId"]),
+        (
+            &list["contingencyType"],
+            &list["listStatusType"],
+            &list["listOrderStatus"],
+            &list["listClientOrderId"]
+        ),
         (&json!("OCO"), &json!("EXEC_STARTED"), &json!("EXECUTING"), &json!("exit-1")),
         "{list}"
     );
     let id = list["orderListId"].clone();
     let reports = list["orderReports"].as_array().unwrap();
     assert_eq!(reports.len(), 2, "{list}");
-    assert_eq!((&reports[0]["type"], &reports[1]["type"]), (&json!("STOP_LOSS_LIMIT"), &json!("LIMIT_MAKER")));
+    assert_eq!(
+        (&reports[0]["type"], &reports[1]["type"]),
+        (&json!("STOP_LOSS_LIMIT"), &json!("LIMIT_MAKER"))
+    );
     assert!(reports.iter().all(|r| r["orderListId"] == id), "{list}");
     assert_eq!(list["orders"][0]["orderId"], reports[0]["orderId"]);
     let (stop_leg, limit_leg) = (reports[0]["orderId"].clone(), reports[1]["orderId"].clone());
@@ -295,7 +316,10 @@ fn an_oco_cancels_its_other_order_when_one_trades() {
     let limit = get_order(&exchange, alice, &limit_leg);
     assert_eq!((&limit["status"], &limit["orderListId"]), (&json!("PARTIALLY_FILLED"), &id));
     let status = ok(exchange.binance(alice, "GET", "/api/v3/orderList", "origClientOrderId=exit-1"));
-    assert_eq!((&status["listStatusType"], &status["listOrderStatus"]), (&json!("ALL_DONE"), &json!("ALL_DONE")));
+    assert_eq!(
+        (&status["listStatusType"], &status["listOrderStatus"]),
+        (&json!("ALL_DONE"), &json!("ALL_DONE"))
+    );
     assert_eq!(ok(exchange.binance(alice, "GET", "/api/v3/openOrderList", "")), json!([]));
     assert_eq!(balance(&exchange, alice, "BTC").1, "0.15000000");
     let all = ok(exchange.binance(alice, "GET", "/api/v3/allOrderList", ""));
@@ -324,7 +348,10 @@ fn cancelling_an_order_of_a_list_cancels_the_list() {
     let again = oco_sell(&exchange, alice, "exit-1");
     let cancelled =
         ok(exchange.binance(alice, "DELETE", "/api/v3/orderList", "symbol=BTCUSDT&listClientOrderId=exit-1"));
-    assert_eq!((&cancelled["orderListId"], &cancelled["listOrderStatus"]), (&again["orderListId"], &json!("ALL_DONE")));
+    assert_eq!(
+        (&cancelled["orderListId"], &cancelled["listOrderStatus"]),
+        (&again["orderListId"], &json!("ALL_DONE"))
+    );
     assert_eq!(cancelled["orderReports"].as_array().map(Vec::len), Some(2));
     let unknown = exchange.binance(alice, "DELETE", "/api/v3/orderList", "symbol=BTCUSDT&orderListId=999");
     assert_eq!(code(&unknown).1, -2011, "{unknown:?}");
@@ -363,7 +390,11 @@ fn an_oto_places_its_pending_order_when_the_working_order_fills() {
     let list = oto(&exchange, alice);
     assert_eq!(list["contingencyType"], "OTO", "{list}");
     let reports = list["orderReports"].as_array().unwrap();
-    assert_eq!((&reports[0]["status"], &reports[1]["status"]), (&json!("NEW"), &json!("PENDING_NEW")), "{list}");
+    assert_eq!(
+        (&reports[0]["status"], &reports[1]["status"]),
+        (&json!("NEW"), &json!("PENDING_NEW")),
+        "{list}"
+    );
     let pending = reports[1]["orderId"].clone();
     let waiting = get_order(&exchange, alice, &pending);
     assert_eq!((&waiting["isWorking"], &waiting["workingTime"]), (&json!(false), &json!(-1)), "{waiting}");
@@ -375,7 +406,12 @@ fn an_oto_places_its_pending_order_when_the_working_order_fills() {
     assert_eq!((&released["status"], &released["isWorking"]), (&json!("NEW"), &json!(true)), "{released}");
     assert_eq!(asks(&exchange), json!([["52000.00000000", "0.10000000"]]));
     assert_eq!(balance(&exchange, alice, "BTC").1, "0.10000000");
-    let status = ok(exchange.binance(alice, "GET", "/api/v3/orderList", &format!("orderListId={}", list["orderListId"])));
+    let status = ok(exchange.binance(
+        alice,
+        "GET",
+        "/api/v3/orderList",
+        &format!("orderListId={}", list["orderListId"]),
+    ));
     assert_eq!(status["listOrderStatus"], "ALL_DONE");
 }
 
@@ -400,7 +436,11 @@ fn ws_request(key: &Key, id: &str, method: &str, mut params: Value) -> Value {
 }
 
 /// The first message (seen before or still to come) that `wanted` accepts.
-fn until(socket: &mut WebSocket<MaybeTlsStream<TcpStream>>, seen: &mut Vec<Value>, wanted: impl Fn(&Value) -> bool) -> Value {
+fn until(
+    socket: &mut WebSocket<MaybeTlsStream<TcpStream>>,
+    seen: &mut Vec<Value>,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
     if let Some(at) = seen.iter().position(&wanted) {
         return seen.remove(at);
     }
@@ -425,7 +465,11 @@ fn the_websocket_api_places_lists_and_the_user_stream_reports_them() {
     trade_at(&exchange, alice, bob, "50000");
     let mut socket = connect(&exchange, "/ws-api/v3");
     let mut seen = Vec::new();
-    socket.send(Message::text(ws_request(alice, "sub", "userDataStream.subscribe.signature", json!({})).to_string())).unwrap();
+    socket
+        .send(Message::text(
+            ws_request(alice, "sub", "userDataStream.subscribe.signature", json!({})).to_string(),
+        ))
+        .unwrap();
     until(&mut socket, &mut seen, |m| m["id"] == "sub");
 
     let place = ws_request(
@@ -450,9 +494,15 @@ fn the_websocket_api_places_lists_and_the_user_stream_reports_them() {
         "{started}"
     );
     assert_eq!(event["O"].as_array().map(Vec::len), Some(2), "{started}");
-    let stop_report = until(&mut socket, &mut seen, |m| m["event"]["e"] == "executionReport" && m["event"]["o"] == "STOP_LOSS");
+    let stop_report = until(&mut socket, &mut seen, |m| {
+        m["event"]["e"] == "executionReport" && m["event"]["o"] == "STOP_LOSS"
+    });
     let report = &stop_report["event"];
-    assert_eq!((&report["P"], &report["g"], &report["x"], &report["X"]), (&json!("49000.00000000"), &list_id, &json!("NEW"), &json!("NEW")), "{stop_report}");
+    assert_eq!(
+        (&report["P"], &report["g"], &report["x"], &report["X"]),
+        (&json!("49000.00000000"), &list_id, &json!("NEW"), &json!("NEW")),
+        "{stop_report}"
+    );
     assert!(report.get("W").is_none(), "a waiting order has no working time: {stop_report}");
 
     for (id, method) in [("status", "orderList.status"), ("open", "openOrderLists.status")] {
@@ -470,11 +520,18 @@ fn the_websocket_api_places_lists_and_the_user_stream_reports_them() {
         m["event"]["e"] == "executionReport" && m["event"]["o"] == "STOP_LOSS" && m["event"]["W"].is_u64()
     });
     assert_eq!((&fired["event"]["x"], &fired["event"]["X"]), (&json!("NEW"), &json!("NEW")), "{fired}");
-    let expired = until(&mut socket, &mut seen, |m| m["event"]["e"] == "executionReport" && m["event"]["o"] == "LIMIT_MAKER" && m["event"]["x"] == "EXPIRED");
+    let expired = until(&mut socket, &mut seen, |m| {
+        m["event"]["e"] == "executionReport"
+            && m["event"]["o"] == "LIMIT_MAKER"
+            && m["event"]["x"] == "EXPIRED"
+    });
     assert_eq!(expired["event"]["g"], list_id);
-    let done = until(&mut socket, &mut seen, |m| m["event"]["e"] == "listStatus" && m["event"]["l"] == "ALL_DONE");
+    let done =
+        until(&mut socket, &mut seen, |m| m["event"]["e"] == "listStatus" && m["event"]["l"] == "ALL_DONE");
     assert_eq!(done["event"]["L"], "ALL_DONE", "{done}");
-    let filled = until(&mut socket, &mut seen, |m| m["event"]["e"] == "executionReport" && m["event"]["o"] == "STOP_LOSS" && m["event"]["X"] == "FILLED");
+    let filled = until(&mut socket, &mut seen, |m| {
+        m["event"]["e"] == "executionReport" && m["event"]["o"] == "STOP_LOSS" && m["event"]["X"] == "FILLED"
+    });
     assert_eq!(filled["event"]["z"], "0.20000000", "{filled}");
 
     let oto = ws_request(
@@ -490,7 +547,12 @@ fn the_websocket_api_places_lists_and_the_user_stream_reports_them() {
     socket.send(Message::text(oto.to_string())).unwrap();
     let placed = until(&mut socket, &mut seen, |m| m["id"] == "oto");
     assert_eq!(placed["result"]["orderReports"][1]["status"], "PENDING_NEW", "{placed}");
-    let cancel = ws_request(alice, "cancel", "orderList.cancel", json!({ "symbol": "BTCUSDT", "orderListId": placed["result"]["orderListId"] }));
+    let cancel = ws_request(
+        alice,
+        "cancel",
+        "orderList.cancel",
+        json!({ "symbol": "BTCUSDT", "orderListId": placed["result"]["orderListId"] }),
+    );
     socket.send(Message::text(cancel.to_string())).unwrap();
     let cancelled = until(&mut socket, &mut seen, |m| m["id"] == "cancel");
     assert_eq!(cancelled["result"]["listOrderStatus"], "ALL_DONE", "{cancelled}");
@@ -510,7 +572,11 @@ fn waiting_orders_and_lists_are_kept_across_a_restart() {
     ));
     let list = oco_sell(&exchange, alice, "exit-1");
     let pending = oto(&exchange, bob);
-    let iceberg = ok(order(&exchange, alice, "side=SELL&type=LIMIT&timeInForce=GTC&quantity=1&price=55000&icebergQty=0.1"));
+    let iceberg = ok(order(
+        &exchange,
+        alice,
+        "side=SELL&type=LIMIT&timeInForce=GTC&quantity=1&price=55000&icebergQty=0.1",
+    ));
     let before_open = ok(exchange.binance(alice, "GET", "/api/v3/openOrders", "symbol=BTCUSDT"));
     let before_lists = ok(exchange.binance(alice, "GET", "/api/v3/openOrderList", ""));
     let bob_before = ok(exchange.binance(bob, "GET", "/api/v3/openOrders", "symbol=BTCUSDT"));

@@ -16,7 +16,8 @@ use super::error::{Action, BinanceError};
 use super::market::{market, read_views};
 use super::params::{Params, TradeRange};
 use super::trading::{
-    answer_of, cancel_json, client_order_id, leg_kind, new_order_answer, refused, side_of, stp_of, Answer, Leg,
+    answer_of, cancel_json, client_order_id, leg_kind, new_order_answer, refused, side_of, stp_of, Answer,
+    Leg,
 };
 use crate::app;
 use crate::outcome::Outcome;

@@ -39,15 +39,8 @@ use crate::views::OrderStatus;
 pub use error::BinanceError;
 
 /// Every order type of every market (`exchangeInfo`'s `orderTypes`).
-pub const ORDER_TYPES: [&str; 7] = [
-    "LIMIT",
-    "LIMIT_MAKER",
-    "MARKET",
-    "STOP_LOSS",
-    "STOP_LOSS_LIMIT",
-    "TAKE_PROFIT",
-    "TAKE_PROFIT_LIMIT",
-];
+pub const ORDER_TYPES: [&str; 7] =
+    ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"];
 /// The `ICEBERG_PARTS` filter: an iceberg shows at most this many parts
 /// (Binance's usual limit; the engine's own bound is the same).
 pub const ICEBERG_PARTS_MAX: u64 = 100;

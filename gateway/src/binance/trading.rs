@@ -7,8 +7,8 @@
 use std::sync::Mutex;
 
 use engine_core::{
-    Amend, ClientOrderId, Lots, NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, TimeInForce,
-    Trigger, TriggerKind, UserId,
+    Amend, ClientOrderId, Lots, NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side,
+    TimeInForce, Trigger, TriggerKind, UserId,
 };
 use serde_json::{json, Value};
 
@@ -192,8 +192,10 @@ pub(super) fn leg_kind(
         (name, value)
     };
     let decimal = |name: &str, text: Option<&str>| -> Result<Option<rust_decimal::Decimal>, BinanceError> {
-        text.map(|t| crate::amounts::parse_decimal("value", t).map_err(|_| BinanceError::illegal_decimal(name)))
-            .transpose()
+        text.map(|t| {
+            crate::amounts::parse_decimal("value", t).map_err(|_| BinanceError::illegal_decimal(name))
+        })
+        .transpose()
     };
     let (price_name, price_text_in) = get("price");
     let price = decimal(&price_name, price_text_in)?;
@@ -202,7 +204,9 @@ pub(super) fn leg_kind(
     let stop = decimal(&stop_name, stop_text)?;
     let (trailing_name, trailing_text) = get("trailingDelta");
     let trailing = trailing_text
-        .map(|t| t.parse::<u64>().map_err(|_| BinanceError::illegal_characters(&trailing_name, "^[0-9]{1,20}$")))
+        .map(|t| {
+            t.parse::<u64>().map_err(|_| BinanceError::illegal_characters(&trailing_name, "^[0-9]{1,20}$"))
+        })
         .transpose()?;
     let (iceberg_name, iceberg_text) = get("icebergQty");
     let iceberg = decimal(&iceberg_name, iceberg_text)?;
@@ -266,7 +270,11 @@ pub(super) fn leg_kind(
         }
     };
     let qty = to_lots(quantity.ok_or_else(|| BinanceError::mandatory(quantity_name))?)?;
-    let price = if limit { Some(to_ticks(price.ok_or_else(|| BinanceError::mandatory(&price_name))?)?) } else { None };
+    let price = if limit {
+        Some(to_ticks(price.ok_or_else(|| BinanceError::mandatory(&price_name))?)?)
+    } else {
+        None
+    };
     let visible = match iceberg {
         None => Lots(0),
         Some(iceberg) => {
@@ -383,7 +391,12 @@ pub async fn place(
 
 /// The answer to a new order: `order` as its own command left it, and
 /// `fills`, the trades that command made.
-pub(super) fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[FillView]) -> Value {
+pub(super) fn new_order_answer(
+    views: &Views,
+    order: &OrderView,
+    answer: Answer,
+    fills: &[FillView],
+) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let mut out = json!({
         "symbol": view.symbol,

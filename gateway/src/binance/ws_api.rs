@@ -199,7 +199,9 @@ impl Session {
                 lists::cancel(state, publisher, self.signed(state, &request.method, raw, true)?, p).await
             }
             "orderList.status" => lists::status(state, self.signed(state, &request.method, raw, false)?, p),
-            "openOrderLists.status" => lists::open(state, self.signed(state, &request.method, raw, false)?, p),
+            "openOrderLists.status" => {
+                lists::open(state, self.signed(state, &request.method, raw, false)?, p)
+            }
             "allOrderLists" => lists::all(state, self.signed(state, &request.method, raw, false)?, p),
             "account.status" => trading::account(state, self.signed(state, &request.method, raw, false)?, p),
             "myTrades" => {
