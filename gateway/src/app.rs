@@ -537,5 +537,9 @@ fn order_view(
         updated_ns: unix_ns(record.updated_at),
         quote_filled: u128::from(quote_units(record.executed_quote)?.0),
         fills,
+        list: None,
+        stage: crate::views::OrderStage::Working,
+        working_ns: Some(unix_ns(record.created_at)),
+        trailing_ns: None,
     })
 }
