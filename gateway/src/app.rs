@@ -519,6 +519,16 @@ fn order_view(
             timestamp_ns: unix_ns(trade.executed_at),
         });
     }
+    // Where it stands, from its status and trigger: an OTO's pending
+    // order, a stop that has not fired (while open), or working since it
+    // fired or was placed.
+    let (stage, working_ns) = if record.status == persistence::PENDING_STATUS {
+        (crate::views::OrderStage::Pending, None)
+    } else if record.trigger_kind.is_some() && record.triggered_at.is_none() {
+        (crate::views::OrderStage::Waiting, None)
+    } else {
+        (crate::views::OrderStage::Working, Some(unix_ns(record.triggered_at.unwrap_or(record.created_at))))
+    };
     Ok(OrderView {
         order: OrderId(record.order_id as u64),
         user: UserId(record.user_id as u32),
@@ -537,9 +547,9 @@ fn order_view(
         updated_ns: unix_ns(record.updated_at),
         quote_filled: u128::from(quote_units(record.executed_quote)?.0),
         fills,
-        list: None,
-        stage: crate::views::OrderStage::Working,
-        working_ns: Some(unix_ns(record.created_at)),
+        list: record.list_id.map(|id| ListId(id as u64)),
+        stage,
+        working_ns,
         trailing_ns: None,
     })
 }

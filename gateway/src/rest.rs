@@ -895,9 +895,10 @@ pub(crate) fn order_json_with(
     });
     // The command's own end of the order is the truth; the views' status
     // for the newer reasons may be coarser.
+    let pending = facts.pending || order.stage == crate::views::OrderStage::Pending;
     let status = match facts.done {
         Some(reason) => persistence::done_status(reason),
-        None if facts.pending => "pending_new",
+        None if pending && order.status == crate::views::OrderStatus::New => persistence::PENDING_STATUS,
         None => order.status.as_str(),
     };
     let reject_reason = match facts.done {
@@ -932,7 +933,7 @@ pub(crate) fn order_json_with(
         "quote_amount": quote_amount,
         "visible_quantity": visible.map(|v| scale.qty(v)),
         "trigger": trigger,
-        "list_id": facts.list.map(|l| l.0),
+        "list_id": facts.list.or(order.list).map(|l| l.0),
         "filled_quantity": scale.qty(order.filled),
         "remaining_quantity": scale.qty(order.remaining),
         "status": status,

@@ -437,7 +437,17 @@ fn an_oto_places_its_pending_order_when_the_working_order_fills() {
         (list["orders"][0]["status"].as_str(), list["orders"][1]["status"].as_str()),
         (Some("new"), Some("pending_new"))
     );
-    // The pending order holds nothing yet and is not on the book.
+    // The pending order holds nothing yet and is not on the book; reads
+    // show it pending, in its list.
+    let list_id = list["list_id"].as_u64().unwrap();
+    let (_, read) = exchange.signed(alice, "GET", "/order", "client_order_id=then-sell", None);
+    assert_eq!(
+        (read["status"].as_str(), read["list_id"].as_u64()),
+        (Some("pending_new"), Some(list_id)),
+        "{read}"
+    );
+    let (_, open) = exchange.signed(alice, "GET", "/orders/open", "", None);
+    assert!(open["orders"].as_array().unwrap().iter().all(|o| o["list_id"] == list_id), "{open}");
     assert_eq!(balance(&exchange, alice, "BTC"), ("10.00000000".into(), "0.00000000".into()));
     assert_eq!(balance(&exchange, alice, "USDT").1, "5000.000000");
     assert_eq!(exchange.get("/depth?market=BTC-USDT").1["asks"], json!([]));

@@ -78,6 +78,17 @@ fn a_bincode_era_data_directory_is_served_as_the_old_exchange_served_it() {
         let quantity: f64 = trade["quantity"].as_str().unwrap().parse().unwrap();
         assert!((quote - price * quantity).abs() < 1e-9, "{trade:?}");
     }
+    // Orders have gained the fields of stop, iceberg and list orders since,
+    // null for the limit orders of then: the old answer is what remains
+    // without them.
+    let set_aside = |order: &mut Value| {
+        let order = order.as_object_mut().unwrap();
+        for field in ["visible_quantity", "trigger", "list_id", "reject_reason"] {
+            assert_eq!(order.remove(field), Some(Value::Null), "{field} of {order:?}");
+        }
+    };
+    got_as_before["open"]["orders"].as_array_mut().unwrap().iter_mut().for_each(set_aside);
+    set_aside(&mut got_as_before["order131"]);
     // The klines' taker-buy volumes were 0 then; now the minute bar counts
     // what takers bought in the trades replayed after the snapshot (277):
     // the old snapshot's bars did not keep it.
