@@ -355,7 +355,17 @@ impl Touched {
                 EventKind::OrderAccepted { order, user, market, side, kind, .. } => {
                     touched.user(engine, user, seq)?;
                     touched.market(engine, market, seq)?;
+                    // An OTO's pending order (named by the `OrderListAccepted`
+                    // two events before) waits whatever its kind; what it
+                    // becomes, `OrderReleased` and later events say.
+                    let pending = position.checked_sub(2).and_then(|p| events.get(p)).is_some_and(|e| {
+                        e.seq == seq
+                            && matches!(e.kind, EventKind::OrderListAccepted {
+                                contingency: Contingency::Oto, orders, ..
+                            } if orders[1] == order)
+                    });
                     let (price, remaining, may_rest) = match kind {
+                        _ if pending => (None, kind.qty(), true),
                         OrderKind::Limit { price, qty, tif } => {
                             (Some(price), Some(qty), matches!(tif, TimeInForce::Gtc | TimeInForce::PostOnly))
                         }

@@ -537,6 +537,10 @@ impl Engine {
             if !limit_crosses(taker.side, limit, level.price) {
                 return false;
             }
+            // Icebergs' hidden lots refill at the back of this level: they
+            // count only once the whole queue is passed, never beyond an
+            // order of the taker's own that stops it.
+            let mut hidden = 0u64;
             let mut slot = level.head;
             while slot != NIL {
                 let maker = self.orders.get(slot);
@@ -545,12 +549,17 @@ impl Engine {
                         return false;
                     }
                 } else {
-                    wanted = wanted.saturating_sub(maker.open().0);
+                    wanted = wanted.saturating_sub(maker.remaining.0);
                     if wanted == 0 {
                         return true;
                     }
+                    hidden = hidden.saturating_add(maker.hidden.0);
                 }
                 slot = BookSide::next_in_level(&self.orders, slot);
+            }
+            wanted = wanted.saturating_sub(hidden);
+            if wanted == 0 {
+                return true;
             }
         }
         false

@@ -3,6 +3,8 @@
 //! ends in the same state and emits the same events; a damaged snapshot is
 //! refused with a reason.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use engine_core::*;
 
 /// SplitMix64: a tiny seeded generator, so the stream is the same on every run.
@@ -71,7 +73,7 @@ fn stream(seed: u64, len: usize) -> Vec<Command> {
         // Order ids are handed out in order; aim at recent ones.
         let recent = OrderId(next_order.saturating_sub(rng.below(200)).max(1));
         let command = match rng.below(100) {
-            0..=54 => {
+            0..=49 => {
                 let price = Ticks(mid[market] + rng.below(41) - 20);
                 let qty = Lots(1 + rng.below(20));
                 let tif = match rng.below(10) {
@@ -108,7 +110,104 @@ fn stream(seed: u64, len: usize) -> Vec<Command> {
                     stp: stp[rng.below(4) as usize],
                 })
             }
-            60..=84 => Command::CancelOrder { user, order: OrderRef::Id(recent) },
+            // Stops and take-profits (fixed or trailing, market or limit,
+            // some of them icebergs once fired) around the mid, so that they
+            // wait, start trailing and fire.
+            50..=54 => {
+                next_order += 1;
+                Command::PlaceOrder(NewOrder {
+                    user,
+                    market: MarketId(market as u32),
+                    side,
+                    kind: stop_kind(&mut rng, mid[market]),
+                    client_order_id: None,
+                    stp: stp[rng.below(4) as usize],
+                })
+            }
+            60..=63 => {
+                next_order += 1;
+                let qty = 4 + rng.below(40);
+                Command::PlaceOrder(NewOrder {
+                    user,
+                    market: MarketId(market as u32),
+                    side,
+                    kind: OrderKind::Iceberg {
+                        price: Ticks(mid[market] + rng.below(41) - 20),
+                        qty: Lots(qty),
+                        visible: Lots(1 + rng.below(qty / 2)),
+                        tif: if rng.below(4) == 0 { TimeInForce::PostOnly } else { TimeInForce::Gtc },
+                    },
+                    client_order_id: None,
+                    stp: stp[rng.below(4) as usize],
+                })
+            }
+            64..=67 => {
+                next_order += 2;
+                let qty = Lots(1 + rng.below(20));
+                let m = mid[market];
+                let oco = rng.below(2) == 0;
+                let legs = if oco {
+                    // A post-only limit on the passive side and a stop on the other.
+                    let (maker, stop) = match side {
+                        Side::Buy => (m - 5 - rng.below(10), m + 3 + rng.below(10)),
+                        Side::Sell => (m + 5 + rng.below(10), m - 3 - rng.below(10)),
+                    };
+                    let trigger =
+                        Trigger { kind: TriggerKind::StopLoss, stop: Some(Ticks(stop)), trailing_bips: 0 };
+                    [
+                        ListLeg {
+                            side,
+                            kind: OrderKind::Limit { price: Ticks(maker), qty, tif: TimeInForce::PostOnly },
+                            client_order_id: None,
+                        },
+                        ListLeg {
+                            side,
+                            kind: if rng.below(2) == 0 {
+                                OrderKind::StopMarket { trigger, qty }
+                            } else {
+                                let price = Ticks(stop);
+                                OrderKind::StopLimit {
+                                    trigger,
+                                    price,
+                                    qty,
+                                    tif: TimeInForce::Gtc,
+                                    visible: Lots(0),
+                                }
+                            },
+                            client_order_id: None,
+                        },
+                    ]
+                } else {
+                    let working =
+                        OrderKind::Limit { price: Ticks(m + rng.below(21) - 10), qty, tif: TimeInForce::Gtc };
+                    let pending = match rng.below(3) {
+                        0 => OrderKind::Limit {
+                            price: Ticks(m + rng.below(41) - 20),
+                            qty,
+                            tif: TimeInForce::Gtc,
+                        },
+                        1 => OrderKind::Market { qty },
+                        _ => stop_kind(&mut rng, m),
+                    };
+                    [
+                        ListLeg { side, kind: working, client_order_id: None },
+                        ListLeg { side: side.opposite(), kind: pending, client_order_id: None },
+                    ]
+                };
+                Command::PlaceOrderList(NewOrderList {
+                    user,
+                    market: MarketId(market as u32),
+                    contingency: if oco { Contingency::Oco } else { Contingency::Oto },
+                    client_list_id: None,
+                    stp: stp[rng.below(4) as usize],
+                    legs,
+                })
+            }
+            68 => Command::CancelOrderList {
+                user,
+                list: ListRef::Id(ListId(1 + rng.below(next_order / 8 + 1))),
+            },
+            69..=84 => Command::CancelOrder { user, order: OrderRef::Id(recent) },
             85..=93 => Command::Amend(Amend {
                 user,
                 order: OrderRef::Id(recent),
@@ -135,6 +234,29 @@ fn stream(seed: u64, len: usize) -> Vec<Command> {
         commands.push(command);
     }
     commands
+}
+
+/// A stop or take-profit order around `mid`: fixed or trailing (some
+/// starting at placement), market or limit (some limits icebergs).
+fn stop_kind(rng: &mut Rng, mid: u64) -> OrderKind {
+    let trailing_bips = [0, 0, 10, 50, 200][rng.below(5) as usize];
+    let stop =
+        if trailing_bips > 0 && rng.below(2) == 0 { None } else { Some(Ticks(mid + rng.below(31) - 15)) };
+    let kind = if rng.below(2) == 0 { TriggerKind::StopLoss } else { TriggerKind::TakeProfit };
+    let trigger = Trigger { kind, stop, trailing_bips };
+    let qty = Lots(2 + rng.below(20));
+    if rng.below(2) == 0 {
+        OrderKind::StopMarket { trigger, qty }
+    } else {
+        let visible = if rng.below(3) == 0 { Lots(1 + rng.below(qty.0 - 1)) } else { Lots(0) };
+        let tif = match rng.below(6) {
+            _ if visible.0 > 0 => TimeInForce::Gtc,
+            0 => TimeInForce::Ioc,
+            1 => TimeInForce::Fok,
+            _ => TimeInForce::Gtc,
+        };
+        OrderKind::StopLimit { trigger, price: Ticks(mid + rng.below(31) - 15), qty, tif, visible }
+    }
 }
 
 fn stamp(seq: u64, command: Command) -> StampedCommand {
@@ -204,6 +326,163 @@ fn snapshot_mid_stream_then_the_rest_ends_identically() {
         assert_eq!(restored.state_hash(), live.state_hash());
         assert_eq!(restored.snapshot(), live.snapshot());
     }
+}
+
+/// What the events say is waiting for a trigger, trailing, hidden behind an
+/// iceberg's shown part, and bound in an open list: enough to choose a
+/// snapshot point that holds all of them.
+#[derive(Default)]
+struct Followed {
+    kinds: BTreeMap<u64, OrderKind>,
+    pending: BTreeSet<u64>,
+    waiting: BTreeSet<u64>,
+    tracking: BTreeSet<u64>,
+    /// Icebergs open: (visible, remaining).
+    icebergs: BTreeMap<u64, (u64, u64)>,
+    lists: BTreeMap<u64, Contingency>,
+}
+
+impl Followed {
+    fn follow(&mut self, events: &[Event]) {
+        for e in events {
+            match e.kind {
+                EventKind::OrderListAccepted { list, contingency, orders, .. } => {
+                    self.lists.insert(list.0, contingency);
+                    if contingency == Contingency::Oto {
+                        self.pending.insert(orders[1].0);
+                    }
+                }
+                EventKind::OrderAccepted { order, kind, .. } => {
+                    self.kinds.insert(order.0, kind);
+                    if !self.pending.contains(&order.0) {
+                        self.enter(order.0, kind);
+                    }
+                }
+                EventKind::OrderReleased { order, .. } => {
+                    self.pending.remove(&order.0);
+                    self.enter(order.0, self.kinds[&order.0]);
+                }
+                EventKind::OrderTriggered { order, .. } => {
+                    self.waiting.remove(&order.0);
+                    self.tracking.remove(&order.0);
+                    if let OrderKind::StopLimit { qty, visible, .. } = self.kinds[&order.0] {
+                        if visible.0 > 0 {
+                            self.icebergs.insert(order.0, (visible.0, qty.0));
+                        }
+                    }
+                }
+                EventKind::TrailingStarted { order, .. } => {
+                    self.tracking.insert(order.0);
+                }
+                EventKind::Trade { maker_order, maker_remaining, taker_order, taker_remaining, .. } => {
+                    if let Some(i) = self.icebergs.get_mut(&maker_order.0) {
+                        i.1 = maker_remaining.0;
+                    }
+                    if let Some(i) = self.icebergs.get_mut(&taker_order.0) {
+                        i.1 = taker_remaining.0;
+                    }
+                }
+                EventKind::OrderDone { order, .. } => {
+                    self.kinds.remove(&order.0);
+                    self.pending.remove(&order.0);
+                    self.waiting.remove(&order.0);
+                    self.tracking.remove(&order.0);
+                    self.icebergs.remove(&order.0);
+                }
+                EventKind::OrderListDone { list, .. } => {
+                    self.lists.remove(&list.0);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn enter(&mut self, order: u64, kind: OrderKind) {
+        match kind {
+            OrderKind::StopMarket { .. } | OrderKind::StopLimit { .. } => {
+                self.waiting.insert(order);
+            }
+            OrderKind::Iceberg { qty, visible, .. } => {
+                self.icebergs.insert(order, (visible.0, qty.0));
+            }
+            _ => {}
+        }
+    }
+
+    /// (waiting, trailing, icebergs with hidden lots, open OCOs, open OTOs)
+    fn counts(&self) -> (usize, usize, usize, usize, usize) {
+        let lists = |c| self.lists.values().filter(|&&x| x == c).count();
+        (
+            self.waiting.len(),
+            self.tracking.len(),
+            self.icebergs.values().filter(|(visible, remaining)| remaining > visible).count(),
+            lists(Contingency::Oco),
+            lists(Contingency::Oto),
+        )
+    }
+}
+
+/// A snapshot taken while orders wait for triggers, trailing orders track,
+/// icebergs hide lots and OCO and OTO lists are open: restored, it goes on
+/// exactly as the engine it was taken from (same events, same hash), and
+/// the whole run is the same twice.
+#[test]
+fn snapshot_with_waiting_trailing_hidden_and_listed_orders_goes_on_identically() {
+    let commands = stream(23, 40_000);
+    let mut live = Engine::new(EngineLimits::default());
+    let mut followed = Followed::default();
+    let mut events = Vec::new();
+    let mut split = None;
+    for (i, command) in commands.iter().enumerate() {
+        events.clear();
+        live.apply(&stamp(i as u64 + 1, *command), &mut events).unwrap();
+        followed.follow(&events);
+        let (waiting, trailing, hidden, ocos, otos) = followed.counts();
+        if i >= 10_000 && waiting >= 5 && trailing >= 1 && hidden >= 1 && ocos >= 1 && otos >= 1 {
+            split = Some(i + 1);
+            break;
+        }
+    }
+    let Some(split) = split else {
+        panic!(
+            "no point of the stream holds waiting, trailing, hidden and listed orders: {:?}",
+            followed.counts()
+        );
+    };
+    let (head, tail) = commands.split_at(split);
+    let hash_at_snapshot = live.state_hash();
+    let snapshot = live.snapshot();
+    let live_tail_events = feed(&mut live, tail, head.len() as u64 + 1);
+    live.check_invariants().unwrap();
+    let fired =
+        live_tail_events.iter().filter(|e| matches!(e.kind, EventKind::OrderTriggered { .. })).count();
+    let refills =
+        live_tail_events.iter().filter(|e| matches!(e.kind, EventKind::OrderRefilled { .. })).count();
+    assert!(fired > 100 && refills > 100, "the rest of the stream fires {fired} and refills {refills}");
+
+    for encoded in [codec::encode_to_vec(&snapshot).unwrap(), serde_json::to_vec(&snapshot).unwrap()] {
+        let decoded: Snapshot = if encoded.first() == Some(&b'{') {
+            serde_json::from_slice(&encoded).unwrap()
+        } else {
+            codec::decode(&encoded).unwrap()
+        };
+        assert_eq!(decoded, snapshot);
+        let mut restored = Engine::from_snapshot(decoded).unwrap();
+        assert_eq!(restored.state_hash(), hash_at_snapshot);
+        let restored_tail_events = feed(&mut restored, tail, head.len() as u64 + 1);
+        assert!(restored_tail_events == live_tail_events, "the restored engine emits the same events");
+        assert_eq!(restored.state_hash(), live.state_hash());
+        assert_eq!(restored.snapshot(), live.snapshot());
+    }
+
+    // From the start, without a snapshot, the same again.
+    let mut again = Engine::new(EngineLimits::default());
+    let mut all_events = feed(&mut again, head, 1);
+    let tail_events = feed(&mut again, tail, head.len() as u64 + 1);
+    assert!(tail_events == live_tail_events, "replaying the whole journal emits the same events");
+    assert_eq!(again.state_hash(), live.state_hash());
+    all_events.extend(tail_events);
+    again.check_touched(&all_events).unwrap();
 }
 
 #[test]

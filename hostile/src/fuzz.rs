@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use engine_core::{
-    ApiKey, ApiSecret, AssetId, Balance, ClientOrderId, Command, DoneReason, Engine, EngineLimits, Event,
-    EventKind, Lots, MarketId, MarketRules, MarketStatus, NewOrder, OrderId, OrderKind, OrderRef,
-    RejectReason, SelfTradePrevention, Side, StampedCommand, Symbol, Ticks, TimeInForce, TouchedScratch,
-    Units, UserId,
+    ApiKey, ApiSecret, AssetId, Balance, ClientOrderId, Command, Contingency, DoneReason, Engine,
+    EngineLimits, Event, EventKind, ListId, ListLeg, ListRef, Lots, MarketId, MarketRules, MarketStatus,
+    NewOrder, NewOrderList, OrderId, OrderKind, OrderRef, RejectReason, SelfTradePrevention, Side,
+    StampedCommand, Symbol, Ticks, TimeInForce, TouchedScratch, Trigger, TriggerKind, Units, UserId,
 };
 use gateway::views::Views;
 
@@ -237,7 +237,14 @@ fn client_order_id(byte: u8) -> Option<ClientOrderId> {
 /// The open orders as the events told them, so that cancels and amends
 /// name real orders (their owner's, or, now and then, someone else's).
 #[derive(Default)]
-struct OpenOrders(Vec<OpenOrder>);
+struct OpenOrders(Vec<OpenOrder>, Vec<OpenList>);
+
+#[derive(Clone, Copy)]
+struct OpenList {
+    id: ListId,
+    user: UserId,
+    client_list_id: Option<ClientOrderId>,
+}
 
 #[derive(Clone, Copy)]
 struct OpenOrder {
@@ -259,9 +266,37 @@ impl OpenOrders {
                         self.0.swap_remove(position);
                     }
                 }
+                EventKind::OrderListAccepted { list, user, client_list_id, .. } => {
+                    self.1.push(OpenList { id: list, user, client_list_id })
+                }
+                EventKind::OrderListDone { list, .. } => {
+                    if let Some(position) = self.1.iter().position(|open| open.id == list) {
+                        self.1.swap_remove(position);
+                    }
+                }
                 _ => {}
             }
         }
+    }
+
+    /// An open order list, by id or list client id, and who acts on it (as
+    /// [`OpenOrders::pick`]).
+    fn pick_list(&self, input: &mut Bytes, user: UserId) -> (UserId, ListRef) {
+        let byte = input.u8();
+        let flags = input.u8();
+        let Some(open) = self.1.get(usize::from(byte) % (self.1.len() + 1)) else {
+            let reference = match (flags & 1, client_order_id(byte)) {
+                (0, Some(client_list_id)) => ListRef::Client(client_list_id),
+                _ => ListRef::Id(ListId(u64::from(byte % 16))),
+            };
+            return (user, reference);
+        };
+        let acting = if flags >= 0xE0 { user } else { open.user };
+        let reference = match open.client_list_id {
+            Some(client_list_id) if flags & 1 == 0 => ListRef::Client(client_list_id),
+            _ => ListRef::Id(open.id),
+        };
+        (acting, reference)
     }
 
     /// An open order, named by its id or its client order id, and who acts
@@ -309,7 +344,49 @@ fn qty(input: &mut Bytes) -> Lots {
 
 /// How many values the first byte of a command picks from (see
 /// [`next_command`]).
-const COMMAND_OPS: u8 = 17;
+const COMMAND_OPS: u8 = 21;
+
+/// A trigger from one flags byte and the input: stop-loss or take-profit,
+/// a stop price near the market's (or none), a trailing delta (none, a
+/// small one, or any `u16`, out of range too).
+fn trigger(input: &mut Bytes, market: MarketId, flags: u8) -> Trigger {
+    let kind = if flags & 1 == 0 { TriggerKind::StopLoss } else { TriggerKind::TakeProfit };
+    let stop = if flags & 6 == 6 { None } else { Some(price(input, market)) };
+    let trailing_bips = match flags >> 3 & 3 {
+        0 | 1 => 0,
+        2 => 1 + u16::from(input.u8()) * 4,
+        _ => input.u64(2) as u16,
+    };
+    Trigger { kind, stop, trailing_bips }
+}
+
+/// Any order kind, as a list leg or a single order takes it: a limit
+/// (post-only now and then), an iceberg, a stop or take-profit (market or
+/// limit, iceberg when fired), a market order by quantity or quote.
+fn any_kind(input: &mut Bytes, market: MarketId) -> OrderKind {
+    let flags = input.u8();
+    let tif = [TimeInForce::Gtc, TimeInForce::Ioc, TimeInForce::Fok, TimeInForce::PostOnly]
+        [usize::from(flags >> 3 & 3)];
+    match flags & 7 {
+        0 | 1 => OrderKind::Limit { price: price(input, market), qty: qty(input), tif },
+        2 => OrderKind::Iceberg {
+            price: price(input, market),
+            qty: qty(input),
+            visible: Lots(u64::from(input.u8() % 12)),
+            tif,
+        },
+        3 => OrderKind::StopMarket { trigger: trigger(input, market, flags >> 3), qty: qty(input) },
+        4 | 5 => OrderKind::StopLimit {
+            trigger: trigger(input, market, flags >> 3),
+            price: price(input, market),
+            qty: qty(input),
+            tif,
+            visible: Lots(if flags & 1 == 0 { u64::from(input.u8() % 12) } else { 0 }),
+        },
+        6 => OrderKind::Market { qty: qty(input) },
+        _ => OrderKind::MarketByQuote { amount: Units(input.u64(3)) },
+    }
+}
 
 /// One command from the input, or `None` for bytes that decode to none:
 /// an op byte, a user byte, then what the op needs. Every kind of command
@@ -431,6 +508,66 @@ fn next_command(input: &mut Bytes, open: &OpenOrders) -> Option<Command> {
                     ..defaults
                 },
             }
+        }
+        // Stops and take-profits (fixed or trailing, market or limit) and
+        // icebergs. flags: side, market, STP (2), client order id.
+        16 | 17 => {
+            let flags = input.u8();
+            let market = MarketId(u32::from(flags >> 1 & 1));
+            let kind = if op % COMMAND_OPS == 16 {
+                let trigger_flags = input.u8();
+                let trigger = trigger(input, market, trigger_flags);
+                match trigger_flags >> 5 {
+                    0..=2 => OrderKind::StopMarket { trigger, qty: qty(input) },
+                    tif => OrderKind::StopLimit {
+                        trigger,
+                        price: price(input, market),
+                        qty: qty(input),
+                        tif: [TimeInForce::Gtc, TimeInForce::Ioc, TimeInForce::Fok, TimeInForce::PostOnly]
+                            [usize::from(tif & 3)],
+                        visible: Lots(if tif >= 6 { u64::from(input.u8() % 12) } else { 0 }),
+                    },
+                }
+            } else {
+                let shape = input.u8();
+                OrderKind::Iceberg {
+                    price: price(input, market),
+                    qty: qty(input),
+                    visible: Lots(1 + u64::from(shape % 8)),
+                    tif: if shape & 0x80 == 0 { TimeInForce::Gtc } else { TimeInForce::PostOnly },
+                }
+            };
+            Command::PlaceOrder(NewOrder {
+                user,
+                market,
+                side: if flags & 1 == 0 { Side::Buy } else { Side::Sell },
+                kind,
+                client_order_id: if flags >> 6 & 1 == 1 { client_order_id(input.u8()) } else { None },
+                stp: stp(flags >> 4),
+            })
+        }
+        // OCO and OTO lists: any two kinds, either side; client ids from the pool.
+        18 => {
+            let flags = input.u8();
+            let market = MarketId(u32::from(flags >> 1 & 1));
+            let leg = |input: &mut Bytes, bit: u8| ListLeg {
+                side: if flags >> bit & 1 == 0 { Side::Buy } else { Side::Sell },
+                kind: any_kind(input, market),
+                client_order_id: if flags >> (bit + 1) & 1 == 1 { client_order_id(input.u8()) } else { None },
+            };
+            let legs = [leg(input, 2), leg(input, 4)];
+            Command::PlaceOrderList(NewOrderList {
+                user,
+                market,
+                contingency: if flags & 1 == 0 { Contingency::Oco } else { Contingency::Oto },
+                client_list_id: if flags >> 6 & 1 == 1 { client_order_id(input.u8()) } else { None },
+                stp: stp(flags >> 6),
+                legs,
+            })
+        }
+        19 => {
+            let (user, list) = open.pick_list(input, user);
+            Command::CancelOrderList { user, list }
         }
         // A raw command as the journal would hold it: any field value.
         _ => {
@@ -575,14 +712,31 @@ pub struct EngineReach {
     pub refused_market_closed: u32,
     pub cancels_by_client_id: u32,
     pub rejected: u32,
+    /// Stops and take-profits fired, and commands that fired more than one.
+    pub triggered: u32,
+    pub cascades: u32,
+    pub trailing_started: u32,
+    pub iceberg_refills: u32,
+    pub lists_accepted: u32,
+    pub released: u32,
+    /// Orders cancelled because the other order of their list traded, fired or closed.
+    pub contingent_cancels: u32,
 }
 
 impl EngineReach {
     fn follow(&mut self, command: &Command, events: &[Event], engine: &Engine) {
         self.commands += 1;
         self.resting_orders_max = self.resting_orders_max.max(engine.open_order_count());
+        let fired = events.iter().filter(|e| matches!(e.kind, EventKind::OrderTriggered { .. })).count();
+        self.cascades += u32::from(fired > 1);
         for event in events {
             match event.kind {
+                EventKind::OrderTriggered { .. } => self.triggered += 1,
+                EventKind::TrailingStarted { .. } => self.trailing_started += 1,
+                EventKind::OrderRefilled { .. } => self.iceberg_refills += 1,
+                EventKind::OrderListAccepted { .. } => self.lists_accepted += 1,
+                EventKind::OrderReleased { .. } => self.released += 1,
+                EventKind::OrderDone { reason: DoneReason::Contingent, .. } => self.contingent_cancels += 1,
                 EventKind::Trade { maker_remaining, taker_remaining, .. } => {
                     self.trades += 1;
                     if maker_remaining.0 > 0 || taker_remaining.0 > 0 {
@@ -910,6 +1064,46 @@ fn engine_commands_for_seeds() -> Vec<Command> {
             stp: SelfTradePrevention::CancelBoth,
         }),
     ];
+    let trigger = Trigger { kind: TriggerKind::StopLoss, stop: Some(Ticks(90)), trailing_bips: 150 };
+    commands.push(Command::PlaceOrder(NewOrder {
+        user,
+        market: MarketId(0),
+        side: Side::Sell,
+        kind: OrderKind::StopLimit {
+            trigger,
+            price: Ticks(89),
+            qty: Lots(4),
+            tif: TimeInForce::Gtc,
+            visible: Lots(2),
+        },
+        client_order_id: None,
+        stp: SelfTradePrevention::CancelTaker,
+    }));
+    commands.push(Command::PlaceOrderList(NewOrderList {
+        user,
+        market: MarketId(0),
+        contingency: Contingency::Oco,
+        client_list_id: None,
+        stp: SelfTradePrevention::CancelMaker,
+        legs: [
+            ListLeg {
+                side: Side::Sell,
+                kind: OrderKind::Iceberg {
+                    price: Ticks(120),
+                    qty: Lots(4),
+                    visible: Lots(1),
+                    tif: TimeInForce::PostOnly,
+                },
+                client_order_id: None,
+            },
+            ListLeg {
+                side: Side::Sell,
+                kind: OrderKind::StopMarket { trigger, qty: Lots(4) },
+                client_order_id: None,
+            },
+        ],
+    }));
+    commands.push(Command::CancelOrderList { user, list: ListRef::Id(ListId(1)) });
     if let (Ok(symbol), Ok(key), Ok(secret), Ok(client)) = (
         Symbol::new("BTC"),
         ApiKey::new("key0000000000000001"),
@@ -1003,5 +1197,46 @@ fn engine_command_seeds() -> Vec<Vec<u8>> {
         cancel(&mut self_trades, round.wrapping_mul(7), true);
     }
 
-    vec![deep, self_trades, (0u8..=255).collect()]
+    // Stops, take-profits, trailing stops and an iceberg around a price
+    // set by a trade; sweeps up and down fire them (in cascade); OCO and
+    // OTO lists; a list cancelled.
+    let mut triggers = Vec::new();
+    for i in 0u8..8 {
+        limit(&mut triggers, 0, true, GTC, 0, 0, 8 + i, 5, None);
+        limit(&mut triggers, 1, false, GTC, 0, 0, i, 5, None);
+    }
+    market_order(&mut triggers, 2, false, false, 1); // last price 100
+                                                     // op 16: user, flags (side, market, STP, client id), trigger flags
+                                                     // (kind, no stop, trailing; >> 5: market or limit and its time in
+                                                     // force), stop price, [delta], [price], qty, [visible].
+    triggers.extend([16, 3, 0, 0, 10, 4]); // stop-loss buy at 102, market
+    triggers.extend([16, 2, 1, 1, 11, 3]); // take-profit sell at 103, market
+    triggers.extend([16, 1, 1, 0, 4, 4]); // stop-loss sell at 96, market
+    triggers.extend([16, 3, 1, 22, 50, 2]); // trailing sell from the last price, 201 bips
+    triggers.extend([16, 2, 0, 4 << 5, 12, 15, 6]); // stop-loss buy at 104, limit 107
+    triggers.extend([16, 3, 0, 6 << 5, 11, 15, 9, 3]); // stop-loss buy at 103, FOK, iceberg
+    triggers.extend([17, 0, 1, 2, 9, 20]); // iceberg sell at 101: 21 lots, 3 shown
+                                           // op 18: OCO sell (post-only limit at 107 + stop-loss at 94), OTO
+                                           // (buy at 99, then sell at 106).
+    triggers.extend([18, 1, 0x14, 3 << 3, 15, 4, 3, 2, 4]);
+    triggers.extend([18, 2, 0x11, 0, 7, 3, 0, 14, 3]);
+    triggers.extend([18, 3, 0x14, 3 << 3, 14, 2, 3, 3, 2]);
+    for _ in 0..4 {
+        market_order(&mut triggers, 2, false, false, 23); // sweep up
+    }
+    for _ in 0..6 {
+        market_order(&mut triggers, 0, true, false, 23); // and down
+    }
+    for i in 0u8..8 {
+        limit(&mut triggers, 0, true, GTC, 0, 0, 8 + i, 5, None);
+        limit(&mut triggers, 1, false, GTC, 0, 0, i, 5, None);
+    }
+    triggers.extend([18, 2, 0x14, 3 << 3, 15, 4, 3, 2, 4]);
+    triggers.extend([19, 2, 0, 1]); // cancel a list
+    for _ in 0..3 {
+        market_order(&mut triggers, 3, false, false, 23);
+        market_order(&mut triggers, 1, true, false, 23);
+    }
+
+    vec![deep, self_trades, triggers, (0u8..=255).collect()]
 }

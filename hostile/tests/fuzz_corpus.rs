@@ -57,4 +57,12 @@ fn the_engine_seeds_reach_deep_states() {
     assert!(best(|r| r.self_trade_cancels) >= 2, "self-trade prevention");
     assert!(best(|r| r.cancels_by_client_id) >= 1, "cancels by client order id");
     assert!(best(|r| r.refused_market_closed) >= 2, "a halted or winding-down market");
+    // Stops, trailing stops, icebergs and order lists (the engine logic of
+    // issue 17).
+    assert!(best(|r| r.triggered) >= 3, "stops and take-profits that fire");
+    assert!(best(|r| r.cascades) >= 1, "a trigger that fires another");
+    assert!(best(|r| r.trailing_started) >= 1, "a trailing stop that tracks");
+    assert!(best(|r| r.iceberg_refills) >= 2, "icebergs refilled");
+    assert!(best(|r| r.lists_accepted) >= 3, "OCO and OTO lists");
+    assert!(best(|r| r.contingent_cancels) >= 1, "a list order cancelled by the other");
 }
