@@ -101,7 +101,26 @@ impl Engine {
     /// is left: the triggers its trades reach fire, and fired and released
     /// orders enter one after another (each one's own trades may set off
     /// more, which queue behind).
+    #[inline]
     pub(crate) fn settle(&mut self, market: MarketId, ts: u64, emitter: &mut Emitter) {
+        // The common case: nothing waits in this market and nothing is
+        // queued; only the last price moves.
+        if self.scratch.queue.is_empty() {
+            match self.scratch.prices.last() {
+                None => return,
+                Some(&last) if self.markets[market.index()].triggers.is_empty() => {
+                    self.markets[market.index()].last_price = Some(last);
+                    self.scratch.prices.clear();
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        self.settle_all(market, ts, emitter);
+    }
+
+    #[inline(never)]
+    fn settle_all(&mut self, market: MarketId, ts: u64, emitter: &mut Emitter) {
         loop {
             if !self.scratch.prices.is_empty() {
                 self.evaluate(market, emitter);

@@ -891,9 +891,6 @@ impl Engine {
         let Some(order) = self.orders.get_checked(slot).filter(|order| order.id == id) else {
             return Err(bad("indexed at a slot that holds no such order"));
         };
-        if !may_rest {
-            return Err(bad("a market, IOC or FOK order rests"));
-        }
         if order.user != user || order.market != market || order.side != side {
             return Err(differs("an order rests with another owner, market or side than its events said"));
         }
@@ -901,8 +898,12 @@ impl Engine {
             return Err(differs("an order rests with another quantity than its events said"));
         }
         if order.ext != NIL && self.extras.get_checked(order.ext).is_some_and(|e| e.phase != Phase::Live) {
-            // Waiting or pending: open, on no book.
+            // Waiting or pending (an OTO's pending market order too): open,
+            // on no book.
             return Ok(());
+        }
+        if !may_rest {
+            return Err(bad("a market, IOC or FOK order rests"));
         }
         if price.is_some_and(|price| price != order.price) {
             return Err(differs("an order rests at another price than its events said"));

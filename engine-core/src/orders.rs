@@ -631,13 +631,13 @@ impl Engine {
             Side::Buy => (fee(base, rules.maker_fee_ppm), fee(quote, rules.taker_fee_ppm)),
             Side::Sell => (fee(quote, rules.maker_fee_ppm), fee(base, rules.taker_fee_ppm)),
         };
-        let maker = {
+        let (maker_id, maker_user, maker_remaining, maker_hidden, maker_ext) = {
             let maker = self.orders.get_mut(slot);
             maker.remaining.0 -= qty.0;
             maker.filled.0 += qty.0;
-            *maker
+            (maker.id, maker.user, maker.remaining, maker.hidden, maker.ext)
         };
-        let maker_user = maker.user;
+        let maker_open = Lots(maker_remaining.0 + maker_hidden.0);
 
         // The maker spends from its lock; the taker spends from available
         // (its funds were checked before matching began).
@@ -688,9 +688,9 @@ impl Engine {
             price,
             qty,
             taker_side: taker.side,
-            maker_order: maker.id,
+            maker_order: maker_id,
             maker_user,
-            maker_remaining: maker.open(),
+            maker_remaining: maker_open,
             taker_order: taker.order,
             taker_user: taker.user,
             taker_remaining: if taker.by_quote { Lots(0) } else { taker.remaining },
@@ -702,13 +702,13 @@ impl Engine {
 
         let book = &mut self.markets[taker.market.index()].book;
         let mut level_qty = book.side_mut(maker_side).reduce(price, qty);
-        if maker.remaining.0 == 0 {
+        if maker_remaining.0 == 0 {
             // Nothing is left to subtract: this only dequeues it.
             level_qty = book.side_mut(maker_side).unlink(&mut self.orders, slot);
-            if maker.hidden.0 > 0 {
+            if maker_hidden.0 > 0 {
                 // An iceberg's next part goes to the back of the queue.
-                let visible = self.extras.get(maker.ext).visible;
-                let shown = Lots(visible.0.min(maker.hidden.0));
+                let visible = self.extras.get(maker_ext).visible;
+                let shown = Lots(visible.0.min(maker_hidden.0));
                 let entry = self.orders.get_mut(slot);
                 entry.remaining = shown;
                 entry.hidden.0 -= shown.0;
@@ -718,7 +718,7 @@ impl Engine {
                     .side_mut(maker_side)
                     .push_back(&mut self.orders, slot);
                 emitter.emit(EventKind::OrderRefilled {
-                    order: maker.id,
+                    order: maker_id,
                     user: maker_user,
                     market: taker.market,
                     side: maker_side,
@@ -729,14 +729,14 @@ impl Engine {
             }
         }
         emitter.emit(EventKind::BookLevel { market: taker.market, side: maker_side, price, qty: level_qty });
-        if maker.ext != NIL && self.extras.get(maker.ext).list != NONE {
+        if maker_ext != NIL && self.extras.get(maker_ext).list != NONE {
             let spent = match maker_side {
                 Side::Buy => quote,
                 Side::Sell => base,
             };
             self.list_leg_traded(slot, spent, emitter);
         }
-        if maker.open().0 == 0 {
+        if maker_open.0 == 0 {
             let maker = self.retire(slot);
             emitter.emit(EventKind::OrderDone {
                 order: maker.id,

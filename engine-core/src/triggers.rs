@@ -49,6 +49,10 @@ impl TriggerBook {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.rising.is_empty() && self.falling.is_empty() && self.tracking.is_empty()
+    }
+
     pub fn len(&self) -> usize {
         self.rising.len() + self.falling.len() + self.tracking.len()
     }

@@ -839,3 +839,27 @@ fn no_hold_is_lost_over_a_long_mix() {
         assert_eq!(h.balance(user, USDT).1, 0);
     }
 }
+
+#[test]
+fn an_oto_pending_market_order_trades_when_released() {
+    let mut h = market_at(4, 100);
+    h.limit(0, Side::Buy, 90, 5);
+    // Buy 2 at 101 from user 1, then sell them at market.
+    h.limit(1, Side::Sell, 101, 2);
+    h.ok(oto(3, (Side::Buy, limit_kind(101, 2, TimeInForce::Gtc)), (Side::Sell, market(2))));
+    let (list, [working, pending]) = list_of_last(&h);
+    assert!(h.done().contains(&(working.0, DoneReason::Filled, 2, 0)));
+    assert!(h.done().contains(&(pending.0, DoneReason::Filled, 2, 0)));
+    assert_eq!(list_done(&h), vec![list.0]);
+    assert!(h.trades().iter().any(|t| t.1 == pending.0 && t.2 == 90));
+
+    // Resting, the same list waits with its pending market order open.
+    h.ok(oto(3, (Side::Buy, limit_kind(95, 2, TimeInForce::Gtc)), (Side::Sell, market(2))));
+    let (_, [_, pending]) = list_of_last(&h);
+    assert_eq!(h.engine.open_order_count(), 3);
+    h.place(2, Side::Sell, market(2));
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::OrderReleased { order, .. } if order == pending)));
+}

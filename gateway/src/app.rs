@@ -8,8 +8,9 @@
 use std::sync::Mutex;
 
 use engine_core::{
-    Amend, ClientOrderId, Command, EventKind, Lots, MarketId, NewOrder, OrderId, OrderKind, OrderRef,
-    RejectReason, SelfTradePrevention, Side, TimeInForce, TradeId, UserId,
+    Amend, ClientOrderId, Command, Contingency, DoneReason, EventKind, ListId, ListRef, Lots, MarketId,
+    NewOrder, NewOrderList, OrderId, OrderKind, OrderRef, RejectReason, SelfTradePrevention, Side,
+    TimeInForce, TradeId, Trigger, TriggerKind, UserId,
 };
 use hyper::StatusCode;
 use persistence::scale::Amount;
@@ -186,16 +187,155 @@ async fn change(
     producer: &Mutex<Publisher>,
     command: Command,
 ) -> Result<OrderView, Refusal> {
+    let named = match command {
+        Command::CancelOrder { user, order } | Command::Amend(Amend { user, order, .. }) => {
+            Some((user, order))
+        }
+        _ => None,
+    };
     let mut outcome = run(state, producer, command).await?;
-    let id = outcome
+    let changed: Vec<OrderId> = outcome
         .events
         .iter()
-        .find_map(|e| match e.kind {
+        .filter_map(|e| match e.kind {
             EventKind::OrderDone { order, .. } | EventKind::OrderAmended { order, .. } => Some(order),
             _ => None,
         })
+        .collect();
+    // Cancelling one order of a list closes the other too, maybe first:
+    // the answer is about the order the request named.
+    let id = changed
+        .iter()
+        .copied()
+        .find(|id| match (named, outcome.order(*id)) {
+            (Some((_, OrderRef::Id(named))), _) => *id == named,
+            (Some((user, OrderRef::Client(client))), Some(order)) => {
+                order.user == user && order.client_order_id == Some(client)
+            }
+            _ => false,
+        })
+        .or(changed.first().copied())
         .ok_or_else(|| internal("no order"))?;
     take_order(&mut outcome, id).ok_or_else(|| internal("the changed order was not captured").into())
+}
+
+/// An order list as the command that placed or cancelled it left it.
+pub struct ListOutcome {
+    pub list: ListId,
+    pub market: MarketId,
+    /// Known when the command placed the list (a cancel's events do not
+    /// name it).
+    pub contingency: Option<Contingency>,
+    pub client_list_id: Option<ClientOrderId>,
+    /// The list ended within the command (`OrderListDone`).
+    pub done: bool,
+    pub seq: u64,
+    /// The list's orders as the command left them, with the fills it made.
+    pub orders: Vec<(OrderView, Vec<FillView>)>,
+    /// How each order the command closed ended.
+    pub ends: Vec<(OrderId, DoneReason)>,
+    /// An OTO's pending order that the command left pending.
+    pub pending: Option<OrderId>,
+}
+
+impl ListOutcome {
+    pub fn done_reason(&self, order: OrderId) -> Option<DoneReason> {
+        self.ends.iter().find(|(o, _)| *o == order).map(|(_, reason)| *reason)
+    }
+}
+
+/// Places an OCO or OTO.
+pub async fn place_list(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    list: NewOrderList,
+) -> Result<ListOutcome, Refusal> {
+    let user = list.user;
+    let outcome = run(state, producer, Command::PlaceOrderList(list)).await?;
+    let (id, market, contingency, orders, client_list_id) = outcome
+        .events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::OrderListAccepted {
+                list,
+                user: owner,
+                market,
+                contingency,
+                orders,
+                client_list_id,
+                ..
+            } if owner == user => Some((list, market, contingency, orders, client_list_id)),
+            _ => None,
+        })
+        .ok_or_else(|| internal("no order list in the outcome"))?;
+    list_outcome(state, outcome, id, market, Some(contingency), client_list_id, &orders)
+}
+
+/// Cancels `user`'s open order list `list`: both its open orders.
+pub async fn cancel_list(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    list: ListRef,
+) -> Result<ListOutcome, Refusal> {
+    let outcome = run(state, producer, Command::CancelOrderList { user, list }).await?;
+    let (id, market) = outcome
+        .events
+        .iter()
+        .find_map(|e| match e.kind {
+            EventKind::OrderListDone { list, user: owner, market } if owner == user => Some((list, market)),
+            _ => None,
+        })
+        .ok_or_else(|| internal("no order list ended in the outcome"))?;
+    let closed: Vec<OrderId> = outcome
+        .events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::OrderDone { order, user: owner, .. } if owner == user => Some(order),
+            _ => None,
+        })
+        .collect();
+    let client_list_id = match list {
+        ListRef::Client(client) => Some(client),
+        ListRef::Id(_) => None,
+    };
+    list_outcome(state, outcome, id, market, None, client_list_id, &closed)
+}
+
+fn list_outcome(
+    state: &AppState,
+    mut outcome: Outcome,
+    list: ListId,
+    market: MarketId,
+    contingency: Option<Contingency>,
+    client_list_id: Option<ClientOrderId>,
+    orders: &[OrderId],
+) -> Result<ListOutcome, Refusal> {
+    let mut done = false;
+    let mut ends = Vec::new();
+    let mut seq = 0;
+    let mut pending = (contingency == Some(Contingency::Oto)).then(|| orders.get(1).copied()).flatten();
+    for event in &outcome.events {
+        seq = event.seq;
+        match event.kind {
+            EventKind::OrderListDone { list: ended, .. } if ended == list => done = true,
+            EventKind::OrderDone { order, reason, .. } if orders.contains(&order) => {
+                ends.push((order, reason));
+                pending = pending.filter(|p| *p != order);
+            }
+            EventKind::OrderReleased { order, .. } => pending = pending.filter(|p| *p != order),
+            _ => {}
+        }
+    }
+    let views = state.views()?;
+    let mut taken = Vec::with_capacity(orders.len());
+    for id in orders {
+        let fills = outcome.fills(&views, *id);
+        let order =
+            take_order(&mut outcome, *id).ok_or_else(|| internal("an order of the list was not captured"))?;
+        taken.push((order, fills));
+    }
+    Ok(ListOutcome { list, market, contingency, client_list_id, done, seq, orders: taken, ends, pending })
 }
 
 /// Cancels `user`'s open orders (in `market`, or in every market); each
@@ -302,16 +442,40 @@ fn order_view(
     let remaining = lots(record.remaining_quantity)?;
     let filled = lots(record.executed_quantity)?;
     let quantity = record.quantity.map(lots).transpose()?.unwrap_or(Lots(0));
+    let tif = match record.time_in_force.as_deref() {
+        Some("IOC") => TimeInForce::Ioc,
+        Some("FOK") => TimeInForce::Fok,
+        Some("POST_ONLY") => TimeInForce::PostOnly,
+        _ => TimeInForce::Gtc,
+    };
+    let visible = record.visible_quantity.map(lots).transpose()?;
+    let trigger = match record.trigger_kind.as_deref() {
+        None => None,
+        Some(kind) => Some(Trigger {
+            kind: if kind == "take_profit" { TriggerKind::TakeProfit } else { TriggerKind::StopLoss },
+            stop: record
+                .stop_price
+                .map(|p| scale.to_ticks("stop_price", p.0).map_err(|_| corrupt("a stop price")))
+                .transpose()?,
+            trailing_bips: record
+                .trailing_bips
+                .map_or(Ok(0), u16::try_from)
+                .map_err(|_| corrupt("a trailing delta"))?,
+        }),
+    };
     let kind = match (record.order_type.as_str(), price) {
-        ("limit", Some(price)) => {
-            let tif = match record.time_in_force.as_deref() {
-                Some("IOC") => TimeInForce::Ioc,
-                Some("FOK") => TimeInForce::Fok,
-                Some("POST_ONLY") => TimeInForce::PostOnly,
-                _ => TimeInForce::Gtc,
-            };
-            Some(OrderKind::Limit { price, qty: quantity, tif })
+        ("limit", Some(price)) => Some(OrderKind::Limit { price, qty: quantity, tif }),
+        ("iceberg", Some(price)) => {
+            visible.map(|visible| OrderKind::Iceberg { price, qty: quantity, visible, tif })
         }
+        ("stop_limit", Some(price)) => trigger.map(|trigger| OrderKind::StopLimit {
+            trigger,
+            price,
+            qty: quantity,
+            tif,
+            visible: visible.unwrap_or(Lots(0)),
+        }),
+        ("stop_market", _) => trigger.map(|trigger| OrderKind::StopMarket { trigger, qty: quantity }),
         ("market", _) => Some(OrderKind::Market { qty: quantity }),
         ("market_by_quote", _) => record
             .quote_amount
@@ -373,5 +537,9 @@ fn order_view(
         updated_ns: unix_ns(record.updated_at),
         quote_filled: u128::from(quote_units(record.executed_quote)?.0),
         fills,
+        list: None,
+        stage: crate::views::OrderStage::Working,
+        working_ns: Some(unix_ns(record.created_at)),
+        trailing_ns: None,
     })
 }

@@ -83,6 +83,15 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "engine_capacity")
             }
             Overflow | SupplyOverflow { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too_large"),
+            DuplicateListClientId(_) => (StatusCode::CONFLICT, "duplicate_list_client_id"),
+            UnknownOrderList => (StatusCode::NOT_FOUND, "unknown_order_list"),
+            WouldTriggerImmediately { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "would_trigger_immediately"),
+            NoReferencePrice => (StatusCode::UNPROCESSABLE_ENTITY, "no_reference_price"),
+            IcebergVisibleInvalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "iceberg_visible_invalid"),
+            IcebergTooManyParts { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "iceberg_too_many_parts"),
+            TimeInForceNotAllowed => (StatusCode::UNPROCESSABLE_ENTITY, "time_in_force_not_allowed"),
+            OrderListInvalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_order_list"),
+            AmendNotAllowed => (StatusCode::UNPROCESSABLE_ENTITY, "amend_not_allowed"),
             _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
         };
         ApiError::new(status, code, message)

@@ -4,8 +4,9 @@
 use std::sync::Mutex;
 
 use engine_core::{
-    ApiKey, ApiSecret, AssetId, ClientOrderId, Command, EventKind, Lots, MarketId, MarketRules, MarketStatus,
-    NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, Symbol, TimeInForce, UserId,
+    ApiKey, ApiSecret, AssetId, ClientOrderId, Command, Contingency, DoneReason, EventKind, ListId, ListLeg,
+    ListRef, Lots, MarketId, MarketRules, MarketStatus, NewOrder, NewOrderList, OrderId, OrderKind, OrderRef,
+    SelfTradePrevention, Side, Symbol, TimeInForce, Trigger, TriggerKind, UserId,
 };
 use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
@@ -44,6 +45,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/orders/open"),
     ("POST", "/order/cancel_all"),
     ("GET", "/balance"),
+    ("POST", "/order_list"),
+    ("DELETE", "/order_list"),
     ("POST", "/admin/assets"),
     ("POST", "/admin/markets"),
     ("POST", "/admin/markets/status"),
@@ -154,6 +157,14 @@ async fn route(
         ("GET", "/balance") => {
             let user = signed(state, request)?;
             ok(balance(state, user))
+        }
+        ("POST", "/order_list") => {
+            let user = signed(state, request)?;
+            place_order_list(state, producer, user, request.body).await.map(|v| (StatusCode::OK, v))
+        }
+        ("DELETE", "/order_list") => {
+            let user = signed(state, request)?;
+            cancel_order_list(state, producer, user, request.query).await.map(|v| (StatusCode::OK, v))
         }
         (_, path) if path.starts_with("/admin/") => {
             admin_check(state, request)?;
@@ -388,8 +399,85 @@ struct PlaceOrderBody {
     quantity: Option<String>,
     quote_amount: Option<String>,
     time_in_force: Option<TifField>,
+    visible_quantity: Option<String>,
+    trigger: Option<TriggerBody>,
     client_order_id: Option<String>,
     self_trade_prevention: Option<StpField>,
+}
+
+impl PlaceOrderBody {
+    fn leg(self) -> (String, Option<StpField>, LegBody) {
+        let leg = LegBody {
+            side: self.side,
+            order_type: self.order_type,
+            price: self.price,
+            quantity: self.quantity,
+            quote_amount: self.quote_amount,
+            time_in_force: self.time_in_force,
+            visible_quantity: self.visible_quantity,
+            trigger: self.trigger,
+            client_order_id: self.client_order_id,
+        };
+        (self.market, self.self_trade_prevention, leg)
+    }
+}
+
+/// One order of a `POST /order_list`: a `POST /order` body without the
+/// market and self-trade prevention, which are the list's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegBody {
+    side: SideField,
+    #[serde(rename = "type")]
+    order_type: TypeField,
+    price: Option<String>,
+    quantity: Option<String>,
+    quote_amount: Option<String>,
+    time_in_force: Option<TifField>,
+    visible_quantity: Option<String>,
+    trigger: Option<TriggerBody>,
+    client_order_id: Option<String>,
+}
+
+/// `trigger` of a stop order.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    kind: TriggerKindField,
+    stop_price: Option<String>,
+    /// Taken wide so that an out-of-range number gets the range in its
+    /// error rather than serde's "expected u16".
+    trailing_bips: Option<u64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum TriggerKindField {
+    StopLoss,
+    TakeProfit,
+}
+
+/// The trailing deltas the API takes, in basis points: the range of
+/// Binance's default `TRAILING_DELTA` filter, so that both APIs agree
+/// (the engine itself takes 1 to 2,000).
+pub const TRAILING_BIPS_MIN: u64 = 10;
+pub const TRAILING_BIPS_MAX: u64 = 2_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceListBody {
+    market: String,
+    contingency: ContingencyField,
+    list_client_id: Option<String>,
+    self_trade_prevention: Option<StpField>,
+    orders: Vec<LegBody>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum ContingencyField {
+    Oco,
+    Oto,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -400,10 +488,13 @@ enum SideField {
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 enum TypeField {
     Limit,
     Market,
+    Iceberg,
+    StopMarket,
+    StopLimit,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -446,79 +537,333 @@ pub(crate) async fn place_order(
 /// hostile bytes get a precise error and never reach the engine.
 pub fn new_order(views: &Views, user: UserId, body: &[u8]) -> Result<NewOrder, ApiError> {
     let body: PlaceOrderBody = json_body(body)?;
-    let order = {
-        let market = market_of(views, &body.market)?;
-        let scale = market.scale;
-        let side = match body.side {
-            SideField::Buy => Side::Buy,
-            SideField::Sell => Side::Sell,
-        };
-        let decimal =
-            |field: &'static str, text: &Option<String>| -> Result<Option<rust_decimal::Decimal>, ApiError> {
-                text.as_deref().map(|t| parse_decimal(field, t)).transpose()
-            };
-        let price = decimal("price", &body.price)?;
-        let quantity = decimal("quantity", &body.quantity)?;
-        let quote_amount = decimal("quote_amount", &body.quote_amount)?;
-        let kind = match body.order_type {
-            TypeField::Limit => {
-                if quote_amount.is_some() {
-                    return Err(ApiError::invalid("quote_amount", "only market orders take a quote amount"));
-                }
-                let price = price.ok_or_else(|| ApiError::invalid("price", "a limit order needs a price"))?;
-                let qty = quantity
-                    .ok_or_else(|| ApiError::invalid("quantity", "a limit order needs a quantity"))?;
-                let tif = match body.time_in_force.unwrap_or(TifField::Gtc) {
-                    TifField::Gtc => TimeInForce::Gtc,
-                    TifField::Ioc => TimeInForce::Ioc,
-                    TifField::Fok => TimeInForce::Fok,
-                    TifField::PostOnly => TimeInForce::PostOnly,
-                };
-                OrderKind::Limit {
-                    price: scale.to_ticks("price", price)?,
-                    qty: scale.to_lots("quantity", qty)?,
-                    tif,
-                }
-            }
-            TypeField::Market => {
-                if price.is_some() || body.time_in_force.is_some() {
-                    return Err(ApiError::invalid(
-                        "price",
-                        "a market order takes neither price nor time_in_force",
-                    ));
-                }
-                match (quantity, quote_amount) {
-                    (Some(qty), None) => OrderKind::Market { qty: scale.to_lots("quantity", qty)? },
-                    (None, Some(amount)) => OrderKind::MarketByQuote {
-                        amount: amounts::to_units("quote_amount", amount, scale.quote_decimals)?,
-                    },
-                    _ => {
-                        return Err(ApiError::invalid(
-                            "quantity",
-                            "give exactly one of quantity and quote_amount",
-                        ))
-                    }
-                }
-            }
-        };
-        let stp = match body.self_trade_prevention.unwrap_or(StpField::CancelTaker) {
-            StpField::CancelTaker => SelfTradePrevention::CancelTaker,
-            StpField::CancelMaker => SelfTradePrevention::CancelMaker,
-            StpField::CancelBoth => SelfTradePrevention::CancelBoth,
-            StpField::Allow => SelfTradePrevention::Allow,
-        };
-        let client_order_id = body.client_order_id.as_deref().map(client_order_id).transpose()?;
-        NewOrder { user, market: market.market.id, side, kind, client_order_id, stp }
+    let (market, stp, leg) = body.leg();
+    let market = market_of(views, &market)?;
+    let (side, kind, client_order_id) = order_leg(&market.scale, leg)?;
+    Ok(NewOrder { user, market: market.market.id, side, kind, client_order_id, stp: stp_of(stp) })
+}
+
+fn stp_of(field: Option<StpField>) -> SelfTradePrevention {
+    match field.unwrap_or(StpField::CancelTaker) {
+        StpField::CancelTaker => SelfTradePrevention::CancelTaker,
+        StpField::CancelMaker => SelfTradePrevention::CancelMaker,
+        StpField::CancelBoth => SelfTradePrevention::CancelBoth,
+        StpField::Allow => SelfTradePrevention::Allow,
+    }
+}
+
+fn tif_of(field: TifField) -> TimeInForce {
+    match field {
+        TifField::Gtc => TimeInForce::Gtc,
+        TifField::Ioc => TimeInForce::Ioc,
+        TifField::Fok => TimeInForce::Fok,
+        TifField::PostOnly => TimeInForce::PostOnly,
+    }
+}
+
+/// The side, kind and client order id one order body asks for, in the
+/// market's units; every combination the order's type does not take is
+/// refused with the field that is wrong.
+fn order_leg(scale: &Scale, leg: LegBody) -> Result<(Side, OrderKind, Option<ClientOrderId>), ApiError> {
+    let side = match leg.side {
+        SideField::Buy => Side::Buy,
+        SideField::Sell => Side::Sell,
     };
-    Ok(order)
+    let decimal =
+        |field: &'static str, text: &Option<String>| -> Result<Option<rust_decimal::Decimal>, ApiError> {
+            text.as_deref().map(|t| parse_decimal(field, t)).transpose()
+        };
+    let price = decimal("price", &leg.price)?;
+    let quantity = decimal("quantity", &leg.quantity)?;
+    let quote_amount = decimal("quote_amount", &leg.quote_amount)?;
+    let visible = decimal("visible_quantity", &leg.visible_quantity)?;
+    let type_name = match leg.order_type {
+        TypeField::Limit => "a limit order",
+        TypeField::Market => "a market order",
+        TypeField::Iceberg => "an iceberg order",
+        TypeField::StopMarket => "a stop_market order",
+        TypeField::StopLimit => "a stop_limit order",
+    };
+    let refuse = |field: &'static str| ApiError::invalid(field, format!("{type_name} does not take {field}"));
+    let needs = |field: &'static str| ApiError::invalid(field, format!("{type_name} needs {field}"));
+    let is_market = leg.order_type == TypeField::Market;
+    if quote_amount.is_some() && !is_market {
+        return Err(ApiError::invalid("quote_amount", "only market orders take a quote amount"));
+    }
+    let stop = matches!(leg.order_type, TypeField::StopMarket | TypeField::StopLimit);
+    if leg.trigger.is_some() && !stop {
+        return Err(ApiError::invalid(
+            "trigger",
+            format!("{type_name} does not take a trigger; use type stop_market or stop_limit"),
+        ));
+    }
+    let lots = |field: &'static str, value: rust_decimal::Decimal| scale.to_lots(field, value);
+    let limit_parts = || -> Result<(engine_core::Ticks, Lots), ApiError> {
+        let price = price.ok_or_else(|| needs("price"))?;
+        let qty = quantity.ok_or_else(|| needs("quantity"))?;
+        Ok((scale.to_ticks("price", price)?, lots("quantity", qty)?))
+    };
+    let visible_lots = |qty: Lots| -> Result<Option<Lots>, ApiError> {
+        let Some(visible) = visible else { return Ok(None) };
+        let visible = lots("visible_quantity", visible)?;
+        if visible.0 == 0 || visible >= qty {
+            return Err(ApiError::invalid(
+                "visible_quantity",
+                "the visible quantity must be above zero and below the quantity",
+            ));
+        }
+        Ok(Some(visible))
+    };
+    let kind = match leg.order_type {
+        TypeField::Limit | TypeField::Iceberg => {
+            let (price, qty) = limit_parts()?;
+            let tif = tif_of(leg.time_in_force.unwrap_or(TifField::Gtc));
+            match visible_lots(qty)? {
+                None if leg.order_type == TypeField::Iceberg => return Err(needs("visible_quantity")),
+                None => OrderKind::Limit { price, qty, tif },
+                Some(visible) => {
+                    if !matches!(tif, TimeInForce::Gtc | TimeInForce::PostOnly) {
+                        return Err(ApiError::invalid(
+                            "time_in_force",
+                            "an iceberg order rests: its time in force is GTC or POST_ONLY",
+                        ));
+                    }
+                    OrderKind::Iceberg { price, qty, visible, tif }
+                }
+            }
+        }
+        TypeField::Market => {
+            if price.is_some() || leg.time_in_force.is_some() {
+                return Err(ApiError::invalid(
+                    "price",
+                    "a market order takes neither price nor time_in_force",
+                ));
+            }
+            if visible.is_some() {
+                return Err(refuse("visible_quantity"));
+            }
+            match (quantity, quote_amount) {
+                (Some(qty), None) => OrderKind::Market { qty: lots("quantity", qty)? },
+                (None, Some(amount)) => OrderKind::MarketByQuote {
+                    amount: amounts::to_units("quote_amount", amount, scale.quote_decimals)?,
+                },
+                _ => {
+                    return Err(ApiError::invalid(
+                        "quantity",
+                        "give exactly one of quantity and quote_amount",
+                    ))
+                }
+            }
+        }
+        TypeField::StopMarket => {
+            let trigger = trigger_of(scale, leg.trigger, type_name)?;
+            if price.is_some() {
+                return Err(refuse("price"));
+            }
+            if leg.time_in_force.is_some() {
+                return Err(refuse("time_in_force"));
+            }
+            if visible.is_some() {
+                return Err(refuse("visible_quantity"));
+            }
+            let qty = lots("quantity", quantity.ok_or_else(|| needs("quantity"))?)?;
+            OrderKind::StopMarket { trigger, qty }
+        }
+        TypeField::StopLimit => {
+            let trigger = trigger_of(scale, leg.trigger, type_name)?;
+            let (price, qty) = limit_parts()?;
+            let tif =
+                match leg.time_in_force.unwrap_or(TifField::Gtc) {
+                    TifField::PostOnly => return Err(ApiError::invalid(
+                        "time_in_force",
+                        "a stop_limit order enters when it fires, so it takes GTC, IOC or FOK, not POST_ONLY",
+                    )),
+                    other => tif_of(other),
+                };
+            let visible = visible_lots(qty)?;
+            if visible.is_some() && tif != TimeInForce::Gtc {
+                return Err(ApiError::invalid(
+                    "visible_quantity",
+                    "only a GTC stop_limit order can enter as an iceberg",
+                ));
+            }
+            OrderKind::StopLimit { trigger, price, qty, tif, visible: visible.unwrap_or(Lots(0)) }
+        }
+    };
+    let client_order_id = leg.client_order_id.as_deref().map(client_order_id).transpose()?;
+    Ok((side, kind, client_order_id))
+}
+
+fn trigger_of(scale: &Scale, trigger: Option<TriggerBody>, type_name: &str) -> Result<Trigger, ApiError> {
+    let trigger = trigger.ok_or_else(|| {
+        ApiError::invalid(
+            "trigger",
+            format!("{type_name} needs a trigger: {{\"kind\": \"stop_loss\" or \"take_profit\", \"stop_price\", \"trailing_bips\"}}"),
+        )
+    })?;
+    let kind = match trigger.kind {
+        TriggerKindField::StopLoss => TriggerKind::StopLoss,
+        TriggerKindField::TakeProfit => TriggerKind::TakeProfit,
+    };
+    let stop = trigger
+        .stop_price
+        .as_deref()
+        .map(|p| parse_decimal("trigger.stop_price", p).and_then(|p| scale.to_ticks("trigger.stop_price", p)))
+        .transpose()?;
+    let trailing_bips = match trigger.trailing_bips {
+        None => 0,
+        Some(bips) if (TRAILING_BIPS_MIN..=TRAILING_BIPS_MAX).contains(&bips) => bips as u16,
+        Some(bips) => {
+            return Err(ApiError::invalid(
+                "trigger.trailing_bips",
+                format!(
+                    "{bips} is outside {TRAILING_BIPS_MIN} to {TRAILING_BIPS_MAX} basis points (0.1% to 20%)"
+                ),
+            ))
+        }
+    };
+    if stop.is_none() && trailing_bips == 0 {
+        return Err(ApiError::invalid(
+            "trigger",
+            "give stop_price, trailing_bips, or both (a trailing stop that starts at once)",
+        ));
+    }
+    Ok(Trigger { kind, stop, trailing_bips })
+}
+
+/// The order list a `POST /order_list` body asks for, checked at the edge
+/// as each of its orders would be by `POST /order`; the rules that bind
+/// the two orders together are the engine's.
+pub fn new_order_list(views: &Views, user: UserId, body: &[u8]) -> Result<NewOrderList, ApiError> {
+    let body: PlaceListBody = json_body(body)?;
+    let market = market_of(views, &body.market)?;
+    let count = body.orders.len();
+    let Ok([first, second]) = <[LegBody; 2]>::try_from(body.orders) else {
+        return Err(ApiError::invalid(
+            "orders",
+            format!("an order list has exactly two orders, not {count}"),
+        ));
+    };
+    let leg = |body: LegBody, index: usize| -> Result<ListLeg, ApiError> {
+        let (side, kind, client_order_id) = order_leg(&market.scale, body).map_err(|mut error| {
+            error.message = format!("orders[{index}].{}", error.message);
+            error
+        })?;
+        Ok(ListLeg { side, kind, client_order_id })
+    };
+    let legs = [leg(first, 0)?, leg(second, 1)?];
+    let contingency = match body.contingency {
+        ContingencyField::Oco => Contingency::Oco,
+        ContingencyField::Oto => Contingency::Oto,
+    };
+    let client_list_id = body
+        .list_client_id
+        .as_deref()
+        .map(|text| ClientOrderId::new(text).map_err(|e| ApiError::invalid("list_client_id", e)))
+        .transpose()?;
+    Ok(NewOrderList {
+        user,
+        market: market.market.id,
+        contingency,
+        client_list_id,
+        stp: stp_of(body.self_trade_prevention),
+        legs,
+    })
+}
+
+pub(crate) async fn place_order_list(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let list = new_order_list(&*state.views()?, user, body)?;
+    let placed = app::place_list(state, producer, list).await?;
+    Ok(list_json(&*state.views()?, &placed))
+}
+
+pub(crate) async fn cancel_order_list(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    query: &str,
+) -> Result<Value, ApiError> {
+    let list = match (param(query, "list_id")?, param(query, "list_client_id")?) {
+        (Some(id), None) => id
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(|id| ListRef::Id(ListId(id)))
+            .ok_or_else(|| ApiError::invalid("list_id", format!("{id:?} is not an order list id")))?,
+        (None, Some(client)) => {
+            ListRef::Client(ClientOrderId::new(&client).map_err(|e| ApiError::invalid("list_client_id", e))?)
+        }
+        _ => return Err(ApiError::invalid("list_id", "give exactly one of list_id and list_client_id")),
+    };
+    let cancelled = app::cancel_list(state, producer, user, list).await?;
+    Ok(list_json(&*state.views()?, &cancelled))
+}
+
+fn contingency_name(contingency: Contingency) -> &'static str {
+    match contingency {
+        Contingency::Oco => "oco",
+        Contingency::Oto => "oto",
+    }
+}
+
+/// An order list as the command that placed or cancelled it left it.
+fn list_json(views: &Views, list: &app::ListOutcome) -> Value {
+    let market = views.markets.get(list.market.0 as usize).map(|m| m.name.clone());
+    let orders: Vec<Value> = list
+        .orders
+        .iter()
+        .map(|(order, fills)| {
+            let facts = OrderFacts {
+                list: Some(list.list),
+                done: list.done_reason(order.order),
+                pending: list.pending == Some(order.order),
+            };
+            order_json_with(views, order, fills, &facts)
+        })
+        .collect();
+    json!({
+        "list_id": list.list.0,
+        "list_client_id": list.client_list_id.map(|c| c.to_string()),
+        "market": market,
+        "contingency": list.contingency.map(contingency_name),
+        "status": if list.done { "done" } else { "open" },
+        "seq": list.seq,
+        "orders": orders,
+    })
+}
+
+/// What a command's events say about an order that the views may not:
+/// the list it belongs to and how it ended.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OrderFacts {
+    pub list: Option<ListId>,
+    pub done: Option<DoneReason>,
+    /// An OTO's pending order, not released yet.
+    pub pending: bool,
 }
 
 fn order_json(views: &Views, order: &OrderView) -> Value {
-    order_json_with_fills(views, order, &order.fills)
+    order_json_with(views, order, &order.fills, &OrderFacts::default())
 }
 
 /// An order with `fills` as its list of fills.
 fn order_json_with_fills(views: &Views, order: &OrderView, fills: &[FillView]) -> Value {
+    order_json_with(views, order, fills, &OrderFacts::default())
+}
+
+/// An order with `fills` as its list of fills and what the command's
+/// events said about it.
+pub(crate) fn order_json_with(
+    views: &Views,
+    order: &OrderView,
+    fills: &[FillView],
+    facts: &OrderFacts,
+) -> Value {
     let Some(market) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let scale: &Scale = &market.scale;
     let (order_type, tif, quantity, quote_amount) = match order.kind {
@@ -535,6 +880,29 @@ fn order_json_with_fills(views: &Views, order: &OrderView, fills: &[FillView]) -
             ("market", None, None, Some(amounts::units_to_string(amount, scale.quote_decimals)))
         }
         None => ("limit", None, Some(scale.qty(Lots(order.remaining.0 + order.filled.0))), None),
+    };
+    let visible = match order.kind {
+        Some(OrderKind::Iceberg { visible, .. }) => Some(visible),
+        Some(OrderKind::StopLimit { visible, .. }) if visible.0 > 0 => Some(visible),
+        _ => None,
+    };
+    let trigger = order.kind.and_then(|kind| kind.trigger()).map(|trigger| {
+        json!({
+            "kind": trigger_kind_name(trigger.kind),
+            "stop_price": trigger.stop.map(|p| scale.price(p)),
+            "trailing_bips": (trigger.trailing_bips > 0).then_some(trigger.trailing_bips),
+        })
+    });
+    // The command's own end of the order is the truth; the views' status
+    // for the newer reasons may be coarser.
+    let status = match facts.done {
+        Some(reason) => persistence::done_status(reason),
+        None if facts.pending => "pending_new",
+        None => order.status.as_str(),
+    };
+    let reject_reason = match facts.done {
+        Some(DoneReason::Refused(reason)) => Some(app::describe(views, reason)),
+        _ => None,
     };
     let decimals = |asset: AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
     let symbol =
@@ -562,13 +930,24 @@ fn order_json_with_fills(views: &Views, order: &OrderView, fills: &[FillView]) -
         "price": order.price.map(|p| scale.price(p)),
         "quantity": quantity,
         "quote_amount": quote_amount,
+        "visible_quantity": visible.map(|v| scale.qty(v)),
+        "trigger": trigger,
+        "list_id": facts.list.map(|l| l.0),
         "filled_quantity": scale.qty(order.filled),
         "remaining_quantity": scale.qty(order.remaining),
-        "status": order.status.as_str(),
+        "status": status,
+        "reject_reason": reject_reason,
         "created_at_ns": order.created_ns,
         "seq": order.updated_seq,
         "fills": fills,
     })
+}
+
+fn trigger_kind_name(kind: TriggerKind) -> &'static str {
+    match kind {
+        TriggerKind::StopLoss => "stop_loss",
+        TriggerKind::TakeProfit => "take_profit",
+    }
 }
 
 fn tif_name(tif: TimeInForce) -> &'static str {

@@ -15,9 +15,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use engine_core::{
-    Asset, AssetId, ClientOrderId, DoneReason, Engine, Event, EventKind, Lots, Market, MarketId,
-    MarketStatus, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Ticks, TradeId,
-    Units, UserId,
+    Asset, AssetId, ClientOrderId, Contingency, DoneReason, Engine, Event, EventKind, ListId, Lots, Market,
+    MarketId, MarketStatus, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Ticks,
+    TradeId, Units, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,28 @@ pub struct OrderView {
     pub quote_filled: u128,
     /// Fills seen since the exchange started (bounded).
     pub fills: Vec<FillView>,
+    /// The order list (OCO, OTO) the order belongs to.
+    pub list: Option<ListId>,
+    /// Whether the order works (on the book or trading), waits for its
+    /// trigger, or waits for its OTO's working order.
+    pub stage: OrderStage,
+    /// When the order started working: placed on the book or trading (its
+    /// trigger fired, its OTO released it); `None` while it waits.
+    pub working_ns: Option<u64>,
+    /// When a trailing order started tracking the price.
+    pub trailing_ns: Option<u64>,
+}
+
+/// Where an open order stands (a closed order keeps the stage it had).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderStage {
+    /// On the book, or trading.
+    Working,
+    /// A stop or take-profit order waiting off the book for its trigger.
+    Waiting,
+    /// An OTO's pending order, waiting for the working order's fill; it
+    /// holds no funds.
+    Pending,
 }
 
 impl OrderView {
@@ -122,6 +144,7 @@ impl OrderView {
             OrderKind::Market { qty } | OrderKind::StopMarket { qty, .. } => (None, qty),
             OrderKind::MarketByQuote { .. } => (None, Lots(0)),
         };
+        let waits = kind.trigger().is_some();
         Some(OrderView {
             order,
             user,
@@ -140,8 +163,51 @@ impl OrderView {
             updated_ns: timestamp_ns,
             quote_filled: 0,
             fills: Vec::new(),
+            list: None,
+            stage: if waits { OrderStage::Waiting } else { OrderStage::Working },
+            working_ns: if waits { None } else { Some(timestamp_ns) },
+            trailing_ns: None,
         })
     }
+
+    /// Follows an event that changes how the order works: a fired
+    /// trigger, an OTO's release, a trailing start (others change nothing).
+    pub fn follow(&mut self, event: &Event, timestamp_ns: u64) {
+        match event.kind {
+            EventKind::OrderTriggered { .. } => {
+                self.stage = OrderStage::Working;
+                self.working_ns = Some(timestamp_ns);
+            }
+            EventKind::OrderReleased { .. } => {
+                if self.kind.and_then(|k| k.trigger()).is_some() {
+                    self.stage = OrderStage::Waiting;
+                } else {
+                    self.stage = OrderStage::Working;
+                    self.working_ns = Some(timestamp_ns);
+                }
+            }
+            EventKind::TrailingStarted { .. } => self.trailing_ns = Some(timestamp_ns),
+            _ => return,
+        }
+        self.updated_seq = event.seq;
+        self.updated_ns = timestamp_ns;
+    }
+}
+
+/// An order list (OCO or OTO) as the views follow it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListView {
+    pub list: ListId,
+    pub user: UserId,
+    pub market: MarketId,
+    pub contingency: Contingency,
+    /// For an OTO, the working order then the pending one.
+    pub orders: [OrderId; 2],
+    pub client_list_id: Option<ClientOrderId>,
+    pub created_ns: u64,
+    /// When the list ended (`None` while it is open).
+    pub done_ns: Option<u64>,
+    pub updated_seq: u64,
 }
 
 /// Fills kept per order in the view; an order with more still has its totals.
@@ -294,6 +360,10 @@ pub struct UserView {
     pub balances: Vec<(Units, Units)>,
     pub open: BTreeMap<OrderId, OrderView>,
     pub closed: VecDeque<OrderView>,
+    /// Open order lists by id.
+    pub lists: BTreeMap<ListId, ListView>,
+    /// Closed order lists, oldest first, kept as closed orders are.
+    pub closed_lists: VecDeque<ListView>,
 }
 
 /// How much history the views keep: each bound by count and by age (in the
@@ -329,6 +399,8 @@ pub struct Views {
     pub users: Vec<UserView>,
     /// The engine's limits as of `last_seq`.
     pub limits: engine_core::EngineLimits,
+    /// The open list of each order of an open list (looked up only).
+    list_of: HashMap<OrderId, ListId>,
     retention: Retention,
 }
 
@@ -336,7 +408,10 @@ pub struct Views {
 /// a `u32` (little-endian), then [`ViewsState`] in the project's codec.
 /// Bump it when [`ViewsState`] changes shape; a snapshot of another
 /// version is skipped by recovery (which falls back to an older one).
-const VIEWS_FORMAT_VERSION: u32 = 3;
+const VIEWS_FORMAT_VERSION: u32 = 4;
+/// Format 4 less the order lists and the orders' list, stage and working
+/// times (from before stop, iceberg and list orders); still read.
+const VIEWS_FORMAT_VERSION_WITHOUT_LISTS: u32 = 3;
 /// Format 3 less the taker-buy volumes of the minute bars; still read.
 const VIEWS_FORMAT_VERSION_WITHOUT_TAKER_BUY: u32 = 2;
 /// The same state in bincode 2's standard layout (before the project's
@@ -371,7 +446,116 @@ pub struct MarketHistory {
 struct ViewsStateV2 {
     last_seq: u64,
     markets: Vec<MarketHistoryV2>,
-    users: Vec<UserHistory>,
+    users: Vec<UserHistoryV3>,
+}
+
+/// [`ViewsState`] as format 3 kept it (no order lists).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ViewsStateV3 {
+    last_seq: u64,
+    markets: Vec<MarketHistory>,
+    users: Vec<UserHistoryV3>,
+}
+
+impl From<ViewsStateV3> for ViewsState {
+    fn from(old: ViewsStateV3) -> ViewsState {
+        ViewsState {
+            last_seq: old.last_seq,
+            markets: old.markets,
+            users: old.users.into_iter().map(UserHistory::from).collect(),
+        }
+    }
+}
+
+/// [`UserHistory`] as formats 1 to 3 kept it.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct UserHistoryV3 {
+    open: Vec<OrderViewV3>,
+    closed: VecDeque<OrderViewV3>,
+}
+
+impl From<UserHistoryV3> for UserHistory {
+    fn from(old: UserHistoryV3) -> UserHistory {
+        UserHistory {
+            open: old.open.into_iter().map(OrderView::from).collect(),
+            closed: old.closed.into_iter().map(OrderView::from).collect(),
+            lists: Vec::new(),
+            closed_lists: VecDeque::new(),
+        }
+    }
+}
+
+/// [`OrderView`] as formats 1 to 3 kept it: every order then worked from
+/// its creation and belonged to no list.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct OrderViewV3 {
+    order: OrderId,
+    user: UserId,
+    market: MarketId,
+    side: Side,
+    kind: Option<OrderKind>,
+    price: Option<Ticks>,
+    remaining: Lots,
+    filled: Lots,
+    quantity: Lots,
+    client_order_id: Option<ClientOrderId>,
+    stp: Option<SelfTradePrevention>,
+    status: OrderStatus,
+    created_ns: u64,
+    updated_seq: u64,
+    updated_ns: u64,
+    quote_filled: u128,
+    fills: Vec<FillView>,
+}
+
+impl From<OrderViewV3> for OrderView {
+    fn from(old: OrderViewV3) -> OrderView {
+        let OrderViewV3 {
+            order,
+            user,
+            market,
+            side,
+            kind,
+            price,
+            remaining,
+            filled,
+            quantity,
+            client_order_id,
+            stp,
+            status,
+            created_ns,
+            updated_seq,
+            updated_ns,
+            quote_filled,
+            fills,
+        } = old;
+        OrderView {
+            order,
+            user,
+            market,
+            side,
+            kind,
+            price,
+            remaining,
+            filled,
+            quantity,
+            client_order_id,
+            stp,
+            status,
+            created_ns,
+            updated_seq,
+            updated_ns,
+            quote_filled,
+            fills,
+            list: None,
+            stage: OrderStage::Working,
+            working_ns: Some(created_ns),
+            trailing_ns: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -399,7 +583,7 @@ impl From<ViewsStateV2> for ViewsState {
                     depth_seq: m.depth_seq,
                 })
                 .collect(),
-            users: old.users,
+            users: old.users.into_iter().map(UserHistory::from).collect(),
         }
     }
 }
@@ -410,6 +594,10 @@ pub struct UserHistory {
     pub open: Vec<OrderView>,
     /// Closed orders, oldest first.
     pub closed: VecDeque<OrderView>,
+    /// Open order lists, in id order.
+    pub lists: Vec<ListView>,
+    /// Closed order lists, oldest first.
+    pub closed_lists: VecDeque<ListView>,
 }
 
 impl ViewsState {
@@ -428,6 +616,7 @@ impl ViewsState {
         let version = u32::from_le_bytes(*version);
         let decoded = match version {
             VIEWS_FORMAT_VERSION => codec::decode(body),
+            VIEWS_FORMAT_VERSION_WITHOUT_LISTS => codec::decode::<ViewsStateV3>(body).map(ViewsState::from),
             VIEWS_FORMAT_VERSION_WITHOUT_TAKER_BUY => {
                 codec::decode::<ViewsStateV2>(body).map(ViewsState::from)
             }
@@ -478,6 +667,7 @@ impl Views {
             market_symbols: HashMap::new(),
             users: Vec::new(),
             limits: engine.limits(),
+            list_of: HashMap::new(),
             retention,
         };
         for market in engine.markets() {
@@ -494,8 +684,13 @@ impl Views {
                 ..UserView::default()
             });
         }
+        // An iceberg's book order is its shown part; the views count its
+        // whole open quantity.
+        let hidden: HashMap<OrderId, Lots> =
+            snapshot.icebergs.iter().map(|part| (part.order, part.hidden)).collect();
         for order in &snapshot.orders {
             if let Some(user) = views.users.get_mut(order.user.0 as usize) {
+                let remaining = Lots(order.remaining.0 + hidden.get(&order.id).map_or(0, |h| h.0));
                 user.open.insert(
                     order.id,
                     OrderView {
@@ -505,9 +700,9 @@ impl Views {
                         side: order.side,
                         kind: None,
                         price: Some(order.price),
-                        remaining: order.remaining,
+                        remaining,
                         filled: order.filled,
-                        quantity: Lots(order.remaining.0 + order.filled.0),
+                        quantity: Lots(remaining.0 + order.filled.0),
                         client_order_id: order.client_order_id,
                         stp: None,
                         quote_filled: 0,
@@ -520,9 +715,99 @@ impl Views {
                         updated_seq: engine.last_seq(),
                         updated_ns: order.timestamp_ns,
                         fills: Vec::new(),
+                        list: None,
+                        stage: OrderStage::Working,
+                        working_ns: Some(order.timestamp_ns),
+                        trailing_ns: None,
                     },
                 );
             }
+        }
+        // Orders that wait off the book: their kind is known from the
+        // engine; their times of creation are, not of a trailing start.
+        let waiting = snapshot.waiting.iter().map(|w| {
+            let kind = match w.then {
+                engine_core::ThenKind::Market => OrderKind::StopMarket { trigger: w.trigger, qty: w.qty },
+                engine_core::ThenKind::Limit(tif) => OrderKind::StopLimit {
+                    trigger: w.trigger,
+                    price: w.price,
+                    qty: w.qty,
+                    tif,
+                    visible: w.visible,
+                },
+            };
+            (
+                w.id,
+                w.user,
+                w.market,
+                w.side,
+                kind,
+                w.stp,
+                w.client_order_id,
+                w.timestamp_ns,
+                OrderStage::Waiting,
+            )
+        });
+        let pending = snapshot.pending.iter().map(|p| {
+            (
+                p.id,
+                p.user,
+                p.market,
+                p.side,
+                p.kind,
+                p.stp,
+                p.client_order_id,
+                p.timestamp_ns,
+                OrderStage::Pending,
+            )
+        });
+        for (order, user, market, side, kind, stp, client_order_id, timestamp_ns, stage) in
+            waiting.chain(pending)
+        {
+            let accepted = Event {
+                seq: engine.last_seq(),
+                kind: EventKind::OrderAccepted {
+                    order,
+                    user,
+                    market,
+                    side,
+                    kind,
+                    client_order_id,
+                    stp,
+                    timestamp_ns,
+                },
+            };
+            if let (Some(view), Some(mut order_view)) =
+                (views.users.get_mut(user.0 as usize), OrderView::accepted(&accepted))
+            {
+                order_view.stage = stage;
+                order_view.working_ns = None;
+                view.open.insert(order, order_view);
+            }
+        }
+        for list in &snapshot.lists {
+            let Some(view) = views.users.get_mut(list.user.0 as usize) else { continue };
+            let created_ns = list.orders.iter().filter_map(|o| view.open.get(o)).map(|o| o.created_ns).min();
+            for order in list.orders {
+                views.list_of.insert(order, list.id);
+                if let Some(order_view) = view.open.get_mut(&order) {
+                    order_view.list = Some(list.id);
+                }
+            }
+            view.lists.insert(
+                list.id,
+                ListView {
+                    list: list.id,
+                    user: list.user,
+                    market: list.market,
+                    contingency: list.contingency,
+                    orders: list.orders,
+                    client_list_id: list.client_list_id,
+                    created_ns: created_ns.unwrap_or(0),
+                    done_ns: None,
+                    updated_seq: engine.last_seq(),
+                },
+            );
         }
         views
     }
@@ -556,11 +841,13 @@ impl Views {
             view.depth_seq = history.depth_seq;
         }
         for (index, (view, history)) in views.users.iter_mut().zip(state.users).enumerate() {
-            if history.open.len() != view.open.len() {
+            if history.open.len() != view.open.len() || history.lists.len() != view.lists.len() {
                 return Err(format!(
-                    "user {index} has {} open orders in the views and {} in the engine",
+                    "user {index} has {} open orders and {} lists in the views and {} and {} in the engine",
                     history.open.len(),
-                    view.open.len()
+                    history.lists.len(),
+                    view.open.len(),
+                    view.lists.len()
                 ));
             }
             for order in history.open {
@@ -571,6 +858,7 @@ impl Views {
                         && engine_view.price == order.price
                         && engine_view.remaining == order.remaining
                         && engine_view.filled == order.filled
+                        && engine_view.stage == order.stage
                 });
                 if !agrees {
                     return Err(format!(
@@ -581,6 +869,19 @@ impl Views {
                 view.open.insert(order.order, order);
             }
             view.closed = history.closed;
+            for list in history.lists {
+                let agrees = view.lists.get(&list.list).is_some_and(|engine_list| {
+                    engine_list.orders == list.orders && engine_list.contingency == list.contingency
+                });
+                if !agrees {
+                    return Err(format!(
+                        "order list {} of user {index} differs from the engine's",
+                        list.list.0
+                    ));
+                }
+                view.lists.insert(list.list, list);
+            }
+            view.closed_lists = history.closed_lists;
         }
         views.prune_all();
         Ok(views)
@@ -607,6 +908,8 @@ impl Views {
                 .map(|view| UserHistory {
                     open: view.open.values().cloned().collect(),
                     closed: view.closed.clone(),
+                    lists: view.lists.values().cloned().collect(),
+                    closed_lists: view.closed_lists.clone(),
                 })
                 .collect(),
         }
@@ -624,6 +927,9 @@ impl Views {
         for view in &mut self.users {
             while view.closed.len() > retention.closed_orders_per_user_max {
                 view.closed.pop_front();
+            }
+            while view.closed_lists.len() > retention.closed_orders_per_user_max {
+                view.closed_lists.pop_front();
             }
         }
     }
@@ -699,6 +1005,27 @@ impl Views {
         })
     }
 
+    /// The list (open or recently closed) that `order` of `user` belongs to.
+    pub fn list_of_order(&self, user: UserId, order: OrderId) -> Option<&ListView> {
+        let view = self.user(user)?;
+        if let Some(list) = self.list_of.get(&order).and_then(|id| view.lists.get(id)) {
+            return Some(list);
+        }
+        view.closed_lists.iter().rev().find(|l| l.orders.contains(&order))
+    }
+
+    /// One of `user`'s order lists, open or recently closed, by id or list
+    /// client id (the open one first: a closed list's client id may be
+    /// used again).
+    pub fn find_list(&self, user: UserId, list: engine_core::ListRef) -> Option<&ListView> {
+        let view = self.user(user)?;
+        let matches = |l: &&ListView| match list {
+            engine_core::ListRef::Id(id) => l.list == id,
+            engine_core::ListRef::Client(client) => l.client_list_id == Some(client),
+        };
+        view.lists.values().find(matches).or_else(|| view.closed_lists.iter().rev().find(matches))
+    }
+
     /// Follows one event of a command stamped at `timestamp_ns`.
     pub fn apply(&mut self, event: &Event, timestamp_ns: u64) {
         self.last_seq = self.last_seq.max(event.seq);
@@ -742,10 +1069,67 @@ impl Views {
                 }
             }
             EventKind::OrderAccepted { order, user, .. } => {
-                if let (Some(view), Some(accepted)) =
+                if let (Some(view), Some(mut accepted)) =
                     (self.users.get_mut(user.0 as usize), OrderView::accepted(event))
                 {
+                    if let Some(list) = self.list_of.get(&order).and_then(|id| view.lists.get(id)) {
+                        accepted.list = Some(list.list);
+                        // An OTO's pending order waits for the working one.
+                        if list.contingency == Contingency::Oto && list.orders[1] == order {
+                            accepted.stage = OrderStage::Pending;
+                            accepted.working_ns = None;
+                        }
+                    }
                     view.open.insert(order, accepted);
+                }
+            }
+            EventKind::OrderTriggered { order, user, .. }
+            | EventKind::OrderReleased { order, user, .. }
+            | EventKind::TrailingStarted { order, user, .. } => {
+                if let Some(order_view) =
+                    self.users.get_mut(user.0 as usize).and_then(|view| view.open.get_mut(&order))
+                {
+                    order_view.follow(event, timestamp_ns);
+                }
+            }
+            EventKind::OrderListAccepted {
+                list, user, market, contingency, orders, client_list_id, ..
+            } => {
+                if let Some(view) = self.users.get_mut(user.0 as usize) {
+                    for order in orders {
+                        self.list_of.insert(order, list);
+                    }
+                    view.lists.insert(
+                        list,
+                        ListView {
+                            list,
+                            user,
+                            market,
+                            contingency,
+                            orders,
+                            client_list_id,
+                            created_ns: timestamp_ns,
+                            done_ns: None,
+                            updated_seq: event.seq,
+                        },
+                    );
+                }
+            }
+            EventKind::OrderListDone { list, user, .. } => {
+                let retention = self.retention;
+                let Some(view) = self.users.get_mut(user.0 as usize) else { return };
+                let Some(mut done) = view.lists.remove(&list) else { return };
+                for order in done.orders {
+                    self.list_of.remove(&order);
+                }
+                done.done_ns = Some(timestamp_ns);
+                done.updated_seq = event.seq;
+                view.closed_lists.push_back(done);
+                let oldest_ns = timestamp_ns.saturating_sub(retention.closed_order_age_max_ms * 1_000_000);
+                while view.closed_lists.len() > retention.closed_orders_per_user_max
+                    || view.closed_lists.front().is_some_and(|l| l.done_ns.unwrap_or(0) < oldest_ns)
+                {
+                    view.closed_lists.pop_front();
                 }
             }
             EventKind::Trade {
@@ -884,12 +1268,9 @@ impl Views {
                 }
             }
             EventKind::LimitsChanged { limits } => self.limits = limits,
-            EventKind::OrderTriggered { .. }
-            | EventKind::TrailingStarted { .. }
-            | EventKind::OrderRefilled { .. }
-            | EventKind::OrderListAccepted { .. }
-            | EventKind::OrderReleased { .. }
-            | EventKind::OrderListDone { .. } => {}
+            // The hidden part of an iceberg stays in `remaining`; depth
+            // follows the shown part through `BookLevel`.
+            EventKind::OrderRefilled { .. } => {}
             EventKind::Deposited { .. }
             | EventKind::Withdrawn { .. }
             | EventKind::ApiKeyCreated { .. }
@@ -907,6 +1288,63 @@ impl Views {
 #[cfg(test)]
 mod format_tests {
     use super::*;
+
+    #[test]
+    fn a_views_section_of_format_3_is_read_with_working_orders_and_no_lists() {
+        let order = OrderViewV3 {
+            order: OrderId(4),
+            user: UserId(1),
+            market: MarketId(0),
+            side: Side::Sell,
+            kind: Some(OrderKind::Limit {
+                price: Ticks(10),
+                qty: Lots(3),
+                tif: engine_core::TimeInForce::Gtc,
+            }),
+            price: Some(Ticks(10)),
+            remaining: Lots(3),
+            filled: Lots(0),
+            quantity: Lots(3),
+            client_order_id: None,
+            stp: None,
+            status: OrderStatus::New,
+            created_ns: 7_000_000,
+            updated_seq: 2,
+            updated_ns: 7_000_000,
+            quote_filled: 0,
+            fills: Vec::new(),
+        };
+        let old = ViewsStateV3 {
+            last_seq: 9,
+            markets: Vec::new(),
+            users: vec![UserHistoryV3 { open: vec![order], closed: VecDeque::new() }],
+        };
+        let mut bytes = VIEWS_FORMAT_VERSION_WITHOUT_LISTS.to_le_bytes().to_vec();
+        codec::encode_append(&old, &mut bytes).unwrap();
+        let state = ViewsState::decode(&bytes).unwrap();
+        let user = &state.users[0];
+        assert!(user.lists.is_empty() && user.closed_lists.is_empty());
+        let order = &user.open[0];
+        assert_eq!((order.order, order.list, order.stage), (OrderId(4), None, OrderStage::Working));
+        assert_eq!(order.working_ns, Some(7_000_000), "it worked from its creation");
+        // Format 4 keeps lists and stages.
+        let mut state = state;
+        state.users[0].open[0].stage = OrderStage::Waiting;
+        state.users[0].lists.push(ListView {
+            list: ListId(1),
+            user: UserId(1),
+            market: MarketId(0),
+            contingency: Contingency::Oco,
+            orders: [OrderId(4), OrderId(5)],
+            client_list_id: None,
+            created_ns: 1,
+            done_ns: None,
+            updated_seq: 2,
+        });
+        let again = ViewsState::decode(&state.encode().unwrap()).unwrap();
+        assert_eq!(again.users[0].open[0].stage, OrderStage::Waiting);
+        assert_eq!(again.users[0].lists, state.users[0].lists);
+    }
 
     #[test]
     fn a_views_section_of_format_2_is_read_with_taker_buy_volumes_of_zero() {

@@ -5,7 +5,7 @@
 //!
 //! * requests `{"method": "SUBSCRIBE", "params": ["BTC-USDT@depth"], "id": 1}`
 //!   (also `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `LOGIN`, `order.place`,
-//!   `order.cancel`), answered `{"id": 1, "status": 200, "result": ...}` or
+//!   `order.cancel`, `order_list.place`, `order_list.cancel`), answered `{"id": 1, "status": 200, "result": ...}` or
 //!   `{"id": 1, "status": 4xx, "error": {"code", "message"}}`;
 //! * streams `{"stream": "BTC-USDT@depth", "data": {...}}`: `@depth` (diffs
 //!   with `U`, `u` and the previous diff's `pu`), `@trade`, `@bookTicker`,
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use engine_core::{Event, EventKind, MarketId, Side, UserId};
+use engine_core::{Contingency, DoneReason, Event, EventKind, MarketId, OrderId, Side, UserId};
 use fastwebsockets::{upgrade, Frame, OpCode, Payload, WebSocketError, WebSocketWrite};
 use http_body_util::Empty;
 use hyper::body::{Bytes, Incoming};
@@ -137,6 +137,9 @@ fn publish_batch(
     // Messages nobody receives are not built: with no stream subscribers
     // formatting them cost the order path more than the matcher did.
     let mut wanted = Wanted::new(subscribers);
+    // An OTO's pending order: its list's event comes just before its own
+    // `OrderAccepted`, in the same command.
+    let mut pending: Option<OrderId> = None;
     for event in batch {
         match event.kind {
             EventKind::BookLevel { market, side, price, qty } => {
@@ -197,9 +200,61 @@ fn publish_batch(
                 if wanted.user(user) =>
             {
                 let name = views.markets.get(market.0 as usize).map(|m| m.name.clone());
+                let status = if pending == Some(order) { "pending_new" } else { "new" };
                 users.entry(user).or_default().push(json!({
-                    "e": "order", "E": event.seq, "s": name, "order_id": order.0, "status": "new",
+                    "e": "order", "E": event.seq, "s": name, "order_id": order.0, "status": status,
                     "side": side_name(side), "client_order_id": client_order_id.map(|c| c.to_string()),
+                }));
+            }
+            EventKind::OrderListAccepted {
+                list, user, market, contingency, orders, client_list_id, ..
+            } => {
+                pending = (contingency == Contingency::Oto).then_some(orders[1]);
+                if wanted.user(user) {
+                    let name = views.markets.get(market.0 as usize).map(|m| m.name.clone());
+                    users.entry(user).or_default().push(json!({
+                        "e": "list", "E": event.seq, "s": name, "list_id": list.0, "status": "open",
+                        "contingency": match contingency { Contingency::Oco => "oco", Contingency::Oto => "oto" },
+                        "list_client_id": client_list_id.map(|c| c.to_string()),
+                        "order_ids": [orders[0].0, orders[1].0],
+                    }));
+                }
+            }
+            EventKind::OrderListDone { list, user, market } if wanted.user(user) => {
+                let name = views.markets.get(market.0 as usize).map(|m| m.name.clone());
+                users.entry(user).or_default().push(json!({
+                    "e": "list", "E": event.seq, "s": name, "list_id": list.0, "status": "done",
+                }));
+            }
+            EventKind::OrderTriggered { order, user, market, price, .. } if wanted.user(user) => {
+                let Some(view) = views.markets.get(market.0 as usize) else { continue };
+                users.entry(user).or_default().push(json!({
+                    "e": "order", "E": event.seq, "s": view.name, "order_id": order.0, "status": "triggered",
+                    "trigger_price": view.scale.price(price),
+                }));
+            }
+            EventKind::TrailingStarted { order, user, market, price } if wanted.user(user) => {
+                let Some(view) = views.markets.get(market.0 as usize) else { continue };
+                users.entry(user).or_default().push(json!({
+                    "e": "order", "E": event.seq, "s": view.name, "order_id": order.0, "status": "trailing",
+                    "trailing_from_price": view.scale.price(price),
+                }));
+            }
+            EventKind::OrderReleased { order, user, market, .. } if wanted.user(user) => {
+                let name = views.markets.get(market.0 as usize).map(|m| m.name.clone());
+                users.entry(user).or_default().push(json!({
+                    "e": "order", "E": event.seq, "s": name, "order_id": order.0, "status": "released",
+                }));
+            }
+            EventKind::OrderRefilled { order, user, market, price, shown, hidden, .. }
+                if wanted.user(user) =>
+            {
+                // Private: only the owner ever learns the hidden size.
+                let Some(view) = views.markets.get(market.0 as usize) else { continue };
+                users.entry(user).or_default().push(json!({
+                    "e": "order", "E": event.seq, "s": view.name, "order_id": order.0, "status": "refilled",
+                    "price": view.scale.price(price), "visible_quantity": view.scale.qty(shown),
+                    "hidden_quantity": view.scale.qty(hidden),
                 }));
             }
             EventKind::OrderAmended { order, user, market, price, remaining, priority_kept, .. }
@@ -214,10 +269,16 @@ fn publish_batch(
             }
             EventKind::OrderDone { order, user, market, reason, filled, cancelled } if wanted.user(user) => {
                 let Some(view) = views.markets.get(market.0 as usize) else { continue };
+                let reject_reason = match reason {
+                    DoneReason::Refused(why) => Some(crate::app::describe(&views, why)),
+                    _ => None,
+                };
                 users.entry(user).or_default().push(json!({
                     "e": "order", "E": event.seq, "s": view.name, "order_id": order.0,
-                    "status": format!("{reason:?}").to_lowercase(),
+                    // The REST API's and the database's names.
+                    "status": persistence::done_status(reason),
                     "filled_quantity": view.scale.qty(filled), "cancelled_quantity": view.scale.qty(cancelled),
+                    "reject_reason": reject_reason,
                 }));
             }
             EventKind::Balance { user, asset, available, locked } if wanted.user(user) => {
@@ -860,6 +921,26 @@ impl Session {
                     }
                 };
                 rest::cancel_order(state, publisher, user, &query).await
+            }
+            "order_list.place" => {
+                let user = self.user.ok_or_else(not_logged_in)?;
+                let body = serde_json::to_vec(&request.params).map_err(|_| internal())?;
+                rest::place_order_list(state, publisher, user, &body).await
+            }
+            "order_list.cancel" => {
+                let user = self.user.ok_or_else(not_logged_in)?;
+                let params = &request.params;
+                let query = match (params["list_id"].as_u64(), params["list_client_id"].as_str()) {
+                    (Some(id), None) => format!("list_id={id}"),
+                    (None, Some(client)) => format!("list_client_id={client}"),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "list_id",
+                            "give exactly one of list_id and list_client_id",
+                        ))
+                    }
+                };
+                rest::cancel_order_list(state, publisher, user, &query).await
             }
             other => Err(ApiError::bad_request("unknown_method", format!("no method {other:?}"))),
         }

@@ -199,7 +199,7 @@ fn each_common_failure_has_binances_code_and_status() {
     // Malformed requests.
     for (params, expected) in [
         ("symbol=BTCUSDT&side=BUY&type=LIMIT&quantity=0.1&price=50000", -1102), // no timeInForce
-        ("symbol=BTCUSDT&side=BUY&type=STOP_LOSS&quantity=0.1&stopPrice=1", -1014),
+        ("symbol=BTCUSDT&side=BUY&type=STOP_LOSS&quantity=0.1", -1102), // no stopPrice or trailingDelta
         ("symbol=BTCUSDT&side=BUY&type=ICEBERG&quantity=0.1", -1116),
         ("symbol=BTCUSDT&side=UP&type=MARKET&quantity=0.1", -1117),
         ("symbol=BTCUSDT&side=BUY&type=LIMIT&timeInForce=GTX&quantity=0.1&price=1", -1115),

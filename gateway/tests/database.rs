@@ -707,3 +707,122 @@ fn klines_older_than_the_views_day_come_from_the_database() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Stops, icebergs and lists as the history database keeps them: in
+/// `/orders/history` with their trigger, shown part, list and end, and in
+/// `GET /order` from the database once the views keep no closed order
+/// (`closed_orders_kept_per_user` 0), with their kind rebuilt.
+#[test]
+fn stops_icebergs_and_lists_in_the_history_and_from_the_database() {
+    let database = Database::throwaway().expect("a database");
+    let data = tempfile::tempdir().expect("tempdir");
+    let env = [("DATABASE_URL", database.url.as_str()), ("EXCHANGE_CLOSED_ORDERS_KEPT_PER_USER", "0")];
+    let exchange = Exchange::start(data.path(), &env);
+    let keys = exchange.demo(3);
+    let (alice, bob, carol) = (&keys[0], &keys[1], &keys[2]);
+    let limit = |side: &str, price: &str, quantity: &str| json!({ "market": "BTC-USDT", "side": side, "type": "limit", "price": price, "quantity": quantity });
+    let placed = |key: &Key, body: Value| {
+        let (status, answer) = exchange.place(key, body.clone());
+        assert_eq!(status, 200, "{body}: {answer}");
+        answer
+    };
+    placed(bob, limit("sell", "50000", "0.001"));
+    placed(carol, limit("buy", "50000", "0.001"));
+    let stop = placed(
+        alice,
+        json!({ "market": "BTC-USDT", "side": "sell", "type": "stop_limit", "price": "48900", "quantity": "0.01",
+                "trigger": { "kind": "stop_loss", "stop_price": "49000", "trailing_bips": 50 } }),
+    );
+    let iceberg = placed(
+        alice,
+        json!({ "market": "BTC-USDT", "side": "sell", "type": "iceberg", "price": "55000", "quantity": "0.1",
+                "visible_quantity": "0.01" }),
+    );
+    let (status, oco) = exchange.signed(
+        alice,
+        "POST",
+        "/order_list",
+        "",
+        Some(json!({
+            "market": "BTC-USDT", "contingency": "oco",
+            "orders": [
+                { "side": "sell", "type": "limit", "time_in_force": "POST_ONLY", "price": "52000", "quantity": "0.01" },
+                { "side": "sell", "type": "stop_market", "quantity": "0.01",
+                  "trigger": { "kind": "stop_loss", "stop_price": "47000" } },
+            ],
+        })),
+    );
+    assert_eq!(status, 200, "{oco}");
+    let list_id = oco["list_id"].as_u64().unwrap();
+    let (maker_leg, stop_leg) =
+        (oco["orders"][0]["order_id"].as_u64().unwrap(), oco["orders"][1]["order_id"].as_u64().unwrap());
+    // The maker leg trades: the stop leg ends by its list.
+    placed(bob, limit("buy", "52000", "0.01"));
+    // 48,950 reaches the stop price: the tracking starts there; 48,700 is
+    // more than 0.5% below: the trailing stop-limit fires and rests at
+    // 48,900, where Carol buys it.
+    placed(bob, limit("sell", "48950", "0.001"));
+    placed(carol, limit("buy", "48950", "0.001"));
+    placed(bob, limit("sell", "48700", "0.001"));
+    placed(carol, limit("buy", "48700", "0.001"));
+    placed(carol, limit("buy", "48900", "0.01"));
+    wait_until_written(&exchange);
+
+    let (status, history) = exchange.signed(alice, "GET", "/orders/history", "limit=100&from_id=1", None);
+    assert_eq!(status, 200, "{history}");
+    let orders = history["orders"].as_array().unwrap();
+    let find =
+        |id: u64| orders.iter().find(|o| o["order_id"] == id).unwrap_or_else(|| panic!("{id} in {history}"));
+    let stop_row = find(stop["order_id"].as_u64().unwrap());
+    assert_eq!(stop_row["type"], "stop_limit");
+    assert_eq!(
+        stop_row["trigger"],
+        json!({ "kind": "stop_loss", "stop_price": "49000", "trailing_bips": 50 })
+    );
+    assert!(stop_row["triggered_at_ns"].as_u64().is_some(), "{stop_row}");
+    assert_eq!(stop_row["trigger_price"], "48700", "{stop_row}");
+    assert_eq!(stop_row["status"], "filled", "{stop_row}");
+    let iceberg_row = find(iceberg["order_id"].as_u64().unwrap());
+    assert_eq!(
+        (iceberg_row["type"].as_str(), iceberg_row["visible_quantity"].as_str()),
+        (Some("iceberg"), Some("0.01"))
+    );
+    assert_eq!(find(maker_leg)["list_id"], list_id);
+    assert_eq!(
+        (find(stop_leg)["status"].as_str(), find(stop_leg)["list_id"].as_u64()),
+        (Some("expired_contingent"), Some(list_id))
+    );
+
+    // Closed orders come from the database: their kind is rebuilt.
+    let (status, from_database) =
+        exchange.signed(alice, "GET", "/order", &format!("order_id={}", stop["order_id"]), None);
+    assert_eq!(status, 200, "{from_database}");
+    assert_eq!(from_database["type"], "stop_limit", "{from_database}");
+    assert_eq!(from_database["trigger"], stop_row["trigger"], "{from_database}");
+    assert_eq!(from_database["filled_quantity"], "0.01", "{from_database}");
+    let (_, leg) = exchange.signed(alice, "GET", "/order", &format!("order_id={stop_leg}"), None);
+    assert_eq!(
+        (leg["type"].as_str(), leg["remaining_quantity"].as_str()),
+        (Some("stop_market"), Some("0")),
+        "{leg}"
+    );
+
+    let client =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            let (client, connection) = tokio_postgres::connect(&database.url, NoTls).await.expect("connect");
+            tokio::spawn(connection);
+            client
+                .query_one(
+                    "SELECT contingency, status, order_ids FROM order_lists WHERE list_id = $1",
+                    &[&(list_id as i64)],
+                )
+                .await
+                .expect("the list")
+        });
+    let (contingency, status, ids): (String, String, Vec<i64>) =
+        (client.get(0), client.get(1), client.get(2));
+    assert_eq!(
+        (contingency.as_str(), status.as_str(), ids),
+        ("oco", "done", vec![maker_leg as i64, stop_leg as i64])
+    );
+}

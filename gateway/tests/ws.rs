@@ -666,3 +666,141 @@ fn websocket_handshakes_are_served_on_the_rest_port_too() {
         other => panic!("expected a going-away close, got {other:?}"),
     }
 }
+
+/// The `order` (or `list`) messages of the user stream whose `key` is `id`.
+fn user_messages<'s>(streams: &'s [Value], key: &str, id: &Value) -> Vec<&'s Value> {
+    streams
+        .iter()
+        .filter(|m| m["stream"] == "user" && m["data"][key] == *id)
+        .map(|m| &m["data"])
+        .filter(|data| data["e"] == "order" || data["e"] == "list")
+        .collect()
+}
+
+/// Reads stream messages until `done` holds for what was read (a liveness
+/// bound, not a speed assertion).
+fn read_until(socket: &mut Socket, streams: &mut Vec<Value>, done: impl Fn(&[Value]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(streams) {
+        assert!(Instant::now() < deadline, "not seen in 10 s: {streams:?}");
+        streams.push(next(socket));
+    }
+}
+
+#[test]
+fn order_lists_over_the_socket_and_their_story_on_the_user_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Exchange::start(dir.path(), &[]);
+    let keys = exchange.demo(3);
+    let (alice, bob, carol) = (&keys[0], &keys[1], &keys[2]);
+    let mut socket = connect(&exchange);
+    login(&mut socket, alice, 1);
+    let mut streams = Vec::new();
+    // The last price: 50,000.
+    exchange.place(bob, limit("BTC-USDT", "sell", "50000", "0.001"));
+    exchange.place(carol, limit("BTC-USDT", "buy", "50000", "0.001"));
+
+    // An OCO over the socket: a take-profit maker at 52,000, a stop at 48,000.
+    let oco = json!({
+        "market": "BTC-USDT", "contingency": "oco", "list_client_id": "ws-oco",
+        "orders": [
+            { "side": "sell", "type": "iceberg", "time_in_force": "POST_ONLY", "price": "52000", "quantity": "0.1",
+              "visible_quantity": "0.02" },
+            { "side": "sell", "type": "stop_limit", "price": "47900", "quantity": "0.1",
+              "trigger": { "kind": "stop_loss", "stop_price": "48000" } },
+        ],
+    });
+    send(&mut socket, json!({ "method": "order_list.place", "params": oco, "id": 2 }));
+    let placed = answer(&mut socket, 2, &mut streams);
+    assert_eq!(placed["status"], 200, "{placed}");
+    let list = placed["result"]["list_id"].clone();
+    let (maker, stop) = (
+        placed["result"]["orders"][0]["order_id"].clone(),
+        placed["result"]["orders"][1]["order_id"].clone(),
+    );
+    assert_eq!(placed["result"]["orders"][0]["visible_quantity"], "0.02", "{placed}");
+
+    // Bob buys 0.03 at 52,000: the iceberg trades (and refills), the stop
+    // is cancelled by its list, and the list is over.
+    exchange.place(bob, limit("BTC-USDT", "buy", "52000", "0.03"));
+    read_until(&mut socket, &mut streams, |s| {
+        user_messages(s, "order_id", &stop).iter().any(|m| m["status"] != "new")
+            && user_messages(s, "list_id", &list).len() >= 2
+    });
+    let stop_story: Vec<&str> =
+        user_messages(&streams, "order_id", &stop).iter().map(|m| m["status"].as_str().unwrap()).collect();
+    assert_eq!(stop_story, ["new", "expired_contingent"], "{streams:?}");
+    let maker_story: Vec<&str> =
+        user_messages(&streams, "order_id", &maker).iter().filter_map(|m| m["status"].as_str()).collect();
+    assert_eq!(maker_story, ["new", "refilled"], "{streams:?}");
+    let refill =
+        user_messages(&streams, "order_id", &maker).into_iter().find(|m| m["status"] == "refilled").unwrap();
+    assert_eq!(
+        (refill["visible_quantity"].as_str(), refill["hidden_quantity"].as_str()),
+        (Some("0.02"), Some("0.06"))
+    );
+    let list_story: Vec<&str> =
+        user_messages(&streams, "list_id", &list).iter().map(|m| m["status"].as_str().unwrap()).collect();
+    assert_eq!(list_story, ["open", "done"], "{streams:?}");
+
+    // An OTO whose pending order is a stop: released when the working
+    // order fills, then fired by a later trade.
+    let oto = json!({
+        "market": "BTC-USDT", "contingency": "oto", "list_client_id": "ws-oto",
+        "orders": [
+            { "side": "buy", "type": "limit", "price": "50000", "quantity": "0.01" },
+            { "side": "sell", "type": "stop_market", "quantity": "0.01",
+              "trigger": { "kind": "stop_loss", "stop_price": "49000" } },
+        ],
+    });
+    send(&mut socket, json!({ "method": "order_list.place", "params": oto, "id": 3 }));
+    let placed = answer(&mut socket, 3, &mut streams);
+    assert_eq!(placed["result"]["orders"][1]["status"], "pending_new", "{placed}");
+    let pending = placed["result"]["orders"][1]["order_id"].clone();
+    exchange.place(carol, limit("BTC-USDT", "sell", "50000", "0.01"));
+    exchange.place(carol, limit("BTC-USDT", "buy", "48000", "0.05"));
+    exchange.place(bob, limit("BTC-USDT", "sell", "48500", "0.001"));
+    exchange.place(carol, limit("BTC-USDT", "buy", "48500", "0.001"));
+    read_until(&mut socket, &mut streams, |s| {
+        user_messages(s, "order_id", &pending).iter().any(|m| m["status"] == "filled")
+    });
+    let story: Vec<&str> =
+        user_messages(&streams, "order_id", &pending).iter().map(|m| m["status"].as_str().unwrap()).collect();
+    assert_eq!(story, ["pending_new", "released", "triggered", "filled"], "{streams:?}");
+    let fired = user_messages(&streams, "order_id", &pending)
+        .into_iter()
+        .find(|m| m["status"] == "triggered")
+        .unwrap();
+    assert_eq!(fired["trigger_price"], "48500");
+
+    // A list cancelled over the socket, by its client id.
+    let oco = json!({
+        "market": "BTC-USDT", "contingency": "oco", "list_client_id": "ws-oco-2",
+        "orders": [
+            { "side": "buy", "type": "limit", "time_in_force": "POST_ONLY", "price": "40000", "quantity": "0.01" },
+            { "side": "buy", "type": "stop_market", "quantity": "0.01",
+              "trigger": { "kind": "stop_loss", "trailing_bips": 200 } },
+        ],
+    });
+    send(&mut socket, json!({ "method": "order_list.place", "params": oco, "id": 4 }));
+    assert_eq!(answer(&mut socket, 4, &mut streams)["status"], 200);
+    send(
+        &mut socket,
+        json!({ "method": "order_list.cancel", "params": { "list_client_id": "ws-oco-2" }, "id": 5 }),
+    );
+    let cancelled = answer(&mut socket, 5, &mut streams);
+    assert_eq!(
+        (cancelled["status"].as_u64(), cancelled["result"]["status"].as_str()),
+        (Some(200), Some("done")),
+        "{cancelled}"
+    );
+    send(
+        &mut socket,
+        json!({ "method": "order_list.cancel", "params": { "list_client_id": "ws-oco-2" }, "id": 6 }),
+    );
+    let again = answer(&mut socket, 6, &mut streams);
+    assert_eq!(
+        (again["status"].as_u64(), again["error"]["code"].as_str()),
+        (Some(404), Some("unknown_order_list"))
+    );
+}

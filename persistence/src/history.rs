@@ -57,7 +57,23 @@ pub struct OrderRecord {
     pub updated_seq: i64,
     pub updated_at: SystemTime,
     pub closed_at: Option<SystemTime>,
+    /// A stop order's trigger: `stop_loss` or `take_profit`.
+    pub trigger_kind: Option<String>,
+    pub stop_price: Option<Amount>,
+    pub trailing_bips: Option<i16>,
+    pub triggered_at: Option<SystemTime>,
+    /// The trade price that fired the trigger.
+    pub trigger_price: Option<Amount>,
+    pub visible_quantity: Option<Amount>,
+    pub list_id: Option<i64>,
+    pub reject_reason: Option<String>,
 }
+
+/// The columns [`order_record`] reads, in its order.
+const ORDER_COLUMNS: &str = "order_id, user_id, market_id, side, type, time_in_force, price, quantity, \
+     quote_amount, client_order_id, self_trade_prevention, status, remaining_quantity, executed_quantity, \
+     executed_quote, created_seq, created_at, updated_seq, updated_at, closed_at, trigger_kind, stop_price, \
+     trailing_bips, triggered_at, trigger_price, visible_quantity, list_id, reject_reason";
 
 /// One side of a trade: what one order of the user did in it.
 #[derive(Clone, Debug, PartialEq)]
@@ -279,11 +295,7 @@ impl History {
         range: Range,
     ) -> Result<Vec<OrderRecord>, StoreError> {
         let client = self.client().await?;
-        let mut sql = String::from(
-            "SELECT order_id, user_id, market_id, side, type, time_in_force, price, quantity, quote_amount, \
-             client_order_id, self_trade_prevention, status, remaining_quantity, executed_quantity, executed_quote, \
-             created_seq, created_at, updated_seq, updated_at, closed_at FROM orders WHERE user_id = $1",
-        );
+        let mut sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1");
         let bounds = Bounds::of(&range);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&user];
         bounds.filter(&market, "created_at", "order_id", &mut params, &mut sql);
@@ -303,17 +315,15 @@ impl History {
         client_order_id: Option<&str>,
     ) -> Result<Option<OrderRecord>, StoreError> {
         let client = self.client().await?;
-        const COLUMNS: &str = "SELECT order_id, user_id, market_id, side, type, time_in_force, price, quantity, \
-             quote_amount, client_order_id, self_trade_prevention, status, remaining_quantity, executed_quantity, \
-             executed_quote, created_seq, created_at, updated_seq, updated_at, closed_at FROM orders";
         let row = match (order_id, client_order_id) {
             (Some(id), _) => {
-                let sql = format!("{COLUMNS} WHERE user_id = $1 AND order_id = $2");
+                let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND order_id = $2");
                 client.query_opt(sql.as_str(), &[&user, &id]).await?
             }
             (None, Some(client_id)) => {
                 let sql = format!(
-                    "{COLUMNS} WHERE user_id = $1 AND client_order_id = $2 ORDER BY order_id DESC LIMIT 1"
+                    "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND client_order_id = $2 \
+                     ORDER BY order_id DESC LIMIT 1"
                 );
                 client.query_opt(sql.as_str(), &[&user, &client_id]).await?
             }
@@ -464,5 +474,13 @@ fn order_record(row: &Row) -> Result<OrderRecord, tokio_postgres::Error> {
         updated_seq: row.try_get(17)?,
         updated_at: row.try_get(18)?,
         closed_at: row.try_get(19)?,
+        trigger_kind: row.try_get(20)?,
+        stop_price: row.try_get(21)?,
+        trailing_bips: row.try_get(22)?,
+        triggered_at: row.try_get(23)?,
+        trigger_price: row.try_get(24)?,
+        visible_quantity: row.try_get(25)?,
+        list_id: row.try_get(26)?,
+        reject_reason: row.try_get(27)?,
     })
 }

@@ -35,8 +35,8 @@ mod writer;
 
 pub use history::{trade_row, Candle, History, OrderRecord, Range, UserTradeRow, CANDLE_INTERVALS};
 pub use rows::{
-    done_status, side_name, stp_name, Balances, Batch, Catalog, Cause, LedgerRow, RowError, RowSet, Stamp,
-    TradeRow,
+    contingency_name, done_status, side_name, stp_name, trigger_kind_name, Balances, Batch, Catalog, Cause,
+    LedgerRow, RowError, RowSet, Stamp, TradeRow, PENDING_STATUS,
 };
 pub use tables::{load, migrate, write, Loaded, StoreError, WriteMode};
 pub use writer::{Failure, Feed, Stage, Writer, WriterConfig, WriterStatus, WRITER_LAG_MAX_DEFAULT};

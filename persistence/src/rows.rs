@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engine_core::{
-    AssetId, DoneReason, Event, EventKind, Lots, MarketId, MarketRules, MarketStatus, OrderId, OrderKind,
-    SelfTradePrevention, Side, Ticks, TimeInForce, TradeId, Units, UserId,
+    AssetId, Contingency, DoneReason, Event, EventKind, ListId, Lots, MarketId, MarketRules, MarketStatus,
+    OrderId, OrderKind, SelfTradePrevention, Side, Ticks, TimeInForce, TradeId, TriggerKind, Units, UserId,
 };
 
 use crate::scale::{self, Amount, MarketScale};
@@ -232,7 +232,26 @@ pub fn stp_name(stp: SelfTradePrevention) -> &'static str {
     }
 }
 
-/// The order status names, as the API and the `orders` table spell them.
+pub fn trigger_kind_name(kind: TriggerKind) -> &'static str {
+    match kind {
+        TriggerKind::StopLoss => "stop_loss",
+        TriggerKind::TakeProfit => "take_profit",
+    }
+}
+
+pub fn contingency_name(contingency: Contingency) -> &'static str {
+    match contingency {
+        Contingency::Oco => "oco",
+        Contingency::Oto => "oto",
+    }
+}
+
+/// An OTO's pending order until it is released: the status the API and
+/// the `orders` table give it.
+pub const PENDING_STATUS: &str = "pending_new";
+
+/// The order status names, as the API and the `orders` table spell them
+/// (docs/api.md lists them).
 pub fn done_status(reason: DoneReason) -> &'static str {
     match reason {
         DoneReason::Filled => "filled",
@@ -254,6 +273,8 @@ pub struct OrderOpening {
     pub stp: SelfTradePrevention,
     pub created_seq: u64,
     pub created_at: SystemTime,
+    /// The order list it was placed in.
+    pub list: Option<ListId>,
 }
 
 /// What happened to one order within the row set.
@@ -278,6 +299,33 @@ pub struct OrderChange {
     pub updated_seq: u64,
     pub updated_at: SystemTime,
     pub closed_at: Option<SystemTime>,
+    /// A stop order fired: the trade price that fired it, and when.
+    pub triggered: Option<(Ticks, SystemTime)>,
+    /// Why an OTO's pending order could not be placed.
+    pub reject_reason: Option<String>,
+}
+
+/// What happened to one order list within the row set.
+#[derive(Clone, Debug)]
+pub struct ListChange {
+    pub list: ListId,
+    /// Set when the list was accepted within this row set.
+    pub opening: Option<ListOpening>,
+    pub done: bool,
+    pub updated_seq: u64,
+    pub updated_at: SystemTime,
+}
+
+/// A list first seen in this row set: the columns of its row.
+#[derive(Clone, Debug)]
+pub struct ListOpening {
+    pub user: UserId,
+    pub market: MarketId,
+    pub contingency: Contingency,
+    pub client_list_id: Option<String>,
+    pub orders: [OrderId; 2],
+    pub created_seq: u64,
+    pub created_at: SystemTime,
 }
 
 /// A row of `trades`, in the columns' own types.
@@ -368,6 +416,7 @@ pub struct RowSet {
     pub users: Vec<(UserId, u64, SystemTime)>,
     pub orders: Vec<OrderChange>,
     order_index: HashMap<OrderId, usize>,
+    pub lists: Vec<ListChange>,
     pub trades: Vec<TradeRow>,
     pub ledger: Vec<LedgerRow>,
     pub balances: HashMap<(UserId, AssetId), BalanceRow>,
@@ -386,6 +435,9 @@ struct CommandContext {
     /// A change of this user's balances the next events report: (user,
     /// cause, how many balance events it explains).
     pending: Option<(UserId, Cause, u8)>,
+    /// The order list the command placed: its orders' `OrderAccepted`
+    /// events follow its own.
+    list: Option<(ListId, Contingency, [OrderId; 2])>,
 }
 
 const NANOS_PER_MINUTE: u64 = 60_000_000_000;
@@ -488,15 +540,68 @@ impl RowSet {
             | EventKind::BookLevel { .. }
             | EventKind::CancelledAll { .. }
             | EventKind::LimitsChanged { .. }
-            | EventKind::OrderTriggered { .. }
+            // Private to the owner, and nothing the tables keep: the high
+            // or low a trailing stop tracks follows from the trades, an
+            // iceberg's shown part from its quantities.
             | EventKind::TrailingStarted { .. }
-            | EventKind::OrderRefilled { .. }
-            | EventKind::OrderListAccepted { .. }
-            | EventKind::OrderReleased { .. }
-            | EventKind::OrderListDone { .. } => {}
+            | EventKind::OrderRefilled { .. } => {}
+            EventKind::OrderTriggered { order, user, market, price, .. } => {
+                // The fired order enters now: its lock, fills and fees
+                // follow, as a new order's would.
+                self.command.cause = Some(Cause::Order(order));
+                let change = self.order_mut(order, user, market, seq, at);
+                change.triggered = Some((price, at));
+            }
+            EventKind::OrderReleased { order, user, market, .. } => {
+                self.command.cause = Some(Cause::Order(order));
+                let change = self.order_mut(order, user, market, seq, at);
+                change.status = Some("new");
+            }
+            EventKind::OrderListAccepted { list, user, market, contingency, orders, client_list_id, .. } => {
+                catalog.market(market)?;
+                self.command.list = Some((list, contingency, orders));
+                self.lists.push(ListChange {
+                    list,
+                    opening: Some(ListOpening {
+                        user,
+                        market,
+                        contingency,
+                        client_list_id: client_list_id.map(|c| c.to_string()),
+                        orders,
+                        created_seq: seq,
+                        created_at: at,
+                    }),
+                    done: false,
+                    updated_seq: seq,
+                    updated_at: at,
+                });
+            }
+            EventKind::OrderListDone { list, .. } => {
+                let change = match self.lists.iter_mut().rev().find(|l| l.list == list) {
+                    Some(change) => change,
+                    None => {
+                        self.lists.push(ListChange {
+                            list,
+                            opening: None,
+                            done: false,
+                            updated_seq: seq,
+                            updated_at: at,
+                        });
+                        self.lists.last_mut().expect("just pushed")
+                    }
+                };
+                change.done = true;
+                change.updated_seq = seq;
+                change.updated_at = at;
+            }
             EventKind::OrderAccepted { order, user, market, side, kind, client_order_id, stp, .. } => {
                 catalog.market(market)?;
                 self.command.cause = Some(Cause::Order(order));
+                let list = self.command.list.filter(|(_, _, orders)| orders.contains(&order));
+                // An OTO's pending order waits for its working order.
+                let pending = list.is_some_and(|(_, contingency, orders)| {
+                    contingency == Contingency::Oto && orders[1] == order
+                });
                 let (price, remaining) = match kind {
                     OrderKind::Limit { price, qty, .. }
                     | OrderKind::Iceberg { price, qty, .. }
@@ -516,16 +621,19 @@ impl RowSet {
                         stp,
                         created_seq: seq,
                         created_at: at,
+                        list: list.map(|(list, _, _)| list),
                     }),
                     price,
                     amended_quantity: None,
-                    status: Some("new"),
+                    status: Some(if pending { PENDING_STATUS } else { "new" }),
                     remaining: Some(remaining),
                     executed_lots: 0,
                     executed_quote_units: 0,
                     updated_seq: seq,
                     updated_at: at,
                     closed_at: None,
+                    triggered: None,
+                    reject_reason: None,
                 });
                 if self.order_index.insert(order, index).is_some() {
                     return Err(RowError(format!("order {order} accepted twice")));
@@ -601,15 +709,26 @@ impl RowSet {
             }
             EventKind::OrderDone { order, user, market, reason, .. } => {
                 let own = self.command.cause.and_then(Cause::order) == Some(order);
-                if !own && matches!(reason, DoneReason::Cancelled | DoneReason::SelfTrade) {
-                    // A cancel, a cancel-all, or self-trade prevention
-                    // cancelling a resting order: the owner's unlock follows.
+                if !own && matches!(reason, DoneReason::Cancelled | DoneReason::SelfTrade | DoneReason::Contingent)
+                {
+                    // A cancel, a cancel-all, self-trade prevention
+                    // cancelling a resting order, or a list cancelling its
+                    // other order: the owner's unlock follows.
                     self.command.pending = Some((user, Cause::Cancel(order), 1));
+                    // Cancelling a list closes two orders and may unlock
+                    // their shared hold once, after both: that change is
+                    // the cancel's too.
+                    if self.command.cause.is_none() {
+                        self.command.cause = Some(Cause::Cancel(order));
+                    }
                 }
                 let change = self.order_mut(order, user, market, seq, at);
                 change.status = Some(done_status(reason));
                 change.remaining = Some(Lots(0));
                 change.closed_at = Some(at);
+                if let DoneReason::Refused(why) = reason {
+                    change.reject_reason = Some(why.to_string());
+                }
             }
             EventKind::Balance { user, asset, available, locked } => {
                 let decimals = catalog.decimals(asset)?;
@@ -667,6 +786,8 @@ impl RowSet {
                 updated_seq: seq,
                 updated_at: at,
                 closed_at: None,
+                triggered: None,
+                reject_reason: None,
             });
             self.orders.len() - 1
         });

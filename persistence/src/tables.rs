@@ -12,8 +12,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 use crate::rows::{
-    int4, int8, minute_start, side_name, status_name, stp_name, tif_name, time_of, Balances, Catalog,
-    CatalogMarket, LedgerRow, OrderChange, Reference, RowError, RowSet, Stamp, TradeRow,
+    contingency_name, int4, int8, minute_start, side_name, status_name, stp_name, tif_name, time_of,
+    trigger_kind_name, Balances, Catalog, CatalogMarket, LedgerRow, ListChange, OrderChange, Reference,
+    RowError, RowSet, Stamp, TradeRow,
 };
 use crate::scale::{self, Amount, MarketScale};
 
@@ -303,10 +304,18 @@ struct NewOrderRow {
     updated_seq: i64,
     updated_at: SystemTime,
     closed_at: Option<SystemTime>,
+    trigger_kind: Option<&'static str>,
+    stop_price: Option<Amount>,
+    trailing_bips: Option<i16>,
+    triggered_at: Option<SystemTime>,
+    trigger_price: Option<Amount>,
+    visible_quantity: Option<Amount>,
+    list_id: Option<i64>,
+    reject_reason: Option<String>,
 }
 
-impl SqlRow<20> for NewOrderRow {
-    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
+impl SqlRow<28> for NewOrderRow {
+    fn params(&self) -> [&(dyn ToSql + Sync); 28] {
         [
             &self.order_id,
             &self.user_id,
@@ -328,11 +337,19 @@ impl SqlRow<20> for NewOrderRow {
             &self.updated_seq,
             &self.updated_at,
             &self.closed_at,
+            &self.trigger_kind,
+            &self.stop_price,
+            &self.trailing_bips,
+            &self.triggered_at,
+            &self.trigger_price,
+            &self.visible_quantity,
+            &self.list_id,
+            &self.reject_reason,
         ]
     }
 }
 
-const ORDER_COLUMNS: [(&str, Type); 20] = [
+const ORDER_COLUMNS: [(&str, Type); 28] = [
     ("order_id", Type::INT8),
     ("user_id", Type::INT4),
     ("market_id", Type::INT4),
@@ -353,6 +370,14 @@ const ORDER_COLUMNS: [(&str, Type); 20] = [
     ("updated_seq", Type::INT8),
     ("updated_at", Type::TIMESTAMPTZ),
     ("closed_at", Type::TIMESTAMPTZ),
+    ("trigger_kind", Type::TEXT),
+    ("stop_price", Type::NUMERIC),
+    ("trailing_bips", Type::INT2),
+    ("triggered_at", Type::TIMESTAMPTZ),
+    ("trigger_price", Type::NUMERIC),
+    ("visible_quantity", Type::NUMERIC),
+    ("list_id", Type::INT8),
+    ("reject_reason", Type::TEXT),
 ];
 
 /// A change to an order written before this row set.
@@ -367,10 +392,13 @@ struct OrderUpdateRow {
     updated_seq: i64,
     updated_at: SystemTime,
     closed_at: Option<SystemTime>,
+    triggered_at: Option<SystemTime>,
+    trigger_price: Option<Amount>,
+    reject_reason: Option<String>,
 }
 
-impl SqlRow<10> for OrderUpdateRow {
-    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+impl SqlRow<13> for OrderUpdateRow {
+    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
         [
             &self.order_id,
             &self.status,
@@ -382,11 +410,14 @@ impl SqlRow<10> for OrderUpdateRow {
             &self.updated_seq,
             &self.updated_at,
             &self.closed_at,
+            &self.triggered_at,
+            &self.trigger_price,
+            &self.reject_reason,
         ]
     }
 }
 
-const ORDER_UPDATE_COLUMNS: [(&str, Type); 10] = [
+const ORDER_UPDATE_COLUMNS: [(&str, Type); 13] = [
     ("order_id", Type::INT8),
     ("status", Type::TEXT),
     ("price", Type::NUMERIC),
@@ -397,13 +428,20 @@ const ORDER_UPDATE_COLUMNS: [(&str, Type); 10] = [
     ("updated_seq", Type::INT8),
     ("updated_at", Type::TIMESTAMPTZ),
     ("closed_at", Type::TIMESTAMPTZ),
+    ("triggered_at", Type::TIMESTAMPTZ),
+    ("trigger_price", Type::NUMERIC),
+    ("reject_reason", Type::TEXT),
 ];
 
-/// Staging for order updates: per connection, emptied at each commit.
+/// Staging for order updates: per connection, emptied at each commit. Its
+/// columns are `ORDER_UPDATE_COLUMNS`, exactly (a temporary table lives
+/// as long as its session, and every session of the writer starts by
+/// migrating, so an older shape never meets newer code).
 const CREATE_ORDER_UPDATES: &str = "CREATE TEMP TABLE IF NOT EXISTS order_updates (
     order_id bigint, status text, price numeric, amended_quantity numeric, remaining_quantity numeric,
     executed_quantity numeric, executed_quote numeric, updated_seq bigint, updated_at timestamptz,
-    closed_at timestamptz) ON COMMIT DELETE ROWS";
+    closed_at timestamptz, triggered_at timestamptz, trigger_price numeric, reject_reason text)
+    ON COMMIT DELETE ROWS";
 
 const APPLY_ORDER_UPDATES: &str = "UPDATE orders o SET
     status = COALESCE(u.status, o.status),
@@ -415,8 +453,108 @@ const APPLY_ORDER_UPDATES: &str = "UPDATE orders o SET
     executed_quote = o.executed_quote + u.executed_quote,
     updated_seq = u.updated_seq,
     updated_at = u.updated_at,
-    closed_at = COALESCE(u.closed_at, o.closed_at)
+    closed_at = COALESCE(u.closed_at, o.closed_at),
+    triggered_at = COALESCE(u.triggered_at, o.triggered_at),
+    trigger_price = COALESCE(u.trigger_price, o.trigger_price),
+    reject_reason = COALESCE(u.reject_reason, o.reject_reason)
     FROM order_updates u WHERE o.order_id = u.order_id";
+
+/// A new order list's whole row.
+struct NewListRow {
+    list_id: i64,
+    user_id: i32,
+    market_id: i32,
+    contingency: &'static str,
+    list_client_id: Option<String>,
+    status: &'static str,
+    order_ids: Vec<i64>,
+    created_seq: i64,
+    created_at: SystemTime,
+    updated_seq: i64,
+    updated_at: SystemTime,
+}
+
+impl SqlRow<11> for NewListRow {
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.list_id,
+            &self.user_id,
+            &self.market_id,
+            &self.contingency,
+            &self.list_client_id,
+            &self.status,
+            &self.order_ids,
+            &self.created_seq,
+            &self.created_at,
+            &self.updated_seq,
+            &self.updated_at,
+        ]
+    }
+}
+
+const LIST_COLUMNS: [(&str, Type); 11] = [
+    ("list_id", Type::INT8),
+    ("user_id", Type::INT4),
+    ("market_id", Type::INT4),
+    ("contingency", Type::TEXT),
+    ("list_client_id", Type::TEXT),
+    ("status", Type::TEXT),
+    ("order_ids", Type::INT8_ARRAY),
+    ("created_seq", Type::INT8),
+    ("created_at", Type::TIMESTAMPTZ),
+    ("updated_seq", Type::INT8),
+    ("updated_at", Type::TIMESTAMPTZ),
+];
+
+/// Lists opened before this row set that it ends: one statement for all.
+const APPLY_LIST_DONE: &str =
+    "UPDATE order_lists l SET status = 'done', updated_seq = u.seq, updated_at = u.at
+    FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[]) AS u(list_id, seq, at)
+    WHERE l.list_id = u.list_id";
+
+fn list_rows(changes: &[ListChange]) -> Result<(Vec<NewListRow>, Vec<&ListChange>), RowError> {
+    let mut new = Vec::new();
+    let mut done = Vec::new();
+    for change in changes {
+        match &change.opening {
+            Some(opening) => new.push(NewListRow {
+                list_id: int8(change.list.0)?,
+                user_id: int4(opening.user.0)?,
+                market_id: int4(opening.market.0)?,
+                contingency: contingency_name(opening.contingency),
+                list_client_id: opening.client_list_id.clone(),
+                status: if change.done { "done" } else { "open" },
+                order_ids: vec![int8(opening.orders[0].0)?, int8(opening.orders[1].0)?],
+                created_seq: int8(opening.created_seq)?,
+                created_at: opening.created_at,
+                updated_seq: int8(change.updated_seq)?,
+                updated_at: change.updated_at,
+            }),
+            None if change.done => done.push(change),
+            None => {}
+        }
+    }
+    Ok((new, done))
+}
+
+async fn write_lists(tx: &Transaction<'_>, mode: WriteMode, rows: &RowSet) -> Result<usize, StoreError> {
+    let (new, done) = list_rows(&rows.lists)?;
+    put(tx, mode, "order_lists", &LIST_COLUMNS, &new).await?;
+    if !done.is_empty() {
+        let ids = done.iter().map(|l| int8(l.list.0)).collect::<Result<Vec<_>, _>>()?;
+        let seqs = done.iter().map(|l| int8(l.updated_seq)).collect::<Result<Vec<_>, _>>()?;
+        let times: Vec<SystemTime> = done.iter().map(|l| l.updated_at).collect();
+        let updated = tx.execute(APPLY_LIST_DONE, &[&ids, &seqs, &times]).await?;
+        if updated != done.len() as u64 {
+            return Err(RowError(format!(
+                "{} order lists ended but only {updated} exist in the database",
+                done.len()
+            ))
+            .into());
+        }
+    }
+    Ok(new.len() + done.len())
+}
 
 fn order_rows(
     changes: &[OrderChange],
@@ -435,6 +573,8 @@ fn order_rows(
             scale::wide_units(change.executed_quote_units, scale.quote_decimals).ok_or_else(overflow)?,
         );
         let remaining = change.remaining.map(base).transpose()?;
+        let triggered_price =
+            change.triggered.map(|(p, _)| scale.price(p).map(Amount).ok_or_else(overflow)).transpose()?;
         match &change.opening {
             Some(opening) => {
                 use engine_core::OrderKind;
@@ -455,6 +595,16 @@ fn order_rows(
                 };
                 // An amend within the same row set changes the asked quantity.
                 let quantity = change.amended_quantity.or(quantity).map(base).transpose()?;
+                let trigger = opening.kind.trigger();
+                let stop_price = trigger
+                    .and_then(|t| t.stop)
+                    .map(|p| scale.price(p).map(Amount).ok_or_else(overflow))
+                    .transpose()?;
+                let visible = match opening.kind {
+                    OrderKind::Iceberg { visible, .. } => Some(visible),
+                    OrderKind::StopLimit { visible, .. } if visible.0 > 0 => Some(visible),
+                    _ => None,
+                };
                 new.push(NewOrderRow {
                     order_id: int8(change.order.0)?,
                     user_id: int4(change.user.0)?,
@@ -476,6 +626,17 @@ fn order_rows(
                     updated_seq: int8(change.updated_seq)?,
                     updated_at: change.updated_at,
                     closed_at: change.closed_at,
+                    trigger_kind: trigger.map(|t| trigger_kind_name(t.kind)),
+                    stop_price,
+                    trailing_bips: trigger
+                        .filter(|t| t.trailing_bips > 0)
+                        .map(|t| i16::try_from(t.trailing_bips).map_err(|_| overflow()))
+                        .transpose()?,
+                    triggered_at: change.triggered.map(|(_, at)| at),
+                    trigger_price: triggered_price,
+                    visible_quantity: visible.map(base).transpose()?,
+                    list_id: opening.list.map(|l| int8(l.0)).transpose()?,
+                    reject_reason: change.reject_reason.clone(),
                 });
             }
             None => updates.push(OrderUpdateRow {
@@ -489,6 +650,9 @@ fn order_rows(
                 updated_seq: int8(change.updated_seq)?,
                 updated_at: change.updated_at,
                 closed_at: change.closed_at,
+                triggered_at: change.triggered.map(|(_, at)| at),
+                trigger_price: triggered_price,
+                reject_reason: change.reject_reason.clone(),
             }),
         }
     }
@@ -580,6 +744,7 @@ pub async fn write(
             .into());
         }
     }
+    let lists_written = write_lists(&tx, mode, rows).await?;
     put(&tx, mode, "trades", &TRADE_COLUMNS, &rows.trades).await?;
     put(&tx, mode, "ledger", &LEDGER_COLUMNS, &rows.ledger).await?;
     write_balances(&tx, rows).await?;
@@ -595,6 +760,7 @@ pub async fn write(
         + rows.users.len()
         + new_orders.len()
         + order_updates.len()
+        + lists_written
         + rows.trades.len()
         + rows.ledger.len()
         + rows.balances.len()

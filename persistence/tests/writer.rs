@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use engine_core::{
-    AssetId, Command, Engine, EngineLimits, Event, EventKind, Lots, MarketId, MarketRules, MarketStatus,
-    NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Symbol, Ticks,
-    TimeInForce, Units, UserId,
+    AssetId, Command, Contingency, Engine, EngineLimits, Event, EventKind, ListId, ListLeg, ListRef, Lots,
+    MarketId, MarketRules, MarketStatus, NewOrder, NewOrderList, OrderId, OrderKind, OrderRef,
+    SelfTradePrevention, Side, StampedCommand, Symbol, Ticks, TimeInForce, Trigger, TriggerKind, Units,
+    UserId,
 };
 use journal::{DataDir, Durability, JournalConfig, JournalWriter};
 use persistence::cluster::Database;
@@ -82,6 +83,7 @@ fn session(seed: u64, commands: usize) -> Vec<Command> {
         }
     }
     let mut next_order = 1u64;
+    let mut next_list = 1u64;
     for _ in 0..commands {
         let user = UserId(rng.below(u64::from(USERS)) as u32);
         let market = MarketId(rng.below(2) as u32);
@@ -96,6 +98,21 @@ fn session(seed: u64, commands: usize) -> Vec<Command> {
             SelfTradePrevention::Allow,
         ][rng.below(4) as usize];
         let existing = OrderId(1 + rng.below(next_order));
+        // One command in five is a stop, an iceberg or an order list, or
+        // cancels a list.
+        if rng.below(5) == 0 {
+            let command = waiting_kinds(&mut rng, user, market, side, price, qty, stp, next_list);
+            match command {
+                Command::PlaceOrder(_) => next_order += 1,
+                Command::PlaceOrderList(_) => {
+                    next_order += 2;
+                    next_list += 1;
+                }
+                _ => {}
+            }
+            out.push(command);
+            continue;
+        }
         let command = match rng.below(100) {
             0..=44 => {
                 let tif = [
@@ -157,6 +174,82 @@ fn session(seed: u64, commands: usize) -> Vec<Command> {
         out.push(command);
     }
     out
+}
+
+/// A stop or take-profit order (fixed or trailing, market or limit), an
+/// iceberg, an OCO, an OTO, or a cancel of a list, around `price`.
+#[allow(clippy::too_many_arguments)]
+fn waiting_kinds(
+    rng: &mut Rng,
+    user: UserId,
+    market: MarketId,
+    side: Side,
+    price: Ticks,
+    qty: Lots,
+    stp: SelfTradePrevention,
+    next_list: u64,
+) -> Command {
+    let trigger = |rng: &mut Rng| {
+        let kind = if rng.below(2) == 0 { TriggerKind::StopLoss } else { TriggerKind::TakeProfit };
+        // Basis points small enough to fire on the session's moves.
+        let trailing_bips = if rng.below(3) == 0 { 1 + rng.below(15) as u16 } else { 0 };
+        let stop = if trailing_bips > 0 && rng.below(2) == 0 { None } else { Some(price) };
+        Trigger { kind, stop, trailing_bips }
+    };
+    let visible = Lots((qty.0 / 3).max(1));
+    let place = |kind: OrderKind| {
+        Command::PlaceOrder(NewOrder { user, market, side, kind, client_order_id: None, stp })
+    };
+    match rng.below(6) {
+        0 => place(OrderKind::StopMarket { trigger: trigger(rng), qty }),
+        1 => {
+            let tif = [TimeInForce::Gtc, TimeInForce::Ioc, TimeInForce::Fok][rng.below(3) as usize];
+            let visible = if tif == TimeInForce::Gtc && rng.below(2) == 0 { visible } else { Lots(0) };
+            place(OrderKind::StopLimit { trigger: trigger(rng), price, qty, tif, visible })
+        }
+        2 => {
+            let tif = if rng.below(3) == 0 { TimeInForce::PostOnly } else { TimeInForce::Gtc };
+            place(OrderKind::Iceberg { price, qty, visible, tif })
+        }
+        3 => {
+            // A maker on the far side of the last prices and a stop.
+            let away = if side == Side::Sell { Ticks(price.0 + 25) } else { Ticks(price.0 - 25) };
+            let maker = OrderKind::Limit { price: away, qty, tif: TimeInForce::PostOnly };
+            let stop = OrderKind::StopMarket { trigger: trigger(rng), qty };
+            Command::PlaceOrderList(NewOrderList {
+                user,
+                market,
+                contingency: Contingency::Oco,
+                client_list_id: None,
+                stp,
+                legs: [
+                    ListLeg { side, kind: maker, client_order_id: None },
+                    ListLeg { side, kind: stop, client_order_id: None },
+                ],
+            })
+        }
+        4 => {
+            let working = OrderKind::Limit { price, qty, tif: TimeInForce::Gtc };
+            let pending = if rng.below(2) == 0 {
+                OrderKind::Market { qty }
+            } else {
+                let away = if side == Side::Buy { Ticks(price.0 + 5) } else { Ticks(price.0 - 5) };
+                OrderKind::Limit { price: away, qty, tif: TimeInForce::Gtc }
+            };
+            Command::PlaceOrderList(NewOrderList {
+                user,
+                market,
+                contingency: Contingency::Oto,
+                client_list_id: None,
+                stp,
+                legs: [
+                    ListLeg { side, kind: working, client_order_id: None },
+                    ListLeg { side: side.opposite(), kind: pending, client_order_id: None },
+                ],
+            })
+        }
+        _ => Command::CancelOrderList { user, list: ListRef::Id(ListId(1 + rng.below(next_list))) },
+    }
 }
 
 /// The session applied to an engine and written to a journal in `data`.
@@ -238,6 +331,12 @@ fn tick_size(rules: &MarketRules, base: u8, quote: u8) -> Decimal {
         .normalize()
 }
 
+/// An order's list, trigger (kind, stop ticks, trailing bips) and whether it fired.
+type OrderExtras = (Option<i64>, Option<(String, Option<u64>, Option<i16>)>, bool);
+
+/// A row of `order_lists`: id, user, contingency, list client id, status, orders.
+type ListRow = (i64, i32, String, Option<String>, String, Vec<i64>);
+
 /// Checks every table against the engine's events, row by row.
 async fn check_tables(client: &Client, played: &Played) {
     let rules = market_rules();
@@ -254,9 +353,33 @@ async fn check_tables(client: &Client, played: &Played) {
     let mut orders: BTreeMap<u64, (String, u64, Option<u64>)> = BTreeMap::new();
     let mut balances_expected = Vec::new();
     let mut candles: BTreeMap<(u32, u64), CandleFigures> = BTreeMap::new();
+    // Per order: its list, its trigger (kind, stop, bips), whether it fired.
+    let mut order_extras: BTreeMap<u64, OrderExtras> = BTreeMap::new();
+    // Per list: user, contingency, order ids, status.
+    let mut lists: BTreeMap<i64, (i32, String, Vec<i64>, String)> = BTreeMap::new();
     for (command, events) in played.stamped.iter().zip(&played.events) {
+        let mut pending: Option<(i64, OrderId)> = None;
+        let mut in_list: Option<(i64, [OrderId; 2])> = None;
         for (index, event) in events.iter().enumerate() {
             match event.kind {
+                EventKind::OrderListAccepted { list, user, contingency, orders, .. } => {
+                    let name = persistence::contingency_name(contingency).to_string();
+                    let ids = orders.iter().map(|o| o.0 as i64).collect();
+                    lists.insert(list.0 as i64, (user.0 as i32, name, ids, "open".into()));
+                    in_list = Some((list.0 as i64, orders));
+                    if contingency == Contingency::Oto {
+                        pending = Some((list.0 as i64, orders[1]));
+                    }
+                }
+                EventKind::OrderListDone { list, .. } => {
+                    lists.get_mut(&(list.0 as i64)).expect("a list ends after it opened").3 = "done".into();
+                }
+                EventKind::OrderReleased { order, .. } => {
+                    orders.get_mut(&order.0).expect("a released order was accepted").0 = "new".into();
+                }
+                EventKind::OrderTriggered { order, .. } => {
+                    order_extras.get_mut(&order.0).expect("a fired order was accepted").2 = true;
+                }
                 EventKind::Trade {
                     trade,
                     market,
@@ -330,7 +453,17 @@ async fn check_tables(client: &Client, played: &Played) {
                         OrderKind::MarketByQuote { .. } => 0,
                         other => other.qty().map_or(0, |q| q.0),
                     };
-                    orders.insert(order.0, ("new".into(), 0, Some(remaining)));
+                    let status = if pending.is_some_and(|(_, p)| p == order) { "pending_new" } else { "new" };
+                    orders.insert(order.0, (status.into(), 0, Some(remaining)));
+                    let list = in_list.filter(|(_, ids)| ids.contains(&order)).map(|(list, _)| list);
+                    let trigger = kind.trigger().map(|t| {
+                        (
+                            persistence::trigger_kind_name(t.kind).to_string(),
+                            t.stop.map(|p| p.0),
+                            (t.trailing_bips > 0).then_some(t.trailing_bips as i16),
+                        )
+                    });
+                    order_extras.insert(order.0, (list, trigger, false));
                 }
                 EventKind::OrderAmended { order, remaining, .. } => {
                     if let Some(entry) = orders.get_mut(&order.0) {
@@ -436,6 +569,45 @@ async fn check_tables(client: &Client, played: &Played) {
         );
     }
 
+    // The new order columns: list, trigger (the stop price at the
+    // market's tick), whether it fired.
+    let rows = client
+        .query("SELECT order_id, market_id, list_id, trigger_kind, stop_price, trailing_bips, triggered_at IS NOT NULL FROM orders ORDER BY order_id", &[])
+        .await
+        .expect("order columns");
+    for row in &rows {
+        let order = row.get::<_, i64>(0) as u64;
+        let r = &rules[row.get::<_, i32>(1) as usize];
+        let tick = tick_size(r, decimals(r.base), decimals(r.quote));
+        let (list, trigger, fired) = &order_extras[&order];
+        assert_eq!(&row.get::<_, Option<i64>>(2), list, "list of order {order}");
+        let expected = trigger.as_ref().map(|(kind, stop, bips)| {
+            (kind.clone(), stop.map(|ticks| (Decimal::from(ticks) * tick).normalize()), *bips)
+        });
+        let stored = row.get::<_, Option<String>>(3).map(|kind| {
+            (kind, row.get::<_, Option<Decimal>>(4).map(|p| p.normalize()), row.get::<_, Option<i16>>(5))
+        });
+        assert_eq!(stored, expected, "trigger of order {order}");
+        assert_eq!(row.get::<_, bool>(6), *fired, "fired or not: order {order}");
+    }
+    let rows = client
+        .query(
+            "SELECT list_id, user_id, contingency, order_ids, status FROM order_lists ORDER BY list_id",
+            &[],
+        )
+        .await
+        .expect("order lists");
+    let stored: BTreeMap<i64, (i32, String, Vec<i64>, String)> =
+        rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4)))).collect();
+    assert_eq!(stored, lists, "one row per accepted list, in its state");
+    let fired = order_extras.values().filter(|(_, _, fired)| *fired).count();
+    let released = orders.values().filter(|(status, ..)| status == "pending_new").count();
+    assert!(
+        lists.len() > 10 && fired > 10,
+        "the session exercises lists ({}) and fires stops ({fired}); {released} pending at the end",
+        lists.len()
+    );
+
     // Candles: one per market and minute with trades.
     let rows = client
         .query("SELECT market_id, open_time, open, high, low, close, quote_volume, trades FROM candles_1m ORDER BY market_id, open_time", &[])
@@ -497,7 +669,8 @@ fn migrations_apply_to_an_empty_database_once() {
                 "V1__initial",
                 "V2__ledger_without_account_index",
                 "V3__orders_room_for_updates",
-                "V4__candles_taker_buy"
+                "V4__candles_taker_buy",
+                "V5__order_types_and_lists"
             ]
         );
         let again = persistence::migrate(&mut client).await.expect("migrate again");
@@ -507,7 +680,7 @@ fn migrations_apply_to_an_empty_database_once() {
             .await
             .expect("history")
             .get(0);
-        assert_eq!(recorded, 4, "one row per migration");
+        assert_eq!(recorded, 5, "one row per migration");
         // V2 and V3: no ledger index by account; orders' pages keep room for updates.
         let ledger_index: i64 = client
             .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'ledger_by_account'", &[])
@@ -646,4 +819,330 @@ fn a_database_ahead_of_the_journal_is_refused() {
     let error = writer.status.last_error().unwrap_or_default();
     assert!(error.contains("ahead of the journal"), "{error}");
     writer.stop(Duration::ZERO);
+}
+
+/// The events of stops, trailing stops, OCO and OTO lists as docs/engine.md
+/// says the engine reports them, written in two transactions (so that a
+/// list and an order opened in the first change in the second): every new
+/// column and `order_lists` row says what the events said. Made by hand,
+/// so that the writer's side stands on its own.
+#[test]
+fn stops_and_order_lists_fill_their_columns_and_rows() {
+    use engine_core::{ClientOrderId, DoneReason, RejectReason};
+    let database = Database::throwaway().expect("a database");
+    let rules = market_rules()[0];
+    let (alice, bob) = (UserId(0), UserId(1));
+    let market = MarketId(0);
+    let ts = |seq: u64| 1_700_000_000_000_000_000u64 + seq * 1_000_000_000;
+    let limit = |price: u64, qty: u64| OrderKind::Limit {
+        price: Ticks(price),
+        qty: Lots(qty),
+        tif: TimeInForce::Gtc,
+    };
+    let accepted = |seq: u64, order: u64, user: UserId, side: Side, kind: OrderKind| Event {
+        seq,
+        kind: EventKind::OrderAccepted {
+            order: OrderId(order),
+            user,
+            market,
+            side,
+            kind,
+            client_order_id: None,
+            stp: SelfTradePrevention::CancelTaker,
+            timestamp_ns: ts(seq),
+        },
+    };
+    let trade =
+        |seq: u64, id: u64, price: u64, qty: u64, maker: (u64, UserId, u64), taker: (u64, UserId, u64)| {
+            Event {
+                seq,
+                kind: EventKind::Trade {
+                    trade: engine_core::TradeId(id),
+                    market,
+                    price: Ticks(price),
+                    qty: Lots(qty),
+                    taker_side: Side::Sell,
+                    maker_order: OrderId(maker.0),
+                    maker_user: maker.1,
+                    maker_remaining: Lots(maker.2),
+                    taker_order: OrderId(taker.0),
+                    taker_user: taker.1,
+                    taker_remaining: Lots(taker.2),
+                    maker_fee: Units(0),
+                    taker_fee: Units(0),
+                    timestamp_ns: ts(seq),
+                },
+            }
+        };
+    let done = |seq: u64, order: u64, user: UserId, reason: DoneReason, filled: u64, cancelled: u64| Event {
+        seq,
+        kind: EventKind::OrderDone {
+            order: OrderId(order),
+            user,
+            market,
+            reason,
+            filled: Lots(filled),
+            cancelled: Lots(cancelled),
+        },
+    };
+    let balance = |seq: u64, user: UserId, asset: u32, available: u64, locked: u64| Event {
+        seq,
+        kind: EventKind::Balance {
+            user,
+            asset: AssetId(asset),
+            available: Units(available),
+            locked: Units(locked),
+        },
+    };
+    let list_accepted = |seq: u64,
+                         list: u64,
+                         user: UserId,
+                         contingency: Contingency,
+                         orders: [u64; 2],
+                         client: Option<&str>| Event {
+        seq,
+        kind: EventKind::OrderListAccepted {
+            list: ListId(list),
+            user,
+            market,
+            contingency,
+            orders: [OrderId(orders[0]), OrderId(orders[1])],
+            client_list_id: client.map(|c| ClientOrderId::new(c).expect("valid")),
+            timestamp_ns: ts(seq),
+        },
+    };
+    let list_done = |seq: u64, list: u64, user: UserId| Event {
+        seq,
+        kind: EventKind::OrderListDone { list: ListId(list), user, market },
+    };
+    let stop_loss = |stop: Option<u64>, trailing_bips: u16| Trigger {
+        kind: TriggerKind::StopLoss,
+        stop: stop.map(Ticks),
+        trailing_bips,
+    };
+    let first: Vec<Event> = vec![
+        Event {
+            seq: 1,
+            kind: EventKind::AssetCreated {
+                asset: AssetId(0),
+                symbol: Symbol::new("BTC").unwrap(),
+                decimals: 8,
+            },
+        },
+        Event {
+            seq: 2,
+            kind: EventKind::AssetCreated {
+                asset: AssetId(1),
+                symbol: Symbol::new("ETH").unwrap(),
+                decimals: 18,
+            },
+        },
+        Event {
+            seq: 3,
+            kind: EventKind::AssetCreated {
+                asset: AssetId(2),
+                symbol: Symbol::new("USDT").unwrap(),
+                decimals: 6,
+            },
+        },
+        Event { seq: 4, kind: EventKind::MarketCreated { market, rules, status: MarketStatus::Open } },
+        Event { seq: 5, kind: EventKind::UserCreated { user: alice } },
+        Event { seq: 6, kind: EventKind::UserCreated { user: bob } },
+        Event {
+            seq: 7,
+            kind: EventKind::Deposited { user: alice, asset: AssetId(2), amount: Units(1_000_000) },
+        },
+        balance(7, alice, 2, 1_000_000, 0),
+        Event {
+            seq: 8,
+            kind: EventKind::Deposited { user: bob, asset: AssetId(0), amount: Units(1_000_000) },
+        },
+        balance(8, bob, 0, 1_000_000, 0),
+        // An OTO: buy 10 lots at 100, then sell them at 110.
+        list_accepted(9, 1, alice, Contingency::Oto, [1, 2], Some("oto-1")),
+        accepted(9, 1, alice, Side::Buy, limit(100, 10)),
+        accepted(9, 2, alice, Side::Sell, limit(110, 10)),
+        balance(9, alice, 2, 999_000, 1_000),
+        // A stop-loss sell at 95 and an OCO: a maker at 120 or a trailing stop.
+        accepted(
+            10,
+            3,
+            bob,
+            Side::Sell,
+            OrderKind::StopMarket { trigger: stop_loss(Some(95), 0), qty: Lots(5) },
+        ),
+        balance(10, bob, 0, 950_000, 50_000),
+        list_accepted(11, 2, bob, Contingency::Oco, [4, 5], None),
+        accepted(
+            11,
+            4,
+            bob,
+            Side::Sell,
+            OrderKind::Limit { price: Ticks(120), qty: Lots(5), tif: TimeInForce::PostOnly },
+        ),
+        accepted(
+            11,
+            5,
+            bob,
+            Side::Sell,
+            OrderKind::StopMarket { trigger: stop_loss(None, 50), qty: Lots(5) },
+        ),
+        balance(11, bob, 0, 900_000, 100_000),
+    ];
+    let second: Vec<Event> = vec![
+        // Bob fills the OTO's working order: its pending order is released.
+        accepted(12, 6, bob, Side::Sell, limit(100, 10)),
+        trade(12, 1, 100, 10, (1, alice, 0), (6, bob, 0)),
+        balance(12, alice, 0, 100_000, 0),
+        balance(12, alice, 2, 999_000, 0),
+        balance(12, bob, 0, 800_000, 100_000),
+        balance(12, bob, 2, 1_000, 0),
+        done(12, 1, alice, DoneReason::Filled, 10, 0),
+        done(12, 6, bob, DoneReason::Filled, 10, 0),
+        Event {
+            seq: 12,
+            kind: EventKind::OrderReleased { order: OrderId(2), user: alice, market, timestamp_ns: ts(12) },
+        },
+        balance(12, alice, 0, 0, 100_000),
+        list_done(12, 1, alice),
+        // A trade at 95 fires the stop and the OCO's trailing stop: the
+        // maker leg is cancelled by its list.
+        accepted(13, 7, alice, Side::Buy, limit(95, 4)),
+        balance(13, alice, 2, 998_620, 380),
+        accepted(14, 8, bob, Side::Sell, OrderKind::Market { qty: Lots(1) }),
+        trade(14, 2, 95, 1, (7, alice, 3), (8, bob, 0)),
+        balance(14, alice, 0, 10_000, 100_000),
+        balance(14, alice, 2, 998_620, 285),
+        balance(14, bob, 0, 790_000, 100_000),
+        balance(14, bob, 2, 1_095, 0),
+        done(14, 8, bob, DoneReason::Filled, 1, 0),
+        Event {
+            seq: 14,
+            kind: EventKind::OrderTriggered {
+                order: OrderId(3),
+                user: bob,
+                market,
+                price: Ticks(95),
+                timestamp_ns: ts(14),
+            },
+        },
+        trade(14, 3, 95, 3, (7, alice, 0), (3, bob, 2)),
+        done(14, 7, alice, DoneReason::Filled, 4, 0),
+        done(14, 3, bob, DoneReason::Expired, 3, 2),
+        Event {
+            seq: 14,
+            kind: EventKind::OrderTriggered {
+                order: OrderId(5),
+                user: bob,
+                market,
+                price: Ticks(95),
+                timestamp_ns: ts(14),
+            },
+        },
+        done(14, 4, bob, DoneReason::Contingent, 0, 5),
+        list_done(14, 2, bob),
+        done(14, 5, bob, DoneReason::Expired, 0, 5),
+        balance(14, bob, 0, 920_000, 0),
+        // An OTO opened and ended in one row set: its pending order is refused.
+        list_accepted(15, 3, alice, Contingency::Oto, [9, 10], None),
+        accepted(15, 9, alice, Side::Buy, limit(90, 1)),
+        accepted(15, 10, alice, Side::Buy, OrderKind::Market { qty: Lots(50) }),
+        balance(15, alice, 2, 998_530, 375),
+        accepted(16, 11, bob, Side::Sell, limit(90, 1)),
+        trade(16, 4, 90, 1, (9, alice, 0), (11, bob, 0)),
+        done(16, 9, alice, DoneReason::Filled, 1, 0),
+        done(16, 11, bob, DoneReason::Filled, 1, 0),
+        Event {
+            seq: 16,
+            kind: EventKind::OrderReleased { order: OrderId(10), user: alice, market, timestamp_ns: ts(16) },
+        },
+        done(
+            16,
+            10,
+            alice,
+            DoneReason::Refused(RejectReason::InsufficientFunds {
+                asset: AssetId(2),
+                needed: Units(999_999_999),
+                available: Units(5),
+            }),
+            0,
+            50,
+        ),
+        list_done(16, 3, alice),
+    ];
+    runtime().block_on(async {
+        let mut client = connect(&database.url).await;
+        persistence::migrate(&mut client).await.expect("migrate");
+        let mut written = 0;
+        for events in [first, second] {
+            let mut loaded = persistence::load(&client).await.expect("load");
+            let mut stamps: Vec<Stamp> = events.iter().map(|e| Stamp { seq: e.seq, timestamp_ns: ts(e.seq) }).collect();
+            stamps.dedup();
+            let mut rows = persistence::RowSet::new();
+            rows.add(&events, &stamps, &mut loaded.catalog, &mut loaded.balances).expect("rows");
+            persistence::write(&mut client, &rows, &loaded.catalog, written, persistence::WriteMode::Copy)
+                .await
+                .expect("write");
+            written = stamps.last().expect("a stamp").seq;
+        }
+        let tick = tick_size(&rules, 8, 6);
+        let price = |ticks: u64| Some((Decimal::from(ticks) * tick).normalize());
+        type OrderColumns = (String, Option<i64>, Option<String>, Option<Decimal>, Option<i16>, bool, Option<Decimal>, Option<String>);
+        let rows = client
+            .query("SELECT order_id, status, list_id, trigger_kind, stop_price, trailing_bips, triggered_at IS NOT NULL, trigger_price, reject_reason FROM orders ORDER BY order_id", &[])
+            .await
+            .expect("orders");
+        let stored: BTreeMap<i64, OrderColumns> = rows
+            .iter()
+            .map(|r| {
+                let norm = |d: Option<Decimal>| d.map(|d| d.normalize());
+                (r.get(0), (r.get(1), r.get(2), r.get(3), norm(r.get(4)), r.get(5), r.get(6), norm(r.get(7)), r.get(8)))
+            })
+            .collect();
+        let plain = |status: &str, list: Option<i64>| (status.to_string(), list, None, None, None, false, None, None);
+        assert_eq!(stored[&1], plain("filled", Some(1)));
+        assert_eq!(stored[&2], plain("new", Some(1)), "released: pending_new became new in a later transaction");
+        assert_eq!(
+            stored[&3],
+            ("expired".into(), None, Some("stop_loss".into()), price(95), None, true, price(95), None)
+        );
+        assert_eq!(stored[&4], plain("expired_contingent", Some(2)));
+        assert_eq!(
+            stored[&5],
+            ("expired".into(), Some(2), Some("stop_loss".into()), None, Some(50), true, price(95), None)
+        );
+        let refused = &stored[&10];
+        assert_eq!((refused.0.as_str(), refused.1), ("rejected", Some(3)));
+        assert!(
+            refused.7.as_deref().is_some_and(|why| why.contains("insufficient balance")),
+            "the reason is kept: {refused:?}"
+        );
+        let lists: Vec<ListRow> = client
+            .query("SELECT list_id, user_id, contingency, list_client_id, status, order_ids FROM order_lists ORDER BY list_id", &[])
+            .await
+            .expect("lists")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect();
+        assert_eq!(
+            lists,
+            [
+                (1, 0, "oto".into(), Some("oto-1".into()), "done".into(), vec![1, 2]),
+                (2, 1, "oco".into(), None, "done".into(), vec![4, 5]),
+                (3, 0, "oto".into(), None, "done".into(), vec![9, 10]),
+            ]
+        );
+        // Every balance change has its row and its cause; a fired order's
+        // are the order's own.
+        let ledger: i64 = client.query_one("SELECT count(*) FROM ledger", &[]).await.expect("ledger").get(0);
+        assert_eq!(ledger, 17, "one row per Balance event");
+        let fired: Vec<(String, Option<i64>)> = client
+            .query("SELECT cause, order_id FROM ledger WHERE seq = 12 ORDER BY event_index", &[])
+            .await
+            .expect("ledger rows")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(fired.last(), Some(&("order".to_string(), Some(2))), "the release funds the released order");
+    });
 }

@@ -15,7 +15,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use engine_core::{
-    Asset, AssetId, Command, Engine, EngineLimits, Event, EventKind, MarketId, OrderKind, OrderRef, Units,
+    Asset, AssetId, Command, Engine, EngineLimits, Event, EventKind, ListRef, MarketId, OrderKind, OrderRef,
+    Trigger, TriggerKind, Units,
 };
 use gateway::amounts::{ppm_to_string, Scale};
 use journal::{DataDir, JournalReader, ReadMode, RecoverOptions};
@@ -186,20 +187,7 @@ impl Names<'_> {
             }
             Command::PlaceOrder(order) => match self.market(order.market) {
                 Some((name, scale, base, quote)) => {
-                    let what = match order.kind {
-                        OrderKind::Limit { price, qty, tif } => format!(
-                            "limit {} {} @ {} {} {tif:?}",
-                            scale.qty(qty),
-                            base.symbol,
-                            scale.price(price),
-                            quote.symbol
-                        ),
-                        OrderKind::Market { qty } => format!("market {} {}", scale.qty(qty), base.symbol),
-                        OrderKind::MarketByQuote { amount: units } => {
-                            format!("market for {} {}", amount(units, quote), quote.symbol)
-                        }
-                        other => format!("{other:?}"),
-                    };
+                    let what = kind_text(&order.kind, &scale, base, quote);
                     let client =
                         order.client_order_id.map_or(String::new(), |id| format!(" client order id {id}"));
                     format!(
@@ -208,6 +196,40 @@ impl Names<'_> {
                     )
                 }
                 None => raw(),
+            },
+            Command::PlaceOrderList(list) => match self.market(list.market) {
+                Some((name, scale, base, quote)) => {
+                    let client =
+                        list.client_list_id.map_or(String::new(), |id| format!(" list client id {id}"));
+                    let legs: Vec<String> = list
+                        .legs
+                        .iter()
+                        .enumerate()
+                        .map(|(index, leg)| {
+                            let client = leg
+                                .client_order_id
+                                .map_or(String::new(), |id| format!(" client order id {id}"));
+                            format!(
+                                "{}) {} {}{client}",
+                                index + 1,
+                                leg.side,
+                                kind_text(&leg.kind, &scale, base, quote)
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "PlaceOrderList user {} {name} {:?}{client} stp {:?}: {}",
+                        list.user,
+                        list.contingency,
+                        list.stp,
+                        legs.join("; ")
+                    )
+                }
+                None => raw(),
+            },
+            Command::CancelOrderList { user, list } => match list {
+                ListRef::Id(id) => format!("CancelOrderList user {user} list {id}"),
+                ListRef::Client(client) => format!("CancelOrderList user {user} list client id {client}"),
             },
             Command::CancelOrder { user, order } => format!("CancelOrder user {user} {}", order_ref(order)),
             Command::CancelAll { user, market: None } => format!("CancelAll user {user} all markets"),
@@ -228,7 +250,7 @@ impl Names<'_> {
                 }
                 None => raw(),
             },
-            Command::SetLimits { .. } | Command::PlaceOrderList(_) | Command::CancelOrderList { .. } => raw(),
+            Command::SetLimits { .. } => raw(),
         };
         match self.rejected() {
             Some(reason) => format!("{text} -> rejected: {reason}"),
@@ -278,22 +300,27 @@ impl Names<'_> {
             Command::PlaceOrder(order) => {
                 if let Some((name, scale, _, quote)) = self.market(order.market) {
                     put("market", name);
-                    match order.kind {
-                        OrderKind::Limit { price, qty, .. } => {
-                            put("price", scale.price(price));
-                            put("qty", scale.qty(qty));
-                        }
-                        OrderKind::Market { qty } => put("qty", scale.qty(qty)),
-                        OrderKind::MarketByQuote { amount: units } => put("amount", amount(units, quote)),
-                        other => {
-                            if let Some(price) = other.price() {
-                                put("price", scale.price(price));
-                            }
-                            if let Some(qty) = other.qty() {
-                                put("qty", scale.qty(qty));
-                            }
-                        }
+                    for (field, value) in kind_fields(&order.kind, &scale, quote) {
+                        put(field, value);
                     }
+                }
+            }
+            Command::PlaceOrderList(list) => {
+                if let Some((name, scale, _, quote)) = self.market(list.market) {
+                    put("market", name);
+                    let legs = list
+                        .legs
+                        .iter()
+                        .map(|leg| {
+                            Value::Object(
+                                kind_fields(&leg.kind, &scale, quote)
+                                    .into_iter()
+                                    .map(|(field, value)| (field.to_string(), Value::String(value)))
+                                    .collect(),
+                            )
+                        })
+                        .collect();
+                    fields.insert("legs".to_string(), Value::Array(legs));
                 }
             }
             Command::Amend(amend) => {
@@ -311,6 +338,68 @@ impl Names<'_> {
         }
         fields
     }
+}
+
+/// An order kind in words, with decimals: `limit 0.5 BTC @ 50000 USDT Gtc`,
+/// `stop_market 0.1 BTC stop_loss at 49000 USDT trailing 100 bips`.
+fn kind_text(kind: &OrderKind, scale: &Scale, base: &Asset, quote: &Asset) -> String {
+    let qty = |q| format!("{} {}", scale.qty(q), base.symbol);
+    let price = |p| format!("{} {}", scale.price(p), quote.symbol);
+    let trigger = |trigger: &Trigger| {
+        let kind = match trigger.kind {
+            TriggerKind::StopLoss => "stop_loss",
+            TriggerKind::TakeProfit => "take_profit",
+        };
+        let mut text = kind.to_string();
+        if let Some(stop) = trigger.stop {
+            text.push_str(&format!(" at {}", price(stop)));
+        }
+        if trigger.trailing_bips > 0 {
+            text.push_str(&format!(" trailing {} bips", trigger.trailing_bips));
+        }
+        text
+    };
+    match *kind {
+        OrderKind::Limit { price: p, qty: q, tif } => format!("limit {} @ {} {tif:?}", qty(q), price(p)),
+        OrderKind::Market { qty: q } => format!("market {}", qty(q)),
+        OrderKind::MarketByQuote { amount: units } => {
+            format!("market for {} {}", amount(units, quote), quote.symbol)
+        }
+        OrderKind::Iceberg { price: p, qty: q, visible, tif } => {
+            format!("iceberg {} @ {} showing {} {tif:?}", qty(q), price(p), scale.qty(visible))
+        }
+        OrderKind::StopMarket { trigger: t, qty: q } => format!("stop_market {} {}", qty(q), trigger(&t)),
+        OrderKind::StopLimit { trigger: t, price: p, qty: q, tif, visible } => {
+            let showing =
+                if visible.0 > 0 { format!(" showing {}", scale.qty(visible)) } else { String::new() };
+            format!("stop_limit {} @ {} {tif:?}{showing} {}", qty(q), price(p), trigger(&t))
+        }
+    }
+}
+
+/// An order kind's prices, quantities and amounts as decimal strings.
+fn kind_fields(kind: &OrderKind, scale: &Scale, quote: &Asset) -> Vec<(&'static str, String)> {
+    let mut fields = Vec::new();
+    if let OrderKind::MarketByQuote { amount: units } = *kind {
+        fields.push(("amount", amount(units, quote)));
+    }
+    if let Some(price) = kind.price() {
+        fields.push(("price", scale.price(price)));
+    }
+    if let Some(qty) = kind.qty() {
+        fields.push(("qty", scale.qty(qty)));
+    }
+    match *kind {
+        OrderKind::Iceberg { visible, .. } => fields.push(("visible_qty", scale.qty(visible))),
+        OrderKind::StopLimit { visible, .. } if visible.0 > 0 => {
+            fields.push(("visible_qty", scale.qty(visible)))
+        }
+        _ => {}
+    }
+    if let Some(stop) = kind.trigger().and_then(|t| t.stop) {
+        fields.push(("stop_price", scale.price(stop)));
+    }
+    fields
 }
 
 #[cfg(test)]

@@ -755,3 +755,118 @@ fn admin_verbs_drive_a_running_exchange_and_the_dump_shows_decimals() {
     let record: StampedCommand = serde_json::from_value(line).expect("still the raw record");
     assert_eq!(record.seq.to_string(), seq);
 }
+
+#[test]
+fn dump_describes_stops_icebergs_and_order_lists_in_decimals() {
+    use engine_core::{
+        AssetId, ClientOrderId, Command, Contingency, ListLeg, ListRef, Lots, MarketId, MarketRules,
+        MarketStatus, NewOrder, NewOrderList, OrderKind, SelfTradePrevention, Side, Symbol, Ticks,
+        TimeInForce, Trigger, TriggerKind, Units, UserId,
+    };
+    let root = tempfile::tempdir().unwrap();
+    let data = DataDir::new(root.path());
+    // BTC-USDT: lot 0.0001 BTC, tick 0.01 USDT.
+    let rules = MarketRules {
+        base: AssetId(0),
+        quote: AssetId(1),
+        base_units_per_lot: 10_000,
+        quote_units_per_tick: 1,
+        min_qty: Lots(1),
+        min_notional: Units(1),
+        maker_fee_ppm: 0,
+        taker_fee_ppm: 0,
+    };
+    let (user, market, stp) = (UserId(0), MarketId(0), SelfTradePrevention::CancelTaker);
+    let stop_loss = Trigger { kind: TriggerKind::StopLoss, stop: Some(Ticks(4_900_000)), trailing_bips: 0 };
+    let trailing = Trigger { kind: TriggerKind::TakeProfit, stop: None, trailing_bips: 150 };
+    let place = |kind: OrderKind| {
+        Command::PlaceOrder(NewOrder { user, market, side: Side::Sell, kind, client_order_id: None, stp })
+    };
+    let client = |id: &str| Some(ClientOrderId::new(id).unwrap());
+    let commands = [
+        Command::CreateAsset { symbol: Symbol::new("BTC").unwrap(), decimals: 8 },
+        Command::CreateAsset { symbol: Symbol::new("USDT").unwrap(), decimals: 6 },
+        Command::CreateMarket { rules, status: MarketStatus::Open },
+        Command::CreateUser,
+        Command::Deposit { user, asset: AssetId(0), amount: Units(100_000_000) },
+        place(OrderKind::Iceberg {
+            price: Ticks(5_000_000),
+            qty: Lots(1_000),
+            visible: Lots(250),
+            tif: TimeInForce::Gtc,
+        }),
+        place(OrderKind::StopMarket { trigger: trailing, qty: Lots(500) }),
+        place(OrderKind::StopLimit {
+            trigger: stop_loss,
+            price: Ticks(4_890_000),
+            qty: Lots(1_000),
+            tif: TimeInForce::Gtc,
+            visible: Lots(100),
+        }),
+        Command::PlaceOrderList(NewOrderList {
+            user,
+            market,
+            contingency: Contingency::Oco,
+            client_list_id: client("exit-1"),
+            stp,
+            legs: [
+                ListLeg {
+                    side: Side::Sell,
+                    kind: OrderKind::Limit {
+                        price: Ticks(5_200_000),
+                        qty: Lots(1_000),
+                        tif: TimeInForce::PostOnly,
+                    },
+                    client_order_id: client("take"),
+                },
+                ListLeg {
+                    side: Side::Sell,
+                    kind: OrderKind::StopMarket { trigger: stop_loss, qty: Lots(1_000) },
+                    client_order_id: None,
+                },
+            ],
+        }),
+        Command::CancelOrderList { user, list: ListRef::Client(ClientOrderId::new("exit-1").unwrap()) },
+    ];
+    let (mut writer, _) = JournalWriter::open(JournalConfig::new(data.journal())).unwrap();
+    for (index, command) in commands.iter().enumerate() {
+        let seq = index as u64 + 1;
+        writer
+            .append(&StampedCommand { seq, timestamp_ns: 1_795_608_000_000_000_000 + seq, command: *command })
+            .unwrap();
+    }
+    writer.commit_batch().unwrap();
+    drop(writer);
+    let dir = root.path().to_str().unwrap();
+
+    let output = exctl(&["journal", "dump", dir, "--from", "6"]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    for expected in [
+        "BTC-USDT sell iceberg 0.1 BTC @ 50000 USDT showing 0.025 Gtc",
+        "stop_market 0.05 BTC take_profit trailing 150 bips",
+        "stop_limit 0.1 BTC @ 48900 USDT Gtc showing 0.01 stop_loss at 49000 USDT",
+        "PlaceOrderList user 0 BTC-USDT Oco list client id exit-1 stp CancelTaker: \
+         1) sell limit 0.1 BTC @ 52000 USDT PostOnly client order id take; 2) sell stop_market 0.1 BTC stop_loss at 49000 USDT",
+        "CancelOrderList user 0 list client id exit-1",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    assert!(!text.contains("Ticks(") && !text.contains("Lots(") && !text.contains("Trigger {"), "{text}");
+
+    let output = exctl(&["journal", "dump", dir, "--from", "6", "--json"]);
+    let lines: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(
+        lines[0]["decimal"],
+        serde_json::json!({ "market": "BTC-USDT", "price": "50000", "qty": "0.1", "visible_qty": "0.025" })
+    );
+    assert_eq!(lines[2]["decimal"]["stop_price"], "49000", "{}", lines[2]);
+    assert_eq!(
+        lines[3]["decimal"]["legs"],
+        serde_json::json!([{ "price": "52000", "qty": "0.1" }, { "qty": "0.1", "stop_price": "49000" }]),
+        "{}",
+        lines[3]
+    );
+}

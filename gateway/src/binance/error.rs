@@ -190,6 +190,12 @@ impl BinanceError {
             QuantityBelowMinimum { .. } => BinanceError::filter("LOT_SIZE"),
             NotionalBelowMinimum { .. } => BinanceError::filter("NOTIONAL"),
             OpenOrderLimit { .. } => BinanceError::filter("MAX_NUM_ORDERS"),
+            TrailingDeltaOutOfRange { .. } => BinanceError::filter("TRAILING_DELTA"),
+            IcebergTooManyParts { .. } => BinanceError::filter("ICEBERG_PARTS"),
+            UnknownOrderList => match action {
+                Action::Cancel => BinanceError::bad_request(-2011, "Unknown order list sent."),
+                _ => BinanceError::bad_request(-2013, "Order list does not exist."),
+            },
             UnknownMarket(_) => BinanceError::bad_symbol(),
             _ => {
                 let msg = match reason {
@@ -198,6 +204,8 @@ impl BinanceError {
                     }
                     DuplicateClientOrderId(_) => "Duplicate order sent.".to_string(),
                     PostOnlyWouldTake => "Order would immediately match and take.".to_string(),
+                    WouldTriggerImmediately { .. } => "Order would trigger immediately.".to_string(),
+                    DuplicateListClientId(_) => "Duplicate order list sent.".to_string(),
                     MarketNotOpen { .. } | MarketHalted { .. } => "Market is closed.".to_string(),
                     _ => detail,
                 };

@@ -10,15 +10,18 @@
 //!
 //! Symbols are the market's assets run together (`BTC-USDT` is `BTCUSDT`;
 //! lower case in stream names). Amounts are decimal strings with at least
-//! eight decimals, as Binance prints them. Where the exchange lacks a
-//! feature (stop orders, icebergs, order lists) the answer is the error
-//! Binance gives for an unsupported request.
+//! eight decimals, as Binance prints them. Stop-loss and take-profit
+//! orders (market and limit, fixed or trailing), icebergs and the OCO and
+//! OTO order lists are Binance's; where the exchange lacks a feature
+//! (OTOCO, pegged orders, SOR) the answer is the error Binance gives for
+//! an unsupported request.
 //!
 //! This module must never keep state of its own that the engine does not
 //! have: every answer comes from the engine's events, the read views, or
 //! the database, exactly as for the native API.
 
 pub mod error;
+pub mod lists;
 pub mod market;
 pub mod params;
 pub mod rest;
@@ -34,6 +37,17 @@ use crate::amounts::Scale;
 use crate::views::OrderStatus;
 
 pub use error::BinanceError;
+
+/// Every order type of every market (`exchangeInfo`'s `orderTypes`).
+pub const ORDER_TYPES: [&str; 7] =
+    ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"];
+/// The `ICEBERG_PARTS` filter: an iceberg shows at most this many parts
+/// (Binance's usual limit; the engine's own bound is the same).
+pub const ICEBERG_PARTS_MAX: u64 = 100;
+/// The `TRAILING_DELTA` filter, in basis points, both ways (Binance's
+/// defaults; the engine accepts 1 to 2,000, this edge applies the filter).
+pub const TRAILING_DELTA_BIPS_MIN: u16 = 10;
+pub const TRAILING_DELTA_BIPS_MAX: u16 = 2_000;
 
 /// The fewest decimals Binance prints in an amount.
 const DECIMALS_MIN: u32 = 8;
@@ -86,6 +100,16 @@ pub fn status_name(status: OrderStatus) -> &'static str {
         OrderStatus::Cancelled => "CANCELED",
         OrderStatus::Expired | OrderStatus::ExpiredFunds => "EXPIRED",
         OrderStatus::ExpiredSelfTrade => "EXPIRED_IN_MATCH",
+    }
+}
+
+/// Binance's status of an order: an OTO's pending order is PENDING_NEW
+/// until its working order fills; a waiting stop order is NEW.
+pub fn order_status_name(order: &crate::views::OrderView) -> &'static str {
+    if order.stage == crate::views::OrderStage::Pending && order.status == OrderStatus::New {
+        "PENDING_NEW"
+    } else {
+        status_name(order.status)
     }
 }
 

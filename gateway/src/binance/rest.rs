@@ -11,6 +11,7 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::error::{Action, BinanceError};
+use super::lists;
 use super::market;
 use super::params::Params;
 use super::streams;
@@ -56,6 +57,12 @@ const TABLE: &[(&str, &str, Security)] = &[
     ("GET", "/api/v3/account", Security::Signed),
     ("GET", "/api/v3/myTrades", Security::Signed),
     ("GET", "/api/v3/allOrders", Security::Signed),
+    ("POST", "/api/v3/orderList/oco", Security::Signed),
+    ("POST", "/api/v3/orderList/oto", Security::Signed),
+    ("DELETE", "/api/v3/orderList", Security::Signed),
+    ("GET", "/api/v3/orderList", Security::Signed),
+    ("GET", "/api/v3/openOrderList", Security::Signed),
+    ("GET", "/api/v3/allOrderList", Security::Signed),
     ("POST", "/api/v3/userDataStream", Security::ApiKey),
     ("PUT", "/api/v3/userDataStream", Security::ApiKey),
     ("DELETE", "/api/v3/userDataStream", Security::ApiKey),
@@ -160,6 +167,9 @@ fn weight(request: &Request<'_>) -> u64 {
             }
         }
         ("PUT", "/api/v3/order/amend/keepPriority") => 4,
+        ("GET", "/api/v3/orderList") => 4,
+        ("GET", "/api/v3/openOrderList") => 6,
+        ("GET", "/api/v3/allOrderList") => 20,
         ("GET", "/api/v3/account" | "/api/v3/myTrades" | "/api/v3/allOrders") => 20,
         (_, "/api/v3/userDataStream") => 2,
         _ => 1,
@@ -241,6 +251,12 @@ async fn route(
         ("GET", "/api/v3/account") => trading::account(state, signed()?, p),
         ("GET", "/api/v3/myTrades") => trading::my_trades(state, signed()?, p).await,
         ("GET", "/api/v3/allOrders") => trading::all_orders(state, signed()?, p).await,
+        ("POST", "/api/v3/orderList/oco") => lists::place_oco(state, producer, signed()?, p).await,
+        ("POST", "/api/v3/orderList/oto") => lists::place_oto(state, producer, signed()?, p).await,
+        ("DELETE", "/api/v3/orderList") => lists::cancel(state, producer, signed()?, p).await,
+        ("GET", "/api/v3/orderList") => lists::status(state, signed()?, p),
+        ("GET", "/api/v3/openOrderList") => lists::open(state, signed()?, p),
+        ("GET", "/api/v3/allOrderList") => lists::all(state, signed()?, p),
         ("POST", "/api/v3/userDataStream") => {
             p.only(&[])?;
             let key = state.binance.open_listen_key(signed()?, now_ms())?;

@@ -21,7 +21,7 @@ use super::market::{agg_json, aggregate, best, book_json, Level};
 use super::{price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT};
 use crate::clock::now_ms;
 use crate::subscribers::{Channel, Framing, Speed, Subscribers};
-use crate::views::{OrderStatus, OrderView, TradeView, Views};
+use crate::views::{ListView, OrderStage, OrderStatus, OrderView, TradeView, Views};
 
 /// The depth levels a partial book stream shows.
 pub const PARTIAL_LEVELS: [u8; 3] = [5, 10, 20];
@@ -276,7 +276,14 @@ impl Streams {
                     }
                 }
                 EventKind::OrderAccepted { order, user, .. } if event.seq > known_until => {
-                    let Some(accepted) = OrderView::accepted(event) else { continue };
+                    let Some(mut accepted) = OrderView::accepted(event) else { continue };
+                    if let Some(list) = views.list_of_order(user, order) {
+                        accepted.list = Some(list.list);
+                        if list.contingency == engine_core::Contingency::Oto && list.orders[1] == order {
+                            accepted.stage = OrderStage::Pending;
+                            accepted.working_ns = None;
+                        }
+                    }
                     let order_view = self.orders.entry(order).or_insert(accepted);
                     if users_listening {
                         let report = execution_report(
@@ -284,7 +291,7 @@ impl Streams {
                             order_view,
                             ReportKind {
                                 execution: "NEW",
-                                status: "NEW",
+                                status: super::order_status_name(order_view),
                                 filled: Lots(0),
                                 quote_filled: 0,
                                 working: true,
@@ -348,6 +355,51 @@ impl Streams {
                             },
                         );
                         user_events.push((user, report));
+                    }
+                }
+                // A waiting order enters the market (its trigger fired, its
+                // OTO released it): Binance reports it NEW again, now with
+                // its working time.
+                EventKind::OrderTriggered { order, user, .. }
+                | EventKind::OrderReleased { order, user, .. }
+                | EventKind::TrailingStarted { order, user, .. }
+                    if event.seq > known_until =>
+                {
+                    let timestamp_ns = match event.kind {
+                        EventKind::OrderTriggered { timestamp_ns, .. }
+                        | EventKind::OrderReleased { timestamp_ns, .. } => timestamp_ns,
+                        _ => now * 1_000_000,
+                    };
+                    let Some(order_view) = self.tracked(views, user, order) else { continue };
+                    order_view.follow(event, timestamp_ns);
+                    let reported = !matches!(event.kind, EventKind::TrailingStarted { .. });
+                    if users_listening && reported {
+                        let order_view = &*order_view;
+                        let report = execution_report(
+                            views,
+                            order_view,
+                            ReportKind {
+                                execution: "NEW",
+                                status: super::order_status_name(order_view),
+                                filled: order_view.filled,
+                                quote_filled: order_view.quote_filled,
+                                working: order_view.stage == OrderStage::Working,
+                                time_ms: timestamp_ns / 1_000_000,
+                            },
+                        );
+                        user_events.push((user, report));
+                    }
+                }
+                EventKind::OrderListAccepted { list, user, timestamp_ns, .. }
+                    if event.seq > known_until && users_listening =>
+                {
+                    if let Some(found) = views.find_list(user, engine_core::ListRef::Id(list)) {
+                        user_events.push((user, list_status(views, found, false, timestamp_ns / 1_000_000)));
+                    }
+                }
+                EventKind::OrderListDone { list, user, .. } if event.seq > known_until && users_listening => {
+                    if let Some(found) = views.find_list(user, engine_core::ListRef::Id(list)) {
+                        user_events.push((user, list_status(views, found, true, now)));
                     }
                 }
                 EventKind::Balance { user, asset, available, locked } if users_listening => {
@@ -658,20 +710,55 @@ fn execution_report(views: &Views, order: &OrderView, kind: ReportKind) -> Value
     };
     let client = order.client_order_id.map(|c| c.to_string()).unwrap_or_default();
     let cancel = kind.execution == "CANCELED";
-    json!({
+    let fields = super::trading::trigger_fields(scale, order);
+    let field = |name: &str| fields.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+    let mut report = json!({
         "e": "executionReport", "E": now_ms(), "s": view.symbol,
         "c": client, "S": side_name(order.side), "o": order_type, "f": tif,
         "q": qty_text(scale, order.quantity),
         "p": order.price.map_or_else(zero, |p| price_text(scale, p)),
-        "P": zero(), "F": zero(), "g": -1,
+        "P": field("stopPrice").unwrap_or_else(|| json!(zero())),
+        "F": field("icebergQty").unwrap_or_else(|| json!(zero())),
+        "g": super::trading::list_id(order),
         "C": if cancel { client.clone() } else { String::new() },
         "x": kind.execution, "X": kind.status, "r": "NONE", "i": order.order.0,
         "l": zero(), "z": qty_text(scale, kind.filled), "L": zero(), "n": "0", "N": null,
         "T": kind.time_ms, "t": -1, "I": 0, "w": kind.working, "m": false, "M": false,
         "O": order.created_ns / 1_000_000,
         "Z": units_text(kind.quote_filled, scale.quote_decimals),
-        "Y": zero(), "Q": quote_amount, "W": order.created_ns / 1_000_000,
+        "Y": zero(), "Q": quote_amount,
         "V": stp_name(order.stp.unwrap_or(STP_DEFAULT)),
+    });
+    if let Some(object) = report.as_object_mut() {
+        // Binance sends the working time only of an order that works, and
+        // the trailing fields only of a trailing order.
+        if let Some(working_ns) = order.working_ns {
+            object.insert("W".into(), json!(working_ns / 1_000_000));
+        }
+        if let Some(delta) = field("trailingDelta") {
+            object.insert("d".into(), delta);
+            object.insert("D".into(), field("trailingTime").unwrap_or(json!(-1)));
+        }
+    }
+    report
+}
+
+/// A `listStatus` event: a list started (`done` false) or ended.
+fn list_status(views: &Views, list: &ListView, done: bool, time_ms: u64) -> Value {
+    let json = super::lists::list_json(views, list, done);
+    let orders: Vec<Value> = json["orders"]
+        .as_array()
+        .map(|orders| {
+            orders
+                .iter()
+                .map(|o| json!({ "s": o["symbol"], "i": o["orderId"], "c": o["clientOrderId"] }))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "e": "listStatus", "E": now_ms(), "s": json["symbol"], "g": list.list.0,
+        "c": json["contingencyType"], "l": json["listStatusType"], "L": json["listOrderStatus"],
+        "r": "NONE", "C": json["listClientOrderId"], "T": time_ms, "O": orders,
     })
 }
 

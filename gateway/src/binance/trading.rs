@@ -7,7 +7,8 @@
 use std::sync::Mutex;
 
 use engine_core::{
-    Amend, ClientOrderId, Lots, NewOrder, OrderId, OrderKind, OrderRef, Side, TimeInForce, UserId,
+    Amend, ClientOrderId, Lots, NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side,
+    TimeInForce, Trigger, TriggerKind, UserId,
 };
 use serde_json::{json, Value};
 
@@ -15,14 +16,15 @@ use super::error::{Action, BinanceError};
 use super::market::{market, read_views};
 use super::params::{Params, TradeRange};
 use super::{
-    price_text, qty_text, side_name, status_name, stp_name, type_and_tif, units_text, STP_DEFAULT, STP_MODES,
+    order_status_name, price_text, qty_text, side_name, stp_name, type_and_tif, units_text, STP_DEFAULT,
+    STP_MODES,
 };
 use crate::amounts;
 use crate::app::{self, Refusal};
 use crate::clock::now_ms;
 use crate::pipeline::Publisher;
 use crate::state::AppState;
-use crate::views::{FillView, MarketView, OrderView, Views};
+use crate::views::{FillView, MarketView, OrderStage, OrderView, Views};
 
 const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
 const ALL_ORDERS_LIMIT_DEFAULT: u64 = 500;
@@ -46,20 +48,20 @@ const NEW_ORDER_PARAMS: &[&str] = &[
 ];
 
 /// A command's refusal as Binance's error for `action`.
-fn refused(action: Action) -> impl Fn(Refusal) -> BinanceError {
+pub(super) fn refused(action: Action) -> impl Fn(Refusal) -> BinanceError {
     move |refusal| match refusal {
         Refusal::Rejected { reason, message } => BinanceError::rejected(reason, message, action),
         Refusal::Failed(error) => BinanceError::from(error),
     }
 }
 
-fn client_order_id(name: &str, text: &str) -> Result<ClientOrderId, BinanceError> {
+pub(super) fn client_order_id(name: &str, text: &str) -> Result<ClientOrderId, BinanceError> {
     ClientOrderId::new(text).map_err(|_| BinanceError::illegal_characters(name, CLIENT_ID_RANGE))
 }
 
 /// What `newOrderRespType` asks for.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub(super) enum Answer {
     Ack,
     Result,
     Full,
@@ -98,93 +100,11 @@ fn check_order(
     client_id: impl FnOnce() -> String,
 ) -> Result<Prepared, BinanceError> {
     let view = market(views, p.required("symbol")?)?;
-    let scale = view.scale;
-    let side = match p.required("side")? {
-        "BUY" => Side::Buy,
-        "SELL" => Side::Sell,
-        _ => return Err(BinanceError::invalid_side()),
-    };
+    let side = side_of(p.required("side")?)?;
     let order_type = p.required("type")?;
-    match order_type {
-        "LIMIT" | "LIMIT_MAKER" | "MARKET" => {}
-        "STOP_LOSS" | "STOP_LOSS_LIMIT" | "TAKE_PROFIT" | "TAKE_PROFIT_LIMIT" => {
-            return Err(BinanceError::unsupported_combination())
-        }
-        _ => return Err(BinanceError::invalid_order_type()),
-    }
-    for unsupported in ["stopPrice", "icebergQty", "trailingDelta"] {
-        if p.has(unsupported) {
-            return Err(BinanceError::not_required(unsupported));
-        }
-    }
-    let price = p.decimal("price")?;
-    let quantity = p.decimal("quantity")?;
-    let quote_qty = p.decimal("quoteOrderQty")?;
-    let to_ticks = |price| scale.to_ticks("price", price).map_err(|_| BinanceError::filter("PRICE_FILTER"));
-    let to_lots = |qty| scale.to_lots("quantity", qty).map_err(|_| BinanceError::filter("LOT_SIZE"));
-    let tif = p.get("timeInForce");
-    let limit = |post_only: bool| -> Result<OrderKind, BinanceError> {
-        if quote_qty.is_some() {
-            return Err(BinanceError::not_required("quoteOrderQty"));
-        }
-        let tif = if post_only {
-            if tif.is_some() {
-                return Err(BinanceError::not_required("timeInForce"));
-            }
-            TimeInForce::PostOnly
-        } else {
-            match tif.ok_or_else(|| BinanceError::mandatory("timeInForce"))? {
-                "GTC" => TimeInForce::Gtc,
-                "IOC" => TimeInForce::Ioc,
-                "FOK" => TimeInForce::Fok,
-                _ => return Err(BinanceError::invalid_tif()),
-            }
-        };
-        let price = price.ok_or_else(|| BinanceError::mandatory("price"))?;
-        let qty = quantity.ok_or_else(|| BinanceError::mandatory("quantity"))?;
-        Ok(OrderKind::Limit { price: to_ticks(price)?, qty: to_lots(qty)?, tif })
-    };
-    let kind = match order_type {
-        "LIMIT" => limit(false)?,
-        "LIMIT_MAKER" => limit(true)?,
-        "MARKET" => {
-            if price.is_some() {
-                return Err(BinanceError::not_required("price"));
-            }
-            if tif.is_some() {
-                return Err(BinanceError::not_required("timeInForce"));
-            }
-            match (quantity, quote_qty) {
-                (Some(qty), None) => OrderKind::Market { qty: to_lots(qty)? },
-                (None, Some(amount)) => OrderKind::MarketByQuote {
-                    amount: amounts::to_units("quoteOrderQty", amount, scale.quote_decimals)
-                        .map_err(|_| BinanceError::too_much_precision("quoteOrderQty"))?,
-                },
-                (None, None) => return Err(BinanceError::one_of("quantity", "quoteOrderQty")),
-                (Some(_), Some(_)) => return Err(BinanceError::not_required("quoteOrderQty")),
-            }
-        }
-        _ => return Err(BinanceError::invalid_order_type()),
-    };
-    let stp = match p.get("selfTradePreventionMode") {
-        None => STP_DEFAULT,
-        Some(name) => {
-            STP_MODES.iter().find(|(mode, _)| *mode == name).map(|(_, stp)| *stp).ok_or_else(|| {
-                BinanceError::invalid_value(
-                    "selfTradePreventionMode",
-                    "NONE, EXPIRE_TAKER, EXPIRE_MAKER or EXPIRE_BOTH",
-                )
-            })?
-        }
-    };
-    let answer = match p.get("newOrderRespType") {
-        None if order_type == "LIMIT_MAKER" => Answer::Ack,
-        None => Answer::Full,
-        Some("ACK") => Answer::Ack,
-        Some("RESULT") => Answer::Result,
-        Some("FULL") => Answer::Full,
-        Some(_) => return Err(BinanceError::invalid_value("newOrderRespType", "ACK, RESULT or FULL")),
-    };
+    let kind = leg_kind(view, p, &Leg::ORDER, order_type, "quantity", true)?;
+    let stp = stp_of(p)?;
+    let answer = answer_of(p, matches!(order_type, "MARKET" | "LIMIT"))?;
     let client = match p.get("newClientOrderId") {
         Some(text) => client_order_id("newClientOrderId", text)?,
         None => client_order_id("newClientOrderId", &client_id())?,
@@ -196,12 +116,224 @@ fn check_order(
     })
 }
 
+pub(super) fn side_of(text: &str) -> Result<Side, BinanceError> {
+    match text {
+        "BUY" => Ok(Side::Buy),
+        "SELL" => Ok(Side::Sell),
+        _ => Err(BinanceError::invalid_side()),
+    }
+}
+
+pub(super) fn stp_of(p: &Params) -> Result<SelfTradePrevention, BinanceError> {
+    match p.get("selfTradePreventionMode") {
+        None => Ok(STP_DEFAULT),
+        Some(name) => {
+            STP_MODES.iter().find(|(mode, _)| *mode == name).map(|(_, stp)| *stp).ok_or_else(|| {
+                BinanceError::invalid_value(
+                    "selfTradePreventionMode",
+                    "NONE, EXPIRE_TAKER, EXPIRE_MAKER or EXPIRE_BOTH",
+                )
+            })
+        }
+    }
+}
+
+/// `newOrderRespType`; without it FULL for MARKET and LIMIT orders (and
+/// order lists), ACK for the other types, as on Binance.
+pub(super) fn answer_of(p: &Params, full_by_default: bool) -> Result<Answer, BinanceError> {
+    match p.get("newOrderRespType") {
+        None if full_by_default => Ok(Answer::Full),
+        None => Ok(Answer::Ack),
+        Some("ACK") => Ok(Answer::Ack),
+        Some("RESULT") => Ok(Answer::Result),
+        Some("FULL") => Ok(Answer::Full),
+        Some(_) => Err(BinanceError::invalid_value("newOrderRespType", "ACK, RESULT or FULL")),
+    }
+}
+
+/// Where one order's parameters are: a plain order's own names
+/// (`price`), or an order list leg's, with the leg's prefix
+/// (`abovePrice`, `pendingStopPrice`).
+pub struct Leg {
+    pub prefix: &'static str,
+}
+
+impl Leg {
+    pub const ORDER: Leg = Leg { prefix: "" };
+
+    /// The parameter name of `base` for this leg.
+    pub fn name(&self, base: &str) -> String {
+        if self.prefix.is_empty() {
+            return base.to_string();
+        }
+        let mut chars = base.chars();
+        let first = chars.next().map(|c| c.to_ascii_uppercase()).into_iter();
+        format!("{}{}", self.prefix, first.chain(chars).collect::<String>())
+    }
+}
+
+/// One order's kind from Binance's parameters for `order_type`, read under
+/// `leg`'s names (the quantity under `quantity_name`), checked the way
+/// Binance checks them: a parameter the type does not take is -1106, a
+/// missing one -1102, a filter failure -1013. `quote` allows a MARKET
+/// order by `quoteOrderQty`.
+pub(super) fn leg_kind(
+    view: &MarketView,
+    p: &Params,
+    leg: &Leg,
+    order_type: &str,
+    quantity_name: &str,
+    quote: bool,
+) -> Result<OrderKind, BinanceError> {
+    let scale = view.scale;
+    let get = |base: &str| -> (String, Option<&str>) {
+        let name = leg.name(base);
+        let value = p.get(&name);
+        (name, value)
+    };
+    let decimal = |name: &str, text: Option<&str>| -> Result<Option<rust_decimal::Decimal>, BinanceError> {
+        text.map(|t| {
+            crate::amounts::parse_decimal("value", t).map_err(|_| BinanceError::illegal_decimal(name))
+        })
+        .transpose()
+    };
+    let (price_name, price_text_in) = get("price");
+    let price = decimal(&price_name, price_text_in)?;
+    let quantity = decimal(quantity_name, p.get(quantity_name))?;
+    let (stop_name, stop_text) = get("stopPrice");
+    let stop = decimal(&stop_name, stop_text)?;
+    let (trailing_name, trailing_text) = get("trailingDelta");
+    let trailing = trailing_text
+        .map(|t| {
+            t.parse::<u64>().map_err(|_| BinanceError::illegal_characters(&trailing_name, "^[0-9]{1,20}$"))
+        })
+        .transpose()?;
+    let (iceberg_name, iceberg_text) = get("icebergQty");
+    let iceberg = decimal(&iceberg_name, iceberg_text)?;
+    let (tif_name, tif) = get("timeInForce");
+    let quote_qty = if quote { p.decimal("quoteOrderQty")? } else { None };
+    let to_ticks = |price| scale.to_ticks("price", price).map_err(|_| BinanceError::filter("PRICE_FILTER"));
+    let to_lots = |qty| scale.to_lots("quantity", qty).map_err(|_| BinanceError::filter("LOT_SIZE"));
+    let (limit, maker, stop_kind) = match order_type {
+        "LIMIT" => (true, false, None),
+        "LIMIT_MAKER" => (true, true, None),
+        "MARKET" => (false, false, None),
+        "STOP_LOSS" => (false, false, Some(TriggerKind::StopLoss)),
+        "STOP_LOSS_LIMIT" => (true, false, Some(TriggerKind::StopLoss)),
+        "TAKE_PROFIT" => (false, false, Some(TriggerKind::TakeProfit)),
+        "TAKE_PROFIT_LIMIT" => (true, false, Some(TriggerKind::TakeProfit)),
+        _ => return Err(BinanceError::invalid_order_type()),
+    };
+    // What the type does not take.
+    if order_type != "MARKET" && quote_qty.is_some() {
+        return Err(BinanceError::not_required("quoteOrderQty"));
+    }
+    if !limit && price.is_some() {
+        return Err(BinanceError::not_required(&price_name));
+    }
+    if (!limit || maker) && tif.is_some() {
+        return Err(BinanceError::not_required(&tif_name));
+    }
+    if stop_kind.is_none() && stop.is_some() {
+        return Err(BinanceError::not_required(&stop_name));
+    }
+    if stop_kind.is_none() && trailing.is_some() {
+        return Err(BinanceError::not_required(&trailing_name));
+    }
+    if !limit && iceberg.is_some() {
+        return Err(BinanceError::not_required(&iceberg_name));
+    }
+    if order_type == "MARKET" {
+        return match (quantity, quote_qty) {
+            (Some(qty), None) => Ok(OrderKind::Market { qty: to_lots(qty)? }),
+            (None, Some(amount)) => Ok(OrderKind::MarketByQuote {
+                amount: amounts::to_units("quoteOrderQty", amount, scale.quote_decimals)
+                    .map_err(|_| BinanceError::too_much_precision("quoteOrderQty"))?,
+            }),
+            (None, None) if quote => Err(BinanceError::one_of(quantity_name, "quoteOrderQty")),
+            (None, None) => Err(BinanceError::mandatory(quantity_name)),
+            (Some(_), Some(_)) => Err(BinanceError::not_required("quoteOrderQty")),
+        };
+    }
+    let tif = if !limit || maker {
+        if maker {
+            TimeInForce::PostOnly
+        } else {
+            TimeInForce::Gtc
+        }
+    } else {
+        match tif.ok_or_else(|| BinanceError::mandatory(&tif_name))? {
+            "GTC" => TimeInForce::Gtc,
+            "IOC" => TimeInForce::Ioc,
+            "FOK" => TimeInForce::Fok,
+            _ => return Err(BinanceError::invalid_tif()),
+        }
+    };
+    let qty = to_lots(quantity.ok_or_else(|| BinanceError::mandatory(quantity_name))?)?;
+    let price = if limit {
+        Some(to_ticks(price.ok_or_else(|| BinanceError::mandatory(&price_name))?)?)
+    } else {
+        None
+    };
+    let visible = match iceberg {
+        None => Lots(0),
+        Some(iceberg) => {
+            // Binance: an iceberg is good till cancelled.
+            if tif != TimeInForce::Gtc && tif != TimeInForce::PostOnly {
+                return Err(BinanceError::unsupported_combination());
+            }
+            let visible = to_lots(iceberg)?;
+            if visible < view.market.rules.min_qty || visible.0 == 0 {
+                return Err(BinanceError::filter("LOT_SIZE"));
+            }
+            if visible >= qty {
+                return Err(BinanceError::new_order_rejected(format!(
+                    "Order's {iceberg_name} must be below its quantity."
+                )));
+            }
+            if qty.0.div_ceil(visible.0) > super::ICEBERG_PARTS_MAX {
+                return Err(BinanceError::filter("ICEBERG_PARTS"));
+            }
+            visible
+        }
+    };
+    let Some(trigger_kind) = stop_kind else {
+        let price = price.ok_or_else(|| BinanceError::mandatory(&price_name))?;
+        return Ok(if visible.0 > 0 {
+            OrderKind::Iceberg { price, qty, visible, tif }
+        } else {
+            OrderKind::Limit { price, qty, tif }
+        });
+    };
+    if stop.is_none() && trailing.is_none() {
+        return Err(BinanceError::one_of(&stop_name, &trailing_name));
+    }
+    let stop = stop.map(to_ticks).transpose()?;
+    let trailing_bips = match trailing {
+        None => 0,
+        Some(bips) => {
+            let range = u64::from(super::TRAILING_DELTA_BIPS_MIN)..=u64::from(super::TRAILING_DELTA_BIPS_MAX);
+            if !range.contains(&bips) {
+                return Err(BinanceError::filter("TRAILING_DELTA"));
+            }
+            bips as u16
+        }
+    };
+    let trigger = Trigger { kind: trigger_kind, stop, trailing_bips };
+    Ok(match price {
+        None => OrderKind::StopMarket { trigger, qty },
+        Some(price) => OrderKind::StopLimit { trigger, price, qty, tif, visible },
+    })
+}
+
 /// The order checks the engine would make that can be made without it:
 /// for `order/test`, which never reaches the engine.
 fn check_filters(view: &MarketView, order: &NewOrder) -> Result<(), BinanceError> {
     let rules = &view.market.rules;
     match order.kind {
-        OrderKind::Limit { price, qty, .. } => {
+        OrderKind::Limit { price, qty, .. }
+        | OrderKind::Iceberg { price, qty, .. }
+        | OrderKind::StopLimit { price, qty, .. } => {
             if qty < rules.min_qty {
                 return Err(BinanceError::filter("LOT_SIZE"));
             }
@@ -209,7 +341,9 @@ fn check_filters(view: &MarketView, order: &NewOrder) -> Result<(), BinanceError
                 return Err(BinanceError::filter("NOTIONAL"));
             }
         }
-        OrderKind::Market { qty } if qty < rules.min_qty => return Err(BinanceError::filter("LOT_SIZE")),
+        OrderKind::Market { qty } | OrderKind::StopMarket { qty, .. } if qty < rules.min_qty => {
+            return Err(BinanceError::filter("LOT_SIZE"))
+        }
         OrderKind::MarketByQuote { amount } if amount < rules.min_notional => {
             return Err(BinanceError::filter("NOTIONAL"))
         }
@@ -257,12 +391,17 @@ pub async fn place(
 
 /// The answer to a new order: `order` as its own command left it, and
 /// `fills`, the trades that command made.
-fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[FillView]) -> Value {
+pub(super) fn new_order_answer(
+    views: &Views,
+    order: &OrderView,
+    answer: Answer,
+    fills: &[FillView],
+) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let mut out = json!({
         "symbol": view.symbol,
         "orderId": order.order.0,
-        "orderListId": -1,
+        "orderListId": list_id(order),
         "clientOrderId": client_id_text(order),
         "transactTime": order.created_ns / 1_000_000,
     });
@@ -273,7 +412,7 @@ fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[F
         for (key, value) in details {
             object.entry(key).or_insert(value);
         }
-        object.insert("workingTime".into(), json!(order.created_ns / 1_000_000));
+        object.insert("workingTime".into(), json!(working_time(order)));
         if answer == Answer::Full {
             let decimals =
                 |asset: engine_core::AssetId| views.assets.get(asset.0 as usize).map_or(0, |a| a.decimals);
@@ -295,34 +434,73 @@ fn new_order_answer(views: &Views, order: &OrderView, answer: Answer, fills: &[F
     out
 }
 
-fn client_id_text(order: &OrderView) -> String {
+pub(super) fn client_id_text(order: &OrderView) -> String {
     order.client_order_id.map(|c| c.to_string()).unwrap_or_default()
 }
 
 /// The fields every order answer shares.
-fn order_fields(view: &MarketView, order: &OrderView) -> Value {
+pub(super) fn order_fields(view: &MarketView, order: &OrderView) -> Value {
     let (order_type, tif) = type_and_tif(order.kind);
     let quote_decimals = view.scale.quote_decimals;
     let (orig_qty, orig_quote) = match order.kind {
         Some(OrderKind::MarketByQuote { amount }) => (order.filled, u128::from(amount.0)),
         _ => (order.quantity, 0),
     };
-    json!({
+    let mut out = json!({
         "symbol": view.symbol,
         "orderId": order.order.0,
-        "orderListId": -1,
+        "orderListId": list_id(order),
         "clientOrderId": client_id_text(order),
         "price": order.price.map_or_else(|| super::fixed(rust_decimal::Decimal::ZERO, 0), |p| price_text(&view.scale, p)),
         "origQty": qty_text(&view.scale, orig_qty),
         "executedQty": qty_text(&view.scale, order.filled),
         "cummulativeQuoteQty": units_text(order.quote_filled, quote_decimals),
-        "status": status_name(order.status),
+        "status": order_status_name(order),
         "timeInForce": tif,
         "type": order_type,
         "side": side_name(order.side),
         "origQuoteOrderQty": units_text(orig_quote, quote_decimals),
         "selfTradePreventionMode": stp_name(order.stp.unwrap_or(STP_DEFAULT)),
-    })
+    });
+    // Binance shows these only on the orders that have them.
+    if let Some(object) = out.as_object_mut() {
+        for (name, value) in trigger_fields(&view.scale, order) {
+            object.insert(name.into(), value);
+        }
+    }
+    out
+}
+
+/// `stopPrice`, `icebergQty`, `trailingDelta` and `trailingTime` of an
+/// order that has them (Binance's names).
+pub fn trigger_fields(scale: &crate::amounts::Scale, order: &OrderView) -> Vec<(&'static str, Value)> {
+    let mut fields = Vec::new();
+    let trigger = order.kind.and_then(|k| k.trigger());
+    if let Some(stop) = trigger.and_then(|t| t.stop) {
+        fields.push(("stopPrice", json!(price_text(scale, stop))));
+    }
+    let visible = match order.kind {
+        Some(OrderKind::Iceberg { visible, .. } | OrderKind::StopLimit { visible, .. }) => visible,
+        _ => Lots(0),
+    };
+    if visible.0 > 0 {
+        fields.push(("icebergQty", json!(qty_text(scale, visible))));
+    }
+    if let Some(trigger) = trigger.filter(|t| t.trailing_bips > 0) {
+        fields.push(("trailingDelta", json!(trigger.trailing_bips)));
+        fields.push(("trailingTime", json!(order.trailing_ns.map_or(-1, |ns| (ns / 1_000_000) as i64))));
+    }
+    fields
+}
+
+/// The order list id Binance shows (-1: none).
+pub fn list_id(order: &OrderView) -> i64 {
+    order.list.map_or(-1, |l| l.0 as i64)
+}
+
+/// When the order started working, in ms (-1 while it waits, as on Binance).
+pub fn working_time(order: &OrderView) -> i64 {
+    order.working_ns.map_or(-1, |ns| (ns / 1_000_000) as i64)
 }
 
 /// An order as `GET /api/v3/order` and `openOrders` show it.
@@ -331,18 +509,18 @@ pub fn order_json(views: &Views, order: &OrderView) -> Value {
     let mut out = order_fields(view, order);
     if let Some(object) = out.as_object_mut() {
         let open = views.user(order.user).is_some_and(|u| u.open.contains_key(&order.order));
-        object.insert("stopPrice".into(), json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
-        object.insert("icebergQty".into(), json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
+        object.entry("stopPrice").or_insert_with(|| json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
+        object.entry("icebergQty").or_insert_with(|| json!(super::fixed(rust_decimal::Decimal::ZERO, 0)));
         object.insert("time".into(), json!(order.created_ns / 1_000_000));
         object.insert("updateTime".into(), json!(order.updated_ns / 1_000_000));
-        object.insert("isWorking".into(), json!(open));
-        object.insert("workingTime".into(), json!(order.created_ns / 1_000_000));
+        object.insert("isWorking".into(), json!(open && order.stage == OrderStage::Working));
+        object.insert("workingTime".into(), json!(working_time(order)));
     }
     out
 }
 
 /// A cancelled order as the cancel endpoints answer.
-fn cancel_json(views: &Views, order: &OrderView, transact_ms: u64) -> Value {
+pub(super) fn cancel_json(views: &Views, order: &OrderView, transact_ms: u64) -> Value {
     let Some(view) = views.markets.get(order.market.0 as usize) else { return Value::Null };
     let mut out = order_fields(view, order);
     if let Some(object) = out.as_object_mut() {
@@ -359,7 +537,7 @@ fn find(views: &Views, user: UserId, order: OrderRef) -> Option<&OrderView> {
 
 /// `orderId` or `origClientOrderId` (or the names `cancelReplace` gives
 /// them); the id wins when both are sent, as on Binance.
-fn order_ref(p: &Params, id_name: &str, client_name: &str) -> Result<OrderRef, BinanceError> {
+pub(super) fn order_ref(p: &Params, id_name: &str, client_name: &str) -> Result<OrderRef, BinanceError> {
     match (p.integer(id_name)?, p.get(client_name)) {
         (Some(id), _) => Ok(OrderRef::Id(OrderId(id))),
         (None, Some(client)) => Ok(OrderRef::Client(client_order_id(client_name, client)?)),
@@ -388,11 +566,21 @@ async fn cancel_one(
     symbol: &str,
     order: OrderRef,
 ) -> Result<Value, BinanceError> {
-    let id = {
+    let (id, list) = {
         let views = read_views(state)?;
         let view = market(&views, symbol)?;
-        open_in_market(&views, user, view.market.id, order)?
+        let id = open_in_market(&views, user, view.market.id, order)?;
+        let open_list = find(&views, user, OrderRef::Id(id))
+            .and_then(|o| o.list)
+            .filter(|list| views.user(user).is_some_and(|u| u.lists.contains_key(list)));
+        (id, open_list)
     };
+    if let Some(list) = list {
+        // Cancelling an order of a list cancels the list: Binance answers
+        // with the list and a report of each order.
+        let command = engine_core::Command::CancelOrder { user, order: OrderRef::Id(id) };
+        return super::lists::cancelled_list(state, producer, user, command, list).await;
+    }
     let cancelled =
         app::cancel(state, producer, user, OrderRef::Id(id)).await.map_err(refused(Action::Cancel))?;
     let views = read_views(state)?;
@@ -580,8 +768,36 @@ pub async fn cancel_all(
         app::cancel_all(state, producer, user, Some(market_id)).await.map_err(refused(Action::Cancel))?;
     let views = read_views(state)?;
     // Each order as the cancel closed it: the views keep a bounded number
-    // of closed orders, fewer than a cancel-all may close.
-    Ok(Value::Array(closed.iter().map(|o| cancel_json(&views, o, o.updated_ns / 1_000_000)).collect()))
+    // of closed orders, fewer than a cancel-all may close. The orders of a
+    // list are answered as their list with a report of each, as Binance
+    // does (a list the cancel ended; a list that had ended before has
+    // only its surviving order here, answered as an order).
+    let mut answers = Vec::with_capacity(closed.len());
+    let mut lists_done = Vec::new();
+    for order in &closed {
+        let report = cancel_json(&views, order, order.updated_ns / 1_000_000);
+        let list = order.list.and_then(|id| views.find_list(user, engine_core::ListRef::Id(id)));
+        let Some(list) = list.filter(|l| closed.iter().filter(|o| l.orders.contains(&o.order)).count() == 2)
+        else {
+            answers.push(report);
+            continue;
+        };
+        if lists_done.contains(&list.list) {
+            continue;
+        }
+        lists_done.push(list.list);
+        let mut list_answer = super::lists::list_json(&views, list, true);
+        if let Some(object) = list_answer.as_object_mut() {
+            let reports: Vec<Value> = closed
+                .iter()
+                .filter(|o| list.orders.contains(&o.order))
+                .map(|o| cancel_json(&views, o, o.updated_ns / 1_000_000))
+                .collect();
+            object.insert("orderReports".into(), Value::Array(reports));
+        }
+        answers.push(list_answer);
+    }
+    Ok(Value::Array(answers))
 }
 
 /// `POST /api/v3/order/cancelReplace`, `order.cancelReplace`: cancels an

@@ -19,6 +19,7 @@ use engine_core::UserId;
 use serde_json::{json, Value};
 
 use super::error::{Action, BinanceError};
+use super::lists;
 use super::market;
 use super::params::Params;
 use super::trading;
@@ -188,6 +189,20 @@ impl Session {
                 trading::cancel_all(state, publisher, self.signed(state, &request.method, raw, true)?, p)
                     .await
             }
+            "orderList.place.oco" => {
+                lists::place_oco(state, publisher, self.signed(state, &request.method, raw, true)?, p).await
+            }
+            "orderList.place.oto" => {
+                lists::place_oto(state, publisher, self.signed(state, &request.method, raw, true)?, p).await
+            }
+            "orderList.cancel" => {
+                lists::cancel(state, publisher, self.signed(state, &request.method, raw, true)?, p).await
+            }
+            "orderList.status" => lists::status(state, self.signed(state, &request.method, raw, false)?, p),
+            "openOrderLists.status" => {
+                lists::open(state, self.signed(state, &request.method, raw, false)?, p)
+            }
+            "allOrderLists" => lists::all(state, self.signed(state, &request.method, raw, false)?, p),
             "account.status" => trading::account(state, self.signed(state, &request.method, raw, false)?, p),
             "myTrades" => {
                 trading::my_trades(state, self.signed(state, &request.method, raw, false)?, p).await
@@ -258,9 +273,10 @@ fn weight(method: &str) -> u64 {
         "depth" => 5,
         "trades.recent" | "trades.historical" => 25,
         "klines" => 2,
-        "trades.aggregate" | "order.status" | "order.amend.keepPriority" => 4,
+        "trades.aggregate" | "order.status" | "order.amend.keepPriority" | "orderList.status" => 4,
+        "allOrderLists" => 20,
         "ticker.24hr" => 2,
-        "openOrders.status" => 6,
+        "openOrders.status" | "openOrderLists.status" => 6,
         "ticker.book" | "ticker.price" => 2,
         "userDataStream.start" | "userDataStream.ping" | "userDataStream.stop" => 2,
         _ => 1,

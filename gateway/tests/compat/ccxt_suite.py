@@ -400,6 +400,141 @@ async def listen_key_suite(key, secret):
         check("-1125" in str(error), f"a closed key is unknown (-1125): {error}")
 
 
+def orders_suite(maker, taker):
+    """Stop-loss, take-profit, trailing and iceberg orders through ccxt's
+    unified create_order parameters, and OCO/OTO lists through its implicit
+    orderList endpoints (this ccxt has no unified OCO call), on ETH/USDT."""
+    eth = "ETH/USDT"
+    for who in (maker, taker):
+        if who.fetch_open_orders(eth):
+            who.cancel_all_orders(eth)
+    # A last price of 3,000.
+    maker.create_order(eth, "limit", "sell", 0.01, 3_000)
+    taker.create_order(eth, "market", "buy", 0.01)
+
+    stop_limit = maker.create_order(eth, "limit", "sell", 0.5, 2_890, {"stopLossPrice": 2_900})
+    check(stop_limit["info"]["type"] == "STOP_LOSS_LIMIT" and D(stop_limit["triggerPrice"]) == D(2_900) and stop_limit["status"] == "open",
+          f"stopLossPrice on a limit order is a STOP_LOSS_LIMIT: {stop_limit['info']}")
+    stop_market = maker.create_order(eth, "market", "sell", 0.5, None, {"triggerPrice": 2_800})
+    check(stop_market["info"]["type"] == "STOP_LOSS" and D(stop_market["triggerPrice"]) == D(2_800),
+          f"triggerPrice on a market order is a STOP_LOSS: {stop_market['info']}")
+    take_profit = maker.create_order(eth, "limit", "sell", 0.5, 3_300, {"takeProfitPrice": 3_200})
+    check(take_profit["info"]["type"] == "TAKE_PROFIT_LIMIT" and D(take_profit["triggerPrice"]) == D(3_200),
+          f"takeProfitPrice is a TAKE_PROFIT_LIMIT: {take_profit['info']}")
+    stop_price = maker.create_order(eth, "market", "sell", 0.1, None, {"stopPrice": 2_700})
+    check(stop_price["info"]["type"] == "STOP_LOSS", f"stopPrice is a STOP_LOSS too: {stop_price['info']}")
+    trailing = maker.create_order(eth, "market", "sell", 0.2, None, {"trailingPercent": 1, "stopLossOrTakeProfit": "stopLoss"})
+    check(trailing["info"]["type"] == "STOP_LOSS" and trailing["info"].get("trailingDelta") == 100,
+          f"trailingPercent 1 is a trailing STOP_LOSS of 100 basis points: {trailing['info']}")
+    iceberg = maker.create_order(eth, "limit", "sell", 1, 3_500, {"icebergAmount": 0.1})
+    check(D(iceberg["info"]["icebergQty"]) == D("0.1"), f"icebergAmount is icebergQty: {iceberg['info']}")
+    book = taker.fetch_order_book(eth)
+    check([[D(p), D(q)] for p, q in book["asks"]] == [[D(3_500), D("0.1")]], f"only the iceberg's visible part is in the book: {book['asks']}")
+    try:
+        maker.create_order(eth, "limit", "sell", 0.1, 3_100, {"stopLossPrice": 3_100})
+        check(False, "a stop that would trigger immediately is refused")
+    except ccxt.InvalidOrder as error:
+        # ccxt knows Binance's exact message and raises OrderImmediatelyFillable.
+        check("Order would trigger immediately." in str(error), f"a stop that would trigger at once is refused as on Binance: {type(error).__name__}: {error}")
+
+    open_ids = {o["id"]: o for o in maker.fetch_open_orders(eth)}
+    waiting = [stop_limit, stop_market, take_profit, stop_price, trailing]
+    check(all(o["id"] in open_ids for o in waiting + [iceberg]), f"fetch_open_orders lists the waiting orders: {sorted(open_ids)}")
+    check(D(open_ids[stop_limit["id"]]["triggerPrice"]) == D(2_900), "with their trigger price")
+    cancelled = maker.cancel_order(take_profit["id"], eth)
+    check(cancelled["status"] == "canceled", f"cancel_order cancels a waiting order: {cancelled['status']}")
+    for other in (stop_market, stop_price, trailing):
+        maker.cancel_order(other["id"], eth)
+
+    # A trade at 2,900 fires the stop-limit: it rests at 2,890 and trades.
+    before = maker.fetch_balance()
+    taker.create_order(eth, "limit", "buy", 0.01, 2_900)
+    maker.create_order(eth, "market", "sell", 0.01)
+    fired = maker.fetch_order(stop_limit["id"], eth)
+    check(fired["status"] == "open" and fired["info"]["isWorking"] is True, f"the fired stop works: {fired['info']}")
+    bought = taker.create_order(eth, "limit", "buy", 0.5, 2_890, {"timeInForce": "IOC"})
+    check(D(bought["filled"]) == D("0.5") and D(bought["average"]) == D(2_890), f"a taker fills it: {bought['filled']} at {bought['average']}")
+    done = maker.fetch_order(stop_limit["id"], eth)
+    check(done["status"] == "closed" and D(done["filled"]) == D("0.5"), f"the stop order is filled: {done['status']}")
+    after = maker.fetch_balance()
+    # The market sell of 0.01 at 2,900 (taker fee 0.2%) and the stop's 0.5 at 2,890 (maker fee 0.1%).
+    got_usdt = D(after["USDT"]["total"]) - D(before["USDT"]["total"])
+    expected = D("0.01") * 2_900 * D("0.998") + D("0.5") * 2_890 * D("0.999")
+    check(got_usdt == expected, f"the maker received {got_usdt} USDT, {expected} expected")
+    check(D(before["ETH"]["total"]) - D(after["ETH"]["total"]) == D("0.51"), "and gave 0.51 ETH")
+
+    # OCO: take profit at 3,100 or stop at 2,700; the limit order trades.
+    oco = maker.private_post_orderlist_oco({
+        "symbol": "ETHUSDT", "side": "SELL", "quantity": "0.3",
+        "aboveType": "LIMIT_MAKER", "abovePrice": "3100",
+        "belowType": "STOP_LOSS", "belowStopPrice": "2700",
+    })
+    check(oco["contingencyType"] == "OCO" and oco["listOrderStatus"] == "EXECUTING" and len(oco["orderReports"]) == 2,
+          f"privatePostOrderListOco places an OCO: {oco['contingencyType']} {oco['listOrderStatus']}")
+    stop_leg = next(r for r in oco["orderReports"] if r["type"] == "STOP_LOSS")
+    limit_leg = next(r for r in oco["orderReports"] if r["type"] == "LIMIT_MAKER")
+    eth_locked = D(maker.fetch_balance()["ETH"]["used"])
+    check(eth_locked == D("1.3"), f"the OCO holds its 0.3 ETH once (beside the iceberg's 1): {eth_locked}")
+    lists = maker.private_get_openorderlist()
+    check(len(lists) == 1 and str(lists[0]["orderListId"]) == str(oco["orderListId"]), "privateGetOpenOrderList lists it")
+    taken = taker.create_order(eth, "limit", "buy", 0.3, 3_100, {"timeInForce": "IOC"})
+    check(D(taken["filled"]) == D("0.3") and D(taken["average"]) == D(3_100), f"a taker takes the limit leg: {taken['filled']}")
+    check(maker.fetch_order(limit_leg["orderId"], eth)["status"] == "closed", "the limit leg is filled")
+    expired = maker.fetch_order(stop_leg["orderId"], eth)
+    check(expired["status"] == "expired", f"the stop leg is cancelled with it (EXPIRED): {expired['status']}")
+    status = maker.private_get_orderlist({"orderListId": oco["orderListId"]})
+    check(status["listOrderStatus"] == "ALL_DONE", f"the list is done: {status['listOrderStatus']}")
+    check(D(maker.fetch_balance()["ETH"]["used"]) == D("1"), "and holds nothing more")
+
+    # An OCO cancelled through one of its orders.
+    oco = maker.private_post_orderlist_oco({
+        "symbol": "ETHUSDT", "side": "SELL", "quantity": "0.3",
+        "aboveType": "TAKE_PROFIT", "aboveStopPrice": "3200",
+        "belowType": "STOP_LOSS_LIMIT", "belowStopPrice": "2700", "belowPrice": "2690", "belowTimeInForce": "GTC",
+    })
+    cancelled = maker.cancel_order(str(oco["orderReports"][0]["orderId"]), eth)
+    check(cancelled["status"] in ("canceled", None) or cancelled["info"].get("listOrderStatus") == "ALL_DONE", f"cancel_order on a leg cancels the list: {cancelled['info']}")
+    check(maker.private_get_openorderlist() == [], "no list is open after that")
+
+    # OTO: buy at 2,600, then sell at 3,400 once filled.
+    oto = maker.private_post_orderlist_oto({
+        "symbol": "ETHUSDT", "workingType": "LIMIT", "workingSide": "BUY", "workingPrice": "2600",
+        "workingQuantity": "0.1", "workingTimeInForce": "GTC", "pendingType": "LIMIT", "pendingSide": "SELL",
+        "pendingPrice": "3400", "pendingQuantity": "0.1", "pendingTimeInForce": "GTC",
+    })
+    pending = oto["orderReports"][1]
+    check(oto["contingencyType"] == "OTO" and pending["status"] == "PENDING_NEW", f"privatePostOrderListOto places an OTO: {pending['status']}")
+    taker.create_order(eth, "market", "sell", 0.1)
+    released = maker.fetch_order(str(pending["orderId"]), eth)
+    check(released["status"] == "open" and released["info"]["isWorking"] is True, f"the pending order works once the working order filled: {released['info']['status']}")
+    book = taker.fetch_order_book(eth)
+    check([D(p) for p, _ in book["asks"]] == [D(3_400), D(3_500)], f"and rests in the book: {book['asks']}")
+    maker.cancel_all_orders(eth)
+    check(maker.fetch_open_orders(eth) == [], "cancel_all_orders cancels them all")
+
+
+async def orders_ws_suite(key, secret):
+    """ccxt.pro places and cancels a stop-loss-limit order over the WebSocket API."""
+    ws = client(ccxtpro.binance, key, secret)
+    try:
+        await ws.load_markets()
+        # ccxt.pro sends the unified trigger parameters on as they are
+        # (besides stopPrice), which is refused as unread, as it would be
+        # by Binance: Binance's own type and stopPrice are the way.
+        try:
+            await ws.create_order_ws("ETH/USDT", "limit", "sell", 0.1, 1_990, {"stopLossPrice": 2_000})
+            check(False, "create_order_ws with stopLossPrice is refused")
+        except ccxt.BadRequest as error:
+            check("Not read: 'stopLossPrice'" in str(error), f"create_order_ws with stopLossPrice: the unread parameter is named: {error}")
+        placed = await ws.create_order_ws("ETH/USDT", "STOP_LOSS_LIMIT", "sell", 0.1, 1_990, {"stopPrice": 2_000})
+        check(placed["info"]["type"] == "STOP_LOSS_LIMIT" and D(placed["info"]["stopPrice"]) == D(2_000),
+              f"create_order_ws places a STOP_LOSS_LIMIT with stopPrice over order.place: {placed['info']}")
+        cancelled = await ws.cancel_order_ws(placed["id"], "ETH/USDT")
+        check(cancelled["status"] == "canceled", f"cancel_order_ws cancels it: {cancelled['status']}")
+    finally:
+        await ws.close()
+
+
 def main():
     maker = client(ccxt.binance, os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"])
     taker = client(ccxt.binance, os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"])
@@ -409,6 +544,8 @@ def main():
     asyncio.run(ws_api_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"], os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"]))
     asyncio.run(listen_key_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"]))
     asyncio.run(stream_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"], os.environ["TAKER_KEY"], os.environ["TAKER_SECRET"]))
+    orders_suite(maker, taker)
+    asyncio.run(orders_ws_suite(os.environ["MAKER_KEY"], os.environ["MAKER_SECRET"]))
     print("all checks passed", flush=True)
 
 
