@@ -31,6 +31,18 @@
 //!   Self-trade prevention is off (`Allow`), so that a book that knows no
 //!   users matches exactly the same trades.
 //!
+//! With [`Mix::special_percent`] above 0 ([`generate_mix`]), that share of
+//! the commands is taken from the limit orders and spent on the order types
+//! of issue 17, each drawn as follows: 40% stop and take-profit orders
+//! (market or limit, 1 in 4 of them trailing, a delta of 1 to 20 basis
+//! points) whose stop price is 1 to 50 ticks from the last trade price on
+//! the side where it waits, so that the random walk fires them; 40%
+//! icebergs on the passive side (20 to 100 lots, showing 5 to 20); 20%
+//! order lists, half OCO (a post-only limit on the passive side and a
+//! stop-loss on the other) and half OTO (a passive limit that places a limit
+//! on the other side when it fills). Cancels pick among resting, waiting
+//! and listed orders alike.
+//!
 //! Every user starts with far more funds than the run can spend, so the mix
 //! is matching work, not rejections. The generator runs an engine alongside
 //! to know which orders rest, so a cancel always names a live order. Fees
@@ -44,9 +56,9 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use engine_core::{
-    AssetId, Command, Engine, EngineLimits, Event, EventKind, Lots, MarketId, MarketRules, MarketStatus,
-    NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side, StampedCommand, Symbol, Ticks,
-    TimeInForce, Units, UserId,
+    AssetId, Command, Contingency, Engine, EngineLimits, Event, EventKind, ListLeg, Lots, MarketId,
+    MarketRules, MarketStatus, NewOrder, NewOrderList, OrderId, OrderKind, OrderRef, SelfTradePrevention,
+    Side, StampedCommand, Symbol, Ticks, TimeInForce, Trigger, TriggerKind, Units, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +126,19 @@ impl Shape {
             Shape::Peer => SelfTradePrevention::Allow,
         }
     }
+}
+
+/// The share of commands spent on stops, take-profits, icebergs and order
+/// lists (see the crate's documentation for how they are drawn).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mix {
+    /// Percent of all commands, taken out of the limit orders (at most 70).
+    pub special_percent: u64,
+}
+
+impl Mix {
+    /// Limit orders, cancels and market orders only.
+    pub const PLAIN: Mix = Mix { special_percent: 0 };
 }
 
 /// Reference data and funding (not timed), then the measured commands.
@@ -195,7 +220,11 @@ impl RestingSet {
                 EventKind::OrderAccepted {
                     order,
                     user,
-                    kind: OrderKind::Limit { tif: TimeInForce::Gtc | TimeInForce::PostOnly, .. },
+                    kind:
+                        OrderKind::Limit { tif: TimeInForce::Gtc | TimeInForce::PostOnly, .. }
+                        | OrderKind::Iceberg { .. }
+                        | OrderKind::StopMarket { .. }
+                        | OrderKind::StopLimit { .. },
                     ..
                 } => self.insert(order, user),
                 EventKind::OrderDone { order, .. } => self.remove(order),
@@ -207,6 +236,104 @@ impl RestingSet {
 
 /// Generates `count` measured commands of `shape` from `seed`.
 pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
+    generate_mix(shape, count, seed, Mix::PLAIN)
+}
+
+/// A stop or take-profit, an iceberg or an order list around `mid` and the
+/// last trade price `last`, as the crate's documentation describes.
+fn special_command(
+    rng: &mut Rng,
+    user: UserId,
+    market: MarketId,
+    side: Side,
+    mid: u64,
+    last: u64,
+    stp: SelfTradePrevention,
+) -> Command {
+    let passive = |rng: &mut Rng, side: Side| {
+        let offset = 1 + rng.below(PRICE_SPREAD_TICKS);
+        match side {
+            Side::Buy => Ticks(mid - offset),
+            Side::Sell => Ticks(mid + offset),
+        }
+    };
+    let single =
+        |kind| Command::PlaceOrder(NewOrder { user, market, side, kind, client_order_id: None, stp });
+    let roll = rng.below(10);
+    if roll < 4 {
+        // Waits on the side it fires from: a stop-loss buy above the last
+        // price, a take-profit buy below it, and the reverse for sells.
+        let take_profit = rng.below(2) == 0;
+        let distance = 1 + rng.below(50);
+        let above = (side == Side::Buy) != take_profit;
+        let stop = if above { last + distance } else { last - distance };
+        let kind = if take_profit { TriggerKind::TakeProfit } else { TriggerKind::StopLoss };
+        let trailing_bips = if rng.below(4) == 0 { 1 + rng.below(20) as u16 } else { 0 };
+        let trigger = Trigger { kind, stop: Some(Ticks(stop)), trailing_bips };
+        let qty = Lots(1 + rng.below(20));
+        if rng.below(2) == 0 {
+            single(OrderKind::StopMarket { trigger, qty })
+        } else {
+            let price = if side == Side::Buy { Ticks(stop + 5) } else { Ticks(stop - 5) };
+            single(OrderKind::StopLimit { trigger, price, qty, tif: TimeInForce::Gtc, visible: Lots(0) })
+        }
+    } else if roll < 8 {
+        let qty = 20 + rng.below(81);
+        let visible = 5 + rng.below(16);
+        single(OrderKind::Iceberg {
+            price: passive(rng, side),
+            qty: Lots(qty),
+            visible: Lots(visible),
+            tif: TimeInForce::Gtc,
+        })
+    } else {
+        let qty = Lots(1 + rng.below(20));
+        let oco = rng.below(2) == 0;
+        let legs = if oco {
+            let distance = 1 + rng.below(50);
+            let stop = if side == Side::Buy { last + distance } else { last - distance };
+            let trigger = Trigger { kind: TriggerKind::StopLoss, stop: Some(Ticks(stop)), trailing_bips: 0 };
+            [
+                ListLeg {
+                    side,
+                    kind: OrderKind::Limit { price: passive(rng, side), qty, tif: TimeInForce::PostOnly },
+                    client_order_id: None,
+                },
+                ListLeg { side, kind: OrderKind::StopMarket { trigger, qty }, client_order_id: None },
+            ]
+        } else {
+            [
+                ListLeg {
+                    side,
+                    kind: OrderKind::Limit { price: passive(rng, side), qty, tif: TimeInForce::Gtc },
+                    client_order_id: None,
+                },
+                ListLeg {
+                    side: side.opposite(),
+                    kind: OrderKind::Limit {
+                        price: passive(rng, side.opposite()),
+                        qty,
+                        tif: TimeInForce::Gtc,
+                    },
+                    client_order_id: None,
+                },
+            ]
+        };
+        Command::PlaceOrderList(NewOrderList {
+            user,
+            market,
+            contingency: if oco { Contingency::Oco } else { Contingency::Oto },
+            client_list_id: None,
+            stp,
+            legs,
+        })
+    }
+}
+
+/// Generates `count` measured commands of `shape` from `seed`, with `mix`'s
+/// share of stops, take-profits, icebergs and order lists.
+pub fn generate_mix(shape: Shape, count: usize, seed: u64, mix: Mix) -> Workload {
+    assert!(mix.special_percent <= 70, "the special orders are taken from the 70% of limit orders");
     let markets = shape.markets();
     let users = shape.users();
     let quote = AssetId(markets);
@@ -259,6 +386,7 @@ pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
     let mut rng = Rng::new(seed);
     let mut mids = vec![MID_START_TICKS; markets as usize];
     let mut resting: Vec<RestingSet> = (0..markets).map(|_| RestingSet::default()).collect();
+    let mut last_prices = vec![MID_START_TICKS; markets as usize];
     let mut commands = Vec::with_capacity(count);
     for _ in 0..count {
         let market = rng.below(u64::from(markets)) as usize;
@@ -273,7 +401,10 @@ pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
         let qty = Lots(1 + rng.below(shape.qty_max_lots()));
         let roll = rng.below(100);
         let book = &resting[market];
-        let command = if (70..95).contains(&roll) && !book.orders.is_empty() {
+        let command = if roll < mix.special_percent {
+            let (mid, last) = (*mid, last_prices[market]);
+            special_command(&mut rng, user, MarketId(market as u32), side, mid, last, shape.stp())
+        } else if (70..95).contains(&roll) && !book.orders.is_empty() {
             let (order, owner) = book.orders[rng.below(book.orders.len() as u64) as usize];
             Command::CancelOrder { user: owner, order: OrderRef::Id(order) }
         } else {
@@ -305,13 +436,24 @@ pub fn generate(shape: Shape, count: usize, seed: u64) -> Workload {
         };
         apply(&mut engine, command, &mut events);
         resting[market].follow(&events);
+        if let Some(price) = events.iter().rev().find_map(|e| match e.kind {
+            EventKind::Trade { price, .. } => Some(price.0),
+            _ => None,
+        }) {
+            last_prices[market] = price;
+        }
         commands.push(command);
     }
 
     Workload {
         description: format!(
-            "{} workload, seed {seed}, {count} commands, {} orders resting at the end",
+            "{} workload{}, seed {seed}, {count} commands, {} orders open at the end",
             shape.name(),
+            if mix.special_percent > 0 {
+                format!(" with {}% stops, icebergs and lists", mix.special_percent)
+            } else {
+                String::new()
+            },
             engine.open_order_count()
         ),
         limits,
@@ -408,6 +550,51 @@ mod tests {
         assert!((68..=73).contains(&pct(limits)), "limits {}%", pct(limits));
         assert!((23..=26).contains(&pct(cancels)), "cancels {}%", pct(cancels));
         assert!((4..=6).contains(&pct(markets)), "markets {}%", pct(markets));
+    }
+
+    /// A 10% share of stops, icebergs and lists: about that share of the
+    /// commands, nearly none refused, and they really fire, refill and
+    /// release; the engine's invariants hold at the end.
+    #[test]
+    fn the_special_mix_places_stops_icebergs_and_lists_that_fire() {
+        let workload = generate_mix(Shape::SingleMarket, 40_000, 4, Mix { special_percent: 10 });
+        assert_eq!(workload, generate_mix(Shape::SingleMarket, 40_000, 4, Mix { special_percent: 10 }));
+        let special = workload
+            .commands
+            .iter()
+            .filter(|c| match c {
+                Command::PlaceOrder(NewOrder { kind, .. }) => {
+                    !matches!(kind, OrderKind::Limit { .. } | OrderKind::Market { .. })
+                }
+                Command::PlaceOrderList(_) => true,
+                _ => false,
+            })
+            .count();
+        let pct = special * 100 / workload.commands.len();
+        assert!((9..=11).contains(&pct), "{pct}% special");
+        let mut engine = Engine::new(workload.limits);
+        let mut events = Vec::new();
+        let (mut rejected, mut fired, mut refills, mut released) = (0, 0, 0, 0);
+        for (i, command) in workload.setup.iter().chain(&workload.commands).enumerate() {
+            events.clear();
+            let stamped = StampedCommand { seq: i as u64 + 1, timestamp_ns: 0, command: *command };
+            engine.apply(&stamped, &mut events).unwrap();
+            for event in &events {
+                match event.kind {
+                    EventKind::Rejected { .. } => rejected += 1,
+                    EventKind::OrderTriggered { .. } => fired += 1,
+                    EventKind::OrderRefilled { .. } => refills += 1,
+                    EventKind::OrderReleased { .. } => released += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(rejected * 100 < special, "{rejected} of {special} refused");
+        assert!(
+            fired > 300 && refills > 300 && released > 20,
+            "{fired} fired, {refills} refills, {released} released"
+        );
+        engine.check_invariants().unwrap();
     }
 
     #[test]

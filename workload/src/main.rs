@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p workload -- --out single.workload
 //! cargo run --release -p workload -- --shape many-markets --commands 1000000 --out many.workload
+//! cargo run --release -p workload -- --special-percent 10 --out special.workload
 //! ```
 
 use std::path::PathBuf;
@@ -28,6 +29,10 @@ struct Args {
     commands: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Percent of the commands spent on stops, take-profits, icebergs and
+    /// order lists (taken from the limit orders; at most 70).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=70))]
+    special_percent: u64,
     #[arg(long)]
     out: PathBuf,
 }
@@ -39,7 +44,8 @@ fn main() -> ExitCode {
         ShapeArg::ManyMarkets => Shape::ManyMarkets,
         ShapeArg::Peer => Shape::Peer,
     };
-    let workload = workload::generate(shape, args.commands, args.seed);
+    let mix = workload::Mix { special_percent: args.special_percent };
+    let workload = workload::generate_mix(shape, args.commands, args.seed, mix);
     match workload::write(&workload, &args.out) {
         Ok(()) => {
             println!(

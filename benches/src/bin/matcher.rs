@@ -5,15 +5,26 @@
 //! cargo run --release -p benches --bin matcher                         # 10M commands, single market
 //! cargo run --release -p benches --bin matcher -- --workload many-markets
 //! cargo run --release -p benches --bin matcher -- --from single.workload --runs 5
+//! cargo run --release -p benches --bin matcher -- --special-percent 20
 //! ```
+//!
+//! A generated workload runs twice per run, side by side: the plain mix and
+//! the same shape, seed and length with `--special-percent` (10 by default)
+//! of its commands spent on stops, take-profits, icebergs and order lists
+//! (see the `workload` crate); the summary gives both rates and p99s and
+//! their ratio. A counting allocator reports the heap allocations per
+//! command of each timed pass after warm-up (the steady state allocates
+//! nothing per command: every figure should be 0 or close to it).
 //!
 //! Each run is two passes over the same commands on a fresh engine: one
 //! untimed per command, for throughput; one timing every command with the
 //! monotonic clock, for the latency histogram. The clock's own cost (its
 //! p50 is printed) is inside every latency figure.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use benches::report::{
@@ -22,7 +33,34 @@ use benches::report::{
 };
 use clap::{Parser, ValueEnum};
 use engine_core::{Engine, Event, EventKind, StampedCommand};
-use workload::{self, Shape, Workload};
+use workload::{self, Mix, Shape, Workload};
+
+/// Counts heap allocations (and reallocations), so that a pass can say how
+/// many it made per command.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum WorkloadArg {
@@ -48,6 +86,11 @@ struct Args {
     /// Run a workload file written by the `workload` binary instead.
     #[arg(long)]
     from: Option<PathBuf>,
+    /// Percent of the commands of the second, side-by-side workload spent
+    /// on stops, take-profits, icebergs and order lists (0: plain mix only;
+    /// ignored with --from).
+    #[arg(long, default_value_t = 10)]
+    special_percent: u64,
     /// How many times to run it; the summary gives the median.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -66,7 +109,7 @@ fn main() -> ExitCode {
         WorkloadArg::ManyMarkets => Shape::ManyMarkets,
         WorkloadArg::Peer => Shape::Peer,
     };
-    let workload = match benches::workload_from(args.from.as_deref(), shape, args.commands, args.seed)
+    let plain = match benches::workload_from(args.from.as_deref(), shape, args.commands, args.seed)
         .and_then(|workload| benches::runnable(workload, args.runs, args.warmup))
     {
         Ok(workload) => workload,
@@ -75,37 +118,72 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("{}", workload.description);
+    let mut workloads = vec![("plain", plain)];
+    if args.from.is_none() && args.special_percent > 0 {
+        if args.special_percent > 70 {
+            eprintln!("error: --special-percent is at most 70 (the special orders replace limit orders)");
+            return ExitCode::FAILURE;
+        }
+        let started = Instant::now();
+        let mix = Mix { special_percent: args.special_percent };
+        let special = workload::generate_mix(shape, args.commands, args.seed, mix);
+        eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+        workloads.push(("special", special));
+    }
+    for (name, workload) in &workloads {
+        println!("{name}: {}", workload.description);
+    }
     println!("machine: {}", machine());
     println!("clock overhead: p50 {}", format_ns(clock_overhead_ns_p50()));
 
-    let mut throughputs = Vec::new();
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
+    let mut summaries: Vec<Summary> = workloads.iter().map(|_| Summary::default()).collect();
     let mut reports = Reports::new("matcher", &args.report);
     for run in 1..=args.runs {
-        let (per_s, stats) = throughput_pass(&workload, args.warmup);
-        let histogram = latency_pass(&workload, args.warmup);
-        println!(
-            "run {run}: {} commands/s ({} events/s, {} trades, {} orders resting at the end)",
-            format_rate(per_s),
-            format_rate(per_s * stats.events as f64 / stats.commands as f64),
-            stats.trades,
-            stats.resting_end,
-        );
-        println!("       latency per command: {}", percentiles(&histogram));
-        reports.add(&format!("run {run}"), &histogram);
-        throughputs.push(per_s);
-        p50s.push(histogram.value_at_quantile(0.5) as f64);
-        p99s.push(histogram.value_at_quantile(0.99) as f64);
+        // Side by side: each run measures every workload, so that drift of
+        // the machine hits both alike.
+        for ((name, workload), summary) in workloads.iter().zip(&mut summaries) {
+            let (per_s, stats) = throughput_pass(workload, args.warmup);
+            let histogram = latency_pass(workload, args.warmup);
+            println!(
+                "run {run} {name}: {} commands/s ({} events/s, {} trades, {} fired, {} orders open at the end, {:.4} allocations per command)",
+                format_rate(per_s),
+                format_rate(per_s * stats.events as f64 / stats.commands as f64),
+                stats.trades,
+                stats.fired,
+                stats.resting_end,
+                stats.allocations as f64 / stats.commands as f64,
+            );
+            println!("       latency per command: {}", percentiles(&histogram));
+            reports.add(&format!("run {run} {name}"), &histogram);
+            summary.throughputs.push(per_s);
+            summary.p50s.push(histogram.value_at_quantile(0.5) as f64);
+            summary.p99s.push(histogram.value_at_quantile(0.99) as f64);
+            summary.allocations_per_command =
+                summary.allocations_per_command.max(stats.allocations as f64 / stats.commands as f64);
+        }
     }
-    println!(
-        "median of {} runs: {} commands/s, p50 {}, p99 {}",
-        args.runs,
-        format_rate(median(&mut throughputs)),
-        format_ns(median(&mut p50s) as u64),
-        format_ns(median(&mut p99s) as u64),
-    );
+    let mut medians = Vec::new();
+    for ((name, _), summary) in workloads.iter().zip(&mut summaries) {
+        let (rate, p50, p99) =
+            (median(&mut summary.throughputs), median(&mut summary.p50s), median(&mut summary.p99s));
+        println!(
+            "median of {} runs, {name}: {} commands/s, p50 {}, p99 {}; at most {:.4} allocations per command",
+            args.runs,
+            format_rate(rate),
+            format_ns(p50 as u64),
+            format_ns(p99 as u64),
+            summary.allocations_per_command,
+        );
+        medians.push((rate, p99));
+    }
+    if let [(plain_rate, plain_p99), (special_rate, special_p99)] = medians[..] {
+        println!(
+            "special / plain: rate x{:.3}, p99 x{:.3} ({}% stops, icebergs and lists)",
+            special_rate / plain_rate,
+            special_p99 / plain_p99,
+            args.special_percent,
+        );
+    }
     if let Err(error) = reports.write() {
         eprintln!("error: {error}");
         return ExitCode::FAILURE;
@@ -113,11 +191,22 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+#[derive(Default)]
+struct Summary {
+    throughputs: Vec<f64>,
+    p50s: Vec<f64>,
+    p99s: Vec<f64>,
+    allocations_per_command: f64,
+}
+
 struct PassStats {
     commands: u64,
     events: u64,
     trades: u64,
+    fired: u64,
     resting_end: u32,
+    /// Heap allocations during the timed commands.
+    allocations: u64,
 }
 
 fn engine_after_setup(workload: &Workload, events: &mut Vec<Event>) -> Engine {
@@ -145,6 +234,8 @@ fn throughput_pass(workload: &Workload, warmup: usize) -> (f64, PassStats) {
     }
     let mut event_count = 0u64;
     let mut trades = 0u64;
+    let mut fired = 0u64;
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     let started = Instant::now();
     for index in warmup..workload.commands.len() {
         events.clear();
@@ -152,11 +243,25 @@ fn throughput_pass(workload: &Workload, warmup: usize) -> (f64, PassStats) {
         event_count += events.len() as u64;
         // Reading the events is what a consumer must do anyway; it keeps the
         // optimiser from discarding them.
-        trades += events.iter().filter(|e| matches!(e.kind, EventKind::Trade { .. })).count() as u64;
+        for event in &events {
+            match event.kind {
+                EventKind::Trade { .. } => trades += 1,
+                EventKind::OrderTriggered { .. } => fired += 1,
+                _ => {}
+            }
+        }
     }
     let elapsed = started.elapsed();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let commands = (workload.commands.len() - warmup) as u64;
-    let stats = PassStats { commands, events: event_count, trades, resting_end: engine.open_order_count() };
+    let stats = PassStats {
+        commands,
+        events: event_count,
+        trades,
+        fired,
+        resting_end: engine.open_order_count(),
+        allocations,
+    };
     (rate_per_s(commands, elapsed), stats)
 }
 
