@@ -1740,7 +1740,7 @@ fn leg_kind(leg: &LegOp, reference: u64, force: Option<u8>) -> OrderKind {
             price,
             qty,
             tif: if leg.visible > 0 && leg.tif < 6 { TimeInForce::Gtc } else { tif },
-            visible: Lots(if leg.tif % 2 == 0 { leg.visible } else { 0 }),
+            visible: Lots(if leg.tif.is_multiple_of(2) { leg.visible } else { 0 }),
         },
         4 => OrderKind::Market { qty },
         _ => OrderKind::MarketByQuote { amount: Units(reference * leg.qty * 2) },
