@@ -1077,7 +1077,8 @@ impl Engine {
             });
         }
         let visible = if order.ext == NIL { Lots(0) } else { self.extras.get(order.ext).visible };
-        if visible.0 > 0 {
+        // An iceberg moved with no more than it shows just shows it all.
+        if visible.0 > 0 && new_qty > visible {
             check_iceberg(&rules, new_qty, visible)?;
         }
         if order.post_only && state.book.side(order.side.opposite()).crosses(new_price) {

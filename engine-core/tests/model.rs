@@ -1253,10 +1253,10 @@ impl Model {
                 available: Units(available),
             });
         }
-        // Re-entering, an iceberg is checked as a new one would be (the
-        // engine's choice, docs/engine.md is silent): one filled down to its
-        // visible size or less cannot move to a new price.
-        if o.visible > 0 {
+        // Re-entering, an iceberg is checked as a new one would be, except
+        // that one left with no more than its visible size may move: it
+        // shows all it has (docs/engine.md, "Iceberg orders").
+        if o.visible > 0 && qty > o.visible {
             Model::iceberg_check(&rules, qty, o.visible)?;
         }
         if o.post_only {

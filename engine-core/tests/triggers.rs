@@ -863,3 +863,22 @@ fn an_oto_pending_market_order_trades_when_released() {
         .iter()
         .any(|e| matches!(e.kind, EventKind::OrderReleased { order, .. } if order == pending)));
 }
+
+#[test]
+fn an_iceberg_filled_down_to_its_visible_size_may_still_move() {
+    let mut h = Harness::btc_usdt(2);
+    h.place(
+        0,
+        Side::Sell,
+        OrderKind::Iceberg { price: Ticks(100), qty: Lots(10), visible: Lots(3), tif: TimeInForce::Gtc },
+    );
+    let iceberg = h.accepted().unwrap();
+    h.limit(1, Side::Buy, 100, 8);
+    h.ok(Command::Amend(Amend {
+        user: UserId(0),
+        order: OrderRef::Id(iceberg),
+        new_qty: None,
+        new_price: Some(Ticks(105)),
+    }));
+    assert_eq!(h.depth(Side::Sell), vec![(105, 2)]);
+}

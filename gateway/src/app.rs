@@ -498,6 +498,8 @@ fn order_view(
         "cancelled" => OrderStatus::Cancelled,
         "expired_self_trade" => OrderStatus::ExpiredSelfTrade,
         "expired_insufficient_funds" => OrderStatus::ExpiredFunds,
+        "expired_contingent" => OrderStatus::ExpiredContingent,
+        "rejected" => OrderStatus::Rejected,
         _ => OrderStatus::Expired,
     };
     let mut fills = Vec::with_capacity(trades.len());

@@ -126,9 +126,9 @@ impl Capture {
                         closing.status = match reason {
                             DoneReason::Filled => OrderStatus::Filled,
                             DoneReason::Cancelled => OrderStatus::Cancelled,
-                            DoneReason::Expired | DoneReason::Contingent | DoneReason::Refused(_) => {
-                                OrderStatus::Expired
-                            }
+                            DoneReason::Expired => OrderStatus::Expired,
+                            DoneReason::Contingent => OrderStatus::ExpiredContingent,
+                            DoneReason::Refused(_) => OrderStatus::Rejected,
                             DoneReason::SelfTrade => OrderStatus::ExpiredSelfTrade,
                             DoneReason::FundsExhausted => OrderStatus::ExpiredFunds,
                         };

@@ -61,6 +61,10 @@ pub enum OrderStatus {
     ExpiredSelfTrade,
     /// A market buy stopped by the user's funds.
     ExpiredFunds,
+    /// Cancelled because the other order of its list traded, fired or closed.
+    ExpiredContingent,
+    /// An OTO's pending order that could not be placed when released.
+    Rejected,
 }
 
 impl OrderStatus {
@@ -73,6 +77,8 @@ impl OrderStatus {
             OrderStatus::Expired => "expired",
             OrderStatus::ExpiredSelfTrade => "expired_self_trade",
             OrderStatus::ExpiredFunds => "expired_insufficient_funds",
+            OrderStatus::ExpiredContingent => "expired_contingent",
+            OrderStatus::Rejected => "rejected",
         }
     }
 }
@@ -1250,9 +1256,9 @@ impl Views {
                 order_view.status = match reason {
                     DoneReason::Filled => OrderStatus::Filled,
                     DoneReason::Cancelled => OrderStatus::Cancelled,
-                    DoneReason::Expired | DoneReason::Contingent | DoneReason::Refused(_) => {
-                        OrderStatus::Expired
-                    }
+                    DoneReason::Expired => OrderStatus::Expired,
+                    DoneReason::Contingent => OrderStatus::ExpiredContingent,
+                    DoneReason::Refused(_) => OrderStatus::Rejected,
                     DoneReason::SelfTrade => OrderStatus::ExpiredSelfTrade,
                     DoneReason::FundsExhausted => OrderStatus::ExpiredFunds,
                 };

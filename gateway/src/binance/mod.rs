@@ -98,7 +98,8 @@ pub fn status_name(status: OrderStatus) -> &'static str {
         OrderStatus::PartiallyFilled => "PARTIALLY_FILLED",
         OrderStatus::Filled => "FILLED",
         OrderStatus::Cancelled => "CANCELED",
-        OrderStatus::Expired | OrderStatus::ExpiredFunds => "EXPIRED",
+        OrderStatus::Expired | OrderStatus::ExpiredFunds | OrderStatus::ExpiredContingent => "EXPIRED",
+        OrderStatus::Rejected => "REJECTED",
         OrderStatus::ExpiredSelfTrade => "EXPIRED_IN_MATCH",
     }
 }

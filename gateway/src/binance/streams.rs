@@ -335,10 +335,9 @@ impl Streams {
                         // The last TRADE report already said FILLED.
                         DoneReason::Filled => continue,
                         DoneReason::Cancelled => ("CANCELED", OrderStatus::Cancelled),
-                        DoneReason::Expired
-                        | DoneReason::FundsExhausted
-                        | DoneReason::Contingent
-                        | DoneReason::Refused(_) => ("EXPIRED", OrderStatus::Expired),
+                        DoneReason::Expired | DoneReason::FundsExhausted => ("EXPIRED", OrderStatus::Expired),
+                        DoneReason::Contingent => ("EXPIRED", OrderStatus::ExpiredContingent),
+                        DoneReason::Refused(_) => ("REJECTED", OrderStatus::Rejected),
                         DoneReason::SelfTrade => ("TRADE_PREVENTION", OrderStatus::ExpiredSelfTrade),
                     };
                     if users_listening {
