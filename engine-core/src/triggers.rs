@@ -2,13 +2,17 @@
 //! fires them.
 //!
 //! Orders waiting for the price to rise and orders waiting for it to fall
-//! are kept apart, each in a `Vec` sorted so that the next to fire is the
-//! last element: a trade looks at the ends only, and pops what it fires.
-//! New stops usually sit near the market, which is near that end, so
-//! inserting moves few entries (the book's levels make the same bet).
+//! are kept apart, each in a `VecDeque` sorted so that the next to fire is
+//! the last element: a trade looks at the ends only, and pops what it
+//! fires. Inserting or removing moves the shorter side of the deque, so
+//! stops placed near the market (the usual case) and stops placed beyond
+//! every other (a ladder of stops) both cost O(1) moves; only a stop in
+//! the middle of a long queue moves up to half of it.
 //! Trailing orders that are tracking have a trigger price that moves with
 //! every trade, so they are kept apart again, in order id order, and
 //! looked at one by one.
+
+use std::collections::VecDeque;
 
 use crate::units::{OrderId, Ticks};
 
@@ -25,10 +29,10 @@ pub(crate) struct Entry {
 pub(crate) struct TriggerBook {
     /// Fire when the price rises to `stop`: lowest stop last (oldest last
     /// among equal stops).
-    rising: Vec<Entry>,
+    rising: VecDeque<Entry>,
     /// Fire when the price falls to `stop`: highest stop last (oldest last
     /// among equal stops).
-    falling: Vec<Entry>,
+    falling: VecDeque<Entry>,
     /// Trailing orders that are tracking, by order id (`stop` unused).
     pub tracking: Vec<Entry>,
 }
@@ -41,7 +45,7 @@ fn key(rises: bool, entry: &Entry) -> (u64, u64) {
 }
 
 impl TriggerBook {
-    fn side_mut(&mut self, rises: bool) -> &mut Vec<Entry> {
+    fn side_mut(&mut self, rises: bool) -> &mut VecDeque<Entry> {
         if rises {
             &mut self.rising
         } else {
@@ -95,11 +99,11 @@ impl TriggerBook {
     /// Pops into `out` every entry a trade at `price` reaches: rising stops
     /// at or below it, falling stops at or above it.
     pub fn pop_reached(&mut self, price: Ticks, out: &mut Vec<Entry>) {
-        while self.rising.last().is_some_and(|e| e.stop <= price) {
-            out.extend(self.rising.pop());
+        while self.rising.back().is_some_and(|e| e.stop <= price) {
+            out.extend(self.rising.pop_back());
         }
-        while self.falling.last().is_some_and(|e| e.stop >= price) {
-            out.extend(self.falling.pop());
+        while self.falling.back().is_some_and(|e| e.stop >= price) {
+            out.extend(self.falling.pop_back());
         }
     }
 
