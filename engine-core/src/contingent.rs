@@ -10,48 +10,16 @@
 //! after the order whose trades caused it has finished: see
 //! [`Engine::settle`].
 
-use std::collections::VecDeque;
-
 use crate::book::{Order, NIL};
 use crate::command::{Contingency, ListRef, NewOrderList, OrderKind, TimeInForce};
-use crate::engine::{Emitter, Engine};
-use crate::event::{DoneReason, EventKind, ListRule, RejectReason};
+use crate::engine::Engine;
+use crate::event::{emit_balance, DoneReason, Emitter, EventKind, ListRule, RejectReason};
 use crate::extras::{trail, OrderExtra, OrderList, Phase, Then, Waiting, NONE};
+use crate::followups::FollowUp;
 use crate::market::MarketStatus;
-use crate::orders::{emit_balance, reached, Check, Checked, Entered};
+use crate::orders::{reached, Check, Checked, Entered};
 use crate::triggers::Entry;
 use crate::units::{ListId, Lots, MarketId, OrderId, Side, Ticks, Units, UserId};
-
-/// Work a command leaves for after the order matching now has finished.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FollowUp {
-    /// A waiting order fired at `price`: it enters the market.
-    Enter { slot: u32, order: OrderId, price: Ticks },
-    /// An OTO's working order filled: its pending order is placed.
-    Release { slot: u32, order: OrderId },
-}
-
-/// Space the engine reuses from one command to the next; not state (a
-/// command always leaves it empty).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Scratch {
-    /// The prices of the trades of the order matching now, in order,
-    /// repeated prices once.
-    pub prices: Vec<Ticks>,
-    reached: Vec<Entry>,
-    fired: Vec<Entry>,
-    pub queue: VecDeque<FollowUp>,
-    pub slots: Vec<(OrderId, u32)>,
-}
-
-impl Scratch {
-    #[inline]
-    pub fn note_trade(&mut self, price: Ticks) {
-        if self.prices.last() != Some(&price) {
-            self.prices.push(price);
-        }
-    }
-}
 
 impl Engine {
     /// Puts the waiting order in `slot` on its market's triggers and locks

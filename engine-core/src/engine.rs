@@ -9,13 +9,12 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::{Account, AssetTotals, Balance};
 use crate::book::{BookSide, OrderBook, OrderSlab};
 use crate::command::{Command, StampedCommand};
-use crate::contingent::Scratch;
-use crate::event::{Capacity, Event, EventKind, RejectReason};
+use crate::event::{emit_balance, Capacity, Emitter, Event, EventKind, RejectReason};
 use crate::extras::{OrderExtra, OrderList, Slab};
+use crate::followups::Scratch;
 use crate::index::OrderIndex;
 use crate::limits::EngineLimits;
 use crate::market::{Asset, Market, MarketRules, MarketStatus, ASSET_DECIMALS_MAX, FEE_PPM_MAX};
-use crate::orders::emit_balance;
 use crate::triggers::TriggerBook;
 use crate::units::{
     ApiKey, ApiSecret, AssetId, Lots, MarketId, Side, Symbol, Ticks, Units, UserId, API_KEY_LEN_MIN,
@@ -91,19 +90,6 @@ pub struct ApiKeyEntry {
     pub key: ApiKey,
     pub secret: ApiSecret,
     pub user: UserId,
-}
-
-/// Where events of the command being applied go.
-pub(crate) struct Emitter<'a> {
-    seq: u64,
-    out: &'a mut Vec<Event>,
-}
-
-impl Emitter<'_> {
-    #[inline]
-    pub(crate) fn emit(&mut self, kind: EventKind) {
-        self.out.push(Event { seq: self.seq, kind });
-    }
 }
 
 impl Engine {
@@ -196,7 +182,7 @@ impl Engine {
             return Err(SequenceError { expected, got: command.seq });
         }
         self.last_seq = command.seq;
-        let mut emitter = Emitter { seq: command.seq, out };
+        let mut emitter = Emitter::new(command.seq, out);
         let ts = command.timestamp_ns;
         let result = match command.command {
             Command::CreateAsset { symbol, decimals } => self.create_asset(symbol, decimals, &mut emitter),

@@ -500,3 +500,26 @@ impl fmt::Display for RejectReason {
         }
     }
 }
+
+/// Where events of the command being applied go.
+pub(crate) struct Emitter<'a> {
+    seq: u64,
+    out: &'a mut Vec<Event>,
+}
+
+impl Emitter<'_> {
+    #[inline]
+    pub(crate) fn emit(&mut self, kind: EventKind) {
+        self.out.push(Event { seq: self.seq, kind });
+    }
+}
+
+impl<'a> Emitter<'a> {
+    pub(crate) fn new(seq: u64, out: &'a mut Vec<Event>) -> Emitter<'a> {
+        Emitter { seq, out }
+    }
+}
+
+pub(crate) fn emit_balance(emitter: &mut Emitter, user: UserId, asset: AssetId, balance: crate::Balance) {
+    emitter.emit(EventKind::Balance { user, asset, available: balance.available, locked: balance.locked });
+}

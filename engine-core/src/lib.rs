@@ -78,6 +78,7 @@ mod contingent;
 mod engine;
 mod event;
 mod extras;
+mod followups;
 mod hash;
 mod index;
 mod invariants;

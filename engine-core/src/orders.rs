@@ -2,11 +2,11 @@
 //! icebergs' refills, cancels and amends. Waiting orders and order lists
 //! are in `contingent`; both work on the same slab of open orders.
 
-use crate::accounts::{Account, Balance};
+use crate::accounts::Account;
 use crate::book::{BookSide, Order, NIL};
 use crate::command::{Amend, NewOrder, OrderKind, OrderRef, SelfTradePrevention, TimeInForce, Trigger};
-use crate::engine::{Emitter, Engine, MarketState};
-use crate::event::{DoneReason, EventKind, RejectReason};
+use crate::engine::{Engine, MarketState};
+use crate::event::{emit_balance, DoneReason, Emitter, EventKind, RejectReason};
 use crate::extras::{OrderExtra, Phase, Then, Waiting, NONE};
 use crate::market::{fee, MarketRules, MarketStatus};
 use crate::units::{AssetId, ClientOrderId, Lots, MarketId, OrderId, Side, Ticks, TradeId, Units, UserId};
@@ -1239,8 +1239,4 @@ fn limit_crosses(taker_side: Side, limit: Ticks, resting: Ticks) -> bool {
         Side::Buy => resting <= limit,
         Side::Sell => resting >= limit,
     }
-}
-
-pub(crate) fn emit_balance(emitter: &mut Emitter, user: UserId, asset: AssetId, balance: Balance) {
-    emitter.emit(EventKind::Balance { user, asset, available: balance.available, locked: balance.locked });
 }

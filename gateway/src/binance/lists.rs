@@ -16,14 +16,13 @@ use super::error::{Action, BinanceError};
 use super::market::{market, read_views};
 use super::params::{Params, TradeRange};
 use super::trading::{
-    answer_of, cancel_json, client_order_id, leg_kind, new_order_answer, refused, side_of, stp_of, Answer,
-    Leg,
+    answer_of, cancelled_list, client_order_id, leg_kind, list_answer, list_json, new_order_answer, refused,
+    side_of, stp_of, Answer, Leg,
 };
 use crate::app;
-use crate::outcome::Outcome;
 use crate::pipeline::Publisher;
 use crate::state::AppState;
-use crate::views::{ListView, Views};
+use crate::views::ListView;
 
 const ALL_LISTS_LIMIT_DEFAULT: u64 = 500;
 const ALL_LISTS_LIMIT_MAX: u64 = 1_000;
@@ -267,59 +266,6 @@ async fn place(
 }
 
 /// A list's fields, its status as of the command of `outcome`.
-fn list_answer(views: &Views, list: &ListView, outcome: &Outcome) -> Value {
-    let done = outcome
-        .events
-        .iter()
-        .any(|e| matches!(e.kind, EventKind::OrderListDone { list: done, .. } if done == list.list));
-    list_json(views, list, done)
-}
-
-/// Binance's `contingencyType` of a list.
-pub fn contingency_name(contingency: Contingency) -> &'static str {
-    match contingency {
-        Contingency::Oco => "OCO",
-        Contingency::Oto => "OTO",
-    }
-}
-
-/// `listStatusType` and `listOrderStatus` of an open or done list.
-pub fn list_statuses(done: bool) -> (&'static str, &'static str) {
-    if done {
-        ("ALL_DONE", "ALL_DONE")
-    } else {
-        ("EXEC_STARTED", "EXECUTING")
-    }
-}
-
-/// A list as `GET /api/v3/orderList` shows it (`done`: ended).
-pub fn list_json(views: &Views, list: &ListView, done: bool) -> Value {
-    let symbol = views.markets.get(list.market.0 as usize).map_or("", |m| m.symbol.as_str());
-    let (status_type, order_status) = list_statuses(done);
-    let orders: Vec<Value> = list
-        .orders
-        .iter()
-        .map(|order| {
-            let client = views
-                .find_order_ref(list.user, engine_core::OrderRef::Id(*order))
-                .and_then(|o| o.client_order_id)
-                .map(|c| c.to_string())
-                .unwrap_or_default();
-            json!({ "symbol": symbol, "orderId": order.0, "clientOrderId": client })
-        })
-        .collect();
-    json!({
-        "orderListId": list.list.0,
-        "contingencyType": contingency_name(list.contingency),
-        "listStatusType": status_type,
-        "listOrderStatus": order_status,
-        "listClientOrderId": list.client_list_id.map(|c| c.to_string()).unwrap_or_default(),
-        "transactionTime": list.done_ns.unwrap_or(list.created_ns) / 1_000_000,
-        "symbol": symbol,
-        "orders": orders,
-    })
-}
-
 /// `orderListId` or the list client id under `client_name`.
 fn list_ref(p: &Params, client_name: &str) -> Result<ListRef, BinanceError> {
     match (p.integer("orderListId")?, p.get(client_name)) {
@@ -357,37 +303,6 @@ pub async fn cancel(
         }
     };
     cancelled_list(state, producer, user, Command::CancelOrderList { user, list: ListRef::Id(id) }, id).await
-}
-
-/// Runs a command that cancels the list `id` (the list, or one of its
-/// orders) and answers with the list and a report of each order it closed,
-/// Binance's shape for a cancelled list.
-pub async fn cancelled_list(
-    state: &AppState,
-    producer: &Mutex<Publisher>,
-    user: UserId,
-    command: Command,
-    id: ListId,
-) -> Result<Value, BinanceError> {
-    let outcome = app::run(state, producer, command).await.map_err(refused(Action::Cancel))?;
-    let views = read_views(state)?;
-    let list = views
-        .find_list(user, ListRef::Id(id))
-        .ok_or_else(|| BinanceError::internal("the cancelled order list is not in the views"))?;
-    let mut out = list_answer(&views, list, &outcome);
-    let closed: Vec<Value> = outcome
-        .events
-        .iter()
-        .filter_map(|e| match e.kind {
-            EventKind::OrderDone { order, .. } => outcome.order(order),
-            _ => None,
-        })
-        .map(|order| cancel_json(&views, order, order.updated_ns / 1_000_000))
-        .collect();
-    if let Some(object) = out.as_object_mut() {
-        object.insert("orderReports".into(), Value::Array(closed));
-    }
-    Ok(out)
 }
 
 /// `GET /api/v3/orderList`, `orderList.status`: an open or recently

@@ -744,7 +744,7 @@ fn execution_report(views: &Views, order: &OrderView, kind: ReportKind) -> Value
 
 /// A `listStatus` event: a list started (`done` false) or ended.
 fn list_status(views: &Views, list: &ListView, done: bool, time_ms: u64) -> Value {
-    let json = super::lists::list_json(views, list, done);
+    let json = super::trading::list_json(views, list, done);
     let orders: Vec<Value> = json["orders"]
         .as_array()
         .map(|orders| {

@@ -7,8 +7,8 @@
 use std::sync::Mutex;
 
 use engine_core::{
-    Amend, ClientOrderId, Lots, NewOrder, OrderId, OrderKind, OrderRef, SelfTradePrevention, Side,
-    TimeInForce, Trigger, TriggerKind, UserId,
+    Amend, ClientOrderId, Command, Contingency, EventKind, ListId, ListRef, Lots, NewOrder, OrderId,
+    OrderKind, OrderRef, SelfTradePrevention, Side, TimeInForce, Trigger, TriggerKind, UserId,
 };
 use serde_json::{json, Value};
 
@@ -22,9 +22,10 @@ use super::{
 use crate::amounts;
 use crate::app::{self, Refusal};
 use crate::clock::now_ms;
+use crate::outcome::Outcome;
 use crate::pipeline::Publisher;
 use crate::state::AppState;
-use crate::views::{FillView, MarketView, OrderStage, OrderView, Views};
+use crate::views::{FillView, ListView, MarketView, OrderStage, OrderView, Views};
 
 const CLIENT_ID_RANGE: &str = "^[\\.A-Z\\:/a-z0-9_-]{1,36}$";
 const ALL_ORDERS_LIMIT_DEFAULT: u64 = 500;
@@ -579,7 +580,7 @@ async fn cancel_one(
         // Cancelling an order of a list cancels the list: Binance answers
         // with the list and a report of each order.
         let command = engine_core::Command::CancelOrder { user, order: OrderRef::Id(id) };
-        return super::lists::cancelled_list(state, producer, user, command, list).await;
+        return cancelled_list(state, producer, user, command, list).await;
     }
     let cancelled =
         app::cancel(state, producer, user, OrderRef::Id(id)).await.map_err(refused(Action::Cancel))?;
@@ -786,7 +787,7 @@ pub async fn cancel_all(
             continue;
         }
         lists_done.push(list.list);
-        let mut list_answer = super::lists::list_json(&views, list, true);
+        let mut list_answer = list_json(&views, list, true);
         if let Some(object) = list_answer.as_object_mut() {
             let reports: Vec<Value> = closed
                 .iter()
@@ -1177,4 +1178,90 @@ fn stored_trade(views: &Views, row: &persistence::UserTradeRow) -> MyTrade {
         buyer: row.buyer,
         maker: row.maker,
     }
+}
+
+// ----- order lists as Binance shows them (shared with `lists`) -----
+
+pub(crate) fn list_answer(views: &Views, list: &ListView, outcome: &Outcome) -> Value {
+    let done = outcome
+        .events
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::OrderListDone { list: done, .. } if done == list.list));
+    list_json(views, list, done)
+}
+
+/// Binance's `contingencyType` of a list.
+pub fn contingency_name(contingency: Contingency) -> &'static str {
+    match contingency {
+        Contingency::Oco => "OCO",
+        Contingency::Oto => "OTO",
+    }
+}
+
+/// `listStatusType` and `listOrderStatus` of an open or done list.
+pub fn list_statuses(done: bool) -> (&'static str, &'static str) {
+    if done {
+        ("ALL_DONE", "ALL_DONE")
+    } else {
+        ("EXEC_STARTED", "EXECUTING")
+    }
+}
+
+/// A list as `GET /api/v3/orderList` shows it (`done`: ended).
+pub fn list_json(views: &Views, list: &ListView, done: bool) -> Value {
+    let symbol = views.markets.get(list.market.0 as usize).map_or("", |m| m.symbol.as_str());
+    let (status_type, order_status) = list_statuses(done);
+    let orders: Vec<Value> = list
+        .orders
+        .iter()
+        .map(|order| {
+            let client = views
+                .find_order_ref(list.user, engine_core::OrderRef::Id(*order))
+                .and_then(|o| o.client_order_id)
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            json!({ "symbol": symbol, "orderId": order.0, "clientOrderId": client })
+        })
+        .collect();
+    json!({
+        "orderListId": list.list.0,
+        "contingencyType": contingency_name(list.contingency),
+        "listStatusType": status_type,
+        "listOrderStatus": order_status,
+        "listClientOrderId": list.client_list_id.map(|c| c.to_string()).unwrap_or_default(),
+        "transactionTime": list.done_ns.unwrap_or(list.created_ns) / 1_000_000,
+        "symbol": symbol,
+        "orders": orders,
+    })
+}
+
+/// Runs a command that cancels the list `id` (the list, or one of its
+/// orders) and answers with the list and a report of each order it closed,
+/// Binance's shape for a cancelled list.
+pub async fn cancelled_list(
+    state: &AppState,
+    producer: &Mutex<Publisher>,
+    user: UserId,
+    command: Command,
+    id: ListId,
+) -> Result<Value, BinanceError> {
+    let outcome = app::run(state, producer, command).await.map_err(refused(Action::Cancel))?;
+    let views = read_views(state)?;
+    let list = views
+        .find_list(user, ListRef::Id(id))
+        .ok_or_else(|| BinanceError::internal("the cancelled order list is not in the views"))?;
+    let mut out = list_answer(&views, list, &outcome);
+    let closed: Vec<Value> = outcome
+        .events
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::OrderDone { order, .. } => outcome.order(order),
+            _ => None,
+        })
+        .map(|order| cancel_json(&views, order, order.updated_ns / 1_000_000))
+        .collect();
+    if let Some(object) = out.as_object_mut() {
+        object.insert("orderReports".into(), Value::Array(closed));
+    }
+    Ok(out)
 }
