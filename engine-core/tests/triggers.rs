@@ -882,3 +882,53 @@ fn an_iceberg_filled_down_to_its_visible_size_may_still_move() {
     }));
     assert_eq!(h.depth(Side::Sell), vec![(105, 2)]);
 }
+
+#[test]
+fn damaged_waiting_hidden_and_list_sections_of_a_snapshot_are_refused() {
+    let mut h = market_at(4, 100);
+    h.place(3, Side::Sell, stop_market(TriggerKind::StopLoss, 90, 2));
+    h.place(
+        0,
+        Side::Buy,
+        OrderKind::Iceberg { price: Ticks(95), qty: Lots(9), visible: Lots(2), tif: TimeInForce::Gtc },
+    );
+    h.ok(oco(3, Side::Sell, [post_only(110, 5), stop_market(TriggerKind::StopLoss, 95, 5)]));
+    h.ok(oto(
+        1,
+        (Side::Buy, limit_kind(94, 2, TimeInForce::Gtc)),
+        (Side::Sell, limit_kind(120, 2, TimeInForce::Gtc)),
+    ));
+    let base = h.engine.snapshot();
+    assert!(
+        !base.waiting.is_empty()
+            && !base.icebergs.is_empty()
+            && base.lists.len() == 2
+            && base.pending.len() == 1
+    );
+    Engine::from_snapshot(base.clone()).unwrap();
+
+    let refused = |change: &dyn Fn(&mut Snapshot)| {
+        let mut s = base.clone();
+        change(&mut s);
+        Engine::from_snapshot(s).expect_err("a damaged snapshot loaded")
+    };
+    assert!(matches!(refused(&|s| s.waiting[0].hold.0 += 1), SnapshotError::BadOrder { .. }));
+    assert!(matches!(refused(&|s| s.waiting[0].trigger.stop = None), SnapshotError::BadOrder { .. }));
+    assert!(matches!(refused(&|s| s.waiting[0].qty = Lots(0)), SnapshotError::BadOrder { .. }));
+    assert!(matches!(refused(&|s| s.waiting[0].id = OrderId(u64::MAX)), SnapshotError::BadOrder { .. }));
+    assert!(matches!(refused(&|s| s.icebergs[0].visible = Lots(0)), SnapshotError::BadOrder { .. }));
+    assert!(matches!(refused(&|s| s.icebergs[0].hidden.0 += 1), SnapshotError::LockedMismatch { .. }));
+    assert!(matches!(refused(&|s| s.lists[0].held.0 += 1), SnapshotError::BadList { .. }));
+    assert!(matches!(
+        refused(&|s| s.lists[0].orders[1] = s.lists[0].orders[0]),
+        SnapshotError::BadList { .. }
+    ));
+    assert!(matches!(
+        refused(&|s| {
+            s.lists.remove(1);
+        }),
+        SnapshotError::BadOrder { .. }
+    ));
+    assert!(matches!(refused(&|s| s.last_prices.clear()), SnapshotError::BadMarket { .. }));
+    assert!(matches!(refused(&|s| s.last_prices[0] = Some(Ticks(0))), SnapshotError::BadMarket { .. }));
+}
