@@ -16,6 +16,7 @@ use hyper::StatusCode;
 use persistence::scale::Amount;
 
 use crate::amounts;
+use crate::cluster::ProposeError;
 use crate::clock::unix_ns;
 use crate::error::ApiError;
 use crate::metrics::Stage;
@@ -62,15 +63,32 @@ pub async fn execute(
     }
     let started = std::time::Instant::now();
     let (id, reply) = state.pending.register();
-    let published = match producer.lock() {
-        Ok(mut producer) => pipeline::submit(&mut producer, id, command).is_ok(),
-        Err(_) => false,
-    };
-    if !published {
-        state.pending.forget(id);
-        return Err(ApiError::busy());
+    let deadline = tokio::time::Instant::now() + state.request_timeout;
+    if let Some(cluster) = &state.cluster {
+        // The command goes through the cluster's log; its outcome comes
+        // back through the ring like any other once it is committed.
+        let proposed = tokio::time::timeout_at(deadline, cluster.propose(id, command)).await;
+        let refused = match proposed {
+            Ok(Ok(())) => None,
+            Ok(Err(ProposeError::NotLeader { leader })) => Some(ApiError::not_leader(leader)),
+            Ok(Err(ProposeError::Unknown(why))) => Some(outcome_unknown(&why)),
+            Err(_) => Some(outcome_unknown("no majority of the cluster answered in time")),
+        };
+        if let Some(error) = refused {
+            state.pending.forget(id);
+            return Err(error);
+        }
+    } else {
+        let published = match producer.lock() {
+            Ok(mut producer) => pipeline::submit(&mut producer, id, command).is_ok(),
+            Err(_) => false,
+        };
+        if !published {
+            state.pending.forget(id);
+            return Err(ApiError::busy());
+        }
     }
-    let answer = tokio::time::timeout(state.request_timeout, reply).await;
+    let answer = tokio::time::timeout_at(deadline, reply).await;
     state.health.metrics.record(Stage::Reply, started.elapsed());
     match answer {
         Ok(Ok(Ok(outcome))) => Ok(outcome),
@@ -87,6 +105,16 @@ pub async fn execute(
             ))
         }
     }
+}
+
+/// A cluster node proposed the command but cannot tell whether it
+/// committed (the leader changed under it, or no majority answered).
+fn outcome_unknown(why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!("the cluster did not confirm the command ({why}); it may still be applied: query it"),
+    )
 }
 
 fn journal_unavailable() -> ApiError {

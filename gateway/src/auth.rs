@@ -15,7 +15,7 @@
 //! the exchange uses.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use engine_core::{ApiKey, ApiSecret, Engine, UserId};
 use hmac::{Hmac, KeyInit, Mac};
@@ -69,7 +69,9 @@ struct TokenBucket {
 }
 
 pub struct Authenticator {
-    pub keys: KeyTable,
+    /// Shared with whoever keeps it in step with the engine (a cluster
+    /// node's key feed).
+    pub keys: Arc<KeyTable>,
     recv_window_max_ms: u64,
     rate_per_s: f64,
     burst: f64,
@@ -110,9 +112,14 @@ impl ReplayCache {
 }
 
 impl Authenticator {
-    pub fn new(keys: KeyTable, recv_window_max_ms: u64, rate_per_s: u32, burst: u32) -> Authenticator {
+    pub fn new(
+        keys: impl Into<Arc<KeyTable>>,
+        recv_window_max_ms: u64,
+        rate_per_s: u32,
+        burst: u32,
+    ) -> Authenticator {
         Authenticator {
-            keys,
+            keys: keys.into(),
             recv_window_max_ms,
             rate_per_s: f64::from(rate_per_s),
             burst: f64::from(burst),

@@ -101,6 +101,113 @@ pub struct Config {
     /// Which lines are logged: a level (`info`) or directives per module
     /// (`info,persistence=debug`).
     pub log_level: String,
+    /// This node's place in a replicated cluster (docs/replication.md).
+    /// Without the section the exchange runs alone, as it always has.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The most voting members a cluster may name: every command waits for a
+/// majority of them, so more members cost latency, not safety.
+pub const CLUSTER_MEMBERS_MAX: usize = 9;
+
+/// The `[cluster]` section: which node this is and who its peers are.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id: one of `members`' ids.
+    pub node_id: u64,
+    /// Where this node listens for the other nodes' Raft messages (not the
+    /// API port). Nothing authenticates this port: bind it to a private
+    /// network.
+    #[serde(deserialize_with = "listen_address")]
+    pub raft_listen: SocketAddr,
+    /// Every voting member, this node included. A new cluster is formed
+    /// from this list on the first start of the node named by
+    /// `bootstrap`; later changes of membership go through
+    /// `exctl cluster add|remove`, not through this list.
+    pub members: Vec<MemberConfig>,
+    /// The member that forms a new cluster (usually the first): only it,
+    /// and only on its first start with an empty data directory.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// How often the leader tells the followers it is alive.
+    #[serde(default = "heartbeat_ms_default")]
+    pub heartbeat_ms: u64,
+    /// A follower that hears nothing from a leader for a random time in
+    /// `[election_timeout_min_ms, election_timeout_max_ms)` starts an
+    /// election (after a pre-vote).
+    #[serde(default = "election_timeout_min_ms_default")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "election_timeout_max_ms_default")]
+    pub election_timeout_max_ms: u64,
+}
+
+/// A member of the cluster as the others reach it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u64,
+    /// Its Raft address (`HOST:PORT`), as the other nodes connect to it.
+    pub raft: String,
+    /// Its REST API's address (`HOST:PORT`), as clients reach it: named in
+    /// the `X-Leader` header of a refused order.
+    pub api: String,
+}
+
+fn heartbeat_ms_default() -> u64 {
+    50
+}
+
+fn election_timeout_min_ms_default() -> u64 {
+    150
+}
+
+fn election_timeout_max_ms_default() -> u64 {
+    300
+}
+
+impl ClusterConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.members.is_empty() || self.members.len() > CLUSTER_MEMBERS_MAX {
+            return Err(format!("members must name 1 to {CLUSTER_MEMBERS_MAX} nodes, not {}", self.members.len()));
+        }
+        for (index, member) in self.members.iter().enumerate() {
+            if member.id == 0 {
+                return Err("a member's id must be at least 1".into());
+            }
+            if self.members[..index].iter().any(|m| m.id == member.id) {
+                return Err(format!("member id {} is named twice", member.id));
+            }
+            for (name, address) in [("raft", &member.raft), ("api", &member.api)] {
+                if address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                    return Err(format!("member {}: {name} = {address:?} is not HOST:PORT", member.id));
+                }
+            }
+        }
+        if !self.members.iter().any(|m| m.id == self.node_id) {
+            return Err(format!("node_id {} is not one of the members' ids", self.node_id));
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_timeout_min_ms {
+            return Err(format!(
+                "heartbeat_ms ({}) must be positive and below election_timeout_min_ms ({}): a leader must be heard \
+                 before followers give up on it",
+                self.heartbeat_ms, self.election_timeout_min_ms
+            ));
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return Err(format!(
+                "election_timeout_min_ms ({}) must be below election_timeout_max_ms ({}): the random spread \
+                 between them is what keeps two followers from standing at once",
+                self.election_timeout_min_ms, self.election_timeout_max_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// This node as the members list names it.
+    pub fn me(&self) -> &MemberConfig {
+        self.members.iter().find(|m| m.id == self.node_id).expect("checked: node_id is a member")
+    }
 }
 
 /// The `[limits]` section: each limit named here replaces the journal's.
@@ -156,6 +263,9 @@ pub enum DurabilityKind {
     None,
     Batch,
     Interval,
+    /// A command is released once a majority of the cluster's members has
+    /// it on disk (needs `[cluster]`).
+    Replicated,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -212,6 +322,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             log_format: crate::log::LogFormat::Text,
             log_level: "info".to_string(),
+            cluster: None,
         }
     }
 }
@@ -368,6 +479,30 @@ impl Config {
         if self.rate_limit_per_s == 0 || self.rate_limit_burst == 0 {
             return Err(ConfigError("rate_limit_per_s and rate_limit_burst must be positive".into()));
         }
+        match (&self.cluster, self.durability) {
+            (Some(cluster), DurabilityKind::Replicated) => {
+                cluster.check().map_err(|why| ConfigError(format!("[cluster] {why}")))?;
+                if self.database_url.is_some() {
+                    return Err(ConfigError(
+                        "a [cluster] node cannot feed PostgreSQL yet (its writer replays the local journal, \
+                         and a cluster node's journal is the replicated log): leave database_url and \
+                         DATABASE_URL unset on cluster nodes"
+                            .into(),
+                    ));
+                }
+            }
+            (Some(_), _) => {
+                return Err(ConfigError(
+                    "a [cluster] node journals through the cluster: set durability = \"replicated\"".into(),
+                ))
+            }
+            (None, DurabilityKind::Replicated) => {
+                return Err(ConfigError(
+                    "durability = \"replicated\" needs a [cluster] section naming this node and its peers".into(),
+                ))
+            }
+            (None, _) => {}
+        }
         Ok(())
     }
 
@@ -386,6 +521,8 @@ impl Config {
             DurabilityKind::None => Durability::None,
             DurabilityKind::Batch => Durability::Batch,
             DurabilityKind::Interval => Durability::Interval { interval_ms: self.sync_interval_ms },
+            // Each node syncs its log before it counts towards a majority.
+            DurabilityKind::Replicated => Durability::Batch,
         }
     }
 
@@ -442,6 +579,46 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.durability(), Durability::Batch);
         assert_eq!(config.admin_token, None);
+    }
+
+    fn cluster_config(cluster: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, cluster).unwrap();
+        Config::load(Some(&path), env(&[]))
+    }
+
+    const MEMBERS: &str = "members = [\n  { id = 1, raft = \"127.0.0.1:7101\", api = \"127.0.0.1:8101\" },\n  \
+                           { id = 2, raft = \"127.0.0.1:7102\", api = \"127.0.0.1:8102\" },\n]\n";
+
+    #[test]
+    fn a_cluster_section_names_this_node_among_its_members() {
+        let config =
+            cluster_config(&format!("durability = \"replicated\"\n[cluster]\nnode_id = 2\nraft_listen = \"127.0.0.1:7102\"\n{MEMBERS}"))
+                .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!((cluster.me().api.as_str(), cluster.heartbeat_ms, cluster.bootstrap), ("127.0.0.1:8102", 50, false));
+
+        let refused = |text: String, expected: &str| {
+            let error = cluster_config(&text).unwrap_err().0;
+            assert!(error.contains(expected), "{error:?} does not say {expected:?}");
+        };
+        let cluster = |extra: &str| format!("[cluster]\nnode_id = 1\nraft_listen = \"127.0.0.1:7101\"\n{extra}{MEMBERS}");
+        refused(cluster(""), "set durability = \"replicated\"");
+        refused("durability = \"replicated\"\n".into(), "needs a [cluster] section");
+        let replicated = |extra: &str| format!("durability = \"replicated\"\n{}", cluster(extra));
+        refused(replicated("").replace("node_id = 1", "node_id = 3"), "node_id 3 is not one of the members");
+        refused(replicated("heartbeat_ms = 200\n"), "must be positive and below election_timeout_min_ms");
+        refused(
+            replicated("election_timeout_min_ms = 300\nelection_timeout_max_ms = 300\n"),
+            "must be below election_timeout_max_ms",
+        );
+        refused(replicated("").replace("id = 2,", "id = 1,"), "member id 1 is named twice");
+        refused(replicated("").replace("127.0.0.1:8102", "nowhere"), "is not HOST:PORT");
+        refused(
+            format!("database_url = \"host=localhost\"\n{}", replicated("")),
+            "cannot feed PostgreSQL yet",
+        );
     }
 
     #[test]

@@ -11,11 +11,14 @@ pub struct ApiError {
     pub message: String,
     /// For 429: when to try again.
     pub retry_after_s: Option<u64>,
+    /// For a cluster node that is not the leader: the leader's API address
+    /// (`HOST:PORT`), sent as `X-Leader`, when this node knows it.
+    pub leader: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after_s: None }
+        ApiError { status, code, message: message.into(), retry_after_s: None, leader: None }
     }
 
     /// A field that does not hold what it must (400).
@@ -45,6 +48,21 @@ impl ApiError {
             "busy",
             "the matching engine's queue is full; retry shortly",
         )
+    }
+
+    /// Order entry on a cluster node that is not the leader (421): the
+    /// command was not applied; send it to the leader.
+    pub fn not_leader(leader: Option<String>) -> ApiError {
+        let message = match &leader {
+            Some(address) => format!(
+                "this node is not the cluster's leader and did not apply the command; send it to the leader \
+                 at {address} (also in the X-Leader header)"
+            ),
+            None => "this node is not the cluster's leader and did not apply the command; no leader is known \
+                     right now (an election is under way): retry shortly"
+                .to_string(),
+        };
+        ApiError { leader, ..ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", message) }
     }
 
     pub fn too_many_requests(retry_after_s: u64) -> ApiError {
@@ -98,6 +116,12 @@ impl ApiError {
     }
 
     pub fn body(&self) -> String {
-        serde_json::json!({ "error": { "code": self.code, "message": self.message } }).to_string()
+        match &self.leader {
+            Some(leader) => serde_json::json!({
+                "error": { "code": self.code, "message": self.message, "leader": leader }
+            })
+            .to_string(),
+            None => serde_json::json!({ "error": { "code": self.code, "message": self.message } }).to_string(),
+        }
     }
 }

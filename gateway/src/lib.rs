@@ -34,6 +34,7 @@ mod app;
 pub mod auth;
 pub mod binance;
 mod clock;
+mod cluster;
 pub mod config;
 pub mod error;
 mod exposition;

@@ -66,6 +66,11 @@ pub struct Inbound {
 #[derive(Clone, Copy, Debug)]
 pub enum Work {
     Command(Command),
+    /// A command committed to the cluster's replicated log (cluster mode):
+    /// the matcher applies it in log order, stamped with the next sequence
+    /// number and `max(previous stamp, timestamp_ns)`, the same on every
+    /// node, and journals nothing (the replicated log is the journal).
+    Committed { command: Command, timestamp_ns: u64 },
     /// Housekeeping: interval syncs and due snapshots when otherwise idle.
     Tick,
     /// Sync the journal and write a snapshot; sent once, at shutdown.
@@ -243,6 +248,24 @@ pub fn start(
     views: Arc<RwLock<Views>>,
     config: PipelineConfig,
 ) -> Pipeline {
+    start_journaled_by(engine, Some(journal), views, config)
+}
+
+/// Starts the pipeline of a cluster node: commands arrive as
+/// [`Work::Committed`] (already durable on a majority of the nodes), in
+/// the replicated log's order, so there is no local journal and no
+/// durability stage, and no snapshot is taken here.
+pub fn start_replicated(engine: Engine, views: Arc<RwLock<Views>>, config: PipelineConfig) -> Pipeline {
+    let config = PipelineConfig { snapshot_every_commands: 0, ..config };
+    start_journaled_by(engine, None, views, config)
+}
+
+fn start_journaled_by(
+    engine: Engine,
+    journal: Option<JournalWriter>,
+    views: Arc<RwLock<Views>>,
+    config: PipelineConfig,
+) -> Pipeline {
     let inbound_bell = Doorbell::leak();
     if config.busy_spin {
         start_with(engine, journal, views, config, BusySpin, inbound_bell)
@@ -253,7 +276,7 @@ pub fn start(
 
 fn start_with<W: WaitStrategy + 'static>(
     engine: Engine,
-    journal: JournalWriter,
+    journal: Option<JournalWriter>,
     views: Arc<RwLock<Views>>,
     config: PipelineConfig,
     wait: W,
@@ -262,17 +285,19 @@ fn start_with<W: WaitStrategy + 'static>(
     let pending = Arc::new(Pending::default());
     let health = Arc::clone(&config.health);
     health.last_seq.store(engine.last_seq(), Ordering::Relaxed);
-    health.durable_seq.store(journal.durable_seq(), Ordering::Relaxed);
+    // A replicated node applies only what a majority has made durable.
+    let durable_seq = journal.as_ref().map_or(engine.last_seq(), |journal| journal.durable_seq());
+    health.durable_seq.store(durable_seq, Ordering::Relaxed);
 
     // Outbound: one consumer keeps the views, then answers the requests
     // whose outcomes are in the batch. One thread, not two, because a small
     // machine has few cores; views first, so an answered client reads its
     // own write.
     let mut config = config;
-    let durability = journal.durability();
+    let durability = journal.as_ref().map_or(Durability::None, |journal| journal.durability());
     let (snapshot_parts, snapshot_inbox) = std::sync::mpsc::channel();
     let snapshot_writer = SnapshotWriter {
-        syncer: journal.syncer(),
+        syncer: journal.as_ref().map(|journal| journal.syncer()),
         dir: config.snapshots_dir.clone(),
         keep_newest: config.snapshots_keep,
         database_status: config.database_status.clone(),
@@ -313,6 +338,7 @@ fn start_with<W: WaitStrategy + 'static>(
     let outbound = if durability == Durability::None {
         outbound.handle_events_with(follow).build()
     } else {
+        let journal = journal.as_ref().expect("only a local journal has a durability other than none");
         // The views stage sees a slot only once the durability stage is
         // done with it (after its sync); the durability stage rings this
         // doorbell once the disruptor has marked its batch done.
@@ -649,7 +675,8 @@ const FULL_RING_SPINS: u32 = 64;
 /// The single owner of trading state.
 struct Matcher {
     engine: Engine,
-    journal: JournalWriter,
+    /// `None` on a cluster node: its commands come committed.
+    journal: Option<JournalWriter>,
     outbound: OutboundProducer,
     outbound_bell: &'static Doorbell,
     /// Outcomes of the current batch of the inbound ring, published at its end.
@@ -670,14 +697,26 @@ impl Matcher {
         self.taken += 1;
         match slot.work {
             Work::Command(command) => self.apply(slot.request_id, command, slot.published_ns),
+            Work::Committed { command, timestamp_ns } => {
+                self.apply_committed(slot.request_id, command, timestamp_ns, slot.published_ns)
+            }
             Work::Tick => {
                 // Under `interval`, wakes the durability stage so that the
                 // last commands are synced within the interval even when
                 // nothing follows them.
                 let unsynced = self.health.durable_seq.load(Ordering::Relaxed) < self.engine.last_seq();
-                if matches!(self.journal.durability(), Durability::Interval { .. }) && unsynced {
+                let interval =
+                    self.journal.as_ref().is_some_and(|j| matches!(j.durability(), Durability::Interval { .. }));
+                if interval && unsynced {
                     self.staged.push(Outbound::EMPTY);
                 }
+            }
+            Work::Shutdown if self.journal.is_none() => {
+                // A cluster node's state is in the replicated log: nothing
+                // to sync or snapshot here.
+                self.publish_batch();
+                self.staged.push(Outbound { request_id: slot.request_id, last: true, ..Outbound::EMPTY });
+                self.publish_staged();
             }
             Work::Shutdown => {
                 self.publish_batch();
@@ -704,6 +743,12 @@ impl Matcher {
     }
 
     fn apply(&mut self, request_id: u64, command: Command, published_ns: u64) {
+        let Some(journal) = self.journal.as_mut() else {
+            // A cluster node takes commands only once they are committed.
+            debug_assert!(false, "a command reached a replicated matcher uncommitted");
+            self.staged.push(Outbound::failed(request_id));
+            return;
+        };
         if self.health.journal_failed.load(Ordering::Relaxed) {
             self.staged.push(Outbound::failed(request_id));
             return;
@@ -717,21 +762,41 @@ impl Matcher {
         let started = Instant::now();
         let stamped =
             StampedCommand { seq: self.engine.last_seq() + 1, timestamp_ns: self.last_timestamp_ns, command };
-        if let Err(error) = self.journal.append(&stamped) {
+        if let Err(error) = journal.append(&stamped) {
             fail_journal(&self.health, &error);
             self.staged.push(Outbound::failed(request_id));
             return;
         }
-        let segment = self.journal.segment_first_seq();
-        self.events.clear();
+        let segment = journal.segment_first_seq();
         let appended = Instant::now();
+        self.latencies.record(Stage::JournalAppend, appended - started);
+        self.apply_stamped(request_id, &stamped, segment);
+    }
+
+    /// Applies a command committed to the cluster's log: every node stamps
+    /// it alike, from the log alone (the next sequence number, and the
+    /// leader's time unless that would run backwards), so that every node's
+    /// engine goes through the same states.
+    fn apply_committed(&mut self, request_id: u64, command: Command, timestamp_ns: u64, published_ns: u64) {
+        if published_ns != 0 {
+            self.latencies.record_ns(Stage::RingWait, clock::now_ns().saturating_sub(published_ns));
+        }
+        self.last_timestamp_ns = self.last_timestamp_ns.max(timestamp_ns);
+        let stamped =
+            StampedCommand { seq: self.engine.last_seq() + 1, timestamp_ns: self.last_timestamp_ns, command };
+        self.apply_stamped(request_id, &stamped, 0);
+    }
+
+    /// Applies a stamped command to the engine and stages its events.
+    fn apply_stamped(&mut self, request_id: u64, stamped: &StampedCommand, segment: u64) {
+        self.events.clear();
+        let started = Instant::now();
         // The sequence number was taken from the engine itself.
-        if self.engine.apply(&stamped, &mut self.events).is_err() {
+        if self.engine.apply(stamped, &mut self.events).is_err() {
             debug_assert!(false, "the matcher numbers commands from the engine");
             return;
         }
-        self.latencies.record(Stage::JournalAppend, appended - started);
-        self.latencies.record(Stage::Match, appended.elapsed());
+        self.latencies.record(Stage::Match, started.elapsed());
         self.commands_since_snapshot += 1;
         let count = self.events.len();
         for (index, event) in self.events.iter().enumerate() {
@@ -751,8 +816,10 @@ impl Matcher {
     /// durable before anyone sees them).
     fn publish_batch(&mut self) {
         self.health.last_seq.store(self.engine.last_seq(), Ordering::Relaxed);
-        // The journal syncs on its own when a segment fills.
-        self.health.durable_seq.fetch_max(self.journal.durable_seq(), Ordering::Relaxed);
+        // The journal syncs on its own when a segment fills; a cluster
+        // node's commands were durable on a majority before they came.
+        let durable_seq = self.journal.as_ref().map_or(self.engine.last_seq(), |j| j.durable_seq());
+        self.health.durable_seq.fetch_max(durable_seq, Ordering::Relaxed);
         self.publish_staged();
     }
 
@@ -809,7 +876,8 @@ impl Matcher {
         let stall = started.elapsed();
         self.health.snapshot_stall_ns.store(stall.as_nanos() as u64, Ordering::Relaxed);
         self.latencies.record(Stage::SnapshotStall, stall);
-        let _ = self.snapshots.send(SnapshotPart::Engine(copy, self.journal.segment_first_seq()));
+        let segment = self.journal.as_ref().map_or(0, |j| j.segment_first_seq());
+        let _ = self.snapshots.send(SnapshotPart::Engine(copy, segment));
         self.staged.push(Outbound { request_id: reply, last: true, snapshot: true, ..Outbound::EMPTY });
         self.publish_staged();
     }
@@ -820,8 +888,8 @@ impl Matcher {
 /// snapshots make unnecessary.
 struct SnapshotWriter {
     /// Syncs the journal up to a snapshot before it is written: a snapshot
-    /// is never ahead of the durable journal.
-    syncer: journal::JournalSyncer,
+    /// is never ahead of the durable journal (none on a cluster node).
+    syncer: Option<journal::JournalSyncer>,
     dir: PathBuf,
     keep_newest: usize,
     database_status: Option<Arc<persistence::WriterStatus>>,
@@ -875,7 +943,8 @@ impl SnapshotWriter {
     /// Makes the journal durable through `seq` (in the segment that starts
     /// at `segment`): a snapshot must never be ahead of the durable journal.
     fn sync_journal(&mut self, seq: u64, segment: u64) -> bool {
-        let synced = self.syncer.appended(seq, segment).and_then(|()| self.syncer.sync());
+        let Some(syncer) = self.syncer.as_mut() else { return true };
+        let synced = syncer.appended(seq, segment).and_then(|()| syncer.sync());
         match synced {
             Ok(durable_seq) => {
                 self.health.durable_seq.fetch_max(durable_seq, Ordering::Relaxed);

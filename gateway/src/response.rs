@@ -33,7 +33,18 @@ pub fn api_error(error: &ApiError) -> Response<Body> {
     if let Some(seconds) = error.retry_after_s {
         retry_after(&mut response, seconds);
     }
+    if let Some(leader) = &error.leader {
+        x_leader(&mut response, leader);
+    }
     response
+}
+
+/// Names the cluster's leader (`HOST:PORT` of its API) to a client that
+/// sent order entry to another node.
+pub fn x_leader(response: &mut Response<Body>, leader: &str) {
+    if let Ok(value) = HeaderValue::from_str(leader) {
+        response.headers_mut().insert("x-leader", value);
+    }
 }
 
 /// Tells the client to retry after `seconds`.

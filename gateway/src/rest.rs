@@ -266,6 +266,9 @@ fn health(state: &AppState) -> Value {
         "ws_connections": health.ws_connections.load(Relaxed),
         "signed_changes_from_ms": state.auth.signed_after_ms(),
         "database": history::health(state),
+        // In cluster mode: this node's role, the leader (and its API
+        // address, where order entry goes), the term and the log indexes.
+        "cluster": state.cluster.as_ref().map(|cluster| cluster.status()),
     })
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use engine_core::{Command, EngineLimits};
+use engine_core::{Command, Engine, EngineLimits};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use journal::{open_data_dir_with, DataDir, JournalConfig};
@@ -55,58 +55,12 @@ pub async fn run(
     on_listening: impl FnOnce(Addresses),
 ) -> Result<(), ServerError> {
     let started = Instant::now();
-    let data = DataDir::new(&config.data_dir);
-    let journal_config = JournalConfig {
-        dir: data.journal(),
-        segment_bytes: config.segment_bytes,
-        durability: config.durability(),
-        checkpoint_interval_ms: config.checkpoint_interval_ms,
+    let recovered = match &config.cluster {
+        Some(_) => Recovered::empty_for_cluster(&config),
+        None => recover(&config).await?,
     };
-    let retention = config.retention_of_views();
-    // A journal replays from an empty engine with the default limits, as
-    // every tool replays it; the configured limits are journaled below.
-    let (writer, report, recovery, views) = tokio::task::spawn_blocking(move || {
-        open_data_dir_with::<Views>(&data, journal_config, EngineLimits::default(), &retention)
-    })
-    .await
-    .map_err(|e| ServerError(format!("recovery thread failed: {e}")))?
-    .map_err(|e| ServerError(format!("cannot recover {}: {e}", config.data_dir.display())))?;
-    if let Some(cut) = &report.cut {
-        tracing::warn!(
-            "journal: cut a torn tail of {} bytes at offset {} of {} (sequence {} was being written)",
-            cut.bytes,
-            cut.offset,
-            cut.segment.display(),
-            cut.seq
-        );
-    }
-    for (path, why) in &recovery.skipped_snapshots {
-        tracing::warn!("recovery: skipped snapshot {}: {why}", path.display());
-    }
-    if let Some(snapshot) = recovery.snapshot.as_ref().filter(|s| s.views_bytes == 0) {
-        tracing::warn!(
-            "recovery: snapshot {} carries no read views (written by an older version): closed orders, \
-             trades and bars from before sequence {} are not in the views; with PostgreSQL they are \
-             still served from the database",
-            snapshot.path.display(),
-            snapshot.seq
-        );
-    }
-    tracing::info!(
-        "recovered sequence {} in {:.3} s ({} from {}, {} commands replayed)",
-        recovery.engine.last_seq(),
-        recovery.elapsed.as_secs_f64(),
-        recovery.snapshot.as_ref().map_or("nothing".to_string(), |s| format!("snapshot {}", s.seq)),
-        config.data_dir.display(),
-        recovery.replayed
-    );
-
-    let recovered_snapshot_seq = recovery.snapshot.as_ref().map_or(0, |s| s.seq);
-    let engine = recovery.engine;
-    let last_journaled_ns = last_journaled_ns(&DataDir::new(&config.data_dir), engine.last_seq())
-        .map_err(|e| ServerError(format!("cannot read the journal's last record: {e}")))?;
+    let Recovered { engine, views, writer, recovered_snapshot_seq, last_journaled_ns, new_data_dir } = recovered;
     let recovered_limits = engine.limits();
-    let new_data_dir = engine.last_seq() == 0;
     // The database writer regenerates from the journal whatever the
     // database lacks up to here, then follows the live events.
     let database = match &config.database_url {
@@ -126,17 +80,14 @@ pub async fn run(
         None => None,
     };
     let views = Arc::new(RwLock::new(views));
-    let keys = KeyTable::from_engine(&engine);
+    let keys = Arc::new(KeyTable::from_engine(&engine));
+    let unconfirmed_keys = Arc::new(crate::cluster::UnconfirmedKeys::default());
     let data = DataDir::new(&config.data_dir);
     let subscribers = Arc::new(crate::subscribers::Subscribers::default());
     let (hub_sender, hub_receiver) = tokio::sync::mpsc::channel(crate::ws::HUB_QUEUE_MAX);
     let hub = tokio::spawn(crate::ws::run_hub(Arc::clone(&views), Arc::clone(&subscribers), hub_receiver));
     let health = Arc::new(pipeline::Health::default());
-    let pipeline = pipeline::start(
-        engine,
-        writer,
-        Arc::clone(&views),
-        PipelineConfig {
+    let pipeline_config = PipelineConfig {
             inbound_ring_size: config.inbound_ring_size,
             outbound_ring_size: config.outbound_ring_size,
             busy_spin: config.wait_strategy == WaitKind::BusySpin,
@@ -156,13 +107,38 @@ pub async fn run(
                 if let Some((writer, _)) = &database {
                     downstream.push(Box::new(DatabaseFeed(writer.feed.clone())));
                 }
+                if config.cluster.is_some() {
+                    downstream.push(Box::new(crate::cluster::KeysFeed {
+                        table: Arc::clone(&keys),
+                        unconfirmed: Arc::clone(&unconfirmed_keys),
+                    }));
+                }
                 downstream
             },
             database_status: database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
-            last_timestamp_ns: last_journaled_ns,
+            // A cluster node stamps from the log alone (every node alike),
+            // starting from nothing as its replay does.
+            last_timestamp_ns: if config.cluster.is_some() { 0 } else { last_journaled_ns },
             health,
-        },
-    );
+    };
+    let pipeline = match writer {
+        Some(writer) => pipeline::start(engine, writer, Arc::clone(&views), pipeline_config),
+        None => pipeline::start_replicated(engine, Arc::clone(&views), pipeline_config),
+    };
+    let cluster = match &config.cluster {
+        Some(cluster_config) => {
+            let feed = crate::cluster::CommittedFeed::new(
+                pipeline.publisher.clone(),
+                cluster_config.node_id,
+                Arc::clone(&unconfirmed_keys),
+            );
+            let cluster = crate::cluster::Cluster::start(cluster_config, &data.journal(), feed)
+                .await
+                .map_err(ServerError)?;
+            Some(Arc::new(cluster))
+        }
+        None => None,
+    };
     // /health tells the newest snapshot on disk from the start, not only
     // once this process has written one.
     pipeline.health.snapshot_seq.store(recovered_snapshot_seq, std::sync::atomic::Ordering::Relaxed);
@@ -187,8 +163,16 @@ pub async fn run(
         subscribers: Arc::clone(&subscribers),
         ws_queue_max: config.ws_queue_max,
         ws_send_timeout: Duration::from_millis(config.ws_send_timeout_ms),
+        cluster: cluster.clone(),
     });
-    set_limits_at_start(&state, &pipeline, recovered_limits, new_data_dir, &config).await?;
+    let limits_task = match &cluster {
+        // Each leader journals the configured limits when it takes over.
+        Some(_) => Some(tokio::spawn(set_limits_when_leading(Arc::clone(&state), config.limits, pipeline.publisher.clone()))),
+        None => {
+            set_limits_at_start(&state, &pipeline, recovered_limits, new_data_dir, &config).await?;
+            None
+        }
+    };
     let listen_keys = tokio::spawn(expire_listen_keys(Arc::clone(&state)));
     let stop_ticker = Arc::new(AtomicBool::new(false));
     let tick_every = Duration::from_millis(config.sync_interval_ms.clamp(1, 100));
@@ -284,6 +268,13 @@ pub async fn run(
     if published {
         let _ = tokio::time::timeout(Duration::from_secs(60), done).await;
     }
+    if let Some(task) = limits_task {
+        task.abort();
+    }
+    if let Some(cluster) = &cluster {
+        // Stops answering the other nodes: they elect another leader.
+        cluster.shutdown().await;
+    }
     let health = Arc::clone(&state.health);
     drop(state);
     let producer = pipeline.publisher;
@@ -308,6 +299,96 @@ pub async fn run(
         health.snapshot_seq.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// What a node starts from.
+struct Recovered {
+    engine: Engine,
+    views: Views,
+    /// The local journal, positioned after its last record (`None` on a
+    /// cluster node: its journal is the replicated log).
+    writer: Option<journal::JournalWriter>,
+    recovered_snapshot_seq: u64,
+    last_journaled_ns: u64,
+    new_data_dir: bool,
+}
+
+impl Recovered {
+    /// A cluster node starts empty: openraft replays the committed log into
+    /// its pipeline (the first slice of cluster mode keeps the whole log and
+    /// takes no snapshots; docs/replication.md).
+    fn empty_for_cluster(config: &Config) -> Recovered {
+        let engine = Engine::new(EngineLimits::default());
+        let views = Views::from_engine(&engine, config.retention_of_views());
+        Recovered {
+            engine,
+            views,
+            writer: None,
+            recovered_snapshot_seq: 0,
+            // Signed changes from before this start are refused: the replay
+            // cache starts empty with the process.
+            last_journaled_ns: crate::clock::now_ns(),
+            new_data_dir: false,
+        }
+    }
+}
+
+/// Recovers a single node from its data directory: the newest snapshot
+/// and a replay of the journal after it.
+async fn recover(config: &Config) -> Result<Recovered, ServerError> {
+    let data = DataDir::new(&config.data_dir);
+    let journal_config = JournalConfig {
+        dir: data.journal(),
+        segment_bytes: config.segment_bytes,
+        durability: config.durability(),
+        checkpoint_interval_ms: config.checkpoint_interval_ms,
+    };
+    let retention = config.retention_of_views();
+    // A journal replays from an empty engine with the default limits, as
+    // every tool replays it; the configured limits are journaled below.
+    let config_dir = config.data_dir.clone();
+    let (writer, report, recovery, views) = tokio::task::spawn_blocking(move || {
+        open_data_dir_with::<Views>(&data, journal_config, EngineLimits::default(), &retention)
+    })
+    .await
+    .map_err(|e| ServerError(format!("recovery thread failed: {e}")))?
+    .map_err(|e| ServerError(format!("cannot recover {}: {e}", config.data_dir.display())))?;
+    if let Some(cut) = &report.cut {
+        tracing::warn!(
+            "journal: cut a torn tail of {} bytes at offset {} of {} (sequence {} was being written)",
+            cut.bytes,
+            cut.offset,
+            cut.segment.display(),
+            cut.seq
+        );
+    }
+    for (path, why) in &recovery.skipped_snapshots {
+        tracing::warn!("recovery: skipped snapshot {}: {why}", path.display());
+    }
+    if let Some(snapshot) = recovery.snapshot.as_ref().filter(|s| s.views_bytes == 0) {
+        tracing::warn!(
+            "recovery: snapshot {} carries no read views (written by an older version): closed orders, \
+             trades and bars from before sequence {} are not in the views; with PostgreSQL they are \
+             still served from the database",
+            snapshot.path.display(),
+            snapshot.seq
+        );
+    }
+    tracing::info!(
+        "recovered sequence {} in {:.3} s ({} from {}, {} commands replayed)",
+        recovery.engine.last_seq(),
+        recovery.elapsed.as_secs_f64(),
+        recovery.snapshot.as_ref().map_or("nothing".to_string(), |s| format!("snapshot {}", s.seq)),
+        config.data_dir.display(),
+        recovery.replayed
+    );
+
+    let recovered_snapshot_seq = recovery.snapshot.as_ref().map_or(0, |s| s.seq);
+    let engine = recovery.engine;
+    let last_journaled_ns = last_journaled_ns(&DataDir::new(&config.data_dir), engine.last_seq())
+        .map_err(|e| ServerError(format!("cannot read the journal's last record: {e}")))?;
+    let new_data_dir = engine.last_seq() == 0;
+    Ok(Recovered { engine, views, writer: Some(writer), recovered_snapshot_seq, last_journaled_ns, new_data_dir })
 }
 
 /// Journals the configured limits when they differ from the journal's (and
@@ -337,6 +418,47 @@ async fn set_limits_at_start(
             Ok(())
         }
         _ => Err(ServerError("cannot journal the configured limits: the journal is unavailable".into())),
+    }
+}
+
+/// On a cluster node: whenever this node becomes the leader, journals the
+/// limits its configuration names (so the limits in force are the leader's,
+/// and are in the replicated log like every other change).
+async fn set_limits_when_leading(
+    state: Arc<AppState>,
+    limits: crate::config::LimitsConfig,
+    publisher: pipeline::Publisher,
+) {
+    let Some(cluster) = state.cluster.clone() else { return };
+    if limits == crate::config::LimitsConfig::default() {
+        return;
+    }
+    let mut led_term = None;
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        let status = cluster.status();
+        if status.role != "leader" || led_term == Some(status.term) {
+            continue;
+        }
+        // The views follow the engine: its limits as of the last command applied.
+        let current = match state.views() {
+            Ok(views) => views.limits,
+            Err(_) => continue,
+        };
+        let wanted = limits.apply_to(current);
+        if wanted == current {
+            led_term = Some(status.term);
+            continue;
+        }
+        let producer = Mutex::new(publisher.clone());
+        match crate::app::execute(&state, &producer, Command::SetLimits { limits: wanted }).await {
+            Ok(_) => {
+                tracing::info!("limits: this leader journaled its configured limits {wanted:?} (were {current:?})");
+                led_term = Some(status.term);
+            }
+            Err(error) => tracing::warn!("limits: cannot journal the configured limits yet: {}", error.message),
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub struct AppState {
     /// for connections upgraded on the REST port.
     pub ws_queue_max: usize,
     pub ws_send_timeout: Duration,
+    /// This node's cluster, in cluster mode: order entry goes through its
+    /// replicated log instead of straight into the ring.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {

@@ -18,6 +18,9 @@ pub struct BinanceError {
     pub retry_after_s: Option<u64>,
     /// Details some errors carry (cancelReplace's outcome of each step).
     pub data: Option<Value>,
+    /// A cluster node that is not the leader: the leader's API address,
+    /// sent as `X-Leader`.
+    pub leader: Option<String>,
 }
 
 /// The most characters of an unread parameter's name that -1104 repeats.
@@ -28,7 +31,7 @@ const DECIMAL_RANGE: &str = "^([0-9]{1,20})(\\.[0-9]{1,20})?$";
 
 impl BinanceError {
     pub fn new(status: StatusCode, code: i32, msg: impl Into<String>) -> BinanceError {
-        BinanceError { status, code, msg: msg.into(), retry_after_s: None, data: None }
+        BinanceError { status, code, msg: msg.into(), retry_after_s: None, data: None, leader: None }
     }
 
     pub fn bad_request(code: i32, msg: impl Into<String>) -> BinanceError {
@@ -292,6 +295,13 @@ impl From<ApiError> for BinanceError {
                 "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
             ),
             "shutting_down" => same(-1016, "This service is no longer available."),
+            // Binance answers 503 when a request may be retried elsewhere
+            // or later; clients written for it retry on it.
+            "not_leader" => BinanceError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                -1001,
+                format!("Internal error; unable to process your request. Please try again. {}", error.message),
+            ),
             "journal_unavailable" => same(-1001, &format!("Internal error; unable to process your request. {}", error.message)),
             "body_too_large" => same(-1000, &error.message),
             "unknown_market" => BinanceError::bad_symbol(),
@@ -300,6 +310,7 @@ impl From<ApiError> for BinanceError {
             _ => BinanceError::bad_request(-1130, format!("Invalid data sent for a parameter: {}", error.message)),
         };
         out.retry_after_s = error.retry_after_s;
+        out.leader = error.leader;
         out
     }
 }

@@ -104,9 +104,9 @@ pub async fn handle(state: &AppState, producer: &Mutex<Publisher>, request: Requ
         Ok(total) => total,
         Err(_) => state.binance.weight_limit_per_minute() + 1,
     };
-    let (status, body, retry_after_s) = match result {
-        Ok(value) => (StatusCode::OK, value, None),
-        Err(error) => (error.status, error.body(), error.retry_after_s),
+    let (status, body, retry_after_s, leader) = match result {
+        Ok(value) => (StatusCode::OK, value, None, None),
+        Err(error) => (error.status, error.body(), error.retry_after_s, error.leader),
     };
     let mut answer = response::json(status, body.to_string());
     let headers = answer.headers_mut();
@@ -117,6 +117,9 @@ pub async fn handle(state: &AppState, producer: &Mutex<Publisher>, request: Requ
     }
     if let Some(seconds) = retry_after_s {
         response::retry_after(&mut answer, seconds);
+    }
+    if let Some(leader) = &leader {
+        response::x_leader(&mut answer, leader);
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         response::allow(&mut answer, ROUTES, request.path);

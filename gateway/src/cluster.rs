@@ -1,0 +1,369 @@
+//! Cluster mode: this node as one member of a Raft group (openraft, through
+//! the `replication` crate) whose replicated log is the journal.
+//!
+//! ```text
+//! leader:     handler --propose--> openraft: append to the log (fsync), replicate
+//!                                           |  committed on a majority
+//! every node: openraft apply --Work::Committed--> [inbound ring] --> matcher --> outbound ring ...
+//! ```
+//!
+//! A handler on the leader proposes its command as one entry; once a
+//! majority has the entry on disk, openraft hands it to [`CommittedFeed`]
+//! on every node, which publishes it into the matcher's ring. Every node's
+//! matcher applies the same commands in the same order and stamps them
+//! alike (the next sequence number, the leader's time unless that would run
+//! backwards), so every node's engine and read views go through the same
+//! states, and nothing reaches a client (answer, fill, market data, user
+//! stream) before it is committed. The node that proposed a command knows
+//! it by its origin and answers its waiting request.
+//!
+//! What this module must never do: publish an entry that is not committed
+//! (only openraft's `apply` calls [`CommittedFeed`]), or answer a request
+//! with another request's outcome (an origin names the node *and* its
+//! incarnation, so entries replayed after a restart answer nobody).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use engine_core::{ApiKey, ApiSecret, Command, Event, EventKind, UserId};
+use futures_util::{Stream, TryStreamExt};
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
+use replication::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
+use replication::{Batch, ExchangeNode, ExchangeRaft, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig};
+
+use crate::auth::KeyTable;
+use crate::config::ClusterConfig;
+use crate::pipeline::{Downstream, Publisher, Work};
+
+/// How long the state machine waits before trying a full inbound ring
+/// again: the matcher is behind, and the entry must go in (it is
+/// committed), so it waits rather than drops.
+const RING_FULL_RETRY: Duration = Duration::from_micros(100);
+
+/// API keys created in commands being applied, by key, until their
+/// `ApiKeyCreated` event confirms them (the secret is in the command only:
+/// events never carry it). More than this many unconfirmed ones (commands
+/// the engine refused) are forgotten.
+const UNCONFIRMED_KEYS_MAX: usize = 1_024;
+
+pub type Raft = ExchangeRaft<CommittedFeed>;
+
+/// Why a command was not proposed, or what became of it is unknown.
+#[derive(Debug)]
+pub enum ProposeError {
+    /// This node is not the leader (or no longer hears a majority): the
+    /// command was not appended anywhere. `leader` is the leader's API
+    /// address when known.
+    NotLeader { leader: Option<String> },
+    /// The command was appended but may or may not commit (the leader
+    /// changed under it, or the node is stopping): the client must look.
+    Unknown(String),
+}
+
+/// This node's membership of the cluster.
+pub struct Cluster {
+    raft: Raft,
+    node_id: u64,
+    /// A number of this process's own: origins name it, so that an entry
+    /// proposed before a restart never answers a request after it.
+    incarnation: u64,
+    /// API addresses by node id, for `X-Leader`.
+    api_addresses: BTreeMap<u64, String>,
+    /// A leader that has not heard from a majority for this long stops
+    /// taking orders (it may have been cut off and replaced).
+    quorum_silence_max_ms: u64,
+}
+
+/// What `/health` shows of the cluster.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub role: &'static str,
+    pub leader: Option<u64>,
+    pub leader_api: Option<String>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+}
+
+impl Cluster {
+    /// Opens this node's Raft log in `journal_dir`, starts Raft and its
+    /// listener, and forms the cluster if this node is the one configured
+    /// to and its log is empty. `feed` is where committed entries go.
+    pub async fn start(config: &ClusterConfig, journal_dir: &Path, feed: CommittedFeed) -> Result<Cluster, String> {
+        let raft_config = openraft::Config {
+            cluster_name: "exchange".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            enable_pre_vote: Some(true),
+            // No snapshots in cluster mode yet: the log is kept whole and a
+            // restarted or new node replays it (docs/replication.md).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("[cluster]: {e}"))?;
+        let log = replication::LogStore::open(journal_dir, replication::LogStoreConfig::default())
+            .map_err(|e| format!("cannot open the Raft log in {}: {e}", journal_dir.display()))?;
+        let network = NetworkFactory::new(config.node_id, NetConfig::default());
+        let incarnation = feed.incarnation;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, feed)
+            .await
+            .map_err(|e| format!("cannot start Raft: {e}"))?;
+        let (listener, address) = replication::net::bind(&config.raft_listen.to_string())
+            .await
+            .map_err(|e| format!("cannot listen for Raft on {}: {e}", config.raft_listen))?;
+        tokio::spawn(replication::net::serve(raft.clone(), listener, NetConfig::default()));
+        let members: BTreeMap<u64, ExchangeNode> = config
+            .members
+            .iter()
+            .map(|m| (m.id, ExchangeNode { raft_addr: m.raft.clone(), api_addr: m.api.clone() }))
+            .collect();
+        let initialized = raft.is_initialized().await.map_err(|e| format!("Raft stopped: {e}"))?;
+        if config.bootstrap && !initialized {
+            raft.initialize(members.clone()).await.map_err(|e| format!("cannot form the cluster: {e}"))?;
+            tracing::info!("cluster: formed with members {:?}", members.keys().collect::<Vec<_>>());
+        }
+        tracing::info!(
+            "cluster: node {} listening for Raft on {address}, {}",
+            config.node_id,
+            if initialized { "resuming its log" } else { "waiting for the leader" }
+        );
+        Ok(Cluster {
+            raft,
+            node_id: config.node_id,
+            incarnation,
+            api_addresses: members.into_iter().map(|(id, node)| (id, node.api_addr)).collect(),
+            quorum_silence_max_ms: config.election_timeout_min_ms,
+        })
+    }
+
+    /// Proposes `command` for the request `request_id` of this process;
+    /// `Ok` once it is committed and in the matcher's ring (its outcome
+    /// then reaches the request like any other).
+    pub async fn propose(&self, request_id: u64, command: Command) -> Result<(), ProposeError> {
+        self.check_leading()?;
+        let proposal = Proposal {
+            origin: Origin { node: self.node_id, incarnation: self.incarnation, request: request_id },
+            timestamp_ns: crate::clock::now_ns(),
+            command,
+        };
+        match self.raft.client_write(Batch::Commands(vec![proposal])).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ProposeError::NotLeader { leader: forward.leader_id.and_then(|id| self.api_address(id)) })
+            }
+            Err(error) => Err(ProposeError::Unknown(error.to_string())),
+        }
+    }
+
+    /// Refuses at once on a node that is not the leader, or a leader that
+    /// has not heard from a majority lately (it may have been cut off and
+    /// replaced; openraft would refuse too, but only once its lease ends).
+    fn check_leading(&self) -> Result<(), ProposeError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader;
+        let not_leader = || ProposeError::NotLeader { leader: leader.and_then(|id| self.api_address(id)) };
+        if metrics.state != ServerState::Leader || leader != Some(self.node_id) {
+            return Err(not_leader());
+        }
+        if metrics.millis_since_quorum_ack.is_none_or(|ms| ms > self.quorum_silence_max_ms) {
+            return Err(ProposeError::NotLeader { leader: None });
+        }
+        Ok(())
+    }
+
+    fn api_address(&self, node: u64) -> Option<String> {
+        self.api_addresses.get(&node).cloned()
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        ClusterStatus {
+            node_id: self.node_id,
+            role: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "stopped",
+            },
+            leader: metrics.current_leader,
+            leader_api: metrics.current_leader.and_then(|id| self.api_address(id)),
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            committed_index: metrics.committed.map(|id| id.index),
+            applied_index: metrics.last_applied.map(|id| id.index),
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!("cluster: Raft did not stop cleanly: {error}");
+        }
+    }
+}
+
+/// openraft's state machine on a cluster node: it publishes committed
+/// entries into the matcher's inbound ring, in log order; the matcher is
+/// the state machine proper.
+pub struct CommittedFeed {
+    publisher: Publisher,
+    node_id: u64,
+    incarnation: u64,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    keys: Arc<UnconfirmedKeys>,
+}
+
+impl CommittedFeed {
+    pub fn new(publisher: Publisher, node_id: u64, keys: Arc<UnconfirmedKeys>) -> CommittedFeed {
+        // Distinct for each start of this node (and never 0).
+        let incarnation = crate::clock::now_ns() | 1;
+        CommittedFeed {
+            publisher,
+            node_id,
+            incarnation,
+            applied: None,
+            membership: StoredMembership::default(),
+            keys,
+        }
+    }
+
+    /// Publishes one committed command; waits while the ring is full (the
+    /// entry is committed: it must go in, in order).
+    async fn publish(&mut self, proposal: &Proposal) {
+        let Proposal { origin, timestamp_ns, command } = *proposal;
+        if let Command::CreateApiKey { user, key, secret } = command {
+            self.keys.expect(key, user, secret);
+        }
+        let request = if origin.node == self.node_id && origin.incarnation == self.incarnation {
+            origin.request
+        } else {
+            0
+        };
+        let work = Work::Committed { command, timestamp_ns };
+        while self.publisher.try_publish(request, work).is_err() {
+            tokio::time::sleep(RING_FULL_RETRY).await;
+        }
+    }
+}
+
+fn unsupported(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{what}: cluster nodes keep their whole log and take no snapshots yet (docs/replication.md)"),
+    )
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for CommittedFeed {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        Err(unsupported("building a snapshot"))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for CommittedFeed {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + openraft::OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(Batch::Commands(proposals)) => {
+                    for proposal in proposals {
+                        self.publish(proposal).await;
+                    }
+                }
+                EntryPayload::Normal(Batch::HashMark { .. }) => {}
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                }
+            }
+            self.applied = Some(entry.log_id);
+            if let Some(responder) = responder {
+                responder.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        CommittedFeed {
+            publisher: self.publisher.clone(),
+            node_id: self.node_id,
+            incarnation: self.incarnation,
+            applied: self.applied,
+            membership: self.membership.clone(),
+            keys: Arc::clone(&self.keys),
+        }
+    }
+
+    async fn install_snapshot(&mut self, _meta: &SnapshotMeta, _snapshot: SnapshotData) -> Result<(), io::Error> {
+        Err(unsupported("installing a snapshot"))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(None)
+    }
+}
+
+/// Secrets of API keys in committed commands, until the engine's events
+/// say whether it created them.
+#[derive(Default)]
+pub struct UnconfirmedKeys {
+    keys: Mutex<HashMap<ApiKey, (UserId, ApiSecret)>>,
+}
+
+impl UnconfirmedKeys {
+    fn expect(&self, key: ApiKey, user: UserId, secret: ApiSecret) {
+        if let Ok(mut keys) = self.keys.lock() {
+            if keys.len() >= UNCONFIRMED_KEYS_MAX {
+                keys.clear();
+            }
+            keys.insert(key, (user, secret));
+        }
+    }
+
+    fn confirm(&self, key: &ApiKey) -> Option<(UserId, ApiSecret)> {
+        self.keys.lock().ok()?.remove(key)
+    }
+}
+
+/// Keeps this node's API key table in step with the engine's, from the
+/// events: on a cluster node, keys are created through whichever node led
+/// at the time, and every node must authenticate them.
+pub struct KeysFeed {
+    pub table: Arc<KeyTable>,
+    pub unconfirmed: Arc<UnconfirmedKeys>,
+}
+
+impl Downstream for KeysFeed {
+    fn batch(&mut self, events: &Arc<[Event]>, _stamps: &[persistence::Stamp]) {
+        for event in events.iter() {
+            match event.kind {
+                EventKind::ApiKeyCreated { key, .. } => {
+                    if let Some((user, secret)) = self.unconfirmed.confirm(&key) {
+                        self.table.insert(key, user, secret);
+                    }
+                }
+                EventKind::ApiKeyRevoked { key, .. } => self.table.remove(&key),
+                _ => {}
+            }
+        }
+    }
+}
