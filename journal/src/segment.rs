@@ -108,41 +108,83 @@ impl SegmentHeader {
     }
 
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
-        let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
-        bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
-        bytes[8..12].copy_from_slice(&self.format_version.to_le_bytes());
-        bytes[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
-        bytes[24..32].copy_from_slice(&self.capacity_bytes.to_le_bytes());
-        let crc = header_crc(&bytes);
-        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
-        bytes
+        encode_header_fields(&HeaderFields {
+            format_version: self.format_version,
+            first: self.first_seq,
+            capacity_bytes: self.capacity_bytes,
+            next_seq: 0,
+        })
     }
 
     /// Checks and decodes a header; the error says what is wrong with it.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, &'static str> {
-        if bytes.len() < SEGMENT_HEADER_BYTES {
-            return Err("shorter than a segment header");
-        }
-        if &bytes[0..8] != SEGMENT_MAGIC {
-            return Err("not a journal segment (bad magic)");
-        }
-        let format_version = read_u32(bytes, 8);
-        if format_version != SEGMENT_FORMAT_VERSION && format_version != SEGMENT_FORMAT_VERSION_BINCODE {
-            return Err("unsupported segment format version (this build reads versions 1 and 2)");
-        }
-        if read_u32(bytes, 12) != header_crc(bytes) {
-            return Err("segment header checksum mismatch");
-        }
+        let fields = decode_header_fields(
+            bytes,
+            &[SEGMENT_FORMAT_VERSION, SEGMENT_FORMAT_VERSION_BINCODE],
+            "unsupported segment format version (this build reads versions 1 and 2)",
+        )?;
         let header = SegmentHeader {
-            first_seq: read_u64(bytes, 16),
-            capacity_bytes: read_u64(bytes, 24),
-            format_version,
+            first_seq: fields.first,
+            capacity_bytes: fields.capacity_bytes,
+            format_version: fields.format_version,
         };
         if header.first_seq == 0 {
             return Err("segment header names sequence 0");
         }
         Ok(header)
     }
+}
+
+/// The fields every segment header has, whatever the format: the command
+/// journal's (formats 1 and 2: `first` is a sequence number, `next_seq`
+/// unused) and the Raft log's (format 3: `first` is a log index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeaderFields {
+    pub format_version: u32,
+    pub first: u64,
+    pub capacity_bytes: u64,
+    pub next_seq: u64,
+}
+
+/// `| magic | version | header crc | first | capacity | next seq | zeros |`
+pub(crate) fn encode_header_fields(fields: &HeaderFields) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
+    bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
+    bytes[8..12].copy_from_slice(&fields.format_version.to_le_bytes());
+    bytes[16..24].copy_from_slice(&fields.first.to_le_bytes());
+    bytes[24..32].copy_from_slice(&fields.capacity_bytes.to_le_bytes());
+    bytes[32..40].copy_from_slice(&fields.next_seq.to_le_bytes());
+    let crc = header_crc(&bytes);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// Checks a header's length, magic, version (one of `versions`, else
+/// `unsupported`) and checksum, and decodes its fields.
+pub(crate) fn decode_header_fields(
+    bytes: &[u8],
+    versions: &[u32],
+    unsupported: &'static str,
+) -> Result<HeaderFields, &'static str> {
+    if bytes.len() < SEGMENT_HEADER_BYTES {
+        return Err("shorter than a segment header");
+    }
+    if &bytes[0..8] != SEGMENT_MAGIC {
+        return Err("not a journal segment (bad magic)");
+    }
+    let format_version = read_u32(bytes, 8);
+    if !versions.contains(&format_version) {
+        return Err(unsupported);
+    }
+    if read_u32(bytes, 12) != header_crc(bytes) {
+        return Err("segment header checksum mismatch");
+    }
+    Ok(HeaderFields {
+        format_version,
+        first: read_u64(bytes, 16),
+        capacity_bytes: read_u64(bytes, 24),
+        next_seq: read_u64(bytes, 32),
+    })
 }
 
 fn header_crc(bytes: &[u8]) -> u32 {

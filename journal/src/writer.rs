@@ -10,7 +10,7 @@ use memmap2::MmapMut;
 
 use crate::checkpoint::{self, checkpoint_path, read_checkpoint, Checkpoint, CheckpointKeeper};
 use crate::error::JournalError;
-use crate::files::{create_private_dir, private_file_options, sync_dir};
+use crate::files::{create_private_dir, private_file_options, sync_dir, zero_tail};
 use crate::integrity;
 use crate::segment::{
     align8, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Damage, Frame,
@@ -397,9 +397,7 @@ fn open_existing(
                 damage: Some(format!("{} at offset {}", describe_damage(&damage), damage.offset)),
             });
         }
-        map[damage.offset..damage.written_end].fill(0);
-        map.flush_range(damage.offset, damage.written_end - damage.offset)
-            .map_err(|e| JournalError::io(path, e))?;
+        zero_tail(&mut map, path, damage.offset)?;
         report.cut = Some(CutTail {
             segment: path.clone(),
             offset: damage.offset,
@@ -472,7 +470,7 @@ fn open_existing(
     Ok((segment, last_seq + 1, checkpoint))
 }
 
-fn describe_damage(damage: &Damage) -> String {
+pub(crate) fn describe_damage(damage: &Damage) -> String {
     match damage.fault {
         Some(fault) => fault.to_string(),
         None => format!(
@@ -509,7 +507,7 @@ impl JournalLock {
 }
 
 /// Takes the journal's writer lock, or says who cannot have it.
-fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join("LOCK");
     let file = private_file_options()
         .read(true)
