@@ -409,7 +409,12 @@ impl RaftLog {
             }
         }
         let newest = listed.len().saturating_sub(1);
-        let mut min_term = self.last_purged.map_or(0, |p| p.term);
+        // Terms never go down; entries at or below the last purged index
+        // may stay in the oldest segment with lower terms than its.
+        let mut min_term = match (self.last_purged, listed.first()) {
+            (Some(purged), Some((first, _))) if *first == purged.index.saturating_add(1) => purged.term,
+            _ => 0,
+        };
         let mut expected: Option<u64> = None;
         for (position, (first_index, path)) in listed.iter().enumerate() {
             let mut segment = map_segment(path, *first_index)?;

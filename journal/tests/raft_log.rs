@@ -250,6 +250,19 @@ fn purge_then_reopen_returns_no_purged_entry() {
 }
 
 #[test]
+fn purged_entries_of_lower_terms_left_in_a_kept_segment_do_not_trip_the_term_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
+    append_range(&mut log, 1..=3, 1);
+    append_range(&mut log, 4..=6, 2);
+    assert_eq!(segments(dir.path()).len(), 1);
+    log.purge_through(pos(5, 2)).unwrap();
+    drop(log);
+    let log = RaftLog::open(dir.path(), SMALL).unwrap();
+    assert_eq!((log.first(), log.last()), (Some(pos(6, 2)), Some(pos(6, 2))));
+}
+
+#[test]
 fn sync_requests_run_on_another_thread_while_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
@@ -432,4 +445,198 @@ fn raft_state_slots_alternate_and_a_torn_slot_falls_back() {
     // Cut short: refused too.
     std::fs::write(&path, &bytes[..100]).unwrap();
     assert!(matches!(RaftStateFile::open(dir.path()), Err(JournalError::BadStateFile { .. })));
+}
+
+mod model {
+    //! Random sequences of append, truncate, purge, sync, torn tails and
+    //! reopens against a plain in-memory model of a Raft log.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Appends `count` entries, the first in a new term when `new_term`.
+        Append {
+            count: u8,
+            new_term: bool,
+            size: u16,
+        },
+        /// Truncates after the entry `back` before the last (`None` when past
+        /// the first: everything).
+        Truncate {
+            back: u8,
+        },
+        /// Purges through the entry `forward` after the first readable one
+        /// (past the last: everything, a snapshot from a leader).
+        Purge {
+            forward: u8,
+        },
+        Sync,
+        Reopen,
+        /// Reopens after a crash tore the frame being written: bytes after
+        /// the last frame of the newest segment.
+        TornReopen {
+            bytes: u16,
+            fill: u8,
+        },
+        Read {
+            from: u8,
+            len: u8,
+            max_bytes: u16,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (1u8..12, any::<bool>(), 0u16..=512).prop_map(|(count, new_term, size)| Op::Append { count, new_term, size }),
+            2 => (0u8..40).prop_map(|back| Op::Truncate { back }),
+            2 => (0u8..60).prop_map(|forward| Op::Purge { forward }),
+            1 => Just(Op::Sync),
+            2 => Just(Op::Reopen),
+            1 => (1u16..500, 1u8..=255).prop_map(|(bytes, fill)| Op::TornReopen { bytes, fill }),
+            2 => (0u8..80, 0u8..40, 0u16..2000).prop_map(|(from, len, max_bytes)| Op::Read { from, len, max_bytes }),
+        ]
+    }
+
+    #[derive(Default)]
+    struct Model {
+        /// The readable entries, in order.
+        entries: Vec<LogEntry>,
+        last_purged: Option<LogPosition>,
+        /// The term of the last entry appended or purged (terms never go down).
+        term: u64,
+    }
+
+    impl Model {
+        fn first(&self) -> Option<LogPosition> {
+            self.entries.first().map(|e| pos(e.index, e.term))
+        }
+        fn last(&self) -> Option<LogPosition> {
+            self.entries.last().map(|e| pos(e.index, e.term))
+        }
+        fn next_index(&self) -> u64 {
+            self.last().or(self.last_purged).map_or(3, |p| p.index + 1)
+        }
+    }
+
+    fn check(log: &RaftLog, model: &Model) {
+        assert_eq!(log.first(), model.first());
+        assert_eq!(log.last(), model.last());
+        assert_eq!(log.last_purged(), model.last_purged);
+        assert_eq!(read_all(log), model.entries);
+    }
+
+    fn tear(dir: &Path, bytes: usize, fill: u8) {
+        let Some((_, newest)) = segments(dir).pop() else { return };
+        let mut data = std::fs::read(&newest).unwrap();
+        let end = data.iter().rposition(|&b| b != 0).map_or(64, |last| (last + 8) & !7);
+        let end = end.max(64);
+        let to = (end + bytes).min(data.len()).min(end + SMALL.max_entry_bytes);
+        data[end..to].fill(fill);
+        std::fs::write(&newest, &data).unwrap();
+    }
+
+    fn run(ops: Vec<Op>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Some(RaftLog::open(dir.path(), SMALL).unwrap());
+        let mut model = Model::default();
+        for op in ops {
+            let current = log.as_mut().unwrap();
+            match op {
+                Op::Append { count, new_term, size } => {
+                    if new_term || model.term == 0 {
+                        model.term += 1;
+                    }
+                    for n in 0..count as u64 {
+                        let index = model.next_index();
+                        let kind = kind_of(index);
+                        let payload = vec![(index % 200) as u8 + 1; (size as usize + n as usize * 31) % 513];
+                        current.append(index, model.term, kind, &payload).unwrap();
+                        model.entries.push(LogEntry { index, term: model.term, kind, payload });
+                    }
+                }
+                Op::Truncate { back } => {
+                    let keep = model.last().and_then(|last| last.index.checked_sub(back as u64));
+                    let keep =
+                        keep.filter(|keep| model.first().is_some_and(|first| *keep + 1 >= first.index));
+                    let allowed = model.last_purged.is_none_or(|p| keep.is_some_and(|keep| keep >= p.index));
+                    let result = current.truncate_after(keep);
+                    if allowed {
+                        result.unwrap();
+                        model.entries.retain(|e| keep.is_some_and(|keep| e.index <= keep));
+                    } else {
+                        assert!(matches!(result, Err(JournalError::RaftLogRefused { .. })), "{result:?}");
+                    }
+                }
+                Op::Purge { forward } => {
+                    let Some(first) = model.first().or(model.last_purged) else { continue };
+                    let index = first.index + forward as u64;
+                    let term = match model.entries.iter().find(|e| e.index == index) {
+                        Some(entry) => entry.term,
+                        None if model.last().is_some_and(|last| index < last.index) => continue,
+                        None => model.term.max(1),
+                    };
+                    let upto = pos(index, term);
+                    current.purge_through(upto).unwrap();
+                    if model.last_purged.is_none_or(|p| p.index < index) {
+                        model.entries.retain(|e| e.index > index);
+                        model.last_purged = Some(upto);
+                        model.term = model.term.max(term);
+                    }
+                }
+                Op::Sync => {
+                    let durable = current.sync_request().run().unwrap();
+                    assert_eq!(durable, model.last().map(|p| p.index).or(durable));
+                }
+                Op::Reopen => {
+                    drop(log.take());
+                    log = Some(RaftLog::open(dir.path(), SMALL).unwrap());
+                }
+                Op::TornReopen { bytes, fill } => {
+                    drop(log.take());
+                    tear(dir.path(), bytes as usize, fill);
+                    log = Some(RaftLog::open(dir.path(), SMALL).unwrap());
+                }
+                Op::Read { from, len, max_bytes } => {
+                    let Some(first) = model.first() else { continue };
+                    let from = first.index + from as u64;
+                    let to = from + len as u64;
+                    let result = current.read_range(from, to, max_bytes as usize);
+                    let last = model.last().unwrap().index;
+                    if len == 0 {
+                        assert!(result.unwrap().is_empty());
+                    } else if to - 1 > last {
+                        assert!(matches!(result, Err(JournalError::EntriesNotInLog { .. })), "{result:?}");
+                    } else {
+                        let got = result.unwrap();
+                        assert!(!got.is_empty());
+                        let want: Vec<LogEntry> = model
+                            .entries
+                            .iter()
+                            .filter(|e| e.index >= from && e.index < to)
+                            .cloned()
+                            .collect();
+                        assert_eq!(got[..], want[..got.len()]);
+                        let bytes: usize = got.iter().map(|e| e.payload.len()).sum();
+                        let before_last = bytes - got.last().unwrap().payload.len();
+                        assert!(got.len() == want.len() || bytes >= max_bytes as usize);
+                        assert!(before_last < max_bytes as usize || got.len() == 1);
+                    }
+                }
+            }
+            check(log.as_ref().unwrap(), &model);
+        }
+        drop(log.take());
+        let log = RaftLog::open(dir.path(), SMALL).unwrap();
+        check(&log, &model);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+        #[test]
+        fn random_appends_truncations_purges_and_reopens_match_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+            run(ops);
+        }
+    }
 }
