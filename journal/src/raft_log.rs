@@ -383,16 +383,10 @@ impl RaftLog {
                 removed.push(listed.remove(0).1);
             }
         }
-        // A crash after the first segment was created, before it was
-        // recorded, leaves one; no crash leaves more.
-        if self.recorded.segments.is_none() && listed.len() > 1 {
-            return Err(damaged(
-                &bounds_path,
-                None,
-                None,
-                format!("it records no segment, yet {} exist (beyond those a purge left)", listed.len()),
-            ));
-        }
+        // With no segment recorded, any listed are what a crash left: the
+        // first segment created and not yet recorded, or segments a
+        // truncation of everything had not deleted yet (valid entries,
+        // which Raft truncates again).
         if let Some((oldest, _)) = self.recorded.segments {
             if listed.first().is_some_and(|(first, _)| *first < oldest) {
                 let (first, path) = &listed[0];
@@ -579,7 +573,7 @@ impl RaftLog {
     pub fn first(&self) -> Option<LogPosition> {
         let last = self.last()?;
         let first_index = match self.last_purged {
-            Some(purged) => (purged.index + 1).max(self.segments[0].first_index),
+            Some(purged) => purged.index.saturating_add(1).max(self.segments[0].first_index),
             None => self.segments[0].first_index,
         };
         if first_index > last.index {

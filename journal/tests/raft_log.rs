@@ -262,6 +262,78 @@ fn purged_entries_of_lower_terms_left_in_a_kept_segment_do_not_trip_the_term_che
     assert_eq!((log.first(), log.last()), (Some(pos(6, 2)), Some(pos(6, 2))));
 }
 
+/// The segment files of `dir` and their bytes.
+fn snapshot_segments(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    segments(dir).into_iter().map(|(_, path)| (path.clone(), std::fs::read(&path).unwrap())).collect()
+}
+
+fn restore(files: &[(PathBuf, Vec<u8>)]) {
+    for (path, bytes) in files {
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+#[test]
+fn a_truncation_or_purge_cut_short_by_a_crash_is_accepted_or_finished_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
+    append_range(&mut log, 1..=80, 1);
+    log.sync_request().run().unwrap();
+    let before = snapshot_segments(dir.path());
+    assert!(before.len() >= 4);
+    let keep = segments(dir.path())[1].0 + 1;
+    let newest_first = segments(dir.path()).last().unwrap().0;
+    // A truncation records the new newest segment, then deletes newer ones
+    // newest first, then zeroes the kept tail: a crash after the record
+    // leaves every original byte, or all but the newest files.
+    for (label, keep, restored) in [
+        ("before any deletion", Some(keep), before.len()),
+        ("after deleting the newest", Some(keep), before.len() - 1),
+        ("everything, before any deletion", None, before.len()),
+        ("everything, after deleting the newest", None, before.len() - 1),
+    ] {
+        log.truncate_after(keep).unwrap();
+        drop(log);
+        restore(&before[..restored]);
+        log = RaftLog::open(dir.path(), SMALL).unwrap();
+        // Valid entries after the truncation point: Raft truncates them again.
+        let last = if restored == before.len() { 80 } else { newest_first - 1 };
+        assert_eq!((log.first(), log.last()), (Some(pos(1, 1)), Some(pos(last, 1))), "{label}");
+        assert_eq!(read_all(&log).len() as u64, last, "{label}");
+        restore(&before);
+        drop(log);
+        log = RaftLog::open(dir.path(), SMALL).unwrap();
+        assert_eq!(log.last(), Some(pos(80, 1)));
+    }
+    // A purge records the last purged position, then deletes segments
+    // oldest first: old segments left by a crash are deleted at open.
+    let upto = segments(dir.path())[2].0 + 1;
+    log.purge_through(pos(upto, 1)).unwrap();
+    drop(log);
+    restore(&before[..2]);
+    let log = RaftLog::open(dir.path(), SMALL).unwrap();
+    assert_eq!(log.open_report().removed.len(), 2);
+    assert_eq!(segments(dir.path()).len(), before.len() - 2);
+    assert_eq!((log.first(), log.last_purged()), (Some(pos(upto + 1, 1)), Some(pos(upto, 1))));
+    // Of everything: the same.
+    let mut log = log;
+    log.purge_through(pos(200, 3)).unwrap();
+    drop(log);
+    restore(&before[2..]);
+    let log = RaftLog::open(dir.path(), SMALL).unwrap();
+    assert!(segments(dir.path()).is_empty());
+    assert_eq!((log.first(), log.last(), log.last_purged()), (None, None, Some(pos(200, 3))));
+}
+
+#[test]
+fn the_log_and_its_sync_requests_cross_threads() {
+    fn send_and_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_and_sync::<RaftLog>();
+    send::<journal::SyncRequest>();
+    send_and_sync::<RaftStateFile>();
+}
+
 #[test]
 fn sync_requests_run_on_another_thread_while_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
