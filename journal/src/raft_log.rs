@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex};
 use memmap2::MmapMut;
 
 use crate::error::JournalError;
-use crate::files::{create_private_dir, private_file_options, sync_dir, zero_tail};
+use crate::files::{create_private_dir, sync_dir, zero_tail};
 use crate::raft_segment::{
     list_raft_segments, raft_frame_bytes, raft_segment_file_name, read_raft_frame, scan_raft_segment,
     write_raft_frame, EntryKind, RaftFrameRead, RaftSegmentHeader, RAFT_ENTRY_PAYLOAD_MAX_BYTES,
@@ -62,7 +62,7 @@ use crate::raft_segment::{
 use crate::raft_state::LogPosition;
 use crate::segment::{read_u64, SEGMENT_HEADER_BYTES};
 use crate::slot_file::{SlotFile, SLOT_BODY_BYTES};
-use crate::writer::{lock_dir, preallocate};
+use crate::writer::{create_mapped, lock_dir};
 
 pub const RAFT_SEGMENTS_FILE_NAME: &str = "RAFT_SEGMENTS";
 const RAFT_SEGMENTS_MAGIC: &[u8; 8] = b"EXRAFTSG";
@@ -897,9 +897,8 @@ fn map_segment(path: &Path, first_index: u64) -> Result<Segment, JournalError> {
     })
 }
 
-/// Creates, preallocates and maps a new segment. It appears under its final
-/// name only once its header is written and synced, with its directory
-/// entry.
+/// Creates, preallocates and maps a new segment (see
+/// [`create_mapped`]: it appears whole, with its directory entry synced).
 fn create_segment(
     dir: &Path,
     first_index: u64,
@@ -907,23 +906,8 @@ fn create_segment(
     next_seq: u64,
 ) -> Result<Segment, JournalError> {
     let path = dir.join(raft_segment_file_name(first_index));
-    let temp = path.with_extension("log.tmp");
-    let file = private_file_options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)
-        .map_err(|e| JournalError::io(&temp, e))?;
-    preallocate(&file, capacity_bytes).map_err(|e| JournalError::io(&temp, e))?;
-    // Safety: the file was just created by this process, which holds the
-    // directory's lock.
-    let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(&temp, e))?;
     let header = RaftSegmentHeader { first_index, capacity_bytes, next_seq };
-    map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    map.flush_range(0, SEGMENT_HEADER_BYTES).map_err(|e| JournalError::io(&temp, e))?;
-    std::fs::rename(&temp, &path).map_err(|e| JournalError::io(&path, e))?;
-    sync_dir(dir)?;
+    let (file, map) = create_mapped(dir, &path, capacity_bytes, &header.encode())?;
     Ok(Segment {
         first_index,
         path,

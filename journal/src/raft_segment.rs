@@ -32,8 +32,8 @@ use std::sync::atomic::{fence, Ordering};
 
 use crate::raft_state::LogPosition;
 use crate::segment::{
-    align8, decode_header_fields, encode_header_fields, read_u32, read_u64, written_end, HeaderFields,
-    SEGMENT_HEADER_BYTES,
+    align8, decode_header_fields, encode_header_fields, list_numbered_files, parse_numbered_file_name,
+    read_u32, read_u64, written_end, HeaderFields, SEGMENT_HEADER_BYTES,
 };
 
 /// The format of the Raft log's segments.
@@ -82,27 +82,12 @@ pub fn raft_segment_file_name(first_index: u64) -> String {
 
 /// The first index encoded in a Raft segment's file name.
 pub fn parse_raft_segment_file_name(path: &Path) -> Option<u64> {
-    if path.extension()? != RAFT_SEGMENT_EXTENSION {
-        return None;
-    }
-    let digits = path.file_stem()?.to_str()?.strip_prefix(RAFT_SEGMENT_PREFIX)?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    parse_numbered_file_name(path, RAFT_SEGMENT_PREFIX, RAFT_SEGMENT_EXTENSION)
 }
 
 /// The Raft segments in `dir`, sorted by first index.
 pub fn list_raft_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut segments = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if let Some(first_index) = parse_raft_segment_file_name(&path) {
-            segments.push((first_index, path));
-        }
-    }
-    segments.sort_unstable_by_key(|(first_index, _)| *first_index);
-    Ok(segments)
+    list_numbered_files(dir, parse_raft_segment_file_name)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

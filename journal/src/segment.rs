@@ -70,27 +70,40 @@ pub fn segment_file_name(first_seq: u64) -> String {
 
 /// The first sequence number encoded in a segment's file name.
 pub fn parse_segment_file_name(path: &Path) -> Option<u64> {
-    if path.extension()? != SEGMENT_EXTENSION {
-        return None;
-    }
-    let stem = path.file_stem()?.to_str()?;
-    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stem.parse().ok()
+    parse_numbered_file_name(path, "", SEGMENT_EXTENSION)
 }
 
 /// The segments in `dir`, sorted by first sequence number.
 pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut segments = Vec::new();
+    list_numbered_files(dir, parse_segment_file_name)
+}
+
+/// The number in a file name `<prefix><20 digits>.<extension>`.
+pub(crate) fn parse_numbered_file_name(path: &Path, prefix: &str, extension: &str) -> Option<u64> {
+    if path.extension()? != extension {
+        return None;
+    }
+    let digits = path.file_stem()?.to_str()?.strip_prefix(prefix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The files in `dir` whose names `parse` gives a number, sorted by it.
+pub(crate) fn list_numbered_files(
+    dir: &Path,
+    parse: impl Fn(&Path) -> Option<u64>,
+) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if let Some(first_seq) = parse_segment_file_name(&path) {
-            segments.push((first_seq, path));
+        if let Some(number) = parse(&path) {
+            files.push((number, path));
         }
     }
-    segments.sort_unstable_by_key(|(first_seq, _)| *first_seq);
-    Ok(segments)
+    files.sort_unstable_by_key(|(number, _)| *number);
+    Ok(files)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
