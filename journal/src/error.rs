@@ -83,7 +83,44 @@ pub enum JournalError {
         /// What lies where the next record should be, if not zeros.
         damage: Option<String>,
     },
+    /// `RAFT_STATE` or `RAFT_SEGMENTS` cannot be trusted (both slots
+    /// damaged, or written by another build).
+    BadStateFile {
+        path: PathBuf,
+        why: &'static str,
+    },
+    /// The Raft log's files are damaged or incomplete in a way no crash
+    /// leaves: refused, never cut silently.
+    RaftLogDamaged {
+        /// The segment (or `RAFT_SEGMENTS`) where the damage is.
+        path: PathBuf,
+        /// Where in the file, when known.
+        offset: Option<usize>,
+        /// The log index that should be there, when known.
+        index: Option<u64>,
+        why: String,
+    },
+    /// An append or purge the Raft log cannot do as asked (a caller's
+    /// mistake, not damage): nothing was changed.
+    RaftLogRefused {
+        index: u64,
+        why: String,
+    },
+    /// Entries asked for that the log does not hold.
+    EntriesNotInLog {
+        from: u64,
+        to: u64,
+        /// The first and last readable indexes (`None`: the log holds none).
+        first: Option<u64>,
+        last: Option<u64>,
+    },
 }
+
+/// What the operator of a cluster node does with a Raft log that cannot be
+/// trusted: the other replicas hold the log, so the node rejoins empty.
+const RAFT_WAY_OUT: &str = "stop this node, move its journal directory aside (keep it for inspection) and \
+     restart it: it rejoins with an empty log and catches up from the leader (by snapshot, then log); it does \
+     not vote until it has caught up";
 
 /// The data directory a journal directory belongs to (its parent when it
 /// is called `journal`), as the operator passes it to `exctl`.
@@ -208,6 +245,27 @@ impl fmt::Display for JournalError {
                     write!(f, "; where {} should be: {damage}", last_seq + 1)?;
                 }
                 write!(f, ". To go on: {}", way_out(dir_of(segment), Some(*last_seq)))
+            }
+            JournalError::BadStateFile { path, why } => {
+                write!(f, "{}: {why}. To go on: {RAFT_WAY_OUT}", path.display())
+            }
+            JournalError::RaftLogDamaged { path, offset, index, why } => {
+                write!(f, "Raft log damaged in {}", path.display())?;
+                if let Some(offset) = offset {
+                    write!(f, " at offset {offset}")?;
+                }
+                if let Some(index) = index {
+                    write!(f, " (where index {index} should be)")?;
+                }
+                write!(f, ": {why}. To go on: {RAFT_WAY_OUT}")
+            }
+            JournalError::RaftLogRefused { index, why } => write!(f, "Raft log entry {index}: {why}"),
+            JournalError::EntriesNotInLog { from, to, first, last } => {
+                write!(f, "Raft log entries {from}..{to} (end excluded) asked for, but ")?;
+                match (first, last) {
+                    (Some(first), Some(last)) => write!(f, "the log holds {first}..={last}"),
+                    _ => f.write_str("the log holds no entry"),
+                }
             }
         }
     }

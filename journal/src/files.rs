@@ -34,3 +34,17 @@ pub(crate) fn private_file_options() -> OpenOptions {
 pub fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| JournalError::io(dir, e))
 }
+
+/// Zeroes a mapped segment's written bytes from `from` on and syncs them:
+/// how a torn tail is cut at open, how an operator's repair ends a segment,
+/// and how the Raft log drops an uncommitted suffix. Unwritten space is
+/// zero, so the segment then ends at `from`. Returns how many bytes were
+/// written there (now zero).
+pub(crate) fn zero_tail(map: &mut memmap2::MmapMut, path: &Path, from: usize) -> Result<usize, JournalError> {
+    let end = crate::segment::written_end(map, from);
+    if end > from {
+        map[from..end].fill(0);
+        map.flush_range(from, end - from).map_err(|e| JournalError::io(path, e))?;
+    }
+    Ok(end.saturating_sub(from))
+}

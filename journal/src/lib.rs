@@ -48,10 +48,14 @@ mod error;
 mod files;
 mod inspect;
 mod integrity;
+mod raft_log;
+mod raft_segment;
+mod raft_state;
 mod reader;
 mod recovery;
 mod repair;
 mod segment;
+mod slot_file;
 mod snapshots;
 mod syncer;
 mod writer;
@@ -59,6 +63,19 @@ mod writer;
 pub use checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, CHECKPOINT_FILE_NAME};
 pub use error::JournalError;
 pub use inspect::{end_seq, inspect, snapshots_ahead, JournalReport, Problem, SegmentReport};
+pub use raft_log::{
+    decode_raft_segments_file, LogEntry, RaftLog, RaftLogLimits, RaftOpenReport, SyncRequest,
+    RAFT_SEGMENTS_FILE_NAME, RAFT_SEGMENT_BYTES_DEFAULT,
+};
+pub use raft_segment::{
+    check_raft_segment, list_raft_segments, raft_frame_bytes, raft_segment_file_name, read_raft_frame,
+    scan_raft_segment, EntryKind, RaftDamage, RaftFrame, RaftFrameFault, RaftFrameRead, RaftSegmentHeader,
+    RaftSegmentScan, RAFT_ENTRY_PAYLOAD_MAX_BYTES, RAFT_FRAME_HEADER_BYTES, RAFT_FRAME_MAX_BYTES,
+    RAFT_SEGMENT_FORMAT_VERSION,
+};
+pub use raft_state::{
+    decode_raft_state, LogPosition, RaftState, RaftStateFile, StoredVote, RAFT_STATE_FILE_NAME,
+};
 pub use reader::{JournalReader, ReadMode};
 pub use recovery::{
     open_data_dir, open_data_dir_with, recover, recover_with, replay, replay_with, DataDir, Derived,

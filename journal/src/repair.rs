@@ -17,7 +17,7 @@ use memmap2::{Mmap, MmapMut};
 
 use crate::checkpoint::{self, checkpoint_path, Checkpoint};
 use crate::error::JournalError;
-use crate::files::{create_private_dir, private_file_options, sync_dir};
+use crate::files::{create_private_dir, private_file_options, sync_dir, zero_tail};
 use crate::recovery::DataDir;
 use crate::segment::{
     list_segments, read_frame, scan_segment, segment_file_name, written_end, Frame, SegmentHeader,
@@ -406,9 +406,7 @@ fn truncate_after(path: &Path, offset: usize, capacity_bytes: u64) -> Result<(),
     }
     // Safety: as above; the file is not resized while mapped.
     let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(path, e))?;
-    let end = written_end(&map, offset);
-    map[offset..end].fill(0);
-    map.flush().map_err(|e| JournalError::io(path, e))?;
+    zero_tail(&mut map, path, offset)?;
     file.sync_all().map_err(|e| JournalError::io(path, e))
 }
 

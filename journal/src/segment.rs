@@ -70,27 +70,40 @@ pub fn segment_file_name(first_seq: u64) -> String {
 
 /// The first sequence number encoded in a segment's file name.
 pub fn parse_segment_file_name(path: &Path) -> Option<u64> {
-    if path.extension()? != SEGMENT_EXTENSION {
-        return None;
-    }
-    let stem = path.file_stem()?.to_str()?;
-    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stem.parse().ok()
+    parse_numbered_file_name(path, "", SEGMENT_EXTENSION)
 }
 
 /// The segments in `dir`, sorted by first sequence number.
 pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-    let mut segments = Vec::new();
+    list_numbered_files(dir, parse_segment_file_name)
+}
+
+/// The number in a file name `<prefix><20 digits>.<extension>`.
+pub(crate) fn parse_numbered_file_name(path: &Path, prefix: &str, extension: &str) -> Option<u64> {
+    if path.extension()? != extension {
+        return None;
+    }
+    let digits = path.file_stem()?.to_str()?.strip_prefix(prefix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The files in `dir` whose names `parse` gives a number, sorted by it.
+pub(crate) fn list_numbered_files(
+    dir: &Path,
+    parse: impl Fn(&Path) -> Option<u64>,
+) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if let Some(first_seq) = parse_segment_file_name(&path) {
-            segments.push((first_seq, path));
+        if let Some(number) = parse(&path) {
+            files.push((number, path));
         }
     }
-    segments.sort_unstable_by_key(|(first_seq, _)| *first_seq);
-    Ok(segments)
+    files.sort_unstable_by_key(|(number, _)| *number);
+    Ok(files)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,41 +121,83 @@ impl SegmentHeader {
     }
 
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
-        let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
-        bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
-        bytes[8..12].copy_from_slice(&self.format_version.to_le_bytes());
-        bytes[16..24].copy_from_slice(&self.first_seq.to_le_bytes());
-        bytes[24..32].copy_from_slice(&self.capacity_bytes.to_le_bytes());
-        let crc = header_crc(&bytes);
-        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
-        bytes
+        encode_header_fields(&HeaderFields {
+            format_version: self.format_version,
+            first: self.first_seq,
+            capacity_bytes: self.capacity_bytes,
+            next_seq: 0,
+        })
     }
 
     /// Checks and decodes a header; the error says what is wrong with it.
     pub fn decode(bytes: &[u8]) -> Result<SegmentHeader, &'static str> {
-        if bytes.len() < SEGMENT_HEADER_BYTES {
-            return Err("shorter than a segment header");
-        }
-        if &bytes[0..8] != SEGMENT_MAGIC {
-            return Err("not a journal segment (bad magic)");
-        }
-        let format_version = read_u32(bytes, 8);
-        if format_version != SEGMENT_FORMAT_VERSION && format_version != SEGMENT_FORMAT_VERSION_BINCODE {
-            return Err("unsupported segment format version (this build reads versions 1 and 2)");
-        }
-        if read_u32(bytes, 12) != header_crc(bytes) {
-            return Err("segment header checksum mismatch");
-        }
+        let fields = decode_header_fields(
+            bytes,
+            &[SEGMENT_FORMAT_VERSION, SEGMENT_FORMAT_VERSION_BINCODE],
+            "unsupported segment format version (this build reads versions 1 and 2)",
+        )?;
         let header = SegmentHeader {
-            first_seq: read_u64(bytes, 16),
-            capacity_bytes: read_u64(bytes, 24),
-            format_version,
+            first_seq: fields.first,
+            capacity_bytes: fields.capacity_bytes,
+            format_version: fields.format_version,
         };
         if header.first_seq == 0 {
             return Err("segment header names sequence 0");
         }
         Ok(header)
     }
+}
+
+/// The fields every segment header has, whatever the format: the command
+/// journal's (formats 1 and 2: `first` is a sequence number, `next_seq`
+/// unused) and the Raft log's (format 3: `first` is a log index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeaderFields {
+    pub format_version: u32,
+    pub first: u64,
+    pub capacity_bytes: u64,
+    pub next_seq: u64,
+}
+
+/// `| magic | version | header crc | first | capacity | next seq | zeros |`
+pub(crate) fn encode_header_fields(fields: &HeaderFields) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
+    bytes[0..8].copy_from_slice(SEGMENT_MAGIC);
+    bytes[8..12].copy_from_slice(&fields.format_version.to_le_bytes());
+    bytes[16..24].copy_from_slice(&fields.first.to_le_bytes());
+    bytes[24..32].copy_from_slice(&fields.capacity_bytes.to_le_bytes());
+    bytes[32..40].copy_from_slice(&fields.next_seq.to_le_bytes());
+    let crc = header_crc(&bytes);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// Checks a header's length, magic, version (one of `versions`, else
+/// `unsupported`) and checksum, and decodes its fields.
+pub(crate) fn decode_header_fields(
+    bytes: &[u8],
+    versions: &[u32],
+    unsupported: &'static str,
+) -> Result<HeaderFields, &'static str> {
+    if bytes.len() < SEGMENT_HEADER_BYTES {
+        return Err("shorter than a segment header");
+    }
+    if &bytes[0..8] != SEGMENT_MAGIC {
+        return Err("not a journal segment (bad magic)");
+    }
+    let format_version = read_u32(bytes, 8);
+    if !versions.contains(&format_version) {
+        return Err(unsupported);
+    }
+    if read_u32(bytes, 12) != header_crc(bytes) {
+        return Err("segment header checksum mismatch");
+    }
+    Ok(HeaderFields {
+        format_version,
+        first: read_u64(bytes, 16),
+        capacity_bytes: read_u64(bytes, 24),
+        next_seq: read_u64(bytes, 32),
+    })
 }
 
 fn header_crc(bytes: &[u8]) -> u32 {

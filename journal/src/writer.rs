@@ -10,7 +10,7 @@ use memmap2::MmapMut;
 
 use crate::checkpoint::{self, checkpoint_path, read_checkpoint, Checkpoint, CheckpointKeeper};
 use crate::error::JournalError;
-use crate::files::{create_private_dir, private_file_options, sync_dir};
+use crate::files::{create_private_dir, private_file_options, sync_dir, zero_tail};
 use crate::integrity;
 use crate::segment::{
     align8, frame_crc, list_segments, read_frame, scan_segment, segment_file_name, Damage, Frame,
@@ -397,9 +397,7 @@ fn open_existing(
                 damage: Some(format!("{} at offset {}", describe_damage(&damage), damage.offset)),
             });
         }
-        map[damage.offset..damage.written_end].fill(0);
-        map.flush_range(damage.offset, damage.written_end - damage.offset)
-            .map_err(|e| JournalError::io(path, e))?;
+        zero_tail(&mut map, path, damage.offset)?;
         report.cut = Some(CutTail {
             segment: path.clone(),
             offset: damage.offset,
@@ -472,7 +470,7 @@ fn open_existing(
     Ok((segment, last_seq + 1, checkpoint))
 }
 
-fn describe_damage(damage: &Damage) -> String {
+pub(crate) fn describe_damage(damage: &Damage) -> String {
     match damage.fault {
         Some(fault) => fault.to_string(),
         None => format!(
@@ -509,7 +507,7 @@ impl JournalLock {
 }
 
 /// Takes the journal's writer lock, or says who cannot have it.
-fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join("LOCK");
     let file = private_file_options()
         .read(true)
@@ -549,24 +547,8 @@ fn remove_leftover_temp_files(dir: &Path) -> Result<(), JournalError> {
 /// directory entry.
 pub(crate) fn create_segment(config: &JournalConfig, first_seq: u64) -> Result<OpenSegment, JournalError> {
     let path = config.dir.join(segment_file_name(first_seq));
-    let temp = path.with_extension("seg.tmp");
-    let file = private_file_options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&temp)
-        .map_err(|e| JournalError::io(&temp, e))?;
-    preallocate(&file, config.segment_bytes).map_err(|e| JournalError::io(&temp, e))?;
-    // Safety: the file was just created by this process and nobody else
-    // writes journal segments.
-    let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(&temp, e))?;
     let header = SegmentHeader::new(first_seq, config.segment_bytes);
-    map[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
-    // Synced under every policy: the checkpoint names the segment next, and
-    // what it names must survive a power loss.
-    map.flush_range(0, SEGMENT_HEADER_BYTES).map_err(|e| JournalError::io(&temp, e))?;
-    std::fs::rename(&temp, &path).map_err(|e| JournalError::io(&path, e))?;
-    sync_dir(&config.dir)?;
+    let (_, map) = create_mapped(&config.dir, &path, config.segment_bytes, &header.encode())?;
     Ok(OpenSegment {
         path,
         first_seq,
@@ -574,6 +556,50 @@ pub(crate) fn create_segment(config: &JournalConfig, first_seq: u64) -> Result<O
         offset: SEGMENT_HEADER_BYTES,
         unsynced_from: SEGMENT_HEADER_BYTES,
     })
+}
+
+/// Creates the segment file `path` in `dir`, preallocated to
+/// `capacity_bytes`, with `header` at its start, and maps it. It is
+/// written under a temporary name (`<name>.tmp`, removed if this fails)
+/// and appears under its final name only once its header is synced, and
+/// is synced together with the directory entry (under every policy: a
+/// checkpoint names the segment next, and what it names must survive a
+/// power loss).
+pub(crate) fn create_mapped(
+    dir: &Path,
+    path: &Path,
+    capacity_bytes: u64,
+    header: &[u8],
+) -> Result<(File, MmapMut), JournalError> {
+    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
+    temp_name.push(".tmp");
+    let temp = path.with_file_name(temp_name);
+    let file = private_file_options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .map_err(|e| JournalError::io(&temp, e))?;
+    let write = || -> Result<MmapMut, JournalError> {
+        preallocate(&file, capacity_bytes).map_err(|e| JournalError::io(&temp, e))?;
+        // Safety: the file was just created by this process and nobody
+        // else writes segments (the directory's lock).
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| JournalError::io(&temp, e))?;
+        map[..header.len()].copy_from_slice(header);
+        map.flush_range(0, header.len()).map_err(|e| JournalError::io(&temp, e))?;
+        std::fs::rename(&temp, path).map_err(|e| JournalError::io(path, e))?;
+        Ok(map)
+    };
+    let map = match write() {
+        Ok(map) => map,
+        Err(error) => {
+            // A full disk, say: leave no half-made file for the next try.
+            let _ = std::fs::remove_file(&temp);
+            return Err(error);
+        }
+    };
+    sync_dir(dir)?;
+    Ok((file, map))
 }
 
 /// Reserves the disk blocks of the whole segment up front, so that a full
