@@ -30,9 +30,11 @@ use std::time::Duration;
 
 use engine_core::{ApiKey, ApiSecret, Command, Event, EventKind, UserId};
 use futures_util::{Stream, TryStreamExt};
-use openraft::errors::{ClientWriteError, RaftError};
-use openraft::storage::{EntryResponder, RaftStateMachine};
-use openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
+use replication::openraft::async_runtime::watch::WatchReceiver;
+use replication::openraft::Instant as _;
+use replication::openraft::errors::{ClientWriteError, RaftError};
+use replication::openraft::storage::{EntryResponder, RaftStateMachine};
+use replication::openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
 use replication::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
 use replication::{Batch, ExchangeNode, ExchangeRaft, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig};
 
@@ -97,7 +99,7 @@ impl Cluster {
     /// listener, and forms the cluster if this node is the one configured
     /// to and its log is empty. `feed` is where committed entries go.
     pub async fn start(config: &ClusterConfig, journal_dir: &Path, feed: CommittedFeed) -> Result<Cluster, String> {
-        let raft_config = openraft::Config {
+        let raft_config = replication::openraft::Config {
             cluster_name: "exchange".into(),
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_min_ms,
@@ -105,7 +107,7 @@ impl Cluster {
             enable_pre_vote: Some(true),
             // No snapshots in cluster mode yet: the log is kept whole and a
             // restarted or new node replays it (docs/replication.md).
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            snapshot_policy: replication::openraft::SnapshotPolicy::Never,
             ..Default::default()
         }
         .validate()
@@ -155,7 +157,7 @@ impl Cluster {
             timestamp_ns: crate::clock::now_ns(),
             command,
         };
-        match self.raft.client_write(Batch::Commands(vec![proposal])).await {
+        match self.raft.client_write(Batch::Proposals(vec![proposal])).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(ProposeError::NotLeader { leader: forward.leader_id.and_then(|id| self.api_address(id)) })
@@ -168,13 +170,14 @@ impl Cluster {
     /// has not heard from a majority lately (it may have been cut off and
     /// replaced; openraft would refuse too, but only once its lease ends).
     fn check_leading(&self) -> Result<(), ProposeError> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader;
         let not_leader = || ProposeError::NotLeader { leader: leader.and_then(|id| self.api_address(id)) };
         if metrics.state != ServerState::Leader || leader != Some(self.node_id) {
             return Err(not_leader());
         }
-        if metrics.millis_since_quorum_ack.is_none_or(|ms| ms > self.quorum_silence_max_ms) {
+        let silence_max = Duration::from_millis(self.quorum_silence_max_ms);
+        if metrics.last_quorum_acked.as_ref().is_none_or(|acked| acked.elapsed() > silence_max) {
             return Err(ProposeError::NotLeader { leader: None });
         }
         Ok(())
@@ -185,7 +188,7 @@ impl Cluster {
     }
 
     pub fn status(&self) -> ClusterStatus {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics().borrow_watched().clone();
         ClusterStatus {
             node_id: self.node_id,
             role: match metrics.state {
@@ -199,7 +202,7 @@ impl Cluster {
             leader_api: metrics.current_leader.and_then(|id| self.api_address(id)),
             term: metrics.current_term,
             last_log_index: metrics.last_log_index,
-            committed_index: metrics.committed.map(|id| id.index),
+            committed_index: metrics.local_committed.map(|id| id.index),
             applied_index: metrics.last_applied.map(|id| id.index),
         }
     }
@@ -264,6 +267,8 @@ fn unsupported(what: &str) -> io::Error {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for CommittedFeed {
+    type SnapshotData = SnapshotData;
+
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         Err(unsupported("building a snapshot"))
     }
@@ -279,15 +284,23 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + openraft::OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + replication::openraft::OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(Batch::Commands(proposals)) => {
+                EntryPayload::Normal(Batch::Proposals(proposals)) => {
                     for proposal in proposals {
                         self.publish(proposal).await;
                     }
+                }
+                EntryPayload::Normal(Batch::Commands(_)) => {
+                    // Only proposals are written by cluster nodes; a stamped batch
+                    // in the log is not this exchange's (a configuration mistake).
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("entry {}: a stamped command batch; cluster nodes write proposals", entry.log_id),
+                    ));
                 }
                 EntryPayload::Normal(Batch::HashMark { .. }) => {}
                 EntryPayload::Membership(membership) => {

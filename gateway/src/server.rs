@@ -346,7 +346,6 @@ async fn recover(config: &Config) -> Result<Recovered, ServerError> {
     let retention = config.retention_of_views();
     // A journal replays from an empty engine with the default limits, as
     // every tool replays it; the configured limits are journaled below.
-    let config_dir = config.data_dir.clone();
     let (writer, report, recovery, views) = tokio::task::spawn_blocking(move || {
         open_data_dir_with::<Views>(&data, journal_config, EngineLimits::default(), &retention)
     })

@@ -55,6 +55,9 @@
 //! ```
 
 // TMP pub mod log_store;
+/// The exact openraft this crate is built on, for its users' trait impls and errors.
+pub use openraft;
+
 pub mod net;
 pub mod state_machine;
 pub mod types;
@@ -62,7 +65,7 @@ pub mod types;
 // TMP pub use log_store::{LogStore, LogStoreConfig};
 pub use net::{NetConfig, NetworkFactory};
 pub use state_machine::{EngineStateMachine, Replica};
-pub use types::{Batch, ExchangeNode, ExchangeRaft, TypeConfig};
+pub use types::{Batch, ExchangeNode, ExchangeRaft, Origin, Proposal, TypeConfig};
 
 /// Heartbeat interval for a cluster on one machine or a LAN, in milliseconds.
 pub const HEARTBEAT_MS_DEFAULT: u64 = 50;

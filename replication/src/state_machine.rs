@@ -198,6 +198,21 @@ impl Replica {
                     }
                 }
             }
+            EntryPayload::Normal(Batch::Proposals(proposals)) => {
+                // Numbered here, alike on every replica. (The gateway's matcher also keeps
+                // stamps from running backwards when a new leader's clock is behind; this
+                // replica, for tests and the simulation, takes the proposal's stamp as is.)
+                for proposal in proposals {
+                    let stamped = StampedCommand {
+                        seq: self.engine.last_seq() + 1,
+                        timestamp_ns: proposal.timestamp_ns,
+                        command: proposal.command,
+                    };
+                    if let Err(e) = self.engine.apply(&stamped, events) {
+                        unreachable!("entry {index}: the engine refused the next sequence number: {e:?}");
+                    }
+                }
+            }
             EntryPayload::Normal(Batch::HashMark { seq, node, hash }) => {
                 // Compared only where this engine stands at the mark's seq; a mark for another
                 // point is checked by the replicas that stand there (the pipeline keeps a map).

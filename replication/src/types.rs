@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io::Cursor;
 
-use engine_core::StampedCommand;
+use engine_core::{Command, StampedCommand};
 use serde::{Deserialize, Serialize};
 
 /// What one Raft log entry carries (openraft's application data, `C::D`).
@@ -20,6 +20,28 @@ pub enum Batch {
     /// `node`'s engine had state hash `hash` after applying command `seq`: every replica
     /// compares it with its own (the determinism check). Consumes no sequence number.
     HashMark { seq: u64, node: u64, hash: u64 },
+    /// Commands as the leader's API proposed them, numbered when applied: every replica gives
+    /// each the next sequence number and `max(previous stamp, timestamp_ns)`, so no leader has
+    /// to predict numbers across leadership changes. Never empty.
+    Proposals(Vec<Proposal>),
+}
+
+/// Who proposed a command: the node, that node's process incarnation, and the request waiting
+/// there. Only that node, in that incarnation, answers the request when it applies the command;
+/// an entry replayed after a restart answers nobody.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub node: u64,
+    pub incarnation: u64,
+    pub request: u64,
+}
+
+/// One command as the leader proposes it, with the leader's clock when it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub origin: Origin,
+    pub timestamp_ns: u64,
+    pub command: Command,
 }
 
 impl Batch {
@@ -27,7 +49,7 @@ impl Batch {
     pub fn seq_range(&self) -> Option<(u64, u64)> {
         match self {
             Batch::Commands(commands) => Some((commands.first()?.seq, commands.last()?.seq)),
-            Batch::HashMark { .. } => None,
+            Batch::HashMark { .. } | Batch::Proposals(_) => None,
         }
     }
 }
@@ -40,6 +62,7 @@ impl fmt::Display for Batch {
                 None => write!(f, "an empty command batch"),
             },
             Batch::HashMark { seq, node, hash } => write!(f, "hash mark {hash:016x} of node {node} at seq {seq}"),
+            Batch::Proposals(proposals) => write!(f, "{} proposed commands", proposals.len()),
         }
     }
 }
