@@ -54,12 +54,12 @@
 //! # }
 //! ```
 
-// TMP pub mod log_store;
+pub mod log_store;
 pub mod net;
 pub mod state_machine;
 pub mod types;
 
-// TMP pub use log_store::{LogStore, LogStoreConfig};
+pub use log_store::{LogStore, LogStoreConfig};
 pub use net::{NetConfig, NetworkFactory};
 pub use state_machine::{EngineStateMachine, Replica};
 pub use types::{Batch, ExchangeNode, ExchangeRaft, TypeConfig};
