@@ -54,15 +54,15 @@
 //! # }
 //! ```
 
-// TMP pub mod log_store;
 /// The exact openraft this crate is built on, for its users' trait impls and errors.
 pub use openraft;
 
+pub mod log_store;
 pub mod net;
 pub mod state_machine;
 pub mod types;
 
-// TMP pub use log_store::{LogStore, LogStoreConfig};
+pub use log_store::{LogStore, LogStoreConfig};
 pub use net::{NetConfig, NetworkFactory};
 pub use state_machine::{EngineStateMachine, Replica};
 pub use types::{Batch, ExchangeNode, ExchangeRaft, Origin, Proposal, TypeConfig};
