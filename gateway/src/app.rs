@@ -16,8 +16,8 @@ use hyper::StatusCode;
 use persistence::scale::Amount;
 
 use crate::amounts;
-use crate::cluster::ProposeError;
 use crate::clock::unix_ns;
+use crate::cluster::ProposeError;
 use crate::error::ApiError;
 use crate::metrics::Stage;
 use crate::outcome::Outcome;

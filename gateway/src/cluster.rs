@@ -31,12 +31,14 @@ use std::time::Duration;
 use engine_core::{ApiKey, ApiSecret, Command, Event, EventKind, UserId};
 use futures_util::{Stream, TryStreamExt};
 use replication::openraft::async_runtime::watch::WatchReceiver;
-use replication::openraft::Instant as _;
 use replication::openraft::errors::{ClientWriteError, RaftError};
 use replication::openraft::storage::{EntryResponder, RaftStateMachine};
+use replication::openraft::Instant as _;
 use replication::openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
 use replication::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
-use replication::{Batch, ExchangeNode, ExchangeRaft, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig};
+use replication::{
+    Batch, ExchangeNode, ExchangeRaft, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig,
+};
 
 use crate::auth::KeyTable;
 use crate::config::ClusterConfig;
@@ -98,7 +100,11 @@ impl Cluster {
     /// Opens this node's Raft log in `journal_dir`, starts Raft and its
     /// listener, and forms the cluster if this node is the one configured
     /// to and its log is empty. `feed` is where committed entries go.
-    pub async fn start(config: &ClusterConfig, journal_dir: &Path, feed: CommittedFeed) -> Result<Cluster, String> {
+    pub async fn start(
+        config: &ClusterConfig,
+        journal_dir: &Path,
+        feed: CommittedFeed,
+    ) -> Result<Cluster, String> {
         let raft_config = replication::openraft::Config {
             cluster_name: "exchange".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -157,7 +163,7 @@ impl Cluster {
             timestamp_ns: crate::clock::now_ns(),
             command,
         };
-        match self.raft.client_write(Batch::Proposals(vec![proposal])).await {
+        match self.raft.client_write(Batch::Commands(vec![proposal])).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(ProposeError::NotLeader { leader: forward.leader_id.and_then(|id| self.api_address(id)) })
@@ -284,23 +290,17 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + replication::openraft::OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + replication::openraft::OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             match &entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(Batch::Proposals(proposals)) => {
+                EntryPayload::Normal(Batch::Commands(proposals)) => {
                     for proposal in proposals {
                         self.publish(proposal).await;
                     }
-                }
-                EntryPayload::Normal(Batch::Commands(_)) => {
-                    // Only proposals are written by cluster nodes; a stamped batch
-                    // in the log is not this exchange's (a configuration mistake).
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("entry {}: a stamped command batch; cluster nodes write proposals", entry.log_id),
-                    ));
                 }
                 EntryPayload::Normal(Batch::HashMark { .. }) => {}
                 EntryPayload::Membership(membership) => {
@@ -326,7 +326,11 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
         }
     }
 
-    async fn install_snapshot(&mut self, _meta: &SnapshotMeta, _snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta,
+        _snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         Err(unsupported("installing a snapshot"))
     }
 

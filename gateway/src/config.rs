@@ -169,7 +169,10 @@ fn election_timeout_max_ms_default() -> u64 {
 impl ClusterConfig {
     fn check(&self) -> Result<(), String> {
         if self.members.is_empty() || self.members.len() > CLUSTER_MEMBERS_MAX {
-            return Err(format!("members must name 1 to {CLUSTER_MEMBERS_MAX} nodes, not {}", self.members.len()));
+            return Err(format!(
+                "members must name 1 to {CLUSTER_MEMBERS_MAX} nodes, not {}",
+                self.members.len()
+            ));
         }
         for (index, member) in self.members.iter().enumerate() {
             if member.id == 0 {
@@ -179,7 +182,10 @@ impl ClusterConfig {
                 return Err(format!("member id {} is named twice", member.id));
             }
             for (name, address) in [("raft", &member.raft), ("api", &member.api)] {
-                if address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                if address
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
                     return Err(format!("member {}: {name} = {address:?} is not HOST:PORT", member.id));
                 }
             }
@@ -498,7 +504,8 @@ impl Config {
             }
             (None, DurabilityKind::Replicated) => {
                 return Err(ConfigError(
-                    "durability = \"replicated\" needs a [cluster] section naming this node and its peers".into(),
+                    "durability = \"replicated\" needs a [cluster] section naming this node and its peers"
+                        .into(),
                 ))
             }
             (None, _) => {}
@@ -588,7 +595,8 @@ mod tests {
         Config::load(Some(&path), env(&[]))
     }
 
-    const MEMBERS: &str = "members = [\n  { id = 1, raft = \"127.0.0.1:7101\", api = \"127.0.0.1:8101\" },\n  \
+    const MEMBERS: &str =
+        "members = [\n  { id = 1, raft = \"127.0.0.1:7101\", api = \"127.0.0.1:8101\" },\n  \
                            { id = 2, raft = \"127.0.0.1:7102\", api = \"127.0.0.1:8102\" },\n]\n";
 
     #[test]
@@ -597,13 +605,18 @@ mod tests {
             cluster_config(&format!("durability = \"replicated\"\n[cluster]\nnode_id = 2\nraft_listen = \"127.0.0.1:7102\"\n{MEMBERS}"))
                 .unwrap();
         let cluster = config.cluster.unwrap();
-        assert_eq!((cluster.me().api.as_str(), cluster.heartbeat_ms, cluster.bootstrap), ("127.0.0.1:8102", 50, false));
+        assert_eq!(
+            (cluster.me().api.as_str(), cluster.heartbeat_ms, cluster.bootstrap),
+            ("127.0.0.1:8102", 50, false)
+        );
 
         let refused = |text: String, expected: &str| {
             let error = cluster_config(&text).unwrap_err().0;
             assert!(error.contains(expected), "{error:?} does not say {expected:?}");
         };
-        let cluster = |extra: &str| format!("[cluster]\nnode_id = 1\nraft_listen = \"127.0.0.1:7101\"\n{extra}{MEMBERS}");
+        let cluster = |extra: &str| {
+            format!("[cluster]\nnode_id = 1\nraft_listen = \"127.0.0.1:7101\"\n{extra}{MEMBERS}")
+        };
         refused(cluster(""), "set durability = \"replicated\"");
         refused("durability = \"replicated\"\n".into(), "needs a [cluster] section");
         let replicated = |extra: &str| format!("durability = \"replicated\"\n{}", cluster(extra));

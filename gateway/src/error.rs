@@ -58,9 +58,11 @@ impl ApiError {
                 "this node is not the cluster's leader and did not apply the command; send it to the leader \
                  at {address} (also in the X-Leader header)"
             ),
-            None => "this node is not the cluster's leader and did not apply the command; no leader is known \
+            None => {
+                "this node is not the cluster's leader and did not apply the command; no leader is known \
                      right now (an election is under way): retry shortly"
-                .to_string(),
+                    .to_string()
+            }
         };
         ApiError { leader, ..ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", message) }
     }
@@ -121,7 +123,9 @@ impl ApiError {
                 "error": { "code": self.code, "message": self.message, "leader": leader }
             })
             .to_string(),
-            None => serde_json::json!({ "error": { "code": self.code, "message": self.message } }).to_string(),
+            None => {
+                serde_json::json!({ "error": { "code": self.code, "message": self.message } }).to_string()
+            }
         }
     }
 }

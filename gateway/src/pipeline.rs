@@ -70,7 +70,10 @@ pub enum Work {
     /// the matcher applies it in log order, stamped with the next sequence
     /// number and `max(previous stamp, timestamp_ns)`, the same on every
     /// node, and journals nothing (the replicated log is the journal).
-    Committed { command: Command, timestamp_ns: u64 },
+    Committed {
+        command: Command,
+        timestamp_ns: u64,
+    },
     /// Housekeeping: interval syncs and due snapshots when otherwise idle.
     Tick,
     /// Sync the journal and write a snapshot; sent once, at shutdown.
@@ -705,8 +708,10 @@ impl Matcher {
                 // last commands are synced within the interval even when
                 // nothing follows them.
                 let unsynced = self.health.durable_seq.load(Ordering::Relaxed) < self.engine.last_seq();
-                let interval =
-                    self.journal.as_ref().is_some_and(|j| matches!(j.durability(), Durability::Interval { .. }));
+                let interval = self
+                    .journal
+                    .as_ref()
+                    .is_some_and(|j| matches!(j.durability(), Durability::Interval { .. }));
                 if interval && unsynced {
                     self.staged.push(Outbound::EMPTY);
                 }

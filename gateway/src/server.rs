@@ -59,7 +59,8 @@ pub async fn run(
         Some(_) => Recovered::empty_for_cluster(&config),
         None => recover(&config).await?,
     };
-    let Recovered { engine, views, writer, recovered_snapshot_seq, last_journaled_ns, new_data_dir } = recovered;
+    let Recovered { engine, views, writer, recovered_snapshot_seq, last_journaled_ns, new_data_dir } =
+        recovered;
     let recovered_limits = engine.limits();
     // The database writer regenerates from the journal whatever the
     // database lacks up to here, then follows the live events.
@@ -88,38 +89,38 @@ pub async fn run(
     let hub = tokio::spawn(crate::ws::run_hub(Arc::clone(&views), Arc::clone(&subscribers), hub_receiver));
     let health = Arc::new(pipeline::Health::default());
     let pipeline_config = PipelineConfig {
-            inbound_ring_size: config.inbound_ring_size,
-            outbound_ring_size: config.outbound_ring_size,
-            busy_spin: config.wait_strategy == WaitKind::BusySpin,
-            matcher_core: config.matcher_core,
-            snapshot_every_commands: config.snapshot_every_commands,
-            snapshots_dir: data.snapshots(),
-            snapshots_keep: config.snapshots_keep,
-            journal_dir: data.journal(),
-            retention: config.retention(),
-            observer: None,
-            downstream: {
-                let mut downstream: Vec<Box<dyn pipeline::Downstream>> = vec![Box::new(HubFeed {
-                    sender: hub_sender,
-                    subscribers: Arc::clone(&subscribers),
-                    health: Arc::clone(&health),
-                })];
-                if let Some((writer, _)) = &database {
-                    downstream.push(Box::new(DatabaseFeed(writer.feed.clone())));
-                }
-                if config.cluster.is_some() {
-                    downstream.push(Box::new(crate::cluster::KeysFeed {
-                        table: Arc::clone(&keys),
-                        unconfirmed: Arc::clone(&unconfirmed_keys),
-                    }));
-                }
-                downstream
-            },
-            database_status: database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
-            // A cluster node stamps from the log alone (every node alike),
-            // starting from nothing as its replay does.
-            last_timestamp_ns: if config.cluster.is_some() { 0 } else { last_journaled_ns },
-            health,
+        inbound_ring_size: config.inbound_ring_size,
+        outbound_ring_size: config.outbound_ring_size,
+        busy_spin: config.wait_strategy == WaitKind::BusySpin,
+        matcher_core: config.matcher_core,
+        snapshot_every_commands: config.snapshot_every_commands,
+        snapshots_dir: data.snapshots(),
+        snapshots_keep: config.snapshots_keep,
+        journal_dir: data.journal(),
+        retention: config.retention(),
+        observer: None,
+        downstream: {
+            let mut downstream: Vec<Box<dyn pipeline::Downstream>> = vec![Box::new(HubFeed {
+                sender: hub_sender,
+                subscribers: Arc::clone(&subscribers),
+                health: Arc::clone(&health),
+            })];
+            if let Some((writer, _)) = &database {
+                downstream.push(Box::new(DatabaseFeed(writer.feed.clone())));
+            }
+            if config.cluster.is_some() {
+                downstream.push(Box::new(crate::cluster::KeysFeed {
+                    table: Arc::clone(&keys),
+                    unconfirmed: Arc::clone(&unconfirmed_keys),
+                }));
+            }
+            downstream
+        },
+        database_status: database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
+        // A cluster node stamps from the log alone (every node alike),
+        // starting from nothing as its replay does.
+        last_timestamp_ns: if config.cluster.is_some() { 0 } else { last_journaled_ns },
+        health,
     };
     let pipeline = match writer {
         Some(writer) => pipeline::start(engine, writer, Arc::clone(&views), pipeline_config),
@@ -167,7 +168,11 @@ pub async fn run(
     });
     let limits_task = match &cluster {
         // Each leader journals the configured limits when it takes over.
-        Some(_) => Some(tokio::spawn(set_limits_when_leading(Arc::clone(&state), config.limits, pipeline.publisher.clone()))),
+        Some(_) => Some(tokio::spawn(set_limits_when_leading(
+            Arc::clone(&state),
+            config.limits,
+            pipeline.publisher.clone(),
+        ))),
         None => {
             set_limits_at_start(&state, &pipeline, recovered_limits, new_data_dir, &config).await?;
             None
@@ -387,7 +392,14 @@ async fn recover(config: &Config) -> Result<Recovered, ServerError> {
     let last_journaled_ns = last_journaled_ns(&DataDir::new(&config.data_dir), engine.last_seq())
         .map_err(|e| ServerError(format!("cannot read the journal's last record: {e}")))?;
     let new_data_dir = engine.last_seq() == 0;
-    Ok(Recovered { engine, views, writer: Some(writer), recovered_snapshot_seq, last_journaled_ns, new_data_dir })
+    Ok(Recovered {
+        engine,
+        views,
+        writer: Some(writer),
+        recovered_snapshot_seq,
+        last_journaled_ns,
+        new_data_dir,
+    })
 }
 
 /// Journals the configured limits when they differ from the journal's (and
@@ -453,10 +465,14 @@ async fn set_limits_when_leading(
         let producer = Mutex::new(publisher.clone());
         match crate::app::execute(&state, &producer, Command::SetLimits { limits: wanted }).await {
             Ok(_) => {
-                tracing::info!("limits: this leader journaled its configured limits {wanted:?} (were {current:?})");
+                tracing::info!(
+                    "limits: this leader journaled its configured limits {wanted:?} (were {current:?})"
+                );
                 led_term = Some(status.term);
             }
-            Err(error) => tracing::warn!("limits: cannot journal the configured limits yet: {}", error.message),
+            Err(error) => {
+                tracing::warn!("limits: cannot journal the configured limits yet: {}", error.message)
+            }
         }
     }
 }

@@ -22,7 +22,6 @@ const CATCH_UP_BOUND: Duration = Duration::from_secs(30);
 struct Node {
     id: u64,
     config_path: PathBuf,
-    data_dir: PathBuf,
     api: SocketAddr,
     child: Option<Child>,
     stderr_path: PathBuf,
@@ -53,6 +52,18 @@ impl Node {
         // Keep reading stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in stdout.lines() {});
         self.child = Some(child);
+        // Signed changes from before a start are refused (they may be
+        // replays): wait until requests signed now are past that point.
+        let from_ms = self.health().and_then(|h| h["signed_changes_from_ms"].as_u64()).unwrap_or(0);
+        loop {
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                    as u64;
+            if now_ms >= from_ms {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(from_ms - now_ms));
+        }
     }
 
     fn signal(&self, signal: i32) {
@@ -131,7 +142,6 @@ impl Cluster {
             nodes.push(Node {
                 id,
                 config_path,
-                data_dir,
                 api: SocketAddr::from(([127, 0, 0, 1], *api)),
                 child: None,
                 stderr_path: dir.path().join(format!("node{id}.stderr")),
@@ -152,7 +162,8 @@ impl Cluster {
             let leaders = self.nodes.iter().enumerate().filter(|(_, node)| node.child.is_some()).filter_map(
                 |(index, node)| {
                     let health = node.health()?;
-                    (health["cluster"]["role"] == "leader").then(|| (health["cluster"]["term"].as_u64(), index))
+                    (health["cluster"]["role"] == "leader")
+                        .then(|| (health["cluster"]["term"].as_u64(), index))
                 },
             );
             if let Some((_, index)) = leaders.max() {
@@ -172,7 +183,12 @@ impl Cluster {
                 if at >= seq {
                     break;
                 }
-                assert!(Instant::now() < deadline, "node {} stuck at {at} < {seq}: {}", node.id, node.stderr());
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} stuck at {at} < {seq}: {}",
+                    node.id,
+                    node.stderr()
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -201,7 +217,11 @@ fn demo(client: &Client, users: usize) -> Vec<Key> {
             let user = client.admin_ok("POST", "/admin/users", json!({}))["user_id"].as_u64().unwrap();
             let key = client.admin_ok("POST", "/admin/api_keys", json!({ "user_id": user }));
             for (asset, amount) in [("BTC", "10"), ("USDT", "1000000")] {
-                client.admin_ok("POST", "/admin/deposit", json!({ "user_id": user, "asset": asset, "amount": amount }));
+                client.admin_ok(
+                    "POST",
+                    "/admin/deposit",
+                    json!({ "user_id": user, "asset": asset, "amount": amount }),
+                );
             }
             Key {
                 user_id: user,
@@ -231,7 +251,7 @@ fn place_some(client: &Client, keys: &[Key], round: usize, acked: &mut Vec<Acked
         // Prices that cross now and then, so that trades happen too.
         let price = 100 + ((round * 7 + index * 3) % 11);
         let order = json!({ "market": "BTC-USDT", "side": side, "type": "limit", "price": price.to_string(),
-                            "quantity": "0.01", "time_in_force": "gtc" });
+                            "quantity": "0.01", "time_in_force": "GTC" });
         // A new leader takes orders once it has heard from a majority; until
         // then it refuses them as not applied (421), which is safe to retry.
         let deadline = Instant::now() + ELECTION_BOUND;
@@ -296,8 +316,13 @@ fn three_nodes_take_orders_through_the_leader_and_survive_losing_it() {
         let client = cluster.nodes[new].client();
         place_some(&client, &keys, round, &mut acked);
         for order in &acked {
-            let (status, found) =
-                client.signed(&keys[order.key], "GET", "/order", &format!("order_id={}", order.order_id), None);
+            let (status, found) = client.signed(
+                &keys[order.key],
+                "GET",
+                "/order",
+                &format!("order_id={}", order.order_id),
+                None,
+            );
             assert_eq!(status, 200, "order {} lost after failover {round}: {found}", order.order_id);
         }
         if round % 2 == 0 {
@@ -309,7 +334,12 @@ fn three_nodes_take_orders_through_the_leader_and_survive_losing_it() {
         cluster.wait_applied(seq);
         let reference = state_of(&client, &keys);
         for node in &cluster.nodes {
-            assert_eq!(state_of(&node.client(), &keys), reference, "node {} differs after round {round}", node.id);
+            assert_eq!(
+                state_of(&node.client(), &keys),
+                reference,
+                "node {} differs after round {round}",
+                node.id
+            );
         }
     }
 }

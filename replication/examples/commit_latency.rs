@@ -15,10 +15,11 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engine_core::{Command, EngineLimits, StampedCommand};
+use engine_core::{Command, EngineLimits};
 use hdrhistogram::Histogram;
 use replication::{
-    net, Batch, EngineStateMachine, ExchangeNode, ExchangeRaft, LogStore, LogStoreConfig, NetConfig, NetworkFactory,
+    net, Batch, EngineStateMachine, ExchangeNode, ExchangeRaft, LogStore, LogStoreConfig, NetConfig,
+    NetworkFactory, Origin, Proposal,
 };
 
 fn print(name: &str, h: &Histogram<u64>) {
@@ -59,7 +60,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let log = LogStore::open(&dir.join("journal"), LogStoreConfig::default())?;
         let sm = EngineStateMachine::open(&dir.join("snapshots"), EngineLimits::default())?;
         let (listener, addr) = net::bind("127.0.0.1:0").await?;
-        let raft = ExchangeRaft::new(id, config.clone(), NetworkFactory::new(id, NetConfig::default()), log, sm).await?;
+        let raft =
+            ExchangeRaft::new(id, config.clone(), NetworkFactory::new(id, NetConfig::default()), log, sm)
+                .await?;
         servers.push(tokio::spawn(net::serve(raft.clone(), listener, NetConfig::default())));
         members.insert(id, ExchangeNode { raft_addr: addr.to_string(), api_addr: String::new() });
         rafts.push(raft);
@@ -76,7 +79,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let commands = (0..batch_commands)
             .map(|_| {
                 seq += 1;
-                StampedCommand { seq, timestamp_ns: seq, command: Command::CreateUser }
+                Proposal {
+                    origin: Origin { node: 0, incarnation: 0, request: seq },
+                    timestamp_ns: seq,
+                    command: Command::CreateUser,
+                }
             })
             .collect();
         Batch::Commands(commands)

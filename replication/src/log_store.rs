@@ -9,7 +9,7 @@
 //! | entry | kind | payload |
 //! | --- | --- | --- |
 //! | blank (a new leader's first) | `Blank` | nothing |
-//! | `Batch::Commands(v)` | `Commands` | `codec(v)`, a `Vec<StampedCommand>` (what journal readers unpack) |
+//! | `Batch::Commands(v)` | `Commands` | `codec(v)`, a `Vec<Proposal>` (numbered when applied) |
 //! | `Batch::HashMark { seq, node, hash }` | `HashMark` | `codec((seq, node, hash))` |
 //! | membership | `Membership` | `codec(Membership)` |
 //!
@@ -37,14 +37,15 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
-use engine_core::StampedCommand;
-use journal::{EntryKind, LogEntry, LogPosition, RaftLog, RaftLogLimits, RaftState, RaftStateFile, StoredVote};
+use journal::{
+    EntryKind, LogEntry, LogPosition, RaftLog, RaftLogLimits, RaftState, RaftStateFile, StoredVote,
+};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::vote::RaftLeaderId;
 use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 use tokio::sync::oneshot;
 
-use crate::types::{Batch, Entry, LogId, Membership, TypeConfig, Vote};
+use crate::types::{Batch, Entry, LogId, Membership, Proposal, TypeConfig, Vote};
 
 /// The largest reply [`LogReader::limited_get_log_entries`] builds for one replication
 /// message, in payload bytes (at least one entry is always returned).
@@ -193,12 +194,15 @@ fn decode_entry(frame: &LogEntry) -> io::Result<Entry> {
     let payload = match frame.kind {
         EntryKind::Blank => {
             if !frame.payload.is_empty() {
-                return Err(invalid(format!("raft log entry {} is blank but carries a payload", frame.index)));
+                return Err(invalid(format!(
+                    "raft log entry {} is blank but carries a payload",
+                    frame.index
+                )));
             }
             EntryPayload::Blank
         }
         EntryKind::Commands => {
-            let commands: Vec<StampedCommand> = codec::decode(&frame.payload).map_err(bad)?;
+            let commands: Vec<Proposal> = codec::decode(&frame.payload).map_err(bad)?;
             EntryPayload::Normal(Batch::Commands(commands))
         }
         EntryKind::HashMark => {
@@ -225,8 +229,11 @@ impl LogStore {
             state: Mutex::new(StateCell { file, state: state.unwrap_or_default() }),
             failed: AtomicBool::new(false),
         });
-        let shared =
-            Arc::new(Shared { log: Mutex::new(log), durable: durable.clone(), read_bytes_max: config.read_bytes_max.max(1) });
+        let shared = Arc::new(Shared {
+            log: Mutex::new(log),
+            durable: durable.clone(),
+            read_bytes_max: config.read_bytes_max.max(1),
+        });
         let (jobs, queue) = mpsc::channel();
         let syncer = std::thread::Builder::new()
             .name("raft-log-sync".into())
@@ -420,7 +427,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Earlier appends' syncs first: none of them may run on a region this rewrites.
         self.barrier().await?;
         let keep = last_log_id.map(|l| l.index);
-        self.log()?.truncate_after(keep).map_err(|e| journal_error(&format!("truncating the raft log after {keep:?}"), e))
+        self.log()?
+            .truncate_after(keep)
+            .map_err(|e| journal_error(&format!("truncating the raft log after {keep:?}"), e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {

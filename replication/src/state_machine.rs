@@ -52,8 +52,6 @@ pub const IMAGE_FILE_NAME: &str = "raft-snapshot.img";
 pub enum ApplyError {
     /// The entry is not after the last applied entry (a replay).
     NotAfterApplied { applied: u64, got: u64 },
-    /// A command batch whose sequence numbers do not continue the engine's.
-    SequenceGap { entry: u64, expected: u64, got: u64 },
     /// A command batch without commands (the proposer never makes one).
     EmptyBatch { entry: u64 },
     /// A hash mark for the engine's current sequence number that differs from its own hash.
@@ -67,11 +65,6 @@ impl fmt::Display for ApplyError {
                 f,
                 "committed entry {got} is not after the last applied entry {applied}: an entry applied twice; \
                  stop this node and rejoin it with a wiped data directory"
-            ),
-            ApplyError::SequenceGap { entry, expected, got } => write!(
-                f,
-                "entry {entry} carries command seq {got} where the engine expects {expected}: the leader proposed \
-                 a batch that does not continue the log; stop this node and report the log"
             ),
             ApplyError::EmptyBatch { entry } => write!(f, "entry {entry} is a command batch without commands"),
             ApplyError::Diverged { entry, seq, node, theirs, ours } => write!(
@@ -88,17 +81,37 @@ impl std::error::Error for ApplyError {}
 /// Why a snapshot image was refused. Nothing was installed.
 #[derive(Debug)]
 pub enum ImageError {
-    TooShort { len: usize },
-    TooLarge { len: u64, max: u64 },
+    TooShort {
+        len: usize,
+    },
+    TooLarge {
+        len: u64,
+        max: u64,
+    },
     BadMagic,
-    UnsupportedVersion { found: u32, supported: u32 },
-    LengthMismatch { header: u64, actual: u64 },
-    ChecksumMismatch { recorded: u32, computed: u32 },
+    UnsupportedVersion {
+        found: u32,
+        supported: u32,
+    },
+    LengthMismatch {
+        header: u64,
+        actual: u64,
+    },
+    ChecksumMismatch {
+        recorded: u32,
+        computed: u32,
+    },
     Decode(codec::Error),
     Engine(engine_core::SnapshotError),
-    HashMismatch { recorded: u64, loaded: u64 },
+    HashMismatch {
+        recorded: u64,
+        loaded: u64,
+    },
     /// The image is of another point of the log than the one openraft said it is.
-    MetaMismatch { image: Option<LogId>, raft: Option<LogId> },
+    MetaMismatch {
+        image: Option<LogId>,
+        raft: Option<LogId>,
+    },
     Encode(codec::Error),
 }
 
@@ -146,19 +159,28 @@ pub struct Replica {
     engine: Engine,
     applied: Option<LogId>,
     membership: StoredMembership,
+    /// The stamp of the last command applied (time never runs backwards in the log).
+    last_timestamp_ns: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct ImagePayload {
     meta: SnapshotMeta,
     state_hash: u64,
+    /// The last command's stamp: the next one is never below it.
+    last_timestamp_ns: u64,
     engine: engine_core::Snapshot,
 }
 
 impl Replica {
     /// An empty engine before the first entry.
     pub fn new(limits: EngineLimits) -> Replica {
-        Replica { engine: Engine::new(limits), applied: None, membership: StoredMembership::default() }
+        Replica {
+            engine: Engine::new(limits),
+            applied: None,
+            membership: StoredMembership::default(),
+            last_timestamp_ns: 0,
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -189,23 +211,18 @@ impl Replica {
         }
         match &entry.payload {
             EntryPayload::Blank => {}
-            EntryPayload::Normal(Batch::Commands(commands)) => {
-                check_contiguous(index, self.engine.last_seq(), commands)?;
-                for command in commands {
-                    // Checked above: the engine's own sequence check cannot fail here.
-                    if let Err(e) = self.engine.apply(command, events) {
-                        unreachable!("entry {index}: the engine refused a checked sequence: {e:?}");
-                    }
+            EntryPayload::Normal(Batch::Commands(proposals)) => {
+                if proposals.is_empty() {
+                    return Err(ApplyError::EmptyBatch { entry: index });
                 }
-            }
-            EntryPayload::Normal(Batch::Proposals(proposals)) => {
-                // Numbered here, alike on every replica. (The gateway's matcher also keeps
-                // stamps from running backwards when a new leader's clock is behind; this
-                // replica, for tests and the simulation, takes the proposal's stamp as is.)
+                // Numbered and stamped here, alike on every replica (the gateway's matcher
+                // does the same): the next sequence number, and the proposer's time unless
+                // that would run backwards.
                 for proposal in proposals {
+                    self.last_timestamp_ns = self.last_timestamp_ns.max(proposal.timestamp_ns);
                     let stamped = StampedCommand {
                         seq: self.engine.last_seq() + 1,
-                        timestamp_ns: proposal.timestamp_ns,
+                        timestamp_ns: self.last_timestamp_ns,
                         command: proposal.command,
                     };
                     if let Err(e) = self.engine.apply(&stamped, events) {
@@ -219,7 +236,13 @@ impl Replica {
                 if *seq == self.engine.last_seq() {
                     let ours = self.engine.state_hash();
                     if ours != *hash {
-                        return Err(ApplyError::Diverged { entry: index, seq: *seq, node: *node, theirs: *hash, ours });
+                        return Err(ApplyError::Diverged {
+                            entry: index,
+                            seq: *seq,
+                            node: *node,
+                            theirs: *hash,
+                            ours,
+                        });
                     }
                 }
             }
@@ -235,8 +258,12 @@ impl Replica {
     /// openraft needs.
     pub fn image(&self) -> Result<(SnapshotMeta, Vec<u8>), ImageError> {
         let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone() };
-        let payload =
-            ImagePayload { meta: meta.clone(), state_hash: self.engine.state_hash(), engine: self.engine.snapshot() };
+        let payload = ImagePayload {
+            meta: meta.clone(),
+            state_hash: self.engine.state_hash(),
+            last_timestamp_ns: self.last_timestamp_ns,
+            engine: self.engine.snapshot(),
+        };
         let mut bytes = vec![0u8; IMAGE_HEADER_BYTES];
         codec::encode_append(&payload, &mut bytes).map_err(ImageError::Encode)?;
         let payload_len = (bytes.len() - IMAGE_HEADER_BYTES) as u64;
@@ -257,8 +284,12 @@ impl Replica {
         if loaded != image.state_hash {
             return Err(ImageError::HashMismatch { recorded: image.state_hash, loaded });
         }
-        let replica =
-            Replica { engine, applied: image.meta.last_log_id, membership: image.meta.last_membership.clone() };
+        let replica = Replica {
+            engine,
+            applied: image.meta.last_log_id,
+            membership: image.meta.last_membership.clone(),
+            last_timestamp_ns: image.last_timestamp_ns,
+        };
         Ok((replica, image.meta))
     }
 }
@@ -290,18 +321,6 @@ pub fn check_image_envelope(bytes: &[u8]) -> Result<&[u8], ImageError> {
         return Err(ImageError::ChecksumMismatch { recorded, computed });
     }
     Ok(payload)
-}
-
-fn check_contiguous(entry: u64, last_seq: u64, commands: &[StampedCommand]) -> Result<(), ApplyError> {
-    if commands.is_empty() {
-        return Err(ApplyError::EmptyBatch { entry });
-    }
-    for (expected, command) in (last_seq + 1..).zip(commands) {
-        if command.seq != expected {
-            return Err(ApplyError::SequenceGap { entry, expected, got: command.seq });
-        }
-    }
-    Ok(())
 }
 
 struct Shared {
@@ -360,7 +379,9 @@ impl EngineStateMachine {
 
     fn lock(&self) -> io::Result<MutexGuard<'_, Shared>> {
         // A poisoned lock means an apply panicked half-way: the replica cannot be trusted.
-        self.shared.lock().map_err(|_| io::Error::other("the state machine panicked earlier; restart the node"))
+        self.shared
+            .lock()
+            .map_err(|_| io::Error::other("the state machine panicked earlier; restart the node"))
     }
 
     /// The engine's state hash, its last applied seq and the last applied log id, read together.
@@ -445,7 +466,11 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let bytes = snapshot.into_inner();
         // Decode and check everything before touching the replica: a bad image changes nothing.
         let (replica, image_meta) = Replica::from_image(&bytes).map_err(|e| {
@@ -478,10 +503,15 @@ mod tests {
     use engine_core::Command;
 
     use super::*;
+    use crate::types::Proposal;
 
-    fn commands(first_seq: u64, n: u64) -> Vec<StampedCommand> {
-        (first_seq..first_seq + n)
-            .map(|seq| StampedCommand { seq, timestamp_ns: seq, command: Command::CreateUser })
+    fn commands(n: u64) -> Vec<Proposal> {
+        (1..=n)
+            .map(|i| Proposal {
+                origin: crate::Origin { node: 1, incarnation: 1, request: i },
+                timestamp_ns: 1_000 + i,
+                command: Command::CreateUser,
+            })
             .collect()
     }
 
@@ -491,29 +521,29 @@ mod tests {
 
     fn replica_with(n: u64) -> Replica {
         let mut replica = Replica::new(EngineLimits::default());
-        replica.apply_entry(&entry(1, Batch::Commands(commands(1, n))), &mut Vec::new()).unwrap();
+        replica.apply_entry(&entry(1, Batch::Commands(commands(n))), &mut Vec::new()).unwrap();
         replica
     }
 
     #[test]
-    fn a_batch_that_does_not_continue_the_sequence_is_refused_whole() {
+    fn commands_are_numbered_in_log_order_and_time_never_runs_backwards() {
         let mut replica = replica_with(5);
-        let before = replica.engine().state_hash();
-        // seq 6, 7, then a hole: nothing of it may be applied.
-        let mut batch = commands(6, 2);
-        batch.push(StampedCommand { seq: 9, timestamp_ns: 9, command: Command::CreateUser });
-        let refused = replica.apply_entry(&entry(2, Batch::Commands(batch)), &mut Vec::new());
-        assert_eq!(refused, Err(ApplyError::SequenceGap { entry: 2, expected: 8, got: 9 }));
-        assert_eq!(replica.engine().state_hash(), before);
         assert_eq!(replica.engine().last_seq(), 5);
-        assert_eq!(replica.applied().map(|l| l.index), Some(1));
-        // A replay of seq 5 is a gap too, and so is an entry that skips an index.
-        let replay = replica.apply_entry(&entry(2, Batch::Commands(commands(5, 1))), &mut Vec::new());
-        assert_eq!(replay, Err(ApplyError::SequenceGap { entry: 2, expected: 6, got: 5 }));
-        let again = replica.apply_entry(&entry(1, Batch::Commands(commands(6, 1))), &mut Vec::new());
-        assert_eq!(again, Err(ApplyError::NotAfterApplied { applied: 1, got: 1 }));
-        let empty = replica.apply_entry(&entry(2, Batch::Commands(Vec::new())), &mut Vec::new());
-        assert_eq!(empty, Err(ApplyError::EmptyBatch { entry: 2 }));
+        // A proposer whose clock is behind the last stamp: stamped at the last stamp.
+        let mut events = Vec::new();
+        let behind = vec![Proposal { timestamp_ns: 3, ..commands(1)[0] }];
+        replica.apply_entry(&entry(2, Batch::Commands(behind)), &mut events).unwrap();
+        assert_eq!(replica.engine().last_seq(), 6);
+        assert!(events.iter().all(|e| e.seq == 6));
+        assert_eq!(replica.last_timestamp_ns, 1_005);
+        // An entry applied twice, and an empty batch, are refused and change nothing.
+        let before = replica.engine().state_hash();
+        let again = replica.apply_entry(&entry(1, Batch::Commands(commands(1))), &mut Vec::new());
+        assert_eq!(again, Err(ApplyError::NotAfterApplied { applied: 2, got: 1 }));
+        let empty = replica.apply_entry(&entry(3, Batch::Commands(Vec::new())), &mut Vec::new());
+        assert_eq!(empty, Err(ApplyError::EmptyBatch { entry: 3 }));
+        assert_eq!(replica.engine().state_hash(), before);
+        assert_eq!(replica.applied().map(|l| l.index), Some(2));
     }
 
     #[test]
@@ -565,7 +595,8 @@ mod tests {
         garbage.extend_from_slice(&[0xff; 40]);
         assert!(matches!(refuse(&reseal(garbage)), ImageError::Decode(_)));
         let (meta, _) = replica.image().unwrap();
-        let lying = ImagePayload { meta, state_hash: 42, engine: replica.engine().snapshot() };
+        let lying =
+            ImagePayload { meta, state_hash: 42, last_timestamp_ns: 0, engine: replica.engine().snapshot() };
         let mut bytes = image[..IMAGE_HEADER_BYTES].to_vec();
         codec::encode_append(&lying, &mut bytes).unwrap();
         assert!(matches!(refuse(&reseal(bytes)), ImageError::HashMismatch { recorded: 42, .. }));
@@ -574,7 +605,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_snapshot_leaves_the_state_machine_as_it_was() {
         let mut sm = EngineStateMachine::in_memory(EngineLimits::default());
-        let entries = futures_util::stream::iter([Ok((entry(1, Batch::Commands(commands(1, 4))), None))]);
+        let entries = futures_util::stream::iter([Ok((entry(1, Batch::Commands(commands(4))), None))]);
         sm.apply(entries).await.unwrap();
         let before = sm.status().unwrap();
         let (meta, mut image) = replica_with(9).image().unwrap();
@@ -597,7 +628,7 @@ mod tests {
     async fn a_restarted_state_machine_resumes_from_its_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = EngineStateMachine::open(dir.path(), EngineLimits::default()).unwrap();
-        let entries = futures_util::stream::iter([Ok((entry(1, Batch::Commands(commands(1, 6))), None))]);
+        let entries = futures_util::stream::iter([Ok((entry(1, Batch::Commands(commands(6))), None))]);
         sm.apply(entries).await.unwrap();
         let built = sm.build_snapshot().await.unwrap();
         let status = sm.status().unwrap();

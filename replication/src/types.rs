@@ -4,26 +4,21 @@
 use std::fmt;
 use std::io::Cursor;
 
-use engine_core::{Command, StampedCommand};
+use engine_core::Command;
 use serde::{Deserialize, Serialize};
 
 /// What one Raft log entry carries (openraft's application data, `C::D`).
 ///
-/// One entry is one pipeline batch: the leader's matcher stamps a run of commands with
-/// contiguous sequence numbers and proposes them together, so that consensus costs one round
-/// per batch, not per command.
+/// Commands carry no sequence number: every replica numbers committed commands as it applies
+/// them (the next sequence number, in log order), so no leader has to predict numbers across
+/// leadership changes, and a proposal refused before it is appended consumes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Batch {
-    /// Commands stamped by the leader's matcher, `seq` contiguous within the batch and with
-    /// the batch before it. Never empty.
-    Commands(Vec<StampedCommand>),
+    /// Commands as the leader proposed them, in order. Never empty.
+    Commands(Vec<Proposal>),
     /// `node`'s engine had state hash `hash` after applying command `seq`: every replica
     /// compares it with its own (the determinism check). Consumes no sequence number.
     HashMark { seq: u64, node: u64, hash: u64 },
-    /// Commands as the leader's API proposed them, numbered when applied: every replica gives
-    /// each the next sequence number and `max(previous stamp, timestamp_ns)`, so no leader has
-    /// to predict numbers across leadership changes. Never empty.
-    Proposals(Vec<Proposal>),
 }
 
 /// Who proposed a command: the node, that node's process incarnation, and the request waiting
@@ -36,7 +31,9 @@ pub struct Origin {
     pub request: u64,
 }
 
-/// One command as the leader proposes it, with the leader's clock when it did.
+/// One command as the leader proposes it, with the leader's clock when it did (a replica
+/// stamps it with `max(previous stamp, timestamp_ns)`: time never runs backwards in the log
+/// even when a new leader's clock is behind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub origin: Origin,
@@ -44,25 +41,13 @@ pub struct Proposal {
     pub command: Command,
 }
 
-impl Batch {
-    /// The sequence numbers of the commands in this batch, `None` for a batch without commands.
-    pub fn seq_range(&self) -> Option<(u64, u64)> {
-        match self {
-            Batch::Commands(commands) => Some((commands.first()?.seq, commands.last()?.seq)),
-            Batch::HashMark { .. } | Batch::Proposals(_) => None,
-        }
-    }
-}
-
 impl fmt::Display for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Batch::Commands(commands) => match self.seq_range() {
-                Some((first, last)) => write!(f, "{} commands, seq {first}..={last}", commands.len()),
-                None => write!(f, "an empty command batch"),
-            },
-            Batch::HashMark { seq, node, hash } => write!(f, "hash mark {hash:016x} of node {node} at seq {seq}"),
-            Batch::Proposals(proposals) => write!(f, "{} proposed commands", proposals.len()),
+            Batch::Commands(commands) => write!(f, "{} commands", commands.len()),
+            Batch::HashMark { seq, node, hash } => {
+                write!(f, "hash mark {hash:016x} of node {node} at seq {seq}")
+            }
         }
     }
 }
