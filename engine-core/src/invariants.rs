@@ -162,12 +162,18 @@ impl Engine {
                     return Err(bad("tracks with no trade seen but not on the trigger book as such"));
                 }
             }
-            state.triggers.check().map_err(|why| InvariantViolation::OrderIndex { order: OrderId(0), why })?;
+            state
+                .triggers
+                .check()
+                .map_err(|why| InvariantViolation::OrderIndex { order: OrderId(0), why })?;
             for (node, entry, bips) in state.triggers.tracking() {
                 let bad = |why| InvariantViolation::OrderIndex { order: entry.order, why };
                 let order = self.orders.get(entry.slot);
                 let Phase::Waiting(waiting) = self.extras.get(order.ext).phase else { unreachable!() };
-                if waiting.node != node || waiting.trigger.trailing_bips != bips || waiting.tracking.flatten().is_none() {
+                if waiting.node != node
+                    || waiting.trigger.trailing_bips != bips
+                    || waiting.tracking.flatten().is_none()
+                {
                     return Err(bad("a tracking order and its node on the trigger book disagree"));
                 }
             }

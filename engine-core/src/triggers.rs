@@ -328,12 +328,14 @@ impl TriggerBook {
 
     /// The tracking orders with a best price: node, entry and delta.
     pub fn tracking(&self) -> impl Iterator<Item = (u32, Entry, u16)> + '_ {
-        self.nodes.iter().enumerate().filter(|(_, n)| n.live).map(|(node, n)| {
-            (node as u32, Entry { stop: Ticks(0), order: n.order, slot: n.slot }, n.bips)
-        })
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.live)
+            .map(|(node, n)| (node as u32, Entry { stop: Ticks(0), order: n.order, slot: n.slot }, n.bips))
     }
 
-    /// Whether `entry` tracks with no trade seen yet.
+    /// Whether `order` tracks with no trade seen yet.
     pub fn is_unstarted(&self, order: OrderId) -> bool {
         self.unstarted.binary_search_by(|e| e.order.cmp(&order)).is_ok()
     }
@@ -357,13 +359,16 @@ impl TriggerBook {
                 if g.heap_pos as usize != position {
                     return Err("a tracking group does not know its heap position");
                 }
-                if position > 0 && self.groups[tracks.urgent[(position - 1) / 2] as usize].urgency < g.urgency {
+                if position > 0 && self.groups[tracks.urgent[(position - 1) / 2] as usize].urgency < g.urgency
+                {
                     return Err("tracking groups out of heap order");
                 }
             }
             for (position, &group) in tracks.by_best.iter().enumerate() {
                 let g = self.groups[group as usize];
-                if position > 0 && !worse(side, self.groups[tracks.by_best[position - 1] as usize].best, g.best) {
+                if position > 0
+                    && !worse(side, self.groups[tracks.by_best[position - 1] as usize].best, g.best)
+                {
                     return Err("tracking groups not sorted by best price");
                 }
                 if g.side != side || tracks.urgent.get(g.heap_pos as usize) != Some(&group) {
