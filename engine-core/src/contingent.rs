@@ -14,7 +14,7 @@ use crate::book::{Order, NIL};
 use crate::command::{Contingency, ListRef, NewOrderList, OrderKind, TimeInForce};
 use crate::engine::Engine;
 use crate::event::{emit_balance, DoneReason, Emitter, EventKind, ListRule, RejectReason};
-use crate::extras::{trail, OrderExtra, OrderList, Phase, Then, Waiting, NONE};
+use crate::extras::{OrderExtra, OrderList, Phase, Then, Waiting, NONE};
 use crate::followups::FollowUp;
 use crate::market::MarketStatus;
 use crate::orders::{reached, Check, Checked, Entered};
@@ -31,11 +31,9 @@ impl Engine {
         let Phase::Waiting(waiting) = self.extras.get(order.ext).phase else {
             unreachable!("only a waiting order starts waiting")
         };
-        let entry = |stop| Entry { stop, order: order.id, slot };
-        let triggers = &mut self.markets[order.market.index()].triggers;
         match (waiting.tracking, waiting.trigger.stop) {
             (Some(best), _) => {
-                triggers.insert_tracking(entry(Ticks(0)));
+                self.start_tracking(slot, best);
                 if let Some(price) = best {
                     emitter.emit(EventKind::TrailingStarted {
                         order: order.id,
@@ -45,9 +43,27 @@ impl Engine {
                     });
                 }
             }
-            (None, Some(stop)) => triggers.insert(waiting.trigger.rises(order.side), entry(stop)),
+            (None, Some(stop)) => {
+                let entry = Entry { stop, order: order.id, slot };
+                let triggers = &mut self.markets[order.market.index()].triggers;
+                triggers.insert(waiting.trigger.rises(order.side), entry);
+            }
             (None, None) => unreachable!("a trigger without a stop price tracks from placement"),
         }
+    }
+
+    /// Puts the trailing order waiting in `slot` on its market's tracking
+    /// orders, from best price `best` (`None`: from the market's next
+    /// trade). Emits nothing: the callers say why it starts.
+    fn start_tracking(&mut self, slot: u32, best: Option<Ticks>) {
+        let order = *self.orders.get(slot);
+        let Phase::Waiting(waiting) = &mut self.extras.get_mut(order.ext).phase else {
+            unreachable!("only a waiting order tracks")
+        };
+        let entry = Entry { stop: Ticks(0), order: order.id, slot };
+        let triggers = &mut self.markets[order.market.index()].triggers;
+        waiting.tracking = Some(best);
+        waiting.node = triggers.insert_tracking(order.side, waiting.trigger.trailing_bips, entry, best);
     }
 
     /// Takes a waiting order off its market's triggers (if it is still
@@ -56,7 +72,7 @@ impl Engine {
         let triggers = &mut self.markets[order.market.index()].triggers;
         match (waiting.tracking, waiting.trigger.stop) {
             (Some(_), _) => {
-                triggers.remove_tracking(order.id);
+                triggers.remove_tracking(waiting.node, order.id);
             }
             (None, Some(stop)) => {
                 triggers.remove(waiting.trigger.rises(order.side), stop, order.id);
@@ -114,16 +130,18 @@ impl Engine {
             state.last_price = Some(price);
             reached_now.clear();
             state.triggers.pop_reached(price, &mut reached_now);
+            // The tracking orders' best prices move to this price where it
+            // is better, all of a group at once.
+            state.triggers.track(price);
             for entry in reached_now.drain(..) {
                 let ext = self.orders.get(entry.slot).ext;
-                let Phase::Waiting(waiting) = &mut self.extras.get_mut(ext).phase else {
+                let Phase::Waiting(waiting) = self.extras.get(ext).phase else {
                     unreachable!("only waiting orders are on the triggers")
                 };
                 if waiting.trigger.trailing_bips > 0 {
                     // The stop price starts the tracking, at this trade's price.
-                    waiting.tracking = Some(Some(price));
+                    self.start_tracking(entry.slot, Some(price));
                     let order = *self.orders.get(entry.slot);
-                    self.markets[market.index()].triggers.insert_tracking(entry);
                     emitter.emit(EventKind::TrailingStarted {
                         order: order.id,
                         user: order.user,
@@ -134,34 +152,16 @@ impl Engine {
                     fired.push(entry);
                 }
             }
-            let mut tracking = std::mem::take(&mut self.markets[market.index()].triggers.tracking);
-            tracking.retain(|entry| {
-                let order = self.orders.get(entry.slot);
-                let Phase::Waiting(waiting) = &mut self.extras.get_mut(order.ext).phase else {
-                    unreachable!("only waiting orders track")
-                };
-                match waiting.tracking {
-                    Some(Some(best)) => {
-                        let (fires, best) = trail(order.side, waiting.trigger.trailing_bips, best, price);
-                        waiting.tracking = Some(Some(best));
-                        if fires {
-                            fired.push(*entry);
-                        }
-                        !fires
-                    }
-                    _ => {
-                        waiting.tracking = Some(Some(price));
-                        emitter.emit(EventKind::TrailingStarted {
-                            order: order.id,
-                            user: order.user,
-                            market,
-                            price,
-                        });
-                        true
-                    }
-                }
-            });
-            self.markets[market.index()].triggers.tracking = tracking;
+            let triggers = &mut self.markets[market.index()].triggers;
+            triggers.fire_tracking(price, &mut fired);
+            // Orders tracking from placement in a market that had not traded
+            // start at its first trade (they cannot fire at it), oldest first.
+            triggers.take_unstarted(&mut reached_now);
+            for entry in reached_now.drain(..) {
+                self.start_tracking(entry.slot, Some(price));
+                let order = *self.orders.get(entry.slot);
+                emitter.emit(EventKind::TrailingStarted { order: order.id, user: order.user, market, price });
+            }
             // Among the orders one trade fires, the oldest first.
             fired.sort_unstable_by_key(|entry| entry.order);
             for entry in fired.drain(..) {
@@ -311,14 +311,7 @@ impl Engine {
                             let triggers = &mut self.markets[order.market.index()].triggers;
                             triggers.remove(waiting.trigger.rises(order.side), stop, order.id);
                             if waiting.trigger.trailing_bips > 0 {
-                                let extra = self.extras.get_mut(order.ext);
-                                extra.phase =
-                                    Phase::Waiting(Waiting { tracking: Some(Some(last)), ..waiting });
-                                self.markets[order.market.index()].triggers.insert_tracking(Entry {
-                                    stop: Ticks(0),
-                                    order: order.id,
-                                    slot,
-                                });
+                                self.start_tracking(slot, Some(last));
                                 emitter.emit(EventKind::TrailingStarted {
                                     order: order.id,
                                     user: order.user,

@@ -95,8 +95,15 @@ pub(crate) struct Waiting {
     pub hold: Units,
     /// A trailing order's tracking: `None` while it waits for its stop
     /// price; `Some(None)` tracking but no trade seen yet; `Some(Some(p))`
-    /// the best price since tracking started.
+    /// tracking from best price `p`. Once it tracks, one trade moves the
+    /// best price of many orders at once, so the current best lives on the
+    /// market's trigger book (`TriggerBook::tracking_bests`), not here:
+    /// `p` is where it started.
     pub tracking: Option<Option<Ticks>>,
+    /// Its node on the market's trigger book while it tracks from a best
+    /// price, else `NIL` (a fired order's stale node is told apart by its
+    /// order id).
+    pub node: u32,
 }
 
 /// What a waiting order becomes when it fires.

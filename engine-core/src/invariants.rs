@@ -157,6 +157,25 @@ impl Engine {
                 if !waits {
                     return Err(bad("a trigger of an order that does not wait in its market"));
                 }
+                let Phase::Waiting(waiting) = self.extras.get(order.ext).phase else { unreachable!() };
+                if waiting.tracking == Some(None) && !state.triggers.is_unstarted(order.id) {
+                    return Err(bad("tracks with no trade seen but not on the trigger book as such"));
+                }
+            }
+            state
+                .triggers
+                .check()
+                .map_err(|why| InvariantViolation::OrderIndex { order: OrderId(0), why })?;
+            for (node, entry, bips) in state.triggers.tracking() {
+                let bad = |why| InvariantViolation::OrderIndex { order: entry.order, why };
+                let order = self.orders.get(entry.slot);
+                let Phase::Waiting(waiting) = self.extras.get(order.ext).phase else { unreachable!() };
+                if waiting.node != node
+                    || waiting.trigger.trailing_bips != bips
+                    || waiting.tracking.flatten().is_none()
+                {
+                    return Err(bad("a tracking order and its node on the trigger book disagree"));
+                }
             }
         }
         for list in self.lists.iter() {

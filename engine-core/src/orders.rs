@@ -1134,7 +1134,7 @@ impl Engine {
 fn waiting(state: &MarketState, side: Side, trigger: Trigger, then: Then, hold: Units) -> Waiting {
     let _ = side;
     let tracking = (trigger.trailing_bips > 0 && trigger.stop.is_none()).then_some(state.last_price);
-    Waiting { trigger, then, hold, tracking }
+    Waiting { trigger, then, hold, tracking, node: NIL }
 }
 
 /// The checks every trigger gets; with [`Check::Full`] also the refusal of

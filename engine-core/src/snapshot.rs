@@ -349,6 +349,22 @@ impl Engine {
         }
         parts.icebergs.sort_unstable_by_key(|part| part.order);
         parts.waiting.sort_unstable_by_key(|order| order.id);
+        // A tracking order's best price is its group's, on the trigger book.
+        let mut bests = Vec::new();
+        for state in &self.markets {
+            state.triggers.tracking_bests(&mut bests);
+        }
+        bests.sort_unstable_by_key(|&(order, _)| order);
+        let mut bests = bests.into_iter().peekable();
+        for order in &mut parts.waiting {
+            if let Some(&(id, best)) = bests.peek() {
+                if id == order.id {
+                    order.tracking = Some(Some(best));
+                    bests.next();
+                }
+            }
+        }
+        debug_assert!(bests.next().is_none(), "a tracking order that does not wait");
         parts.pending.sort_unstable_by_key(|order| order.id);
         parts.lists.sort_unstable_by_key(|list| list.id);
         parts
@@ -720,20 +736,33 @@ impl Engine {
                 ThenKind::Market => Then::Market,
                 ThenKind::Limit(tif) => Then::Limit(tif),
             };
-            let phase =
-                Phase::Waiting(Waiting { trigger, then, hold: waiting.hold, tracking: waiting.tracking });
+            let phase = Phase::Waiting(Waiting {
+                trigger,
+                then,
+                hold: waiting.hold,
+                tracking: waiting.tracking,
+                node: NIL,
+            });
             order.ext = self.extras.insert(OrderExtra {
                 order: waiting.id,
                 visible: waiting.visible,
                 phase,
                 list: NONE,
             });
+            let order_ext = order.ext;
             let slot = self.orders.insert(order);
             self.index.insert(waiting.id, slot);
             let entry = Entry { stop: trigger.stop.unwrap_or_default(), order: waiting.id, slot };
             let triggers = &mut self.markets[waiting.market.index()].triggers;
             match waiting.tracking {
-                Some(_) => triggers.insert_tracking(entry),
+                Some(best) => {
+                    let entry = Entry { stop: Ticks(0), ..entry };
+                    let node = triggers.insert_tracking(waiting.side, trigger.trailing_bips, entry, best);
+                    let Phase::Waiting(restored) = &mut self.extras.get_mut(order_ext).phase else {
+                        unreachable!("restored as waiting")
+                    };
+                    restored.node = node;
+                }
                 None => triggers.insert(trigger.rises(waiting.side), entry),
             }
             owned.push((waiting.user, waiting.id, slot));

@@ -8,13 +8,34 @@
 //! stops placed near the market (the usual case) and stops placed beyond
 //! every other (a ladder of stops) both cost O(1) moves; only a stop in
 //! the middle of a long queue moves up to half of it.
+//!
 //! Trailing orders that are tracking have a trigger price that moves with
-//! every trade, so they are kept apart again, in order id order, and
-//! looked at one by one.
+//! the trades, so a trade must not visit them one by one (it did, and ten
+//! thousand tracking orders made every trade price cost ten thousand
+//! steps). A sell tracks the highest price since it started and a buy the
+//! lowest, so orders that started at different times share their best
+//! price once the market has gone beyond where each started: they are kept
+//! in *groups* of one best price per side. A trade price better than some
+//! groups' bests merges them into one group at that price (the worst
+//! groups first, so a merge pops from one end of the sorted groups). Inside
+//! a group the order to fire first is the one with the smallest trailing
+//! delta (a fixed best makes the firing condition monotone in the delta),
+//! so a group is a pairing heap keyed by (delta, order id), which melds in
+//! O(1) and pops in O(log n) amortised; and the groups sit in a binary
+//! heap by how soon their smallest delta fires. A trade price therefore
+//! costs O(log n) per order it fires plus O(log n) amortised per group it
+//! merges (each group is created once), however many orders track. An
+//! order's best price is its group's, found when asked (snapshots, hashes,
+//! invariant checks) by walking the groups.
+//!
+//! Nodes and groups live in vectors with free lists, so tracking allocates
+//! nothing once the vectors have grown to their high-water marks.
 
 use std::collections::VecDeque;
 
-use crate::units::{OrderId, Ticks};
+use crate::book::NIL;
+use crate::extras::trail;
+use crate::units::{OrderId, Side, Ticks};
 
 /// A waiting order: the price that fires it (or starts its tracking), its
 /// id and its slot.
@@ -33,8 +54,62 @@ pub(crate) struct TriggerBook {
     /// Fire when the price falls to `stop`: highest stop last (oldest last
     /// among equal stops).
     falling: VecDeque<Entry>,
-    /// Trailing orders that are tracking, by order id (`stop` unused).
-    pub tracking: Vec<Entry>,
+    /// Trailing orders tracking from placement in a market that has not
+    /// traded yet, by order id (`stop` unused): they start at the next
+    /// trade.
+    unstarted: Vec<Entry>,
+    /// Tracking trailing orders with a best price: buys, then sells.
+    tracks: [Tracks; 2],
+    nodes: Vec<Node>,
+    free_nodes: Vec<u32>,
+    groups: Vec<Group>,
+    free_groups: Vec<u32>,
+    /// How many nodes are live.
+    tracking_len: usize,
+    /// Scratch for melding a node's children.
+    pairs: Vec<u32>,
+}
+
+/// One side's groups of tracking orders.
+#[derive(Clone, Debug, Default)]
+struct Tracks {
+    /// Groups by best price, the worst first (the lowest for sells, the
+    /// highest for buys), no two with the same best: a trade price merges
+    /// the groups it beats from the front.
+    by_best: VecDeque<u32>,
+    /// The same groups as a binary max-heap on [`Group::urgency`].
+    urgent: Vec<u32>,
+}
+
+/// Tracking orders of one side that share their best price.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    side: Side,
+    best: Ticks,
+    /// The root of its pairing heap of nodes.
+    root: u32,
+    /// How soon its root fires: at price `p` when `threshold(side, p) <=
+    /// urgency`.
+    urgency: u128,
+    /// Its index in `Tracks::urgent`.
+    heap_pos: u32,
+}
+
+/// A tracking order in its group's pairing heap.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    order: OrderId,
+    slot: u32,
+    bips: u16,
+    live: bool,
+    /// Leftmost child.
+    child: u32,
+    /// Right sibling.
+    next: u32,
+    /// Left sibling, or the parent for a leftmost child; `NIL` for a root.
+    prev: u32,
+    /// Its group, while it is a root.
+    group: u32,
 }
 
 /// The sort key of an entry in `rising` or `falling`: ascending, with the
@@ -42,6 +117,44 @@ pub(crate) struct TriggerBook {
 fn key(rises: bool, entry: &Entry) -> (u64, u64) {
     let stop = if rises { !entry.stop.0 } else { entry.stop.0 };
     (stop, !entry.order.0)
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Buy => 0,
+        Side::Sell => 1,
+    }
+}
+
+/// Whether best price `a` is worse than `b` for a tracking order of `side`
+/// (a trade at `b` would move it).
+fn worse(side: Side, a: Ticks, b: Ticks) -> bool {
+    match side {
+        Side::Sell => a < b,
+        Side::Buy => a > b,
+    }
+}
+
+/// How soon an order of `side` with best price `best` and delta `bips`
+/// fires: the larger, the sooner. Exactly [`trail`]'s condition: a sell
+/// fires at `p` when `p * 10_000 <= best * (10_000 - bips)`, that is when
+/// `p` is at most the floor of the right side over 10,000; a buy when `p`
+/// is at least the ceiling of `best * (10_000 + bips) / 10_000`, mirrored
+/// so that larger is sooner.
+fn urgency(side: Side, best: Ticks, bips: u16) -> u128 {
+    let (b, d) = (u128::from(best.0), u128::from(bips));
+    match side {
+        Side::Sell => b * (10_000 - d.min(10_000)) / 10_000,
+        Side::Buy => u128::MAX - (b * (10_000 + d)).div_ceil(10_000),
+    }
+}
+
+/// What a group's urgency must reach for it to fire at `price`.
+fn threshold(side: Side, price: Ticks) -> u128 {
+    match side {
+        Side::Sell => u128::from(price.0),
+        Side::Buy => u128::MAX - u128::from(price.0),
+    }
 }
 
 impl TriggerBook {
@@ -54,11 +167,11 @@ impl TriggerBook {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rising.is_empty() && self.falling.is_empty() && self.tracking.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.rising.len() + self.falling.len() + self.tracking.len()
+        self.rising.len() + self.falling.len() + self.unstarted.len() + self.tracking_len
     }
 
     pub fn insert(&mut self, rises: bool, entry: Entry) {
@@ -81,21 +194,6 @@ impl TriggerBook {
         }
     }
 
-    pub fn insert_tracking(&mut self, entry: Entry) {
-        let index = self.tracking.partition_point(|e| e.order < entry.order);
-        self.tracking.insert(index, entry);
-    }
-
-    pub fn remove_tracking(&mut self, order: OrderId) -> bool {
-        match self.tracking.binary_search_by(|e| e.order.cmp(&order)) {
-            Ok(index) => {
-                self.tracking.remove(index);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
     /// Pops into `out` every entry a trade at `price` reaches: rising stops
     /// at or below it, falling stops at or above it.
     pub fn pop_reached(&mut self, price: Ticks, out: &mut Vec<Entry>) {
@@ -107,9 +205,421 @@ impl TriggerBook {
         }
     }
 
-    /// Every entry, in a canonical order: rising, falling, tracking.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.rising.iter().chain(&self.falling).chain(&self.tracking)
+    /// Starts tracking the trailing order of `entry` (`stop` unused), a
+    /// `side` order with delta `bips`, from best price `best` (`None`: from
+    /// the next trade). Returns its node, which [`Self::remove_tracking`]
+    /// needs, or `NIL` when it waits for a trade.
+    pub fn insert_tracking(&mut self, side: Side, bips: u16, entry: Entry, best: Option<Ticks>) -> u32 {
+        let Some(best) = best else {
+            let index = self.unstarted.partition_point(|e| e.order < entry.order);
+            self.unstarted.insert(index, entry);
+            return NIL;
+        };
+        let node = self.new_node(entry, bips);
+        self.tracking_len += 1;
+        let tracks = &self.tracks[side_index(side)];
+        let groups = &self.groups;
+        let index = tracks.by_best.partition_point(|&g| worse(side, groups[g as usize].best, best));
+        match tracks.by_best.get(index) {
+            Some(&group) if groups[group as usize].best == best => {
+                let root = self.meld(self.groups[group as usize].root, node);
+                self.set_root(group, root);
+            }
+            _ => self.new_group(side, best, node, index),
+        }
+        node
+    }
+
+    /// Takes the tracking order `order` off, given the node that
+    /// [`Self::insert_tracking`] returned; false if it is not there (it
+    /// fired).
+    pub fn remove_tracking(&mut self, node: u32, order: OrderId) -> bool {
+        if node == NIL {
+            return match self.unstarted.binary_search_by(|e| e.order.cmp(&order)) {
+                Ok(index) => {
+                    self.unstarted.remove(index);
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+        // A fired order's node may be free, or reused by a younger order.
+        if !self.nodes.get(node as usize).is_some_and(|n| n.live && n.order == order) {
+            return false;
+        }
+        self.remove_node(node);
+        true
+    }
+
+    /// The orders that track from placement and wait for a trade, oldest
+    /// first; the caller starts them with [`Self::insert_tracking`].
+    pub fn take_unstarted(&mut self, out: &mut Vec<Entry>) {
+        out.append(&mut self.unstarted);
+    }
+
+    /// A trade at `price`: the groups whose best it beats merge into one
+    /// group with best `price`.
+    pub fn track(&mut self, price: Ticks) {
+        for side in [Side::Buy, Side::Sell] {
+            let s = side_index(side);
+            let mut merged = NIL;
+            while let Some(&group) = self.tracks[s].by_best.front() {
+                if !worse(side, self.groups[group as usize].best, price) {
+                    break;
+                }
+                self.tracks[s].by_best.pop_front();
+                self.unheap(group);
+                merged = self.meld(merged, self.groups[group as usize].root);
+                self.free_groups.push(group);
+            }
+            if merged == NIL {
+                continue;
+            }
+            match self.tracks[s].by_best.front() {
+                Some(&group) if self.groups[group as usize].best == price => {
+                    let root = self.meld(self.groups[group as usize].root, merged);
+                    self.set_root(group, root);
+                }
+                _ => self.new_group(side, price, merged, 0),
+            }
+        }
+    }
+
+    /// Pops into `out` every tracking order that a trade at `price` fires
+    /// (after [`Self::track`] saw it), in no particular order.
+    pub fn fire_tracking(&mut self, price: Ticks, out: &mut Vec<Entry>) {
+        for side in [Side::Buy, Side::Sell] {
+            while let Some(&group) = self.tracks[side_index(side)].urgent.first() {
+                let Group { best, root, urgency, .. } = self.groups[group as usize];
+                let node = self.nodes[root as usize];
+                let fires = threshold(side, price) <= urgency;
+                debug_assert_eq!(fires, trail(side, node.bips, best, price).0);
+                if !fires {
+                    break;
+                }
+                out.push(Entry { stop: Ticks(0), order: node.order, slot: node.slot });
+                self.remove_node(root);
+            }
+        }
+    }
+
+    /// Appends the best price of every tracking order that has one.
+    pub fn tracking_bests(&self, out: &mut Vec<(OrderId, Ticks)>) {
+        let mut stack = Vec::new();
+        for tracks in &self.tracks {
+            for &group in &tracks.by_best {
+                let Group { best, root, .. } = self.groups[group as usize];
+                stack.push(root);
+                while let Some(node) = stack.pop() {
+                    let n = &self.nodes[node as usize];
+                    out.push((n.order, best));
+                    stack.extend([n.child, n.next].into_iter().filter(|&next| next != NIL));
+                }
+            }
+        }
+    }
+
+    /// Every entry, in a canonical order: rising, falling, tracking with no
+    /// trade yet, tracking (in node order; `stop` unused).
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        let tracking = self.tracking().map(|(_, entry, _)| entry);
+        self.rising.iter().chain(&self.falling).chain(&self.unstarted).copied().chain(tracking)
+    }
+
+    /// The tracking orders with a best price: node, entry and delta.
+    pub fn tracking(&self) -> impl Iterator<Item = (u32, Entry, u16)> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.live)
+            .map(|(node, n)| (node as u32, Entry { stop: Ticks(0), order: n.order, slot: n.slot }, n.bips))
+    }
+
+    /// Whether `order` tracks with no trade seen yet.
+    pub fn is_unstarted(&self, order: OrderId) -> bool {
+        self.unstarted.binary_search_by(|e| e.order.cmp(&order)).is_ok()
+    }
+
+    /// Checks the tracking structure against itself: groups sorted by best
+    /// and heaped by urgency, every heap ordered and linked both ways, the
+    /// live nodes exactly those reachable from the groups.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.unstarted.windows(2).any(|pair| pair[0].order >= pair[1].order) {
+            return Err("orders waiting for a trade to track are not in id order");
+        }
+        let mut reached = 0usize;
+        let mut stack = Vec::new();
+        for side in [Side::Buy, Side::Sell] {
+            let tracks = &self.tracks[side_index(side)];
+            if tracks.by_best.len() != tracks.urgent.len() {
+                return Err("tracking groups: sorted and heaped counts differ");
+            }
+            for (position, &group) in tracks.urgent.iter().enumerate() {
+                let g = self.groups.get(group as usize).ok_or("a tracking group out of range")?;
+                if g.heap_pos as usize != position {
+                    return Err("a tracking group does not know its heap position");
+                }
+                if position > 0 && self.groups[tracks.urgent[(position - 1) / 2] as usize].urgency < g.urgency
+                {
+                    return Err("tracking groups out of heap order");
+                }
+            }
+            for (position, &group) in tracks.by_best.iter().enumerate() {
+                let g = self.groups[group as usize];
+                if position > 0
+                    && !worse(side, self.groups[tracks.by_best[position - 1] as usize].best, g.best)
+                {
+                    return Err("tracking groups not sorted by best price");
+                }
+                if g.side != side || tracks.urgent.get(g.heap_pos as usize) != Some(&group) {
+                    return Err("a tracking group on the wrong side or off its heap");
+                }
+                let root = self.nodes.get(g.root as usize).ok_or("a tracking group without a root")?;
+                if root.prev != NIL || root.next != NIL || root.group != group {
+                    return Err("a tracking group's root is linked or does not know its group");
+                }
+                if g.urgency != urgency(side, g.best, root.bips) {
+                    return Err("a tracking group's urgency is stale");
+                }
+                stack.push(g.root);
+                while let Some(node) = stack.pop() {
+                    reached += 1;
+                    let n = self.nodes.get(node as usize).ok_or("a tracking node out of range")?;
+                    if !n.live {
+                        return Err("a free tracking node in a group");
+                    }
+                    let mut child = n.child;
+                    let mut before = node;
+                    while child != NIL {
+                        let c = self.nodes.get(child as usize).ok_or("a tracking node out of range")?;
+                        if c.prev != before {
+                            return Err("a tracking node's links disagree");
+                        }
+                        if (c.bips, c.order) < (n.bips, n.order) {
+                            return Err("a tracking heap out of order");
+                        }
+                        stack.push(child);
+                        if reached + stack.len() > self.nodes.len() {
+                            return Err("a tracking heap has a cycle");
+                        }
+                        before = child;
+                        child = c.next;
+                    }
+                }
+            }
+        }
+        let live = self.nodes.iter().filter(|n| n.live).count();
+        if reached != self.tracking_len || live != self.tracking_len {
+            return Err("tracking nodes: live, reachable and counted differ");
+        }
+        if live + self.free_nodes.len() != self.nodes.len() {
+            return Err("tracking nodes: live and free do not add up");
+        }
+        Ok(())
+    }
+
+    fn new_node(&mut self, entry: Entry, bips: u16) -> u32 {
+        let node = Node {
+            order: entry.order,
+            slot: entry.slot,
+            bips,
+            live: true,
+            child: NIL,
+            next: NIL,
+            prev: NIL,
+            group: NIL,
+        };
+        match self.free_nodes.pop() {
+            Some(index) => {
+                debug_assert!(!self.nodes[index as usize].live);
+                self.nodes[index as usize] = node;
+                index
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Takes a live node out of its heap and frees it.
+    fn remove_node(&mut self, node: u32) {
+        let Node { child, next, prev, group, .. } = self.nodes[node as usize];
+        let rest = self.meld_siblings(child);
+        if prev == NIL {
+            if rest == NIL {
+                self.remove_group(group);
+            } else {
+                self.set_root(group, rest);
+            }
+        } else {
+            // Its children's heap takes its place: they were no smaller than
+            // it, so no smaller than its parent.
+            let replacement = if rest == NIL { next } else { rest };
+            if rest != NIL {
+                self.nodes[rest as usize].prev = prev;
+                self.nodes[rest as usize].next = next;
+            }
+            if next != NIL {
+                self.nodes[next as usize].prev = if rest == NIL { prev } else { rest };
+            }
+            let before = &mut self.nodes[prev as usize];
+            if before.child == node {
+                before.child = replacement;
+            } else {
+                before.next = replacement;
+            }
+        }
+        let n = &mut self.nodes[node as usize];
+        *n = Node { live: false, child: NIL, next: NIL, prev: NIL, group: NIL, ..*n };
+        self.free_nodes.push(node);
+        self.tracking_len -= 1;
+    }
+
+    fn less(&self, a: u32, b: u32) -> bool {
+        let (a, b) = (&self.nodes[a as usize], &self.nodes[b as usize]);
+        (a.bips, a.order) < (b.bips, b.order)
+    }
+
+    /// Melds two heaps (roots, or `NIL`) and returns the root.
+    fn meld(&mut self, a: u32, b: u32) -> u32 {
+        if a == NIL {
+            return b;
+        }
+        if b == NIL {
+            return a;
+        }
+        let (parent, child) = if self.less(b, a) { (b, a) } else { (a, b) };
+        let first = self.nodes[parent as usize].child;
+        if first != NIL {
+            self.nodes[first as usize].prev = child;
+        }
+        let c = &mut self.nodes[child as usize];
+        c.prev = parent;
+        c.next = first;
+        self.nodes[parent as usize].child = child;
+        parent
+    }
+
+    /// Melds the sibling list from `first` into one heap, in the pairing
+    /// heap's two passes, and returns its root (or `NIL`).
+    fn meld_siblings(&mut self, first: u32) -> u32 {
+        let mut pairs = std::mem::take(&mut self.pairs);
+        let mut node = first;
+        while node != NIL {
+            let second = self.nodes[node as usize].next;
+            let after = if second == NIL { NIL } else { self.nodes[second as usize].next };
+            for alone in [node, second] {
+                if alone != NIL {
+                    let n = &mut self.nodes[alone as usize];
+                    n.prev = NIL;
+                    n.next = NIL;
+                }
+            }
+            pairs.push(self.meld(node, second));
+            node = after;
+        }
+        let mut root = NIL;
+        while let Some(heap) = pairs.pop() {
+            root = self.meld(heap, root);
+        }
+        self.pairs = pairs;
+        root
+    }
+
+    fn new_group(&mut self, side: Side, best: Ticks, root: u32, index: usize) {
+        let group = Group { side, best, root, urgency: 0, heap_pos: 0 };
+        let group = match self.free_groups.pop() {
+            Some(index) => {
+                self.groups[index as usize] = group;
+                index
+            }
+            None => {
+                self.groups.push(group);
+                (self.groups.len() - 1) as u32
+            }
+        };
+        let tracks = &mut self.tracks[side_index(side)];
+        tracks.by_best.insert(index, group);
+        tracks.urgent.push(group);
+        self.groups[group as usize].heap_pos = (tracks.urgent.len() - 1) as u32;
+        self.set_root(group, root);
+    }
+
+    fn remove_group(&mut self, group: u32) {
+        let Group { side, best, .. } = self.groups[group as usize];
+        self.unheap(group);
+        let groups = &self.groups;
+        let by_best = &mut self.tracks[side_index(side)].by_best;
+        let index = by_best.partition_point(|&g| worse(side, groups[g as usize].best, best));
+        debug_assert_eq!(by_best.get(index), Some(&group));
+        by_best.remove(index);
+        self.free_groups.push(group);
+    }
+
+    /// Makes `root` the root of `group` and restores the heap of groups.
+    fn set_root(&mut self, group: u32, root: u32) {
+        let g = &mut self.groups[group as usize];
+        g.root = root;
+        g.urgency = urgency(g.side, g.best, self.nodes[root as usize].bips);
+        let node = &mut self.nodes[root as usize];
+        node.group = group;
+        node.prev = NIL;
+        node.next = NIL;
+        let (side, position) = (g.side, g.heap_pos as usize);
+        self.sift_up(side, position);
+        self.sift_down(side, self.groups[group as usize].heap_pos as usize);
+    }
+
+    /// Takes `group` off its side's heap of groups.
+    fn unheap(&mut self, group: u32) {
+        let side = self.groups[group as usize].side;
+        let position = self.groups[group as usize].heap_pos as usize;
+        let urgent = &mut self.tracks[side_index(side)].urgent;
+        let last = urgent.pop().expect("a group on the heap");
+        if last != group {
+            urgent[position] = last;
+            self.groups[last as usize].heap_pos = position as u32;
+            self.sift_up(side, position);
+            self.sift_down(side, self.groups[last as usize].heap_pos as usize);
+        }
+    }
+
+    fn sift_up(&mut self, side: Side, mut position: usize) {
+        let urgent = &mut self.tracks[side_index(side)].urgent;
+        while position > 0 {
+            let parent = (position - 1) / 2;
+            let (a, b) = (urgent[parent], urgent[position]);
+            if self.groups[a as usize].urgency >= self.groups[b as usize].urgency {
+                break;
+            }
+            urgent.swap(parent, position);
+            self.groups[a as usize].heap_pos = position as u32;
+            self.groups[b as usize].heap_pos = parent as u32;
+            position = parent;
+        }
+    }
+
+    fn sift_down(&mut self, side: Side, mut position: usize) {
+        let urgent = &mut self.tracks[side_index(side)].urgent;
+        loop {
+            let mut top = position;
+            for child in [2 * position + 1, 2 * position + 2] {
+                if child < urgent.len()
+                    && self.groups[urgent[child] as usize].urgency > self.groups[urgent[top] as usize].urgency
+                {
+                    top = child;
+                }
+            }
+            if top == position {
+                break;
+            }
+            let (a, b) = (urgent[position], urgent[top]);
+            urgent.swap(position, top);
+            self.groups[a as usize].heap_pos = top as u32;
+            self.groups[b as usize].heap_pos = position as u32;
+            position = top;
+        }
     }
 }
 
@@ -141,5 +651,160 @@ mod tests {
         book.pop_reached(Ticks(96), &mut out);
         assert_eq!(out.iter().map(|e| e.order.0).collect::<Vec<_>>(), vec![6, 7]);
         assert_eq!(book.len(), 1);
+    }
+
+    fn bests(book: &TriggerBook) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        book.tracking_bests(&mut out);
+        let mut out: Vec<_> = out.into_iter().map(|(order, best)| (order.0, best.0)).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Sees one trade price: merges, then fires; the fired orders by id.
+    fn trade(book: &mut TriggerBook, price: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        book.track(Ticks(price));
+        book.fire_tracking(Ticks(price), &mut out);
+        book.check().unwrap();
+        let mut fired: Vec<_> = out.iter().map(|e| e.order.0).collect();
+        fired.sort_unstable();
+        fired
+    }
+
+    #[test]
+    fn a_better_price_merges_the_groups_it_beats_and_leaves_the_others() {
+        let mut book = TriggerBook::default();
+        // Sells at bests 100, 102 and 110; buys at 100 and 95.
+        for (order, best) in [(1, 100), (2, 102), (3, 110), (4, 100)] {
+            book.insert_tracking(Side::Sell, 1_000, entry(0, order), Some(Ticks(best)));
+        }
+        for (order, best) in [(5, 100), (6, 95)] {
+            book.insert_tracking(Side::Buy, 1_000, entry(0, order), Some(Ticks(best)));
+        }
+        book.check().unwrap();
+        assert_eq!(book.tracks[1].by_best.len(), 3, "orders 1 and 4 share a group");
+        assert_eq!(trade(&mut book, 103), Vec::<u64>::new());
+        assert_eq!(bests(&book), vec![(1, 103), (2, 103), (3, 110), (4, 103), (5, 100), (6, 95)]);
+        assert_eq!(book.tracks[1].by_best.len(), 2);
+        // 110 x 0.9 = 99: order 3 fires at 98, the others (103 x 0.9 =
+        // 92.7) not yet; the buys' best 100 becomes 98.
+        assert_eq!(trade(&mut book, 98), vec![3]);
+        assert_eq!(bests(&book), vec![(1, 103), (2, 103), (4, 103), (5, 98), (6, 95)]);
+        // The buys merge into one group at 93; they fire at 93 x 1.1 = 102.3.
+        assert_eq!(trade(&mut book, 93), Vec::<u64>::new());
+        assert_eq!(book.tracks[0].by_best.len(), 1);
+        assert_eq!(trade(&mut book, 92), vec![1, 2, 4]);
+        assert_eq!(trade(&mut book, 101), Vec::<u64>::new());
+        assert_eq!(trade(&mut book, 102), vec![5, 6]);
+        assert!(book.is_empty());
+        assert_eq!(book.tracks.iter().map(|t| t.urgent.len()).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn a_price_fires_the_smallest_deltas_of_a_group_and_equal_deltas_together() {
+        let mut book = TriggerBook::default();
+        for (order, bips) in [(1, 300), (2, 100), (3, 200), (4, 100), (5, 400)] {
+            book.insert_tracking(Side::Sell, bips, entry(0, order), Some(Ticks(10_000)));
+        }
+        assert_eq!(trade(&mut book, 9_901), Vec::<u64>::new());
+        assert_eq!(trade(&mut book, 9_900), vec![2, 4]);
+        assert_eq!(trade(&mut book, 9_700), vec![1, 3]);
+        assert_eq!(bests(&book), vec![(5, 10_000)]);
+    }
+
+    #[test]
+    fn removal_takes_any_order_out_of_its_group() {
+        let mut book = TriggerBook::default();
+        let nodes: Vec<u32> = (1..=20)
+            .map(|order| {
+                let bips = 100 + (order as u16 * 37) % 200;
+                book.insert_tracking(Side::Sell, bips, entry(0, order), Some(Ticks(10_000 + order)))
+            })
+            .collect();
+        book.track(Ticks(10_010));
+        // Remove roots, leaves and inner nodes alike.
+        for order in [1u64, 10, 15, 20, 7, 13] {
+            assert!(book.remove_tracking(nodes[order as usize - 1], OrderId(order)));
+            assert!(!book.remove_tracking(nodes[order as usize - 1], OrderId(order)), "removed twice");
+            book.check().unwrap();
+        }
+        assert_eq!(book.len(), 14);
+        // A stale node (freed, then reused by a younger order) removes nothing.
+        let reused = book.insert_tracking(Side::Sell, 50, entry(0, 21), Some(Ticks(10_010)));
+        assert!(nodes.contains(&reused));
+        let old = nodes.iter().position(|&node| node == reused).unwrap() as u64 + 1;
+        assert!(!book.remove_tracking(reused, OrderId(old)));
+        assert!(book.remove_tracking(reused, OrderId(21)));
+        // Orders waiting for a first trade are removed by id.
+        assert_eq!(book.insert_tracking(Side::Buy, 10, entry(0, 30), None), NIL);
+        assert!(book.is_unstarted(OrderId(30)));
+        assert!(book.remove_tracking(NIL, OrderId(30)));
+        assert!(!book.remove_tracking(NIL, OrderId(30)));
+        book.check().unwrap();
+    }
+
+    /// A small deterministic generator, so the test needs no seed from outside.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn many_orders_fire_exactly_where_each_tracked_alone_would() {
+        struct Model {
+            order: u64,
+            side: Side,
+            bips: u16,
+            best: Ticks,
+            node: u32,
+        }
+        let mut random = Lcg(17);
+        let mut book = TriggerBook::default();
+        let mut model: Vec<Model> = Vec::new();
+        let mut price = 10_000u64;
+        let mut next_order = 1u64;
+        for step in 0..20_000 {
+            match random.below(10) {
+                0..=3 => {
+                    let side = if random.below(2) == 0 { Side::Buy } else { Side::Sell };
+                    // Few distinct deltas, so that equal deltas are common.
+                    let bips = [5, 20, 50, 100, 200, 500][random.below(6) as usize];
+                    let best = Ticks(price + random.below(21) - 10);
+                    let order = next_order;
+                    next_order += 1;
+                    let node = book.insert_tracking(side, bips, entry(0, order), Some(best));
+                    model.push(Model { order, side, bips, best, node });
+                }
+                4 if !model.is_empty() => {
+                    let gone = model.remove(random.below(model.len() as u64) as usize);
+                    assert!(book.remove_tracking(gone.node, OrderId(gone.order)));
+                }
+                _ => {
+                    price = (price + random.below(21)).saturating_sub(10).max(1);
+                    let mut expected = Vec::new();
+                    model.retain_mut(|m| {
+                        let (fires, best) = trail(m.side, m.bips, m.best, Ticks(price));
+                        m.best = best;
+                        if fires {
+                            expected.push(m.order);
+                        }
+                        !fires
+                    });
+                    assert_eq!(trade(&mut book, price), expected, "step {step} at {price}");
+                }
+            }
+            if step % 97 == 0 {
+                book.check().unwrap();
+                let mut want: Vec<_> = model.iter().map(|m| (m.order, m.best.0)).collect();
+                want.sort_unstable();
+                assert_eq!(bests(&book), want, "step {step}");
+            }
+        }
+        assert!(model.len() > 100, "the test keeps many orders tracking");
     }
 }

@@ -932,3 +932,134 @@ fn damaged_waiting_hidden_and_list_sections_of_a_snapshot_are_refused() {
     assert!(matches!(refused(&|s| s.last_prices.clear()), SnapshotError::BadMarket { .. }));
     assert!(matches!(refused(&|s| s.last_prices[0] = Some(Ticks(0))), SnapshotError::BadMarket { .. }));
 }
+
+#[test]
+fn thousands_of_tracking_orders_fire_exactly_where_each_would_alone() {
+    // 4,000 trailing orders (buys and sells, deltas from 10 to 2,000 bips,
+    // some tracking from placement, some from a stop price) placed while
+    // the price walks, so their best prices differ; after each trade the
+    // orders it fires are exactly those a brute-force evaluation of every
+    // order on its own fires, and every best price matches.
+    #[derive(Clone, Copy)]
+    enum State {
+        Waiting { stop: u64, rises: bool },
+        Tracking { best: u64 },
+    }
+    struct Model {
+        id: u64,
+        side: Side,
+        bips: u16,
+        state: State,
+    }
+    let mut h = market_at(13, 40_000);
+    let mut seed = 7u64;
+    let mut random = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let mut model: Vec<Model> = Vec::new();
+    let mut price = 40_000u64;
+    let mut seq = h.seq;
+    let mut events = Vec::new();
+    let mut fires = 0usize;
+    for round in 0..200 {
+        // Twenty placements, applied without the harness's full checks
+        // after each (which would make the test quadratic); the trade
+        // below checks everything.
+        for n in 0..20u64 {
+            let side = if random(2) == 0 { Side::Buy } else { Side::Sell };
+            let bips = [10, 25, 50, 100, 200, 500, 2_000][random(7) as usize];
+            let with_stop = random(4) == 0;
+            // A stop beyond the price, so it waits; StopLoss sells wait for
+            // a fall, buys for a rise. Fired orders rest far from the
+            // market (a sell at 1,000,000, a buy at 1) and trade no more.
+            let (stop, limit) = match side {
+                Side::Sell => (price - 1 - random(100), 1_000_000),
+                Side::Buy => (price + 1 + random(100), 1),
+            };
+            let trigger = Trigger {
+                kind: TriggerKind::StopLoss,
+                stop: with_stop.then_some(Ticks(stop)),
+                trailing_bips: bips,
+            };
+            let kind = OrderKind::StopLimit {
+                trigger,
+                price: Ticks(limit),
+                qty: Lots(1),
+                tif: TimeInForce::Gtc,
+                visible: Lots(0),
+            };
+            seq += 1;
+            events.clear();
+            let user = 3 + ((round * 20 + n) % 10) as u32;
+            let command = StampedCommand {
+                seq,
+                timestamp_ns: seq,
+                command: Command::PlaceOrder(order(user, side, kind)),
+            };
+            h.engine.apply(&command, &mut events).unwrap();
+            let id = events
+                .iter()
+                .find_map(|e| match e.kind {
+                    EventKind::OrderAccepted { order, .. } => Some(order.0),
+                    _ => None,
+                })
+                .expect("a trailing order is accepted");
+            let state = match with_stop {
+                true => State::Waiting { stop, rises: side == Side::Buy },
+                false => State::Tracking { best: price },
+            };
+            model.push(Model { id, side, bips, state });
+        }
+        h.seq = seq;
+        price = (price + random(201)).saturating_sub(100);
+        h.limit(1, Side::Sell, price, 1);
+        h.limit(2, Side::Buy, price, 1);
+        seq = h.seq;
+        let mut expected = Vec::new();
+        model.retain_mut(|m| match m.state {
+            State::Waiting { stop, rises } => {
+                if (rises && price >= stop) || (!rises && price <= stop) {
+                    m.state = State::Tracking { best: price };
+                }
+                true
+            }
+            State::Tracking { best } => {
+                let (fired, best) = trail_alone(m.side, m.bips, best, price);
+                m.state = State::Tracking { best };
+                if fired {
+                    expected.push((m.id, price));
+                }
+                !fired
+            }
+        });
+        assert_eq!(triggered(&h), expected, "round {round}, trade at {price}");
+        fires += expected.len();
+        let snapshot = h.engine.snapshot();
+        let bests: Vec<(u64, Option<u64>)> =
+            snapshot.waiting.iter().map(|w| (w.id.0, w.tracking.flatten().map(|t| t.0))).collect();
+        let want: Vec<(u64, Option<u64>)> = model
+            .iter()
+            .map(|m| match m.state {
+                State::Waiting { .. } => (m.id, None),
+                State::Tracking { best } => (m.id, Some(best)),
+            })
+            .collect();
+        assert_eq!(bests, want, "round {round}");
+    }
+    assert!(model.len() > 1_000, "most orders still track: {}", model.len());
+    assert!(fires > 100, "the walk fires orders: {fires}");
+}
+
+/// The firing rule of docs/engine.md, for one order on its own: a sell
+/// tracks the highest price and fires on a fall of `bips` basis points
+/// from it, a buy tracks the lowest and fires on a rise.
+fn trail_alone(side: Side, bips: u16, best: u64, price: u64) -> (bool, u64) {
+    let (p, b, d) = (u128::from(price), u128::from(best), u128::from(bips));
+    match side {
+        Side::Sell if price > best => (false, price),
+        Side::Sell => (p * 10_000 <= b * (10_000 - d), best),
+        Side::Buy if price < best => (false, price),
+        Side::Buy => (p * 10_000 >= b * (10_000 + d), best),
+    }
+}
