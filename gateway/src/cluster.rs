@@ -120,7 +120,11 @@ impl Cluster {
         .map_err(|e| format!("[cluster]: {e}"))?;
         let log = replication::LogStore::open(journal_dir, replication::LogStoreConfig::default())
             .map_err(|e| format!("cannot open the Raft log in {}: {e}", journal_dir.display()))?;
-        let network = NetworkFactory::new(config.node_id, NetConfig::default());
+        let ip = config.raft_listen.ip();
+        // Connections to the peers come from this node's Raft address, so that
+        // firewall rules can tell the nodes of one host apart.
+        let net = NetConfig { bind_outgoing: (!ip.is_unspecified()).then_some(ip), ..NetConfig::default() };
+        let network = NetworkFactory::new(config.node_id, net);
         let incarnation = feed.incarnation;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, feed)
             .await

@@ -61,6 +61,10 @@ pub struct NetConfig {
     pub frame_read_timeout_ms: u64,
     /// Connections the server serves at once; more are closed at once with a warning.
     pub connections_max: usize,
+    /// The local address this node's connections to its peers come from (`None`: the
+    /// system's choice). A node sets it to its Raft listener's address, so that firewall
+    /// rules (and the partition tests) can tell its traffic from another node's on one host.
+    pub bind_outgoing: Option<std::net::IpAddr>,
 }
 
 impl Default for NetConfig {
@@ -71,6 +75,7 @@ impl Default for NetConfig {
             snapshot_bytes_max: crate::state_machine::IMAGE_BYTES_MAX,
             frame_read_timeout_ms: 10_000,
             connections_max: 256,
+            bind_outgoing: None,
         }
     }
 }
@@ -265,10 +270,32 @@ impl CallError {
     }
 }
 
+/// Connects to `addr` from the local address `local` (any port).
+async fn connect_from(local: std::net::IpAddr, addr: &str) -> io::Result<TcpStream> {
+    let mut last_error = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        let socket = if target.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to nothing"))))
+}
+
 impl PeerClient {
     async fn connection(&mut self) -> Result<&mut TcpStream, CallError> {
         if self.conn.is_none() {
-            let stream = TcpStream::connect(&self.addr).await.map_err(CallError::Connect)?;
+            let stream = match self.config.bind_outgoing {
+                None => TcpStream::connect(&self.addr).await.map_err(CallError::Connect)?,
+                Some(local) => connect_from(local, &self.addr).await.map_err(CallError::Connect)?,
+            };
             // Raft messages are small and latency-bound: never wait to coalesce them.
             stream.set_nodelay(true).map_err(CallError::Connect)?;
             self.conn = Some(stream);
