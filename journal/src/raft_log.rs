@@ -203,7 +203,7 @@ struct Segment {
 impl Segment {
     fn last(&self) -> LogPosition {
         let (_, term) = self.entries[self.entries.len() - 1];
-        LogPosition { index: self.first_index + self.entries.len() as u64 - 1, term }
+        LogPosition { index: self.first_index + (self.entries.len() as u64 - 1), term }
     }
 }
 
@@ -462,7 +462,15 @@ impl RaftLog {
             if let Some(&(_, term)) = segment.entries.last() {
                 min_term = term;
             }
-            expected = Some(first_index + segment.entries.len() as u64);
+            expected = first_index.checked_add(segment.entries.len() as u64);
+            if expected.is_none() && position != newest {
+                return Err(damaged(
+                    path,
+                    None,
+                    None,
+                    "its entries reach index u64::MAX, yet a segment follows",
+                ));
+            }
             self.segments.push(segment);
         }
         if let (Some(purged), Some(first)) = (self.last_purged, self.segments.first()) {
@@ -650,7 +658,8 @@ impl RaftLog {
         }
         let frame_bytes = raft_frame_bytes(payload.len());
         let fits = self.segments.last().is_some_and(|s| {
-            s.first_index + s.entries.len() as u64 == index && s.end_offset + frame_bytes <= s.map.len()
+            s.first_index.checked_add(s.entries.len() as u64) == Some(index)
+                && s.end_offset + frame_bytes <= s.map.len()
         });
         if !fits {
             self.start_segment(index)?;

@@ -121,6 +121,19 @@ fn appends_out_of_order_too_large_or_with_a_lower_term_are_refused_and_change_no
 }
 
 #[test]
+fn the_highest_index_is_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
+    log.append(u64::MAX - 1, 1, EntryKind::Blank, b"").unwrap();
+    log.append(u64::MAX, 1, EntryKind::Blank, b"").unwrap();
+    assert!(matches!(log.append(0, 1, EntryKind::Blank, b""), Err(JournalError::RaftLogRefused { .. })));
+    drop(log);
+    let log = RaftLog::open(dir.path(), SMALL).unwrap();
+    assert_eq!((log.first(), log.last()), (Some(pos(u64::MAX - 1, 1)), Some(pos(u64::MAX, 1))));
+    assert_eq!(log.read_range(u64::MAX - 1, u64::MAX, usize::MAX).unwrap().len(), 1);
+}
+
+#[test]
 fn a_second_log_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _log = RaftLog::open(dir.path(), SMALL).unwrap();
