@@ -474,7 +474,11 @@ impl RaftLog {
             self.segments.push(segment);
         }
         if let (Some(purged), Some(first)) = (self.last_purged, self.segments.first()) {
-            if first.first_index > purged.index.saturating_add(1) {
+            // A purge below the log's first entry leaves a recorded oldest
+            // segment starting after it: nothing is missing then.
+            let recorded_oldest =
+                self.recorded.segments.is_some_and(|(oldest, _)| oldest == first.first_index);
+            if first.first_index > purged.index.saturating_add(1) && !recorded_oldest {
                 return Err(damaged(
                     &first.path,
                     None,

@@ -348,6 +348,21 @@ fn the_log_and_its_sync_requests_cross_threads() {
 }
 
 #[test]
+fn a_purge_below_the_first_entry_keeps_the_log_openable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
+    append_range(&mut log, 5..=10, 2);
+    log.purge_through(pos(2, 1)).unwrap();
+    assert_eq!((log.first(), log.last_purged()), (Some(pos(5, 2)), Some(pos(2, 1))));
+    drop(log);
+    let log = RaftLog::open(dir.path(), SMALL).unwrap();
+    assert_eq!(
+        (log.first(), log.last(), log.last_purged()),
+        (Some(pos(5, 2)), Some(pos(10, 2)), Some(pos(2, 1)))
+    );
+}
+
+#[test]
 fn sync_requests_run_on_another_thread_while_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
@@ -527,8 +542,10 @@ fn raft_state_slots_alternate_and_a_torn_slot_falls_back() {
         }
         other => panic!("{:?}", other.map(|(_, state)| state)),
     }
-    // Cut short: refused too.
+    // Cut short or padded: refused too (a huge file unread).
     std::fs::write(&path, &bytes[..100]).unwrap();
+    assert!(matches!(RaftStateFile::open(dir.path()), Err(JournalError::BadStateFile { .. })));
+    std::fs::write(&path, vec![7u8; 8 << 20]).unwrap();
     assert!(matches!(RaftStateFile::open(dir.path()), Err(JournalError::BadStateFile { .. })));
 }
 
