@@ -558,21 +558,24 @@ mod model {
 
     #[derive(Clone, Debug)]
     enum Op {
-        /// Appends `count` entries, the first in a new term when `new_term`.
+        /// Appends `count` entries, the first in a new term when `new_term`;
+        /// an empty log that never purged starts at `start`.
         Append {
             count: u8,
             new_term: bool,
             size: u16,
+            start: u8,
         },
         /// Truncates after the entry `back` before the last (`None` when past
         /// the first: everything).
         Truncate {
             back: u8,
         },
-        /// Purges through the entry `forward` after the first readable one
-        /// (past the last: everything, a snapshot from a leader).
+        /// Purges through the entry `offset` after the first readable one
+        /// (past the last: everything, a snapshot from a leader; before the
+        /// first: nothing but the record).
         Purge {
-            forward: u8,
+            offset: i8,
         },
         Sync,
         Reopen,
@@ -591,9 +594,10 @@ mod model {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (1u8..12, any::<bool>(), 0u16..=512).prop_map(|(count, new_term, size)| Op::Append { count, new_term, size }),
+            6 => (1u8..12, any::<bool>(), 0u16..=512, 0u8..6)
+                .prop_map(|(count, new_term, size, start)| Op::Append { count, new_term, size, start }),
             2 => (0u8..40).prop_map(|back| Op::Truncate { back }),
-            2 => (0u8..60).prop_map(|forward| Op::Purge { forward }),
+            2 => (-4i8..60).prop_map(|offset| Op::Purge { offset }),
             1 => Just(Op::Sync),
             2 => Just(Op::Reopen),
             1 => (1u16..500, 1u8..=255).prop_map(|(bytes, fill)| Op::TornReopen { bytes, fill }),
@@ -617,8 +621,8 @@ mod model {
         fn last(&self) -> Option<LogPosition> {
             self.entries.last().map(|e| pos(e.index, e.term))
         }
-        fn next_index(&self) -> u64 {
-            self.last().or(self.last_purged).map_or(3, |p| p.index + 1)
+        fn next_index(&self, start: u8) -> u64 {
+            self.last().or(self.last_purged).map_or(start as u64, |p| p.index + 1)
         }
     }
 
@@ -646,12 +650,12 @@ mod model {
         for op in ops {
             let current = log.as_mut().unwrap();
             match op {
-                Op::Append { count, new_term, size } => {
+                Op::Append { count, new_term, size, start } => {
                     if new_term || model.term == 0 {
                         model.term += 1;
                     }
                     for n in 0..count as u64 {
-                        let index = model.next_index();
+                        let index = model.next_index(start);
                         let kind = kind_of(index);
                         let payload = vec![(index % 200) as u8 + 1; (size as usize + n as usize * 31) % 513];
                         current.append(index, model.term, kind, &payload).unwrap();
@@ -671,11 +675,15 @@ mod model {
                         assert!(matches!(result, Err(JournalError::RaftLogRefused { .. })), "{result:?}");
                     }
                 }
-                Op::Purge { forward } => {
+                Op::Purge { offset } => {
                     let Some(first) = model.first().or(model.last_purged) else { continue };
-                    let index = first.index + forward as u64;
+                    let Some(index) = first.index.checked_add_signed(offset as i64) else { continue };
                     let term = match model.entries.iter().find(|e| e.index == index) {
                         Some(entry) => entry.term,
+                        // Below the first entry: no later term than it.
+                        None if model.first().is_some_and(|first| index < first.index) => {
+                            model.last_purged.map_or(first.term, |p| p.term)
+                        }
                         None if model.last().is_some_and(|last| index < last.index) => continue,
                         None => model.term.max(1),
                     };
