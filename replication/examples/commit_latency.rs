@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use engine_core::{Command, EngineLimits, StampedCommand};
 use hdrhistogram::Histogram;
 use replication::{
-    net, Batch, EngineStateMachine, ExchangeNode, ExchangeRaft, LogStore, LogStoreConfig, NetConfig, NetworkFactory,
+    net, Batch, EngineStateMachine, ExchangeNode, ExchangeRaft, LogStore, LogStoreConfig, NetConfig,
+    NetworkFactory,
 };
 
 fn print(name: &str, h: &Histogram<u64>) {
@@ -59,15 +60,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let log = LogStore::open(&dir.join("journal"), LogStoreConfig::default())?;
         let sm = EngineStateMachine::open(&dir.join("snapshots"), EngineLimits::default())?;
         let (listener, addr) = net::bind("127.0.0.1:0").await?;
-        let raft = ExchangeRaft::new(id, config.clone(), NetworkFactory::new(id, NetConfig::default()), log, sm).await?;
+        let raft =
+            ExchangeRaft::new(id, config.clone(), NetworkFactory::new(id, NetConfig::default()), log, sm)
+                .await?;
         servers.push(tokio::spawn(net::serve(raft.clone(), listener, NetConfig::default())));
         members.insert(id, ExchangeNode { raft_addr: addr.to_string(), api_addr: String::new() });
         rafts.push(raft);
     }
     rafts[0].initialize(members).await?;
+    // A leader that has heard from a quorum in its term (before that, openraft refuses writes
+    // with LeaseExpired).
     let leader = loop {
         if let Some(leader) = rafts.iter().find(|r| r.as_leader().is_ok()) {
-            break leader.clone();
+            if leader.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex).await.is_ok() {
+                break leader.clone();
+            }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };

@@ -32,8 +32,8 @@ use openraft::errors::{
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::RaftNetworkV2;
@@ -109,9 +109,16 @@ pub enum FrameError {
     /// The peer closed the connection between frames (not a fault).
     Closed,
     Io(io::Error),
-    Oversize { len: u32, max: u32 },
-    Truncated { len: u32 },
-    Stalled { timeout_ms: u64 },
+    Oversize {
+        len: u32,
+        max: u32,
+    },
+    Truncated {
+        len: u32,
+    },
+    Stalled {
+        timeout_ms: u64,
+    },
     Decode(codec::Error),
     Encode(codec::Error),
     /// A frame that decodes but does not belong where it came.
@@ -293,7 +300,12 @@ impl PeerClient {
         result
     }
 
-    async fn call(&mut self, request: &Request, action: RPCTypes, ttl: Duration) -> Result<Response, RPCError<TypeConfig>> {
+    async fn call(
+        &mut self,
+        request: &Request,
+        action: RPCTypes,
+        ttl: Duration,
+    ) -> Result<Response, RPCError<TypeConfig>> {
         let frame = encode_frame(request, self.config.frame_bytes_max)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         match self.exchange(vec![frame], ttl).await {
@@ -402,7 +414,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Err(StreamingError::Closed(closed))
             }
             Ok(Err(e)) => Err(e.into_rpc(self, RPCTypes::InstallSnapshot).into()),
-            Ok(Ok(Response::Snapshot(result))) => result.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e))),
+            Ok(Ok(Response::Snapshot(result))) => {
+                result.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+            }
             Ok(Ok(Response::SnapshotRefused(reason))) => {
                 tracing::warn!(target = self.target, snapshot = ?snapshot.meta.last_log_id, %reason, "peer refused a snapshot");
                 Err(StreamingError::Unreachable(Unreachable::from_string(reason)))
@@ -484,7 +498,9 @@ where
             Request::SnapshotBegin { vote, meta, image_bytes } => {
                 receive_snapshot(raft, &mut stream, config, vote, meta, image_bytes).await?
             }
-            Request::SnapshotChunk(_) => return Err(FrameError::Protocol("snapshot chunk without a snapshot begin")),
+            Request::SnapshotChunk(_) => {
+                return Err(FrameError::Protocol("snapshot chunk without a snapshot begin"))
+            }
         };
         let reply = encode_frame(&response, max)?;
         stream.write_all(&reply).await.map_err(FrameError::Io)?;

@@ -88,17 +88,37 @@ impl std::error::Error for ApplyError {}
 /// Why a snapshot image was refused. Nothing was installed.
 #[derive(Debug)]
 pub enum ImageError {
-    TooShort { len: usize },
-    TooLarge { len: u64, max: u64 },
+    TooShort {
+        len: usize,
+    },
+    TooLarge {
+        len: u64,
+        max: u64,
+    },
     BadMagic,
-    UnsupportedVersion { found: u32, supported: u32 },
-    LengthMismatch { header: u64, actual: u64 },
-    ChecksumMismatch { recorded: u32, computed: u32 },
+    UnsupportedVersion {
+        found: u32,
+        supported: u32,
+    },
+    LengthMismatch {
+        header: u64,
+        actual: u64,
+    },
+    ChecksumMismatch {
+        recorded: u32,
+        computed: u32,
+    },
     Decode(codec::Error),
     Engine(engine_core::SnapshotError),
-    HashMismatch { recorded: u64, loaded: u64 },
+    HashMismatch {
+        recorded: u64,
+        loaded: u64,
+    },
     /// The image is of another point of the log than the one openraft said it is.
-    MetaMismatch { image: Option<LogId>, raft: Option<LogId> },
+    MetaMismatch {
+        image: Option<LogId>,
+        raft: Option<LogId>,
+    },
     Encode(codec::Error),
 }
 
@@ -204,7 +224,13 @@ impl Replica {
                 if *seq == self.engine.last_seq() {
                     let ours = self.engine.state_hash();
                     if ours != *hash {
-                        return Err(ApplyError::Diverged { entry: index, seq: *seq, node: *node, theirs: *hash, ours });
+                        return Err(ApplyError::Diverged {
+                            entry: index,
+                            seq: *seq,
+                            node: *node,
+                            theirs: *hash,
+                            ours,
+                        });
                     }
                 }
             }
@@ -220,8 +246,11 @@ impl Replica {
     /// openraft needs.
     pub fn image(&self) -> Result<(SnapshotMeta, Vec<u8>), ImageError> {
         let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone() };
-        let payload =
-            ImagePayload { meta: meta.clone(), state_hash: self.engine.state_hash(), engine: self.engine.snapshot() };
+        let payload = ImagePayload {
+            meta: meta.clone(),
+            state_hash: self.engine.state_hash(),
+            engine: self.engine.snapshot(),
+        };
         let mut bytes = vec![0u8; IMAGE_HEADER_BYTES];
         codec::encode_append(&payload, &mut bytes).map_err(ImageError::Encode)?;
         let payload_len = (bytes.len() - IMAGE_HEADER_BYTES) as u64;
@@ -242,8 +271,11 @@ impl Replica {
         if loaded != image.state_hash {
             return Err(ImageError::HashMismatch { recorded: image.state_hash, loaded });
         }
-        let replica =
-            Replica { engine, applied: image.meta.last_log_id, membership: image.meta.last_membership.clone() };
+        let replica = Replica {
+            engine,
+            applied: image.meta.last_log_id,
+            membership: image.meta.last_membership.clone(),
+        };
         Ok((replica, image.meta))
     }
 }
@@ -345,7 +377,9 @@ impl EngineStateMachine {
 
     fn lock(&self) -> io::Result<MutexGuard<'_, Shared>> {
         // A poisoned lock means an apply panicked half-way: the replica cannot be trusted.
-        self.shared.lock().map_err(|_| io::Error::other("the state machine panicked earlier; restart the node"))
+        self.shared
+            .lock()
+            .map_err(|_| io::Error::other("the state machine panicked earlier; restart the node"))
     }
 
     /// The engine's state hash, its last applied seq and the last applied log id, read together.
@@ -430,7 +464,11 @@ impl RaftStateMachine<TypeConfig> for EngineStateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
         let bytes = snapshot.into_inner();
         // Decode and check everything before touching the replica: a bad image changes nothing.
         let (replica, image_meta) = Replica::from_image(&bytes).map_err(|e| {

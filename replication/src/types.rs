@@ -39,7 +39,9 @@ impl fmt::Display for Batch {
                 Some((first, last)) => write!(f, "{} commands, seq {first}..={last}", commands.len()),
                 None => write!(f, "an empty command batch"),
             },
-            Batch::HashMark { seq, node, hash } => write!(f, "hash mark {hash:016x} of node {node} at seq {seq}"),
+            Batch::HashMark { seq, node, hash } => {
+                write!(f, "hash mark {hash:016x} of node {node} at seq {seq}")
+            }
         }
     }
 }

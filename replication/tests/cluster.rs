@@ -52,7 +52,10 @@ async fn three_nodes_fail_over_restart_and_bring_a_learner_up_by_snapshot() {
         nodes[old] = Some(TestNode::start(id, &dir, &addr, limits).await);
         let hashes = wait_applied(&nodes, sent).await;
         let expected = reference_hash(limits, &commands[..sent as usize]);
-        assert!(hashes.iter().all(|(_, h)| *h == expected), "round {round}: {hashes:?}, expected {expected:016x}");
+        assert!(
+            hashes.iter().all(|(_, h)| *h == expected),
+            "round {round}: {hashes:?}, expected {expected:016x}"
+        );
     }
     println!("failover (leader stopped -> first commit on the new leader): {failovers:?}");
 
@@ -84,15 +87,24 @@ async fn three_nodes_fail_over_restart_and_bring_a_learner_up_by_snapshot() {
     }
     let hashes = wait_applied(&nodes, sent).await;
     let expected = reference_hash(limits, &commands[..sent as usize]);
-    assert!(hashes.iter().all(|(_, h)| *h == expected), "after the learner: {hashes:?}, expected {expected:016x}");
+    assert!(
+        hashes.iter().all(|(_, h)| *h == expected),
+        "after the learner: {hashes:?}, expected {expected:016x}"
+    );
     let learner_metrics = nodes[3].as_ref().unwrap().raft.metrics().borrow_watched().clone();
-    assert!(learner_metrics.snapshot.is_some(), "the learner caught up without a snapshot: {learner_metrics:?}");
+    assert!(
+        learner_metrics.snapshot.is_some(),
+        "the learner caught up without a snapshot: {learner_metrics:?}"
+    );
 
     // Promoted to voter, it counts in the quorum: with one old voter removed and another
     // stopped, the leader and the new voter (two of three) still commit.
     let leader = wait_leader(&nodes).await;
     let leader_raft = nodes[leader].as_ref().unwrap().raft.clone();
-    leader_raft.change_membership(ChangeMembers::AddVoterIds([4].into()), false).await.expect("promote the learner");
+    leader_raft
+        .change_membership(ChangeMembers::AddVoterIds([4].into()), false)
+        .await
+        .expect("promote the learner");
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let removed = nodes[others[0]].as_ref().unwrap().id;
     leader_raft

@@ -14,7 +14,9 @@ use replication::{Batch, EngineStateMachine, LogStore, LogStoreConfig};
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, EngineStateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, EngineStateMachine), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, EngineStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = LogStore::open(dir.path(), LogStoreConfig::default()).expect("open the log store");
         Ok((dir, store, EngineStateMachine::in_memory(EngineLimits::default())))
@@ -30,7 +32,10 @@ fn commands_entry(term: u64, index: u64, first_seq: u64, n: u64) -> Entry {
     let commands = (first_seq..first_seq + n)
         .map(|seq| StampedCommand { seq, timestamp_ns: seq * 10, command: Command::CreateUser })
         .collect();
-    Entry { log_id: LogId::new_term_index(term, index), payload: EntryPayload::Normal(Batch::Commands(commands)) }
+    Entry {
+        log_id: LogId::new_term_index(term, index),
+        payload: EntryPayload::Normal(Batch::Commands(commands)),
+    }
 }
 
 /// A flush callback and where its result arrives.

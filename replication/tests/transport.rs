@@ -157,7 +157,9 @@ async fn a_timed_out_call_never_reuses_its_connection() {
     silent.abort();
     let _ = silent.await;
     let mut nobody = client_to(&addr, 2).await;
-    let result = nobody.pre_vote(VoteRequest::new(Vote::new(3, 99), None), RPCOption::new(Duration::from_secs(2))).await;
+    let result = nobody
+        .pre_vote(VoteRequest::new(Vote::new(3, 99), None), RPCOption::new(Duration::from_secs(2)))
+        .await;
     assert!(result.is_err(), "a pre-vote to a dead address was answered: {result:?}");
 }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use engine_core::{EngineLimits, StampedCommand};
 use openraft::raft::ReadPolicy;
 use replication::{
-    net, Batch, EngineStateMachine, ExchangeNode, ExchangeRaft, LogStore, LogStoreConfig, NetConfig, NetworkFactory,
+    net, Batch, EngineStateMachine, ExchangeNode, ExchangeRaft, LogStore, LogStoreConfig, NetConfig,
+    NetworkFactory,
 };
 
 pub type Raft = ExchangeRaft<EngineStateMachine>;
@@ -57,14 +58,22 @@ impl TestNode {
     }
 
     /// [`TestNode::start`] with the server's transport limits set to `net`.
-    pub async fn start_with(id: u64, dir: &Path, addr: &str, limits: EngineLimits, net: NetConfig) -> TestNode {
-        let log = LogStore::open(&dir.join("journal"), LogStoreConfig::default()).expect("open the log store");
+    pub async fn start_with(
+        id: u64,
+        dir: &Path,
+        addr: &str,
+        limits: EngineLimits,
+        net: NetConfig,
+    ) -> TestNode {
+        let log =
+            LogStore::open(&dir.join("journal"), LogStoreConfig::default()).expect("open the log store");
         let sm = EngineStateMachine::open(&dir.join("snapshots"), limits).expect("open the state machine");
         let listener = bind_retrying(addr).await;
         let addr = listener.local_addr().expect("local addr").to_string();
-        let raft = Raft::new(id, test_config(), NetworkFactory::new(id, NetConfig::default()), log, sm.clone())
-            .await
-            .expect("start raft");
+        let raft =
+            Raft::new(id, test_config(), NetworkFactory::new(id, NetConfig::default()), log, sm.clone())
+                .await
+                .expect("start raft");
         let server = tokio::spawn(net::serve(raft.clone(), listener, net));
         TestNode { id, raft, sm, addr, dir: dir.to_path_buf(), server }
     }
@@ -142,7 +151,11 @@ pub async fn write_batch(nodes: &[Option<TestNode>], commands: &[StampedCommand]
         let i = wait_leader(nodes).await;
         let leader = nodes[i].as_ref().unwrap();
         // Everything committed before is applied on the leader after this.
-        match tokio::time::timeout(Duration::from_secs(5), leader.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            leader.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await
         {
             Ok(Ok(_)) => {}
             _ => {
@@ -155,8 +168,11 @@ pub async fn write_batch(nodes: &[Option<TestNode>], commands: &[StampedCommand]
             return i; // an earlier attempt got in
         }
         assert_eq!(applied_seq, first - 1, "the cluster holds commands this test did not send");
-        match tokio::time::timeout(Duration::from_secs(5), leader.raft.client_write(Batch::Commands(commands.to_vec())))
-            .await
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            leader.raft.client_write(Batch::Commands(commands.to_vec())),
+        )
+        .await
         {
             Ok(Ok(_)) => return i,
             Ok(Err(e)) => tracing::info!(error = %e, "write refused, retrying"),
@@ -173,7 +189,10 @@ pub async fn wait_applied(nodes: &[Option<TestNode>], seq: u64) -> Vec<(u64, u64
         if statuses.iter().all(|(_, (_, s))| *s >= seq) {
             return statuses.into_iter().map(|(id, (hash, _))| (id, hash)).collect();
         }
-        assert!(Instant::now() < deadline, "not every node applied through seq {seq} within {PATIENCE:?}: {statuses:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not every node applied through seq {seq} within {PATIENCE:?}: {statuses:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
