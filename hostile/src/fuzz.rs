@@ -67,6 +67,70 @@ pub fn journal_segment(data: &[u8]) {
     let _ = journal::inspect(&dir, |_| {});
 }
 
+/// Small Raft segments, so that seeds are small and a frame is a large part
+/// of one.
+const RAFT_FUZZ_LIMITS: journal::RaftLogLimits =
+    journal::RaftLogLimits { segment_bytes: 4096, max_entry_bytes: 512 };
+
+/// Arbitrary bytes as a Raft log segment (format 3), as `RAFT_STATE` and as
+/// `RAFT_SEGMENTS`: refused with an error or read, never a panic. A log
+/// that opens reads back every entry from first to last in order, takes
+/// the next append, and opens again to the same last entry (what open cut,
+/// it cut for good).
+pub fn raft_log(data: &[u8]) {
+    let _ = journal::check_raft_segment(data);
+    let _ = journal::decode_raft_state(data);
+    let _ = journal::decode_raft_segments_file(data);
+    let dir = scratch().join("raft");
+    let _ = std::fs::remove_dir_all(&dir);
+    // A directory that recorded no segment yet: open then scans the one
+    // written below, named as its header says (else the name is refused
+    // before anything deeper is reached).
+    match journal::RaftLog::open(&dir, RAFT_FUZZ_LIMITS) {
+        Ok(log) => drop(log),
+        Err(_) => return,
+    }
+    let first_index = data.get(16..24).map_or(1, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    if std::fs::write(dir.join(journal::raft_segment_file_name(first_index)), data).is_err() {
+        return;
+    }
+    if let Ok(mut log) = journal::RaftLog::open(&dir, RAFT_FUZZ_LIMITS) {
+        if let (Some(first), Some(last)) = (log.first(), log.last().filter(|last| last.index < u64::MAX)) {
+            assert!(
+                first.index <= last.index && first.term <= last.term,
+                "first {first:?} after last {last:?}"
+            );
+            let entries = log
+                .read_range(first.index, last.index + 1, usize::MAX)
+                .expect("every indexed entry reads back");
+            assert_eq!(entries.len() as u64, last.index - first.index + 1, "one entry per index");
+            assert!(
+                entries.windows(2).all(|w| w[1].index == w[0].index + 1 && w[1].term >= w[0].term),
+                "entries in order"
+            );
+        }
+        let next = log.last().map_or(1, |last| last.index + 1);
+        let term = log.last().map_or(1, |last| last.term);
+        if next < u64::MAX / 2 {
+            log.append(next, term, journal::EntryKind::Blank, b"").expect("the next entry appends");
+            drop(log);
+            let log = journal::RaftLog::open(&dir, RAFT_FUZZ_LIMITS).expect("a log it wrote opens again");
+            assert_eq!(
+                log.last(),
+                Some(journal::LogPosition { index: next, term }),
+                "nothing lost on reopen"
+            );
+        }
+    }
+    let _ = std::fs::write(dir.join(journal::RAFT_STATE_FILE_NAME), data);
+    if let Ok((mut file, Some(state))) = journal::RaftStateFile::open(&dir) {
+        // What was read saves and reads back.
+        file.save(&state, true).expect("a state read saves again");
+        let (_, again) = journal::RaftStateFile::open(&dir).expect("a saved state opens");
+        assert_eq!(again, Some(state), "the saved state reads back");
+    }
+}
+
 /// Arbitrary bytes as a snapshot file, and as a snapshot payload whose
 /// checksums are right: refused or loaded, and a loaded state holds the
 /// engine's invariants.
@@ -968,6 +1032,46 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             let whole = bytes[..end.min(bytes.len())].to_vec();
             let torn = whole[..whole.len().saturating_sub(5)].to_vec();
             vec![whole, torn, bincode_era_segment()]
+        }
+        "raft_log" => {
+            let dir = scratch().join("seed-raft");
+            let _ = std::fs::remove_dir_all(&dir);
+            let Ok(mut log) = journal::RaftLog::open(&dir, RAFT_FUZZ_LIMITS) else { return Vec::new() };
+            for (index, kind) in [
+                journal::EntryKind::Blank,
+                journal::EntryKind::Membership,
+                journal::EntryKind::Commands,
+                journal::EntryKind::HashMark,
+                journal::EntryKind::Commands,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let payload = vec![index as u8 + 1; index * 40];
+                let _ = log.append(index as u64 + 1, 1 + index as u64 / 3, kind, &payload);
+            }
+            drop(log);
+            let mut seeds = Vec::new();
+            if let Some((_, path)) = journal::list_raft_segments(&dir).ok().and_then(|mut s| s.pop()) {
+                let bytes = std::fs::read(path).unwrap_or_default();
+                let mut torn = bytes.clone();
+                if let Some(end) = torn.iter().rposition(|&b| b != 0) {
+                    torn[end.saturating_sub(10)..=end].fill(0);
+                }
+                seeds.push(bytes);
+                seeds.push(torn);
+            }
+            let Ok((mut file, _)) = journal::RaftStateFile::open(&dir) else { return seeds };
+            let state = journal::RaftState {
+                vote: Some(journal::StoredVote { term: 3, node_id: 2, committed: true }),
+                committed: Some(journal::LogPosition { index: 4, term: 2 }),
+                last_purged: Some(journal::LogPosition { index: 1, term: 1 }),
+            };
+            if file.save(&state, true).is_ok() && file.save(&state, true).is_ok() {
+                seeds.extend(std::fs::read(dir.join(journal::RAFT_STATE_FILE_NAME)));
+            }
+            seeds.extend(std::fs::read(dir.join(journal::RAFT_SEGMENTS_FILE_NAME)));
+            seeds
         }
         "codec_command" => {
             let mut seeds: Vec<Vec<u8>> = engine_commands_for_seeds()

@@ -4,7 +4,7 @@
 //!
 //! The bodies of the fuzz targets ([`fuzz`]): each takes arbitrary bytes,
 //! feeds them to one of the exchange's readers of outside input (journal
-//! segments, journal record payloads in both layouts, snapshot files, engine commands, REST and Binance request
+//! segments, Raft log segments and state files, journal record payloads in both layouts, snapshot files, engine commands, REST and Binance request
 //! parameters, WebSocket messages, signed requests) and asserts what must
 //! hold whatever the bytes: no panic, a precise refusal, and the engine's
 //! invariants after every command. `cargo fuzz` runs them under libFuzzer
@@ -24,6 +24,7 @@ pub type Target = fn(&[u8]);
 /// The fuzz targets by name, as `fuzz/fuzz_targets/` names them.
 pub const TARGETS: &[(&str, Target)] = &[
     ("journal_segment", fuzz::journal_segment),
+    ("raft_log", fuzz::raft_log),
     ("snapshot", fuzz::snapshot),
     ("codec_command", fuzz::codec_command),
     ("engine_commands", fuzz::engine_commands),

@@ -10,6 +10,14 @@
 //! [`load_snapshot`]). [`recover`] and [`open_data_dir`] rebuild the engine
 //! from the newest usable snapshot plus the journal after it.
 //!
+//! In cluster mode the journal directory holds the Raft log instead
+//! ([`RaftLog`]: segment format 3, one frame per Raft entry, with append,
+//! read, truncation of an uncommitted suffix and purge behind a snapshot)
+//! and what a Raft node must not forget ([`RaftStateFile`]: vote,
+//! committed). Both are openraft-free: this crate depends on neither
+//! openraft nor tokio; the `replication` crate builds openraft's storage on
+//! them. Layouts and crash arguments are in `docs/journal.md`.
+//!
 //! # What it must never do
 //!
 //! Skip a record, repair corruption silently, or report a record as

@@ -203,7 +203,7 @@ struct Segment {
 impl Segment {
     fn last(&self) -> LogPosition {
         let (_, term) = self.entries[self.entries.len() - 1];
-        LogPosition { index: self.first_index + self.entries.len() as u64 - 1, term }
+        LogPosition { index: self.first_index + (self.entries.len() as u64 - 1), term }
     }
 }
 
@@ -462,11 +462,23 @@ impl RaftLog {
             if let Some(&(_, term)) = segment.entries.last() {
                 min_term = term;
             }
-            expected = Some(first_index + segment.entries.len() as u64);
+            expected = first_index.checked_add(segment.entries.len() as u64);
+            if expected.is_none() && position != newest {
+                return Err(damaged(
+                    path,
+                    None,
+                    None,
+                    "its entries reach index u64::MAX, yet a segment follows",
+                ));
+            }
             self.segments.push(segment);
         }
         if let (Some(purged), Some(first)) = (self.last_purged, self.segments.first()) {
-            if first.first_index > purged.index.saturating_add(1) {
+            // A purge below the log's first entry leaves a recorded oldest
+            // segment starting after it: nothing is missing then.
+            let recorded_oldest =
+                self.recorded.segments.is_some_and(|(oldest, _)| oldest == first.first_index);
+            if first.first_index > purged.index.saturating_add(1) && !recorded_oldest {
                 return Err(damaged(
                     &first.path,
                     None,
@@ -650,7 +662,8 @@ impl RaftLog {
         }
         let frame_bytes = raft_frame_bytes(payload.len());
         let fits = self.segments.last().is_some_and(|s| {
-            s.first_index + s.entries.len() as u64 == index && s.end_offset + frame_bytes <= s.map.len()
+            s.first_index.checked_add(s.entries.len() as u64) == Some(index)
+                && s.end_offset + frame_bytes <= s.map.len()
         });
         if !fits {
             self.start_segment(index)?;

@@ -299,8 +299,13 @@ pub fn scan_raft_segment(
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut last_term = min_term;
     loop {
-        let expected_index = header.first_index.saturating_add(scan.entries.len() as u64);
+        // Index u64::MAX is the last an entry can have: nothing follows it.
+        let next = header.first_index.checked_add(scan.entries.len() as u64);
+        let expected_index = next.unwrap_or(u64::MAX);
         let (why, out_of_place) = match read_raft_frame(segment, offset) {
+            RaftFrameRead::Entry(_) if next.is_none() => {
+                ("a frame after the entry of index u64::MAX".to_string(), true)
+            }
             RaftFrameRead::Entry(frame) => {
                 if frame.position.index != expected_index {
                     (

@@ -118,7 +118,10 @@ impl SlotFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(JournalError::io(path, e)),
         };
-        let bytes = std::fs::read(path).map_err(|e| JournalError::io(path, e))?;
+        // Read only what a slot file can be: a huge file is refused unread.
+        let mut bytes = Vec::with_capacity(SLOT_FILE_BYTES);
+        std::io::Read::read_to_end(&mut std::io::Read::take(&file, SLOT_FILE_BYTES as u64 + 1), &mut bytes)
+            .map_err(|e| JournalError::io(path, e))?;
         let (newest, newest_seq, body) = decode_slots(&bytes, magic)
             .map_err(|why| JournalError::BadStateFile { path: path.to_path_buf(), why })?;
         Ok(Some((SlotFile { path: path.to_path_buf(), file, magic, newest, newest_seq }, body)))

@@ -121,6 +121,19 @@ fn appends_out_of_order_too_large_or_with_a_lower_term_are_refused_and_change_no
 }
 
 #[test]
+fn the_highest_index_is_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
+    log.append(u64::MAX - 1, 1, EntryKind::Blank, b"").unwrap();
+    log.append(u64::MAX, 1, EntryKind::Blank, b"").unwrap();
+    assert!(matches!(log.append(0, 1, EntryKind::Blank, b""), Err(JournalError::RaftLogRefused { .. })));
+    drop(log);
+    let log = RaftLog::open(dir.path(), SMALL).unwrap();
+    assert_eq!((log.first(), log.last()), (Some(pos(u64::MAX - 1, 1)), Some(pos(u64::MAX, 1))));
+    assert_eq!(log.read_range(u64::MAX - 1, u64::MAX, usize::MAX).unwrap().len(), 1);
+}
+
+#[test]
 fn a_second_log_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _log = RaftLog::open(dir.path(), SMALL).unwrap();
@@ -335,6 +348,21 @@ fn the_log_and_its_sync_requests_cross_threads() {
 }
 
 #[test]
+fn a_purge_below_the_first_entry_keeps_the_log_openable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
+    append_range(&mut log, 5..=10, 2);
+    log.purge_through(pos(2, 1)).unwrap();
+    assert_eq!((log.first(), log.last_purged()), (Some(pos(5, 2)), Some(pos(2, 1))));
+    drop(log);
+    let log = RaftLog::open(dir.path(), SMALL).unwrap();
+    assert_eq!(
+        (log.first(), log.last(), log.last_purged()),
+        (Some(pos(5, 2)), Some(pos(10, 2)), Some(pos(2, 1)))
+    );
+}
+
+#[test]
 fn sync_requests_run_on_another_thread_while_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = RaftLog::open(dir.path(), SMALL).unwrap();
@@ -514,8 +542,10 @@ fn raft_state_slots_alternate_and_a_torn_slot_falls_back() {
         }
         other => panic!("{:?}", other.map(|(_, state)| state)),
     }
-    // Cut short: refused too.
+    // Cut short or padded: refused too (a huge file unread).
     std::fs::write(&path, &bytes[..100]).unwrap();
+    assert!(matches!(RaftStateFile::open(dir.path()), Err(JournalError::BadStateFile { .. })));
+    std::fs::write(&path, vec![7u8; 8 << 20]).unwrap();
     assert!(matches!(RaftStateFile::open(dir.path()), Err(JournalError::BadStateFile { .. })));
 }
 
@@ -528,21 +558,24 @@ mod model {
 
     #[derive(Clone, Debug)]
     enum Op {
-        /// Appends `count` entries, the first in a new term when `new_term`.
+        /// Appends `count` entries, the first in a new term when `new_term`;
+        /// an empty log that never purged starts at `start`.
         Append {
             count: u8,
             new_term: bool,
             size: u16,
+            start: u8,
         },
         /// Truncates after the entry `back` before the last (`None` when past
         /// the first: everything).
         Truncate {
             back: u8,
         },
-        /// Purges through the entry `forward` after the first readable one
-        /// (past the last: everything, a snapshot from a leader).
+        /// Purges through the entry `offset` after the first readable one
+        /// (past the last: everything, a snapshot from a leader; before the
+        /// first: nothing but the record).
         Purge {
-            forward: u8,
+            offset: i8,
         },
         Sync,
         Reopen,
@@ -561,9 +594,10 @@ mod model {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (1u8..12, any::<bool>(), 0u16..=512).prop_map(|(count, new_term, size)| Op::Append { count, new_term, size }),
+            6 => (1u8..12, any::<bool>(), 0u16..=512, 0u8..6)
+                .prop_map(|(count, new_term, size, start)| Op::Append { count, new_term, size, start }),
             2 => (0u8..40).prop_map(|back| Op::Truncate { back }),
-            2 => (0u8..60).prop_map(|forward| Op::Purge { forward }),
+            2 => (-4i8..60).prop_map(|offset| Op::Purge { offset }),
             1 => Just(Op::Sync),
             2 => Just(Op::Reopen),
             1 => (1u16..500, 1u8..=255).prop_map(|(bytes, fill)| Op::TornReopen { bytes, fill }),
@@ -587,8 +621,8 @@ mod model {
         fn last(&self) -> Option<LogPosition> {
             self.entries.last().map(|e| pos(e.index, e.term))
         }
-        fn next_index(&self) -> u64 {
-            self.last().or(self.last_purged).map_or(3, |p| p.index + 1)
+        fn next_index(&self, start: u8) -> u64 {
+            self.last().or(self.last_purged).map_or(start as u64, |p| p.index + 1)
         }
     }
 
@@ -616,12 +650,12 @@ mod model {
         for op in ops {
             let current = log.as_mut().unwrap();
             match op {
-                Op::Append { count, new_term, size } => {
+                Op::Append { count, new_term, size, start } => {
                     if new_term || model.term == 0 {
                         model.term += 1;
                     }
                     for n in 0..count as u64 {
-                        let index = model.next_index();
+                        let index = model.next_index(start);
                         let kind = kind_of(index);
                         let payload = vec![(index % 200) as u8 + 1; (size as usize + n as usize * 31) % 513];
                         current.append(index, model.term, kind, &payload).unwrap();
@@ -641,11 +675,15 @@ mod model {
                         assert!(matches!(result, Err(JournalError::RaftLogRefused { .. })), "{result:?}");
                     }
                 }
-                Op::Purge { forward } => {
+                Op::Purge { offset } => {
                     let Some(first) = model.first().or(model.last_purged) else { continue };
-                    let index = first.index + forward as u64;
+                    let Some(index) = first.index.checked_add_signed(offset as i64) else { continue };
                     let term = match model.entries.iter().find(|e| e.index == index) {
                         Some(entry) => entry.term,
+                        // Below the first entry: no later term than it.
+                        None if model.first().is_some_and(|first| index < first.index) => {
+                            model.last_purged.map_or(first.term, |p| p.term)
+                        }
                         None if model.last().is_some_and(|last| index < last.index) => continue,
                         None => model.term.max(1),
                     };
