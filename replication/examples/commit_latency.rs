@@ -68,9 +68,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rafts.push(raft);
     }
     rafts[0].initialize(members).await?;
+    // A leader that has heard from a quorum in its term (before that, openraft refuses writes
+    // with LeaseExpired).
     let leader = loop {
         if let Some(leader) = rafts.iter().find(|r| r.as_leader().is_ok()) {
-            break leader.clone();
+            if leader.ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex).await.is_ok() {
+                break leader.clone();
+            }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };

@@ -282,21 +282,14 @@ fn run_syncer(shared: &Durable, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         jobs.extend(queue.try_iter());
+        let mut flushes = Vec::new();
         for job in jobs {
-            let healthy = || if shared.failed.load(Ordering::Acquire) { Err(sync_failed()) } else { Ok(()) };
             match job {
-                Job::Flush { request, callback } => {
-                    let result = healthy().and_then(|()| {
-                        request.run().map(|_| ()).map_err(|e| {
-                            shared.failed.store(true, Ordering::Release);
-                            tracing::error!(error = %e, "fdatasync of the raft log failed: this node's log can no longer be trusted");
-                            journal_error("syncing the raft log", e)
-                        })
-                    });
-                    callback.io_completed(result);
-                }
+                Job::Flush { request, callback } => flushes.push((request, callback)),
                 Job::SaveState { reply } => {
-                    let result = healthy().and_then(|()| {
+                    // Every append queued before the vote is durable first.
+                    flush(shared, std::mem::take(&mut flushes));
+                    let result = healthy(shared).and_then(|()| {
                         let mut cell = shared.state()?;
                         let state = cell.state;
                         cell.file.save(&state, true).map_err(|e| {
@@ -308,12 +301,43 @@ fn run_syncer(shared: &Durable, queue: &mpsc::Receiver<Job>) {
                     let _ = reply.send(result);
                 }
                 Job::Barrier { reply } => {
-                    let _ = reply.send(healthy());
+                    flush(shared, std::mem::take(&mut flushes));
+                    let _ = reply.send(healthy(shared));
                 }
             }
         }
+        flush(shared, flushes);
     }
     tracing::debug!("raft log sync thread stops: the store was dropped");
+}
+
+fn healthy(shared: &Durable) -> io::Result<()> {
+    if shared.failed.load(Ordering::Acquire) {
+        return Err(sync_failed());
+    }
+    Ok(())
+}
+
+/// Makes a run of queued appends durable with one sync (group commit), then calls their
+/// callbacks in order. The newest request covers every older one: only the newest segment can
+/// hold unsynced entries, and no truncation happens while appends are queued (it waits for the
+/// queue). The older requests still run after it, as a check that costs no sync when it holds.
+fn flush(shared: &Durable, mut flushes: Vec<(journal::SyncRequest, IOFlushed<TypeConfig>)>) {
+    let Some((newest, newest_callback)) = flushes.pop() else { return };
+    let run = |request: journal::SyncRequest| {
+        healthy(shared).and_then(|()| {
+            request.run().map(|_| ()).map_err(|e| {
+                shared.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, "fdatasync of the raft log failed: this node's log can no longer be trusted");
+                journal_error("syncing the raft log", e)
+            })
+        })
+    };
+    let newest_result = run(newest);
+    for (request, callback) in flushes {
+        callback.io_completed(run(request));
+    }
+    newest_callback.io_completed(newest_result);
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {

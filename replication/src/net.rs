@@ -457,8 +457,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 // Server side
 // ------------------------------------------------------------------------------------------
 
-/// Serves Raft RPCs from `listener` to `raft` until the listener fails for good or the task
-/// is dropped. Each connection is its own task; a faulty one is closed with a warning and the
+/// Serves Raft RPCs from `listener` to `raft` until this future is dropped (aborting the
+/// task that runs it closes the listener and every connection: a stopped node answers
+/// nothing). Each connection is its own task; a faulty one is closed with a warning and the
 /// others go on.
 pub async fn serve<SM>(raft: ExchangeRaft<SM>, listener: TcpListener, config: NetConfig)
 where
@@ -466,8 +467,14 @@ where
 {
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.connections_max));
+    // Owned here, so that dropping this future aborts every connection task.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors or a connection reset before accept: not fatal, but do
@@ -487,7 +494,7 @@ where
         }
         let raft = raft.clone();
         let config = config.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match serve_connection(&raft, stream, &config).await {
                 Ok(()) | Err(FrameError::Closed) => tracing::debug!(%peer, "raft connection closed"),
                 Err(e) => tracing::warn!(%peer, fault = %e, "raft connection closed on a faulty frame"),

@@ -224,3 +224,19 @@ async fn a_damaged_or_oversize_snapshot_is_refused_and_changes_nothing() {
     assert!(answers_a_vote(&node.addr).await);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_closes_the_connections_it_had() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = single_node(dir.path(), NetConfig::default()).await;
+    let addr = node.addr.clone();
+    assert!(answers_a_vote(&addr).await);
+    // A peer's connection, open and idle when the node stops.
+    let mut held = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    node.stop().await;
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(CLOSE_BOUND, held.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a stopped node kept a connection open: {read:?}");
+}
