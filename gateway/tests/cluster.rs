@@ -216,44 +216,24 @@ impl Cluster {
     }
 }
 
-/// Sets up two assets, a market and `users` funded users through the leader.
-fn demo(client: &Client, users: usize) -> Vec<Key> {
-    for (symbol, decimals) in [("BTC", 8), ("USDT", 6)] {
-        client.admin_ok("POST", "/admin/assets", json!({ "symbol": symbol, "decimals": decimals }));
-    }
-    client.admin_ok(
-        "POST",
-        "/admin/markets",
-        json!({
-            "base": "BTC", "quote": "USDT", "tick_size": "0.01", "lot_size": "0.0001",
-            "min_quantity": "0.0001", "min_notional": "1", "maker_fee": "0.001", "taker_fee": "0.002"
-        }),
-    );
-    (0..users)
-        .map(|_| {
-            let user = client.admin_ok("POST", "/admin/users", json!({}))["user_id"].as_u64().unwrap();
-            let key = client.admin_ok("POST", "/admin/api_keys", json!({ "user_id": user }));
-            for (asset, amount) in [("BTC", "10"), ("USDT", "1000000")] {
-                client.admin_ok(
-                    "POST",
-                    "/admin/deposit",
-                    json!({ "user_id": user, "asset": asset, "amount": amount }),
-                );
-            }
-            Key {
-                user_id: user,
-                api_key: key["api_key"].as_str().unwrap().to_string(),
-                secret: key["secret"].as_str().unwrap().to_string(),
-            }
-        })
-        .collect()
-}
-
 /// What every node must agree on: the book and every user's balances.
 fn state_of(client: &Client, keys: &[Key]) -> Value {
     let (_, depth) = client.get("/depth?market=BTC-USDT&limit=1000");
     let balances: Vec<Value> = keys.iter().map(|k| client.signed(k, "GET", "/balance", "", None).1).collect();
     json!({ "bids": depth["bids"], "asks": depth["asks"], "balances": balances })
+}
+
+impl Cluster {
+    /// Waits until every running node has applied what `client`'s node
+    /// has, then checks that they all hold the same book and balances.
+    fn assert_converged(&self, client: &Client, keys: &[Key], after: &str) {
+        let seq = client.get("/health").1["seq"].as_u64().unwrap();
+        self.wait_applied(seq);
+        let reference = state_of(client, keys);
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            assert_eq!(state_of(&node.client(), keys), reference, "node {} differs after {after}", node.id);
+        }
+    }
 }
 
 /// An order a client was told was accepted, to find again after failovers.
@@ -288,7 +268,7 @@ fn place_some(client: &Client, keys: &[Key], round: usize, acked: &mut Vec<Acked
 fn three_nodes_take_orders_through_the_leader_and_survive_losing_it() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.leader();
-    let keys = demo(&cluster.nodes[leader].client(), 4);
+    let keys = cluster.nodes[leader].client().demo(4);
     let mut acked = Vec::new();
     place_some(&cluster.nodes[leader].client(), &keys, 0, &mut acked);
 
@@ -312,12 +292,7 @@ fn three_nodes_take_orders_through_the_leader_and_survive_losing_it() {
 
     // Every node applies the same commands: same book, same balances, and
     // each authenticates the keys created through the leader.
-    let seq = cluster.nodes[leader].health().unwrap()["seq"].as_u64().unwrap();
-    cluster.wait_applied(seq);
-    let reference = state_of(&cluster.nodes[leader].client(), &keys);
-    for node in &cluster.nodes {
-        assert_eq!(state_of(&node.client(), &keys), reference, "node {} differs", node.id);
-    }
+    cluster.assert_converged(&cluster.nodes[leader].client(), &keys, "the first orders");
 
     // Failovers: the leader is killed (or paused), another takes over, and
     // every order acknowledged so far is there; the old one rejoins.
@@ -352,17 +327,7 @@ fn three_nodes_take_orders_through_the_leader_and_survive_losing_it() {
         } else {
             cluster.nodes[old].start();
         }
-        let seq = client.get("/health").1["seq"].as_u64().unwrap();
-        cluster.wait_applied(seq);
-        let reference = state_of(&client, &keys);
-        for node in &cluster.nodes {
-            assert_eq!(
-                state_of(&node.client(), &keys),
-                reference,
-                "node {} differs after round {round}",
-                node.id
-            );
-        }
+        cluster.assert_converged(&client, &keys, &format!("failover {round}"));
     }
     for (paused, name) in [(false, "SIGKILL"), (true, "SIGSTOP")] {
         let mut times: Vec<Duration> =
@@ -441,7 +406,7 @@ fn nft(args: &[&str], input: Option<&str>) {
 fn a_leader_cut_off_from_the_others_is_replaced_and_loses_nothing_acknowledged() {
     let cluster = Cluster::start(3);
     let leader = cluster.leader();
-    let keys = demo(&cluster.nodes[leader].client(), 2);
+    let keys = cluster.nodes[leader].client().demo(2);
     let mut acked = Vec::new();
     place_some(&cluster.nodes[leader].client(), &keys, 0, &mut acked);
 
@@ -464,16 +429,8 @@ fn a_leader_cut_off_from_the_others_is_replaced_and_loses_nothing_acknowledged()
     // Healed: the old leader follows the new one and holds what it holds.
     let client = cluster.nodes[new].client();
     place_some(&client, &keys, 2, &mut acked);
-    let seq = client.get("/health").1["seq"].as_u64().unwrap();
-    cluster.wait_applied(seq);
-    let reference = state_of(&client, &keys);
+    cluster.assert_converged(&client, &keys, "the partition healed");
     for node in &cluster.nodes {
-        assert_eq!(
-            state_of(&node.client(), &keys),
-            reference,
-            "node {} differs after the partition",
-            node.id
-        );
         for order in &acked {
             let (status, found) = node.client().signed(
                 &keys[order.key],
@@ -496,7 +453,7 @@ fn a_leader_cut_off_from_the_others_is_replaced_and_loses_nothing_acknowledged()
 fn five_nodes_keep_trading_with_two_of_them_down() {
     let mut cluster = Cluster::start(5);
     let leader = cluster.leader();
-    let keys = demo(&cluster.nodes[leader].client(), 2);
+    let keys = cluster.nodes[leader].client().demo(2);
     let mut acked = Vec::new();
     place_some(&cluster.nodes[leader].client(), &keys, 0, &mut acked);
     // Two followers down, then the leader too: three of five still decide.
@@ -520,10 +477,5 @@ fn five_nodes_keep_trading_with_two_of_them_down() {
         assert_eq!(status, 200, "order {} lost: {found}", order.order_id);
     }
     cluster.nodes[leader].start();
-    let seq = client.get("/health").1["seq"].as_u64().unwrap();
-    cluster.wait_applied(seq);
-    let reference = state_of(&client, &keys);
-    for node in &cluster.nodes {
-        assert_eq!(state_of(&node.client(), &keys), reference, "node {} differs", node.id);
-    }
+    cluster.assert_converged(&client, &keys, "the old leader restarted");
 }

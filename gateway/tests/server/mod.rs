@@ -128,6 +128,19 @@ impl Exchange {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Talks HTTP to the exchange; can be moved to another thread.
+pub struct Client {
+    pub address: SocketAddr,
+    /// Signed requests sent so far.
+    requests: std::cell::Cell<u64>,
+}
+
+impl Client {
+    pub fn new(address: SocketAddr) -> Client {
+        Client { address, requests: std::cell::Cell::new(0) }
+    }
 
     /// BTC (8 decimals), USDT (6), ETH (8); BTC-USDT and ETH-USDT; `users`
     /// users, each with a key, 10 BTC, 100 ETH and 1,000,000 USDT.
@@ -163,19 +176,6 @@ impl Exchange {
                 }
             })
             .collect()
-    }
-}
-
-/// Talks HTTP to the exchange; can be moved to another thread.
-pub struct Client {
-    pub address: SocketAddr,
-    /// Signed requests sent so far.
-    requests: std::cell::Cell<u64>,
-}
-
-impl Client {
-    pub fn new(address: SocketAddr) -> Client {
-        Client { address, requests: std::cell::Cell::new(0) }
     }
 
     /// One HTTP/1.1 request on a fresh connection; returns status, headers and JSON body.
