@@ -139,14 +139,18 @@ impl Cluster {
             .map(|m| (m.id, ExchangeNode { raft_addr: m.raft.clone(), api_addr: m.api.clone() }))
             .collect();
         let initialized = raft.is_initialized().await.map_err(|e| format!("Raft stopped: {e}"))?;
-        if config.bootstrap && !initialized {
+        let state = if initialized {
+            "resuming its log"
+        } else if config.bootstrap {
             raft.initialize(members.clone()).await.map_err(|e| format!("cannot form the cluster: {e}"))?;
-            tracing::info!("cluster: formed with members {:?}", members.keys().collect::<Vec<_>>());
-        }
+            "forming the cluster"
+        } else {
+            "new: waiting for the leader to send it the log"
+        };
         tracing::info!(
-            "cluster: node {} listening for Raft on {address}, {}",
+            "cluster: node {} of members {:?} listening for Raft on {address}, {state}",
             config.node_id,
-            if initialized { "resuming its log" } else { "waiting for the leader" }
+            members.keys().collect::<Vec<_>>()
         );
         Ok(Cluster {
             raft,
