@@ -54,16 +54,9 @@ impl Node {
         self.child = Some(child);
         // Signed changes from before a start are refused (they may be
         // replays): wait until requests signed now are past that point.
-        let from_ms = self.health().and_then(|h| h["signed_changes_from_ms"].as_u64()).unwrap_or(0);
-        loop {
-            let now_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-                    as u64;
-            if now_ms >= from_ms {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(from_ms - now_ms));
-        }
+        server::wait_until_signable(
+            self.health().and_then(|h| h["signed_changes_from_ms"].as_u64()).unwrap_or(0),
+        );
     }
 
     fn signal(&self, signal: i32) {

@@ -79,14 +79,7 @@ impl Exchange {
         // After a restart, signed changes with a timestamp before this are
         // refused (they may be replays of requests already executed).
         let (_, health) = client.get("/health");
-        let from_ms = health["signed_changes_from_ms"].as_u64().unwrap_or(0);
-        loop {
-            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-            if now_ms >= from_ms {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(from_ms - now_ms));
-        }
+        wait_until_signable(health["signed_changes_from_ms"].as_u64().unwrap_or(0));
         Exchange {
             child,
             address,
@@ -127,6 +120,18 @@ impl Exchange {
             assert!(Instant::now() < deadline, "the exchange did not stop after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Waits until the clock reaches `from_ms`: a server refuses signed changes
+/// signed before it started (they may be replays of requests it executed).
+pub fn wait_until_signable(from_ms: u64) {
+    loop {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        if now_ms >= from_ms {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(from_ms - now_ms));
     }
 }
 
