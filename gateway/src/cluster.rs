@@ -36,13 +36,15 @@ use replication::openraft::storage::{EntryResponder, RaftStateMachine};
 use replication::openraft::Instant as _;
 use replication::openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
 use replication::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
-use replication::{
-    Batch, ExchangeNode, ExchangeRaft, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig,
-};
+use replication::{Batch, ExchangeRaft, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig, VoteGate};
 
 use crate::auth::KeyTable;
 use crate::config::ClusterConfig;
 use crate::pipeline::{Downstream, Publisher, Work};
+
+mod membership;
+
+pub use membership::{MemberChange, MembershipError};
 
 /// How long the state machine waits before trying a full inbound ring
 /// again: the matcher is behind, and the entry must go in (it is
@@ -76,11 +78,15 @@ pub struct Cluster {
     /// A number of this process's own: origins name it, so that an entry
     /// proposed before a restart never answers a request after it.
     incarnation: u64,
-    /// API addresses by node id, for `X-Leader`.
-    api_addresses: BTreeMap<u64, String>,
+    /// API addresses by node id from the configuration, for `X-Leader`
+    /// when the membership does not name the node (it names every node
+    /// added since).
+    configured_api: BTreeMap<u64, String>,
     /// A leader that has not heard from a majority for this long stops
     /// taking orders (it may have been cut off and replaced).
     quorum_silence_max_ms: u64,
+    /// Closed while this node's log is new and not caught up.
+    votes: VoteGate,
 }
 
 /// What `/health` shows of the cluster.
@@ -94,23 +100,39 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// Whether this node votes (false while a new or wiped log catches up
+    /// with the leader's).
+    pub votes: bool,
 }
 
 impl Cluster {
     /// Opens this node's Raft log in `journal_dir`, starts Raft and its
-    /// listener, and forms the cluster if this node is the one configured
-    /// to and its log is empty. `feed` is where committed entries go.
+    /// listener, and (on the node configured to, with an empty log) forms
+    /// the cluster in the background. `feed` is where committed entries go.
+    ///
+    /// A node whose log is new (first start, or a wiped disk) neither votes
+    /// nor stands for election until it has caught up with a leader: it may
+    /// have voted or acknowledged entries before it lost its disk
+    /// (docs/replication.md, "Membership").
     pub async fn start(
         config: &ClusterConfig,
         journal_dir: &Path,
         feed: CommittedFeed,
     ) -> Result<Cluster, String> {
+        let log = replication::LogStore::open(journal_dir, replication::LogStoreConfig::default())
+            .map_err(|e| format!("cannot open the Raft log in {}: {e}", journal_dir.display()))?;
+        let fresh = log.was_fresh();
         let raft_config = replication::openraft::Config {
             cluster_name: "exchange".into(),
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_min_ms,
             election_timeout_max: config.election_timeout_max_ms,
             enable_pre_vote: Some(true),
+            enable_elect: !fresh,
+            // A follower whose disk was wiped answers with an empty log: the
+            // leader sends it the log again rather than stop replicating to it.
+            // Its votes, the real hazard, are held back by the vote gate.
+            allow_log_reversion: Some(true),
             // No snapshots in cluster mode yet: the log is kept whole and a
             // restarted or new node replays it (docs/replication.md).
             snapshot_policy: replication::openraft::SnapshotPolicy::Never,
@@ -118,8 +140,6 @@ impl Cluster {
         }
         .validate()
         .map_err(|e| format!("[cluster]: {e}"))?;
-        let log = replication::LogStore::open(journal_dir, replication::LogStoreConfig::default())
-            .map_err(|e| format!("cannot open the Raft log in {}: {e}", journal_dir.display()))?;
         let ip = config.raft_listen.ip();
         // Connections to the peers come from this node's Raft address, so that
         // firewall rules can tell the nodes of one host apart.
@@ -132,32 +152,36 @@ impl Cluster {
         let (listener, address) = replication::net::bind(&config.raft_listen.to_string())
             .await
             .map_err(|e| format!("cannot listen for Raft on {}: {e}", config.raft_listen))?;
-        tokio::spawn(replication::net::serve(raft.clone(), listener, NetConfig::default()));
-        let members: BTreeMap<u64, ExchangeNode> = config
-            .members
-            .iter()
-            .map(|m| (m.id, ExchangeNode { raft_addr: m.raft.clone(), api_addr: m.api.clone() }))
-            .collect();
+        let votes = VoteGate::new(!fresh);
+        let server_config = NetConfig { votes: votes.clone(), ..NetConfig::default() };
+        tokio::spawn(replication::net::serve(raft.clone(), listener, server_config));
         let initialized = raft.is_initialized().await.map_err(|e| format!("Raft stopped: {e}"))?;
         let state = if initialized {
+            if config.bootstrap {
+                tokio::spawn(membership::finish_forming(raft.clone(), config.clone()));
+            }
             "resuming its log"
         } else if config.bootstrap {
-            raft.initialize(members.clone()).await.map_err(|e| format!("cannot form the cluster: {e}"))?;
-            "forming the cluster"
+            tokio::spawn(membership::form(raft.clone(), config.clone(), votes.clone()));
+            "forming the cluster once a majority of the members confirm none exists"
         } else {
-            "new: waiting for the leader to send it the log"
+            "new: it waits for the leader to add it and send it the log, and votes once caught up"
         };
+        if fresh {
+            tokio::spawn(membership::open_votes_when_caught_up(raft.clone(), config.node_id, votes.clone()));
+        }
         tracing::info!(
             "cluster: node {} of members {:?} listening for Raft on {address}, {state}",
             config.node_id,
-            members.keys().collect::<Vec<_>>()
+            config.members.iter().map(|m| m.id).collect::<Vec<_>>()
         );
         Ok(Cluster {
             raft,
             node_id: config.node_id,
             incarnation,
-            api_addresses: members.into_iter().map(|(id, node)| (id, node.api_addr)).collect(),
+            configured_api: config.members.iter().map(|m| (m.id, m.api.clone())).collect(),
             quorum_silence_max_ms: config.election_timeout_min_ms,
+            votes,
         })
     }
 
@@ -198,7 +222,11 @@ impl Cluster {
     }
 
     fn api_address(&self, node: u64) -> Option<String> {
-        self.api_addresses.get(&node).cloned()
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        match metrics.membership_config.membership().get_node(&node) {
+            Some(known) => Some(known.api_addr.clone()),
+            None => self.configured_api.get(&node).cloned(),
+        }
     }
 
     pub fn status(&self) -> ClusterStatus {
@@ -218,6 +246,7 @@ impl Cluster {
             last_log_index: metrics.last_log_index,
             committed_index: metrics.local_committed.map(|id| id.index),
             applied_index: metrics.last_applied.map(|id| id.index),
+            votes: self.votes.is_open(),
         }
     }
 

@@ -152,6 +152,11 @@ pub struct MemberConfig {
     /// Its REST API's address (`HOST:PORT`), as clients reach it: named in
     /// the `X-Leader` header of a refused order.
     pub api: String,
+    /// A learner follows the committed log and serves reads and market
+    /// data, but never votes nor leads: adding learners adds read capacity
+    /// without adding to the majority every order waits for.
+    #[serde(default)]
+    pub learner: bool,
 }
 
 fn heartbeat_ms_default() -> u64 {
@@ -192,6 +197,15 @@ impl ClusterConfig {
         }
         if !self.members.iter().any(|m| m.id == self.node_id) {
             return Err(format!("node_id {} is not one of the members' ids", self.node_id));
+        }
+        if self.members.iter().all(|m| m.learner) {
+            return Err("every member is a learner: at least one must vote".into());
+        }
+        if self.bootstrap && self.me().learner {
+            return Err(format!(
+                "node {} is a learner and cannot form the cluster (bootstrap = true): a voting member must",
+                self.node_id
+            ));
         }
         if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_timeout_min_ms {
             return Err(format!(

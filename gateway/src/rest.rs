@@ -58,6 +58,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/withdraw"),
     ("GET", "/admin/limits"),
     ("PUT", "/admin/limits"),
+    ("GET", "/admin/cluster"),
+    ("POST", "/admin/cluster/members"),
+    ("DELETE", "/admin/cluster/members"),
 ];
 
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -165,6 +168,10 @@ async fn route(
         ("DELETE", "/order_list") => {
             let user = signed(state, request)?;
             cancel_order_list(state, producer, user, request.query).await.map(|v| (StatusCode::OK, v))
+        }
+        (_, path) if path.starts_with("/admin/cluster") => {
+            admin_check(state, request)?;
+            admin_cluster(state, request).await
         }
         (_, path) if path.starts_with("/admin/") => {
             admin_check(state, request)?;
@@ -1188,6 +1195,64 @@ fn market_status(status: StatusField) -> MarketStatus {
         StatusField::Open => MarketStatus::Open,
         StatusField::CancelOnly => MarketStatus::CancelOnly,
         StatusField::Halted => MarketStatus::Halted,
+    }
+}
+
+/// How long `POST /admin/cluster/members` waits for a new voter to catch
+/// up before it promotes it (it stays a learner if it has not).
+const MEMBER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `GET /admin/cluster`, `POST` and `DELETE /admin/cluster/members`: the
+/// cluster's membership (changes on the leader only).
+async fn admin_cluster(state: &AppState, request: &Request<'_>) -> Result<(StatusCode, Value), ApiError> {
+    use crate::cluster::{MemberChange, MembershipError};
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::not_found(
+            "not_a_cluster",
+            "this exchange runs alone: it has no [cluster] section (docs/replication.md)",
+        ));
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RemoveBody {
+        id: u64,
+    }
+    let changed = match (request.method.as_str(), request.path) {
+        ("GET", "/admin/cluster") => return Ok((StatusCode::OK, json!(cluster.membership()))),
+        ("POST", "/admin/cluster/members") => {
+            let change: MemberChange = json_body(request.body)?;
+            cluster.add_member(change, MEMBER_CATCH_UP_TIMEOUT).await
+        }
+        ("DELETE", "/admin/cluster/members") => {
+            let body: RemoveBody = json_body(request.body)?;
+            cluster.remove_member(body.id).await
+        }
+        (method, path) if ROUTES.iter().any(|(_, p)| *p == path) => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {path}"),
+            ))
+        }
+        (_, path) => {
+            return Err(ApiError::not_found(
+                "no_such_endpoint",
+                format!("no admin endpoint {} {path}", request.method),
+            ))
+        }
+    };
+    match changed {
+        Ok(membership) => Ok((StatusCode::OK, json!(membership))),
+        Err(MembershipError::NotLeader { leader }) => Err(ApiError::not_leader(leader)),
+        Err(MembershipError::Invalid(why)) => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_member", why))
+        }
+        Err(MembershipError::NotCaughtUp(why)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "member_not_caught_up", why))
+        }
+        Err(MembershipError::Failed(why)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership_change_failed", why))
+        }
     }
 }
 

@@ -22,6 +22,7 @@ const CATCH_UP_BOUND: Duration = Duration::from_secs(30);
 struct Node {
     id: u64,
     config_path: PathBuf,
+    data_dir: PathBuf,
     api: SocketAddr,
     child: Option<Child>,
     stderr_path: PathBuf,
@@ -76,6 +77,21 @@ impl Node {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// What a dead disk leaves: nothing (the node must be stopped).
+    fn wipe(&self) {
+        assert!(self.child.is_none(), "node {} runs", self.id);
+        std::fs::remove_dir_all(&self.data_dir).unwrap();
+    }
+
+    /// Waits until this node votes (a new or wiped log first catches up).
+    fn wait_voting(&self) {
+        let deadline = Instant::now() + CATCH_UP_BOUND;
+        while !self.health().is_some_and(|h| h["cluster"]["votes"] == true) {
+            assert!(Instant::now() < deadline, "node {} does not vote: {}", self.id, self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn health(&self) -> Option<Value> {
         server::try_raw(self.api, "GET", "/health", &[], b"").ok().map(|(_, _, body)| body)
     }
@@ -110,7 +126,43 @@ fn free_port() -> u16 {
 struct Cluster {
     nodes: Vec<Node>,
     base: u64,
-    _dir: tempfile::TempDir,
+    /// The members' lines of the configuration files, for nodes added later.
+    members: String,
+    dir: tempfile::TempDir,
+}
+
+/// A node's configuration file.
+fn node_config(
+    base: u64,
+    dir: &std::path::Path,
+    id: u64,
+    api: u16,
+    raft: u16,
+    members: &str,
+) -> (PathBuf, PathBuf) {
+    let data_dir = dir.join(format!("node{id}"));
+    let config_path = dir.join(format!("node{id}.toml"));
+    std::fs::write(
+        &config_path,
+        format!(
+            "listen = \"127.0.0.1:{api}\"\nws_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\
+             durability = \"replicated\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
+             [cluster]\nnode_id = {id}\nraft_listen = \"{}:{raft}\"\nbootstrap = {}\n\
+             members = [\n{members}]\n",
+            data_dir.display(),
+            raft_ip(base, id),
+            id == 1
+        ),
+    )
+    .unwrap();
+    (config_path, data_dir)
+}
+
+fn member_line(base: u64, id: u64, api: u16, raft: u16, learner: bool) -> String {
+    format!(
+        "  {{ id = {id}, raft = \"{}:{raft}\", api = \"127.0.0.1:{api}\", learner = {learner} }},\n",
+        raft_ip(base, id)
+    )
 }
 
 impl Cluster {
@@ -123,35 +175,16 @@ impl Cluster {
         let members: String = ports
             .iter()
             .enumerate()
-            .map(|(i, (api, raft))| {
-                format!(
-                    "  {{ id = {}, raft = \"{}:{raft}\", api = \"127.0.0.1:{api}\" }},\n",
-                    i + 1,
-                    raft_ip(base, i as u64 + 1)
-                )
-            })
+            .map(|(i, (api, raft))| member_line(base, i as u64 + 1, *api, *raft, false))
             .collect();
         let mut nodes = Vec::new();
         for (i, (api, raft)) in ports.iter().enumerate() {
             let id = i as u64 + 1;
-            let data_dir = dir.path().join(format!("node{id}"));
-            let config_path = dir.path().join(format!("node{id}.toml"));
-            std::fs::write(
-                &config_path,
-                format!(
-                    "listen = \"127.0.0.1:{api}\"\nws_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\
-                     durability = \"replicated\"\nadmin_token = \"{ADMIN_TOKEN}\"\n\
-                     [cluster]\nnode_id = {id}\nraft_listen = \"{}:{raft}\"\nbootstrap = {}\n\
-                     members = [\n{members}]\n",
-                    data_dir.display(),
-                    raft_ip(base, id),
-                    id == 1
-                ),
-            )
-            .unwrap();
+            let (config_path, data_dir) = node_config(base, dir.path(), id, *api, *raft, &members);
             nodes.push(Node {
                 id,
                 config_path,
+                data_dir,
                 api: SocketAddr::from(([127, 0, 0, 1], *api)),
                 child: None,
                 stderr_path: dir.path().join(format!("node{id}.stderr")),
@@ -160,7 +193,31 @@ impl Cluster {
         for node in &mut nodes {
             node.start();
         }
-        Cluster { nodes, base, _dir: dir }
+        // The first node forms the cluster and adds the others, whose new
+        // logs then catch up before they vote: only then can any of them
+        // replace a leader.
+        for node in &nodes {
+            node.wait_voting();
+        }
+        Cluster { nodes, base, members, dir }
+    }
+
+    /// A node not (yet) in the cluster, configured with every member and
+    /// itself (as a learner if `learner`); not started.
+    fn new_node(&mut self, learner: bool) -> usize {
+        let id = self.nodes.len() as u64 + 1;
+        let (api, raft) = (free_port(), free_port());
+        let members = format!("{}{}", self.members, member_line(self.base, id, api, raft, learner));
+        let (config_path, data_dir) = node_config(self.base, self.dir.path(), id, api, raft, &members);
+        self.nodes.push(Node {
+            id,
+            config_path,
+            data_dir,
+            api: SocketAddr::from(([127, 0, 0, 1], api)),
+            child: None,
+            stderr_path: self.dir.path().join(format!("node{id}.stderr")),
+        });
+        self.nodes.len() - 1
     }
 
     /// The index of the node that leads in the newest term, waiting for one
@@ -471,4 +528,141 @@ fn five_nodes_keep_trading_with_two_of_them_down() {
     }
     cluster.nodes[leader].start();
     cluster.assert_converged(&client, &keys, "the old leader restarted");
+}
+
+/// Every order in `acked` is found through `client`.
+fn assert_all_found(client: &Client, keys: &[Key], acked: &[Acked], after: &str) {
+    for order in acked {
+        let (status, found) =
+            client.signed(&keys[order.key], "GET", "/order", &format!("order_id={}", order.order_id), None);
+        assert_eq!(status, 200, "order {} lost after {after}: {found}", order.order_id);
+    }
+}
+
+#[test]
+fn a_node_restarted_with_a_wiped_disk_votes_only_once_it_has_caught_up() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let keys = cluster.nodes[leader].client().demo(2);
+    let mut acked = Vec::new();
+    place_some(&cluster.nodes[leader].client(), &keys, 0, &mut acked);
+
+    // A follower loses its disk while orders go on: it comes back empty,
+    // the leader sends it the whole log, and it votes once caught up.
+    let wiped = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.nodes[wiped].kill();
+    cluster.nodes[wiped].wipe();
+    place_some(&cluster.nodes[leader].client(), &keys, 1, &mut acked);
+    cluster.nodes[wiped].start();
+    cluster.nodes[wiped].wait_voting();
+    cluster.assert_converged(&cluster.nodes[leader].client(), &keys, "the wiped follower rejoined");
+    assert_all_found(&cluster.nodes[wiped].client(), &keys, &acked, "the wipe");
+
+    // The hazard a wiped node must not create: it may have acknowledged
+    // entries before it lost them. With the leader down, the wiped node and
+    // the remaining follower must not elect a leader between them on the
+    // strength of the wiped node's vote.
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    cluster.nodes[wiped].wipe();
+    cluster.nodes[wiped].start();
+    cluster.nodes[other].start();
+    // Ten election timeouts and more (behaviour, not speed: a vote would
+    // elect a leader in one).
+    std::thread::sleep(Duration::from_secs(3));
+    for index in [wiped, other] {
+        let health = cluster.nodes[index].health().unwrap();
+        assert_ne!(
+            health["cluster"]["role"], "leader",
+            "node {index} leads without a caught-up majority: {health}"
+        );
+    }
+    assert_eq!(cluster.nodes[wiped].health().unwrap()["cluster"]["votes"], false);
+
+    // The old leader returns: a leader is elected, the wiped node catches
+    // up and votes, and nothing acknowledged is lost.
+    cluster.nodes[leader].start();
+    let leader = cluster.leader();
+    cluster.nodes[wiped].wait_voting();
+    let client = cluster.nodes[leader].client();
+    place_some(&client, &keys, 2, &mut acked);
+    cluster.assert_converged(&client, &keys, "the second wipe");
+    for node in &cluster.nodes {
+        assert_all_found(&node.client(), &keys, &acked, "the second wipe");
+    }
+}
+
+#[test]
+fn learners_and_voters_join_and_leave_through_the_admin_api() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let keys = cluster.nodes[leader].client().demo(2);
+    let mut acked = Vec::new();
+    place_some(&cluster.nodes[leader].client(), &keys, 0, &mut acked);
+    let admin = cluster.nodes[leader].client();
+    let base = cluster.base;
+    let member = |node: &Node, learner: bool| {
+        json!({ "id": node.id, "raft": format!("{}:{}", raft_ip(base, node.id), raft_port(node)),
+                "api": node.api.to_string(), "learner": learner })
+    };
+
+    // A learner: added through the leader, it follows the log, serves
+    // reads, and refuses order entry naming the leader.
+    let learner = cluster.new_node(true);
+    cluster.nodes[learner].start();
+    let body = member(&cluster.nodes[learner], true);
+    let (status, refused) =
+        cluster.nodes[(leader + 1) % 3].client().admin("POST", "/admin/cluster/members", body.clone());
+    assert_eq!((status, refused["error"]["code"].as_str()), (421, Some("not_leader")), "{refused}");
+    let membership = admin.admin_ok("POST", "/admin/cluster/members", body);
+    let roles: Vec<(u64, String)> = membership["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["role"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(roles, [(1, "voter".into()), (2, "voter".into()), (3, "voter".into()), (4, "learner".into())]);
+    cluster.assert_converged(&admin, &keys, "a learner joined");
+    let learner_client = cluster.nodes[learner].client();
+    assert_eq!(learner_client.get("/health").1["cluster"]["role"], "learner");
+    let (status, answer) = learner_client.place(
+        &keys[0],
+        json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "1", "quantity": "1" }),
+    );
+    assert_eq!(status, 421, "{answer}");
+    assert_eq!(answer["error"]["leader"], cluster.nodes[leader].api.to_string().as_str());
+
+    // A voter added while orders go on; then both leave again.
+    let voter = cluster.new_node(false);
+    cluster.nodes[voter].start();
+    let membership = admin.admin_ok("POST", "/admin/cluster/members", member(&cluster.nodes[voter], false));
+    let voters = membership["members"].as_array().unwrap().iter().filter(|m| m["role"] == "voter").count();
+    assert_eq!(voters, 4, "{membership}");
+    cluster.nodes[voter].wait_voting();
+    place_some(&admin, &keys, 1, &mut acked);
+    cluster.assert_converged(&admin, &keys, "a voter joined");
+    let (status, refused) = admin.admin("DELETE", "/admin/cluster/members", json!({ "id": 99 }));
+    assert_eq!((status, refused["error"]["code"].as_str()), (400, Some("invalid_member")), "{refused}");
+    for index in [learner, voter] {
+        let id = cluster.nodes[index].id;
+        let membership = admin.admin_ok("DELETE", "/admin/cluster/members", json!({ "id": id }));
+        assert!(membership["members"].as_array().unwrap().iter().all(|m| m["id"] != id), "{membership}");
+        cluster.nodes[index].kill();
+    }
+
+    // Three voters again: losing the leader still leaves a majority.
+    cluster.nodes[leader].kill();
+    let new = wait_for_other_leader(&cluster, leader);
+    let client = cluster.nodes[new].client();
+    place_some(&client, &keys, 2, &mut acked);
+    assert_all_found(&client, &keys, &acked, "the members left and the leader died");
+}
+
+/// The Raft port in a node's configuration file.
+fn raft_port(node: &Node) -> u16 {
+    let config = std::fs::read_to_string(&node.config_path).unwrap();
+    let line = config.lines().find(|l| l.starts_with("raft_listen")).unwrap();
+    line.trim_end_matches('"').rsplit(':').next().unwrap().parse().unwrap()
 }

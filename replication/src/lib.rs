@@ -63,7 +63,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use log_store::{LogStore, LogStoreConfig};
-pub use net::{NetConfig, NetworkFactory};
+pub use net::{NetConfig, NetworkFactory, VoteGate};
 pub use state_machine::{EngineStateMachine, Replica};
 pub use types::{Batch, ExchangeNode, ExchangeRaft, Origin, Proposal, TypeConfig};
 

@@ -65,6 +65,42 @@ pub struct NetConfig {
     /// system's choice). A node sets it to its Raft listener's address, so that firewall
     /// rules (and the partition tests) can tell its traffic from another node's on one host.
     pub bind_outgoing: Option<std::net::IpAddr>,
+    /// Whether the server answers vote and pre-vote requests (see [`VoteGate`]).
+    pub votes: VoteGate,
+}
+
+/// Whether this node may vote. A node whose disk was wiped (or a new one) has forgotten
+/// whom it voted for and which entries it acknowledged: were it to vote at once, it could
+/// vote twice in one term, or help elect a node that lacks an entry it had acknowledged
+/// before losing its disk (a committed entry, lost). Its server refuses votes while the gate
+/// is closed; the node opens it once it has caught up with a leader's log.
+#[derive(Clone, Debug)]
+pub struct VoteGate(Arc<std::sync::atomic::AtomicBool>);
+
+impl VoteGate {
+    pub fn new(open: bool) -> VoteGate {
+        VoteGate(Arc::new(std::sync::atomic::AtomicBool::new(open)))
+    }
+
+    pub fn open(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The answer of a node that may not vote: not granted, the candidate's own vote echoed
+    /// (openraft expects `response.vote >= request.vote`), no log claimed.
+    fn refuse(request: &VoteRequest<TypeConfig>) -> VoteResponse<TypeConfig> {
+        VoteResponse::new(&request.vote, None, false)
+    }
+}
+
+impl Default for VoteGate {
+    fn default() -> VoteGate {
+        VoteGate::new(true)
+    }
 }
 
 impl Default for NetConfig {
@@ -76,6 +112,7 @@ impl Default for NetConfig {
             frame_read_timeout_ms: 10_000,
             connections_max: 256,
             bind_outgoing: None,
+            votes: VoteGate::default(),
         }
     }
 }
@@ -519,6 +556,11 @@ where
         let request: Request = codec::decode(&frame).map_err(FrameError::Decode)?;
         let response = match request {
             Request::Append(rpc) => Response::Append(raft.append_entries(rpc).await),
+            Request::Vote(rpc) if !config.votes.is_open() => {
+                tracing::debug!(candidate = ?rpc.vote, "refusing a vote: this node has not caught up since its disk was new");
+                Response::Vote(Ok(VoteGate::refuse(&rpc)))
+            }
+            Request::PreVote(rpc) if !config.votes.is_open() => Response::PreVote(Ok(VoteGate::refuse(&rpc))),
             Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
             Request::PreVote(rpc) => Response::PreVote(raft.pre_vote(rpc).await),
             Request::TransferLeader(req) => Response::TransferLeader(raft.handle_transfer_leader(req).await),

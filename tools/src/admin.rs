@@ -85,6 +85,38 @@ pub enum AdminCommand {
         #[command(flatten)]
         to: Connection,
     },
+    /// A cluster's members: list them, add or remove one (changes go to
+    /// the leader; a follower answers with the leader's address).
+    Cluster {
+        #[command(subcommand)]
+        verb: ClusterVerb,
+        #[command(flatten)]
+        to: Connection,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterVerb {
+    /// Every member with its role and addresses, the leader, the term and
+    /// (asked of the leader) how far each member's log is.
+    Status,
+    /// `exctl cluster add 4 --raft 10.0.0.4:7100 --api 10.0.0.4:8080`: adds
+    /// a node as a learner, then makes it a voter once it has caught up
+    /// (`--learner`: it stays a learner, serving reads and market data).
+    Add {
+        id: u64,
+        /// Its Raft address, HOST:PORT.
+        #[arg(long)]
+        raft: String,
+        /// Its REST API address, HOST:PORT.
+        #[arg(long)]
+        api: String,
+        #[arg(long)]
+        learner: bool,
+    },
+    /// `exctl cluster remove 4`: the node leaves the cluster (the last
+    /// voter cannot).
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -323,10 +355,55 @@ pub fn run(command: AdminCommand) -> Result<ExitCode, String> {
         AdminCommand::Deposit { funds, to } => move_funds(&Admin::connect(to)?, "deposit", funds),
         AdminCommand::Withdraw { funds, to } => move_funds(&Admin::connect(to)?, "withdraw", funds),
         AdminCommand::Limits { verb, to } => limits(&Admin::connect(to)?, verb),
+        AdminCommand::Cluster { verb, to } => cluster(&Admin::connect(to)?, verb),
     }?;
     Ok(match answer {
         Answer::Done(_) => ExitCode::SUCCESS,
         Answer::Refused(code) => code,
+    })
+}
+
+fn cluster(admin: &Admin, verb: ClusterVerb) -> Result<Answer, String> {
+    let (method, body, done) = match verb {
+        ClusterVerb::Status => ("GET", Value::Null, None),
+        ClusterVerb::Add { id, raft, api, learner } => {
+            let role = if learner { "learner" } else { "voter" };
+            (
+                "POST",
+                json!({ "id": id, "raft": raft, "api": api, "learner": learner }),
+                Some(format!("node {id} added as a {role}")),
+            )
+        }
+        ClusterVerb::Remove { id } => ("DELETE", json!({ "id": id }), Some(format!("node {id} removed"))),
+    };
+    let path = if method == "GET" { "/admin/cluster" } else { "/admin/cluster/members" };
+    call_and_show(admin, method, path, body, |answer| {
+        if let Some(done) = done {
+            println!("{done}");
+        }
+        println!(
+            "node {} is {}; leader {} (api {}), term {}, log {} committed {} applied {}{}",
+            text(&answer["node_id"]),
+            text(&answer["role"]),
+            text(&answer["leader"]),
+            text(&answer["leader_api"]),
+            text(&answer["term"]),
+            text(&answer["last_log_index"]),
+            text(&answer["committed_index"]),
+            text(&answer["applied_index"]),
+            if answer["changing"] == Value::Bool(true) { " (membership change under way)" } else { "" }
+        );
+        println!("{:>4}  {:<8} {:<24} {:<24} matched", "id", "role", "raft", "api");
+        for member in answer["members"].as_array().into_iter().flatten() {
+            println!(
+                "{:>4}  {:<8} {:<24} {:<24} {}",
+                text(&member["id"]),
+                text(&member["role"]),
+                text(&member["raft"]),
+                text(&member["api"]),
+                text(&member["matched_index"])
+            );
+        }
     })
 }
 

@@ -8,8 +8,8 @@
 //! explicit, recorded way to accept lost records.
 //!
 //! It administers a running exchange through its admin API (`admin.rs`):
-//! assets, markets, users, API keys, deposits, withdrawals, limits; and
-//! asks it how it is (`health`, `lag`). A market is written `BTC-USDT` in
+//! assets, markets, users, API keys, deposits, withdrawals, limits, a
+//! cluster's members; and asks it how it is (`health`, `lag`). A market is written `BTC-USDT` in
 //! every output; `BTCUSDT` and `BTC/USDT` are understood on input
 //! (`market_name.rs`). A refusal prints the server's message and exits 1.
 //!
@@ -25,6 +25,8 @@
 //! exctl market status BTCUSDT halted
 //! exctl user add && exctl key add 0 && exctl deposit 0 1.5 BTC
 //! exctl limits set --open-orders-per-user-max 500 --json
+//! exctl cluster status --server http://10.0.0.1:8080
+//! exctl cluster add 4 --raft 10.0.0.4:7100 --api 10.0.0.4:8080 --learner
 //! ```
 
 mod admin;
