@@ -214,8 +214,10 @@ impl Cluster {
         if metrics.state != ServerState::Leader || leader != Some(self.node_id) {
             return Err(not_leader());
         }
+        // A sole voter is its own majority: nobody else acknowledges it.
+        let alone = metrics.membership_config.membership().voter_ids().eq([self.node_id]);
         let silence_max = Duration::from_millis(self.quorum_silence_max_ms);
-        if metrics.last_quorum_acked.as_ref().is_none_or(|acked| acked.elapsed() > silence_max) {
+        if !alone && metrics.last_quorum_acked.as_ref().is_none_or(|acked| acked.elapsed() > silence_max) {
             return Err(ProposeError::NotLeader { leader: None });
         }
         Ok(())

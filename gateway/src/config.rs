@@ -642,6 +642,18 @@ mod tests {
         );
         refused(replicated("").replace("id = 2,", "id = 1,"), "member id 1 is named twice");
         refused(replicated("").replace("127.0.0.1:8102", "nowhere"), "is not HOST:PORT");
+        let learners = |text: String| {
+            text.replace("api = \"127.0.0.1:8102\"", "api = \"127.0.0.1:8102\", learner = true")
+        };
+        refused(
+            learners(replicated("bootstrap = true\n").replace("node_id = 1", "node_id = 2")),
+            "node 2 is a learner and cannot form the cluster",
+        );
+        refused(
+            learners(replicated(""))
+                .replace("api = \"127.0.0.1:8101\"", "api = \"127.0.0.1:8101\", learner = true"),
+            "every member is a learner",
+        );
         refused(
             format!("database_url = \"host=localhost\"\n{}", replicated("")),
             "cannot feed PostgreSQL yet",

@@ -371,6 +371,11 @@ const ADMIN_TOKEN: &str = "exctl-test-admin-token-0123";
 
 impl Server {
     fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with(None, dir, env)
+    }
+
+    /// A server with a configuration file too (the environment wins).
+    fn start_with(file: Option<&Path>, dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut vars: Vec<(String, String)> = vec![
             ("EXCHANGE_DATA_DIR".into(), dir.display().to_string()),
             ("EXCHANGE_LISTEN".into(), "127.0.0.1:0".into()),
@@ -378,7 +383,7 @@ impl Server {
             ("EXCHANGE_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
         ];
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let config = gateway::Config::load(None, vars).unwrap();
+        let config = gateway::Config::load(file, vars).unwrap();
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -869,4 +874,101 @@ fn dump_describes_stops_icebergs_and_order_lists_in_decimals() {
         "{}",
         lines[3]
     );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn cluster_verbs_show_add_and_remove_members() {
+    let dir = tempfile::tempdir().unwrap();
+    // An exchange running alone has no cluster: refused, exit status 1.
+    let alone = Server::start(&dir.path().join("alone"), &[]);
+    let refused = exctl_admin(&format!("http://{}", alone.address), &["cluster", "status"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("not_a_cluster"), "{}", stderr(&refused));
+    alone.stop();
+
+    // A cluster of one voter (node 1), and node 2 started to join it as a
+    // learner: each a server in this process, on loopback ports.
+    let (api, raft) = ([free_port(), free_port()], [free_port(), free_port()]);
+    let member = |i: usize, learner: bool| {
+        format!(
+            "{{ id = {}, raft = \"127.0.0.1:{}\", api = \"127.0.0.1:{}\", learner = {learner} }}",
+            i + 1,
+            raft[i],
+            api[i]
+        )
+    };
+    let start = |i: usize, members: String| {
+        let file = dir.path().join(format!("node{}.toml", i + 1));
+        std::fs::write(
+            &file,
+            format!(
+                "durability = \"replicated\"\n[cluster]\nnode_id = {}\nraft_listen = \"127.0.0.1:{}\"\n\
+                 bootstrap = {}\nmembers = [{members}]\n",
+                i + 1,
+                raft[i],
+                i == 0
+            ),
+        )
+        .unwrap();
+        let listen = format!("127.0.0.1:{}", api[i]);
+        Server::start_with(
+            Some(&file),
+            &dir.path().join(format!("node{}", i + 1)),
+            &[("EXCHANGE_LISTEN", &listen)],
+        )
+    };
+    let one = start(0, member(0, false));
+    let url = format!("http://{}", one.address);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let output = exctl_admin(&url, &["cluster", "status", "--json"]);
+        let answer: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap_or_default();
+        if answer["role"] == "leader" {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "node 1 does not lead: {answer}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status["members"].as_array().unwrap().len(), 1, "{status}");
+
+    let two = start(1, format!("{}, {}", member(0, false), member(1, true)));
+    let raft_two = format!("127.0.0.1:{}", raft[1]);
+    let api_two = format!("127.0.0.1:{}", api[1]);
+    let added =
+        exctl_admin(&url, &["cluster", "add", "2", "--raft", &raft_two, "--api", &api_two, "--learner"]);
+    let text = stdout(&added);
+    assert!(added.status.success(), "{text}{}", stderr(&added));
+    assert!(text.contains("node 2 added as a learner"), "{text}");
+    assert!(text.contains("is leader"), "{text}");
+    let table: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with(char::is_numeric)).collect();
+    assert_eq!(table.len(), 2, "{text}");
+    assert!(
+        table[1].contains("learner") && table[1].contains(&raft_two) && table[1].contains(&api_two),
+        "{text}"
+    );
+
+    // A change asked of the learner is refused and names the leader.
+    let misdirected = exctl_admin(&format!("http://{}", two.address), &["cluster", "remove", "2"]);
+    assert_eq!(misdirected.status.code(), Some(1));
+    assert!(
+        stderr(&misdirected).contains("not_leader")
+            && stderr(&misdirected).contains(&one.address.to_string())
+    );
+    // Bad input: a precise refusal, nothing changed.
+    let bad = exctl_admin(&url, &["cluster", "add", "3", "--raft", "nowhere", "--api", &api_two]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("raft: \"nowhere\" is not HOST:PORT"), "{}", stderr(&bad));
+    let last = exctl_admin(&url, &["cluster", "remove", "1"]);
+    assert!(stderr(&last).contains("last voter"), "{}", stderr(&last));
+
+    let removed = exctl_admin(&url, &["cluster", "remove", "2", "--json"]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&removed)).unwrap();
+    assert_eq!(answer["members"].as_array().unwrap().len(), 1, "{answer}");
+    two.stop();
+    one.stop();
 }
