@@ -276,7 +276,7 @@ fn a_follower_whose_state_differs_stops_loudly_and_the_others_go_on() {
     cluster.wait_marked(seq);
     let (checked_before, _, _) = cluster.nodes[other].marks();
 
-    let seq = place_orders(&client, &keys, 30);
+    let seq = place_orders(&client, &keys, 40);
     assert!(seq > corrupt_at + INTERVAL_SEQS, "only {seq} commands");
     let status = cluster.nodes[bad].wait_exit(CATCH_UP_BOUND);
     assert_eq!(status.code(), Some(DIVERGED_EXIT_CODE), "{}", cluster.nodes[bad].stderr());
