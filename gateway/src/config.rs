@@ -150,7 +150,7 @@ pub struct ClusterConfig {
 
 /// The default `hash_mark_interval_seqs`: hashing costs well under 1% of
 /// the matcher's time at this interval (measured in docs/replication.md).
-pub const HASH_MARK_INTERVAL_SEQS_DEFAULT: u64 = 100_000;
+pub const HASH_MARK_INTERVAL_SEQS_DEFAULT: u64 = 4_000_000;
 
 fn hash_mark_interval_seqs_default() -> u64 {
     HASH_MARK_INTERVAL_SEQS_DEFAULT

@@ -1191,7 +1191,7 @@ impl HashMarks {
     /// keeps the hash and offers it to the proposer without waiting.
     fn applied(&mut self, engine: &Engine) {
         let seq = engine.last_seq();
-        if seq % self.interval_seqs != 0 {
+        if !seq.is_multiple_of(self.interval_seqs) {
             return;
         }
         let mut hash = engine.state_hash();
@@ -1221,7 +1221,7 @@ impl HashMarks {
         if let Some(&(_, ours)) = self.kept.iter().find(|(kept, _)| *kept == seq) {
             return if ours == hash { MarkCheck::Agreed } else { MarkCheck::Diverged { ours } };
         }
-        if seq == 0 || seq % self.interval_seqs != 0 {
+        if seq == 0 || !seq.is_multiple_of(self.interval_seqs) {
             return MarkCheck::OffInterval;
         }
         MarkCheck::NotKept
