@@ -297,7 +297,10 @@ impl CommittedFeed {
         } else {
             0
         };
-        let work = Work::Committed { command, timestamp_ns };
+        self.publish_work(request, Work::Committed { command, timestamp_ns }).await;
+    }
+
+    async fn publish_work(&mut self, request: u64, work: Work) {
         while self.publisher.try_publish(request, work).is_err() {
             tokio::time::sleep(RING_FULL_RETRY).await;
         }
@@ -341,7 +344,11 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
                         self.publish(proposal).await;
                     }
                 }
-                EntryPayload::Normal(Batch::HashMark { .. }) => {}
+                // In log order with the commands: the matcher has applied
+                // the mark's command when it takes the mark.
+                &EntryPayload::Normal(Batch::HashMark { seq, node, hash }) => {
+                    self.publish_work(0, Work::HashMark { seq, node, hash }).await;
+                }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                 }
@@ -420,6 +427,31 @@ impl Downstream for KeysFeed {
                 EventKind::ApiKeyRevoked { key, .. } => self.table.remove(&key),
                 _ => {}
             }
+        }
+    }
+}
+
+/// Proposes the state hashes this node's matcher computed as hash marks in
+/// the log, while this node leads (a follower's hashes are dropped: the
+/// leader's marks are what every node compares with). The leader applied a
+/// hash's command before computing it, so the mark lands after that command
+/// in every node's log. Runs until the matcher's side of `computed` closes.
+pub async fn propose_hash_marks(
+    cluster: Arc<Cluster>,
+    mut computed: tokio::sync::mpsc::Receiver<crate::pipeline::ComputedHash>,
+    health: Arc<crate::pipeline::Health>,
+) {
+    while let Some(crate::pipeline::ComputedHash { seq, hash }) = computed.recv().await {
+        // At or behind a mark already checked: a hash of the replay after a
+        // restart, whose point the log has marked already.
+        let marked = seq <= health.last_hash_mark_seq.load(std::sync::atomic::Ordering::Relaxed);
+        if marked || cluster.check_leading().is_err() {
+            continue;
+        }
+        let mark = Batch::HashMark { seq, node: cluster.node_id, hash };
+        if let Err(error) = cluster.raft.client_write(mark).await {
+            // Leadership moved under it; the next leader marks the next point.
+            tracing::debug!("cluster: the hash mark at sequence {seq} was not committed: {error}");
         }
     }
 }

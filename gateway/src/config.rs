@@ -140,6 +140,20 @@ pub struct ClusterConfig {
     pub election_timeout_min_ms: u64,
     #[serde(default = "election_timeout_max_ms_default")]
     pub election_timeout_max_ms: u64,
+    /// Every node hashes its whole state after each command whose sequence
+    /// number is a multiple of this, and the leader records its hash in the
+    /// log for the others to compare (docs/replication.md). The same on
+    /// every node.
+    #[serde(default = "hash_mark_interval_seqs_default")]
+    pub hash_mark_interval_seqs: u64,
+}
+
+/// The default `hash_mark_interval_seqs`: hashing costs well under 1% of
+/// the matcher's time at this interval (measured in docs/replication.md).
+pub const HASH_MARK_INTERVAL_SEQS_DEFAULT: u64 = 4_000_000;
+
+fn hash_mark_interval_seqs_default() -> u64 {
+    HASH_MARK_INTERVAL_SEQS_DEFAULT
 }
 
 /// A member of the cluster as the others reach it.
@@ -213,6 +227,9 @@ impl ClusterConfig {
                  before followers give up on it",
                 self.heartbeat_ms, self.election_timeout_min_ms
             ));
+        }
+        if self.hash_mark_interval_seqs == 0 {
+            return Err("hash_mark_interval_seqs must be positive".into());
         }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             return Err(format!(
@@ -636,6 +653,7 @@ mod tests {
         let replicated = |extra: &str| format!("durability = \"replicated\"\n{}", cluster(extra));
         refused(replicated("").replace("node_id = 1", "node_id = 3"), "node_id 3 is not one of the members");
         refused(replicated("heartbeat_ms = 200\n"), "must be positive and below election_timeout_min_ms");
+        refused(replicated("hash_mark_interval_seqs = 0\n"), "hash_mark_interval_seqs must be positive");
         refused(
             replicated("election_timeout_min_ms = 300\nelection_timeout_max_ms = 300\n"),
             "must be below election_timeout_max_ms",

@@ -192,6 +192,19 @@ pub fn render(state: &AppState) -> String {
         health.snapshot_stall_ns.load(Relaxed) as f64 / 1e9,
     );
 
+    family(
+        &mut out,
+        "exchange_hash_marks_checked_total",
+        "counter",
+        "Cluster mode: hash marks in the log that this node's own state hash agreed with.",
+    );
+    sample(
+        &mut out,
+        "exchange_hash_marks_checked_total",
+        &[],
+        health.hash_marks_checked.load(Relaxed) as f64,
+    );
+
     family(&mut out, "exchange_ws_connections", "gauge", "Open WebSocket connections.");
     sample(&mut out, "exchange_ws_connections", &[], health.ws_connections.load(Relaxed) as f64);
     family(&mut out, "exchange_ws_connections_opened_total", "counter", "WebSocket connections accepted.");

@@ -74,6 +74,15 @@ pub enum Work {
         command: Command,
         timestamp_ns: u64,
     },
+    /// A hash mark from the cluster's replicated log (cluster mode): node
+    /// `node`'s engine had state hash `hash` after command `seq`. The
+    /// matcher compares it with its own hash at `seq` and stops the process
+    /// on a difference ([`HashMarks`]).
+    HashMark {
+        seq: u64,
+        node: u64,
+        hash: u64,
+    },
     /// Housekeeping: interval syncs and due snapshots when otherwise idle.
     Tick,
     /// Sync the journal and write a snapshot; sent once, at shutdown.
@@ -122,6 +131,10 @@ pub struct Health {
     pub journal_failed: AtomicBool,
     /// Open WebSocket connections (counted by the WebSocket server).
     pub ws_connections: AtomicU64,
+    /// Cluster mode: hash marks from the log that this node's own state
+    /// hash agreed with, and the sequence number of the newest one.
+    pub hash_marks_checked: AtomicU64,
+    pub last_hash_mark_seq: AtomicU64,
     /// Latencies and counters for `GET /metrics`.
     pub metrics: Metrics,
 }
@@ -251,16 +264,22 @@ pub fn start(
     views: Arc<RwLock<Views>>,
     config: PipelineConfig,
 ) -> Pipeline {
-    start_journaled_by(engine, Some(journal), views, config)
+    start_journaled_by(engine, Some(journal), views, config, None)
 }
 
 /// Starts the pipeline of a cluster node: commands arrive as
 /// [`Work::Committed`] (already durable on a majority of the nodes), in
 /// the replicated log's order, so there is no local journal and no
-/// durability stage, and no snapshot is taken here.
-pub fn start_replicated(engine: Engine, views: Arc<RwLock<Views>>, config: PipelineConfig) -> Pipeline {
+/// durability stage, and no snapshot is taken here. `hash_marks` is where
+/// the matcher keeps its state hashes at the marked points.
+pub fn start_replicated(
+    engine: Engine,
+    views: Arc<RwLock<Views>>,
+    config: PipelineConfig,
+    hash_marks: HashMarks,
+) -> Pipeline {
     let config = PipelineConfig { snapshot_every_commands: 0, ..config };
-    start_journaled_by(engine, None, views, config)
+    start_journaled_by(engine, None, views, config, Some(hash_marks))
 }
 
 fn start_journaled_by(
@@ -268,12 +287,14 @@ fn start_journaled_by(
     journal: Option<JournalWriter>,
     views: Arc<RwLock<Views>>,
     config: PipelineConfig,
+    hash_marks: Option<HashMarks>,
 ) -> Pipeline {
     let inbound_bell = Doorbell::leak();
     if config.busy_spin {
-        start_with(engine, journal, views, config, BusySpin, inbound_bell)
+        start_with(engine, journal, views, config, hash_marks, BusySpin, inbound_bell)
     } else {
-        start_with(engine, journal, views, config, Backoff { doorbell: inbound_bell }, inbound_bell)
+        let wait = Backoff { doorbell: inbound_bell };
+        start_with(engine, journal, views, config, hash_marks, wait, inbound_bell)
     }
 }
 
@@ -282,6 +303,7 @@ fn start_with<W: WaitStrategy + 'static>(
     journal: Option<JournalWriter>,
     views: Arc<RwLock<Views>>,
     config: PipelineConfig,
+    hash_marks: Option<HashMarks>,
     wait: W,
     inbound_bell: &'static Doorbell,
 ) -> Pipeline {
@@ -378,6 +400,7 @@ fn start_with<W: WaitStrategy + 'static>(
         health: health_for_matcher,
         snapshots: snapshot_parts,
         config,
+        hash_marks,
         taken: 0,
         latencies: LocalHistograms::new(&[
             Stage::RingWait,
@@ -690,6 +713,9 @@ struct Matcher {
     health: Arc<Health>,
     snapshots: std::sync::mpsc::Sender<SnapshotPart>,
     config: PipelineConfig,
+    /// A cluster node's own state hashes at the marked points (`None` on a
+    /// single node: nothing to compare with).
+    hash_marks: Option<HashMarks>,
     /// Slots taken from the inbound ring in the current batch.
     taken: u64,
     latencies: LocalHistograms,
@@ -703,6 +729,7 @@ impl Matcher {
             Work::Committed { command, timestamp_ns } => {
                 self.apply_committed(slot.request_id, command, timestamp_ns, slot.published_ns)
             }
+            Work::HashMark { seq, node, hash } => self.check_hash_mark(seq, node, hash),
             Work::Tick => {
                 // Under `interval`, wakes the durability stage so that the
                 // last commands are synced within the interval even when
@@ -790,6 +817,56 @@ impl Matcher {
         let stamped =
             StampedCommand { seq: self.engine.last_seq() + 1, timestamp_ns: self.last_timestamp_ns, command };
         self.apply_stamped(request_id, &stamped, 0);
+        if let Some(marks) = self.hash_marks.as_mut() {
+            marks.applied(&self.engine);
+        }
+    }
+
+    /// Compares a hash mark from the log with this node's own hash at its
+    /// sequence number. A difference means the replicas no longer hold the
+    /// same state: this node must not answer, publish or acknowledge
+    /// anything more, so the process exits (see [`DIVERGED_EXIT_CODE`]).
+    fn check_hash_mark(&mut self, seq: u64, node: u64, hash: u64) {
+        let Some(marks) = self.hash_marks.as_ref() else {
+            // Only the cluster's log carries marks, and a cluster node's
+            // matcher always keeps hashes.
+            debug_assert!(false, "a hash mark reached a single node's matcher");
+            return;
+        };
+        let last_seq = self.engine.last_seq();
+        match marks.check(seq, hash, last_seq) {
+            MarkCheck::Agreed => {
+                self.health.hash_marks_checked.fetch_add(1, Ordering::Relaxed);
+                self.health.last_hash_mark_seq.fetch_max(seq, Ordering::Relaxed);
+            }
+            MarkCheck::NotKept => tracing::debug!(
+                "hash mark of node {node} at sequence {seq} not checked: this node no longer keeps its hash \
+                 there (it keeps the last {HASH_MARKS_KEPT}, now at sequence {last_seq})"
+            ),
+            MarkCheck::OffInterval => tracing::warn!(
+                "hash mark of node {node} at sequence {seq} not checked: this node hashes every {} sequence \
+                 numbers; hash_mark_interval_seqs must be the same on every node",
+                marks.interval_seqs
+            ),
+            MarkCheck::Diverged { ours } => {
+                tracing::error!(
+                    "replicas diverged: at sequence {seq} the state hash of node {} is {ours:016x}, the hash \
+                     mark of node {node} says {hash:016x}; a breach of determinism: this node stops applying \
+                     and exits with status {DIVERGED_EXIT_CODE}; keep both nodes' logs and data directories",
+                    marks.node_id
+                );
+                std::process::exit(DIVERGED_EXIT_CODE);
+            }
+            MarkCheck::Ahead => {
+                tracing::error!(
+                    "replicas diverged: the hash mark of node {node} is for sequence {seq}, but node {} has \
+                     applied only {last_seq} commands at that point of the log: the nodes number the log \
+                     differently; this node stops applying and exits with status {DIVERGED_EXIT_CODE}",
+                    marks.node_id
+                );
+                std::process::exit(DIVERGED_EXIT_CODE);
+            }
+        }
     }
 
     /// Applies a stamped command to the engine and stages its events.
@@ -1022,4 +1099,198 @@ pub fn start_ticker(
 /// Publishes one command for `request_id`, or says the ring is full.
 pub fn submit(publisher: &mut Publisher, request_id: u64, command: Command) -> Result<(), RingBufferFull> {
     publisher.try_publish(request_id, Work::Command(command))
+}
+
+/// The exit status of a cluster node that found its state differs from
+/// the leader's at a hash mark (distinct from a failed start, 1, and bad
+/// arguments, 2): restarting it replays the same log and stops it again,
+/// so a supervisor should alert rather than restart it in a loop.
+pub const DIVERGED_EXIT_CODE: i32 = 3;
+
+/// The newest own hashes a matcher keeps for the leader's marks to find:
+/// a mark lands in the log shortly after its point (one commit after the
+/// leader applied it), so only a node far behind misses one, and then the
+/// next mark checks it.
+pub const HASH_MARKS_KEPT: usize = 16;
+
+/// Hashes the matcher hands to the mark proposer that are not taken yet;
+/// more are dropped (a mark is a check, not state: the next one follows).
+pub const HASH_MARKS_QUEUED_MAX: usize = 64;
+
+/// Test-only: a node started with this variable set to a sequence number
+/// records a wrong state hash there (flips one bit), so that tests can make
+/// a replica diverge for real. Never set it on a production node.
+pub const CORRUPT_HASH_FOR_TEST_VAR: &str = "TEST_EXCHANGE_CORRUPT_HASH_AT_SEQ";
+
+/// A state hash the matcher computed at a marked point, for the leader to
+/// propose as a hash mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ComputedHash {
+    pub seq: u64,
+    pub hash: u64,
+}
+
+/// A cluster node's own state hashes at the deterministic points (every
+/// command whose sequence number is a multiple of `interval_seqs`), kept
+/// until the leader's mark for the same point comes through the log.
+pub struct HashMarks {
+    node_id: u64,
+    interval_seqs: u64,
+    /// (seq, hash), oldest first, at most [`HASH_MARKS_KEPT`].
+    kept: VecDeque<(u64, u64)>,
+    computed: tokio::sync::mpsc::Sender<ComputedHash>,
+    corrupt_at_seq: Option<u64>,
+}
+
+/// What a hash mark from the log says about this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkCheck {
+    /// This node's hash at the mark's point is the same.
+    Agreed,
+    /// This node no longer keeps its hash at that point (it was far behind).
+    NotKept,
+    /// The point is not one this node hashes (the nodes' intervals differ).
+    OffInterval,
+    /// This node's hash at that point differs: the replicas diverged.
+    Diverged { ours: u64 },
+    /// The mark is for a command this node has not applied although the
+    /// leader applied it before proposing the mark: the nodes number the
+    /// log differently, which is a divergence too.
+    Ahead,
+}
+
+impl HashMarks {
+    /// Hashes for node `node_id` every `interval_seqs` (positive) commands;
+    /// the receiver gets each hash as it is computed. Reads the test-only
+    /// [`CORRUPT_HASH_FOR_TEST_VAR`] from `env`.
+    pub fn new(
+        node_id: u64,
+        interval_seqs: u64,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(HashMarks, tokio::sync::mpsc::Receiver<ComputedHash>), String> {
+        if interval_seqs == 0 {
+            return Err("hash_mark_interval_seqs must be positive".into());
+        }
+        let mut corrupt_at_seq = None;
+        for (name, value) in env {
+            if name == CORRUPT_HASH_FOR_TEST_VAR {
+                let seq = value.parse::<u64>().map_err(|e| format!("{name}={value:?}: {e}"))?;
+                tracing::warn!(
+                    "{name}={seq}: this node records a wrong state hash at sequence {seq} (test only)"
+                );
+                corrupt_at_seq = Some(seq);
+            }
+        }
+        let (computed, receiver) = tokio::sync::mpsc::channel(HASH_MARKS_QUEUED_MAX);
+        let kept = VecDeque::with_capacity(HASH_MARKS_KEPT);
+        Ok((HashMarks { node_id, interval_seqs, kept, computed, corrupt_at_seq }, receiver))
+    }
+
+    /// After each committed command: at a marked point, hashes the whole
+    /// state (the cost the interval is chosen for; docs/replication.md),
+    /// keeps the hash and offers it to the proposer without waiting.
+    fn applied(&mut self, engine: &Engine) {
+        let seq = engine.last_seq();
+        if !seq.is_multiple_of(self.interval_seqs) {
+            return;
+        }
+        let mut hash = engine.state_hash();
+        if self.corrupt_at_seq == Some(seq) {
+            hash ^= 1;
+        }
+        self.keep(seq, hash);
+    }
+
+    fn keep(&mut self, seq: u64, hash: u64) {
+        debug_assert!(self.kept.back().is_none_or(|&(last, _)| last < seq), "hashes are kept in seq order");
+        if self.kept.len() == HASH_MARKS_KEPT {
+            self.kept.pop_front();
+        }
+        self.kept.push_back((seq, hash));
+        // A follower's hashes are offered too: the proposer drops them
+        // unless this node leads. A full queue drops (never waits).
+        let _ = self.computed.try_send(ComputedHash { seq, hash });
+    }
+
+    /// Compares the mark (`seq`, `hash`) with this node's own hash, this
+    /// node having applied `last_seq` commands when the mark came.
+    fn check(&self, seq: u64, hash: u64, last_seq: u64) -> MarkCheck {
+        if seq > last_seq {
+            return MarkCheck::Ahead;
+        }
+        if let Some(&(_, ours)) = self.kept.iter().find(|(kept, _)| *kept == seq) {
+            return if ours == hash { MarkCheck::Agreed } else { MarkCheck::Diverged { ours } };
+        }
+        if seq == 0 || !seq.is_multiple_of(self.interval_seqs) {
+            return MarkCheck::OffInterval;
+        }
+        MarkCheck::NotKept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(interval_seqs: u64) -> (HashMarks, tokio::sync::mpsc::Receiver<ComputedHash>) {
+        HashMarks::new(1, interval_seqs, Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn a_mark_agrees_differs_or_is_not_checked() {
+        let (mut marks, mut computed) = marks(10);
+        for seq in (10..=200).step_by(10) {
+            marks.keep(seq, seq * 7);
+        }
+        assert_eq!(marks.check(200, 1_400, 205), MarkCheck::Agreed);
+        assert_eq!(marks.check(50, 350, 205), MarkCheck::Agreed);
+        assert_eq!(marks.check(200, 1_401, 205), MarkCheck::Diverged { ours: 1_400 });
+        // Only the newest ones are kept: 20 computed, 16 kept.
+        assert_eq!(marks.check(40, 280, 205), MarkCheck::NotKept);
+        assert_eq!(marks.check(0, 0, 205), MarkCheck::OffInterval);
+        assert_eq!(marks.check(195, 0, 205), MarkCheck::OffInterval);
+        // A mark for a command this node has not applied: numbering differs.
+        assert_eq!(marks.check(210, 1_470, 205), MarkCheck::Ahead);
+        let offered: Vec<u64> = std::iter::from_fn(|| computed.try_recv().ok()).map(|c| c.seq).collect();
+        assert_eq!(offered, (10..=200).step_by(10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_matcher_hashes_at_the_marked_points_only() {
+        let (mut marks, mut computed) = marks(3);
+        let mut engine = Engine::new(engine_core::EngineLimits::default());
+        let mut events = Vec::new();
+        for seq in 1..=7 {
+            let limits = engine_core::EngineLimits::default();
+            let command = StampedCommand { seq, timestamp_ns: seq, command: Command::SetLimits { limits } };
+            engine.apply(&command, &mut events).unwrap();
+            marks.applied(&engine);
+            if seq == 6 {
+                let hash = engine.state_hash();
+                assert_eq!(marks.check(6, hash, 6), MarkCheck::Agreed);
+            }
+        }
+        let offered: Vec<u64> = std::iter::from_fn(|| computed.try_recv().ok()).map(|c| c.seq).collect();
+        assert_eq!(offered, [3, 6]);
+    }
+
+    #[test]
+    fn the_test_only_variable_makes_a_node_diverge_at_its_point() {
+        let env = vec![(CORRUPT_HASH_FOR_TEST_VAR.to_string(), "6".to_string())];
+        let (mut marks, _computed) = HashMarks::new(2, 3, env).unwrap();
+        let mut engine = Engine::new(engine_core::EngineLimits::default());
+        let mut events = Vec::new();
+        for seq in 1..=6 {
+            let limits = engine_core::EngineLimits::default();
+            let command = StampedCommand { seq, timestamp_ns: seq, command: Command::SetLimits { limits } };
+            engine.apply(&command, &mut events).unwrap();
+            marks.applied(&engine);
+        }
+        let hash = engine.state_hash();
+        assert_eq!(marks.check(6, hash, 6), MarkCheck::Diverged { ours: hash ^ 1 });
+        let bad = vec![(CORRUPT_HASH_FOR_TEST_VAR.to_string(), "soon".to_string())];
+        let error = HashMarks::new(2, 3, bad).err().unwrap();
+        assert!(error.contains(CORRUPT_HASH_FOR_TEST_VAR), "{error}");
+        assert!(HashMarks::new(2, 0, Vec::new()).is_err());
+    }
 }

@@ -275,8 +275,18 @@ fn health(state: &AppState) -> Value {
         "database": history::health(state),
         // In cluster mode: this node's role, the leader (and its API
         // address, where order entry goes), the term and the log indexes.
-        "cluster": state.cluster.as_ref().map(|cluster| cluster.status()),
+        "cluster": state.cluster.as_ref().map(|cluster| cluster_health(cluster.status(), health)),
     })
+}
+
+/// The cluster's status, with the hash marks this node checked (the
+/// matcher counts them; docs/replication.md).
+fn cluster_health(status: crate::cluster::ClusterStatus, health: &crate::pipeline::Health) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut value = json!(status);
+    value["hash_marks_checked"] = json!(health.hash_marks_checked.load(Relaxed));
+    value["last_hash_mark_seq"] = json!(health.last_hash_mark_seq.load(Relaxed));
+    value
 }
 
 fn assets(state: &AppState) -> Value {

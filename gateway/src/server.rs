@@ -122,9 +122,22 @@ pub async fn run(
         last_timestamp_ns: if config.cluster.is_some() { 0 } else { last_journaled_ns },
         health,
     };
-    let pipeline = match writer {
-        Some(writer) => pipeline::start(engine, writer, Arc::clone(&views), pipeline_config),
-        None => pipeline::start_replicated(engine, Arc::clone(&views), pipeline_config),
+    let mut computed_hashes = None;
+    let pipeline = match (writer, &config.cluster) {
+        (Some(writer), _) => pipeline::start(engine, writer, Arc::clone(&views), pipeline_config),
+        (None, Some(cluster_config)) => {
+            let (hash_marks, computed) = pipeline::HashMarks::new(
+                cluster_config.node_id,
+                cluster_config.hash_mark_interval_seqs,
+                std::env::vars(),
+            )
+            .map_err(ServerError)?;
+            computed_hashes = Some(computed);
+            pipeline::start_replicated(engine, Arc::clone(&views), pipeline_config, hash_marks)
+        }
+        (None, None) => {
+            return Err(ServerError("a node without a local journal must be a cluster node".into()))
+        }
     };
     let cluster = match &config.cluster {
         Some(cluster_config) => {
@@ -136,7 +149,12 @@ pub async fn run(
             let cluster = crate::cluster::Cluster::start(cluster_config, &data.journal(), feed)
                 .await
                 .map_err(ServerError)?;
-            Some(Arc::new(cluster))
+            let cluster = Arc::new(cluster);
+            if let Some(computed) = computed_hashes.take() {
+                let health = Arc::clone(&pipeline.health);
+                tokio::spawn(crate::cluster::propose_hash_marks(Arc::clone(&cluster), computed, health));
+            }
+            Some(cluster)
         }
         None => None,
     };
