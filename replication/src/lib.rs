@@ -10,6 +10,8 @@
 //! * [`net`]: the transport, openraft's RPCs (append, vote, pre-vote, snapshot in chunks,
 //!   leader transfer) as length-prefixed [`codec`] frames over TCP, client and server, the
 //!   server hardened against hostile frames.
+//! * [`log_file`]: the committed entries of a node's log read from its files, read-only (for
+//!   the operator's tools and checkers).
 //! * [`log_store`]: openraft's log storage on the journal's Raft log (`journal::RaftLog`,
 //!   segment format 3) and its `RAFT_STATE` file, with group commit on a sync thread.
 //! * [`state_machine`]: committed batches applied to an [`engine_core::Engine`], snapshots
@@ -57,6 +59,7 @@
 /// The exact openraft this crate is built on, for its users' trait impls and errors.
 pub use openraft;
 
+pub mod log_file;
 pub mod log_store;
 pub mod net;
 pub mod state_machine;

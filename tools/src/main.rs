@@ -30,6 +30,7 @@
 //! ```
 
 mod admin;
+mod cluster_log;
 mod dump;
 mod http;
 mod market_name;
@@ -238,6 +239,9 @@ fn check_dir(dir: &Path) -> Result<(), String> {
 fn inspect(dir: &Path) -> Result<ExitCode, String> {
     check_dir(dir)?;
     let journal = journal_dir(dir);
+    if replication::log_file::is_raft_log(&journal) {
+        return cluster_log::inspect(&journal);
+    }
     let report = journal::inspect(&journal, |_| {}).map_err(|e| e.to_string())?;
     println!("journal {}", journal.display());
     println!(
@@ -432,6 +436,11 @@ fn recover_with<D: journal::Derived>(
 }
 
 fn replay(dir: &Path, to: Option<u64>) -> Result<ExitCode, String> {
+    if replication::log_file::is_raft_log(&journal_dir(dir)) {
+        let replica = cluster_log::replay(&journal_dir(dir), to)?;
+        print_engine(replica.engine());
+        return Ok(ExitCode::SUCCESS);
+    }
     let recovery = recover(dir, to)?;
     for (path, why) in &recovery.skipped_snapshots {
         println!("skipped snapshot {}: {why}", path.display());
@@ -448,6 +457,12 @@ fn replay(dir: &Path, to: Option<u64>) -> Result<ExitCode, String> {
         seconds,
         recovery.replayed as f64 / seconds.max(1e-9)
     );
+    print_engine(engine);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sequence reached, the state hash and each market's book.
+fn print_engine(engine: &engine_core::Engine) {
     println!("sequence: {}", engine.last_seq());
     println!("state hash: {:016x}", engine.state_hash());
     println!("users: {}, resting orders: {}", engine.user_count(), engine.open_order_count());
@@ -473,7 +488,6 @@ fn replay(dir: &Path, to: Option<u64>) -> Result<ExitCode, String> {
             orders,
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn migrate(database_url: Option<String>) -> Result<ExitCode, String> {

@@ -970,5 +970,20 @@ fn cluster_verbs_show_add_and_remove_members() {
     let answer: serde_json::Value = serde_json::from_str(&stdout(&removed)).unwrap();
     assert_eq!(answer["members"].as_array().unwrap().len(), 1, "{answer}");
     two.stop();
+
+    // The journal of a cluster node is its Raft log: inspect and replay read it.
+    one.admin("POST", "/admin/assets", serde_json::json!({ "symbol": "BTC", "decimals": 8 }));
+    one.admin("POST", "/admin/assets", serde_json::json!({ "symbol": "USDT", "decimals": 6 }));
+    let (_, health) = one.request("GET", "/health", &[], "");
     one.stop();
+    let node_dir = dir.path().join("node1");
+    let inspect = exctl(&["journal", "inspect", node_dir.to_str().unwrap()]);
+    let text = stdout(&inspect);
+    assert!(inspect.status.success(), "{text}{}", stderr(&inspect));
+    assert!(text.contains("a cluster node's journal") && text.contains("raft-"), "{text}");
+    assert!(text.contains("membership") && text.contains("commands: 2"), "{text}");
+    let replay = exctl(&["replay", node_dir.to_str().unwrap()]);
+    let text = stdout(&replay);
+    assert!(replay.status.success(), "{text}{}", stderr(&replay));
+    assert!(text.contains(&format!("sequence: {}", health["seq"])), "{text}");
 }

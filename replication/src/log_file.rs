@@ -1,0 +1,124 @@
+//! A node's Raft log read from its files, without opening it for writing:
+//! for the operator's tools (`exctl journal inspect`, `exctl replay` on a
+//! cluster node's data directory) and for checkers in tests.
+//!
+//! It reads only what `RAFT_STATE` records as committed: entries past the
+//! committed index may still be truncated by Raft, so they say nothing
+//! about what the cluster decided. The committed index is saved lazily (a
+//! stale value is safe: what was once committed stays committed), so the
+//! reader may stop a little short of what the node had applied.
+//!
+//! What this module must never do: write to the directory (a running node
+//! may hold it), or hand out an entry it could not check (every frame is
+//! checksummed and decoded as hostile input; a gap in the committed prefix
+//! is an error, never skipped).
+
+use std::path::{Path, PathBuf};
+
+use journal::{
+    check_raft_segment, decode_raft_state, list_raft_segments, read_raft_frame, LogEntry, RaftFrameRead,
+    RaftState, RAFT_STATE_FILE_NAME,
+};
+
+use crate::log_store::decode_entry;
+use crate::types::Entry;
+
+/// One segment file as the reader found it.
+#[derive(Clone, Debug)]
+pub struct SegmentSummary {
+    pub path: PathBuf,
+    pub first_index: u64,
+    /// Valid entries in the file (committed or not).
+    pub entries: usize,
+    /// The index and term of the last valid entry.
+    pub last: Option<(u64, u64)>,
+    /// Bytes after the last valid entry that are not one (a torn tail
+    /// after a crash, or damage), described.
+    pub damage: Option<String>,
+}
+
+/// What [`read_committed`] found.
+#[derive(Clone, Debug, Default)]
+pub struct CommittedLog {
+    /// `RAFT_STATE` (vote, committed and purged positions); `None` when the
+    /// file does not exist.
+    pub state: Option<RaftState>,
+    pub segments: Vec<SegmentSummary>,
+    /// Committed entries handed to the visitor.
+    pub visited: u64,
+}
+
+/// Whether `dir` holds a Raft log (a cluster node's journal).
+pub fn is_raft_log(dir: &Path) -> bool {
+    dir.join(RAFT_STATE_FILE_NAME).exists() || list_raft_segments(dir).is_ok_and(|s| !s.is_empty())
+}
+
+/// Reads the committed entries of the Raft log in `dir` in index order and
+/// hands each to `visit` (which may stop the reading with an error).
+pub fn read_committed(
+    dir: &Path,
+    mut visit: impl FnMut(Entry) -> Result<(), String>,
+) -> Result<CommittedLog, String> {
+    let state_path = dir.join(RAFT_STATE_FILE_NAME);
+    let state = match std::fs::read(&state_path) {
+        Ok(bytes) => {
+            Some(decode_raft_state(&bytes).map_err(|why| format!("{}: {why}", state_path.display()))?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", state_path.display())),
+    };
+    let committed = state.and_then(|s| s.committed).map(|p| p.index);
+    let purged = state.and_then(|s| s.last_purged).map(|p| p.index);
+    let mut log = CommittedLog { state, ..CommittedLog::default() };
+    let segments = list_raft_segments(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    // The first committed entry expected next: after the purged ones.
+    let mut next = purged.map_or(0, |p| p + 1);
+    for (first_index, path) in segments {
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let scan = check_raft_segment(&bytes).map_err(|why| format!("{}: {why}", path.display()))?;
+        let mut summary = SegmentSummary {
+            path: path.clone(),
+            first_index,
+            entries: scan.entries.len(),
+            last: None,
+            damage: scan.damage.as_ref().map(|d| {
+                let shape = if d.torn_tail { "a torn last entry" } else { "damage" };
+                format!("{shape} at offset {} (entry {} expected): {}", d.offset, d.expected_index, d.why)
+            }),
+        };
+        for &(offset, _) in &scan.entries {
+            let RaftFrameRead::Entry(frame) = read_raft_frame(&bytes, offset) else {
+                return Err(format!("{}: the entry at offset {offset} does not read back", path.display()));
+            };
+            let (index, term) = (frame.position.index, frame.position.term);
+            summary.last = Some((index, term));
+            if committed.is_none_or(|c| index > c) || index < next {
+                // Past the committed index, or before what was purged or
+                // already read (an interrupted purge or truncation leaves
+                // such entries for the node to clean up).
+                continue;
+            }
+            if index != next {
+                return Err(format!(
+                    "{}: committed entry {next} is missing (the next one found is {index}): the log has a gap",
+                    path.display()
+                ));
+            }
+            let entry = LogEntry { index, term, kind: frame.kind, payload: frame.payload.to_vec() };
+            visit(decode_entry(&entry).map_err(|e| format!("{}: {e}", path.display()))?)?;
+            log.visited += 1;
+            next += 1;
+        }
+        log.segments.push(summary);
+    }
+    if let Some(committed) = committed {
+        if next <= committed {
+            return Err(format!(
+                "RAFT_STATE says entries up to {committed} are committed, but the log ends at {}: entries are \
+                 missing",
+                next.saturating_sub(1)
+            ));
+        }
+    }
+    Ok(log)
+}
