@@ -50,6 +50,12 @@ struct Args {
     /// loop (each client sends its next order when the last is answered).
     #[arg(long, value_delimiter = ',', default_value = "0")]
     rates: Vec<u64>,
+    /// How an open-loop client waits for each order's send time: `spin`
+    /// (exact, but the waiting takes a core from the nodes) or `sleep` (the
+    /// runtime's millisecond timer: up to a millisecond late, and the
+    /// lateness counts in the latency).
+    #[arg(long, value_enum, default_value = "spin")]
+    pacing: Pacing,
     /// Measured seconds per configuration, rate and round.
     #[arg(long, default_value_t = 3)]
     seconds: u64,
@@ -89,6 +95,12 @@ const LOOKUP_CONNECTIONS: usize = 4;
 /// The orders kept per user in the nodes' views: every acknowledged order
 /// must stay readable for the failover benchmark to find it.
 const CLOSED_ORDERS_KEPT_PER_USER: &str = "100000000";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Pacing {
+    Spin,
+    Sleep,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
@@ -377,8 +389,8 @@ fn compare(
 ) -> Result<(), String> {
     println!(
         "\n== ack latency and throughput: replicated (3 processes) vs batch (1 process); {} clients, \
-         {} s per measurement after {} ms of warm-up, {} round(s)",
-        args.clients, args.seconds, args.warmup_ms, args.runs
+         {} s per measurement after {} ms of warm-up, {} round(s); open-loop pacing: {:?}",
+        args.clients, args.seconds, args.warmup_ms, args.runs, args.pacing
     );
     // figures[setup][rate] over the rounds, and the merged histograms.
     let setups = [Setup::Batch, Setup::Replicated];
@@ -398,10 +410,12 @@ fn compare(
                 let keys = seed(leader, ADMIN_TOKEN, args.clients).await?;
                 for (r, &rate) in args.rates.iter().enumerate() {
                     let tag = format!("w{round}{s}{r}");
-                    drive(leader, &keys, rate, Duration::from_millis(args.warmup_ms), &tag).await?;
+                    drive(leader, &keys, rate, args.pacing, Duration::from_millis(args.warmup_ms), &tag)
+                        .await?;
                     let tag = format!("m{round}{s}{r}");
                     let (orders_per_s, histogram) =
-                        drive(leader, &keys, rate, Duration::from_secs(args.seconds), &tag).await?;
+                        drive(leader, &keys, rate, args.pacing, Duration::from_secs(args.seconds), &tag)
+                            .await?;
                     let measured = Figures::of(orders_per_s, &histogram);
                     println!(
                         "round {} {:<10} {:<16} {}  (n={})",
@@ -455,6 +469,7 @@ async fn drive(
     leader: SocketAddr,
     keys: &[Key],
     rate: u64,
+    pacing: Pacing,
     length: Duration,
     tag: &str,
 ) -> Result<(f64, Histogram<u64>), String> {
@@ -477,7 +492,9 @@ async fn drive(
                 if intended >= deadline || (rate == 0 && Instant::now() >= deadline) {
                     break;
                 }
-                if rate > 0 {
+                if rate > 0 && pacing == Pacing::Sleep {
+                    tokio::time::sleep_until(intended.into()).await;
+                } else if rate > 0 {
                     // The runtime's timer ticks in milliseconds: sleep to
                     // just before the send time, then yield until it.
                     if let Some(early) = intended.checked_sub(Duration::from_millis(2)) {
@@ -744,6 +761,7 @@ fn failover_rounds(
     let clients: Vec<_> =
         (0..args.failover_clients).map(|c| runtime.spawn(failover_client(Arc::clone(&load), c))).collect();
     let mut times = latency_histogram();
+    let mut elections = latency_histogram();
     let mut checked = 0;
     let mut lookups = 0;
     let outcome = (|| -> Result<(), String> {
@@ -759,6 +777,12 @@ fn failover_rounds(
             let old = runtime.block_on(leader(&addresses, None))?;
             let killed_at = Instant::now();
             deployment.nodes[old].kill();
+            // When the others have elected a leader (as their `/health`
+            // says, polled every 10 ms), to tell the election from what
+            // follows it until the first acknowledgement.
+            let new = runtime.block_on(leader(&addresses, Some(old)))?;
+            let elected = killed_at.elapsed();
+            elections.saturating_record((elected.as_nanos() as u64).max(1));
             let deadline = killed_at + PATIENCE;
             let first_ack = loop {
                 if let Some(at) = load.first_ack_after(killed_at, old) {
@@ -774,7 +798,6 @@ fn failover_rounds(
             };
             let took = first_ack.duration_since(killed_at);
             times.saturating_record((took.as_nanos() as u64).max(1));
-            let new = runtime.block_on(leader(&addresses, Some(old)))?;
             // Every order acknowledged since the last look, the ones the
             // killed leader acknowledged last among them, must be on the new
             // leader.
@@ -792,19 +815,25 @@ fn failover_rounds(
             lookups += to_check.len();
             // The killed node back on its data directory, caught up with
             // what the leader has applied, before the next kill.
+            let restarted_at = Instant::now();
             deployment.nodes[old].restart()?;
             let restarted = deployment.nodes[old].rest;
-            runtime.block_on(async {
-                wait_signable(restarted).await?;
+            let seq = runtime.block_on(async {
                 let seq = applied_seq(addresses[new]).await.ok_or("the new leader does not answer")?;
-                wait_applied(restarted, seq).await
+                wait_applied(restarted, seq).await?;
+                wait_signable(restarted).await?;
+                Ok::<_, String>(seq)
             })?;
             println!(
-                "kill {kill:>2}: node {} killed, node {} acknowledged an order {} later; {} orders checked on it",
+                "kill {kill:>2}: node {} killed; node {} leads after {:>8}, acknowledges an order after {:>8}; \
+                 {:>4} orders checked on it; node {} restarted, at seq {seq} after {}",
                 old + 1,
                 new + 1,
+                format_ns(elected.as_nanos() as u64),
                 format_ns(took.as_nanos() as u64),
-                to_check.len()
+                to_check.len(),
+                old + 1,
+                format_ns(restarted_at.elapsed().as_nanos() as u64)
             );
         }
         Ok(())
@@ -828,14 +857,17 @@ fn failover_rounds(
             &missing[..missing.len().min(10)]
         ));
     }
-    println!(
-        "failover, SIGKILL of the leader -> first order acknowledged by the new one, {} kills: \
-         p50 {}  p99 {}  max {}",
-        times.len(),
-        format_ns(times.value_at_quantile(0.5)),
-        format_ns(times.value_at_quantile(0.99)),
-        format_ns(times.max())
-    );
+    for (what, histogram) in
+        [("a new leader in /health", &elections), ("the first order acknowledged by the new leader", &times)]
+    {
+        println!(
+            "failover, SIGKILL of the leader -> {what}, {} kills: p50 {}  p99 {}  max {}",
+            histogram.len(),
+            format_ns(histogram.value_at_quantile(0.5)),
+            format_ns(histogram.value_at_quantile(0.99)),
+            format_ns(histogram.max())
+        );
+    }
     println!(
         "orders: {} acknowledged, all found on the new leader after each kill ({} lookups) and all {} \
          on the final leader (node {}); {} of unknown outcome (connection broken by the kill or 504)",
@@ -846,6 +878,7 @@ fn failover_rounds(
         load.unknown.load(Ordering::Relaxed)
     );
     reports.add("failover after SIGKILL", &times);
+    reports.add("election after SIGKILL", &elections);
     Ok(())
 }
 
@@ -889,7 +922,14 @@ fn catch_up(
         let seq_target = seq_before + args.catch_up_commands;
         let mut seq = seq_before;
         while seq < seq_target {
-            runtime.block_on(drive(leader, &keys, 0, Duration::from_millis(500), &format!("k{tag}")))?;
+            runtime.block_on(drive(
+                leader,
+                &keys,
+                0,
+                Pacing::Sleep,
+                Duration::from_millis(500),
+                &format!("k{tag}"),
+            ))?;
             tag += 1;
             seq = runtime.block_on(applied_seq(leader)).ok_or("the leader does not answer")?;
         }
