@@ -818,11 +818,13 @@ fn failover_rounds(
             let restarted_at = Instant::now();
             deployment.nodes[old].restart()?;
             let restarted = deployment.nodes[old].rest;
-            let seq = runtime.block_on(async {
+            let (seq, caught_up) = runtime.block_on(async {
                 let seq = applied_seq(addresses[new]).await.ok_or("the new leader does not answer")?;
                 wait_applied(restarted, seq).await?;
+                let caught_up = restarted_at.elapsed();
+                // It may lead after the next kill.
                 wait_signable(restarted).await?;
-                Ok::<_, String>(seq)
+                Ok::<_, String>((seq, caught_up))
             })?;
             println!(
                 "kill {kill:>2}: node {} killed; node {} leads after {:>8}, acknowledges an order after {:>8}; \
@@ -833,7 +835,7 @@ fn failover_rounds(
                 format_ns(took.as_nanos() as u64),
                 to_check.len(),
                 old + 1,
-                format_ns(restarted_at.elapsed().as_nanos() as u64)
+                format_ns(caught_up.as_nanos() as u64)
             );
         }
         Ok(())
