@@ -911,13 +911,12 @@ fn catch_up(
             seed(leader, ADMIN_TOKEN, args.clients).await
         })?;
         let follower = (leader_index + 1) % addresses.len();
-        let seq_before = runtime
-            .block_on(async {
-                wait_applied(addresses[follower], applied_seq(leader).await.unwrap_or(0)).await
-            })
-            .and_then(|()| {
-                runtime.block_on(applied_seq(leader)).ok_or("the leader does not answer".to_string())
-            })?;
+        // The follower holds everything so far (the setup) when it goes.
+        let seq_before = runtime.block_on(async {
+            let seq = applied_seq(leader).await.ok_or("the leader does not answer")?;
+            wait_applied(addresses[follower], seq).await?;
+            Ok::<_, String>(seq)
+        })?;
         deployment.nodes[follower].kill();
         // Closed-loop load until the leader has applied the orders.
         let mut tag = 0;
