@@ -151,16 +151,27 @@ fn run(args: &Args) -> Result<(), String> {
         data_root.display()
     );
     let mut reports = Reports::new("cluster", &args.report);
-    compare(args, &binary, &data_root, &runtime, &mut reports)?;
+    let bench = Bench { args, binary, data_root, runtime };
+    compare(&bench, &mut reports)?;
     if args.kills > 0 {
-        failover(args, &binary, &data_root, &runtime, &mut reports)?;
+        failover(&bench, &mut reports)?;
     }
     if args.catch_up_commands > 0 {
-        catch_up(args, &binary, &data_root, &runtime)?;
+        catch_up(&bench)?;
     }
     println!("load average at the end: {}", load_average());
     reports.write()?;
     Ok(())
+}
+
+/// What every part of the benchmark runs with.
+struct Bench<'a> {
+    args: &'a Args,
+    binary: PathBuf,
+    /// Where the nodes' data directories go.
+    data_root: PathBuf,
+    /// The clients' runtime.
+    runtime: tokio::runtime::Runtime,
 }
 
 fn load_average() -> String {
@@ -380,13 +391,8 @@ fn offered_name(rate: u64) -> String {
     }
 }
 
-fn compare(
-    args: &Args,
-    binary: &Path,
-    data_root: &Path,
-    runtime: &tokio::runtime::Runtime,
-    reports: &mut Reports,
-) -> Result<(), String> {
+fn compare(bench: &Bench, reports: &mut Reports) -> Result<(), String> {
+    let Bench { args, binary, data_root, runtime } = bench;
     println!(
         "\n== ack latency and throughput: replicated (3 processes) vs batch (1 process); {} clients, \
          {} s per measurement after {} ms of warm-up, {} round(s); open-loop pacing: {:?}",
@@ -713,13 +719,8 @@ async fn missing_orders(address: SocketAddr, keys: &[Key], orders: &[Acked]) -> 
     Ok(missing)
 }
 
-fn failover(
-    args: &Args,
-    binary: &Path,
-    data_root: &Path,
-    runtime: &tokio::runtime::Runtime,
-    reports: &mut Reports,
-) -> Result<(), String> {
+fn failover(bench: &Bench, reports: &mut Reports) -> Result<(), String> {
+    let Bench { args, binary, data_root, runtime } = bench;
     println!(
         "\n== failover under load: 3 processes, {} clients sending orders to the leader, {} SIGKILLs of the leader",
         args.failover_clients, args.kills
@@ -887,12 +888,8 @@ fn failover_rounds(
 // ---------------------------------------------------------------------------
 // 3. Catch-up.
 
-fn catch_up(
-    args: &Args,
-    binary: &Path,
-    data_root: &Path,
-    runtime: &tokio::runtime::Runtime,
-) -> Result<(), String> {
+fn catch_up(bench: &Bench) -> Result<(), String> {
+    let Bench { args, binary, data_root, runtime } = bench;
     println!(
         "\n== catch-up: a follower down while {} orders are applied, then restarted \
          (log replay only: cluster nodes take no snapshots yet)",
