@@ -1,7 +1,10 @@
 //! Benchmarks of the exchange, and the seeded workloads they run.
 //!
-//! This crate owns the benchmarks and the latency report ([`report`]) that
-//! every one of them prints; the workloads come from the `workload` crate.
+//! This crate owns the benchmarks, the latency report ([`report`]) that
+//! every one of them prints, the real `exchange` processes the cluster
+//! benchmark starts ([`exchange_process`]) and the signed REST client the
+//! load benchmarks drive servers with ([`rest_client`]); the workloads come
+//! from the `workload` crate.
 //! It must never be a dependency of the exchange itself.
 //!
 //! Run the matcher benchmark (10 million commands, one thread):
@@ -26,8 +29,10 @@
 //! cargo run --release -p benches --bin matcher -- --from single.workload
 //! ```
 
+pub mod exchange_process;
 pub mod local_exchange;
 pub mod report;
+pub mod rest_client;
 
 /// The workload a benchmark runs: read from `from` when given, else
 /// generated (`shape`, `commands`, `seed`), saying on stderr how long that

@@ -26,13 +26,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use benches::local_exchange::LocalExchange;
 use benches::report::{format_rate, latency_histogram, percentiles, ReportArgs, Reports};
+use benches::rest_client::{seed, Connection, Key};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -166,84 +167,6 @@ async fn bare_server() -> SocketAddr {
         }
     });
     address
-}
-
-struct Key {
-    api_key: String,
-    secret: String,
-}
-
-struct Connection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    address: SocketAddr,
-}
-
-impl Connection {
-    async fn open(address: SocketAddr) -> Result<Connection, String> {
-        let stream = TcpStream::connect(address).await.map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Connection { sender, address })
-    }
-
-    async fn send(
-        &mut self,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: String,
-    ) -> Result<(u16, Bytes), String> {
-        let mut request =
-            Request::builder().method(method).uri(target).header("host", self.address.to_string());
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
-        self.sender.ready().await.map_err(|e| e.to_string())?;
-        let response = self.sender.send_request(request).await.map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, body))
-    }
-}
-
-async fn seed(exchange: SocketAddr, admin_token: &str, users: usize) -> Result<Vec<Key>, String> {
-    let mut connection = Connection::open(exchange).await?;
-    let admin = [("x-admin-token", admin_token)];
-    let mut call = async |path: &str, body: serde_json::Value| -> Result<serde_json::Value, String> {
-        let (status, bytes) = connection.send("POST", path, &admin, body.to_string()).await?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-        if status != 200 {
-            return Err(format!("{path}: {status} {value}"));
-        }
-        Ok(value)
-    };
-    call("/admin/assets", serde_json::json!({ "symbol": "BTC", "decimals": 8 })).await?;
-    call("/admin/assets", serde_json::json!({ "symbol": "USDT", "decimals": 6 })).await?;
-    call(
-        "/admin/markets",
-        serde_json::json!({ "base": "BTC", "quote": "USDT", "tick_size": "0.01", "lot_size": "0.0001" }),
-    )
-    .await?;
-    let mut keys = Vec::new();
-    for _ in 0..users {
-        let user = call("/admin/users", serde_json::json!({})).await?["user_id"].as_u64().unwrap_or(0);
-        let key = call("/admin/api_keys", serde_json::json!({ "user_id": user })).await?;
-        call(
-            "/admin/deposit",
-            serde_json::json!({ "user_id": user, "asset": "USDT", "amount": "1000000000" }),
-        )
-        .await?;
-        keys.push(Key {
-            api_key: key["api_key"].as_str().unwrap_or_default().to_string(),
-            secret: key["secret"].as_str().unwrap_or_default().to_string(),
-        });
-    }
-    Ok(keys)
 }
 
 /// Runs one rate for `seconds` over `connections`; returns completed
