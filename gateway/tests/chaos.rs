@@ -53,7 +53,8 @@ struct Shared {
     /// they heard (the schedule updates it too, as service discovery would).
     leader_hint: AtomicUsize,
     stop: AtomicBool,
-    clients: Vec<std::net::SocketAddr>,
+    /// The nodes' REST APIs, by node index.
+    apis: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +77,7 @@ impl Fault {
             Fault::PartitionFollower,
             Fault::UnplugLeader,
         ];
+        // The first three need no namespaces.
         let kinds = if partitions { all.len() } else { 3 };
         all[rng.below(kinds as u64) as usize]
     }
@@ -112,7 +114,7 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
         history: History::new(),
         leader_hint: AtomicUsize::new(leader),
         stop: AtomicBool::new(false),
-        clients: cluster.nodes.iter().map(|n| n.api).collect(),
+        apis: cluster.nodes.iter().map(|n| n.api).collect(),
     });
     let threads: Vec<_> = keys
         .iter()
@@ -293,7 +295,7 @@ fn probe_until_acked(
 /// up one of its earlier orders on any node.
 fn place_orders(thread: usize, key: &Key, shared: &Shared, seed: u64) {
     let mut rng = Rng::new(seed);
-    let clients: Vec<Client> = shared.clients.iter().map(|a| Client::new(*a)).collect();
+    let clients: Vec<Client> = shared.apis.iter().map(|a| Client::new(*a)).collect();
     let mut sent: Vec<String> = Vec::new();
     let mut number = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -324,7 +326,7 @@ fn place_orders(thread: usize, key: &Key, shared: &Shared, seed: u64) {
                 let named =
                     answer.ok().and_then(|(_, _, body)| body["error"]["leader"].as_str().map(String::from));
                 let next = named
-                    .and_then(|api| shared.clients.iter().position(|a| a.to_string() == api))
+                    .and_then(|api| shared.apis.iter().position(|a| a.to_string() == api))
                     .unwrap_or_else(|| (node + 1 + rng.below(2) as usize) % clients.len());
                 let _ = shared.leader_hint.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(10));

@@ -203,8 +203,8 @@ impl Namespaces {
         if unsafe { libc::geteuid() } != 0 {
             return Err("not root: network namespaces, veth pairs and nftables need root".into());
         }
-        for tool in ["ip", "nft"] {
-            let found = Command::new(tool).arg("-V").output().is_ok_and(|o| o.status.success());
+        for (tool, version) in [("ip", "-V"), ("nft", "--version")] {
+            let found = Command::new(tool).arg(version).output().is_ok_and(|o| o.status.success());
             if !found {
                 return Err(format!("`{tool}` is missing (Debian: apt-get install iproute2 nftables)"));
             }

@@ -107,10 +107,6 @@ impl History {
         self.start.elapsed()
     }
 
-    pub fn start(&self) -> Instant {
-        self.start
-    }
-
     pub fn record(&self, request: Request) {
         self.requests.lock().unwrap().push(request);
     }
@@ -387,9 +383,17 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
         }
     }
     let mut fills_seen = 0;
+    let reference_placements =
+        placements.iter().find(|(node, _)| *node == reference.node).map(|(_, found)| found);
     for sighting in &sightings {
-        let order = order_ids.get(&(sighting.user, sighting.client_order_id.clone()));
+        let key = (sighting.user, sighting.client_order_id.clone());
+        let order = order_ids.get(&key);
+        // An order the engine rejected has no order id but is in the log.
+        let committed_placement = reference_placements
+            .and_then(|found| found.get(&key))
+            .is_some_and(|indexes| indexes[0] <= committed);
         match order {
+            None if committed_placement && !sighting.filled => {}
             None => violations.push(format!(
                 "node {} showed order {} of user {}, which is not in the committed log",
                 sighting.node, sighting.client_order_id, sighting.user
@@ -486,4 +490,83 @@ fn units(text: &str, decimals: u8) -> Option<u64> {
     }
     let digits = format!("{whole}{fraction:0<width$}", width = decimals as usize);
     digits.parse().ok()
+}
+
+/// The checker itself is tested: a history and logs with known faults
+/// must each be reported.
+#[test]
+fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs() {
+    use engine_core::{
+        ClientOrderId, Lots, MarketId, NewOrder, OrderKind, SelfTradePrevention, Side, Ticks, TimeInForce,
+    };
+    use replication::Origin;
+
+    let place = |client_order_id: &str| Proposal {
+        origin: Origin { node: 1, incarnation: 1, request: 1 },
+        timestamp_ns: 1,
+        // User 0 does not exist: the engine rejects the order, and it is in the log all the same.
+        command: Command::PlaceOrder(NewOrder {
+            user: UserId(0),
+            market: MarketId(0),
+            side: Side::Buy,
+            kind: OrderKind::Limit { price: Ticks(100), qty: Lots(1), tif: TimeInForce::Gtc },
+            client_order_id: Some(ClientOrderId::new(client_order_id).unwrap()),
+            stp: SelfTradePrevention::CancelTaker,
+        }),
+    };
+    let entry = |index: u64, client_order_id: &str| {
+        let mut payload = Vec::new();
+        codec::encode_append(&vec![place(client_order_id)], &mut payload).unwrap();
+        LogEntry { index, term: 1, kind: EntryKind::Commands, payload }
+    };
+    let logs = [
+        NodeLog {
+            node: 1,
+            committed: Some(3),
+            entries: vec![entry(1, "a"), entry(2, "refused"), entry(3, "b")],
+        },
+        NodeLog {
+            node: 2,
+            committed: Some(3),
+            entries: vec![entry(1, "a"), entry(2, "refused"), entry(3, "c")],
+        },
+    ];
+    let history = History::new();
+    let request = |client_order_id: &str, outcome: Outcome| Request {
+        user: 0,
+        client_order_id: client_order_id.into(),
+        node: 1,
+        sent_at: Duration::ZERO,
+        answered_at: Duration::ZERO,
+        outcome,
+    };
+    history.record(request("a", Outcome::Acked { order_id: 1 }));
+    history.record(request("lost", Outcome::Acked { order_id: 2 }));
+    history.record(request("refused", Outcome::NotLeader));
+    history.saw(Sighting { user: 0, client_order_id: "ghost".into(), node: 2, filled: true });
+
+    let verdict = check(&history, &logs, &[], &Faults::default());
+    let found = |what: &str| verdict.violations.iter().any(|v| v.contains(what));
+    assert!(found("node 2 differs from node 1 at committed index 3"), "{:#?}", verdict.violations);
+    assert!(
+        found("order lost of user 0 (sent to node 1 at 0ns) is not in its log"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert!(
+        found("NotLeader order refused of user 0 (sent to node 1 at 0ns) is in logs"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert!(
+        found("order a of user 0 was acknowledged as order 1; the log makes it None"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert!(
+        found("node 2 showed order ghost of user 0, which is not in the committed log"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert_eq!(verdict.violations.len(), 7, "{:#?}", verdict.violations);
 }
