@@ -1,8 +1,9 @@
 //! The chaos run: three real nodes, clients placing orders from threads
 //! without pause, and a seeded random schedule of faults (SIGKILL of the
-//! leader or of a follower, SIGSTOP/SIGCONT of the leader, the leader or a
-//! follower cut off from the others or unplugged, then healed; killed
-//! nodes restart on their data directories). Every request is recorded;
+//! leader or of a follower, SIGSTOP/SIGCONT of the leader, both at once so
+//! that no majority is left, the leader or a follower cut off from the
+//! others or unplugged, then healed; killed nodes restart on their data
+//! directories). Every request is recorded;
 //! at the end every node is stopped and its Raft log is held against the
 //! history (`server/history.rs`).
 //!
@@ -65,6 +66,9 @@ enum Fault {
     PartitionLeader,
     PartitionFollower,
     UnplugLeader,
+    /// The leader paused and a follower killed at once: no majority is
+    /// left, so nothing may be acknowledged until they come back.
+    MajorityLost,
 }
 
 impl Fault {
@@ -73,12 +77,13 @@ impl Fault {
             Fault::KillLeader,
             Fault::KillFollower,
             Fault::PauseLeader,
+            Fault::MajorityLost,
             Fault::PartitionLeader,
             Fault::PartitionFollower,
             Fault::UnplugLeader,
         ];
-        // The first three need no namespaces.
-        let kinds = if partitions { all.len() } else { 3 };
+        // The first four need no namespaces.
+        let kinds = if partitions { all.len() } else { 4 };
         all[rng.below(kinds as u64) as usize]
     }
 
@@ -135,7 +140,8 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
         let fault = Fault::pick(&mut rng, partitions);
         let leader = cluster.leader();
         shared.leader_hint.store(leader, Ordering::Relaxed);
-        let target = if fault.hits_leader() { leader } else { (leader + 1 + rng.below(2) as usize) % 3 };
+        let follower = (leader + 1 + rng.below(2) as usize) % 3;
+        let target = if fault.hits_leader() || fault == Fault::MajorityLost { leader } else { follower };
         let id = cluster.nodes[target].id;
         let others: Vec<u64> = cluster.nodes.iter().map(|n| n.id).filter(|other| *other != id).collect();
         let at = shared.history.since_start();
@@ -158,7 +164,14 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
                 partition = Some(Partition::unplug(&cluster, id));
                 done.partitions += 1;
             }
+            Fault::MajorityLost => {
+                cluster.nodes[target].signal(SIGSTOP);
+                cluster.nodes[follower].kill();
+                done.pauses += 1;
+                done.kills += 1;
+            }
         }
+        let struck = shared.history.since_start();
         if fault.hits_leader() {
             let (new, first_ack) =
                 probe_until_acked(&cluster, target, &keys[0], &shared.history, &mut probes);
@@ -173,16 +186,47 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
             eprintln!("{}", timeline[timeline.len() - 1]);
         } else {
             std::thread::sleep(Duration::from_millis(200 + rng.below(OUTAGE_MS_MAX)));
-            timeline.push(format!("{number:>3} {:>9.3}s {fault:?} node {id}", at.as_secs_f64()));
+            let also = if fault == Fault::MajorityLost {
+                format!(" paused, node {} killed", cluster.nodes[follower].id)
+            } else {
+                String::new()
+            };
+            timeline.push(format!("{number:>3} {:>9.3}s {fault:?} node {id}{also}", at.as_secs_f64()));
             eprintln!("{}", timeline[timeline.len() - 1]);
         }
-        // Heal: the node comes back (a killed one restarts on its data).
+        // Heal: the nodes come back (a killed one restarts on its data).
         drop(partition);
-        if cluster.nodes[target].paused {
-            cluster.nodes[target].signal(SIGCONT);
+        let healed = shared.history.since_start();
+        for node in [target, follower] {
+            if cluster.nodes[node].paused {
+                cluster.nodes[node].signal(SIGCONT);
+            }
+            if !cluster.nodes[node].is_running() {
+                cluster.nodes[node].start();
+            }
         }
-        if !cluster.nodes[target].is_running() {
-            cluster.nodes[target].start();
+        // Both back (a restarted node counts from when it listens).
+        let healed_at = Instant::now();
+        if fault == Fault::MajorityLost {
+            // Sent once no majority was left and answered before it came back:
+            // nothing of that may have been acknowledged.
+            let premature: Vec<Request> = shared
+                .history
+                .requests()
+                .into_iter()
+                .filter(|r| r.sent_at >= struck && r.answered_at < healed)
+                .filter(|r| matches!(r.outcome, Outcome::Acked { .. } | Outcome::Rejected { .. }))
+                .collect();
+            assert!(premature.is_empty(), "seed {seed}: acknowledged without a majority: {premature:#?}");
+            // Every node may lead now: the cluster takes orders again.
+            let (new, first_ack) =
+                probe_until_acked(&cluster, usize::MAX, &keys[0], &shared.history, &mut probes);
+            shared.leader_hint.store(new, Ordering::Relaxed);
+            eprintln!(
+                "    node {} acknowledged an order {:?} after both were back",
+                cluster.nodes[new].id,
+                first_ack.saturating_duration_since(healed_at)
+            );
         }
     }
 
@@ -296,7 +340,8 @@ fn probe_until_acked(
 fn place_orders(thread: usize, key: &Key, shared: &Shared, seed: u64) {
     let mut rng = Rng::new(seed);
     let clients: Vec<Client> = shared.apis.iter().map(|a| Client::new(*a)).collect();
-    let mut sent: Vec<String> = Vec::new();
+    // Client order id, and the order id when acknowledged.
+    let mut sent: Vec<(String, Option<u64>)> = Vec::new();
     let mut number = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
         number += 1;
@@ -319,7 +364,11 @@ fn place_orders(thread: usize, key: &Key, shared: &Shared, seed: u64) {
             answered_at: shared.history.since_start(),
             outcome: outcome.clone(),
         });
-        sent.push(client_order_id);
+        let order_id = match outcome {
+            Outcome::Acked { order_id } => Some(order_id),
+            _ => None,
+        };
+        sent.push((client_order_id, order_id));
         match outcome {
             Outcome::Acked { .. } | Outcome::Rejected { .. } => {}
             Outcome::NotLeader => {
@@ -342,9 +391,13 @@ fn place_orders(thread: usize, key: &Key, shared: &Shared, seed: u64) {
             let _ = clients[node].try_signed(key, "POST", "/order/cancel_all", "", None, CLIENT_TIMEOUT);
         }
         if number.is_multiple_of(QUERY_EVERY_ORDERS) {
-            let looked_up = &sent[rng.below(sent.len() as u64) as usize];
+            let (looked_up, order_id) = &sent[rng.below(sent.len() as u64) as usize];
             let at = rng.below(clients.len() as u64) as usize;
-            let query = format!("client_order_id={looked_up}");
+            // By order id when known: closed orders are found that way too.
+            let query = match order_id {
+                Some(order_id) => format!("order_id={order_id}"),
+                None => format!("client_order_id={looked_up}"),
+            };
             if let Ok((200, _, found)) =
                 clients[at].try_signed(key, "GET", "/order", &query, None, CLIENT_TIMEOUT)
             {
@@ -352,7 +405,9 @@ fn place_orders(thread: usize, key: &Key, shared: &Shared, seed: u64) {
                     found["filled_quantity"].as_str().is_some_and(|q| !q.trim_matches(['0', '.']).is_empty());
                 shared.history.saw(Sighting {
                     user: key.user_id,
-                    client_order_id: looked_up.clone(),
+                    // As the node tells it: it must be the order looked up.
+                    client_order_id: found["client_order_id"].as_str().unwrap_or("").to_string(),
+                    order_id: found["order_id"].as_u64(),
                     node: at as u64 + 1,
                     filled,
                 });

@@ -80,6 +80,8 @@ pub struct Request {
 pub struct Sighting {
     pub user: u64,
     pub client_order_id: String,
+    /// The order id the node showed with it.
+    pub order_id: Option<u64>,
     pub node: u64,
     /// Whether it showed a fill.
     pub filled: bool,
@@ -398,6 +400,12 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
                 "node {} showed order {} of user {}, which is not in the committed log",
                 sighting.node, sighting.client_order_id, sighting.user
             )),
+            Some(order) if sighting.order_id.is_some_and(|id| OrderId(id) != *order) => {
+                violations.push(format!(
+                    "node {} showed order {} of user {} as order {:?}; the log makes it {order}",
+                    sighting.node, sighting.client_order_id, sighting.user, sighting.order_id
+                ))
+            }
             Some(order) if sighting.filled && !filled.contains(order) => violations.push(format!(
                 "node {} showed a fill of order {} of user {}; the log has no trade of it",
                 sighting.node, sighting.client_order_id, sighting.user
@@ -543,7 +551,13 @@ fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs
     history.record(request("a", Outcome::Acked { order_id: 1 }));
     history.record(request("lost", Outcome::Acked { order_id: 2 }));
     history.record(request("refused", Outcome::NotLeader));
-    history.saw(Sighting { user: 0, client_order_id: "ghost".into(), node: 2, filled: true });
+    history.saw(Sighting {
+        user: 0,
+        client_order_id: "ghost".into(),
+        order_id: Some(9),
+        node: 2,
+        filled: true,
+    });
 
     let verdict = check(&history, &logs, &[], &Faults::default());
     let found = |what: &str| verdict.violations.iter().any(|v| v.contains(what));
