@@ -252,6 +252,38 @@ impl Client {
         (status, value)
     }
 
+    /// [`Client::signed`] for a node that may be down, paused or cut off:
+    /// a failed connection is an error, silence longer than `timeout` too.
+    pub fn try_signed(
+        &self,
+        key: &Key,
+        method: &str,
+        path: &str,
+        query: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(u16, String, Value), String> {
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+        let nonce = self.requests.get() + 1;
+        self.requests.set(nonce);
+        let query = if query.is_empty() {
+            format!("nonce={nonce}&timestamp={timestamp}")
+        } else {
+            format!("{query}&nonce={nonce}&timestamp={timestamp}")
+        };
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let signature = gateway::auth::sign(&key.secret, &query, body.as_bytes());
+        let target = format!("{path}?{query}&signature={signature}");
+        try_raw_within(
+            self.address,
+            method,
+            &target,
+            &[("X-MBX-APIKEY", &key.api_key)],
+            body.as_bytes(),
+            timeout,
+        )
+    }
+
     pub fn place(&self, key: &Key, order: Value) -> (u16, Value) {
         self.signed(key, "POST", "/order", "", Some(order))
     }
@@ -319,9 +351,23 @@ pub fn try_raw(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(u16, String, Value), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&address, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    try_raw_within(address, method, target, headers, body, Duration::from_secs(20))
+}
+
+/// [`try_raw`] that gives up after `timeout` of silence (connecting takes
+/// at most 5 s of it): for clients of nodes that may be paused or cut off.
+pub fn try_raw_within(
+    address: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(u16, String, Value), String> {
+    let mut stream = TcpStream::connect_timeout(&address, timeout.min(Duration::from_secs(5)))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));

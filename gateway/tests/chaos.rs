@@ -1,0 +1,421 @@
+//! The chaos run: three real nodes, clients placing orders from threads
+//! without pause, and a seeded random schedule of faults (SIGKILL of the
+//! leader or of a follower, SIGSTOP/SIGCONT of the leader, both at once so
+//! that no majority is left, the leader or a follower cut off from the
+//! others or unplugged, then healed; killed nodes restart on their data
+//! directories). Every request is recorded;
+//! at the end every node is stopped and its Raft log is held against the
+//! history (`server/history.rs`).
+//!
+//! `cargo test` runs a few faults; the long run is one command:
+//! `CHAOS_FAULTS=120 cargo test --release -p gateway --test chaos -- --nocapture`
+//! (`CHAOS_SEED=N` replays a schedule).
+
+#[path = "server/cluster.rs"]
+mod cluster;
+#[path = "server/history.rs"]
+mod history;
+mod server;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cluster::{state_of, Cluster, Namespaces, Partition, ELECTION_BOUND, SIGCONT, SIGSTOP};
+use history::{check, Faults, History, NodeLog, Outcome, Request, Sighting};
+use serde_json::json;
+use server::{Client, Key};
+use workload::Rng;
+
+/// Faults in one `cargo test` run (`CHAOS_FAULTS` for the long run).
+const FAULTS_DEFAULT: usize = 8;
+/// Client threads, one user each.
+const CLIENTS: usize = 3;
+/// How long a client waits for an answer before it counts the outcome as
+/// unknown and tries another node (a paused node never answers).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Every so many orders a client looks one of its earlier orders up.
+const QUERY_EVERY_ORDERS: u64 = 4;
+/// Every so many orders a client cancels all its open orders, so that the
+/// book stays small and orders keep trading (the engine refuses orders
+/// past the open-order limit).
+const CANCEL_ALL_EVERY_ORDERS: u64 = 200;
+/// How long the probe that times a failover waits for one answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the cluster runs undisturbed between faults, at most (ms).
+const CALM_MS_MAX: u64 = 1_000;
+/// How long a follower stays down or cut off, at most (ms).
+const OUTAGE_MS_MAX: u64 = 1_500;
+
+/// What the client threads share with the schedule.
+struct Shared {
+    history: History,
+    /// The node the clients send orders to: the one that led last time
+    /// they heard (the schedule updates it too, as service discovery would).
+    leader_hint: AtomicUsize,
+    stop: AtomicBool,
+    /// The nodes' REST APIs, by node index.
+    apis: Vec<std::net::SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    PartitionLeader,
+    PartitionFollower,
+    UnplugLeader,
+    /// The leader paused and a follower killed at once: no majority is
+    /// left, so nothing may be acknowledged until they come back.
+    MajorityLost,
+}
+
+impl Fault {
+    fn pick(rng: &mut Rng, partitions: bool) -> Fault {
+        let all = [
+            Fault::KillLeader,
+            Fault::KillFollower,
+            Fault::PauseLeader,
+            Fault::MajorityLost,
+            Fault::PartitionLeader,
+            Fault::PartitionFollower,
+            Fault::UnplugLeader,
+        ];
+        // The first four need no namespaces.
+        let kinds = if partitions { all.len() } else { 4 };
+        all[rng.below(kinds as u64) as usize]
+    }
+
+    fn hits_leader(self) -> bool {
+        matches!(self, Fault::KillLeader | Fault::PauseLeader | Fault::PartitionLeader | Fault::UnplugLeader)
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    Some(text.parse().unwrap_or_else(|e| panic!("{name}={text:?} is not a number: {e}")))
+}
+
+#[test]
+fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_twice() {
+    let faults_wanted = env_number("CHAOS_FAULTS").map(|n| n as usize).unwrap_or(FAULTS_DEFAULT);
+    let seed = env_number("CHAOS_SEED")
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64);
+    let partitions = match Namespaces::available() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("partitions left out of the schedule: {why}");
+            false
+        }
+    };
+    eprintln!("chaos: seed {seed} (CHAOS_SEED={seed} replays the schedule), {faults_wanted} faults");
+    let mut rng = Rng::new(seed);
+    // The clients place orders as fast as the cluster answers, and the
+    // checks at the end query every node with every key: the per-key rate
+    // limit would refuse them (a limit, not a fault under test).
+    let mut cluster =
+        Cluster::start_with(3, partitions, "rate_limit_per_s = 1000000\nrate_limit_burst = 1000000");
+    let leader = cluster.leader();
+    let keys = cluster.nodes[leader].client().demo(CLIENTS);
+
+    let shared = Arc::new(Shared {
+        history: History::new(),
+        leader_hint: AtomicUsize::new(leader),
+        stop: AtomicBool::new(false),
+        apis: cluster.nodes.iter().map(|n| n.api).collect(),
+    });
+    let threads: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(thread, key)| {
+            let (shared, key) = (shared.clone(), key.clone());
+            let seed = seed ^ (thread as u64 + 1).wrapping_mul(0x9E37_79B9);
+            std::thread::spawn(move || place_orders(thread, &key, &shared, seed))
+        })
+        .collect();
+
+    let mut done = Faults::default();
+    let mut probes = 0u64;
+    let mut timeline = Vec::new();
+    let mut failovers: Vec<(Fault, Duration)> = Vec::new();
+    for number in 1..=faults_wanted {
+        std::thread::sleep(Duration::from_millis(200 + rng.below(CALM_MS_MAX)));
+        let fault = Fault::pick(&mut rng, partitions);
+        let leader = cluster.leader();
+        shared.leader_hint.store(leader, Ordering::Relaxed);
+        let follower = (leader + 1 + rng.below(2) as usize) % 3;
+        let target = if fault.hits_leader() || fault == Fault::MajorityLost { leader } else { follower };
+        let id = cluster.nodes[target].id;
+        let others: Vec<u64> = cluster.nodes.iter().map(|n| n.id).filter(|other| *other != id).collect();
+        let at = shared.history.since_start();
+        let fault_at = Instant::now();
+        let mut partition = None;
+        match fault {
+            Fault::KillLeader | Fault::KillFollower => {
+                cluster.nodes[target].kill();
+                done.kills += 1;
+            }
+            Fault::PauseLeader => {
+                cluster.nodes[target].signal(SIGSTOP);
+                done.pauses += 1;
+            }
+            Fault::PartitionLeader | Fault::PartitionFollower => {
+                partition = Some(Partition::isolate(&cluster, &[id], &others));
+                done.partitions += 1;
+            }
+            Fault::UnplugLeader => {
+                partition = Some(Partition::unplug(&cluster, id));
+                done.partitions += 1;
+            }
+            Fault::MajorityLost => {
+                cluster.nodes[target].signal(SIGSTOP);
+                cluster.nodes[follower].kill();
+                done.pauses += 1;
+                done.kills += 1;
+            }
+        }
+        let struck = shared.history.since_start();
+        if fault.hits_leader() {
+            let (new, first_ack) =
+                probe_until_acked(&cluster, target, &keys[0], &shared.history, &mut probes);
+            let first_ack = first_ack.saturating_duration_since(fault_at);
+            shared.leader_hint.store(new, Ordering::Relaxed);
+            failovers.push((fault, first_ack));
+            timeline.push(format!(
+                "{number:>3} {:>9.3}s {fault:?} node {id}: node {} acknowledged an order after {first_ack:?}",
+                at.as_secs_f64(),
+                cluster.nodes[new].id
+            ));
+            eprintln!("{}", timeline[timeline.len() - 1]);
+        } else {
+            std::thread::sleep(Duration::from_millis(200 + rng.below(OUTAGE_MS_MAX)));
+            let also = if fault == Fault::MajorityLost {
+                format!(" paused, node {} killed", cluster.nodes[follower].id)
+            } else {
+                String::new()
+            };
+            timeline.push(format!("{number:>3} {:>9.3}s {fault:?} node {id}{also}", at.as_secs_f64()));
+            eprintln!("{}", timeline[timeline.len() - 1]);
+        }
+        // Heal: the nodes come back (a killed one restarts on its data).
+        drop(partition);
+        let healed = shared.history.since_start();
+        for node in [target, follower] {
+            if cluster.nodes[node].paused {
+                cluster.nodes[node].signal(SIGCONT);
+            }
+            if !cluster.nodes[node].is_running() {
+                cluster.nodes[node].start();
+            }
+        }
+        // Both back (a restarted node counts from when it listens).
+        let healed_at = Instant::now();
+        if fault == Fault::MajorityLost {
+            // Sent once no majority was left and answered before it came back:
+            // nothing of that may have been acknowledged.
+            let premature: Vec<Request> = shared
+                .history
+                .requests()
+                .into_iter()
+                .filter(|r| r.sent_at >= struck && r.answered_at < healed)
+                .filter(|r| matches!(r.outcome, Outcome::Acked { .. } | Outcome::Rejected { .. }))
+                .collect();
+            assert!(premature.is_empty(), "seed {seed}: acknowledged without a majority: {premature:#?}");
+            // Every node may lead now: the cluster takes orders again.
+            let (new, first_ack) =
+                probe_until_acked(&cluster, usize::MAX, &keys[0], &shared.history, &mut probes);
+            shared.leader_hint.store(new, Ordering::Relaxed);
+            eprintln!(
+                "    node {} acknowledged an order {:?} after both were back",
+                cluster.nodes[new].id,
+                first_ack.saturating_duration_since(healed_at)
+            );
+        }
+    }
+
+    // Calm: the clients stop, every node catches up and they all agree.
+    std::thread::sleep(Duration::from_millis(500));
+    shared.stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().expect("a client thread panicked");
+    }
+    let leader = cluster.leader();
+    let client = cluster.nodes[leader].client();
+    cluster.assert_converged(&client, &keys, "the chaos run");
+    let balances: Vec<(u64, serde_json::Value)> = keys
+        .iter()
+        .zip(state_of(&client, &keys)["balances"].as_array().unwrap().clone())
+        .map(|(key, answer)| (key.user_id, answer))
+        .collect();
+    for node in &mut cluster.nodes {
+        node.stop();
+    }
+    let logs: Vec<NodeLog> = cluster.nodes.iter().map(|n| NodeLog::read(n.id, &n.journal_dir())).collect();
+    let verdict = check(&shared.history, &logs, &balances, &done);
+
+    eprintln!("chaos: seed {seed}, {} faults", timeline.len());
+    // From the fault to the first order a new leader acknowledged (printed,
+    // never asserted: the machine is shared).
+    for kind in [Fault::KillLeader, Fault::PauseLeader, Fault::PartitionLeader, Fault::UnplugLeader] {
+        let mut times: Vec<Duration> = failovers.iter().filter(|f| f.0 == kind).map(|f| f.1).collect();
+        if times.is_empty() {
+            continue;
+        }
+        times.sort();
+        eprintln!(
+            "{kind:?} x{}: fault to the first order a new leader acknowledged: median {:?}, p90 {:?}, max {:?}",
+            times.len(),
+            times[times.len() / 2],
+            times[times.len() * 9 / 10],
+            times[times.len() - 1]
+        );
+    }
+    eprint!("{}", verdict.summary);
+    assert!(
+        verdict.violations.is_empty(),
+        "seed {seed}: {} violations:\n{}\n{}",
+        verdict.violations.len(),
+        verdict.violations.iter().take(50).cloned().collect::<Vec<_>>().join("\n"),
+        cluster
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(100)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Places orders on every running node but `old` until one acknowledges
+/// one (each is recorded like any client's): the node that did, and when.
+/// Times a failover apart from the clients, which may sit on the old
+/// leader until their timeout.
+fn probe_until_acked(
+    cluster: &Cluster,
+    old: usize,
+    key: &Key,
+    history: &History,
+    probes: &mut u64,
+) -> (usize, Instant) {
+    let deadline = Instant::now() + ELECTION_BOUND;
+    let clients: Vec<Client> = cluster.nodes.iter().map(|n| n.client()).collect();
+    let mut last = String::new();
+    loop {
+        for (index, node) in cluster.nodes.iter().enumerate() {
+            if index == old || !node.is_running() || node.paused {
+                continue;
+            }
+            *probes += 1;
+            let client_order_id = format!("probe-{probes}");
+            let order = json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "90",
+                                "quantity": "0.02", "time_in_force": "IOC", "client_order_id": client_order_id });
+            let sent_at = history.since_start();
+            let answer = clients[index].try_signed(key, "POST", "/order", "", Some(order), PROBE_TIMEOUT);
+            let answered = Instant::now();
+            let outcome = Outcome::of_answer(&answer);
+            // An engine's rejection went through the log too.
+            let acked = matches!(outcome, Outcome::Acked { .. } | Outcome::Rejected { .. });
+            last = format!("node {}: {outcome:?} {answer:?}", node.id);
+            history.record(Request {
+                user: key.user_id,
+                client_order_id,
+                node: node.id,
+                sent_at,
+                answered_at: history.since_start(),
+                outcome,
+            });
+            if acked {
+                return (index, answered);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node took an order within {ELECTION_BOUND:?} of a fault; the last answer: {last}; {}",
+            cluster.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One client: places orders on the node it believes leads, follows
+/// `X-Leader` and tries other nodes when one fails, and now and then looks
+/// up one of its earlier orders on any node.
+fn place_orders(thread: usize, key: &Key, shared: &Shared, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let clients: Vec<Client> = shared.apis.iter().map(|a| Client::new(*a)).collect();
+    // Client order id, and the order id when acknowledged.
+    let mut sent: Vec<(String, Option<u64>)> = Vec::new();
+    let mut number = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        number += 1;
+        let node = shared.leader_hint.load(Ordering::Relaxed);
+        let client_order_id = format!("t{thread}-{number}");
+        let side = if rng.below(2) == 0 { "buy" } else { "sell" };
+        // Prices around 100 on both sides: orders cross often, so trades happen.
+        let price = 95 + rng.below(11);
+        let tif = if rng.below(3) == 0 { "IOC" } else { "GTC" };
+        let order = json!({ "market": "BTC-USDT", "side": side, "type": "limit", "price": price.to_string(),
+                            "quantity": "0.02", "time_in_force": tif, "client_order_id": client_order_id });
+        let sent_at = shared.history.since_start();
+        let answer = clients[node].try_signed(key, "POST", "/order", "", Some(order), CLIENT_TIMEOUT);
+        let outcome = Outcome::of_answer(&answer);
+        shared.history.record(Request {
+            user: key.user_id,
+            client_order_id: client_order_id.clone(),
+            node: node as u64 + 1,
+            sent_at,
+            answered_at: shared.history.since_start(),
+            outcome: outcome.clone(),
+        });
+        let order_id = match outcome {
+            Outcome::Acked { order_id } => Some(order_id),
+            _ => None,
+        };
+        sent.push((client_order_id, order_id));
+        match outcome {
+            Outcome::Acked { .. } | Outcome::Rejected { .. } => {}
+            Outcome::NotLeader => {
+                let named =
+                    answer.ok().and_then(|(_, _, body)| body["error"]["leader"].as_str().map(String::from));
+                let next = named
+                    .and_then(|api| shared.apis.iter().position(|a| a.to_string() == api))
+                    .unwrap_or_else(|| (node + 1 + rng.below(2) as usize) % clients.len());
+                let _ = shared.leader_hint.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Outcome::NotSent { .. } | Outcome::Unknown { .. } => {
+                let next = (node + 1 + rng.below(2) as usize) % clients.len();
+                let _ = shared.leader_hint.compare_exchange(node, next, Ordering::Relaxed, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if number.is_multiple_of(CANCEL_ALL_EVERY_ORDERS) {
+            // Not recorded: the checker follows placements only.
+            let _ = clients[node].try_signed(key, "POST", "/order/cancel_all", "", None, CLIENT_TIMEOUT);
+        }
+        if number.is_multiple_of(QUERY_EVERY_ORDERS) {
+            let (looked_up, order_id) = &sent[rng.below(sent.len() as u64) as usize];
+            let at = rng.below(clients.len() as u64) as usize;
+            // By order id when known: closed orders are found that way too.
+            let query = match order_id {
+                Some(order_id) => format!("order_id={order_id}"),
+                None => format!("client_order_id={looked_up}"),
+            };
+            if let Ok((200, _, found)) =
+                clients[at].try_signed(key, "GET", "/order", &query, None, CLIENT_TIMEOUT)
+            {
+                let filled =
+                    found["filled_quantity"].as_str().is_some_and(|q| !q.trim_matches(['0', '.']).is_empty());
+                shared.history.saw(Sighting {
+                    user: key.user_id,
+                    // As the node tells it: it must be the order looked up.
+                    client_order_id: found["client_order_id"].as_str().unwrap_or("").to_string(),
+                    order_id: found["order_id"].as_u64(),
+                    node: at as u64 + 1,
+                    filled,
+                });
+            }
+        }
+    }
+}
