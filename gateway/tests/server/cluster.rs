@@ -68,6 +68,11 @@ impl Node {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the node with more environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "node {} runs already", self.id);
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path).unwrap();
         let mut command = match &self.netns {
@@ -85,6 +90,7 @@ impl Node {
             .env_remove("DATABASE_URL")
             .env_remove("EXCHANGE_DATABASE_URL")
             .env("EXCHANGE_LOG_LEVEL", "info,openraft=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -146,6 +152,31 @@ impl Node {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits for the node to exit on its own.
+    pub fn wait_exit(&mut self, bound: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + bound;
+        let child = self.child.as_mut().expect("the node runs");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {} still runs: {}", self.id, self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// (hash marks checked, the newest one's sequence number, applied seq).
+    pub fn marks(&self) -> (u64, u64, u64) {
+        let health = self.health().unwrap_or_default();
+        let cluster = &health["cluster"];
+        (
+            cluster["hash_marks_checked"].as_u64().unwrap_or(0),
+            cluster["last_hash_mark_seq"].as_u64().unwrap_or(0),
+            health["seq"].as_u64().unwrap_or(0),
+        )
     }
 
     pub fn health(&self) -> Option<Value> {
@@ -325,6 +356,12 @@ impl Cluster {
     /// `size` nodes, in namespaces or on loopback, with `extra` (TOML keys
     /// of the top level) in every node's configuration.
     pub fn start_with(size: u64, in_namespaces: bool, extra: &str) -> Cluster {
+        Cluster::start_configured(size, in_namespaces, extra, "")
+    }
+
+    /// As [`Cluster::start_with`], with `extra_cluster` (keys of the
+    /// `[cluster]` section) too.
+    pub fn start_configured(size: u64, in_namespaces: bool, extra: &str, extra_cluster: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let number = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let network = if in_namespaces {
@@ -361,7 +398,7 @@ impl Cluster {
                 format!(
                     "listen = \"{api}\"\nws_listen = \"{}:0\"\ndata_dir = \"{}\"\n\
                      durability = \"replicated\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{extra}\n\
-                     [cluster]\nnode_id = {id}\nraft_listen = \"{raft}\"\nbootstrap = {}\n\
+                     [cluster]\nnode_id = {id}\nraft_listen = \"{raft}\"\nbootstrap = {}\n{extra_cluster}\n\
                      members = [\n{members}]\n",
                     api.ip(),
                     data_dir.display(),
