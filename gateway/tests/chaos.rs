@@ -69,6 +69,9 @@ enum Fault {
     /// The leader paused and a follower killed at once: no majority is
     /// left, so nothing may be acknowledged until they come back.
     MajorityLost,
+    /// A follower killed and its disk lost: it restarts empty, gets the log
+    /// again from the leader and votes only once it has caught up.
+    WipeFollower,
 }
 
 impl Fault {
@@ -78,12 +81,13 @@ impl Fault {
             Fault::KillFollower,
             Fault::PauseLeader,
             Fault::MajorityLost,
+            Fault::WipeFollower,
             Fault::PartitionLeader,
             Fault::PartitionFollower,
             Fault::UnplugLeader,
         ];
-        // The first four need no namespaces.
-        let kinds = if partitions { all.len() } else { 4 };
+        // The first five need no namespaces.
+        let kinds = if partitions { all.len() } else { 5 };
         all[rng.below(kinds as u64) as usize]
     }
 
@@ -174,6 +178,12 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
                 done.pauses += 1;
                 done.kills += 1;
             }
+            Fault::WipeFollower => {
+                cluster.nodes[target].kill();
+                cluster.nodes[target].wipe();
+                done.kills += 1;
+                done.wipes += 1;
+            }
         }
         let struck = shared.history.since_start();
         if fault.hits_leader() {
@@ -208,6 +218,11 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
             if !cluster.nodes[node].is_running() {
                 cluster.nodes[node].start();
             }
+        }
+        if fault == Fault::WipeFollower {
+            // Until it votes again, one more fault could leave no majority
+            // that may elect: healed means caught up here.
+            cluster.nodes[target].wait_voting();
         }
         // Both back (a restarted node counts from when it listens).
         let healed_at = Instant::now();

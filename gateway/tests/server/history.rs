@@ -214,6 +214,8 @@ pub struct Faults {
     pub kills: usize,
     pub pauses: usize,
     pub partitions: usize,
+    /// Nodes killed and restarted with an empty data directory.
+    pub wipes: usize,
 }
 
 /// What the checker found.
@@ -480,10 +482,12 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
     }
     let _ = writeln!(
         summary,
-        "replayed to seq {} (state hash {:016x}); faults: {} kills, {} pauses, {} partitions",
+        "replayed to seq {} (state hash {:016x}); faults: {} kills ({} of them with the disk wiped), {} pauses, \
+         {} partitions",
         engine.last_seq(),
         engine.state_hash(),
         faults.kills,
+        faults.wipes,
         faults.pauses,
         faults.partitions
     );
