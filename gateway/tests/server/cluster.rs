@@ -535,7 +535,15 @@ impl Cluster {
         self.wait_applied(seq);
         let reference = state_of(client, keys);
         for node in self.nodes.iter().filter(|n| n.is_running()) {
-            assert_eq!(state_of(&node.client(), keys), reference, "node {} differs after {after}", node.id);
+            // `/health`'s seq is the matcher's; the read views a query sees
+            // follow it a moment later: look again until they agree.
+            let deadline = Instant::now() + CATCH_UP_BOUND;
+            let mut state = state_of(&node.client(), keys);
+            while state != reference && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+                state = state_of(&node.client(), keys);
+            }
+            assert_eq!(state, reference, "node {} differs after {after}: {:?}", node.id, node.health());
         }
     }
 
