@@ -93,7 +93,7 @@ impl VoteGate {
     /// The answer of a node that may not vote: not granted, the candidate's own vote echoed
     /// (openraft expects `response.vote >= request.vote`), no log claimed.
     fn refuse(request: &VoteRequest<TypeConfig>) -> VoteResponse<TypeConfig> {
-        VoteResponse::new(&request.vote, None, false)
+        VoteResponse::new(request.vote, None, false)
     }
 }
 
