@@ -1208,6 +1208,19 @@ fn market_status(status: StatusField) -> MarketStatus {
     }
 }
 
+/// A method the admin route does not take, or no admin route at all.
+fn admin_route_unknown(method: &str, path: &str) -> ApiError {
+    if ROUTES.iter().any(|(_, p)| *p == path) {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )
+    } else {
+        ApiError::not_found("no_such_endpoint", format!("no admin endpoint {method} {path}"))
+    }
+}
+
 /// How long `POST /admin/cluster/members` waits for a new voter to catch
 /// up before it promotes it (it stays a learner if it has not).
 const MEMBER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -1237,19 +1250,7 @@ async fn admin_cluster(state: &AppState, request: &Request<'_>) -> Result<(Statu
             let body: RemoveBody = json_body(request.body)?;
             cluster.remove_member(body.id).await
         }
-        (method, path) if ROUTES.iter().any(|(_, p)| *p == path) => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed on {path}"),
-            ))
-        }
-        (_, path) => {
-            return Err(ApiError::not_found(
-                "no_such_endpoint",
-                format!("no admin endpoint {} {path}", request.method),
-            ))
-        }
+        (method, path) => return Err(admin_route_unknown(method, path)),
     };
     match changed {
         Ok(membership) => Ok((StatusCode::OK, json!(membership))),
@@ -1325,19 +1326,7 @@ async fn admin(
                 (Command::Withdraw { user, asset: asset.id, amount }, None)
             }
         }
-        (method, path) if ROUTES.iter().any(|(_, p)| *p == path) => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed on {path}"),
-            ))
-        }
-        (_, path) => {
-            return Err(ApiError::not_found(
-                "no_such_endpoint",
-                format!("no admin endpoint {} {path}", request.method),
-            ))
-        }
+        (method, path) => return Err(admin_route_unknown(method, path)),
     };
     let events = app::run(state, producer, command).await?.events;
     let views = state.views()?;

@@ -186,7 +186,7 @@ fn encode_payload(entry: &Entry, out: &mut Vec<u8>) -> io::Result<EntryKind> {
 }
 
 /// Decodes a journal frame back into an entry. The bytes come from a disk: hostile.
-pub(crate) fn decode_entry(frame: &LogEntry) -> io::Result<Entry> {
+pub fn decode_entry(frame: &LogEntry) -> io::Result<Entry> {
     let log_id = LogId::new_term_index(frame.term, frame.index);
     let bad = |e: codec::Error| {
         invalid(format!("raft log entry {} ({:?}) does not decode: {e}", frame.index, frame.kind))

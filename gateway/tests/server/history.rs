@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use engine_core::{Command, EngineLimits, EventKind, OrderId, UserId};
 use journal::{EntryKind, LogEntry, RaftLog, RaftLogLimits, RaftStateFile};
-use replication::openraft::EntryPayload;
-use replication::types::{Entry, LogId, Membership};
-use replication::{Batch, Proposal, Replica};
+use replication::types::Entry;
+use replication::{Proposal, Replica};
 use serde_json::Value;
 
 /// What became of one request, as the client saw it.
@@ -189,23 +188,7 @@ fn proposals(entry: &LogEntry) -> Result<Vec<Proposal>, String> {
 
 /// A journal frame as the openraft entry it stores.
 fn decode_entry(frame: &LogEntry) -> Result<Entry, String> {
-    let log_id = LogId::new_term_index(frame.term, frame.index);
-    let bad = |e: codec::Error| format!("entry {} ({:?}) does not decode: {e}", frame.index, frame.kind);
-    let payload = match frame.kind {
-        EntryKind::Blank => EntryPayload::Blank,
-        EntryKind::Commands => {
-            EntryPayload::Normal(Batch::Commands(codec::decode(&frame.payload).map_err(bad)?))
-        }
-        EntryKind::HashMark => {
-            let (seq, node, hash): (u64, u64, u64) = codec::decode(&frame.payload).map_err(bad)?;
-            EntryPayload::Normal(Batch::HashMark { seq, node, hash })
-        }
-        EntryKind::Membership => {
-            let membership: Membership = codec::decode(&frame.payload).map_err(bad)?;
-            EntryPayload::Membership(membership)
-        }
-    };
-    Ok(Entry { log_id, payload })
+    replication::log_store::decode_entry(frame).map_err(|e| e.to_string())
 }
 
 /// What the run did to the cluster, for the summary.

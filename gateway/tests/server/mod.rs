@@ -222,17 +222,22 @@ impl Client {
         query: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
+        let query = self.stamped(query);
+        self.signed_raw(key, method, path, &query, body)
+    }
+
+    /// `query` with a request number and the time: a request number makes
+    /// every request distinct, so that two alike in one millisecond are not
+    /// taken for a replay.
+    fn stamped(&self, query: &str) -> String {
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
-        // A request number makes every request distinct, so that two alike
-        // in one millisecond are not taken for a replay.
         let nonce = self.requests.get() + 1;
         self.requests.set(nonce);
-        let query = if query.is_empty() {
+        if query.is_empty() {
             format!("nonce={nonce}&timestamp={timestamp}")
         } else {
             format!("{query}&nonce={nonce}&timestamp={timestamp}")
-        };
-        self.signed_raw(key, method, path, &query, body)
+        }
     }
 
     /// A signed request with the query exactly as given (plus the signature).
@@ -263,14 +268,7 @@ impl Client {
         body: Option<Value>,
         timeout: Duration,
     ) -> Result<(u16, String, Value), String> {
-        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
-        let nonce = self.requests.get() + 1;
-        self.requests.set(nonce);
-        let query = if query.is_empty() {
-            format!("nonce={nonce}&timestamp={timestamp}")
-        } else {
-            format!("{query}&nonce={nonce}&timestamp={timestamp}")
-        };
+        let query = self.stamped(query);
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let signature = gateway::auth::sign(&key.secret, &query, body.as_bytes());
         let target = format!("{path}?{query}&signature={signature}");
