@@ -28,6 +28,15 @@ pub const API_KEY_HEADER: &str = "x-mbx-apikey";
 const RECV_WINDOW_DEFAULT_MS: u64 = 5_000;
 /// How far ahead of the server's clock a timestamp may be.
 const CLOCK_AHEAD_ALLOWED_MS: u64 = 1_000;
+/// How far ahead of the old leader's clock a request executed just before a
+/// change of leader may have been signed, for the new leader's refusal of
+/// requests signed before the change (see [`SignedAfter`]). Smaller than
+/// [`CLOCK_AHEAD_ALLOWED_MS`], which a restart can afford (a restart takes
+/// longer than it): a failover takes about half a second, and with the whole
+/// allowance the new leader would refuse freshly signed requests for another
+/// half second. Clients whose clocks run further ahead than this are
+/// protected against replays across a failover only by their own request ids.
+pub const LEADER_CHANGE_CLOCK_AHEAD_ALLOWED_MS: u64 = 100;
 /// Signatures remembered to refuse replays; when full, the oldest go.
 const REPLAY_CACHE_MAX: usize = 1 << 20;
 
@@ -79,8 +88,30 @@ pub struct Authenticator {
     replays: Mutex<ReplayCache>,
     /// State-changing requests signed before this time (ms) are refused:
     /// the replay cache starts empty with the process, so a request the
-    /// previous process executed could otherwise be executed again.
-    signed_after_ms: u64,
+    /// previous process executed could otherwise be executed again. In
+    /// cluster mode it rises at each change of leader too: a new leader's
+    /// cache has not seen what the old one executed.
+    signed_after: SignedAfter,
+}
+
+/// The time (ms since the epoch) before which signed changes are refused,
+/// shared with whoever may raise it (a cluster node's committed feed).
+#[derive(Clone, Debug, Default)]
+pub struct SignedAfter(Arc<std::sync::atomic::AtomicU64>);
+
+impl SignedAfter {
+    pub fn ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Refuses requests that may have been executed by the time a command
+    /// stamped `last_executed_ms` was: they were received before it, with a
+    /// timestamp at most `clock_ahead_ms` ahead of the server's clock.
+    /// Never lowers it.
+    pub fn refuse_signed_until(&self, last_executed_ms: u64, clock_ahead_ms: u64) {
+        let after = last_executed_ms.saturating_add(clock_ahead_ms + 1);
+        self.0.fetch_max(after, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[derive(Default)]
@@ -125,7 +156,7 @@ impl Authenticator {
             burst: f64::from(burst),
             buckets: Mutex::new(HashMap::new()),
             replays: Mutex::new(ReplayCache::default()),
-            signed_after_ms: 0,
+            signed_after: SignedAfter::default(),
         }
     }
 
@@ -134,8 +165,16 @@ impl Authenticator {
     /// stamped. Every command executed was received before it was stamped,
     /// with a timestamp at most the allowance ahead of the clock then, so
     /// a request signed later than that cannot have been executed yet.
-    pub fn refusing_signed_before(mut self, last_journaled_ms: u64) -> Authenticator {
-        self.signed_after_ms = last_journaled_ms.saturating_add(CLOCK_AHEAD_ALLOWED_MS + 1);
+    pub fn refusing_signed_before(self, last_journaled_ms: u64) -> Authenticator {
+        self.signed_after.refuse_signed_until(last_journaled_ms, CLOCK_AHEAD_ALLOWED_MS);
+        self
+    }
+
+    /// Shares `signed_after` with this authenticator (keeping the higher
+    /// of the two times).
+    pub fn sharing_signed_after(mut self, signed_after: SignedAfter) -> Authenticator {
+        signed_after.0.fetch_max(self.signed_after.ms(), std::sync::atomic::Ordering::AcqRel);
+        self.signed_after = signed_after;
         self
     }
 
@@ -227,14 +266,14 @@ impl Authenticator {
         if !changes_state {
             return Ok(user);
         }
-        if timestamp_ms < self.signed_after_ms {
+        let signed_after_ms = self.signed_after.ms();
+        if timestamp_ms < signed_after_ms {
             return Err(ApiError::unauthorized(
                 "signed_before_restart",
                 format!(
-                    "this request was signed at {timestamp_ms}, before the exchange restarted (requests \
-                     signed before {} may have been executed already): look the order up (by its client \
-                     order id) before signing a new request",
-                    self.signed_after_ms
+                    "this request was signed at {timestamp_ms}, before the exchange restarted or its cluster \
+                     changed leader (requests signed before {signed_after_ms} may have been executed already): \
+                     look the order up (by its client order id) before signing a new request"
                 ),
             ));
         }
@@ -278,7 +317,7 @@ impl Authenticator {
     /// State-changing requests signed before this time (ms since the
     /// epoch) are refused (see [`Authenticator::refusing_signed_before`]).
     pub fn signed_after_ms(&self) -> u64 {
-        self.signed_after_ms
+        self.signed_after.ms()
     }
 
     /// Signed requests per second each key may send.

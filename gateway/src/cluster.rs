@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use replication::openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
 use replication::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
 use replication::{Batch, ExchangeRaft, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig, VoteGate};
 
-use crate::auth::KeyTable;
+use crate::auth::{KeyTable, SignedAfter};
 use crate::config::ClusterConfig;
 use crate::pipeline::{Downstream, Publisher, Work};
 
@@ -87,6 +88,8 @@ pub struct Cluster {
     quorum_silence_max_ms: u64,
     /// Closed while this node's log is new and not caught up.
     votes: VoteGate,
+    /// The term whose first entry this node has applied (its feed's).
+    term_started: Arc<AtomicU64>,
 }
 
 /// What `/health` shows of the cluster.
@@ -146,6 +149,7 @@ impl Cluster {
         let net = NetConfig { bind_outgoing: (!ip.is_unspecified()).then_some(ip), ..NetConfig::default() };
         let network = NetworkFactory::new(config.node_id, net);
         let incarnation = feed.incarnation;
+        let term_started = Arc::clone(&feed.term_started);
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, feed)
             .await
             .map_err(|e| format!("cannot start Raft: {e}"))?;
@@ -182,6 +186,7 @@ impl Cluster {
             configured_api: config.members.iter().map(|m| (m.id, m.api.clone())).collect(),
             quorum_silence_max_ms: config.election_timeout_min_ms,
             votes,
+            term_started,
         })
     }
 
@@ -213,6 +218,12 @@ impl Cluster {
         let not_leader = || ProposeError::NotLeader { leader: leader.and_then(|id| self.api_address(id)) };
         if metrics.state != ServerState::Leader || leader != Some(self.node_id) {
             return Err(not_leader());
+        }
+        // Until this leader has applied its term's first entry, it has not
+        // seen everything its predecessors executed (nor raised the time
+        // before which signed changes are refused): not ready yet.
+        if self.term_started.load(Ordering::Acquire) < metrics.current_term {
+            return Err(ProposeError::NotLeader { leader: None });
         }
         // A sole voter is its own majority: nobody else acknowledges it.
         let alone = metrics.membership_config.membership().voter_ids().eq([self.node_id]);
@@ -269,10 +280,23 @@ pub struct CommittedFeed {
     applied: Option<LogId>,
     membership: StoredMembership,
     keys: Arc<UnconfirmedKeys>,
+    /// The latest proposal stamp applied: no command executed through any
+    /// leader so far was stamped later.
+    last_proposal_ns: u64,
+    /// Raised at each new term's first entry (see [`Cluster::check_leading`]).
+    signed_after: SignedAfter,
+    /// The term whose first entry (the blank a new leader appends) this
+    /// feed has applied last.
+    term_started: Arc<AtomicU64>,
 }
 
 impl CommittedFeed {
-    pub fn new(publisher: Publisher, node_id: u64, keys: Arc<UnconfirmedKeys>) -> CommittedFeed {
+    pub fn new(
+        publisher: Publisher,
+        node_id: u64,
+        keys: Arc<UnconfirmedKeys>,
+        signed_after: SignedAfter,
+    ) -> CommittedFeed {
         // Distinct for each start of this node (and never 0).
         let incarnation = crate::clock::now_ns() | 1;
         CommittedFeed {
@@ -282,6 +306,9 @@ impl CommittedFeed {
             applied: None,
             membership: StoredMembership::default(),
             keys,
+            last_proposal_ns: 0,
+            signed_after,
+            term_started: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -289,6 +316,7 @@ impl CommittedFeed {
     /// entry is committed: it must go in, in order).
     async fn publish(&mut self, proposal: &Proposal) {
         let Proposal { origin, timestamp_ns, command } = *proposal;
+        self.last_proposal_ns = self.last_proposal_ns.max(timestamp_ns);
         if let Command::CreateApiKey { user, key, secret } = command {
             self.keys.expect(key, user, secret);
         }
@@ -338,7 +366,22 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             match &entry.payload {
-                EntryPayload::Blank => {}
+                EntryPayload::Blank => {
+                    // A new leader's first entry: every entry of earlier
+                    // terms that will ever commit is before it. The new
+                    // leader's replay cache has not seen the requests its
+                    // predecessors executed, so from here on it refuses
+                    // changes signed before the last of them could have
+                    // been (as a restarted node does, with a smaller clock
+                    // allowance: see LEADER_CHANGE_CLOCK_AHEAD_ALLOWED_MS).
+                    let term = entry.log_id.leader_id.term;
+                    if self.term_started.fetch_max(term, Ordering::AcqRel) < term {
+                        self.signed_after.refuse_signed_until(
+                            self.last_proposal_ns / 1_000_000,
+                            crate::auth::LEADER_CHANGE_CLOCK_AHEAD_ALLOWED_MS,
+                        );
+                    }
+                }
                 EntryPayload::Normal(Batch::Commands(proposals)) => {
                     for proposal in proposals {
                         self.publish(proposal).await;
@@ -369,6 +412,9 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
             applied: self.applied,
             membership: self.membership.clone(),
             keys: Arc::clone(&self.keys),
+            last_proposal_ns: self.last_proposal_ns,
+            signed_after: self.signed_after.clone(),
+            term_started: Arc::clone(&self.term_started),
         }
     }
 

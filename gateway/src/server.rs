@@ -139,12 +139,14 @@ pub async fn run(
             return Err(ServerError("a node without a local journal must be a cluster node".into()))
         }
     };
+    let signed_after = crate::auth::SignedAfter::default();
     let cluster = match &config.cluster {
         Some(cluster_config) => {
             let feed = crate::cluster::CommittedFeed::new(
                 pipeline.publisher.clone(),
                 cluster_config.node_id,
                 Arc::clone(&unconfirmed_keys),
+                signed_after.clone(),
             );
             let cluster = crate::cluster::Cluster::start(cluster_config, &data.journal(), feed)
                 .await
@@ -169,7 +171,8 @@ pub async fn run(
             config.rate_limit_per_s,
             config.rate_limit_burst,
         )
-        .refusing_signed_before(last_journaled_ns / 1_000_000),
+        .refusing_signed_before(last_journaled_ns / 1_000_000)
+        .sharing_signed_after(signed_after),
         pending: Arc::clone(&pipeline.pending),
         health: Arc::clone(&pipeline.health),
         admin_token: config.admin_token.clone(),

@@ -314,3 +314,39 @@ fn raft_port(node: &Node) -> u16 {
     let line = config.lines().find(|l| l.starts_with("raft_listen")).unwrap();
     line.trim_end_matches('"').rsplit(':').next().unwrap().parse().unwrap()
 }
+
+#[test]
+fn a_change_signed_for_the_old_leader_is_not_executed_again_by_the_new_one() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.leader();
+    let keys = cluster.nodes[leader].client().demo(1);
+    // One signed order, kept byte for byte: what a client retries after its
+    // leader died under it, or what anyone who saw it could replay.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let query = format!("recvWindow=60000&timestamp={now_ms}");
+    let body =
+        json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "90", "quantity": "0.1" });
+    let (status, first) =
+        cluster.nodes[leader].client().signed_raw(&keys[0], "POST", "/order", &query, Some(body.clone()));
+    assert_eq!(status, 200, "{first}");
+
+    cluster.nodes[leader].kill();
+    let new = wait_for_other_leader(&cluster, leader);
+    let client = cluster.nodes[new].client();
+    let deadline = Instant::now() + cluster::ELECTION_BOUND;
+    let (status, again) = loop {
+        let (status, again) = client.signed_raw(&keys[0], "POST", "/order", &query, Some(body.clone()));
+        if status != 421 || Instant::now() > deadline {
+            break (status, again);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((status, again["error"]["code"].as_str()), (401, Some("signed_before_restart")), "{again}");
+    let (_, open) = client.signed(&keys[0], "GET", "/orders/open", "market=BTC-USDT", None);
+    assert_eq!(open["orders"].as_array().map(Vec::len), Some(1), "executed twice: {open}");
+
+    // A request signed now is taken at once.
+    let mut acked = Vec::new();
+    place_some(&client, &keys, 1, &mut acked);
+    assert_eq!(acked.len(), 1);
+}

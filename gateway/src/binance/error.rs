@@ -274,7 +274,7 @@ impl From<ApiError> for BinanceError {
             "signed_before_restart" => BinanceError::bad_request(
                 -1021,
                 "Timestamp for this request is outside of the recvWindow: it was signed before the server \
-                 restarted.",
+                 restarted or its cluster changed leader.",
             ),
             "timestamp_outside_recv_window" => {
                 BinanceError::bad_request(-1021, "Timestamp for this request is outside of the recvWindow.")
