@@ -1229,6 +1229,13 @@ const MEMBER_CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// cluster's membership (changes on the leader only).
 async fn admin_cluster(state: &AppState, request: &Request<'_>) -> Result<(StatusCode, Value), ApiError> {
     use crate::cluster::{MemberChange, MembershipError};
+    let known = matches!(
+        (request.method.as_str(), request.path),
+        ("GET", "/admin/cluster") | ("POST", "/admin/cluster/members") | ("DELETE", "/admin/cluster/members")
+    );
+    if !known {
+        return Err(admin_route_unknown(request.method.as_str(), request.path));
+    }
     let Some(cluster) = &state.cluster else {
         return Err(ApiError::not_found(
             "not_a_cluster",
