@@ -951,7 +951,13 @@ fn cluster_verbs_show_add_and_remove_members() {
         "{text}"
     );
 
-    // A change asked of the learner is refused and names the leader.
+    // A change asked of the learner is refused and names the leader (once
+    // the learner has heard from it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while two.request("GET", "/health", &[], "").1["cluster"]["leader"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the learner does not know the leader");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let misdirected = exctl_admin(&format!("http://{}", two.address), &["cluster", "remove", "2"]);
     assert_eq!(misdirected.status.code(), Some(1));
     assert!(
