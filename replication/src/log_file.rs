@@ -122,3 +122,60 @@ pub fn read_committed(
     }
     Ok(log)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use journal::{EntryKind, LogPosition, RaftLog, RaftLogLimits, RaftStateFile};
+
+    /// A log of `entries` blank entries, `committed` of them recorded as committed.
+    fn log(dir: &Path, entries: u64, committed: u64) {
+        let mut log = RaftLog::open(dir, RaftLogLimits::default()).unwrap();
+        for index in 0..entries {
+            log.append(index, 1, EntryKind::Blank, &[]).unwrap();
+        }
+        log.sync_request().run().unwrap();
+        let (mut state, _) = RaftStateFile::open(dir).unwrap();
+        let committed = Some(LogPosition { index: committed - 1, term: 1 });
+        state.save(&RaftState { committed, ..RaftState::default() }, true).unwrap();
+    }
+
+    #[test]
+    fn only_committed_entries_are_read_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        log(dir.path(), 10, 7);
+        let mut indexes = Vec::new();
+        let read = read_committed(dir.path(), |entry| {
+            indexes.push(entry.log_id.index);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(indexes, (0..7).collect::<Vec<_>>());
+        assert_eq!((read.visited, read.segments.len()), (7, 1));
+        assert!(is_raft_log(dir.path()));
+    }
+
+    #[test]
+    fn damaged_files_are_refused_with_their_name_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        log(dir.path(), 10, 7);
+        let state = dir.path().join(RAFT_STATE_FILE_NAME);
+        let good = std::fs::read(&state).unwrap();
+        std::fs::write(&state, vec![0xA5; good.len()]).unwrap();
+        let error = read_committed(dir.path(), |_| Ok(())).unwrap_err();
+        assert!(error.contains(RAFT_STATE_FILE_NAME), "{error}");
+        std::fs::write(&state, good).unwrap();
+
+        let (_, segment) = list_raft_segments(dir.path()).unwrap().remove(0);
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes.truncate(100);
+        std::fs::write(&segment, &bytes).unwrap();
+        let error = read_committed(dir.path(), |_| Ok(())).unwrap_err();
+        assert!(error.contains("raft-"), "{error}");
+
+        // A committed entry missing is an error, not a shorter log.
+        std::fs::remove_file(&segment).unwrap();
+        let error = read_committed(dir.path(), |_| Ok(())).unwrap_err();
+        assert!(error.contains("entries are missing"), "{error}");
+    }
+}
