@@ -55,6 +55,15 @@ impl KeyTable {
         table
     }
 
+    /// Holds exactly `engine`'s keys from now on (a cluster node that
+    /// installed a snapshot image: its keys replace whatever was here).
+    pub fn replace_from_engine(&self, engine: &Engine) {
+        if let Ok(mut keys) = self.keys.write() {
+            keys.clear();
+            keys.extend(engine.api_keys().iter().map(|entry| (entry.key, (entry.user, entry.secret))));
+        }
+    }
+
     pub fn insert(&self, key: ApiKey, user: UserId, secret: ApiSecret) {
         if let Ok(mut keys) = self.keys.write() {
             keys.insert(key, (user, secret));

@@ -41,7 +41,9 @@ use replication::{Batch, ExchangeRaft, NetConfig, NetworkFactory, Origin, Propos
 
 use crate::auth::{KeyTable, SignedAfter};
 use crate::config::ClusterConfig;
+use crate::images::{Images, Installed, Requested};
 use crate::pipeline::{Downstream, Publisher, Work};
+use crate::views::{Retention, Views, ViewsState};
 
 mod membership;
 
@@ -57,6 +59,12 @@ const RING_FULL_RETRY: Duration = Duration::from_micros(100);
 /// events never carry it). More than this many unconfirmed ones (commands
 /// the engine refused) are forgotten.
 const UNCONFIRMED_KEYS_MAX: usize = 1_024;
+
+/// How long a snapshot image may take to reach a follower and be installed
+/// there (sent in chunks, checked, decoded, written and synced), in
+/// milliseconds. openraft's default (200 ms) is far too short for an
+/// exchange's state.
+const SNAPSHOT_TRANSFER_TIMEOUT_MS: u64 = 60_000;
 
 pub type Raft = ExchangeRaft<CommittedFeed>;
 
@@ -106,6 +114,10 @@ pub struct ClusterStatus {
     /// Whether this node votes (false while a new or wiped log catches up
     /// with the leader's).
     pub votes: bool,
+    /// The log position of this node's newest snapshot image, and how far
+    /// its log is purged behind it.
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
 }
 
 impl Cluster {
@@ -122,6 +134,10 @@ impl Cluster {
         journal_dir: &Path,
         feed: CommittedFeed,
     ) -> Result<Cluster, String> {
+        let snapshot_policy = match config.snapshot_every_entries {
+            0 => replication::openraft::SnapshotPolicy::Never,
+            entries => replication::openraft::SnapshotPolicy::LogsSinceLast(entries),
+        };
         let log = replication::LogStore::open(journal_dir, replication::LogStoreConfig::default())
             .map_err(|e| format!("cannot open the Raft log in {}: {e}", journal_dir.display()))?;
         let fresh = log.was_fresh();
@@ -136,9 +152,15 @@ impl Cluster {
             // leader sends it the log again rather than stop replicating to it.
             // Its votes, the real hazard, are held back by the vote gate.
             allow_log_reversion: Some(true),
-            // No snapshots in cluster mode yet: the log is kept whole and a
-            // restarted or new node replays it (docs/replication.md).
-            snapshot_policy: replication::openraft::SnapshotPolicy::Never,
+            // Every `snapshot_every_entries` entries the pipeline writes an
+            // image; the log is purged behind it but for the last
+            // `log_kept_after_snapshot_entries`, so that a follower a little
+            // behind catches up by log, and one further behind by the image.
+            snapshot_policy,
+            max_in_snapshot_log_to_keep: config.log_kept_after_snapshot_entries,
+            // The whole image travels and is installed (checked, decoded,
+            // written and synced) within one request.
+            install_snapshot_timeout: SNAPSHOT_TRANSFER_TIMEOUT_MS,
             ..Default::default()
         }
         .validate()
@@ -260,6 +282,8 @@ impl Cluster {
             committed_index: metrics.local_committed.map(|id| id.index),
             applied_index: metrics.last_applied.map(|id| id.index),
             votes: self.votes.is_open(),
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            purged_index: metrics.purged.map(|id| id.index),
         }
     }
 
@@ -288,14 +312,24 @@ pub struct CommittedFeed {
     /// The term whose first entry (the blank a new leader appends) this
     /// feed has applied last.
     term_started: Arc<AtomicU64>,
+    /// Commands published so far (the matcher's sequence number once it
+    /// has applied them).
+    seq: u64,
+    images: Arc<Images>,
+    /// For the read views of an installed image.
+    retention: Retention,
 }
 
 impl CommittedFeed {
+    /// A feed before the first entry: openraft installs this node's own
+    /// image first, if it has one (in `images`), then applies the log after it.
     pub fn new(
         publisher: Publisher,
         node_id: u64,
         keys: Arc<UnconfirmedKeys>,
         signed_after: SignedAfter,
+        images: Arc<Images>,
+        retention: Retention,
     ) -> CommittedFeed {
         // Distinct for each start of this node (and never 0).
         let incarnation = crate::clock::now_ns() | 1;
@@ -309,6 +343,9 @@ impl CommittedFeed {
             last_proposal_ns: 0,
             signed_after,
             term_started: Arc::new(AtomicU64::new(0)),
+            seq: 0,
+            images,
+            retention,
         }
     }
 
@@ -317,6 +354,7 @@ impl CommittedFeed {
     async fn publish(&mut self, proposal: &Proposal) {
         let Proposal { origin, timestamp_ns, command } = *proposal;
         self.last_proposal_ns = self.last_proposal_ns.max(timestamp_ns);
+        self.seq += 1;
         if let Command::CreateApiKey { user, key, secret } = command {
             self.keys.expect(key, user, secret);
         }
@@ -335,24 +373,39 @@ impl CommittedFeed {
     }
 }
 
-fn unsupported(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("{what}: cluster nodes keep their whole log and take no snapshots yet (docs/replication.md)"),
-    )
+/// Builds a snapshot: waits for the pipeline to write the image it was
+/// asked for (see [`crate::images`]), then offers the image on disk.
+pub struct ImageBuilder {
+    images: Arc<Images>,
+    waiting: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for CommittedFeed {
+impl RaftSnapshotBuilder<TypeConfig> for ImageBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        Err(unsupported("building a snapshot"))
+        if let Some(waiting) = self.waiting.take() {
+            let written = waiting.await.unwrap_or_else(|_| Err("the pipeline stopped".to_string()));
+            if let Err(error) = written {
+                // openraft keeps the newer of what it had and what it gets.
+                tracing::warn!(
+                    "cluster: the snapshot image was not taken ({error}); offering the one on disk"
+                );
+            }
+        }
+        match self.images.current()? {
+            Some((meta, bytes)) => Ok(Snapshot { meta, snapshot: SnapshotData::new(bytes) }),
+            None => Err(io::Error::other(format!(
+                "no snapshot image could be written in {} (see the log above)",
+                self.images.dir().display()
+            ))),
+        }
     }
 }
 
 impl RaftStateMachine<TypeConfig> for CommittedFeed {
     type SnapshotData = SnapshotData;
-    type SnapshotBuilder = Self;
+    type SnapshotBuilder = ImageBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         Ok((self.applied, self.membership.clone()))
@@ -404,30 +457,83 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
         Ok(())
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        CommittedFeed {
-            publisher: self.publisher.clone(),
-            node_id: self.node_id,
-            incarnation: self.incarnation,
-            applied: self.applied,
-            membership: self.membership.clone(),
-            keys: Arc::clone(&self.keys),
-            last_proposal_ns: self.last_proposal_ns,
-            signed_after: self.signed_after.clone(),
-            term_started: Arc::clone(&self.term_started),
+    /// Asks the pipeline for an image at the position applied so far (the
+    /// matcher reaches it after every command published before): runs on
+    /// openraft's state machine task, in order with `apply`.
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<ImageBuilder> {
+        let images = Arc::clone(&self.images);
+        if images.current_meta().is_some_and(|meta| meta.last_log_id == self.applied) {
+            return Some(ImageBuilder { images, waiting: None });
         }
+        let (done, waiting) = tokio::sync::oneshot::channel();
+        let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone() };
+        images.request(Requested { seq: self.seq, meta, last_timestamp_ns: self.last_proposal_ns, done });
+        self.publish_work(0, Work::ClusterSnapshot).await;
+        Some(ImageBuilder { images, waiting: Some(waiting) })
     }
 
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        ImageBuilder { images: Arc::clone(&self.images), waiting: None }
+    }
+
+    /// Installs an image (the leader's, or this node's own at start): checks
+    /// it whole before anything changes, keeps it on disk, and hands the
+    /// state to the pipeline, which replaces its own at this point of the
+    /// log. A refused image changes nothing.
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta,
-        _snapshot: SnapshotData,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        Err(unsupported("installing a snapshot"))
+        let bytes = snapshot.into_inner();
+        let refuse = |error: String| {
+            tracing::warn!(
+                "cluster: refusing the snapshot image of log position {:?}: {error}",
+                meta.last_log_id
+            );
+            io::Error::new(io::ErrorKind::InvalidData, error)
+        };
+        let image = replication::decode_image(&bytes).map_err(|e| refuse(e.to_string()))?;
+        if image.meta != *meta {
+            return Err(refuse(format!("it holds log position {:?}", image.meta.last_log_id)));
+        }
+        let views = match &image.views {
+            Some(encoded) => ViewsState::decode(encoded)
+                .and_then(|state| Views::restore(&image.engine, state, self.retention))
+                .map_err(|e| refuse(format!("its read views: {e}")))?,
+            None => Views::from_engine(&image.engine, self.retention),
+        };
+        // This node's own image (at start) is on disk already.
+        if self.images.current_meta().as_ref() != Some(meta) {
+            self.images.keep(meta.clone(), &bytes)?;
+        }
+        let seq = image.engine.last_seq();
+        let engine_copy = image.engine.clone();
+        self.images.push_install(Installed {
+            engine: image.engine,
+            last_timestamp_ns: image.last_timestamp_ns,
+            views,
+            engine_copy,
+        });
+        self.publish_work(0, Work::Install).await;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.seq = seq;
+        self.last_proposal_ns = self.last_proposal_ns.max(image.last_timestamp_ns);
+        // The image holds its last term's first entry (a term's entries
+        // follow its leader's blank one).
+        if let Some(last) = meta.last_log_id {
+            self.term_started.fetch_max(last.leader_id.term, Ordering::AcqRel);
+        }
+        tracing::info!(
+            "cluster: installed the snapshot image of log position {:?}, sequence {seq}",
+            meta.last_log_id
+        );
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(None)
+        Ok(self.images.current()?.map(|(meta, bytes)| Snapshot { meta, snapshot: SnapshotData::new(bytes) }))
     }
 }
 
@@ -474,6 +580,10 @@ impl Downstream for KeysFeed {
                 _ => {}
             }
         }
+    }
+
+    fn installed(&mut self, engine: &engine_core::Engine) {
+        self.table.replace_from_engine(engine);
     }
 }
 

@@ -146,6 +146,31 @@ pub struct ClusterConfig {
     /// every node.
     #[serde(default = "hash_mark_interval_seqs_default")]
     pub hash_mark_interval_seqs: u64,
+    /// Every node writes a snapshot image (engine and read views, with its
+    /// log position) after this many log entries, and purges its log
+    /// behind it; 0: never (the log is kept whole and replayed at start).
+    #[serde(default = "snapshot_every_entries_default")]
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind the newest image: a follower less than this
+    /// far behind catches up by log, one further behind by the image.
+    #[serde(default = "log_kept_after_snapshot_entries_default")]
+    pub log_kept_after_snapshot_entries: u64,
+}
+
+/// The default `snapshot_every_entries`: one log entry holds one command or
+/// more, so this is at most as often as a single node's default.
+pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 1_000_000;
+
+fn snapshot_every_entries_default() -> u64 {
+    SNAPSHOT_EVERY_ENTRIES_DEFAULT
+}
+
+/// The default `log_kept_after_snapshot_entries`: seconds of full load, so
+/// that a follower restarted quickly needs no image.
+pub const LOG_KEPT_AFTER_SNAPSHOT_ENTRIES_DEFAULT: u64 = 100_000;
+
+fn log_kept_after_snapshot_entries_default() -> u64 {
+    LOG_KEPT_AFTER_SNAPSHOT_ENTRIES_DEFAULT
 }
 
 /// The default `hash_mark_interval_seqs`: hashing costs well under 1% of

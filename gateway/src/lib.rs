@@ -40,6 +40,7 @@ pub mod error;
 mod exposition;
 mod history;
 mod http;
+pub mod images;
 pub mod log;
 pub mod metrics;
 pub mod outcome;

@@ -44,6 +44,7 @@ use journal::{Durability, JournalWriter, SegmentRetention};
 use tokio::sync::oneshot;
 
 use crate::clock;
+use crate::images::{Images, InstalledViews};
 use crate::metrics::{LocalHistograms, Metrics, Stage};
 use crate::outcome::{Capture, Outcome};
 use crate::views::{OrderView, Views, ViewsState};
@@ -83,6 +84,13 @@ pub enum Work {
         node: u64,
         hash: u64,
     },
+    /// Cluster mode: take a snapshot image here, after every command
+    /// published before this (the Raft state machine queued the log
+    /// position in [`Images`]).
+    ClusterSnapshot,
+    /// Cluster mode: replace the whole state by a snapshot image's, queued
+    /// in [`Images`] (the commands before this were applied to the old).
+    Install,
     /// Housekeeping: interval syncs and due snapshots when otherwise idle.
     Tick,
     /// Sync the journal and write a snapshot; sent once, at shutdown.
@@ -107,6 +115,10 @@ pub struct Outbound {
     /// views consumer adds the views' state as of the same point (and
     /// `request_id`, if any, is answered once the file is written).
     pub snapshot: bool,
+    /// An install marker (cluster mode): the matcher replaced its state by
+    /// a snapshot image's here, and the views stage takes the views that
+    /// go with it from [`Images`].
+    pub installed: bool,
 }
 
 /// The answer a request handler waits for.
@@ -198,6 +210,8 @@ pub struct PipelineConfig {
     pub last_timestamp_ns: u64,
     /// The counters the pipeline keeps (shared with whoever reports them).
     pub health: Arc<Health>,
+    /// Cluster mode: where snapshot images are taken and installed.
+    pub images: Option<Arc<Images>>,
 }
 
 /// A follower of what the pipeline released: each batch of events (and
@@ -207,6 +221,11 @@ pub struct PipelineConfig {
 /// journal; the streams cut their subscribers, who resync).
 pub trait Downstream: Send {
     fn batch(&mut self, events: &Arc<[Event]>, stamps: &[persistence::Stamp]);
+
+    /// The whole state was replaced by a snapshot image's (cluster mode),
+    /// whose engine is `engine`: what follows continues from it, not from
+    /// the events seen so far.
+    fn installed(&mut self, _engine: &Engine) {}
 }
 
 /// One half of a snapshot, on its way to the thread that writes the file:
@@ -322,6 +341,7 @@ fn start_with<W: WaitStrategy + 'static>(
     let durability = journal.as_ref().map_or(Durability::None, |journal| journal.durability());
     let (snapshot_parts, snapshot_inbox) = std::sync::mpsc::channel();
     let snapshot_writer = SnapshotWriter {
+        images: config.images.clone(),
         syncer: journal.as_ref().map(|journal| journal.syncer()),
         dir: config.snapshots_dir.clone(),
         keep_newest: config.snapshots_keep,
@@ -336,6 +356,7 @@ fn start_with<W: WaitStrategy + 'static>(
         .spawn(move || snapshot_writer.run(snapshot_inbox))
         .expect("the snapshot thread starts");
     let mut follower = Follower {
+        images: config.images.clone(),
         views,
         snapshots: snapshot_parts.clone(),
         pending: Arc::clone(&pending),
@@ -442,6 +463,7 @@ impl Outbound {
         failed: false,
         timestamp_ns: 0,
         snapshot: false,
+        installed: false,
     };
 
     /// The outcome of a command that was not applied.
@@ -505,6 +527,7 @@ type OutboundProducer = SingleProducer<Outbound, SingleConsumerBarrier>;
 
 /// The consumer of the outbound ring.
 struct Follower {
+    images: Option<Arc<Images>>,
     views: Arc<RwLock<Views>>,
     snapshots: std::sync::mpsc::Sender<SnapshotPart>,
     pending: Arc<Pending>,
@@ -546,6 +569,11 @@ impl Follower {
             let _ = self.snapshots.send(SnapshotPart::Views { state, reply: slot.request_id });
             return;
         }
+        if slot.installed {
+            self.flush();
+            self.install();
+            return;
+        }
         if let Some(event) = slot.event {
             if slot.request_id != 0 && !slot.failed {
                 self.request_marks.push((self.batch_events.len(), slot.request_id, slot.last));
@@ -580,6 +608,21 @@ impl Follower {
         }
         if end_of_batch {
             self.flush();
+        }
+    }
+
+    /// Replaces the views by an installed image's, and tells the
+    /// downstream consumers to start over from it.
+    fn install(&mut self) {
+        let Some(installed) = self.images.as_ref().and_then(|images| images.take_views()) else {
+            debug_assert!(false, "an install marker without its views");
+            return;
+        };
+        if let Ok(mut views) = self.views.write() {
+            *views = installed.views;
+        }
+        for consumer in &mut self.downstream {
+            consumer.installed(&installed.engine);
         }
     }
 
@@ -730,6 +773,8 @@ impl Matcher {
                 self.apply_committed(slot.request_id, command, timestamp_ns, slot.published_ns)
             }
             Work::HashMark { seq, node, hash } => self.check_hash_mark(seq, node, hash),
+            Work::ClusterSnapshot => self.snapshot(0),
+            Work::Install => self.install(),
             Work::Tick => {
                 // Under `interval`, wakes the durability stage so that the
                 // last commands are synced within the interval even when
@@ -890,6 +935,7 @@ impl Matcher {
                 failed: false,
                 timestamp_ns: stamped.timestamp_ns,
                 snapshot: false,
+                installed: false,
             });
         }
     }
@@ -939,6 +985,28 @@ impl Matcher {
         self.outbound_bell.ring();
     }
 
+    /// Replaces the engine by an installed snapshot image's (cluster mode):
+    /// the commands before the marker went to the old engine, those after
+    /// go to this one, and the views stage takes the views at the marker.
+    fn install(&mut self) {
+        let Some(images) = self.config.images.as_ref() else {
+            debug_assert!(false, "an install marker reached a single node's matcher");
+            return;
+        };
+        let Some(installed) = images.take_install() else {
+            debug_assert!(false, "an install marker without its state");
+            return;
+        };
+        self.engine = installed.engine;
+        self.last_timestamp_ns = installed.last_timestamp_ns;
+        if let Some(marks) = self.hash_marks.as_mut() {
+            marks.installed(&self.engine);
+        }
+        images.push_views(InstalledViews { views: installed.views, engine: installed.engine_copy });
+        self.staged.push(Outbound { last: true, installed: true, ..Outbound::EMPTY });
+        tracing::info!("installed a snapshot image at sequence {}", self.engine.last_seq());
+    }
+
     /// Takes a snapshot of the current state: the matcher stops only to
     /// clone the engine; the views consumer adds the views when it reaches
     /// the marker published here, and the snapshot thread syncs the journal
@@ -969,6 +1037,9 @@ impl Matcher {
 /// the views at the same sequence number, and then prunes what the
 /// snapshots make unnecessary.
 struct SnapshotWriter {
+    /// Cluster mode: the images' requests; the image is written there
+    /// instead of a snapshot file.
+    images: Option<Arc<Images>>,
     /// Syncs the journal up to a snapshot before it is written: a snapshot
     /// is never ahead of the durable journal (none on a cluster node).
     syncer: Option<journal::JournalSyncer>,
@@ -996,6 +1067,7 @@ impl SnapshotWriter {
                         engines.pop_front();
                     }
                     let written = match engines.pop_front() {
+                        Some((engine, _)) if self.images.is_some() => self.write_image(&engine, &state),
                         Some((engine, segment)) if engine.last_seq() == state.last_seq => {
                             self.sync_journal(engine.last_seq(), segment) && self.write(&engine, &state)
                         }
@@ -1037,6 +1109,45 @@ impl SnapshotWriter {
                 false
             }
         }
+    }
+
+    /// Writes the image a cluster node's Raft state machine asked for at
+    /// the engine's sequence number, and answers the request.
+    fn write_image(&self, engine: &Engine, state: &ViewsState) -> bool {
+        let Some(images) = self.images.as_ref() else { return false };
+        let seq = engine.last_seq();
+        let Some(requested) = images.take_request(seq) else {
+            tracing::error!("snapshot image at sequence {seq}: nobody asked for it");
+            return false;
+        };
+        let written = (|| {
+            if state.last_seq != seq {
+                return Err(format!("the views are at sequence {}, the engine at {seq}", state.last_seq));
+            }
+            let views = state.encode().map_err(|e| format!("cannot encode the views: {e}"))?;
+            let bytes =
+                replication::encode_image(&requested.meta, engine, requested.last_timestamp_ns, Some(views))
+                    .map_err(|e| e.to_string())?;
+            images.keep(requested.meta.clone(), &bytes).map_err(|e| format!("cannot write it: {e}"))?;
+            Ok(bytes.len())
+        })();
+        let result = match written {
+            Ok(bytes) => {
+                self.health.snapshot_seq.store(seq, Ordering::Relaxed);
+                tracing::info!(
+                    "snapshot image at sequence {seq}, log position {:?}: {bytes} bytes",
+                    requested.meta.last_log_id
+                );
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!("snapshot image at sequence {seq}: {error}");
+                Err(error)
+            }
+        };
+        let ok = result.is_ok();
+        let _ = requested.done.send(result);
+        ok
     }
 
     fn write(&self, engine: &Engine, state: &ViewsState) -> bool {
@@ -1199,6 +1310,15 @@ impl HashMarks {
             hash ^= 1;
         }
         self.keep(seq, hash);
+    }
+
+    /// The engine was replaced by an installed image's: hashes kept from
+    /// beyond its point are of another history, and its own point may be a
+    /// marked one.
+    fn installed(&mut self, engine: &Engine) {
+        let seq = engine.last_seq();
+        self.kept.retain(|&(kept, _)| kept < seq);
+        self.applied(engine);
     }
 
     fn keep(&mut self, seq: u64, hash: u64) {

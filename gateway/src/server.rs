@@ -88,6 +88,18 @@ pub async fn run(
     let (hub_sender, hub_receiver) = tokio::sync::mpsc::channel(crate::ws::HUB_QUEUE_MAX);
     let hub = tokio::spawn(crate::ws::run_hub(Arc::clone(&views), Arc::clone(&subscribers), hub_receiver));
     let health = Arc::new(pipeline::Health::default());
+    // A cluster node's snapshot image (checked whole here: a node never
+    // starts on a damaged one); openraft installs it first, then applies
+    // the log after it.
+    let images = match &config.cluster {
+        Some(_) => Some(Arc::new(crate::images::Images::open(&data.snapshots()).map_err(|e| {
+            ServerError(format!(
+                "cannot read this node's snapshot image: {e}; to rejoin the cluster, move this node's data \
+                 directory away and start it empty (it catches up from the leader)"
+            ))
+        })?)),
+        None => None,
+    };
     let pipeline_config = PipelineConfig {
         inbound_ring_size: config.inbound_ring_size,
         outbound_ring_size: config.outbound_ring_size,
@@ -121,6 +133,7 @@ pub async fn run(
         // starting from nothing as its replay does.
         last_timestamp_ns: if config.cluster.is_some() { 0 } else { last_journaled_ns },
         health,
+        images: images.clone(),
     };
     let mut computed_hashes = None;
     let pipeline = match (writer, &config.cluster) {
@@ -147,6 +160,8 @@ pub async fn run(
                 cluster_config.node_id,
                 Arc::clone(&unconfirmed_keys),
                 signed_after.clone(),
+                images.clone().expect("a cluster node has images"),
+                config.retention_of_views(),
             );
             let cluster = crate::cluster::Cluster::start(cluster_config, &data.journal(), feed)
                 .await
@@ -544,6 +559,12 @@ impl pipeline::Downstream for HubFeed {
             self.subscribers.drop_all();
             self.health.metrics.ws_hub_overflows.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn installed(&mut self, _engine: &Engine) {
+        // The books and orders jumped to a snapshot image's: every stream
+        // starts again from the new state (the clients resubscribe).
+        self.subscribers.close_all(1012, "state replaced by a snapshot; reconnect and resubscribe");
     }
 }
 

@@ -350,3 +350,84 @@ fn a_change_signed_for_the_old_leader_is_not_executed_again_by_the_new_one() {
     place_some(&client, &keys, 1, &mut acked);
     assert_eq!(acked.len(), 1);
 }
+
+/// Images every 20 entries and 5 entries kept behind each: a follower down
+/// for a few dozen orders finds the leader's log purged past its own.
+const SMALL_IMAGES: &str = "snapshot_every_entries = 20\nlog_kept_after_snapshot_entries = 5\n";
+
+#[test]
+fn a_follower_behind_a_purged_log_catches_up_from_the_leaders_snapshot_image() {
+    let mut cluster = Cluster::start_configured(3, false, "", SMALL_IMAGES);
+    let leader = cluster.leader();
+    let client = cluster.nodes[leader].client();
+    let keys = client.demo(2);
+    let mut acked = Vec::new();
+    place_some(&client, &keys, 0, &mut acked);
+
+    let behind = (leader + 1) % 3;
+    let follower_applied =
+        cluster.nodes[behind].health().unwrap()["cluster"]["applied_index"].as_u64().unwrap();
+    cluster.nodes[behind].kill();
+    // The leader purges behind its images only while no replication to the
+    // dead follower is in flight: orders until it has.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 1;
+    loop {
+        place_some(&client, &keys, round, &mut acked);
+        round += 1;
+        let health = cluster.nodes[leader].health().unwrap();
+        let purged = health["cluster"]["purged_index"].as_u64().unwrap_or(0);
+        if round > 25 && purged > follower_applied {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the log the follower needs is still there: {health}");
+    }
+
+    // Only the image can bring it back: the entries after its position are gone.
+    cluster.nodes[behind].start();
+    cluster.assert_converged(&client, &keys, "the follower installed the leader's image");
+    let stderr = cluster.nodes[behind].stderr();
+    assert!(stderr.contains("installed the snapshot image"), "{stderr}");
+    // The image carries the read views: closed (filled) orders and open ones alike.
+    assert_all_found(&cluster.nodes[behind].client(), &keys, &acked, "the install");
+    let (status, trades) = cluster.nodes[behind].client().get("/trade/history?market=BTC-USDT&limit=1000");
+    assert_eq!(status, 200);
+    assert_eq!(trades, client.get("/trade/history?market=BTC-USDT&limit=1000").1, "its trades differ");
+
+    // Keys created before the image authenticate on it, and orders after
+    // it apply on top of it.
+    place_some(&client, &keys, round, &mut acked);
+    cluster.assert_converged(&client, &keys, "orders after the install");
+
+    // A wiped follower comes back from the image too.
+    let wiped = (leader + 2) % 3;
+    cluster.nodes[wiped].kill();
+    cluster.nodes[wiped].wipe();
+    place_some(&client, &keys, round + 1, &mut acked);
+    cluster.nodes[wiped].start();
+    cluster.nodes[wiped].wait_voting();
+    cluster.assert_converged(&client, &keys, "the wiped follower installed the image");
+    assert_all_found(&cluster.nodes[wiped].client(), &keys, &acked, "the wipe");
+
+    // Every node restarts from its own image and the log after it, with
+    // nothing acknowledged lost.
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    for node in &mut cluster.nodes {
+        node.start();
+    }
+    let leader = cluster.leader();
+    let client = cluster.nodes[leader].client();
+    place_some(&client, &keys, round + 2, &mut acked);
+    cluster.assert_converged(&client, &keys, "a restart of every node from its image");
+    for node in &cluster.nodes {
+        assert_all_found(&node.client(), &keys, &acked, "the restart");
+        let health = node.health().unwrap();
+        assert!(
+            health["cluster"]["snapshot_index"].as_u64().is_some(),
+            "no image on node {}: {health}",
+            node.id
+        );
+    }
+}

@@ -48,6 +48,7 @@ fn start(
             database_status: None,
             last_timestamp_ns: 0,
             health: Default::default(),
+            images: None,
         },
     );
     (pipeline, views)

@@ -67,7 +67,9 @@ pub mod types;
 
 pub use log_store::{LogStore, LogStoreConfig};
 pub use net::{NetConfig, NetworkFactory, VoteGate};
-pub use state_machine::{EngineStateMachine, Replica};
+pub use state_machine::{
+    decode_image, encode_image, read_image_file, write_image_file, EngineStateMachine, Image, Replica,
+};
 pub use types::{Batch, ExchangeNode, ExchangeRaft, Origin, Proposal, TypeConfig};
 
 /// Heartbeat interval for a cluster on one machine or a LAN, in milliseconds.

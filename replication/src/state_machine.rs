@@ -11,13 +11,19 @@
 //!   `Replica`, applying inline (on openraft's state machine task), keeping its newest
 //!   snapshot image in a directory so that a restarted node resumes from it.
 //!
-//! # The snapshot image (version 1)
+//! # The snapshot image (version 2)
 //!
 //! ```text
 //! 0       8         12        16            24            28        32
 //! | magic | version | zeros   | payload len | payload crc | zeros   |
-//! then the payload: codec((SnapshotMeta, state hash u64, engine_core::Snapshot))
+//! then the payload: codec((SnapshotMeta, state hash u64, last stamp u64,
+//!                          engine_core::Snapshot, read views: Option<bytes>))
 //! ```
+//!
+//! The read views are opaque here: a node that applies through its own pipeline (the
+//! gateway's) keeps its views beside the engine, so that a node restarted or brought up to
+//! date from an image serves the same closed orders and trades as the others. Version 1 (no
+//! views) still loads.
 //!
 //! Everything in an image is hostile input (it comes over the network from a peer, or from a
 //! disk): length, checksum, decoding, the engine's own consistency checks
@@ -38,7 +44,9 @@ use serde::{Deserialize, Serialize};
 use crate::types::{Batch, Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
 
 pub const IMAGE_MAGIC: &[u8; 8] = b"EXRAFTSM";
-pub const IMAGE_VERSION: u32 = 1;
+pub const IMAGE_VERSION: u32 = 2;
+/// The first version, without the read views.
+pub const IMAGE_VERSION_WITHOUT_VIEWS: u32 = 1;
 pub const IMAGE_HEADER_BYTES: usize = 32;
 /// The largest snapshot image this build accepts (header included). The engine's limits keep
 /// a real state far below it; anything larger is refused before it is decoded.
@@ -126,7 +134,7 @@ impl fmt::Display for ImageError {
             }
             ImageError::BadMagic => write!(f, "not a snapshot image (bad magic)"),
             ImageError::UnsupportedVersion { found, supported } => {
-                write!(f, "snapshot image version {found}, this build reads version {supported}")
+                write!(f, "snapshot image version {found}, this build reads versions 1 to {supported}")
             }
             ImageError::LengthMismatch { header, actual } => write!(
                 f,
@@ -170,6 +178,103 @@ struct ImagePayload {
     /// The last command's stamp: the next one is never below it.
     last_timestamp_ns: u64,
     engine: engine_core::Snapshot,
+    views: Option<Vec<u8>>,
+}
+
+/// Version 1's payload: the same without the views.
+#[derive(Serialize, Deserialize)]
+struct ImagePayloadV1 {
+    meta: SnapshotMeta,
+    state_hash: u64,
+    last_timestamp_ns: u64,
+    engine: engine_core::Snapshot,
+}
+
+/// A snapshot image's contents, checked (see [`decode_image`]).
+pub struct Image {
+    /// The log position and membership the state is at.
+    pub meta: SnapshotMeta,
+    pub engine: Engine,
+    /// The last command's stamp: the next one is never below it.
+    pub last_timestamp_ns: u64,
+    /// The read views' state at the engine's sequence number, opaque here (None: the image
+    /// carries none).
+    pub views: Option<Vec<u8>>,
+}
+
+/// Encodes a snapshot image of `engine` at `meta` (see the module documentation).
+pub fn encode_image(
+    meta: &SnapshotMeta,
+    engine: &Engine,
+    last_timestamp_ns: u64,
+    views: Option<Vec<u8>>,
+) -> Result<Vec<u8>, ImageError> {
+    let payload = ImagePayload {
+        meta: meta.clone(),
+        state_hash: engine.state_hash(),
+        last_timestamp_ns,
+        engine: engine.snapshot(),
+        views,
+    };
+    let mut bytes = vec![0u8; IMAGE_HEADER_BYTES];
+    codec::encode_append(&payload, &mut bytes).map_err(ImageError::Encode)?;
+    let payload_len = (bytes.len() - IMAGE_HEADER_BYTES) as u64;
+    if bytes.len() as u64 > IMAGE_BYTES_MAX {
+        return Err(ImageError::TooLarge { len: bytes.len() as u64, max: IMAGE_BYTES_MAX });
+    }
+    let crc = crc32fast::hash(&bytes[IMAGE_HEADER_BYTES..]);
+    bytes[0..8].copy_from_slice(IMAGE_MAGIC);
+    bytes[8..12].copy_from_slice(&IMAGE_VERSION.to_le_bytes());
+    bytes[16..24].copy_from_slice(&payload_len.to_le_bytes());
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    Ok(bytes)
+}
+
+/// Checks and decodes a snapshot image: its envelope (length, checksum), its decoding, the
+/// engine's own consistency checks and the recorded state hash. Never panics, whatever the
+/// bytes; the views are returned as they are (their reader checks them).
+pub fn decode_image(bytes: &[u8]) -> Result<Image, ImageError> {
+    let (version, payload) = check_image_envelope_of(bytes)?;
+    let image: ImagePayload = if version == IMAGE_VERSION_WITHOUT_VIEWS {
+        let v1: ImagePayloadV1 = codec::decode(payload).map_err(ImageError::Decode)?;
+        ImagePayload {
+            meta: v1.meta,
+            state_hash: v1.state_hash,
+            last_timestamp_ns: v1.last_timestamp_ns,
+            engine: v1.engine,
+            views: None,
+        }
+    } else {
+        codec::decode(payload).map_err(ImageError::Decode)?
+    };
+    let engine = Engine::from_snapshot(image.engine).map_err(ImageError::Engine)?;
+    let loaded = engine.state_hash();
+    if loaded != image.state_hash {
+        return Err(ImageError::HashMismatch { recorded: image.state_hash, loaded });
+    }
+    Ok(Image { meta: image.meta, engine, last_timestamp_ns: image.last_timestamp_ns, views: image.views })
+}
+
+/// Reads the image kept in `dir` ([`IMAGE_FILE_NAME`]), checked; `None` when there is none.
+/// A damaged one is an error naming the file: a node must not silently start over.
+pub fn read_image_file(dir: &Path) -> io::Result<Option<(Image, Vec<u8>)>> {
+    let path = dir.join(IMAGE_FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))),
+    };
+    let image = decode_image(&bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+    Ok(Some((image, bytes)))
+}
+
+/// Keeps `bytes` as the image in `dir` ([`IMAGE_FILE_NAME`]): written to a temporary file,
+/// synced, renamed over the old one and the directory synced, so that a crash leaves the old
+/// image or the new one, never half of one.
+pub fn write_image_file(dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    write_atomically(dir, IMAGE_FILE_NAME, bytes)
 }
 
 impl Replica {
@@ -258,34 +363,15 @@ impl Replica {
     /// openraft needs.
     pub fn image(&self) -> Result<(SnapshotMeta, Vec<u8>), ImageError> {
         let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone() };
-        let payload = ImagePayload {
-            meta: meta.clone(),
-            state_hash: self.engine.state_hash(),
-            last_timestamp_ns: self.last_timestamp_ns,
-            engine: self.engine.snapshot(),
-        };
-        let mut bytes = vec![0u8; IMAGE_HEADER_BYTES];
-        codec::encode_append(&payload, &mut bytes).map_err(ImageError::Encode)?;
-        let payload_len = (bytes.len() - IMAGE_HEADER_BYTES) as u64;
-        let crc = crc32fast::hash(&bytes[IMAGE_HEADER_BYTES..]);
-        bytes[0..8].copy_from_slice(IMAGE_MAGIC);
-        bytes[8..12].copy_from_slice(&IMAGE_VERSION.to_le_bytes());
-        bytes[16..24].copy_from_slice(&payload_len.to_le_bytes());
-        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+        let bytes = encode_image(&meta, &self.engine, self.last_timestamp_ns, None)?;
         Ok((meta, bytes))
     }
 
     /// Checks and decodes a snapshot image into a replica and the meta recorded in it.
     pub fn from_image(bytes: &[u8]) -> Result<(Replica, SnapshotMeta), ImageError> {
-        let payload = check_image_envelope(bytes)?;
-        let image: ImagePayload = codec::decode(payload).map_err(ImageError::Decode)?;
-        let engine = Engine::from_snapshot(image.engine).map_err(ImageError::Engine)?;
-        let loaded = engine.state_hash();
-        if loaded != image.state_hash {
-            return Err(ImageError::HashMismatch { recorded: image.state_hash, loaded });
-        }
+        let image = decode_image(bytes)?;
         let replica = Replica {
-            engine,
+            engine: image.engine,
             applied: image.meta.last_log_id,
             membership: image.meta.last_membership.clone(),
             last_timestamp_ns: image.last_timestamp_ns,
@@ -297,6 +383,11 @@ impl Replica {
 /// Checks an image's header, length and checksum (cheap: no decoding) and returns its payload.
 /// The transport runs this on a received snapshot before handing it to openraft.
 pub fn check_image_envelope(bytes: &[u8]) -> Result<&[u8], ImageError> {
+    check_image_envelope_of(bytes).map(|(_, payload)| payload)
+}
+
+/// [`check_image_envelope`], with the image's version.
+fn check_image_envelope_of(bytes: &[u8]) -> Result<(u32, &[u8]), ImageError> {
     if bytes.len() < IMAGE_HEADER_BYTES {
         return Err(ImageError::TooShort { len: bytes.len() });
     }
@@ -307,7 +398,7 @@ pub fn check_image_envelope(bytes: &[u8]) -> Result<&[u8], ImageError> {
         return Err(ImageError::BadMagic);
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != IMAGE_VERSION {
+    if version != IMAGE_VERSION && version != IMAGE_VERSION_WITHOUT_VIEWS {
         return Err(ImageError::UnsupportedVersion { found: version, supported: IMAGE_VERSION });
     }
     let payload_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
@@ -320,7 +411,7 @@ pub fn check_image_envelope(bytes: &[u8]) -> Result<&[u8], ImageError> {
     if recorded != computed {
         return Err(ImageError::ChecksumMismatch { recorded, computed });
     }
-    Ok(payload)
+    Ok((version, payload))
 }
 
 struct Shared {
@@ -595,11 +686,59 @@ mod tests {
         garbage.extend_from_slice(&[0xff; 40]);
         assert!(matches!(refuse(&reseal(garbage)), ImageError::Decode(_)));
         let (meta, _) = replica.image().unwrap();
-        let lying =
-            ImagePayload { meta, state_hash: 42, last_timestamp_ns: 0, engine: replica.engine().snapshot() };
+        let lying = ImagePayload {
+            meta,
+            state_hash: 42,
+            last_timestamp_ns: 0,
+            engine: replica.engine().snapshot(),
+            views: None,
+        };
         let mut bytes = image[..IMAGE_HEADER_BYTES].to_vec();
         codec::encode_append(&lying, &mut bytes).unwrap();
         assert!(matches!(refuse(&reseal(bytes)), ImageError::HashMismatch { recorded: 42, .. }));
+    }
+
+    #[test]
+    fn an_image_carries_the_views_and_a_version_1_image_still_loads() {
+        let replica = replica_with(4);
+        let meta =
+            SnapshotMeta { last_log_id: replica.applied(), last_membership: StoredMembership::default() };
+        let bytes = encode_image(&meta, replica.engine(), 77, Some(vec![1, 2, 3])).unwrap();
+        let image = decode_image(&bytes).unwrap();
+        assert_eq!(
+            (image.meta, image.last_timestamp_ns, image.views),
+            (meta.clone(), 77, Some(vec![1, 2, 3]))
+        );
+        assert_eq!(image.engine.state_hash(), replica.engine().state_hash());
+
+        let v1 = ImagePayloadV1 {
+            meta: meta.clone(),
+            state_hash: replica.engine().state_hash(),
+            last_timestamp_ns: 5,
+            engine: replica.engine().snapshot(),
+        };
+        let mut bytes = vec![0u8; IMAGE_HEADER_BYTES];
+        codec::encode_append(&v1, &mut bytes).unwrap();
+        let len = (bytes.len() - IMAGE_HEADER_BYTES) as u64;
+        let crc = crc32fast::hash(&bytes[IMAGE_HEADER_BYTES..]);
+        bytes[0..8].copy_from_slice(IMAGE_MAGIC);
+        bytes[8..12].copy_from_slice(&IMAGE_VERSION_WITHOUT_VIEWS.to_le_bytes());
+        bytes[16..24].copy_from_slice(&len.to_le_bytes());
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+        let image = decode_image(&bytes).unwrap();
+        assert_eq!((image.meta, image.last_timestamp_ns, image.views), (meta, 5, None));
+
+        // Written and read back through the file, and a damaged file is named.
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_image_file(dir.path()).unwrap().is_none());
+        write_image_file(dir.path(), &bytes).unwrap();
+        let (read, kept) = read_image_file(dir.path()).unwrap().unwrap();
+        assert_eq!((read.engine.last_seq(), kept), (4, bytes.clone()));
+        let mut damaged = bytes;
+        damaged[IMAGE_HEADER_BYTES] ^= 1;
+        write_image_file(dir.path(), &damaged).unwrap();
+        let refused = read_image_file(dir.path()).err().expect("refused");
+        assert!(refused.to_string().contains(IMAGE_FILE_NAME), "{refused}");
     }
 
     #[tokio::test]

@@ -71,24 +71,34 @@ pub fn inspect(journal: &Path) -> Result<ExitCode, String> {
 }
 
 /// Replays the committed log (to sequence `to` at most) into an engine,
-/// checking every hash mark whose sequence it passes.
-pub fn replay(journal: &Path, to: Option<u64>) -> Result<Replica, String> {
+/// checking every hash mark whose sequence it passes. A log purged behind
+/// a snapshot image starts from the image in `snapshots` (the node's).
+pub fn replay(journal: &Path, snapshots: &Path, to: Option<u64>) -> Result<Replica, String> {
     // First pass: where the marks are, so that the replay can hash there.
     let mut marks = BTreeSet::new();
-    read_committed(journal, |entry| {
+    let log = read_committed(journal, |entry| {
         if let EntryPayload::Normal(Batch::HashMark { seq, .. }) = entry.payload {
             marks.insert(seq);
         }
         Ok(())
     })?;
     let started = std::time::Instant::now();
-    // A cluster node starts from an empty engine with the default limits;
-    // the leader journals the configured ones (a command like any other).
-    let mut replica = Replica::new(EngineLimits::default());
+    let purged = log.state.and_then(|state| state.last_purged).map(|position| position.index);
+    let mut replica = match purged {
+        // A cluster node starts from an empty engine with the default
+        // limits; the leader journals the configured ones (a command like
+        // any other).
+        None => Replica::new(EngineLimits::default()),
+        Some(purged) => from_image(snapshots, purged, to)?,
+    };
     let mut hashes = BTreeMap::new();
     let (mut checked, mut events) = (0u64, Vec::new());
     let stop = to.unwrap_or(u64::MAX);
     let result = read_committed(journal, |entry| {
+        if replica.applied().is_some_and(|applied| entry.log_id.index <= applied.index) {
+            // In the image already.
+            return Ok(());
+        }
         if let EntryPayload::Normal(Batch::HashMark { seq, node, hash }) = entry.payload {
             if let Some(ours) = hashes.get(&seq) {
                 if *ours != hash {
@@ -124,5 +134,33 @@ pub fn replay(journal: &Path, to: Option<u64>) -> Result<Replica, String> {
     let seq = replica.engine().last_seq();
     println!("raft log {}: replayed {seq} commands in {seconds:.3} s", journal.display());
     println!("hash marks checked: {checked} of {} in the log, all equal", marks.len());
+    Ok(replica)
+}
+
+/// The replica of the image in `snapshots`, which must cover the log up to
+/// `purged` (the entries before are gone) and be at `to` at most.
+fn from_image(snapshots: &Path, purged: u64, to: Option<u64>) -> Result<Replica, String> {
+    let (_, bytes) =
+        replication::read_image_file(snapshots).map_err(|e| e.to_string())?.ok_or_else(|| {
+            format!(
+                "the log is purged through entry {purged} and {} holds no snapshot image to start from",
+                snapshots.display()
+            )
+        })?;
+    let (replica, meta) = Replica::from_image(&bytes).map_err(|e| format!("{}: {e}", snapshots.display()))?;
+    let at = meta.last_log_id.map(|id| id.index);
+    if at.is_none_or(|at| at < purged) {
+        return Err(format!(
+            "the log is purged through entry {purged}, but the snapshot image is of entry {at:?}: the entries \
+             between are gone"
+        ));
+    }
+    let seq = replica.engine().last_seq();
+    if to.is_some_and(|to| to < seq) {
+        return Err(format!(
+            "the log is purged behind the snapshot image at sequence {seq}: it cannot replay to an earlier one"
+        ));
+    }
+    println!("starting from the snapshot image of log entry {}, sequence {seq}", at.unwrap_or(0));
     Ok(replica)
 }

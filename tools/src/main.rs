@@ -437,7 +437,7 @@ fn recover_with<D: journal::Derived>(
 
 fn replay(dir: &Path, to: Option<u64>) -> Result<ExitCode, String> {
     if replication::log_file::is_raft_log(&journal_dir(dir)) {
-        let replica = cluster_log::replay(&journal_dir(dir), to)?;
+        let replica = cluster_log::replay(&journal_dir(dir), &DataDir::new(dir).snapshots(), to)?;
         print_engine(replica.engine());
         return Ok(ExitCode::SUCCESS);
     }

@@ -205,6 +205,7 @@ fn run(
             database_status: None,
             last_timestamp_ns: 0,
             health: Default::default(),
+            images: None,
         },
     );
     let mut producer = started_pipeline.publisher;

@@ -1,0 +1,162 @@
+//! A cluster node's snapshot image: the engine and the read views at one
+//! position of the replicated log, kept in one file (the `replication`
+//! crate's image format) and handed between the Raft state machine, the
+//! matcher, the views stage and the thread that writes snapshots.
+//!
+//! Two flows cross the pipeline through here, each in log order:
+//!
+//! * **Taking an image.** openraft asks for a snapshot; the Raft state
+//!   machine ([`crate::cluster`]) queues the log position it has published
+//!   up to ([`Requested`]) and publishes [`crate::pipeline::Work::ClusterSnapshot`];
+//!   the matcher copies its engine there, the views stage adds the views at
+//!   the same sequence number, and the snapshot thread writes the image and
+//!   answers the request.
+//! * **Installing an image** (from the leader, or this node's own file at
+//!   start): the state machine checks it whole, queues the decoded state
+//!   ([`Installed`]) and publishes [`crate::pipeline::Work::Install`]; the
+//!   matcher takes the engine, the views stage the views, and the
+//!   downstream consumers start over from them.
+//!
+//! What this module must never do: let an image be taken or installed out
+//! of log order (both queues are first in, first out, and each entry is
+//! taken where its marker is in the ring), or keep an image on disk that
+//! was not checked whole.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use engine_core::Engine;
+use replication::types::SnapshotMeta;
+use tokio::sync::oneshot;
+
+use crate::views::Views;
+
+/// A snapshot the Raft state machine asked for, waiting for the matcher
+/// to reach it.
+pub struct Requested {
+    /// The engine's sequence number there: the image is of the engine when
+    /// it has applied exactly this many commands.
+    pub seq: u64,
+    /// The log position and membership there.
+    pub meta: SnapshotMeta,
+    /// The last command's stamp there.
+    pub last_timestamp_ns: u64,
+    /// Answered once the image is on disk (or could not be written).
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// A checked image's state on its way into the pipeline.
+pub struct Installed {
+    pub engine: Engine,
+    pub last_timestamp_ns: u64,
+    /// Given to the views stage by the matcher, with a copy of the engine
+    /// for the consumers that rebuild from it (the API key table).
+    pub views: Views,
+    pub engine_copy: Engine,
+}
+
+/// What the views stage takes at an install marker.
+pub struct InstalledViews {
+    pub views: Views,
+    pub engine: Engine,
+}
+
+/// The shared queues and the image file's place.
+pub struct Images {
+    dir: PathBuf,
+    requested: Mutex<VecDeque<Requested>>,
+    installs: Mutex<VecDeque<Installed>>,
+    views: Mutex<VecDeque<InstalledViews>>,
+    /// The meta of the image on disk (None: no image yet).
+    current: Mutex<Option<SnapshotMeta>>,
+}
+
+impl Images {
+    /// The images of a node kept in `dir`. The image already there, if
+    /// any, is checked whole now: a node must not start on a damaged one.
+    pub fn open(dir: &Path) -> io::Result<Images> {
+        let current = replication::read_image_file(dir)?.map(|(image, _)| image.meta);
+        Ok(Images {
+            dir: dir.to_path_buf(),
+            requested: Mutex::default(),
+            installs: Mutex::default(),
+            views: Mutex::default(),
+            current: Mutex::new(current),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The image on disk: its meta and bytes (checked when written or
+    /// when this node started).
+    pub fn current(&self) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+        let Some(meta) = lock(&self.current)?.clone() else { return Ok(None) };
+        let path = self.dir.join(replication::state_machine::IMAGE_FILE_NAME);
+        let bytes =
+            std::fs::read(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(Some((meta, bytes)))
+    }
+
+    pub fn current_meta(&self) -> Option<SnapshotMeta> {
+        lock(&self.current).ok().and_then(|current| current.clone())
+    }
+
+    /// Keeps `bytes` (an image of `meta`, checked) as the image on disk.
+    pub fn keep(&self, meta: SnapshotMeta, bytes: &[u8]) -> io::Result<()> {
+        let mut current = lock(&self.current)?;
+        replication::write_image_file(&self.dir, bytes)?;
+        *current = Some(meta);
+        Ok(())
+    }
+
+    pub fn request(&self, requested: Requested) {
+        if let Ok(mut queue) = self.requested.lock() {
+            queue.push_back(requested);
+        }
+    }
+
+    /// The request for the image at `seq`. Older requests the matcher
+    /// passed without a snapshot are answered with an error.
+    pub fn take_request(&self, seq: u64) -> Option<Requested> {
+        let mut queue = self.requested.lock().ok()?;
+        while let Some(front) = queue.pop_front() {
+            if front.seq == seq {
+                return Some(front);
+            }
+            if front.seq > seq {
+                queue.push_front(front);
+                return None;
+            }
+            let _ = front.done.send(Err(format!("no snapshot was taken at sequence {}", front.seq)));
+        }
+        None
+    }
+
+    pub fn push_install(&self, installed: Installed) {
+        if let Ok(mut queue) = self.installs.lock() {
+            queue.push_back(installed);
+        }
+    }
+
+    pub fn take_install(&self) -> Option<Installed> {
+        self.installs.lock().ok()?.pop_front()
+    }
+
+    pub fn push_views(&self, views: InstalledViews) {
+        if let Ok(mut queue) = self.views.lock() {
+            queue.push_back(views);
+        }
+    }
+
+    pub fn take_views(&self) -> Option<InstalledViews> {
+        self.views.lock().ok()?.pop_front()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> io::Result<std::sync::MutexGuard<'_, T>> {
+    mutex.lock().map_err(|_| io::Error::other("the snapshot images' lock was poisoned; restart the node"))
+}
