@@ -404,6 +404,16 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
         );
     }
     eprint!("{}", verdict.summary);
+    // A run that checked no cancel or no stream message would pass on
+    // broken code: each happens within the first second of any run.
+    let requests = shared.history.requests();
+    let cancelled =
+        |r: &Request| matches!(r.op, Op::Cancel { .. }) && matches!(r.outcome, Outcome::Acked { .. });
+    assert!(requests.iter().any(cancelled), "seed {seed}: no cancel was acknowledged, so none was checked");
+    assert!(
+        !shared.history.stream_events().is_empty(),
+        "seed {seed}: no user-stream message arrived, so none was checked"
+    );
     assert!(
         verdict.violations.is_empty(),
         "seed {seed}: {} violations:\n{}\n{}",
@@ -529,6 +539,9 @@ fn rejoin(cluster: &mut Cluster, target: usize) -> Duration {
     cluster.nodes[target].wipe();
     cluster.nodes[target].start();
     let member = cluster.nodes[target].member(false);
+    // The leader answers once the new log is close to its own (a long run's
+    // log takes a while to send), or that it is not yet: then it is asked again.
+    let deadline = Instant::now() + 3 * CATCH_UP_BOUND;
     loop {
         match membership_call(cluster, "POST", &member) {
             Ok((200, answer)) => {
