@@ -5,8 +5,8 @@
 //! that no majority is left, the leader or a follower cut off from the
 //! others or unplugged, a follower's disk wiped; overlapping pairs: a
 //! follower paused while the leader is killed, a follower cut off from the
-//! leader while the leader is killed; a follower removed from the
-//! membership and added back wiped; each healed before the next; killed
+//! leader while the leader is killed; a follower or the leader removed
+//! from the membership and added back wiped; each healed before the next; killed
 //! nodes restart on their data directories). Every request and every
 //! stream message is recorded; at the end every node is stopped and its
 //! Raft log is held against the history (`server/history.rs`).
@@ -104,6 +104,9 @@ enum Fault {
     /// clients write, killed, its disk wiped, and added back: it catches
     /// up as a learner and is promoted to voter.
     RejoinFollower,
+    /// The same done to the leader: it commits its own removal and steps
+    /// down, the others elect a leader, and it comes back wiped.
+    RejoinLeader,
     /// A follower cut off from the leader only (the other follower hears
     /// both), then the leader killed: a majority is left throughout.
     PartitionFollowerKillLeader,
@@ -115,12 +118,14 @@ impl Fault {
             return only[rng.below(only.len() as u64) as usize];
         }
         let all = Fault::ALL;
-        // The first seven need no partitions.
-        let kinds = if partitions { all.len() } else { 7 };
+        let kinds = if partitions { all.len() } else { Fault::WITHOUT_PARTITIONS };
         all[rng.below(kinds as u64) as usize]
     }
 
-    const ALL: [Fault; 11] = [
+    /// How many of [`Fault::ALL`], from the first, need no partitions.
+    const WITHOUT_PARTITIONS: usize = 8;
+
+    const ALL: [Fault; 12] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
@@ -128,6 +133,7 @@ impl Fault {
         Fault::WipeFollower,
         Fault::PauseFollowerKillLeader,
         Fault::RejoinFollower,
+        Fault::RejoinLeader,
         Fault::PartitionLeader,
         Fault::PartitionFollower,
         Fault::UnplugLeader,
@@ -145,7 +151,8 @@ impl Fault {
                     Fault::ALL.into_iter().find(|f| format!("{f:?}") == name.trim()).unwrap_or_else(|| {
                         panic!("CHAOS_FAULT_KINDS: no fault {name:?}; the kinds: {:?}", Fault::ALL)
                     });
-                let needs_partitions = Fault::ALL.iter().position(|f| *f == fault).unwrap_or(0) >= 7;
+                let needs_partitions =
+                    Fault::ALL.iter().position(|f| *f == fault).unwrap_or(0) >= Fault::WITHOUT_PARTITIONS;
                 assert!(!needs_partitions || partitions, "CHAOS_FAULT_KINDS: {fault:?} needs partitions");
                 fault
             })
@@ -229,7 +236,11 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
         let leader = cluster.leader();
         shared.leader_hint.store(leader, Ordering::Relaxed);
         let follower = (leader + 1 + rng.below(2) as usize) % 3;
-        let target = if fault.hits_leader() || fault == Fault::MajorityLost { leader } else { follower };
+        let target = if fault.hits_leader() || matches!(fault, Fault::MajorityLost | Fault::RejoinLeader) {
+            leader
+        } else {
+            follower
+        };
         // The follower the overlapping faults hit besides the leader.
         let other_id = cluster.nodes[follower].id;
         let id = cluster.nodes[target].id;
@@ -294,7 +305,7 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
                 done.partitions += 1;
                 done.overlaps += 1;
             }
-            Fault::RejoinFollower => {
+            Fault::RejoinFollower | Fault::RejoinLeader => {
                 let took = rejoin(&mut cluster, target);
                 also = format!(": removed, wiped, added back and voting after {took:?}");
                 done.kills += 1;
@@ -316,7 +327,7 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
             ));
             eprintln!("{}", timeline[timeline.len() - 1]);
         } else {
-            if fault != Fault::RejoinFollower {
+            if !matches!(fault, Fault::RejoinFollower | Fault::RejoinLeader) {
                 std::thread::sleep(Duration::from_millis(200 + rng.below(OUTAGE_MS_MAX)));
             }
             if fault == Fault::MajorityLost {
@@ -509,9 +520,10 @@ fn membership_call(cluster: &Cluster, method: &str, body: &Value) -> Result<(u16
     .map(|(status, _, answer)| (status, answer))
 }
 
-/// Removes follower `target` from the membership, kills it, wipes its disk,
-/// starts it and adds it back as a voter, while the clients go on; returns
-/// once it votes again, with how long all that took.
+/// Removes `target` (a follower, or the leader: it commits its own removal
+/// and steps down) from the membership, kills it, wipes its disk, starts it
+/// and adds it back as a voter through whichever node leads then, while the
+/// clients go on; returns once it votes again, with how long all that took.
 fn rejoin(cluster: &mut Cluster, target: usize) -> Duration {
     let started = Instant::now();
     let deadline = started + CATCH_UP_BOUND;

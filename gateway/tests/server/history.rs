@@ -320,7 +320,7 @@ pub struct Faults {
     pub wipes: usize,
     /// Two faults at once that left a majority (or lost it only briefly).
     pub overlaps: usize,
-    /// Followers removed from the membership and added back (wiped).
+    /// Nodes removed from the membership and added back (wiped).
     pub rejoins: usize,
 }
 
@@ -728,7 +728,7 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
     let _ = writeln!(
         summary,
         "replayed to seq {} (state hash {:016x}); faults: {} kills ({} of them with the disk wiped), {} pauses, \
-         {} partitions, {} overlapping pairs, {} followers removed and added back",
+         {} partitions, {} overlapping pairs, {} nodes removed from the membership and added back",
         engine.last_seq(),
         engine.state_hash(),
         faults.kills,
