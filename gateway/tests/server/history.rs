@@ -893,7 +893,18 @@ fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs
         answered_at: Duration::ZERO,
         outcome,
     };
-    history.record(request("a", Outcome::Acked { order_id: 1 }));
+    // "a" was sent after "b" was answered, yet "b" is after it in the logs.
+    let ms = Duration::from_millis;
+    history.record(Request {
+        sent_at: ms(2),
+        answered_at: ms(3),
+        ..request("a", Outcome::Acked { order_id: 1 })
+    });
+    history.record(Request {
+        sent_at: ms(0),
+        answered_at: ms(1),
+        ..request("b", Outcome::Rejected { code: "unknown_user".into() })
+    });
     history.record(request("lost", Outcome::Acked { order_id: 2 }));
     history.record(request("refused", Outcome::NotLeader));
     // A cancel acknowledged, in no log; a cancel-all acknowledged, in none either.
@@ -974,5 +985,62 @@ fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs
         "{:#?}",
         verdict.violations
     );
-    assert_eq!(verdict.violations.len(), 13, "{:#?}", verdict.violations);
+    assert!(
+        found("Place of b (user 0) was answered at 1ms, before Place of a was sent at 2ms, but is after it in the log (3 > 1)"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert_eq!(verdict.violations.len(), 16, "{:#?}", verdict.violations);
+}
+
+/// The user-stream rules, each broken once: a message missed between a
+/// connection's first and last, one repeated, one out of order.
+#[test]
+fn the_checker_reports_missed_repeated_and_reordered_stream_messages() {
+    let new = |order_id: u64| Streamed::Order { order_id, status: "new".into() };
+    let mut told: BTreeMap<(u64, u64), HashMap<Streamed, usize>> = BTreeMap::new();
+    for seq in 5..=7 {
+        told.entry((3, seq)).or_default().insert(new(seq), 1);
+    }
+    told.entry((3, 6)).or_default().insert(Streamed::Fill { order_id: 6, trade_id: 1 }, 1);
+    let history = History::new();
+    let event = |connection: u64, seq: u64, said: Streamed| StreamEvent {
+        user: 3,
+        node: 1,
+        connection,
+        seq: Some(seq),
+        said,
+    };
+    history.streamed(vec![
+        // Connection 1 misses the fill at 6.
+        event(1, 5, new(5)),
+        event(1, 6, new(6)),
+        event(1, 7, new(7)),
+        // Connection 2 gets the fill twice.
+        event(2, 6, Streamed::Fill { order_id: 6, trade_id: 1 }),
+        event(2, 6, Streamed::Fill { order_id: 6, trade_id: 1 }),
+        // Connection 3 goes back; connection 4 is as it should be.
+        event(3, 7, new(7)),
+        event(3, 5, new(5)),
+        event(4, 6, new(6)),
+        event(4, 6, Streamed::Fill { order_id: 6, trade_id: 1 }),
+        event(4, 7, new(7)),
+    ]);
+    let replica = Replica::new(EngineLimits::default());
+    let mut violations = Vec::new();
+    check_streams(&history, replica.engine(), &told, &mut violations);
+    let found = |what: &str| violations.iter().any(|v| v.contains(what));
+    assert!(
+        found(
+            "connection 1 to node 1: missed Fill { order_id: 6, trade_id: 1 } at seq 6 (seen 0 of 1 times)"
+        ),
+        "{violations:#?}"
+    );
+    assert!(
+        found("connection 2 to node 1: Fill { order_id: 6, trade_id: 1 } at seq 6 2 times; the command made it 1"),
+        "{violations:#?}"
+    );
+    assert!(found("connection 3 to node 1: seq 5 (Order"), "{violations:#?}");
+    // Connection 3 also missed 6 between its 7 and its 5.
+    assert_eq!(violations.len(), 3 + 2, "{violations:#?}");
 }
