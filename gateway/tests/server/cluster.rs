@@ -196,6 +196,18 @@ impl Node {
         std::fs::remove_dir_all(&self.data_dir).unwrap();
     }
 
+    /// How `POST /admin/cluster/members` names this node: its addresses
+    /// as its configuration file gives them.
+    pub fn member(&self, learner: bool) -> Value {
+        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        let raft = config
+            .lines()
+            .find_map(|l| l.strip_prefix("raft_listen = "))
+            .expect("a cluster node's configuration names raft_listen")
+            .trim_matches('"');
+        json!({ "id": self.id, "raft": raft, "api": self.api.to_string(), "learner": learner })
+    }
+
     /// Waits until this node votes (a new or wiped log first catches up).
     pub fn wait_voting(&self) {
         let deadline = Instant::now() + CATCH_UP_BOUND;

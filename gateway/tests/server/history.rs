@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use engine_core::{Command, EngineLimits, EventKind, OrderId, UserId};
+use engine_core::{Command, DoneReason, EngineLimits, EventKind, OrderId, OrderRef, UserId};
 use journal::{EntryKind, LogEntry, RaftLog, RaftLogLimits, RaftStateFile};
 use replication::types::Entry;
 use replication::{Proposal, Replica};
@@ -51,6 +51,8 @@ impl Outcome {
         match status {
             200 => match body["order_id"].as_u64() {
                 Some(order_id) => Outcome::Acked { order_id },
+                // A cancel-all names no one order.
+                None if body["cancelled"].is_u64() => Outcome::Acked { order_id: 0 },
                 None => Outcome::Unknown { why: format!("200 without an order id: {body}") },
             },
             421 => Outcome::NotLeader,
@@ -61,10 +63,25 @@ impl Outcome {
     }
 }
 
+/// What a request asked for: each kind is found in the logs its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `POST /order`, found by its client order id.
+    Place,
+    /// `DELETE /order?order_id=`, found by the order it names: a client
+    /// cancels each order at most once, so the pair is unique in the log.
+    Cancel { order_id: u64 },
+    /// `POST /order/cancel_all`: nothing names one in the log, so these are
+    /// counted per user.
+    CancelAll,
+}
+
 /// One request a client sent.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub user: u64,
+    pub op: Op,
+    /// The placed order's (for a cancel, a label for the messages).
     pub client_order_id: String,
     /// The node it went to.
     pub node: u64,
@@ -86,11 +103,68 @@ pub struct Sighting {
     pub filled: bool,
 }
 
+/// What one user-stream message said, kept small (a long run sees
+/// hundreds of thousands).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Streamed {
+    Fill {
+        order_id: u64,
+        trade_id: u64,
+    },
+    /// An `order` message: its order and status.
+    Order {
+        order_id: u64,
+        status: String,
+    },
+    /// A `balance` message as the node wrote it (decimal strings).
+    Balance {
+        asset: String,
+        available: String,
+        locked: String,
+    },
+    /// Anything else, as received: the workload makes nothing else.
+    Other(String),
+}
+
+impl Streamed {
+    /// Reads a native user-stream message's `data`: (its sequence number,
+    /// what it said).
+    pub fn of_message(data: &Value) -> (Option<u64>, Streamed) {
+        let text = |field: &str| data[field].as_str().unwrap_or("").to_string();
+        let number = |field: &str| data[field].as_u64();
+        let said = match (data["e"].as_str(), number("order_id"), number("trade_id")) {
+            (Some("fill"), Some(order_id), Some(trade_id)) => Streamed::Fill { order_id, trade_id },
+            (Some("order"), Some(order_id), _) => Streamed::Order { order_id, status: text("status") },
+            (Some("balance"), _, _) => Streamed::Balance {
+                asset: text("asset"),
+                available: text("available"),
+                locked: text("locked"),
+            },
+            _ => Streamed::Other(data.to_string()),
+        };
+        (number("E"), said)
+    }
+}
+
+/// One user-stream message a client received.
+#[derive(Clone, Debug)]
+pub struct StreamEvent {
+    pub user: u64,
+    pub node: u64,
+    /// Numbers the connection (per history): order and duplicates are
+    /// checked within one.
+    pub connection: u64,
+    /// The `E` of the message: the sequence number of its command.
+    pub seq: Option<u64>,
+    pub said: Streamed,
+}
+
 /// Every client's requests and sightings; shared by the client threads.
 pub struct History {
     start: Instant,
     requests: Mutex<Vec<Request>>,
     sightings: Mutex<Vec<Sighting>>,
+    streamed: Mutex<Vec<StreamEvent>>,
 }
 
 impl Default for History {
@@ -101,7 +175,12 @@ impl Default for History {
 
 impl History {
     pub fn new() -> History {
-        History { start: Instant::now(), requests: Mutex::new(Vec::new()), sightings: Mutex::new(Vec::new()) }
+        History {
+            start: Instant::now(),
+            requests: Mutex::new(Vec::new()),
+            sightings: Mutex::new(Vec::new()),
+            streamed: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn since_start(&self) -> Duration {
@@ -114,6 +193,14 @@ impl History {
 
     pub fn saw(&self, sighting: Sighting) {
         self.sightings.lock().unwrap().push(sighting);
+    }
+
+    pub fn streamed(&self, events: Vec<StreamEvent>) {
+        self.streamed.lock().unwrap().extend(events);
+    }
+
+    pub fn stream_events(&self) -> Vec<StreamEvent> {
+        self.streamed.lock().unwrap().clone()
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -158,23 +245,55 @@ impl NodeLog {
         self.entries.get(usize::try_from(index.checked_sub(first)?).ok()?)
     }
 
-    /// Every order placement in the log with a client order id: (user,
-    /// client order id) -> the indexes of the entries that hold it.
-    fn placements(&self) -> Result<HashMap<(u64, String), Vec<u64>>, String> {
-        let mut found: HashMap<(u64, String), Vec<u64>> = HashMap::new();
+    /// Where each client command is in the log.
+    fn ops(&self) -> Result<LogOps, String> {
+        let mut found = LogOps::default();
         for entry in &self.entries {
             for proposal in proposals(entry).map_err(|e| format!("node {}: {e}", self.node))? {
-                if let Command::PlaceOrder(order) = proposal.command {
-                    if let Some(id) = order.client_order_id {
-                        found
-                            .entry((order.user.0 as u64, id.as_str().to_string()))
-                            .or_default()
-                            .push(entry.index);
+                match proposal.command {
+                    Command::PlaceOrder(order) => {
+                        if let Some(id) = order.client_order_id {
+                            found
+                                .places
+                                .entry((order.user.0 as u64, id.as_str().to_string()))
+                                .or_default()
+                                .push(entry.index);
+                        }
                     }
+                    Command::CancelOrder { user, order: OrderRef::Id(order) } => {
+                        found.cancels.entry((user.0 as u64, order.0)).or_default().push(entry.index);
+                    }
+                    Command::CancelAll { user, .. } => {
+                        found.cancel_alls.entry(user.0 as u64).or_default().push(entry.index)
+                    }
+                    _ => {}
                 }
             }
         }
         Ok(found)
+    }
+}
+
+/// The client commands in one log, each with the indexes of the entries
+/// that hold it.
+#[derive(Default)]
+struct LogOps {
+    /// (user, client order id).
+    places: HashMap<(u64, String), Vec<u64>>,
+    /// (user, order id) of cancels by order id.
+    cancels: HashMap<(u64, u64), Vec<u64>>,
+    /// user -> its cancel-alls.
+    cancel_alls: HashMap<u64, Vec<u64>>,
+}
+
+impl LogOps {
+    /// Where `request`'s command is (`None` for a cancel-all: not one to find).
+    fn of(&self, request: &Request) -> Option<Option<&Vec<u64>>> {
+        match request.op {
+            Op::Place => Some(self.places.get(&(request.user, request.client_order_id.clone()))),
+            Op::Cancel { order_id } => Some(self.cancels.get(&(request.user, order_id))),
+            Op::CancelAll => None,
+        }
     }
 }
 
@@ -199,6 +318,10 @@ pub struct Faults {
     pub partitions: usize,
     /// Nodes killed and restarted with an empty data directory.
     pub wipes: usize,
+    /// Two faults at once that left a majority (or lost it only briefly).
+    pub overlaps: usize,
+    /// Nodes removed from the membership and added back (wiped).
+    pub rejoins: usize,
 }
 
 /// What the checker found.
@@ -251,19 +374,22 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
         }
     }
 
-    // Where each order placement is, in every log.
-    let mut placements = Vec::new();
+    // Where each client command is, in every log.
+    let mut ops = Vec::new();
     for log in logs {
-        match log.placements() {
-            Ok(found) => placements.push((log.node, found)),
+        match log.ops() {
+            Ok(found) => ops.push((log.node, found)),
             Err(e) => violations.push(e),
         }
     }
-    for (node, found) in &placements {
-        for ((user, id), indexes) in found {
+    for (node, found) in &ops {
+        let placed = found.places.iter().map(|((user, id), at)| (*user, format!("order {id}"), at));
+        let cancelled =
+            found.cancels.iter().map(|((user, id), at)| (*user, format!("the cancel of order {id}"), at));
+        for (user, what, indexes) in placed.chain(cancelled) {
             if indexes.len() > 1 {
                 violations.push(format!(
-                    "node {node}: order {id} of user {user} is in the log {} times, at {indexes:?}",
+                    "node {node}: {what} of user {user} is in the log {} times, at {indexes:?}",
                     indexes.len()
                 ));
             }
@@ -271,52 +397,69 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
     }
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let (mut unknown_in, mut unknown_out) = (0usize, 0usize);
+    // Per user, cancel-alls: (acknowledged or rejected, unknown outcome).
+    let mut cancel_alls: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
     for request in &requests {
-        let key = (request.user, request.client_order_id.clone());
         let applied = matches!(request.outcome, Outcome::Acked { .. } | Outcome::Rejected { .. });
+        let op = match request.op {
+            Op::Place => "order",
+            Op::Cancel { .. } => "cancel",
+            Op::CancelAll => "cancel-all",
+        };
         *counts
             .entry(match &request.outcome {
-                Outcome::Acked { .. } => "acked".to_string(),
-                Outcome::Rejected { code } => format!("rejected by the engine ({code})"),
-                Outcome::NotLeader => "refused not_leader".to_string(),
-                Outcome::NotSent { .. } => "not sent or refused at the edge".to_string(),
-                Outcome::Unknown { .. } => "unknown".to_string(),
+                Outcome::Acked { .. } => format!("{op}: acked"),
+                Outcome::Rejected { code } => format!("{op}: rejected by the engine ({code})"),
+                Outcome::NotLeader => format!("{op}: refused not_leader"),
+                Outcome::NotSent { .. } => format!("{op}: not sent or refused at the edge"),
+                Outcome::Unknown { .. } => format!("{op}: unknown"),
             })
             .or_default() += 1;
+        if request.op == Op::CancelAll {
+            let tally = cancel_alls.entry(request.user).or_default();
+            match request.outcome {
+                _ if applied => tally.0 += 1,
+                Outcome::Unknown { .. } => tally.1 += 1,
+                _ => {}
+            }
+            continue;
+        }
+        let what = match request.op {
+            Op::Cancel { order_id } => format!("the cancel of order {order_id}"),
+            _ => format!("order {}", request.client_order_id),
+        };
         if applied {
             // In the committed prefix of every node's log, at one index.
             let indexes: Vec<(u64, Option<u64>)> =
-                placements.iter().map(|(node, found)| (*node, found.get(&key).map(|v| v[0]))).collect();
+                ops.iter().map(|(node, found)| (*node, found.of(request).flatten().map(|v| v[0]))).collect();
             for (node, index) in &indexes {
                 match index {
                     None => violations.push(format!(
-                        "node {node}: {:?} order {} of user {} (sent to node {} at {:?}) is not in its log",
-                        request.outcome, request.client_order_id, request.user, request.node, request.sent_at
+                        "node {node}: {:?} {what} of user {} (sent to node {} at {:?}) is not in its log",
+                        request.outcome, request.user, request.node, request.sent_at
                     )),
                     Some(index) if *index > committed => violations.push(format!(
-                        "node {node}: {:?} order {} of user {} is at index {index}, after the committed {committed}",
-                        request.outcome, request.client_order_id, request.user
+                        "node {node}: {:?} {what} of user {} is at index {index}, after the committed {committed}",
+                        request.outcome, request.user
                     )),
                     Some(_) => {}
                 }
             }
             let distinct: HashSet<Option<u64>> = indexes.iter().map(|(_, i)| *i).collect();
             if distinct.len() > 1 {
-                violations.push(format!(
-                    "order {} of user {} is at different indexes: {indexes:?}",
-                    request.client_order_id, request.user
-                ));
+                violations
+                    .push(format!("{what} of user {} is at different indexes: {indexes:?}", request.user));
             }
         } else {
-            let found: Vec<(u64, u64)> = placements
+            let found: Vec<(u64, u64)> = ops
                 .iter()
-                .filter_map(|(node, found)| found.get(&key).map(|v| (*node, v[0])))
+                .filter_map(|(node, found)| found.of(request).flatten().map(|v| (*node, v[0])))
                 .collect();
             match &request.outcome {
                 Outcome::NotLeader | Outcome::NotSent { .. } if !found.is_empty() => {
                     violations.push(format!(
-                    "{:?} order {} of user {} (sent to node {} at {:?}) is in logs (node, index): {found:?}",
-                    request.outcome, request.client_order_id, request.user, request.node, request.sent_at
+                    "{:?} {what} of user {} (sent to node {} at {:?}) is in logs (node, index): {found:?}",
+                    request.outcome, request.user, request.node, request.sent_at
                 ))
                 }
                 Outcome::Unknown { .. } if found.is_empty() => unknown_out += 1,
@@ -325,12 +468,73 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
             }
         }
     }
+    let reference_ops = ops.iter().find(|(node, _)| *node == reference.node).map(|(_, found)| found);
+    // Cancel-alls name nothing a log entry could be matched by: each user's
+    // committed ones are at least those applied and at most those plus
+    // the unknown ones (none applied twice, none refused applied).
+    for (user, (applied, unknown)) in &cancel_alls {
+        let logged = reference_ops
+            .and_then(|found| found.cancel_alls.get(user))
+            .map_or(0, |at| at.iter().filter(|i| **i <= committed).count());
+        if logged < *applied || logged > applied + unknown {
+            violations.push(format!(
+                "user {user}: {logged} cancel-alls in the committed log; the client had {applied} applied and \
+                 {unknown} with unknown outcomes"
+            ));
+        }
+    }
+    // Real time: a command answered before another was sent is before it
+    // in the log (each client waits for one answer before the next).
+    if let Some(found) = reference_ops {
+        let mut placed: Vec<(&Request, u64)> = requests
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Acked { .. } | Outcome::Rejected { .. }))
+            .filter_map(|r| Some((r, found.of(r).flatten()?[0])))
+            .collect();
+        let mut by_answer = placed.clone();
+        by_answer.sort_by_key(|(r, _)| r.answered_at);
+        placed.sort_by_key(|(r, _)| r.sent_at);
+        let mut answered = by_answer.iter().peekable();
+        let mut latest: Option<(&Request, u64)> = None;
+        for (request, index) in &placed {
+            while let Some((earlier, at)) = answered.next_if(|(r, _)| r.answered_at < request.sent_at) {
+                if latest.is_none_or(|(_, max)| *at > max) {
+                    latest = Some((earlier, *at));
+                }
+            }
+            if let Some((earlier, at)) = latest.filter(|(_, at)| at > index) {
+                violations.push(format!(
+                    "{:?} of {} (user {}) was answered at {:?}, before {:?} of {} was sent at {:?}, but is after \
+                     it in the log ({at} > {index})",
+                    earlier.op,
+                    earlier.client_order_id,
+                    earlier.user,
+                    earlier.answered_at,
+                    request.op,
+                    request.client_order_id,
+                    request.sent_at
+                ));
+            }
+        }
+    }
 
-    // Replay of the committed prefix: order ids, fills, conservation.
+    // Replay of the committed prefix: order ids, fills, cancels,
+    // conservation, and what each command told each user's stream.
     let mut replica = Replica::new(EngineLimits::default());
     let mut events = Vec::new();
     let mut order_ids: HashMap<(u64, String), OrderId> = HashMap::new();
     let mut filled: HashSet<OrderId> = HashSet::new();
+    // Orders closed, and the index of the entry that closed them.
+    let mut done: HashMap<OrderId, (u64, DoneReason)> = HashMap::new();
+    // What the users' streams may show: (user, seq) -> what, with how many
+    // times the command said it.
+    let streamed_users: HashSet<u64> = history.stream_events().iter().map(|e| e.user).collect();
+    let mut told: BTreeMap<(u64, u64), HashMap<Streamed, usize>> = BTreeMap::new();
+    let mut tell = |user: UserId, seq: u64, said: Streamed| {
+        if streamed_users.contains(&(user.0 as u64)) {
+            *told.entry((user.0 as u64, seq)).or_default().entry(said).or_default() += 1;
+        }
+    };
     for frame in reference.entries.iter().take_while(|e| e.index <= committed) {
         let entry = match decode_entry(frame) {
             Ok(entry) => entry,
@@ -344,14 +548,55 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
             violations.push(format!("node {}: replaying entry {}: {e:?}", reference.node, frame.index));
             break;
         }
+        let assets = replica.engine().assets();
         for event in &events {
             match event.kind {
-                EventKind::OrderAccepted { order, user, client_order_id: Some(id), .. } => {
-                    order_ids.insert((user.0 as u64, id.as_str().to_string()), order);
+                EventKind::OrderAccepted { order, user, client_order_id, .. } => {
+                    if let Some(id) = client_order_id {
+                        order_ids.insert((user.0 as u64, id.as_str().to_string()), order);
+                    }
+                    tell(user, event.seq, Streamed::Order { order_id: order.0, status: "new".into() });
                 }
-                EventKind::Trade { maker_order, taker_order, .. } => {
+                EventKind::Trade { trade, maker_order, maker_user, taker_order, taker_user, .. } => {
                     filled.insert(maker_order);
                     filled.insert(taker_order);
+                    for order in [maker_order, taker_order] {
+                        if let Some((at, reason)) = done.get(&order) {
+                            violations.push(format!(
+                                "order {order} traded at entry {} (trade {trade}), after it closed ({reason:?}) at \
+                                 entry {at}",
+                                frame.index
+                            ));
+                        }
+                    }
+                    tell(
+                        maker_user,
+                        event.seq,
+                        Streamed::Fill { order_id: maker_order.0, trade_id: trade.0 },
+                    );
+                    tell(
+                        taker_user,
+                        event.seq,
+                        Streamed::Fill { order_id: taker_order.0, trade_id: trade.0 },
+                    );
+                }
+                EventKind::OrderDone { order, user, reason, .. } => {
+                    done.insert(order, (frame.index, reason));
+                    let status = persistence::done_status(reason).to_string();
+                    tell(user, event.seq, Streamed::Order { order_id: order.0, status });
+                }
+                EventKind::Balance { user, asset, available, locked } => {
+                    let Some(asset) = assets.get(asset.0 as usize) else { continue };
+                    // As units: the stream's decimal strings are read the same way.
+                    tell(
+                        user,
+                        event.seq,
+                        Streamed::Balance {
+                            asset: asset.symbol.to_string(),
+                            available: available.0.to_string(),
+                            locked: locked.0.to_string(),
+                        },
+                    );
                 }
                 _ => {}
             }
@@ -359,25 +604,40 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
     }
     let engine = replica.engine();
     for request in &requests {
-        if let Outcome::Acked { order_id } = request.outcome {
-            let replayed = order_ids.get(&(request.user, request.client_order_id.clone()));
-            if replayed != Some(&OrderId(order_id)) {
-                violations.push(format!(
-                    "order {} of user {} was acknowledged as order {order_id}; the log makes it {replayed:?}",
-                    request.client_order_id, request.user
-                ));
+        match (request.op, &request.outcome) {
+            (Op::Place, Outcome::Acked { order_id }) => {
+                let replayed = order_ids.get(&(request.user, request.client_order_id.clone()));
+                if replayed != Some(&OrderId(*order_id)) {
+                    violations.push(format!(
+                        "order {} of user {} was acknowledged as order {order_id}; the log makes it {replayed:?}",
+                        request.client_order_id, request.user
+                    ));
+                }
             }
+            // Acknowledged: the cancel's own entry closed the order.
+            (Op::Cancel { order_id }, Outcome::Acked { .. }) => {
+                let at = reference_ops.and_then(|found| found.cancels.get(&(request.user, order_id)));
+                let closed = done.get(&OrderId(order_id));
+                let by_it =
+                    matches!((at, closed), (Some(at), Some((by, DoneReason::Cancelled))) if at[0] == *by);
+                if !by_it {
+                    violations.push(format!(
+                        "the cancel of order {order_id} of user {} was acknowledged; the log has it at {at:?} and \
+                         the order closed {closed:?}",
+                        request.user
+                    ));
+                }
+            }
+            _ => {}
         }
     }
     let mut fills_seen = 0;
-    let reference_placements =
-        placements.iter().find(|(node, _)| *node == reference.node).map(|(_, found)| found);
     for sighting in &sightings {
         let key = (sighting.user, sighting.client_order_id.clone());
         let order = order_ids.get(&key);
         // An order the engine rejected has no order id but is in the log.
-        let committed_placement = reference_placements
-            .and_then(|found| found.get(&key))
+        let committed_placement = reference_ops
+            .and_then(|found| found.places.get(&key))
             .is_some_and(|indexes| indexes[0] <= committed);
         match order {
             None if committed_placement && !sighting.filled => {}
@@ -398,6 +658,7 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
             Some(_) => fills_seen += sighting.filled as usize,
         }
     }
+    let streams = check_streams(history, engine, &told, &mut violations);
     if let Err(e) = engine.check_invariants() {
         violations.push(format!("the replayed engine breaks an invariant: {e}"));
     }
@@ -451,6 +712,7 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
         let _ = writeln!(summary, "  {what}: {count}");
     }
     let _ = writeln!(summary, "  unknown outcomes found in the log: {unknown_in}, not in it: {unknown_out}");
+    summary.push_str(&streams);
     for log in logs {
         let commands: usize = log.entries.iter().filter_map(|e| proposals(e).ok()).map(|p| p.len()).sum();
         let _ = writeln!(
@@ -466,15 +728,110 @@ pub fn check(history: &History, logs: &[NodeLog], balances: &[(u64, Value)], fau
     let _ = writeln!(
         summary,
         "replayed to seq {} (state hash {:016x}); faults: {} kills ({} of them with the disk wiped), {} pauses, \
-         {} partitions",
+         {} partitions, {} overlapping pairs, {} nodes removed from the membership and added back",
         engine.last_seq(),
         engine.state_hash(),
         faults.kills,
         faults.wipes,
         faults.pauses,
-        faults.partitions
+        faults.partitions,
+        faults.overlaps,
+        faults.rejoins
     );
     Verdict { violations, summary }
+}
+
+/// Holds what the user streams showed against the replay (`told`: what
+/// each committed command said to each streamed user, by sequence
+/// number): every message is one a committed command made, each at most as
+/// often as the command made it, in order within a connection, with none
+/// missing between a connection's first and last message. A summary line.
+fn check_streams(
+    history: &History,
+    engine: &engine_core::Engine,
+    told: &BTreeMap<(u64, u64), HashMap<Streamed, usize>>,
+    violations: &mut Vec<String>,
+) -> String {
+    let decimals: HashMap<String, u8> =
+        engine.assets().iter().map(|a| (a.symbol.to_string(), a.decimals)).collect();
+    // Balances as units, as the replay tells them.
+    let canonical = |said: &Streamed| match said {
+        Streamed::Balance { asset, available, locked } => {
+            let as_units = |text: &str| {
+                decimals
+                    .get(asset)
+                    .and_then(|d| units(text, *d))
+                    .map_or_else(|| format!("unreadable {text:?}"), |u| u.to_string())
+            };
+            Streamed::Balance {
+                asset: asset.clone(),
+                available: as_units(available),
+                locked: as_units(locked),
+            }
+        }
+        other => other.clone(),
+    };
+    let mut connections: BTreeMap<u64, Vec<StreamEvent>> = BTreeMap::new();
+    for event in history.stream_events() {
+        connections.entry(event.connection).or_default().push(event);
+    }
+    let (mut messages, mut checked_seqs) = (0usize, 0usize);
+    for (connection, events) in &connections {
+        let (user, node) = (events[0].user, events[0].node);
+        let name = format!("user {user}'s stream connection {connection} to node {node}");
+        let mut seen: BTreeMap<u64, HashMap<Streamed, usize>> = BTreeMap::new();
+        let mut previous = 0u64;
+        for event in events {
+            messages += 1;
+            let Some(seq) = event.seq else {
+                violations.push(format!("{name}: a message without a sequence number: {:?}", event.said));
+                continue;
+            };
+            if seq < previous {
+                violations.push(format!("{name}: seq {seq} ({:?}) came after seq {previous}", event.said));
+            }
+            previous = previous.max(seq);
+            *seen.entry(seq).or_default().entry(canonical(&event.said)).or_default() += 1;
+        }
+        let first = seen.keys().next().copied().unwrap_or(0);
+        let last = seen.keys().next_back().copied().unwrap_or(0);
+        for (seq, said) in &seen {
+            let made = told.get(&(user, *seq));
+            for (what, times) in said {
+                let made_times = made.and_then(|m| m.get(what)).copied().unwrap_or(0);
+                if made_times == 0 {
+                    violations.push(format!(
+                        "{name}: {what:?} at seq {seq}, which no command in the committed log made (the replay \
+                         made {made:?} there)"
+                    ));
+                } else if *times > made_times {
+                    violations.push(format!(
+                        "{name}: {what:?} at seq {seq} {times} times; the command made it {made_times} times"
+                    ));
+                }
+            }
+        }
+        // Between its first and its last message a connection misses
+        // nothing of its user (the last may be cut short by the node's death).
+        for ((_, seq), made) in told.range((user, first)..(user, last)) {
+            checked_seqs += 1;
+            let said = seen.get(seq);
+            for (what, times) in made {
+                let seen_times = said.and_then(|s| s.get(what)).copied().unwrap_or(0);
+                if seen_times < *times {
+                    violations.push(format!(
+                        "{name}: missed {what:?} at seq {seq} (seen {seen_times} of {times} times) between its first \
+                         message (seq {first}) and its last (seq {last})"
+                    ));
+                }
+            }
+        }
+    }
+    format!(
+        "user streams: {} connections, {messages} messages, all of {checked_seqs} commands' messages between each \
+         connection's first and last checked\n",
+        connections.len()
+    )
 }
 
 /// A decimal string as integer units with `decimals` decimals.
@@ -529,15 +886,49 @@ fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs
     let history = History::new();
     let request = |client_order_id: &str, outcome: Outcome| Request {
         user: 0,
+        op: Op::Place,
         client_order_id: client_order_id.into(),
         node: 1,
         sent_at: Duration::ZERO,
         answered_at: Duration::ZERO,
         outcome,
     };
-    history.record(request("a", Outcome::Acked { order_id: 1 }));
+    // "a" was sent after "b" was answered, yet "b" is after it in the logs.
+    let ms = Duration::from_millis;
+    history.record(Request {
+        sent_at: ms(2),
+        answered_at: ms(3),
+        ..request("a", Outcome::Acked { order_id: 1 })
+    });
+    history.record(Request {
+        sent_at: ms(0),
+        answered_at: ms(1),
+        ..request("b", Outcome::Rejected { code: "unknown_user".into() })
+    });
     history.record(request("lost", Outcome::Acked { order_id: 2 }));
     history.record(request("refused", Outcome::NotLeader));
+    // A cancel acknowledged, in no log; a cancel-all acknowledged, in none either.
+    history
+        .record(Request { op: Op::Cancel { order_id: 5 }, ..request("a", Outcome::Acked { order_id: 5 }) });
+    history.record(Request { op: Op::CancelAll, ..request("cancel-all", Outcome::Acked { order_id: 0 }) });
+    // A stream message that no command made, and one about a command
+    // past the end of the log.
+    history.streamed(vec![
+        StreamEvent {
+            user: 0,
+            node: 2,
+            connection: 1,
+            seq: Some(1),
+            said: Streamed::Fill { order_id: 1, trade_id: 1 },
+        },
+        StreamEvent {
+            user: 0,
+            node: 2,
+            connection: 1,
+            seq: Some(99),
+            said: Streamed::Order { order_id: 9, status: "new".into() },
+        },
+    ]);
     history.saw(Sighting {
         user: 0,
         client_order_id: "ghost".into(),
@@ -569,5 +960,87 @@ fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs
         "{:#?}",
         verdict.violations
     );
-    assert_eq!(verdict.violations.len(), 7, "{:#?}", verdict.violations);
+    assert!(
+        found("node 1: Acked { order_id: 5 } the cancel of order 5 of user 0 (sent to node 1 at 0ns) is not in its log"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert!(
+        found("the cancel of order 5 of user 0 was acknowledged; the log has it at None"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert!(
+        found("user 0: 0 cancel-alls in the committed log; the client had 1 applied"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert!(
+        found("connection 1 to node 2: Fill { order_id: 1, trade_id: 1 } at seq 1, which no command"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert!(
+        found("Order { order_id: 9, status: \"new\" } at seq 99, which no command"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert!(
+        found("Place of b (user 0) was answered at 1ms, before Place of a was sent at 2ms, but is after it in the log (3 > 1)"),
+        "{:#?}",
+        verdict.violations
+    );
+    assert_eq!(verdict.violations.len(), 16, "{:#?}", verdict.violations);
+}
+
+/// The user-stream rules, each broken once: a message missed between a
+/// connection's first and last, one repeated, one out of order.
+#[test]
+fn the_checker_reports_missed_repeated_and_reordered_stream_messages() {
+    let new = |order_id: u64| Streamed::Order { order_id, status: "new".into() };
+    let mut told: BTreeMap<(u64, u64), HashMap<Streamed, usize>> = BTreeMap::new();
+    for seq in 5..=7 {
+        told.entry((3, seq)).or_default().insert(new(seq), 1);
+    }
+    told.entry((3, 6)).or_default().insert(Streamed::Fill { order_id: 6, trade_id: 1 }, 1);
+    let history = History::new();
+    let event = |connection: u64, seq: u64, said: Streamed| StreamEvent {
+        user: 3,
+        node: 1,
+        connection,
+        seq: Some(seq),
+        said,
+    };
+    history.streamed(vec![
+        // Connection 1 misses the fill at 6.
+        event(1, 5, new(5)),
+        event(1, 6, new(6)),
+        event(1, 7, new(7)),
+        // Connection 2 gets the fill twice.
+        event(2, 6, Streamed::Fill { order_id: 6, trade_id: 1 }),
+        event(2, 6, Streamed::Fill { order_id: 6, trade_id: 1 }),
+        // Connection 3 goes back; connection 4 is as it should be.
+        event(3, 7, new(7)),
+        event(3, 5, new(5)),
+        event(4, 6, new(6)),
+        event(4, 6, Streamed::Fill { order_id: 6, trade_id: 1 }),
+        event(4, 7, new(7)),
+    ]);
+    let replica = Replica::new(EngineLimits::default());
+    let mut violations = Vec::new();
+    check_streams(&history, replica.engine(), &told, &mut violations);
+    let found = |what: &str| violations.iter().any(|v| v.contains(what));
+    assert!(
+        found(
+            "connection 1 to node 1: missed Fill { order_id: 6, trade_id: 1 } at seq 6 (seen 0 of 1 times)"
+        ),
+        "{violations:#?}"
+    );
+    assert!(
+        found("connection 2 to node 1: Fill { order_id: 6, trade_id: 1 } at seq 6 2 times; the command made it 1"),
+        "{violations:#?}"
+    );
+    assert!(found("connection 3 to node 1: seq 5 (Order"), "{violations:#?}");
+    // Connection 3 also missed 6 between its 7 and its 5.
+    assert_eq!(violations.len(), 3 + 2, "{violations:#?}");
 }
