@@ -160,3 +160,40 @@ impl Images {
 fn lock<T>(mutex: &Mutex<T>) -> io::Result<std::sync::MutexGuard<'_, T>> {
     mutex.lock().map_err(|_| io::Error::other("the snapshot images' lock was poisoned; restart the node"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requested(seq: u64) -> (Requested, oneshot::Receiver<Result<(), String>>) {
+        let (done, answer) = oneshot::channel();
+        let meta = SnapshotMeta::default();
+        (Requested { seq, meta, last_timestamp_ns: 0, done }, answer)
+    }
+
+    #[test]
+    fn requests_are_taken_in_order_and_a_passed_one_is_answered_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::open(dir.path()).unwrap();
+        assert!(images.current_meta().is_none() && images.current().unwrap().is_none());
+        let (first, mut first_answer) = requested(10);
+        let (second, _) = requested(10);
+        let (third, _) = requested(30);
+        images.request(first);
+        images.request(second);
+        images.request(third);
+        // Two requests at one sequence number (entries without commands
+        // between them): each image answers one, first come first.
+        let taken = images.take_request(10).unwrap();
+        assert_eq!(first_answer.try_recv(), Err(oneshot::error::TryRecvError::Empty), "the writer answers it");
+        drop(taken);
+        assert_eq!(images.take_request(10).map(|r| r.seq), Some(10));
+        // A request not reached yet stays; one passed is answered.
+        assert!(images.take_request(20).is_none());
+        assert_eq!(images.take_request(30).map(|r| r.seq), Some(30));
+        let (late, mut late_answer) = requested(40);
+        images.request(late);
+        assert!(images.take_request(50).is_none());
+        assert!(late_answer.try_recv().unwrap().is_err());
+    }
+}
