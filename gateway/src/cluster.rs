@@ -7,8 +7,9 @@
 //! every node: openraft apply --Work::Committed--> [inbound ring] --> matcher --> outbound ring ...
 //! ```
 //!
-//! A handler on the leader proposes its command as one entry; once a
-//! majority has the entry on disk, openraft hands it to [`CommittedFeed`]
+//! A handler on the leader proposes its command; the proposals that arrive
+//! while an entry is being written are packed into the next entry (group
+//! commit: [`proposer`]). Once a majority has the entry on disk, openraft hands it to [`CommittedFeed`]
 //! on every node, which publishes it into the matcher's ring. Every node's
 //! matcher applies the same commands in the same order and stamps them
 //! alike (the next sequence number, the leader's time unless that would run
@@ -32,7 +33,6 @@ use std::time::Duration;
 use engine_core::{ApiKey, ApiSecret, Command, Event, EventKind, UserId};
 use futures_util::{Stream, TryStreamExt};
 use replication::openraft::async_runtime::watch::WatchReceiver;
-use replication::openraft::errors::{ClientWriteError, RaftError};
 use replication::openraft::storage::{EntryResponder, RaftStateMachine};
 use replication::openraft::Instant as _;
 use replication::openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
@@ -46,8 +46,10 @@ use crate::pipeline::{Downstream, Publisher, Work};
 use crate::views::{Retention, Views, ViewsState};
 
 mod membership;
+mod proposer;
 
 pub use membership::{MemberChange, MembershipError};
+pub use proposer::PackingCounters;
 
 /// How long the state machine waits before trying a full inbound ring
 /// again: the matcher is behind, and the entry must go in (it is
@@ -69,7 +71,7 @@ const SNAPSHOT_TRANSFER_TIMEOUT_MS: u64 = 60_000;
 pub type Raft = ExchangeRaft<CommittedFeed>;
 
 /// Why a command was not proposed, or what became of it is unknown.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum ProposeError {
     /// This node is not the leader (or no longer hears a majority): the
     /// command was not appended anywhere. `leader` is the leader's API
@@ -87,6 +89,20 @@ pub struct Cluster {
     /// A number of this process's own: origins name it, so that an entry
     /// proposed before a restart never answers a request after it.
     incarnation: u64,
+    /// Whether this node may take orders; shared with the proposer, which
+    /// checks again before each entry.
+    leadership: Arc<Leadership>,
+    /// Packs the handlers' proposals into entries.
+    proposer: proposer::Proposer,
+    /// Closed while this node's log is new and not caught up.
+    votes: VoteGate,
+}
+
+/// What tells whether this node leads and may take orders, and where the
+/// leader's API is.
+struct Leadership {
+    raft: Raft,
+    node_id: u64,
     /// API addresses by node id from the configuration, for `X-Leader`
     /// when the membership does not name the node (it names every node
     /// added since).
@@ -94,8 +110,6 @@ pub struct Cluster {
     /// A leader that has not heard from a majority for this long stops
     /// taking orders (it may have been cut off and replaced).
     quorum_silence_max_ms: u64,
-    /// Closed while this node's log is new and not caught up.
-    votes: VoteGate,
     /// The term whose first entry this node has applied (its feed's).
     term_started: Arc<AtomicU64>,
 }
@@ -201,40 +215,53 @@ impl Cluster {
             config.node_id,
             config.members.iter().map(|m| m.id).collect::<Vec<_>>()
         );
-        Ok(Cluster {
-            raft,
+        let leadership = Arc::new(Leadership {
+            raft: raft.clone(),
             node_id: config.node_id,
-            incarnation,
             configured_api: config.members.iter().map(|m| (m.id, m.api.clone())).collect(),
             quorum_silence_max_ms: config.election_timeout_min_ms,
-            votes,
             term_started,
-        })
+        });
+        let proposer = proposer::Proposer::start(Arc::clone(&leadership));
+        Ok(Cluster { raft, node_id: config.node_id, incarnation, leadership, proposer, votes })
     }
 
     /// Proposes `command` for the request `request_id` of this process;
     /// `Ok` once it is committed and in the matcher's ring (its outcome
-    /// then reaches the request like any other).
+    /// then reaches the request like any other). It may share its entry
+    /// with other proposals, and then their answer.
     pub async fn propose(&self, request_id: u64, command: Command) -> Result<(), ProposeError> {
+        // Refused here, a proposal waits for no entry.
         self.check_leading()?;
         let proposal = Proposal {
             origin: Origin { node: self.node_id, incarnation: self.incarnation, request: request_id },
             timestamp_ns: crate::clock::now_ns(),
             command,
         };
-        match self.raft.client_write(Batch::Commands(vec![proposal])).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(ProposeError::NotLeader { leader: forward.leader_id.and_then(|id| self.api_address(id)) })
-            }
-            Err(error) => Err(ProposeError::Unknown(error.to_string())),
-        }
+        self.proposer.propose(proposal).await
+    }
+
+    /// How full the entries this node proposed were, for `/metrics`.
+    pub fn packing(&self) -> &PackingCounters {
+        &self.proposer.counters
     }
 
     /// Refuses at once on a node that is not the leader, or a leader that
-    /// has not heard from a majority lately (it may have been cut off and
-    /// replaced; openraft would refuse too, but only once its lease ends).
+    /// has not heard from a majority lately (see [`Leadership::check`]).
     fn check_leading(&self) -> Result<(), ProposeError> {
+        self.leadership.check()
+    }
+
+    fn api_address(&self, node: u64) -> Option<String> {
+        self.leadership.api_address(node)
+    }
+}
+
+impl Leadership {
+    /// Refuses on a node that is not the leader, or a leader that has not
+    /// heard from a majority lately (it may have been cut off and replaced;
+    /// openraft would refuse too, but only once its lease ends).
+    fn check(&self) -> Result<(), ProposeError> {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader;
         let not_leader = || ProposeError::NotLeader { leader: leader.and_then(|id| self.api_address(id)) };
@@ -263,7 +290,9 @@ impl Cluster {
             None => self.configured_api.get(&node).cloned(),
         }
     }
+}
 
+impl Cluster {
     pub fn status(&self) -> ClusterStatus {
         let metrics = self.raft.metrics().borrow_watched().clone();
         ClusterStatus {

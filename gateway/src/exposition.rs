@@ -205,6 +205,33 @@ pub fn render(state: &AppState) -> String {
         health.hash_marks_checked.load(Relaxed) as f64,
     );
 
+    if let Some(cluster) = &state.cluster {
+        let packing = cluster.packing();
+        for (name, kind, help, value) in [
+            (
+                "exchange_cluster_entries_proposed_total",
+                "counter",
+                "Raft entries of commands this node proposed as leader (committed or not).",
+                &packing.entries,
+            ),
+            (
+                "exchange_cluster_commands_proposed_total",
+                "counter",
+                "Commands in those entries: divided by the entries, the commands packed per entry.",
+                &packing.commands,
+            ),
+            (
+                "exchange_cluster_commands_per_entry_max",
+                "gauge",
+                "The most commands one proposed entry held since the start.",
+                &packing.commands_per_entry_max,
+            ),
+        ] {
+            family(&mut out, name, kind, help);
+            sample(&mut out, name, &[], value.load(Relaxed) as f64);
+        }
+    }
+
     family(&mut out, "exchange_ws_connections", "gauge", "Open WebSocket connections.");
     sample(&mut out, "exchange_ws_connections", &[], health.ws_connections.load(Relaxed) as f64);
     family(&mut out, "exchange_ws_connections_opened_total", "counter", "WebSocket connections accepted.");

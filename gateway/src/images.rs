@@ -185,7 +185,11 @@ mod tests {
         // Two requests at one sequence number (entries without commands
         // between them): each image answers one, first come first.
         let taken = images.take_request(10).unwrap();
-        assert_eq!(first_answer.try_recv(), Err(oneshot::error::TryRecvError::Empty), "the writer answers it");
+        assert_eq!(
+            first_answer.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "the writer answers it"
+        );
         drop(taken);
         assert_eq!(images.take_request(10).map(|r| r.seq), Some(10));
         // A request not reached yet stays; one passed is answered.

@@ -431,3 +431,72 @@ fn a_follower_behind_a_purged_log_catches_up_from_the_leaders_snapshot_image() {
         );
     }
 }
+
+#[test]
+fn concurrent_orders_share_entries_and_each_is_applied_once_on_every_node() {
+    // Enough clients at once that proposals arrive while an entry is being
+    // written, each with its own user (so no two requests sign alike).
+    const CLIENTS: usize = 16;
+    const ORDERS_PER_CLIENT: usize = 25;
+    let cluster = Cluster::start_with(3, false, "");
+    let leader = cluster.leader();
+    let keys = cluster.nodes[leader].client().demo(CLIENTS);
+    let api = cluster.nodes[leader].api;
+    // Resting buys at a price per client, never crossing: every order
+    // acknowledged must be open, once, on every node.
+    let acked: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let clients: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(index, key)| {
+                scope.spawn(move || {
+                    let client = Client::new(api);
+                    (0..ORDERS_PER_CLIENT)
+                        .map(|n| {
+                            let order = json!({ "market": "BTC-USDT", "side": "buy", "type": "limit",
+                                                "price": (100 + index).to_string(), "quantity": "0.01",
+                                                "client_order_id": format!("packed-{index}-{n}") });
+                            let (status, answer) = client.place(key, order);
+                            assert_eq!(status, 200, "client {index}, order {n}: {answer}");
+                            answer["order_id"].as_u64().unwrap()
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    cluster.assert_converged(&cluster.nodes[leader].client(), &keys, "the concurrent orders");
+    for node in &cluster.nodes {
+        let client = node.client();
+        for (key, acked) in keys.iter().zip(&acked) {
+            let (status, open) =
+                client.signed(key, "GET", "/orders/open", "market=BTC-USDT&limit=1000", None);
+            assert_eq!(status, 200, "{open}");
+            let mut found: Vec<u64> =
+                open["orders"].as_array().unwrap().iter().map(|o| o["order_id"].as_u64().unwrap()).collect();
+            found.sort_unstable();
+            let mut expected = acked.clone();
+            expected.sort_unstable();
+            assert_eq!(found, expected, "node {}: user {}'s open orders", node.id, key.user_id);
+        }
+    }
+
+    // The orders went out in fewer entries than orders.
+    let (status, _, metrics) = server::try_raw(api, "GET", "/metrics", &[], b"").unwrap();
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap();
+    let value = |name: &str| -> u64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| {
+            panic!("/metrics has no {name}: {metrics}");
+        });
+        line[name.len() + 1..].parse::<f64>().unwrap() as u64
+    };
+    let entries = value("exchange_cluster_entries_proposed_total");
+    let commands = value("exchange_cluster_commands_proposed_total");
+    let orders = (CLIENTS * ORDERS_PER_CLIENT) as u64;
+    eprintln!("{commands} commands in {entries} entries; {orders} of them concurrent orders");
+    assert!(commands >= orders, "{commands} commands proposed, {orders} orders acknowledged");
+    assert!(entries < commands, "every entry held one command: {entries} entries, {commands} commands");
+    assert!(value("exchange_cluster_commands_per_entry_max") > 1);
+}
