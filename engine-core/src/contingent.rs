@@ -87,17 +87,17 @@ impl Engine {
     /// more, which queue behind).
     #[inline]
     pub(crate) fn settle(&mut self, market: MarketId, ts: u64, emitter: &mut Emitter) {
-        // The common case: nothing waits in this market and nothing is
-        // queued; only the last price moves.
+        // The common case: nothing queued, and no trade price reaches any
+        // waiting order (or nothing waits in this market); only the last
+        // price moves, and the evaluation would change nothing else.
         if self.scratch.queue.is_empty() {
-            match self.scratch.prices.last() {
-                None => return,
-                Some(&last) if self.markets[market.index()].triggers.is_empty() => {
-                    self.markets[market.index()].last_price = Some(last);
-                    self.scratch.prices.clear();
-                    return;
-                }
-                Some(_) => {}
+            let Some(&last) = self.scratch.prices.last() else { return };
+            let state = &mut self.markets[market.index()];
+            if state.triggers.is_empty() || self.scratch.prices.iter().all(|&p| state.triggers.is_quiet_at(p))
+            {
+                state.last_price = Some(last);
+                self.scratch.prices.clear();
+                return;
             }
         }
         self.settle_all(market, ts, emitter);
