@@ -16,7 +16,9 @@
 //! their ratio, and the ratio of the rates per second of CPU time the
 //! matcher thread got (steadier than the wall clock on a shared machine). Each run also prints the work per command (events, trades,
 //! orders accepted, fired and refilled): the special mix does more of it,
-//! and its rate can only be compared fairly with that in view. A counting
+//! and its rate can only be compared fairly with that in view; its p99 is
+//! also given over the commands that fire or release no order (a command
+//! that fires stops enters each of them too). A counting
 //! allocator reports the heap allocations per
 //! command of each timed pass after warm-up (the steady state allocates
 //! nothing per command: every figure should be 0 or close to it).
@@ -168,7 +170,7 @@ fn main() -> ExitCode {
         // the machine hits both alike.
         for ((name, workload), summary) in workloads.iter().zip(&mut summaries) {
             let (per_s, stats) = throughput_pass(workload, args.warmup);
-            let histogram = latency_pass(workload, args.warmup);
+            let (histogram, single) = latency_pass(workload, args.warmup);
             println!(
                 "run {run} {name}: {} commands/s ({} per CPU second; {} events/s, {} trades, {} fired, {} orders open at the end, {:.4} allocations per command)",
                 format_rate(per_s),
@@ -190,11 +192,15 @@ fn main() -> ExitCode {
                 1e9 / (per_s * per_command(stats.events)),
             );
             println!("       latency per command: {}", percentiles(&histogram));
+            if single.len() < histogram.len() {
+                println!("       of the commands that fire or release nothing: {}", percentiles(&single));
+            }
             reports.add(&format!("run {run} {name}"), &histogram);
             summary.throughputs.push(per_s);
             summary.cpu_throughputs.push(stats.cpu_per_s);
             summary.p50s.push(histogram.value_at_quantile(0.5) as f64);
             summary.p99s.push(histogram.value_at_quantile(0.99) as f64);
+            summary.single_p99s.push(single.value_at_quantile(0.99) as f64);
             summary.events_per_command = stats.events as f64 / stats.commands as f64;
             summary.allocations_per_command =
                 summary.allocations_per_command.max(stats.allocations as f64 / stats.commands as f64);
@@ -214,19 +220,20 @@ fn main() -> ExitCode {
             format_ns(p99 as u64),
             summary.allocations_per_command,
         );
-        medians.push((rate, cpu_rate, p99, summary.events_per_command));
+        medians.push((rate, cpu_rate, p99, summary.events_per_command, median(&mut summary.single_p99s)));
     }
-    if let [(plain_rate, plain_cpu, plain_p99, plain_events), (special_rate, special_cpu, special_p99, special_events)] =
+    if let [(plain_rate, plain_cpu, plain_p99, plain_events, _), (special_rate, special_cpu, special_p99, special_events, special_single_p99)] =
         medians[..]
     {
         println!(
-            "special / plain: rate x{:.3}, p99 x{:.3} ({}% stops, icebergs and lists); per CPU second x{:.3}; events per command x{:.3}, events per CPU second x{:.3}",
+            "special / plain: rate x{:.3}, p99 x{:.3} ({}% stops, icebergs and lists); per CPU second x{:.3}; events per command x{:.3}, events per CPU second x{:.3}; p99 of the special commands that fire or release nothing x{:.3}",
             special_rate / plain_rate,
             special_p99 / plain_p99,
             args.special_percent,
             special_cpu / plain_cpu,
             special_events / plain_events,
             (special_cpu * special_events) / (plain_cpu * plain_events),
+            special_single_p99 / plain_p99,
         );
     }
     if let Err(error) = reports.write() {
@@ -242,6 +249,8 @@ struct Summary {
     cpu_throughputs: Vec<f64>,
     p50s: Vec<f64>,
     p99s: Vec<f64>,
+    /// Of the commands that fire or release nothing.
+    single_p99s: Vec<f64>,
     allocations_per_command: f64,
     /// The same in every run: the engine is deterministic.
     events_per_command: f64,
@@ -326,10 +335,17 @@ fn throughput_pass(workload: &Workload, warmup: usize) -> (f64, PassStats) {
     (rate_per_s(commands, elapsed), stats)
 }
 
-fn latency_pass(workload: &Workload, warmup: usize) -> hdrhistogram::Histogram<u64> {
+/// The latency of every command, and of those that neither fire nor
+/// release an order (the work of one order at most: a command that fires
+/// stops also enters each of them).
+fn latency_pass(
+    workload: &Workload,
+    warmup: usize,
+) -> (hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>) {
     let mut events = Vec::with_capacity(1024);
     let mut engine = engine_after_setup(workload, &mut events);
     let mut histogram = latency_histogram();
+    let mut single = latency_histogram();
     for index in 0..workload.commands.len() {
         let command = stamped(workload, index);
         events.clear();
@@ -338,7 +354,13 @@ fn latency_pass(workload: &Workload, warmup: usize) -> hdrhistogram::Histogram<u
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         if index >= warmup {
             histogram.saturating_record(elapsed_ns.max(1));
+            let sets_off = events.iter().any(|e| {
+                matches!(e.kind, EventKind::OrderTriggered { .. } | EventKind::OrderReleased { .. })
+            });
+            if !sets_off {
+                single.saturating_record(elapsed_ns.max(1));
+            }
         }
     }
-    histogram
+    (histogram, single)
 }
