@@ -14,14 +14,15 @@
 //! of its commands spent on stops, take-profits, icebergs and order lists
 //! (see the `workload` crate); the summary gives both rates and p99s and
 //! their ratio, and the ratio of the rates per second of CPU time the
-//! matcher thread got (steadier than the wall clock on a shared machine). Each run also prints the work per command (events, trades,
-//! orders accepted, fired and refilled): the special mix does more of it,
-//! and its rate can only be compared fairly with that in view; its p99 is
-//! also given over the commands that fire or release no order (a command
-//! that fires stops enters each of them too). A counting
-//! allocator reports the heap allocations per
-//! command of each timed pass after warm-up (the steady state allocates
-//! nothing per command: every figure should be 0 or close to it).
+//! matcher thread got (steadier than the wall clock on a shared machine).
+//! Each run also prints the work per command (events, trades, orders
+//! accepted, fired and refilled): the special mix does more of it, and its
+//! rate can only be compared fairly with that in view; its p99 is also
+//! given over the commands that fire or release no order (a command that
+//! fires stops enters each of them too). A counting allocator reports the
+//! heap allocations per command of each timed pass after warm-up (the
+//! steady state allocates nothing per command: every figure should be 0 or
+//! close to it).
 //!
 //! Each run is two passes over the same commands on a fresh engine: one
 //! untimed per command, for throughput; one timing every command with the
