@@ -41,6 +41,18 @@ pub fn rate_per_s(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
+/// CPU time the calling thread has used, in nanoseconds (0 if the clock
+/// cannot be read). On a shared machine a rate per CPU second is steadier
+/// than one per wall second: time the thread waited for a core is not in it.
+pub fn thread_cpu_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec for the call to fill in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return 0;
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// A rate as `12.35M` or `812.4k`; the caller says what per second.
 pub fn format_rate(per_s: f64) -> String {
     if per_s >= 1e6 {

@@ -88,7 +88,8 @@ impl Engine {
     #[inline]
     pub(crate) fn settle(&mut self, market: MarketId, ts: u64, emitter: &mut Emitter) {
         // The common case: nothing waits in this market and nothing is
-        // queued; only the last price moves.
+        // queued; only the last price moves. Kept this small so that it
+        // stays inlined where plain orders settle.
         if self.scratch.queue.is_empty() {
             match self.scratch.prices.last() {
                 None => return,
@@ -105,6 +106,19 @@ impl Engine {
 
     #[inline(never)]
     fn settle_all(&mut self, market: MarketId, ts: u64, emitter: &mut Emitter) {
+        // Next most common: orders wait, but no trade price of the command
+        // reaches any of them; only the last price moves, and the
+        // evaluation would change nothing else.
+        if self.scratch.queue.is_empty() {
+            let state = &mut self.markets[market.index()];
+            if let Some(&last) = self.scratch.prices.last() {
+                if self.scratch.prices.iter().all(|&p| state.triggers.is_quiet_at(p)) {
+                    state.last_price = Some(last);
+                    self.scratch.prices.clear();
+                    return;
+                }
+            }
+        }
         loop {
             if !self.scratch.prices.is_empty() {
                 self.evaluate(market, emitter);

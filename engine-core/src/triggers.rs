@@ -205,6 +205,34 @@ impl TriggerBook {
         }
     }
 
+    /// Whether a trade at `price` leaves every order here as it is: it
+    /// reaches no stop, moves no tracking group's best, fires no tracking
+    /// order and starts no order waiting for a first trade. Most trades are
+    /// such, and this answers from the ends of the queues and the tops of
+    /// the heaps, so the caller can skip the evaluation.
+    #[inline]
+    pub fn is_quiet_at(&self, price: Ticks) -> bool {
+        if self.rising.back().is_some_and(|e| e.stop <= price)
+            || self.falling.back().is_some_and(|e| e.stop >= price)
+            || !self.unstarted.is_empty()
+        {
+            return false;
+        }
+        if self.tracking_len == 0 {
+            return true;
+        }
+        [Side::Buy, Side::Sell].into_iter().all(|side| {
+            let tracks = &self.tracks[side_index(side)];
+            let merges =
+                tracks.by_best.front().is_some_and(|&g| worse(side, self.groups[g as usize].best, price));
+            let fires = tracks
+                .urgent
+                .first()
+                .is_some_and(|&g| threshold(side, price) <= self.groups[g as usize].urgency);
+            !merges && !fires
+        })
+    }
+
     /// Starts tracking the trailing order of `entry` (`stop` unused), a
     /// `side` order with delta `bips`, from best price `best` (`None`: from
     /// the next trade). Returns its node, which [`Self::remove_tracking`]
@@ -699,6 +727,49 @@ mod tests {
         assert_eq!(trade(&mut book, 102), vec![5, 6]);
         assert!(book.is_empty());
         assert_eq!(book.tracks.iter().map(|t| t.urgent.len()).sum::<usize>(), 0);
+    }
+
+    /// A quiet price is exactly one whose evaluation changes nothing.
+    #[test]
+    fn a_quiet_price_is_one_that_changes_nothing() {
+        let mut random = Lcg(5);
+        let (mut quiet, mut busy) = (0, 0);
+        for _ in 0..300 {
+            let mut book = TriggerBook::default();
+            let mut order = 0;
+            for _ in 0..random.below(6) {
+                order += 1;
+                let e = entry(1_000 + random.below(21) - 10, order);
+                match random.below(4) {
+                    0 => book.insert(true, e),
+                    1 => book.insert(false, e),
+                    2 => {
+                        let side = if random.below(2) == 0 { Side::Buy } else { Side::Sell };
+                        let best = (random.below(8) > 0).then(|| Ticks(1_000 + random.below(21) - 10));
+                        book.insert_tracking(side, 1 + random.below(100) as u16, e, best);
+                    }
+                    _ => {}
+                }
+            }
+            let price = Ticks(1_000 + random.below(41) - 20);
+            let mut after = book.clone();
+            let mut out = Vec::new();
+            after.pop_reached(price, &mut out);
+            after.track(price);
+            after.fire_tracking(price, &mut out);
+            after.take_unstarted(&mut out);
+            let unchanged = out.is_empty() && bests(&after) == bests(&book) && {
+                let groups = |b: &TriggerBook| b.tracks.iter().map(|t| t.by_best.len()).collect::<Vec<_>>();
+                groups(&after) == groups(&book)
+            };
+            assert_eq!(book.is_quiet_at(price), unchanged, "{book:?} at {price}");
+            if unchanged {
+                quiet += 1;
+            } else {
+                busy += 1;
+            }
+        }
+        assert!(quiet > 30 && busy > 30, "{quiet} quiet, {busy} busy: the test sees both");
     }
 
     #[test]

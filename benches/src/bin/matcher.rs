@@ -6,15 +6,23 @@
 //! cargo run --release -p benches --bin matcher -- --workload many-markets
 //! cargo run --release -p benches --bin matcher -- --from single.workload --runs 5
 //! cargo run --release -p benches --bin matcher -- --special-percent 20
+//! cargo run --release -p benches --bin matcher -- --only special    # e.g. under `perf record`
 //! ```
 //!
 //! A generated workload runs twice per run, side by side: the plain mix and
 //! the same shape, seed and length with `--special-percent` (10 by default)
 //! of its commands spent on stops, take-profits, icebergs and order lists
 //! (see the `workload` crate); the summary gives both rates and p99s and
-//! their ratio. A counting allocator reports the heap allocations per
-//! command of each timed pass after warm-up (the steady state allocates
-//! nothing per command: every figure should be 0 or close to it).
+//! their ratio, and the ratio of the rates per second of CPU time the
+//! matcher thread got (steadier than the wall clock on a shared machine).
+//! Each run also prints the work per command (events, trades, orders
+//! accepted, fired and refilled): the special mix does more of it, and its
+//! rate can only be compared fairly with that in view; its p99 is also
+//! given over the commands that fire or release no order (a command that
+//! fires stops enters each of them too). A counting allocator reports the
+//! heap allocations per command of each timed pass after warm-up (the
+//! steady state allocates nothing per command: every figure should be 0 or
+//! close to it).
 //!
 //! Each run is two passes over the same commands on a fresh engine: one
 //! untimed per command, for throughput; one timing every command with the
@@ -29,7 +37,7 @@ use std::time::Instant;
 
 use benches::report::{
     clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles,
-    rate_per_s, ReportArgs, Reports,
+    rate_per_s, thread_cpu_ns, ReportArgs, Reports,
 };
 use clap::{Parser, ValueEnum};
 use engine_core::{Engine, Event, EventKind, StampedCommand};
@@ -69,6 +77,12 @@ enum WorkloadArg {
     Peer,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnlyArg {
+    Plain,
+    Special,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     about = "Feeds a seeded workload to the matching engine and prints throughput and latency percentiles"
@@ -91,6 +105,9 @@ struct Args {
     /// ignored with --from).
     #[arg(long, default_value_t = 10)]
     special_percent: u64,
+    /// Run only one of the two workloads (to profile one alone).
+    #[arg(long, value_enum)]
+    only: Option<OnlyArg>,
     /// How many times to run it; the summary gives the median.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -130,6 +147,17 @@ fn main() -> ExitCode {
         eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
         workloads.push(("special", special));
     }
+    match args.only {
+        Some(OnlyArg::Plain) => workloads.truncate(1),
+        Some(OnlyArg::Special) if workloads.len() == 2 => {
+            workloads.remove(0);
+        }
+        Some(OnlyArg::Special) => {
+            eprintln!("error: --only special needs a generated workload with --special-percent above 0");
+            return ExitCode::FAILURE;
+        }
+        None => {}
+    }
     for (name, workload) in &workloads {
         println!("{name}: {}", workload.description);
     }
@@ -143,21 +171,38 @@ fn main() -> ExitCode {
         // the machine hits both alike.
         for ((name, workload), summary) in workloads.iter().zip(&mut summaries) {
             let (per_s, stats) = throughput_pass(workload, args.warmup);
-            let histogram = latency_pass(workload, args.warmup);
+            let (histogram, single) = latency_pass(workload, args.warmup);
             println!(
-                "run {run} {name}: {} commands/s ({} events/s, {} trades, {} fired, {} orders open at the end, {:.4} allocations per command)",
+                "run {run} {name}: {} commands/s ({} per CPU second; {} events/s, {} trades, {} fired, {} orders open at the end, {:.4} allocations per command)",
                 format_rate(per_s),
+                format_rate(stats.cpu_per_s),
                 format_rate(per_s * stats.events as f64 / stats.commands as f64),
                 stats.trades,
                 stats.fired,
                 stats.resting_end,
                 stats.allocations as f64 / stats.commands as f64,
             );
+            let per_command = |count: u64| count as f64 / stats.commands as f64;
+            println!(
+                "       work per command: {:.3} events, {:.4} trades, {:.4} orders accepted, {:.4} fired, {:.4} refilled; {:.1} ns per event",
+                per_command(stats.events),
+                per_command(stats.trades),
+                per_command(stats.accepted),
+                per_command(stats.fired),
+                per_command(stats.refilled),
+                1e9 / (per_s * per_command(stats.events)),
+            );
             println!("       latency per command: {}", percentiles(&histogram));
+            if single.len() < histogram.len() {
+                println!("       of the commands that fire or release nothing: {}", percentiles(&single));
+            }
             reports.add(&format!("run {run} {name}"), &histogram);
             summary.throughputs.push(per_s);
+            summary.cpu_throughputs.push(stats.cpu_per_s);
             summary.p50s.push(histogram.value_at_quantile(0.5) as f64);
             summary.p99s.push(histogram.value_at_quantile(0.99) as f64);
+            summary.single_p99s.push(single.value_at_quantile(0.99) as f64);
+            summary.events_per_command = stats.events as f64 / stats.commands as f64;
             summary.allocations_per_command =
                 summary.allocations_per_command.max(stats.allocations as f64 / stats.commands as f64);
         }
@@ -166,22 +211,30 @@ fn main() -> ExitCode {
     for ((name, _), summary) in workloads.iter().zip(&mut summaries) {
         let (rate, p50, p99) =
             (median(&mut summary.throughputs), median(&mut summary.p50s), median(&mut summary.p99s));
+        let cpu_rate = median(&mut summary.cpu_throughputs);
         println!(
-            "median of {} runs, {name}: {} commands/s, p50 {}, p99 {}; at most {:.4} allocations per command",
+            "median of {} runs, {name}: {} commands/s ({} per CPU second), p50 {}, p99 {}; at most {:.4} allocations per command",
             args.runs,
             format_rate(rate),
+            format_rate(cpu_rate),
             format_ns(p50 as u64),
             format_ns(p99 as u64),
             summary.allocations_per_command,
         );
-        medians.push((rate, p99));
+        medians.push((rate, cpu_rate, p99, summary.events_per_command, median(&mut summary.single_p99s)));
     }
-    if let [(plain_rate, plain_p99), (special_rate, special_p99)] = medians[..] {
+    if let [(plain_rate, plain_cpu, plain_p99, plain_events, _), (special_rate, special_cpu, special_p99, special_events, special_single_p99)] =
+        medians[..]
+    {
         println!(
-            "special / plain: rate x{:.3}, p99 x{:.3} ({}% stops, icebergs and lists)",
+            "special / plain: rate x{:.3}, p99 x{:.3} ({}% stops, icebergs and lists); per CPU second x{:.3}; events per command x{:.3}, events per CPU second x{:.3}; p99 of the special commands that fire or release nothing x{:.3}",
             special_rate / plain_rate,
             special_p99 / plain_p99,
             args.special_percent,
+            special_cpu / plain_cpu,
+            special_events / plain_events,
+            (special_cpu * special_events) / (plain_cpu * plain_events),
+            special_single_p99 / plain_p99,
         );
     }
     if let Err(error) = reports.write() {
@@ -194,16 +247,25 @@ fn main() -> ExitCode {
 #[derive(Default)]
 struct Summary {
     throughputs: Vec<f64>,
+    cpu_throughputs: Vec<f64>,
     p50s: Vec<f64>,
     p99s: Vec<f64>,
+    /// Of the commands that fire or release nothing.
+    single_p99s: Vec<f64>,
     allocations_per_command: f64,
+    /// The same in every run: the engine is deterministic.
+    events_per_command: f64,
 }
 
 struct PassStats {
     commands: u64,
+    /// Commands per second of CPU time the thread used.
+    cpu_per_s: f64,
     events: u64,
     trades: u64,
     fired: u64,
+    accepted: u64,
+    refilled: u64,
     resting_end: u32,
     /// Heap allocations during the timed commands.
     allocations: u64,
@@ -235,7 +297,10 @@ fn throughput_pass(workload: &Workload, warmup: usize) -> (f64, PassStats) {
     let mut event_count = 0u64;
     let mut trades = 0u64;
     let mut fired = 0u64;
+    let mut accepted = 0u64;
+    let mut refilled = 0u64;
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
+    let cpu_before_ns = thread_cpu_ns();
     let started = Instant::now();
     for index in warmup..workload.commands.len() {
         events.clear();
@@ -247,28 +312,41 @@ fn throughput_pass(workload: &Workload, warmup: usize) -> (f64, PassStats) {
             match event.kind {
                 EventKind::Trade { .. } => trades += 1,
                 EventKind::OrderTriggered { .. } => fired += 1,
+                EventKind::OrderAccepted { .. } => accepted += 1,
+                EventKind::OrderRefilled { .. } => refilled += 1,
                 _ => {}
             }
         }
     }
     let elapsed = started.elapsed();
+    let cpu_ns = thread_cpu_ns().saturating_sub(cpu_before_ns).max(1);
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     let commands = (workload.commands.len() - warmup) as u64;
     let stats = PassStats {
+        cpu_per_s: commands as f64 * 1e9 / cpu_ns as f64,
         commands,
         events: event_count,
         trades,
         fired,
+        accepted,
+        refilled,
         resting_end: engine.open_order_count(),
         allocations,
     };
     (rate_per_s(commands, elapsed), stats)
 }
 
-fn latency_pass(workload: &Workload, warmup: usize) -> hdrhistogram::Histogram<u64> {
+/// The latency of every command, and of those that neither fire nor
+/// release an order (the work of one order at most: a command that fires
+/// stops also enters each of them).
+fn latency_pass(
+    workload: &Workload,
+    warmup: usize,
+) -> (hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>) {
     let mut events = Vec::with_capacity(1024);
     let mut engine = engine_after_setup(workload, &mut events);
     let mut histogram = latency_histogram();
+    let mut single = latency_histogram();
     for index in 0..workload.commands.len() {
         let command = stamped(workload, index);
         events.clear();
@@ -277,7 +355,13 @@ fn latency_pass(workload: &Workload, warmup: usize) -> hdrhistogram::Histogram<u
         let elapsed_ns = started.elapsed().as_nanos() as u64;
         if index >= warmup {
             histogram.saturating_record(elapsed_ns.max(1));
+            let sets_off = events.iter().any(|e| {
+                matches!(e.kind, EventKind::OrderTriggered { .. } | EventKind::OrderReleased { .. })
+            });
+            if !sets_off {
+                single.saturating_record(elapsed_ns.max(1));
+            }
         }
     }
-    histogram
+    (histogram, single)
 }

@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use benches::report::{
     clock_overhead_ns_p50, format_ns, format_rate, latency_histogram, machine, median, percentiles,
-    rate_per_s, ReportArgs, Reports,
+    rate_per_s, thread_cpu_ns, ReportArgs, Reports,
 };
 use clap::Parser;
 use engine_core::{Command, Engine, Event, EventKind, MarketId, OrderKind, OrderRef, Side, StampedCommand};
@@ -543,17 +543,9 @@ impl Rate {
     }
 }
 
-/// CPU time of the calling thread (user + system) in seconds, from
-/// /proc/thread-self/stat, in clock ticks of 10 ms (`USER_HZ` is 100 on
-/// Linux); a pass of a few seconds makes that a fraction of a percent.
+/// CPU time of the calling thread in seconds.
 fn thread_cpu_s() -> f64 {
-    let ticks = std::fs::read_to_string("/proc/thread-self/stat").ok().and_then(|stat| {
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-    });
-    ticks.unwrap_or(0) as f64 / 100.0
+    thread_cpu_ns() as f64 / 1e9
 }
 
 /// The histogram records without allocating (its buckets exist from the
