@@ -1164,5 +1164,12 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
             restart_applied,
         })
     })();
-    result.map_err(|e| format!("{e}; the nodes' logs: {logs}"))
+    if result.is_err() {
+        // The logs are what tells a product fault from a benchmark one:
+        // keep them past the run.
+        let Deployment { nodes, dir } = deployment;
+        drop(nodes);
+        let _ = dir.keep();
+    }
+    result.map_err(|e| format!("{e}; the nodes' logs (kept): {logs}"))
 }
