@@ -147,8 +147,14 @@ impl Drop for ExchangeProcess {
 /// The configuration files of a cluster of `size` nodes on loopback, under
 /// `dir` (`node<N>.toml`, data in `node<N>/`); node 1 forms the cluster.
 /// Each node's REST and Raft ports are fixed in the files (every member
-/// names the others'). The REST addresses, by node.
-pub fn write_cluster_configs(dir: &Path, size: u64) -> Result<Vec<(PathBuf, SocketAddr)>, String> {
+/// names the others'). `cluster_settings` (TOML lines, e.g.
+/// `snapshot_every_entries = 0`) go into every node's `[cluster]` table.
+/// The configuration files and REST addresses, by node.
+pub fn write_cluster_configs(
+    dir: &Path,
+    size: u64,
+    cluster_settings: &str,
+) -> Result<Vec<(PathBuf, SocketAddr)>, String> {
     let mut ports = Vec::new();
     for _ in 0..size {
         ports.push((free_port()?, free_port()?));
@@ -168,7 +174,7 @@ pub fn write_cluster_configs(dir: &Path, size: u64) -> Result<Vec<(PathBuf, Sock
             "listen = \"127.0.0.1:{api}\"\nws_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\
              durability = \"replicated\"\n\
              [cluster]\nnode_id = {id}\nraft_listen = \"127.0.0.1:{raft}\"\nbootstrap = {}\n\
-             members = [\n{members}]\n",
+             members = [\n{members}]\n{cluster_settings}\n",
             dir.join(format!("node{id}")).display(),
             id == 1
         );

@@ -15,14 +15,22 @@
 //!    on the new leader, and the killed node restarts on its data directory
 //!    and catches up before the next kill.
 //! 3. Catch-up: a follower is killed while `--catch-up-commands` orders are
-//!    applied, then restarted; the time until it has applied everything.
-//!    Cluster nodes take no snapshots yet, so this is log replay only.
+//!    applied, then restarted; the time until it has applied the leader's
+//!    last command. Two ways on the same workload, each on fresh processes,
+//!    alternating over `--runs` rounds: by log (images off), and by the
+//!    leader's snapshot image (an image every
+//!    `--catch-up-snapshot-every-entries` log entries, the log purged past
+//!    the follower's position but for `--catch-up-log-kept-entries`; the
+//!    run fails unless the follower says it installed the image). Then the
+//!    follower is restarted once more with nothing missed: from its own
+//!    image, or replaying its whole log.
 //!
 //! ```text
 //! cargo build --release -p gateway --bin exchange
 //! cargo run --release -p benches --bin cluster
 //! cargo run --release -p benches --bin cluster -- --runs 3 --seconds 5 --kills 20
 //! cargo run --release -p benches --bin cluster -- --rates 0,1000 --kills 0 --catch-up-commands 0
+//! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --runs 3 --catch-up-commands 50000
 //! ```
 
 use std::net::SocketAddr;
@@ -75,6 +83,16 @@ struct Args {
     /// (0 skips it).
     #[arg(long, default_value_t = 5_000)]
     catch_up_commands: u64,
+    /// `snapshot_every_entries` of the nodes in the catch-up by image: small,
+    /// so that the leader writes images and purges its log while the
+    /// follower is down.
+    #[arg(long, default_value_t = 1_000)]
+    catch_up_snapshot_every_entries: u64,
+    /// `log_kept_after_snapshot_entries` of the nodes in the catch-up by
+    /// image: less than `--catch-up-commands`, or the leader keeps the
+    /// entries the follower misses and the follower catches up by log.
+    #[arg(long, default_value_t = 100)]
+    catch_up_log_kept_entries: u64,
     /// Where the nodes' data directories go; must be a real disk, or the
     /// syncs measure nothing (default: the system's temporary directory).
     #[arg(long)]
@@ -215,7 +233,7 @@ fn order_id_of(reply: &Reply) -> Option<u64> {
 /// The nodes of one setup, in a data directory that goes with them.
 struct Deployment {
     nodes: Vec<ExchangeProcess>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Deployment {
@@ -224,6 +242,7 @@ impl Deployment {
         binary: &Path,
         data_root: &Path,
         env: &[(&str, &str)],
+        cluster_settings: &str,
     ) -> Result<Deployment, String> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("exchange-cluster-bench-{}-", setup.name()))
@@ -249,13 +268,15 @@ impl Deployment {
                 )?);
             }
             Setup::Replicated => {
-                for (index, (config, _)) in write_cluster_configs(dir.path(), 3)?.iter().enumerate() {
+                for (index, (config, _)) in
+                    write_cluster_configs(dir.path(), 3, cluster_settings)?.iter().enumerate()
+                {
                     let stderr = dir.path().join(format!("node{}.stderr", index + 1));
                     nodes.push(ExchangeProcess::start(binary, Some(config), env, &stderr)?);
                 }
             }
         }
-        Ok(Deployment { nodes, _dir: dir })
+        Ok(Deployment { nodes, dir })
     }
 
     fn addresses(&self) -> Vec<SocketAddr> {
@@ -408,7 +429,7 @@ fn compare(bench: &Bench, reports: &mut Reports) -> Result<(), String> {
         let order: Vec<usize> = if round % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
         for s in order {
             let setup = setups[s];
-            let deployment = Deployment::start(setup, binary, data_root, &[])?;
+            let deployment = Deployment::start(setup, binary, data_root, &[], "")?;
             let addresses = deployment.addresses();
             let result: Result<(), String> = runtime.block_on(async {
                 let leader = addresses[leader(&addresses, None).await?];
@@ -730,6 +751,7 @@ fn failover(bench: &Bench, reports: &mut Reports) -> Result<(), String> {
         binary,
         data_root,
         &[("EXCHANGE_CLOSED_ORDERS_KEPT_PER_USER", CLOSED_ORDERS_KEPT_PER_USER)],
+        "",
     )?;
     let logs = deployment.stderr_paths();
     let result = failover_rounds(args, &mut deployment, runtime, reports);
@@ -888,17 +910,161 @@ fn failover_rounds(
 // ---------------------------------------------------------------------------
 // 3. Catch-up.
 
+/// How a follower catches up in one measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CatchUpWay {
+    /// Images off: the follower replays its own log, then fetches the
+    /// entries it missed from the leader.
+    Log,
+    /// The leader's log is purged past the follower: it installs the
+    /// leader's image, then applies the log after it.
+    Image,
+}
+
+impl CatchUpWay {
+    fn name(self) -> &'static str {
+        match self {
+            CatchUpWay::Log => "by log",
+            CatchUpWay::Image => "by image",
+        }
+    }
+}
+
+/// What the follower says when it installs the leader's image
+/// (gateway/src/cluster.rs, logged at info by `gateway::cluster`).
+const INSTALLED_MESSAGE: &str = "installed the snapshot image";
+/// The nodes' log filter: warnings, and the install message above.
+const CATCH_UP_LOG_LEVEL: &str = "warn,gateway::cluster=info";
+
+/// One catch-up measurement.
+struct CatchUp {
+    behind_commands: u64,
+    listening: Duration,
+    caught_up: Duration,
+    /// The leader's newest image (its `/health` `snapshot_seq`) and the
+    /// follower's image file afterwards, if any.
+    snapshot_seq: u64,
+    image_bytes: Option<u64>,
+    /// The follower restarted once more with nothing missed: listening,
+    /// and applied the leader's last command.
+    restart_listening: Duration,
+    restart_applied: Duration,
+}
+
 fn catch_up(bench: &Bench) -> Result<(), String> {
-    let Bench { args, binary, data_root, runtime } = bench;
+    let args = bench.args;
+    if args.catch_up_log_kept_entries >= args.catch_up_commands || args.catch_up_snapshot_every_entries == 0 {
+        return Err(format!(
+            "--catch-up-log-kept-entries ({}) must be below --catch-up-commands ({}) and \
+             --catch-up-snapshot-every-entries at least 1, or the follower catches up by log in the image case",
+            args.catch_up_log_kept_entries, args.catch_up_commands
+        ));
+    }
     println!(
-        "\n== catch-up: a follower down while {} orders are applied, then restarted \
-         (log replay only: cluster nodes take no snapshots yet)",
-        args.catch_up_commands
+        "\n== catch-up: a follower down while {} orders are applied, then restarted; by log (images off) \
+         and by image (snapshot_every_entries = {}, log_kept_after_snapshot_entries = {}), {} round(s)",
+        args.catch_up_commands,
+        args.catch_up_snapshot_every_entries,
+        args.catch_up_log_kept_entries,
+        args.runs
     );
-    let mut deployment = Deployment::start(Setup::Replicated, binary, data_root, &[])?;
+    let mut all: Vec<(CatchUpWay, CatchUp)> = Vec::new();
+    for round in 0..args.runs {
+        // Which goes first alternates, so that neither always meets a
+        // fresher (or more loaded) machine.
+        let ways = if round % 2 == 0 {
+            [CatchUpWay::Log, CatchUpWay::Image]
+        } else {
+            [CatchUpWay::Image, CatchUpWay::Log]
+        };
+        for way in ways {
+            let figures = catch_up_once(bench, way)?;
+            println!(
+                "round {} {:<8}: {} commands behind; listening after {}, caught up after {} \
+                 ({} commands behind/s); leader's image at seq {}, follower's image file {}; \
+                 restarted again with nothing missed: listening after {}, applied after {}",
+                round + 1,
+                way.name(),
+                figures.behind_commands,
+                format_ns(figures.listening.as_nanos() as u64),
+                format_ns(figures.caught_up.as_nanos() as u64),
+                format_rate(figures.behind_commands as f64 / figures.caught_up.as_secs_f64()),
+                figures.snapshot_seq,
+                figures.image_bytes.map_or("none".to_string(), format_bytes),
+                format_ns(figures.restart_listening.as_nanos() as u64),
+                format_ns(figures.restart_applied.as_nanos() as u64),
+            );
+            all.push((way, figures));
+        }
+    }
+    println!("catch-up, medians over {} round(s):", args.runs);
+    for way in [CatchUpWay::Log, CatchUpWay::Image] {
+        let of_way: Vec<&CatchUp> = all.iter().filter(|(w, _)| *w == way).map(|(_, f)| f).collect();
+        let med = |f: &dyn Fn(&CatchUp) -> f64| median(&mut of_way.iter().map(|c| f(c)).collect::<Vec<_>>());
+        let behind = med(&|c| c.behind_commands as f64);
+        let caught_up_s = med(&|c| c.caught_up.as_secs_f64());
+        let rate = med(&|c| c.behind_commands as f64 / c.caught_up.as_secs_f64());
+        let image = med(&|c| c.image_bytes.unwrap_or(0) as f64);
+        let restart_s = med(&|c| c.restart_applied.as_secs_f64());
+        println!(
+            "  {:<8} {:>7} commands behind: caught up after {} ({} commands behind/s); image file {}; \
+             restart with nothing missed, applied after {} ({})",
+            way.name(),
+            behind as u64,
+            format_ns((caught_up_s * 1e9) as u64),
+            format_rate(rate),
+            if way == CatchUpWay::Image { format_bytes(image as u64) } else { "none".to_string() },
+            format_ns((restart_s * 1e9) as u64),
+            if way == CatchUpWay::Image { "from its own image" } else { "replaying its whole log" },
+        );
+    }
+    Ok(())
+}
+
+fn format_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+/// The size of the first file named `raft-snapshot.img` under `dir`.
+fn image_file_bytes(dir: &Path) -> Option<u64> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(bytes) = image_file_bytes(&path) {
+                return Some(bytes);
+            }
+        } else if path.file_name().is_some_and(|name| name == "raft-snapshot.img") {
+            return std::fs::metadata(&path).ok().map(|m| m.len());
+        }
+    }
+    None
+}
+
+/// What the process wrote to `path` after its first `from_bytes` bytes.
+fn log_after(path: &Path, from_bytes: u64) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(text.get(from_bytes as usize..).unwrap_or_default()).into_owned()
+}
+
+fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
+    let Bench { args, binary, data_root, runtime } = bench;
+    let cluster_settings = match way {
+        CatchUpWay::Log => "snapshot_every_entries = 0\n".to_string(),
+        CatchUpWay::Image => format!(
+            "snapshot_every_entries = {}\nlog_kept_after_snapshot_entries = {}\n",
+            args.catch_up_snapshot_every_entries, args.catch_up_log_kept_entries
+        ),
+    };
+    // Both ways log the same, so that the logging costs the same.
+    let env = [("EXCHANGE_LOG_LEVEL", CATCH_UP_LOG_LEVEL)];
+    let mut deployment = Deployment::start(Setup::Replicated, binary, data_root, &env, &cluster_settings)?;
     let logs = deployment.stderr_paths();
     let addresses = deployment.addresses();
-    let result = (|| -> Result<(), String> {
+    let result = (|| -> Result<CatchUp, String> {
         let leader_index = runtime.block_on(leader(&addresses, None))?;
         let leader = addresses[leader_index];
         let keys = runtime.block_on(async {
@@ -909,43 +1075,101 @@ fn catch_up(bench: &Bench) -> Result<(), String> {
         })?;
         let follower = (leader_index + 1) % addresses.len();
         // The follower holds everything so far (the setup) when it goes.
-        let seq_before = runtime.block_on(async {
+        let (seq_before, follower_index) = runtime.block_on(async {
             let seq = applied_seq(leader).await.ok_or("the leader does not answer")?;
             wait_applied(addresses[follower], seq).await?;
-            Ok::<_, String>(seq)
+            let health = health(addresses[follower]).await.ok_or("the follower does not answer")?;
+            Ok::<_, String>((seq, health["cluster"]["applied_index"].as_u64().unwrap_or(0)))
         })?;
         deployment.nodes[follower].kill();
-        // Closed-loop load until the leader has applied the orders.
+        // Closed-loop load until the leader has applied the orders and, by
+        // image, has purged its log past the follower: it purges only at
+        // its next image and while no replication to the follower is in
+        // flight, so more load may be needed.
         let mut tag = 0;
         let seq_target = seq_before + args.catch_up_commands;
         let mut seq = seq_before;
-        while seq < seq_target {
+        let purge_deadline = Instant::now() + PATIENCE * 4;
+        loop {
+            if seq >= seq_target {
+                if way == CatchUpWay::Log {
+                    break;
+                }
+                let purged = runtime
+                    .block_on(health(leader))
+                    .and_then(|h| h["cluster"]["purged_index"].as_u64())
+                    .unwrap_or(0);
+                if purged > follower_index {
+                    break;
+                }
+                if Instant::now() > purge_deadline {
+                    return Err(format!(
+                        "the leader's log is purged to index {purged} only, not past the follower's {follower_index}, \
+                         at seq {seq}; lower --catch-up-snapshot-every-entries or --catch-up-log-kept-entries"
+                    ));
+                }
+            }
+            let length = if seq >= seq_target { 100 } else { 500 };
             runtime.block_on(drive(
                 leader,
                 &keys,
                 0,
                 Pacing::Sleep,
-                Duration::from_millis(500),
+                Duration::from_millis(length),
                 &format!("k{tag}"),
             ))?;
             tag += 1;
             seq = runtime.block_on(applied_seq(leader)).ok_or("the leader does not answer")?;
         }
+        let snapshot_seq =
+            runtime.block_on(health(leader)).and_then(|h| h["snapshot_seq"].as_u64()).unwrap_or(0);
+        let stderr = deployment.nodes[follower].stderr_path().to_path_buf();
+        let stderr_before = std::fs::metadata(&stderr).map_or(0, |m| m.len());
         let restarted_at = Instant::now();
         deployment.nodes[follower].restart()?;
         let listening = restarted_at.elapsed();
         runtime.block_on(wait_applied(addresses[follower], seq))?;
         let caught_up = restarted_at.elapsed();
-        println!(
-            "follower node {}: down from seq {seq_before} to {seq} ({} commands behind); restarted: \
-             listening after {}, caught up (applied seq {seq}) after {} ({} commands/s)",
-            follower + 1,
-            seq - seq_before,
-            format_ns(listening.as_nanos() as u64),
-            format_ns(caught_up.as_nanos() as u64),
-            format_rate(seq as f64 / caught_up.as_secs_f64())
-        );
-        Ok(())
+        let installed = log_after(&stderr, stderr_before).contains(INSTALLED_MESSAGE);
+        match (way, installed) {
+            (CatchUpWay::Image, false) => {
+                return Err(format!(
+                    "the follower caught up without installing the leader's image (no {INSTALLED_MESSAGE:?} \
+                     in {}): the figure would not be of an install",
+                    stderr.display()
+                ))
+            }
+            (CatchUpWay::Log, true) => {
+                return Err(format!("the follower installed an image with images off ({})", stderr.display()))
+            }
+            _ => {}
+        }
+        let follower_dir = deployment.dir.path().join(format!("node{}", follower + 1));
+        let image_bytes = image_file_bytes(&follower_dir);
+        // Once more with nothing missed: from its own image (by image) or
+        // replaying its whole log.
+        deployment.nodes[follower].kill();
+        let restarted_at = Instant::now();
+        deployment.nodes[follower].restart()?;
+        let restart_listening = restarted_at.elapsed();
+        runtime.block_on(wait_applied(addresses[follower], seq))?;
+        let restart_applied = restarted_at.elapsed();
+        Ok(CatchUp {
+            behind_commands: seq - seq_before,
+            listening,
+            caught_up,
+            snapshot_seq,
+            image_bytes,
+            restart_listening,
+            restart_applied,
+        })
     })();
-    result.map_err(|e| format!("{e}; the nodes' logs: {logs}"))
+    if result.is_err() {
+        // The logs are what tells a product fault from a benchmark one:
+        // keep them past the run.
+        let Deployment { nodes, dir } = deployment;
+        drop(nodes);
+        let _ = dir.keep();
+    }
+    result.map_err(|e| format!("{e}; the nodes' logs (kept): {logs}"))
 }
