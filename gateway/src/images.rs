@@ -105,12 +105,19 @@ impl Images {
         lock(&self.current).ok().and_then(|current| current.clone())
     }
 
-    /// Keeps `bytes` (an image of `meta`, checked) as the image on disk.
-    pub fn keep(&self, meta: SnapshotMeta, bytes: &[u8]) -> io::Result<()> {
+    /// Keeps `bytes` (an image of `meta`, checked) as the image on disk,
+    /// unless the image there is of the same or a later log position: an
+    /// image the matcher took before an install from the leader reaches the
+    /// disk after it, and must not replace it (the log behind the installed
+    /// one is purged: a restart needs that one). Returns whether it was kept.
+    pub fn keep(&self, meta: SnapshotMeta, bytes: &[u8]) -> io::Result<bool> {
         let mut current = lock(&self.current)?;
+        if current.as_ref().is_some_and(|kept| kept.last_log_id >= meta.last_log_id) {
+            return Ok(false);
+        }
         replication::write_image_file(&self.dir, bytes)?;
         *current = Some(meta);
-        Ok(())
+        Ok(true)
     }
 
     pub fn request(&self, requested: Requested) {
@@ -199,5 +206,32 @@ mod tests {
         images.request(late);
         assert!(images.take_request(50).is_none());
         assert!(late_answer.try_recv().unwrap().is_err());
+    }
+
+    #[test]
+    fn an_image_never_replaces_one_of_a_later_log_position() {
+        use replication::types::LogId;
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::open(dir.path()).unwrap();
+        let engine = Engine::new(engine_core::EngineLimits::default());
+        let image_at = |index: u64| {
+            let meta = SnapshotMeta {
+                last_log_id: Some(LogId::new_term_index(1, index)),
+                ..SnapshotMeta::default()
+            };
+            let bytes = replication::encode_image(&meta, &engine, index, None).unwrap();
+            (meta, bytes)
+        };
+        let (installed, installed_bytes) = image_at(50);
+        assert!(images.keep(installed.clone(), &installed_bytes).unwrap());
+        // The matcher's own image from before the install arrives late.
+        let (older, older_bytes) = image_at(30);
+        assert!(!images.keep(older, &older_bytes).unwrap());
+        assert_eq!(images.current().unwrap().unwrap(), (installed.clone(), installed_bytes));
+        // A node restarted on the directory starts from the installed one.
+        assert_eq!(Images::open(dir.path()).unwrap().current_meta(), Some(installed));
+        let (newer, newer_bytes) = image_at(80);
+        assert!(images.keep(newer.clone(), &newer_bytes).unwrap());
+        assert_eq!(images.current_meta(), Some(newer));
     }
 }
