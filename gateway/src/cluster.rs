@@ -45,6 +45,7 @@ use crate::images::{Images, Installed, Requested};
 use crate::pipeline::{Downstream, Publisher, Work};
 use crate::views::{Retention, Views, ViewsState};
 
+pub mod committed_log;
 mod membership;
 mod proposer;
 
@@ -143,17 +144,29 @@ impl Cluster {
     /// nor stands for election until it has caught up with a leader: it may
     /// have voted or acknowledged entries before it lost its disk
     /// (docs/replication.md, "Membership").
+    ///
+    /// `writer_ready`, the database writer's gate, opens once the node has
+    /// applied every entry its log held committed at start.
     pub async fn start(
         config: &ClusterConfig,
         journal_dir: &Path,
         feed: CommittedFeed,
+        writer_ready: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Result<Cluster, String> {
         let snapshot_policy = match config.snapshot_every_entries {
             0 => replication::openraft::SnapshotPolicy::Never,
             entries => replication::openraft::SnapshotPolicy::LogsSinceLast(entries),
         };
-        let log = replication::LogStore::open(journal_dir, replication::LogStoreConfig::default())
-            .map_err(|e| format!("cannot open the Raft log in {}: {e}", journal_dir.display()))?;
+        let images = Arc::clone(&feed.images);
+        // The database writer regenerates from the log after an image: the
+        // log is purged no further than it may need.
+        let mut log = replication::LogStore::open(journal_dir, replication::LogStoreConfig::default())
+            .map_err(|e| format!("cannot open the Raft log in {}: {e}", journal_dir.display()))?
+            .hold_purge(Arc::new(move || images.log_needed_from()));
+        let committed_at_start = {
+            use replication::openraft::storage::RaftLogStorage;
+            log.read_committed().await.map_err(|e| format!("cannot read the committed position: {e}"))?
+        };
         let fresh = log.was_fresh();
         let raft_config = replication::openraft::Config {
             cluster_name: "exchange".into(),
@@ -192,6 +205,20 @@ impl Cluster {
         let (listener, address) = replication::net::bind(&config.raft_listen.to_string())
             .await
             .map_err(|e| format!("cannot listen for Raft on {}: {e}", config.raft_listen))?;
+        if let Some(ready) = writer_ready {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                if let Some(committed) = committed_at_start {
+                    // No time limit: the whole log may need applying.
+                    let wait = raft.wait(None);
+                    if let Err(error) = wait.applied_index_at_least(Some(committed.index), "writer ready").await {
+                        tracing::warn!("database writer: Raft stopped before applying the log at start: {error}");
+                        return;
+                    }
+                }
+                ready.store(true, Ordering::Release);
+            });
+        }
         let votes = VoteGate::new(!fresh);
         let server_config = NetConfig { votes: votes.clone(), ..NetConfig::default() };
         tokio::spawn(replication::net::serve(raft.clone(), listener, server_config));
@@ -533,10 +560,10 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
             None => Views::from_engine(&image.engine, self.retention),
         };
         // This node's own image (at start) is on disk already.
-        if self.images.current_meta().as_ref() != Some(meta) {
-            self.images.keep(meta.clone(), &bytes)?;
-        }
         let seq = image.engine.last_seq();
+        if self.images.current_meta().as_ref() != Some(meta) {
+            self.images.keep(meta.clone(), seq, &bytes)?;
+        }
         let engine_copy = image.engine.clone();
         self.images.push_install(Installed {
             engine: image.engine,

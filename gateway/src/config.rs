@@ -544,14 +544,6 @@ impl Config {
         match (&self.cluster, self.durability) {
             (Some(cluster), DurabilityKind::Replicated) => {
                 cluster.check().map_err(|why| ConfigError(format!("[cluster] {why}")))?;
-                if self.database_url.is_some() {
-                    return Err(ConfigError(
-                        "a [cluster] node cannot feed PostgreSQL yet (its writer replays the local journal, \
-                         and a cluster node's journal is the replicated log): leave database_url and \
-                         DATABASE_URL unset on cluster nodes"
-                            .into(),
-                    ));
-                }
             }
             (Some(_), _) => {
                 return Err(ConfigError(
@@ -697,10 +689,9 @@ mod tests {
                 .replace("api = \"127.0.0.1:8101\"", "api = \"127.0.0.1:8101\", learner = true"),
             "every member is a learner",
         );
-        refused(
-            format!("database_url = \"host=localhost\"\n{}", replicated("")),
-            "cannot feed PostgreSQL yet",
-        );
+        // A cluster node feeds PostgreSQL from its replicated log.
+        let with_database = format!("database_url = \"host=localhost\"\n{}", replicated(""));
+        assert!(cluster_config(&with_database).is_ok_and(|c| c.database_url.is_some() && c.cluster.is_some()));
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //!   matcher takes the engine, the views stage the views, and the
 //!   downstream consumers start over from them.
 //!
+//! With a database writer on the node, one more image may be kept: the
+//! writer's base ([`WRITER_BASE_IMAGE_FILE_NAME`]), the newest image at or
+//! before the writer's cursor once a newer one has replaced it. The writer
+//! regenerates what it missed from that image and the log after it, and
+//! the log is purged no further than [`Images::log_needed_from`] says.
+//!
 //! What this module must never do: let an image be taken or installed out
 //! of log order (both queues are first in, first out, and each entry is
 //! taken where its marker is in the ring), or keep an image on disk that
@@ -25,7 +31,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use engine_core::Engine;
 use replication::types::SnapshotMeta;
@@ -63,27 +70,68 @@ pub struct InstalledViews {
     pub engine: Engine,
 }
 
-/// The shared queues and the image file's place.
+/// The image the database writer regenerates from while the newest one is
+/// past its cursor.
+pub const WRITER_BASE_IMAGE_FILE_NAME: &str = "writer-base.img";
+
+/// An image on disk: its log position and the engine's sequence number.
+#[derive(Clone, Debug, PartialEq)]
+struct Kept {
+    meta: SnapshotMeta,
+    seq: u64,
+}
+
+impl Kept {
+    /// The first log entry after the image.
+    fn log_after(&self) -> u64 {
+        self.meta.last_log_id.map_or(0, |log_id| log_id.index + 1)
+    }
+}
+
+/// The images on disk, both guarded by one lock.
+#[derive(Default)]
+struct OnDisk {
+    /// The newest image (None: no image yet).
+    current: Option<Kept>,
+    /// The database writer's base (see the module documentation).
+    writer_base: Option<Kept>,
+}
+
+/// The shared queues and the image files' place.
 pub struct Images {
     dir: PathBuf,
     requested: Mutex<VecDeque<Requested>>,
     installs: Mutex<VecDeque<Installed>>,
     views: Mutex<VecDeque<InstalledViews>>,
-    /// The meta of the image on disk (None: no image yet).
-    current: Mutex<Option<SnapshotMeta>>,
+    on_disk: Mutex<OnDisk>,
+    /// The database writer on this node, whose regeneration holds images
+    /// and the log.
+    writer: Option<Arc<persistence::WriterStatus>>,
 }
 
 impl Images {
     /// The images of a node kept in `dir`. The image already there, if
     /// any, is checked whole now: a node must not start on a damaged one.
-    pub fn open(dir: &Path) -> io::Result<Images> {
-        let current = replication::read_image_file(dir)?.map(|(image, _)| image.meta);
+    /// `writer` is the node's database writer, if it has one.
+    pub fn open(dir: &Path, writer: Option<Arc<persistence::WriterStatus>>) -> io::Result<Images> {
+        let kept = |(image, _): (replication::Image, Vec<u8>)| Kept { seq: image.engine.last_seq(), meta: image.meta };
+        let current = replication::read_image_file(dir)?.map(kept);
+        let base_path = dir.join(WRITER_BASE_IMAGE_FILE_NAME);
+        let writer_base = match writer {
+            Some(_) => replication::read_image_at(&base_path)?.map(kept),
+            None => {
+                // No writer any more: nothing needs the base.
+                remove_if_present(&base_path)?;
+                None
+            }
+        };
         Ok(Images {
             dir: dir.to_path_buf(),
             requested: Mutex::default(),
             installs: Mutex::default(),
             views: Mutex::default(),
-            current: Mutex::new(current),
+            on_disk: Mutex::new(OnDisk { current, writer_base }),
+            writer,
         })
     }
 
@@ -94,30 +142,84 @@ impl Images {
     /// The image on disk: its meta and bytes (checked when written or
     /// when this node started).
     pub fn current(&self) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
-        let Some(meta) = lock(&self.current)?.clone() else { return Ok(None) };
+        let Some(kept) = lock(&self.on_disk)?.current.clone() else { return Ok(None) };
         let path = self.dir.join(replication::state_machine::IMAGE_FILE_NAME);
         let bytes =
             std::fs::read(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Ok(Some((meta, bytes)))
+        Ok(Some((kept.meta, bytes)))
     }
 
     pub fn current_meta(&self) -> Option<SnapshotMeta> {
-        lock(&self.current).ok().and_then(|current| current.clone())
+        lock(&self.on_disk).ok().and_then(|on_disk| on_disk.current.as_ref().map(|kept| kept.meta.clone()))
     }
 
-    /// Keeps `bytes` (an image of `meta`, checked) as the image on disk,
-    /// unless the image there is of the same or a later log position: an
-    /// image the matcher took before an install from the leader reaches the
-    /// disk after it, and must not replace it (the log behind the installed
-    /// one is purged: a restart needs that one). Returns whether it was kept.
-    pub fn keep(&self, meta: SnapshotMeta, bytes: &[u8]) -> io::Result<bool> {
-        let mut current = lock(&self.current)?;
-        if current.as_ref().is_some_and(|kept| kept.last_log_id >= meta.last_log_id) {
+    /// Keeps `bytes` (an image of `meta`, with the engine at `seq`,
+    /// checked) as the image on disk, unless the image there is of the
+    /// same or a later log position: an image the matcher took before an
+    /// install from the leader reaches the disk after it, and must not
+    /// replace it (the log behind the installed one is purged: a restart
+    /// needs that one). Returns whether it was kept.
+    ///
+    /// With a database writer behind the new image, the image it replaces
+    /// stays as the writer's base if the writer's cursor is at or past it.
+    pub fn keep(&self, meta: SnapshotMeta, seq: u64, bytes: &[u8]) -> io::Result<bool> {
+        let mut on_disk = lock(&self.on_disk)?;
+        if on_disk.current.as_ref().is_some_and(|kept| kept.meta.last_log_id >= meta.last_log_id) {
             return Ok(false);
         }
+        if let Some(writer) = &self.writer {
+            let base_path = self.dir.join(WRITER_BASE_IMAGE_FILE_NAME);
+            // Until the writer has read its cursor, the image replaced
+            // becomes the base unless one is kept already (the older one
+            // was kept for a cursor behind this image).
+            let cursor = writer
+                .cursor_known
+                .load(Ordering::Acquire)
+                .then(|| writer.cursor_seq.load(Ordering::Acquire));
+            let replaced = on_disk.current.clone().filter(|kept| match cursor {
+                Some(cursor) => kept.seq <= cursor,
+                None => on_disk.writer_base.is_none(),
+            });
+            if cursor.is_some_and(|cursor| seq <= cursor) {
+                remove_if_present(&base_path)?;
+                on_disk.writer_base = None;
+            } else if let Some(replaced) = replaced {
+                // A second name for the same file, so that the newest
+                // image is never missing for a moment.
+                let linked = self.dir.join(format!("{WRITER_BASE_IMAGE_FILE_NAME}.tmp"));
+                remove_if_present(&linked)?;
+                std::fs::hard_link(self.dir.join(replication::state_machine::IMAGE_FILE_NAME), &linked)?;
+                std::fs::rename(&linked, &base_path)?;
+                on_disk.writer_base = Some(replaced);
+            }
+        }
         replication::write_image_file(&self.dir, bytes)?;
-        *current = Some(meta);
+        on_disk.current = Some(Kept { meta, seq });
         Ok(true)
+    }
+
+    /// The first log entry the database writer may still need, to
+    /// regenerate from its cursor: the one after the newest image at or
+    /// before the cursor (0 when there is none: the whole log).
+    /// `u64::MAX` without a writer.
+    pub fn log_needed_from(&self) -> u64 {
+        let Some(cursor) = self.writer_cursor() else { return u64::MAX };
+        let Ok(on_disk) = lock(&self.on_disk) else { return 0 };
+        [&on_disk.current, &on_disk.writer_base]
+            .into_iter()
+            .flatten()
+            .filter(|kept| kept.seq <= cursor)
+            .map(Kept::log_after)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The writer's cursor: what the database holds for certain (0 until
+    /// the writer has read it). None without a writer.
+    fn writer_cursor(&self) -> Option<u64> {
+        let writer = self.writer.as_ref()?;
+        let known = writer.cursor_known.load(Ordering::Acquire);
+        Some(if known { writer.cursor_seq.load(Ordering::Acquire) } else { 0 })
     }
 
     pub fn request(&self, requested: Requested) {
@@ -164,6 +266,15 @@ impl Images {
     }
 }
 
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(io::Error::new(e.kind(), format!("removing {}: {e}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> io::Result<std::sync::MutexGuard<'_, T>> {
     mutex.lock().map_err(|_| io::Error::other("the snapshot images' lock was poisoned; restart the node"))
 }
@@ -181,7 +292,7 @@ mod tests {
     #[test]
     fn requests_are_taken_in_order_and_a_passed_one_is_answered_with_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let images = Images::open(dir.path()).unwrap();
+        let images = Images::open(dir.path(), None).unwrap();
         assert!(images.current_meta().is_none() && images.current().unwrap().is_none());
         let (first, mut first_answer) = requested(10);
         let (second, _) = requested(10);
@@ -212,7 +323,7 @@ mod tests {
     fn an_image_never_replaces_one_of_a_later_log_position() {
         use replication::types::LogId;
         let dir = tempfile::tempdir().unwrap();
-        let images = Images::open(dir.path()).unwrap();
+        let images = Images::open(dir.path(), None).unwrap();
         let engine = Engine::new(engine_core::EngineLimits::default());
         let image_at = |index: u64| {
             let meta = SnapshotMeta {
@@ -223,15 +334,15 @@ mod tests {
             (meta, bytes)
         };
         let (installed, installed_bytes) = image_at(50);
-        assert!(images.keep(installed.clone(), &installed_bytes).unwrap());
+        assert!(images.keep(installed.clone(), 50, &installed_bytes).unwrap());
         // The matcher's own image from before the install arrives late.
         let (older, older_bytes) = image_at(30);
-        assert!(!images.keep(older, &older_bytes).unwrap());
+        assert!(!images.keep(older, 30, &older_bytes).unwrap());
         assert_eq!(images.current().unwrap().unwrap(), (installed.clone(), installed_bytes));
         // A node restarted on the directory starts from the installed one.
-        assert_eq!(Images::open(dir.path()).unwrap().current_meta(), Some(installed));
+        assert_eq!(Images::open(dir.path(), None).unwrap().current_meta(), Some(installed));
         let (newer, newer_bytes) = image_at(80);
-        assert!(images.keep(newer.clone(), &newer_bytes).unwrap());
+        assert!(images.keep(newer.clone(), 80, &newer_bytes).unwrap());
         assert_eq!(images.current_meta(), Some(newer));
     }
 }

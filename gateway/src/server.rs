@@ -64,13 +64,23 @@ pub async fn run(
     let recovered_limits = engine.limits();
     // The database writer regenerates from the journal whatever the
     // database lacks up to here, then follows the live events.
+    // On a cluster node it regenerates from the replicated log and the
+    // snapshot images, once the node has applied the log it starts with.
+    let writer_ready = config.cluster.as_ref().map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let database = match &config.database_url {
         Some(url) => {
-            let mut writer_config = persistence::WriterConfig::new(
-                url.clone(),
-                DataDir::new(&config.data_dir),
-                EngineLimits::default(),
-            );
+            let data = DataDir::new(&config.data_dir);
+            let mut writer_config = match &config.cluster {
+                None => persistence::WriterConfig::new(url.clone(), data, EngineLimits::default()),
+                Some(_) => {
+                    let source = crate::cluster::committed_log::CommittedLog {
+                        journal: data.journal(),
+                        snapshots: data.snapshots(),
+                    };
+                    persistence::WriterConfig::with_source(url.clone(), Arc::new(source))
+                }
+            };
+            writer_config.ready = writer_ready.clone();
             writer_config.transaction_timeout = Duration::from_millis(config.database_transaction_timeout_ms);
             writer_config.lag_max = Duration::from_millis(config.database_lag_max_ms);
             let published = persistence::Stamp { seq: engine.last_seq(), timestamp_ns: 0 };
@@ -92,7 +102,12 @@ pub async fn run(
     // starts on a damaged one); openraft installs it first, then applies
     // the log after it.
     let images = match &config.cluster {
-        Some(_) => Some(Arc::new(crate::images::Images::open(&data.snapshots()).map_err(|e| {
+        Some(_) => Some(Arc::new(
+            crate::images::Images::open(
+                &data.snapshots(),
+                database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
+            )
+            .map_err(|e| {
             ServerError(format!(
                 "cannot read this node's snapshot image: {e}; to rejoin the cluster, move this node's data \
                  directory away and start it empty (it catches up from the leader)"
@@ -163,7 +178,7 @@ pub async fn run(
                 images.clone().expect("a cluster node has images"),
                 config.retention_of_views(),
             );
-            let cluster = crate::cluster::Cluster::start(cluster_config, &data.journal(), feed)
+            let cluster = crate::cluster::Cluster::start(cluster_config, &data.journal(), feed, writer_ready.clone())
                 .await
                 .map_err(ServerError)?;
             let cluster = Arc::new(cluster);

@@ -613,7 +613,8 @@ impl RaftLog {
         (slot < self.segments[at].entries.len()).then_some((at, slot))
     }
 
-    fn term_of(&self, index: u64) -> Option<u64> {
+    /// The term of entry `index`, if the log holds it (purged or not).
+    pub fn term_of(&self, index: u64) -> Option<u64> {
         let (at, slot) = self.locate(index)?;
         Some(self.segments[at].entries[slot].1)
     }

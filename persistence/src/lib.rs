@@ -12,7 +12,8 @@
 //!   with its cursor (the last sequence number written). Trades, ledger
 //!   rows and new orders go by binary `COPY`. Whatever the feed dropped,
 //!   or the database never saw before a crash, the writer regenerates from
-//!   the journal (snapshot at or before its cursor plus replay).
+//!   the journal (snapshot at or before its cursor plus replay), or from
+//!   any other [`Source`] (a cluster node's replicated log).
 //! * [`History`]: trades, a user's orders and OHLCV candles.
 //! * [`cluster`]: throwaway PostgreSQL databases for tests and benchmarks.
 //! * [`connection_string::check`]: a connection string refused before
@@ -30,6 +31,7 @@ pub mod connection_string;
 mod history;
 mod rows;
 pub mod scale;
+mod source;
 mod tables;
 mod writer;
 
@@ -38,5 +40,6 @@ pub use rows::{
     contingency_name, done_status, side_name, stp_name, trigger_kind_name, Balances, Batch, Catalog, Cause,
     LedgerRow, RowError, RowSet, Stamp, TradeRow, PENDING_STATUS,
 };
+pub use source::{JournalSource, Replay, Source};
 pub use tables::{load, migrate, write, Loaded, StoreError, WriteMode};
 pub use writer::{Failure, Feed, Stage, Writer, WriterConfig, WriterStatus, WRITER_LAG_MAX_DEFAULT};

@@ -23,12 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engine_core::{Engine, EngineLimits, Event};
-use journal::{DataDir, JournalReader, ReadMode, RecoverOptions};
+use engine_core::EngineLimits;
+use journal::DataDir;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 
 use crate::rows::{Balances, Batch, Catalog, RowSet, Stamp};
+use crate::source::{JournalSource, Replay, Source};
 use crate::tables::{self, StoreError, WriteMode};
 
 /// [`WriterConfig::lag_max`] unless configured: history more than 10 s
@@ -39,11 +40,13 @@ pub const WRITER_LAG_MAX_DEFAULT: Duration = Duration::from_secs(10);
 pub struct WriterConfig {
     /// A tokio-postgres connection string (URL or key=value form).
     pub database_url: String,
-    /// The exchange's data directory, for regenerating missed events.
-    pub data: DataDir,
-    /// The engine limits the exchange runs with (a replay from an empty
-    /// engine must reject exactly what the live one rejected).
-    pub limits: EngineLimits,
+    /// Where missed events are regenerated from.
+    pub source: Arc<dyn Source>,
+    /// The writer connects only once this is true (None: at once). A
+    /// cluster node sets it when it has applied the log it found at start:
+    /// before that, a database that holds more than the node has applied
+    /// is not ahead of it, only not yet caught up with.
+    pub ready: Option<Arc<AtomicBool>>,
     /// Upper bound of events per transaction.
     pub events_per_transaction_max: usize,
     /// Batches the feed holds before it drops (and the writer regenerates).
@@ -60,11 +63,17 @@ pub struct WriterConfig {
 }
 
 impl WriterConfig {
+    /// A writer that regenerates from a single node's journal in `data`.
     pub fn new(database_url: impl Into<String>, data: DataDir, limits: EngineLimits) -> WriterConfig {
+        WriterConfig::with_source(database_url, Arc::new(JournalSource { data, limits }))
+    }
+
+    /// A writer that regenerates from `source`.
+    pub fn with_source(database_url: impl Into<String>, source: Arc<dyn Source>) -> WriterConfig {
         WriterConfig {
             database_url: database_url.into(),
-            data,
-            limits,
+            source,
+            ready: None,
             events_per_transaction_max: 100_000,
             feed_batches_max: 4_096,
             retry_max: Duration::from_secs(5),
@@ -477,47 +486,6 @@ impl Pending {
     }
 }
 
-/// The engine the writer replays the journal with, positioned at the
-/// writer's cursor.
-struct Replayer {
-    engine: Engine,
-    reader: JournalReader,
-}
-
-impl Replayer {
-    fn open(config: &WriterConfig, cursor_seq: u64) -> Result<Replayer, String> {
-        let options =
-            RecoverOptions { limits: config.limits, to_seq: Some(cursor_seq), mode: ReadMode::Follow };
-        let recovery = journal::recover(&config.data, options, |_| {}).map_err(|e| e.to_string())?;
-        if recovery.engine.last_seq() != cursor_seq {
-            return Err(format!(
-                "the journal ends at sequence {} but the database has events up to {cursor_seq}: \
-                 the database is ahead of the journal (was the journal lost or replaced?)",
-                recovery.engine.last_seq()
-            ));
-        }
-        let reader = JournalReader::open(&config.data.journal(), cursor_seq + 1, ReadMode::Follow)
-            .map_err(|e| e.to_string())?;
-        Ok(Replayer { engine: recovery.engine, reader })
-    }
-
-    /// Replays commands up to `target` (at most about `events_max` events).
-    fn replay(
-        &mut self,
-        target: u64,
-        events_max: usize,
-        events: &mut Vec<Event>,
-        stamps: &mut Vec<Stamp>,
-    ) -> Result<(), String> {
-        while self.engine.last_seq() < target && events.len() < events_max {
-            let Some(command) = self.reader.next().map_err(|e| e.to_string())? else { break };
-            self.engine.apply(&command, events).map_err(|e| format!("replay out of order: {e:?}"))?;
-            stamps.push(Stamp { seq: command.seq, timestamp_ns: command.timestamp_ns });
-        }
-        Ok(())
-    }
-}
-
 struct Run {
     config: WriterConfig,
     status: Arc<WriterStatus>,
@@ -536,6 +504,9 @@ enum SessionEnd {
 }
 
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long a writer behind a readiness gate waits for the node to publish
+/// what the database already holds before it calls the database ahead.
+const AHEAD_GRACE: Duration = Duration::from_secs(10);
 const LAG_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The first wait after a failure; it doubles up to `retry_max`.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -637,24 +608,24 @@ impl Run {
         if seq == 0 || self.status.published_timestamp_ns.load(Ordering::Acquire) != 0 {
             return;
         }
-        let Ok(mut reader) = JournalReader::open(&self.config.data.journal(), seq, ReadMode::Follow) else {
-            return;
-        };
-        if let Ok(Some(command)) = reader.next() {
-            if command.seq == seq {
-                // A newer time from the feed wins.
-                let _ = self.status.published_timestamp_ns.compare_exchange(
-                    0,
-                    command.timestamp_ns,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-            }
+        if let Some(timestamp_ns) = self.config.source.timestamp_of(seq) {
+            // A newer time from the feed wins.
+            let _ = self.status.published_timestamp_ns.compare_exchange(
+                0,
+                timestamp_ns,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
     async fn connect_loop(&mut self) {
         let mut pending = VecDeque::new();
+        if let Some(ready) = self.config.ready.clone() {
+            while !ready.load(Ordering::Acquire) && !self.stop.load(Ordering::Relaxed) {
+                self.sleep_draining(IDLE_POLL, &mut pending).await;
+            }
+        }
         while !self.stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             self.session_progressed = false;
@@ -772,7 +743,17 @@ impl Run {
         pending: &mut VecDeque<Pending>,
     ) -> SessionEnd {
         let mut cursor = tables::cursor_stamp(&loaded);
-        let published = self.status.published_seq.load(Ordering::Acquire);
+        let mut published = self.status.published_seq.load(Ordering::Acquire);
+        // Behind a readiness gate (a cluster node), what the node has
+        // applied may still be on its way through the pipeline.
+        let grace_until = Instant::now() + AHEAD_GRACE;
+        while cursor.seq > published && self.config.ready.is_some() && Instant::now() < grace_until {
+            self.sleep_draining(IDLE_POLL, pending).await;
+            if self.stop.load(Ordering::Relaxed) {
+                return SessionEnd::Stopped;
+            }
+            published = self.status.published_seq.load(Ordering::Acquire);
+        }
         if cursor.seq > published {
             return SessionEnd::Failed(Failure::new(
                 Stage::Ahead,
@@ -790,7 +771,7 @@ impl Run {
         if cursor.seq == published {
             self.progressed();
         }
-        let mut replayer: Option<Replayer> = None;
+        let mut replayer: Option<Box<dyn Replay>> = None;
         let mut events = Vec::new();
         let mut stamps = Vec::new();
         let mut last_log = Instant::now();
@@ -836,8 +817,8 @@ impl Run {
                     None => cursor.seq,
                 };
                 if target > cursor.seq {
-                    if replayer.as_ref().is_none_or(|r| r.engine.last_seq() != cursor.seq) {
-                        match Replayer::open(&self.config, cursor.seq) {
+                    if replayer.as_ref().is_none_or(|r| r.seq() != cursor.seq) {
+                        match self.config.source.open(cursor.seq) {
                             Ok(opened) => replayer = Some(opened),
                             Err(error) => return SessionEnd::Failed(Failure::new(Stage::Replay, error)),
                         }

@@ -65,10 +65,11 @@ pub mod net;
 pub mod state_machine;
 pub mod types;
 
-pub use log_store::{LogStore, LogStoreConfig};
+pub use log_store::{LogStore, LogStoreConfig, PurgeHold};
 pub use net::{NetConfig, NetworkFactory, VoteGate};
 pub use state_machine::{
-    decode_image, encode_image, read_image_file, write_image_file, EngineStateMachine, Image, Replica,
+    decode_image, encode_image, read_image_at, read_image_file, stamp, write_image_file, EngineStateMachine,
+    Image, Replica,
 };
 pub use types::{Batch, ExchangeNode, ExchangeRaft, Origin, Proposal, TypeConfig};
 

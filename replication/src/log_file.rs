@@ -16,8 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use journal::{
-    check_raft_segment, decode_raft_state, list_raft_segments, read_raft_frame, LogEntry, RaftFrameRead,
-    RaftState, RAFT_STATE_FILE_NAME,
+    check_raft_segment, decode_raft_segments_file, decode_raft_state, list_raft_segments, read_raft_frame,
+    LogEntry, RaftFrameRead, RaftState, RAFT_SEGMENTS_FILE_NAME, RAFT_STATE_FILE_NAME,
 };
 
 use crate::log_store::decode_entry;
@@ -43,6 +43,9 @@ pub struct CommittedLog {
     /// `RAFT_STATE` (vote, committed and purged positions); `None` when the
     /// file does not exist.
     pub state: Option<RaftState>,
+    /// The last purged index: the later of `RAFT_STATE`'s and `RAFT_SEGMENTS`'s (the log
+    /// records its purges in the latter).
+    pub purged: Option<u64>,
     pub segments: Vec<SegmentSummary>,
     /// Committed entries handed to the visitor.
     pub visited: u64,
@@ -57,6 +60,17 @@ pub fn is_raft_log(dir: &Path) -> bool {
 /// hands each to `visit` (which may stop the reading with an error).
 pub fn read_committed(
     dir: &Path,
+    visit: impl FnMut(Entry) -> Result<(), String>,
+) -> Result<CommittedLog, String> {
+    read_committed_from(dir, 0, visit)
+}
+
+/// [`read_committed`] from entry `from` on: segments wholly before it are not read. An entry
+/// at or after `from` that the log no longer holds (purged) is an error that says so, never a
+/// shorter log.
+pub fn read_committed_from(
+    dir: &Path,
+    from: u64,
     mut visit: impl FnMut(Entry) -> Result<(), String>,
 ) -> Result<CommittedLog, String> {
     let state_path = dir.join(RAFT_STATE_FILE_NAME);
@@ -67,13 +81,33 @@ pub fn read_committed(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot read {}: {e}", state_path.display())),
     };
+    let segments_path = dir.join(RAFT_SEGMENTS_FILE_NAME);
+    let purged_by_log = match std::fs::read(&segments_path) {
+        Ok(bytes) => decode_raft_segments_file(&bytes)
+            .map_err(|why| format!("{}: {why}", segments_path.display()))?
+            .map(|p| p.index),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read {}: {e}", segments_path.display())),
+    };
     let committed = state.and_then(|s| s.committed).map(|p| p.index);
-    let purged = state.and_then(|s| s.last_purged).map(|p| p.index);
-    let mut log = CommittedLog { state, ..CommittedLog::default() };
+    let purged = state.and_then(|s| s.last_purged).map(|p| p.index).max(purged_by_log);
+    let mut log = CommittedLog { state, purged, ..CommittedLog::default() };
+    if let Some(purged) = purged.filter(|&purged| from <= purged) {
+        return Err(format!(
+            "entry {from} was purged from this log (it holds entries after {purged} only): a snapshot image \
+             covers it"
+        ));
+    }
     let segments = list_raft_segments(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     // The first committed entry expected next: after the purged ones.
-    let mut next = purged.map_or(0, |p| p + 1);
-    for (first_index, path) in segments {
+    let mut next = purged.map_or(0, |p| p + 1).max(from);
+    let starts: Vec<u64> = segments.iter().map(|(first, _)| *first).collect();
+    for (position, (first_index, path)) in segments.into_iter().enumerate() {
+        if from > 0 && starts.get(position + 1).is_some_and(|&following| following <= next) {
+            // Every entry of this segment is before `next` (a reader from the start still
+            // lists such segments: an interrupted purge leaves them).
+            continue;
+        }
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let scan = check_raft_segment(&bytes).map_err(|why| format!("{}: {why}", path.display()))?;
         let mut summary = SegmentSummary {

@@ -97,7 +97,13 @@ enum Job {
 
 /// openraft's `RaftLogStorage` on a journal directory. Dropping it finishes the queued syncs
 /// and stops its sync thread; the log (and its directory lock) goes with the last reader.
+/// The first log index a reader outside openraft still needs (`u64::MAX`: none), asked at
+/// every purge: see [`LogStore::hold_purge`].
+pub type PurgeHold = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 pub struct LogStore {
+    /// Purges stop short of this (the database writer's regeneration on a cluster node).
+    purge_hold: Option<PurgeHold>,
     shared: Arc<Shared>,
     jobs: Option<mpsc::Sender<Job>>,
     syncer: Option<std::thread::JoinHandle<()>>,
@@ -238,7 +244,17 @@ impl LogStore {
         let syncer = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || run_syncer(&durable, &queue))?;
-        Ok(LogStore { shared, jobs: Some(jobs), syncer: Some(syncer), scratch: Vec::new(), fresh })
+        Ok(LogStore { purge_hold: None, shared, jobs: Some(jobs), syncer: Some(syncer), scratch: Vec::new(), fresh })
+    }
+
+    /// Purges behind snapshots keep every entry from `hold()` on. openraft considers them
+    /// purged all the same (it never asks for them again); they stay on disk for a reader of
+    /// the files until a later purge, asked when the hold has moved, deletes them. A purge
+    /// that would empty the log (after a snapshot install from the leader) is never held:
+    /// the log must stay contiguous with what openraft appends next.
+    pub fn hold_purge(mut self, hold: PurgeHold) -> LogStore {
+        self.purge_hold = Some(hold);
+        self
     }
 
     /// True when `RAFT_STATE` did not exist at open: a new node, or one whose disk was wiped.
@@ -459,8 +475,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.check_healthy()?;
         self.barrier().await?;
-        self.log()?
-            .purge_through(position(&log_id))
+        let mut log = self.log()?;
+        let mut upto = position(&log_id);
+        let keep_from = self.purge_hold.as_ref().map_or(u64::MAX, |hold| hold());
+        if keep_from <= upto.index && log.last().is_some_and(|last| last.index > upto.index) {
+            let Some(held) = keep_from.checked_sub(1) else {
+                tracing::debug!("raft log purge through {log_id} held: every entry is still needed");
+                return Ok(());
+            };
+            let Some(term) = log.term_of(held) else { return Ok(()) };
+            tracing::debug!("raft log purge through {log_id} held at entry {held}");
+            upto = journal::LogPosition { index: held, term };
+        }
+        log.purge_through(upto)
             .map_err(|e| journal_error(&format!("purging the raft log through {log_id}"), e))
     }
 }

@@ -41,7 +41,9 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Batch, Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{
+    Batch, Entry, LogId, Proposal, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 pub const IMAGE_MAGIC: &[u8; 8] = b"EXRAFTSM";
 pub const IMAGE_VERSION: u32 = 2;
@@ -258,15 +260,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<Image, ImageError> {
 /// Reads the image kept in `dir` ([`IMAGE_FILE_NAME`]), checked; `None` when there is none.
 /// A damaged one is an error naming the file: a node must not silently start over.
 pub fn read_image_file(dir: &Path) -> io::Result<Option<(Image, Vec<u8>)>> {
-    let path = dir.join(IMAGE_FILE_NAME);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))),
-    };
-    let image = decode_image(&bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
-    Ok(Some((image, bytes)))
+    read_image_at(&dir.join(IMAGE_FILE_NAME))
 }
 
 /// Keeps `bytes` as the image in `dir` ([`IMAGE_FILE_NAME`]): written to a temporary file,
@@ -275,6 +269,26 @@ pub fn read_image_file(dir: &Path) -> io::Result<Option<(Image, Vec<u8>)>> {
 pub fn write_image_file(dir: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     write_atomically(dir, IMAGE_FILE_NAME, bytes)
+}
+
+/// Numbers and stamps one committed proposal as every replica does: sequence number `seq`
+/// (the engine's next), and the proposer's time unless that would run backwards
+/// (`last_timestamp_ns` moves on with it).
+pub fn stamp(proposal: &Proposal, seq: u64, last_timestamp_ns: &mut u64) -> StampedCommand {
+    *last_timestamp_ns = (*last_timestamp_ns).max(proposal.timestamp_ns);
+    StampedCommand { seq, timestamp_ns: *last_timestamp_ns, command: proposal.command }
+}
+
+/// Reads the image at `path`, checked; `None` when there is none (see [`read_image_file`]).
+pub fn read_image_at(path: &Path) -> io::Result<Option<(Image, Vec<u8>)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))),
+    };
+    let image = decode_image(&bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+    Ok(Some((image, bytes)))
 }
 
 impl Replica {
@@ -324,12 +338,7 @@ impl Replica {
                 // does the same): the next sequence number, and the proposer's time unless
                 // that would run backwards.
                 for proposal in proposals {
-                    self.last_timestamp_ns = self.last_timestamp_ns.max(proposal.timestamp_ns);
-                    let stamped = StampedCommand {
-                        seq: self.engine.last_seq() + 1,
-                        timestamp_ns: self.last_timestamp_ns,
-                        command: proposal.command,
-                    };
+                    let stamped = stamp(proposal, self.engine.last_seq() + 1, &mut self.last_timestamp_ns);
                     if let Err(e) = self.engine.apply(&stamped, events) {
                         unreachable!("entry {index}: the engine refused the next sequence number: {e:?}");
                     }
@@ -594,7 +603,6 @@ mod tests {
     use engine_core::Command;
 
     use super::*;
-    use crate::types::Proposal;
 
     fn commands(n: u64) -> Vec<Proposal> {
         (1..=n)
