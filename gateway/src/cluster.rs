@@ -211,8 +211,12 @@ impl Cluster {
                 if let Some(committed) = committed_at_start {
                     // No time limit: the whole log may need applying.
                     let wait = raft.wait(None);
-                    if let Err(error) = wait.applied_index_at_least(Some(committed.index), "writer ready").await {
-                        tracing::warn!("database writer: Raft stopped before applying the log at start: {error}");
+                    if let Err(error) =
+                        wait.applied_index_at_least(Some(committed.index), "writer ready").await
+                    {
+                        tracing::warn!(
+                            "database writer: Raft stopped before applying the log at start: {error}"
+                        );
                         return;
                     }
                 }

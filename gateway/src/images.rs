@@ -114,7 +114,10 @@ impl Images {
     /// any, is checked whole now: a node must not start on a damaged one.
     /// `writer` is the node's database writer, if it has one.
     pub fn open(dir: &Path, writer: Option<Arc<persistence::WriterStatus>>) -> io::Result<Images> {
-        let kept = |(image, _): (replication::Image, Vec<u8>)| Kept { seq: image.engine.last_seq(), meta: image.meta };
+        let kept = |(image, _): (replication::Image, Vec<u8>)| Kept {
+            seq: image.engine.last_seq(),
+            meta: image.meta,
+        };
         let current = replication::read_image_file(dir)?.map(kept);
         let base_path = dir.join(WRITER_BASE_IMAGE_FILE_NAME);
         let writer_base = match writer {

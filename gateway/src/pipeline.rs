@@ -1128,7 +1128,10 @@ impl SnapshotWriter {
             let bytes =
                 replication::encode_image(&requested.meta, engine, requested.last_timestamp_ns, Some(views))
                     .map_err(|e| e.to_string())?;
-            if !images.keep(requested.meta.clone(), seq, &bytes).map_err(|e| format!("cannot write it: {e}"))? {
+            if !images
+                .keep(requested.meta.clone(), seq, &bytes)
+                .map_err(|e| format!("cannot write it: {e}"))?
+            {
                 return Err("an image of a later log position was installed meanwhile; it stays".to_string());
             }
             Ok(bytes.len())

@@ -108,11 +108,12 @@ pub async fn run(
                 database.as_ref().map(|(writer, _)| Arc::clone(&writer.status)),
             )
             .map_err(|e| {
-            ServerError(format!(
+                ServerError(format!(
                 "cannot read this node's snapshot image: {e}; to rejoin the cluster, move this node's data \
                  directory away and start it empty (it catches up from the leader)"
             ))
-        })?)),
+            })?,
+        )),
         None => None,
     };
     let pipeline_config = PipelineConfig {
@@ -178,9 +179,10 @@ pub async fn run(
                 images.clone().expect("a cluster node has images"),
                 config.retention_of_views(),
             );
-            let cluster = crate::cluster::Cluster::start(cluster_config, &data.journal(), feed, writer_ready.clone())
-                .await
-                .map_err(ServerError)?;
+            let cluster =
+                crate::cluster::Cluster::start(cluster_config, &data.journal(), feed, writer_ready.clone())
+                    .await
+                    .map_err(ServerError)?;
             let cluster = Arc::new(cluster);
             if let Some(computed) = computed_hashes.take() {
                 let health = Arc::clone(&pipeline.health);

@@ -500,3 +500,150 @@ fn concurrent_orders_share_entries_and_each_is_applied_once_on_every_node() {
     assert!(entries < commands, "every entry held one command: {entries} entries, {commands} commands");
     assert!(value("exchange_cluster_commands_per_entry_max") > 1);
 }
+
+/// The last entry a node's log records as purged (`RAFT_SEGMENTS`).
+fn purged_through(journal: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(journal.join(journal::RAFT_SEGMENTS_FILE_NAME)).ok()?;
+    journal::decode_raft_segments_file(&bytes).unwrap().map(|position| position.index)
+}
+
+/// Waits until the database behind `feeder` holds every command the
+/// leader has, and returns that sequence number.
+fn wait_written(cluster: &Cluster, feeder: usize, leader: usize) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let target = cluster.nodes[leader].health().unwrap()["seq"].as_u64().unwrap();
+        let health = cluster.nodes[feeder].health().unwrap_or_default();
+        if health["seq"].as_u64() == Some(target)
+            && health["database"]["written_seq"].as_u64() == Some(target)
+        {
+            return target;
+        }
+        // A liveness bound, not a speed assertion.
+        assert!(Instant::now() < deadline, "the database did not catch up with {target}: {health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_follower_feeds_postgresql_from_the_replicated_log_across_images_a_crash_and_a_database_outage() {
+    use persistence::cluster::Database;
+    let database = Database::on_own_cluster().expect("a database");
+    let postgres = database.cluster().expect("a database server of our own");
+    let mut cluster = Cluster::start_configured(3, false, "", SMALL_IMAGES);
+    let leader = cluster.leader();
+    // Any replica may feed the database: here a follower.
+    let feeder = (leader + 1) % 3;
+    let env = [("DATABASE_URL", database.url.as_str())];
+    cluster.nodes[feeder].kill();
+    cluster.nodes[feeder].start_with_env(&env);
+    let client = cluster.nodes[leader].client();
+    let keys = client.demo(2);
+    let mut acked = Vec::new();
+    place_some(&client, &keys, 0, &mut acked);
+    let snapshot_index = |node: &Node| node.health().unwrap()["cluster"]["snapshot_index"].as_u64();
+    let mut round = 1;
+    while round < 10 || snapshot_index(&cluster.nodes[feeder]).is_none() {
+        place_some(&client, &keys, round, &mut acked);
+        round += 1;
+        assert!(round < 200, "the feeder takes no image");
+    }
+    wait_written(&cluster, feeder, leader);
+
+    // The database goes away while the nodes take images and purge their
+    // logs: the feeder keeps the log its writer still needs, and the image
+    // the writer can start from.
+    // The throwaway server runs without synchronous commits; a checkpoint
+    // first makes its crash one of a durable database (which keeps what
+    // it committed).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (db, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        db.batch_execute("CHECKPOINT").await.unwrap();
+    });
+    postgres.kill_server().expect("the database server stops");
+    let snapshots = cluster.nodes[feeder].data_dir.join("snapshots");
+    let journal = cluster.nodes[feeder].journal_dir();
+    let outage_index = snapshot_index(&cluster.nodes[feeder]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        place_some(&client, &keys, round, &mut acked);
+        round += 1;
+        let index = snapshot_index(&cluster.nodes[feeder]).unwrap();
+        if snapshots.join("writer-base.img").exists() && index > outage_index + 40 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no image was taken past the writer's cursor");
+    }
+    // openraft asked for purges behind the new images; the log still
+    // holds everything after the writer's base.
+    assert!(
+        purged_through(&journal).is_none_or(|purged| purged <= outage_index),
+        "{:?}",
+        purged_through(&journal)
+    );
+    // A crash on top: the events the writer held in memory are gone; the
+    // log and the images on disk are all it has.
+    cluster.nodes[feeder].kill();
+    place_some(&client, &keys, round, &mut acked);
+    round += 1;
+    postgres.start_server().expect("the database server starts again");
+    cluster.nodes[feeder].start_with_env(&env);
+    let seq = wait_written(&cluster, feeder, leader);
+
+    // The database holds exactly what the cluster did: every trade once
+    // (the same as the leader's read views), every acknowledged order.
+    let feeder_client = cluster.nodes[feeder].client();
+    let trades = |client: &Client, query: &str| {
+        let (status, body) = client.get(&format!("/trade/history?market=BTC-USDT&limit=1000{query}"));
+        assert_eq!(status, 200, "{body}");
+        let mut trades = body["trades"].as_array().unwrap().clone();
+        trades.sort_by_key(|t| t["trade_id"].as_u64());
+        trades
+    };
+    let from_database = trades(&feeder_client, "&from=0");
+    let from_views = trades(&client, "");
+    assert!(from_views.len() > 20 && from_views.len() < 1000, "{} trades", from_views.len());
+    assert_eq!(from_database, from_views, "the database's trades differ from the cluster's");
+    runtime.block_on(async {
+        let (db, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let cursor: i64 = db.query_one("SELECT last_seq FROM writer_cursor", &[]).await.unwrap().get(0);
+        assert_eq!(cursor as u64, seq);
+        let ids: Vec<i64> = db
+            .query("SELECT order_id FROM orders", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut ids: Vec<u64> = ids.into_iter().map(|id| id as u64).collect();
+        ids.sort_unstable();
+        let mut expected: Vec<u64> = acked.iter().map(|order| order.order_id).collect();
+        expected.sort_unstable();
+        assert_eq!(ids, expected, "the orders in the database are not the ones acknowledged");
+    });
+
+    // Caught up, the writer holds back no more than its base (the newest
+    // image at or before its cursor): the log the outage held is purged.
+    let held_purged = purged_through(&journal).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        place_some(&client, &keys, round, &mut acked);
+        round += 1;
+        let purged = purged_through(&journal).unwrap_or(0);
+        if purged > outage_index && purged > held_purged {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the writer's base image and held log were never released");
+    }
+    wait_written(&cluster, feeder, leader);
+    let stderr = cluster.nodes[feeder].stderr();
+    // It failed only to connect while the database was down: never to
+    // regenerate, never finding the database ahead of it.
+    for never in ["regenerating from", "ahead of", "turning events into rows"] {
+        assert!(!stderr.contains(never), "{never}: {stderr}");
+    }
+    assert!(stderr.contains("cannot connect"), "the outage was seen: {stderr}");
+}

@@ -59,7 +59,8 @@ pub struct JournalSource {
 
 impl Source for JournalSource {
     fn open(&self, cursor_seq: u64) -> Result<Box<dyn Replay>, String> {
-        let options = RecoverOptions { limits: self.limits, to_seq: Some(cursor_seq), mode: ReadMode::Follow };
+        let options =
+            RecoverOptions { limits: self.limits, to_seq: Some(cursor_seq), mode: ReadMode::Follow };
         let recovery = journal::recover(&self.data, options, |_| {}).map_err(|e| e.to_string())?;
         if recovery.engine.last_seq() != cursor_seq {
             return Err(format!(

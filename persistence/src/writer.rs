@@ -144,7 +144,7 @@ impl std::fmt::Display for Failure {
             Stage::Migrate => "applying the migrations",
             Stage::Load => "reading the cursor and balances",
             Stage::Ahead | Stage::Timeout => return f.write_str(&self.message),
-            Stage::Replay => "regenerating from the journal",
+            Stage::Replay => "regenerating from the journal (or a cluster node's log)",
             Stage::Rows => "turning events into rows",
             Stage::Write => "writing",
         };

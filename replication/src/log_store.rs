@@ -244,7 +244,14 @@ impl LogStore {
         let syncer = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || run_syncer(&durable, &queue))?;
-        Ok(LogStore { purge_hold: None, shared, jobs: Some(jobs), syncer: Some(syncer), scratch: Vec::new(), fresh })
+        Ok(LogStore {
+            purge_hold: None,
+            shared,
+            jobs: Some(jobs),
+            syncer: Some(syncer),
+            scratch: Vec::new(),
+            fresh,
+        })
     }
 
     /// Purges behind snapshots keep every entry from `hold()` on. openraft considers them

@@ -36,8 +36,12 @@ pub struct CommittedLog {
 impl Source for CommittedLog {
     fn open(&self, cursor_seq: u64) -> Result<Box<dyn Replay>, String> {
         let mut start: Option<replication::Image> = None;
+        let mut found = Vec::new();
         for name in [replication::state_machine::IMAGE_FILE_NAME, WRITER_BASE_IMAGE_FILE_NAME] {
             let image = replication::read_image_at(&self.snapshots.join(name)).map_err(|e| e.to_string())?;
+            if let Some((image, _)) = &image {
+                found.push(format!("{name} at sequence {}", image.engine.last_seq()));
+            }
             if let Some((image, _)) = image.filter(|(image, _)| image.engine.last_seq() <= cursor_seq) {
                 if start.as_ref().is_none_or(|start| start.engine.last_seq() < image.engine.last_seq()) {
                     start = Some(image);
@@ -72,7 +76,8 @@ impl Source for CommittedLog {
             replay.advance(cursor_seq, usize::MAX, &mut events, None).map_err(|why| {
                 format!(
                     "the database has events up to sequence {cursor_seq}; this node cannot replay to it from \
-                     sequence {from_seq}: {why}"
+                     sequence {from_seq} (its images: {}): {why}",
+                    if found.is_empty() { "none".to_string() } else { found.join(", ") }
                 )
             })?;
             if replay.engine.last_seq() == before {
@@ -167,7 +172,16 @@ impl LogReplay {
     ) -> Result<(), String> {
         while self.engine.last_seq() < target && events.len() < events_max {
             let Some(command) = self.queue.pop_front() else {
-                if self.read()? {
+                let read = self.read().map_err(|why| {
+                    format!(
+                        "reading this node's committed log after sequence {}: {why}. A node keeps the log its \
+                         database writer needs only while the writer is configured: a database attached after \
+                         the log was compacted, or a node that installed the leader's snapshot image while its \
+                         writer was behind, lacks that history; feed the database from a node that has it",
+                        self.engine.last_seq()
+                    )
+                })?;
+                if read {
                     continue;
                 }
                 break;
