@@ -533,7 +533,8 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
             None => Views::from_engine(&image.engine, self.retention),
         };
         // This node's own image (at start) is on disk already.
-        if self.images.current_meta().as_ref() != Some(meta) {
+        let received = self.images.current_meta().as_ref() != Some(meta);
+        if received {
             self.images.keep(meta.clone(), &bytes)?;
         }
         let seq = image.engine.last_seq();
@@ -554,9 +555,12 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
         if let Some(last) = meta.last_log_id {
             self.term_started.fetch_max(last.leader_id.term, Ordering::AcqRel);
         }
+        // Tests and operators tell a catch-up from the leader apart from a
+        // restart by this line.
         tracing::info!(
-            "cluster: installed the snapshot image of log position {:?}, sequence {seq}",
-            meta.last_log_id
+            "cluster: installed the snapshot image of log position {:?}, sequence {seq}, {}",
+            meta.last_log_id,
+            if received { "received from the leader" } else { "this node's own, at start" }
         );
         Ok(())
     }
