@@ -565,7 +565,8 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
         };
         // This node's own image (at start) is on disk already.
         let seq = image.engine.last_seq();
-        if self.images.current_meta().as_ref() != Some(meta) {
+        let received = self.images.current_meta().as_ref() != Some(meta);
+        if received {
             self.images.keep(meta.clone(), seq, &bytes)?;
         }
         let engine_copy = image.engine.clone();
@@ -585,9 +586,12 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
         if let Some(last) = meta.last_log_id {
             self.term_started.fetch_max(last.leader_id.term, Ordering::AcqRel);
         }
+        // Tests and operators tell a catch-up from the leader apart from a
+        // restart by this line.
         tracing::info!(
-            "cluster: installed the snapshot image of log position {:?}, sequence {seq}",
-            meta.last_log_id
+            "cluster: installed the snapshot image of log position {:?}, sequence {seq}, {}",
+            meta.last_log_id,
+            if received { "received from the leader" } else { "this node's own, at start" }
         );
         Ok(())
     }

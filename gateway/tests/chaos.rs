@@ -11,6 +11,17 @@
 //! stream message is recorded; at the end every node is stopped and its
 //! Raft log is held against the history (`server/history.rs`).
 //!
+//! The nodes take snapshot images often (every [`SNAPSHOT_EVERY_ENTRIES`]
+//! log entries) and keep only [`LOG_KEPT_AFTER_SNAPSHOT_ENTRIES`] entries
+//! behind them, so that purges happen throughout and a wiped, rejoining or
+//! long-dead follower catches up by installing the leader's image: the run
+//! fails unless one did. Meanwhile a thread hard-links every Raft segment
+//! file the nodes ever have (`SegmentArchive`), so that the checker can put
+//! the whole committed log together although every node purged its start,
+//! and holds each node's image against it (`server/history.rs`, "Purged
+//! prefixes", says what that proves). `CHAOS_IMAGES=0` runs without images
+//! (every node keeps its whole log, as before images existed).
+//!
 //! `cargo test` runs a few faults; the long run is one command:
 //! `CHAOS_FAULTS=120 cargo test --release -p gateway --test chaos -- --nocapture`
 //! (`CHAOS_SEED=N` replays a schedule; `CHAOS_FAULT_KINDS=KillLeader,RejoinFollower`
@@ -29,13 +40,27 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::AtomicU64;
 
-use cluster::{state_of, Cluster, Namespaces, Partition, CATCH_UP_BOUND, ELECTION_BOUND, SIGCONT, SIGSTOP};
+use cluster::{
+    state_of, Cluster, Namespaces, Partition, SegmentArchive, CATCH_UP_BOUND, ELECTION_BOUND, SIGCONT,
+    SIGSTOP,
+};
 use history::{check, Faults, History, NodeLog, Op, Outcome, Request, Sighting, StreamEvent, Streamed};
 use serde_json::{json, Value};
 use server::{Client, Key, ADMIN_TOKEN};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 use workload::Rng;
+
+/// How often every node takes a snapshot image and purges its log, in log
+/// entries: a few times a second under the clients' load, so that each
+/// fault meets purged logs.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 100;
+/// Log entries a node keeps behind its image: a follower further behind
+/// than this when the leader purges catches up by the image.
+const LOG_KEPT_AFTER_SNAPSHOT_ENTRIES: u64 = 8;
+/// The log message of an image a node got from the leader (not its own,
+/// at a restart).
+const INSTALLED_FROM_LEADER: &str = "received from the leader";
 
 /// Faults in one `cargo test` run (`CHAOS_FAULTS` for the long run).
 const FAULTS_DEFAULT: usize = 8;
@@ -190,13 +215,31 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
         }
     };
     let only = Fault::only_from_env(partitions);
-    eprintln!("chaos: seed {seed} (CHAOS_SEED={seed} replays the schedule), {faults_wanted} faults");
+    let images = env_number("CHAOS_IMAGES") != Some(0);
+    eprintln!(
+        "chaos: seed {seed} (CHAOS_SEED={seed} replays the schedule), {faults_wanted} faults, images {}",
+        if images { "on (CHAOS_IMAGES=0: off)" } else { "off" }
+    );
     let mut rng = Rng::new(seed);
     // The clients place orders as fast as the cluster answers, and the
     // checks at the end query every node with every key: the per-key rate
     // limit would refuse them (a limit, not a fault under test).
-    let mut cluster =
-        Cluster::start_with(3, partitions, "rate_limit_per_s = 1000000\nrate_limit_burst = 1000000");
+    let image_config = if images {
+        format!(
+            "snapshot_every_entries = {SNAPSHOT_EVERY_ENTRIES}\n\
+             log_kept_after_snapshot_entries = {LOG_KEPT_AFTER_SNAPSHOT_ENTRIES}"
+        )
+    } else {
+        "snapshot_every_entries = 0".to_string()
+    };
+    let mut cluster = Cluster::start_configured(
+        3,
+        partitions,
+        "rate_limit_per_s = 1000000\nrate_limit_burst = 1000000",
+        &image_config,
+    );
+    // Before the first purge: the log's start is archived too.
+    let archive = SegmentArchive::start(&cluster);
     let leader = cluster.leader();
     let keys = cluster.nodes[leader].client().demo(CLIENTS);
 
@@ -232,7 +275,12 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
     let mut failovers: Vec<(Fault, Duration)> = Vec::new();
     for number in 1..=faults_wanted {
         std::thread::sleep(Duration::from_millis(200 + rng.below(CALM_MS_MAX)));
-        let fault = Fault::pick(&mut rng, partitions, &only);
+        let mut fault = Fault::pick(&mut rng, partitions, &only);
+        // A run with images wipes a disk at least once: that node can
+        // catch up by nothing but the leader's image.
+        if images && only.is_empty() && number == faults_wanted && done.wipes == 0 {
+            fault = Fault::WipeFollower;
+        }
         let leader = cluster.leader();
         shared.leader_hint.store(leader, Ordering::Relaxed);
         let follower = (leader + 1 + rng.below(2) as usize) % 3;
@@ -387,7 +435,17 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
     for node in &mut cluster.nodes {
         node.stop();
     }
-    let logs: Vec<NodeLog> = cluster.nodes.iter().map(|n| NodeLog::read(n.id, &n.journal_dir())).collect();
+    let archived = archive.finish();
+    let logs: Vec<NodeLog> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let files = archived.iter().find(|(id, _)| *id == n.id).map_or(&[][..], |(_, files)| &files[..]);
+            NodeLog::read(n.id, &n.journal_dir())
+                .with_image(&n.data_dir.join("snapshots"))
+                .with_archive(files)
+        })
+        .collect();
     let verdict = check(&shared.history, &logs, &balances, &done);
 
     eprintln!("chaos: seed {seed}, {} faults", timeline.len());
@@ -425,6 +483,23 @@ fn a_cluster_under_random_faults_loses_nothing_acknowledged_and_applies_nothing_
         !shared.history.stream_events().is_empty(),
         "seed {seed}: no user-stream message arrived, so none was checked"
     );
+    if images {
+        // A run with images that took none, purged nothing or installed
+        // none from a leader would pass without testing them.
+        let stderr = cluster.stderr();
+        let installs = stderr.lines().filter(|l| l.contains(INSTALLED_FROM_LEADER)).count();
+        eprintln!("chaos: {installs} snapshot images installed from a leader");
+        assert!(installs > 0, "seed {seed}: no node installed an image from a leader, so none was checked");
+        for log in &logs {
+            assert!(
+                log.purged.is_some() && matches!(log.image, Ok(Some(_))),
+                "seed {seed}: node {} purged through {:?} with image {:?}: images were not exercised",
+                log.node,
+                log.purged,
+                log.image
+            );
+        }
+    }
     assert!(
         verdict.violations.is_empty(),
         "seed {seed}: {} violations:\n{}\n{}",

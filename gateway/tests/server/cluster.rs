@@ -735,3 +735,110 @@ fn try_nft(netns: Option<&str>, args: &[&str], input: Option<&str>) -> Result<()
     }
     Ok(())
 }
+
+/// Keeps every Raft segment file the nodes ever had, while they run: a
+/// thread hard-links each segment (by inode) into `<cluster dir>/archive/
+/// node<id>/`. A purge, a truncation, an install or a wiped disk then only
+/// unlinks the node's name of the file; the archive's name keeps the file's
+/// bytes, which the node goes on writing in place until it lets go of it.
+/// So the checker can read committed entries that every node has purged
+/// (`history.rs`, "Purged prefixes"). Hard links, not copies: the segments
+/// are large and preallocated, and a copy could be torn mid-write.
+pub struct SegmentArchive {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+/// How often the archive looks for new segment files. A segment lives at
+/// least until it is full (64 MiB) or until the node's next install or
+/// wipe, which are seconds apart in the chaos run.
+const ARCHIVE_POLL: Duration = Duration::from_millis(5);
+
+impl SegmentArchive {
+    pub fn start(cluster: &Cluster) -> SegmentArchive {
+        let dir = cluster.dir.path().join("archive");
+        let nodes: Vec<(u64, PathBuf, PathBuf)> = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.journal_dir(), dir.join(format!("node{}", n.id))))
+            .collect();
+        for (_, _, archive) in &nodes {
+            std::fs::create_dir_all(archive).unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut linked = std::collections::HashSet::new();
+                loop {
+                    // One more pass after the stop: the last files are linked too.
+                    let last = stop.load(std::sync::atomic::Ordering::Relaxed);
+                    for (id, journal, archive) in &nodes {
+                        archive_segments(*id, journal, archive, &mut linked);
+                    }
+                    if last {
+                        return;
+                    }
+                    std::thread::sleep(ARCHIVE_POLL);
+                }
+            })
+        };
+        SegmentArchive { stop, thread: Some(thread), dir }
+    }
+
+    /// Stops the thread after a last pass; the archived segment files of
+    /// each node, by node id.
+    pub fn finish(mut self) -> Vec<(u64, Vec<PathBuf>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("the segment archive thread panicked");
+        let mut nodes: Vec<(u64, Vec<PathBuf>)> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|node| {
+                let node = node.unwrap().path();
+                let id =
+                    node.file_name().unwrap().to_str().unwrap().trim_start_matches("node").parse().unwrap();
+                let mut files: Vec<PathBuf> =
+                    std::fs::read_dir(&node).unwrap().map(|f| f.unwrap().path()).collect();
+                files.sort();
+                (id, files)
+            })
+            .collect();
+        nodes.sort();
+        nodes
+    }
+}
+
+impl Drop for SegmentArchive {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Links every segment file in `journal` not linked yet (by inode: a
+/// truncated or purged segment's name comes back as a new file) into
+/// `archive` as `<first index>-<inode>`. A file that goes between the
+/// listing and the link is missed (its node let go of it within a poll).
+fn archive_segments(
+    id: u64,
+    journal: &std::path::Path,
+    archive: &std::path::Path,
+    linked: &mut std::collections::HashSet<(u64, u64)>,
+) {
+    use std::os::unix::fs::MetadataExt;
+    // Missing while the node is wiped or before its first start.
+    let Ok(segments) = journal::list_raft_segments(journal) else { return };
+    for (first_index, path) in segments {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if !linked.insert((id, meta.ino())) {
+            continue;
+        }
+        let name = archive.join(format!("{first_index:020}-{}", meta.ino()));
+        if std::fs::hard_link(&path, &name).is_err() {
+            linked.remove(&(id, meta.ino()));
+        }
+    }
+}
