@@ -348,4 +348,52 @@ mod tests {
         assert!(images.keep(newer.clone(), 80, &newer_bytes).unwrap());
         assert_eq!(images.current_meta(), Some(newer));
     }
+
+    #[test]
+    fn the_writer_keeps_the_newest_image_at_or_before_its_cursor_and_the_log_after_it() {
+        use replication::types::LogId;
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Arc::new(persistence::WriterStatus::default());
+        let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
+        let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
+        let engine = Engine::new(engine_core::EngineLimits::default());
+        let keep_at = |index: u64| {
+            let meta =
+                SnapshotMeta { last_log_id: Some(LogId::new_term_index(1, index)), ..SnapshotMeta::default() };
+            let bytes = replication::encode_image(&meta, &engine, index, None).unwrap();
+            // The sequence number here is the index: one command per entry.
+            assert!(images.keep(meta, index, &bytes).unwrap());
+        };
+        // Before the writer has read its cursor, nothing may be purged.
+        assert_eq!(images.log_needed_from(), 0);
+        keep_at(20);
+        assert_eq!(images.log_needed_from(), 0);
+
+        writer.cursor_seq.store(25, Ordering::Release);
+        writer.cursor_known.store(true, Ordering::Release);
+        assert_eq!(images.log_needed_from(), 21, "the writer starts from the image at 20");
+        keep_at(40);
+        assert!(base.exists(), "the image at 20 stays for the writer");
+        assert_eq!(images.log_needed_from(), 21);
+        keep_at(60);
+        assert_eq!(images.log_needed_from(), 21, "the base stays while the writer is behind");
+        let kept = replication::read_image_at(&base).unwrap().unwrap().0;
+        assert_eq!(kept.meta.last_log_id.map(|log_id| log_id.index), Some(20));
+
+        // The writer moves past the newest image: the base goes.
+        writer.cursor_seq.store(70, Ordering::Release);
+        assert_eq!(images.log_needed_from(), 61);
+        keep_at(70);
+        assert!(!base.exists());
+        assert_eq!(images.log_needed_from(), 71);
+
+        // A restart keeps the base it finds, and drops it without a writer.
+        writer.cursor_seq.store(75, Ordering::Release);
+        keep_at(80);
+        assert!(base.exists());
+        assert_eq!(Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap().log_needed_from(), 71);
+        let without_writer = Images::open(dir.path(), None).unwrap();
+        assert!(!base.exists());
+        assert_eq!(without_writer.log_needed_from(), u64::MAX);
+    }
 }

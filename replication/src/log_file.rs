@@ -62,7 +62,7 @@ pub fn read_committed(
     dir: &Path,
     visit: impl FnMut(Entry) -> Result<(), String>,
 ) -> Result<CommittedLog, String> {
-    read_committed_from(dir, 0, visit)
+    read(dir, None, visit)
 }
 
 /// [`read_committed`] from entry `from` on: segments wholly before it are not read. An entry
@@ -71,6 +71,15 @@ pub fn read_committed(
 pub fn read_committed_from(
     dir: &Path,
     from: u64,
+    visit: impl FnMut(Entry) -> Result<(), String>,
+) -> Result<CommittedLog, String> {
+    read(dir, Some(from), visit)
+}
+
+/// The reader: from entry `from`, or from the first one held (`None`).
+fn read(
+    dir: &Path,
+    from: Option<u64>,
     mut visit: impl FnMut(Entry) -> Result<(), String>,
 ) -> Result<CommittedLog, String> {
     let state_path = dir.join(RAFT_STATE_FILE_NAME);
@@ -92,7 +101,7 @@ pub fn read_committed_from(
     let committed = state.and_then(|s| s.committed).map(|p| p.index);
     let purged = state.and_then(|s| s.last_purged).map(|p| p.index).max(purged_by_log);
     let mut log = CommittedLog { state, purged, ..CommittedLog::default() };
-    if let Some(purged) = purged.filter(|&purged| from <= purged) {
+    if let Some((from, purged)) = from.zip(purged).filter(|&(from, purged)| from <= purged) {
         return Err(format!(
             "entry {from} was purged from this log (it holds entries after {purged} only): a snapshot image \
              covers it"
@@ -100,10 +109,10 @@ pub fn read_committed_from(
     }
     let segments = list_raft_segments(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     // The first committed entry expected next: after the purged ones.
-    let mut next = purged.map_or(0, |p| p + 1).max(from);
+    let mut next = purged.map_or(0, |p| p + 1).max(from.unwrap_or(0));
     let starts: Vec<u64> = segments.iter().map(|(first, _)| *first).collect();
     for (position, (first_index, path)) in segments.into_iter().enumerate() {
-        if from > 0 && starts.get(position + 1).is_some_and(|&following| following <= next) {
+        if from.is_some() && starts.get(position + 1).is_some_and(|&following| following <= next) {
             // Every entry of this segment is before `next` (a reader from the start still
             // lists such segments: an interrupted purge leaves them).
             continue;
@@ -187,6 +196,40 @@ mod tests {
         assert_eq!(indexes, (0..7).collect::<Vec<_>>());
         assert_eq!((read.visited, read.segments.len()), (7, 1));
         assert!(is_raft_log(dir.path()));
+    }
+
+    #[test]
+    fn a_reader_from_an_index_skips_what_is_before_and_refuses_what_was_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        log(dir.path(), 10, 8);
+        let indexes_from = |from: u64| {
+            let mut indexes = Vec::new();
+            read_committed_from(dir.path(), from, |entry| {
+                indexes.push(entry.log_id.index);
+                Ok(())
+            })
+            .map(|read| (indexes, read.purged))
+        };
+        assert_eq!(indexes_from(5).unwrap(), ((5..8).collect(), None));
+        assert_eq!(indexes_from(8).unwrap(), (vec![], None), "nothing committed after 7");
+
+        // The log records its purges in RAFT_SEGMENTS, not RAFT_STATE: the
+        // reader takes them from there.
+        let mut raft_log = RaftLog::open(dir.path(), RaftLogLimits::default()).unwrap();
+        raft_log.purge_through(LogPosition { index: 3, term: 1 }).unwrap();
+        drop(raft_log);
+        assert!(indexes_from(3).is_err());
+        let error = indexes_from(2).unwrap_err();
+        assert!(error.contains("entry 2 was purged") && error.contains("after 3"), "{error}");
+        assert_eq!(indexes_from(4).unwrap(), ((4..8).collect(), Some(3)));
+        // A reader of the whole log starts after the purged entries.
+        let mut indexes = Vec::new();
+        let read = read_committed(dir.path(), |entry| {
+            indexes.push(entry.log_id.index);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((indexes, read.purged), ((4..8).collect(), Some(3)));
     }
 
     #[test]

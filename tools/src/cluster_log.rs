@@ -46,7 +46,7 @@ pub fn inspect(journal: &Path) -> Result<ExitCode, String> {
             });
             println!("vote:      {vote}");
             println!("committed: {}", position(state.committed));
-            println!("purged:    {}", position(state.last_purged));
+            println!("purged:    {}", log.purged.map_or("-".to_string(), |index| format!("index {index}")));
         }
         None => println!("RAFT_STATE: none (a new node, or one whose disk was wiped)"),
     }
@@ -83,7 +83,7 @@ pub fn replay(journal: &Path, snapshots: &Path, to: Option<u64>) -> Result<Repli
         Ok(())
     })?;
     let started = std::time::Instant::now();
-    let purged = log.state.and_then(|state| state.last_purged).map(|position| position.index);
+    let purged = log.purged;
     let mut replica = match purged {
         // A cluster node starts from an empty engine with the default
         // limits; the leader journals the configured ones (a command like
