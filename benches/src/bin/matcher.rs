@@ -508,7 +508,7 @@ fn latency_pass(
             let kind = &mut kinds[kind_of(&command.command, &events)];
             kind.0 += 1;
             kind.1 += elapsed_ns;
-            if by_kind && (index - warmup) % OPEN_SAMPLE_EVERY == 0 {
+            if by_kind && (index - warmup).is_multiple_of(OPEN_SAMPLE_EVERY) {
                 // Between two timed commands: the snapshot is not timed.
                 let snapshot = engine.snapshot();
                 open.samples += 1;
