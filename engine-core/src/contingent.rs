@@ -87,18 +87,27 @@ impl Engine {
     /// more, which queue behind).
     #[inline]
     pub(crate) fn settle(&mut self, market: MarketId, ts: u64, emitter: &mut Emitter) {
-        // The common case: nothing waits in this market and nothing is
-        // queued; only the last price moves. Kept this small so that it
-        // stays inlined where plain orders settle.
+        // The common case: nothing is queued, and no trade price of the
+        // command reaches any waiting order (or nothing waits in this
+        // market); only the last price moves, and the evaluation would
+        // change nothing else. Kept this small so that it stays inlined
+        // where orders settle.
         if self.scratch.queue.is_empty() {
-            match self.scratch.prices.last() {
-                None => return,
-                Some(&last) if self.markets[market.index()].triggers.is_empty() => {
-                    self.markets[market.index()].last_price = Some(last);
-                    self.scratch.prices.clear();
-                    return;
-                }
-                Some(_) => {}
+            let Some(&last) = self.scratch.prices.last() else { return };
+            let state = &mut self.markets[market.index()];
+            // Nothing waiting (the plain case) needs no look at the prices.
+            let quiet = state.triggers.is_empty() || {
+                let (low, high) = self
+                    .scratch
+                    .prices
+                    .iter()
+                    .fold((last, last), |(low, high), &p| (low.min(p), high.max(p)));
+                state.triggers.is_quiet_between(low, high)
+            };
+            if quiet {
+                state.last_price = Some(last);
+                self.scratch.prices.clear();
+                return;
             }
         }
         self.settle_all(market, ts, emitter);
@@ -106,19 +115,6 @@ impl Engine {
 
     #[inline(never)]
     fn settle_all(&mut self, market: MarketId, ts: u64, emitter: &mut Emitter) {
-        // Next most common: orders wait, but no trade price of the command
-        // reaches any of them; only the last price moves, and the
-        // evaluation would change nothing else.
-        if self.scratch.queue.is_empty() {
-            let state = &mut self.markets[market.index()];
-            if let Some(&last) = self.scratch.prices.last() {
-                if self.scratch.prices.iter().all(|&p| state.triggers.is_quiet_at(p)) {
-                    state.last_price = Some(last);
-                    self.scratch.prices.clear();
-                    return;
-                }
-            }
-        }
         loop {
             if !self.scratch.prices.is_empty() {
                 self.evaluate(market, emitter);

@@ -68,7 +68,14 @@ pub(crate) struct TriggerBook {
     tracking_len: usize,
     /// Scratch for melding a node's children.
     pairs: Vec<u32>,
+    /// The prices, inclusive, at which a trade changes nothing here (see
+    /// [`Self::is_quiet_between`]); `None` after any change, until asked
+    /// again. Derived from the rest, never saved or hashed.
+    quiet: Option<(Ticks, Ticks)>,
 }
+
+/// A band no price is in.
+const EMPTY_BAND: (Ticks, Ticks) = (Ticks(1), Ticks(0));
 
 /// One side's groups of tracking orders.
 #[derive(Clone, Debug, Default)]
@@ -175,6 +182,7 @@ impl TriggerBook {
     }
 
     pub fn insert(&mut self, rises: bool, entry: Entry) {
+        self.quiet = None;
         let wanted = key(rises, &entry);
         let side = self.side_mut(rises);
         let index = side.partition_point(|e| key(rises, e) < wanted);
@@ -183,6 +191,7 @@ impl TriggerBook {
 
     /// Removes the entry of `order` waiting at `stop`; false if absent.
     pub fn remove(&mut self, rises: bool, stop: Ticks, order: OrderId) -> bool {
+        self.quiet = None;
         let wanted = key(rises, &Entry { stop, order, slot: 0 });
         let side = self.side_mut(rises);
         match side.binary_search_by(|e| key(rises, e).cmp(&wanted)) {
@@ -197,6 +206,7 @@ impl TriggerBook {
     /// Pops into `out` every entry a trade at `price` reaches: rising stops
     /// at or below it, falling stops at or above it.
     pub fn pop_reached(&mut self, price: Ticks, out: &mut Vec<Entry>) {
+        self.quiet = None;
         while self.rising.back().is_some_and(|e| e.stop <= price) {
             out.extend(self.rising.pop_back());
         }
@@ -209,8 +219,9 @@ impl TriggerBook {
     /// reaches no stop, moves no tracking group's best, fires no tracking
     /// order and starts no order waiting for a first trade. Most trades are
     /// such, and this answers from the ends of the queues and the tops of
-    /// the heaps, so the caller can skip the evaluation.
-    #[inline]
+    /// the heaps. The reference for [`Self::is_quiet_between`], which the
+    /// engine asks and which must answer alike.
+    #[cfg(test)]
     pub fn is_quiet_at(&self, price: Ticks) -> bool {
         if self.rising.back().is_some_and(|e| e.stop <= price)
             || self.falling.back().is_some_and(|e| e.stop >= price)
@@ -233,11 +244,94 @@ impl TriggerBook {
         })
     }
 
+    /// Whether trades at every price from `low` to `high` leave every order
+    /// here as it is, as [`Self::is_quiet_at`] answers for each of them:
+    /// the quiet prices are one interval (below every rising stop, above
+    /// every falling one, between the tracking groups' bests and short of
+    /// their next firing), so a command's lowest and highest trade prices
+    /// answer for all of its trades. The interval is kept from one command
+    /// to the next and worked out again only after a change here, so a
+    /// trade in a market whose waiting orders did not change costs two
+    /// comparisons.
+    #[inline]
+    pub fn is_quiet_between(&mut self, low: Ticks, high: Ticks) -> bool {
+        debug_assert!(low <= high);
+        let (lo, hi) = match self.quiet {
+            Some(band) => band,
+            None => {
+                let band = self.quiet_band();
+                self.quiet = Some(band);
+                band
+            }
+        };
+        lo <= low && high <= hi
+    }
+
+    /// The interval of quiet prices, inclusive ([`EMPTY_BAND`] when there
+    /// is none): each bound is where one condition of [`Self::is_quiet_at`]
+    /// stops holding.
+    #[inline(never)]
+    fn quiet_band(&self) -> (Ticks, Ticks) {
+        if !self.unstarted.is_empty() {
+            return EMPTY_BAND;
+        }
+        let (mut lo, mut hi) = (0u64, u64::MAX);
+        // A rising stop is reached at or above its stop, a falling one at
+        // or below.
+        if let Some(entry) = self.rising.back() {
+            match entry.stop.0.checked_sub(1) {
+                Some(below) => hi = hi.min(below),
+                None => return EMPTY_BAND,
+            }
+        }
+        if let Some(entry) = self.falling.back() {
+            match entry.stop.0.checked_add(1) {
+                Some(above) => lo = lo.max(above),
+                None => return EMPTY_BAND,
+            }
+        }
+        for side in [Side::Buy, Side::Sell] {
+            let tracks = &self.tracks[side_index(side)];
+            let front = tracks.by_best.front().map(|&g| self.groups[g as usize].best.0);
+            let top = tracks.urgent.first().map(|&g| self.groups[g as usize].urgency);
+            match side {
+                // A sell's group merges above its best and fires at or
+                // below its urgency.
+                Side::Sell => {
+                    if let Some(best) = front {
+                        hi = hi.min(best);
+                    }
+                    if let Some(urgency) = top {
+                        match u64::try_from(urgency).ok().and_then(|u| u.checked_add(1)) {
+                            Some(above) => lo = lo.max(above),
+                            None => return EMPTY_BAND,
+                        }
+                    }
+                }
+                // A buy's group merges below its best and fires at or
+                // above `u128::MAX - urgency` (see [`threshold`]).
+                Side::Buy => {
+                    if let Some(best) = front {
+                        lo = lo.max(best);
+                    }
+                    if let Some(urgency) = top {
+                        match (u128::MAX - urgency).checked_sub(1) {
+                            Some(below) => hi = hi.min(u64::try_from(below).unwrap_or(u64::MAX)),
+                            None => return EMPTY_BAND,
+                        }
+                    }
+                }
+            }
+        }
+        (Ticks(lo), Ticks(hi))
+    }
+
     /// Starts tracking the trailing order of `entry` (`stop` unused), a
     /// `side` order with delta `bips`, from best price `best` (`None`: from
     /// the next trade). Returns its node, which [`Self::remove_tracking`]
     /// needs, or `NIL` when it waits for a trade.
     pub fn insert_tracking(&mut self, side: Side, bips: u16, entry: Entry, best: Option<Ticks>) -> u32 {
+        self.quiet = None;
         let Some(best) = best else {
             let index = self.unstarted.partition_point(|e| e.order < entry.order);
             self.unstarted.insert(index, entry);
@@ -262,6 +356,7 @@ impl TriggerBook {
     /// [`Self::insert_tracking`] returned; false if it is not there (it
     /// fired).
     pub fn remove_tracking(&mut self, node: u32, order: OrderId) -> bool {
+        self.quiet = None;
         if node == NIL {
             return match self.unstarted.binary_search_by(|e| e.order.cmp(&order)) {
                 Ok(index) => {
@@ -282,12 +377,14 @@ impl TriggerBook {
     /// The orders that track from placement and wait for a trade, oldest
     /// first; the caller starts them with [`Self::insert_tracking`].
     pub fn take_unstarted(&mut self, out: &mut Vec<Entry>) {
+        self.quiet = None;
         out.append(&mut self.unstarted);
     }
 
     /// A trade at `price`: the groups whose best it beats merge into one
     /// group with best `price`.
     pub fn track(&mut self, price: Ticks) {
+        self.quiet = None;
         for side in [Side::Buy, Side::Sell] {
             let s = side_index(side);
             let mut merged = NIL;
@@ -316,6 +413,7 @@ impl TriggerBook {
     /// Pops into `out` every tracking order that a trade at `price` fires
     /// (after [`Self::track`] saw it), in no particular order.
     pub fn fire_tracking(&mut self, price: Ticks, out: &mut Vec<Entry>) {
+        self.quiet = None;
         for side in [Side::Buy, Side::Sell] {
             while let Some(&group) = self.tracks[side_index(side)].urgent.first() {
                 let Group { best, root, urgency, .. } = self.groups[group as usize];
@@ -435,6 +533,9 @@ impl TriggerBook {
                     }
                 }
             }
+        }
+        if self.quiet.is_some_and(|band| band != self.quiet_band()) {
+            return Err("the kept band of quiet prices is stale");
         }
         let live = self.nodes.iter().filter(|n| n.live).count();
         if reached != self.tracking_len || live != self.tracking_len {
@@ -763,6 +864,13 @@ mod tests {
                 groups(&after) == groups(&book)
             };
             assert_eq!(book.is_quiet_at(price), unchanged, "{book:?} at {price}");
+            // The band answers as the price-by-price check does, for one
+            // price and for a span (quiet only if every price in it is).
+            let high = Ticks(price.0 + random.below(4));
+            let every = (price.0..=high.0).all(|p| book.is_quiet_at(Ticks(p)));
+            assert_eq!(book.is_quiet_between(price, price), unchanged, "{book:?} at {price}");
+            assert_eq!(book.is_quiet_between(price, high), every, "{book:?} from {price} to {high}");
+            book.check().unwrap();
             if unchanged {
                 quiet += 1;
             } else {
