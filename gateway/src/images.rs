@@ -358,8 +358,10 @@ mod tests {
         let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
         let engine = Engine::new(engine_core::EngineLimits::default());
         let keep_at = |index: u64| {
-            let meta =
-                SnapshotMeta { last_log_id: Some(LogId::new_term_index(1, index)), ..SnapshotMeta::default() };
+            let meta = SnapshotMeta {
+                last_log_id: Some(LogId::new_term_index(1, index)),
+                ..SnapshotMeta::default()
+            };
             let bytes = replication::encode_image(&meta, &engine, index, None).unwrap();
             // The sequence number here is the index: one command per entry.
             assert!(images.keep(meta, index, &bytes).unwrap());
@@ -391,7 +393,14 @@ mod tests {
         writer.cursor_seq.store(75, Ordering::Release);
         keep_at(80);
         assert!(base.exists());
-        assert_eq!(Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap().log_needed_from(), 71);
+        let reopened = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
+        // Read back from the files (whose engines here are empty, at
+        // sequence 0): both images, the base at log position 70.
+        let on_disk = reopened.on_disk.lock().unwrap();
+        assert_eq!(on_disk.writer_base.as_ref().map(Kept::log_after), Some(71));
+        assert_eq!(on_disk.current.as_ref().map(Kept::log_after), Some(81));
+        drop(on_disk);
+        assert!(base.exists());
         let without_writer = Images::open(dir.path(), None).unwrap();
         assert!(!base.exists());
         assert_eq!(without_writer.log_needed_from(), u64::MAX);

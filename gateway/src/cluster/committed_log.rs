@@ -23,8 +23,14 @@ use replication::Batch;
 
 use crate::images::WRITER_BASE_IMAGE_FILE_NAME;
 
-/// Committed entries read from the files at a time.
-const ENTRIES_PER_READ: usize = 256;
+/// Committed entries read from the files at a time, and the commands
+/// queued at most after a read: each read reads the segment file it starts
+/// in whole (64 MiB by default), so reads must not be small, and the queue
+/// must not grow without bound.
+const ENTRIES_PER_READ: usize = 4_096;
+const COMMANDS_QUEUED_MAX: usize = 65_536;
+/// Events held at most while replaying to the database's cursor.
+const EVENTS_PER_SKIP: usize = 65_536;
 
 /// The node's journal (its Raft log) and snapshot directories.
 #[derive(Debug)]
@@ -73,7 +79,9 @@ impl Source for CommittedLog {
         while replay.engine.last_seq() < cursor_seq {
             events.clear();
             let before = replay.engine.last_seq();
-            replay.advance(cursor_seq, usize::MAX, &mut events, None).map_err(|why| {
+            // Events of the commands the database has are dropped a
+            // slice at a time: memory stays bounded on a long replay.
+            replay.advance(cursor_seq, EVENTS_PER_SKIP, &mut events, None).map_err(|why| {
                 format!(
                     "the database has events up to sequence {cursor_seq}; this node cannot replay to it from \
                      sequence {from_seq} (its images: {}): {why}",
@@ -112,7 +120,7 @@ impl LogReplay {
         let mut read = 0usize;
         let engine_seq = self.engine.last_seq();
         let result = read_committed_from(&self.journal, self.next_index, |entry| {
-            if read == ENTRIES_PER_READ {
+            if read == ENTRIES_PER_READ || self.queue.len() >= COMMANDS_QUEUED_MAX {
                 return Err(String::new());
             }
             match &entry.payload {
