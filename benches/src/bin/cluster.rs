@@ -16,8 +16,14 @@
 //!    and catches up before the next kill.
 //! 3. Catch-up: a follower is killed while `--catch-up-commands` orders are
 //!    applied, then restarted; the time until it has applied the leader's
-//!    last command. Two ways on the same workload, each on fresh processes,
-//!    alternating over `--runs` rounds: by log (images off), and by the
+//!    last command. The orders come from a bulk loader: signed REST orders
+//!    on `--catch-up-connections` keep-alive connections (one in flight
+//!    each) of `--catch-up-users` users, so the leader packs them into full
+//!    entries; each connection first rests
+//!    `--catch-up-resting-orders-per-connection` orders far from the touch,
+//!    a standing book the state carries. Two ways on the same workload,
+//!    each on fresh processes, alternating over `--runs` rounds: by log
+//!    (images off), and by the
 //!    leader's snapshot image (an image every
 //!    `--catch-up-snapshot-every-entries` log entries, the log purged past
 //!    the follower's position but for `--catch-up-log-kept-entries`; the
@@ -31,6 +37,7 @@
 //! cargo run --release -p benches --bin cluster -- --runs 3 --seconds 5 --kills 20
 //! cargo run --release -p benches --bin cluster -- --rates 0,1000 --kills 0 --catch-up-commands 0
 //! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --runs 3 --catch-up-commands 50000
+//! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --catch-up-commands 10000000
 //! ```
 
 use std::net::SocketAddr;
@@ -93,6 +100,21 @@ struct Args {
     /// entries the follower misses and the follower catches up by log.
     #[arg(long, default_value_t = 100)]
     catch_up_log_kept_entries: u64,
+    /// Connections of the catch-up's bulk loader, each with one order in
+    /// flight: the leader packs the orders waiting together into one Raft
+    /// entry (at most 256 commands, one entry in flight), so it takes twice
+    /// that for a full entry to wait while the last one is written.
+    #[arg(long, default_value_t = 512)]
+    catch_up_connections: usize,
+    /// Users the bulk loader's connections are spread over (one key each).
+    #[arg(long, default_value_t = 32)]
+    catch_up_users: usize,
+    /// Resting orders each loader connection places first, far from the
+    /// touch where nothing crosses them: the standing book the images and
+    /// the matchers carry (users x resting orders per user stay below the
+    /// engine's `open_orders_per_user_max`, 1,000 by default).
+    #[arg(long, default_value_t = 20)]
+    catch_up_resting_orders_per_connection: u64,
     /// Where the nodes' data directories go; must be a real disk, or the
     /// syncs measure nothing (default: the system's temporary directory).
     #[arg(long)]
@@ -336,14 +358,19 @@ async fn applied_seq(address: SocketAddr) -> Option<u64> {
 
 /// Waits until the node at `address` has applied `seq`.
 async fn wait_applied(address: SocketAddr, seq: u64) -> Result<(), String> {
-    let deadline = Instant::now() + PATIENCE;
+    wait_applied_within(address, seq, PATIENCE).await
+}
+
+/// [`wait_applied`], giving up after `patience`.
+async fn wait_applied_within(address: SocketAddr, seq: u64, patience: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + patience;
     loop {
         let at = applied_seq(address).await.unwrap_or(0);
         if at >= seq {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{address} stuck at seq {at} < {seq} after {PATIENCE:?}"));
+            return Err(format!("{address} stuck at seq {at} < {seq} after {patience:?}"));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -951,6 +978,214 @@ struct CatchUp {
     restart_applied: Duration,
 }
 
+/// The bulk loader's orders, on top of [`order_body`]'s stream: each
+/// connection first places `resting` GTC orders far from the touch
+/// (bids 500-899, offers 1101-1500, by its user's side), which nothing in
+/// the stream crosses, so the book keeps a standing depth of
+/// connections x `resting` orders over 800 levels however long the load;
+/// then [`order_body`]'s stream (three resting orders near the touch, one
+/// IOC that takes more than they add). No client order ids: the state
+/// stays the book and the balances, not a growing map of ids.
+fn bulk_order_body(user: usize, connection: usize, resting: u64, n: u64) -> String {
+    let buyer = user.is_multiple_of(2);
+    if n < resting {
+        let step = (connection as u64 * resting + n) % 400;
+        let (side, price) = if buyer { ("buy", 500 + step) } else { ("sell", 1101 + step) };
+        return format!(
+            r#"{{"market":"BTC-USDT","side":"{side}","type":"limit","price":"{price}","quantity":"0.01","time_in_force":"GTC"}}"#
+        );
+    }
+    let n = n - resting;
+    if n % 4 == 3 {
+        let (side, price) = if buyer { ("sell", "990") } else { ("buy", "1010") };
+        format!(
+            r#"{{"market":"BTC-USDT","side":"{side}","type":"limit","price":"{price}","quantity":"0.04","time_in_force":"IOC","self_trade_prevention":"cancel_maker"}}"#
+        )
+    } else {
+        let step = (n * 7) % 10;
+        let (side, price) = if buyer { ("buy", 990 + step) } else { ("sell", 1001 + step) };
+        format!(
+            r#"{{"market":"BTC-USDT","side":"{side}","type":"limit","price":"{price}","quantity":"0.01","time_in_force":"GTC"}}"#
+        )
+    }
+}
+
+/// The catch-up's bulk loader: signed orders over REST through the
+/// leader's real order entry (the proposer, the Raft log, every node's
+/// matcher), on many keep-alive connections with one order in flight
+/// each. The proposer packs the orders that wait while an entry is being
+/// written into the next entry, so with enough connections the entries
+/// are full and the leader's append, sync and round trip are paid once
+/// per few hundred commands instead of once per order.
+struct BulkLoader {
+    leader: SocketAddr,
+    keys: Vec<Key>,
+    /// Orders each connection has sent so far: a later [`load`](Self::load)
+    /// goes on with its stream (and its nonces) where the last stopped.
+    sent: Vec<u64>,
+    resting: u64,
+    /// Orders refused with `421` and sent again, over all calls.
+    refused: Arc<AtomicU64>,
+}
+
+impl BulkLoader {
+    fn new(leader: SocketAddr, keys: Vec<Key>, connections: usize, resting: u64) -> BulkLoader {
+        BulkLoader { leader, keys, sent: vec![0; connections], resting, refused: Arc::default() }
+    }
+
+    /// Sends `orders` orders, each answered 200 (a `503`, the matcher's
+    /// queue full, is sent again). Prints its progress every 30 s.
+    async fn load(&mut self, orders: u64) -> Result<Duration, String> {
+        let remaining = Arc::new(AtomicU64::new(orders));
+        let done = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (connection, &sent) in self.sent.iter().enumerate() {
+            let user = connection % self.keys.len();
+            let key = self.keys[user].clone();
+            let (leader, resting) = (self.leader, self.resting);
+            let (remaining, done) = (Arc::clone(&remaining), Arc::clone(&done));
+            let refused = Arc::clone(&self.refused);
+            tasks.push(tokio::spawn(async move {
+                let mut link = Connection::open(leader).await?;
+                let mut n = sent;
+                // Nonces unique per key across its connections and calls.
+                let mut nonce = ((connection as u64) << 40) | (n << 4);
+                while remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
+                    .is_ok()
+                {
+                    let body = bulk_order_body(user, connection, resting, n);
+                    let refused_since = Instant::now();
+                    loop {
+                        nonce += 1;
+                        let reply =
+                            tokio::time::timeout(REQUEST_TIMEOUT, link.place_order(&key, &body, nonce))
+                                .await
+                                .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))??;
+                        match reply.status {
+                            200 => break,
+                            503 => tokio::time::sleep(Duration::from_millis(5)).await,
+                            // Not applied: the leader has not heard from a
+                            // majority within an election timeout (under
+                            // this load, its one live follower's acks came
+                            // late), or leads no more. Counted, and sent
+                            // again; a lost leadership fails the run below.
+                            421 => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                if refused_since.elapsed() > PATIENCE {
+                                    return Err(format!(
+                                        "refused with 421 for {PATIENCE:?}: {}",
+                                        String::from_utf8_lossy(&reply.body)
+                                    ));
+                                }
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                            status => {
+                                return Err(format!(
+                                    "order refused: {status} {}",
+                                    String::from_utf8_lossy(&reply.body)
+                                ))
+                            }
+                        }
+                    }
+                    // Room for 16 tries of one order in the nonces.
+                    nonce = ((connection as u64) << 40) | ((n + 1) << 4);
+                    n += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, String>(n)
+            }));
+        }
+        let progress = {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    let count = done.load(Ordering::Relaxed);
+                    println!(
+                        "  loading: {count} of {orders} orders after {:.0} s ({} orders/s); load average {}",
+                        started.elapsed().as_secs_f64(),
+                        format_rate(count as f64 / started.elapsed().as_secs_f64()),
+                        load_average()
+                    );
+                }
+            })
+        };
+        let mut outcome = Ok(());
+        for (connection, task) in tasks.into_iter().enumerate() {
+            match task.await.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(n) => self.sent[connection] = n,
+                Err(error) => {
+                    remaining.store(0, Ordering::Relaxed);
+                    if outcome.is_ok() {
+                        outcome = Err(error);
+                    }
+                }
+            }
+        }
+        progress.abort();
+        outcome.map(|()| started.elapsed())
+    }
+}
+
+/// CPU time (user and system) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (in the kernel's clock ticks, 100 per second here).
+fn cpu_time(pid: u32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|text| {
+            // The fields after the command name, which may hold spaces.
+            let rest = &text[text.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_s)
+}
+
+/// The leader's packing so far, from its `/metrics`: entries of commands
+/// proposed, commands in them, the most in one.
+async fn packing(address: SocketAddr) -> Option<(u64, u64, u64)> {
+    let mut connection = Connection::open(address).await.ok()?;
+    let reply = connection.request("GET", "/metrics", &[], String::new()).await.ok()?;
+    let text = String::from_utf8_lossy(&reply.body);
+    let value = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((
+        value("exchange_cluster_entries_proposed_total")?,
+        value("exchange_cluster_commands_proposed_total")?,
+        value("exchange_cluster_commands_per_entry_max")?,
+    ))
+}
+
+/// The resting orders of every key's user on the node at `address`.
+async fn resting_orders(address: SocketAddr, keys: &[Key]) -> Result<u64, String> {
+    let mut connection = Connection::open(address).await?;
+    let mut count = 0;
+    for key in keys {
+        let reply = connection.signed_get(key, "/orders/open", "limit=1000").await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&reply.body).map_err(|e| format!("GET /orders/open: {e}"))?;
+        let orders = value["orders"].as_array().ok_or_else(|| format!("GET /orders/open: {value}"))?;
+        count += orders.len() as u64;
+    }
+    Ok(count)
+}
+
+/// How long a catch-up of `commands` may take before the benchmark gives
+/// up: [`PATIENCE`], plus a second per 5,000 commands (a bound far below
+/// any rate measured here, never a measurement).
+fn catch_up_patience(commands: u64) -> Duration {
+    PATIENCE + Duration::from_secs(commands / 5_000)
+}
+
 fn catch_up(bench: &Bench) -> Result<(), String> {
     let args = bench.args;
     if args.catch_up_log_kept_entries >= args.catch_up_commands || args.catch_up_snapshot_every_entries == 0 {
@@ -959,6 +1194,9 @@ fn catch_up(bench: &Bench) -> Result<(), String> {
              --catch-up-snapshot-every-entries at least 1, or the follower catches up by log in the image case",
             args.catch_up_log_kept_entries, args.catch_up_commands
         ));
+    }
+    if args.catch_up_connections == 0 || args.catch_up_users == 0 {
+        return Err("--catch-up-connections and --catch-up-users must be at least 1".to_string());
     }
     println!(
         "\n== catch-up: a follower down while {} orders are applied, then restarted; by log (images off) \
@@ -1071,7 +1309,7 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
             for address in &addresses {
                 wait_signable(*address).await?;
             }
-            seed(leader, ADMIN_TOKEN, args.clients).await
+            seed(leader, ADMIN_TOKEN, args.catch_up_users).await
         })?;
         let follower = (leader_index + 1) % addresses.len();
         // The follower holds everything so far (the setup) when it goes.
@@ -1082,45 +1320,86 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
             Ok::<_, String>((seq, health["cluster"]["applied_index"].as_u64().unwrap_or(0)))
         })?;
         deployment.nodes[follower].kill();
-        // Closed-loop load until the leader has applied the orders and, by
-        // image, has purged its log past the follower: it purges only at
-        // its next image and while no replication to the follower is in
-        // flight, so more load may be needed.
-        let mut tag = 0;
-        let seq_target = seq_before + args.catch_up_commands;
-        let mut seq = seq_before;
+        let packing_before = runtime.block_on(packing(leader)).unwrap_or_default();
+        // Where the load's CPU goes: the leader, the live follower, this
+        // process (the loader).
+        let live_follower = (follower + 1) % addresses.len();
+        let pids = [
+            deployment.nodes[leader_index].pid(),
+            deployment.nodes[live_follower].pid(),
+            Some(std::process::id()),
+        ];
+        let cpu_before: Vec<Duration> = pids.iter().map(|p| p.map_or(Duration::ZERO, cpu_time)).collect();
+        let mut loader = BulkLoader::new(
+            leader,
+            keys.clone(),
+            args.catch_up_connections,
+            args.catch_up_resting_orders_per_connection,
+        );
+        let loaded = runtime.block_on(loader.load(args.catch_up_commands))?;
+        // By image, the load goes on until the leader has purged its log
+        // past the follower: it purges only at its next image and while no
+        // replication to the follower is in flight.
         let purge_deadline = Instant::now() + PATIENCE * 4;
-        loop {
-            if seq >= seq_target {
-                if way == CatchUpWay::Log {
-                    break;
-                }
-                let purged = runtime
-                    .block_on(health(leader))
-                    .and_then(|h| h["cluster"]["purged_index"].as_u64())
-                    .unwrap_or(0);
-                if purged > follower_index {
-                    break;
-                }
-                if Instant::now() > purge_deadline {
-                    return Err(format!(
-                        "the leader's log is purged to index {purged} only, not past the follower's {follower_index}, \
-                         at seq {seq}; lower --catch-up-snapshot-every-entries or --catch-up-log-kept-entries"
-                    ));
-                }
+        let mut more = 0;
+        while way == CatchUpWay::Image {
+            let purged = runtime
+                .block_on(health(leader))
+                .and_then(|h| h["cluster"]["purged_index"].as_u64())
+                .unwrap_or(0);
+            if purged > follower_index {
+                break;
             }
-            let length = if seq >= seq_target { 100 } else { 500 };
-            runtime.block_on(drive(
-                leader,
-                &keys,
-                0,
-                Pacing::Sleep,
-                Duration::from_millis(length),
-                &format!("k{tag}"),
-            ))?;
-            tag += 1;
-            seq = runtime.block_on(applied_seq(leader)).ok_or("the leader does not answer")?;
+            if Instant::now() > purge_deadline {
+                return Err(format!(
+                    "the leader's log is purged to index {purged} only, not past the follower's {follower_index}; \
+                     lower --catch-up-snapshot-every-entries or --catch-up-log-kept-entries"
+                ));
+            }
+            let chunk = (args.catch_up_connections as u64 * 4).max(1_000);
+            runtime.block_on(loader.load(chunk))?;
+            more += chunk;
         }
+        let seq = runtime.block_on(applied_seq(leader)).ok_or("the leader does not answer")?;
+        let (entries, commands, commands_per_entry_max) = {
+            let after = runtime.block_on(packing(leader)).unwrap_or_default();
+            (after.0 - packing_before.0, after.1 - packing_before.1, after.2)
+        };
+        // Every order went to the node that led at the start: it must lead
+        // still, or the figures would mix in an election.
+        if runtime.block_on(self::leader(&addresses, None))? != leader_index {
+            return Err("the leader changed during the load".to_string());
+        }
+        let cpu_us_per_order: Vec<String> = pids
+            .iter()
+            .zip(&cpu_before)
+            .map(|(p, before)| {
+                let used = p.map_or(Duration::ZERO, cpu_time).saturating_sub(*before);
+                format!("{:.1}", used.as_secs_f64() * 1e6 / (seq - seq_before).max(1) as f64)
+            })
+            .collect();
+        let resting = runtime.block_on(resting_orders(leader, &keys))?;
+        println!(
+            "  {} loaded {} orders (+{more} until the leader purged) on {} connections of {} users in {} \
+             ({} orders/s, load average {}); leader: {entries} entries of {commands} commands \
+             ({:.0} per entry, at most {commands_per_entry_max}), {} orders refused with 421 and sent again; \
+             CPU per order: leader {} us, live follower {} us, loader {} us; \
+             state: {} users, {resting} resting orders, seq {seq}",
+            way.name(),
+            args.catch_up_commands,
+            args.catch_up_connections,
+            args.catch_up_users,
+            format_ns(loaded.as_nanos() as u64),
+            format_rate(args.catch_up_commands as f64 / loaded.as_secs_f64()),
+            load_average(),
+            commands as f64 / entries.max(1) as f64,
+            loader.refused.load(Ordering::Relaxed),
+            cpu_us_per_order[0],
+            cpu_us_per_order[1],
+            cpu_us_per_order[2],
+            args.catch_up_users,
+        );
+        let patience = catch_up_patience(seq - seq_before);
         let snapshot_seq =
             runtime.block_on(health(leader)).and_then(|h| h["snapshot_seq"].as_u64()).unwrap_or(0);
         let stderr = deployment.nodes[follower].stderr_path().to_path_buf();
@@ -1128,7 +1407,7 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
         let restarted_at = Instant::now();
         deployment.nodes[follower].restart()?;
         let listening = restarted_at.elapsed();
-        runtime.block_on(wait_applied(addresses[follower], seq))?;
+        runtime.block_on(wait_applied_within(addresses[follower], seq, patience))?;
         let caught_up = restarted_at.elapsed();
         let installed = log_after(&stderr, stderr_before).contains(INSTALLED_MESSAGE);
         match (way, installed) {
@@ -1152,7 +1431,7 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
         let restarted_at = Instant::now();
         deployment.nodes[follower].restart()?;
         let restart_listening = restarted_at.elapsed();
-        runtime.block_on(wait_applied(addresses[follower], seq))?;
+        runtime.block_on(wait_applied_within(addresses[follower], seq, patience))?;
         let restart_applied = restarted_at.elapsed();
         Ok(CatchUp {
             behind_commands: seq - seq_before,
