@@ -1342,12 +1342,14 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
         // replication to the follower is in flight.
         let purge_deadline = Instant::now() + PATIENCE * 4;
         let mut more = 0;
-        while way == CatchUpWay::Image {
+        let mut purged_past = way != CatchUpWay::Image;
+        while !purged_past {
             let purged = runtime
                 .block_on(health(leader))
                 .and_then(|h| h["cluster"]["purged_index"].as_u64())
                 .unwrap_or(0);
-            if purged > follower_index {
+            purged_past = purged > follower_index;
+            if purged_past {
                 break;
             }
             if Instant::now() > purge_deadline {
