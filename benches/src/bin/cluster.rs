@@ -1020,9 +1020,10 @@ fn bulk_order_body(user: usize, connection: usize, resting: u64, n: u64) -> Stri
 struct BulkLoader {
     leader: SocketAddr,
     keys: Vec<Key>,
-    /// Orders each connection has sent so far: a later [`load`](Self::load)
-    /// goes on with its stream (and its nonces) where the last stopped.
-    sent: Vec<u64>,
+    /// Orders each connection has sent so far, and requests (an order
+    /// sent again counts again): a later [`load`](Self::load) goes on with
+    /// its stream and its nonces where the last stopped.
+    sent: Vec<(u64, u64)>,
     resting: u64,
     /// Orders refused with `421` and sent again, over all calls.
     refused: Arc<AtomicU64>,
@@ -1030,7 +1031,7 @@ struct BulkLoader {
 
 impl BulkLoader {
     fn new(leader: SocketAddr, keys: Vec<Key>, connections: usize, resting: u64) -> BulkLoader {
-        BulkLoader { leader, keys, sent: vec![0; connections], resting, refused: Arc::default() }
+        BulkLoader { leader, keys, sent: vec![(0, 0); connections], resting, refused: Arc::default() }
     }
 
     /// Sends `orders` orders, each answered 200 (a `503`, the matcher's
@@ -1040,7 +1041,7 @@ impl BulkLoader {
         let done = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let mut tasks = Vec::new();
-        for (connection, &sent) in self.sent.iter().enumerate() {
+        for (connection, &(sent, requests)) in self.sent.iter().enumerate() {
             let user = connection % self.keys.len();
             let key = self.keys[user].clone();
             let (leader, resting) = (self.leader, self.resting);
@@ -1049,8 +1050,9 @@ impl BulkLoader {
             tasks.push(tokio::spawn(async move {
                 let mut link = Connection::open(leader).await?;
                 let mut n = sent;
-                // Nonces unique per key across its connections and calls.
-                let mut nonce = ((connection as u64) << 40) | (n << 4);
+                // Nonces unique per key across its connections, calls and
+                // tries: one per request.
+                let mut nonce = ((connection as u64) << 40) | requests;
                 while remaining
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
                     .is_ok()
@@ -1090,12 +1092,10 @@ impl BulkLoader {
                             }
                         }
                     }
-                    // Room for 16 tries of one order in the nonces.
-                    nonce = ((connection as u64) << 40) | ((n + 1) << 4);
                     n += 1;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok::<_, String>(n)
+                Ok::<_, String>((n, nonce & ((1 << 40) - 1)))
             }));
         }
         let progress = {
@@ -1116,7 +1116,7 @@ impl BulkLoader {
         let mut outcome = Ok(());
         for (connection, task) in tasks.into_iter().enumerate() {
             match task.await.map_err(|e| e.to_string()).and_then(|r| r) {
-                Ok(n) => self.sent[connection] = n,
+                Ok(position) => self.sent[connection] = position,
                 Err(error) => {
                     remaining.store(0, Ordering::Relaxed);
                     if outcome.is_ok() {
