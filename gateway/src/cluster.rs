@@ -37,7 +37,9 @@ use replication::openraft::storage::{EntryResponder, RaftStateMachine};
 use replication::openraft::Instant as _;
 use replication::openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
 use replication::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
-use replication::{Batch, ExchangeRaft, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig, VoteGate};
+use replication::{
+    Batch, ExchangeRaft, FreshNodeGate, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig,
+};
 
 use crate::auth::{KeyTable, SignedAfter};
 use crate::config::ClusterConfig;
@@ -95,8 +97,9 @@ pub struct Cluster {
     leadership: Arc<Leadership>,
     /// Packs the handlers' proposals into entries.
     proposer: proposer::Proposer,
-    /// Closed while this node's log is new and not caught up.
-    votes: VoteGate,
+    /// Closed while this node's log is new: its votes until it has caught
+    /// up, its acknowledgements until it has learned its term floor.
+    gate: FreshNodeGate,
 }
 
 /// What tells whether this node leads and may take orders, and where the
@@ -129,6 +132,10 @@ pub struct ClusterStatus {
     /// Whether this node votes (false while a new or wiped log catches up
     /// with the leader's).
     pub votes: bool,
+    /// The lowest term of a leader whose log this node acknowledges (0 on
+    /// a node that remembers its terms; null while a new log waits for the
+    /// other voters to say theirs).
+    pub term_floor: Option<u64>,
     /// The log position of this node's newest snapshot image, and how far
     /// its log is purged behind it.
     pub snapshot_index: Option<u64>,
@@ -167,7 +174,12 @@ impl Cluster {
             use replication::openraft::storage::RaftLogStorage;
             log.read_committed().await.map_err(|e| format!("cannot read the committed position: {e}"))?
         };
-        let fresh = log.was_fresh();
+        // Closed on a new log, and on one that was new at an earlier start
+        // and had not caught up when the node stopped.
+        let gate = FreshNodeGate::for_journal(journal_dir, log.was_fresh()).map_err(|e| {
+            format!("cannot read or write the catching-up marker in {}: {e}", journal_dir.display())
+        })?;
+        let fresh = gate.is_fresh();
         let raft_config = replication::openraft::Config {
             cluster_name: "exchange".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -177,7 +189,8 @@ impl Cluster {
             enable_elect: !fresh,
             // A follower whose disk was wiped answers with an empty log: the
             // leader sends it the log again rather than stop replicating to it.
-            // Its votes, the real hazard, are held back by the vote gate.
+            // Its votes and its acknowledgements, the real hazards, are held
+            // back by its gate (replication::gate).
             allow_log_reversion: Some(true),
             // Every `snapshot_every_entries` entries the pipeline writes an
             // image; the log is purged behind it but for the last
@@ -196,7 +209,7 @@ impl Cluster {
         // Connections to the peers come from this node's Raft address, so that
         // firewall rules can tell the nodes of one host apart.
         let net = NetConfig { bind_outgoing: (!ip.is_unspecified()).then_some(ip), ..NetConfig::default() };
-        let network = NetworkFactory::new(config.node_id, net);
+        let network = NetworkFactory::new(config.node_id, net.clone());
         let incarnation = feed.incarnation;
         let term_started = Arc::clone(&feed.term_started);
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log, feed)
@@ -223,8 +236,7 @@ impl Cluster {
                 ready.store(true, Ordering::Release);
             });
         }
-        let votes = VoteGate::new(!fresh);
-        let server_config = NetConfig { votes: votes.clone(), ..NetConfig::default() };
+        let server_config = NetConfig { gate: gate.clone(), ..net.clone() };
         tokio::spawn(replication::net::serve(raft.clone(), listener, server_config));
         let initialized = raft.is_initialized().await.map_err(|e| format!("Raft stopped: {e}"))?;
         let state = if initialized {
@@ -233,13 +245,14 @@ impl Cluster {
             }
             "resuming its log"
         } else if config.bootstrap {
-            tokio::spawn(membership::form(raft.clone(), config.clone(), votes.clone()));
+            tokio::spawn(membership::form(raft.clone(), config.clone(), gate.clone()));
             "forming the cluster once a majority of the members confirm none exists"
         } else {
             "new: it waits for the leader to add it and send it the log, and votes once caught up"
         };
         if fresh {
-            tokio::spawn(membership::open_votes_when_caught_up(raft.clone(), config.node_id, votes.clone()));
+            tokio::spawn(membership::learn_term_floor(config.clone(), net, gate.clone()));
+            tokio::spawn(membership::open_votes_when_caught_up(raft.clone(), config.node_id, gate.clone()));
         }
         tracing::info!(
             "cluster: node {} of members {:?} listening for Raft on {address}, {state}",
@@ -254,7 +267,7 @@ impl Cluster {
             term_started,
         });
         let proposer = proposer::Proposer::start(Arc::clone(&leadership));
-        Ok(Cluster { raft, node_id: config.node_id, incarnation, leadership, proposer, votes })
+        Ok(Cluster { raft, node_id: config.node_id, incarnation, leadership, proposer, gate })
     }
 
     /// Proposes `command` for the request `request_id` of this process;
@@ -341,7 +354,8 @@ impl Cluster {
             last_log_index: metrics.last_log_index,
             committed_index: metrics.local_committed.map(|id| id.index),
             applied_index: metrics.last_applied.map(|id| id.index),
-            votes: self.votes.is_open(),
+            votes: self.gate.votes_open(),
+            term_floor: self.gate.term_floor(),
             snapshot_index: metrics.snapshot.map(|id| id.index),
             purged_index: metrics.purged.map(|id| id.index),
         }

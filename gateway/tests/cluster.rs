@@ -243,6 +243,74 @@ fn a_node_restarted_with_a_wiped_disk_votes_only_once_it_has_caught_up() {
 }
 
 #[test]
+fn a_wiped_voter_never_helps_a_stale_leader_overwrite_what_a_newer_term_committed() {
+    if let Err(why) = Namespaces::available() {
+        eprintln!("skipped: a partition between network namespaces cannot be made here: {why}");
+        return;
+    }
+    let mut cluster = Cluster::start(3);
+    let old = cluster.leader();
+    let keys = cluster.nodes[old].client().demo(2);
+    let mut acked = Vec::new();
+    place_some(&cluster.nodes[old].client(), &keys, 0, &mut acked);
+
+    // The leader is cut off; the other two elect one of them in a newer
+    // term and commit orders together.
+    let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+    let id = |index: usize| ids[index];
+    let others: Vec<u64> = (0..3).filter(|i| *i != old).map(id).collect();
+    let first = Partition::isolate(&cluster, &[id(old)], &others);
+    let new = wait_for_other_leader(&cluster, old);
+    place_some(&cluster.nodes[new].client(), &keys, 1, &mut acked);
+    let wiped = (0..3).find(|i| *i != old && *i != new).unwrap();
+
+    // The node that helped commit them loses its disk; the old leader
+    // restarts (and restores its leadership of the old term); the new
+    // leader is cut off from both. The old leader's appends reach only the
+    // wiped node, which has forgotten the newer term: were it to
+    // acknowledge them, the two would be a majority in the old term and
+    // overwrite what the newer one committed.
+    cluster.nodes[old].kill();
+    cluster.nodes[wiped].kill();
+    cluster.nodes[wiped].wipe();
+    let second = Partition::isolate(&cluster, &[id(new)], &[id(old), id(wiped)]);
+    drop(first);
+    cluster.nodes[old].start();
+    cluster.nodes[wiped].start();
+    // Many heartbeats (behaviour, not speed: an acknowledgement takes one).
+    std::thread::sleep(Duration::from_secs(2));
+    let health = cluster.nodes[wiped].health().unwrap();
+    assert!(
+        health["cluster"]["term_floor"].is_null() && health["cluster"]["last_log_index"].is_null(),
+        "the wiped node acknowledged a log before it could learn the newer term: {health}"
+    );
+    let (status, answer) = cluster.nodes[old].client().place(
+        &keys[0],
+        json!({ "market": "BTC-USDT", "side": "buy", "type": "limit", "price": "50", "quantity": "0.01",
+                "client_order_id": "stale-term-1" }),
+    );
+    // 421: refused as not applied; 504: proposed, never committed.
+    assert!(
+        matches!(status, 421 | 504),
+        "the stale leader took an order with the wiped node's help: {status} {answer}"
+    );
+
+    // Healed: the wiped node learns the newer term, catches up and votes;
+    // everything acknowledged is on every node.
+    drop(second);
+    cluster.nodes[wiped].wait_voting();
+    let leader = cluster.leader();
+    let client = cluster.nodes[leader].client();
+    place_some(&client, &keys, 2, &mut acked);
+    cluster.assert_converged(&client, &keys, "the stale leader met the wiped node");
+    for node in &cluster.nodes {
+        assert_all_found(&node.client(), &keys, &acked, "the stale leader met the wiped node");
+    }
+    let floor = cluster.nodes[wiped].health().unwrap()["cluster"]["term_floor"].as_u64();
+    assert!(floor.is_some_and(|f| f >= 2), "the wiped node's term floor: {floor:?}");
+}
+
+#[test]
 fn learners_and_voters_join_and_leave_through_the_admin_api() {
     // On loopback: the nodes added later need no namespace of their own.
     let mut cluster = Cluster::start_with(3, false, "");

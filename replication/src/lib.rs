@@ -10,6 +10,8 @@
 //! * [`net`]: the transport, openraft's RPCs (append, vote, pre-vote, snapshot in chunks,
 //!   leader transfer) as length-prefixed [`codec`] frames over TCP, client and server, the
 //!   server hardened against hostile frames.
+//! * [`gate`]: what a node whose log was new at start may do (vote, acknowledge a leader's
+//!   log) before it knows which terms it may have taken part in.
 //! * [`log_file`]: the committed entries of a node's log read from its files, read-only (for
 //!   the operator's tools and checkers).
 //! * [`log_store`]: openraft's log storage on the journal's Raft log (`journal::RaftLog`,
@@ -59,14 +61,16 @@
 /// The exact openraft this crate is built on, for its users' trait impls and errors.
 pub use openraft;
 
+pub mod gate;
 pub mod log_file;
 pub mod log_store;
 pub mod net;
 pub mod state_machine;
 pub mod types;
 
+pub use gate::FreshNodeGate;
 pub use log_store::{LogStore, LogStoreConfig, PurgeHold};
-pub use net::{NetConfig, NetworkFactory, VoteGate};
+pub use net::{NetConfig, NetworkFactory};
 pub use state_machine::{
     decode_image, encode_image, read_image_at, read_image_file, stamp, write_image_file, EngineStateMachine,
     Image, Replica,

@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{
     Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
@@ -36,12 +37,14 @@ use openraft::raft::{
     TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftStateMachine;
+use openraft::vote::RaftLeaderId;
 use openraft::RaftNetworkV2;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::gate::FreshNodeGate;
 use crate::state_machine::check_image_envelope;
 use crate::types::{ExchangeNode, ExchangeRaft, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 
@@ -65,42 +68,9 @@ pub struct NetConfig {
     /// system's choice). A node sets it to its Raft listener's address, so that firewall
     /// rules (and the partition tests) can tell its traffic from another node's on one host.
     pub bind_outgoing: Option<std::net::IpAddr>,
-    /// Whether the server answers vote and pre-vote requests (see [`VoteGate`]).
-    pub votes: VoteGate,
-}
-
-/// Whether this node may vote. A node whose disk was wiped (or a new one) has forgotten
-/// whom it voted for and which entries it acknowledged: were it to vote at once, it could
-/// vote twice in one term, or help elect a node that lacks an entry it had acknowledged
-/// before losing its disk (a committed entry, lost). Its server refuses votes while the gate
-/// is closed; the node opens it once it has caught up with a leader's log.
-#[derive(Clone, Debug)]
-pub struct VoteGate(Arc<std::sync::atomic::AtomicBool>);
-
-impl VoteGate {
-    pub fn new(open: bool) -> VoteGate {
-        VoteGate(Arc::new(std::sync::atomic::AtomicBool::new(open)))
-    }
-
-    pub fn open(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The answer of a node that may not vote: not granted, the candidate's own vote echoed
-    /// (openraft expects `response.vote >= request.vote`), no log claimed.
-    fn refuse(request: &VoteRequest<TypeConfig>) -> VoteResponse<TypeConfig> {
-        VoteResponse::new(request.vote, None, false)
-    }
-}
-
-impl Default for VoteGate {
-    fn default() -> VoteGate {
-        VoteGate::new(true)
-    }
+    /// What the server lets through to Raft from a node whose log was new at start: votes,
+    /// appends and snapshots (see [`FreshNodeGate`]). Always open on a node that remembers.
+    pub gate: FreshNodeGate,
 }
 
 impl Default for NetConfig {
@@ -112,7 +82,7 @@ impl Default for NetConfig {
             frame_read_timeout_ms: 10_000,
             connections_max: 256,
             bind_outgoing: None,
-            votes: VoteGate::default(),
+            gate: FreshNodeGate::new(false),
         }
     }
 }
@@ -131,6 +101,9 @@ enum Request {
         image_bytes: u64,
     },
     SnapshotChunk(Vec<u8>),
+    /// The current term of the server (see [`crate::gate`]); answered by the transport, so
+    /// that a node answers it whatever its Raft is doing.
+    TermQuery,
 }
 
 /// What the server answers, one per request (one per whole snapshot).
@@ -143,6 +116,10 @@ enum Response {
     Snapshot(Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>>),
     /// The server refused the snapshot without installing it (the reason says why).
     SnapshotRefused(String),
+    Term(u64),
+    /// The server's gate kept an append from Raft (the reason says why): to the leader, the
+    /// node is unreachable for now.
+    AppendRefused(String),
 }
 
 /// Why a frame could not be read.
@@ -403,6 +380,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self.call(&Request::Append(rpc), RPCTypes::AppendEntries, option.soft_ttl()).await? {
             Response::Append(result) => result.map_err(|e| remote_fatal(&e)),
+            Response::AppendRefused(reason) => {
+                tracing::debug!(target = self.target, %reason, "peer refused an append");
+                Err(RPCError::Unreachable(Unreachable::from_string(reason)))
+            }
             _ => Err(self.mismatch(RPCTypes::AppendEntries)),
         }
     }
@@ -555,12 +536,21 @@ where
         let frame = read_frame(&mut stream, max, None, rest_timeout).await?;
         let request: Request = codec::decode(&frame).map_err(FrameError::Decode)?;
         let response = match request {
-            Request::Append(rpc) => Response::Append(raft.append_entries(rpc).await),
-            Request::Vote(rpc) if !config.votes.is_open() => {
+            Request::Append(rpc) => match config.gate.admits_leader(rpc.vote.leader_id().term()) {
+                Ok(()) => Response::Append(raft.append_entries(rpc).await),
+                Err(reason) => {
+                    tracing::debug!(leader = ?rpc.vote, %reason, "refusing an append");
+                    Response::AppendRefused(reason)
+                }
+            },
+            Request::Vote(rpc) if !config.gate.votes_open() => {
                 tracing::debug!(candidate = ?rpc.vote, "refusing a vote: this node has not caught up since its disk was new");
-                Response::Vote(Ok(VoteGate::refuse(&rpc)))
+                Response::Vote(Ok(refuse_vote(&rpc)))
             }
-            Request::PreVote(rpc) if !config.votes.is_open() => Response::PreVote(Ok(VoteGate::refuse(&rpc))),
+            Request::PreVote(rpc) if !config.gate.votes_open() => Response::PreVote(Ok(refuse_vote(&rpc))),
+            Request::TermQuery => {
+                Response::Term(config.gate.answer_term(raft.metrics().borrow_watched().current_term))
+            }
             Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
             Request::PreVote(rpc) => Response::PreVote(raft.pre_vote(rpc).await),
             Request::TransferLeader(req) => Response::TransferLeader(raft.handle_transfer_leader(req).await),
@@ -607,6 +597,10 @@ where
             _ => return Err(FrameError::Protocol("a request inside a snapshot stream")),
         }
     }
+    if let Err(reason) = config.gate.admits_leader(vote.leader_id().term()) {
+        tracing::debug!(leader = ?vote, %reason, "refusing a snapshot");
+        return Ok(Response::SnapshotRefused(reason));
+    }
     // Transport damage and foreign bytes stop here; the state machine decodes the rest.
     if let Err(e) = check_image_envelope(&image) {
         tracing::warn!(snapshot = ?meta.last_log_id, error = %e, "refusing a received snapshot");
@@ -614,6 +608,33 @@ where
     }
     let snapshot = Snapshot { meta, snapshot: SnapshotData::new(image) };
     Ok(Response::Snapshot(raft.install_full_snapshot(vote, snapshot).await))
+}
+
+/// The answer of a node that may not vote: not granted, the candidate's own vote echoed
+/// (openraft expects `response.vote >= request.vote`), no log claimed.
+fn refuse_vote(request: &VoteRequest<TypeConfig>) -> VoteResponse<TypeConfig> {
+    VoteResponse::new(request.vote, None, false)
+}
+
+/// Asks the node at `addr` for its current term (see [`crate::gate`]), on a connection of its
+/// own, within `timeout`; `None` if it did not answer.
+pub async fn query_term(addr: &str, config: &NetConfig, timeout: Duration) -> Option<u64> {
+    let mut client = PeerClient {
+        node_id: 0,
+        target: 0,
+        addr: addr.to_string(),
+        config: Arc::new(config.clone()),
+        conn: None,
+    };
+    let frame = encode_frame(&Request::TermQuery, config.frame_bytes_max).ok()?;
+    match client.exchange(vec![frame], timeout).await {
+        Ok(Response::Term(term)) => Some(term),
+        Ok(_) => {
+            tracing::warn!(%addr, "a term query was answered with another kind of response");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// Binds a Raft listener on `addr` (e.g. `127.0.0.1:0`), returning it with its local address.

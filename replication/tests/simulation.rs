@@ -2,15 +2,23 @@
 //! ([`LogStore`], the journal's Raft log with its sync thread) and our state machine
 //! ([`EngineStateMachine`], snapshots built from and installed into an engine), with the
 //! network replaced by a simulated one that drops, delays and partitions messages, while a
-//! schedule drawn from the seed crashes nodes (restarted on the same directories) and, with
-//! `SIM_WIPES=1`, wipes them (restarted empty, behind a closed vote gate, as the gateway does).
+//! schedule drawn from the seed crashes nodes (restarted on the same directories) and
+//! wipes them (restarted empty, behind the gate of a node whose log is new, as the gateway
+//! does: `replication::gate`).
 //!
-//! Wipes are off by default because they find a hazard that is not fixed (docs/replication.md,
-//! "Not yet"): the vote gate holds back a wiped node's votes, not its acknowledgements, so a
-//! stale leader of an older term (here one that restores its leadership at restart) and the
-//! wiped node make a majority of three and overwrite entries committed in a newer term.
-//! `SIM_WIPES=1 SIM_SEED=5 SIM_REPEAT=8 cargo test -p replication --test simulation --
-//! --nocapture three_nodes` shows it in 5 of 14 replays; 4 of 100 three-node seeds fail with wipes.
+//! Wipes are in the schedule by default at three nodes; `SIM_WIPES=0` takes them out,
+//! `SIM_WIPES=1` puts them in at five nodes too. At five they are off by default because of a
+//! liveness failure not fixed yet: a leader's replication stream to a wiped node reads entries
+//! the leader has just purged, and openraft's assertion that an append's entries follow its
+//! previous log id stops that stream for good (the wiped node never catches up; what a
+//! build without debug assertions does then is not examined yet). `SIM_WIPES=1 SIM_SEED=2 SIM_REPEAT=6 cargo test -p replication
+//! --test simulation -- --nocapture five_nodes` shows it in about 1 of 3 replays.
+//!
+//! Before the gate held back a wiped node's acknowledgements (not only its votes), a stale
+//! leader of an older term and a wiped node made a majority of three and overwrote entries
+//! committed in a newer term (4 of 100 three-node seeds); and before the gate outlived a
+//! restart, a wiped node killed while catching up came back voting with a partial log
+//! (seed 47).
 //!
 //! Every run checks, while it runs and at its end:
 //!
@@ -31,7 +39,7 @@
 //! SIM_SEEDS=500 cargo test --release -p replication --test simulation -- --nocapture
 //! SIM_SEEDS=500 SIM_SEED_FIRST=10000 cargo test ...           # another range of seeds
 //! SIM_SEED=1234 cargo test -p replication --test simulation -- --nocapture   # replay one
-//! SIM_WIPES=1 ...        # wipes in the schedule too
+//! SIM_WIPES=0 ...        # no wipes (SIM_WIPES=1: wipes at five nodes too)
 //! SIM_VERBOSE=1 ...      # one line per seed
 //! ```
 //!
@@ -59,8 +67,8 @@
 //! after a process kill), torn or damaged files, the TCP transport ([`replication::net`]:
 //! `tests/transport.rs` covers it), the gateway's own state machine and pipeline (the
 //! real-process tests in `gateway/tests` do), membership changes other than the initial one,
-//! and clock jumps. A wipe is modelled only as the gateway restarts a wiped node (same id, vote
-//! gate closed until caught up), not as the remove-and-add procedure.
+//! and clock jumps. A wipe is modelled only as the gateway restarts a wiped node (same id, gate
+//! closed until it has learned its term floor and caught up), not as the remove-and-add procedure.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -86,8 +94,8 @@ use replication::log_store::LogReader;
 use replication::state_machine::check_image_envelope;
 use replication::types::{Entry, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, Vote};
 use replication::{
-    Batch, EngineStateMachine, ExchangeNode, ExchangeRaft, LogStore, LogStoreConfig, Origin, Proposal,
-    TypeConfig, VoteGate,
+    Batch, EngineStateMachine, ExchangeNode, ExchangeRaft, FreshNodeGate, LogStore, LogStoreConfig, Origin,
+    Proposal, TypeConfig,
 };
 
 type SimRaft = ExchangeRaft<SimStateMachine>;
@@ -424,7 +432,7 @@ struct Net {
 }
 
 struct NetState {
-    running: HashMap<u64, (SimRaft, VoteGate)>,
+    running: HashMap<u64, (SimRaft, FreshNodeGate)>,
     /// Directed pairs (from, to) whose messages are lost: a partition.
     cut: BTreeSet<(u64, u64)>,
     loss_permille: u64,
@@ -463,7 +471,7 @@ impl Net {
     }
 
     /// The target, when it runs and `from` can reach it.
-    fn reach(&self, from: u64, to: u64) -> Result<(SimRaft, VoteGate), Delivery> {
+    fn reach(&self, from: u64, to: u64) -> Result<(SimRaft, FreshNodeGate), Delivery> {
         let state = self.lock();
         if state.cut.contains(&(from, to)) {
             return Err(Delivery::Lost);
@@ -520,7 +528,7 @@ impl SimClient {
     ) -> Result<T, RPCError<TypeConfig>>
     where
         T: Send + 'static,
-        F: FnOnce(SimRaft, VoteGate) -> Fut + Send + 'static,
+        F: FnOnce(SimRaft, FreshNodeGate) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, String>> + Send,
     {
         let fate = self.net.fate();
@@ -561,6 +569,17 @@ impl SimClient {
     }
 }
 
+impl SimClient {
+    /// What `net::query_term` asks: the target's term, as its transport answers it.
+    async fn query_term(&self) -> Option<u64> {
+        self.send(RPCTypes::Vote, Duration::from_millis(500), |raft, gate| async move {
+            Ok(gate.answer_term(raft.metrics().borrow_watched().current_term))
+        })
+        .await
+        .ok()
+    }
+}
+
 fn remote<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
@@ -577,7 +596,9 @@ impl RaftNetworkV2<TypeConfig> for SimClient {
             let (term, node) = (rpc.vote.leader_id().term(), *rpc.vote.leader_id().node_id());
             check(&self.net.checker).leader(term, node, "an append request's vote");
         }
-        self.send(RPCTypes::AppendEntries, option.soft_ttl(), move |raft, _| async move {
+        self.send(RPCTypes::AppendEntries, option.soft_ttl(), move |raft, gate| async move {
+            // What `net::serve` checks before it hands an append to openraft.
+            gate.admits_leader(rpc.vote.leader_id().term())?;
             raft.append_entries(rpc).await.map_err(|e: RaftError<TypeConfig>| remote(e))
         })
         .await
@@ -589,7 +610,7 @@ impl RaftNetworkV2<TypeConfig> for SimClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.send(RPCTypes::Vote, option.soft_ttl(), move |raft, votes| async move {
-            if !votes.is_open() {
+            if !votes.votes_open() {
                 // What `net::serve` answers for a node behind a closed vote gate.
                 return Ok(VoteResponse::new(rpc.vote, None, false));
             }
@@ -604,7 +625,7 @@ impl RaftNetworkV2<TypeConfig> for SimClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.send(RPCTypes::Vote, option.soft_ttl(), move |raft, votes| async move {
-            if !votes.is_open() {
+            if !votes.votes_open() {
                 return Ok(VoteResponse::new(rpc.vote, None, false));
             }
             raft.pre_vote(rpc).await.map_err(remote)
@@ -630,8 +651,9 @@ impl RaftNetworkV2<TypeConfig> for SimClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let sent = self.send(RPCTypes::InstallSnapshot, option.soft_ttl(), move |raft, _| async move {
+        let sent = self.send(RPCTypes::InstallSnapshot, option.soft_ttl(), move |raft, gate| async move {
             // What `net::serve` checks before it hands an image to openraft.
+            gate.admits_leader(vote.leader_id().term())?;
             check_image_envelope(snapshot.snapshot.get_ref()).map_err(remote)?;
             raft.install_full_snapshot(vote, snapshot).await.map_err(remote)
         });
@@ -649,7 +671,7 @@ impl RaftNetworkV2<TypeConfig> for SimClient {
 struct SimNode {
     raft: SimRaft,
     sm: EngineStateMachine,
-    votes: VoteGate,
+    gate: FreshNodeGate,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -690,7 +712,12 @@ impl Sim {
         let dir = node_dir(&self.root, id);
         let log =
             LogStore::open(&dir.join("journal"), LogStoreConfig::default()).expect("open the log store");
-        let wiped = log.was_fresh() && self.formed;
+        // As the gateway: a node whose log is new, or was new and had not caught up when it
+        // crashed, is gated (before the cluster forms, every node starts open).
+        let journal = dir.join("journal");
+        let votes =
+            FreshNodeGate::for_journal(&journal, log.was_fresh() && self.formed).expect("the gate's marker");
+        let wiped = votes.is_fresh();
         let sm =
             EngineStateMachine::open(&dir.join("snapshots"), self.limits).expect("open the state machine");
         let (hash, seq, applied) = sm.status().expect("status");
@@ -704,10 +731,19 @@ impl Sim {
         let network = SimNetworkFactory { me: id, net: self.net.clone() };
         let store = SimLogStore { inner: log, previous_flush: None };
         let raft = SimRaft::new(id, raft_config(!wiped), network, store, observed).await.expect("start raft");
-        let votes = VoteGate::new(!wiped);
         self.net.lock().running.insert(id, (raft.clone(), votes.clone()));
         let mut tasks = vec![tokio::spawn(watch_leadership(id, raft.clone(), self.checker.clone()))];
         if wiped {
+            let peers: Vec<u64> = self.nodes.keys().copied().filter(|&peer| peer != id).collect();
+            let needed = replication::gate::answers_needed(self.nodes.len(), true);
+            let (gate, net) = (votes.clone(), self.net.clone());
+            tasks.push(tokio::spawn(async move {
+                replication::gate::learn_term_floor(&gate, &peers, needed, |peer| {
+                    let client = SimClient { me: id, target: peer, net: net.clone() };
+                    async move { client.query_term().await }
+                })
+                .await;
+            }));
             tasks.push(tokio::spawn(open_votes_when_caught_up(
                 id,
                 raft.clone(),
@@ -715,7 +751,7 @@ impl Sim {
                 self.net.clone(),
             )));
         }
-        self.nodes.insert(id, Some(SimNode { raft, sm, votes, tasks }));
+        self.nodes.insert(id, Some(SimNode { raft, sm, gate: votes, tasks }));
     }
 
     /// The node stops as a killed process does: its peers hear nothing more from it, its
@@ -768,7 +804,7 @@ async fn watch_leadership(id: u64, raft: SimRaft, checker: SharedChecker) {
 /// leader other than itself is known and it has applied up to that leader's committed index,
 /// it votes and may stand for election. (The gateway asks the leader over HTTP; here the
 /// leader's metrics are read directly.)
-async fn open_votes_when_caught_up(id: u64, raft: SimRaft, votes: VoteGate, net: Arc<Net>) {
+async fn open_votes_when_caught_up(id: u64, raft: SimRaft, votes: FreshNodeGate, net: Arc<Net>) {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let metrics = raft.metrics().borrow_watched().clone();
@@ -782,8 +818,8 @@ async fn open_votes_when_caught_up(id: u64, raft: SimRaft, votes: VoteGate, net:
             if metrics.current_leader != Some(leader) {
                 break;
             }
-            if metrics.last_applied.is_some_and(|a| a.index >= target) {
-                votes.open();
+            if metrics.last_applied.is_some_and(|a| a.index >= target) && votes.term_floor().is_some() {
+                votes.open_votes().expect("remove the gate's marker");
                 raft.runtime_config().elect(true);
                 return;
             }
@@ -960,7 +996,9 @@ async fn run(seed: u64, n: u64, root: &Path) -> Result<RunSummary, String> {
     let client = tokio::spawn(client(seed, commands, net.clone(), client_log.clone(), stopped));
 
     let start = tokio::time::Instant::now();
-    let events = schedule(seed, n, env_u64("SIM_WIPES") == Some(1));
+    // Wipes by default at three nodes; at five only with SIM_WIPES=1 (see the crate docs).
+    let wipes = env_u64("SIM_WIPES").map_or(n == 3, |wipes| wipes == 1);
+    let events = schedule(seed, n, wipes);
     for (at, fault) in &events {
         tokio::time::sleep_until(start + Duration::from_millis(*at)).await;
         tracing::info!(seed = sim.seed, at, ?fault, "fault");
@@ -975,7 +1013,8 @@ async fn run(seed: u64, n: u64, root: &Path) -> Result<RunSummary, String> {
                 // Never while another node is catching up after a wipe: two of three nodes
                 // behind closed vote gates could elect nobody (a known limit, not a fault).
                 // (A wiped node that is down counts as catching up too.)
-                sim.catching_up.retain(|other| sim.nodes[other].as_ref().is_none_or(|n| !n.votes.is_open()));
+                sim.catching_up
+                    .retain(|other| sim.nodes[other].as_ref().is_none_or(|n| !n.gate.votes_open()));
                 let others_catching_up = sim.catching_up.iter().any(|other| other != id);
                 if sim.nodes[id].is_some() && !others_catching_up {
                     sim.wipe(*id).await;
@@ -1060,7 +1099,7 @@ async fn converge(sim: &Sim) -> Option<u64> {
         }
         let all = sim.nodes.values().flatten().all(|n| {
             let (_, _, applied) = n.sm.status().expect("status");
-            applied == Some(committed) && n.votes.is_open()
+            applied == Some(committed) && n.gate.votes_open()
         });
         if all {
             return Some(committed.index);
@@ -1094,7 +1133,7 @@ fn final_checks(
                         m.last_log_index,
                         m.local_committed.map(|c| c.index),
                         m.last_applied.map(|a| a.index),
-                        n.votes.is_open()
+                        n.gate.votes_open()
                     )
                 }
                 None => format!("node {id}: down"),

@@ -1,6 +1,7 @@
 //! The Raft transport against hostile peers and dead ones: a bad frame closes only its own
 //! connection, the server keeps serving; a client never reuses a connection after a timeout;
-//! pre-vote really asks the peer; a bad snapshot is refused and changes nothing.
+//! pre-vote really asks the peer; a bad snapshot is refused and changes nothing; a node whose
+//! log is new answers term queries and acknowledges no leader below its term floor.
 
 mod common;
 
@@ -14,11 +15,11 @@ use engine_core::EngineLimits;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::VoteRequest;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use openraft::storage::Snapshot;
 use openraft::RaftNetworkV2;
 use replication::types::{SnapshotData, SnapshotMeta, Vote};
-use replication::{ExchangeNode, NetConfig, NetworkFactory};
+use replication::{ExchangeNode, FreshNodeGate, NetConfig, NetworkFactory};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -239,4 +240,63 @@ async fn a_stopped_server_closes_the_connections_it_had() {
     let mut buf = [0u8; 8];
     let read = tokio::time::timeout(CLOSE_BOUND, held.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a stopped node kept a connection open: {read:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_log_acknowledges_no_leader_below_the_term_floor_it_learned() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = FreshNodeGate::new(true);
+    let node = TestNode::start_with(
+        2,
+        dir.path(),
+        "127.0.0.1:0",
+        EngineLimits::default(),
+        NetConfig { gate: gate.clone(), ..NetConfig::default() },
+    )
+    .await;
+    let net = NetConfig::default();
+    let timeout = Duration::from_secs(5);
+    let append = |term: u64| AppendEntriesRequest {
+        vote: Vote::new_committed(term, 1),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    let mut leader = client_to(&node.addr, 2).await;
+    let option = || RPCOption::new(Duration::from_secs(5));
+
+    // Floor unknown: the term is answered, every append refused, and Raft never sees it.
+    assert_eq!(replication::net::query_term(&node.addr, &net, timeout).await, Some(0));
+    let refused = leader.append_entries(append(5), option()).await;
+    assert!(
+        matches!(&refused, Err(RPCError::Unreachable(e)) if e.to_string().contains("acknowledges no leader's log yet")),
+        "{refused:?}"
+    );
+    assert_eq!(node.raft.metrics().borrow_watched().current_term, 0, "the refused append reached Raft");
+
+    // Floor 6 (what the other voters said): a leader of term 5 is still refused, one of 6 heard.
+    gate.set_term_floor(6);
+    assert_eq!(replication::net::query_term(&node.addr, &net, timeout).await, Some(6));
+    let refused = leader.append_entries(append(5), option()).await;
+    assert!(
+        matches!(&refused, Err(RPCError::Unreachable(e)) if e.to_string().contains("below this node's term floor 6")),
+        "{refused:?}"
+    );
+    let accepted = leader.append_entries(append(6), option()).await;
+    assert!(matches!(accepted, Ok(AppendEntriesResponse::Success)), "{accepted:?}");
+    assert_eq!(node.raft.metrics().borrow_watched().current_term, 6);
+
+    // Votes stay closed until the node opens them (once caught up): the gate answers, echoing
+    // the candidate; once open, Raft answers with the node's own vote (its leader's lease).
+    let mut candidate = client_to(&node.addr, 2).await;
+    let vote = candidate.vote(VoteRequest::new(Vote::new(7, 3), None), option()).await.unwrap();
+    assert!(!vote.vote_granted && vote.vote == Vote::new(7, 3), "{vote:?}");
+    gate.open_votes().unwrap();
+    let vote = candidate.vote(VoteRequest::new(Vote::new(7, 3), None), option()).await.unwrap();
+    assert_eq!(vote.vote, Vote::new_committed(6, 1), "{vote:?}");
+
+    // A node past its floor answers its own term.
+    assert_eq!(replication::net::query_term(&node.addr, &net, timeout).await, Some(6));
+    node.stop().await;
 }

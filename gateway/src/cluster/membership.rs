@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use replication::openraft::async_runtime::watch::WatchReceiver;
 use replication::openraft::{ChangeMembers, ServerState};
-use replication::{ExchangeNode, VoteGate};
+use replication::{ExchangeNode, FreshNodeGate, NetConfig};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -34,6 +34,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// The largest `/health` answer read from a peer.
 const HEALTH_BYTES_MAX: u64 = 64 * 1024;
+/// How long a fresh node waits for one voter's answer to its term query.
+const TERM_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
 /// A learner is promoted to voter once its log is within this many entries
 /// of the leader's: promoting one far behind would stall commits until it
 /// caught up, if the majority needs it.
@@ -244,7 +246,7 @@ fn node_of(member: &MemberConfig) -> ExchangeNode {
 /// the voting members answer that they hold no log, then adds the others.
 /// If a member answers that it holds a log, a cluster exists: this node
 /// joins it as a new node would, and forms nothing.
-pub(super) async fn form(raft: Raft, config: ClusterConfig, votes: VoteGate) {
+pub(super) async fn form(raft: Raft, config: ClusterConfig, gate: FreshNodeGate) {
     let voters_needed = config.members.iter().filter(|m| !m.learner).count() / 2 + 1;
     let mut waiting_logged = false;
     loop {
@@ -284,7 +286,13 @@ pub(super) async fn form(raft: Raft, config: ClusterConfig, votes: VoteGate) {
         tracing::error!("cluster: cannot form the cluster: {error}");
         return;
     }
-    votes.open();
+    // A majority held no log: no term was ever used, nothing to forget.
+    gate.set_term_floor(0);
+    if let Err(error) = gate.open_votes() {
+        // Without votes the cluster cannot elect; stopping says why.
+        tracing::error!("cluster: formed, but cannot record that this node votes: {error}");
+        return;
+    }
     raft.runtime_config().elect(true);
     tracing::info!("cluster: formed with node {} as its only voter; adding the other members", me.id);
     finish_forming(raft, config).await;
@@ -332,13 +340,39 @@ pub(super) async fn finish_forming(raft: Raft, config: ClusterConfig) {
     );
 }
 
+/// On a node whose log was new at start: asks the other configured voters
+/// for their terms until enough have answered (`replication::gate`), and
+/// sets the floor below which this node acknowledges no leader's log. A
+/// node configured as a learner counts in no quorum and needs none.
+pub(super) async fn learn_term_floor(config: ClusterConfig, net: NetConfig, gate: FreshNodeGate) {
+    let me = config.me();
+    let voters = config.members.iter().filter(|m| !m.learner).count();
+    let others: BTreeMap<u64, String> = config
+        .members
+        .iter()
+        .filter(|m| !m.learner && m.id != me.id)
+        .map(|m| (m.id, m.raft.clone()))
+        .collect();
+    let needed = replication::gate::answers_needed(voters, !me.learner);
+    if needed == 0 {
+        gate.set_term_floor(0);
+        return;
+    }
+    let peers: Vec<u64> = others.keys().copied().collect();
+    replication::gate::learn_term_floor(&gate, &peers, needed, |peer| {
+        let (addr, net) = (others[&peer].clone(), net.clone());
+        async move { replication::net::query_term(&addr, &net, TERM_QUERY_TIMEOUT).await }
+    })
+    .await;
+}
+
 /// On a node whose log was new at start: once a leader (not this node) is
 /// known and this node has applied up to the leader's committed index,
 /// opens the vote gate and lets it stand for election.
-pub(super) async fn open_votes_when_caught_up(raft: Raft, me: u64, votes: VoteGate) {
+pub(super) async fn open_votes_when_caught_up(raft: Raft, me: u64, gate: FreshNodeGate) {
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
-        if votes.is_open() {
+        if gate.votes_open() {
             return;
         }
         let metrics = raft.metrics().borrow_watched().clone();
@@ -354,8 +388,16 @@ pub(super) async fn open_votes_when_caught_up(raft: Raft, me: u64, votes: VoteGa
             if metrics.current_leader != Some(leader) || metrics.state == ServerState::Shutdown {
                 break;
             }
-            if metrics.last_applied.is_some_and(|applied| applied.index >= target) {
-                votes.open();
+            let caught_up = metrics.last_applied.is_some_and(|applied| applied.index >= target);
+            // Caught up means acknowledged a leader's log, which needs the floor.
+            if caught_up && gate.term_floor().is_some() {
+                if let Err(error) = gate.open_votes() {
+                    tracing::error!(
+                        "cluster: caught up, but cannot record that this node votes (tried again): {error}"
+                    );
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    continue;
+                }
                 raft.runtime_config().elect(true);
                 tracing::info!(
                     "cluster: this node's new log has caught up with leader {leader} (index {target}): it votes \
