@@ -207,14 +207,6 @@ fn threshold(side: Side, price: Ticks) -> u128 {
 }
 
 impl TriggerBook {
-    fn queue_mut(&mut self, rises: bool) -> &mut StopQueue {
-        if rises {
-            &mut self.rising
-        } else {
-            &mut self.falling
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -341,9 +333,8 @@ impl TriggerBook {
     pub fn pop_reached(&mut self, price: Ticks, out: &mut Vec<Entry>) {
         self.quiet = None;
         for rises in [true, false] {
-            loop {
-                let queue = self.queue_mut(rises);
-                let Some(&level) = queue.levels.back() else { break };
+            let queue = if rises { &mut self.rising } else { &mut self.falling };
+            while let Some(&level) = queue.levels.back() {
                 let stop = Ticks(stop_key(rises, level.key));
                 let reached = if rises { stop <= price } else { stop >= price };
                 if !reached {
@@ -352,11 +343,15 @@ impl TriggerBook {
                 queue.levels.pop_back();
                 let mut node = level.head;
                 while node != NIL {
-                    let n = self.stops[node as usize];
+                    // Freed by its order id alone: a free node's links are
+                    // never read, and `insert` overwrites the whole node.
+                    let n = &mut self.stops[node as usize];
                     out.push(Entry { stop, order: n.order, slot: n.slot });
-                    self.free_stop(node);
-                    self.queue_mut(rises).len -= 1;
-                    node = n.next;
+                    n.order = OrderId(0);
+                    let next = n.next;
+                    self.free_stops.push(node);
+                    queue.len -= 1;
+                    node = next;
                 }
             }
         }
