@@ -46,7 +46,11 @@ impl Engine {
             (None, Some(stop)) => {
                 let entry = Entry { stop, order: order.id, slot };
                 let triggers = &mut self.markets[order.market.index()].triggers;
-                triggers.insert(waiting.trigger.rises(order.side), entry);
+                let node = triggers.insert(waiting.trigger.rises(order.side), entry);
+                let Phase::Waiting(waiting) = &mut self.extras.get_mut(order.ext).phase else {
+                    unreachable!("only a waiting order starts waiting")
+                };
+                waiting.node = node;
             }
             (None, None) => unreachable!("a trigger without a stop price tracks from placement"),
         }
@@ -75,7 +79,7 @@ impl Engine {
                 triggers.remove_tracking(waiting.node, order.id);
             }
             (None, Some(stop)) => {
-                triggers.remove(waiting.trigger.rises(order.side), stop, order.id);
+                triggers.remove(waiting.trigger.rises(order.side), stop, order.id, waiting.node);
             }
             (None, None) => {}
         }
@@ -318,8 +322,11 @@ impl Engine {
                     let last = self.markets[order.market.index()].last_price;
                     if let (None, Some(stop), Some(last)) = (waiting.tracking, waiting.trigger.stop, last) {
                         if reached(waiting.trigger.rises(order.side), stop, last) {
+                            let Phase::Waiting(started) = self.extras.get(order.ext).phase else {
+                                unreachable!("it just started waiting")
+                            };
                             let triggers = &mut self.markets[order.market.index()].triggers;
-                            triggers.remove(waiting.trigger.rises(order.side), stop, order.id);
+                            triggers.remove(waiting.trigger.rises(order.side), stop, order.id, started.node);
                             if waiting.trigger.trailing_bips > 0 {
                                 self.start_tracking(slot, Some(last));
                                 emitter.emit(EventKind::TrailingStarted {

@@ -100,9 +100,10 @@ pub(crate) struct Waiting {
     /// market's trigger book (`TriggerBook::tracking_bests`), not here:
     /// `p` is where it started.
     pub tracking: Option<Option<Ticks>>,
-    /// Its node on the market's trigger book while it tracks from a best
-    /// price, else `NIL` (a fired order's stale node is told apart by its
-    /// order id).
+    /// Its node on the market's trigger book: in the queue of its stop
+    /// price while it waits for it, in the tracking orders while it tracks
+    /// from a best price; else `NIL` (a fired order's stale node is told
+    /// apart by its order id). Derived: never saved or hashed.
     pub node: u32,
 }
 

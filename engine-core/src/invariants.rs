@@ -166,6 +166,19 @@ impl Engine {
                 .triggers
                 .check()
                 .map_err(|why| InvariantViolation::OrderIndex { order: OrderId(0), why })?;
+            for (node, entry) in state.triggers.stopped() {
+                let order = self.orders.get(entry.slot);
+                let Phase::Waiting(waiting) = self.extras.get(order.ext).phase else { unreachable!() };
+                if waiting.node != node
+                    || waiting.tracking.is_some()
+                    || waiting.trigger.stop != Some(entry.stop)
+                {
+                    return Err(InvariantViolation::OrderIndex {
+                        order: entry.order,
+                        why: "a waiting order and its node on the trigger book disagree",
+                    });
+                }
+            }
             for (node, entry, bips) in state.triggers.tracking() {
                 let bad = |why| InvariantViolation::OrderIndex { order: entry.order, why };
                 let order = self.orders.get(entry.slot);

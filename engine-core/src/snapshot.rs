@@ -763,7 +763,13 @@ impl Engine {
                     };
                     restored.node = node;
                 }
-                None => triggers.insert(trigger.rises(waiting.side), entry),
+                None => {
+                    let node = triggers.insert(trigger.rises(waiting.side), entry);
+                    let Phase::Waiting(restored) = &mut self.extras.get_mut(order_ext).phase else {
+                        unreachable!("restored as waiting")
+                    };
+                    restored.node = node;
+                }
             }
             owned.push((waiting.user, waiting.id, slot));
         }

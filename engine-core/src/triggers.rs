@@ -2,12 +2,20 @@
 //! fires them.
 //!
 //! Orders waiting for the price to rise and orders waiting for it to fall
-//! are kept apart, each in a `VecDeque` sorted so that the next to fire is
-//! the last element: a trade looks at the ends only, and pops what it
-//! fires. Inserting or removing moves the shorter side of the deque, so
-//! stops placed near the market (the usual case) and stops placed beyond
-//! every other (a ladder of stops) both cost O(1) moves; only a stop in
-//! the middle of a long queue moves up to half of it.
+//! are kept apart, each as the order book keeps a side: *levels* of one
+//! stop price each, in a `VecDeque` sorted so that the next to fire is the
+//! last level, and in each level a doubly linked list of nodes (a slab with
+//! a free list) in order id order. A trade looks at the last levels only
+//! and pops what it reaches. An order knows its node (`Waiting::node`), so
+//! taking it off (a cancel, an OCO's other leg) unlinks it in O(1) and
+//! searches the levels only when it was the first or last of its level; a
+//! new order goes to the tail of its level (found by a binary search over
+//! the levels, which are far fewer than the orders). Only creating or
+//! removing a level moves entries, the shorter side of the deque of levels
+//! (16 bytes each): stops placed near the market (the usual case) and
+//! stops placed beyond every other (a ladder of stops) both cost O(1)
+//! moves. These queues used to hold the entries themselves, sorted; every
+//! placement and cancel then binary-searched and moved up to half of them.
 //!
 //! Trailing orders that are tracking have a trigger price that moves with
 //! the trades, so a trade must not visit them one by one (it did, and ten
@@ -48,12 +56,15 @@ pub(crate) struct Entry {
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TriggerBook {
-    /// Fire when the price rises to `stop`: lowest stop last (oldest last
-    /// among equal stops).
-    rising: VecDeque<Entry>,
-    /// Fire when the price falls to `stop`: highest stop last (oldest last
-    /// among equal stops).
-    falling: VecDeque<Entry>,
+    /// Fire when the price rises to their stop: the lowest stop's level
+    /// last.
+    rising: StopQueue,
+    /// Fire when the price falls to their stop: the highest stop's level
+    /// last.
+    falling: StopQueue,
+    /// The nodes of both queues' levels; a free node has order id 0.
+    stops: Vec<StopNode>,
+    free_stops: Vec<u32>,
     /// Trailing orders tracking from placement in a market that has not
     /// traded yet, by order id (`stop` unused): they start at the next
     /// trade.
@@ -119,11 +130,42 @@ struct Node {
     group: u32,
 }
 
-/// The sort key of an entry in `rising` or `falling`: ascending, with the
-/// next to fire last.
-fn key(rises: bool, entry: &Entry) -> (u64, u64) {
-    let stop = if rises { !entry.stop.0 } else { entry.stop.0 };
-    (stop, !entry.order.0)
+/// One side's waiting orders by stop price (see the module docs).
+#[derive(Clone, Debug, Default)]
+struct StopQueue {
+    /// Ascending by [`Level::key`]: the next to fire last.
+    levels: VecDeque<Level>,
+    /// How many orders wait in it.
+    len: usize,
+}
+
+/// The orders waiting at one stop price, oldest (smallest id) at the head:
+/// among equal stops the oldest fires first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Level {
+    /// [`stop_key`] of its stop.
+    key: u64,
+    head: u32,
+    tail: u32,
+}
+
+/// A waiting order in its level's list.
+#[derive(Clone, Copy, Debug)]
+struct StopNode {
+    order: OrderId,
+    slot: u32,
+    prev: u32,
+    next: u32,
+}
+
+/// The sort key of a stop price in `rising` (its complement: the lowest
+/// stop sorts last) or `falling` (the stop itself); its own inverse.
+fn stop_key(rises: bool, stop: u64) -> u64 {
+    if rises {
+        !stop
+    } else {
+        stop
+    }
 }
 
 fn side_index(side: Side) -> usize {
@@ -165,54 +207,178 @@ fn threshold(side: Side, price: Ticks) -> u128 {
 }
 
 impl TriggerBook {
-    fn side_mut(&mut self, rises: bool) -> &mut VecDeque<Entry> {
-        if rises {
-            &mut self.rising
-        } else {
-            &mut self.falling
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.rising.len() + self.falling.len() + self.unstarted.len() + self.tracking_len
+        self.rising.len + self.falling.len + self.unstarted.len() + self.tracking_len
     }
 
-    pub fn insert(&mut self, rises: bool, entry: Entry) {
-        self.quiet = None;
-        let wanted = key(rises, &entry);
-        let side = self.side_mut(rises);
-        let index = side.partition_point(|e| key(rises, e) < wanted);
-        side.insert(index, entry);
+    /// The stop of the next rising (falling) order to fire.
+    fn next_stop(&self, rises: bool) -> Option<Ticks> {
+        let queue = if rises { &self.rising } else { &self.falling };
+        queue.levels.back().map(|level| Ticks(stop_key(rises, level.key)))
     }
 
-    /// Removes the entry of `order` waiting at `stop`; false if absent.
-    pub fn remove(&mut self, rises: bool, stop: Ticks, order: OrderId) -> bool {
-        self.quiet = None;
-        let wanted = key(rises, &Entry { stop, order, slot: 0 });
-        let side = self.side_mut(rises);
-        match side.binary_search_by(|e| key(rises, e).cmp(&wanted)) {
-            Ok(index) => {
-                side.remove(index);
-                true
+    /// Puts `entry` on the queue of orders waiting for the price to rise
+    /// (`rises`) or fall to its stop, after the older orders at its stop;
+    /// returns its node, which [`Self::remove`] needs.
+    pub fn insert(&mut self, rises: bool, entry: Entry) -> u32 {
+        debug_assert!(entry.order.0 != 0, "order id 0 marks free nodes");
+        // A new stop can only narrow the quiet band, and only if it fires
+        // before every other of its side: narrowed in place (a bound of
+        // the band is a min or max over the sides), so that placing a stop
+        // does not cost a recomputation at the next trade. An empty band
+        // (which may come from an early answer) is worked out again.
+        self.quiet = match self.quiet {
+            Some((lo, hi)) if lo <= hi => match (rises, entry.stop.0) {
+                (true, stop) => stop.checked_sub(1).map(|below| (lo, hi.min(Ticks(below)))),
+                (false, stop) => stop.checked_add(1).map(|above| (lo.max(Ticks(above)), hi)),
+            },
+            _ => None,
+        };
+        let node = StopNode { order: entry.order, slot: entry.slot, prev: NIL, next: NIL };
+        let node = match self.free_stops.pop() {
+            Some(index) => {
+                debug_assert_eq!(self.stops[index as usize].order, OrderId(0));
+                self.stops[index as usize] = node;
+                index
             }
-            Err(_) => false,
+            None => {
+                self.stops.push(node);
+                (self.stops.len() - 1) as u32
+            }
+        };
+        let key = stop_key(rises, entry.stop.0);
+        let queue = if rises { &mut self.rising } else { &mut self.falling };
+        queue.len += 1;
+        let index = queue.levels.partition_point(|level| level.key < key);
+        match queue.levels.get_mut(index) {
+            Some(level) if level.key == key => {
+                // Usually the newest order; a released OTO order or a
+                // restored one may be older than some already there.
+                let mut before = level.tail;
+                while before != NIL && self.stops[before as usize].order > entry.order {
+                    before = self.stops[before as usize].prev;
+                }
+                let after = if before == NIL { level.head } else { self.stops[before as usize].next };
+                if before == NIL {
+                    level.head = node;
+                } else {
+                    self.stops[before as usize].next = node;
+                }
+                if after == NIL {
+                    level.tail = node;
+                } else {
+                    self.stops[after as usize].prev = node;
+                }
+                let n = &mut self.stops[node as usize];
+                n.prev = before;
+                n.next = after;
+            }
+            _ => queue.levels.insert(index, Level { key, head: node, tail: node }),
         }
+        node
+    }
+
+    /// Removes the entry of `order` waiting at `stop` on its `node`; false
+    /// if it is not there (it fired: its node is free, or reused by another
+    /// order).
+    pub fn remove(&mut self, rises: bool, stop: Ticks, order: OrderId, node: u32) -> bool {
+        if self.stops.get(node as usize).is_none_or(|n| n.order != order) {
+            return false;
+        }
+        let StopNode { prev, next, .. } = self.stops[node as usize];
+        if prev != NIL {
+            self.stops[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.stops[next as usize].prev = prev;
+        }
+        let queue = if rises { &mut self.rising } else { &mut self.falling };
+        queue.len -= 1;
+        if prev == NIL || next == NIL {
+            // The first or last of its level: the level's ends change.
+            let key = stop_key(rises, stop.0);
+            let index = queue.levels.partition_point(|level| level.key < key);
+            let level = &mut queue.levels[index];
+            debug_assert_eq!(level.key, key, "a waiting order's level is missing");
+            if prev == NIL {
+                level.head = next;
+            }
+            if next == NIL {
+                level.tail = prev;
+            }
+            if level.head == NIL {
+                // Only the last level bounds the quiet band.
+                if index + 1 == queue.levels.len() {
+                    self.quiet = None;
+                }
+                queue.levels.remove(index);
+            }
+        }
+        self.free_stop(node);
+        true
+    }
+
+    fn free_stop(&mut self, node: u32) {
+        self.stops[node as usize] = StopNode { order: OrderId(0), slot: NIL, prev: NIL, next: NIL };
+        self.free_stops.push(node);
     }
 
     /// Pops into `out` every entry a trade at `price` reaches: rising stops
-    /// at or below it, falling stops at or above it.
+    /// at or below it (the lowest first), then falling stops at or above it
+    /// (the highest first); the oldest first among equal stops.
     pub fn pop_reached(&mut self, price: Ticks, out: &mut Vec<Entry>) {
         self.quiet = None;
-        while self.rising.back().is_some_and(|e| e.stop <= price) {
-            out.extend(self.rising.pop_back());
+        for rises in [true, false] {
+            let queue = if rises { &mut self.rising } else { &mut self.falling };
+            while let Some(&level) = queue.levels.back() {
+                let stop = Ticks(stop_key(rises, level.key));
+                let reached = if rises { stop <= price } else { stop >= price };
+                if !reached {
+                    break;
+                }
+                queue.levels.pop_back();
+                let mut node = level.head;
+                while node != NIL {
+                    // Freed by its order id alone: a free node's links are
+                    // never read, and `insert` overwrites the whole node.
+                    let n = &mut self.stops[node as usize];
+                    out.push(Entry { stop, order: n.order, slot: n.slot });
+                    n.order = OrderId(0);
+                    let next = n.next;
+                    self.free_stops.push(node);
+                    queue.len -= 1;
+                    node = next;
+                }
+            }
         }
-        while self.falling.back().is_some_and(|e| e.stop >= price) {
-            out.extend(self.falling.pop_back());
-        }
+    }
+
+    /// The entries of one queue, with their nodes, from its first level to
+    /// its last.
+    fn queue_entries(&self, rises: bool) -> impl Iterator<Item = (u32, Entry)> + '_ {
+        let queue = if rises { &self.rising } else { &self.falling };
+        queue.levels.iter().flat_map(move |level| {
+            let stop = Ticks(stop_key(rises, level.key));
+            let mut node = level.head;
+            std::iter::from_fn(move || {
+                if node == NIL {
+                    return None;
+                }
+                let n = self.stops[node as usize];
+                let found = (node, Entry { stop, order: n.order, slot: n.slot });
+                node = n.next;
+                Some(found)
+            })
+        })
+    }
+
+    /// The orders waiting for a stop price, with their nodes.
+    pub fn stopped(&self) -> impl Iterator<Item = (u32, Entry)> + '_ {
+        self.queue_entries(true).chain(self.queue_entries(false))
     }
 
     /// Whether a trade at `price` leaves every order here as it is: it
@@ -223,8 +389,8 @@ impl TriggerBook {
     /// engine asks and which must answer alike.
     #[cfg(test)]
     pub fn is_quiet_at(&self, price: Ticks) -> bool {
-        if self.rising.back().is_some_and(|e| e.stop <= price)
-            || self.falling.back().is_some_and(|e| e.stop >= price)
+        if self.next_stop(true).is_some_and(|stop| stop <= price)
+            || self.next_stop(false).is_some_and(|stop| stop >= price)
             || !self.unstarted.is_empty()
         {
             return false;
@@ -278,14 +444,14 @@ impl TriggerBook {
         let (mut lo, mut hi) = (0u64, u64::MAX);
         // A rising stop is reached at or above its stop, a falling one at
         // or below.
-        if let Some(entry) = self.rising.back() {
-            match entry.stop.0.checked_sub(1) {
+        if let Some(stop) = self.next_stop(true) {
+            match stop.0.checked_sub(1) {
                 Some(below) => hi = hi.min(below),
                 None => return EMPTY_BAND,
             }
         }
-        if let Some(entry) = self.falling.back() {
-            match entry.stop.0.checked_add(1) {
+        if let Some(stop) = self.next_stop(false) {
+            match stop.0.checked_add(1) {
                 Some(above) => lo = lo.max(above),
                 None => return EMPTY_BAND,
             }
@@ -449,7 +615,7 @@ impl TriggerBook {
     /// trade yet, tracking (in node order; `stop` unused).
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
         let tracking = self.tracking().map(|(_, entry, _)| entry);
-        self.rising.iter().chain(&self.falling).chain(&self.unstarted).copied().chain(tracking)
+        self.stopped().map(|(_, entry)| entry).chain(self.unstarted.iter().copied()).chain(tracking)
     }
 
     /// The tracking orders with a best price: node, entry and delta.
@@ -472,6 +638,48 @@ impl TriggerBook {
     pub fn check(&self) -> Result<(), &'static str> {
         if self.unstarted.windows(2).any(|pair| pair[0].order >= pair[1].order) {
             return Err("orders waiting for a trade to track are not in id order");
+        }
+        let mut stopped = 0usize;
+        for queue in [&self.rising, &self.falling] {
+            let mut reached = 0usize;
+            for (position, level) in queue.levels.iter().enumerate() {
+                if position > 0 && queue.levels[position - 1].key >= level.key {
+                    return Err("stop levels not in strict order");
+                }
+                let (mut node, mut before) = (level.head, NIL);
+                if node == NIL {
+                    return Err("an empty stop level");
+                }
+                while node != NIL {
+                    let n = self.stops.get(node as usize).ok_or("a stop node out of range")?;
+                    if n.order.0 == 0 {
+                        return Err("a free stop node in a level");
+                    }
+                    if n.prev != before {
+                        return Err("a stop level's links disagree");
+                    }
+                    if before != NIL && self.stops[before as usize].order >= n.order {
+                        return Err("a stop level not in order id order");
+                    }
+                    reached += 1;
+                    if reached > self.stops.len() {
+                        return Err("a stop level has a cycle");
+                    }
+                    before = node;
+                    node = n.next;
+                }
+                if level.tail != before {
+                    return Err("a stop level's tail is not its last node");
+                }
+            }
+            if reached != queue.len {
+                return Err("stop queues: counted and linked differ");
+            }
+            stopped += reached;
+        }
+        let free = self.stops.iter().filter(|n| n.order.0 == 0).count();
+        if stopped + free != self.stops.len() || free != self.free_stops.len() {
+            return Err("stop nodes: live and free do not add up");
         }
         let mut reached = 0usize;
         let mut stack = Vec::new();
@@ -763,7 +971,8 @@ mod tests {
     #[test]
     fn pops_what_a_price_reaches_and_removes_by_key() {
         let mut book = TriggerBook::default();
-        for (stop, order) in [(105, 1), (101, 2), (103, 3), (101, 4)] {
+        let first = book.insert(true, entry(105, 1));
+        for (stop, order) in [(101, 2), (103, 3), (101, 4)] {
             book.insert(true, entry(stop, order));
         }
         for (stop, order) in [(95, 5), (99, 6), (97, 7)] {
@@ -774,12 +983,75 @@ mod tests {
         assert!(out.is_empty());
         book.pop_reached(Ticks(103), &mut out);
         assert_eq!(out.iter().map(|e| e.order.0).collect::<Vec<_>>(), vec![2, 4, 3]);
-        assert!(book.remove(true, Ticks(105), OrderId(1)));
-        assert!(!book.remove(true, Ticks(105), OrderId(1)));
+        assert!(book.remove(true, Ticks(105), OrderId(1), first));
+        assert!(!book.remove(true, Ticks(105), OrderId(1), first));
         out.clear();
         book.pop_reached(Ticks(96), &mut out);
         assert_eq!(out.iter().map(|e| e.order.0).collect::<Vec<_>>(), vec![6, 7]);
         assert_eq!(book.len(), 1);
+    }
+
+    /// The stop queues against a sorted list of every waiting entry: the
+    /// same pops in the same order, whatever the order of insertion (older
+    /// ids arrive late too, as released OTO orders do), removals of any
+    /// entry, and the kept quiet band always equal to a recomputed one.
+    #[test]
+    fn stop_queues_pop_and_remove_as_a_sorted_list_would() {
+        let mut random = Lcg(29);
+        let mut book = TriggerBook::default();
+        // (rises, stop, order, node), in no order.
+        let mut model: Vec<(bool, u64, u64, u32)> = Vec::new();
+        let mut next_order = 1_000u64;
+        let mut price = 1_000u64;
+        for step in 0..20_000 {
+            match random.below(10) {
+                0..=4 => {
+                    let rises = random.below(2) == 0;
+                    let distance = 1 + random.below(100);
+                    let stop = if rises { price + distance } else { price - distance };
+                    // One in eight is older than some already waiting.
+                    let order = if random.below(8) == 0 {
+                        next_order - 1 - random.below(900)
+                    } else {
+                        next_order += 1;
+                        next_order
+                    };
+                    if model.iter().any(|m| m.2 == order) {
+                        continue;
+                    }
+                    let node = book.insert(rises, entry(stop, order));
+                    model.push((rises, stop, order, node));
+                }
+                5..=6 if !model.is_empty() => {
+                    let (rises, stop, order, node) =
+                        model.swap_remove(random.below(model.len() as u64) as usize);
+                    assert!(book.remove(rises, Ticks(stop), OrderId(order), node));
+                    assert!(!book.remove(rises, Ticks(stop), OrderId(order), node), "removed twice");
+                }
+                _ => {
+                    price = (price + random.below(7)).saturating_sub(3).max(100);
+                    let mut expected: Vec<_> = model
+                        .iter()
+                        .filter(|m| if m.0 { m.1 <= price } else { m.1 >= price })
+                        .map(|m| (!m.0, if m.0 { m.1 } else { !m.1 }, m.2))
+                        .collect();
+                    expected.sort_unstable();
+                    model.retain(|m| if m.0 { m.1 > price } else { m.1 < price });
+                    let quiet = book.is_quiet_between(Ticks(price), Ticks(price));
+                    assert_eq!(quiet, expected.is_empty(), "step {step}");
+                    let mut out = Vec::new();
+                    book.pop_reached(Ticks(price), &mut out);
+                    let popped: Vec<_> = out.iter().map(|e| e.order.0).collect();
+                    assert_eq!(popped, expected.iter().map(|e| e.2).collect::<Vec<_>>(), "step {step}");
+                }
+            }
+            // Asked after every change, so that the band kept through
+            // insertions and removals is checked against a recomputed one.
+            book.is_quiet_between(Ticks(price), Ticks(price));
+            book.check().unwrap();
+            assert_eq!(book.len(), model.len());
+        }
+        assert!(model.len() > 50, "the test keeps many orders waiting: {}", model.len());
     }
 
     fn bests(book: &TriggerBook) -> Vec<(u64, u64)> {
@@ -842,8 +1114,12 @@ mod tests {
                 order += 1;
                 let e = entry(1_000 + random.below(21) - 10, order);
                 match random.below(4) {
-                    0 => book.insert(true, e),
-                    1 => book.insert(false, e),
+                    0 => {
+                        book.insert(true, e);
+                    }
+                    1 => {
+                        book.insert(false, e);
+                    }
                     2 => {
                         let side = if random.below(2) == 0 { Side::Buy } else { Side::Sell };
                         let best = (random.below(8) > 0).then(|| Ticks(1_000 + random.below(21) - 10));
