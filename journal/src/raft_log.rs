@@ -195,7 +195,12 @@ pub fn decode_raft_segments_file(bytes: &[u8]) -> Result<Option<LogPosition>, &'
 pub fn record_raft_segments(dir: &Path, segments: Option<(u64, u64)>) -> Result<(), JournalError> {
     let path = dir.join(RAFT_SEGMENTS_FILE_NAME);
     let Some((mut file, body)) = SlotFile::open(&path, RAFT_SEGMENTS_MAGIC)? else {
-        return Err(damaged(&path, None, None, "the file is missing: the purged position it records is lost"));
+        return Err(damaged(
+            &path,
+            None,
+            None,
+            "the file is missing: the purged position it records is lost",
+        ));
     };
     let recorded =
         Bounds::decode(&body).map_err(|why| JournalError::BadStateFile { path: path.clone(), why })?;

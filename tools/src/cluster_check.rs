@@ -26,8 +26,8 @@ use std::process::ExitCode;
 
 use journal::{
     decode_raft_segments_file, decode_raft_state, list_raft_segments, read_raft_frame, scan_raft_segment,
-    JournalLock, LogPosition, RaftFrameRead, RaftSegmentHeader, RaftSegmentScan, RaftState, RAFT_FRAME_MAX_BYTES,
-    RAFT_SEGMENTS_FILE_NAME, RAFT_STATE_FILE_NAME,
+    JournalLock, LogPosition, RaftFrameRead, RaftSegmentHeader, RaftSegmentScan, RaftState,
+    RAFT_FRAME_MAX_BYTES, RAFT_SEGMENTS_FILE_NAME, RAFT_STATE_FILE_NAME,
 };
 
 /// One problem, as one line for the operator.
@@ -101,7 +101,8 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
 }
 
 fn survey(journal: &Path) -> Result<Survey, String> {
-    let listed = list_raft_segments(journal).map_err(|e| format!("cannot list {}: {e}", journal.display()))?;
+    let listed =
+        list_raft_segments(journal).map_err(|e| format!("cannot list {}: {e}", journal.display()))?;
     let mut survey = Survey {
         state: None,
         state_files_read: true,
@@ -223,7 +224,8 @@ fn survey(journal: &Path) -> Result<Survey, String> {
                 continue;
             }
         };
-        let scan = scan_raft_segment(&bytes, &header, if in_run { min_term } else { 0 }, RAFT_FRAME_MAX_BYTES);
+        let scan =
+            scan_raft_segment(&bytes, &header, if in_run { min_term } else { 0 }, RAFT_FRAME_MAX_BYTES);
         if let Some(&(offset, term)) = scan.entries.last() {
             let RaftFrameRead::Entry(frame) = read_raft_frame(&bytes, offset) else {
                 return Err(format!("{name}: the entry at offset {offset} does not read back"));
@@ -385,7 +387,8 @@ pub fn verify(dir: &Path, journal: &Path, snapshots: &Path) -> Result<ExitCode, 
     }
     lines.push(format!("purged:    {}", position(survey.purged)));
     lines.push(image);
-    let entries: usize = survey.segments.iter().filter_map(|s| s.scan.as_ref()).map(|s| s.entries.len()).sum();
+    let entries: usize =
+        survey.segments.iter().filter_map(|s| s.scan.as_ref()).map(|s| s.entries.len()).sum();
     lines.push(format!(
         "segments:  {}, {entries} entries, valid run from {} to {}",
         survey.segments.len(),
@@ -416,7 +419,9 @@ pub fn verify(dir: &Path, journal: &Path, snapshots: &Path) -> Result<ExitCode, 
         println!("{line}");
     }
     if survey.problems.is_empty() {
-        println!("ok: every checksum, index and term valid, the state files, purged position and image agree");
+        println!(
+            "ok: every checksum, index and term valid, the state files, purged position and image agree"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for problem in &survey.problems {
@@ -443,12 +448,15 @@ pub fn verify(dir: &Path, journal: &Path, snapshots: &Path) -> Result<ExitCode, 
     Ok(ExitCode::from(2))
 }
 
-const RESEED: &str = "re-seed this node from the cluster: stop it, wipe its data directory, and start it again \
+const RESEED: &str =
+    "re-seed this node from the cluster: stop it, wipe its data directory, and start it again \
                       to rejoin (it installs the leader's snapshot image and the entries after it)";
 
 enum WayOut {
     /// A repair that keeps the entries up to `keep` removes every problem.
-    Cut { keep: u64 },
+    Cut {
+        keep: u64,
+    },
     Reseed(String),
 }
 
@@ -573,7 +581,8 @@ fn plan(survey: &Survey, keep: u64) -> Result<Plan, String> {
     let mut truncated = None;
     if let Some(k) = kept {
         let seen = &survey.segments[k];
-        let bytes = std::fs::read(&seen.path).map_err(|e| format!("cannot read {}: {e}", seen.path.display()))?;
+        let bytes =
+            std::fs::read(&seen.path).map_err(|e| format!("cannot read {}: {e}", seen.path.display()))?;
         let scan = seen.scan.as_ref().expect("kept segments are readable");
         let kept_entries = usize::try_from(keep - seen.first_index + 1).unwrap_or(usize::MAX);
         let offset = scan.entries.get(kept_entries).map_or(scan.end_offset, |&(offset, _)| offset);
@@ -582,7 +591,8 @@ fn plan(survey: &Survey, keep: u64) -> Result<Plan, String> {
             truncated = Some((seen.path.clone(), offset, end));
         }
     }
-    let moved: Vec<PathBuf> = survey.segments[kept.map_or(0, |k| k + 1)..].iter().map(|s| s.path.clone()).collect();
+    let moved: Vec<PathBuf> =
+        survey.segments[kept.map_or(0, |k| k + 1)..].iter().map(|s| s.path.clone()).collect();
     let last_known = survey.segments.iter().filter_map(|s| s.last.map(|l| l.index)).max();
     let segments_after = kept.map(|k| (survey.segments[0].first_index, survey.segments[k].first_index));
     Ok(Plan { keep, last_known, truncated, moved, segments_after })
@@ -596,14 +606,15 @@ pub fn repair(dir: &Path, journal: &Path, request: &RepairRequest) -> Result<Exi
     let survey = survey(journal)?;
     let plan = plan(&survey, request.after_index)?;
     if plan.truncated.is_none() && plan.moved.is_empty() {
-        println!(
-            "nothing to cut: the log ends at index {} without damage after it",
-            request.after_index
-        );
+        println!("nothing to cut: the log ends at index {} without damage after it", request.after_index);
         return Ok(ExitCode::SUCCESS);
     }
     if !request.accept_loss {
-        println!("a repair of the raft log {} after index {} would do this:", journal.display(), request.after_index);
+        println!(
+            "a repair of the raft log {} after index {} would do this:",
+            journal.display(),
+            request.after_index
+        );
         for line in plan.describe() {
             println!("  {line}");
         }
@@ -618,7 +629,8 @@ pub fn repair(dir: &Path, journal: &Path, request: &RepairRequest) -> Result<Exi
     std::fs::create_dir_all(&aside).map_err(|e| format!("cannot create {}: {e}", aside.display()))?;
     let copy = |from: &Path| -> Result<(), String> {
         let to = aside.join(from.file_name().unwrap_or(from.as_os_str()));
-        std::fs::copy(from, &to).map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
+        std::fs::copy(from, &to)
+            .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))?;
         std::fs::File::open(&to).and_then(|f| f.sync_all()).map_err(|e| format!("{}: {e}", to.display()))
     };
     // Copies of what changes in place, before anything changes.
@@ -632,7 +644,8 @@ pub fn repair(dir: &Path, journal: &Path, request: &RepairRequest) -> Result<Exi
     journal::record_raft_segments(journal, plan.segments_after).map_err(|e| e.to_string())?;
     for path in plan.moved.iter().rev() {
         let to = aside.join(path.file_name().unwrap_or(path.as_os_str()));
-        std::fs::rename(path, &to).map_err(|e| format!("cannot move {} to {}: {e}", path.display(), to.display()))?;
+        std::fs::rename(path, &to)
+            .map_err(|e| format!("cannot move {} to {}: {e}", path.display(), to.display()))?;
     }
     if let Some((path, offset, end)) = &plan.truncated {
         let file = std::fs::OpenOptions::new()

@@ -171,7 +171,11 @@ pub fn replay_checked(journal: &Path, snapshots: &Path, to: Option<u64>) -> Resu
 
 /// The replica of the image in `snapshots`, which must cover the log up to
 /// `purged` (the entries before are gone) and be at `to` at most.
-fn from_image(snapshots: &Path, purged: u64, to: Option<u64>) -> Result<(Replica, Option<(u64, u64)>), String> {
+fn from_image(
+    snapshots: &Path,
+    purged: u64,
+    to: Option<u64>,
+) -> Result<(Replica, Option<(u64, u64)>), String> {
     let (_, bytes) =
         replication::read_image_file(snapshots).map_err(|e| e.to_string())?.ok_or_else(|| {
             format!(
@@ -209,7 +213,11 @@ struct DumpState {
 /// there is no image that covers what was purged.
 fn dump_start(snapshots: &Path, purged: Option<u64>) -> Option<DumpState> {
     let Some(purged) = purged else {
-        return Some(DumpState { engine: Engine::new(EngineLimits::default()), last_timestamp_ns: 0, applied: None });
+        return Some(DumpState {
+            engine: Engine::new(EngineLimits::default()),
+            last_timestamp_ns: 0,
+            applied: None,
+        });
     };
     let warn = |why: String| {
         tracing::warn!("{why}: the dump shows raw ticks, lots and units and no sequence numbers");
@@ -239,7 +247,13 @@ fn dump_start(snapshots: &Path, purged: Option<u64>) -> Option<DumpState> {
 /// dump of a single node's journal describes records. Exit status 0, or 1
 /// when the log ends in damage (the entries before it are printed; `exctl
 /// journal verify` says more); an unreadable log is an error.
-pub fn dump(journal: &Path, snapshots: &Path, from: Option<u64>, limit: u64, json: bool) -> Result<ExitCode, String> {
+pub fn dump(
+    journal: &Path,
+    snapshots: &Path,
+    from: Option<u64>,
+    limit: u64,
+    json: bool,
+) -> Result<ExitCode, String> {
     let (_, purged) = replication::log_file::read_positions(journal)?;
     let mut state = dump_start(snapshots, purged);
     let from = from.unwrap_or(0);
@@ -278,7 +292,8 @@ pub fn dump(journal: &Path, snapshots: &Path, from: Option<u64>, limit: u64, jso
                     let mut seq = None;
                     let mut timestamp_ns = proposal.timestamp_ns;
                     if let Some(s) = state.as_mut().filter(|_| apply) {
-                        let stamped = replication::stamp(proposal, s.engine.last_seq() + 1, &mut s.last_timestamp_ns);
+                        let stamped =
+                            replication::stamp(proposal, s.engine.last_seq() + 1, &mut s.last_timestamp_ns);
                         if let Err(error) = s.engine.apply(&stamped, &mut events) {
                             tracing::warn!("entry {index}: {error:?}: the rest of the dump shows raw ticks, lots and units");
                             state = None;

@@ -38,7 +38,7 @@ fn config() -> LogStoreConfig {
     }
 }
 
-const COMMANDS_PER_BATCH: usize = 20;
+const COMMANDS_PER_BATCH: usize = 100;
 
 /// What [`node`] wrote.
 struct Node {
@@ -68,7 +68,8 @@ impl Node {
 /// A flush callback and where its result arrives.
 fn flush_signal() -> (IOFlushed<TypeConfig>, tokio::sync::oneshot::Receiver<std::io::Result<()>>) {
     use replication::openraft::async_runtime::Oneshot;
-    let (tx, rx) = <replication::openraft::TokioRuntime as replication::openraft::AsyncRuntime>::Oneshot::channel();
+    let (tx, rx) =
+        <replication::openraft::TokioRuntime as replication::openraft::AsyncRuntime>::Oneshot::channel();
     (IOFlushed::signal(tx), rx)
 }
 
@@ -81,13 +82,16 @@ fn node(batches: usize, uncommitted: usize, image_at: Option<u64>) -> Node {
     let root = tempfile::tempdir().unwrap();
     let data = DataDir::new(root.path());
     let count = (batches + uncommitted) * COMMANDS_PER_BATCH;
-    let commands = workload::generate(Shape::SingleMarket, count, 5).stamped(1_795_608_000_000_000_000, 1_000);
+    let commands =
+        workload::generate(Shape::SingleMarket, count, 5).stamped(1_795_608_000_000_000_000, 1_000);
     let mut entries = Vec::new();
-    let membership = Membership::new_with_defaults(
+    let membership = Membership::new(
         vec![[1u64].into_iter().collect()],
         BTreeMap::from([(1u64, ExchangeNode::default())]),
-    );
-    entries.push(Entry { log_id: LogId::new_term_index(1, 0), payload: EntryPayload::Membership(membership) });
+    )
+    .unwrap();
+    entries
+        .push(Entry { log_id: LogId::new_term_index(1, 0), payload: EntryPayload::Membership(membership) });
     entries.push(Entry { log_id: LogId::new_term_index(1, 1), payload: EntryPayload::Blank });
     let mut replica = Replica::new(EngineLimits::default());
     let mut events = Vec::new();
@@ -123,8 +127,13 @@ fn node(batches: usize, uncommitted: usize, image_at: Option<u64>) -> Node {
         };
         apply(&entry, &mut replica, &mut image);
         entries.push(entry);
-        let mark = Batch::HashMark { seq: replica.engine().last_seq(), node: 1, hash: replica.engine().state_hash() };
-        let entry = Entry { log_id: LogId::new_term_index(1, index + 1), payload: EntryPayload::Normal(mark) };
+        let mark = Batch::HashMark {
+            seq: replica.engine().last_seq(),
+            node: 1,
+            hash: replica.engine().state_hash(),
+        };
+        let entry =
+            Entry { log_id: LogId::new_term_index(1, index + 1), payload: EntryPayload::Normal(mark) };
         apply(&entry, &mut replica, &mut image);
         entries.push(entry);
     }
@@ -176,12 +185,12 @@ fn offset_of(node: &Node, index: u64) -> (PathBuf, usize) {
 
 #[test]
 fn verify_and_dump_read_a_sound_log_every_entry_and_every_hash_mark() {
-    let node = node(120, 3, None);
+    let node = node(200, 3, None);
     assert!(node.segments().len() >= 2, "the log spans segments");
     let verify = exctl(&["journal", "verify", node.dir()]);
     let text = stdout(&verify);
     assert_eq!(verify.status.code(), Some(0), "{text}{}", stderr(&verify));
-    assert!(text.contains("hash marks checked: 120 of 120 in the log, all equal"), "{text}");
+    assert!(text.contains("hash marks checked: 200 of 200 in the log, all equal"), "{text}");
     assert!(text.contains(&format!("state hash {:016x}", node.state_hash)), "{text}");
     assert!(text.contains(&format!("committed: index {} (term 1)", node.committed)), "{text}");
     assert!(text.contains("\nok: "), "{text}");
@@ -195,8 +204,14 @@ fn verify_and_dump_read_a_sound_log_every_entry_and_every_hash_mark() {
     assert!(headers[0].starts_with("entry 0 term 1 committed: membership"), "{text}");
     assert_eq!(headers[1], "entry 1 term 1 committed: blank");
     assert_eq!(headers[2], format!("entry 2 term 1 committed: {COMMANDS_PER_BATCH} commands"));
-    assert!(headers[3].contains("hash mark of node 1") && headers[3].contains("(equal to the dump's replay)"), "{text}");
-    assert!(text.contains("           1  2026-11-25T12:00:00.000000000Z  CreateAsset BTC decimals 8"), "{text}");
+    assert!(
+        headers[3].contains("hash mark of node 1") && headers[3].contains("(equal to the dump's replay)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("           1  2026-11-25T12:00:00.000000000Z  CreateAsset BTC decimals 8"),
+        "{text}"
+    );
 
     // From a later index: the names come from the replay before it; the
     // uncommitted entries say so and carry no sequence number.
@@ -204,7 +219,11 @@ fn verify_and_dump_read_a_sound_log_every_entry_and_every_hash_mark() {
     let dump = exctl(&["journal", "dump", node.dir(), "--from", &from]);
     let text = stdout(&dump);
     assert_eq!(dump.status.code(), Some(0), "{text}{}", stderr(&dump));
-    assert_eq!(text.lines().filter(|l| l.contains("uncommitted (Raft may still cut it)")).count(), 3, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("uncommitted (Raft may still cut it)")).count(),
+        3,
+        "{text}"
+    );
     assert!(text.contains("BTC-USDT") && !text.contains("Ticks("), "{text}");
     assert!(text.lines().any(|l| l.trim_start().starts_with("-  2026-")), "{text}");
 
@@ -217,7 +236,10 @@ fn verify_and_dump_read_a_sound_log_every_entry_and_every_hash_mark() {
     assert_eq!(lines[0]["kind"], "commands");
     assert_eq!(lines[0]["commands"][COMMANDS_PER_BATCH - 1]["seq"], node.seq, "{}", lines[0]);
     assert_eq!(lines[1]["hash_mark"]["hash"], format!("{:016x}", node.state_hash), "{}", lines[1]);
-    assert_eq!((lines[2]["committed"].as_bool(), lines[2]["commands"][0]["seq"].is_null()), (Some(false), true));
+    assert_eq!(
+        (lines[2]["committed"].as_bool(), lines[2]["commands"][0]["seq"].is_null()),
+        (Some(false), true)
+    );
 }
 
 #[test]
@@ -226,25 +248,36 @@ fn a_log_purged_behind_its_image_verifies_from_the_image_and_not_without_it() {
     let verify = exctl(&["journal", "verify", node.dir()]);
     let text = stdout(&verify);
     assert_eq!(verify.status.code(), Some(0), "{text}{}", stderr(&verify));
-    assert!(text.contains("image:     entry 101 (term 1)") && text.contains("purged:    index 101"), "{text}");
+    assert!(
+        text.contains("image:     entry 101 (term 1)") && text.contains("purged:    index 101"),
+        "{text}"
+    );
     assert!(text.contains(&format!("state hash {:016x}", node.state_hash)), "{text}");
     // The dump starts from the image: sequence numbers go on from it.
     let dump = stdout(&exctl(&["journal", "dump", node.dir(), "--limit", "1"]));
-    assert!(dump.starts_with("entry 102 term 1 committed: 20 commands"), "{dump}");
+    assert!(
+        dump.starts_with(&format!("entry 102 term 1 committed: {COMMANDS_PER_BATCH} commands")),
+        "{dump}"
+    );
     assert!(dump.contains(&format!("\n{:>12}  ", 50 * COMMANDS_PER_BATCH + 1)), "{dump}");
 
     std::fs::remove_dir_all(DataDir::new(node.root.path()).snapshots()).unwrap();
     let verify = exctl(&["journal", "verify", node.dir()]);
     let text = stdout(&verify);
     assert_eq!(verify.status.code(), Some(2), "{text}");
-    assert!(text.contains("damage: the log is purged through entry 101") && text.contains("holds no snapshot image"), "{text}");
+    assert!(
+        text.contains("damage: the log is purged through entry 101")
+            && text.contains("holds no snapshot image"),
+        "{text}"
+    );
     assert!(text.contains("way out: ") && text.contains("re-seed this node"), "{text}");
 }
 
 #[test]
 fn damage_the_way_disks_do_is_named_precisely_with_the_way_out() {
     // A byte flipped in a committed entry: the node must be re-seeded.
-    let node = node(120, 3, None);
+    let node = node(200, 3, None);
+    assert!(node.segments().len() >= 2, "entry 5 is in a segment the log moved past");
     let (path, offset) = offset_of(&node, 5);
     flip_byte(&path, offset + 40);
     let verify = exctl(&["journal", "verify", node.dir()]);
@@ -252,7 +285,10 @@ fn damage_the_way_disks_do_is_named_precisely_with_the_way_out() {
     assert_eq!(verify.status.code(), Some(2), "{text}");
     assert!(text.contains(&format!("damage: {}: damage in a segment the log had moved past at offset {offset}, where entry 5 belongs: frame checksum mismatch (a committed entry)", path.display())), "{text}");
     assert!(text.contains("replay:    not run"), "{text}");
-    assert!(text.contains("the damage reaches committed entries") && text.contains("wipe its data directory"), "{text}");
+    assert!(
+        text.contains("the damage reaches committed entries") && text.contains("wipe its data directory"),
+        "{text}"
+    );
     // The dump prints what precedes the damage, then refuses the gap.
     let dump = exctl(&["journal", "dump", node.dir(), "--limit", "1000"]);
     assert_eq!(dump.status.code(), Some(2), "{}", stderr(&dump));
@@ -262,7 +298,11 @@ fn damage_the_way_disks_do_is_named_precisely_with_the_way_out() {
     // The repair refuses to cut committed entries.
     let repair = exctl(&["journal", "repair", node.dir(), "--after", "4", "--accept-loss"]);
     assert_eq!(repair.status.code(), Some(2));
-    assert!(stderr(&repair).contains(&format!("entries up to {} are committed", node.committed)), "{}", stderr(&repair));
+    assert!(
+        stderr(&repair).contains(&format!("entries up to {} are committed", node.committed)),
+        "{}",
+        stderr(&repair)
+    );
     assert!(stderr(&repair).contains("re-seed this node"), "{}", stderr(&repair));
 
     // A segment cut short mid-record.
@@ -271,11 +311,18 @@ fn damage_the_way_disks_do_is_named_precisely_with_the_way_out() {
     let file = std::fs::OpenOptions::new().write(true).open(&first).unwrap();
     file.set_len(1000).unwrap();
     let text = stdout(&exctl(&["journal", "verify", node.dir()]));
-    assert!(text.contains(&format!("damage: {}: the file is 1000 bytes, but its header says {}", first.display(), 320 * 1024)), "{text}");
+    assert!(
+        text.contains(&format!(
+            "damage: {}: the file is 1000 bytes, but its header says {}",
+            first.display(),
+            320 * 1024
+        )),
+        "{text}"
+    );
     assert!(text.contains("committed entries are lost or damaged"), "{text}");
 
     // A middle segment deleted.
-    let node = self::node(1000, 3, None);
+    let node = self::node(400, 3, None);
     let segments = node.segments();
     assert!(segments.len() >= 3, "{segments:?}");
     std::fs::remove_file(&segments[1].1).unwrap();
@@ -296,7 +343,10 @@ fn damage_the_way_disks_do_is_named_precisely_with_the_way_out() {
     let verify = exctl(&["journal", "verify", node.dir()]);
     let text = stdout(&verify);
     assert_eq!(verify.status.code(), Some(2), "{text}");
-    assert!(text.contains("RAFT_STATE: ") && text.contains("the node's vote and committed index cannot be read"), "{text}");
+    assert!(
+        text.contains("RAFT_STATE: ") && text.contains("the node's vote and committed index cannot be read"),
+        "{text}"
+    );
     assert!(text.contains("what is committed or purged is unknown") && text.contains("re-seed"), "{text}");
     let repair = exctl(&["journal", "repair", node.dir(), "--after", "15", "--accept-loss"]);
     assert_eq!(repair.status.code(), Some(2));
@@ -332,15 +382,29 @@ fn a_torn_tail_is_told_from_damage_and_a_damaged_uncommitted_tail_is_cut_on_the_
     let text = stdout(&verify);
     assert_eq!(verify.status.code(), Some(2), "{text}");
     let keep = damaged - 1;
-    assert!(text.contains(&format!("exctl journal repair {} --after {keep} --accept-loss", node.dir())), "{text}");
+    assert!(
+        text.contains(&format!("exctl journal repair {} --after {keep} --accept-loss", node.dir())),
+        "{text}"
+    );
 
     // Below the committed index: refused. Without --accept-loss: the plan only.
-    let below = exctl(&["journal", "repair", node.dir(), "--after", &(node.committed - 1).to_string(), "--accept-loss"]);
+    let below = exctl(&[
+        "journal",
+        "repair",
+        node.dir(),
+        "--after",
+        &(node.committed - 1).to_string(),
+        "--accept-loss",
+    ]);
     assert_eq!(below.status.code(), Some(2));
     assert!(stderr(&below).contains("a cut must keep at least them"), "{}", stderr(&below));
     let plan = exctl(&["journal", "repair", node.dir(), "--after", &keep.to_string()]);
     assert_eq!(plan.status.code(), Some(2));
-    assert!(stdout(&plan).contains(&format!("cuts entries {}..={}", damaged, node.last)), "{}", stdout(&plan));
+    assert!(
+        stdout(&plan).contains(&format!("cuts entries {}..={}", damaged, node.last)),
+        "{}",
+        stdout(&plan)
+    );
     assert!(stderr(&plan).contains("refused without --accept-loss"), "{}", stderr(&plan));
     assert!(node_opens(&node.journal()).is_err(), "the plan changed nothing");
 
@@ -351,7 +415,11 @@ fn a_torn_tail_is_told_from_damage_and_a_damaged_uncommitted_tail_is_cut_on_the_
     assert!(text.contains(&format!("moves aside segment {}", segments[1].1.display())), "{text}");
     let log = std::fs::read_to_string(node.root.path().join("repairs.log")).unwrap();
     assert!(log.contains(&format!("after index {keep}, asked by ")), "{log}");
-    let aside = std::fs::read_dir(node.root.path()).unwrap().filter_map(|e| e.ok()).find(|e| e.file_name().to_string_lossy().starts_with("repair-")).expect("originals kept");
+    let aside = std::fs::read_dir(node.root.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("repair-"))
+        .expect("originals kept");
     assert!(aside.path().join("journal").join(segments[1].1.file_name().unwrap()).exists());
 
     // The node opens the log again and holds the entries kept; verify is
@@ -362,7 +430,11 @@ fn a_torn_tail_is_told_from_damage_and_a_damaged_uncommitted_tail_is_cut_on_the_
     let replay = exctl(&["replay", node.dir()]);
     let text = stdout(&replay);
     assert!(replay.status.success(), "{text}{}", stderr(&replay));
-    assert!(text.contains(&format!("sequence: {}", node.seq)) && text.contains(&format!("state hash: {:016x}", node.state_hash)), "{text}");
+    assert!(
+        text.contains(&format!("sequence: {}", node.seq))
+            && text.contains(&format!("state hash: {:016x}", node.state_hash)),
+        "{text}"
+    );
     node_opens(&node.journal()).unwrap();
 }
 
