@@ -72,8 +72,8 @@ pub use checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, CHECKPOINT_FI
 pub use error::JournalError;
 pub use inspect::{end_seq, inspect, snapshots_ahead, JournalReport, Problem, SegmentReport};
 pub use raft_log::{
-    decode_raft_segments_file, LogEntry, RaftLog, RaftLogLimits, RaftOpenReport, SyncRequest,
-    RAFT_SEGMENTS_FILE_NAME, RAFT_SEGMENT_BYTES_DEFAULT,
+    decode_raft_segments_file, record_raft_segments, LogEntry, RaftLog, RaftLogLimits, RaftOpenReport,
+    SyncRequest, RAFT_SEGMENTS_FILE_NAME, RAFT_SEGMENT_BYTES_DEFAULT,
 };
 pub use raft_segment::{
     check_raft_segment, list_raft_segments, raft_frame_bytes, raft_segment_file_name, read_raft_frame,

@@ -186,6 +186,34 @@ pub fn decode_raft_segments_file(bytes: &[u8]) -> Result<Option<LogPosition>, &'
     Ok(Bounds::decode(&body)?.last_purged)
 }
 
+/// For the operator's repair of a log the node refuses to open (`exctl journal repair` on a
+/// cluster node): records `segments` (the first indexes of the oldest and newest segment held,
+/// `None`: none) in `RAFT_SEGMENTS`, synced, keeping the purged position it records. The
+/// caller holds the directory's lock ([`crate::JournalLock`]) and has already moved away the
+/// segments after the new newest one. Refused when `RAFT_SEGMENTS` is missing or does not
+/// read: it holds the purged position, which a repair must never guess.
+pub fn record_raft_segments(dir: &Path, segments: Option<(u64, u64)>) -> Result<(), JournalError> {
+    let path = dir.join(RAFT_SEGMENTS_FILE_NAME);
+    let Some((mut file, body)) = SlotFile::open(&path, RAFT_SEGMENTS_MAGIC)? else {
+        return Err(damaged(
+            &path,
+            None,
+            None,
+            "the file is missing: the purged position it records is lost",
+        ));
+    };
+    let recorded =
+        Bounds::decode(&body).map_err(|why| JournalError::BadStateFile { path: path.clone(), why })?;
+    if segments.is_some_and(|(oldest, newest)| oldest > newest) {
+        return Err(JournalError::Config(format!("segments {segments:?}: the oldest is after the newest")));
+    }
+    let bounds = Bounds { segments, ..recorded };
+    if bounds != recorded {
+        file.save(&bounds.encode(), true)?;
+    }
+    Ok(())
+}
+
 /// One segment, mapped, with the offset and term of each entry in it.
 struct Segment {
     first_index: u64,

@@ -60,9 +60,21 @@ pub fn is_raft_log(dir: &Path) -> bool {
 /// hands each to `visit` (which may stop the reading with an error).
 pub fn read_committed(
     dir: &Path,
-    visit: impl FnMut(Entry) -> Result<(), String>,
+    mut visit: impl FnMut(Entry) -> Result<(), String>,
 ) -> Result<CommittedLog, String> {
-    read(dir, None, visit)
+    read(dir, None, false, |entry, _| visit(entry))
+}
+
+/// Every entry of the Raft log in `dir` in index order, committed or not (the flag says which),
+/// for `exctl journal dump`: entries past the committed index may still be truncated by Raft.
+/// An entry missing before the last one found (a gap, damage in a segment a later one follows)
+/// is an error, never skipped; damage at the end of the newest segment is reported in its
+/// [`SegmentSummary::damage`].
+pub fn read_all(
+    dir: &Path,
+    visit: impl FnMut(Entry, bool) -> Result<(), String>,
+) -> Result<CommittedLog, String> {
+    read(dir, None, true, visit)
 }
 
 /// [`read_committed`] from entry `from` on: segments wholly before it are not read. An entry
@@ -71,17 +83,14 @@ pub fn read_committed(
 pub fn read_committed_from(
     dir: &Path,
     from: u64,
-    visit: impl FnMut(Entry) -> Result<(), String>,
-) -> Result<CommittedLog, String> {
-    read(dir, Some(from), visit)
-}
-
-/// The reader: from entry `from`, or from the first one held (`None`).
-fn read(
-    dir: &Path,
-    from: Option<u64>,
     mut visit: impl FnMut(Entry) -> Result<(), String>,
 ) -> Result<CommittedLog, String> {
+    read(dir, Some(from), false, |entry, _| visit(entry))
+}
+
+/// `RAFT_STATE` (`None`: no such file) and the last purged index (the later of `RAFT_STATE`'s and
+/// `RAFT_SEGMENTS`'s), checked; an unreadable file is an error naming it.
+pub fn read_positions(dir: &Path) -> Result<(Option<RaftState>, Option<u64>), String> {
     let state_path = dir.join(RAFT_STATE_FILE_NAME);
     let state = match std::fs::read(&state_path) {
         Ok(bytes) => {
@@ -98,8 +107,20 @@ fn read(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("cannot read {}: {e}", segments_path.display())),
     };
-    let committed = state.and_then(|s| s.committed).map(|p| p.index);
     let purged = state.and_then(|s| s.last_purged).map(|p| p.index).max(purged_by_log);
+    Ok((state, purged))
+}
+
+/// The reader: from entry `from`, or from the first one held (`None`); the uncommitted
+/// entries too when `uncommitted`.
+fn read(
+    dir: &Path,
+    from: Option<u64>,
+    uncommitted: bool,
+    mut visit: impl FnMut(Entry, bool) -> Result<(), String>,
+) -> Result<CommittedLog, String> {
+    let (state, purged) = read_positions(dir)?;
+    let committed = state.and_then(|s| s.committed).map(|p| p.index);
     let mut log = CommittedLog { state, purged, ..CommittedLog::default() };
     if let Some((from, purged)) = from.zip(purged).filter(|&(from, purged)| from <= purged) {
         return Err(format!(
@@ -135,20 +156,22 @@ fn read(
             };
             let (index, term) = (frame.position.index, frame.position.term);
             summary.last = Some((index, term));
-            if committed.is_none_or(|c| index > c) || index < next {
+            let is_committed = committed.is_some_and(|c| index <= c);
+            if (!is_committed && !uncommitted) || index < next {
                 // Past the committed index, or before what was purged or
                 // already read (an interrupted purge or truncation leaves
                 // such entries for the node to clean up).
                 continue;
             }
             if index != next {
+                let which = if is_committed { "committed entry" } else { "entry" };
                 return Err(format!(
-                    "{}: committed entry {next} is missing (the next one found is {index}): the log has a gap",
+                    "{}: {which} {next} is missing (the next one found is {index}): the log has a gap",
                     path.display()
                 ));
             }
             let entry = LogEntry { index, term, kind: frame.kind, payload: frame.payload.to_vec() };
-            visit(decode_entry(&entry).map_err(|e| format!("{}: {e}", path.display()))?)?;
+            visit(decode_entry(&entry).map_err(|e| format!("{}: {e}", path.display()))?, is_committed)?;
             log.visited += 1;
             next += 1;
         }

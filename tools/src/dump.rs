@@ -95,9 +95,9 @@ fn state_before(dir: &Path, from: u64) -> Option<Engine> {
 
 /// Names and decimals of one record, from the engine after applying it and
 /// the events it gave.
-struct Names<'e> {
-    engine: &'e Engine,
-    events: &'e [Event],
+pub(crate) struct Names<'e> {
+    pub(crate) engine: &'e Engine,
+    pub(crate) events: &'e [Event],
 }
 
 /// A decimal amount of an asset without trailing zeros.
@@ -126,7 +126,7 @@ impl Names<'_> {
         })
     }
 
-    fn rejected(&self) -> Option<String> {
+    pub(crate) fn rejected(&self) -> Option<String> {
         self.events.iter().find_map(|event| match &event.kind {
             EventKind::Rejected { reason, .. } => Some(reason.to_string()),
             _ => None,
@@ -134,7 +134,7 @@ impl Names<'_> {
     }
 
     /// One line for an operator; the raw command where a name is unknown.
-    fn describe(&self, command: &Command) -> String {
+    pub(crate) fn describe(&self, command: &Command) -> String {
         let raw = || format!("{command:?}");
         let order_ref = |order: &OrderRef| match order {
             OrderRef::Id(id) => format!("order {id}"),
@@ -260,7 +260,7 @@ impl Names<'_> {
 
     /// The record's prices, quantities, amounts and fees as decimal
     /// strings, with the market or asset they belong to.
-    fn decimal_fields(&self, command: &Command) -> Map<String, Value> {
+    pub(crate) fn decimal_fields(&self, command: &Command) -> Map<String, Value> {
         let mut fields = Map::new();
         let mut put = |name: &str, value: String| {
             fields.insert(name.to_string(), Value::String(value));

@@ -30,6 +30,7 @@
 //! ```
 
 mod admin;
+mod cluster_check;
 mod cluster_log;
 mod dump;
 mod http;
@@ -139,10 +140,17 @@ enum JournalCommand {
     /// Print records: as text with prices, quantities and amounts in
     /// decimals and markets by name, or as JSON lines (the raw record plus
     /// the decimals as strings under "decimal").
+    ///
+    /// On a cluster node (a Raft log) it prints entries: index, term,
+    /// committed or not, the kind (blank, membership, commands, hash mark)
+    /// and each command numbered as every node numbers it; --from is then a
+    /// log index and --limit counts entries.
     Dump {
         dir: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        /// The first sequence number (default 1), or on a Raft log the first
+        /// log index (default: the first one held).
+        #[arg(long)]
+        from: Option<u64>,
         #[arg(long, default_value_t = 100)]
         limit: u64,
         /// One JSON object per line.
@@ -153,16 +161,29 @@ enum JournalCommand {
     /// the segments and the durable sequence number the checkpoint records,
     /// and that no snapshot is ahead of the journal. Exit status: 0 clean,
     /// 1 a torn tail only (cut off at the next open), 2 damage.
+    ///
+    /// On a cluster node (a Raft log): every segment's checksums, the chain
+    /// of indexes and terms, RAFT_STATE and RAFT_SEGMENTS, the committed
+    /// index and the purged position against the log, the snapshot image
+    /// against the log, and a replay of the committed entries checking
+    /// every hash mark.
     Verify { dir: PathBuf },
     /// Keep the journal's records up to --after and drop the rest: segments
     /// after it, snapshots ahead of it and the old checkpoint are moved to
     /// DIR/repair-<UTC time>/ (a segment it cuts is copied there first), and
     /// DIR/repairs.log records what was dropped, when and by whom. Refused
     /// while a server holds the journal.
+    ///
+    /// On a cluster node (a Raft log) --after is a log index: the entries
+    /// after it, uncommitted and at most damaged, are cut (the segments and
+    /// RAFT_SEGMENTS copied aside first, recorded in DIR/repairs.log); a cut
+    /// at or below the committed index is refused: such a node is re-seeded
+    /// from the cluster (wiped, and rejoined).
     Repair {
         /// The data directory.
         dir: PathBuf,
-        /// The last record to keep (at most the last valid record).
+        /// The last record to keep (at most the last valid record); on a
+        /// Raft log, the last log index to keep (at least the committed one).
         #[arg(long)]
         after: u64,
         /// Yes, drop the records after --after. Without it, only show what
@@ -194,9 +215,13 @@ fn main() -> ExitCode {
         .try_init();
     let result = match cli.command {
         Top::Journal(JournalCommand::Inspect { dir }) => inspect(&dir),
-        Top::Journal(JournalCommand::Dump { dir, from, limit, json }) => {
-            check_dir(&dir).and_then(|()| dump::dump(&dir, &journal_dir(&dir), from, limit, json))
-        }
+        Top::Journal(JournalCommand::Dump { dir, from, limit, json }) => check_dir(&dir).and_then(|()| {
+            if replication::log_file::is_raft_log(&journal_dir(&dir)) {
+                cluster_log::dump(&journal_dir(&dir), &DataDir::new(&dir).snapshots(), from, limit, json)
+            } else {
+                dump::dump(&dir, &journal_dir(&dir), from.unwrap_or(1), limit, json)
+            }
+        }),
         Top::Journal(JournalCommand::Verify { dir }) => verify(&dir),
         Top::Journal(JournalCommand::Repair { dir, after, accept_loss }) => repair(&dir, after, accept_loss),
         Top::Replay { dir, to } => replay(&dir, to),
@@ -284,6 +309,9 @@ fn inspect(dir: &Path) -> Result<ExitCode, String> {
 
 fn verify(dir: &Path) -> Result<ExitCode, String> {
     check_dir(dir)?;
+    if replication::log_file::is_raft_log(&journal_dir(dir)) {
+        return cluster_check::verify(dir, &journal_dir(dir), &DataDir::new(dir).snapshots());
+    }
     let data = DataDir::new(dir);
     // A data directory (its journal and its snapshots), or a journal directory.
     let is_data_dir = data.journal().is_dir() || data.snapshots().is_dir();
@@ -343,6 +371,15 @@ fn verify(dir: &Path) -> Result<ExitCode, String> {
 
 fn repair(dir: &Path, after: u64, accept_loss: bool) -> Result<ExitCode, String> {
     check_dir(dir)?;
+    if replication::log_file::is_raft_log(&journal_dir(dir)) {
+        let request = cluster_check::RepairRequest {
+            after_index: after,
+            accept_loss,
+            requested_by: requested_by(),
+            when_utc: now_utc(),
+        };
+        return cluster_check::repair(dir, &journal_dir(dir), &request);
+    }
     let data = DataDir::new(dir);
     if !accept_loss {
         let plan = journal::plan_repair(&data, after).map_err(|e| e.to_string())?;
