@@ -90,7 +90,8 @@ pub use recovery::{
     RecoverOptions, Recovery, RecoveryError,
 };
 pub use repair::{
-    last_valid_seq, plan_repair, repair, RepairPlan, RepairReport, RepairRequest, REPAIRS_LOG_FILE_NAME,
+    last_valid_seq, plan_repair, repair, unused_repair_dir, RepairPlan, RepairReport, RepairRequest,
+    REPAIRS_LOG_FILE_NAME,
 };
 pub use segment::{
     decode_command, list_segments, read_frame, segment_file_name, Damage, Frame, FrameFault, SegmentScan,

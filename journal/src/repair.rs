@@ -301,7 +301,7 @@ pub fn repair(data: &DataDir, request: &RepairRequest) -> Result<RepairReport, J
     create_private_dir(&journal_dir)?;
     let _lock = JournalLock::acquire(&journal_dir)?;
     let plan = plan_repair(data, request.after_seq)?;
-    let originals_dir = unused_dir(&data.root, &request.when_utc);
+    let originals_dir = unused_repair_dir(&data.root, &request.when_utc);
     let aside_journal = originals_dir.join("journal");
     let aside_snapshots = originals_dir.join("snapshots");
     create_private_dir(&aside_journal)?;
@@ -419,8 +419,10 @@ fn file_name(path: &Path) -> &std::ffi::OsStr {
     path.file_name().unwrap_or(path.as_os_str())
 }
 
-/// `root/repair-20261125T120000Z`, or with `-2`, `-3`... when taken.
-fn unused_dir(root: &Path, when_utc: &str) -> PathBuf {
+/// Where a repair made at `when_utc` keeps the originals it changed:
+/// `root/repair-20261125T120000Z`, or with `-2`, `-3`... when taken (a
+/// single node's repair and a cluster node's alike).
+pub fn unused_repair_dir(root: &Path, when_utc: &str) -> PathBuf {
     let stamp: String = when_utc
         .split('.')
         .next()

@@ -624,7 +624,7 @@ pub fn repair(dir: &Path, journal: &Path, request: &RepairRequest) -> Result<Exi
             request.after_index
         ));
     }
-    let originals = unused_dir(dir, &request.when_utc);
+    let originals = journal::unused_repair_dir(dir, &request.when_utc);
     let aside = originals.join("journal");
     std::fs::create_dir_all(&aside).map_err(|e| format!("cannot create {}: {e}", aside.display()))?;
     let copy = |from: &Path| -> Result<(), String> {
@@ -687,17 +687,4 @@ pub fn repair(dir: &Path, journal: &Path, request: &RepairRequest) -> Result<Exi
     }
     println!("recorded in {}", log.display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// `root/repair-20261125T120000Z`, or with `-2`, `-3`... when taken.
-fn unused_dir(root: &Path, when_utc: &str) -> PathBuf {
-    let stamp: String = when_utc.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    let base = root.join(format!("repair-{stamp}"));
-    let mut candidate = base.clone();
-    let mut n = 2;
-    while candidate.exists() {
-        candidate = PathBuf::from(format!("{}-{n}", base.display()));
-        n += 1;
-    }
-    candidate
 }
