@@ -368,29 +368,61 @@ impl RaftLogReader<TypeConfig> for LogReader {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        read_entries(&self.shared, range, usize::MAX)
+        read_entries(&self.shared, range, usize::MAX, PurgedStart::Skip)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
         Ok(self.shared.durable.state()?.state.vote.map(vote_of))
     }
 
+    /// A read for a replication request, which pairs the entries with the id of the entry before
+    /// `start` as its `prev_log_id`: the entries must begin at `start` or not at all.
+    ///
+    /// openraft asks for a purged `start` only from a stream it has already replaced (a
+    /// follower's log went back, say after a wipe; the leader's progress for it was reset, a
+    /// snapshot chosen, and the purge it had held back went ahead). Entries from after the
+    /// purged point would go out as if they followed that `prev_log_id` (a hole in the
+    /// follower's log, and openraft's debug assertion ends the stream for good); an empty answer
+    /// is a heartbeat at the old position instead, and the replaced stream ends at the
+    /// follower's reply.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
-        read_entries(&self.shared, start..end, self.shared.read_bytes_max)
+        read_entries(&self.shared, start..end, self.shared.read_bytes_max, PurgedStart::Empty)
     }
+}
+
+/// What a read whose first entries are purged returns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PurgedStart {
+    /// The entries the log still holds (openraft's contract for `try_get_log_entries`).
+    Skip,
+    /// Nothing: the caller needs the range to start where it asked.
+    Empty,
 }
 
 /// Entries in `range` that the log holds, in order: the absent ones can only be at the start
 /// (purged) or the end (not yet appended), never in between (the journal refuses holes).
-fn read_entries(shared: &Shared, range: impl RangeBounds<u64>, bytes_max: usize) -> io::Result<Vec<Entry>> {
+fn read_entries(
+    shared: &Shared,
+    range: impl RangeBounds<u64>,
+    bytes_max: usize,
+    purged_start: PurgedStart,
+) -> io::Result<Vec<Entry>> {
     let log = shared.log.lock().map_err(|_| poisoned())?;
     let (Some(first), Some(last)) = (log.first(), log.last()) else { return Ok(Vec::new()) };
-    let from = match range.start_bound() {
+    let asked_from = match range.start_bound() {
         Bound::Included(&i) => i,
         Bound::Excluded(&i) => i.saturating_add(1),
         Bound::Unbounded => 0,
+    };
+    if asked_from < first.index && purged_start == PurgedStart::Empty {
+        tracing::debug!(
+            asked_from,
+            first_held = first.index,
+            "a replication read from purged entries answered empty"
+        );
+        return Ok(Vec::new());
     }
-    .max(first.index);
+    let from = asked_from.max(first.index);
     let to = match range.end_bound() {
         Bound::Included(&i) => i.saturating_add(1),
         Bound::Excluded(&i) => i,

@@ -95,6 +95,11 @@ async fn entries_vote_truncation_and_purge_survive_a_reopen() {
     let limited = reader.limited_get_log_entries(21, 52).await.unwrap();
     assert!(!limited.is_empty());
     assert!(limited.iter().zip(21..).all(|(e, i)| e.log_id.index == i));
+    // A replication read from purged entries gets nothing, not the entries after them: its
+    // request would pair them with the purged entry before `start` as `prev_log_id`.
+    assert_eq!(reader.limited_get_log_entries(15, 30).await.unwrap(), Vec::<Entry>::new());
+    let skipped = reader.try_get_log_entries(15..30).await.unwrap();
+    assert_eq!(skipped.first().map(|e| e.log_id.index), Some(21));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,12 @@
 //! wipes them (restarted empty, behind the gate of a node whose log is new, as the gateway
 //! does: `replication::gate`).
 //!
-//! Wipes are in the schedule by default at three nodes; `SIM_WIPES=0` takes them out,
-//! `SIM_WIPES=1` puts them in at five nodes too. At five they are off by default because of a
-//! liveness failure not fixed yet: a leader's replication stream to a wiped node reads entries
-//! the leader has just purged, and openraft's assertion that an append's entries follow its
-//! previous log id stops that stream for good (the wiped node never catches up; what a
-//! build without debug assertions does then is not examined yet). `SIM_WIPES=1 SIM_SEED=2 SIM_REPEAT=6 cargo test -p replication
-//! --test simulation -- --nocapture five_nodes` shows it in about 1 of 3 replays.
+//! Wipes are in the schedule by default at both sizes; `SIM_WIPES=0` takes them out. With
+//! wipes, five nodes found a liveness failure (fixed): a leader's replication stream to a
+//! wiped node read entries the leader had just purged, the log store answered with the
+//! entries after them, and openraft's assertion that an append's entries follow its previous
+//! log id ended that stream for good (the wiped node never caught up). The log store now
+//! answers such a read with nothing (`LogReader::limited_get_log_entries`).
 //!
 //! Before the gate held back a wiped node's acknowledgements (not only its votes), a stale
 //! leader of an older term and a wiped node made a majority of three and overwrote entries
@@ -39,7 +38,7 @@
 //! SIM_SEEDS=500 cargo test --release -p replication --test simulation -- --nocapture
 //! SIM_SEEDS=500 SIM_SEED_FIRST=10000 cargo test ...           # another range of seeds
 //! SIM_SEED=1234 cargo test -p replication --test simulation -- --nocapture   # replay one
-//! SIM_WIPES=0 ...        # no wipes (SIM_WIPES=1: wipes at five nodes too)
+//! SIM_WIPES=0 ...        # no wipes
 //! SIM_VERBOSE=1 ...      # one line per seed
 //! ```
 //!
@@ -996,8 +995,8 @@ async fn run(seed: u64, n: u64, root: &Path) -> Result<RunSummary, String> {
     let client = tokio::spawn(client(seed, commands, net.clone(), client_log.clone(), stopped));
 
     let start = tokio::time::Instant::now();
-    // Wipes by default at three nodes; at five only with SIM_WIPES=1 (see the crate docs).
-    let wipes = env_u64("SIM_WIPES").map_or(n == 3, |wipes| wipes == 1);
+    // Wipes by default (SIM_WIPES=0: none).
+    let wipes = env_u64("SIM_WIPES").is_none_or(|wipes| wipes == 1);
     let events = schedule(seed, n, wipes);
     for (at, fault) in &events {
         tokio::time::sleep_until(start + Duration::from_millis(*at)).await;
