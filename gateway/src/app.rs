@@ -71,6 +71,7 @@ pub async fn execute(
         let refused = match proposed {
             Ok(Ok(())) => None,
             Ok(Err(ProposeError::NotLeader { leader })) => Some(ApiError::not_leader(leader)),
+            Ok(Err(ProposeError::Unconfirmed(why))) => Some(ApiError::leader_unconfirmed(&why)),
             Ok(Err(ProposeError::Unknown(why))) => Some(outcome_unknown(&why)),
             Err(_) => Some(outcome_unknown("no majority of the cluster answered in time")),
         };

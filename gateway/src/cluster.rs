@@ -43,7 +43,7 @@ use replication::{
 
 use crate::auth::{KeyTable, SignedAfter};
 use crate::config::ClusterConfig;
-use crate::images::{Images, Installed, Requested};
+use crate::images::{ImageTaken, Images, Installed, Requested};
 use crate::pipeline::{Downstream, Publisher, Work};
 use crate::views::{Retention, Views, ViewsState};
 
@@ -80,6 +80,10 @@ pub enum ProposeError {
     /// command was not appended anywhere. `leader` is the leader's API
     /// address when known.
     NotLeader { leader: Option<String> },
+    /// This node leads but cannot take orders right now (it has not heard
+    /// from a majority lately, or its term has not started): the command
+    /// was not appended anywhere. Says why.
+    Unconfirmed(String),
     /// The command was appended but may or may not commit (the leader
     /// changed under it, or the node is stopping): the client must look.
     Unknown(String),
@@ -112,7 +116,9 @@ struct Leadership {
     /// added since).
     configured_api: BTreeMap<u64, String>,
     /// A leader that has not heard from a majority for this long stops
-    /// taking orders (it may have been cut off and replaced).
+    /// taking orders (it may have been cut off and replaced): the longest
+    /// election timeout, since under load the shortest was reached by a
+    /// healthy leader whose only live follower was slow to sync.
     quorum_silence_max_ms: u64,
     /// The term whose first entry this node has applied (its feed's).
     term_started: Arc<AtomicU64>,
@@ -263,7 +269,7 @@ impl Cluster {
             raft: raft.clone(),
             node_id: config.node_id,
             configured_api: config.members.iter().map(|m| (m.id, m.api.clone())).collect(),
-            quorum_silence_max_ms: config.election_timeout_min_ms,
+            quorum_silence_max_ms: config.election_timeout_max_ms,
             term_started,
         });
         let proposer = proposer::Proposer::start(Arc::clone(&leadership));
@@ -315,14 +321,26 @@ impl Leadership {
         // Until this leader has applied its term's first entry, it has not
         // seen everything its predecessors executed (nor raised the time
         // before which signed changes are refused): not ready yet.
-        if self.term_started.load(Ordering::Acquire) < metrics.current_term {
-            return Err(ProposeError::NotLeader { leader: None });
+        let term = metrics.current_term;
+        if self.term_started.load(Ordering::Acquire) < term {
+            return Err(ProposeError::Unconfirmed(format!(
+                "this node was just elected leader (term {term}) and is still applying its predecessors' entries"
+            )));
         }
         // A sole voter is its own majority: nobody else acknowledges it.
         let alone = metrics.membership_config.membership().voter_ids().eq([self.node_id]);
         let silence_max = Duration::from_millis(self.quorum_silence_max_ms);
-        if !alone && metrics.last_quorum_acked.as_ref().is_none_or(|acked| acked.elapsed() > silence_max) {
-            return Err(ProposeError::NotLeader { leader: None });
+        let silence = metrics.last_quorum_acked.as_ref().map(|acked| acked.elapsed());
+        if !alone && silence.is_none_or(|silence| silence > silence_max) {
+            let heard = match silence {
+                Some(silence) => format!("for {} ms", silence.as_millis()),
+                None => "since it was elected".to_string(),
+            };
+            return Err(ProposeError::Unconfirmed(format!(
+                "this node leads term {term} but has heard from no majority of the voters {heard} (limit {} ms): \
+                 it may have been cut off and replaced, or its followers are slow",
+                self.quorum_silence_max_ms
+            )));
         }
         Ok(())
     }
@@ -451,7 +469,7 @@ impl CommittedFeed {
 /// asked for (see [`crate::images`]), then offers the image on disk.
 pub struct ImageBuilder {
     images: Arc<Images>,
-    waiting: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    waiting: Option<tokio::sync::oneshot::Receiver<Result<ImageTaken, String>>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ImageBuilder {
@@ -460,11 +478,15 @@ impl RaftSnapshotBuilder<TypeConfig> for ImageBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         if let Some(waiting) = self.waiting.take() {
             let written = waiting.await.unwrap_or_else(|_| Err("the pipeline stopped".to_string()));
-            if let Err(error) = written {
-                // openraft keeps the newer of what it had and what it gets.
-                tracing::warn!(
+            // openraft keeps the newer of what it had and what it gets.
+            match written {
+                Ok(ImageTaken::Kept) => {}
+                Ok(ImageTaken::Superseded) => {
+                    tracing::info!("cluster: offering the later image installed meanwhile")
+                }
+                Err(error) => tracing::warn!(
                     "cluster: the snapshot image was not taken ({error}); offering the one on disk"
-                );
+                ),
             }
         }
         match self.images.current()? {

@@ -67,6 +67,15 @@ impl ApiError {
         ApiError { leader, ..ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", message) }
     }
 
+    /// Order entry on a leader that cannot take orders right now (421, as
+    /// a node that is not the leader: the command was not applied, and a
+    /// client retries it as it would there).
+    pub fn leader_unconfirmed(why: &str) -> ApiError {
+        let message =
+            format!("the command was not applied: {why}; retry shortly (at another node if this persists)");
+        ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", message)
+    }
+
     pub fn too_many_requests(retry_after_s: u64) -> ApiError {
         ApiError {
             retry_after_s: Some(retry_after_s),

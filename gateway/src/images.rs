@@ -51,7 +51,17 @@ pub struct Requested {
     /// The last command's stamp there.
     pub last_timestamp_ns: u64,
     /// Answered once the image is on disk (or could not be written).
-    pub done: oneshot::Sender<Result<(), String>>,
+    pub done: oneshot::Sender<Result<ImageTaken, String>>,
+}
+
+/// What became of a requested image that was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageTaken {
+    /// It is on disk, the node's current image.
+    Kept,
+    /// An image of a later log position (the leader's) was installed while
+    /// this one was being written: the later one stays, as it should.
+    Superseded,
 }
 
 /// A checked image's state on its way into the pipeline.
@@ -286,7 +296,7 @@ fn lock<T>(mutex: &Mutex<T>) -> io::Result<std::sync::MutexGuard<'_, T>> {
 mod tests {
     use super::*;
 
-    fn requested(seq: u64) -> (Requested, oneshot::Receiver<Result<(), String>>) {
+    fn requested(seq: u64) -> (Requested, oneshot::Receiver<Result<ImageTaken, String>>) {
         let (done, answer) = oneshot::channel();
         let meta = SnapshotMeta::default();
         (Requested { seq, meta, last_timestamp_ns: 0, done }, answer)
@@ -404,5 +414,49 @@ mod tests {
         let without_writer = Images::open(dir.path(), None).unwrap();
         assert!(!base.exists());
         assert_eq!(without_writer.log_needed_from(), u64::MAX);
+    }
+
+    #[test]
+    fn a_damaged_writer_base_stops_the_node_while_its_writer_needs_it() {
+        use replication::types::LogId;
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Arc::new(persistence::WriterStatus::default());
+        let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
+        let engine = Engine::new(engine_core::EngineLimits::default());
+        let keep_at = |index: u64| {
+            let meta = SnapshotMeta {
+                last_log_id: Some(LogId::new_term_index(1, index)),
+                ..SnapshotMeta::default()
+            };
+            let bytes = replication::encode_image(&meta, &engine, index, None).unwrap();
+            assert!(images.keep(meta, index, &bytes).unwrap());
+        };
+        writer.cursor_seq.store(25, Ordering::Release);
+        writer.cursor_known.store(true, Ordering::Release);
+        keep_at(20);
+        keep_at(40);
+        let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
+        assert!(base.exists());
+        drop(images);
+
+        // A flipped byte in the middle of the base, as a disk does it. The
+        // history between it and the node's own image is on no image any
+        // more: starting would mean feeding the database from nowhere.
+        let mut bytes = std::fs::read(&base).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        // The base is a second name of an older image: break the link first,
+        // so that only the base is damaged.
+        std::fs::remove_file(&base).unwrap();
+        std::fs::write(&base, &bytes).unwrap();
+        let refused =
+            Images::open(dir.path(), Some(Arc::clone(&writer))).err().expect("a damaged base is refused");
+        assert!(refused.to_string().contains(WRITER_BASE_IMAGE_FILE_NAME), "{refused}");
+        assert!(base.exists(), "nothing is removed by a refusal");
+        // Without a writer the base is not needed: it goes, and the node starts
+        // on its own image.
+        let without_writer = Images::open(dir.path(), None).unwrap();
+        assert!(!base.exists());
+        assert_eq!(without_writer.current_meta().and_then(|m| m.last_log_id).map(|l| l.index), Some(40));
     }
 }

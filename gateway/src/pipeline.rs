@@ -44,7 +44,7 @@ use journal::{Durability, JournalWriter, SegmentRetention};
 use tokio::sync::oneshot;
 
 use crate::clock;
-use crate::images::{Images, InstalledViews};
+use crate::images::{ImageTaken, Images, InstalledViews};
 use crate::metrics::{LocalHistograms, Metrics, Stage};
 use crate::outcome::{Capture, Outcome};
 use crate::views::{OrderView, Views, ViewsState};
@@ -1128,22 +1128,26 @@ impl SnapshotWriter {
             let bytes =
                 replication::encode_image(&requested.meta, engine, requested.last_timestamp_ns, Some(views))
                     .map_err(|e| e.to_string())?;
-            if !images
+            let kept = images
                 .keep(requested.meta.clone(), seq, &bytes)
-                .map_err(|e| format!("cannot write it: {e}"))?
-            {
-                return Err("an image of a later log position was installed meanwhile; it stays".to_string());
-            }
-            Ok(bytes.len())
+                .map_err(|e| format!("cannot write it: {e}"))?;
+            Ok((kept, bytes.len()))
         })();
         let result = match written {
-            Ok(bytes) => {
+            Ok((true, bytes)) => {
                 self.health.snapshot_seq.store(seq, Ordering::Relaxed);
                 tracing::info!(
                     "snapshot image at sequence {seq}, log position {:?}: {bytes} bytes",
                     requested.meta.last_log_id
                 );
-                Ok(())
+                Ok(ImageTaken::Kept)
+            }
+            Ok((false, _)) => {
+                tracing::info!(
+                    "snapshot image at sequence {seq}: not kept, an image of a later log position was installed \
+                     meanwhile (the leader's)"
+                );
+                Ok(ImageTaken::Superseded)
             }
             Err(error) => {
                 tracing::error!("snapshot image at sequence {seq}: {error}");

@@ -1262,6 +1262,7 @@ async fn admin_cluster(state: &AppState, request: &Request<'_>) -> Result<(Statu
     match changed {
         Ok(membership) => Ok((StatusCode::OK, json!(membership))),
         Err(MembershipError::NotLeader { leader }) => Err(ApiError::not_leader(leader)),
+        Err(MembershipError::Unconfirmed(why)) => Err(ApiError::leader_unconfirmed(&why)),
         Err(MembershipError::Invalid(why)) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_member", why))
         }

@@ -121,6 +121,11 @@ fn a_leader_cut_off_from_the_others_is_replaced_and_loses_nothing_acknowledged()
     );
     // 421: refused as not applied; 504: taken just as it was cut off, outcome unknown.
     assert!(matches!(status, 421 | 504), "a leader cut off from the majority answered {status}: {answer}");
+    if status == 421 {
+        // It still leads its own term (nothing newer reached it): the refusal names the cause.
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("has heard from no majority"), "{answer}");
+    }
     place_some(&cluster.nodes[new].client(), &keys, 1, &mut acked);
     drop(partition);
 

@@ -60,6 +60,8 @@ pub struct MemberChange {
 pub enum MembershipError {
     /// Membership changes go through the leader.
     NotLeader { leader: Option<String> },
+    /// This node leads but cannot change anything right now (says why).
+    Unconfirmed(String),
     /// The request is not a change that can be made.
     Invalid(String),
     /// The node was added as a learner but did not catch up in time to be
@@ -187,6 +189,7 @@ impl Cluster {
     fn leading_for_membership(&self) -> Result<(), MembershipError> {
         self.check_leading().map_err(|error| match error {
             ProposeError::NotLeader { leader } => MembershipError::NotLeader { leader },
+            ProposeError::Unconfirmed(why) => MembershipError::Unconfirmed(why),
             ProposeError::Unknown(why) => MembershipError::Failed(why),
         })
     }

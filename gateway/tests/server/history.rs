@@ -1211,19 +1211,16 @@ fn units(text: &str, decimals: u8) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The checker itself is tested: a history and logs with known faults
-/// must each be reported.
-#[test]
-fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs() {
+/// A log entry of one order that the engine rejects (user 0 does not
+/// exist) and that is in the log all the same: the checker's own tests
+/// build logs of these.
+fn rejected_order_entry(index: u64, term: u64, request: u64, client_order_id: &str) -> LogEntry {
     use engine_core::{
         ClientOrderId, Lots, MarketId, NewOrder, OrderKind, SelfTradePrevention, Side, Ticks, TimeInForce,
     };
-    use replication::Origin;
-
-    let place = |client_order_id: &str| Proposal {
-        origin: Origin { node: 1, incarnation: 1, request: 1 },
+    let place = Proposal {
+        origin: replication::Origin { node: 1, incarnation: 1, request },
         timestamp_ns: 1,
-        // User 0 does not exist: the engine rejects the order, and it is in the log all the same.
         command: Command::PlaceOrder(NewOrder {
             user: UserId(0),
             market: MarketId(0),
@@ -1233,11 +1230,16 @@ fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs
             stp: SelfTradePrevention::CancelTaker,
         }),
     };
-    let entry = |index: u64, client_order_id: &str| {
-        let mut payload = Vec::new();
-        codec::encode_append(&vec![place(client_order_id)], &mut payload).unwrap();
-        LogEntry { index, term: 1, kind: EntryKind::Commands, payload }
-    };
+    let mut payload = Vec::new();
+    codec::encode_append(&vec![place], &mut payload).unwrap();
+    LogEntry { index, term, kind: EntryKind::Commands, payload }
+}
+
+/// The checker itself is tested: a history and logs with known faults
+/// must each be reported.
+#[test]
+fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs() {
+    let entry = |index: u64, client_order_id: &str| rejected_order_entry(index, 1, 1, client_order_id);
     let first = LogEntry { index: LOG_FIRST_INDEX, term: 1, kind: EntryKind::Blank, payload: Vec::new() };
     let logs = [
         NodeLog {
@@ -1375,28 +1377,8 @@ fn the_checker_reports_lost_acknowledgements_applied_refusals_and_diverging_logs
 /// reported; a stale archived tail is not taken for the committed log.
 #[test]
 fn the_checker_reports_wrong_images_and_gaps_in_purged_prefixes() {
-    use engine_core::{
-        ClientOrderId, Lots, MarketId, NewOrder, OrderKind, SelfTradePrevention, Side, Ticks, TimeInForce,
-    };
-    use replication::Origin;
-
     let entry = |index: u64, term: u64, client_order_id: &str| {
-        let place = Proposal {
-            origin: Origin { node: 1, incarnation: 1, request: index },
-            timestamp_ns: 1,
-            // User 0 does not exist: rejected by the engine, in the log all the same.
-            command: Command::PlaceOrder(NewOrder {
-                user: UserId(0),
-                market: MarketId(0),
-                side: Side::Buy,
-                kind: OrderKind::Limit { price: Ticks(100), qty: Lots(1), tif: TimeInForce::Gtc },
-                client_order_id: Some(ClientOrderId::new(client_order_id).unwrap()),
-                stp: SelfTradePrevention::CancelTaker,
-            }),
-        };
-        let mut payload = Vec::new();
-        codec::encode_append(&vec![place], &mut payload).unwrap();
-        LogEntry { index, term, kind: EntryKind::Commands, payload }
+        rejected_order_entry(index, term, index, client_order_id)
     };
     let blank = LogEntry { index: LOG_FIRST_INDEX, term: 1, kind: EntryKind::Blank, payload: Vec::new() };
     let committed = vec![blank, entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c"), entry(4, 1, "d")];
