@@ -586,6 +586,27 @@ impl TriggerBook {
     pub fn track(&mut self, price: Ticks) {
         for side in [Side::Buy, Side::Sell] {
             let s = side_index(side);
+            let Some(&worst) = self.tracks[s].by_best.front() else { continue };
+            if !worse(side, self.groups[worst as usize].best, price) {
+                continue;
+            }
+            // The usual case, a market moving on past its tracking orders:
+            // the price beats the worst group only, and no group has it as
+            // its best. That group moves to the price where it is (every
+            // other group is still better, so its place in `by_best` holds)
+            // and only its urgency changes: what a merge of one group into
+            // a new one would give, without freeing and heaping a group.
+            let alone = self.tracks[s].by_best.get(1).is_none_or(|&next| {
+                let best = self.groups[next as usize].best;
+                !worse(side, best, price) && best != price
+            });
+            if alone {
+                self.quiet = None;
+                self.groups[worst as usize].best = price;
+                let root = self.groups[worst as usize].root;
+                self.set_root(worst, root);
+                continue;
+            }
             let mut merged = NIL;
             while let Some(&group) = self.tracks[s].by_best.front() {
                 if !worse(side, self.groups[group as usize].best, price) {
