@@ -142,6 +142,12 @@ impl Engine {
         for &price in &prices {
             let state = &mut self.markets[market.index()];
             state.last_price = Some(price);
+            // Most prices of a command that reaches a waiting order reach
+            // nothing themselves (the others before and after it): the kept
+            // band answers for them as it does for a whole quiet command.
+            if state.triggers.is_quiet_between(price, price) {
+                continue;
+            }
             reached_now.clear();
             state.triggers.pop_reached(price, &mut reached_now);
             // The tracking orders' best prices move to this price where it

@@ -54,7 +54,7 @@ pub(crate) struct Entry {
     pub slot: u32,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct TriggerBook {
     /// Fire when the price rises to their stop: the lowest stop's level
     /// last.
@@ -64,7 +64,10 @@ pub(crate) struct TriggerBook {
     falling: StopQueue,
     /// The nodes of both queues' levels; a free node has order id 0.
     stops: Vec<StopNode>,
-    free_stops: Vec<u32>,
+    /// The first free node, linked by `next` (`NIL`: none). A popped
+    /// level's list joins it whole, so firing frees a level, not a node
+    /// at a time.
+    free_stop: u32,
     /// Trailing orders tracking from placement in a market that has not
     /// traded yet, by order id (`stop` unused): they start at the next
     /// trade.
@@ -83,6 +86,26 @@ pub(crate) struct TriggerBook {
     /// [`Self::is_quiet_between`]); `None` after any change, until asked
     /// again. Derived from the rest, never saved or hashed.
     quiet: Option<(Ticks, Ticks)>,
+}
+
+impl Default for TriggerBook {
+    fn default() -> Self {
+        TriggerBook {
+            rising: StopQueue::default(),
+            falling: StopQueue::default(),
+            stops: Vec::new(),
+            free_stop: NIL,
+            unstarted: Vec::new(),
+            tracks: Default::default(),
+            nodes: Vec::new(),
+            free_nodes: Vec::new(),
+            groups: Vec::new(),
+            free_groups: Vec::new(),
+            tracking_len: 0,
+            pairs: Vec::new(),
+            quiet: None,
+        }
+    }
 }
 
 /// A band no price is in.
@@ -239,15 +262,17 @@ impl TriggerBook {
             _ => None,
         };
         let node = StopNode { order: entry.order, slot: entry.slot, prev: NIL, next: NIL };
-        let node = match self.free_stops.pop() {
-            Some(index) => {
-                debug_assert_eq!(self.stops[index as usize].order, OrderId(0));
-                self.stops[index as usize] = node;
-                index
-            }
-            None => {
+        let node = match self.free_stop {
+            NIL => {
                 self.stops.push(node);
                 (self.stops.len() - 1) as u32
+            }
+            index => {
+                let free = &mut self.stops[index as usize];
+                debug_assert_eq!(free.order, OrderId(0));
+                self.free_stop = free.next;
+                *free = node;
+                index
             }
         };
         let key = stop_key(rises, entry.stop.0);
@@ -323,15 +348,16 @@ impl TriggerBook {
     }
 
     fn free_stop(&mut self, node: u32) {
-        self.stops[node as usize] = StopNode { order: OrderId(0), slot: NIL, prev: NIL, next: NIL };
-        self.free_stops.push(node);
+        self.stops[node as usize] =
+            StopNode { order: OrderId(0), slot: NIL, prev: NIL, next: self.free_stop };
+        self.free_stop = node;
     }
 
     /// Pops into `out` every entry a trade at `price` reaches: rising stops
     /// at or below it (the lowest first), then falling stops at or above it
     /// (the highest first); the oldest first among equal stops.
     pub fn pop_reached(&mut self, price: Ticks, out: &mut Vec<Entry>) {
-        self.quiet = None;
+        let before = out.len();
         for rises in [true, false] {
             let queue = if rises { &mut self.rising } else { &mut self.falling };
             while let Some(&level) = queue.levels.back() {
@@ -342,18 +368,24 @@ impl TriggerBook {
                 }
                 queue.levels.pop_back();
                 let mut node = level.head;
+                let mut popped = 0;
                 while node != NIL {
-                    // Freed by its order id alone: a free node's links are
-                    // never read, and `insert` overwrites the whole node.
+                    // Marked free by its order id alone: the level's `next`
+                    // links stay and become the free list's.
                     let n = &mut self.stops[node as usize];
                     out.push(Entry { stop, order: n.order, slot: n.slot });
                     n.order = OrderId(0);
-                    let next = n.next;
-                    self.free_stops.push(node);
-                    queue.len -= 1;
-                    node = next;
+                    node = n.next;
+                    popped += 1;
                 }
+                self.stops[level.tail as usize].next = self.free_stop;
+                self.free_stop = level.head;
+                queue.len -= popped;
             }
+        }
+        // The band changes only with the queues' last levels.
+        if out.len() != before {
+            self.quiet = None;
         }
     }
 
@@ -543,16 +575,38 @@ impl TriggerBook {
     /// The orders that track from placement and wait for a trade, oldest
     /// first; the caller starts them with [`Self::insert_tracking`].
     pub fn take_unstarted(&mut self, out: &mut Vec<Entry>) {
-        self.quiet = None;
+        if !self.unstarted.is_empty() {
+            self.quiet = None;
+        }
         out.append(&mut self.unstarted);
     }
 
     /// A trade at `price`: the groups whose best it beats merge into one
     /// group with best `price`.
     pub fn track(&mut self, price: Ticks) {
-        self.quiet = None;
         for side in [Side::Buy, Side::Sell] {
             let s = side_index(side);
+            let Some(&worst) = self.tracks[s].by_best.front() else { continue };
+            if !worse(side, self.groups[worst as usize].best, price) {
+                continue;
+            }
+            // The usual case, a market moving on past its tracking orders:
+            // the price beats the worst group only, and no group has it as
+            // its best. That group moves to the price where it is (every
+            // other group is still better, so its place in `by_best` holds)
+            // and only its urgency changes: what a merge of one group into
+            // a new one would give, without freeing and heaping a group.
+            let alone = self.tracks[s].by_best.get(1).is_none_or(|&next| {
+                let best = self.groups[next as usize].best;
+                !worse(side, best, price) && best != price
+            });
+            if alone {
+                self.quiet = None;
+                self.groups[worst as usize].best = price;
+                let root = self.groups[worst as usize].root;
+                self.set_root(worst, root);
+                continue;
+            }
             let mut merged = NIL;
             while let Some(&group) = self.tracks[s].by_best.front() {
                 if !worse(side, self.groups[group as usize].best, price) {
@@ -566,6 +620,7 @@ impl TriggerBook {
             if merged == NIL {
                 continue;
             }
+            self.quiet = None;
             match self.tracks[s].by_best.front() {
                 Some(&group) if self.groups[group as usize].best == price => {
                     let root = self.meld(self.groups[group as usize].root, merged);
@@ -579,7 +634,6 @@ impl TriggerBook {
     /// Pops into `out` every tracking order that a trade at `price` fires
     /// (after [`Self::track`] saw it), in no particular order.
     pub fn fire_tracking(&mut self, price: Ticks, out: &mut Vec<Entry>) {
-        self.quiet = None;
         for side in [Side::Buy, Side::Sell] {
             while let Some(&group) = self.tracks[side_index(side)].urgent.first() {
                 let Group { best, root, urgency, .. } = self.groups[group as usize];
@@ -590,6 +644,7 @@ impl TriggerBook {
                     break;
                 }
                 out.push(Entry { stop: Ticks(0), order: node.order, slot: node.slot });
+                self.quiet = None;
                 self.remove_node(root);
             }
         }
@@ -678,7 +733,19 @@ impl TriggerBook {
             stopped += reached;
         }
         let free = self.stops.iter().filter(|n| n.order.0 == 0).count();
-        if stopped + free != self.stops.len() || free != self.free_stops.len() {
+        let (mut listed, mut node) = (0usize, self.free_stop);
+        while node != NIL {
+            let n = self.stops.get(node as usize).ok_or("a free stop node out of range")?;
+            if n.order.0 != 0 {
+                return Err("a live stop node on the free list");
+            }
+            listed += 1;
+            if listed > free {
+                return Err("the free stop list has a cycle");
+            }
+            node = n.next;
+        }
+        if stopped + free != self.stops.len() || free != listed {
             return Err("stop nodes: live and free do not add up");
         }
         let mut reached = 0usize;
