@@ -124,7 +124,7 @@ const RAFT_WAY_OUT: &str = "stop this node, move its journal directory aside (ke
 
 /// The data directory a journal directory belongs to (its parent when it
 /// is called `journal`), as the operator passes it to `exctl`.
-fn data_dir_of(journal_dir: &Path) -> &Path {
+pub(crate) fn data_dir_of(journal_dir: &Path) -> &Path {
     match journal_dir.parent() {
         Some(parent) if journal_dir.file_name().is_some_and(|name| name == "journal") => parent,
         _ => journal_dir,

@@ -33,7 +33,12 @@
 //! So a segment recorded as oldest or newest that is missing, a gap or an
 //! overlap between segments, damage anywhere but a torn last frame of the
 //! newest segment, or segments without `RAFT_SEGMENTS` are refused with
-//! [`JournalError::RaftLogDamaged`]: no crash leaves them. The last purged
+//! [`JournalError::RaftLogDamaged`]: no crash leaves them. A torn last
+//! frame is refused too when the cut would remove an entry at or below the
+//! committed index `RAFT_STATE` records: the replication layer writes a
+//! committed index only once the entries it covers are synced, so no crash
+//! tears a committed entry, and damage there is the disk's, not a torn
+//! append. The last purged
 //! position lives here and not in `RAFT_STATE` so that a purge (the log's
 //! owner) and a vote (the Raft state's owner) never write one file.
 //!
@@ -53,13 +58,13 @@ use std::sync::{Arc, Mutex};
 
 use memmap2::MmapMut;
 
-use crate::error::JournalError;
+use crate::error::{data_dir_of, JournalError};
 use crate::files::{create_private_dir, sync_dir, zero_tail};
 use crate::raft_segment::{
     list_raft_segments, raft_frame_bytes, raft_segment_file_name, read_raft_frame, scan_raft_segment,
-    write_raft_frame, EntryKind, RaftFrameRead, RaftSegmentHeader, RAFT_ENTRY_PAYLOAD_MAX_BYTES,
+    write_raft_frame, EntryKind, RaftDamage, RaftFrameRead, RaftSegmentHeader, RAFT_ENTRY_PAYLOAD_MAX_BYTES,
 };
-use crate::raft_state::LogPosition;
+use crate::raft_state::{LogPosition, RaftStateFile, RAFT_STATE_FILE_NAME};
 use crate::segment::{read_u64, SEGMENT_HEADER_BYTES};
 use crate::slot_file::{SlotFile, SLOT_BODY_BYTES};
 use crate::writer::{create_mapped, lock_dir};
@@ -333,7 +338,8 @@ impl RaftLog {
     /// Opens (or creates, if the directory holds no format-3 segment) the
     /// log in `dir`: checks the segments against `RAFT_SEGMENTS`, scans and
     /// indexes every entry, cuts a torn tail (damage confined to one
-    /// maximum frame at the very end of the newest segment), finishes an
+    /// maximum frame at the very end of the newest segment, strictly above
+    /// the committed index `RAFT_STATE` records, if any), finishes an
     /// interrupted purge, and refuses anything else with
     /// [`JournalError::RaftLogDamaged`] naming the file, the offset, the
     /// index and what to do.
@@ -474,6 +480,29 @@ impl RaftLog {
                         format!("{}{place}", damage.why),
                     ));
                 }
+                // A crash tears only what was being appended, never what
+                // RAFT_STATE records committed (the replication layer saves a
+                // committed index only once the entries it covers are synced).
+                if let Some(committed) = self.committed_at_or_above(damage.expected_index, path, &damage)? {
+                    return Err(damaged(
+                        path,
+                        Some(damage.offset),
+                        Some(damage.expected_index),
+                        format!(
+                            "{}, within one frame of the end, which a crash during an append leaves; but {} \
+                             records entries through {} (term {}) committed, so this is damage to a \
+                             committed entry, not a torn append, and nothing was cut. `exctl journal verify \
+                             {data}` lists every problem; `exctl journal repair {data} --after INDEX` cuts \
+                             only entries above the committed index, so it refuses here: re-seed this node \
+                             from the cluster",
+                            damage.why,
+                            self.dir.join(RAFT_STATE_FILE_NAME).display(),
+                            committed.index,
+                            committed.term,
+                            data = data_dir_of(&self.dir).display(),
+                        ),
+                    ));
+                }
                 let bytes = zero_tail(&mut segment.map, path, damage.offset)?;
                 tracing::warn!(
                     segment = %path.display(),
@@ -562,6 +591,32 @@ impl RaftLog {
         self.report.removed = removed;
         self.sync_mut().durable = self.last().map(|p| p.index);
         Ok(())
+    }
+
+    /// The committed position `RAFT_STATE` records, when it is at or
+    /// above `index` (a cut from `index` on would remove a committed
+    /// entry). No `RAFT_STATE` (a new or wiped node) records nothing
+    /// committed; one that does not read leaves it unknown, and a cut is
+    /// then refused as well.
+    fn committed_at_or_above(
+        &self,
+        index: u64,
+        path: &Path,
+        damage: &RaftDamage,
+    ) -> Result<Option<LogPosition>, JournalError> {
+        match RaftStateFile::open(&self.dir) {
+            Ok((_, state)) => Ok(state.and_then(|s| s.committed).filter(|c| c.index >= index)),
+            Err(error) => Err(damaged(
+                path,
+                Some(damage.offset),
+                Some(index),
+                format!(
+                    "{}, within one frame of the end, which a crash during an append leaves; but whether \
+                     it holds committed entries is unknown ({error}), so nothing was cut",
+                    damage.why
+                ),
+            )),
+        }
     }
 
     fn sync_mut(&self) -> std::sync::MutexGuard<'_, SyncShared> {

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use journal::{
-    list_raft_segments, EntryKind, JournalError, LogEntry, LogPosition, RaftLog, RaftLogLimits, RaftState,
-    RaftStateFile, StoredVote, RAFT_SEGMENTS_FILE_NAME, RAFT_STATE_FILE_NAME,
+    check_raft_segment, list_raft_segments, EntryKind, JournalError, LogEntry, LogPosition, RaftLog,
+    RaftLogLimits, RaftState, RaftStateFile, StoredVote, RAFT_ENTRY_PAYLOAD_MAX_BYTES,
+    RAFT_FRAME_HEADER_BYTES, RAFT_SEGMENTS_FILE_NAME, RAFT_STATE_FILE_NAME,
 };
 
 /// Small segments, so that a few dozen entries span several of them.
@@ -547,6 +548,170 @@ fn raft_state_slots_alternate_and_a_torn_slot_falls_back() {
     assert!(matches!(RaftStateFile::open(dir.path()), Err(JournalError::BadStateFile { .. })));
     std::fs::write(&path, vec![7u8; 8 << 20]).unwrap();
     assert!(matches!(RaftStateFile::open(dir.path()), Err(JournalError::BadStateFile { .. })));
+}
+
+/// Limits as a node's: a torn tail may span one frame of the largest
+/// payload, so every entry of a short log is within one frame of the end
+/// (the shape that was cut as "torn" even when committed).
+const WIDE: RaftLogLimits =
+    RaftLogLimits { segment_bytes: 1 << 20, max_entry_bytes: RAFT_ENTRY_PAYLOAD_MAX_BYTES };
+
+/// A one-segment log of entries 1..=`last` (term 1), written and synced by
+/// the log, and `RAFT_STATE` recording `committed` as a node records it:
+/// the entries first, then the committed index. Returns the segment and
+/// each entry's offset in it (`offsets[i]`: entry `i + 1`).
+fn committed_log(dir: &Path, last: u64, committed: Option<u64>) -> (PathBuf, Vec<usize>) {
+    let mut log = RaftLog::open(dir, WIDE).unwrap();
+    append_range(&mut log, 1..=last, 1);
+    assert_eq!(log.sync_request().run().unwrap(), Some(last));
+    drop(log);
+    record_committed(dir, committed);
+    let listed = segments(dir);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let (_, path) = listed.into_iter().next().unwrap();
+    let scan = check_raft_segment(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(scan.entries.len() as u64, last);
+    (path, scan.entries.iter().map(|&(offset, _)| offset).collect())
+}
+
+fn record_committed(dir: &Path, committed: Option<u64>) {
+    let (mut file, _) = RaftStateFile::open(dir).unwrap();
+    let state = RaftState {
+        vote: Some(StoredVote { term: 1, node_id: 1, committed: true }),
+        committed: committed.map(|index| pos(index, 1)),
+        last_purged: None,
+    };
+    file.save(&state, true).unwrap();
+}
+
+fn flip(path: &Path, offset: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset as u64).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], offset as u64).unwrap();
+}
+
+/// What a write that never finished leaves in a preallocated segment: the
+/// data ends at `from`, in the middle of a frame, and zeros follow.
+fn lose_from(path: &Path, from: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[from..].fill(0);
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Open refuses, naming the segment, the offset, the damaged index, the
+/// committed index and the operator's choices; and changes no byte.
+fn assert_refused_as_committed(dir: &Path, segment: &Path, offset: usize, index: u64, committed: u64) {
+    let before = std::fs::read(segment).unwrap();
+    let error = match RaftLog::open(dir, WIDE) {
+        Ok(log) => panic!("the log opened, cut: {:?}", log.open_report().cut),
+        Err(error) => error,
+    };
+    assert!(matches!(error, JournalError::RaftLogDamaged { .. }), "{error:?}");
+    let text = error.to_string();
+    for part in [
+        format!("{} at offset {offset} (where index {index} should be)", segment.display()),
+        format!("records entries through {committed} (term 1) committed"),
+        "nothing was cut".to_string(),
+        format!("exctl journal verify {}", dir.display()),
+        "exctl journal repair".to_string(),
+        "re-seed this node".to_string(),
+    ] {
+        assert!(text.contains(&part), "{part:?} not in: {text}");
+    }
+    assert!(std::fs::read(segment).unwrap() == before, "a refused open changed the segment");
+}
+
+#[test]
+fn a_flipped_byte_in_a_committed_entry_near_the_end_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    // Entry 5 of 10, all committed: within one maximum frame of the end,
+    // the shape of a torn tail, but RAFT_STATE says it is committed.
+    let (segment, offsets) = committed_log(dir.path(), 10, Some(10));
+    flip(&segment, offsets[4] + RAFT_FRAME_HEADER_BYTES + 2);
+    assert_refused_as_committed(dir.path(), &segment, offsets[4], 5, 10);
+    // Committed exactly through the damaged entry: refused too.
+    record_committed(dir.path(), Some(5));
+    assert_refused_as_committed(dir.path(), &segment, offsets[4], 5, 5);
+    // The damage undone, the log opens whole: the refusal cut nothing.
+    flip(&segment, offsets[4] + RAFT_FRAME_HEADER_BYTES + 2);
+    let log = RaftLog::open(dir.path(), WIDE).unwrap();
+    assert_eq!(read_all(&log), (1..=10).map(|i| expected(i, 1)).collect::<Vec<_>>());
+    assert_eq!(log.open_report().cut, None);
+}
+
+#[test]
+fn a_committed_frame_whose_data_ends_midway_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, offsets) = committed_log(dir.path(), 10, Some(9));
+    // Entry 8's frame written halfway, nothing after it: refused while 8
+    // (or anything after the cut point) is committed.
+    lose_from(&segment, offsets[7] + RAFT_FRAME_HEADER_BYTES + 5);
+    assert_refused_as_committed(dir.path(), &segment, offsets[7], 8, 9);
+    // A file cut short is refused whatever is committed: no crash changes
+    // a preallocated segment's size.
+    let whole = std::fs::read(&segment).unwrap();
+    for committed in [Some(9), Some(7), None] {
+        record_committed(dir.path(), committed);
+        let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+        file.set_len((offsets[7] + 20) as u64).unwrap();
+        let error = refusal_with(dir.path(), WIDE);
+        assert!(error.to_string().contains("cut or copied short"), "{committed:?}: {error}");
+        std::fs::write(&segment, &whole).unwrap();
+    }
+}
+
+fn refusal_with(dir: &Path, limits: RaftLogLimits) -> JournalError {
+    match RaftLog::open(dir, limits) {
+        Ok(_) => panic!("the log opened"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn the_same_damage_above_the_committed_index_is_cut_and_the_rest_kept() {
+    for (label, committed) in [("committed 4", Some(4)), ("nothing committed", None)] {
+        // A flipped byte in entry 5.
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, offsets) = committed_log(dir.path(), 10, committed);
+        flip(&segment, offsets[4] + RAFT_FRAME_HEADER_BYTES + 2);
+        let mut log = RaftLog::open(dir.path(), WIDE).unwrap();
+        let (cut_in, cut_at, _) = log.open_report().cut.clone().expect("the tail is cut");
+        assert_eq!((cut_in, cut_at), (segment.clone(), offsets[4]), "{label}");
+        assert_eq!(read_all(&log), (1..=4).map(|i| expected(i, 1)).collect::<Vec<_>>(), "{label}");
+        append(&mut log, 5, 2);
+        drop(log);
+        let log = RaftLog::open(dir.path(), WIDE).unwrap();
+        assert_eq!(log.last(), Some(pos(5, 2)), "{label}");
+        assert_eq!(log.open_report().cut, None, "{label}: cut for good");
+    }
+    // Entry 8's frame written halfway; committed through 7.
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, offsets) = committed_log(dir.path(), 10, Some(7));
+    lose_from(&segment, offsets[7] + RAFT_FRAME_HEADER_BYTES + 5);
+    let log = RaftLog::open(dir.path(), WIDE).unwrap();
+    assert_eq!(log.open_report().cut.as_ref().map(|c| c.1), Some(offsets[7]));
+    assert_eq!(read_all(&log), (1..=7).map(|i| expected(i, 1)).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_torn_tail_with_an_unreadable_raft_state_is_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, offsets) = committed_log(dir.path(), 6, Some(2));
+    lose_from(&segment, offsets[5] + 10);
+    let state = dir.path().join(RAFT_STATE_FILE_NAME);
+    std::fs::write(&state, [0xA5u8; 256]).unwrap();
+    let before = std::fs::read(&segment).unwrap();
+    let error = refusal_with(dir.path(), WIDE);
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("at offset {} (where index 6 should be)", offsets[5]))
+            && text.contains("whether it holds committed entries is unknown")
+            && text.contains("neither of its two slots"),
+        "{text}"
+    );
+    assert!(std::fs::read(&segment).unwrap() == before);
 }
 
 mod model {

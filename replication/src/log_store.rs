@@ -23,8 +23,14 @@
 //!   syncs, then calls the callbacks **in order** (group commit: one thread, no reordering).
 //! * `save_vote` queues the vote behind those appends: the sync thread writes and syncs
 //!   `RAFT_STATE` only after every earlier append is durable, and `save_vote` returns after.
-//! * `save_committed` writes `RAFT_STATE` without a sync: a committed position read back after
-//!   a crash is at most stale, which is safe (any value once saved was committed).
+//! * `save_committed` queues the position behind those appends and returns: the sync thread
+//!   writes it into `RAFT_STATE`, without a sync, only once the log reports every entry up to it
+//!   durable (or purged). openraft saves a committed position as soon as the entries are
+//!   submitted, before their sync; written at once, the state file's page could reach the disk
+//!   before the entries' and a power loss would leave a committed index above a torn log, which
+//!   `RaftLog::open` refuses (it cuts a torn tail only above the committed index). A position
+//!   read back after a crash is at most stale, which is safe (any value once saved was
+//!   committed).
 //! * `truncate_after` and `purge` first wait for the queue to drain, then change the log
 //!   (both are durable on return).
 //! * Once a sync fails, every later write fails too: after a failed fdatasync the kernel may
@@ -66,11 +72,6 @@ impl Default for LogStoreConfig {
     }
 }
 
-struct StateCell {
-    file: RaftStateFile,
-    state: RaftState,
-}
-
 /// What the store and its readers share.
 struct Shared {
     log: Mutex<RaftLog>,
@@ -81,7 +82,9 @@ struct Shared {
 /// What the sync thread needs (never the log itself, so that the log and its directory lock go
 /// as soon as the store and its readers are dropped).
 struct Durable {
-    state: Mutex<StateCell>,
+    /// What openraft saved last, as `read_vote` and `read_committed` answer it; the file may
+    /// lag behind (see [`StateWriter`]).
+    state: Mutex<RaftState>,
     /// Set when a sync failed: the store refuses every later write.
     failed: AtomicBool,
 }
@@ -89,8 +92,12 @@ struct Durable {
 enum Job {
     /// Make an append durable, then call its callback.
     Flush { request: journal::SyncRequest, callback: IOFlushed<TypeConfig> },
-    /// Write and sync `RAFT_STATE` (after every earlier job), then answer.
-    SaveState { reply: oneshot::Sender<io::Result<()>> },
+    /// Write and sync `RAFT_STATE` with this vote (after every earlier job), then answer.
+    SaveState { vote: StoredVote, reply: oneshot::Sender<io::Result<()>> },
+    /// Write this committed position into `RAFT_STATE` once the log reports the entries it
+    /// covers durable: `request` covers every entry appended before it (so every entry
+    /// openraft may call committed), `purged` is the log's last purged index then.
+    SaveCommitted { committed: Option<LogPosition>, request: journal::SyncRequest, purged: Option<u64> },
     /// Answer once every earlier job is done.
     Barrier { reply: oneshot::Sender<io::Result<()>> },
 }
@@ -231,19 +238,20 @@ impl LogStore {
         let log = RaftLog::open(dir, config.limits).map_err(|e| journal_error("opening the raft log", e))?;
         let (file, state) = RaftStateFile::open(dir).map_err(|e| journal_error("opening RAFT_STATE", e))?;
         let fresh = state.is_none();
-        let durable = Arc::new(Durable {
-            state: Mutex::new(StateCell { file, state: state.unwrap_or_default() }),
-            failed: AtomicBool::new(false),
-        });
+        let state = state.unwrap_or_default();
+        // The newest segment was synced by the open: every entry it holds is durable.
+        let durable_index = log.last().map(|p| p.index);
+        let durable = Arc::new(Durable { state: Mutex::new(state), failed: AtomicBool::new(false) });
         let shared = Arc::new(Shared {
             log: Mutex::new(log),
             durable: durable.clone(),
             read_bytes_max: config.read_bytes_max.max(1),
         });
         let (jobs, queue) = mpsc::channel();
-        let syncer = std::thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || run_syncer(&durable, &queue))?;
+        let syncer = std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || {
+            let writer = StateWriter { file, on_disk: state, pending: None, durable_index };
+            run_syncer(&durable, writer, &queue)
+        })?;
         Ok(LogStore {
             purge_hold: None,
             shared,
@@ -295,41 +303,95 @@ impl LogStore {
 }
 
 impl Durable {
-    fn state(&self) -> io::Result<MutexGuard<'_, StateCell>> {
+    fn state(&self) -> io::Result<MutexGuard<'_, RaftState>> {
         self.state.lock().map_err(|_| poisoned())
     }
 }
 
+/// A committed position waiting for the entries it covers to be durable.
+#[derive(Clone, Copy)]
+struct PendingCommitted {
+    committed: Option<LogPosition>,
+    /// The log's last purged index when it was saved: entries up to it need no sync.
+    purged: Option<u64>,
+}
+
+/// `RAFT_STATE` as the sync thread (its only writer) keeps it: what the file holds, and a
+/// committed position it holds back until the log reports its entries durable.
+struct StateWriter {
+    file: RaftStateFile,
+    on_disk: RaftState,
+    pending: Option<PendingCommitted>,
+    /// Every entry up to this index is on disk, as the log's last sync reported.
+    durable_index: Option<u64>,
+}
+
+impl StateWriter {
+    /// The pending committed position, if every entry it covers is now durable or purged.
+    fn writable_committed(&self) -> Option<Option<LogPosition>> {
+        let pending = self.pending?;
+        let covered = |index: u64| {
+            self.durable_index.is_some_and(|d| d >= index) || pending.purged.is_some_and(|p| p >= index)
+        };
+        pending.committed.is_none_or(|c| covered(c.index)).then_some(pending.committed)
+    }
+
+    /// Writes `RAFT_STATE` with `vote` (when given) and the pending committed position if it is
+    /// writable; synced when `sync`. Does nothing when that changes nothing.
+    fn save(&mut self, shared: &Durable, vote: Option<StoredVote>, sync: bool) -> io::Result<()> {
+        let mut state = self.on_disk;
+        if let Some(vote) = vote {
+            state.vote = Some(vote);
+        }
+        if let Some(committed) = self.writable_committed() {
+            state.committed = committed;
+            self.pending = None;
+        }
+        if state == self.on_disk && !sync {
+            return Ok(());
+        }
+        self.file.save(&state, sync).map_err(|e| {
+            shared.failed.store(true, Ordering::Release);
+            tracing::error!(error = %e, "saving RAFT_STATE failed");
+            journal_error("saving RAFT_STATE", e)
+        })?;
+        self.on_disk = state;
+        Ok(())
+    }
+}
+
 /// The sync thread: takes everything queued, runs it in order, answers in order.
-fn run_syncer(shared: &Durable, queue: &mpsc::Receiver<Job>) {
+fn run_syncer(shared: &Durable, mut writer: StateWriter, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         jobs.extend(queue.try_iter());
         let mut flushes = Vec::new();
         for job in jobs {
             match job {
-                Job::Flush { request, callback } => flushes.push((request, callback)),
-                Job::SaveState { reply } => {
+                Job::Flush { request, callback } => flushes.push((request, Some(callback))),
+                Job::SaveCommitted { committed, request, purged } => {
+                    // Its request joins the group's sync; the position waits for it.
+                    flushes.push((request, None));
+                    writer.pending = Some(PendingCommitted { committed, purged });
+                }
+                Job::SaveState { vote, reply } => {
                     // Every append queued before the vote is durable first.
-                    flush(shared, std::mem::take(&mut flushes));
-                    let result = healthy(shared).and_then(|()| {
-                        let mut cell = shared.state()?;
-                        let state = cell.state;
-                        cell.file.save(&state, true).map_err(|e| {
-                            shared.failed.store(true, Ordering::Release);
-                            tracing::error!(error = %e, "saving RAFT_STATE failed");
-                            journal_error("saving RAFT_STATE", e)
-                        })
-                    });
+                    flush(shared, std::mem::take(&mut flushes), &mut writer.durable_index);
+                    let result = healthy(shared).and_then(|()| writer.save(shared, Some(vote), true));
                     let _ = reply.send(result);
                 }
                 Job::Barrier { reply } => {
-                    flush(shared, std::mem::take(&mut flushes));
+                    flush(shared, std::mem::take(&mut flushes), &mut writer.durable_index);
                     let _ = reply.send(healthy(shared));
                 }
             }
         }
-        flush(shared, flushes);
+        flush(shared, flushes, &mut writer.durable_index);
+        if writer.pending.is_some() && healthy(shared).is_ok() {
+            // Not synced: a committed position read back after a crash may be stale, never
+            // ahead of the entries on disk. A failure is logged and fails every later write.
+            let _ = writer.save(shared, None, false);
+        }
     }
     tracing::debug!("raft log sync thread stops: the store was dropped");
 }
@@ -342,14 +404,18 @@ fn healthy(shared: &Durable) -> io::Result<()> {
 }
 
 /// Makes a run of queued appends durable with one sync (group commit), then calls their
-/// callbacks in order. The newest request covers every older one: only the newest segment can
-/// hold unsynced entries, and no truncation happens while appends are queued (it waits for the
-/// queue). The older requests still run after it, as a check that costs no sync when it holds.
-fn flush(shared: &Durable, mut flushes: Vec<(journal::SyncRequest, IOFlushed<TypeConfig>)>) {
+/// callbacks in order (a request with no callback was queued by `save_committed`), and sets
+/// `durable_index` to what the log reports durable. The newest request covers every older one:
+/// only the newest segment can hold unsynced entries, and no truncation happens while appends
+/// are queued (it waits for the queue). The older requests still run after it, as a check that
+/// costs no sync when it holds.
+type Flushes = Vec<(journal::SyncRequest, Option<IOFlushed<TypeConfig>>)>;
+
+fn flush(shared: &Durable, mut flushes: Flushes, durable_index: &mut Option<u64>) {
     let Some((newest, newest_callback)) = flushes.pop() else { return };
     let run = |request: journal::SyncRequest| {
         healthy(shared).and_then(|()| {
-            request.run().map(|_| ()).map_err(|e| {
+            request.run().map_err(|e| {
                 shared.failed.store(true, Ordering::Release);
                 tracing::error!(error = %e, "fdatasync of the raft log failed: this node's log can no longer be trusted");
                 journal_error("syncing the raft log", e)
@@ -357,10 +423,18 @@ fn flush(shared: &Durable, mut flushes: Vec<(journal::SyncRequest, IOFlushed<Typ
         })
     };
     let newest_result = run(newest);
-    for (request, callback) in flushes {
-        callback.io_completed(run(request));
+    if let Ok(durable) = &newest_result {
+        *durable_index = *durable;
     }
-    newest_callback.io_completed(newest_result);
+    for (request, callback) in flushes {
+        let result = run(request).map(|_| ());
+        if let Some(callback) = callback {
+            callback.io_completed(result);
+        }
+    }
+    if let Some(callback) = newest_callback {
+        callback.io_completed(newest_result.map(|_| ()));
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogReader {
@@ -372,7 +446,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.shared.durable.state()?.state.vote.map(vote_of))
+        Ok(self.shared.durable.state()?.vote.map(vote_of))
     }
 
     /// A read for a replication request, which pairs the entries with the id of the entry before
@@ -465,22 +539,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         self.check_healthy()?;
-        self.shared.durable.state()?.state.vote = Some(stored_vote(vote));
+        let vote = stored_vote(vote);
+        self.shared.durable.state()?.vote = Some(vote);
         let (reply, done) = oneshot::channel();
-        self.submit(Job::SaveState { reply })?;
+        self.submit(Job::SaveState { vote, reply })?;
         done.await.map_err(|_| io::Error::other("the raft log sync thread stopped"))?
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.check_healthy()?;
-        let mut cell = self.shared.durable.state()?;
-        cell.state.committed = committed.as_ref().map(position);
-        let state = cell.state;
-        cell.file.save(&state, false).map_err(|e| journal_error("saving the committed position", e))
+        let committed = committed.as_ref().map(position);
+        self.shared.durable.state()?.committed = committed;
+        // Captured after every append openraft submitted before this call: the sync thread
+        // writes the position once this request reports its entries durable.
+        let (request, purged) = {
+            let log = self.log()?;
+            (log.sync_request(), log.last_purged().map(|p| p.index))
+        };
+        self.submit(Job::SaveCommitted { committed, request, purged })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.shared.durable.state()?.state.committed.map(log_id))
+        Ok(self.shared.durable.state()?.committed.map(log_id))
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>

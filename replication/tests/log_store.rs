@@ -102,6 +102,43 @@ async fn entries_vote_truncation_and_purge_survive_a_reopen() {
     assert_eq!(skipped.first().map(|e| e.log_id.index), Some(21));
 }
 
+/// What `RAFT_STATE` holds on disk, read as a restarted node reads it.
+fn committed_on_disk(dir: &std::path::Path) -> Option<u64> {
+    let (_, state) = journal::RaftStateFile::open(dir).unwrap();
+    state.and_then(|s| s.committed).map(|p| p.index)
+}
+
+/// `RAFT_STATE` never names a committed position above what the log reports on disk: openraft
+/// saves one as soon as the entries are submitted, before their sync, and a state file written
+/// at once could reach the disk before them (a power loss would then leave a committed index
+/// above a torn log, which the log refuses to open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_position_is_written_only_once_its_entries_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let vote = Vote::new_committed(1, 1);
+    {
+        let mut store = LogStore::open(dir.path(), LogStoreConfig::default()).unwrap();
+        let entries = (1..=10).map(|index| commands_entry(1, index, index, 1)).collect();
+        append_durably(&mut store, entries).await;
+        store.save_committed(Some(LogId::new_term_index(1, 10))).await.unwrap();
+        // A vote is saved synced, after every earlier job: the committed position goes with it.
+        store.save_vote(&vote).await.unwrap();
+        assert_eq!(committed_on_disk(dir.path()), Some(10));
+        // Entries 11..=15 are not on disk (not even appended): their committed position waits.
+        store.save_committed(Some(LogId::new_term_index(1, 15))).await.unwrap();
+        store.save_vote(&vote).await.unwrap();
+        assert_eq!(committed_on_disk(dir.path()), Some(10), "written before its entries are durable");
+        assert_eq!(store.read_committed().await.unwrap(), Some(LogId::new_term_index(1, 15)));
+        // Once they are durable, it is written (by the time the store is dropped).
+        let entries = (11..=15).map(|index| commands_entry(1, index, index, 1)).collect();
+        append_durably(&mut store, entries).await;
+    }
+    assert_eq!(committed_on_disk(dir.path()), Some(15));
+    let mut store = LogStore::open(dir.path(), LogStoreConfig::default()).unwrap();
+    assert_eq!(store.read_committed().await.unwrap(), Some(LogId::new_term_index(1, 15)));
+    assert_eq!(store.get_log_reader().await.read_vote().await.unwrap(), Some(vote));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_run_in_submission_order() {
     let dir = tempfile::tempdir().unwrap();
