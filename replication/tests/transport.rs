@@ -285,7 +285,10 @@ async fn a_new_log_acknowledges_no_leader_below_the_term_floor_it_learned() {
     );
     let accepted = leader.append_entries(append(6), option()).await;
     assert!(matches!(accepted, Ok(AppendEntriesResponse::Success)), "{accepted:?}");
-    assert_eq!(node.raft.metrics().borrow_watched().current_term, 6);
+    // Raft's metrics follow its answer, not before it.
+    let term_6 =
+        node.raft.wait(Some(timeout)).metrics(|m| m.current_term == 6, "term 6 in the metrics").await;
+    assert!(term_6.is_ok(), "{term_6:?}");
 
     // Votes stay closed until the node opens them (once caught up): the gate answers, echoing
     // the candidate; once open, Raft answers with the node's own vote (its leader's lease).
