@@ -296,6 +296,18 @@ fn lock<T>(mutex: &Mutex<T>) -> io::Result<std::sync::MutexGuard<'_, T>> {
 mod tests {
     use super::*;
 
+    /// An image of an empty engine at log position `index` (term 1), its
+    /// last stamp `index`.
+    fn empty_image_at(index: u64) -> (SnapshotMeta, Vec<u8>) {
+        let meta = SnapshotMeta {
+            last_log_id: Some(replication::types::LogId::new_term_index(1, index)),
+            ..SnapshotMeta::default()
+        };
+        let engine = Engine::new(engine_core::EngineLimits::default());
+        let bytes = replication::encode_image(&meta, &engine, index, None).unwrap();
+        (meta, bytes)
+    }
+
     fn requested(seq: u64) -> (Requested, oneshot::Receiver<Result<ImageTaken, String>>) {
         let (done, answer) = oneshot::channel();
         let meta = SnapshotMeta::default();
@@ -334,18 +346,9 @@ mod tests {
 
     #[test]
     fn an_image_never_replaces_one_of_a_later_log_position() {
-        use replication::types::LogId;
         let dir = tempfile::tempdir().unwrap();
         let images = Images::open(dir.path(), None).unwrap();
-        let engine = Engine::new(engine_core::EngineLimits::default());
-        let image_at = |index: u64| {
-            let meta = SnapshotMeta {
-                last_log_id: Some(LogId::new_term_index(1, index)),
-                ..SnapshotMeta::default()
-            };
-            let bytes = replication::encode_image(&meta, &engine, index, None).unwrap();
-            (meta, bytes)
-        };
+        let image_at = empty_image_at;
         let (installed, installed_bytes) = image_at(50);
         assert!(images.keep(installed.clone(), 50, &installed_bytes).unwrap());
         // The matcher's own image from before the install arrives late.
@@ -361,18 +364,12 @@ mod tests {
 
     #[test]
     fn the_writer_keeps_the_newest_image_at_or_before_its_cursor_and_the_log_after_it() {
-        use replication::types::LogId;
         let dir = tempfile::tempdir().unwrap();
         let writer = Arc::new(persistence::WriterStatus::default());
         let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
         let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
-        let engine = Engine::new(engine_core::EngineLimits::default());
         let keep_at = |index: u64| {
-            let meta = SnapshotMeta {
-                last_log_id: Some(LogId::new_term_index(1, index)),
-                ..SnapshotMeta::default()
-            };
-            let bytes = replication::encode_image(&meta, &engine, index, None).unwrap();
+            let (meta, bytes) = empty_image_at(index);
             // The sequence number here is the index: one command per entry.
             assert!(images.keep(meta, index, &bytes).unwrap());
         };
@@ -418,17 +415,11 @@ mod tests {
 
     #[test]
     fn a_damaged_writer_base_stops_the_node_while_its_writer_needs_it() {
-        use replication::types::LogId;
         let dir = tempfile::tempdir().unwrap();
         let writer = Arc::new(persistence::WriterStatus::default());
         let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
-        let engine = Engine::new(engine_core::EngineLimits::default());
         let keep_at = |index: u64| {
-            let meta = SnapshotMeta {
-                last_log_id: Some(LogId::new_term_index(1, index)),
-                ..SnapshotMeta::default()
-            };
-            let bytes = replication::encode_image(&meta, &engine, index, None).unwrap();
+            let (meta, bytes) = empty_image_at(index);
             assert!(images.keep(meta, index, &bytes).unwrap());
         };
         writer.cursor_seq.store(25, Ordering::Release);
