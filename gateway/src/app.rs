@@ -5,6 +5,8 @@
 //! builds its answer from what the call returns. Nothing here knows a
 //! route, a request or JSON.
 
+use std::cell::Cell;
+use std::future::Future;
 use std::sync::Mutex;
 
 use engine_core::{
@@ -14,6 +16,7 @@ use engine_core::{
 };
 use hyper::StatusCode;
 use persistence::scale::Amount;
+use replication::ReplayMark;
 
 use crate::amounts;
 use crate::clock::unix_ns;
@@ -52,6 +55,36 @@ impl From<Refusal> for ApiError {
     }
 }
 
+tokio::task_local! {
+    /// The replay mark of the signed request being answered, until the
+    /// command executing it takes it (see [`carry_replay_mark`]).
+    static REPLAY_MARK: Cell<Option<ReplayMark>>;
+}
+
+/// Answers one client request (`answering`) so that the replay mark its
+/// signature check yields reaches the command that executes it: the one
+/// place where a request's signature and its command meet, without every
+/// operation in between passing it along. Each HTTP request and each
+/// WebSocket API request runs in its own.
+pub async fn handling_request<F: Future>(answering: F) -> F::Output {
+    REPLAY_MARK.scope(Cell::new(None), answering).await
+}
+
+/// Hands the replay mark of the request being answered (see
+/// [`handling_request`]) to the first command it executes. On a cluster
+/// node that command carries it into the log, and every node refuses the
+/// same signed bytes from then on: a request is executed once, whichever
+/// node leads when it is sent again.
+pub fn carry_replay_mark(mark: Option<ReplayMark>) {
+    let carried = REPLAY_MARK.try_with(|slot| slot.set(mark));
+    debug_assert!(carried.is_ok() || mark.is_none(), "a signed change answered outside handling_request");
+}
+
+/// The replay mark of the request being answered, once.
+fn take_replay_mark() -> Option<ReplayMark> {
+    REPLAY_MARK.try_with(Cell::take).ok().flatten()
+}
+
 /// Publishes a command and waits for its outcome.
 pub async fn execute(
     state: &AppState,
@@ -67,7 +100,8 @@ pub async fn execute(
     if let Some(cluster) = &state.cluster {
         // The command goes through the cluster's log; its outcome comes
         // back through the ring like any other once it is committed.
-        let proposed = tokio::time::timeout_at(deadline, cluster.propose(id, command)).await;
+        let proposed =
+            tokio::time::timeout_at(deadline, cluster.propose(id, command, take_replay_mark())).await;
         let refused = match proposed {
             Ok(Ok(())) => None,
             Ok(Err(ProposeError::NotLeader { leader })) => Some(ApiError::not_leader(leader)),

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use engine_core::{ApiKey, ApiSecret, Engine, UserId};
 use hmac::{Hmac, KeyInit, Mac};
+use replication::ReplayMark;
 use sha2::Sha256;
 
 use crate::error::ApiError;
@@ -27,16 +28,7 @@ pub const API_KEY_HEADER: &str = "x-mbx-apikey";
 /// Binance's default receive window.
 const RECV_WINDOW_DEFAULT_MS: u64 = 5_000;
 /// How far ahead of the server's clock a timestamp may be.
-const CLOCK_AHEAD_ALLOWED_MS: u64 = 1_000;
-/// How far ahead of the old leader's clock a request executed just before a
-/// change of leader may have been signed, for the new leader's refusal of
-/// requests signed before the change (see [`SignedAfter`]). Smaller than
-/// [`CLOCK_AHEAD_ALLOWED_MS`], which a restart can afford (a restart takes
-/// longer than it): a failover takes about half a second, and with the whole
-/// allowance the new leader would refuse freshly signed requests for another
-/// half second. Clients whose clocks run further ahead than this are
-/// protected against replays across a failover only by their own request ids.
-pub const LEADER_CHANGE_CLOCK_AHEAD_ALLOWED_MS: u64 = 100;
+pub const CLOCK_AHEAD_ALLOWED_MS: u64 = 1_000;
 /// Signatures remembered to refuse replays; when full, the oldest go.
 const REPLAY_CACHE_MAX: usize = 1 << 20;
 
@@ -94,13 +86,25 @@ pub struct Authenticator {
     rate_per_s: f64,
     burst: f64,
     buckets: Mutex<HashMap<ApiKey, TokenBucket>>,
-    replays: Mutex<ReplayCache>,
+    /// Signatures of state-changing requests already received. On a
+    /// cluster node, also those every leader executed: the committed feed
+    /// adds the replay mark of each command it applies.
+    seen: SeenSignatures,
     /// State-changing requests signed before this time (ms) are refused:
     /// the replay cache starts empty with the process, so a request the
-    /// previous process executed could otherwise be executed again. In
-    /// cluster mode it rises at each change of leader too: a new leader's
-    /// cache has not seen what the old one executed.
+    /// previous process executed could otherwise be executed again. A
+    /// cluster node raises it when it installs an image too: the image
+    /// holds the commands, not their signatures.
     signed_after: SignedAfter,
+}
+
+/// A signed request that passed: its user and, for a request that changes
+/// state, its replay mark (which the command executing it carries into a
+/// cluster's log, see [`SeenSignatures`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    pub user: UserId,
+    pub replay_mark: Option<ReplayMark>,
 }
 
 /// The time (ms since the epoch) before which signed changes are refused,
@@ -120,6 +124,31 @@ impl SignedAfter {
     pub fn refuse_signed_until(&self, last_executed_ms: u64, clock_ahead_ms: u64) {
         let after = last_executed_ms.saturating_add(clock_ahead_ms + 1);
         self.0.fetch_max(after, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The replay cache: signatures of state-changing requests until their
+/// window ends, shared between the authenticator and (on a cluster node)
+/// the committed feed, which adds the signatures every leader executed.
+#[derive(Clone, Default)]
+pub struct SeenSignatures(Arc<Mutex<ReplayCache>>);
+
+impl SeenSignatures {
+    /// Remembers the signatures of commands executed (a cluster node's
+    /// committed entries): the same signed bytes are refused here from now
+    /// on, until their window ends. Already seen ones stay as they are.
+    pub fn remember(&self, marks: impl IntoIterator<Item = ReplayMark>, now_ms: u64) {
+        let Ok(mut cache) = self.0.lock() else { return };
+        for mark in marks {
+            if mark.expires_ms > now_ms {
+                cache.first_use(mark.signature, mark.expires_ms, now_ms);
+            }
+        }
+    }
+
+    /// Whether `signature` is remembered (and still in its window).
+    pub fn contains(&self, signature: &[u8; 32]) -> bool {
+        self.0.lock().is_ok_and(|cache| cache.seen.contains_key(signature))
     }
 }
 
@@ -164,7 +193,7 @@ impl Authenticator {
             rate_per_s: f64::from(rate_per_s),
             burst: f64::from(burst),
             buckets: Mutex::new(HashMap::new()),
-            replays: Mutex::new(ReplayCache::default()),
+            seen: SeenSignatures::default(),
             signed_after: SignedAfter::default(),
         }
     }
@@ -187,6 +216,13 @@ impl Authenticator {
         self
     }
 
+    /// Shares `seen` with this authenticator: signatures remembered there
+    /// are refused here, and the other way round.
+    pub fn sharing_seen_signatures(mut self, seen: SeenSignatures) -> Authenticator {
+        self.seen = seen;
+        self
+    }
+
     /// Checks a signed request and returns its user. A request that
     /// `changes_state` is refused when its signature was already used (a
     /// replay); a read may be repeated within its window.
@@ -197,7 +233,7 @@ impl Authenticator {
         body: &[u8],
         now_ms: u64,
         changes_state: bool,
-    ) -> Result<UserId, ApiError> {
+    ) -> Result<Authenticated, ApiError> {
         let (user, secret) = self.key_holder(api_key, now_ms)?;
 
         // The signature is the last parameter of the query string or, for
@@ -273,23 +309,25 @@ impl Authenticator {
         mac.verify_slice(&signature)
             .map_err(|_| ApiError::unauthorized("invalid_signature", "signature does not match"))?;
         if !changes_state {
-            return Ok(user);
+            return Ok(Authenticated { user, replay_mark: None });
         }
         let signed_after_ms = self.signed_after.ms();
         if timestamp_ms < signed_after_ms {
             return Err(ApiError::unauthorized(
                 "signed_before_restart",
                 format!(
-                    "this request was signed at {timestamp_ms}, before the exchange restarted or its cluster \
-                     changed leader (requests signed before {signed_after_ms} may have been executed already): \
-                     look the order up (by its client order id) before signing a new request"
+                    "this request was signed at {timestamp_ms}, before the exchange restarted or this node \
+                     caught up from a snapshot image (requests signed before {signed_after_ms} may have been \
+                     executed already): look the order up (by its client order id) before signing a new request"
                 ),
             ));
         }
+        let expires_ms = timestamp_ms + recv_window_ms;
         let first_use = self
-            .replays
+            .seen
+            .0
             .lock()
-            .map(|mut cache| cache.first_use(signature, timestamp_ms + recv_window_ms, now_ms))
+            .map(|mut cache| cache.first_use(signature, expires_ms, now_ms))
             .unwrap_or(false);
         if !first_use {
             return Err(ApiError::unauthorized(
@@ -297,7 +335,7 @@ impl Authenticator {
                 "this signed request was already received",
             ));
         }
-        Ok(user)
+        Ok(Authenticated { user, replay_mark: Some(ReplayMark { signature, expires_ms }) })
     }
 
     /// The user of an API key, for the endpoints Binance secures by the key
@@ -427,9 +465,38 @@ mod tests {
         let auth = authenticator(100);
         let now = 1_700_000_000_000;
         let query = signed(&format!("market=BTC-USDT&timestamp={now}"), "{\"a\":1}");
-        assert_eq!(auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 10, true), Ok(UserId(7)));
-        let replay = auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 20, true).unwrap_err();
+        assert_eq!(
+            auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 10, true).map(|a| a.user),
+            Ok(UserId(7))
+        );
+        let replay =
+            auth.authenticate(Some(KEY), &query, b"{\"a\":1}", now + 20, true).map(|a| a.user).unwrap_err();
         assert_eq!(replay.code, "replayed_signature");
+    }
+
+    /// A change's replay mark is its signature and the end of its window;
+    /// a signature remembered from elsewhere (a cluster's committed log) is
+    /// refused as a replay, and one past its window is not kept.
+    #[test]
+    fn a_remembered_signature_is_refused_as_a_replay() {
+        let now = 1_700_000_000_000;
+        let leader = authenticator(100);
+        let query = signed(&format!("timestamp={now}&recvWindow=3000"), "");
+        let taken = leader.authenticate(Some(KEY), &query, b"", now + 10, true).unwrap();
+        let mark = taken.replay_mark.expect("a change has a replay mark");
+        assert_eq!(mark.expires_ms, now + 3_000);
+        let read = leader.authenticate(Some(KEY), &signed(&format!("timestamp={now}"), ""), b"", now, false);
+        assert_eq!(read.map(|a| a.replay_mark), Ok(None), "a read has none");
+
+        let seen = SeenSignatures::default();
+        let follower = authenticator(100).sharing_seen_signatures(seen.clone());
+        seen.remember([mark], now + 20);
+        assert!(seen.contains(&mark.signature));
+        let replay = follower.authenticate(Some(KEY), &query, b"", now + 30, true).unwrap_err();
+        assert_eq!(replay.code, "replayed_signature");
+        let expired = ReplayMark { signature: [1; 32], expires_ms: now };
+        seen.remember([expired], now + 20);
+        assert!(!seen.contains(&expired.signature), "a mark past its window is not kept");
     }
 
     #[test]
@@ -437,12 +504,12 @@ mod tests {
         let now = 1_700_000_000_000;
         let auth = authenticator(100).refusing_signed_before(now - CLOCK_AHEAD_ALLOWED_MS - 1);
         let before = signed(&format!("timestamp={}", now - 1), "");
-        let error = auth.authenticate(Some(KEY), &before, b"", now + 5, true).unwrap_err();
+        let error = auth.authenticate(Some(KEY), &before, b"", now + 5, true).map(|a| a.user).unwrap_err();
         assert_eq!(error.code, "signed_before_restart");
         // Reads may be repeated; requests signed since the start go through.
-        assert_eq!(auth.authenticate(Some(KEY), &before, b"", now + 5, false), Ok(UserId(7)));
+        assert_eq!(auth.authenticate(Some(KEY), &before, b"", now + 5, false).map(|a| a.user), Ok(UserId(7)));
         let after = signed(&format!("timestamp={now}"), "");
-        assert_eq!(auth.authenticate(Some(KEY), &after, b"", now + 5, true), Ok(UserId(7)));
+        assert_eq!(auth.authenticate(Some(KEY), &after, b"", now + 5, true).map(|a| a.user), Ok(UserId(7)));
     }
 
     #[test]
@@ -451,7 +518,10 @@ mod tests {
         let now = 1_700_000_000_000;
         let good = signed(&format!("timestamp={now}"), "");
         let code = |key: Option<&str>, query: &str, body: &[u8], at: u64| {
-            auth.authenticate(key, query, body, at, true).map(|_| "ok").unwrap_or_else(|e| e.code)
+            auth.authenticate(key, query, body, at, true)
+                .map(|a| a.user)
+                .map(|_| "ok")
+                .unwrap_or_else(|e| e.code)
         };
         assert_eq!(code(None, &good, b"", now), "missing_api_key");
         assert_eq!(code(Some("nobody0123456789ABCD"), &good, b"", now), "invalid_api_key");
@@ -484,16 +554,26 @@ mod tests {
         let signature = "c8db56825ae71d6d79447849e617115f4a920fa2acdcab2b053c4b2838bd6b71";
         assert_eq!(sign(secret, all, b""), signature);
         let in_query = format!("{all}&signature={signature}");
-        assert_eq!(auth.authenticate(Some(key), &in_query, b"", now, false), Ok(UserId(3)));
-        assert_eq!(auth.authenticate(Some(key), "", in_query.as_bytes(), now, false), Ok(UserId(3)));
+        assert_eq!(auth.authenticate(Some(key), &in_query, b"", now, false).map(|a| a.user), Ok(UserId(3)));
+        assert_eq!(
+            auth.authenticate(Some(key), "", in_query.as_bytes(), now, false).map(|a| a.user),
+            Ok(UserId(3))
+        );
         let query = "symbol=LTCBTC&side=BUY&type=LIMIT&timeInForce=GTC";
         let body = "quantity=1&price=0.1&recvWindow=5000&timestamp=1499827319559&signature=0fd168b8ddb4876a0358a8d14d0c9f3da0e9b20c5d52b2a00fcf7d1c602f9a77";
-        assert_eq!(auth.authenticate(Some(key), query, body.as_bytes(), now, false), Ok(UserId(3)));
+        assert_eq!(
+            auth.authenticate(Some(key), query, body.as_bytes(), now, false).map(|a| a.user),
+            Ok(UserId(3))
+        );
         // The body's timestamp counts: outside its 5 s window it is refused.
-        let late = auth.authenticate(Some(key), query, body.as_bytes(), now + 6_000, false).unwrap_err();
+        let late = auth
+            .authenticate(Some(key), query, body.as_bytes(), now + 6_000, false)
+            .map(|a| a.user)
+            .unwrap_err();
         assert_eq!(late.code, "timestamp_outside_recv_window");
         let tampered = body.replace("quantity=1", "quantity=2");
-        let refused = auth.authenticate(Some(key), query, tampered.as_bytes(), now, false).unwrap_err();
+        let refused =
+            auth.authenticate(Some(key), query, tampered.as_bytes(), now, false).map(|a| a.user).unwrap_err();
         assert_eq!(refused.code, "invalid_signature");
     }
 
@@ -503,7 +583,7 @@ mod tests {
         let now = 1_700_000_000_000;
         let payload = format!("signature=&timestamp={now}");
         let query = format!("{payload}&signature={}", sign(SECRET, &payload, b""));
-        assert_eq!(auth.authenticate(Some(KEY), &query, b"", now, true), Ok(UserId(7)));
+        assert_eq!(auth.authenticate(Some(KEY), &query, b"", now, true).map(|a| a.user), Ok(UserId(7)));
         assert_eq!(split_signature("signature=ab"), Some(("", "ab")));
         assert_eq!(split_signature("signature=ab&x=1"), None, "the signature is the last parameter");
     }
@@ -514,10 +594,10 @@ mod tests {
         let now = 1_700_000_000_000;
         let query = |i: u64| signed(&format!("timestamp={now}&n={i}"), "");
         for i in 0..3 {
-            assert!(auth.authenticate(Some(KEY), &query(i), b"", now, true).is_ok());
+            assert!(auth.authenticate(Some(KEY), &query(i), b"", now, true).map(|a| a.user).is_ok());
         }
-        let limited = auth.authenticate(Some(KEY), &query(3), b"", now, true).unwrap_err();
+        let limited = auth.authenticate(Some(KEY), &query(3), b"", now, true).map(|a| a.user).unwrap_err();
         assert_eq!((limited.code, limited.retry_after_s), ("rate_limited", Some(1)));
-        assert!(auth.authenticate(Some(KEY), &query(4), b"", now + 200, true).is_ok());
+        assert!(auth.authenticate(Some(KEY), &query(4), b"", now + 200, true).map(|a| a.user).is_ok());
     }
 }

@@ -38,10 +38,10 @@ use replication::openraft::Instant as _;
 use replication::openraft::{EntryPayload, RaftSnapshotBuilder, ServerState};
 use replication::types::{LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
 use replication::{
-    Batch, ExchangeRaft, FreshNodeGate, NetConfig, NetworkFactory, Origin, Proposal, TypeConfig,
+    Batch, ExchangeRaft, FreshNodeGate, NetConfig, NetworkFactory, Origin, Proposal, ReplayMark, TypeConfig,
 };
 
-use crate::auth::{KeyTable, SignedAfter};
+use crate::auth::{KeyTable, SeenSignatures, SignedAfter};
 use crate::config::ClusterConfig;
 use crate::images::{ImageTaken, Images, Installed, Requested};
 use crate::pipeline::{Downstream, Publisher, Work};
@@ -280,13 +280,21 @@ impl Cluster {
     /// `Ok` once it is committed and in the matcher's ring (its outcome
     /// then reaches the request like any other). It may share its entry
     /// with other proposals, and then their answer.
-    pub async fn propose(&self, request_id: u64, command: Command) -> Result<(), ProposeError> {
+    /// `replay_mark` is the signature of the signed request it executes:
+    /// every node remembers it as it applies the command.
+    pub async fn propose(
+        &self,
+        request_id: u64,
+        command: Command,
+        replay_mark: Option<ReplayMark>,
+    ) -> Result<(), ProposeError> {
         // Refused here, a proposal waits for no entry.
         self.check_leading()?;
         let proposal = Proposal {
             origin: Origin { node: self.node_id, incarnation: self.incarnation, request: request_id },
             timestamp_ns: crate::clock::now_ns(),
             command,
+            replay_mark,
         };
         self.proposer.propose(proposal).await
     }
@@ -319,8 +327,8 @@ impl Leadership {
             return Err(not_leader());
         }
         // Until this leader has applied its term's first entry, it has not
-        // seen everything its predecessors executed (nor raised the time
-        // before which signed changes are refused): not ready yet.
+        // seen everything its predecessors executed (nor remembered the
+        // signatures of the requests they executed): not ready yet.
         let term = metrics.current_term;
         if self.term_started.load(Ordering::Acquire) < term {
             return Err(ProposeError::Unconfirmed(format!(
@@ -399,7 +407,12 @@ pub struct CommittedFeed {
     /// The latest proposal stamp applied: no command executed through any
     /// leader so far was stamped later.
     last_proposal_ns: u64,
-    /// Raised at each new term's first entry (see [`Cluster::check_leading`]).
+    /// The replay cache: the signature of every signed request a command
+    /// applied here executed goes in, so that this node, once it leads,
+    /// refuses the same request sent again.
+    seen: SeenSignatures,
+    /// Raised when an image is installed: the image holds its commands'
+    /// effects, not their signatures.
     signed_after: SignedAfter,
     /// The term whose first entry (the blank a new leader appends) this
     /// feed has applied last.
@@ -419,6 +432,7 @@ impl CommittedFeed {
         publisher: Publisher,
         node_id: u64,
         keys: Arc<UnconfirmedKeys>,
+        seen: SeenSignatures,
         signed_after: SignedAfter,
         images: Arc<Images>,
         retention: Retention,
@@ -433,6 +447,7 @@ impl CommittedFeed {
             membership: StoredMembership::default(),
             keys,
             last_proposal_ns: 0,
+            seen,
             signed_after,
             term_started: Arc::new(AtomicU64::new(0)),
             seq: 0,
@@ -444,7 +459,7 @@ impl CommittedFeed {
     /// Publishes one committed command; waits while the ring is full (the
     /// entry is committed: it must go in, in order).
     async fn publish(&mut self, proposal: &Proposal) {
-        let Proposal { origin, timestamp_ns, command } = *proposal;
+        let Proposal { origin, timestamp_ns, command, replay_mark: _ } = *proposal;
         self.last_proposal_ns = self.last_proposal_ns.max(timestamp_ns);
         self.seq += 1;
         if let Command::CreateApiKey { user, key, secret } = command {
@@ -517,21 +532,16 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
             match &entry.payload {
                 EntryPayload::Blank => {
                     // A new leader's first entry: every entry of earlier
-                    // terms that will ever commit is before it. The new
-                    // leader's replay cache has not seen the requests its
-                    // predecessors executed, so from here on it refuses
-                    // changes signed before the last of them could have
-                    // been (as a restarted node does, with a smaller clock
-                    // allowance: see LEADER_CHANGE_CLOCK_AHEAD_ALLOWED_MS).
-                    let term = entry.log_id.leader_id.term;
-                    if self.term_started.fetch_max(term, Ordering::AcqRel) < term {
-                        self.signed_after.refuse_signed_until(
-                            self.last_proposal_ns / 1_000_000,
-                            crate::auth::LEADER_CHANGE_CLOCK_AHEAD_ALLOWED_MS,
-                        );
-                    }
+                    // terms that will ever commit is before it, and their
+                    // replay marks are in this node's cache. From here on
+                    // this node may take orders if it leads this term.
+                    self.term_started.fetch_max(entry.log_id.leader_id.term, Ordering::AcqRel);
                 }
                 EntryPayload::Normal(Batch::Commands(proposals)) => {
+                    // Before the commands are published: once this node
+                    // may lead, no request they executed passes again.
+                    let marks = proposals.iter().filter_map(|proposal| proposal.replay_mark);
+                    self.seen.remember(marks, crate::clock::now_ms());
                     for proposal in proposals {
                         self.publish(proposal).await;
                     }
@@ -617,6 +627,11 @@ impl RaftStateMachine<TypeConfig> for CommittedFeed {
         self.membership = meta.last_membership.clone();
         self.seq = seq;
         self.last_proposal_ns = self.last_proposal_ns.max(image.last_timestamp_ns);
+        // The image holds what its commands did, not the signatures of the
+        // requests they executed: changes signed before the last of them
+        // could have been are refused from now on, as after a restart.
+        self.signed_after
+            .refuse_signed_until(image.last_timestamp_ns / 1_000_000, crate::auth::CLOCK_AHEAD_ALLOWED_MS);
         // The image holds its last term's first entry (a term's entries
         // follow its leader's blank one).
         if let Some(last) = meta.last_log_id {

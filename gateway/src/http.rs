@@ -60,7 +60,8 @@ pub async fn handle(
     let id = request_id(&request);
     let span =
         tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
-    let mut response = answer(&state, &producer, peer, request, binance).instrument(span.clone()).await;
+    let answering = crate::app::handling_request(answer(&state, &producer, peer, request, binance));
+    let mut response = answering.instrument(span.clone()).await;
     let elapsed = started.elapsed();
     state.health.metrics.request(api, response.status().as_u16(), elapsed);
     span.in_scope(|| {

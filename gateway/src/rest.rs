@@ -190,7 +190,10 @@ async fn route(
 
 fn signed(state: &AppState, request: &Request<'_>) -> Result<UserId, ApiError> {
     let changes_state = *request.method != Method::GET;
-    state.auth.authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
+    let signed =
+        state.auth.authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)?;
+    crate::app::carry_replay_mark(signed.replay_mark);
+    Ok(signed.user)
 }
 
 fn admin_check(state: &AppState, request: &Request<'_>) -> Result<(), ApiError> {

@@ -169,12 +169,14 @@ pub async fn run(
         }
     };
     let signed_after = crate::auth::SignedAfter::default();
+    let seen_signatures = crate::auth::SeenSignatures::default();
     let cluster = match &config.cluster {
         Some(cluster_config) => {
             let feed = crate::cluster::CommittedFeed::new(
                 pipeline.publisher.clone(),
                 cluster_config.node_id,
                 Arc::clone(&unconfirmed_keys),
+                seen_signatures.clone(),
                 signed_after.clone(),
                 images.clone().expect("a cluster node has images"),
                 config.retention_of_views(),
@@ -204,7 +206,8 @@ pub async fn run(
             config.rate_limit_burst,
         )
         .refusing_signed_before(last_journaled_ns / 1_000_000)
-        .sharing_signed_after(signed_after),
+        .sharing_signed_after(signed_after)
+        .sharing_seen_signatures(seen_signatures),
         pending: Arc::clone(&pipeline.pending),
         health: Arc::clone(&pipeline.health),
         admin_token: config.admin_token.clone(),

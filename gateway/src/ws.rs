@@ -897,7 +897,8 @@ impl Session {
                 let signature = text("signature")?;
                 // The signed payload is the query string a REST call would have.
                 let query = format!("apiKey={api_key}&timestamp={timestamp}&signature={signature}");
-                let user = state.auth.authenticate(Some(&api_key), &query, b"", now_ms(), true)?;
+                // A login starts a session; it executes no command itself.
+                let user = state.auth.authenticate(Some(&api_key), &query, b"", now_ms(), true)?.user;
                 self.user = Some(user);
                 self.subscribers.set_user(self.id, user);
                 Ok(json!({ "user_id": user.0 }))

@@ -981,8 +981,9 @@ pub fn signature(data: &[u8]) {
     let (query, body) = text.split_once('\n').unwrap_or((&text, ""));
     // Arbitrary bytes: accepted only if they happen to carry a valid
     // signature, which the fuzzer cannot forge.
-    if let Ok(user) = auth.authenticate(Some(KEY), query, body.as_bytes(), NOW_MS, true) {
-        assert_eq!(user, UserId(5));
+    if let Ok(signed) = auth.authenticate(Some(KEY), query, body.as_bytes(), NOW_MS, true) {
+        assert_eq!(signed.user, UserId(5));
+        assert!(signed.replay_mark.is_some(), "a change has a replay mark");
         let signed =
             query.rsplit_once("signature=").map(|(payload, _)| payload.trim_end_matches('&')).unwrap_or("");
         assert!(!signed.is_empty() || !body.is_empty());
@@ -1042,7 +1043,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                 journal::EntryKind::Membership,
                 journal::EntryKind::Commands,
                 journal::EntryKind::HashMark,
-                journal::EntryKind::Commands,
+                journal::EntryKind::MarkedCommands,
             ]
             .into_iter()
             .enumerate()

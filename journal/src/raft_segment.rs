@@ -55,12 +55,16 @@ const RAFT_SEGMENT_EXTENSION: &str = "log";
 pub enum EntryKind {
     /// No payload: a new leader's first entry.
     Blank = 0,
-    /// A batch of stamped commands (`codec::encode(Vec<StampedCommand>)`).
+    /// A batch of proposed commands without replay marks (written by
+    /// earlier versions; read, no longer written).
     Commands = 1,
     /// A cluster membership change.
     Membership = 2,
     /// A replica's state hash at a point of the log.
     HashMark = 3,
+    /// A batch of proposed commands, each with the replay mark of the
+    /// signed request it executes, if any.
+    MarkedCommands = 4,
 }
 
 impl EntryKind {
@@ -70,6 +74,7 @@ impl EntryKind {
             1 => Some(EntryKind::Commands),
             2 => Some(EntryKind::Membership),
             3 => Some(EntryKind::HashMark),
+            4 => Some(EntryKind::MarkedCommands),
             _ => None,
         }
     }

@@ -87,6 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     origin: Origin { node: 0, incarnation: 0, request: seq },
                     timestamp_ns: seq,
                     command: Command::CreateUser,
+                    replay_mark: None,
                 }
             })
             .collect();

@@ -75,7 +75,7 @@ pub use state_machine::{
     decode_image, encode_image, read_image_at, read_image_file, stamp, write_image_file, EngineStateMachine,
     Image, Replica,
 };
-pub use types::{Batch, ExchangeNode, ExchangeRaft, Origin, Proposal, TypeConfig};
+pub use types::{Batch, ExchangeNode, ExchangeRaft, Origin, Proposal, ReplayMark, TypeConfig};
 
 /// Heartbeat interval for a cluster on one machine or a LAN, in milliseconds.
 pub const HEARTBEAT_MS_DEFAULT: u64 = 50;

@@ -9,7 +9,8 @@
 //! | entry | kind | payload |
 //! | --- | --- | --- |
 //! | blank (a new leader's first) | `Blank` | nothing |
-//! | `Batch::Commands(v)` | `Commands` | `codec(v)`, a `Vec<Proposal>` (numbered when applied) |
+//! | `Batch::Commands(v)` | `MarkedCommands` | `codec(v)`, a `Vec<Proposal>` (numbered when applied) |
+//! | (read only) | `Commands` | a `Vec<UnmarkedProposal>`, written before replay marks |
 //! | `Batch::HashMark { seq, node, hash }` | `HashMark` | `codec((seq, node, hash))` |
 //! | membership | `Membership` | `codec(Membership)` |
 //!
@@ -51,7 +52,7 @@ use openraft::vote::RaftLeaderId;
 use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 use tokio::sync::oneshot;
 
-use crate::types::{Batch, Entry, LogId, Membership, Proposal, TypeConfig, Vote};
+use crate::types::{Batch, Entry, LogId, Membership, Proposal, TypeConfig, UnmarkedProposal, Vote};
 
 /// The largest reply [`LogReader::limited_get_log_entries`] builds for one replication
 /// message, in payload bytes (at least one entry is always returned).
@@ -186,7 +187,7 @@ fn encode_payload(entry: &Entry, out: &mut Vec<u8>) -> io::Result<EntryKind> {
     let encoded = match &entry.payload {
         EntryPayload::Blank => return Ok(EntryKind::Blank),
         EntryPayload::Normal(Batch::Commands(commands)) => {
-            codec::encode_append(commands, out).map(|()| EntryKind::Commands)
+            codec::encode_append(commands, out).map(|()| EntryKind::MarkedCommands)
         }
         EntryPayload::Normal(Batch::HashMark { seq, node, hash }) => {
             codec::encode_append(&(*seq, *node, *hash), out).map(|()| EntryKind::HashMark)
@@ -214,9 +215,13 @@ pub fn decode_entry(frame: &LogEntry) -> io::Result<Entry> {
             }
             EntryPayload::Blank
         }
-        EntryKind::Commands => {
+        EntryKind::MarkedCommands => {
             let commands: Vec<Proposal> = codec::decode(&frame.payload).map_err(bad)?;
             EntryPayload::Normal(Batch::Commands(commands))
+        }
+        EntryKind::Commands => {
+            let commands: Vec<UnmarkedProposal> = codec::decode(&frame.payload).map_err(bad)?;
+            EntryPayload::Normal(Batch::Commands(commands.into_iter().map(Proposal::from).collect()))
         }
         EntryKind::HashMark => {
             let (seq, node, hash): (u64, u64, u64) = codec::decode(&frame.payload).map_err(bad)?;

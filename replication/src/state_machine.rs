@@ -610,6 +610,7 @@ mod tests {
                 origin: crate::Origin { node: 1, incarnation: 1, request: i },
                 timestamp_ns: 1_000 + i,
                 command: Command::CreateUser,
+                replay_mark: None,
             })
             .collect()
     }

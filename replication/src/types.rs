@@ -33,12 +33,45 @@ pub struct Origin {
 
 /// One command as the leader proposes it, with the leader's clock when it did (a replica
 /// stamps it with `max(previous stamp, timestamp_ns)`: time never runs backwards in the log
-/// even when a new leader's clock is behind).
+/// even when a new leader's clock is behind), and the replay mark of the signed request it
+/// executes, if one did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub origin: Origin,
     pub timestamp_ns: u64,
     pub command: Command,
+    pub replay_mark: Option<ReplayMark>,
+}
+
+/// The signature of the signed client request a command executes, and when that request
+/// stops being valid (its timestamp plus its receive window, in ms since the epoch). Every
+/// replica remembers the signatures of the commands it applies until then, so that a node
+/// that becomes leader refuses the same signed bytes sent again: a request is executed once
+/// across failovers, whatever the client's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplayMark {
+    pub signature: [u8; 32],
+    pub expires_ms: u64,
+}
+
+/// A proposal as entries of kind `journal::EntryKind::Commands` hold it: written before replay
+/// marks were carried (read, never written).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmarkedProposal {
+    pub origin: Origin,
+    pub timestamp_ns: u64,
+    pub command: Command,
+}
+
+impl From<UnmarkedProposal> for Proposal {
+    fn from(old: UnmarkedProposal) -> Proposal {
+        Proposal {
+            origin: old.origin,
+            timestamp_ns: old.timestamp_ns,
+            command: old.command,
+            replay_mark: None,
+        }
+    }
 }
 
 impl fmt::Display for Batch {

@@ -9,7 +9,7 @@ use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::{EntryPayload, RaftLogReader, StorageError};
 use replication::types::{Entry, LogId, TypeConfig, Vote};
-use replication::{Batch, EngineStateMachine, LogStore, LogStoreConfig, Origin, Proposal};
+use replication::{Batch, EngineStateMachine, LogStore, LogStoreConfig, Origin, Proposal, ReplayMark};
 
 struct Builder;
 
@@ -34,6 +34,9 @@ fn commands_entry(term: u64, index: u64, first_seq: u64, n: u64) -> Entry {
             origin: Origin { node: 1, incarnation: 1, request: seq },
             timestamp_ns: seq * 10,
             command: Command::CreateUser,
+            // Every other command executes a signed request.
+            replay_mark: (seq % 2 == 0)
+                .then_some(ReplayMark { signature: [seq as u8; 32], expires_ms: seq * 1_000 }),
         })
         .collect();
     Entry {
@@ -164,4 +167,34 @@ async fn callbacks_run_in_submission_order() {
     }
     let entries = store.get_log_reader().await.try_get_log_entries(1..=500).await.unwrap();
     assert_eq!(entries.len(), 500);
+}
+
+/// Entries written before replay marks were carried (kind `Commands`) still read, without marks;
+/// entries written now carry them (kind `MarkedCommands`) and read back equal.
+#[test]
+fn commands_written_with_and_without_replay_marks_read_back() {
+    use replication::log_store::decode_entry;
+    use replication::types::UnmarkedProposal;
+    let unmarked: Vec<UnmarkedProposal> = (1..=3)
+        .map(|seq| UnmarkedProposal {
+            origin: Origin { node: 1, incarnation: 1, request: seq },
+            timestamp_ns: seq * 10,
+            command: Command::CreateUser,
+        })
+        .collect();
+    let mut payload = Vec::new();
+    codec::encode_append(&unmarked, &mut payload).unwrap();
+    let old = journal::LogEntry { index: 2, term: 1, kind: journal::EntryKind::Commands, payload };
+    let EntryPayload::Normal(Batch::Commands(read)) = decode_entry(&old).unwrap().payload else {
+        panic!("an old command entry reads as commands")
+    };
+    assert_eq!(read, unmarked.iter().map(|&p| Proposal::from(p)).collect::<Vec<_>>());
+    assert!(read.iter().all(|p| p.replay_mark.is_none()));
+
+    let entry = commands_entry(1, 2, 1, 4);
+    let EntryPayload::Normal(Batch::Commands(proposals)) = &entry.payload else { unreachable!() };
+    let mut payload = Vec::new();
+    codec::encode_append(proposals, &mut payload).unwrap();
+    let new = journal::LogEntry { index: 2, term: 1, kind: journal::EntryKind::MarkedCommands, payload };
+    assert_eq!(decode_entry(&new).unwrap(), entry);
 }

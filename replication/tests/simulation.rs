@@ -928,6 +928,7 @@ async fn client(
                 origin: Origin { node: 0, incarnation: 0, request: c.seq },
                 timestamp_ns: c.timestamp_ns,
                 command: c.command,
+                replay_mark: None,
             })
             .collect();
         next += batch.len();

@@ -115,6 +115,7 @@ fn node(batches: usize, uncommitted: usize, image_at: Option<u64>) -> Node {
                     origin: Origin { node: 1, incarnation: 1, request: c.seq },
                     timestamp_ns: c.timestamp_ns,
                     command: c.command,
+                    replay_mark: None,
                 })
                 .collect(),
         )

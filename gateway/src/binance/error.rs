@@ -274,7 +274,7 @@ impl From<ApiError> for BinanceError {
             "signed_before_restart" => BinanceError::bad_request(
                 -1021,
                 "Timestamp for this request is outside of the recvWindow: it was signed before the server \
-                 restarted or its cluster changed leader.",
+                 restarted or caught up from a snapshot image.",
             ),
             "timestamp_outside_recv_window" => {
                 BinanceError::bad_request(-1021, "Timestamp for this request is outside of the recvWindow.")

@@ -215,12 +215,12 @@ async fn route(
         Security::ApiKey => Some(state.auth.identify(request.api_key, now_ms()).map_err(BinanceError::from)?),
         Security::Signed => {
             let changes_state = request.method != Method::GET;
-            Some(
-                state
-                    .auth
-                    .authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
-                    .map_err(|error| BinanceError::from_auth(error, action))?,
-            )
+            let signed = state
+                .auth
+                .authenticate(request.api_key, request.query, request.body, now_ms(), changes_state)
+                .map_err(|error| BinanceError::from_auth(error, action))?;
+            crate::app::carry_replay_mark(signed.replay_mark);
+            Some(signed.user)
         }
     };
     let signed =

@@ -80,7 +80,7 @@ impl Session {
         let wanted = wants_rate_limits(&request.params);
         let result = match (&used, &wanted) {
             (Err(error), _) | (_, Err(error)) => Err(error.clone()),
-            (Ok(_), Ok(_)) => self.dispatch(state, publisher, &request).await,
+            (Ok(_), Ok(_)) => crate::app::handling_request(self.dispatch(state, publisher, &request)).await,
         };
         let count = used.unwrap_or(state.binance.weight_limit_per_minute() + 1);
         let mut answer = match result {
@@ -126,10 +126,12 @@ impl Session {
             "order.amend.keepPriority" => Action::Amend,
             _ => Action::Other,
         };
-        state
+        let signed = state
             .auth
             .authenticate(Some(api_key), &query, b"", now_ms(), changes_state)
-            .map_err(|error| BinanceError::from_auth(error, action))
+            .map_err(|error| BinanceError::from_auth(error, action))?;
+        crate::app::carry_replay_mark(signed.replay_mark);
+        Ok(signed.user)
     }
 
     async fn dispatch(
@@ -319,7 +321,7 @@ mod tests {
         let query =
             format!("{payload}&signature=cc15477742bd704c29492d96c7ead9414dfd8e0ec4a00f947bb5bb454ddbd08a");
         assert_eq!(
-            auth.authenticate(Some(key.as_str()), &query, b"", 1_645_423_376_532 + 50, true),
+            auth.authenticate(Some(key.as_str()), &query, b"", 1_645_423_376_532 + 50, true).map(|a| a.user),
             Ok(UserId(9))
         );
         let late =

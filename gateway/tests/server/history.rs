@@ -60,8 +60,9 @@ use std::time::{Duration, Instant};
 
 use engine_core::{Command, DoneReason, EngineLimits, EventKind, OrderId, OrderRef, UserId};
 use journal::{EntryKind, LogEntry, RaftLog, RaftLogLimits, RaftStateFile};
+use replication::openraft::EntryPayload;
 use replication::types::Entry;
-use replication::{Proposal, Replica};
+use replication::{Batch, Proposal, Replica};
 use serde_json::Value;
 
 /// What became of one request, as the client saw it.
@@ -556,9 +557,8 @@ impl LogOps {
 }
 
 fn proposals(entry: &LogEntry) -> Result<Vec<Proposal>, String> {
-    match entry.kind {
-        EntryKind::Commands => codec::decode(&entry.payload)
-            .map_err(|e| format!("entry {} (commands) does not decode: {e}", entry.index)),
+    match decode_entry(entry)?.payload {
+        EntryPayload::Normal(Batch::Commands(proposals)) => Ok(proposals),
         _ => Ok(Vec::new()),
     }
 }
@@ -1229,10 +1229,11 @@ fn rejected_order_entry(index: u64, term: u64, request: u64, client_order_id: &s
             client_order_id: Some(ClientOrderId::new(client_order_id).unwrap()),
             stp: SelfTradePrevention::CancelTaker,
         }),
+        replay_mark: None,
     };
     let mut payload = Vec::new();
     codec::encode_append(&vec![place], &mut payload).unwrap();
-    LogEntry { index, term, kind: EntryKind::Commands, payload }
+    LogEntry { index, term, kind: EntryKind::MarkedCommands, payload }
 }
 
 /// The checker itself is tested: a history and logs with known faults

@@ -190,6 +190,7 @@ pub fn proposals(commands: &[StampedCommand]) -> Vec<Proposal> {
             origin: Origin { node: 0, incarnation: 0, request: c.seq },
             timestamp_ns: c.timestamp_ns,
             command: c.command,
+            replay_mark: None,
         })
         .collect()
 }
