@@ -575,6 +575,7 @@ impl RaftLog {
                 removed.push(self.segments.remove(0).path);
             }
         }
+        self.refuse_an_end_below_committed()?;
         // What a crashed process left may be in the page cache only: on
         // disk before anything is built on it.
         if let Some(newest) = self.segments.last() {
@@ -591,6 +592,40 @@ impl RaftLog {
         self.report.removed = removed;
         self.sync_mut().durable = self.last().map(|p| p.index);
         Ok(())
+    }
+
+    /// Refuses a log that ends (cleanly) below the committed index
+    /// `RAFT_STATE` records: the replication layer records a committed
+    /// index only once the entries it covers are synced (or purged), so
+    /// entries above the end were on the disk and are gone (a segment cut,
+    /// zeroed, or restored from an older copy), which no crash does. A
+    /// node that started on such a log would answer for entries it no
+    /// longer has. An unreadable `RAFT_STATE` is left to the replication
+    /// layer, which reads it next and refuses it with its reason.
+    fn refuse_an_end_below_committed(&self) -> Result<(), JournalError> {
+        let held = self.last().map(|p| p.index).max(self.last_purged.map(|p| p.index)).unwrap_or(0);
+        let Ok((_, state)) = RaftStateFile::open(&self.dir) else { return Ok(()) };
+        let Some(committed) = state.and_then(|s| s.committed).filter(|c| c.index > held) else {
+            return Ok(());
+        };
+        let path = self.segments.last().map_or_else(|| self.dir.clone(), |s| s.path.clone());
+        Err(damaged(
+            &path,
+            None,
+            Some(held + 1),
+            format!(
+                "the log ends at index {held}, but {} records entries through {} (term {}) committed: \
+                 entries {}..{} were synced and are gone (a segment cut, zeroed or restored from an older \
+                 copy; no crash does that), and nothing was changed. `exctl journal verify {data}` lists \
+                 what the log holds; re-seed this node from the cluster",
+                self.dir.join(RAFT_STATE_FILE_NAME).display(),
+                committed.index,
+                committed.term,
+                held + 1,
+                committed.index,
+                data = data_dir_of(&self.dir).display(),
+            ),
+        ))
     }
 
     /// The committed position `RAFT_STATE` records, when it is at or

@@ -662,6 +662,36 @@ fn a_committed_frame_whose_data_ends_midway_is_refused_not_cut() {
     }
 }
 
+/// A log that ends cleanly (on a frame boundary) below the committed
+/// index lost synced entries: refused, naming both, and nothing changes.
+/// At or above it, the same log opens.
+#[test]
+fn a_log_that_ends_below_the_committed_index_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (segment, offsets) = committed_log(dir.path(), 10, Some(9));
+    // Entries 8.. zeroed from their first byte: no torn frame, a clean end at 7.
+    lose_from(&segment, offsets[7]);
+    let before = std::fs::read(&segment).unwrap();
+    let text = refusal_with(dir.path(), WIDE).to_string();
+    for part in [
+        format!("{}", segment.display()),
+        "the log ends at index 7".to_string(),
+        "records entries through 9 (term 1) committed".to_string(),
+        "entries 8..9 were synced and are gone".to_string(),
+        format!("exctl journal verify {}", dir.path().display()),
+        "re-seed this node".to_string(),
+    ] {
+        assert!(text.contains(&part), "{part:?} not in: {text}");
+    }
+    assert!(std::fs::read(&segment).unwrap() == before, "a refused open changed the segment");
+    // Committed through the end, or nothing recorded (a new or wiped node): it opens.
+    for committed in [Some(7), None] {
+        record_committed(dir.path(), committed);
+        let log = RaftLog::open(dir.path(), WIDE).unwrap();
+        assert_eq!(read_all(&log), (1..=7).map(|i| expected(i, 1)).collect::<Vec<_>>(), "{committed:?}");
+    }
+}
+
 fn refusal_with(dir: &Path, limits: RaftLogLimits) -> JournalError {
     match RaftLog::open(dir, limits) {
         Ok(_) => panic!("the log opened"),
