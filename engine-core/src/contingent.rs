@@ -101,11 +101,17 @@ impl Engine {
             let state = &mut self.markets[market.index()];
             // Nothing waiting (the plain case) needs no look at the prices.
             let quiet = state.triggers.is_empty() || {
-                let (low, high) = self
-                    .scratch
-                    .prices
-                    .iter()
-                    .fold((last, last), |(low, high), &p| (low.min(p), high.max(p)));
+                // Most commands trade at one or two prices: their first and
+                // last are their extremes, without a pass over the list.
+                let prices = &self.scratch.prices;
+                let first = prices[0];
+                let (mut low, mut high) = if first <= last { (first, last) } else { (last, first) };
+                if prices.len() > 2 {
+                    for &price in &prices[1..prices.len() - 1] {
+                        low = low.min(price);
+                        high = high.max(price);
+                    }
+                }
                 state.triggers.is_quiet_between(low, high)
             };
             if quiet {
@@ -215,12 +221,30 @@ impl Engine {
     fn enter_fired(&mut self, slot: u32, id: OrderId, price: Ticks, ts: u64, emitter: &mut Emitter) {
         let order = *self.orders.get(slot);
         assert_eq!(order.id, id, "a fired order's slot was reused before it entered");
-        let (asset, hold) = self.holds(slot);
         let extra = *self.extras.get(order.ext);
         let Phase::Waiting(waiting) = extra.phase else { unreachable!("a fired order was waiting") };
-        self.accounts[order.user.index()].balance_mut(asset).unlock(hold);
-        self.extras.get_mut(order.ext).phase = Phase::Live;
-        self.drop_extras_if_plain(slot);
+        // A fired order left its list when it fired (an OCO dissolves then;
+        // a released OTO order left it at its release), so it holds its own
+        // hold, in the asset it spends: what `holds` answers, without
+        // looking the order, its extras and its list up again.
+        debug_assert_eq!(extra.list, NONE, "a fired order is in no list");
+        let rules = &self.markets[order.market.index()].market.rules;
+        let asset = match order.side {
+            Side::Buy => rules.quote,
+            Side::Sell => rules.base,
+        };
+        debug_assert_eq!(self.holds(slot), (asset, waiting.hold));
+        let balance = self.accounts[order.user.index()].balance_mut(asset);
+        balance.unlock(waiting.hold);
+        let available = balance.available;
+        // It enters as a plain order unless it shows an iceberg's part:
+        // extras go at once rather than being marked live first.
+        if extra.visible.0 == 0 {
+            self.extras.remove(order.ext);
+            self.orders.get_mut(slot).ext = NIL;
+        } else {
+            self.extras.get_mut(order.ext).phase = Phase::Live;
+        }
         emitter.emit(EventKind::OrderTriggered {
             order: order.id,
             user: order.user,
@@ -228,7 +252,6 @@ impl Engine {
             price,
             timestamp_ns: ts,
         });
-        let available = self.accounts[order.user.index()].balance(asset).available;
         let checked = match waiting.then {
             Then::Market => Checked {
                 limit: None,

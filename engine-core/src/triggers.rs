@@ -213,11 +213,23 @@ fn worse(side: Side, a: Ticks, b: Ticks) -> bool {
 /// `p` is at most the floor of the right side over 10,000; a buy when `p`
 /// is at least the ceiling of `best * (10_000 + bips) / 10_000`, mirrored
 /// so that larger is sooner.
+///
+/// Worked out without dividing a 128-bit number (a library call on every
+/// move of a tracking group): with `best = q * 10_000 + r`,
+/// `best * m / 10_000` is `q * m` plus `r * m / 10_000`, whose remainder
+/// is the whole one, so floors and ceilings come out exact.
 fn urgency(side: Side, best: Ticks, bips: u16) -> u128 {
-    let (b, d) = (u128::from(best.0), u128::from(bips));
+    let (q, r) = (best.0 / 10_000, best.0 % 10_000);
+    let d = u64::from(bips);
     match side {
-        Side::Sell => b * (10_000 - d.min(10_000)) / 10_000,
-        Side::Buy => u128::MAX - (b * (10_000 + d)).div_ceil(10_000),
+        Side::Sell => {
+            let m = 10_000 - d.min(10_000);
+            u128::from(q) * u128::from(m) + u128::from(r * m / 10_000)
+        }
+        Side::Buy => {
+            let m = 10_000 + d;
+            u128::MAX - (u128::from(q) * u128::from(m) + u128::from((r * m).div_ceil(10_000)))
+        }
     }
 }
 
@@ -1056,6 +1068,45 @@ mod tests {
         book.pop_reached(Ticks(96), &mut out);
         assert_eq!(out.iter().map(|e| e.order.0).collect::<Vec<_>>(), vec![6, 7]);
         assert_eq!(book.len(), 1);
+    }
+
+    /// The urgency without a 128-bit division against the plain formula,
+    /// at the extremes and at random bests and deltas (a floor or ceiling
+    /// off by one would fire an order a tick early or late).
+    #[test]
+    fn urgency_matches_the_exact_formula() {
+        let exact = |side: Side, best: u64, bips: u16| {
+            let (b, d) = (u128::from(best), u128::from(bips));
+            match side {
+                Side::Sell => b * (10_000 - d.min(10_000)) / 10_000,
+                Side::Buy => u128::MAX - (b * (10_000 + d)).div_ceil(10_000),
+            }
+        };
+        let mut random = Lcg(41);
+        let mut bests = vec![0, 1, 9_999, 10_000, 10_001, 45_500, u64::MAX, u64::MAX - 1];
+        for _ in 0..20_000 {
+            let high = random.below(1 << 31) << 33;
+            bests.push(match random.below(3) {
+                0 => random.below(1 << 20),
+                1 => high | random.below(1 << 31),
+                _ => random.below(1 << 31) * 10_000 + random.below(3),
+            });
+        }
+        for (index, &best) in bests.iter().enumerate() {
+            let bips = match index % 4 {
+                0 => random.below(u64::from(crate::orders::TRAILING_BIPS_MAX) + 1) as u16,
+                1 => random.below(1 << 16) as u16,
+                2 => [0, 1, 9_999, 10_000, 10_001, u16::MAX][index / 4 % 6],
+                _ => 1 + random.below(20) as u16,
+            };
+            for side in [Side::Buy, Side::Sell] {
+                assert_eq!(
+                    urgency(side, Ticks(best), bips),
+                    exact(side, best, bips),
+                    "{side:?} {best} {bips}"
+                );
+            }
+        }
     }
 
     /// The stop queues against a sorted list of every waiting entry: the
