@@ -625,7 +625,7 @@ impl Engine {
                 [working, pending]
             }
         };
-        for leg in [first, second] {
+        for leg in &new.legs {
             if let Some(client_order_id) = leg.client_order_id {
                 if account.find_client_id(&client_order_id).is_some() {
                     return Err(RejectReason::DuplicateClientOrderId(client_order_id));
@@ -699,10 +699,10 @@ impl Engine {
                 let spend_asset = spend(first.side);
                 self.accounts[new.user.index()].balance_mut(spend_asset).lock(held);
                 for position in 0..2 {
-                    let (leg, id, checked) = (new.legs[position], ids[position], checked[position]);
+                    let (leg, id, checked) = (&new.legs[position], ids[position], checked[position]);
                     let phase = checked.waiting.map_or(Phase::Live, Phase::Waiting);
                     let extra = OrderExtra { order: id, visible: checked.visible, phase, list: list_slot };
-                    let slot = self.open_slot(new_order(&leg, id, &checked), extra);
+                    let slot = self.open_slot(new_order(leg, id, &checked), extra);
                     self.lists.get_mut(list_slot).slots[position] = slot;
                     match phase {
                         Phase::Waiting(_) => self.start_waiting(slot, emitter),

@@ -162,6 +162,20 @@ struct StopQueue {
     len: usize,
 }
 
+impl StopQueue {
+    /// The index of the level with `key`, or where it would go. The last
+    /// level (the next to fire) is looked at first: stops are mostly placed
+    /// near the market, and one nearer than every other goes after it.
+    #[inline]
+    fn index_of(&self, key: u64) -> usize {
+        match self.levels.back() {
+            Some(last) if last.key == key => self.levels.len() - 1,
+            Some(last) if last.key < key => self.levels.len(),
+            _ => self.levels.partition_point(|level| level.key < key),
+        }
+    }
+}
+
 /// The orders waiting at one stop price, oldest (smallest id) at the head:
 /// among equal stops the oldest fires first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -290,7 +304,7 @@ impl TriggerBook {
         let key = stop_key(rises, entry.stop.0);
         let queue = if rises { &mut self.rising } else { &mut self.falling };
         queue.len += 1;
-        let index = queue.levels.partition_point(|level| level.key < key);
+        let index = queue.index_of(key);
         match queue.levels.get_mut(index) {
             Some(level) if level.key == key => {
                 // Usually the newest order; a released OTO order or a
@@ -338,7 +352,7 @@ impl TriggerBook {
         if prev == NIL || next == NIL {
             // The first or last of its level: the level's ends change.
             let key = stop_key(rises, stop.0);
-            let index = queue.levels.partition_point(|level| level.key < key);
+            let index = queue.index_of(key);
             let level = &mut queue.levels[index];
             debug_assert_eq!(level.key, key, "a waiting order's level is missing");
             if prev == NIL {
