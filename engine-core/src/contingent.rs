@@ -25,12 +25,22 @@ impl Engine {
     /// Puts the waiting order in `slot` on its market's triggers and locks
     /// its hold (unless an OCO holds for it).
     pub(crate) fn start_waiting(&mut self, slot: u32, emitter: &mut Emitter) {
-        let (asset, amount) = self.holds(slot);
         let order = *self.orders.get(slot);
-        self.accounts[order.user.index()].balance_mut(asset).lock(amount);
-        let Phase::Waiting(waiting) = self.extras.get(order.ext).phase else {
+        let extra = self.extras.get(order.ext);
+        let Phase::Waiting(waiting) = extra.phase else {
             unreachable!("only a waiting order starts waiting")
         };
+        // What `holds` answers, from the extras in hand: its own hold, or
+        // nothing for an OCO's leg (the list holds for both legs).
+        let in_oco = extra.list != NONE && self.lists.get(extra.list).contingency == Contingency::Oco;
+        let rules = &self.markets[order.market.index()].market.rules;
+        let asset = match order.side {
+            Side::Buy => rules.quote,
+            Side::Sell => rules.base,
+        };
+        let amount = if in_oco { Units(0) } else { waiting.hold };
+        debug_assert_eq!(self.holds(slot), (asset, amount));
+        self.accounts[order.user.index()].balance_mut(asset).lock(amount);
         match (waiting.tracking, waiting.trigger.stop) {
             (Some(best), _) => {
                 self.start_tracking(slot, best);

@@ -382,7 +382,20 @@ impl TriggerBook {
     /// Pops into `out` every entry a trade at `price` reaches: rising stops
     /// at or below it (the lowest first), then falling stops at or above it
     /// (the highest first); the oldest first among equal stops.
+    ///
+    /// Inlined to look at the two last levels before calling: a price the
+    /// kept band could not answer for often reaches a tracking order only.
+    #[inline]
     pub fn pop_reached(&mut self, price: Ticks, out: &mut Vec<Entry>) {
+        let rising = self.next_stop(true).is_some_and(|stop| stop <= price);
+        let falling = self.next_stop(false).is_some_and(|stop| stop >= price);
+        if rising || falling {
+            self.pop_reached_levels(price, out);
+        }
+    }
+
+    #[inline(never)]
+    fn pop_reached_levels(&mut self, price: Ticks, out: &mut Vec<Entry>) {
         let before = out.len();
         for rises in [true, false] {
             let queue = if rises { &mut self.rising } else { &mut self.falling };
@@ -600,6 +613,7 @@ impl TriggerBook {
 
     /// The orders that track from placement and wait for a trade, oldest
     /// first; the caller starts them with [`Self::insert_tracking`].
+    #[inline]
     pub fn take_unstarted(&mut self, out: &mut Vec<Entry>) {
         if !self.unstarted.is_empty() {
             self.quiet = None;
@@ -609,7 +623,24 @@ impl TriggerBook {
 
     /// A trade at `price`: the groups whose best it beats merge into one
     /// group with best `price`.
+    ///
+    /// Inlined to look at each side's worst group before calling: most
+    /// prices evaluated move no group.
+    #[inline]
     pub fn track(&mut self, price: Ticks) {
+        let moves = |side: Side| {
+            self.tracks[side_index(side)]
+                .by_best
+                .front()
+                .is_some_and(|&group| worse(side, self.groups[group as usize].best, price))
+        };
+        if moves(Side::Buy) || moves(Side::Sell) {
+            self.track_groups(price);
+        }
+    }
+
+    #[inline(never)]
+    fn track_groups(&mut self, price: Ticks) {
         for side in [Side::Buy, Side::Sell] {
             let s = side_index(side);
             let Some(&worst) = self.tracks[s].by_best.front() else { continue };
@@ -659,7 +690,23 @@ impl TriggerBook {
 
     /// Pops into `out` every tracking order that a trade at `price` fires
     /// (after [`Self::track`] saw it), in no particular order.
+    ///
+    /// Inlined to look at each side's most urgent group before calling.
+    #[inline]
     pub fn fire_tracking(&mut self, price: Ticks, out: &mut Vec<Entry>) {
+        let fires = |side: Side| {
+            self.tracks[side_index(side)]
+                .urgent
+                .first()
+                .is_some_and(|&group| threshold(side, price) <= self.groups[group as usize].urgency)
+        };
+        if fires(Side::Buy) || fires(Side::Sell) {
+            self.fire_groups(price, out);
+        }
+    }
+
+    #[inline(never)]
+    fn fire_groups(&mut self, price: Ticks, out: &mut Vec<Entry>) {
         for side in [Side::Buy, Side::Sell] {
             while let Some(&group) = self.tracks[side_index(side)].urgent.first() {
                 let Group { best, root, urgency, .. } = self.groups[group as usize];
