@@ -192,9 +192,18 @@ impl BookSide {
         }
     }
 
+    /// The index of the level at `price`, or where it would go. The best
+    /// price (the last level) is looked at first: every fill, refill and
+    /// filled maker's removal is at it, and a price better than it goes
+    /// after it, so those skip the binary search.
+    #[inline]
     fn find(&self, price: Ticks) -> Result<usize, usize> {
         let key = self.key(price);
-        self.levels.binary_search_by_key(&key, |level| level.key)
+        match self.levels.last() {
+            Some(best) if best.key == key => Ok(self.levels.len() - 1),
+            Some(best) if best.key < key => Err(self.levels.len()),
+            _ => self.levels.binary_search_by_key(&key, |level| level.key),
+        }
     }
 
     pub fn best(&self) -> Option<&Level> {

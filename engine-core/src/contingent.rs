@@ -25,12 +25,22 @@ impl Engine {
     /// Puts the waiting order in `slot` on its market's triggers and locks
     /// its hold (unless an OCO holds for it).
     pub(crate) fn start_waiting(&mut self, slot: u32, emitter: &mut Emitter) {
-        let (asset, amount) = self.holds(slot);
         let order = *self.orders.get(slot);
-        self.accounts[order.user.index()].balance_mut(asset).lock(amount);
-        let Phase::Waiting(waiting) = self.extras.get(order.ext).phase else {
+        let extra = self.extras.get(order.ext);
+        let Phase::Waiting(waiting) = extra.phase else {
             unreachable!("only a waiting order starts waiting")
         };
+        // What `holds` answers, from the extras in hand: its own hold, or
+        // nothing for an OCO's leg (the list holds for both legs).
+        let in_oco = extra.list != NONE && self.lists.get(extra.list).contingency == Contingency::Oco;
+        let rules = &self.markets[order.market.index()].market.rules;
+        let asset = match order.side {
+            Side::Buy => rules.quote,
+            Side::Sell => rules.base,
+        };
+        let amount = if in_oco { Units(0) } else { waiting.hold };
+        debug_assert_eq!(self.holds(slot), (asset, amount));
+        self.accounts[order.user.index()].balance_mut(asset).lock(amount);
         match (waiting.tracking, waiting.trigger.stop) {
             (Some(best), _) => {
                 self.start_tracking(slot, best);
@@ -101,11 +111,17 @@ impl Engine {
             let state = &mut self.markets[market.index()];
             // Nothing waiting (the plain case) needs no look at the prices.
             let quiet = state.triggers.is_empty() || {
-                let (low, high) = self
-                    .scratch
-                    .prices
-                    .iter()
-                    .fold((last, last), |(low, high), &p| (low.min(p), high.max(p)));
+                // Most commands trade at one or two prices: their first and
+                // last are their extremes, without a pass over the list.
+                let prices = &self.scratch.prices;
+                let first = prices[0];
+                let (mut low, mut high) = if first <= last { (first, last) } else { (last, first) };
+                if prices.len() > 2 {
+                    for &price in &prices[1..prices.len() - 1] {
+                        low = low.min(price);
+                        high = high.max(price);
+                    }
+                }
                 state.triggers.is_quiet_between(low, high)
             };
             if quiet {
@@ -215,12 +231,30 @@ impl Engine {
     fn enter_fired(&mut self, slot: u32, id: OrderId, price: Ticks, ts: u64, emitter: &mut Emitter) {
         let order = *self.orders.get(slot);
         assert_eq!(order.id, id, "a fired order's slot was reused before it entered");
-        let (asset, hold) = self.holds(slot);
         let extra = *self.extras.get(order.ext);
         let Phase::Waiting(waiting) = extra.phase else { unreachable!("a fired order was waiting") };
-        self.accounts[order.user.index()].balance_mut(asset).unlock(hold);
-        self.extras.get_mut(order.ext).phase = Phase::Live;
-        self.drop_extras_if_plain(slot);
+        // A fired order left its list when it fired (an OCO dissolves then;
+        // a released OTO order left it at its release), so it holds its own
+        // hold, in the asset it spends: what `holds` answers, without
+        // looking the order, its extras and its list up again.
+        debug_assert_eq!(extra.list, NONE, "a fired order is in no list");
+        let rules = &self.markets[order.market.index()].market.rules;
+        let asset = match order.side {
+            Side::Buy => rules.quote,
+            Side::Sell => rules.base,
+        };
+        debug_assert_eq!(self.holds(slot), (asset, waiting.hold));
+        let balance = self.accounts[order.user.index()].balance_mut(asset);
+        balance.unlock(waiting.hold);
+        let available = balance.available;
+        // It enters as a plain order unless it shows an iceberg's part:
+        // extras go at once rather than being marked live first.
+        if extra.visible.0 == 0 {
+            self.extras.remove(order.ext);
+            self.orders.get_mut(slot).ext = NIL;
+        } else {
+            self.extras.get_mut(order.ext).phase = Phase::Live;
+        }
         emitter.emit(EventKind::OrderTriggered {
             order: order.id,
             user: order.user,
@@ -228,7 +262,6 @@ impl Engine {
             price,
             timestamp_ns: ts,
         });
-        let available = self.accounts[order.user.index()].balance(asset).available;
         let checked = match waiting.then {
             Then::Market => Checked {
                 limit: None,
@@ -602,7 +635,7 @@ impl Engine {
                 [working, pending]
             }
         };
-        for leg in [first, second] {
+        for leg in &new.legs {
             if let Some(client_order_id) = leg.client_order_id {
                 if account.find_client_id(&client_order_id).is_some() {
                     return Err(RejectReason::DuplicateClientOrderId(client_order_id));
@@ -676,10 +709,10 @@ impl Engine {
                 let spend_asset = spend(first.side);
                 self.accounts[new.user.index()].balance_mut(spend_asset).lock(held);
                 for position in 0..2 {
-                    let (leg, id, checked) = (new.legs[position], ids[position], checked[position]);
+                    let (leg, id, checked) = (&new.legs[position], ids[position], checked[position]);
                     let phase = checked.waiting.map_or(Phase::Live, Phase::Waiting);
                     let extra = OrderExtra { order: id, visible: checked.visible, phase, list: list_slot };
-                    let slot = self.open_slot(new_order(&leg, id, &checked), extra);
+                    let slot = self.open_slot(new_order(leg, id, &checked), extra);
                     self.lists.get_mut(list_slot).slots[position] = slot;
                     match phase {
                         Phase::Waiting(_) => self.start_waiting(slot, emitter),

@@ -200,16 +200,16 @@ impl Engine {
             Command::RevokeApiKey { user, key } => self.revoke_api_key(user, key, &mut emitter),
             Command::Deposit { user, asset, amount } => self.deposit(user, asset, amount, &mut emitter),
             Command::Withdraw { user, asset, amount } => self.withdraw(user, asset, amount, &mut emitter),
-            Command::PlaceOrder(order) => self.place(&order, ts, &mut emitter),
+            Command::PlaceOrder(ref order) => self.place(order, ts, &mut emitter),
             Command::CancelOrder { user, order } => self.cancel(user, order, &mut emitter),
             Command::CancelAll { user, market } => self.cancel_all(user, market, &mut emitter),
-            Command::Amend(amend) => self.amend(&amend, ts, &mut emitter),
+            Command::Amend(ref amend) => self.amend(amend, ts, &mut emitter),
             Command::SetLimits { limits } => {
                 self.limits = limits;
                 emitter.emit(EventKind::LimitsChanged { limits });
                 Ok(())
             }
-            Command::PlaceOrderList(list) => self.place_list(&list, ts, &mut emitter),
+            Command::PlaceOrderList(ref list) => self.place_list(list, ts, &mut emitter),
             Command::CancelOrderList { user, list } => self.cancel_order_list(user, list, &mut emitter),
         };
         if let Err(reason) = result {

@@ -162,6 +162,20 @@ struct StopQueue {
     len: usize,
 }
 
+impl StopQueue {
+    /// The index of the level with `key`, or where it would go. The last
+    /// level (the next to fire) is looked at first: stops are mostly placed
+    /// near the market, and one nearer than every other goes after it.
+    #[inline]
+    fn index_of(&self, key: u64) -> usize {
+        match self.levels.back() {
+            Some(last) if last.key == key => self.levels.len() - 1,
+            Some(last) if last.key < key => self.levels.len(),
+            _ => self.levels.partition_point(|level| level.key < key),
+        }
+    }
+}
+
 /// The orders waiting at one stop price, oldest (smallest id) at the head:
 /// among equal stops the oldest fires first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,11 +227,23 @@ fn worse(side: Side, a: Ticks, b: Ticks) -> bool {
 /// `p` is at most the floor of the right side over 10,000; a buy when `p`
 /// is at least the ceiling of `best * (10_000 + bips) / 10_000`, mirrored
 /// so that larger is sooner.
+///
+/// Worked out without dividing a 128-bit number (a library call on every
+/// move of a tracking group): with `best = q * 10_000 + r`,
+/// `best * m / 10_000` is `q * m` plus `r * m / 10_000`, whose remainder
+/// is the whole one, so floors and ceilings come out exact.
 fn urgency(side: Side, best: Ticks, bips: u16) -> u128 {
-    let (b, d) = (u128::from(best.0), u128::from(bips));
+    let (q, r) = (best.0 / 10_000, best.0 % 10_000);
+    let d = u64::from(bips);
     match side {
-        Side::Sell => b * (10_000 - d.min(10_000)) / 10_000,
-        Side::Buy => u128::MAX - (b * (10_000 + d)).div_ceil(10_000),
+        Side::Sell => {
+            let m = 10_000 - d.min(10_000);
+            u128::from(q) * u128::from(m) + u128::from(r * m / 10_000)
+        }
+        Side::Buy => {
+            let m = 10_000 + d;
+            u128::MAX - (u128::from(q) * u128::from(m) + u128::from((r * m).div_ceil(10_000)))
+        }
     }
 }
 
@@ -278,7 +304,7 @@ impl TriggerBook {
         let key = stop_key(rises, entry.stop.0);
         let queue = if rises { &mut self.rising } else { &mut self.falling };
         queue.len += 1;
-        let index = queue.levels.partition_point(|level| level.key < key);
+        let index = queue.index_of(key);
         match queue.levels.get_mut(index) {
             Some(level) if level.key == key => {
                 // Usually the newest order; a released OTO order or a
@@ -326,7 +352,7 @@ impl TriggerBook {
         if prev == NIL || next == NIL {
             // The first or last of its level: the level's ends change.
             let key = stop_key(rises, stop.0);
-            let index = queue.levels.partition_point(|level| level.key < key);
+            let index = queue.index_of(key);
             let level = &mut queue.levels[index];
             debug_assert_eq!(level.key, key, "a waiting order's level is missing");
             if prev == NIL {
@@ -356,7 +382,20 @@ impl TriggerBook {
     /// Pops into `out` every entry a trade at `price` reaches: rising stops
     /// at or below it (the lowest first), then falling stops at or above it
     /// (the highest first); the oldest first among equal stops.
+    ///
+    /// Inlined to look at the two last levels before calling: a price the
+    /// kept band could not answer for often reaches a tracking order only.
+    #[inline]
     pub fn pop_reached(&mut self, price: Ticks, out: &mut Vec<Entry>) {
+        let rising = self.next_stop(true).is_some_and(|stop| stop <= price);
+        let falling = self.next_stop(false).is_some_and(|stop| stop >= price);
+        if rising || falling {
+            self.pop_reached_levels(price, out);
+        }
+    }
+
+    #[inline(never)]
+    fn pop_reached_levels(&mut self, price: Ticks, out: &mut Vec<Entry>) {
         let before = out.len();
         for rises in [true, false] {
             let queue = if rises { &mut self.rising } else { &mut self.falling };
@@ -574,6 +613,7 @@ impl TriggerBook {
 
     /// The orders that track from placement and wait for a trade, oldest
     /// first; the caller starts them with [`Self::insert_tracking`].
+    #[inline]
     pub fn take_unstarted(&mut self, out: &mut Vec<Entry>) {
         if !self.unstarted.is_empty() {
             self.quiet = None;
@@ -583,7 +623,24 @@ impl TriggerBook {
 
     /// A trade at `price`: the groups whose best it beats merge into one
     /// group with best `price`.
+    ///
+    /// Inlined to look at each side's worst group before calling: most
+    /// prices evaluated move no group.
+    #[inline]
     pub fn track(&mut self, price: Ticks) {
+        let moves = |side: Side| {
+            self.tracks[side_index(side)]
+                .by_best
+                .front()
+                .is_some_and(|&group| worse(side, self.groups[group as usize].best, price))
+        };
+        if moves(Side::Buy) || moves(Side::Sell) {
+            self.track_groups(price);
+        }
+    }
+
+    #[inline(never)]
+    fn track_groups(&mut self, price: Ticks) {
         for side in [Side::Buy, Side::Sell] {
             let s = side_index(side);
             let Some(&worst) = self.tracks[s].by_best.front() else { continue };
@@ -633,7 +690,23 @@ impl TriggerBook {
 
     /// Pops into `out` every tracking order that a trade at `price` fires
     /// (after [`Self::track`] saw it), in no particular order.
+    ///
+    /// Inlined to look at each side's most urgent group before calling.
+    #[inline]
     pub fn fire_tracking(&mut self, price: Ticks, out: &mut Vec<Entry>) {
+        let fires = |side: Side| {
+            self.tracks[side_index(side)]
+                .urgent
+                .first()
+                .is_some_and(|&group| threshold(side, price) <= self.groups[group as usize].urgency)
+        };
+        if fires(Side::Buy) || fires(Side::Sell) {
+            self.fire_groups(price, out);
+        }
+    }
+
+    #[inline(never)]
+    fn fire_groups(&mut self, price: Ticks, out: &mut Vec<Entry>) {
         for side in [Side::Buy, Side::Sell] {
             while let Some(&group) = self.tracks[side_index(side)].urgent.first() {
                 let Group { best, root, urgency, .. } = self.groups[group as usize];
@@ -1056,6 +1129,45 @@ mod tests {
         book.pop_reached(Ticks(96), &mut out);
         assert_eq!(out.iter().map(|e| e.order.0).collect::<Vec<_>>(), vec![6, 7]);
         assert_eq!(book.len(), 1);
+    }
+
+    /// The urgency without a 128-bit division against the plain formula,
+    /// at the extremes and at random bests and deltas (a floor or ceiling
+    /// off by one would fire an order a tick early or late).
+    #[test]
+    fn urgency_matches_the_exact_formula() {
+        let exact = |side: Side, best: u64, bips: u16| {
+            let (b, d) = (u128::from(best), u128::from(bips));
+            match side {
+                Side::Sell => b * (10_000 - d.min(10_000)) / 10_000,
+                Side::Buy => u128::MAX - (b * (10_000 + d)).div_ceil(10_000),
+            }
+        };
+        let mut random = Lcg(41);
+        let mut bests = vec![0, 1, 9_999, 10_000, 10_001, 45_500, u64::MAX, u64::MAX - 1];
+        for _ in 0..20_000 {
+            let high = random.below(1 << 31) << 33;
+            bests.push(match random.below(3) {
+                0 => random.below(1 << 20),
+                1 => high | random.below(1 << 31),
+                _ => random.below(1 << 31) * 10_000 + random.below(3),
+            });
+        }
+        for (index, &best) in bests.iter().enumerate() {
+            let bips = match index % 4 {
+                0 => random.below(u64::from(crate::orders::TRAILING_BIPS_MAX) + 1) as u16,
+                1 => random.below(1 << 16) as u16,
+                2 => [0, 1, 9_999, 10_000, 10_001, u16::MAX][index / 4 % 6],
+                _ => 1 + random.below(20) as u16,
+            };
+            for side in [Side::Buy, Side::Sell] {
+                assert_eq!(
+                    urgency(side, Ticks(best), bips),
+                    exact(side, best, bips),
+                    "{side:?} {best} {bips}"
+                );
+            }
+        }
     }
 
     /// The stop queues against a sorted list of every waiting entry: the
