@@ -29,7 +29,8 @@
 //!    the follower's position but for `--catch-up-log-kept-entries`; the
 //!    run fails unless the follower says it installed the image). Then the
 //!    follower is restarted once more with nothing missed: from its own
-//!    image, or replaying its whole log.
+//!    image, or replaying its whole log. `--catch-up-ways image` (or
+//!    `log`) measures one way only.
 //!
 //! ```text
 //! cargo build --release -p gateway --bin exchange
@@ -37,7 +38,7 @@
 //! cargo run --release -p benches --bin cluster -- --runs 3 --seconds 5 --kills 20
 //! cargo run --release -p benches --bin cluster -- --rates 0,1000 --kills 0 --catch-up-commands 0
 //! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --runs 3 --catch-up-commands 50000
-//! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --catch-up-commands 10000000
+//! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --catch-up-commands 10000000 --catch-up-ways image
 //! ```
 
 use std::net::SocketAddr;
@@ -90,6 +91,12 @@ struct Args {
     /// (0 skips it).
     #[arg(long, default_value_t = 5_000)]
     catch_up_commands: u64,
+    /// Which ways of the catch-up to measure (`log`, `image`, or both, in
+    /// the order given; rounds after the first alternate it). One way
+    /// alone halves the load, which at 10M commands is what takes the
+    /// time.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "log,image")]
+    catch_up_ways: Vec<CatchUpWay>,
     /// `snapshot_every_entries` of the nodes in the catch-up by image: small,
     /// so that the leader writes images and purges its log while the
     /// follower is down.
@@ -270,10 +277,43 @@ impl Deployment {
             .prefix(&format!("exchange-cluster-bench-{}-", setup.name()))
             .tempdir_in(data_root)
             .map_err(|e| format!("{}: {e}", data_root.display()))?;
+        let started = Deployment::start_nodes(setup, binary, dir.path(), env, cluster_settings);
+        match started {
+            Ok(nodes) => Ok(Deployment { nodes, dir }),
+            Err(error) => {
+                // Why a node did not start is in its stderr, which goes
+                // with the directory: keep it, and show its end here.
+                let kept = dir.keep();
+                let mut tails = String::new();
+                for index in 1..=3 {
+                    let path = kept.join(format!("node{index}.stderr"));
+                    if let Ok(text) = std::fs::read(&path) {
+                        let tail = &text[text.len().saturating_sub(2_000)..];
+                        tails.push_str(&format!(
+                            "\n--- {}:\n{}",
+                            path.display(),
+                            String::from_utf8_lossy(tail)
+                        ));
+                    }
+                }
+                Err(format!("{error}; the deployment's directory is kept: {}{tails}", kept.display()))
+            }
+        }
+    }
+
+    /// The nodes of `setup`, their data and stderr under `dir`; the nodes
+    /// started so far are killed if one fails to start.
+    fn start_nodes(
+        setup: Setup,
+        binary: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        cluster_settings: &str,
+    ) -> Result<Vec<ExchangeProcess>, String> {
         let mut nodes = Vec::new();
         match setup {
             Setup::Batch => {
-                let data = dir.path().join("node1");
+                let data = dir.join("node1");
                 let data = data.display().to_string();
                 let mut settings = vec![
                     ("EXCHANGE_DATA_DIR", data.as_str()),
@@ -282,23 +322,18 @@ impl Deployment {
                     ("EXCHANGE_DURABILITY", "batch"),
                 ];
                 settings.extend_from_slice(env);
-                nodes.push(ExchangeProcess::start(
-                    binary,
-                    None,
-                    &settings,
-                    &dir.path().join("node1.stderr"),
-                )?);
+                nodes.push(ExchangeProcess::start(binary, None, &settings, &dir.join("node1.stderr"))?);
             }
             Setup::Replicated => {
                 for (index, (config, _)) in
-                    write_cluster_configs(dir.path(), 3, cluster_settings)?.iter().enumerate()
+                    write_cluster_configs(dir, 3, cluster_settings)?.iter().enumerate()
                 {
-                    let stderr = dir.path().join(format!("node{}.stderr", index + 1));
+                    let stderr = dir.join(format!("node{}.stderr", index + 1));
                     nodes.push(ExchangeProcess::start(binary, Some(config), env, &stderr)?);
                 }
             }
         }
-        Ok(Deployment { nodes, dir })
+        Ok(nodes)
     }
 
     fn addresses(&self) -> Vec<SocketAddr> {
@@ -938,7 +973,7 @@ fn failover_rounds(
 // 3. Catch-up.
 
 /// How a follower catches up in one measurement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum CatchUpWay {
     /// Images off: the follower replays its own log, then fetches the
     /// entries it missed from the leader.
@@ -1188,7 +1223,20 @@ fn catch_up_patience(commands: u64) -> Duration {
 
 fn catch_up(bench: &Bench) -> Result<(), String> {
     let args = bench.args;
-    if args.catch_up_log_kept_entries >= args.catch_up_commands || args.catch_up_snapshot_every_entries == 0 {
+    let mut ways: Vec<CatchUpWay> = Vec::new();
+    for &way in &args.catch_up_ways {
+        if !ways.contains(&way) {
+            ways.push(way);
+        }
+    }
+    if ways.is_empty() {
+        return Err("--catch-up-ways names no way (log, image)".to_string());
+    }
+    let by_image = ways.contains(&CatchUpWay::Image);
+    if by_image
+        && (args.catch_up_log_kept_entries >= args.catch_up_commands
+            || args.catch_up_snapshot_every_entries == 0)
+    {
         return Err(format!(
             "--catch-up-log-kept-entries ({}) must be below --catch-up-commands ({}) and \
              --catch-up-snapshot-every-entries at least 1, or the follower catches up by log in the image case",
@@ -1199,9 +1247,10 @@ fn catch_up(bench: &Bench) -> Result<(), String> {
         return Err("--catch-up-connections and --catch-up-users must be at least 1".to_string());
     }
     println!(
-        "\n== catch-up: a follower down while {} orders are applied, then restarted; by log (images off) \
-         and by image (snapshot_every_entries = {}, log_kept_after_snapshot_entries = {}), {} round(s)",
+        "\n== catch-up: a follower down while {} orders are applied, then restarted; {} (by log: images \
+         off; by image: snapshot_every_entries = {}, log_kept_after_snapshot_entries = {}), {} round(s)",
         args.catch_up_commands,
+        ways.iter().map(|way| way.name()).collect::<Vec<_>>().join(", "),
         args.catch_up_snapshot_every_entries,
         args.catch_up_log_kept_entries,
         args.runs
@@ -1210,12 +1259,11 @@ fn catch_up(bench: &Bench) -> Result<(), String> {
     for round in 0..args.runs {
         // Which goes first alternates, so that neither always meets a
         // fresher (or more loaded) machine.
-        let ways = if round % 2 == 0 {
-            [CatchUpWay::Log, CatchUpWay::Image]
-        } else {
-            [CatchUpWay::Image, CatchUpWay::Log]
-        };
-        for way in ways {
+        let mut order = ways.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for way in order {
             let figures = catch_up_once(bench, way)?;
             println!(
                 "round {} {:<8}: {} commands behind; listening after {}, caught up after {} \
@@ -1236,7 +1284,7 @@ fn catch_up(bench: &Bench) -> Result<(), String> {
         }
     }
     println!("catch-up, medians over {} round(s):", args.runs);
-    for way in [CatchUpWay::Log, CatchUpWay::Image] {
+    for way in [CatchUpWay::Log, CatchUpWay::Image].into_iter().filter(|way| ways.contains(way)) {
         let of_way: Vec<&CatchUp> = all.iter().filter(|(w, _)| *w == way).map(|(_, f)| f).collect();
         let med = |f: &dyn Fn(&CatchUp) -> f64| median(&mut of_way.iter().map(|c| f(c)).collect::<Vec<_>>());
         let behind = med(&|c| c.behind_commands as f64);
