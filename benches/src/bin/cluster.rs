@@ -259,6 +259,19 @@ fn order_id_of(reply: &Reply) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // Deployments.
 
+/// Why a deployment did not start; `port_taken` holds its kept directory
+/// when a node's port was taken before the node could listen on it.
+struct StartError {
+    message: String,
+    port_taken: Option<PathBuf>,
+}
+
+/// Starts of a deployment on fresh ports before a taken port fails the run.
+const PORT_TRIES: usize = 3;
+/// What a node that cannot listen on its configured port logs (the
+/// operating system's text for `EADDRINUSE`).
+const PORT_TAKEN_MESSAGE: &str = "Address already in use";
+
 /// The nodes of one setup, in a data directory that goes with them.
 struct Deployment {
     nodes: Vec<ExchangeProcess>,
@@ -266,6 +279,10 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// Starts `setup`, again on fresh ports (up to [`PORT_TRIES`] times in
+    /// all) if a node finds its port taken: the ports are picked free
+    /// before the nodes start (every member names the others'), and any
+    /// process's outgoing connection may take one in between.
     fn start(
         setup: Setup,
         binary: &Path,
@@ -273,10 +290,30 @@ impl Deployment {
         env: &[(&str, &str)],
         cluster_settings: &str,
     ) -> Result<Deployment, String> {
+        let mut tries = 1;
+        loop {
+            match Deployment::start_once(setup, binary, data_root, env, cluster_settings) {
+                Err(StartError { message, port_taken: Some(dir) }) if tries < PORT_TRIES => {
+                    println!("  a node's port was taken before it started ({message}); again on fresh ports");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    tries += 1;
+                }
+                other => return other.map_err(|error| error.message),
+            }
+        }
+    }
+
+    fn start_once(
+        setup: Setup,
+        binary: &Path,
+        data_root: &Path,
+        env: &[(&str, &str)],
+        cluster_settings: &str,
+    ) -> Result<Deployment, StartError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("exchange-cluster-bench-{}-", setup.name()))
             .tempdir_in(data_root)
-            .map_err(|e| format!("{}: {e}", data_root.display()))?;
+            .map_err(|e| StartError { message: format!("{}: {e}", data_root.display()), port_taken: None })?;
         let started = Deployment::start_nodes(setup, binary, dir.path(), env, cluster_settings);
         match started {
             Ok(nodes) => Ok(Deployment { nodes, dir }),
@@ -285,9 +322,11 @@ impl Deployment {
                 // with the directory: keep it, and show its end here.
                 let kept = dir.keep();
                 let mut tails = String::new();
+                let mut port_taken = false;
                 for index in 1..=3 {
                     let path = kept.join(format!("node{index}.stderr"));
                     if let Ok(text) = std::fs::read(&path) {
+                        port_taken |= String::from_utf8_lossy(&text).contains(PORT_TAKEN_MESSAGE);
                         let tail = &text[text.len().saturating_sub(2_000)..];
                         tails.push_str(&format!(
                             "\n--- {}:\n{}",
@@ -296,7 +335,13 @@ impl Deployment {
                         ));
                     }
                 }
-                Err(format!("{error}; the deployment's directory is kept: {}{tails}", kept.display()))
+                Err(StartError {
+                    message: format!(
+                        "{error}; the deployment's directory is kept: {}{tails}",
+                        kept.display()
+                    ),
+                    port_taken: port_taken.then_some(kept),
+                })
             }
         }
     }
@@ -387,6 +432,23 @@ async fn leader(addresses: &[SocketAddr], except: Option<usize>) -> Result<usize
 }
 
 /// The last command the node at `address` applied.
+/// The node's applied `seq` from its `/health`, or why there is none (a
+/// failed connection, no answer within a second, an answer without it).
+async fn applied_seq_or_why(address: SocketAddr) -> Result<u64, String> {
+    let started = Instant::now();
+    let ask = async {
+        let mut connection = Connection::open(address).await.map_err(|e| format!("connect: {e}"))?;
+        let (status, value) =
+            connection.get_json("/health").await.map_err(|e| format!("GET /health: {e}"))?;
+        value["seq"].as_u64().ok_or_else(|| format!("GET /health: {status} without a seq: {value}"))
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .map_err(|_| "GET /health: no answer within 1 s".to_string())
+        .and_then(|r| r)
+        .map_err(|e| format!("{address} (after {} ms): {e}", started.elapsed().as_millis()))
+}
+
 async fn applied_seq(address: SocketAddr) -> Option<u64> {
     health(address).await?["seq"].as_u64()
 }
@@ -1362,7 +1424,8 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
         let follower = (leader_index + 1) % addresses.len();
         // The follower holds everything so far (the setup) when it goes.
         let (seq_before, follower_index) = runtime.block_on(async {
-            let seq = applied_seq(leader).await.ok_or("the leader does not answer")?;
+            let seq =
+                applied_seq_or_why(leader).await.map_err(|e| format!("the leader does not answer: {e}"))?;
             wait_applied(addresses[follower], seq).await?;
             let health = health(addresses[follower]).await.ok_or("the follower does not answer")?;
             Ok::<_, String>((seq, health["cluster"]["applied_index"].as_u64().unwrap_or(0)))
@@ -1410,7 +1473,9 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
             runtime.block_on(loader.load(chunk))?;
             more += chunk;
         }
-        let seq = runtime.block_on(applied_seq(leader)).ok_or("the leader does not answer")?;
+        let seq = runtime
+            .block_on(applied_seq_or_why(leader))
+            .map_err(|e| format!("the leader does not answer after the load: {e}"))?;
         let (entries, commands, commands_per_entry_max) = {
             let after = runtime.block_on(packing(leader)).unwrap_or_default();
             (after.0 - packing_before.0, after.1 - packing_before.1, after.2)
