@@ -294,7 +294,12 @@ impl Deployment {
         loop {
             match Deployment::start_once(setup, binary, data_root, env, cluster_settings) {
                 Err(StartError { message, port_taken: Some(dir) }) if tries < PORT_TRIES => {
-                    println!("  a node's port was taken before it started ({message}); again on fresh ports");
+                    let why =
+                        message.lines().find(|line| line.contains(PORT_TAKEN_MESSAGE)).unwrap_or_default();
+                    println!(
+                        "  a node's port was taken before it started ({}); again on fresh ports",
+                        why.trim()
+                    );
                     let _ = std::fs::remove_dir_all(&dir);
                     tries += 1;
                 }
