@@ -29,7 +29,8 @@
 //!    the follower's position but for `--catch-up-log-kept-entries`; the
 //!    run fails unless the follower says it installed the image). Then the
 //!    follower is restarted once more with nothing missed: from its own
-//!    image, or replaying its whole log.
+//!    image, or replaying its whole log. `--catch-up-ways image` (or
+//!    `log`) measures one way only.
 //!
 //! ```text
 //! cargo build --release -p gateway --bin exchange
@@ -37,7 +38,7 @@
 //! cargo run --release -p benches --bin cluster -- --runs 3 --seconds 5 --kills 20
 //! cargo run --release -p benches --bin cluster -- --rates 0,1000 --kills 0 --catch-up-commands 0
 //! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --runs 3 --catch-up-commands 50000
-//! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --catch-up-commands 10000000
+//! cargo run --release -p benches --bin cluster -- --seconds 1 --kills 0 --catch-up-commands 10000000 --catch-up-ways image
 //! ```
 
 use std::net::SocketAddr;
@@ -90,6 +91,12 @@ struct Args {
     /// (0 skips it).
     #[arg(long, default_value_t = 5_000)]
     catch_up_commands: u64,
+    /// Which ways of the catch-up to measure (`log`, `image`, or both, in
+    /// the order given; rounds after the first alternate it). One way
+    /// alone halves the load, which at 10M commands is what takes the
+    /// time.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "log,image")]
+    catch_up_ways: Vec<CatchUpWay>,
     /// `snapshot_every_entries` of the nodes in the catch-up by image: small,
     /// so that the leader writes images and purges its log while the
     /// follower is down.
@@ -252,6 +259,19 @@ fn order_id_of(reply: &Reply) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // Deployments.
 
+/// Why a deployment did not start; `port_taken` holds its kept directory
+/// when a node's port was taken before the node could listen on it.
+struct StartError {
+    message: String,
+    port_taken: Option<PathBuf>,
+}
+
+/// Starts of a deployment on fresh ports before a taken port fails the run.
+const PORT_TRIES: usize = 3;
+/// What a node that cannot listen on its configured port logs (the
+/// operating system's text for `EADDRINUSE`).
+const PORT_TAKEN_MESSAGE: &str = "Address already in use";
+
 /// The nodes of one setup, in a data directory that goes with them.
 struct Deployment {
     nodes: Vec<ExchangeProcess>,
@@ -259,6 +279,10 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// Starts `setup`, again on fresh ports (up to [`PORT_TRIES`] times in
+    /// all) if a node finds its port taken: the ports are picked free
+    /// before the nodes start (every member names the others'), and any
+    /// process's outgoing connection may take one in between.
     fn start(
         setup: Setup,
         binary: &Path,
@@ -266,14 +290,80 @@ impl Deployment {
         env: &[(&str, &str)],
         cluster_settings: &str,
     ) -> Result<Deployment, String> {
+        let mut tries = 1;
+        loop {
+            match Deployment::start_once(setup, binary, data_root, env, cluster_settings) {
+                Err(StartError { message, port_taken: Some(dir) }) if tries < PORT_TRIES => {
+                    let why =
+                        message.lines().find(|line| line.contains(PORT_TAKEN_MESSAGE)).unwrap_or_default();
+                    println!(
+                        "  a node's port was taken before it started ({}); again on fresh ports",
+                        why.trim()
+                    );
+                    let _ = std::fs::remove_dir_all(&dir);
+                    tries += 1;
+                }
+                other => return other.map_err(|error| error.message),
+            }
+        }
+    }
+
+    fn start_once(
+        setup: Setup,
+        binary: &Path,
+        data_root: &Path,
+        env: &[(&str, &str)],
+        cluster_settings: &str,
+    ) -> Result<Deployment, StartError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("exchange-cluster-bench-{}-", setup.name()))
             .tempdir_in(data_root)
-            .map_err(|e| format!("{}: {e}", data_root.display()))?;
+            .map_err(|e| StartError { message: format!("{}: {e}", data_root.display()), port_taken: None })?;
+        let started = Deployment::start_nodes(setup, binary, dir.path(), env, cluster_settings);
+        match started {
+            Ok(nodes) => Ok(Deployment { nodes, dir }),
+            Err(error) => {
+                // Why a node did not start is in its stderr, which goes
+                // with the directory: keep it, and show its end here.
+                let kept = dir.keep();
+                let mut tails = String::new();
+                let mut port_taken = false;
+                for index in 1..=3 {
+                    let path = kept.join(format!("node{index}.stderr"));
+                    if let Ok(text) = std::fs::read(&path) {
+                        port_taken |= String::from_utf8_lossy(&text).contains(PORT_TAKEN_MESSAGE);
+                        let tail = &text[text.len().saturating_sub(2_000)..];
+                        tails.push_str(&format!(
+                            "\n--- {}:\n{}",
+                            path.display(),
+                            String::from_utf8_lossy(tail)
+                        ));
+                    }
+                }
+                Err(StartError {
+                    message: format!(
+                        "{error}; the deployment's directory is kept: {}{tails}",
+                        kept.display()
+                    ),
+                    port_taken: port_taken.then_some(kept),
+                })
+            }
+        }
+    }
+
+    /// The nodes of `setup`, their data and stderr under `dir`; the nodes
+    /// started so far are killed if one fails to start.
+    fn start_nodes(
+        setup: Setup,
+        binary: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        cluster_settings: &str,
+    ) -> Result<Vec<ExchangeProcess>, String> {
         let mut nodes = Vec::new();
         match setup {
             Setup::Batch => {
-                let data = dir.path().join("node1");
+                let data = dir.join("node1");
                 let data = data.display().to_string();
                 let mut settings = vec![
                     ("EXCHANGE_DATA_DIR", data.as_str()),
@@ -282,23 +372,18 @@ impl Deployment {
                     ("EXCHANGE_DURABILITY", "batch"),
                 ];
                 settings.extend_from_slice(env);
-                nodes.push(ExchangeProcess::start(
-                    binary,
-                    None,
-                    &settings,
-                    &dir.path().join("node1.stderr"),
-                )?);
+                nodes.push(ExchangeProcess::start(binary, None, &settings, &dir.join("node1.stderr"))?);
             }
             Setup::Replicated => {
                 for (index, (config, _)) in
-                    write_cluster_configs(dir.path(), 3, cluster_settings)?.iter().enumerate()
+                    write_cluster_configs(dir, 3, cluster_settings)?.iter().enumerate()
                 {
-                    let stderr = dir.path().join(format!("node{}.stderr", index + 1));
+                    let stderr = dir.join(format!("node{}.stderr", index + 1));
                     nodes.push(ExchangeProcess::start(binary, Some(config), env, &stderr)?);
                 }
             }
         }
-        Ok(Deployment { nodes, dir })
+        Ok(nodes)
     }
 
     fn addresses(&self) -> Vec<SocketAddr> {
@@ -352,6 +437,23 @@ async fn leader(addresses: &[SocketAddr], except: Option<usize>) -> Result<usize
 }
 
 /// The last command the node at `address` applied.
+/// The node's applied `seq` from its `/health`, or why there is none (a
+/// failed connection, no answer within a second, an answer without it).
+async fn applied_seq_or_why(address: SocketAddr) -> Result<u64, String> {
+    let started = Instant::now();
+    let ask = async {
+        let mut connection = Connection::open(address).await.map_err(|e| format!("connect: {e}"))?;
+        let (status, value) =
+            connection.get_json("/health").await.map_err(|e| format!("GET /health: {e}"))?;
+        value["seq"].as_u64().ok_or_else(|| format!("GET /health: {status} without a seq: {value}"))
+    };
+    tokio::time::timeout(Duration::from_secs(1), ask)
+        .await
+        .map_err(|_| "GET /health: no answer within 1 s".to_string())
+        .and_then(|r| r)
+        .map_err(|e| format!("{address} (after {} ms): {e}", started.elapsed().as_millis()))
+}
+
 async fn applied_seq(address: SocketAddr) -> Option<u64> {
     health(address).await?["seq"].as_u64()
 }
@@ -938,7 +1040,7 @@ fn failover_rounds(
 // 3. Catch-up.
 
 /// How a follower catches up in one measurement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum CatchUpWay {
     /// Images off: the follower replays its own log, then fetches the
     /// entries it missed from the leader.
@@ -1188,7 +1290,20 @@ fn catch_up_patience(commands: u64) -> Duration {
 
 fn catch_up(bench: &Bench) -> Result<(), String> {
     let args = bench.args;
-    if args.catch_up_log_kept_entries >= args.catch_up_commands || args.catch_up_snapshot_every_entries == 0 {
+    let mut ways: Vec<CatchUpWay> = Vec::new();
+    for &way in &args.catch_up_ways {
+        if !ways.contains(&way) {
+            ways.push(way);
+        }
+    }
+    if ways.is_empty() {
+        return Err("--catch-up-ways names no way (log, image)".to_string());
+    }
+    let by_image = ways.contains(&CatchUpWay::Image);
+    if by_image
+        && (args.catch_up_log_kept_entries >= args.catch_up_commands
+            || args.catch_up_snapshot_every_entries == 0)
+    {
         return Err(format!(
             "--catch-up-log-kept-entries ({}) must be below --catch-up-commands ({}) and \
              --catch-up-snapshot-every-entries at least 1, or the follower catches up by log in the image case",
@@ -1199,9 +1314,10 @@ fn catch_up(bench: &Bench) -> Result<(), String> {
         return Err("--catch-up-connections and --catch-up-users must be at least 1".to_string());
     }
     println!(
-        "\n== catch-up: a follower down while {} orders are applied, then restarted; by log (images off) \
-         and by image (snapshot_every_entries = {}, log_kept_after_snapshot_entries = {}), {} round(s)",
+        "\n== catch-up: a follower down while {} orders are applied, then restarted; {} (by log: images \
+         off; by image: snapshot_every_entries = {}, log_kept_after_snapshot_entries = {}), {} round(s)",
         args.catch_up_commands,
+        ways.iter().map(|way| way.name()).collect::<Vec<_>>().join(", "),
         args.catch_up_snapshot_every_entries,
         args.catch_up_log_kept_entries,
         args.runs
@@ -1210,12 +1326,11 @@ fn catch_up(bench: &Bench) -> Result<(), String> {
     for round in 0..args.runs {
         // Which goes first alternates, so that neither always meets a
         // fresher (or more loaded) machine.
-        let ways = if round % 2 == 0 {
-            [CatchUpWay::Log, CatchUpWay::Image]
-        } else {
-            [CatchUpWay::Image, CatchUpWay::Log]
-        };
-        for way in ways {
+        let mut order = ways.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for way in order {
             let figures = catch_up_once(bench, way)?;
             println!(
                 "round {} {:<8}: {} commands behind; listening after {}, caught up after {} \
@@ -1236,7 +1351,7 @@ fn catch_up(bench: &Bench) -> Result<(), String> {
         }
     }
     println!("catch-up, medians over {} round(s):", args.runs);
-    for way in [CatchUpWay::Log, CatchUpWay::Image] {
+    for way in [CatchUpWay::Log, CatchUpWay::Image].into_iter().filter(|way| ways.contains(way)) {
         let of_way: Vec<&CatchUp> = all.iter().filter(|(w, _)| *w == way).map(|(_, f)| f).collect();
         let med = |f: &dyn Fn(&CatchUp) -> f64| median(&mut of_way.iter().map(|c| f(c)).collect::<Vec<_>>());
         let behind = med(&|c| c.behind_commands as f64);
@@ -1314,7 +1429,8 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
         let follower = (leader_index + 1) % addresses.len();
         // The follower holds everything so far (the setup) when it goes.
         let (seq_before, follower_index) = runtime.block_on(async {
-            let seq = applied_seq(leader).await.ok_or("the leader does not answer")?;
+            let seq =
+                applied_seq_or_why(leader).await.map_err(|e| format!("the leader does not answer: {e}"))?;
             wait_applied(addresses[follower], seq).await?;
             let health = health(addresses[follower]).await.ok_or("the follower does not answer")?;
             Ok::<_, String>((seq, health["cluster"]["applied_index"].as_u64().unwrap_or(0)))
@@ -1362,7 +1478,9 @@ fn catch_up_once(bench: &Bench, way: CatchUpWay) -> Result<CatchUp, String> {
             runtime.block_on(loader.load(chunk))?;
             more += chunk;
         }
-        let seq = runtime.block_on(applied_seq(leader)).ok_or("the leader does not answer")?;
+        let seq = runtime
+            .block_on(applied_seq_or_why(leader))
+            .map_err(|e| format!("the leader does not answer after the load: {e}"))?;
         let (entries, commands, commands_per_entry_max) = {
             let after = runtime.block_on(packing(leader)).unwrap_or_default();
             (after.0 - packing_before.0, after.1 - packing_before.1, after.2)
