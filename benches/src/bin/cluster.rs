@@ -439,19 +439,31 @@ async fn leader(addresses: &[SocketAddr], except: Option<usize>) -> Result<usize
 /// The last command the node at `address` applied.
 /// The node's applied `seq` from its `/health`, or why there is none (a
 /// failed connection, no answer within a second, an answer without it).
+/// The node's applied seq, asked again (a fresh connection, 1 s each) until
+/// [`PATIENCE`] runs out: right after the bulk load's 512 connections a
+/// loaded machine may drop a connection attempt, which the kernel retries
+/// only after a second. The error names every failed attempt.
 async fn applied_seq_or_why(address: SocketAddr) -> Result<u64, String> {
     let started = Instant::now();
-    let ask = async {
-        let mut connection = Connection::open(address).await.map_err(|e| format!("connect: {e}"))?;
-        let (status, value) =
-            connection.get_json("/health").await.map_err(|e| format!("GET /health: {e}"))?;
-        value["seq"].as_u64().ok_or_else(|| format!("GET /health: {status} without a seq: {value}"))
-    };
-    tokio::time::timeout(Duration::from_secs(1), ask)
-        .await
-        .map_err(|_| "GET /health: no answer within 1 s".to_string())
-        .and_then(|r| r)
-        .map_err(|e| format!("{address} (after {} ms): {e}", started.elapsed().as_millis()))
+    let mut failures = Vec::new();
+    while started.elapsed() < PATIENCE {
+        let ask = async {
+            let mut connection = Connection::open(address).await.map_err(|e| format!("connect: {e}"))?;
+            let (status, value) =
+                connection.get_json("/health").await.map_err(|e| format!("GET /health: {e}"))?;
+            value["seq"].as_u64().ok_or_else(|| format!("GET /health: {status} without a seq: {value}"))
+        };
+        let attempt = tokio::time::timeout(Duration::from_secs(1), ask)
+            .await
+            .map_err(|_| "GET /health: no answer within 1 s".to_string())
+            .and_then(|r| r);
+        match attempt {
+            Ok(seq) => return Ok(seq),
+            Err(why) => failures.push(format!("after {} ms: {why}", started.elapsed().as_millis())),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("{address}: {}", failures.join("; ")))
 }
 
 async fn applied_seq(address: SocketAddr) -> Option<u64> {
