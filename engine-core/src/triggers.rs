@@ -166,12 +166,31 @@ impl StopQueue {
     /// The index of the level with `key`, or where it would go. The last
     /// level (the next to fire) is looked at first: stops are mostly placed
     /// near the market, and one nearer than every other goes after it.
+    ///
+    /// Then the level one tick per place before the last: stops placed a
+    /// few ticks from the market fill the ticks near it, where the levels
+    /// are then one key apart and the guess finds the level without the
+    /// binary search. The keys are distinct and ascending, so the level
+    /// at the guess has at most `key`; a miss falls back to the search.
     #[inline]
     fn index_of(&self, key: u64) -> usize {
+        let len = self.levels.len();
         match self.levels.back() {
-            Some(last) if last.key == key => self.levels.len() - 1,
-            Some(last) if last.key < key => self.levels.len(),
-            _ => self.levels.partition_point(|level| level.key < key),
+            Some(last) if last.key == key => len - 1,
+            Some(last) if last.key < key => len,
+            Some(last) => {
+                let gap = last.key - key;
+                if gap < len as u64 {
+                    let guess = len - 1 - gap as usize;
+                    let level = &self.levels[guess];
+                    debug_assert!(level.key <= key, "levels' keys are distinct and ascending");
+                    if level.key == key {
+                        return guess;
+                    }
+                }
+                self.levels.partition_point(|level| level.key < key)
+            }
+            None => 0,
         }
     }
 }
