@@ -19,6 +19,17 @@ pub struct History {
     /// The last connection failure, so that a down database answers at
     /// once instead of every request waiting for a connect timeout.
     down_since: RwLock<Option<std::time::Instant>>,
+    /// The database's `seeded_from` record once seen (it never changes).
+    seeded: std::sync::OnceLock<SeededFrom>,
+}
+
+/// Where a seeded database's history starts (`crate::seed`): it holds
+/// nothing of the commands up to `image_seq` but the state they left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeededFrom {
+    pub image_seq: u64,
+    /// The time of the image's last command.
+    pub image_command_at: Option<SystemTime>,
 }
 
 /// Bounds of a history query. Times are milliseconds since the epoch;
@@ -181,7 +192,36 @@ fn time_ms(ms: u64) -> SystemTime {
 
 impl History {
     pub fn new(url: impl Into<String>) -> History {
-        History { url: url.into(), client: tokio::sync::Mutex::new(None), down_since: RwLock::new(None) }
+        History {
+            url: url.into(),
+            client: tokio::sync::Mutex::new(None),
+            down_since: RwLock::new(None),
+            seeded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Where the database's history starts, if it was seeded from a
+    /// snapshot image (None: it holds the whole history, or the writer has
+    /// not created the table yet).
+    pub async fn seeded_from(&self) -> Result<Option<SeededFrom>, StoreError> {
+        if let Some(seeded) = self.seeded.get() {
+            return Ok(Some(*seeded));
+        }
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT image_seq, image_command_at FROM seeded_from", &[]).await;
+        let row = match row {
+            Ok(row) => row,
+            // SQLSTATE 42P01: the migration that adds the table is not applied yet.
+            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
+            Err(error) => return Err(StoreError::Db(error)),
+        };
+        Ok(row.map(|row| {
+            let seeded = SeededFrom {
+                image_seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                image_command_at: row.get(1),
+            };
+            *self.seeded.get_or_init(|| seeded)
+        }))
     }
 
     async fn client(&self) -> Result<Arc<Client>, StoreError> {

@@ -14,6 +14,9 @@
 //!   or the database never saw before a crash, the writer regenerates from
 //!   the journal (snapshot at or before its cursor plus replay), or from
 //!   any other [`Source`] (a cluster node's replicated log).
+//! * [`seed`]: an empty database seeded from a cluster node's snapshot
+//!   image, as an operator's explicit action, when the node's log no
+//!   longer reaches back to the database's cursor.
 //! * [`History`]: trades, a user's orders and OHLCV candles.
 //! * [`cluster`]: throwaway PostgreSQL databases for tests and benchmarks.
 //! * [`connection_string::check`]: a connection string refused before
@@ -31,11 +34,14 @@ pub mod connection_string;
 mod history;
 mod rows;
 pub mod scale;
+pub mod seed;
 mod source;
 mod tables;
 mod writer;
 
-pub use history::{trade_row, Candle, History, OrderRecord, Range, UserTradeRow, CANDLE_INTERVALS};
+pub use history::{
+    trade_row, Candle, History, OrderRecord, Range, SeededFrom, UserTradeRow, CANDLE_INTERVALS,
+};
 pub use rows::{
     contingency_name, done_status, side_name, stp_name, trigger_kind_name, Balances, Batch, Catalog, Cause,
     LedgerRow, RowError, RowSet, Stamp, TradeRow, PENDING_STATUS,

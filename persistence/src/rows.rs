@@ -92,7 +92,11 @@ impl Catalog {
             .ok_or_else(|| RowError(format!("event names market {market}, which the history does not have")))
     }
 
-    fn add_market(&mut self, market: MarketId, rules: &MarketRules) -> Result<&CatalogMarket, RowError> {
+    pub(crate) fn add_market(
+        &mut self,
+        market: MarketId,
+        rules: &MarketRules,
+    ) -> Result<&CatalogMarket, RowError> {
         if market.0 as usize != self.markets.len() {
             return Err(RowError(format!("market {market} created out of order")));
         }
@@ -124,6 +128,8 @@ pub enum Cause {
     Trade(OrderId, TradeId),
     Cancel(OrderId),
     Amend(OrderId),
+    /// The balance a database seeded from a snapshot image opens with.
+    Opening,
 }
 
 impl Cause {
@@ -135,12 +141,13 @@ impl Cause {
             Cause::Trade(..) => "trade",
             Cause::Cancel(_) => "cancel",
             Cause::Amend(_) => "amend",
+            Cause::Opening => "opening",
         }
     }
 
     pub fn order(self) -> Option<OrderId> {
         match self {
-            Cause::Deposit | Cause::Withdrawal => None,
+            Cause::Deposit | Cause::Withdrawal | Cause::Opening => None,
             Cause::Order(order) | Cause::Trade(order, _) | Cause::Cancel(order) | Cause::Amend(order) => {
                 Some(order)
             }

@@ -16,6 +16,7 @@ use engine_core::{EngineLimits, Event};
 use journal::{DataDir, JournalReader, ReadMode, RecoverOptions};
 
 use crate::rows::Stamp;
+use crate::seed::SeedImage;
 
 /// What the writer regenerates from.
 pub trait Source: Send + Sync + std::fmt::Debug {
@@ -28,6 +29,15 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn timestamp_of(&self, seq: u64) -> Option<u64> {
         let _ = seq;
         None
+    }
+
+    /// The newest snapshot image, checked whole, to seed an empty database
+    /// from (`crate::seed`). A single node's journal is never compacted
+    /// past what its writer needs, so it has none to offer.
+    fn seed_image(&self) -> Result<SeedImage, String> {
+        Err("this exchange is not a cluster node: its writer regenerates the whole history from its journal, \
+             so there is nothing to seed"
+            .to_string())
     }
 }
 

@@ -719,8 +719,25 @@ pub async fn write(
     expected_seq: u64,
     mode: WriteMode,
 ) -> Result<u64, StoreError> {
-    let Some(last) = rows.last else { return Ok(0) };
+    if rows.last.is_none() {
+        return Ok(0);
+    }
     let tx = client.transaction().await?;
+    let written = write_rows(&tx, rows, catalog, expected_seq, mode).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// [`write`] within `tx`, without committing (seeding from an image adds
+/// its record to the same transaction).
+pub(crate) async fn write_rows(
+    tx: &Transaction<'_>,
+    rows: &RowSet,
+    catalog: &Catalog,
+    expected_seq: u64,
+    mode: WriteMode,
+) -> Result<u64, StoreError> {
+    let Some(last) = rows.last else { return Ok(0) };
     let cursor: i64 =
         tx.query_one("SELECT last_seq FROM writer_cursor WHERE id FOR UPDATE", &[]).await?.get(0);
     if cursor != int8(expected_seq)? {
@@ -729,12 +746,12 @@ pub async fn write(
         ))
         .into());
     }
-    write_reference(&tx, rows).await?;
+    write_reference(tx, rows).await?;
     let (new_orders, order_updates) = order_rows(&rows.orders, catalog)?;
-    put(&tx, mode, "orders", &ORDER_COLUMNS, &new_orders).await?;
+    put(tx, mode, "orders", &ORDER_COLUMNS, &new_orders).await?;
     if !order_updates.is_empty() {
         tx.batch_execute(CREATE_ORDER_UPDATES).await?;
-        put(&tx, mode, "order_updates", &ORDER_UPDATE_COLUMNS, &order_updates).await?;
+        put(tx, mode, "order_updates", &ORDER_UPDATE_COLUMNS, &order_updates).await?;
         let updated = tx.execute(APPLY_ORDER_UPDATES, &[]).await?;
         if updated != order_updates.len() as u64 {
             return Err(RowError(format!(
@@ -744,18 +761,17 @@ pub async fn write(
             .into());
         }
     }
-    let lists_written = write_lists(&tx, mode, rows).await?;
-    put(&tx, mode, "trades", &TRADE_COLUMNS, &rows.trades).await?;
-    put(&tx, mode, "ledger", &LEDGER_COLUMNS, &rows.ledger).await?;
-    write_balances(&tx, rows).await?;
-    write_candles(&tx, rows, catalog).await?;
+    let lists_written = write_lists(tx, mode, rows).await?;
+    put(tx, mode, "trades", &TRADE_COLUMNS, &rows.trades).await?;
+    put(tx, mode, "ledger", &LEDGER_COLUMNS, &rows.ledger).await?;
+    write_balances(tx, rows).await?;
+    write_candles(tx, rows, catalog).await?;
     let last_at = time_of(last.timestamp_ns);
     tx.execute(
         "UPDATE writer_cursor SET last_seq = $1, last_command_at = $2, written_at = now() WHERE id",
         &[&int8(last.seq)?, &last_at],
     )
     .await?;
-    tx.commit().await?;
     let written = rows.reference.len()
         + rows.users.len()
         + new_orders.len()

@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 
 use engine_core::EngineLimits;
 use journal::DataDir;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 
 use crate::rows::{Balances, Batch, Catalog, RowSet, Stamp};
+use crate::seed::{self, SeedError, SeedRequest, Seeded};
 use crate::source::{JournalSource, Replay, Source};
 use crate::tables::{self, StoreError, WriteMode};
 
@@ -183,6 +184,14 @@ pub struct WriterStatus {
     /// Attempts that failed since the last transaction that committed.
     pub failed_attempts: AtomicU64,
     failure: Mutex<Option<Failure>>,
+    /// An operator's request to seed the database from a snapshot image,
+    /// waiting for the writer ([`WriterStatus::request_seed`]).
+    seed_request: Mutex<Option<(SeedRequest, oneshot::Sender<Result<Seeded, SeedError>>)>>,
+    /// The sequence number of the image a seeding is writing from (0: none
+    /// under way). The node keeps that image as if the writer's cursor
+    /// were already there, so that it is still on disk when the writer
+    /// goes on from it.
+    pub seeding_seq: AtomicU64,
     /// The origin of the times below (monotonic).
     clock: Instant,
     /// When the writer last committed or found the database caught up, in
@@ -212,6 +221,8 @@ impl Default for WriterStatus {
             batches_dropped: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
             failure: Mutex::new(None),
+            seed_request: Mutex::new(None),
+            seeding_seq: AtomicU64::new(0),
             clock: Instant::now(),
             progress_at_ms: AtomicU64::new(0),
             lag_after_commit_ms: AtomicU64::new(0),
@@ -317,6 +328,45 @@ impl WriterStatus {
 
     fn clock_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Asks the writer to seed its empty database from the node's newest
+    /// snapshot image (see [`crate::seed`]). The writer takes the request
+    /// when it next connects (at once if it is failing for want of the
+    /// history, within its retry wait otherwise); the answer says what it
+    /// wrote or why it refused. One request at a time.
+    pub fn request_seed(
+        &self,
+        request: SeedRequest,
+    ) -> Result<oneshot::Receiver<Result<Seeded, SeedError>>, SeedError> {
+        seed::check_reason(&request.reason)?;
+        let mut slot = self
+            .seed_request
+            .lock()
+            .map_err(|_| SeedError::Failed("the writer's state is poisoned; restart the node".into()))?;
+        if slot.as_ref().is_some_and(|(_, answer)| !answer.is_closed()) {
+            return Err(SeedError::Refused(
+                "a seeding is already waiting for this node's writer; wait for its answer".into(),
+            ));
+        }
+        let (answer, receiver) = oneshot::channel();
+        *slot = Some((request, answer));
+        Ok(receiver)
+    }
+
+    /// Withdraws a request the writer has not taken (its asker gave up
+    /// waiting). Returns whether it was still waiting.
+    pub fn withdraw_seed(&self) -> bool {
+        self.seed_request.lock().ok().and_then(|mut slot| slot.take()).is_some()
+    }
+
+    fn take_seed_request(&self) -> Option<(SeedRequest, oneshot::Sender<Result<Seeded, SeedError>>)> {
+        let mut slot = self.seed_request.lock().ok()?;
+        slot.take().filter(|(_, answer)| !answer.is_closed())
+    }
+
+    fn has_seed_request(&self) -> bool {
+        self.seed_request.lock().is_ok_and(|slot| slot.is_some())
     }
 
     fn set_failure(&self, failure: Option<Failure>) {
@@ -643,6 +693,21 @@ impl Run {
                         ),
                     ))
                 });
+            let connected = match connected {
+                Ok((mut client, loaded)) => match self.status.take_seed_request() {
+                    Some((request, answer)) => {
+                        let seeded = self.seed(&mut client, &loaded, &request).await;
+                        let reloaded = match &seeded {
+                            Ok(_) => tables::load(&client).await.map_err(|e| Failure::store(Stage::Load, e)),
+                            Err(_) => Ok(loaded),
+                        };
+                        let _ = answer.send(seeded);
+                        reloaded.map(|loaded| (client, loaded))
+                    }
+                    None => Ok((client, loaded)),
+                },
+                Err(failure) => Err(failure),
+            };
             let end = match connected {
                 Ok((mut client, loaded)) => {
                     if self.retry.failures == 0 {
@@ -690,6 +755,91 @@ impl Run {
         }
         let loaded = tables::load(&client).await.map_err(|e| Failure::store(Stage::Load, e))?;
         Ok((client, loaded))
+    }
+
+    /// Seeds the empty database from the source's snapshot image, if the
+    /// source cannot feed it from its cursor (see [`crate::seed`]).
+    async fn seed(
+        &self,
+        client: &mut Client,
+        loaded: &tables::Loaded,
+        request: &SeedRequest,
+    ) -> Result<Seeded, SeedError> {
+        if loaded.cursor_seq != 0 {
+            return Err(SeedError::Refused(format!(
+                "the database already holds history up to sequence {}: seeding writes only into an empty \
+                 database and never overwrites one. Feed this one from a node whose log reaches back to its \
+                 cursor, or attach an empty database to seed",
+                loaded.cursor_seq
+            )));
+        }
+        if self.can_feed_from(0).is_ok() {
+            return Err(SeedError::Refused(
+                "this node's log reaches back to the database's cursor (0): its writer feeds the whole history \
+                 by itself, so there is nothing to seed"
+                    .into(),
+            ));
+        }
+        let image = self.config.source.seed_image().map_err(SeedError::Failed)?;
+        let seq = image.engine.last_seq();
+        self.status.seeding_seq.store(seq, Ordering::Release);
+        let seeded = self.seed_from(client, &image, request).await;
+        match &seeded {
+            Ok(seeded) => {
+                self.publish_cursor(Stamp { seq, timestamp_ns: image.last_timestamp_ns });
+                tracing::info!(
+                    "database writer: seeded the empty database from the snapshot image at sequence {seq} (log \
+                     index {}, term {}): {} users, {} balances, {} open orders; the history before it is not in \
+                     the database. Reason: {}",
+                    seeded.raft_index,
+                    seeded.raft_term,
+                    seeded.users,
+                    seeded.balances,
+                    seeded.orders,
+                    request.reason.trim()
+                );
+            }
+            Err(error) => tracing::warn!("database writer: seeding from a snapshot image refused: {error}"),
+        }
+        self.status.seeding_seq.store(0, Ordering::Release);
+        seeded
+    }
+
+    async fn seed_from(
+        &self,
+        client: &mut Client,
+        image: &seed::SeedImage,
+        request: &SeedRequest,
+    ) -> Result<Seeded, SeedError> {
+        let seq = image.engine.last_seq();
+        // With the image held for the seeding (`seeding_seq`), the node
+        // must still have it, and the log after it: otherwise the writer
+        // could not go on from the cursor it is about to write.
+        self.can_feed_from(seq).map_err(|why| {
+            SeedError::Failed(format!(
+                "the image at sequence {seq} cannot be fed on from ({why}); try again (a newer image may have \
+                 replaced it meanwhile)"
+            ))
+        })?;
+        let (rows, catalog, _, seeded) =
+            seed::rows_from_image(image).map_err(|e| SeedError::Failed(format!("the image's state: {e}")))?;
+        let write = seed::write(client, &rows, &catalog, &seeded, request, self.config.mode);
+        match tokio::time::timeout(self.config.transaction_timeout, write).await {
+            Ok(written) => written.map(|_| seeded),
+            Err(_) => Err(SeedError::Failed(format!(
+                "the seeding transaction took longer than {} ms and was abandoned \
+                 (database_transaction_timeout_ms); nothing was written",
+                self.config.transaction_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Whether the source can regenerate the command after `cursor_seq`
+    /// (or has none yet).
+    fn can_feed_from(&self, cursor_seq: u64) -> Result<(), String> {
+        let mut replay = self.config.source.open(cursor_seq)?;
+        let (mut events, mut stamps) = (Vec::new(), Vec::new());
+        replay.replay(cursor_seq + 1, 1, &mut events, &mut stamps)
     }
 
     /// The session writes (or has nothing to write): `/health` says so
@@ -776,6 +926,21 @@ impl Run {
         let mut stamps = Vec::new();
         let mut last_log = Instant::now();
         loop {
+            if self.session_progressed {
+                if let Some((_, answer)) = self.status.take_seed_request() {
+                    let _ = answer.send(Err(SeedError::Refused(format!(
+                        "this node's writer feeds the database from its log (written up to sequence {}): there \
+                         is nothing to seed. Seeding is for an empty database this node cannot feed",
+                        cursor.seq
+                    ))));
+                }
+            } else if self.status.has_seed_request() {
+                // Not writing yet: the next connection takes the request.
+                return SessionEnd::Failed(Failure::new(
+                    Stage::Load,
+                    "reconnecting to take an operator's request to seed the database",
+                ));
+            }
             while let Ok(batch) = self.receiver.try_recv() {
                 self.keep(batch, pending);
             }

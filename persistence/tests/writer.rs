@@ -670,7 +670,8 @@ fn migrations_apply_to_an_empty_database_once() {
                 "V2__ledger_without_account_index",
                 "V3__orders_room_for_updates",
                 "V4__candles_taker_buy",
-                "V5__order_types_and_lists"
+                "V5__order_types_and_lists",
+                "V6__seeded_from"
             ]
         );
         let again = persistence::migrate(&mut client).await.expect("migrate again");
