@@ -363,6 +363,11 @@ impl Leadership {
 }
 
 impl Cluster {
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
     pub fn status(&self) -> ClusterStatus {
         let metrics = self.raft.metrics().borrow_watched().clone();
         ClusterStatus {

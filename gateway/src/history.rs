@@ -107,6 +107,20 @@ fn request<'s>(
     Ok((market, range, history))
 }
 
+/// A history answer from a database seeded from a snapshot image says
+/// where its history starts (`history_starts_after`: the image's sequence
+/// number and time); nothing before it is in the database, and an answer
+/// without it must not look like "there was nothing".
+async fn mark_seeded(history: &persistence::History, mut answer: Value) -> Result<Value, ApiError> {
+    if let Some(seeded) = history.seeded_from().await.map_err(database_error)? {
+        answer["history_starts_after"] = json!({
+            "seq": seeded.image_seq,
+            "timestamp_ns": seeded.image_command_at.map(unix_ns),
+        });
+    }
+    Ok(answer)
+}
+
 /// A stored amount as the in-memory views print it: without the column's
 /// trailing zeros, so an answer has one shape with or without a database.
 fn amount(value: Amount) -> String {
@@ -125,22 +139,25 @@ fn asset_symbol(views: &Views, id: i32) -> String {
 pub async fn market_trades(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, true, true)?;
     let trades = history.trades(market, None, range).await.map_err(database_error)?;
-    let views = state.views()?;
-    let trades: Vec<Value> = trades
-        .iter()
-        .map(|t| {
-            json!({
-                "trade_id": t.trade_id,
-                "seq": t.seq,
-                "price": amount(t.price),
-                "quantity": amount(t.quantity),
-                "quote_quantity": amount(t.quote_quantity),
-                "taker_side": t.taker_side,
-                "timestamp_ns": unix_ns(t.executed_at),
+    let answer = {
+        let views = state.views()?;
+        let trades: Vec<Value> = trades
+            .iter()
+            .map(|t| {
+                json!({
+                    "trade_id": t.trade_id,
+                    "seq": t.seq,
+                    "price": amount(t.price),
+                    "quantity": amount(t.quantity),
+                    "quote_quantity": amount(t.quote_quantity),
+                    "taker_side": t.taker_side,
+                    "timestamp_ns": unix_ns(t.executed_at),
+                })
             })
-        })
-        .collect();
-    Ok(json!({ "market": market.map(|m| market_name(&views, m)), "trades": trades }))
+            .collect();
+        json!({ "market": market.map(|m| market_name(&views, m)), "trades": trades })
+    };
+    mark_seeded(history, answer).await
 }
 
 /// `GET /user/trades`: the signed-in user's trades, one row per order of
@@ -153,26 +170,29 @@ pub async fn user_trades(
 ) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, false, false)?;
     let trades = history.user_trades(user.0 as i32, market, range).await.map_err(database_error)?;
-    let views = state.views()?;
-    let trades: Vec<Value> = trades
-        .iter()
-        .map(|t| {
-            json!({
-                "trade_id": t.trade_id,
-                "order_id": t.order_id,
-                "market": market_name(&views, t.market_id),
-                "side": if t.buyer { "buy" } else { "sell" },
-                "maker": t.maker,
-                "price": amount(t.price),
-                "quantity": amount(t.quantity),
-                "quote_quantity": amount(t.quote_quantity),
-                "fee": amount(t.fee),
-                "fee_asset": asset_symbol(&views, t.fee_asset_id),
-                "timestamp_ns": unix_ns(t.executed_at),
+    let answer = {
+        let views = state.views()?;
+        let trades: Vec<Value> = trades
+            .iter()
+            .map(|t| {
+                json!({
+                    "trade_id": t.trade_id,
+                    "order_id": t.order_id,
+                    "market": market_name(&views, t.market_id),
+                    "side": if t.buyer { "buy" } else { "sell" },
+                    "maker": t.maker,
+                    "price": amount(t.price),
+                    "quantity": amount(t.quantity),
+                    "quote_quantity": amount(t.quote_quantity),
+                    "fee": amount(t.fee),
+                    "fee_asset": asset_symbol(&views, t.fee_asset_id),
+                    "timestamp_ns": unix_ns(t.executed_at),
+                })
             })
-        })
-        .collect();
-    Ok(json!({ "trades": trades }))
+            .collect();
+        json!({ "trades": trades })
+    };
+    mark_seeded(history, answer).await
 }
 
 /// `GET /orders/history`: the signed-in user's orders, open and closed.
@@ -183,43 +203,46 @@ pub async fn user_orders(
 ) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, false, false)?;
     let orders = history.orders(user.0 as i32, market, range).await.map_err(database_error)?;
-    let views = state.views()?;
-    let orders: Vec<Value> = orders
-        .iter()
-        .map(|o| {
-            json!({
-                "order_id": o.order_id,
-                "client_order_id": o.client_order_id,
-                "market": market_name(&views, o.market_id),
-                "side": o.side,
-                "type": o.order_type,
-                "time_in_force": o.time_in_force,
-                "price": o.price.map(amount),
-                "quantity": o.quantity.map(amount),
-                "quote_amount": o.quote_amount.map(amount),
-                "visible_quantity": o.visible_quantity.map(amount),
-                "trigger": o.trigger_kind.as_ref().map(|kind| json!({
-                    "kind": kind,
-                    "stop_price": o.stop_price.map(amount),
-                    "trailing_bips": o.trailing_bips,
-                })),
-                "triggered_at_ns": o.triggered_at.map(unix_ns),
-                "trigger_price": o.trigger_price.map(amount),
-                "list_id": o.list_id,
-                "self_trade_prevention": o.self_trade_prevention,
-                "status": o.status,
-                "reject_reason": o.reject_reason,
-                "filled_quantity": amount(o.executed_quantity),
-                "filled_quote": amount(o.executed_quote),
-                "remaining_quantity": amount(o.remaining_quantity),
-                "created_at_ns": unix_ns(o.created_at),
-                "updated_at_ns": unix_ns(o.updated_at),
-                "closed_at_ns": o.closed_at.map(unix_ns),
-                "seq": o.updated_seq,
+    let answer = {
+        let views = state.views()?;
+        let orders: Vec<Value> = orders
+            .iter()
+            .map(|o| {
+                json!({
+                    "order_id": o.order_id,
+                    "client_order_id": o.client_order_id,
+                    "market": market_name(&views, o.market_id),
+                    "side": o.side,
+                    "type": o.order_type,
+                    "time_in_force": o.time_in_force,
+                    "price": o.price.map(amount),
+                    "quantity": o.quantity.map(amount),
+                    "quote_amount": o.quote_amount.map(amount),
+                    "visible_quantity": o.visible_quantity.map(amount),
+                    "trigger": o.trigger_kind.as_ref().map(|kind| json!({
+                        "kind": kind,
+                        "stop_price": o.stop_price.map(amount),
+                        "trailing_bips": o.trailing_bips,
+                    })),
+                    "triggered_at_ns": o.triggered_at.map(unix_ns),
+                    "trigger_price": o.trigger_price.map(amount),
+                    "list_id": o.list_id,
+                    "self_trade_prevention": o.self_trade_prevention,
+                    "status": o.status,
+                    "reject_reason": o.reject_reason,
+                    "filled_quantity": amount(o.executed_quantity),
+                    "filled_quote": amount(o.executed_quote),
+                    "remaining_quantity": amount(o.remaining_quantity),
+                    "created_at_ns": unix_ns(o.created_at),
+                    "updated_at_ns": unix_ns(o.updated_at),
+                    "closed_at_ns": o.closed_at.map(unix_ns),
+                    "seq": o.updated_seq,
+                })
             })
-        })
-        .collect();
-    Ok(json!({ "orders": orders }))
+            .collect();
+        json!({ "orders": orders })
+    };
+    mark_seeded(history, answer).await
 }
 
 /// `GET /candles`: OHLCV candles of a market.
@@ -233,25 +256,28 @@ pub async fn candles(state: &AppState, query: &str) -> Result<Value, ApiError> {
     let (market, range, history) = request(state, query, true, false)?;
     let market = market.unwrap_or_default();
     let candles = history.candles(market, minutes, range).await.map_err(database_error)?;
-    let views = state.views()?;
-    let candles: Vec<Value> = candles
-        .iter()
-        .map(|c| {
-            json!({
-                "open_time_ms": unix_ns(c.open_time) / 1_000_000,
-                "open": amount(c.open),
-                "high": amount(c.high),
-                "low": amount(c.low),
-                "close": amount(c.close),
-                "volume": amount(c.volume),
-                "quote_volume": amount(c.quote_volume),
-                "taker_buy_volume": amount(c.taker_buy_volume),
-                "taker_buy_quote_volume": amount(c.taker_buy_quote_volume),
-                "trades": c.trades,
+    let answer = {
+        let views = state.views()?;
+        let candles: Vec<Value> = candles
+            .iter()
+            .map(|c| {
+                json!({
+                    "open_time_ms": unix_ns(c.open_time) / 1_000_000,
+                    "open": amount(c.open),
+                    "high": amount(c.high),
+                    "low": amount(c.low),
+                    "close": amount(c.close),
+                    "volume": amount(c.volume),
+                    "quote_volume": amount(c.quote_volume),
+                    "taker_buy_volume": amount(c.taker_buy_volume),
+                    "taker_buy_quote_volume": amount(c.taker_buy_quote_volume),
+                    "trades": c.trades,
+                })
             })
-        })
-        .collect();
-    Ok(json!({ "market": market_name(&views, market), "interval": interval, "candles": candles }))
+            .collect();
+        json!({ "market": market_name(&views, market), "interval": interval, "candles": candles })
+    };
+    mark_seeded(history, answer).await
 }
 
 /// The database writer's part of `/health` (see docs/persistence.md).

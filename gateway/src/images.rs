@@ -185,10 +185,13 @@ impl Images {
             // Until the writer has read its cursor, the image replaced
             // becomes the base unless one is kept already (the older one
             // was kept for a cursor behind this image).
+            // An image a seeding writes from counts as the cursor already:
+            // the writer goes on from it once the seeding commits.
+            let seeding = writer.seeding_seq.load(Ordering::Acquire);
             let cursor = writer
                 .cursor_known
                 .load(Ordering::Acquire)
-                .then(|| writer.cursor_seq.load(Ordering::Acquire));
+                .then(|| writer.cursor_seq.load(Ordering::Acquire).max(seeding));
             let replaced = on_disk.current.clone().filter(|kept| match cursor {
                 Some(cursor) => kept.seq <= cursor,
                 None => on_disk.writer_base.is_none(),

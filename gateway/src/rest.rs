@@ -61,6 +61,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/cluster"),
     ("POST", "/admin/cluster/members"),
     ("DELETE", "/admin/cluster/members"),
+    ("POST", "/admin/database/seed"),
 ];
 
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -172,6 +173,10 @@ async fn route(
         (_, path) if path.starts_with("/admin/cluster") => {
             admin_check(state, request)?;
             admin_cluster(state, request).await
+        }
+        (_, path) if path.starts_with("/admin/database") => {
+            admin_check(state, request)?;
+            admin_database(state, request).await
         }
         (_, path) if path.starts_with("/admin/") => {
             admin_check(state, request)?;
@@ -1275,6 +1280,83 @@ async fn admin_cluster(state: &AppState, request: &Request<'_>) -> Result<(Statu
         Err(MembershipError::Failed(why)) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "membership_change_failed", why))
         }
+    }
+}
+
+/// How long `POST /admin/database/seed` waits for the writer's answer: it
+/// takes the request when it next connects (within its retry wait, 5 s at
+/// most by default), then writes one transaction. Below `exctl`'s own
+/// request timeout (30 s), so that the operator reads the server's answer.
+const SEED_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
+/// `POST /admin/database/seed`: asks this node's database writer to seed
+/// its empty database from the node's snapshot image (docs/persistence.md,
+/// "Seeding from a snapshot image").
+async fn admin_database(state: &AppState, request: &Request<'_>) -> Result<(StatusCode, Value), ApiError> {
+    use persistence::seed::{SeedError, SeedRequest};
+    if (request.method.as_str(), request.path) != ("POST", "/admin/database/seed") {
+        return Err(admin_route_unknown(request.method.as_str(), request.path));
+    }
+    let Some((writer, _)) = &state.database else {
+        return Err(ApiError::not_found(
+            "no_database",
+            "this node has no database_url: configure the database on the node (and restart it), then seed",
+        ));
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SeedBody {
+        reason: String,
+    }
+    let body: SeedBody = json_body(request.body)?;
+    let node_id = state.cluster.as_ref().map_or(0, |cluster| cluster.node_id());
+    let refused = |error: SeedError| match error {
+        SeedError::Refused(why) => ApiError::new(StatusCode::CONFLICT, "seed_refused", why),
+        SeedError::Failed(why) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "seed_failed", why),
+    };
+    let answer = writer.request_seed(SeedRequest { reason: body.reason, node_id }).map_err(refused)?;
+    match tokio::time::timeout(SEED_ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(Ok(seeded))) => Ok((
+            StatusCode::OK,
+            json!({
+                "seeded": true,
+                "image_seq": seeded.image_seq,
+                "raft_index": seeded.raft_index,
+                "raft_term": seeded.raft_term,
+                "node_id": node_id,
+                "assets": seeded.assets,
+                "markets": seeded.markets,
+                "users": seeded.users,
+                "balances": seeded.balances,
+                "open_orders": seeded.orders,
+                "order_lists": seeded.order_lists,
+            }),
+        )),
+        Ok(Ok(Err(error))) => Err(refused(error)),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "seed_failed",
+            "the database writer stopped before answering (the node is shutting down); look at the database's \
+             seeded_from table and /health before asking again",
+        )),
+        Err(_) if writer.withdraw_seed() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "seed_failed",
+            format!(
+                "the database writer did not take the request within {} s (is the database reachable? see \
+                 /health); it was withdrawn and nothing was written",
+                SEED_ANSWER_TIMEOUT.as_secs()
+            ),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "seed_failed",
+            format!(
+                "the database writer took the request but did not answer within {} s; look at the database's \
+                 seeded_from table and /health before asking again",
+                SEED_ANSWER_TIMEOUT.as_secs()
+            ),
+        )),
     }
 }
 

@@ -98,6 +98,36 @@ impl Source for CommittedLog {
         }
         Ok(Box::new(replay))
     }
+
+    fn seed_image(&self) -> Result<persistence::seed::SeedImage, String> {
+        let image = self.newest_image()?;
+        let log_id = image.meta.last_log_id.ok_or_else(|| {
+            "this node's snapshot image is of no log position (an empty state): nothing to seed from"
+                .to_string()
+        })?;
+        Ok(persistence::seed::SeedImage {
+            engine: image.engine,
+            last_timestamp_ns: image.last_timestamp_ns,
+            raft_index: log_id.index,
+            raft_term: log_id.leader_id.term,
+        })
+    }
+}
+
+impl CommittedLog {
+    /// The node's own image, checked whole as it is read.
+    fn newest_image(&self) -> Result<replication::Image, String> {
+        let name = replication::state_machine::IMAGE_FILE_NAME;
+        let path = self.snapshots.join(name);
+        match replication::read_image_at(&path).map_err(|e| e.to_string())? {
+            Some((image, _)) => Ok(image),
+            None => Err(format!(
+                "this node has no snapshot image ({} is missing): its log was never compacted, so there is \
+                 nothing to seed from",
+                path.display()
+            )),
+        }
+    }
 }
 
 /// An engine walking the committed log.
