@@ -93,6 +93,34 @@ pub enum AdminCommand {
         #[command(flatten)]
         to: Connection,
     },
+    /// The node's history database (PostgreSQL).
+    Database {
+        #[command(subcommand)]
+        verb: DatabaseVerb,
+        #[command(flatten)]
+        to: Connection,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatabaseVerb {
+    /// `exctl database seed-from-image --reason '...' --server http://NODE`:
+    /// seeds the node's EMPTY history database from the node's newest
+    /// snapshot image, when the node's log no longer reaches back to the
+    /// database's start (its writer reports the gap on /health). Writes,
+    /// in one transaction, the state the image holds (reference data,
+    /// balances as opening ledger rows, open orders and order lists), a
+    /// `seeded_from` record with the reason, and the cursor at the image;
+    /// the writer then goes on from the log after it. The history before
+    /// the image (trades, closed orders, ledger) is not in the database.
+    /// Refused (exit 1, nothing written) if the database holds any history
+    /// or if the node can feed it from its log. Asks the node given by
+    /// --server, not the leader: seeding is the node's own writer's.
+    SeedFromImage {
+        /// Why (kept in seeded_from.reason; 1 to 500 characters).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -356,10 +384,36 @@ pub fn run(command: AdminCommand) -> Result<ExitCode, String> {
         AdminCommand::Withdraw { funds, to } => move_funds(&Admin::connect(to)?, "withdraw", funds),
         AdminCommand::Limits { verb, to } => limits(&Admin::connect(to)?, verb),
         AdminCommand::Cluster { verb, to } => cluster(&Admin::connect(to)?, verb),
+        AdminCommand::Database { verb, to } => database(&Admin::connect(to)?, verb),
     }?;
     Ok(match answer {
         Answer::Done(_) => ExitCode::SUCCESS,
         Answer::Refused(code) => code,
+    })
+}
+
+fn database(admin: &Admin, verb: DatabaseVerb) -> Result<Answer, String> {
+    let DatabaseVerb::SeedFromImage { reason } = verb;
+    call_and_show(admin, "POST", "/admin/database/seed", json!({ "reason": reason }), |answer| {
+        println!(
+            "node {} seeded its database from its snapshot image at sequence {} (log index {}, term {}): {} \
+             assets, {} markets, {} users, {} balances, {} open orders, {} order lists",
+            text(&answer["node_id"]),
+            text(&answer["image_seq"]),
+            text(&answer["raft_index"]),
+            text(&answer["raft_term"]),
+            text(&answer["assets"]),
+            text(&answer["markets"]),
+            text(&answer["users"]),
+            text(&answer["balances"]),
+            text(&answer["open_orders"]),
+            text(&answer["order_lists"]),
+        );
+        println!(
+            "the history before sequence {} (trades, closed orders, ledger) is not in the database; the \
+             writer goes on from the log after the image (exctl health shows it catching up)",
+            text(&answer["image_seq"])
+        );
     })
 }
 

@@ -9,7 +9,7 @@
 //!
 //! It administers a running exchange through its admin API (`admin.rs`):
 //! assets, markets, users, API keys, deposits, withdrawals, limits, a
-//! cluster's members; and asks it how it is (`health`, `lag`). A market is written `BTC-USDT` in
+//! cluster's members, a node's history database seeded from its snapshot image; and asks it how it is (`health`, `lag`). A market is written `BTC-USDT` in
 //! every output; `BTCUSDT` and `BTC/USDT` are understood on input
 //! (`market_name.rs`). A refusal prints the server's message and exits 1.
 //!
@@ -27,6 +27,7 @@
 //! exctl limits set --open-orders-per-user-max 500 --json
 //! exctl cluster status --server http://10.0.0.1:8080
 //! exctl cluster add 4 --raft 10.0.0.4:7100 --api 10.0.0.4:8080 --learner
+//! exctl database seed-from-image --reason 'new reporting database' --server http://10.0.0.2:8080
 //! ```
 
 mod admin;
