@@ -7,7 +7,7 @@
 mod cluster;
 mod server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ fn exctl() -> PathBuf {
     exchange.with_file_name("exctl")
 }
 
-fn seed_with_exctl(exctl: &PathBuf, client: &Client, reason: &str) -> Output {
+fn seed_with_exctl(exctl: &Path, client: &Client, reason: &str) -> Output {
     Command::new(exctl)
         .args(["database", "seed-from-image", "--reason", reason, "--json", "--server"])
         .arg(format!("http://{}", client.address))

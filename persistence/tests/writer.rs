@@ -681,7 +681,7 @@ fn migrations_apply_to_an_empty_database_once() {
             .await
             .expect("history")
             .get(0);
-        assert_eq!(recorded, 5, "one row per migration");
+        assert_eq!(recorded, 6, "one row per migration");
         // V2 and V3: no ledger index by account; orders' pages keep room for updates.
         let ledger_index: i64 = client
             .query_one("SELECT count(*) FROM pg_indexes WHERE indexname = 'ledger_by_account'", &[])
