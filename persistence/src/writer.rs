@@ -33,6 +33,9 @@ use crate::seed::{self, SeedError, SeedRequest, Seeded};
 use crate::source::{JournalSource, Replay, Source};
 use crate::tables::{self, StoreError, WriteMode};
 
+/// Where the writer answers an operator's request to seed.
+type SeedAnswer = oneshot::Sender<Result<Seeded, SeedError>>;
+
 /// [`WriterConfig::lag_max`] unless configured: history more than 10 s
 /// old is worth an operator's look.
 pub const WRITER_LAG_MAX_DEFAULT: Duration = Duration::from_secs(10);
@@ -186,7 +189,7 @@ pub struct WriterStatus {
     failure: Mutex<Option<Failure>>,
     /// An operator's request to seed the database from a snapshot image,
     /// waiting for the writer ([`WriterStatus::request_seed`]).
-    seed_request: Mutex<Option<(SeedRequest, oneshot::Sender<Result<Seeded, SeedError>>)>>,
+    seed_request: Mutex<Option<(SeedRequest, SeedAnswer)>>,
     /// The sequence number of the image a seeding is writing from (0: none
     /// under way). The node keeps that image as if the writer's cursor
     /// were already there, so that it is still on disk when the writer
@@ -360,7 +363,7 @@ impl WriterStatus {
         self.seed_request.lock().ok().and_then(|mut slot| slot.take()).is_some()
     }
 
-    fn take_seed_request(&self) -> Option<(SeedRequest, oneshot::Sender<Result<Seeded, SeedError>>)> {
+    fn take_seed_request(&self) -> Option<(SeedRequest, SeedAnswer)> {
         let mut slot = self.seed_request.lock().ok()?;
         slot.take().filter(|(_, answer)| !answer.is_closed())
     }
