@@ -417,6 +417,35 @@ mod tests {
     }
 
     #[test]
+    fn the_image_a_seeding_writes_from_stays_when_a_newer_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Arc::new(persistence::WriterStatus::default());
+        let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
+        let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
+        let keep_at = |index: u64| {
+            let (meta, bytes) = empty_image_at(index);
+            assert!(images.keep(meta, index, &bytes).unwrap());
+        };
+        // An empty database the node cannot feed: the writer's cursor is 0.
+        writer.cursor_known.store(true, Ordering::Release);
+        keep_at(20);
+        keep_at(40);
+        assert!(!base.exists(), "nothing at or before the cursor to keep");
+        // A seeding reads the image at 40; a newer one arrives before it
+        // commits: the one it writes from stays.
+        writer.seeding_seq.store(40, Ordering::Release);
+        keep_at(60);
+        let kept = replication::read_image_at(&base).unwrap().unwrap().0;
+        assert_eq!(kept.meta.last_log_id.map(|log_id| log_id.index), Some(40));
+        // Committed: the cursor is there, and the usual rules keep it.
+        writer.cursor_seq.store(40, Ordering::Release);
+        writer.seeding_seq.store(0, Ordering::Release);
+        keep_at(80);
+        assert!(base.exists());
+        assert_eq!(images.log_needed_from(), 41);
+    }
+
+    #[test]
     fn a_damaged_writer_base_stops_the_node_while_its_writer_needs_it() {
         let dir = tempfile::tempdir().unwrap();
         let writer = Arc::new(persistence::WriterStatus::default());
