@@ -11,7 +11,8 @@ mod server;
 use std::time::{Duration, Instant};
 
 use cluster::{
-    place_some, wait_for_other_leader, Acked, Cluster, Namespaces, Node, Partition, SIGCONT, SIGKILL, SIGSTOP,
+    place_some, wait_for_other_leader, wait_written, Acked, Cluster, Namespaces, Node, Partition, SIGCONT,
+    SIGKILL, SIGSTOP,
 };
 use serde_json::json;
 use server::{Client, Key};
@@ -613,24 +614,6 @@ fn concurrent_orders_share_entries_and_each_is_applied_once_on_every_node() {
 fn purged_through(journal: &std::path::Path) -> Option<u64> {
     let bytes = std::fs::read(journal.join(journal::RAFT_SEGMENTS_FILE_NAME)).ok()?;
     journal::decode_raft_segments_file(&bytes).unwrap().map(|position| position.index)
-}
-
-/// Waits until the database behind `feeder` holds every command the
-/// leader has, and returns that sequence number.
-fn wait_written(cluster: &Cluster, feeder: usize, leader: usize) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let target = cluster.nodes[leader].health().unwrap()["seq"].as_u64().unwrap();
-        let health = cluster.nodes[feeder].health().unwrap_or_default();
-        if health["seq"].as_u64() == Some(target)
-            && health["database"]["written_seq"].as_u64() == Some(target)
-        {
-            return target;
-        }
-        // A liveness bound, not a speed assertion.
-        assert!(Instant::now() < deadline, "the database did not catch up with {target}: {health}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

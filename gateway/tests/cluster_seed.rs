@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use cluster::{place_some, Cluster};
+use cluster::{place_some, wait_written, Cluster};
 use serde_json::Value;
 use server::{balance_of, Client, ADMIN_TOKEN};
 
@@ -66,23 +66,6 @@ fn wait_health(client: &Client, what: &str, done: impl Fn(&Value) -> bool) -> Va
         // A liveness bound, not a speed assertion.
         assert!(Instant::now() < deadline, "{what}: {health}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Waits until the database behind `feeder` holds every command the
-/// leader has, and returns that sequence number.
-fn wait_written(cluster: &Cluster, feeder: usize, leader: usize) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let target = cluster.nodes[leader].health().unwrap()["seq"].as_u64().unwrap();
-        let health = cluster.nodes[feeder].health().unwrap_or_default();
-        if health["seq"].as_u64() == Some(target)
-            && health["database"]["written_seq"].as_u64() == Some(target)
-        {
-            return target;
-        }
-        assert!(Instant::now() < deadline, "the database did not catch up with {target}: {health}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

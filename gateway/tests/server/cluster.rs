@@ -842,3 +842,21 @@ fn archive_segments(
         }
     }
 }
+
+/// Waits until the database behind `feeder` holds every command the
+/// leader has, and returns that sequence number.
+pub fn wait_written(cluster: &Cluster, feeder: usize, leader: usize) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let target = cluster.nodes[leader].health().unwrap()["seq"].as_u64().unwrap();
+        let health = cluster.nodes[feeder].health().unwrap_or_default();
+        if health["seq"].as_u64() == Some(target)
+            && health["database"]["written_seq"].as_u64() == Some(target)
+        {
+            return target;
+        }
+        // A liveness bound, not a speed assertion.
+        assert!(Instant::now() < deadline, "the database did not catch up with {target}: {health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
