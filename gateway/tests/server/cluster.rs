@@ -687,6 +687,34 @@ impl Partition {
     }
 }
 
+impl Partition {
+    /// Heals the cut after resetting every connection across it, orphaned
+    /// ones included (namespaces only). A connection dropped by its owner
+    /// while the cable was cut still holds its unsent bytes, and the kernel
+    /// delivers them once the cut heals: a node would then read requests
+    /// its peer gave up on long ago. A reset models connections that died
+    /// with the cut, as they do when it lasts longer than TCP retries.
+    pub fn heal_resetting_connections(self, cluster: &Cluster, alone: &[u64], others: &[u64]) {
+        let Network::Namespaces(namespaces) = &cluster.network else {
+            panic!("resetting connections needs network namespaces");
+        };
+        for (side, other_side) in [(alone, others), (others, alone)] {
+            for id in side {
+                for other in other_side {
+                    let other_ip = cluster.nodes[*other as usize - 1].raft_ip.to_string();
+                    let netns = namespaces.netns(*id);
+                    let output = Command::new("ip")
+                        .args(["netns", "exec", netns, "ss", "-K", "-t", "dst", &other_ip])
+                        .output()
+                        .expect("`ss` runs");
+                    assert!(output.status.success(), "ss -K: {}", String::from_utf8_lossy(&output.stderr));
+                }
+            }
+        }
+        drop(self);
+    }
+}
+
 impl Drop for Partition {
     fn drop(&mut self) {
         // Never a panic here (it may run while a test unwinds): a table that
