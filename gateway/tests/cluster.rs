@@ -11,8 +11,8 @@ mod server;
 use std::time::{Duration, Instant};
 
 use cluster::{
-    place_some, wait_for_other_leader, wait_written, Acked, Cluster, Namespaces, Node, Partition, SIGCONT,
-    SIGKILL, SIGSTOP,
+    market_trades, place_some, wait_for_other_leader, wait_written, Acked, Cluster, Namespaces, Node,
+    Partition, SIGCONT, SIGKILL, SIGSTOP,
 };
 use serde_json::json;
 use server::{Client, Key};
@@ -464,6 +464,31 @@ fn a_change_signed_for_the_old_leader_is_not_executed_again_by_the_new_one() {
 /// for a few dozen orders finds the leader's log purged past its own.
 const SMALL_IMAGES: &str = "snapshot_every_entries = 20\nlog_kept_after_snapshot_entries = 5\n";
 
+/// Places orders through `leader` for at least 25 rounds and until its log
+/// is purged past `index`; returns the next round.
+fn place_until_purged_past(
+    cluster: &Cluster,
+    leader: usize,
+    keys: &[Key],
+    acked: &mut Vec<Acked>,
+    index: u64,
+) -> usize {
+    let client = cluster.nodes[leader].client();
+    // A liveness bound, not a speed assertion.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 1;
+    loop {
+        place_some(&client, keys, round, acked);
+        round += 1;
+        let health = cluster.nodes[leader].health().unwrap();
+        let purged = health["cluster"]["purged_index"].as_u64().unwrap_or(0);
+        if round > 25 && purged > index {
+            return round;
+        }
+        assert!(Instant::now() < deadline, "the log the follower needs is still there: {health}");
+    }
+}
+
 #[test]
 fn a_follower_behind_a_purged_log_catches_up_from_the_leaders_snapshot_image() {
     let mut cluster = Cluster::start_configured(3, false, "", SMALL_IMAGES);
@@ -479,18 +504,7 @@ fn a_follower_behind_a_purged_log_catches_up_from_the_leaders_snapshot_image() {
     cluster.nodes[behind].kill();
     // The leader purges behind its images only while no replication to the
     // dead follower is in flight: orders until it has.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut round = 1;
-    loop {
-        place_some(&client, &keys, round, &mut acked);
-        round += 1;
-        let health = cluster.nodes[leader].health().unwrap();
-        let purged = health["cluster"]["purged_index"].as_u64().unwrap_or(0);
-        if round > 25 && purged > follower_applied {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the log the follower needs is still there: {health}");
-    }
+    let round = place_until_purged_past(&cluster, leader, &keys, &mut acked, follower_applied);
 
     // Only the image can bring it back: the entries after its position are gone.
     cluster.nodes[behind].start();
@@ -574,18 +588,7 @@ fn a_node_that_installed_an_image_refuses_changes_signed_before_it() {
     // The entry that executed it is purged behind an image before the
     // follower hears from the leader again: it gets the effect, never the
     // signature.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut round = 1;
-    loop {
-        place_some(&client, &keys, round, &mut acked);
-        round += 1;
-        let health = cluster.nodes[leader].health().unwrap();
-        let purged = health["cluster"]["purged_index"].as_u64().unwrap_or(0);
-        if round > 25 && purged > follower_applied + 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the log the follower needs is still there: {health}");
-    }
+    let round = place_until_purged_past(&cluster, leader, &keys, &mut acked, follower_applied + 1);
     partition.heal_resetting_connections(&cluster, &[behind_id], &others);
     cluster.assert_converged(&client, &keys, "the follower installed the leader's image");
     let stderr = cluster.nodes[behind].stderr();
@@ -775,15 +778,8 @@ fn a_follower_feeds_postgresql_from_the_replicated_log_across_images_a_crash_and
     // The database holds exactly what the cluster did: every trade once
     // (the same as the leader's read views), every acknowledged order.
     let feeder_client = cluster.nodes[feeder].client();
-    let trades = |client: &Client, query: &str| {
-        let (status, body) = client.get(&format!("/trade/history?market=BTC-USDT&limit=1000{query}"));
-        assert_eq!(status, 200, "{body}");
-        let mut trades = body["trades"].as_array().unwrap().clone();
-        trades.sort_by_key(|t| t["trade_id"].as_u64());
-        trades
-    };
-    let from_database = trades(&feeder_client, "&from=0");
-    let from_views = trades(&client, "");
+    let from_database = market_trades(&feeder_client, "&from=0");
+    let from_views = market_trades(&client, "");
     assert!(from_views.len() > 20 && from_views.len() < 1000, "{} trades", from_views.len());
     assert_eq!(from_database, from_views, "the database's trades differ from the cluster's");
     runtime.block_on(async {

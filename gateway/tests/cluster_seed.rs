@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use cluster::{place_some, wait_written, Cluster};
+use cluster::{market_trades, place_some, wait_written, Cluster};
 use serde_json::Value;
 use server::{balance_of, Client, ADMIN_TOKEN};
 
@@ -257,15 +257,8 @@ fn a_database_attached_after_the_log_was_compacted_is_seeded_from_the_nodes_imag
         .unwrap()
         .get(0);
     assert_eq!(before, 0, "trades from before the image");
-    let trades = |client: &Client, query: &str| {
-        let (status, body) = client.get(&format!("/trade/history?market=BTC-USDT&limit=1000{query}"));
-        assert_eq!(status, 200, "{body}");
-        let mut trades = body["trades"].as_array().unwrap().clone();
-        trades.sort_by_key(|t| t["trade_id"].as_u64());
-        trades
-    };
-    let from_database = trades(&seeded_client, "&from=0");
-    let from_views = trades(&client, "");
+    let from_database = market_trades(&seeded_client, "&from=0");
+    let from_views = market_trades(&client, "");
     assert!(from_views.len() < 1000, "the leader's views hold {} trades", from_views.len());
     let first = from_database.first().expect("trades after the image")["trade_id"].as_u64().unwrap();
     let after_image: Vec<Value> =

@@ -888,3 +888,13 @@ pub fn wait_written(cluster: &Cluster, feeder: usize, leader: usize) -> u64 {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A market's trades as `client`'s node answers them (`query` appended),
+/// by trade id.
+pub fn market_trades(client: &Client, query: &str) -> Vec<Value> {
+    let (status, body) = client.get(&format!("/trade/history?market=BTC-USDT&limit=1000{query}"));
+    assert_eq!(status, 200, "{body}");
+    let mut trades = body["trades"].as_array().unwrap().clone();
+    trades.sort_by_key(|t| t["trade_id"].as_u64());
+    trades
+}
