@@ -407,3 +407,19 @@ fn describe(error: StoreError) -> String {
         StoreError::Rows(error) => error.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_required_and_bounded() {
+        for bad in ["", "   ", &"x".repeat(SEED_REASON_CHARS_MAX + 1)] {
+            let error = check_reason(bad).unwrap_err();
+            assert!(matches!(error, SeedError::Refused(_)), "{bad:?}");
+            assert!(error.to_string().contains("--reason"), "{error}");
+        }
+        check_reason("reporting database for the auditors").unwrap();
+        check_reason(&"é".repeat(SEED_REASON_CHARS_MAX)).unwrap();
+    }
+}
