@@ -229,6 +229,7 @@ fn main() -> ExitCode {
                 );
             }
             reports.add(&format!("run {run} {name}"), &histogram);
+            summary.kinds = Some(kinds);
             summary.throughputs.push(per_s);
             summary.cpu_throughputs.push(stats.cpu_per_s);
             summary.p50s.push(histogram.value_at_quantile(0.5) as f64);
@@ -285,6 +286,9 @@ fn main() -> ExitCode {
             special.trades_per_command / plain.trades_per_command,
             (special_cpu * special.trades_per_command) / (plain_cpu * plain.trades_per_command),
         );
+        if let Some(kinds) = &summaries[1].kinds {
+            print_above_goal(kinds, plain_p99);
+        }
     }
     if let Err(error) = reports.write() {
         eprintln!("error: {error}");
@@ -315,6 +319,8 @@ struct Summary {
     /// The same in every run: the engine is deterministic.
     events_per_command: f64,
     trades_per_command: f64,
+    /// The last run's commands by kind.
+    kinds: Option<Kinds>,
 }
 
 struct PassStats {
@@ -414,8 +420,41 @@ const KIND_NAMES: [&str; 13] = [
     "other",
 ];
 
-/// Commands and nanoseconds per kind of [`KIND_NAMES`].
-type Kinds = [(u64, u64); KIND_NAMES.len()];
+/// Commands, nanoseconds and latencies per kind of [`KIND_NAMES`].
+struct Kinds {
+    count: [u64; KIND_NAMES.len()],
+    total_ns: [u64; KIND_NAMES.len()],
+    latency: Vec<hdrhistogram::Histogram<u64>>,
+}
+
+impl Kinds {
+    fn new() -> Kinds {
+        Kinds {
+            count: [0; KIND_NAMES.len()],
+            total_ns: [0; KIND_NAMES.len()],
+            latency: KIND_NAMES.iter().map(|_| latency_histogram()).collect(),
+        }
+    }
+
+    fn record(&mut self, kind: usize, elapsed_ns: u64) {
+        self.count[kind] += 1;
+        self.total_ns[kind] += elapsed_ns;
+        self.latency[kind].saturating_record(elapsed_ns.max(1));
+    }
+
+    /// Per kind, how many of its commands took longer than `bound_ns`.
+    fn above(&self, bound_ns: u64) -> [u64; KIND_NAMES.len()] {
+        let mut above = [0; KIND_NAMES.len()];
+        for (count, histogram) in above.iter_mut().zip(&self.latency) {
+            *count = histogram
+                .iter_recorded()
+                .filter(|value| histogram.lowest_equivalent(value.value_iterated_to()) > bound_ns)
+                .map(|value| value.count_at_value())
+                .sum();
+        }
+        above
+    }
+}
 
 fn kind_of(command: &Command, events: &[Event]) -> usize {
     let any = |wanted: fn(&EventKind) -> bool| events.iter().any(|e| wanted(&e.kind));
@@ -464,17 +503,44 @@ impl OpenOrders {
 const OPEN_SAMPLE_EVERY: usize = 50_000;
 
 fn print_kinds(kinds: &Kinds, commands: u64) {
-    for (name, &(count, total_ns)) in KIND_NAMES.iter().zip(kinds) {
+    for (kind, name) in KIND_NAMES.iter().enumerate() {
+        let (count, total_ns) = (kinds.count[kind], kinds.total_ns[kind]);
         if count == 0 {
             continue;
         }
+        let latency = &kinds.latency[kind];
         println!(
-            "       {name:<32} {:>6.2}% of commands, mean {:>6.0} ns, {:>6.1} ns per command of the mix",
+            "       {name:<32} {:>6.2}% of commands, mean {:>6.0} ns, p50 {:>8}, p99 {:>8}, {:>6.1} ns per command of the mix",
             count as f64 * 100.0 / commands as f64,
             total_ns as f64 / count as f64,
+            format_ns(latency.value_at_quantile(0.5)),
+            format_ns(latency.value_at_quantile(0.99)),
             total_ns as f64 / commands as f64,
         );
     }
+}
+
+/// Which kinds of the special mix's commands lie above the p99 the goal
+/// allows (1.1 times the plain mix's): when they are more than 1% of the
+/// commands, the special mix's p99 is one of them.
+fn print_above_goal(special: &Kinds, plain_p99_ns: f64) {
+    let bound_ns = (plain_p99_ns * 1.1) as u64;
+    let commands: u64 = special.count.iter().sum();
+    let above = special.above(bound_ns);
+    let total: u64 = above.iter().sum();
+    let share = |count: u64| count as f64 * 100.0 / commands.max(1) as f64;
+    let by_kind: Vec<String> = KIND_NAMES
+        .iter()
+        .zip(above)
+        .filter(|&(_, count)| count > 0)
+        .map(|(name, count)| format!("{name} {:.2}%", share(count)))
+        .collect();
+    println!(
+        "special commands above 1.1 x the plain p99 ({}): {:.2}% of the commands (the goal needs at most 1%); by kind, as a share of all commands: {}",
+        format_ns(bound_ns),
+        share(total),
+        by_kind.join(", "),
+    );
 }
 
 /// The latency of every command, of those that neither fire nor release
@@ -490,7 +556,7 @@ fn latency_pass(
     let mut engine = engine_after_setup(workload, &mut events);
     let mut histogram = latency_histogram();
     let mut single = latency_histogram();
-    let mut kinds: Kinds = [(0, 0); KIND_NAMES.len()];
+    let mut kinds = Kinds::new();
     for index in 0..workload.commands.len() {
         let command = stamped(workload, index);
         events.clear();
@@ -505,9 +571,7 @@ fn latency_pass(
             if !sets_off {
                 single.saturating_record(elapsed_ns.max(1));
             }
-            let kind = &mut kinds[kind_of(&command.command, &events)];
-            kind.0 += 1;
-            kind.1 += elapsed_ns;
+            kinds.record(kind_of(&command.command, &events), elapsed_ns);
             if by_kind && (index - warmup).is_multiple_of(OPEN_SAMPLE_EVERY) {
                 // Between two timed commands: the snapshot is not timed.
                 let snapshot = engine.snapshot();
@@ -521,4 +585,25 @@ fn latency_pass(
         }
     }
     (histogram, single, kinds, open)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn above_counts_only_the_commands_slower_than_the_bound() {
+        let mut kinds = Kinds::new();
+        for ns in [100, 200, 399, 400, 401, 5_000] {
+            kinds.record(0, ns);
+        }
+        kinds.record(10, 2_000_000);
+        kinds.record(10, 300);
+        let above = kinds.above(400);
+        assert_eq!(above[0], 2, "401 ns and 5 us are above 400 ns; 400 ns is not");
+        assert_eq!(above[10], 1);
+        assert_eq!(above.iter().sum::<u64>(), 3);
+        assert_eq!(kinds.count[0], 6);
+        assert_eq!(kinds.total_ns[10], 2_000_300);
+    }
 }
