@@ -293,6 +293,9 @@ pub fn health(state: &AppState) -> Value {
             "lag_unknown": status.lag_unknown(),
             "batches_dropped": status.batches_dropped.load(Relaxed),
             "commands_replayed": status.commands_replayed.load(Relaxed),
+            "history_starts_after": status
+                .history_starts_after()
+                .map(|(seq, timestamp_ns)| json!({ "seq": seq, "timestamp_ns": timestamp_ns })),
             "failed_attempts": status.failed_attempts.load(Relaxed),
             "last_error": status.last_error(),
         }),

@@ -1309,6 +1309,11 @@ async fn admin_database(state: &AppState, request: &Request<'_>) -> Result<(Stat
         reason: String,
     }
     let body: SeedBody = json_body(request.body)?;
+    if let Err(SeedError::Refused(why) | SeedError::Failed(why)) =
+        persistence::seed::check_reason(&body.reason)
+    {
+        return Err(ApiError::bad_request("invalid_parameter", why));
+    }
     let node_id = state.cluster.as_ref().map_or(0, |cluster| cluster.node_id());
     let refused = |error: SeedError| match error {
         SeedError::Refused(why) => ApiError::new(StatusCode::CONFLICT, "seed_refused", why),

@@ -274,6 +274,10 @@ fn a_database_attached_after_the_log_was_compacted_is_seeded_from_the_nodes_imag
     assert_eq!(body["history_starts_after"]["seq"].as_u64(), Some(image_seq), "{body}");
     let (_, body) = cluster.nodes[feeding].client().get("/trade/history?market=BTC-USDT&from=0&limit=1");
     assert!(body.get("history_starts_after").is_none(), "a whole history is not marked: {body}");
+    let (_, health) = seeded_client.get("/health");
+    assert_eq!(health["database"]["history_starts_after"]["seq"].as_u64(), Some(image_seq), "{health}");
+    let (_, health) = cluster.nodes[feeding].client().get("/health");
+    assert!(health["database"]["history_starts_after"].is_null(), "a whole history is not marked: {health}");
 
     // The record of the action, and the cursor.
     let record = runtime
@@ -301,4 +305,12 @@ fn a_database_attached_after_the_log_was_compacted_is_seeded_from_the_nodes_imag
     assert_eq!(runtime.block_on(footprint(&feeding_db)), before, "a refused seeding changed the database");
     let stderr = cluster.nodes[seeded].stderr();
     assert!(stderr.contains("seeded the empty database from the snapshot image"), "{stderr}");
+
+    // After a restart the writer reads where the history starts from the
+    // database itself.
+    cluster.nodes[seeded].kill();
+    cluster.nodes[seeded].start_with_env(&[("DATABASE_URL", database.url.as_str())]);
+    wait_health(&cluster.nodes[seeded].client(), "the restarted writer reads the seeding", |health| {
+        health["database"]["history_starts_after"]["seq"].as_u64() == Some(image_seq)
+    });
 }

@@ -826,3 +826,71 @@ fn stops_icebergs_and_lists_in_the_history_and_from_the_database() {
         ("oco", "done", vec![maker_leg as i64, stop_leg as i64])
     );
 }
+
+/// Counts of the history tables, to see that a refused request wrote nothing.
+fn footprint(url: &str) -> Vec<i64> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        let mut counts = Vec::new();
+        for table in ["seeded_from", "orders", "trades", "ledger", "balances", "users"] {
+            let row = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect(table);
+            counts.push(row.get(0));
+        }
+        counts
+    })
+}
+
+#[test]
+fn a_seeding_request_with_bad_input_or_for_a_whole_history_is_refused_and_writes_nothing() {
+    let database = Database::throwaway().expect("a database");
+    let data = tempfile::tempdir().expect("tempdir");
+    let exchange = Exchange::start(data.path(), &[("DATABASE_URL", database.url.as_str())]);
+    let keys = exchange.demo(2);
+    trade(&exchange.client, &keys, 20, 0, &AtomicUsize::new(0));
+    let written = wait_until_written(&exchange);
+    let before = footprint(&database.url);
+
+    let seed = |body: &[u8]| {
+        let (status, _, answer) = exchange.raw(
+            "POST",
+            "/admin/database/seed",
+            &[("X-Admin-Token", server::ADMIN_TOKEN), ("Content-Type", "application/json")],
+            body,
+        );
+        (status, answer["error"]["code"].as_str().unwrap_or_default().to_string(), answer)
+    };
+    let too_long = json!({ "reason": "x".repeat(501) }).to_string();
+    for (body, code) in [
+        (&b"reason=because"[..], "invalid_json"),
+        (b"", "invalid_json"),
+        (b"[\"because\"]", "invalid_json"),
+        (b"{}", "invalid_json"),
+        (b"{\"reason\": 5}", "invalid_json"),
+        (b"{\"reason\": null}", "invalid_json"),
+        (b"{\"reason\": \"because\", \"force\": true}", "invalid_json"),
+        (b"{\"reason\": \"because\"", "invalid_json"),
+        (b"{\"reason\": \"   \"}", "invalid_parameter"),
+        (too_long.as_bytes(), "invalid_parameter"),
+    ] {
+        let (status, actual, answer) = seed(body);
+        assert_eq!((status, actual.as_str()), (400, code), "{}: {answer}", String::from_utf8_lossy(body));
+    }
+    // Without the admin token: refused before the body is read.
+    let (status, _, answer) = exchange.raw("POST", "/admin/database/seed", &[], b"{\"reason\": \"because\"}");
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("invalid_admin_token")), "{answer}");
+    // A well-formed request for a database this node feeds from its own
+    // journal (the whole history): refused, with the way out.
+    let (status, code, answer) = seed(b"{\"reason\": \"the auditors asked\"}");
+    assert_eq!((status, code.as_str()), (409, "seed_refused"), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("nothing to seed"), "{answer}");
+
+    // Nothing was written, the writer still feeds, the history is whole.
+    assert_eq!(footprint(&database.url), before, "a refused seeding changed the database");
+    trade(&exchange.client, &keys, 4, 1, &AtomicUsize::new(0));
+    assert!(wait_until_written(&exchange) > written);
+    let health = health(&exchange);
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(health["database"]["history_starts_after"].is_null(), "{health}");
+}

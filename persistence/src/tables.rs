@@ -127,6 +127,10 @@ pub struct Loaded {
     /// The last command whose events are written (0: none).
     pub cursor_seq: u64,
     pub cursor_timestamp_ns: u64,
+    /// The image's last command (sequence number, time in ns) when the
+    /// database was seeded from a snapshot image; `None` when it holds the
+    /// whole history.
+    pub seeded_from: Option<(u64, u64)>,
     pub catalog: Catalog,
     pub balances: Balances,
 }
@@ -148,6 +152,17 @@ pub async fn load(client: &Client) -> Result<Loaded, StoreError> {
     let cursor_timestamp_ns = cursor_at
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as u64);
+    let seeded_from =
+        match client.query_opt("SELECT image_seq, image_command_at FROM seeded_from", &[]).await? {
+            None => None,
+            Some(row) => {
+                let image_at: Option<SystemTime> = row.get(1);
+                let timestamp_ns = image_at
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos() as u64);
+                Some((unsigned(row.get(0), "seeded_from.image_seq")?, timestamp_ns))
+            }
+        };
 
     let mut catalog = Catalog::default();
     for row in client.query("SELECT asset_id, symbol, decimals FROM assets ORDER BY asset_id", &[]).await? {
@@ -198,7 +213,7 @@ pub async fn load(client: &Client) -> Result<Loaded, StoreError> {
         let locked = units_column(row.get(3), decimals, "locked balance")?;
         balances.insert((user, asset), (available, locked));
     }
-    Ok(Loaded { cursor_seq, cursor_timestamp_ns, catalog, balances })
+    Ok(Loaded { cursor_seq, cursor_timestamp_ns, seeded_from, catalog, balances })
 }
 
 /// A table's rows as parameters for `COPY` or `INSERT`.

@@ -195,6 +195,11 @@ pub struct WriterStatus {
     /// were already there, so that it is still on disk when the writer
     /// goes on from it.
     pub seeding_seq: AtomicU64,
+    /// Where the database's history starts when it was seeded from a
+    /// snapshot image: the image's last command (0: it holds the whole
+    /// history, or the writer has not read it yet).
+    seeded_seq: AtomicU64,
+    seeded_timestamp_ns: AtomicU64,
     /// The origin of the times below (monotonic).
     clock: Instant,
     /// When the writer last committed or found the database caught up, in
@@ -226,6 +231,8 @@ impl Default for WriterStatus {
             failure: Mutex::new(None),
             seed_request: Mutex::new(None),
             seeding_seq: AtomicU64::new(0),
+            seeded_seq: AtomicU64::new(0),
+            seeded_timestamp_ns: AtomicU64::new(0),
             clock: Instant::now(),
             progress_at_ms: AtomicU64::new(0),
             lag_after_commit_ms: AtomicU64::new(0),
@@ -235,6 +242,21 @@ impl Default for WriterStatus {
 }
 
 impl WriterStatus {
+    /// The last command before the database's history, when it was seeded
+    /// from a snapshot image (its sequence number and time, as the
+    /// database's `seeded_from` record has them); `None` for a database
+    /// that holds the whole history, or before the writer has read it.
+    pub fn history_starts_after(&self) -> Option<(u64, u64)> {
+        let seq = self.seeded_seq.load(Ordering::Acquire);
+        (seq != 0).then(|| (seq, self.seeded_timestamp_ns.load(Ordering::Relaxed)))
+    }
+
+    fn publish_seeded(&self, seeded: Option<(u64, u64)>) {
+        let (seq, timestamp_ns) = seeded.unwrap_or((0, 0));
+        self.seeded_timestamp_ns.store(timestamp_ns, Ordering::Relaxed);
+        self.seeded_seq.store(seq, Ordering::Release);
+    }
+
     /// How many commands the database is behind the matcher; `None` until
     /// the writer has read the database's cursor.
     pub fn lag_seq(&self) -> Option<u64> {
@@ -789,6 +811,7 @@ impl Run {
         let seeded = self.seed_from(client, &image, request).await;
         match &seeded {
             Ok(seeded) => {
+                self.status.publish_seeded(Some((seq, image.last_timestamp_ns)));
                 self.publish_cursor(Stamp { seq, timestamp_ns: image.last_timestamp_ns });
                 tracing::info!(
                     "database writer: seeded the empty database from the snapshot image at sequence {seq} (log \
@@ -920,6 +943,7 @@ impl Run {
         }
         let mut catalog: Catalog = loaded.catalog;
         let mut balances: Balances = loaded.balances;
+        self.status.publish_seeded(loaded.seeded_from);
         self.publish_cursor(cursor);
         if cursor.seq == published {
             self.progressed();
