@@ -144,24 +144,21 @@ fn units_column(value: Decimal, decimals: u8, what: &str) -> Result<Units, RowEr
         .ok_or_else(|| RowError(format!("{what} {value} in the database is not a whole number of units")))
 }
 
+/// A stored time in ns since the Unix epoch (0 when there is none).
+fn ns_since_epoch(at: Option<SystemTime>) -> u64 {
+    at.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Reads the cursor, reference data and balances.
 pub async fn load(client: &Client) -> Result<Loaded, StoreError> {
     let row = client.query_one("SELECT last_seq, last_command_at FROM writer_cursor WHERE id", &[]).await?;
     let cursor_seq = unsigned(row.get(0), "cursor")?;
     let cursor_at: Option<SystemTime> = row.get(1);
-    let cursor_timestamp_ns = cursor_at
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
+    let cursor_timestamp_ns = ns_since_epoch(cursor_at);
     let seeded_from =
         match client.query_opt("SELECT image_seq, image_command_at FROM seeded_from", &[]).await? {
             None => None,
-            Some(row) => {
-                let image_at: Option<SystemTime> = row.get(1);
-                let timestamp_ns = image_at
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos() as u64);
-                Some((unsigned(row.get(0), "seeded_from.image_seq")?, timestamp_ns))
-            }
+            Some(row) => Some((unsigned(row.get(0), "seeded_from.image_seq")?, ns_since_epoch(row.get(1)))),
         };
 
     let mut catalog = Catalog::default();
