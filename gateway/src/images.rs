@@ -311,6 +311,23 @@ mod tests {
         (meta, bytes)
     }
 
+    /// A node's images with a database writer (its cursor unknown yet),
+    /// in a fresh directory, and the path its writer's base image takes.
+    fn with_writer() -> (tempfile::TempDir, Arc<persistence::WriterStatus>, Images, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = Arc::new(persistence::WriterStatus::default());
+        let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
+        let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
+        (dir, writer, images, base)
+    }
+
+    /// Keeps an empty engine's image at log position and sequence `index`
+    /// (one command per entry).
+    fn keep_empty_at(images: &Images, index: u64) {
+        let (meta, bytes) = empty_image_at(index);
+        assert!(images.keep(meta, index, &bytes).unwrap());
+    }
+
     fn requested(seq: u64) -> (Requested, oneshot::Receiver<Result<ImageTaken, String>>) {
         let (done, answer) = oneshot::channel();
         let meta = SnapshotMeta::default();
@@ -367,15 +384,8 @@ mod tests {
 
     #[test]
     fn the_writer_keeps_the_newest_image_at_or_before_its_cursor_and_the_log_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = Arc::new(persistence::WriterStatus::default());
-        let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
-        let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
-        let keep_at = |index: u64| {
-            let (meta, bytes) = empty_image_at(index);
-            // The sequence number here is the index: one command per entry.
-            assert!(images.keep(meta, index, &bytes).unwrap());
-        };
+        let (dir, writer, images, base) = with_writer();
+        let keep_at = |index: u64| keep_empty_at(&images, index);
         // Before the writer has read its cursor, nothing may be purged.
         assert_eq!(images.log_needed_from(), 0);
         keep_at(20);
@@ -418,14 +428,8 @@ mod tests {
 
     #[test]
     fn the_image_a_seeding_writes_from_stays_when_a_newer_one_replaces_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = Arc::new(persistence::WriterStatus::default());
-        let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
-        let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
-        let keep_at = |index: u64| {
-            let (meta, bytes) = empty_image_at(index);
-            assert!(images.keep(meta, index, &bytes).unwrap());
-        };
+        let (_dir, writer, images, base) = with_writer();
+        let keep_at = |index: u64| keep_empty_at(&images, index);
         // An empty database the node cannot feed: the writer's cursor is 0.
         writer.cursor_known.store(true, Ordering::Release);
         keep_at(20);
@@ -447,18 +451,12 @@ mod tests {
 
     #[test]
     fn a_damaged_writer_base_stops_the_node_while_its_writer_needs_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = Arc::new(persistence::WriterStatus::default());
-        let images = Images::open(dir.path(), Some(Arc::clone(&writer))).unwrap();
-        let keep_at = |index: u64| {
-            let (meta, bytes) = empty_image_at(index);
-            assert!(images.keep(meta, index, &bytes).unwrap());
-        };
+        let (dir, writer, images, base) = with_writer();
+        let keep_at = |index: u64| keep_empty_at(&images, index);
         writer.cursor_seq.store(25, Ordering::Release);
         writer.cursor_known.store(true, Ordering::Release);
         keep_at(20);
         keep_at(40);
-        let base = dir.path().join(WRITER_BASE_IMAGE_FILE_NAME);
         assert!(base.exists());
         drop(images);
 
